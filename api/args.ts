@@ -1,0 +1,96 @@
+// Python-style arguments: positional in the order of the Python signature, or a trailing
+// options object standing for keyword arguments; both may be mixed (positional first).
+import type { Group } from '../runtime/comm.js';
+import { fail } from '../runtime/errors.js';
+import { DeviceTensor } from '../runtime/tensor.js';
+
+/** Keyword arguments of the ring functions (Python spelling). */
+export interface AttnKwargs {
+  dropout_p?: number;
+  softmax_scale?: number | null;
+  causal?: boolean;
+  window_size?: readonly [number, number] | null;
+  softcap?: number;
+  alibi_slopes?: unknown;
+  deterministic?: boolean;
+  return_attn_probs?: boolean;
+  /** A group from ctx.newGroup(ranks), or the ranks themselves. */
+  group?: Group | readonly number[] | null;
+}
+
+/** The positional order after the tensors, as in ring_flash_attn_func(q, k, v, ...). */
+export const ATTN_POSITIONAL = [
+  'dropout_p', 'softmax_scale', 'causal', 'window_size', 'alibi_slopes', 'deterministic', 'return_attn_probs', 'group',
+] as const;
+
+const ATTN_KEYS = new Set<string>([...ATTN_POSITIONAL, 'softcap']);
+
+export interface AttnArgs {
+  softmaxScale: number | null;
+  causal: boolean;
+  returnAttnProbs: boolean;
+  deterministic: boolean;
+  group: Group | readonly number[] | null;
+}
+
+function isPlainObject(x: unknown): x is Record<string, unknown> {
+  if (x === null || typeof x !== 'object' || Array.isArray(x) || x instanceof DeviceTensor) return false;
+  const proto = Object.getPrototypeOf(x);
+  return proto === Object.prototype || proto === null;
+}
+
+function isGroup(x: unknown): boolean {
+  return isPlainObject(x) && Array.isArray(x.ranks) && typeof x.key === 'string';
+}
+
+/**
+ * Splits `rest` into keyword arguments: the trailing plain object (if any) is the kwargs, the
+ * values before it fill `positional` in order. A keyword given both ways is an error.
+ */
+export function collectKwargs(fn: string, rest: readonly unknown[], positional: readonly string[], allowed: ReadonlySet<string>): Record<string, unknown> {
+  let pos = rest;
+  let kw: Record<string, unknown> = {};
+  const last = rest[rest.length - 1];
+  if (rest.length > 0 && isPlainObject(last) && !isGroup(last)) {
+    kw = { ...last };
+    pos = rest.slice(0, -1);
+  }
+  if (pos.length > positional.length)
+    fail('E_ARG', `${fn}: takes at most ${positional.length} arguments after the tensors, got ${pos.length}`);
+  for (const k of Object.keys(kw)) if (!allowed.has(k)) fail('E_ARG', `${fn}: unknown option '${k}'`);
+  pos.forEach((value, i) => {
+    const name = positional[i]!;
+    if (value === undefined) return;
+    if (name in kw) fail('E_ARG', `${fn}: ${name} given both by position and as an option`);
+    kw[name] = value;
+  });
+  return kw;
+}
+
+/** Validates the keyword arguments shared by every attention function. */
+export function parseAttnArgs(fn: string, rest: readonly unknown[], extraKeys: readonly string[] = []): AttnArgs & { extra: Record<string, unknown> } {
+  const kw = collectKwargs(fn, rest, ATTN_POSITIONAL, new Set([...ATTN_KEYS, ...extraKeys]));
+  const dropout = kw.dropout_p ?? 0;
+  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${String(dropout)}`);
+  if (dropout > 0) fail('E_UNSUPPORTED', `${fn}: dropout_p > 0 is not supported (got ${dropout})`);
+  const scale = kw.softmax_scale ?? null;
+  if (scale !== null && (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0))
+    fail('E_ARG', `${fn}: softmax_scale must be a positive finite number or null, got ${String(scale)}`);
+  const causal = kw.causal ?? false;
+  if (typeof causal !== 'boolean') fail('E_ARG', `${fn}: causal must be a boolean, got ${String(causal)}`);
+  const window = kw.window_size ?? [-1, -1];
+  if (!Array.isArray(window) || window.length !== 2) fail('E_ARG', `${fn}: window_size must be a pair, got ${String(window)}`);
+  if (window[0] !== -1 || window[1] !== -1) fail('E_UNSUPPORTED', `${fn}: window_size other than (-1, -1) is not supported (got (${window.join(', ')}))`);
+  const softcap = kw.softcap ?? 0;
+  if (softcap !== 0) fail('E_UNSUPPORTED', `${fn}: softcap is not supported (got ${String(softcap)})`);
+  if (kw.alibi_slopes != null) fail('E_UNSUPPORTED', `${fn}: alibi_slopes is not supported`);
+  const deterministic = kw.deterministic ?? false;
+  if (typeof deterministic !== 'boolean') fail('E_ARG', `${fn}: deterministic must be a boolean`);
+  const ret = kw.return_attn_probs ?? false;
+  if (typeof ret !== 'boolean') fail('E_ARG', `${fn}: return_attn_probs must be a boolean`);
+  const group = (kw.group ?? null) as AttnArgs['group'];
+  if (group !== null && !Array.isArray(group) && !isGroup(group)) fail('E_ARG', `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks`);
+  const extra: Record<string, unknown> = {};
+  for (const k of extraKeys) if (k in kw) extra[k] = kw[k];
+  return { softmaxScale: scale as number | null, causal, returnAttnProbs: ret, deterministic, group, extra };
+}

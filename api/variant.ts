@@ -1,0 +1,39 @@
+import type { Backend } from '../runtime/backend.js';
+import type { Group } from '../runtime/comm.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+
+export interface RingOptions {
+  softmaxScale: number;
+  causal: boolean;
+}
+
+/** Forward result of a ring: global out and lse of the local queries, both fp32. */
+export interface RingForward {
+  out: DeviceTensor; // (b, s, h, d) fp32
+  lse: DeviceTensor; // (b, h, s) fp32
+}
+
+/** Backward result: fp32 gradients of the local shards. */
+export interface RingGrads {
+  dq: DeviceTensor; // (b, s, h, d)
+  dk: DeviceTensor; // (b, s, h_k, d)
+  dv: DeviceTensor;
+}
+
+/**
+ * One ring algorithm: how ranks exchange K/V and which part of each block they compute.
+ * Inputs are this rank's shards in the variant's layout (api/layouts.ts).
+ */
+export interface RingVariant {
+  /** Python prefix of the public names, e.g. 'zigzag_ring_flash_attn'. */
+  readonly name: string;
+  /** Suffix after the packing in public names ('_v2' for ring_flash_attn_func_v2). */
+  readonly suffix?: string;
+  /** How driver mode shards the sequence for this variant. */
+  readonly layout: 'contiguous' | 'zigzag' | 'stripe';
+  /** Extra preconditions on the local shards (e.g. zigzag's even split); throws E_SHAPE/E_UNSUPPORTED. */
+  check?(fn: string, q: DeviceTensor, k: DeviceTensor, o: RingOptions, group: Group): void;
+  forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward;
+  backward(backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
+    fwd: RingForward, o: RingOptions): RingGrads;
+}

@@ -1,0 +1,93 @@
+// Parameter structs of the attention kernel family, shared by the CPU (native/cpu) and CUDA
+// (native/cuda) backends. The host fills them only after validation (the TS boundary validates,
+// native/src re-checks cheaply). Strides are in elements and 64-bit; the head_dim axis is always
+// contiguous (stride 1). Pointers point at the first element of the (possibly strided) view.
+// Layouts follow flash-attn 2.x: q/k/v/out (batch, seqlen, heads, head_dim), lse (batch, heads, seqlen).
+#pragma once
+#include <cstdint>
+
+namespace rfa {
+
+enum class DType : int32_t { f32 = 0, bf16 = 1, f16 = 2 };
+
+inline int dtype_bytes(DType t) { return t == DType::f32 ? 4 : 2; }
+
+// Strides of a (batch, seqlen, heads, head_dim) tensor view.
+struct BshStrides {
+  int64_t batch = 0;
+  int64_t row = 0;   // seqlen axis
+  int64_t head = 0;
+};
+
+// Strides of a (batch, heads, seqlen) fp32 row-statistics tensor (lse, dsum).
+struct BhsStrides {
+  int64_t batch = 0;
+  int64_t head = 0;
+  int64_t row = 0;
+};
+
+struct AttnShape {
+  int32_t batch = 0;
+  int32_t seqlen_q = 0;
+  int32_t seqlen_k = 0;
+  int32_t nheads = 0;     // query heads
+  int32_t nheads_k = 0;   // key/value heads; nheads % nheads_k == 0 (GQA/MQA)
+  int32_t head_dim = 0;
+  float softmax_scale = 0.f;  // scores = softmax_scale * q.k
+  // Causal as flash-attn 2.x: bottom-right aligned. Query row i sees key j iff
+  // j <= i + seqlen_k - seqlen_q. A row that sees no key gets out = 0 and lse = -inf.
+  bool causal = false;
+};
+
+// out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16.
+struct FlashFwdParams {
+  AttnShape shape;
+  DType dtype = DType::bf16;  // dtype of q, k, v
+  const void* q = nullptr;  BshStrides q_stride;  // (batch, seqlen_q, nheads,   head_dim)
+  const void* k = nullptr;  BshStrides k_stride;  // (batch, seqlen_k, nheads_k, head_dim)
+  const void* v = nullptr;  BshStrides v_stride;  // (batch, seqlen_k, nheads_k, head_dim)
+  float* out = nullptr;     BshStrides o_stride;  // (batch, seqlen_q, nheads,   head_dim) fp32
+  float* lse = nullptr;     BhsStrides lse_stride; // (batch, nheads, seqlen_q) fp32, natural log
+};
+
+// dsum = rowsum(dout * out): the softmax-backward term D_i, computed once per backward call with
+// the GLOBAL (ring-merged) out, not once per ring step.
+struct FlashBwdDotParams {
+  int32_t batch = 0, seqlen_q = 0, nheads = 0, head_dim = 0;
+  DType dtype = DType::bf16;  // dtype of dout
+  const void* dout = nullptr; BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
+  const float* out = nullptr; BshStrides o_stride;     // (batch, seqlen_q, nheads, head_dim) fp32
+  float* dsum = nullptr;      BhsStrides dsum_stride;  // (batch, nheads, seqlen_q) fp32
+};
+
+// Gradients of one (q block, k/v block) pair given the GLOBAL lse and dsum:
+//   P = exp(scale*q k^T - lse), dV = P^T dout, dP = dout V^T, dS = P * (dP - dsum),
+//   dQ = scale * dS K, dK = scale * dS^T Q.   Rows with lse == -inf contribute nothing.
+// With GQA, dk/dv of a kv head sum over the nheads/nheads_k query heads that share it.
+struct FlashBwdParams {
+  AttnShape shape;
+  DType dtype = DType::bf16;  // dtype of q, k, v, dout
+  const void* q = nullptr;    BshStrides q_stride;
+  const void* k = nullptr;    BshStrides k_stride;
+  const void* v = nullptr;    BshStrides v_stride;
+  const void* dout = nullptr; BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
+  const float* lse = nullptr;  BhsStrides lse_stride;  // (batch, nheads, seqlen_q)
+  const float* dsum = nullptr; BhsStrides dsum_stride; // (batch, nheads, seqlen_q)
+  float* dq = nullptr; BshStrides dq_stride;  // (batch, seqlen_q, nheads,   head_dim) fp32
+  float* dk = nullptr; BshStrides dk_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
+  float* dv = nullptr; BshStrides dv_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
+  bool accumulate = false;  // true: dq/dk/dv += block gradients (ring steps); false: overwrite
+};
+
+// In-place exact merge of a block result into the running result (fp32):
+//   lse = lse_a - logsigmoid(lse_a - lse_b),  out = out_a - sigmoid(lse_b - lse_a) * (out_a - out_b)
+// with -inf on either side meaning "no keys yet": the other side is taken as is.
+struct MergeParams {
+  int32_t batch = 0, seqlen = 0, nheads = 0, head_dim = 0;
+  float* out = nullptr;             BshStrides o_stride;        // running out (b, s, h, d)
+  float* lse = nullptr;             BhsStrides lse_stride;      // running lse (b, h, s)
+  const float* block_out = nullptr; BshStrides block_o_stride;  // block out  (b, s, h, d)
+  const float* block_lse = nullptr; BhsStrides block_lse_stride;// block lse  (b, h, s)
+};
+
+}  // namespace rfa

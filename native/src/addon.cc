@@ -1,0 +1,21 @@
+// The ring-flash-attn native addon: the CPU backend always, the CUDA backend when built with nvcc.
+#include <napi.h>
+
+#include "src/bindings.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  rfa::napi::register_cpu(env, exports);
+#ifdef RFA_WITH_CUDA
+  rfa::napi::register_cuda(env, exports);
+  exports.Set("cudaBuilt", Napi::Boolean::New(env, true));
+#else
+  exports.Set("cudaBuilt", Napi::Boolean::New(env, false));
+#endif
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(ring_flash_attn, Init)

@@ -1,0 +1,101 @@
+import type { Comm, Group } from './comm.js';
+import { DTYPE_CODE, type DType, type HostData } from './dtype.js';
+import { fail } from './errors.js';
+import * as args from './kernel_args.js';
+import type { NativeKernels } from './native.js';
+import { DeviceTensor, contiguousStrides, numelOf, type Storage } from './tensor.js';
+
+/**
+ * The one interface the ring code in api/ calls. A backend supplies storage, host transfers,
+ * the native kernel entry points and a communicator; everything else (shape checks, argument
+ * objects, rank-N copies) is shared here so both backends behave identically.
+ */
+export abstract class Backend {
+  abstract readonly name: 'cpu' | 'cuda';
+  /** Native kernel entry points of this backend (same parameter objects on both). */
+  protected abstract readonly kernels: NativeKernels;
+
+  protected abstract allocStorage(numel: number, dtype: DType): Storage;
+  /** Copies host data into a new contiguous tensor. */
+  abstract upload(data: HostData, shape: readonly number[], dtype: DType): DeviceTensor;
+  /** Copies a tensor (any view) to a new host array in C order. */
+  abstract download(t: DeviceTensor): HostData;
+  /** Sets every element of a contiguous tensor. */
+  abstract fill(t: DeviceTensor, value: number): void;
+  /** Waits for all queued work of this rank (cpu: no-op). */
+  abstract sync(): void;
+  abstract comm(group: Group): Comm;
+  /** Peak bytes allocated on this rank since the last reset. */
+  abstract peakBytes(): number;
+  abstract resetPeak(): void;
+
+  empty(shape: readonly number[], dtype: DType): DeviceTensor {
+    return new DeviceTensor(this.allocStorage(numelOf(shape), dtype), shape, contiguousStrides(shape));
+  }
+
+  full(shape: readonly number[], dtype: DType, value: number): DeviceTensor {
+    const t = this.empty(shape, dtype);
+    this.fill(t, value);
+    return t;
+  }
+
+  zeros(shape: readonly number[], dtype: DType): DeviceTensor {
+    return this.full(shape, dtype, 0);
+  }
+
+  /** dst[...] = src[...] for views of equal shape and dtype, rank 4 or more (head_dim contiguous). */
+  copy(dst: DeviceTensor, src: DeviceTensor): void {
+    if (src.ndim < 4) {
+      if (!src.isContiguous() || !dst.isContiguous()) fail('E_SHAPE', 'copy of a view below rank 4 needs contiguous tensors');
+      const n = src.numel;
+      this.copy(dst.reshape([1, 1, 1, n]), src.reshape([1, 1, 1, n]));
+      return;
+    }
+    if (src.ndim > 4) {
+      for (let i = 0; i < src.shape[0]!; i++) this.copy(dst.select(0, i), src.select(0, i));
+      return;
+    }
+    this.kernels.copyBsh(args.copyArgs(dst, src));
+  }
+
+  /** A new contiguous tensor holding `src` converted to `dtype`. */
+  cast(src: DeviceTensor, dtype: DType): DeviceTensor {
+    const from = src.isContiguous() ? src : this.contiguous(src);
+    const out = this.empty(src.shape, dtype);
+    this.kernels.cast({ src: args.flat(from, 'src'), src_dtype: DTYPE_CODE[from.dtype], dst: args.flat(out, 'dst'), dst_dtype: DTYPE_CODE[dtype], n: from.numel });
+    if (from !== src) from.dispose();
+    return out;
+  }
+
+  contiguous(src: DeviceTensor): DeviceTensor {
+    const out = this.empty(src.shape, src.dtype);
+    this.copy(out, src);
+    return out;
+  }
+
+  /** dst += src, both contiguous float32 of equal size. */
+  add(dst: DeviceTensor, src: DeviceTensor): void {
+    if (dst.dtype !== 'float32' || src.dtype !== 'float32' || dst.numel !== src.numel)
+      fail('E_SHAPE', 'add needs two float32 tensors of equal size');
+    this.kernels.addF32({ dst: args.flat(dst, 'dst'), src: args.flat(src, 'src'), n: dst.numel });
+  }
+
+  /** out (fp32), lse (fp32) = attention of q against k/v (see native/attn_params.h). */
+  flashFwd(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: args.AttnOptions): void {
+    this.kernels.flashFwd(args.fwdArgs(q, k, v, out, lse, o));
+  }
+
+  /** dsum = rowsum(dout * out), once per backward with the global out. */
+  flashBwdDot(dout: DeviceTensor, out: DeviceTensor, dsum: DeviceTensor): void {
+    this.kernels.flashBwdDot(args.bwdDotArgs(dout, out, dsum));
+  }
+
+  flashBwd(t: args.BwdTensors, o: args.AttnOptions & { accumulate: boolean }): void {
+    this.kernels.flashBwd(args.bwdArgs(t, o));
+  }
+
+  /** Exact in-place lse merge of a block result into the running (out, lse). */
+  merge(out: DeviceTensor, lse: DeviceTensor, blockOut: DeviceTensor, blockLse: DeviceTensor): void {
+    this.kernels.merge(args.mergeArgs(out, lse, blockOut, blockLse));
+  }
+}

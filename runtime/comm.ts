@@ -1,0 +1,44 @@
+import type { DeviceTensor } from './tensor.js';
+
+/**
+ * A set of ranks that communicate. `ranks` are global ranks in group order; `rank` is this
+ * rank's index in the group. `key` names the communicator (same on every member).
+ */
+export interface Group {
+  readonly ranks: readonly number[];
+  readonly rank: number;
+  readonly size: number;
+  readonly key: string;
+}
+
+export function makeGroup(ranks: readonly number[], globalRank: number): Group {
+  const rank = ranks.indexOf(globalRank);
+  return { ranks: [...ranks], rank, size: ranks.length, key: `g${ranks.join('.')}` };
+}
+
+/** One side of a point-to-point transfer; `peer` is a group-local rank; tensors are contiguous. */
+export interface P2POp {
+  peer: number;
+  tensor: DeviceTensor;
+}
+
+/** A transfer in flight: `wait()` orders later compute after it (cpu: blocks until done). */
+export interface Pending {
+  wait(): void;
+}
+
+/**
+ * NCCL semantics on either backend: operations between one ordered pair of ranks match in the
+ * order they were issued; every member must issue the same collectives in the same order.
+ */
+export interface Comm {
+  readonly group: Group;
+  /** Issues all sends and receives as one group; returns before they complete. */
+  sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending;
+  /** recv (size × send.numel, rank-major) gets every member's `send`. */
+  allGather(send: DeviceTensor, recv: DeviceTensor): Pending;
+  /** recv (send.numel / size) gets this member's slice of the fp32 sum over members. */
+  reduceScatter(send: DeviceTensor, recv: DeviceTensor): Pending;
+}
+
+export const DONE: Pending = { wait() {} };

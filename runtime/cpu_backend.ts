@@ -1,0 +1,80 @@
+import { Backend } from './backend.js';
+import type { Comm, Group } from './comm.js';
+import { CpuComm } from './cpu_comm.js';
+import type { DType, HostData } from './dtype.js';
+import { fail } from './errors.js';
+import { native, type NativeCpu } from './native.js';
+import { DeviceTensor, contiguousStrides, numelOf, type Storage } from './tensor.js';
+
+function hostArray(numel: number, dtype: DType): HostData {
+  return dtype === 'float32' ? new Float32Array(numel) : new Uint16Array(numel);
+}
+
+/** The reference backend: host memory, C++ kernels, mailboxes between worker threads. */
+export class CpuBackend extends Backend {
+  readonly name = 'cpu' as const;
+  protected readonly kernels: NativeCpu;
+  private bytesLive = 0;
+  private bytesPeak = 0;
+  private readonly comms = new Map<string, CpuComm>();
+
+  constructor(private readonly timeoutMs: number) {
+    super();
+    this.kernels = native().cpu;
+  }
+
+  protected allocStorage(numel: number, dtype: DType): Storage {
+    return this.wrap(hostArray(numel, dtype), dtype);
+  }
+
+  private wrap(data: HostData, dtype: DType): Storage {
+    const bytes = data.byteLength;
+    this.bytesLive += bytes;
+    this.bytesPeak = Math.max(this.bytesPeak, this.bytesLive);
+    let live = true;
+    return {
+      data, dtype, numel: data.length,
+      release: () => {
+        if (live) this.bytesLive -= bytes;
+        live = false;
+      },
+    };
+  }
+
+  upload(data: HostData, shape: readonly number[], dtype: DType): DeviceTensor {
+    const want = dtype === 'float32' ? Float32Array : Uint16Array;
+    if (!(data instanceof want)) fail('E_DTYPE', `${dtype} data must be a ${want.name}`);
+    if (data.length !== numelOf(shape)) fail('E_SHAPE', `data has ${data.length} elements, shape ${shape.join('x')} needs ${numelOf(shape)}`);
+    return new DeviceTensor(this.wrap(data.slice(), dtype), shape, contiguousStrides(shape));
+  }
+
+  download(t: DeviceTensor): HostData {
+    const c = t.isContiguous() ? t : this.contiguous(t);
+    const data = c.storage.data as HostData;
+    const out = data.slice(c.offset, c.offset + c.numel);
+    if (c !== t) c.dispose();
+    return out;
+  }
+
+  fill(t: DeviceTensor, value: number): void {
+    if (!t.isContiguous()) fail('E_SHAPE', 'fill needs a contiguous tensor');
+    if (t.dtype !== 'float32' && value !== 0) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 only');
+    (t.storage.data as HostData).fill(value, t.offset, t.offset + t.numel);
+  }
+
+  sync(): void {}
+
+  comm(group: Group): Comm {
+    let c = this.comms.get(group.key);
+    if (!c) this.comms.set(group.key, (c = new CpuComm(group, this.kernels, this.timeoutMs)));
+    return c;
+  }
+
+  peakBytes(): number {
+    return this.bytesPeak;
+  }
+
+  resetPeak(): void {
+    this.bytesPeak = this.bytesLive;
+  }
+}

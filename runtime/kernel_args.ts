@@ -1,0 +1,76 @@
+// Parameter objects for the native kernels (native/src/params.h reads them). Both backends
+// build them here, so the CPU and CUDA kernels receive identical arguments.
+import { DTYPE_CODE } from './dtype.js';
+import { fail } from './errors.js';
+import type { DeviceTensor } from './tensor.js';
+
+export interface AttnOptions {
+  softmaxScale: number;
+  causal: boolean;
+}
+
+function bsh(t: DeviceTensor, name: string) {
+  if (t.ndim !== 4) fail('E_SHAPE', `${name} must be (batch, seqlen, heads, head_dim), got ${t.ndim}-d`);
+  return t.kernelView(3);
+}
+
+function bhs(t: DeviceTensor, name: string) {
+  if (t.ndim !== 3 || t.dtype !== 'float32') fail('E_SHAPE', `${name} must be float32 (batch, heads, seqlen)`);
+  return t.kernelView(3);
+}
+
+function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
+  return {
+    batch: q.shape[0], seqlen_q: q.shape[1], seqlen_k: k.shape[1], nheads: q.shape[2], nheads_k: k.shape[2],
+    head_dim: q.shape[3], softmax_scale: o.softmaxScale, causal: o.causal,
+  };
+}
+
+export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: AttnOptions) {
+  return {
+    shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype],
+    q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), lse: bhs(lse, 'lse'),
+  };
+}
+
+export function bwdDotArgs(dout: DeviceTensor, out: DeviceTensor, dsum: DeviceTensor) {
+  return {
+    batch: dout.shape[0], seqlen_q: dout.shape[1], nheads: dout.shape[2], head_dim: dout.shape[3],
+    dtype: DTYPE_CODE[dout.dtype], dout: bsh(dout, 'dout'), out: bsh(out, 'out'), dsum: bhs(dsum, 'dsum'),
+  };
+}
+
+export interface BwdTensors {
+  dout: DeviceTensor; q: DeviceTensor; k: DeviceTensor; v: DeviceTensor;
+  lse: DeviceTensor; dsum: DeviceTensor; dq: DeviceTensor; dk: DeviceTensor; dv: DeviceTensor;
+}
+
+export function bwdArgs(t: BwdTensors, o: AttnOptions & { accumulate: boolean }) {
+  return {
+    shape: shape(t.q, t.k, o), dtype: DTYPE_CODE[t.q.dtype],
+    q: bsh(t.q, 'q'), k: bsh(t.k, 'k'), v: bsh(t.v, 'v'), dout: bsh(t.dout, 'dout'),
+    lse: bhs(t.lse, 'lse'), dsum: bhs(t.dsum, 'dsum'),
+    dq: bsh(t.dq, 'dq'), dk: bsh(t.dk, 'dk'), dv: bsh(t.dv, 'dv'), accumulate: o.accumulate,
+  };
+}
+
+export function mergeArgs(out: DeviceTensor, lse: DeviceTensor, blockOut: DeviceTensor, blockLse: DeviceTensor) {
+  return {
+    batch: out.shape[0], seqlen: out.shape[1], nheads: out.shape[2], head_dim: out.shape[3],
+    out: bsh(out, 'out'), lse: bhs(lse, 'lse'), block_out: bsh(blockOut, 'block_out'), block_lse: bhs(blockLse, 'block_lse'),
+  };
+}
+
+export function copyArgs(dst: DeviceTensor, src: DeviceTensor) {
+  if (dst.dtype !== src.dtype) fail('E_DTYPE', `copy: ${src.dtype} into ${dst.dtype}`);
+  if (dst.shape.join() !== src.shape.join()) fail('E_SHAPE', `copy: ${src.shape.join('x')} into ${dst.shape.join('x')}`);
+  return {
+    batch: src.shape[0], seqlen: src.shape[1], heads: src.shape[2], head_dim: src.shape[3], dtype: DTYPE_CODE[src.dtype],
+    src: bsh(src, 'src'), dst: bsh(dst, 'dst'),
+  };
+}
+
+export function flat(t: DeviceTensor, name: string) {
+  if (!t.isContiguous()) fail('E_SHAPE', `${name} must be contiguous`);
+  return { data: t.storage.data, offset: t.offset, strides: [1] };
+}

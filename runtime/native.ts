@@ -1,0 +1,52 @@
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import fs from 'node:fs';
+import { RingFlashAttnError } from './errors.js';
+
+/** The addon's surface, as native/src registers it. Parameter objects: runtime/kernel_args.ts. */
+export interface NativeKernels {
+  flashFwd(p: object): void;
+  flashBwdDot(p: object): void;
+  flashBwd(p: object): void;
+  merge(p: object): void;
+  cast(p: object): void;
+  addF32(p: object): void;
+  copyBsh(p: object): void;
+}
+
+export interface NativeCpu extends NativeKernels {
+  mailSend(p: object): void;
+  mailRecv(p: object): void;
+  mailAbort(reason: string): void;
+  mailReset(): void;
+  mailPending(): number;
+}
+
+export interface NativeAddon {
+  cpu: NativeCpu;
+  cudaBuilt: boolean;
+  // Present when built with nvcc (runtime/cuda_backend.ts types it).
+  cuda?: Record<string, (...args: any[]) => any>;
+}
+
+let cached: NativeAddon | undefined;
+
+/** Finds build/Release/ring_flash_attn.node from dist/runtime or runtime/. */
+function addonPath(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [
+    process.env.RFA_ADDON,
+    path.resolve(here, '../../build/Release/ring_flash_attn.node'),
+    path.resolve(here, '../build/Release/ring_flash_attn.node'),
+  ].filter((p): p is string => !!p);
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found)
+    throw new RingFlashAttnError('E_DEVICE', `native addon not built: looked for ${candidates.join(', ')}; run npm run build`);
+  return found;
+}
+
+export function native(): NativeAddon {
+  if (!cached) cached = createRequire(import.meta.url)(addonPath()) as NativeAddon;
+  return cached;
+}

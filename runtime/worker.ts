@@ -1,0 +1,61 @@
+// Piscina worker entry: one worker thread per rank (per GPU), pinned by its own pool.
+// A task names a module and an export; the worker runs it with its RankContext. Errors come
+// back as data (code, message, rank) because structured clone drops custom error fields.
+import { workerData } from 'node:worker_threads';
+import { Backend } from './backend.js';
+import { RankContext, setCurrentContext, type RankInfo } from './context.js';
+import { asRingError, fail } from './errors.js';
+import { DeviceTensor } from './tensor.js';
+
+export interface WorkerTask {
+  moduleUrl: string;
+  exportName: string;
+  arg: unknown;
+}
+
+export type WorkerResult =
+  | { ok: true; value: unknown }
+  | { ok: false; error: { code: string; message: string; rank: number; stack?: string } };
+
+let ctx: RankContext | undefined;
+
+async function context(): Promise<RankContext> {
+  if (ctx) return ctx;
+  const info = workerData as RankInfo;
+  let backend: Backend;
+  if (info.backend === 'cuda') {
+    const { CudaBackend } = await import('./cuda_backend.js');
+    backend = new CudaBackend(info) as unknown as Backend;
+  } else {
+    const { CpuBackend } = await import('./cpu_backend.js');
+    backend = new CpuBackend(info.timeoutMs);
+  }
+  ctx = new RankContext(info, backend);
+  setCurrentContext(ctx);
+  return ctx;
+}
+
+/** DeviceTensors in a result come back to the caller as host { shape, dtype, data }. */
+function transferable(value: unknown, c: RankContext): unknown {
+  if (value instanceof DeviceTensor) return { shape: [...value.shape], dtype: value.dtype, data: c.backend.download(value) };
+  if (Array.isArray(value)) return value.map((v) => transferable(v, c));
+  if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, transferable(v, c)]));
+  return value;
+}
+
+export default async function run(task: WorkerTask): Promise<WorkerResult> {
+  const rank = (workerData as RankInfo).rank;
+  try {
+    const c = await context();
+    const mod = (await import(task.moduleUrl)) as Record<string, unknown>;
+    const fn = mod[task.exportName];
+    if (typeof fn !== 'function') fail('E_ARG', `${task.moduleUrl} has no exported function '${task.exportName}'`);
+    const value = await (fn as (c: RankContext, arg: unknown) => unknown)(c, task.arg);
+    c.backend.sync();
+    return { ok: true, value: transferable(value, c) };
+  } catch (err) {
+    const e = asRingError(err, 'E_WORKER', rank);
+    return { ok: false, error: { code: e.code, message: e.message, rank, stack: e.stack } };
+  }
+}

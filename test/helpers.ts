@@ -1,0 +1,74 @@
+import ndarray from 'ndarray';
+import { roundThrough, type DType } from '../runtime/dtype.js';
+
+/** Deterministic uniform generator (mulberry32), so failures reproduce. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Fresh random values in [-1, 1). */
+export function randn(rand: () => number, n: number): Float32Array {
+  return Float32Array.from({ length: n }, () => rand() * 2 - 1);
+}
+
+export function nd(data: Float32Array, shape: number[]) {
+  return ndarray(data, shape);
+}
+
+/** ‖x − ref‖ / ‖ref‖ (finite inputs; NaN anywhere gives NaN). */
+export function relL2(x: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (x.length !== ref.length) throw new Error(`relL2: length ${x.length} vs ${ref.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < x.length; i++) {
+    const a = x[i]!, r = ref[i]!;
+    if (!Number.isFinite(r) && a === r) continue; // matching infinities (lse of empty rows)
+    num += (a - r) ** 2;
+    den += r * r;
+  }
+  return Math.sqrt(num / den);
+}
+
+export function maxAbs(x: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < x.length; i++) {
+    const a = x[i]!, r = ref[i]!;
+    if (!Number.isFinite(r) && a === r) continue;
+    m = Math.max(m, Math.abs(a - r));
+    if (Number.isNaN(a)) return NaN;
+  }
+  return m;
+}
+
+/** Values as the compute dtype sees them. */
+export function rounded(x: Float32Array, dtype: DType): Float32Array {
+  return roundThrough(x, dtype);
+}
+
+/** Packs (b, s, h, d) tensors along a new axis 2: kv (b, s, 2, h, d) / qkv (b, s, 3, h, d). */
+export function pack(parts: Float32Array[], b: number, s: number, h: number, d: number): Float32Array {
+  const n = parts.length;
+  const out = new Float32Array(b * s * n * h * d);
+  for (let bi = 0; bi < b; bi++)
+    for (let i = 0; i < s; i++)
+      parts.forEach((p, j) => {
+        const src = ((bi * s + i) * h) * d;
+        out.set(p.subarray(src, src + h * d), (((bi * s + i) * n + j) * h) * d);
+      });
+  return out;
+}
+
+/** Inverse of pack: part j of a (b, s, n, h, d) tensor. */
+export function unpack(x: ArrayLike<number>, j: number, n: number, b: number, s: number, h: number, d: number): Float64Array {
+  const out = new Float64Array(b * s * h * d);
+  for (let bi = 0; bi < b; bi++)
+    for (let i = 0; i < s; i++)
+      for (let c = 0; c < h * d; c++) out[((bi * s + i) * h) * d + c] = x[(((bi * s + i) * n + j) * h) * d + c]!;
+  return out;
+}
