@@ -3,8 +3,8 @@ import type { AttnResult } from './family.js';
 import type { LayoutName } from './layouts.js';
 import * as ring from './ring.js';
 import * as ringV2 from './ring_v2.js';
-import { ringVariant } from './ring.js';
-import { ringV2Variant } from './ring_v2.js';
+import * as stripe from './stripe.js';
+import * as zigzag from './zigzag_ring.js';
 import type { RingVariant } from './variant.js';
 
 export type Packing = 'func' | 'kvpacked' | 'qkvpacked';
@@ -30,7 +30,9 @@ function register(variant: RingVariant, mod: Record<string, unknown>): void {
   }
 }
 
-register(ringVariant, ring);
-register(ringV2Variant, ringV2);
+register(ring.ringVariant, ring);
+register(ringV2.ringV2Variant, ringV2);
+register(zigzag.zigzagVariant, zigzag);
+register(stripe.stripeVariant, stripe);
 
 export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = entries;

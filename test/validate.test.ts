@@ -59,6 +59,8 @@ const cases: [string, () => Promise<unknown> | unknown, string, RegExp][] = [
   ['group rank out of range', () => rt.call(F, q, k, v, { group: [0, 5] }), 'E_ARG', /group must list distinct ranks in \[0, 2\)/],
   ['kv axis 2 not 2', () => rt.call('ring_flash_attn_kvpacked_func', q, t([1, 8, 3, 2, 16])), 'E_SHAPE', /kv axis 2 must be 2/],
   ['qkv axis 2 not 3', () => rt.call('ring_flash_attn_qkvpacked_func_v2', t([1, 8, 2, 2, 16])), 'E_SHAPE', /qkv axis 2 must be 3/],
+  ['zigzag: seqlen not divisible by 2·world', () => rt.call('zigzag_ring_flash_attn_func', t([1, 6, 2, 16]), t([1, 6, 2, 16]), t([1, 6, 2, 16]), { causal: true }), 'E_SHAPE', /zigzag layout: seqlen 6 must be a positive multiple of 2·world \(4\)/],
+  ['stripe: seqlen not divisible by world', () => rt.call('stripe_flash_attn_qkvpacked_func', t([1, 5, 3, 2, 16]), { causal: true }), 'E_SHAPE', /stripe layout: seqlen 5/],
   ['init: world 0', () => init({ backend: 'cpu', world: 0 }), 'E_ARG', /world must be an integer/],
   ['init: unknown backend', () => init({ backend: 'tpu' as 'cpu' }), 'E_ARG', /backend must be 'cuda' or 'cpu'/],
   ['init: unknown option', () => init({ backend: 'cpu', wrld: 2 } as object), 'E_ARG', /unknown option 'wrld'/],

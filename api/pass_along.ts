@@ -1,0 +1,112 @@
+// The pass-along ring shared by ring_v2, zigzag and stripe: every step each rank sends the K/V
+// block it holds to r+1 and receives the next from r−1 (the transfer is issued before the current
+// block is computed). A variant only says, per step, which rows of its queries attend to which
+// rows of the block it holds (its BlockPlan). In backward each block's fp32 dK/dV accumulator
+// travels with it and, after a full turn, arrives back at its owner with every contribution.
+import type { Backend } from '../runtime/backend.js';
+import type { Group, Pending } from '../runtime/comm.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+import { disposeAll, emptyKv, packKv, ringPeer, type KvBuffer } from './kv_buffer.js';
+import { updateOutAndLse } from './merge.js';
+import type { RingForward, RingGrads, RingOptions } from './variant.js';
+
+/** Rows [start, start + length) of the sequence axis. */
+export interface Rows {
+  start: number;
+  length: number;
+}
+
+/** What one step computes: query rows `q` against key/value rows `kv` of the held block. */
+export interface BlockPlan {
+  q: Rows;
+  kv: Rows;
+  causal: boolean;
+}
+
+/**
+ * The plan of `step` (0: the rank's own block; step s: the block of rank r−s) for a rank with
+ * `seqlen` local tokens; null when nothing of the block is visible.
+ */
+export type PlanFn = (step: number, group: Group, seqlen: number, o: RingOptions) => BlockPlan | null;
+
+function passAlong(backend: Backend, group: Group, cur: KvBuffer, next: KvBuffer): Pending {
+  return backend.comm(group).sendRecv(
+    [{ peer: ringPeer(group.rank, 1, group.size), tensor: cur.buf }],
+    [{ peer: ringPeer(group.rank, -1, group.size), tensor: next.buf }],
+  );
+}
+
+const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) => (r.start === 0 && r.length === t.shape[axis] ? t : t.narrow(axis, r.start, r.length));
+
+export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
+  const [b, s, h, d] = q.shape as [number, number, number, number];
+  const W = group.size;
+  const out = backend.empty([b, s, h, d], 'float32');
+  const lse = backend.empty([b, h, s], 'float32');
+  const own = plan(0, group, s, o);
+  if (!own || own.q.length !== s) throw new Error('pass-along plan: step 0 must cover every query row');
+  backend.flashFwd(q, rowsOf(k, own.kv), rowsOf(v, own.kv), out, lse, { softmaxScale: o.softmaxScale, causal: own.causal });
+  if (W === 1) return { out, lse };
+  const bufs = [packKv(backend, k, v), emptyKv(backend, k)];
+  const blockOut = backend.empty([b, s, h, d], 'float32');
+  const blockLse = backend.empty([b, h, s], 'float32');
+  let pending = passAlong(backend, group, bufs[0]!, bufs[1]!);
+  for (let step = 1; step < W; step++) {
+    pending.wait();
+    const cur = bufs[step % 2]!;
+    if (step + 1 < W) pending = passAlong(backend, group, cur, bufs[(step + 1) % 2]!);
+    const p = plan(step, group, s, o);
+    if (!p) continue;
+    const bo = rowsOf(blockOut, { start: 0, length: p.q.length });
+    const bl = rowsOf(blockLse, { start: 0, length: p.q.length }, 2);
+    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), bo, bl, { softmaxScale: o.softmaxScale, causal: p.causal });
+    updateOutAndLse(backend, rowsOf(out, p.q), rowsOf(lse, p.q, 2), bo, bl);
+  }
+  disposeAll(...bufs, blockOut, blockLse);
+  return { out, lse };
+}
+
+export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
+  fwd: RingForward, o: RingOptions): RingGrads {
+  const [b, s, h] = q.shape as [number, number, number, number];
+  const W = group.size;
+  const dq = backend.zeros(q.shape, 'float32');
+  const dsum = backend.empty([b, h, s], 'float32');
+  backend.flashBwdDot(dout, fwd.out, dsum);
+  const blockGrads = (p: BlockPlan, cur: { k: DeviceTensor; v: DeviceTensor }, into: KvBuffer) => backend.flashBwd({
+    dout: rowsOf(dout, p.q), q: rowsOf(q, p.q), k: rowsOf(cur.k, p.kv), v: rowsOf(cur.v, p.kv),
+    lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
+    dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
+  }, { softmaxScale: o.softmaxScale, causal: p.causal, accumulate: true });
+  // Step 0: this rank's own block; its accumulator starts here.
+  const travel = [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')];
+  backend.fill(travel[0]!.buf, 0);
+  blockGrads(plan(0, group, s, o)!, { k, v }, travel[0]!);
+  if (W === 1) {
+    disposeAll(dsum, travel[1]);
+    return { dq, dk: travel[0]!.k, dv: travel[0]!.v };
+  }
+  const kvBufs = [packKv(backend, k, v), emptyKv(backend, k)];
+  const block = emptyKv(backend, k, 'float32');
+  let kvPending = passAlong(backend, group, kvBufs[0]!, kvBufs[1]!);
+  let dkvPending = passAlong(backend, group, travel[0]!, travel[1]!);
+  for (let step = 1; step < W; step++) {
+    kvPending.wait();
+    const cur = kvBufs[step % 2]!;
+    if (step + 1 < W) kvPending = passAlong(backend, group, cur, kvBufs[(step + 1) % 2]!);
+    const p = plan(step, group, s, o);
+    if (p) {
+      backend.fill(block.buf, 0);
+      blockGrads(p, cur, block);
+    }
+    // The accumulator of the block we hold arrives from r−1; add our part and pass it on.
+    dkvPending.wait();
+    const acc = travel[step % 2]!;
+    if (p) backend.add(acc.buf, block.buf);
+    dkvPending = passAlong(backend, group, acc, travel[(step + 1) % 2]!);
+  }
+  dkvPending.wait();
+  const own = travel[W % 2]!;
+  disposeAll(dsum, ...kvBufs, block, travel[(W + 1) % 2]);
+  return { dq, dk: own.k, dv: own.v };
+}
