@@ -23,7 +23,10 @@ export const ATTN_POSITIONAL = [
   'dropout_p', 'softmax_scale', 'causal', 'window_size', 'alibi_slopes', 'deterministic', 'return_attn_probs', 'group',
 ] as const;
 
-const ATTN_KEYS = new Set<string>([...ATTN_POSITIONAL, 'softcap']);
+/** flash-attn 2.x's single-device order: softcap sits after window_size, and there is no group. */
+export const FLASH_POSITIONAL = [
+  'dropout_p', 'softmax_scale', 'causal', 'window_size', 'softcap', 'alibi_slopes', 'deterministic', 'return_attn_probs',
+] as const;
 
 export interface AttnArgs {
   softmaxScale: number | null;
@@ -67,9 +70,16 @@ export function collectKwargs(fn: string, rest: readonly unknown[], positional: 
   return kw;
 }
 
-/** Validates the keyword arguments shared by every attention function. */
-export function parseAttnArgs(fn: string, rest: readonly unknown[], extraKeys: readonly string[] = []): AttnArgs & { extra: Record<string, unknown> } {
-  const kw = collectKwargs(fn, rest, ATTN_POSITIONAL, new Set([...ATTN_KEYS, ...extraKeys]));
+/**
+ * Validates the keyword arguments shared by every attention function; `positional` is the
+ * function's Python order after the tensors, `extraKeys` keyword-only additions (driver mode's
+ * dtype). Returns the parsed values and the raw keyword record.
+ */
+export function parseAttnArgs(fn: string, rest: readonly unknown[], positional: readonly string[] = ATTN_POSITIONAL,
+  extraKeys: readonly string[] = []): AttnArgs & { kw: Record<string, unknown> } {
+  const keys = new Set<string>([...ATTN_POSITIONAL, ...FLASH_POSITIONAL, ...extraKeys]);
+  if (!positional.includes('group')) keys.delete('group');
+  const kw = collectKwargs(fn, rest, positional, keys);
   const dropout = kw.dropout_p ?? 0;
   if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${String(dropout)}`);
   if (dropout > 0) fail('E_UNSUPPORTED', `${fn}: dropout_p > 0 is not supported (got ${dropout})`);
@@ -90,7 +100,5 @@ export function parseAttnArgs(fn: string, rest: readonly unknown[], extraKeys: r
   if (typeof ret !== 'boolean') fail('E_ARG', `${fn}: return_attn_probs must be a boolean`);
   const group = (kw.group ?? null) as AttnArgs['group'];
   if (group !== null && !Array.isArray(group) && !isGroup(group)) fail('E_ARG', `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks`);
-  const extra: Record<string, unknown> = {};
-  for (const k of extraKeys) if (k in kw) extra[k] = kw[k];
-  return { softmaxScale: scale as number | null, causal, returnAttnProbs: ret, deterministic, group, extra };
+  return { softmaxScale: scale as number | null, causal, returnAttnProbs: ret, deterministic, group, kw };
 }

@@ -4,7 +4,7 @@ import type ndarray from 'ndarray';
 import { checkDType, type DType } from '../runtime/dtype.js';
 import { RingFlashAttnError, fail } from '../runtime/errors.js';
 import { Runtime, type InitOptions } from '../runtime/runtime.js';
-import { collectKwargs, parseAttnArgs, ATTN_POSITIONAL } from './args.js';
+import { parseAttnArgs } from './args.js';
 import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
 import { checkDivisible, gather, shard, type LayoutName } from './layouts.js';
@@ -51,22 +51,21 @@ export class RingRuntime extends Runtime {
     const nt = TENSOR_COUNT[entry.packing];
     if (args.length < nt) fail('E_ARG', `${name}: expected ${nt} tensor argument(s) (${INPUT_NAMES[entry.packing].join(', ')}), got ${args.length}`);
     const rest = args.slice(nt);
-    parseAttnArgs(name, rest, ['dtype']);
-    const kw = collectKwargs(name, rest, ATTN_POSITIONAL, new Set([...ATTN_POSITIONAL, 'softcap', 'dtype']));
-    const ranks = this.groupRanks(name, kw.group);
+    const { kw } = parseAttnArgs(name, rest, entry.positional, ['dtype']);
+    const ranks = entry.layout === 'single' ? [0] : this.groupRanks(name, kw.group);
     const world = ranks.length;
     let dense = args.slice(0, nt).map((x, i) => toDense(name, INPUT_NAMES[entry.packing][i]!, x));
     const dtype: DType = kw.dtype !== undefined ? checkDType(kw.dtype, `${name}: dtype`)
       : this.backend === 'cuda' ? 'bfloat16' : dense[0]!.dtype;
     dense = dense.map((t) => toComputeDtype(t, dtype));
-    checkHostShapes(name, entry.packing, dense);
+    checkHostShapes(name, entry.packing, dense, entry.layout !== 'single');
     const seqlen = dense[0]!.shape[1]!;
-    checkDivisible(entry.layout, seqlen, world);
+    if (entry.layout !== 'single') checkDivisible(entry.layout, seqlen, world);
     const { dtype: _drop, group: _g, ...kwargs } = kw;
     if (kw.group != null) kwargs.group = ranks;
     const callId = this.nextCallId++;
     const tasks: ForwardTask[] = ranks.map((_, i) => ({
-      callId, name, kwargs, tensors: dense.map((t) => shard(entry.layout, t, 1, i, world) as HostShard).map((s, j) => ({ ...s, dtype: dense[j]!.dtype })),
+      callId, name, kwargs, tensors: dense.map((t) => ({ ...shardOf(entry.layout, t, i, world), dtype: t.dtype })),
     }));
     const results = (await this.runEach(TASKS, 'forward', tasks, ranks)) as { out: HostShard; lse: HostShard }[];
     const layout = entry.layout;
@@ -80,7 +79,7 @@ export class RingRuntime extends Runtime {
         const dout = toComputeDtype(toDense(`${name} backward`, 'dout', doutArg), dtype);
         if (dout.shape.join() !== out.shape.join())
           fail('E_SHAPE', `${name} backward: dout shape (${dout.shape.join(', ')}) != out shape (${out.shape.join(', ')})`);
-        const douts = ranks.map((_, i) => ({ callId, dout: { ...shard(layout, dout, 1, i, world), dtype } }));
+        const douts = ranks.map((_, i) => ({ callId, dout: { ...shardOf(layout, dout, i, world), dtype } }));
         const grads = (await this.runEach(TASKS, 'backward', douts, ranks)) as HostShard[][];
         const named: Record<string, Nd> = {};
         GRAD_NAMES[entry.packing].forEach((g, j) => {
@@ -106,13 +105,19 @@ export class RingRuntime extends Runtime {
   }
 }
 
-function gatherShards(layout: LayoutName, shards: HostShard[], axis: number): HostShard {
+function gatherShards(layout: LayoutName | 'single', shards: HostShard[], axis: number): HostShard {
+  if (layout === 'single') return shards[0]!;
   const g = gather(layout, shards, axis);
   return { data: g.data, shape: [...g.shape], dtype: shards[0]!.dtype };
 }
 
+function shardOf(layout: LayoutName | 'single', t: DenseHost, rank: number, world: number) {
+  const s = layout === 'single' ? t : shard(layout, t, 1, rank, world);
+  return { data: s.data, shape: [...s.shape] };
+}
+
 /** Full-sequence shape checks, so a bad call fails before any worker runs. */
-function checkHostShapes(fn: string, packing: Packing, t: DenseHost[]): void {
+function checkHostShapes(fn: string, packing: Packing, t: DenseHost[], sameSeqlen: boolean): void {
   const want = packing === 'func' ? [4, 4, 4] : packing === 'kvpacked' ? [4, 5] : [5];
   t.forEach((x, i) => {
     const nm = INPUT_NAMES[packing][i]!;
@@ -131,7 +136,7 @@ function checkHostShapes(fn: string, packing: Packing, t: DenseHost[]): void {
   }
   if (k.join() !== v.join()) fail('E_SHAPE', `${fn}: k (${k.join(', ')}) and v (${v.join(', ')}) must have the same shape`);
   if (q[0] !== k[0]) fail('E_SHAPE', `${fn}: k batch ${k[0]} != q batch ${q[0]}`);
-  if (q[1] !== k[1]) fail('E_SHAPE', `${fn}: k seqlen ${k[1]} != q seqlen ${q[1]}`);
+  if (sameSeqlen && q[1] !== k[1]) fail('E_SHAPE', `${fn}: k seqlen ${k[1]} != q seqlen ${q[1]}`);
   if (q[3] !== k[3]) fail('E_SHAPE', `${fn}: k head_dim ${k[3]} != q head_dim ${q[3]}`);
   if (q[2]! % k[2]! !== 0) fail('E_SHAPE', `${fn}: q heads (${q[2]}) must be a multiple of k/v heads (${k[2]})`);
   if (q.some((n) => n < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported`);

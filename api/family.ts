@@ -40,9 +40,12 @@ interface Call {
 }
 
 function attend(variant: RingVariant, c: Call): AttnResult {
-  const a = parseAttnArgs(c.fn, c.rest);
+  const single = variant.layout === 'single';
+  const a = parseAttnArgs(c.fn, c.rest, variant.positional);
   checkQkv(c.fn, c.q, c.k, c.v);
-  const group = resolveGroup(c.fn, a.group);
+  if (!single && c.k.shape[1] !== c.q.shape[1])
+    fail('E_SHAPE', `${c.fn}: k seqlen ${c.k.shape[1]} != q seqlen ${c.q.shape[1]} (ring shards hold equal lengths)`);
+  const group = single ? currentContext().newGroup([currentContext().rank]) : resolveGroup(c.fn, a.group);
   const backend = currentContext().backend;
   const o: RingOptions = { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(c.q.shape[3]!), causal: a.causal };
   variant.check?.(c.fn, c.q, c.k, o, group);

@@ -29,8 +29,10 @@ export interface RingVariant {
   readonly name: string;
   /** Suffix after the packing in public names ('_v2' for ring_flash_attn_func_v2). */
   readonly suffix?: string;
-  /** How driver mode shards the sequence for this variant. */
-  readonly layout: 'contiguous' | 'zigzag' | 'stripe';
+  /** How driver mode shards the sequence for this variant; 'single' is one device, no ring. */
+  readonly layout: 'contiguous' | 'zigzag' | 'stripe' | 'single';
+  /** Python positional order after the tensors (default: the ring functions' order). */
+  readonly positional?: readonly string[];
   /** Extra preconditions on the local shards (e.g. zigzag's even split); throws E_SHAPE/E_UNSUPPORTED. */
   check?(fn: string, q: DeviceTensor, k: DeviceTensor, o: RingOptions, group: Group): void;
   forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward;

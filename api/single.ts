@@ -1,0 +1,49 @@
+// flash_attn_*: one device, no ring: the kernel itself behind the same wrappers, used as the
+// benchmark's baseline and by code ported from flash-attn. q and k may differ in length (causal
+// is then bottom-right aligned, as in flash-attn 2.x).
+import type { Backend } from '../runtime/backend.js';
+import type { Group } from '../runtime/comm.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+import { FLASH_POSITIONAL } from './args.js';
+import { attnFamily } from './family.js';
+import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
+
+export function singleForward(backend: Backend, _g: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
+  const [b, s, h, d] = q.shape as [number, number, number, number];
+  const out = backend.empty([b, s, h, d], 'float32');
+  const lse = backend.empty([b, h, s], 'float32');
+  backend.flashFwd(q, k, v, out, lse, o);
+  return { out, lse };
+}
+
+export function singleBackward(backend: Backend, _g: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
+  fwd: RingForward, o: RingOptions): RingGrads {
+  const [b, s, h] = q.shape as [number, number, number, number];
+  const dsum = backend.empty([b, h, s], 'float32');
+  backend.flashBwdDot(dout, fwd.out, dsum);
+  const dq = backend.empty(q.shape, 'float32');
+  const dk = backend.empty(k.shape, 'float32');
+  const dv = backend.empty(v.shape, 'float32');
+  backend.flashBwd({ dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv }, { ...o, accumulate: false });
+  dsum.dispose();
+  return { dq, dk, dv };
+}
+
+export const singleVariant: RingVariant = {
+  name: 'flash_attn', layout: 'single', positional: FLASH_POSITIONAL, forward: singleForward, backward: singleBackward,
+};
+
+const family = attnFamily(singleVariant);
+
+/**
+ * flash_attn_func(q, k, v, dropout_p?, softmax_scale?, causal?, window_size?, softcap?,
+ * alibi_slopes?, deterministic?, return_attn_probs?): attention on this device only.
+ */
+export const flash_attn_func = family.func;
+/** flash_attn_kvpacked_func(q, kv (b, s_k, 2, h_k, d), ...) on this device only. */
+export const flash_attn_kvpacked_func = family.kvpacked;
+/** flash_attn_qkvpacked_func(qkv (b, s, 3, h, d), ...) on this device only. */
+export const flash_attn_qkvpacked_func = family.qkvpacked;
+export const flashAttnFunc = flash_attn_func;
+export const flashAttnKvpackedFunc = flash_attn_kvpacked_func;
+export const flashAttnQkvpackedFunc = flash_attn_qkvpacked_func;
