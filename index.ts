@@ -1,5 +1,6 @@
 // ring-flash-attn: ring attention on FlashAttention-style kernels for Node.js.
 export * from './api/index.js';
+export * from './compat/index.js';
 export { RingFlashAttnError, type ErrorCode } from './runtime/errors.js';
 export { DeviceTensor } from './runtime/tensor.js';
 export { RankContext } from './runtime/context.js';

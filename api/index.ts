@@ -4,7 +4,6 @@ export * from './ring_v2.js';
 export * from './zigzag_ring.js';
 export * from './stripe.js';
 export * from './single.js';
-export { updateOutAndLse } from './merge.js';
 export { layoutPositions, shard, gather, LAYOUTS, type LayoutName } from './layouts.js';
 export type { AttnKwargs } from './args.js';
 export type { AttnResult } from './family.js';

@@ -1,0 +1,61 @@
+// Helpers Python users of ring-flash-attention reach for, with their Python names.
+import ndarray from 'ndarray';
+import { shard, type LayoutName } from '../api/layouts.js';
+import { currentContext } from '../runtime/context.js';
+import { fail } from '../runtime/errors.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+import { toDense } from '../api/host.js';
+
+type HostNd = ndarray.NdArray<Float32Array | Uint16Array>;
+
+function extract(layout: LayoutName, fn: string, value: unknown, rank: number, worldSize: number, dim: number): HostNd {
+  const t = toDense(fn, 'value', value);
+  if (!Number.isInteger(dim) || dim < 0 || dim >= t.shape.length) fail('E_ARG', `${fn}: dim ${dim} out of range for a ${t.shape.length}-d tensor`);
+  if (!Number.isInteger(worldSize) || worldSize < 1) fail('E_ARG', `${fn}: world_size must be a positive integer, got ${worldSize}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) fail('E_ARG', `${fn}: rank ${rank} out of range [0, ${worldSize})`);
+  const s = shard(layout, t, dim, rank, worldSize);
+  const out = ndarray(s.data, [...s.shape]) as HostNd;
+  if (t.dtype !== 'float32') Object.defineProperty(out, 'dtype', { value: t.dtype, enumerable: true });
+  return out;
+}
+
+/** This rank's contiguous chunk of `value` along `dim` (test_ring_flash_attn_func's extract_local). */
+export function extract_local(value: unknown, rank: number, world_size: number, dim = 1): HostNd {
+  return extract('contiguous', 'extract_local', value, rank, world_size, dim);
+}
+
+/** Chunks `rank` and `2·world_size−1−rank` of 2·world_size, concatenated (the zigzag layout). */
+export function zigzag_extract_local(value: unknown, rank: number, world_size: number, dim = 1): HostNd {
+  return extract('zigzag', 'zigzag_extract_local', value, rank, world_size, dim);
+}
+
+/** Positions rank, rank + world_size, ... (the stripe layout). */
+export function stripe_extract_local(value: unknown, rank: number, world_size: number, dim = 1): HostNd {
+  return extract('stripe', 'stripe_extract_local', value, rank, world_size, dim);
+}
+
+/**
+ * update_out_and_lse(out, lse, block_out, block_lse) inside SPMD code: merges a block's attention
+ * result into the running one in fp32 with the stable form
+ *   lse = lse − logsigmoid(lse − block_lse),  out = out − sigmoid(block_lse − lse) · (out − block_out).
+ * `out` (b, s, h, d) and `lse` (b, h, s) are fp32 (pass null for the first block: copies of the
+ * block are returned). Unlike the Python helper, lse keeps flash-attn's (b, h, s) layout.
+ * Returns [out, lse] (updated in place when given).
+ */
+export function update_out_and_lse(out: DeviceTensor | null, lse: DeviceTensor | null, block_out: DeviceTensor, block_lse: DeviceTensor): [DeviceTensor, DeviceTensor] {
+  const backend = currentContext().backend;
+  const f32 = (t: DeviceTensor) => (t.dtype === 'float32' ? t : backend.cast(t, 'float32'));
+  if (block_out.ndim !== 4 || block_lse.ndim !== 3) fail('E_SHAPE', 'update_out_and_lse: block_out must be (b, s, h, d) and block_lse (b, h, s)');
+  const [b, s, h] = block_out.shape as [number, number, number];
+  if (block_lse.shape.join() !== [b, h, s].join()) fail('E_SHAPE', `update_out_and_lse: block_lse (${block_lse.shape.join(', ')}) does not match block_out (b, h, s) = (${b}, ${h}, ${s})`);
+  if ((out === null) !== (lse === null)) fail('E_ARG', 'update_out_and_lse: out and lse are both null or both given');
+  if (block_lse.dtype !== 'float32') fail('E_DTYPE', 'update_out_and_lse: block_lse must be float32 (kernels return fp32 lse)');
+  if (out === null || lse === null)
+    return [block_out.dtype === 'float32' ? backend.contiguous(block_out) : backend.cast(block_out, 'float32'), backend.contiguous(block_lse)];
+  if (out.dtype !== 'float32' || lse.dtype !== 'float32') fail('E_DTYPE', 'update_out_and_lse: out and lse must be float32');
+  if (out.shape.join() !== block_out.shape.join()) fail('E_SHAPE', `update_out_and_lse: out (${out.shape.join(', ')}) != block_out (${block_out.shape.join(', ')})`);
+  const bo = f32(block_out);
+  backend.merge(out, lse, bo, block_lse);
+  if (bo !== block_out) bo.dispose();
+  return [out, lse];
+}
