@@ -39,6 +39,23 @@ struct AttnShape {
   bool causal = false;
 };
 
+// Packed variable-length sequences (flash-attn's varlen), optional: when num_seqs > 0 the batch
+// is 1 and the seqlen axis holds segments. Segment i has query rows [q_start[i], q_start[i] +
+// q_len[i]) and key rows [k_start[i], k_start[i] + k_len[i]); attention never crosses segments,
+// and causal is bottom-right aligned per segment. The arrays are int32 in the backend's memory
+// (host for cpu, device for cuda). Rows outside every segment are not touched (out, lse, dq).
+// With start/len pairs (not just cu_seqlens) a step may cover part of each sequence, e.g. the
+// second half of every sequence in zigzag varlen.
+struct Segments {
+  int32_t num_seqs = 0;
+  const int32_t* q_start = nullptr;  // (num_seqs)
+  const int32_t* q_len = nullptr;    // (num_seqs)
+  const int32_t* k_start = nullptr;  // (num_seqs)
+  const int32_t* k_len = nullptr;    // (num_seqs)
+  int32_t max_seqlen_q = 0;          // max of q_len (grid sizing)
+  int32_t max_seqlen_k = 0;          // max of k_len
+};
+
 // out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16.
 struct FlashFwdParams {
   AttnShape shape;
@@ -48,6 +65,7 @@ struct FlashFwdParams {
   const void* v = nullptr;  BshStrides v_stride;  // (batch, seqlen_k, nheads_k, head_dim)
   float* out = nullptr;     BshStrides o_stride;  // (batch, seqlen_q, nheads,   head_dim) fp32
   float* lse = nullptr;     BhsStrides lse_stride; // (batch, nheads, seqlen_q) fp32, natural log
+  Segments seg;             // varlen; num_seqs == 0 for dense batches
 };
 
 // dsum = rowsum(dout * out): the softmax-backward term D_i, computed once per backward call with
@@ -77,6 +95,7 @@ struct FlashBwdParams {
   float* dk = nullptr; BshStrides dk_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
   float* dv = nullptr; BshStrides dv_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
   bool accumulate = false;  // true: dq/dk/dv += block gradients (ring steps); false: overwrite
+  Segments seg;             // varlen; num_seqs == 0 for dense batches (with segments, accumulate must be true)
 };
 
 // In-place exact merge of a block result into the running result (fp32):

@@ -25,6 +25,8 @@ export abstract class Backend {
   /** Waits for all queued work of this rank (cpu: no-op). */
   abstract sync(): void;
   abstract comm(group: Group): Comm;
+  /** Copies int32 values into backend memory (segment tables of varlen calls). */
+  protected abstract uploadInt32(values: Int32Array): { data: Int32Array | bigint; release(): void };
   /** Peak bytes allocated on this rank since the last reset. */
   abstract peakBytes(): number;
   abstract resetPeak(): void;
@@ -78,6 +80,25 @@ export abstract class Backend {
     if (dst.dtype !== 'float32' || src.dtype !== 'float32' || dst.numel !== src.numel)
       fail('E_SHAPE', 'add needs two float32 tensors of equal size');
     this.kernels.addF32({ dst: args.flat(dst, 'dst'), src: args.flat(src, 'src'), n: dst.numel });
+  }
+
+  /**
+   * A segment table for varlen kernel calls (see native/attn_params.h Segments). Lengths must
+   * fit the tensors they will be used with; the kernels re-check on the cpu backend.
+   */
+  segments(t: { qStart: readonly number[]; qLen: readonly number[]; kStart: readonly number[]; kLen: readonly number[] }): args.SegmentTable {
+    const n = t.qStart.length;
+    if ([t.qLen, t.kStart, t.kLen].some((a) => a.length !== n)) fail('E_ARG', 'segments: the four arrays must have one entry per sequence');
+    const packed = Int32Array.from([...t.qStart, ...t.qLen, ...t.kStart, ...t.kLen]);
+    const buf = this.uploadInt32(packed);
+    const view = (i: number) => ({ data: buf.data, offset: i * n, strides: [1] });
+    return {
+      numSeqs: n,
+      maxSeqlenQ: Math.max(0, ...t.qLen),
+      maxSeqlenK: Math.max(0, ...t.kLen),
+      native: { num_seqs: n, q_start: view(0), q_len: view(1), k_start: view(2), k_len: view(3), max_seqlen_q: Math.max(0, ...t.qLen), max_seqlen_k: Math.max(0, ...t.kLen) },
+      release: () => buf.release(),
+    };
   }
 
   /** out (fp32), lse (fp32) = attention of q against k/v (see native/attn_params.h). */

@@ -56,6 +56,10 @@ export class CpuBackend extends Backend {
     return out;
   }
 
+  protected uploadInt32(values: Int32Array) {
+    return { data: values.slice(), release: () => undefined };
+  }
+
   fill(t: DeviceTensor, value: number): void {
     if (!t.isContiguous()) fail('E_SHAPE', 'fill needs a contiguous tensor');
     if (t.dtype !== 'float32' && value !== 0) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 only');

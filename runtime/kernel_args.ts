@@ -7,6 +7,22 @@ import type { DeviceTensor } from './tensor.js';
 export interface AttnOptions {
   softmaxScale: number;
   causal: boolean;
+  /** Packed variable-length sequences (native/attn_params.h Segments); batch must be 1. */
+  seg?: SegmentTable;
+}
+
+/**
+ * Segments of a varlen kernel call in the backend's memory: segment i covers query rows
+ * [qStart[i], qStart[i] + qLen[i]) and key rows [kStart[i], kStart[i] + kLen[i]).
+ * Made by Backend.segments(); release() when the call's work is done.
+ */
+export interface SegmentTable {
+  readonly numSeqs: number;
+  readonly maxSeqlenQ: number;
+  readonly maxSeqlenK: number;
+  /** Native view object (int32 arrays). */
+  readonly native: object;
+  release(): void;
 }
 
 function bsh(t: DeviceTensor, name: string) {
@@ -28,7 +44,7 @@ function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
 
 export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: AttnOptions) {
   return {
-    shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype],
+    shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype], seg: o.seg?.native,
     q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), lse: bhs(lse, 'lse'),
   };
 }
@@ -47,7 +63,7 @@ export interface BwdTensors {
 
 export function bwdArgs(t: BwdTensors, o: AttnOptions & { accumulate: boolean }) {
   return {
-    shape: shape(t.q, t.k, o), dtype: DTYPE_CODE[t.q.dtype],
+    shape: shape(t.q, t.k, o), dtype: DTYPE_CODE[t.q.dtype], seg: o.seg?.native,
     q: bsh(t.q, 'q'), k: bsh(t.k, 'k'), v: bsh(t.v, 'v'), dout: bsh(t.dout, 'dout'),
     lse: bhs(t.lse, 'lse'), dsum: bhs(t.dsum, 'dsum'),
     dq: bsh(t.dq, 'dq'), dk: bsh(t.dk, 'dk'), dv: bsh(t.dv, 'dv'), accumulate: o.accumulate,

@@ -158,5 +158,7 @@ function abortCommunicators(reason: string): void {
 }
 
 function resetCommunicators(): void {
-  native().cpu.mailReset();
+  const addon = native();
+  addon.cpu.mailReset();
+  addon.cuda?.resetAll?.();
 }

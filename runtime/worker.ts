@@ -25,7 +25,7 @@ async function context(): Promise<RankContext> {
   let backend: Backend;
   if (info.backend === 'cuda') {
     const { CudaBackend } = await import('./cuda_backend.js');
-    backend = new CudaBackend(info) as unknown as Backend;
+    backend = new CudaBackend(info);
   } else {
     const { CpuBackend } = await import('./cpu_backend.js');
     backend = new CpuBackend(info.timeoutMs);

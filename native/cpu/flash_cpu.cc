@@ -21,49 +21,74 @@ inline int64_t bhs_index(const BhsStrides& s, int64_t b, int64_t h, int64_t row)
   return b * s.batch + h * s.head + row * s.row;
 }
 
-// Loads rows [0, seqlen) of head h of a (b, s, h, d) view into a dense float matrix (seqlen x d).
-void load_rows(const void* base, DType t, const BshStrides& s, int64_t b, int64_t h, int seqlen, int d,
+// Loads rows [row0, row0 + rows) of head h of a (b, s, h, d) view into a dense float matrix.
+void load_rows(const void* base, DType t, const BshStrides& s, int64_t b, int64_t h, int row0, int rows, int d,
                std::vector<float>& dst) {
-  dst.resize(size_t(seqlen) * d);
-  for (int i = 0; i < seqlen; ++i) {
-    int64_t off = bsh_index(s, b, i, h);
+  dst.resize(size_t(rows) * d);
+  for (int i = 0; i < rows; ++i) {
+    int64_t off = bsh_index(s, b, row0 + i, h);
     for (int c = 0; c < d; ++c) dst[size_t(i) * d + c] = load_elem(base, off + c, t);
   }
 }
 
-// Last key index (inclusive) that query row i may see; flash-attn 2.x bottom-right causal alignment.
-inline int last_key(const AttnShape& sh, int i) {
-  if (!sh.causal) return sh.seqlen_k - 1;
-  int last = i + sh.seqlen_k - sh.seqlen_q;
-  return last < sh.seqlen_k - 1 ? last : sh.seqlen_k - 1;
+// Last key (inclusive, segment-relative) that query row i may see; flash-attn 2.x bottom-right
+// causal alignment within a segment of len_q queries and len_k keys.
+inline int last_key(bool causal, int len_q, int len_k, int i) {
+  if (!causal) return len_k - 1;
+  int last = i + len_k - len_q;
+  return last < len_k - 1 ? last : len_k - 1;
 }
 
-void check_shape(const AttnShape& sh) {
+void check_shape(const AttnShape& sh, const Segments& seg) {
   RFA_CHECK_ARG(sh.batch >= 0 && sh.seqlen_q >= 0 && sh.seqlen_k >= 0, "negative dimension");
   RFA_CHECK_ARG(sh.nheads > 0 && sh.nheads_k > 0 && sh.nheads % sh.nheads_k == 0,
                 "nheads must be a positive multiple of nheads_k");
   if (sh.head_dim <= 0 || sh.head_dim > 256)
     RFA_THROW("E_UNSUPPORTED", "head_dim " + std::to_string(sh.head_dim) + " is not supported (1..256)");
+  if (seg.num_seqs == 0) return;
+  RFA_CHECK_ARG(sh.batch == 1, "varlen segments need batch 1");
+  RFA_CHECK_ARG(seg.q_start && seg.q_len && seg.k_start && seg.k_len, "varlen: null segment array");
+  for (int i = 0; i < seg.num_seqs; ++i) {
+    if (seg.q_start[i] < 0 || seg.q_len[i] < 0 || seg.q_start[i] + seg.q_len[i] > sh.seqlen_q ||
+        seg.k_start[i] < 0 || seg.k_len[i] < 0 || seg.k_start[i] + seg.k_len[i] > sh.seqlen_k)
+      RFA_THROW("E_SHAPE", "varlen: segment " + std::to_string(i) + " reaches outside the tensors");
+  }
+}
+
+// One unit of work: batch b, query rows [q0, q0+nq), key rows [k0, k0+nk).
+struct Span {
+  int64_t b;
+  int q0, nq, k0, nk;
+};
+
+template <typename F>
+void for_each_span(const AttnShape& sh, const Segments& seg, F&& f) {
+  if (seg.num_seqs == 0) {
+    for (int64_t b = 0; b < sh.batch; ++b) f(Span{b, 0, sh.seqlen_q, 0, sh.seqlen_k});
+  } else {
+    for (int i = 0; i < seg.num_seqs; ++i) f(Span{0, seg.q_start[i], seg.q_len[i], seg.k_start[i], seg.k_len[i]});
+  }
 }
 
 }  // namespace
 
 void flash_fwd(const FlashFwdParams& p) {
   const AttnShape& sh = p.shape;
-  check_shape(sh);
+  check_shape(sh, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
   std::vector<float> K, V, Q;
-  std::vector<double> scores(static_cast<size_t>(sh.seqlen_k)), acc(static_cast<size_t>(d));
-  for (int64_t b = 0; b < sh.batch; ++b) {
+  std::vector<double> scores, acc(static_cast<size_t>(d));
+  for_each_span(sh, p.seg, [&](const Span& sp) {
+    scores.resize(size_t(sp.nk));
     for (int hk = 0; hk < sh.nheads_k; ++hk) {
-      load_rows(p.k, p.dtype, p.k_stride, b, hk, sh.seqlen_k, d, K);
-      load_rows(p.v, p.dtype, p.v_stride, b, hk, sh.seqlen_k, d, V);
+      load_rows(p.k, p.dtype, p.k_stride, sp.b, hk, sp.k0, sp.nk, d, K);
+      load_rows(p.v, p.dtype, p.v_stride, sp.b, hk, sp.k0, sp.nk, d, V);
       for (int h = hk * group; h < (hk + 1) * group; ++h) {
-        load_rows(p.q, p.dtype, p.q_stride, b, h, sh.seqlen_q, d, Q);
-        for (int i = 0; i < sh.seqlen_q; ++i) {
+        load_rows(p.q, p.dtype, p.q_stride, sp.b, h, sp.q0, sp.nq, d, Q);
+        for (int i = 0; i < sp.nq; ++i) {
           const float* q = &Q[size_t(i) * d];
-          const int last = last_key(sh, i);
+          const int last = last_key(sh.causal, sp.nq, sp.nk, i);
           double row_max = kNegInf;
           for (int j = 0; j <= last; ++j) {
             const float* k = &K[size_t(j) * d];
@@ -80,13 +105,13 @@ void flash_fwd(const FlashFwdParams& p) {
             const float* v = &V[size_t(j) * d];
             for (int c = 0; c < d; ++c) acc[c] += e * v[c];
           }
-          float* o = p.out + bsh_index(p.o_stride, b, i, h);
+          float* o = p.out + bsh_index(p.o_stride, sp.b, sp.q0 + i, h);
           for (int c = 0; c < d; ++c) o[c] = last < 0 ? 0.f : float(acc[c] / sum);
-          p.lse[bhs_index(p.lse_stride, b, h, i)] = last < 0 ? float(kNegInf) : float(row_max + std::log(sum));
+          p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)] = last < 0 ? float(kNegInf) : float(row_max + std::log(sum));
         }
       }
     }
-  }
+  });
 }
 
 void flash_bwd_dot(const FlashBwdDotParams& p) {
@@ -104,27 +129,28 @@ void flash_bwd_dot(const FlashBwdDotParams& p) {
 
 void flash_bwd(const FlashBwdParams& p) {
   const AttnShape& sh = p.shape;
-  check_shape(sh);
+  check_shape(sh, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv, "flash_bwd: null tensor");
+  RFA_CHECK_ARG(p.seg.num_seqs == 0 || p.accumulate, "flash_bwd: varlen segments need accumulate");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
   std::vector<float> K, V, Q, dO;
   std::vector<double> dK, dV, dQrow(static_cast<size_t>(d));
-  for (int64_t b = 0; b < sh.batch; ++b) {
+  for_each_span(sh, p.seg, [&](const Span& sp) {
     for (int hk = 0; hk < sh.nheads_k; ++hk) {
-      load_rows(p.k, p.dtype, p.k_stride, b, hk, sh.seqlen_k, d, K);
-      load_rows(p.v, p.dtype, p.v_stride, b, hk, sh.seqlen_k, d, V);
-      dK.assign(size_t(sh.seqlen_k) * d, 0.0);
-      dV.assign(size_t(sh.seqlen_k) * d, 0.0);
+      load_rows(p.k, p.dtype, p.k_stride, sp.b, hk, sp.k0, sp.nk, d, K);
+      load_rows(p.v, p.dtype, p.v_stride, sp.b, hk, sp.k0, sp.nk, d, V);
+      dK.assign(size_t(sp.nk) * d, 0.0);
+      dV.assign(size_t(sp.nk) * d, 0.0);
       for (int h = hk * group; h < (hk + 1) * group; ++h) {
-        load_rows(p.q, p.dtype, p.q_stride, b, h, sh.seqlen_q, d, Q);
-        load_rows(p.dout, p.dtype, p.dout_stride, b, h, sh.seqlen_q, d, dO);
-        for (int i = 0; i < sh.seqlen_q; ++i) {
+        load_rows(p.q, p.dtype, p.q_stride, sp.b, h, sp.q0, sp.nq, d, Q);
+        load_rows(p.dout, p.dtype, p.dout_stride, sp.b, h, sp.q0, sp.nq, d, dO);
+        for (int i = 0; i < sp.nq; ++i) {
           const float* q = &Q[size_t(i) * d];
           const float* dout = &dO[size_t(i) * d];
-          const double lse = p.lse[bhs_index(p.lse_stride, b, h, i)];
-          const double dsum = p.dsum[bhs_index(p.dsum_stride, b, h, i)];
+          const double lse = p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)];
+          const double dsum = p.dsum[bhs_index(p.dsum_stride, sp.b, h, sp.q0 + i)];
           std::fill(dQrow.begin(), dQrow.end(), 0.0);
-          const int last = std::isinf(lse) && lse < 0 ? -1 : last_key(sh, i);
+          const int last = std::isinf(lse) && lse < 0 ? -1 : last_key(sh.causal, sp.nq, sp.nk, i);
           for (int j = 0; j <= last; ++j) {
             const float* k = &K[size_t(j) * d];
             const float* v = &V[size_t(j) * d];
@@ -143,20 +169,20 @@ void flash_bwd(const FlashBwdParams& p) {
               dQrow[c] += ds * k[c];
             }
           }
-          float* dq = p.dq + bsh_index(p.dq_stride, b, i, h);
+          float* dq = p.dq + bsh_index(p.dq_stride, sp.b, sp.q0 + i, h);
           for (int c = 0; c < d; ++c) dq[c] = float((p.accumulate ? dq[c] : 0.0) + dQrow[c]);
         }
       }
-      for (int j = 0; j < sh.seqlen_k; ++j) {
-        float* dk = p.dk + bsh_index(p.dk_stride, b, j, hk);
-        float* dv = p.dv + bsh_index(p.dv_stride, b, j, hk);
+      for (int j = 0; j < sp.nk; ++j) {
+        float* dk = p.dk + bsh_index(p.dk_stride, sp.b, sp.k0 + j, hk);
+        float* dv = p.dv + bsh_index(p.dv_stride, sp.b, sp.k0 + j, hk);
         for (int c = 0; c < d; ++c) {
           dk[c] = float((p.accumulate ? dk[c] : 0.0) + dK[size_t(j) * d + c]);
           dv[c] = float((p.accumulate ? dv[c] : 0.0) + dV[size_t(j) * d + c]);
         }
       }
     }
-  }
+  });
 }
 
 void merge(const MergeParams& p) {

@@ -4,7 +4,9 @@
 
 namespace rfa::napi {
 void register_cpu(Napi::Env env, Napi::Object exports);
-#ifdef RFA_WITH_CUDA
+#if defined(RFA_WITH_CUDA) && __has_include("cuda/device_context.h") && __has_include("cuda/flash_kernels.h") && \
+    __has_include("cuda/nccl_loader.h")
+#define RFA_CUDA_READY 1
 void register_cuda(Napi::Env env, Napi::Object exports);
 #endif
 }  // namespace rfa::napi

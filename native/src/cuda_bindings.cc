@@ -1,24 +1,354 @@
-// JS entry points of the CUDA backend (compiled only when nvcc was found).
-#ifdef RFA_WITH_CUDA
+// JS entry points of the CUDA backend (compiled only when nvcc was found). Each worker thread
+// owns one DeviceContext (instance data of its N-API environment) and its NCCL communicators;
+// NCCL unique ids are shared between the workers of the process through a registry keyed by
+// group and generation, so members of a group can create its communicator without the main
+// thread. After a failure the main thread aborts every communicator and bumps the generation,
+// and the next use creates fresh ones.
+#include "src/bindings.h"
+#ifdef RFA_CUDA_READY
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda/device_context.h"
+#include "cuda/fill.h"
+#include "cuda/flash_kernels.h"
+#include "cuda/nccl_loader.h"
+#include "cuda/runtime_check.h"
 #include "src/bindings.h"
 #include "src/guard.h"
+#include "src/params.h"
 
 namespace rfa::napi {
 namespace {
 
-Napi::Value DeviceCount(const Napi::CallbackInfo& info) {
+// ---- process-wide: NCCL ids by (group key, generation) ----
+std::mutex g_ids_mu;
+std::map<std::string, std::array<char, 128>>* g_ids = new std::map<std::string, std::array<char, 128>>();
+std::atomic<uint64_t> g_generation{0};
+
+std::array<char, 128> shared_unique_id(const std::string& key) {
+  std::lock_guard<std::mutex> lock(g_ids_mu);
+  auto it = g_ids->find(key);
+  if (it != g_ids->end()) return it->second;
+  auto id = cuda::nccl_unique_id();
+  (*g_ids)[key] = id;
+  return id;
+}
+
+// ---- per worker ----
+struct CommEntry {
+  uint64_t generation = 0;
+  std::unique_ptr<cuda::NcclComm> comm;
+};
+
+struct WorkerState {
+  std::unique_ptr<cuda::DeviceContext> ctx;
+  int device = -1;
+  std::map<std::string, CommEntry> comms;
+  std::vector<cudaEvent_t> free_events;
+  std::map<int, cudaEvent_t> live_events;
+  int next_event = 1;
+
+  ~WorkerState() {
+    // Never throws: a throw during worker teardown would abort the process.
+    comms.clear();
+    for (auto e : free_events) cudaEventDestroy(e);
+    for (auto& kv : live_events) cudaEventDestroy(kv.second);
+  }
+};
+
+WorkerState& state(Napi::Env env) {
+  WorkerState* s = env.GetInstanceData<WorkerState>();
+  if (!s || !s->ctx) RFA_THROW("E_DEVICE", "CUDA backend used before init(device) on this worker");
+  RFA_CUDA_CHECK(cudaSetDevice(s->device));
+  return *s;
+}
+
+cudaStream_t compute(Napi::Env env) { return state(env).ctx->compute(); }
+
+cuda::NcclComm& comm_for(WorkerState& s, const Napi::Object& o) {
+  const std::string key = o.Get("key").ToString().Utf8Value();
+  const int nranks = int(get_i64(o, "nranks")), rank = int(get_i64(o, "rank"));
+  const uint64_t gen = g_generation.load();
+  CommEntry& e = s.comms[key];
+  if (!e.comm || e.generation != gen || e.comm->aborted()) {
+    e.comm.reset();
+    e.comm = std::make_unique<cuda::NcclComm>(shared_unique_id(key + "#" + std::to_string(gen)), nranks, rank);
+    e.generation = gen;
+  }
+  return *e.comm;
+}
+
+int record_comm_event(WorkerState& s) {
+  cudaEvent_t ev;
+  if (s.free_events.empty()) {
+    RFA_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  } else {
+    ev = s.free_events.back();
+    s.free_events.pop_back();
+  }
+  RFA_CUDA_CHECK(cudaEventRecord(ev, s.ctx->comm()));
+  const int id = s.next_event++;
+  s.live_events[id] = ev;
+  return id;
+}
+
+struct Xfer {
+  void* ptr;
+  size_t n;
+  DType dtype;
+  int peer;
+};
+
+std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
+  std::vector<Xfer> out;
+  Napi::Value v = o.Get(key);
+  if (!v.IsArray()) RFA_THROW("E_ARG", std::string(key) + " must be an array");
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Object t = a.Get(i).As<Napi::Object>();
+    const int64_t n = get_i64(t, "n");
+    const DType dt = get_dtype(t, "dtype");
+    out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, int(get_i64(t, "peer"))});
+  }
+  return out;
+}
+
+#define RFA_NAPI(name) Napi::Value name(const Napi::CallbackInfo& info)
+#define RFA_BODY(...) return guarded(info, [&]() -> Napi::Value { __VA_ARGS__ })
+
+RFA_NAPI(DeviceCount) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;  // no driver or no device: the cpu backend applies
   return Napi::Number::New(info.Env(), n);
+}
+
+RFA_NAPI(Init) {
+  RFA_BODY({
+    Napi::Env env = info.Env();
+    const int device = info[0].As<Napi::Number>().Int32Value();
+    WorkerState* s = env.GetInstanceData<WorkerState>();
+    if (!s) {
+      s = new WorkerState();
+      env.SetInstanceData<WorkerState>(s);
+    }
+    if (!s->ctx) {
+      s->ctx = std::make_unique<cuda::DeviceContext>(device);
+      s->device = device;
+    }
+    return env.Undefined();
+  });
+}
+
+RFA_NAPI(Alloc) {
+  RFA_BODY({
+    void* p = state(info.Env()).ctx->alloc(size_t(info[0].As<Napi::Number>().Int64Value()));
+    return Napi::BigInt::New(info.Env(), uint64_t(reinterpret_cast<uintptr_t>(p)));
+  });
+}
+
+void* bigint_ptr(const Napi::Value& v) {
+  bool lossless = true;
+  return reinterpret_cast<void*>(uintptr_t(v.As<Napi::BigInt>().Uint64Value(&lossless)));
+}
+
+RFA_NAPI(Free) {
+  RFA_BODY({
+    WorkerState& s = state(info.Env());
+    s.ctx->release(bigint_ptr(info[0]), s.ctx->compute());
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(Upload) {
+  RFA_BODY({
+    Napi::TypedArray src = info[1].As<Napi::TypedArray>();
+    state(info.Env()).ctx->h2d(bigint_ptr(info[0]), static_cast<char*>(src.ArrayBuffer().Data()) + src.ByteOffset(), src.ByteLength());
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(Download) {
+  RFA_BODY({
+    Napi::TypedArray dst = info[1].As<Napi::TypedArray>();
+    state(info.Env()).ctx->d2h(static_cast<char*>(dst.ArrayBuffer().Data()) + dst.ByteOffset(), bigint_ptr(info[0]), dst.ByteLength());
+    return info.Env().Undefined();
+  });
+}
+
+// { dst, n, dtype, value }
+RFA_NAPI(Fill) {
+  RFA_BODY({
+    Napi::Object o = arg_object(info, 0);
+    const int64_t n = get_i64(o, "n");
+    const DType dt = get_dtype(o, "dtype");
+    cuda::fill(flat_view(o, "dst", n, dtype_bytes(dt)), dt, n, float(get_f64(o, "value")), compute(info.Env()));
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(FlashFwd) { RFA_BODY({ cuda::flash_fwd(fwd_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
+RFA_NAPI(FlashBwdDot) { RFA_BODY({ cuda::flash_bwd_dot(bwd_dot_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
+RFA_NAPI(FlashBwd) { RFA_BODY({ cuda::flash_bwd(bwd_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
+RFA_NAPI(Merge) { RFA_BODY({ cuda::merge(merge_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
+
+RFA_NAPI(Cast) {
+  RFA_BODY({
+    Napi::Object o = arg_object(info, 0);
+    const int64_t n = get_i64(o, "n");
+    const DType st = get_dtype(o, "src_dtype"), dt = get_dtype(o, "dst_dtype");
+    cuda::cast(flat_view(o, "src", n, dtype_bytes(st)), st, flat_view(o, "dst", n, dtype_bytes(dt)), dt, n, compute(info.Env()));
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(AddF32) {
+  RFA_BODY({
+    Napi::Object o = arg_object(info, 0);
+    const int64_t n = get_i64(o, "n");
+    cuda::add_f32(static_cast<float*>(flat_view(o, "dst", n, 4)), static_cast<const float*>(flat_view(o, "src", n, 4)), n,
+                  compute(info.Env()));
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(CopyBsh) {
+  RFA_BODY({
+    CopyArgs a = copy_args(arg_object(info, 0));
+    cuda::copy_bsh(a.src, a.src_stride, a.dst, a.dst_stride, a.batch, a.seqlen, a.heads, a.head_dim, a.dtype,
+                   compute(info.Env()));
+    return info.Env().Undefined();
+  });
+}
+
+// { key, nranks, rank, sends: [{data, n, dtype, peer}], recvs: [...] } → event id
+RFA_NAPI(CommSendRecv) {
+  RFA_BODY({
+    Napi::Object o = arg_object(info, 0);
+    WorkerState& s = state(info.Env());
+    auto sends = transfers(o, "sends"), recvs = transfers(o, "recvs");
+    cuda::NcclComm& c = comm_for(s, o);
+    s.ctx->comm_waits_for_compute();
+    c.group_start();
+    for (auto& x : sends) c.send(x.ptr, x.n, x.dtype, x.peer, s.ctx->comm());
+    for (auto& x : recvs) c.recv(x.ptr, x.n, x.dtype, x.peer, s.ctx->comm());
+    c.group_end();
+    return Napi::Number::New(info.Env(), record_comm_event(s));
+  });
+}
+
+// { key, nranks, rank, send, recv, n, dtype } → event id
+RFA_NAPI(CommAllGather) {
+  RFA_BODY({
+    Napi::Object o = arg_object(info, 0);
+    WorkerState& s = state(info.Env());
+    const int64_t n = get_i64(o, "n");
+    const DType dt = get_dtype(o, "dtype");
+    cuda::NcclComm& c = comm_for(s, o);
+    void* send = flat_view(o, "send", n, dtype_bytes(dt));
+    void* recv = flat_view(o, "recv", n * get_i64(o, "nranks"), dtype_bytes(dt));
+    s.ctx->comm_waits_for_compute();
+    c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
+    return Napi::Number::New(info.Env(), record_comm_event(s));
+  });
+}
+
+// { key, nranks, rank, send, recv, n (per rank), dtype } → event id
+RFA_NAPI(CommReduceScatter) {
+  RFA_BODY({
+    Napi::Object o = arg_object(info, 0);
+    WorkerState& s = state(info.Env());
+    const int64_t n = get_i64(o, "n");
+    const DType dt = get_dtype(o, "dtype");
+    cuda::NcclComm& c = comm_for(s, o);
+    void* send = flat_view(o, "send", n * get_i64(o, "nranks"), dtype_bytes(dt));
+    void* recv = flat_view(o, "recv", n, dtype_bytes(dt));
+    s.ctx->comm_waits_for_compute();
+    c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
+    return Napi::Number::New(info.Env(), record_comm_event(s));
+  });
+}
+
+// Makes the compute stream wait for a communication event, then recycles the event.
+RFA_NAPI(WaitEvent) {
+  RFA_BODY({
+    WorkerState& s = state(info.Env());
+    const int id = info[0].As<Napi::Number>().Int32Value();
+    auto it = s.live_events.find(id);
+    if (it == s.live_events.end()) RFA_THROW("E_ARG", "unknown communication event " + std::to_string(id));
+    RFA_CUDA_CHECK(cudaStreamWaitEvent(s.ctx->compute(), it->second, 0));
+    s.free_events.push_back(it->second);
+    s.live_events.erase(it);
+    return info.Env().Undefined();
+  });
+}
+
+// Waits for this rank's queued work, polling NCCL for async errors and aborts; throws on timeout.
+RFA_NAPI(Sync) {
+  RFA_BODY({
+    WorkerState& s = state(info.Env());
+    const int timeout_ms = info[0].As<Napi::Number>().Int32Value();
+    s.ctx->synchronize(timeout_ms, [&s] {
+      for (auto& kv : s.comms)
+        if (kv.second.comm) kv.second.comm->check_async_error();
+    });
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(PeakBytes) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->peak_bytes())); }); }
+RFA_NAPI(ResetPeak) { RFA_BODY({ state(info.Env()).ctx->reset_peak(); return info.Env().Undefined(); }); }
+RFA_NAPI(BytesInUse) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_in_use())); }); }
+
+// Callable from any thread (the main thread on a rank failure): aborts every communicator.
+RFA_NAPI(AbortAll) {
+  RFA_BODY({
+    cuda::nccl_abort_all(info.Length() > 0 ? info[0].ToString().Utf8Value() : std::string("aborted"));
+    return info.Env().Undefined();
+  });
+}
+
+// After a failure has settled: later communicator uses create fresh ones with new ids.
+RFA_NAPI(ResetAll) {
+  RFA_BODY({
+    std::lock_guard<std::mutex> lock(g_ids_mu);
+    g_ids->clear();
+    g_generation.fetch_add(1);
+    return info.Env().Undefined();
+  });
+}
+
+RFA_NAPI(NcclStatus) {
+  RFA_BODY({
+    std::string why;
+    const bool ok = cuda::nccl_available(&why);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("ok", Napi::Boolean::New(info.Env(), ok));
+    o.Set("detail", Napi::String::New(info.Env(), why));
+    return o;
+  });
 }
 
 }  // namespace
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
   Napi::Object cuda = Napi::Object::New(env);
-  cuda.Set("deviceCount", Napi::Function::New(env, DeviceCount));
+  const std::pair<const char*, Napi::Value (*)(const Napi::CallbackInfo&)> fns[] = {
+      {"deviceCount", DeviceCount}, {"init", Init}, {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload},
+      {"download", Download}, {"fill", Fill}, {"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot},
+      {"flashBwd", FlashBwd}, {"merge", Merge}, {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh},
+      {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather}, {"commReduceScatter", CommReduceScatter},
+      {"waitEvent", WaitEvent}, {"sync", Sync}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak},
+      {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}, {"ncclStatus", NcclStatus},
+  };
+  for (auto& f : fns) cuda.Set(f.first, Napi::Function::New(env, f.second, f.first));
   exports.Set("cuda", cuda);
 }
 

@@ -21,6 +21,24 @@ inline AttnShape attn_shape(const Napi::Object& o) {
   return sh;
 }
 
+// Optional { seg: { num_seqs, q_start, q_len, k_start, k_len, max_seqlen_q, max_seqlen_k } } (int32 views).
+inline Segments segments(const Napi::Object& o) {
+  Segments s;
+  Napi::Value v = o.Get("seg");
+  if (v.IsUndefined() || v.IsNull()) return s;
+  if (!v.IsObject()) RFA_THROW("E_ARG", "seg must be an object");
+  Napi::Object so = v.As<Napi::Object>();
+  s.num_seqs = int32_t(get_i64(so, "num_seqs"));
+  if (s.num_seqs < 0) RFA_THROW("E_ARG", "seg.num_seqs must be >= 0");
+  s.q_start = static_cast<const int32_t*>(flat_view(so, "q_start", s.num_seqs, 4));
+  s.q_len = static_cast<const int32_t*>(flat_view(so, "q_len", s.num_seqs, 4));
+  s.k_start = static_cast<const int32_t*>(flat_view(so, "k_start", s.num_seqs, 4));
+  s.k_len = static_cast<const int32_t*>(flat_view(so, "k_len", s.num_seqs, 4));
+  s.max_seqlen_q = int32_t(get_i64(so, "max_seqlen_q"));
+  s.max_seqlen_k = int32_t(get_i64(so, "max_seqlen_k"));
+  return s;
+}
+
 inline FlashFwdParams fwd_params(const Napi::Object& o) {
   FlashFwdParams p;
   p.shape = attn_shape(o);
@@ -32,6 +50,7 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   p.v = bsh_view<const void>(o, "v", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.v_stride);
   p.out = bsh_view<float>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, 4, &p.o_stride);
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
+  p.seg = segments(o);
   return p;
 }
 
@@ -65,6 +84,7 @@ inline FlashBwdParams bwd_params(const Napi::Object& o) {
   p.dk = bsh_view<float>(o, "dk", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, 4, &p.dk_stride);
   p.dv = bsh_view<float>(o, "dv", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, 4, &p.dv_stride);
   p.accumulate = get_bool(o, "accumulate");
+  p.seg = segments(o);
   return p;
 }
 

@@ -1,0 +1,32 @@
+import { fail } from './errors.js';
+import { native, type NativeKernels } from './native.js';
+
+/** The CUDA half of the addon (native/src/cuda_bindings.cc); one device context per worker. */
+export interface NativeCuda extends NativeKernels {
+  deviceCount(): number;
+  init(device: number): void;
+  alloc(bytes: number): bigint;
+  free(ptr: bigint): void;
+  upload(ptr: bigint, src: Float32Array | Uint16Array): void;
+  /** Same as upload, for any typed array (int32 segment tables). */
+  uploadBytes(ptr: bigint, src: ArrayBufferView): void;
+  download(ptr: bigint, dst: Float32Array | Uint16Array): void;
+  fill(p: object): void;
+  sync(timeoutMs: number): void;
+  commSendRecv(p: object): number;
+  commAllGather(p: object): number;
+  commReduceScatter(p: object): number;
+  waitEvent(event: number): void;
+  peakBytes(): number;
+  resetPeak(): void;
+  bytesInUse(): number;
+  abortAll(reason: string): void;
+  resetAll(): void;
+  ncclStatus(): { ok: boolean; detail: string };
+}
+
+export function cudaNative(): NativeCuda {
+  const cuda = native().cuda;
+  if (!cuda) fail('E_DEVICE', 'the addon was built without CUDA (nvcc was not found at build time)');
+  return cuda as unknown as NativeCuda;
+}
