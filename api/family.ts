@@ -59,7 +59,14 @@ function attend(variant: RingVariant, c: Call): AttnResult {
     const d = toDtype(backend, dout, c.q);
     const grads = variant.backward(backend, group, d, c.q, c.k, c.v, fwd, o);
     c.sink(backend, grads);
+    // Free the fp32 grads no input kept (dk and dv may share one buffer).
+    for (const g of [grads.dq, grads.dk, grads.dv]) if (!c.inputs.some((t) => t.grad?.storage === g.storage)) g.storage.release();
     if (d !== dout) d.dispose();
+  };
+  // The fp32 out (when the caller got a cast) and, unless returned, the lse live until out.dispose().
+  out.releaseSaved = () => {
+    if (fwd.out !== out) fwd.out.dispose();
+    if (!a.returnAttnProbs) fwd.lse.dispose();
   };
   return a.returnAttnProbs ? [out, fwd.lse, null] : out;
 }

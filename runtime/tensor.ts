@@ -46,6 +46,8 @@ export class DeviceTensor {
   grad: DeviceTensor | null = null;
   /** Set on outputs of differentiable calls. */
   gradFn: GradFn | null = null;
+  /** Frees what the output keeps for backward (called once, by dispose). */
+  releaseSaved: (() => void) | null = null;
 
   constructor(
     readonly storage: Storage,
@@ -113,8 +115,13 @@ export class DeviceTensor {
     this.gradFn(dout);
   }
 
+  /** Frees the storage and, on outputs, what was kept for backward; backward is gone after. */
   dispose(): void {
     this.storage.release();
+    const saved = this.releaseSaved;
+    this.releaseSaved = null;
+    this.gradFn = null;
+    saved?.();
   }
 
   private checkDim(dim: number): void {
