@@ -5,6 +5,8 @@ import * as args from './kernel_args.js';
 import type { NativeKernels } from './native.js';
 import { DeviceTensor, contiguousStrides, numelOf, type Storage } from './tensor.js';
 
+const POISON = process.env.RFA_POISON === '1';
+
 /**
  * The one interface the ring code in api/ calls. A backend supplies storage, host transfers,
  * the native kernel entry points and a communicator; everything else (shape checks, argument
@@ -20,7 +22,7 @@ export abstract class Backend {
   abstract upload(data: HostData, shape: readonly number[], dtype: DType): DeviceTensor;
   /** Copies a tensor (any view) to a new host array in C order. */
   abstract download(t: DeviceTensor): HostData;
-  /** Sets every element of a contiguous tensor. */
+  /** Sets every element of a contiguous tensor (16-bit tensors: 0 or NaN only). */
   abstract fill(t: DeviceTensor, value: number): void;
   /** Waits for all queued work of this rank (cpu: no-op). */
   abstract sync(): void;
@@ -31,8 +33,14 @@ export abstract class Backend {
   abstract peakBytes(): number;
   abstract resetPeak(): void;
 
+  /**
+   * A new contiguous tensor with unspecified contents. With RFA_POISON=1 in the environment the
+   * contents are NaN, so a test sees any element a kernel failed to write.
+   */
   empty(shape: readonly number[], dtype: DType): DeviceTensor {
-    return new DeviceTensor(this.allocStorage(numelOf(shape), dtype), shape, contiguousStrides(shape));
+    const t = new DeviceTensor(this.allocStorage(numelOf(shape), dtype), shape, contiguousStrides(shape));
+    if (POISON) this.fill(t, NaN);
+    return t;
   }
 
   full(shape: readonly number[], dtype: DType, value: number): DeviceTensor {

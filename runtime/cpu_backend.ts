@@ -62,8 +62,9 @@ export class CpuBackend extends Backend {
 
   fill(t: DeviceTensor, value: number): void {
     if (!t.isContiguous()) fail('E_SHAPE', 'fill needs a contiguous tensor');
-    if (t.dtype !== 'float32' && value !== 0) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 only');
-    (t.storage.data as HostData).fill(value, t.offset, t.offset + t.numel);
+    if (t.dtype !== 'float32' && value !== 0 && !Number.isNaN(value)) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 and NaN only');
+    const bits = t.dtype !== 'float32' && Number.isNaN(value) ? 0xffff : value; // all-ones is a NaN in bf16 and f16
+    (t.storage.data as HostData).fill(bits, t.offset, t.offset + t.numel);
   }
 
   sync(): void {}

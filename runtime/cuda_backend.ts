@@ -73,7 +73,7 @@ export class CudaBackend extends Backend {
 
   fill(t: DeviceTensor, value: number): void {
     if (!t.isContiguous()) fail('E_SHAPE', 'fill needs a contiguous tensor');
-    if (t.dtype !== 'float32' && value !== 0) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 only');
+    if (t.dtype !== 'float32' && value !== 0 && !Number.isNaN(value)) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 and NaN only');
     this.kernels.fill({ dst: args.flat(t, 'dst'), n: t.numel, dtype: DTYPE_CODE[t.dtype], value });
   }
 

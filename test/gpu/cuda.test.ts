@@ -1,0 +1,128 @@
+// GPU suite: our CUDA kernels against the fp64 reference, every ring variant against the
+// single-device kernel at worlds 2 and 4, SPMD on GPUs, and fault isolation. Skips, and says
+// so, when no GPU is visible. Outputs are poisoned (RFA_POISON=1: new tensors start as NaN), so
+// an element a kernel did not write fails the check.
+process.env.RFA_POISON = '1';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { init, RingFlashAttnError, visibleGpuCount, type RingRuntime } from '../../index.js';
+import type { DType } from '../../runtime/dtype.js';
+import { nd, randn, relL2, rng, rounded } from '../helpers.js';
+import { referenceBackward, referenceForward } from '../reference.js';
+
+const gpus = visibleGpuCount();
+const s = suite('cuda backend');
+if (gpus === 0) console.log('GPU suite skipped: no GPU visible (cuda backend not exercised)');
+
+interface K { b: number; sq: number; sk: number; h: number; hk: number; d: number; causal: boolean; dtype: DType }
+
+/** Relative L2 errors of one flash_attn_func call (or ring call) against fp64 on the rounded inputs. */
+async function errors(rt: RingRuntime, name: string, c: K, seed: number, extra: Record<string, unknown> = {}) {
+  const rand = rng(seed);
+  const q = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype), k = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype);
+  const v = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype), dout = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype);
+  const r = await rt.call(name, nd(q, [c.b, c.sq, c.h, c.d]), nd(k, [c.b, c.sk, c.hk, c.d]), nd(v, [c.b, c.sk, c.hk, c.d]),
+    { causal: c.causal, dtype: c.dtype, ...extra });
+  const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as { dq: { data: Float32Array }; dk: { data: Float32Array }; dv: { data: Float32Array } };
+  await r.dispose();
+  const x = { q, k, v, b: c.b, sq: c.sq, sk: c.sk, h: c.h, hk: c.hk, d: c.d, scale: 1 / Math.sqrt(c.d), causal: c.causal };
+  const ref = referenceForward(x), refG = referenceBackward(x, dout);
+  return {
+    out: relL2(r.out.data, ref.out), lse: relL2(r.lse.data, ref.lse),
+    dq: relL2(g.dq.data, refG.dq), dk: relL2(g.dk.data, refG.dk), dv: relL2(g.dv.data, refG.dv),
+  };
+}
+
+const label = (c: K) => `b=${c.b} sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`;
+
+if (gpus > 0) {
+  let rt1: RingRuntime;
+  s.before(async () => { rt1 = await init({ backend: 'cuda', world: 1 }); });
+  s.after(async () => { await rt1.close(); });
+
+  const kernelCases: K[] = [
+    { b: 2, sq: 300, sk: 300, h: 4, hk: 4, d: 128, causal: true, dtype: 'bfloat16' },
+    { b: 1, sq: 257, sk: 257, h: 8, hk: 2, d: 64, causal: true, dtype: 'bfloat16' },
+    { b: 1, sq: 77, sk: 200, h: 4, hk: 1, d: 128, causal: true, dtype: 'float16' },
+    { b: 1, sq: 200, sk: 77, h: 2, hk: 2, d: 64, causal: true, dtype: 'bfloat16' }, // 123 rows see no key
+    { b: 2, sq: 1, sk: 1000, h: 2, hk: 1, d: 128, causal: false, dtype: 'bfloat16' },
+    { b: 1, sq: 1000, sk: 1000, h: 2, hk: 2, d: 64, causal: false, dtype: 'float16' },
+    { b: 1, sq: 512, sk: 512, h: 4, hk: 2, d: 128, causal: false, dtype: 'bfloat16' },
+  ];
+  kernelCases.forEach((c, i) => {
+    s(`kernel vs fp64: ${label(c)}`, async () => {
+      const e = await errors(rt1, 'flash_attn_func', c, 100 + i);
+      assert.ok(e.out <= 5e-3 && e.lse <= 5e-3, `out ${e.out}, lse ${e.lse}`);
+      assert.ok(e.dq <= 1e-2 && e.dk <= 1e-2 && e.dv <= 1e-2, `dq ${e.dq}, dk ${e.dk}, dv ${e.dv}`);
+    });
+  });
+
+  s('unsupported head_dim gives E_UNSUPPORTED, and the pool answers after', async () => {
+    const x = nd(new Float32Array(8 * 2 * 48).fill(0.1), [1, 8, 2, 48]);
+    try {
+      await rt1.call('flash_attn_func', x, x, x);
+      assert.unreachable();
+    } catch (e) {
+      assert.instance(e, RingFlashAttnError);
+      assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED', (e as Error).message);
+    }
+    const e = await errors(rt1, 'flash_attn_func', kernelCases[1]!, 7);
+    assert.ok(e.out <= 5e-3);
+  });
+
+  for (const world of [2, 4].filter((w) => w <= gpus)) {
+    const variants = ['ring_flash_attn_func', 'ring_flash_attn_func_v2', 'zigzag_ring_flash_attn_func', 'stripe_flash_attn_func'];
+    s(`world ${world}: every ring's error stays within 1.1x the single-device kernel's`, async () => {
+      const rt = await init({ backend: 'cuda', world });
+      try {
+        for (const causal of [true, false]) {
+          const c: K = { b: 1, sq: world * 192, sk: world * 192, h: 4, hk: 2, d: 128, causal, dtype: 'bfloat16' };
+          const base = await errors(rt1, 'flash_attn_func', c, 31);
+          for (const name of variants) {
+            const e = await errors(rt, name, c, 31);
+            for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
+              assert.ok(e[key] <= 1.1 * base[key] + 1e-5, `${name} ${causal ? 'causal' : 'full'} ${key}: ring ${e[key].toExponential(3)} vs single ${base[key].toExponential(3)}`);
+          }
+        }
+      } finally {
+        await rt.close();
+      }
+    });
+  }
+
+  if (gpus >= 2) {
+    s('SPMD training step and fault isolation on GPUs', async () => {
+      const world = Math.min(gpus, 4);
+      const rt = await init({ backend: 'cuda', world });
+      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+      try {
+        const S = world * 128, [b, h, d] = [1, 2, 64];
+        const rand = rng(5);
+        const full = { q: rounded(randn(rand, S * h * d), 'bfloat16'), k: rounded(randn(rand, S * h * d), 'bfloat16'), v: rounded(randn(rand, S * h * d), 'bfloat16'), dout: rounded(randn(rand, S * h * d), 'bfloat16') };
+        const n = S / world;
+        const cut = (x: Float32Array) => Array.from({ length: world }, (_, r) => ({ data: x.slice(r * n * h * d, (r + 1) * n * h * d), shape: [b, n, h, d] }));
+        const res = (await rt.spmd(USER, 'ringStep', { q: cut(full.q), k: cut(full.k), v: cut(full.v), dout: cut(full.dout), causal: true, dtype: 'bfloat16' })) as { out: { data: Uint16Array; dtype: DType } }[];
+        const ref = referenceForward({ ...full, b, sq: S, sk: S, h, hk: h, d, scale: 1 / Math.sqrt(d), causal: true });
+        const { toFloat32 } = await import('../../runtime/dtype.js');
+        const out = new Float32Array(S * h * d);
+        res.forEach((r, i) => out.set(toFloat32(r.out.data, r.out.dtype), i * n * h * d));
+        assert.ok(relL2(out, ref.out) < 5e-3, `spmd out ${relL2(out, ref.out)}`);
+
+        const t0 = Date.now();
+        try {
+          await rt.spmd(USER, 'failMidRing', { failRank: 1 });
+          assert.unreachable();
+        } catch (e) {
+          assert.is((e as RingFlashAttnError).code, 'E_WORKER', (e as Error).message);
+          assert.match((e as Error).message, /rank 1/);
+        }
+        assert.ok(Date.now() - t0 < 20_000, `fault took ${Date.now() - t0} ms`);
+        assert.equal(await rt.spmd(USER, 'failMidRing', { failRank: -1 }), Array(world).fill(true));
+      } finally {
+        await rt.close();
+      }
+    });
+  }
+}
+
+s.run();
