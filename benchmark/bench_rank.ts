@@ -1,0 +1,79 @@
+// Runs on every rank (rt.runEach): builds this rank's random local shard once, then times N
+// calls of one public function (forward, or forward + backward) between device syncs, after a
+// warm-up that lasts until two consecutive repeats agree (NCCL sets each peer pair up on first
+// use, so a cold pass is far slower). Returns the timings; the main thread makes the table.
+import { performance } from 'node:perf_hooks';
+import { RING_FUNCTIONS } from '../api/registry.js';
+import type { RankContext } from '../runtime/context.js';
+import type { DType } from '../runtime/dtype.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+
+export interface BenchTask {
+  name: string;
+  /** Local shard dims. */
+  b: number; s: number; h: number; hk: number; d: number;
+  causal: boolean;
+  dtype: DType;
+  backward: boolean;
+  iters: number;
+  maxRepeats: number;
+  /** Two consecutive repeats within this relative spread end the warm-up. */
+  settle: number;
+  seed: number;
+}
+
+export interface BenchResult {
+  rank: number;
+  /** Seconds per repeat of `iters` calls, after warm-up. */
+  repeats: number[];
+  warmupRepeats: number;
+  peakBytes: number;
+}
+
+function random(n: number, seed: number): Float32Array {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (a * 1664525 + 1013904223) >>> 0;
+    out[i] = (a / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+export function run(ctx: RankContext, t: BenchTask): BenchResult {
+  const entry = RING_FUNCTIONS[t.name];
+  if (!entry) throw new Error(`unknown function ${t.name}`);
+  const mk = (shape: number[], salt: number) => ctx.tensor({ data: random(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, t.backward);
+  const inputs: DeviceTensor[] = entry.packing === 'qkvpacked' ? [mk([t.b, t.s, 3, t.h, t.d], 1)]
+    : entry.packing === 'kvpacked' ? [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, 2, t.hk, t.d], 2)]
+      : [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, t.hk, t.d], 2), mk([t.b, t.s, t.hk, t.d], 3)];
+  const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] }, t.dtype);
+  const once = () => {
+    const out = entry.fn(...inputs, { causal: t.causal }) as DeviceTensor;
+    if (t.backward) {
+      out.backward(dout);
+      for (const x of inputs) { x.grad?.dispose(); x.grad = null; }
+    }
+    out.dispose();
+  };
+  const repeat = () => {
+    const t0 = performance.now();
+    for (let i = 0; i < t.iters; i++) once();
+    ctx.backend.sync();
+    return (performance.now() - t0) / 1000;
+  };
+  ctx.backend.resetPeak();
+  once();
+  ctx.backend.sync();
+  let prev = repeat(), warmupRepeats = 1;
+  for (; warmupRepeats < t.maxRepeats; warmupRepeats++) {
+    const cur = repeat();
+    const settled = Math.abs(cur - prev) / Math.min(cur, prev) <= t.settle;
+    prev = cur;
+    if (settled) break;
+  }
+  const repeats = [prev];
+  for (let i = 0; i < 4; i++) repeats.push(repeat());
+  for (const x of [...inputs, dout]) x.dispose();
+  return { rank: ctx.rank, repeats, warmupRepeats, peakBytes: ctx.backend.peakBytes() };
+}

@@ -1,0 +1,110 @@
+// `npm run bench`: the Python project's README table, measured here. For the world given
+// (default: every visible GPU; without GPUs, the CPU backend at a small size, labelled as
+// such) it prints, forward-only and forward+backward, iter/s per rank of
+//   theoretic flash_attn | ring_attn | ring_attn_v2 | zigzag_ring | stripe_attn
+// and the % of theoretic (the seed's definition: our single-GPU kernel on one rank's shard,
+// iter/s ÷ world). Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { init, visibleGpuCount } from '../index.js';
+import type { DType } from '../runtime/dtype.js';
+import type { BenchResult, BenchTask } from './bench_rank.js';
+import { barChart, type ChartGroup } from './chart.js';
+import { Progress } from './progress.js';
+
+interface Case {
+  title: string;
+  packing: 'qkvpacked' | 'kvpacked';
+  b: number; s: number; h: number; hk: number; d: number;
+}
+
+const COLUMNS = [
+  { label: 'theoretic flash_attn', prefix: 'flash_attn', suffix: '' },
+  { label: 'ring_attn', prefix: 'ring_flash_attn', suffix: '' },
+  { label: 'ring_attn_v2', prefix: 'ring_flash_attn', suffix: '_v2' },
+  { label: 'zigzag_ring', prefix: 'zigzag_ring_flash_attn', suffix: '' },
+  { label: 'stripe_attn', prefix: 'stripe_flash_attn', suffix: '' },
+];
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main(): Promise<void> {
+  const gpus = visibleGpuCount();
+  const backend = (arg('backend') ?? (gpus > 0 ? 'cuda' : 'cpu')) as 'cuda' | 'cpu';
+  const world = Number(arg('world') ?? (backend === 'cuda' ? gpus : 2));
+  const onGpu = backend === 'cuda';
+  const dtype: DType = onGpu ? 'bfloat16' : 'float32';
+  const tokens = Number(arg('tokens') ?? (onGpu ? 8192 : 128)); // per rank
+  const cases: Case[] = onGpu
+    ? [
+      { title: 'seed qkvpacked (h=5, d=128)', packing: 'qkvpacked', b: 1, s: tokens, h: 5, hk: 5, d: 128 },
+      { title: 'llama3-8B kvpacked (h=32, h_k=8, d=128)', packing: 'kvpacked', b: 1, s: tokens, h: 32, hk: 8, d: 128 },
+    ]
+    : [{ title: 'CPU backend, small (h=2, d=32)', packing: 'qkvpacked', b: 1, s: tokens, h: 2, hk: 2, d: 32 }];
+  const only = arg('cases');
+  const selected = only ? cases.filter((_, i) => only.split(',').includes(String(i))) : cases;
+  const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as ('fwd' | 'fwdbwd')[];
+  const iters = Number(arg('iters') ?? (onGpu ? 20 : 3));
+
+  const rt = await init({ backend, world });
+  const module = new URL('./bench_rank.js', import.meta.url).href;
+  const progress = new Progress(selected.length * modes.length * COLUMNS.length);
+  const machine = onGpu ? `${world}× GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, world ${world}, ${os.cpus().length} cores (not a GPU figure)`;
+  console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
+  const report: Record<string, unknown>[] = [];
+  const chart: ChartGroup[] = [];
+  try {
+    for (const c of selected)
+      for (const mode of modes) {
+        const row: { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number }[] = [];
+        for (const col of COLUMNS) {
+          progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
+          const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
+          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats: 8, settle: 0.03, seed: 1 };
+          const single = col.prefix === 'flash_attn';
+          const ranks = single ? [0] : Array.from({ length: world }, (_, i) => i);
+          const res = (await rt.runEach(module, 'run', ranks.map(() => task), ranks)) as BenchResult[];
+          // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
+          const perRank = res.map((r) => iters / median(r.repeats));
+          const rate = Math.min(...perRank);
+          const all = res.flatMap((r) => r.repeats.map((t) => iters / t));
+          const spread = (Math.max(...all) - Math.min(...all)) / rate;
+          // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
+          const S = single ? c.s : c.s * world;
+          const flop = (2 * c.b * c.h * S * S * c.d) / (single ? 1 : world) * (mode === 'fwdbwd' ? 3.5 : 1);
+          row.push({ label: col.label, iterPerSec: single ? rate / world : rate, spread, tflops: (flop * rate) / 1e12, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30 });
+          report.push({ case: c.title, mode, column: col.label, name, iterPerSecPerRank: rate, spread, perRank, tflopsPerGpu: (flop * rate) / 1e12, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
+        }
+        const theoretic = row[0]!.iterPerSec;
+        console.log(`\n## ${c.title}, ${mode === 'fwd' ? 'forward' : 'forward + backward'}\n`);
+        console.log(`|          | ${row.map((r) => r.label).join(' | ')} |`);
+        console.log(`| -------- | ${row.map(() => '---').join(' | ')} |`);
+        console.log(`| iter/sec | ${row.map((r, i) => (i === 0 ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}` : r.iterPerSec.toFixed(1))).join(' | ')} |`);
+        console.log(`|          | | ${row.slice(1).map((r) => `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`).join(' | ')} |`);
+        console.log(`| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => (onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`);
+        console.log(`| spread (max−min)/median | ${row.map((r) => `${(100 * r.spread).toFixed(1)}%`).join(' | ')} |`);
+        console.log(`| peak memory per rank (MiB) | ${row.map((r) => (r.peakGiB * 1024).toFixed(1)).join(' | ')} |`);
+        chart.push({ title: `${c.title.split(' (')[0]} ${mode}`, bars: row.map((r) => ({ label: r.label, iterPerSec: r.iterPerSec, percent: (100 * r.iterPerSec) / theoretic })) });
+      }
+  } finally {
+    await rt.close();
+  }
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
+  fs.mkdirSync(dir, { recursive: true });
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-w${world}`;
+  fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, dtype, tokens, iters, results: report }, null, 2));
+  fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
+  console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
