@@ -9,21 +9,30 @@ import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
 import { checkDivisible, gather, shard, type LayoutName } from './layouts.js';
 import { RING_FUNCTIONS, TENSOR_COUNT, type Packing } from './registry.js';
+import type { DenseName, DriverFlashArgs, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName } from './types.js';
 
 const TASKS = new URL('./driver_tasks.js', import.meta.url).href;
 
 type Nd = ndarray.NdArray<Float32Array>;
 
 /** Gradients in full layout, named as the inputs of the packing. */
-export type DriverGrads = { dq: Nd; dk: Nd; dv: Nd } | { dq: Nd; dkv: Nd } | { dqkv: Nd };
+export type FuncGrads = { dq: Nd; dk: Nd; dv: Nd };
+export type KvPackedGrads = { dq: Nd; dkv: Nd };
+export type QkvPackedGrads = { dqkv: Nd };
+export type DriverGrads = FuncGrads | KvPackedGrads | QkvPackedGrads;
 
-export interface DriverResult {
+/** A full-sequence host tensor: an ndarray (or { data, shape }) over Float32Array, or bf16/f16 bits with a dtype. */
+export type HostTensor =
+  | { data: Float32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number }
+  | { data: Uint16Array; shape: readonly number[]; stride?: readonly number[]; offset?: number; dtype: 'bfloat16' | 'float16' };
+
+export interface DriverResult<G extends DriverGrads = DriverGrads> {
   /** (batch, seqlen, nheads, head_dim), float32 values of the output. */
   out: Nd;
   /** (batch, nheads, seqlen) fp32 log-sum-exp. */
   lse: Nd;
   /** Full-layout dout → full-layout gradients; may be called more than once. */
-  backward(dout: unknown): Promise<DriverGrads>;
+  backward(dout: HostTensor): Promise<G>;
   /** Frees the saved tensors on every rank. */
   dispose(): Promise<void>;
 }
@@ -44,6 +53,14 @@ export class RingRuntime extends Runtime {
    * signature with full-sequence tensors; options add `dtype`, the compute dtype of inputs
    * (default bfloat16 on cuda, float32 on cpu for float32 data).
    */
+  call(name: Extract<UnpackedName, RingName>, q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<FuncGrads>>;
+  call(name: Extract<KvPackedName, RingName>, q: HostTensor, kv: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<KvPackedGrads>>;
+  call(name: Extract<QkvPackedName, RingName>, qkv: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<QkvPackedGrads>>;
+  call(name: 'flash_attn_func', q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<FuncGrads>>;
+  call(name: 'flash_attn_kvpacked_func', q: HostTensor, kv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<KvPackedGrads>>;
+  call(name: 'flash_attn_qkvpacked_func', qkv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<QkvPackedGrads>>;
+  /** Any other registered name (varlen families), checked at run time. */
+  call<N extends string>(name: N extends DenseName ? never : N, ...args: unknown[]): Promise<DriverResult>;
   async call(name: string, ...args: unknown[]): Promise<DriverResult> {
     if (this.isClosed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
     const entry = RING_FUNCTIONS[name];
@@ -74,7 +91,7 @@ export class RingRuntime extends Runtime {
     let disposed = false;
     return {
       out, lse,
-      backward: async (doutArg: unknown) => {
+      backward: async (doutArg: HostTensor) => {
         if (disposed) fail('E_ARG', `${name}: backward after dispose()`);
         const dout = toComputeDtype(toDense(`${name} backward`, 'dout', doutArg), dtype);
         if (dout.shape.join() !== out.shape.join())

@@ -8,6 +8,7 @@ import { fail } from '../runtime/errors.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { parseAttnArgs, type AttnArgs } from './args.js';
 import { checkQkv, checkTensor } from './validate.js';
+import type { RingArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 /** What a call returns: out, or [out, lse, null] with return_attn_probs (as in Python). */
@@ -71,13 +72,14 @@ function attend(variant: RingVariant, c: Call): AttnResult {
   return a.returnAttnProbs ? [out, fwd.lse, null] : out;
 }
 
-export interface AttnFamily {
-  func(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, ...rest: unknown[]): AttnResult;
-  kvpacked(q: DeviceTensor, kv: DeviceTensor, ...rest: unknown[]): AttnResult;
-  qkvpacked(qkv: DeviceTensor, ...rest: unknown[]): AttnResult;
+/** The three wrappers; R is the Python positional/keyword tail after the tensors. */
+export interface AttnFamily<R extends unknown[]> {
+  func(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, ...rest: R): AttnResult;
+  kvpacked(q: DeviceTensor, kv: DeviceTensor, ...rest: R): AttnResult;
+  qkvpacked(qkv: DeviceTensor, ...rest: R): AttnResult;
 }
 
-export function attnFamily(variant: RingVariant): AttnFamily {
+export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant): AttnFamily<R> {
   const name = variant.name, suffix = variant.suffix ?? '';
   return {
     func(q, k, v, ...rest) {

@@ -1,4 +1,5 @@
-export { init, RingRuntime, type DriverResult, type DriverGrads } from './driver.js';
+export { init, RingRuntime, type DriverResult, type DriverGrads, type FuncGrads, type KvPackedGrads, type QkvPackedGrads, type HostTensor } from './driver.js';
+export type * from './types.js';
 export * from './ring.js';
 export * from './ring_v2.js';
 export * from './zigzag_ring.js';

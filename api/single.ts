@@ -6,6 +6,7 @@ import type { Group } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { FLASH_POSITIONAL } from './args.js';
 import { attnFamily } from './family.js';
+import type { FlashArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 export function singleForward(backend: Backend, _g: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
@@ -33,7 +34,7 @@ export const singleVariant: RingVariant = {
   name: 'flash_attn', layout: 'single', positional: FLASH_POSITIONAL, forward: singleForward, backward: singleBackward,
 };
 
-const family = attnFamily(singleVariant);
+const family = attnFamily<FlashArgs>(singleVariant);
 
 /**
  * flash_attn_func(q, k, v, dropout_p?, softmax_scale?, causal?, window_size?, softcap?,

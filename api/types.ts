@@ -1,0 +1,55 @@
+// Types that make wrong calls fail to compile where they can: the Python positional arguments
+// after the tensors, in order, optionally followed by (or replaced with) a keyword object.
+import type { Group } from '../runtime/comm.js';
+import type { DType } from '../runtime/dtype.js';
+import type { AttnKwargs } from './args.js';
+
+/** Every prefix of a tuple, the empty one included: the optional positional arguments. */
+export type Prefixes<T extends readonly unknown[]> = T extends readonly [...infer H, unknown] ? T | Prefixes<H> : T;
+
+/** Positional arguments of the ring functions after the tensors (ring_flash_attn_func order). */
+export type RingPositional = [
+  dropout_p: number,
+  softmax_scale: number | null,
+  causal: boolean,
+  window_size: readonly [number, number] | null,
+  alibi_slopes: null,
+  deterministic: boolean,
+  return_attn_probs: boolean,
+  group: Group | readonly number[] | null,
+];
+
+/** Positional arguments of flash_attn_func and friends (flash-attn 2.x order, no group). */
+export type FlashPositional = [
+  dropout_p: number,
+  softmax_scale: number | null,
+  causal: boolean,
+  window_size: readonly [number, number] | null,
+  softcap: number,
+  alibi_slopes: null,
+  deterministic: boolean,
+  return_attn_probs: boolean,
+];
+
+/** Optional positional arguments, then optionally the keyword object. */
+export type PythonArgs<P extends readonly unknown[], K> = Prefixes<P> | [...Prefixes<P>, K];
+
+export type RingArgs = PythonArgs<RingPositional, AttnKwargs>;
+export type FlashArgs = PythonArgs<FlashPositional, Omit<AttnKwargs, 'group'>>;
+
+/** Keyword arguments in driver mode: the Python ones plus the compute dtype. */
+export type DriverKwargs = AttnKwargs & { dtype?: DType };
+export type DriverRingArgs = PythonArgs<RingPositional, DriverKwargs>;
+export type DriverFlashArgs = PythonArgs<FlashPositional, Omit<DriverKwargs, 'group'>>;
+
+type Packings<P extends string, S extends string = ''> = `${P}_func${S}` | `${P}_kvpacked_func${S}` | `${P}_qkvpacked_func${S}`;
+type Of<N extends string, K extends string> = Extract<N, `${string}${K}_func${string}`>;
+
+/** Dense ring function names (driver mode and SPMD). */
+export type RingName =
+  | Packings<'ring_flash_attn'> | Packings<'ring_flash_attn', '_v2'> | Packings<'zigzag_ring_flash_attn'> | Packings<'stripe_flash_attn'>;
+export type FlashName = Packings<'flash_attn'>;
+export type DenseName = RingName | FlashName;
+export type QkvPackedName = Of<DenseName, '_qkvpacked'>;
+export type KvPackedName = Of<DenseName, '_kvpacked'>;
+export type UnpackedName = Exclude<DenseName, QkvPackedName | KvPackedName>;

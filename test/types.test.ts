@@ -1,0 +1,48 @@
+// Compile-time checks of the public types: each @ts-expect-error line must be a type error, or
+// `npm run build` fails. The functions are never called; the suite only asserts they exist.
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { DeviceTensor, RingRuntime } from '../index.js';
+import { flash_attn_func, ring_flash_attn_func, ring_flash_attn_qkvpacked_func, zigzag_ring_flash_attn_kvpacked_func } from '../index.js';
+import { nd } from './helpers.js';
+
+export async function driverCalls(rt: RingRuntime) {
+  const x = nd(new Float32Array(16), [1, 2, 1, 8]);
+  const packed = nd(new Float32Array(48), [1, 2, 3, 1, 8]);
+  const r = await rt.call('ring_flash_attn_func', x, x, x, { causal: true, dtype: 'bfloat16' });
+  const g = await r.backward(x);
+  g.dq.data satisfies Float32Array;
+  // @ts-expect-error  unpacked functions return dq/dk/dv, not dqkv
+  void g.dqkv;
+  const p = await rt.call('ring_flash_attn_qkvpacked_func_v2', packed, 0, null, true);
+  (await p.backward(x)).dqkv satisfies unknown;
+  // @ts-expect-error  a qkvpacked function takes one tensor
+  await rt.call('ring_flash_attn_qkvpacked_func', packed, packed, packed);
+  // @ts-expect-error  causal is a boolean
+  await rt.call('stripe_flash_attn_func', x, x, x, 0, null, 'yes');
+  // @ts-expect-error  kvpacked takes (q, kv)
+  await rt.call('ring_flash_attn_kvpacked_func', x, x, x);
+  // @ts-expect-error  flash_attn_func has softcap (a number) at position 5, not a group
+  await rt.call('flash_attn_func', x, x, x, 0, null, true, [-1, -1], [0, 1]);
+  // @ts-expect-error  a compute dtype the library does not have
+  await rt.call('ring_flash_attn_func', x, x, x, { dtype: 'int8' });
+}
+
+export function spmdCalls(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, kv: DeviceTensor, qkv: DeviceTensor) {
+  ring_flash_attn_func(q, k, v, 0, null, true);
+  ring_flash_attn_func(q, k, v, { causal: true, group: [0, 1] });
+  ring_flash_attn_qkvpacked_func(qkv, { causal: true });
+  zigzag_ring_flash_attn_kvpacked_func(q, kv, 0, 0.125, true);
+  flash_attn_func(q, k, v, 0, null, true, [-1, -1], 0);
+  // @ts-expect-error  qkvpacked takes one tensor
+  ring_flash_attn_qkvpacked_func(q, k, v);
+  // @ts-expect-error  flash_attn_func has no group
+  flash_attn_func(q, k, v, { group: [0] });
+}
+
+const s = suite('types');
+s('typed entry points exist (the checks above run at compile time)', () => {
+  assert.type(driverCalls, 'function');
+  assert.type(spmdCalls, 'function');
+});
+s.run();
