@@ -9,7 +9,7 @@ import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
 import { checkDivisible, gather, shard, type LayoutName } from './layouts.js';
 import { RING_FUNCTIONS, TENSOR_COUNT, type Packing } from './registry.js';
-import type { DenseName, DriverFlashArgs, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName } from './types.js';
+import type { DriverFlashArgs, VarlenName, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName } from './types.js';
 
 const TASKS = new URL('./driver_tasks.js', import.meta.url).href;
 
@@ -59,8 +59,8 @@ export class RingRuntime extends Runtime {
   call(name: 'flash_attn_func', q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<FuncGrads>>;
   call(name: 'flash_attn_kvpacked_func', q: HostTensor, kv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<KvPackedGrads>>;
   call(name: 'flash_attn_qkvpacked_func', qkv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<QkvPackedGrads>>;
-  /** Any other registered name (varlen families), checked at run time. */
-  call<N extends string>(name: N extends DenseName ? never : N, ...args: unknown[]): Promise<DriverResult>;
+  /** The varlen families (tensors, cu_seqlens, max_seqlen, ...), checked at run time. */
+  call(name: VarlenName, ...args: unknown[]): Promise<DriverResult>;
   async call(name: string, ...args: unknown[]): Promise<DriverResult> {
     if (this.isClosed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
     const entry = RING_FUNCTIONS[name];

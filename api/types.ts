@@ -31,8 +31,12 @@ export type FlashPositional = [
   return_attn_probs: boolean,
 ];
 
-/** Optional positional arguments, then optionally the keyword object. */
-export type PythonArgs<P extends readonly unknown[], K> = Prefixes<P> | [...Prefixes<P>, K];
+/**
+ * Optional positional arguments, then optionally the keyword object. An all-optional interface
+ * would accept a stray string, array or tensor in that place: `object` and the `never` fields keep
+ * both out.
+ */
+export type PythonArgs<P extends readonly unknown[], K> = Prefixes<P> | [...Prefixes<P>, K & object & { data?: never; shape?: never; length?: never }];
 
 export type RingArgs = PythonArgs<RingPositional, AttnKwargs>;
 export type FlashArgs = PythonArgs<FlashPositional, Omit<AttnKwargs, 'group'>>;
@@ -53,3 +57,5 @@ export type DenseName = RingName | FlashName;
 export type QkvPackedName = Of<DenseName, '_qkvpacked'>;
 export type KvPackedName = Of<DenseName, '_kvpacked'>;
 export type UnpackedName = Exclude<DenseName, QkvPackedName | KvPackedName>;
+/** Varlen names: their tensors come with cu_seqlens and max_seqlen (checked at run time). */
+export type VarlenName = Packings<'ring_flash_attn_varlen'> | Packings<'zigzag_ring_flash_attn_varlen'> | Packings<'llama3_flash_attn_varlen'>;

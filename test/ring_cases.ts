@@ -4,13 +4,14 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, type RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
+import type { KvPackedName, QkvPackedName, RingName, UnpackedName } from '../api/types.js';
 import { maxAbs, nd, pack, randn, relL2, rng, rounded, unpack } from './helpers.js';
 import { referenceBackward, referenceForward } from './reference.js';
 
 export interface VariantNames {
-  func: string;
-  kvpacked: string;
-  qkvpacked: string;
+  func: Extract<UnpackedName, RingName>;
+  kvpacked: Extract<KvPackedName, RingName>;
+  qkvpacked: Extract<QkvPackedName, RingName>;
 }
 
 export interface Case {

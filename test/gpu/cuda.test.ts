@@ -5,8 +5,9 @@
 process.env.RFA_POISON = '1';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, RingFlashAttnError, visibleGpuCount, type RingRuntime } from '../../index.js';
+import { init, RingFlashAttnError, visibleGpuCount, type DriverResult, type FuncGrads, type RingRuntime } from '../../index.js';
 import type { DType } from '../../runtime/dtype.js';
+import type { UnpackedName } from '../../api/types.js';
 import { nd, randn, relL2, rng, rounded } from '../helpers.js';
 import { referenceBackward, referenceForward } from '../reference.js';
 
@@ -17,11 +18,12 @@ if (gpus === 0) console.log('GPU suite skipped: no GPU visible (cuda backend not
 interface K { b: number; sq: number; sk: number; h: number; hk: number; d: number; causal: boolean; dtype: DType }
 
 /** Relative L2 errors of one flash_attn_func call (or ring call) against fp64 on the rounded inputs. */
-async function errors(rt: RingRuntime, name: string, c: K, seed: number, extra: Record<string, unknown> = {}) {
+async function errors(rt: RingRuntime, name: UnpackedName, c: K, seed: number, extra: Record<string, unknown> = {}) {
   const rand = rng(seed);
   const q = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype), k = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype);
   const v = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype), dout = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype);
-  const r = await rt.call(name, nd(q, [c.b, c.sq, c.h, c.d]), nd(k, [c.b, c.sk, c.hk, c.d]), nd(v, [c.b, c.sk, c.hk, c.d]),
+  const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<DriverResult<FuncGrads>>;
+  const r = await call(name, nd(q, [c.b, c.sq, c.h, c.d]), nd(k, [c.b, c.sk, c.hk, c.d]), nd(v, [c.b, c.sk, c.hk, c.d]),
     { causal: c.causal, dtype: c.dtype, ...extra });
   const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as { dq: { data: Float32Array }; dk: { data: Float32Array }; dv: { data: Float32Array } };
   await r.dispose();
@@ -71,7 +73,7 @@ if (gpus > 0) {
   });
 
   for (const world of [2, 4].filter((w) => w <= gpus)) {
-    const variants = ['ring_flash_attn_func', 'ring_flash_attn_func_v2', 'zigzag_ring_flash_attn_func', 'stripe_flash_attn_func'];
+    const variants: UnpackedName[] = ['ring_flash_attn_func', 'ring_flash_attn_func_v2', 'zigzag_ring_flash_attn_func', 'stripe_flash_attn_func'];
     s(`world ${world}: every ring's error stays within 1.1x the single-device kernel's`, async () => {
       const rt = await init({ backend: 'cuda', world });
       try {
