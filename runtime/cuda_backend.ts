@@ -23,7 +23,7 @@ export class CudaBackend extends Backend {
   constructor(private readonly info: RankInfo) {
     super();
     this.kernels = cudaNative();
-    this.kernels.init(info.device);
+    this.kernels.init(info.device, info.timeoutMs);
     const cuda = this.kernels;
     this.finalizer = new FinalizationRegistry((ptr) => {
       try { cuda.free(ptr); } catch { /* the context is gone: its memory went with it */ }

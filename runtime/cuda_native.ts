@@ -4,7 +4,7 @@ import { native, type NativeKernels } from './native.js';
 /** The CUDA half of the addon (native/src/cuda_bindings.cc); one device context per worker. */
 export interface NativeCuda extends NativeKernels {
   deviceCount(): number;
-  init(device: number): void;
+  init(device: number, timeoutMs: number): void;
   alloc(bytes: number): bigint;
   free(ptr: bigint): void;
   upload(ptr: bigint, src: Float32Array | Uint16Array): void;

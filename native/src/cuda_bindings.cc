@@ -5,7 +5,7 @@
 // thread. After a failure the main thread aborts every communicator and bumps the generation,
 // and the next use creates fresh ones.
 #include "src/bindings.h"
-#ifdef RFA_CUDA_READY
+#ifdef RFA_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include <array>
@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
-#include "cuda/device_context.h"
+#include "cuda/attn_kernels.h"
+#include "cuda/check.h"
+#include "cuda/context.h"
 #include "cuda/fill.h"
-#include "cuda/flash_kernels.h"
-#include "cuda/nccl_loader.h"
-#include "cuda/runtime_check.h"
+#include "cuda/nccl.h"
 #include "src/bindings.h"
 #include "src/guard.h"
 #include "src/params.h"
@@ -30,10 +30,10 @@ namespace {
 
 // ---- process-wide: NCCL ids by (group key, generation) ----
 std::mutex g_ids_mu;
-std::map<std::string, std::array<char, 128>>* g_ids = new std::map<std::string, std::array<char, 128>>();
+std::map<std::string, cuda::NcclId>* g_ids = new std::map<std::string, cuda::NcclId>();
 std::atomic<uint64_t> g_generation{0};
 
-std::array<char, 128> shared_unique_id(const std::string& key) {
+cuda::NcclId shared_unique_id(const std::string& key) {
   std::lock_guard<std::mutex> lock(g_ids_mu);
   auto it = g_ids->find(key);
   if (it != g_ids->end()) return it->second;
@@ -51,6 +51,7 @@ struct CommEntry {
 struct WorkerState {
   std::unique_ptr<cuda::DeviceContext> ctx;
   int device = -1;
+  int timeout_ms = 60000;
   std::map<std::string, CommEntry> comms;
   std::vector<cudaEvent_t> free_events;
   std::map<int, cudaEvent_t> live_events;
@@ -80,7 +81,8 @@ cuda::NcclComm& comm_for(WorkerState& s, const Napi::Object& o) {
   CommEntry& e = s.comms[key];
   if (!e.comm || e.generation != gen || e.comm->aborted()) {
     e.comm.reset();
-    e.comm = std::make_unique<cuda::NcclComm>(shared_unique_id(key + "#" + std::to_string(gen)), nranks, rank);
+    e.comm = std::make_unique<cuda::NcclComm>(shared_unique_id(key + "#" + std::to_string(gen)), nranks, rank, s.device,
+                                              s.timeout_ms);
     e.generation = gen;
   }
   return *e.comm;
@@ -125,8 +127,7 @@ std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
 #define RFA_BODY(...) return guarded(info, [&]() -> Napi::Value { __VA_ARGS__ })
 
 RFA_NAPI(DeviceCount) {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;  // no driver or no device: the cpu backend applies
+  const int n = cuda::DeviceContext::device_count();  // 0 without a driver or device: the cpu backend applies
   return Napi::Number::New(info.Env(), n);
 }
 
@@ -139,6 +140,7 @@ RFA_NAPI(Init) {
       s = new WorkerState();
       env.SetInstanceData<WorkerState>(s);
     }
+    if (info.Length() > 1 && info[1].IsNumber()) s->timeout_ms = info[1].As<Napi::Number>().Int32Value();
     if (!s->ctx) {
       s->ctx = std::make_unique<cuda::DeviceContext>(device);
       s->device = device;
@@ -162,7 +164,7 @@ void* bigint_ptr(const Napi::Value& v) {
 RFA_NAPI(Free) {
   RFA_BODY({
     WorkerState& s = state(info.Env());
-    s.ctx->release(bigint_ptr(info[0]), s.ctx->compute());
+    s.ctx->release(bigint_ptr(info[0]));
     return info.Env().Undefined();
   });
 }

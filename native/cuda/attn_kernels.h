@@ -1,0 +1,22 @@
+// Host entry points of the CUDA kernels: the same operations as native/cpu/flash_cpu.h, queued
+// on `stream`. Each validates cheaply and throws E_UNSUPPORTED / E_ARG, and every launch is
+// checked (E_CUDA with the kernel's name).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "attn_params.h"
+
+namespace rfa::cuda {
+
+// Tensor-core (mma.sync m16n8k16) FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 64 or 128.
+void flash_fwd(const FlashFwdParams& p, cudaStream_t stream);
+void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
+
+void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);
+void merge(const MergeParams& p, cudaStream_t stream);
+void cast(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream);
+void add_f32(float* dst, const float* src, int64_t n, cudaStream_t stream);
+void copy_bsh(const void* src, BshStrides src_stride, void* dst, BshStrides dst_stride, int32_t batch, int32_t seqlen,
+              int32_t heads, int32_t head_dim, DType dtype, cudaStream_t stream);
+
+}  // namespace rfa::cuda

@@ -1,0 +1,135 @@
+#include "cuda/context.h"
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "cuda/check.h"
+
+namespace rfa::cuda {
+
+DeviceContext::DeviceContext(int device) : device_(device) {
+  RFA_CUDA_CHECK(cudaSetDevice(device));
+  RFA_CUDA_CHECK(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));
+  RFA_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_, cudaStreamNonBlocking));
+  RFA_CUDA_CHECK(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+  RFA_CUDA_CHECK(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
+}
+
+DeviceContext::~DeviceContext() {
+  cudaSetDevice(device_);
+  cudaStreamSynchronize(compute_);
+  cudaStreamSynchronize(comm_);
+  for (auto& kv : free_) cudaFree(kv.second);
+  for (auto& kv : live_) cudaFree(kv.first);
+  cudaEventDestroy(compute_done_);
+  cudaEventDestroy(comm_done_);
+  cudaStreamDestroy(compute_);
+  cudaStreamDestroy(comm_);
+}
+
+// 512 B granularity below 1 MiB, then steps of 1/8 of the power of two: reuse without
+// wasting more than 12.5%.
+size_t DeviceContext::round_size(size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  if (bytes <= (1u << 20)) return (bytes + 511) & ~size_t(511);
+  size_t p = size_t(1) << (63 - __builtin_clzll(bytes));
+  size_t step = p / 8;
+  return (bytes + step - 1) / step * step;
+}
+
+void* DeviceContext::alloc(size_t bytes) {
+  const size_t size = round_size(bytes);
+  auto it = free_.find(size);
+  void* p = nullptr;
+  if (it != free_.end()) {
+    p = it->second;
+    free_.erase(it);
+    cached_ -= size;
+  } else {
+    cudaError_t err = cudaMalloc(&p, size);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear the sticky-free allocation error
+      empty_cache();
+      err = cudaMalloc(&p, size);
+    }
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      RFA_THROW("E_CUDA", "out of device memory: requested " + std::to_string(size) + " bytes, in use " +
+                              std::to_string(in_use_) + ", cached " + std::to_string(cached_) + " (" +
+                              cudaGetErrorString(err) + ")");
+    }
+  }
+  live_[p] = size;
+  in_use_ += size;
+  if (in_use_ > peak_) peak_ = in_use_;
+  return p;
+}
+
+void DeviceContext::release(void* p) {
+  auto it = live_.find(p);
+  if (it == live_.end()) return;  // double release is a no-op
+  free_.emplace(it->second, p);
+  in_use_ -= it->second;
+  cached_ += it->second;
+  live_.erase(it);
+}
+
+void DeviceContext::empty_cache() {
+  cudaStreamSynchronize(compute_);
+  cudaStreamSynchronize(comm_);
+  for (auto& kv : free_) cudaFree(kv.second);
+  free_.clear();
+  cached_ = 0;
+}
+
+void DeviceContext::comm_waits_for_compute() {
+  RFA_CUDA_CHECK(cudaEventRecord(compute_done_, compute_));
+  RFA_CUDA_CHECK(cudaStreamWaitEvent(comm_, compute_done_, 0));
+}
+
+void DeviceContext::compute_waits_for_comm() {
+  RFA_CUDA_CHECK(cudaEventRecord(comm_done_, comm_));
+  RFA_CUDA_CHECK(cudaStreamWaitEvent(compute_, comm_done_, 0));
+}
+
+void DeviceContext::h2d(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  RFA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, compute_));
+  RFA_CUDA_CHECK(cudaStreamSynchronize(compute_));
+}
+
+void DeviceContext::d2h(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  RFA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, compute_));
+  RFA_CUDA_CHECK(cudaStreamSynchronize(compute_));
+}
+
+void DeviceContext::synchronize(int timeout_ms, const std::function<void()>& poll) {
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto sleep = std::chrono::microseconds(20);
+  for (;;) {
+    cudaError_t a = cudaStreamQuery(compute_), b = cudaStreamQuery(comm_);
+    if (a == cudaSuccess && b == cudaSuccess) return;
+    if (a != cudaErrorNotReady && a != cudaSuccess) RFA_THROW("E_CUDA", std::string("compute stream: ") + cudaGetErrorString(a));
+    if (b != cudaErrorNotReady && b != cudaSuccess) RFA_THROW("E_CUDA", std::string("comm stream: ") + cudaGetErrorString(b));
+    if (poll) poll();
+    if (clock::now() > deadline)
+      RFA_THROW("E_WORKER", "timed out after " + std::to_string(timeout_ms) + " ms waiting for the GPU (device " +
+                                std::to_string(device_) + ")");
+    std::this_thread::sleep_for(sleep);
+    if (sleep < std::chrono::microseconds(1000)) sleep *= 2;
+  }
+}
+
+int DeviceContext::device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace rfa::cuda

@@ -1,0 +1,56 @@
+// NCCL, loaded at run time with dlopen and self-declared prototypes (its C ABI is stable:
+// ncclUniqueId is 128 bytes, enums are ints), so the addon builds and loads without NCCL and
+// the CPU backend never needs it. Search order: $RFA_NCCL_LIBRARY, libnccl.so.2 on the loader
+// path, then the nvidia-nccl wheel of a Python installation.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "attn_params.h"
+
+namespace rfa::cuda {
+
+using NcclId = std::array<char, 128>;
+
+bool nccl_available(std::string* detail);
+NcclId nccl_unique_id();
+// Aborts every communicator of the process (callable from any thread); their owners' next
+// operation or wait fails with E_WORKER carrying `reason`. Also fails communicator inits in flight.
+void nccl_abort_all(const std::string& reason);
+
+class NcclComm {
+ public:
+  // Joins the communicator `id` as `rank` of `nranks` on the calling thread's device. Every
+  // member calls this concurrently. The wait is bounded by timeout_ms and by nccl_abort_all.
+  NcclComm(const NcclId& id, int nranks, int rank, int device, int timeout_ms);
+  ~NcclComm();  // never throws
+  NcclComm(const NcclComm&) = delete;
+  NcclComm& operator=(const NcclComm&) = delete;
+
+  void group_start();
+  void group_end();
+  void send(const void* buf, size_t count, DType dtype, int peer, cudaStream_t stream);
+  void recv(void* buf, size_t count, DType dtype, int peer, cudaStream_t stream);
+  void all_gather(const void* send, void* recv, size_t count_per_rank, DType dtype, cudaStream_t stream);
+  void reduce_scatter(const void* send, void* recv, size_t recv_count, DType dtype, cudaStream_t stream);  // sum
+  // Throws if the communicator was aborted or NCCL reports an asynchronous error.
+  void check_async_error();
+  bool aborted() const;
+  void abort(const std::string& reason);
+
+ private:
+  void* comm_ = nullptr;  // ncclComm_t
+  int nranks_;
+  int rank_;
+  mutable std::mutex mu_;
+  bool aborted_ = false;
+  std::string abort_reason_;
+};
+
+}  // namespace rfa::cuda
