@@ -45,7 +45,9 @@ export class RingRuntime extends Runtime {
   private nextCallId = 1;
 
   static override async create(opts: InitOptions = {}): Promise<RingRuntime> {
-    return new RingRuntime(Runtime.resolve(opts));
+    const rt = new RingRuntime(Runtime.resolve(opts));
+    await rt.warmup();
+    return rt;
   }
 
   /**

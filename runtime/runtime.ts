@@ -73,7 +73,15 @@ export class Runtime {
   }
 
   static async create(opts: InitOptions = {}): Promise<Runtime> {
-    return new Runtime(resolveOptions(opts));
+    const rt = new Runtime(resolveOptions(opts));
+    await rt.warmup();
+    return rt;
+  }
+
+  /** On GPUs, joins the world communicator on every rank before any user call. */
+  protected async warmup(): Promise<void> {
+    if (this.backend !== 'cuda') return;
+    await this.spmd(new URL('./setup_tasks.js', import.meta.url).href, 'warmup');
   }
 
   protected static resolve(opts: InitOptions): RankInfo[] {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
+# (with BENCH=1) the README table. Logs go to $OUT; a short summary prints last.
+#   device run: source .device/env.sh && bash benchmark/device_check.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi -L | tee "$OUT/gpus.txt"
+echo "--- test:gpu"; timeout ${TEST_TIMEOUT:-420} npm run test:gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^\s*$" | tail -40
+echo "--- sass"; sass=$(cuobjdump --dump-sass build/Release/ring_flash_attn.node 2>/dev/null)
+echo "HMMA instructions: $(grep -c HMMA <<<"$sass"), HGMMA: $(grep -c HGMMA <<<"$sass")" | tee "$OUT/sass.txt"
+echo "--- python reads tensor files"
+node dist/test/python/write_tensor_file.js /tmp/rfa_tensors.msgpack && python3 test/python/read_tensor_file.py /tmp/rfa_tensors.msgpack | tee "$OUT/python_read.txt"
+if [ "${BENCH:-0}" = 1 ]; then
+  echo "--- bench"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+  cp benchmark/results/*.json benchmark/results/*.svg "$OUT/" 2>/dev/null
+fi
+echo "=== summary"; grep -E "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
