@@ -11,9 +11,13 @@ export interface Group {
   readonly key: string;
 }
 
-export function makeGroup(ranks: readonly number[], globalRank: number): Group {
+/**
+ * `runtimeId` keeps communicators of different runtimes apart (NCCL unique ids and CPU mailboxes
+ * are process-wide; a closed runtime's id must never be reused by a new one).
+ */
+export function makeGroup(ranks: readonly number[], globalRank: number, runtimeId: string): Group {
   const rank = ranks.indexOf(globalRank);
-  return { ranks: [...ranks], rank, size: ranks.length, key: `g${ranks.join('.')}` };
+  return { ranks: [...ranks], rank, size: ranks.length, key: `${runtimeId}/g${ranks.join('.')}` };
 }
 
 /** One side of a point-to-point transfer; `peer` is a group-local rank; tensors are contiguous. */

@@ -11,6 +11,8 @@ export interface RankInfo {
   world: number;
   device: number;
   timeoutMs: number;
+  /** Unique per runtime in this process; part of every communicator's key. */
+  runtimeId: string;
 }
 
 /** A host tensor the way callers hand it over: an ndarray-like object. */
@@ -28,7 +30,7 @@ export class RankContext {
   readonly group: Group;
 
   constructor(readonly info: RankInfo, readonly backend: Backend) {
-    this.group = makeGroup(Array.from({ length: info.world }, (_, i) => i), info.rank);
+    this.group = makeGroup(Array.from({ length: info.world }, (_, i) => i), info.rank, info.runtimeId);
   }
 
   get rank(): number { return this.info.rank; }
@@ -41,7 +43,7 @@ export class RankContext {
     if (sorted.length !== ranks.length || sorted.some((r) => !Number.isInteger(r) || r < 0 || r >= this.world))
       fail('E_ARG', `group: ranks must be distinct integers in [0, ${this.world}), got [${ranks.join(', ')}]`);
     if (!sorted.includes(this.rank)) fail('E_ARG', `group: rank ${this.rank} is not a member of [${sorted.join(', ')}]`);
-    return makeGroup(sorted, this.rank);
+    return makeGroup(sorted, this.rank, this.info.runtimeId);
   }
 
   /**

@@ -17,6 +17,7 @@ export interface InitOptions {
 }
 
 const INIT_KEYS = new Set(['backend', 'world', 'devices', 'timeoutMs']);
+let runtimeCount = 0;
 
 /** GPUs the CUDA backend can see (0 without a CUDA build, driver or device). */
 export function visibleGpuCount(): number {
@@ -43,7 +44,8 @@ function resolveOptions(opts: InitOptions): RankInfo[] {
   }
   const timeoutMs = opts.timeoutMs ?? 60_000;
   if (!(timeoutMs > 0)) fail('E_ARG', `init: timeoutMs must be positive, got ${timeoutMs}`);
-  return devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs }));
+  const runtimeId = `rt${++runtimeCount}`;
+  return devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs, runtimeId }));
 }
 
 /**

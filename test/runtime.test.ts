@@ -115,6 +115,16 @@ s('close(): later calls reject with E_CLOSED; close twice is fine', async () => 
   await rejects(rt.call('ring_flash_attn_func', x, x, x), 'E_CLOSED');
 });
 
+s('two runtimes in one process keep their communicators apart', async () => {
+  const [a, b] = await Promise.all([init({ backend: 'cpu', world: 2 }), init({ backend: 'cpu', world: 2 })]);
+  const rand = rng(12);
+  const shape = [1, 8, 2, 16];
+  const x = [nd(randn(rand, 256), shape), nd(randn(rand, 256), shape), nd(randn(rand, 256), shape)] as const;
+  const [ra, rb] = await Promise.all([a.call('ring_flash_attn_func', ...x, { causal: true }), b.call('ring_flash_attn_func_v2', ...x, { causal: true })]);
+  assert.ok(relL2(ra.out.data, rb.out.data) < 1e-6);
+  await Promise.all([a.close(), b.close()]);
+});
+
 s('concurrent calls are serialised: collectives never interleave', async () => {
   const rt = await init({ backend: 'cpu', world: 3 });
   const rand = rng(3);
