@@ -189,11 +189,19 @@ NcclComm::~NcclComm() {
 }
 
 void NcclComm::abort(const std::string& reason) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (aborted_ || !comm_) return;
-  aborted_ = true;
-  abort_reason_ = reason;
-  api().CommAbort(comm_);
+  void* comm = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted_ || !comm_) return;
+    aborted_ = true;
+    abort_reason_ = reason;
+    comm = comm_;
+  }
+  // ncclCommAbort can wait for the communicator's kernels and proxy threads to wind down: run it
+  // off the caller's thread (the main thread's event loop must not stall) and without our lock
+  // (the owner's next check must see `aborted_` at once and fail its call).
+  Api* a = &api();
+  std::thread([a, comm] { a->CommAbort(comm); }).detach();
 }
 
 bool NcclComm::aborted() const {

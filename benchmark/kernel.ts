@@ -1,0 +1,71 @@
+// `node dist/benchmark/kernel.js`: our single-GPU kernel at the shapes of the kernel-speed issue
+// (bf16, head dim 128, batch 1; causal and not), forward and forward+backward iter/s and
+// TFLOP/s, each checked in the same run against fp64 on a sample of rows (a fast wrong kernel
+// is worth nothing). FLOP: causal forward 2·b·h·s²·d (half of 4·b·h·s²·d), backward 2.5×.
+import { init } from '../index.js';
+import type { KernelTask } from './kernel_rank.js';
+
+interface Shape { name: string; s: number; h: number; hk: number }
+const SHAPES: Shape[] = [
+  { name: 's=8192 h=5', s: 8192, h: 5, hk: 5 },
+  { name: 's=8192 h=32 h_k=8', s: 8192, h: 32, hk: 8 },
+  { name: 's=65536 h=5', s: 65536, h: 5, hk: 5 },
+];
+
+/** fp64 attention of the last `rows` query rows of head 0 (batch 0). */
+function referenceRows(x: { q: Float32Array; k: Float32Array; v: Float32Array }, s: number, d: number, rows: number, causal: boolean) {
+  const out = new Float64Array(rows * d), lse = new Float64Array(rows);
+  const scale = 1 / Math.sqrt(d);
+  for (let r = 0; r < rows; r++) {
+    const i = s - rows + r;
+    const last = causal ? i : s - 1;
+    const sc = new Float64Array(last + 1);
+    let mx = -Infinity;
+    for (let j = 0; j <= last; j++) {
+      let dot = 0;
+      for (let c = 0; c < d; c++) dot += x.q[r * d + c]! * x.k[j * d + c]!;
+      sc[j] = dot * scale;
+      mx = Math.max(mx, sc[j]!);
+    }
+    let sum = 0;
+    for (let j = 0; j <= last; j++) sum += Math.exp(sc[j]! - mx);
+    for (let j = 0; j <= last; j++) {
+      const p = Math.exp(sc[j]! - mx) / sum;
+      for (let c = 0; c < d; c++) out[r * d + c]! += p * x.v[j * d + c]!;
+    }
+    lse[r] = mx + Math.log(sum);
+  }
+  return { out, lse };
+}
+
+async function main() {
+  const only = process.argv[2];
+  const rt = await init({ backend: 'cuda', world: 1 });
+  const d = 128;
+  console.log('| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  try {
+    for (const sh of SHAPES.filter((x) => !only || x.name.includes(only)))
+      for (const causal of [true, false]) {
+        const iters = sh.s > 10000 ? 2 : 10;
+        const task: KernelTask = { b: 1, s: sh.s, h: sh.h, hk: sh.hk, d, causal, iters, repeats: 5 };
+        const [r] = (await rt.runEach(new URL('./kernel_rank.js', import.meta.url).href, 'run', [task], [0])) as any[];
+        const flop = 2 * sh.h * sh.s * sh.s * d * (causal ? 1 : 2);
+        const ref = referenceRows(r.sample, sh.s, d, r.sample.rows, causal);
+        let num = 0, den = 0, lseErr = 0;
+        for (let row = 0; row < r.sample.rows; row++) {
+          for (let c = 0; c < d; c++) {
+            const got = r.sample.out[row * d + c], want = ref.out[row * d + c]!;
+            num += (got - want) ** 2; den += want ** 2;
+          }
+          lseErr = Math.max(lseErr, Math.abs(r.sample.lse[row] - ref.lse[row]!));
+        }
+        const err = Math.sqrt(num / den);
+        console.log(`| ${sh.name} | ${causal} | ${(1 / r.fwd.median).toFixed(1)} | ${((flop / r.fwd.median) / 1e12).toFixed(1)} | ${(1 / r.fwdbwd.median).toFixed(1)} | ${((3.5 * flop / r.fwdbwd.median) / 1e12).toFixed(1)} | ${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`);
+      }
+  } finally {
+    await rt.close();
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });

@@ -1,0 +1,74 @@
+// Rank-side half of benchmark/kernel.ts: one GPU, flash_attn_func on random bf16 inputs. Times
+// forward and forward+backward (device sync around each repeat), and returns a sample of
+// output rows with their inputs so the main thread can check them against fp64.
+import { performance } from 'node:perf_hooks';
+import { flash_attn_func } from '../api/single.js';
+import type { RankContext } from '../runtime/context.js';
+import { toFloat32 } from '../runtime/dtype.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+
+export interface KernelTask {
+  b: number; s: number; h: number; hk: number; d: number;
+  causal: boolean;
+  iters: number;
+  repeats: number;
+}
+
+function random(n: number, seed: number): Float32Array {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (a * 1664525 + 1013904223) >>> 0;
+    out[i] = (a / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+
+export function run(ctx: RankContext, t: KernelTask) {
+  const be = ctx.backend;
+  const q = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 1), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16', true);
+  const k = ctx.tensor({ data: random(t.b * t.s * t.hk * t.d, 2), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
+  const v = ctx.tensor({ data: random(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
+  const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16');
+  const time = (backward: boolean) => {
+    const once = () => {
+      const out = flash_attn_func(q, k, v, { causal: t.causal }) as DeviceTensor;
+      if (backward) {
+        out.backward(dout);
+        for (const x of [q, k, v]) { x.grad?.dispose(); x.grad = null; }
+      }
+      out.dispose();
+    };
+    once();
+    be.sync();
+    const secs: number[] = [];
+    for (let r = 0; r < t.repeats; r++) {
+      const t0 = performance.now();
+      for (let i = 0; i < t.iters; i++) once();
+      be.sync();
+      secs.push((performance.now() - t0) / 1000 / t.iters);
+    }
+    return { median: median(secs), min: Math.min(...secs), max: Math.max(...secs) };
+  };
+  const fwd = time(false);
+  const fwdbwd = time(true);
+  // Accuracy sample: the last rows (they see the most keys under causal) of head 0, batch 0.
+  const [out, lse] = flash_attn_func(q, k, v, { causal: t.causal, return_attn_probs: true }) as [DeviceTensor, DeviceTensor, null];
+  const outHost = toFloat32(be.download(out), out.dtype);
+  const lseHost = be.download(lse) as Float32Array;
+  const rows = Math.min(16, t.s);
+  // Head 0 of batch 0 as dense (seqlen, d) float32.
+  const head0 = (x: DeviceTensor, heads: number, from: number, n: number, data = toFloat32(be.download(x), x.dtype)) => {
+    const outRows = new Float32Array(n * t.d);
+    for (let i = 0; i < n; i++) outRows.set(data.subarray(((from + i) * heads) * t.d, ((from + i) * heads) * t.d + t.d), i * t.d);
+    return outRows;
+  };
+  const sample = {
+    q: head0(q, t.h, t.s - rows, rows), k: head0(k, t.hk, 0, t.s), v: head0(v, t.hk, 0, t.s),
+    out: head0(out, t.h, t.s - rows, rows, outHost), lse: lseHost.slice(t.s - rows, t.s), rows,
+  };
+  for (const x of [q, k, v, dout, out, lse]) x.dispose();
+  return { fwd, fwdbwd, sample, peakBytes: be.peakBytes() };
+}
