@@ -113,7 +113,7 @@ void check(int r, const char* what) {
 // Every live communicator, for nccl_abort_all; and the abort epoch that fails pending inits.
 std::mutex g_mu;
 std::set<NcclComm*>* g_comms = new std::set<NcclComm*>();
-std::atomic<uint64_t> g_abort_epoch{0};
+std::atomic<bool> g_aborted{false};
 std::string* g_abort_reason = new std::string();
 
 }  // namespace
@@ -139,9 +139,21 @@ NcclId nccl_unique_id() {
 
 void nccl_abort_all(const std::string& reason) {
   std::lock_guard<std::mutex> lock(g_mu);
-  *g_abort_reason = reason;
-  g_abort_epoch.fetch_add(1);
+  if (!g_aborted) *g_abort_reason = reason;
+  g_aborted = true;
   for (NcclComm* c : *g_comms) c->abort(reason);
+}
+
+bool nccl_aborted(std::string* reason) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_aborted && reason) *reason = *g_abort_reason;
+  return g_aborted;
+}
+
+void nccl_clear_abort() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_aborted = false;
+  g_abort_reason->clear();
 }
 
 NcclComm::NcclComm(const NcclId& id, int nranks, int rank, int device, int timeout_ms) : nranks_(nranks), rank_(rank) {
@@ -156,7 +168,6 @@ NcclComm::NcclComm(const NcclId& id, int nranks, int rank, int device, int timeo
   auto st = std::make_shared<Init>();
   ncclUniqueId uid;
   std::copy(id.begin(), id.end(), uid.internal);
-  const uint64_t epoch = g_abort_epoch.load();
   std::thread([st, uid, nranks, rank, device, &a]() mutable {
     cudaSetDevice(device);
     st->result = a.CommInitRank(&st->comm, nranks, uid, rank);
@@ -164,10 +175,8 @@ NcclComm::NcclComm(const NcclId& id, int nranks, int rank, int device, int timeo
   }).detach();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!st->done) {
-    if (g_abort_epoch.load() != epoch) {
-      std::lock_guard<std::mutex> lock(g_mu);
-      RFA_THROW("E_WORKER", "communicator aborted during init: " + *g_abort_reason);
-    }
+    std::string reason;
+    if (nccl_aborted(&reason)) RFA_THROW("E_WORKER", "communicator aborted during init: " + reason);
     if (std::chrono::steady_clock::now() > deadline)
       RFA_THROW("E_NCCL", "ncclCommInitRank timed out after " + std::to_string(timeout_ms) + " ms (rank " +
                               std::to_string(rank) + " of " + std::to_string(nranks) + ")");

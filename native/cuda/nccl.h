@@ -21,8 +21,12 @@ using NcclId = std::array<char, 128>;
 bool nccl_available(std::string* detail);
 NcclId nccl_unique_id();
 // Aborts every communicator of the process (callable from any thread); their owners' next
-// operation or wait fails with E_WORKER carrying `reason`. Also fails communicator inits in flight.
+// operation or wait fails with E_WORKER carrying `reason`. Until nccl_clear_abort(), inits in
+// flight fail and no new communicator may be created (a rank that arrives late must not start
+// one its failed peers will never join).
 void nccl_abort_all(const std::string& reason);
+bool nccl_aborted(std::string* reason);
+void nccl_clear_abort();
 
 class NcclComm {
  public:

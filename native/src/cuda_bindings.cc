@@ -78,6 +78,8 @@ cuda::NcclComm& comm_for(WorkerState& s, const Napi::Object& o) {
   const std::string key = o.Get("key").ToString().Utf8Value();
   const int nranks = int(get_i64(o, "nranks")), rank = int(get_i64(o, "rank"));
   const uint64_t gen = g_generation.load();
+  std::string reason;
+  if (cuda::nccl_aborted(&reason)) RFA_THROW("E_WORKER", "communicator aborted: " + reason);
   CommEntry& e = s.comms[key];
   if (!e.comm || e.generation != gen || e.comm->aborted()) {
     e.comm.reset();
@@ -297,9 +299,10 @@ RFA_NAPI(Sync) {
   RFA_BODY({
     WorkerState& s = state(info.Env());
     const int timeout_ms = info[0].As<Napi::Number>().Int32Value();
-    s.ctx->synchronize(timeout_ms, [&s] {
-      for (auto& kv : s.comms)
-        if (kv.second.comm) kv.second.comm->check_async_error();
+    const uint64_t gen = g_generation.load();
+    s.ctx->synchronize(timeout_ms, [&s, gen] {
+      for (auto& kv : s.comms)  // communicators of an earlier generation were aborted and replaced
+        if (kv.second.comm && kv.second.generation == gen) kv.second.comm->check_async_error();
     });
     return info.Env().Undefined();
   });
@@ -320,9 +323,12 @@ RFA_NAPI(AbortAll) {
 // After a failure has settled: later communicator uses create fresh ones with new ids.
 RFA_NAPI(ResetAll) {
   RFA_BODY({
-    std::lock_guard<std::mutex> lock(g_ids_mu);
-    g_ids->clear();
-    g_generation.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lock(g_ids_mu);
+      g_ids->clear();
+      g_generation.fetch_add(1);
+    }
+    cuda::nccl_clear_abort();
     return info.Env().Undefined();
   });
 }
