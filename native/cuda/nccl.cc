@@ -114,6 +114,7 @@ void check(int r, const char* what) {
 std::mutex g_mu;
 std::set<NcclComm*>* g_comms = new std::set<NcclComm*>();
 std::atomic<bool> g_aborted{false};
+std::atomic<int> g_aborts_running{0};  // ncclCommAbort calls still in flight
 std::string* g_abort_reason = new std::string();
 
 }  // namespace
@@ -150,7 +151,11 @@ bool nccl_aborted(std::string* reason) {
   return g_aborted;
 }
 
-void nccl_clear_abort() {
+void nccl_clear_abort(int timeout_ms) {
+  // Aborted kernels must be gone before new work reaches the GPUs (and before the process exits).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (g_aborts_running.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::lock_guard<std::mutex> lock(g_mu);
   g_aborted = false;
   g_abort_reason->clear();
@@ -210,7 +215,11 @@ void NcclComm::abort(const std::string& reason) {
   // off the caller's thread (the main thread's event loop must not stall) and without our lock
   // (the owner's next check must see `aborted_` at once and fail its call).
   Api* a = &api();
-  std::thread([a, comm] { a->CommAbort(comm); }).detach();
+  g_aborts_running.fetch_add(1);
+  std::thread([a, comm] {
+    a->CommAbort(comm);
+    g_aborts_running.fetch_sub(1);
+  }).detach();
 }
 
 bool NcclComm::aborted() const {

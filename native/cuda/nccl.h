@@ -26,7 +26,8 @@ NcclId nccl_unique_id();
 // one its failed peers will never join).
 void nccl_abort_all(const std::string& reason);
 bool nccl_aborted(std::string* reason);
-void nccl_clear_abort();
+// Waits (at most timeout_ms) for aborts still winding down, then allows new communicators.
+void nccl_clear_abort(int timeout_ms = 10000);
 
 class NcclComm {
  public:
