@@ -52,6 +52,8 @@ async function main(): Promise<void> {
   const selected = only ? cases.filter((_, i) => only.split(',').includes(String(i))) : cases;
   const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as ('fwd' | 'fwdbwd')[];
   const iters = Number(arg('iters') ?? (onGpu ? 20 : 3));
+  const maxRepeats = Number(arg('max-repeats') ?? 8);
+  const settle = Number(arg('settle') ?? 0.03);
 
   const rt = await init({ backend, world });
   const module = new URL('./bench_rank.js', import.meta.url).href;
@@ -67,7 +69,7 @@ async function main(): Promise<void> {
         for (const col of COLUMNS) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
-          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats: 8, settle: 0.03, seed: 1 };
+          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1 };
           // As in the seed's benchmark, every rank runs the single-device kernel on its own shard
           // at the same time for the theoretic column.
           const single = col.prefix === 'flash_attn';
