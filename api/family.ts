@@ -1,6 +1,8 @@
 // The three public wrappers every ring variant exposes (func, kvpacked_func, qkvpacked_func),
 // built once from the variant's forward and backward: argument parsing, validation, dtype
 // handling and the minimal autograd of the Python API live here, the ring loops in the variants.
+// Dense (b, s, h, d) and packed varlen (total, h, d) families share it through a Frame, which
+// says how the public tensors map onto the kernels' (b, s, h, d) views.
 import type { Backend } from '../runtime/backend.js';
 import type { Group } from '../runtime/comm.js';
 import { currentContext } from '../runtime/context.js';
@@ -27,7 +29,53 @@ function toDtype(backend: Backend, t: DeviceTensor, like: DeviceTensor): DeviceT
   return t.dtype === like.dtype ? t : backend.cast(t, like.dtype);
 }
 
-/** Assigns the fp32 grads of (q, k, v) to whichever inputs require grad. */
+/** How a family's public tensors map onto the kernels' (b, s, h, d) views. */
+export interface Frame {
+  /** Rank of q, k, v; kv and qkv have one more axis, at `packAxis`. */
+  readonly ndim: number;
+  readonly packAxis: number;
+  /** Layouts named in shape errors. */
+  readonly layouts: { readonly q: string; readonly k: string; readonly kv: string; readonly qkv: string };
+  /** The kernel view of a public tensor (q/k/v/dout), and the public view of a kernel result (out, lse, grads). */
+  toKernel(t: DeviceTensor): DeviceTensor;
+  toPublic(t: DeviceTensor): DeviceTensor;
+}
+
+export const DENSE_FRAME: Frame = {
+  ndim: 4, packAxis: 2,
+  layouts: {
+    q: '(batch, seqlen, nheads, head_dim)', k: '(batch, seqlen, nheads_k, head_dim)',
+    kv: '(batch, seqlen, 2, nheads_k, head_dim)', qkv: '(batch, seqlen, 3, nheads, head_dim)',
+  },
+  toKernel: (t) => t,
+  toPublic: (t) => t,
+};
+
+/** Packed varlen tensors are batch-1 views for the kernels; lse (1, h, total) is returned as (h, total). */
+export const VARLEN_FRAME: Frame = {
+  ndim: 3, packAxis: 1,
+  layouts: {
+    q: '(total_tokens, nheads, head_dim)', k: '(total_tokens, nheads_k, head_dim)',
+    kv: '(total_tokens, 2, nheads_k, head_dim)', qkv: '(total_tokens, 3, nheads, head_dim)',
+  },
+  toKernel: (t) => t.unsqueeze(0),
+  toPublic: (t) => t.select(0, 0),
+};
+
+/** A parsed call: the variant's options, the ring's group, and whether lse is returned. */
+export interface ParsedCall<O extends RingOptions> {
+  o: O;
+  group: Group;
+  returnAttnProbs: boolean;
+}
+
+/**
+ * Parses the arguments after the tensors and validates them against the public q, k, v;
+ * returns the variant's options. Runs before anything is launched.
+ */
+export type ParseArgs<O extends RingOptions> = (fn: string, rest: readonly unknown[], q: DeviceTensor, k: DeviceTensor, v: DeviceTensor) => ParsedCall<O>;
+
+/** Assigns the fp32 grads of (q, k, v), in public layout, to whichever inputs require grad. */
 type GradSink = (backend: Backend, grads: RingGrads) => void;
 
 interface Call {
@@ -40,36 +88,37 @@ interface Call {
   sink: GradSink;
 }
 
-function attend(variant: RingVariant, c: Call): AttnResult {
-  const single = variant.layout === 'single';
-  const a = parseAttnArgs(c.fn, c.rest, variant.positional);
-  checkQkv(c.fn, c.q, c.k, c.v);
-  if (!single && c.k.shape[1] !== c.q.shape[1])
-    fail('E_SHAPE', `${c.fn}: k seqlen ${c.k.shape[1]} != q seqlen ${c.q.shape[1]} (ring shards hold equal lengths)`);
-  const group = single ? currentContext().newGroup([currentContext().rank]) : resolveGroup(c.fn, a.group);
+interface FamilyDef<O extends RingOptions> {
+  variant: RingVariant<O>;
+  frame: Frame;
+  parse: ParseArgs<O>;
+}
+
+function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, c: Call): AttnResult {
+  const a = parse(c.fn, c.rest, c.q, c.k, c.v);
   const backend = currentContext().backend;
-  const o: RingOptions = { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(c.q.shape[3]!), causal: a.causal };
-  variant.check?.(c.fn, c.q, c.k, o, group);
-  const fwd: RingForward = variant.forward(backend, group, c.q, c.k, c.v, o);
-  const out = toDtype(backend, fwd.out, c.q);
+  const [q, k, v] = [c.q, c.k, c.v].map(frame.toKernel) as [DeviceTensor, DeviceTensor, DeviceTensor];
+  variant.check?.(c.fn, q, k, a.o, a.group);
+  const fwd: RingForward = variant.forward(backend, a.group, q, k, v, a.o);
+  const out = toDtype(backend, frame.toPublic(fwd.out), c.q);
   out.gradFn = (dout: DeviceTensor) => {
-    checkTensor(`${c.fn} backward`, 'dout', dout, 4, '(batch, seqlen, nheads, head_dim)');
+    checkTensor(`${c.fn} backward`, 'dout', dout, frame.ndim, frame.layouts.q);
     if (dout.shape.join() !== c.q.shape.join())
       fail('E_SHAPE', `${c.fn} backward: dout shape (${dout.shape.join(', ')}) != out shape (${c.q.shape.join(', ')})`);
     if (!c.inputs.some((t) => t.requiresGrad)) fail('E_ARG', `${c.fn} backward: none of the inputs requires grad`);
     const d = toDtype(backend, dout, c.q);
-    const grads = variant.backward(backend, group, d, c.q, c.k, c.v, fwd, o);
-    c.sink(backend, grads);
+    const grads = variant.backward(backend, a.group, frame.toKernel(d), q, k, v, fwd, a.o);
+    c.sink(backend, { dq: frame.toPublic(grads.dq), dk: frame.toPublic(grads.dk), dv: frame.toPublic(grads.dv) });
     // Free the fp32 grads no input kept (dk and dv may share one buffer).
     for (const g of [grads.dq, grads.dk, grads.dv]) if (!c.inputs.some((t) => t.grad?.storage === g.storage)) g.storage.release();
     if (d !== dout) d.dispose();
   };
   // The fp32 out (when the caller got a cast) and, unless returned, the lse live until out.dispose().
   out.releaseSaved = () => {
-    if (fwd.out !== out) fwd.out.dispose();
+    if (fwd.out.storage !== out.storage) fwd.out.dispose();
     if (!a.returnAttnProbs) fwd.lse.dispose();
   };
-  return a.returnAttnProbs ? [out, fwd.lse, null] : out;
+  return a.returnAttnProbs ? [out, frame.toPublic(fwd.lse), null] : out;
 }
 
 /** The three wrappers; R is the Python positional/keyword tail after the tensors. */
@@ -79,15 +128,18 @@ export interface AttnFamily<R extends unknown[]> {
   qkvpacked(qkv: DeviceTensor, ...rest: R): AttnResult;
 }
 
-export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant): AttnFamily<R> {
+/** The wrappers of any family: `parse` reads the arguments after the tensors, `frame` maps the tensors. */
+export function makeFamily<O extends RingOptions, R extends unknown[]>(variant: RingVariant<O>, frame: Frame, parse: ParseArgs<O>): AttnFamily<R> {
   const name = variant.name, suffix = variant.suffix ?? '';
+  const def: FamilyDef<O> = { variant, frame, parse };
+  const L = frame.layouts, P = frame.packAxis;
   return {
     func(q, k, v, ...rest) {
       const fn = `${name}_func${suffix}`;
-      checkTensor(fn, 'q', q, 4, '(batch, seqlen, nheads, head_dim)');
-      checkTensor(fn, 'k', k, 4, '(batch, seqlen, nheads_k, head_dim)');
-      checkTensor(fn, 'v', v, 4, '(batch, seqlen, nheads_k, head_dim)');
-      return attend(variant, {
+      checkTensor(fn, 'q', q, frame.ndim, L.q);
+      checkTensor(fn, 'k', k, frame.ndim, L.k);
+      checkTensor(fn, 'v', v, frame.ndim, L.k);
+      return attend(def, {
         fn, q, k, v, rest, inputs: [q, k, v],
         sink: (backend, g) => {
           if (q.requiresGrad) q.grad = toDtype(backend, g.dq, q);
@@ -98,34 +150,47 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
     },
     kvpacked(q, kv, ...rest) {
       const fn = `${name}_kvpacked_func${suffix}`;
-      checkTensor(fn, 'q', q, 4, '(batch, seqlen, nheads, head_dim)');
-      checkTensor(fn, 'kv', kv, 5, '(batch, seqlen, 2, nheads_k, head_dim)');
-      if (kv.shape[2] !== 2) fail('E_SHAPE', `${fn}: kv axis 2 must be 2 (k, v), got ${kv.shape[2]}`);
-      return attend(variant, {
-        fn, q, k: kv.select(2, 0), v: kv.select(2, 1), rest, inputs: [q, kv],
+      checkTensor(fn, 'q', q, frame.ndim, L.q);
+      checkTensor(fn, 'kv', kv, frame.ndim + 1, L.kv);
+      if (kv.shape[P] !== 2) fail('E_SHAPE', `${fn}: kv axis ${P} must be 2 (k, v), got ${kv.shape[P]}`);
+      return attend(def, {
+        fn, q, k: kv.select(P, 0), v: kv.select(P, 1), rest, inputs: [q, kv],
         sink: (backend, g) => {
           if (q.requiresGrad) q.grad = toDtype(backend, g.dq, q);
-          if (kv.requiresGrad) kv.grad = packGrads(backend, kv, [g.dk, g.dv]);
+          if (kv.requiresGrad) kv.grad = packGrads(backend, frame, kv, [g.dk, g.dv]);
         },
       });
     },
     qkvpacked(qkv, ...rest) {
       const fn = `${name}_qkvpacked_func${suffix}`;
-      checkTensor(fn, 'qkv', qkv, 5, '(batch, seqlen, 3, nheads, head_dim)');
-      if (qkv.shape[2] !== 3) fail('E_SHAPE', `${fn}: qkv axis 2 must be 3 (q, k, v), got ${qkv.shape[2]}`);
-      return attend(variant, {
-        fn, q: qkv.select(2, 0), k: qkv.select(2, 1), v: qkv.select(2, 2), rest, inputs: [qkv],
+      checkTensor(fn, 'qkv', qkv, frame.ndim + 1, L.qkv);
+      if (qkv.shape[P] !== 3) fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${qkv.shape[P]}`);
+      return attend(def, {
+        fn, q: qkv.select(P, 0), k: qkv.select(P, 1), v: qkv.select(P, 2), rest, inputs: [qkv],
         sink: (backend, g) => {
-          if (qkv.requiresGrad) qkv.grad = packGrads(backend, qkv, [g.dq, g.dk, g.dv]);
+          if (qkv.requiresGrad) qkv.grad = packGrads(backend, frame, qkv, [g.dq, g.dk, g.dv]);
         },
       });
     },
   };
 }
 
-/** Stacks per-tensor grads along axis 2 into a tensor shaped like the packed input. */
-function packGrads(backend: Backend, like: DeviceTensor, parts: DeviceTensor[]): DeviceTensor {
+/** The dense wrappers: tensors (b, s, h, d), the ring functions' positional tail. */
+export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant): AttnFamily<R> {
+  const single = variant.layout === 'single';
+  return makeFamily<RingOptions, R>(variant, DENSE_FRAME, (fn, rest, q, k, v) => {
+    const a = parseAttnArgs(fn, rest, variant.positional);
+    checkQkv(fn, q, k, v);
+    if (!single && k.shape[1] !== q.shape[1])
+      fail('E_SHAPE', `${fn}: k seqlen ${k.shape[1]} != q seqlen ${q.shape[1]} (ring shards hold equal lengths)`);
+    const group = single ? currentContext().newGroup([currentContext().rank]) : resolveGroup(fn, a.group);
+    return { o: { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[3]!), causal: a.causal }, group, returnAttnProbs: a.returnAttnProbs };
+  });
+}
+
+/** Stacks per-tensor grads along the frame's pack axis into a tensor shaped like the packed input. */
+function packGrads(backend: Backend, frame: Frame, like: DeviceTensor, parts: DeviceTensor[]): DeviceTensor {
   const grad = backend.empty(like.shape, 'float32');
-  parts.forEach((p, i) => backend.copy(grad.select(2, i), p));
+  parts.forEach((p, i) => backend.copy(frame.toKernel(grad.select(frame.packAxis, i)), frame.toKernel(p)));
   return like.dtype === 'float32' ? grad : backend.cast(grad, like.dtype);
 }
