@@ -47,6 +47,13 @@ function addonPath(): string {
 }
 
 export function native(): NativeAddon {
-  if (!cached) cached = createRequire(import.meta.url)(addonPath()) as NativeAddon;
+  if (!cached) {
+    // CUDA loads kernels lazily by default (CUDA_MODULE_LOADING=LAZY). Loading a kernel on a
+    // device where an NCCL kernel is waiting for a peer can wait for that kernel, while the peer
+    // waits for us: a cross-rank deadlock. Load every kernel when the context starts instead.
+    // Must be set before the first CUDA call of the process, which is in this addon.
+    process.env.CUDA_MODULE_LOADING ??= 'EAGER';
+    cached = createRequire(import.meta.url)(addonPath()) as NativeAddon;
+  }
   return cached;
 }
