@@ -46,6 +46,13 @@ function isGroup(x: unknown): boolean {
   return isPlainObject(x) && Array.isArray(x.ranks) && typeof x.key === 'string';
 }
 
+/** Plain objects that are values, not keywords: an int32 ndarray literal, a { start, stop } slice. */
+function isValueObject(x: Record<string, unknown>): boolean {
+  if ('data' in x && 'shape' in x) return true;
+  const keys = Object.keys(x);
+  return keys.includes('start') && keys.includes('stop') && keys.every((k) => k === 'start' || k === 'stop' || k === 'step');
+}
+
 /**
  * Splits `rest` into keyword arguments: the trailing plain object (if any) is the kwargs, the
  * values before it fill `positional` in order. A keyword given both ways is an error.
@@ -54,7 +61,7 @@ export function collectKwargs(fn: string, rest: readonly unknown[], positional: 
   let pos = rest;
   let kw: Record<string, unknown> = {};
   const last = rest[rest.length - 1];
-  if (rest.length > 0 && isPlainObject(last) && !isGroup(last)) {
+  if (rest.length > 0 && isPlainObject(last) && !isGroup(last) && !isValueObject(last)) {
     kw = { ...last };
     pos = rest.slice(0, -1);
   }
@@ -72,12 +79,13 @@ export function collectKwargs(fn: string, rest: readonly unknown[], positional: 
 
 /**
  * Validates the keyword arguments shared by every attention function; `positional` is the
- * function's Python order after the tensors, `extraKeys` keyword-only additions (driver mode's
- * dtype). Returns the parsed values and the raw keyword record.
+ * function's Python order after the tensors (its names are keywords too, as in Python),
+ * `extraKeys` keyword-only additions (driver mode's dtype). Returns the parsed values and the
+ * raw keyword record (the family's own arguments, e.g. cu_seqlens, included).
  */
 export function parseAttnArgs(fn: string, rest: readonly unknown[], positional: readonly string[] = ATTN_POSITIONAL,
   extraKeys: readonly string[] = []): AttnArgs & { kw: Record<string, unknown> } {
-  const keys = new Set<string>([...ATTN_POSITIONAL, ...FLASH_POSITIONAL, ...extraKeys]);
+  const keys = new Set<string>([...ATTN_POSITIONAL, ...FLASH_POSITIONAL, ...positional, ...extraKeys]);
   if (!positional.includes('group')) keys.delete('group');
   const kw = collectKwargs(fn, rest, positional, keys);
   const dropout = kw.dropout_p ?? 0;

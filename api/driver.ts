@@ -7,7 +7,7 @@ import { Runtime, type InitOptions } from '../runtime/runtime.js';
 import { parseAttnArgs } from './args.js';
 import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
-import { checkDivisible, gather, shard, type LayoutName } from './layouts.js';
+import { placeRows, takeRows } from './layouts.js';
 import { RING_FUNCTIONS, TENSOR_COUNT, type Packing } from './registry.js';
 import type { DriverFlashArgs, VarlenName, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName } from './types.js';
 
@@ -27,9 +27,9 @@ export type HostTensor =
   | { data: Uint16Array; shape: readonly number[]; stride?: readonly number[]; offset?: number; dtype: 'bfloat16' | 'float16' };
 
 export interface DriverResult<G extends DriverGrads = DriverGrads> {
-  /** (batch, seqlen, nheads, head_dim), float32 values of the output. */
+  /** (batch, seqlen, nheads, head_dim) (varlen: (total, nheads, head_dim)), float32 values of the output. */
   out: Nd;
-  /** (batch, nheads, seqlen) fp32 log-sum-exp. */
+  /** (batch, nheads, seqlen) (varlen: (nheads, total)) fp32 log-sum-exp. */
   lse: Nd;
   /** Full-layout dout → full-layout gradients; may be called more than once. */
   backward(dout: HostTensor): Promise<G>;
@@ -61,35 +61,51 @@ export class RingRuntime extends Runtime {
   call(name: 'flash_attn_func', q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<FuncGrads>>;
   call(name: 'flash_attn_kvpacked_func', q: HostTensor, kv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<KvPackedGrads>>;
   call(name: 'flash_attn_qkvpacked_func', qkv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<QkvPackedGrads>>;
-  /** The varlen families (tensors, cu_seqlens, max_seqlen, ...), checked at run time. */
+  /**
+   * The varlen families, checked at run time: full packed tensors (total, h, d) or packings, the
+   * GLOBAL cu_seqlens (Int32Array or int32 ndarray) and max_seqlen, then the ring functions' tail.
+   * llama3 is called the same way (driver mode prepares every rank's cu_seqlens_q/k and
+   * local_k_slice) with `heads_k_stride` as an option (default 1). lse comes back as (h, total).
+   */
   call(name: VarlenName, ...args: unknown[]): Promise<DriverResult>;
   async call(name: string, ...args: unknown[]): Promise<DriverResult> {
     if (this.isClosed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
     const entry = RING_FUNCTIONS[name];
     if (!entry) fail('E_ARG', `unknown function '${String(name)}'; known: ${Object.keys(RING_FUNCTIONS).join(', ')}`);
+    const sharding = entry.sharding;
     const nt = TENSOR_COUNT[entry.packing];
     if (args.length < nt) fail('E_ARG', `${name}: expected ${nt} tensor argument(s) (${INPUT_NAMES[entry.packing].join(', ')}), got ${args.length}`);
     const rest = args.slice(nt);
-    const { kw } = parseAttnArgs(name, rest, entry.positional, ['dtype']);
-    const ranks = entry.layout === 'single' ? [0] : this.groupRanks(name, kw.group);
+    const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, ['dtype', ...(sharding.options ?? [])]);
+    const ranks = sharding.single ? [0] : this.groupRanks(name, kw.group);
     const world = ranks.length;
     let dense = args.slice(0, nt).map((x, i) => toDense(name, INPUT_NAMES[entry.packing][i]!, x));
     const dtype: DType = kw.dtype !== undefined ? checkDType(kw.dtype, `${name}: dtype`)
       : this.backend === 'cuda' ? 'bfloat16' : dense[0]!.dtype;
     dense = dense.map((t) => toComputeDtype(t, dtype));
-    checkHostShapes(name, entry.packing, dense, entry.layout !== 'single');
-    const seqlen = dense[0]!.shape[1]!;
-    if (entry.layout !== 'single') checkDivisible(entry.layout, seqlen, world);
+    const axis = sharding.seqAxis;
+    checkHostShapes(name, entry.packing, dense, !sharding.single, axis === 0);
+    const total = dense[0]!.shape[axis]!;
+    const plan = sharding.plan(name, total, kw, world);
     const { dtype: _drop, group: _g, ...kwargs } = kw;
+    for (const key of sharding.consumes ?? []) delete kwargs[key];
     if (kw.group != null) kwargs.group = ranks;
+    const positions = ranks.map((_, i) => plan.positions(i));
+    const cut = (t: DenseHost, i: number): HostShard => {
+      const p = positions[i]!;
+      const s = p ? takeRows(t, axis, p) : t;
+      return { data: s.data, shape: [...s.shape], dtype: t.dtype };
+    };
+    const join = (shards: HostShard[], at: number) => {
+      if (!positions[0]) return toNdarray(shards[0]!);
+      return toNdarray({ ...placeRows(shards, at, positions as number[][], total), dtype: shards[0]!.dtype });
+    };
     const callId = this.nextCallId++;
-    const tasks: ForwardTask[] = ranks.map((_, i) => ({
-      callId, name, kwargs, tensors: dense.map((t) => ({ ...shardOf(entry.layout, t, i, world), dtype: t.dtype })),
-    }));
+    const tasks: ForwardTask[] = ranks.map((_, i) => ({ callId, name, kwargs: { ...kwargs, ...plan.kwargs(i) }, tensors: dense.map((t) => cut(t, i)) }));
     const results = (await this.runEach(TASKS, 'forward', tasks, ranks)) as { out: HostShard; lse: HostShard }[];
-    const layout = entry.layout;
-    const out = toNdarray(gatherShards(layout, results.map((r) => r.out), 1));
-    const lse = toNdarray(gatherShards(layout, results.map((r) => r.lse), 2));
+    // lse is (b, h, s) dense and (h, total) varlen: its sequence axis is the last.
+    const out = join(results.map((r) => r.out), axis);
+    const lse = join(results.map((r) => r.lse), results[0]!.lse.shape.length - 1);
     let disposed = false;
     return {
       out, lse,
@@ -98,11 +114,11 @@ export class RingRuntime extends Runtime {
         const dout = toComputeDtype(toDense(`${name} backward`, 'dout', doutArg), dtype);
         if (dout.shape.join() !== out.shape.join())
           fail('E_SHAPE', `${name} backward: dout shape (${dout.shape.join(', ')}) != out shape (${out.shape.join(', ')})`);
-        const douts = ranks.map((_, i) => ({ callId, dout: { ...shardOf(layout, dout, i, world), dtype } }));
+        const douts = ranks.map((_, i) => ({ callId, dout: cut(dout, i) }));
         const grads = (await this.runEach(TASKS, 'backward', douts, ranks)) as HostShard[][];
         const named: Record<string, Nd> = {};
         GRAD_NAMES[entry.packing].forEach((g, j) => {
-          named[g] = toNdarray(gatherShards(layout, grads.map((r) => r[j]!), 1));
+          named[g] = join(grads.map((r) => r[j]!), axis);
         });
         return named as DriverGrads;
       },
@@ -124,38 +140,34 @@ export class RingRuntime extends Runtime {
   }
 }
 
-function gatherShards(layout: LayoutName | 'single', shards: HostShard[], axis: number): HostShard {
-  if (layout === 'single') return shards[0]!;
-  const g = gather(layout, shards, axis);
-  return { data: g.data, shape: [...g.shape], dtype: shards[0]!.dtype };
-}
-
-function shardOf(layout: LayoutName | 'single', t: DenseHost, rank: number, world: number) {
-  const s = layout === 'single' ? t : shard(layout, t, 1, rank, world);
-  return { data: s.data, shape: [...s.shape] };
-}
-
-/** Full-sequence shape checks, so a bad call fails before any worker runs. */
-function checkHostShapes(fn: string, packing: Packing, t: DenseHost[], sameSeqlen: boolean): void {
-  const want = packing === 'func' ? [4, 4, 4] : packing === 'kvpacked' ? [4, 5] : [5];
+/**
+ * Full-sequence shape checks, so a bad call fails before any worker runs. Packed varlen tensors
+ * (total, h, d) have no batch axis: they are checked as a batch of one.
+ */
+function checkHostShapes(fn: string, packing: Packing, t: DenseHost[], sameSeqlen: boolean, varlen: boolean): void {
+  const lead = varlen ? 0 : 1;
+  const want = (packing === 'func' ? [3, 3, 3] : packing === 'kvpacked' ? [3, 4] : [4]).map((n) => n + lead);
   t.forEach((x, i) => {
     const nm = INPUT_NAMES[packing][i]!;
     if (x.shape.length !== want[i]) fail('E_SHAPE', `${fn}: ${nm} must be ${want[i]}-d, got shape (${x.shape.join(', ')})`);
   });
+  const shapes = t.map((x) => (varlen ? [1, ...x.shape] : x.shape));
+  const P = 1 + lead; // axis of (k, v) / (q, k, v) in the caller's packed tensors
   let q: number[], k: number[], v: number[];
-  if (packing === 'func') [q, k, v] = [t[0]!.shape, t[1]!.shape, t[2]!.shape];
+  if (packing === 'func') [q, k, v] = [shapes[0]!, shapes[1]!, shapes[2]!];
   else if (packing === 'kvpacked') {
-    if (t[1]!.shape[2] !== 2) fail('E_SHAPE', `${fn}: kv axis 2 must be 2 (k, v), got ${t[1]!.shape[2]}`);
-    q = t[0]!.shape;
-    k = v = [t[1]!.shape[0]!, t[1]!.shape[1]!, t[1]!.shape[3]!, t[1]!.shape[4]!];
+    if (shapes[1]![2] !== 2) fail('E_SHAPE', `${fn}: kv axis ${P} must be 2 (k, v), got ${shapes[1]![2]}`);
+    q = shapes[0]!;
+    k = v = [shapes[1]![0]!, shapes[1]![1]!, shapes[1]![3]!, shapes[1]![4]!];
   } else {
-    if (t[0]!.shape[2] !== 3) fail('E_SHAPE', `${fn}: qkv axis 2 must be 3 (q, k, v), got ${t[0]!.shape[2]}`);
-    const s = t[0]!.shape;
+    if (shapes[0]![2] !== 3) fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${shapes[0]![2]}`);
+    const s = shapes[0]!;
     q = k = v = [s[0]!, s[1]!, s[3]!, s[4]!];
   }
-  if (k.join() !== v.join()) fail('E_SHAPE', `${fn}: k (${k.join(', ')}) and v (${v.join(', ')}) must have the same shape`);
+  const show = (x: number[]) => (varlen ? x.slice(1) : x).join(', ');
+  if (k.join() !== v.join()) fail('E_SHAPE', `${fn}: k (${show(k)}) and v (${show(v)}) must have the same shape`);
   if (q[0] !== k[0]) fail('E_SHAPE', `${fn}: k batch ${k[0]} != q batch ${q[0]}`);
-  if (sameSeqlen && q[1] !== k[1]) fail('E_SHAPE', `${fn}: k seqlen ${k[1]} != q seqlen ${q[1]}`);
+  if (sameSeqlen && q[1] !== k[1]) fail('E_SHAPE', varlen ? `${fn}: k total_tokens ${k[1]} != q total_tokens ${q[1]}` : `${fn}: k seqlen ${k[1]} != q seqlen ${q[1]}`);
   if (q[3] !== k[3]) fail('E_SHAPE', `${fn}: k head_dim ${k[3]} != q head_dim ${q[3]}`);
   if (q[2]! % k[2]! !== 0) fail('E_SHAPE', `${fn}: q heads (${q[2]}) must be a multiple of k/v heads (${k[2]})`);
   if (q.some((n) => n < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported`);

@@ -192,5 +192,8 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
 function packGrads(backend: Backend, frame: Frame, like: DeviceTensor, parts: DeviceTensor[]): DeviceTensor {
   const grad = backend.empty(like.shape, 'float32');
   parts.forEach((p, i) => backend.copy(frame.toKernel(grad.select(frame.packAxis, i)), frame.toKernel(p)));
-  return like.dtype === 'float32' ? grad : backend.cast(grad, like.dtype);
+  if (like.dtype === 'float32') return grad;
+  const cast = backend.cast(grad, like.dtype);
+  grad.dispose(); // the fp32 staging buffer
+  return cast;
 }

@@ -34,50 +34,56 @@ export function checkDivisible(layout: LayoutName, seqlen: number, world: number
     fail('E_SHAPE', `${layout} layout: seqlen ${seqlen} must be a positive multiple of ${layout === 'zigzag' ? '2·world' : 'world'} (${parts})`);
 }
 
-interface Dense<T extends Float32Array | Uint16Array> {
+export interface Dense<T extends Float32Array | Uint16Array> {
   data: T;
   shape: readonly number[];
 }
 
-/** Rows (positions) along `axis` of a C-order tensor, copied in the given order. */
-function takeRows<T extends Float32Array | Uint16Array>(t: Dense<T>, axis: number, positions: readonly number[]): T {
-  const outer = t.shape.slice(0, axis).reduce((a, b) => a * b, 1);
+const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
+
+/** Rows `positions` along `axis` of a C-order tensor, copied in that order. */
+export function takeRows<T extends Float32Array | Uint16Array>(t: Dense<T>, axis: number, positions: readonly number[]): Dense<T> {
+  const outer = prod(t.shape.slice(0, axis));
   const len = t.shape[axis]!;
-  const inner = t.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const inner = prod(t.shape.slice(axis + 1));
   const out = new (t.data.constructor as { new (n: number): T })(outer * positions.length * inner);
   for (let o = 0; o < outer; o++)
     positions.forEach((p, i) => {
       const src = (o * len + p) * inner;
       out.set(t.data.subarray(src, src + inner), (o * positions.length + i) * inner);
     });
-  return out;
+  const shape = [...t.shape];
+  shape[axis] = positions.length;
+  return { data: out, shape };
+}
+
+/** Inverse of takeRows over every shard: the rows of shards[i] go to positions[i], `total` rows in all. */
+export function placeRows<T extends Float32Array | Uint16Array>(shards: readonly Dense<T>[], axis: number, positions: readonly (readonly number[])[], total: number): Dense<T> {
+  const first = shards[0]!;
+  const shape = [...first.shape];
+  shape[axis] = total;
+  const outer = prod(shape.slice(0, axis));
+  const inner = prod(shape.slice(axis + 1));
+  const out = new (first.data.constructor as { new (n: number): T })(outer * total * inner);
+  shards.forEach((s, r) => {
+    const pos = positions[r]!;
+    for (let o = 0; o < outer; o++)
+      pos.forEach((p, i) => {
+        const src = (o * pos.length + i) * inner;
+        out.set(s.data.subarray(src, src + inner), (o * total + p) * inner);
+      });
+  });
+  return { data: out, shape };
 }
 
 /** The shard of a full tensor (C order) that `rank` holds, cutting the sequence `axis`. */
 export function shard<T extends Float32Array | Uint16Array>(layout: LayoutName, t: Dense<T>, axis: number, rank: number, world: number): Dense<T> {
-  const positions = layoutPositions(layout, t.shape[axis]!, rank, world);
-  const shape = [...t.shape];
-  shape[axis] = positions.length;
-  return { data: takeRows(t, axis, positions), shape };
+  return takeRows(t, axis, layoutPositions(layout, t.shape[axis]!, rank, world));
 }
 
 /** Reassembles full tensors from every rank's shard (inverse of shard). */
 export function gather<T extends Float32Array | Uint16Array>(layout: LayoutName, shards: readonly Dense<T>[], axis: number): Dense<T> {
   const world = shards.length;
-  const first = shards[0]!;
-  const local = first.shape[axis]!;
-  const shape = [...first.shape];
-  shape[axis] = local * world;
-  const outer = shape.slice(0, axis).reduce((a, b) => a * b, 1);
-  const inner = shape.slice(axis + 1).reduce((a, b) => a * b, 1);
-  const out = new (first.data.constructor as { new (n: number): T })(outer * shape[axis]! * inner);
-  shards.forEach((s, rank) => {
-    const positions = layoutPositions(layout, shape[axis]!, rank, world);
-    for (let o = 0; o < outer; o++)
-      positions.forEach((p, i) => {
-        const src = (o * local + i) * inner;
-        out.set(s.data.subarray(src, src + inner), (o * shape[axis]! + p) * inner);
-      });
-  });
-  return { data: out, shape };
+  const total = shards[0]!.shape[axis]! * world;
+  return placeRows(shards, axis, shards.map((_, r) => layoutPositions(layout, total, r, world)), total);
 }

@@ -3,11 +3,14 @@
 // block is computed). A variant only says, per step, which rows of its queries attend to which
 // rows of the block it holds (its BlockPlan). In backward each block's fp32 dK/dV accumulator
 // travels with it and, after a full turn, arrives back at its owner with every contribution.
+// Varlen variants add a segment table to a plan: the kernel then covers only the given spans of
+// every sequence, and rows outside them keep what they had.
 import type { Backend } from '../runtime/backend.js';
 import type { Group, Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { disposeAll, emptyKv, packKv, ringPeer, type KvBuffer } from './kv_buffer.js';
 import { updateOutAndLse } from './merge.js';
+import { coversQueries, SegmentTables, type SegmentSpec } from './segments.js';
 import type { RingForward, RingGrads, RingOptions } from './variant.js';
 
 /** Rows [start, start + length) of the sequence axis. */
@@ -21,6 +24,8 @@ export interface BlockPlan {
   q: Rows;
   kv: Rows;
   causal: boolean;
+  /** Packed sequences: per-sequence spans within the `q` and `kv` rows (causal applies per span). */
+  seg?: SegmentSpec;
 }
 
 /**
@@ -43,10 +48,15 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
   const W = group.size;
   const out = backend.empty([b, s, h, d], 'float32');
   const lse = backend.empty([b, h, s], 'float32');
+  const tables = new SegmentTables(backend);
+  const attn = (p: BlockPlan) => ({ softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg) });
   const own = plan(0, group, s, o);
-  if (!own || own.q.length !== s) throw new Error('pass-along plan: step 0 must cover every query row');
-  backend.flashFwd(q, rowsOf(k, own.kv), rowsOf(v, own.kv), out, lse, { softmaxScale: o.softmaxScale, causal: own.causal });
-  if (W === 1) return { out, lse };
+  if (!own || own.q.length !== s || (own.seg && !coversQueries(own.seg, s))) throw new Error('pass-along plan: step 0 must cover every query row');
+  backend.flashFwd(q, rowsOf(k, own.kv), rowsOf(v, own.kv), out, lse, attn(own));
+  if (W === 1) {
+    tables.release();
+    return { out, lse };
+  }
   const bufs = [packKv(backend, k, v), emptyKv(backend, k)];
   const blockOut = backend.empty([b, s, h, d], 'float32');
   const blockLse = backend.empty([b, h, s], 'float32');
@@ -59,9 +69,12 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
     if (!p) continue;
     const bo = rowsOf(blockOut, { start: 0, length: p.q.length });
     const bl = rowsOf(blockLse, { start: 0, length: p.q.length }, 2);
-    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), bo, bl, { softmaxScale: o.softmaxScale, causal: p.causal });
+    // Rows outside the spans keep lse −inf, which the merge skips.
+    if (p.seg && !coversQueries(p.seg, p.q.length)) backend.fill(blockLse, -Infinity);
+    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), bo, bl, attn(p));
     updateOutAndLse(backend, rowsOf(out, p.q), rowsOf(lse, p.q, 2), bo, bl);
   }
+  tables.release();
   disposeAll(...bufs, blockOut, blockLse);
   return { out, lse };
 }
@@ -73,16 +86,18 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
   const dq = backend.zeros(q.shape, 'float32');
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
+  const tables = new SegmentTables(backend);
   const blockGrads = (p: BlockPlan, cur: { k: DeviceTensor; v: DeviceTensor }, into: KvBuffer) => backend.flashBwd({
     dout: rowsOf(dout, p.q), q: rowsOf(q, p.q), k: rowsOf(cur.k, p.kv), v: rowsOf(cur.v, p.kv),
     lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
     dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
-  }, { softmaxScale: o.softmaxScale, causal: p.causal, accumulate: true });
+  }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true });
   // Step 0: this rank's own block; its accumulator starts here.
   const travel = [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')];
   backend.fill(travel[0]!.buf, 0);
   blockGrads(plan(0, group, s, o)!, { k, v }, travel[0]!);
   if (W === 1) {
+    tables.release();
     disposeAll(dsum, travel[1]);
     return { dq, dk: travel[0]!.k, dv: travel[0]!.v };
   }
@@ -106,6 +121,7 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
     dkvPending = passAlong(backend, group, acc, travel[(step + 1) % 2]!);
   }
   dkvPending.wait();
+  tables.release();
   const own = travel[W % 2]!;
   disposeAll(dsum, ...kvBufs, block, travel[(W + 1) % 2]);
   return { dq, dk: own.k, dv: own.v };

@@ -1,12 +1,16 @@
-// Every public ring function by its Python name, with what driver mode needs to call it.
+// Every public attention function by its Python name, with what driver mode needs to call it.
 import { ATTN_POSITIONAL } from './args.js';
 import type { AttnResult } from './family.js';
-import type { LayoutName } from './layouts.js';
+import * as llama3 from './llama3.js';
 import * as ring from './ring.js';
 import * as ringV2 from './ring_v2.js';
+import * as ringVarlen from './ring_varlen.js';
+import { layoutSharding, SINGLE_SHARDING, type Sharding } from './sharding.js';
 import * as single from './single.js';
 import * as stripe from './stripe.js';
+import { LLAMA3_SHARDING, RING_VARLEN_SHARDING, ZIGZAG_VARLEN_SHARDING } from './varlen_sharding.js';
 import * as zigzag from './zigzag_ring.js';
+import * as zigzagVarlen from './zigzag_ring_varlen.js';
 import type { RingVariant } from './variant.js';
 
 export type Packing = 'func' | 'kvpacked' | 'qkvpacked';
@@ -14,8 +18,10 @@ export type Packing = 'func' | 'kvpacked' | 'qkvpacked';
 export interface RegistryEntry {
   fn: (...args: any[]) => AttnResult;
   packing: Packing;
-  /** How driver mode shards the sequence; 'single' runs unsharded on rank 0. */
-  layout: LayoutName | 'single';
+  /** The variant's layout name ('single' runs unsharded on rank 0). */
+  layout: RingVariant['layout'];
+  /** How driver mode shards the call's tensors and arguments over the ranks. */
+  sharding: Sharding;
   /** Python positional order after the tensors. */
   positional: readonly string[];
 }
@@ -25,20 +31,23 @@ export const TENSOR_COUNT: Record<Packing, number> = { func: 3, kvpacked: 2, qkv
 
 const entries: Record<string, RegistryEntry> = {};
 
-function register(variant: RingVariant, mod: Record<string, unknown>): void {
+function register(variant: RingVariant<any>, mod: Record<string, unknown>, sharding: Sharding): void {
   const suffix = variant.suffix ?? '';
   for (const packing of ['func', 'kvpacked', 'qkvpacked'] as const) {
     const name = `${variant.name}_${packing === 'func' ? '' : `${packing}_`}func${suffix}`;
     const fn = mod[name];
     if (typeof fn !== 'function') throw new Error(`registry: ${name} is not exported`);
-    entries[name] = { fn: fn as RegistryEntry['fn'], packing, layout: variant.layout, positional: variant.positional ?? ATTN_POSITIONAL };
+    entries[name] = { fn: fn as RegistryEntry['fn'], packing, layout: variant.layout, sharding, positional: variant.positional ?? ATTN_POSITIONAL };
   }
 }
 
-register(ring.ringVariant, ring);
-register(ringV2.ringV2Variant, ringV2);
-register(zigzag.zigzagVariant, zigzag);
-register(stripe.stripeVariant, stripe);
-register(single.singleVariant, single);
+register(ring.ringVariant, ring, layoutSharding('contiguous'));
+register(ringV2.ringV2Variant, ringV2, layoutSharding('contiguous'));
+register(zigzag.zigzagVariant, zigzag, layoutSharding('zigzag'));
+register(stripe.stripeVariant, stripe, layoutSharding('stripe'));
+register(single.singleVariant, single, SINGLE_SHARDING);
+register(ringVarlen.ringVarlenVariant, ringVarlen, RING_VARLEN_SHARDING);
+register(zigzagVarlen.zigzagVarlenVariant, zigzagVarlen, ZIGZAG_VARLEN_SHARDING);
+register(llama3.llama3Variant, llama3, LLAMA3_SHARDING);
 
 export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = entries;

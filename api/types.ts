@@ -59,3 +59,28 @@ export type KvPackedName = Of<DenseName, '_kvpacked'>;
 export type UnpackedName = Exclude<DenseName, QkvPackedName | KvPackedName>;
 /** Varlen names: their tensors come with cu_seqlens and max_seqlen (checked at run time). */
 export type VarlenName = Packings<'ring_flash_attn_varlen'> | Packings<'zigzag_ring_flash_attn_varlen'> | Packings<'llama3_flash_attn_varlen'>;
+
+/** cu_seqlens: an Int32Array, or a 1-d int32 ndarray. */
+export type CuSeqlens = Int32Array | { data: Int32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number };
+
+/** Python's slice(start, stop) of the gathered keys (llama3's local_k_slice). */
+export interface KSlice {
+  start: number;
+  stop: number;
+}
+
+/** Positional arguments of ring/zigzag varlen functions after the tensors. */
+export type VarlenPositional = [cu_seqlens: CuSeqlens, max_seqlen: number, ...RingPositional];
+export type VarlenKwargs = AttnKwargs & { cu_seqlens?: CuSeqlens; max_seqlen?: number };
+export type VarlenArgs = PythonArgs<VarlenPositional, VarlenKwargs>;
+
+/** Positional arguments of llama3_flash_attn_varlen_func after the tensors. */
+export type Llama3Positional = [
+  cu_seqlens_q: CuSeqlens, cu_seqlens_k: CuSeqlens, max_seqlen_q: number, max_seqlen_k: number,
+  heads_k_stride: number, local_k_slice: KSlice, ...RingPositional,
+];
+export type Llama3Kwargs = AttnKwargs & {
+  cu_seqlens_q?: CuSeqlens; cu_seqlens_k?: CuSeqlens; max_seqlen_q?: number; max_seqlen_k?: number;
+  heads_k_stride?: number; local_k_slice?: KSlice;
+};
+export type Llama3Args = PythonArgs<Llama3Positional, Llama3Kwargs>;

@@ -13,15 +13,19 @@ export function checkTensor(fn: string, name: string, t: unknown, ndim: number, 
   return t;
 }
 
-/** q (b, s, h, d), k/v (b, s_k, h_k, d): the flash-attn 2.x contract. */
+/**
+ * q (b, s, h, d), k/v (b, s_k, h_k, d): the flash-attn 2.x contract; packed varlen tensors
+ * (total, h, d) have no batch axis and are checked the same way.
+ */
 export function checkQkv(fn: string, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor): void {
-  const [b, , h, d] = q.shape as [number, number, number, number];
-  const [bk, sk, hk, dk] = k.shape as [number, number, number, number];
+  const n = q.ndim;
+  const [h, d] = q.shape.slice(-2) as [number, number];
+  const [hk, dk] = k.shape.slice(-2) as [number, number];
   if (k.shape.join() !== v.shape.join()) fail('E_SHAPE', `${fn}: k (${k.shape.join(', ')}) and v (${v.shape.join(', ')}) must have the same shape`);
-  if (bk !== b) fail('E_SHAPE', `${fn}: k batch ${bk} != q batch ${b}`);
+  if (n === 4 && k.shape[0] !== q.shape[0]) fail('E_SHAPE', `${fn}: k batch ${k.shape[0]} != q batch ${q.shape[0]}`);
   if (dk !== d) fail('E_SHAPE', `${fn}: k head_dim ${dk} != q head_dim ${d}`);
   if (hk < 1 || h % hk !== 0) fail('E_SHAPE', `${fn}: q heads (${h}) must be a multiple of k/v heads (${hk})`);
   if (d < 1 || d > MAX_HEAD_DIM) fail('E_UNSUPPORTED', `${fn}: head_dim ${d} is not supported (1..${MAX_HEAD_DIM})`);
   if (q.dtype !== k.dtype || q.dtype !== v.dtype) fail('E_DTYPE', `${fn}: q, k, v must share a dtype, got ${q.dtype}, ${k.dtype}, ${v.dtype}`);
-  if (sk < 1 || q.shape[1]! < 1 || b < 1) fail('E_SHAPE', `${fn}: empty tensors are not supported`);
+  if ([...q.shape, ...k.shape].some((x) => x < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported`);
 }

@@ -22,20 +22,22 @@ export interface RingGrads {
 
 /**
  * One ring algorithm: how ranks exchange K/V and which part of each block they compute.
- * Inputs are this rank's shards in the variant's layout (api/layouts.ts).
+ * Inputs are this rank's shards in the variant's layout (api/layouts.ts), as (b, s, h, d) views
+ * (packed varlen tensors as batch-1 views); `O` adds what a family's arguments carry beyond
+ * RingOptions (the cu_seqlens of the varlen families).
  */
-export interface RingVariant {
+export interface RingVariant<O extends RingOptions = RingOptions> {
   /** Python prefix of the public names, e.g. 'zigzag_ring_flash_attn'. */
   readonly name: string;
   /** Suffix after the packing in public names ('_v2' for ring_flash_attn_func_v2). */
   readonly suffix?: string;
-  /** How driver mode shards the sequence for this variant; 'single' is one device, no ring. */
-  readonly layout: 'contiguous' | 'zigzag' | 'stripe' | 'single';
+  /** How the variant's shards are cut (driver mode's Sharding is in api/registry.ts); 'single' is one device, no ring. */
+  readonly layout: 'contiguous' | 'zigzag' | 'stripe' | 'single' | 'varlen' | 'zigzag_varlen' | 'llama3';
   /** Python positional order after the tensors (default: the ring functions' order). */
   readonly positional?: readonly string[];
   /** Extra preconditions on the local shards (e.g. zigzag's even split); throws E_SHAPE/E_UNSUPPORTED. */
-  check?(fn: string, q: DeviceTensor, k: DeviceTensor, o: RingOptions, group: Group): void;
-  forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward;
+  check?(fn: string, q: DeviceTensor, k: DeviceTensor, o: O, group: Group): void;
+  forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: O): RingForward;
   backward(backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-    fwd: RingForward, o: RingOptions): RingGrads;
+    fwd: RingForward, o: O): RingGrads;
 }

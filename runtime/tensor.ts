@@ -95,6 +95,14 @@ export class DeviceTensor {
     return new DeviceTensor(this.storage, shape, this.strides, this.offset + start * this.strides[dim]!);
   }
 
+  /** A new axis of size 1 at `dim` (like x.unsqueeze(dim)); packed varlen tensors become batch-1 views. */
+  unsqueeze(dim: number): DeviceTensor {
+    if (!Number.isInteger(dim) || dim < 0 || dim > this.ndim) fail('E_SHAPE', `unsqueeze: axis ${dim} out of range for a ${this.ndim}-d tensor`);
+    const stride = dim < this.ndim ? this.shape[dim]! * this.strides[dim]! : 1;
+    return new DeviceTensor(this.storage, [...this.shape.slice(0, dim), 1, ...this.shape.slice(dim)],
+      [...this.strides.slice(0, dim), stride, ...this.strides.slice(dim)], this.offset);
+  }
+
   /** Same elements, new shape; only for contiguous tensors. */
   reshape(shape: readonly number[]): DeviceTensor {
     if (!this.isContiguous()) fail('E_SHAPE', 'reshape needs a contiguous tensor');

@@ -3,7 +3,10 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { DeviceTensor, RingRuntime } from '../index.js';
-import { flash_attn_func, ring_flash_attn_func, ring_flash_attn_qkvpacked_func, zigzag_ring_flash_attn_kvpacked_func } from '../index.js';
+import {
+  flash_attn_func, llama3_flash_attn_varlen_func, ring_flash_attn_func, ring_flash_attn_qkvpacked_func, ring_flash_attn_varlen_func,
+  zigzag_ring_flash_attn_kvpacked_func,
+} from '../index.js';
 import { nd } from './helpers.js';
 
 export async function driverCalls(rt: RingRuntime) {
@@ -40,9 +43,21 @@ export function spmdCalls(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, kv:
   flash_attn_func(q, k, v, { group: [0] });
 }
 
+export function varlenCalls(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, cu: Int32Array) {
+  ring_flash_attn_varlen_func(q, k, v, cu, 8, 0, null, true);
+  ring_flash_attn_varlen_func(q, k, v, { cu_seqlens: cu, max_seqlen: 8, causal: true });
+  llama3_flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, 1, { start: 0, stop: 8 });
+  llama3_flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, 1, { start: 0, stop: 8 }, { causal: true });
+  // @ts-expect-error  cu_seqlens is int32, not a number[]
+  ring_flash_attn_varlen_func(q, k, v, [0, 8], 8);
+  // @ts-expect-error  local_k_slice is { start, stop }
+  llama3_flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, 1, [0, 8]);
+}
+
 const s = suite('types');
 s('typed entry points exist (the checks above run at compile time)', () => {
   assert.type(driverCalls, 'function');
   assert.type(spmdCalls, 'function');
+  assert.type(varlenCalls, 'function');
 });
 s.run();

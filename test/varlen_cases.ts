@@ -1,0 +1,182 @@
+// Driver-mode accuracy cases shared by the varlen families' suites (ring, zigzag, llama3): full
+// packed tensors (total, h, d) with the GLOBAL cu_seqlens, against the fp64 reference applied per
+// sequence. Each family's test file adds these to its suite with its names and cu_seqlens sets.
+import type { Test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { init, type DriverGrads, type RingRuntime } from '../api/index.js';
+import { RingFlashAttnError } from '../runtime/errors.js';
+import type { VarlenName } from '../api/types.js';
+import type { DType } from '../runtime/dtype.js';
+import { maxAbs, nd, pack, randn, relL2, rng, rounded, unpack } from './helpers.js';
+import { F32_TOL, type CaseResult } from './ring_cases.js';
+import { varlenReference } from './varlen_reference.js';
+
+export interface VarlenNames {
+  func: VarlenName;
+  kvpacked: VarlenName;
+  qkvpacked: VarlenName;
+}
+
+export interface VarlenCase {
+  world: number;
+  /** Global cu_seqlens. */
+  cu: number[];
+  h: number;
+  hk: number;
+  d: number;
+  causal: boolean;
+  packing: 'func' | 'kvpacked' | 'qkvpacked';
+  dtype?: DType;
+  scale?: number;
+  /** Extra driver options (llama3's heads_k_stride). */
+  options?: Record<string, unknown>;
+}
+
+/** One runtime per world, started on first use and closed by close(). */
+export class Runtimes {
+  private readonly byWorld = new Map<number, Promise<RingRuntime>>();
+
+  get(world: number): Promise<RingRuntime> {
+    if (!this.byWorld.has(world)) this.byWorld.set(world, init({ backend: 'cpu', world }));
+    return this.byWorld.get(world)!;
+  }
+
+  async close(): Promise<void> {
+    for (const rt of this.byWorld.values()) await (await rt).close();
+  }
+}
+
+export const maxSeqlenOf = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
+
+/** Runs one case in driver mode; relative L2 errors of out, lse and the grads against the reference. */
+export async function runVarlenCase(rt: RingRuntime, names: VarlenNames, c: VarlenCase, seed: number): Promise<CaseResult> {
+  const rand = rng(seed);
+  const T = c.cu[c.cu.length - 1]!;
+  const dtype = c.dtype ?? 'float32';
+  const q = randn(rand, T * c.h * c.d), k = randn(rand, T * c.hk * c.d), v = randn(rand, T * c.hk * c.d);
+  const dout = randn(rand, T * c.h * c.d);
+  const opts: Record<string, unknown> = { causal: c.causal, dtype, ...c.options };
+  if (c.scale !== undefined) opts.softmax_scale = c.scale;
+  const cu = Int32Array.from(c.cu), max = maxSeqlenOf(c.cu);
+  let r;
+  if (c.packing === 'func') r = await rt.call(names.func, nd(q, [T, c.h, c.d]), nd(k, [T, c.hk, c.d]), nd(v, [T, c.hk, c.d]), cu, max, opts);
+  else if (c.packing === 'kvpacked') r = await rt.call(names.kvpacked, nd(q, [T, c.h, c.d]), nd(pack([k, v], 1, T, c.hk, c.d), [T, 2, c.hk, c.d]), cu, max, opts);
+  else r = await rt.call(names.qkvpacked, nd(pack([q, k, v], 1, T, c.h, c.d), [T, 3, c.h, c.d]), cu, max, opts);
+  const g: DriverGrads = await r.backward(nd(dout, [T, c.h, c.d]));
+  await r.dispose();
+  const ref = varlenReference({ q, k, v, cu: c.cu, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal },
+    dtype === 'float32' ? dout : rounded(dout, dtype));
+  let dq: ArrayLike<number>, dk: ArrayLike<number>, dv: ArrayLike<number>;
+  if ('dk' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: g.dk.data, dv: g.dv.data });
+  else if ('dkv' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d), dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d) });
+  else ({ dq, dk, dv } = { dq: unpack(g.dqkv.data, 0, 3, 1, T, c.h, c.d), dk: unpack(g.dqkv.data, 1, 3, 1, T, c.h, c.d), dv: unpack(g.dqkv.data, 2, 3, 1, T, c.h, c.d) });
+  assert.equal(r.out.shape, [T, c.h, c.d]);
+  assert.equal(r.lse.shape, [c.h, T]);
+  return {
+    out: relL2(r.out.data, ref.out), lse: relL2(r.lse.data, ref.lse), maxOut: maxAbs(r.out.data, ref.out),
+    dq: relL2(dq, ref.dq), dk: relL2(dk, ref.dk), dv: relL2(dv, ref.dv),
+  };
+}
+
+export function label(c: VarlenCase): string {
+  const opts = c.options ? ` ${JSON.stringify(c.options)}` : '';
+  return `world=${c.world} ${c.packing} cu=[${c.cu.join(',')}] h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype ?? 'float32'}${opts}`;
+}
+
+/** Asserts the float32 bound (relative L2 ≤ 1e-5 on every output, max abs on out). */
+export function assertF32(e: CaseResult): void {
+  for (const [k, v] of Object.entries(e)) {
+    if (k === 'maxOut') continue;
+    assert.ok(v <= F32_TOL, `${k} rel L2 ${v.toExponential(2)} > ${F32_TOL}`);
+  }
+  assert.ok(e.maxOut <= 1e-5, `out max abs ${e.maxOut}`);
+}
+
+/** A family's cu_seqlens: all global, already satisfying its divisibility at the given world. */
+export interface VarlenSets {
+  /** The seed's four sets ([0, T], [0, T/32, 0.93T, T], [0, T/2, T], [0, 0.38T, 0.77T, 0.96T, 0.98T, T] style). */
+  seed(world: number): number[][];
+  /** Several sequences, each one chunk long. */
+  oneChunk(world: number): number[];
+  /** One cu_seqlens every world of 1, 2, 4, 8 accepts (the bf16 comparison uses the same inputs at every world). */
+  shared: number[];
+}
+
+/**
+ * The accuracy matrix: worlds 1, 2, 3, 4, 8; causal and not; GQA; head dims 32/64/128; all three
+ * packings; every seed set; one-chunk sequences; an empty sequence; bf16 error flat in world.
+ */
+export function addVarlenCases(s: Test, rts: Runtimes, names: VarlenNames, sets: VarlenSets, options?: Record<string, unknown>): void {
+  const cases: VarlenCase[] = [];
+  const base = { h: 4, hk: 2, d: 32, packing: 'func' as const, options };
+  [1, 2, 3, 4, 8].forEach((world, wi) => {
+    for (const causal of [true, false]) cases.push({ ...base, world, causal, cu: sets.seed(world)[(2 * wi + Number(!causal)) % 4]! });
+  });
+  for (const world of [2, 8]) sets.seed(world).forEach((cu) => cases.push({ ...base, world, causal: true, cu }));
+  for (const packing of ['kvpacked', 'qkvpacked'] as const)
+    for (const world of [2, 3])
+      cases.push({ world, cu: sets.seed(world)[world]!, h: 3, hk: packing === 'qkvpacked' ? 3 : 1, d: 64, causal: world === 2, packing, options });
+  cases.push({ world: 4, cu: sets.seed(4)[3]!, h: 2, hk: 2, d: 128, causal: true, packing: 'func', scale: 0.3, options });
+  for (const causal of [true, false]) cases.push({ world: 4, cu: sets.oneChunk(4), h: 2, hk: 1, d: 16, causal, packing: 'func', options });
+  cases.push({ world: 2, cu: [0, 16, 16, 40, 64], h: 2, hk: 2, d: 16, causal: true, packing: 'func', options }); // an empty sequence
+
+  cases.forEach((c, i) => {
+    s(`float32 matches fp64 reference: ${label(c)}`, async () => {
+      assertF32(await runVarlenCase(await rts.get(c.world), names, c, 2000 + i));
+    });
+  });
+
+  s('bfloat16: the error stays at the single-device error for every world', async () => {
+    const errs: Record<number, CaseResult> = {};
+    for (const world of [1, 2, 4, 8])
+      errs[world] = await runVarlenCase(await rts.get(world), names,
+        { world, cu: sets.shared, h: 2, hk: 2, d: 64, causal: true, packing: 'func', dtype: 'bfloat16', options }, 88);
+    const one = errs[1]!;
+    assert.ok(one.out < 1e-2 && one.dq < 2e-2, `single-device bf16 error out ${one.out} dq ${one.dq}`);
+    for (const world of [2, 4, 8]) {
+      const e = errs[world]!;
+      for (const k of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
+        assert.ok(e[k] <= 1.1 * one[k] + 1e-6, `world ${world} ${k}: ${e[k].toExponential(3)} vs single-device ${one[k].toExponential(3)}`);
+    }
+  });
+}
+
+/** Rows of every sequence that `rank` holds: chunk r of `world` (ring) or chunks r and 2·world−1−r of 2·world (zigzag). */
+export function localRows(cu: readonly number[], world: number, rank: number, zigzag: boolean): number[] {
+  const parts = zigzag ? 2 * world : world;
+  const rows: number[] = [];
+  for (let i = 0; i + 1 < cu.length; i++) {
+    const n = (cu[i + 1]! - cu[i]!) / parts;
+    for (const c of zigzag ? [rank, parts - 1 - rank] : [rank]) for (let j = 0; j < n; j++) rows.push(cu[i]! + c * n + j);
+  }
+  return rows;
+}
+
+/** Rows `rows` of a (total, ...) host tensor with `width` elements per row. */
+export function pickRows(x: Float32Array, width: number, rows: readonly number[]): Float32Array {
+  const out = new Float32Array(rows.length * width);
+  rows.forEach((r, i) => out.set(x.subarray(r * width, (r + 1) * width), i * width));
+  return out;
+}
+
+/** Scatters every rank's rows back into a (total, ...) tensor. */
+export function placeRows(parts: readonly ArrayLike<number>[], width: number, rows: readonly (readonly number[])[], total: number): Float64Array {
+  const out = new Float64Array(total * width);
+  parts.forEach((p, rank) => rows[rank]!.forEach((r, i) => {
+    for (let c = 0; c < width; c++) out[r * width + c] = p[i * width + c]!;
+  }));
+  return out;
+}
+
+/** Awaits `run` and asserts a RingFlashAttnError with `code` and a message matching `fragment`. */
+export async function expectError(run: () => Promise<unknown> | unknown, code: string, fragment: RegExp): Promise<void> {
+  try {
+    await run();
+  } catch (e) {
+    assert.instance(e, RingFlashAttnError, String(e));
+    assert.is((e as RingFlashAttnError).code, code, (e as Error).message);
+    assert.match((e as Error).message, fragment);
+    return;
+  }
+  assert.unreachable(`expected ${code}`);
+}
