@@ -1,0 +1,374 @@
+// Backward attention, FlashAttention-2 style on the tensor cores (mma.sync m16n8k16, fp32
+// accumulate), given the GLOBAL lse and dsum = rowsum(dout * out):
+//   P = exp(scale q k^T - lse), dV = P^T dO, dP = dO V^T, dS = P (dP - dsum),
+//   dK = scale dS^T Q, dQ = scale dS K.
+//
+// One CTA per (key tile of kBlockN rows, kv head, batch entry or varlen segment), 8 warps of 16
+// keys each; it walks every query tile of every query head that shares the kv head (GQA), so dK
+// and dV stay in registers and are written once, without atomics. Per query tile each warp
+// computes the transposed scores S^T = K Q^T (16 keys x kBlockM queries): P^T and dS^T are then
+// A operands of dV += P^T dO and dK += dS^T Q straight from registers. dQ needs dS with queries as
+// rows, so dS^T goes through shared memory once and dQ += dS K is added to global memory with
+// fp32 atomics (other key tiles add to the same rows). Q, dO, lse and dsum of the next query tile
+// load (cp.async, double buffer) while the current one is computed.
+//
+// Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, bwd_dot + bwd, median of
+// 25; FLOP = 2.5x the forward's):
+//   v1, 2026-11-28: b1 s8192 h5 causal 1.049 ms = 205 TFLOP/s; b1 s8192 h32/8 causal 5.843 ms =
+//   235 TFLOP/s; b1 s8192 h5 full 2.224 ms = 193 TFLOP/s. 255 registers (12 bytes of spill in the
+//   causal d=128 instance), 155 KB smem, one CTA per SM.
+#include <cmath>
+
+#include "cuda/cuda_check.h"
+#include "cuda/flash_kernels.h"
+#include "cuda/flash_mma.cuh"
+#include "cuda/flash_traits.h"
+
+namespace rfa::cuda {
+namespace {
+
+struct BwdGrid {
+  int num_n_blocks;  // key tiles per (kv head, span)
+  int num_spans;     // batch entries, or varlen segments
+  float scale_log2;  // softmax_scale * log2(e)
+  bool dq_pairs;     // dq allows 8-byte (float2) atomics: aligned base, even strides
+};
+
+// Zeroes a strided fp32 (b, s, h, d) view: dq before its atomics when not accumulating.
+__global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, int64_t n) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = e % d, hh = (e / d) % h, i = (e / (int64_t(d) * h)) % s, b = e / (int64_t(d) * h * s);
+    x[b * st.batch + i * st.row + hh * st.head + c] = 0.f;
+  }
+}
+
+// acc[nt][.] += A (16 rows of this warp, from sA at a_off) x B^T where B rows are kBRows rows of
+// sB read as k x n fragments (non-transposed ldmatrix): the shape of S^T = K Q^T and dP^T = V dO^T.
+template <class Tr, typename T, int kBRows>
+__device__ __forceinline__ void gemm_rows_x_rows(float (&acc)[kBRows / kMmaN][4], const T* sA, int a_off,
+                                                 const T* sB, int b_off) {
+  using Mma = MmaType<T>;
+#pragma unroll
+  for (int kk = 0; kk < Tr::kDSteps; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, sA + a_off + kk * kMmaK);
+#pragma unroll
+    for (int np = 0; np < kBRows / 16; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, sB + b_off + np * 16 * Tr::kPitch + kk * kMmaK);
+      Mma::mma(acc[2 * np], a, b[0], b[1]);
+      Mma::mma(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc (16 x head_dim) += X (16 x kQChunk, fp32 C fragments, packed to 16-bit A fragments) x sB
+// (kQChunk x head_dim, transposed ldmatrix): dV += P^T dO and dK += dS^T Q.
+template <class Tr, typename T>
+__device__ __forceinline__ void gemm_regs_x_tile(float (&acc)[Tr::kDTiles][4], const float (&x)[Tr::kQTiles][4],
+                                                 const T* sB, int bt_off) {
+  using Mma = MmaType<T>;
+#pragma unroll
+  for (int kk = 0; kk < Tr::kMSteps; ++kk) {
+    const uint32_t a[4] = {Mma::pack(x[2 * kk][0], x[2 * kk][1]), Mma::pack(x[2 * kk][2], x[2 * kk][3]),
+                           Mma::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]), Mma::pack(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < Tr::kDTiles / 2; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, sB + bt_off + kk * kMmaK * Tr::kPitch + dp * 16);
+      Mma::mma(acc[2 * dp], a, b[0], b[1]);
+      Mma::mma(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <class Tr, typename T, bool kCausal>
+__global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashBwdParams p, const BwdGrid grid) {
+  using Mma = MmaType<T>;
+  constexpr int kPitch = Tr::kPitch, kQT = Tr::kQTiles, kDT = Tr::kDTiles;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + Tr::kBlockN * kPitch;
+  T* sQ = sV + Tr::kBlockN * kPitch;               // [kStages][kBlockM][kPitch]
+  T* sdO = sQ + Tr::kStages * Tr::kBlockM * kPitch;  // [kStages][kBlockM][kPitch]
+  T* sdS = sdO + Tr::kStages * Tr::kBlockM * kPitch; // [kBlockN][kPitchDs], dS^T
+  float* sLse = reinterpret_cast<float*>(sdS + Tr::kBlockN * Tr::kPitchDs);  // [kStages][kBlockM], lse * log2(e)
+  float* sDsum = sLse + Tr::kStages * Tr::kBlockM;                           // [kStages][kBlockM]
+
+  // Under a causal mask the first key tiles see the most queries: lowest indices go first.
+  const int heads_k = p.shape.nheads_k;
+  const int per_n_block = heads_k * grid.num_spans;
+  const int n_block = int(blockIdx.x) / per_n_block;
+  const int hk = int(blockIdx.x) % per_n_block % heads_k;
+  const int z = int(blockIdx.x) % per_n_block / heads_k;
+  const Span sp = span_of(p.shape, p.seg, z);
+  const int n0 = n_block * Tr::kBlockN;
+  if (n0 >= sp.nk) return;
+  const int group = p.shape.nheads / heads_k;
+  const int keys_valid = min(Tr::kBlockN, sp.nk - n0);
+  const int diag = sp.nk - sp.nq;  // causal (bottom-right): query i sees key j iff j <= i + diag
+
+  // Query tiles that see any key of this tile: under the causal mask, rows i >= n0 - diag.
+  const int first_row = kCausal ? max(0, n0 - diag) : 0;
+  const int m_begin = first_row / Tr::kBlockM;
+  const int m_tiles = first_row < sp.nq ? (sp.nq + Tr::kBlockM - 1) / Tr::kBlockM - m_begin : 0;
+  const int steps = group * m_tiles;  // (query head, query tile) pairs
+
+  const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
+                hk * p.k_stride.head;
+  const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0 + n0) * p.v_stride.row +
+                hk * p.v_stride.head;
+  load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sK, gK, p.k_stride.row, keys_valid);
+  load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sV, gV, p.v_stride.row, keys_valid);
+
+  // Loads step `st`'s query tile (Q, dO, and lse/dsum rows) into stage `stage`. lse becomes
+  // lse * log2(e), and +inf for rows without keys (lse = -inf) or past the span, so that their
+  // probabilities exp2(s - lse) are exactly 0.
+  auto load_step = [&](int st, int stage) {
+    const int h = hk * group + st / m_tiles;
+    const int m0 = (m_begin + st % m_tiles) * Tr::kBlockM;
+    const int rows = min(Tr::kBlockM, sp.nq - m0);
+    const int64_t row0 = sp.q0 + m0;
+    load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
+        sQ + stage * Tr::kBlockM * kPitch,
+        static_cast<const T*>(p.q) + sp.b * p.q_stride.batch + row0 * p.q_stride.row + h * p.q_stride.head,
+        p.q_stride.row, rows);
+    load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
+        sdO + stage * Tr::kBlockM * kPitch,
+        static_cast<const T*>(p.dout) + sp.b * p.dout_stride.batch + row0 * p.dout_stride.row + h * p.dout_stride.head,
+        p.dout_stride.row, rows);
+    if (threadIdx.x < Tr::kBlockM) {
+      const int r = threadIdx.x;
+      float lse = INFINITY, dsum = 0.f;
+      if (r < rows) {
+        const float l = p.lse[sp.b * p.lse_stride.batch + h * p.lse_stride.head + (row0 + r) * p.lse_stride.row];
+        lse = l == -INFINITY ? INFINITY : l * kLog2e;
+        dsum = p.dsum[sp.b * p.dsum_stride.batch + h * p.dsum_stride.head + (row0 + r) * p.dsum_stride.row];
+      }
+      sLse[stage * Tr::kBlockM + r] = lse;
+      sDsum[stage * Tr::kBlockM + r] = dsum;
+    }
+  };
+  if (steps > 0) load_step(0, 0);
+  cp_async_commit();
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  // Per-lane ldmatrix offsets (elements), see flash_mma.cuh: A rows lane%16 / column half lane/16;
+  // B (k x n from n-major rows) rows lane%8 + 8*(lane/16) / column half (lane/8)%2; B from k-major
+  // rows (.trans) rows lane%8 + 8*((lane/8)%2) / column half lane/16.
+  const int a_off = (warp * Tr::kKeysPerWarp + (lane & 15)) * kPitch + (lane >> 4) * 8;
+  const int b_off = ((lane & 7) + (lane >> 4) * 8) * kPitch + ((lane >> 3) & 1) * 8;
+  const int bt_off = ((lane & 7) + ((lane >> 3) & 1) * 8) * kPitch + (lane >> 4) * 8;
+  // dQ = dS K tiling: this warp's rows and columns; dS A fragments come from dS^T (.trans).
+  const int dq_row0 = (warp / Tr::kDqWarpsD) * Tr::kDqRows, dq_col0 = (warp % Tr::kDqWarpsD) * Tr::kDqCols;
+  const int ds_off = ((lane & 7) + (lane >> 4) * 8) * Tr::kPitchDs + dq_row0 + ((lane >> 3) & 1) * 8;
+  const int kt_off = ((lane & 7) + ((lane >> 3) & 1) * 8) * kPitch + dq_col0 + (lane >> 4) * 8;
+  const int key_lo = n0 + warp * Tr::kKeysPerWarp + g;  // this lane's keys: key_lo and key_lo + 8
+
+  float acc_dk[kDT][4], acc_dv[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[dt][e] = acc_dv[dt][e] = 0.f;
+
+  for (int st = 0; st < steps; ++st) {
+    const int stage = st % Tr::kStages;
+    cp_async_wait<0>();
+    __syncthreads();  // step st landed; every warp is done with step st-1 (its stage and dS^T)
+    if (st + 1 < steps) load_step(st + 1, stage ^ 1);
+    cp_async_commit();
+
+    const int h = hk * group + st / m_tiles;
+    const int m0 = (m_begin + st % m_tiles) * Tr::kBlockM;
+    const T* sQs = sQ + stage * Tr::kBlockM * kPitch;
+    const T* sdOs = sdO + stage * Tr::kBlockM * kPitch;
+    const float* lse = sLse + stage * Tr::kBlockM;
+    const float* dsum = sDsum + stage * Tr::kBlockM;
+
+    const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > m0 + diag);
+#pragma unroll 1
+    for (int q0 = 0; q0 < Tr::kBlockM; q0 += Tr::kQChunk) {
+      // P^T = exp2(S^T * scale_log2 - lse_log2), S^T = K Q^T (16 keys x kQChunk queries per warp).
+      float pt[kQT][4];
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pt[nt][e] = 0.f;
+      gemm_rows_x_rows<Tr, T, Tr::kQChunk>(pt, sK, a_off, sQs + q0 * kPitch, b_off);
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = q0 + nt * kMmaN + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
+          float pr = fast_exp2(fmaf(pt[nt][e], grid.scale_log2, -lse[q]));
+          if (needs_mask && (key >= sp.nk || (kCausal && key > m0 + q + diag))) pr = 0.f;
+          pt[nt][e] = pr;
+        }
+
+      // dV += P^T dO
+      gemm_regs_x_tile<Tr, T>(acc_dv, pt, sdOs + q0 * kPitch, bt_off);
+
+      // dP^T = V dO^T, then dS^T = P^T (dP^T - dsum) in place.
+      float dst[kQT][4];
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[nt][e] = 0.f;
+      gemm_rows_x_rows<Tr, T, Tr::kQChunk>(dst, sV, a_off, sdOs + q0 * kPitch, b_off);
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[nt][e] = pt[nt][e] * (dst[nt][e] - dsum[q0 + nt * kMmaN + 2 * t + (e & 1)]);
+
+      // dK += dS^T Q (the softmax scale is applied once, in the epilogue)
+      gemm_regs_x_tile<Tr, T>(acc_dk, dst, sQs + q0 * kPitch, bt_off);
+
+      // dS^T -> shared memory (16-bit), for dQ = dS K across all warps' keys.
+      T* ds_row = sdS + (warp * Tr::kKeysPerWarp + g) * Tr::kPitchDs + q0 + 2 * t;
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt) {
+        *reinterpret_cast<uint32_t*>(ds_row + nt * kMmaN) = Mma::pack(dst[nt][0], dst[nt][1]);
+        *reinterpret_cast<uint32_t*>(ds_row + 8 * Tr::kPitchDs + nt * kMmaN) = Mma::pack(dst[nt][2], dst[nt][3]);
+      }
+    }
+    __syncthreads();
+
+    // dQ (kBlockM x head_dim) += scale * dS K, added to global memory.
+    float acc_dq[Tr::kDqMTiles][Tr::kDqTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < Tr::kDqMTiles; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < Tr::kDqTiles; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dq[mt][dt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < Tr::kBlockN / kMmaK; ++kk) {
+      uint32_t a[Tr::kDqMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < Tr::kDqMTiles; ++mt)
+        ldmatrix_x4_trans(a[mt], sdS + ds_off + kk * kMmaK * Tr::kPitchDs + mt * kMmaM);
+#pragma unroll
+      for (int dp = 0; dp < Tr::kDqTiles / 2; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, sK + kt_off + kk * kMmaK * kPitch + dp * 16);
+#pragma unroll
+        for (int mt = 0; mt < Tr::kDqMTiles; ++mt) {
+          Mma::mma(acc_dq[mt][2 * dp], a[mt], b[0], b[1]);
+          Mma::mma(acc_dq[mt][2 * dp + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+    const float scale = p.shape.softmax_scale;
+    float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
+#pragma unroll
+    for (int mt = 0; mt < Tr::kDqMTiles; ++mt)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const int q = m0 + dq_row0 + mt * kMmaM + hi * 8 + g;
+        if (q >= sp.nq) continue;
+        float* row = gdq + int64_t(sp.q0 + q) * p.dq_stride.row + dq_col0 + 2 * t;
+#pragma unroll
+        for (int dt = 0; dt < Tr::kDqTiles; ++dt) {
+          const float x = acc_dq[mt][dt][2 * hi] * scale, y = acc_dq[mt][dt][2 * hi + 1] * scale;
+          if (grid.dq_pairs) {
+            atomicAdd(reinterpret_cast<float2*>(row + dt * kMmaN), make_float2(x, y));
+          } else {
+            atomicAdd(row + dt * kMmaN, x);
+            atomicAdd(row + dt * kMmaN + 1, y);
+          }
+        }
+      }
+  }
+
+  cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
+
+  // Epilogue: this warp's 16 keys of dK (scaled) and dV, overwritten or accumulated.
+  const float scale = p.shape.softmax_scale;
+  float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
+  float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int key = key_lo + hi * 8;
+    if (key >= sp.nk) continue;
+    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
+    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = dt * kMmaN + j;
+        const float k_val = acc_dk[dt][2 * hi + j] * scale, v_val = acc_dv[dt][2 * hi + j];
+        dk[c] = p.accumulate ? dk[c] + k_val : k_val;
+        dv[c] = p.accumulate ? dv[c] + v_val : v_val;
+      }
+  }
+}
+
+template <int kHeadDim, typename T, bool kCausal>
+void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
+  using Tr = BwdTraits<kHeadDim>;
+  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans;
+  if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
+  auto kernel = flash_bwd_kernel<Tr, T, kCausal>;
+  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
+  RFA_CHECK_LAUNCH("flash_bwd_kernel");
+}
+
+template <int kHeadDim, typename T>
+void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
+  grid.num_n_blocks = (max_k + BwdTraits<kHeadDim>::kBlockN - 1) / BwdTraits<kHeadDim>::kBlockN;
+  if (p.shape.causal)
+    launch_bwd<kHeadDim, T, true>(p, grid, s);
+  else
+    launch_bwd<kHeadDim, T, false>(p, grid, s);
+}
+
+template <typename T>
+void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_k, cudaStream_t s) {
+  switch (p.shape.head_dim) {
+    case 32: return dispatch_causal<32, T>(p, grid, max_k, s);
+    case 64: return dispatch_causal<64, T>(p, grid, max_k, s);
+    default: return dispatch_causal<128, T>(p, grid, max_k, s);
+  }
+}
+
+bool fp32_pairs_aligned(const float* x, const BshStrides& st) {
+  return reinterpret_cast<uintptr_t>(x) % 8 == 0 && st.batch % 2 == 0 && st.row % 2 == 0 && st.head % 2 == 0;
+}
+
+}  // namespace
+
+void flash_bwd(const FlashBwdParams& p, cudaStream_t s) {
+  const AttnShape& sh = p.shape;
+  check_attn("flash_bwd", sh, p.dtype, p.seg);
+  const bool varlen = p.seg.num_seqs > 0;
+  RFA_CHECK_ARG(!varlen || p.accumulate, "flash_bwd: varlen segments need accumulate");
+  const int num_spans = varlen ? p.seg.num_seqs : sh.batch;
+  const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;
+  const int max_k = varlen ? p.seg.max_seqlen_k : sh.seqlen_k;
+  if (num_spans == 0) return;
+  RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv, "flash_bwd: null tensor");
+  check_view16("flash_bwd", "q", p.q, p.q_stride);
+  check_view16("flash_bwd", "k", p.k, p.k_stride);
+  check_view16("flash_bwd", "v", p.v, p.v_stride);
+  check_view16("flash_bwd", "dout", p.dout, p.dout_stride);
+
+  if (!p.accumulate && max_q > 0) {  // dq receives atomics from every key tile: start from zero
+    const int64_t n = int64_t(sh.batch) * sh.seqlen_q * sh.nheads * sh.head_dim;
+    const int threads = 256;
+    const int64_t want = (n + threads - 1) / threads;
+    zero_bsh_kernel<<<unsigned(want < 8192 ? want : 8192), threads, 0, s>>>(p.dq, p.dq_stride, sh.seqlen_q, sh.nheads,
+                                                                           sh.head_dim, n);
+    RFA_CHECK_LAUNCH("zero_bsh_kernel (dq)");
+  }
+  if (max_k == 0) return;
+  const BwdGrid grid{0, num_spans, sh.softmax_scale * kLog2e, fp32_pairs_aligned(p.dq, p.dq_stride)};
+  if (p.dtype == DType::bf16)
+    dispatch_head_dim<__nv_bfloat16>(p, grid, max_k, s);
+  else
+    dispatch_head_dim<__half>(p, grid, max_k, s);
+}
+
+}  // namespace rfa::cuda

@@ -1,0 +1,290 @@
+// Forward attention, FlashAttention-2 style on the tensor cores (mma.sync m16n8k16, fp32
+// accumulate): out = softmax(scale * q k^T) v in fp32, and lse (natural log) per query row.
+//
+// One CTA per (query tile of kBlockM rows, head, batch entry or varlen segment); 4 warps, each
+// owning 32 query rows. Q stays in shared memory for the whole CTA; K and V tiles stream through
+// one buffer each, so the V load overlaps Q K^T and the softmax, and the next K load overlaps P V.
+// Scores, probabilities and the output accumulator never leave registers. The online softmax
+// runs in the log2 domain: p = exp2(s * scale_log2 - m * scale_log2) with m the running row max of
+// the raw scores, so one FFMA + one MUFU.EX2 per score.
+//
+// Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, median of 25; causal
+// FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d):
+//   v1, 2026-11-28: b1 s8192 h5 causal 0.391 ms = 220 TFLOP/s; b1 s8192 h32/8 causal 1.645 ms =
+//   334 TFLOP/s; b1 s8192 h5 full 0.820 ms = 210 TFLOP/s. 255 registers, 0 spills, 68 KB smem.
+//   At h=5 the grid (320 CTAs, 2 per SM) is bound by its heaviest causal tiles, which run at
+//   half an SM for their whole life, and by wave quantisation without a mask. Next step (written,
+//   not yet measured): one CTA per SM whose two 4-warp groups split a tile's K/V tiles and merge
+//   their softmax states, so a heavy tile gets the whole SM.
+#include <cmath>
+
+#include "cuda/cuda_check.h"
+#include "cuda/flash_kernels.h"
+#include "cuda/flash_mma.cuh"
+#include "cuda/flash_traits.h"
+
+namespace rfa::cuda {
+namespace {
+
+struct FwdGrid {
+  int num_m_blocks;  // query tiles per (head, span)
+  int num_spans;     // batch entries, or varlen segments
+  float scale_log2;  // softmax_scale * log2(e)
+};
+
+// Scores of keys past the span and (causal) right of the diagonal become -inf. Element e of
+// n-tile nt of m-tile mt is row row0 + 16 mt + 8 (e / 2), key key0 + 8 nt + e % 2.
+template <class Tr, bool kCausal>
+__device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4], int row0, int key0,
+                                            int nk, int diag) {
+#pragma unroll
+  for (int mt = 0; mt < Tr::kMTilesPerWarp; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = row0 + mt * kMmaM + (e >> 1) * 8, key = key0 + nt * kMmaN + (e & 1);
+        if (key >= nk || (kCausal && key > row + diag)) s[mt][nt][e] = -INFINITY;
+      }
+}
+
+template <class Tr, typename T, bool kCausal>
+__global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
+  using Mma = MmaType<T>;
+  constexpr int kMT = Tr::kMTilesPerWarp, kST = Tr::kSTiles, kOT = Tr::kOTiles, kPitch = Tr::kPitch;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + Tr::kBlockM * kPitch;
+  T* sV = sK + Tr::kBlockN * kPitch;
+
+  // Heaviest tiles first: blocks are handed out in index order, so giving the last query tiles
+  // (which see the most keys under a causal mask) the lowest indices lets light tiles fill the tail.
+  const int heads = p.shape.nheads;
+  const int per_m_block = heads * grid.num_spans;
+  const int m_block = grid.num_m_blocks - 1 - int(blockIdx.x) / per_m_block;
+  const int h = int(blockIdx.x) % per_m_block % heads;
+  const int z = int(blockIdx.x) % per_m_block / heads;
+  const Span sp = span_of(p.shape, p.seg, z);
+  const int m0 = m_block * Tr::kBlockM;
+  if (m0 >= sp.nq) return;
+  const int hk = h / (heads / p.shape.nheads_k);
+  const int rows_valid = min(Tr::kBlockM, sp.nq - m0);
+  const int diag = sp.nk - sp.nq;  // causal (bottom-right): row i sees key j iff j <= i + diag
+
+  const T* gQ = static_cast<const T*>(p.q) + sp.b * p.q_stride.batch + int64_t(sp.q0 + m0) * p.q_stride.row +
+                h * p.q_stride.head;
+  const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0) * p.k_stride.row +
+                hk * p.k_stride.head;
+  const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0) * p.v_stride.row +
+                hk * p.v_stride.head;
+  float* gO = p.out + sp.b * p.o_stride.batch + int64_t(sp.q0 + m0) * p.o_stride.row + h * p.o_stride.head;
+  float* gLse = p.lse + sp.b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(sp.q0 + m0) * p.lse_stride.row;
+
+  // Keys any row of this tile may see; under the causal mask later K tiles are skipped entirely.
+  int n_end = sp.nk;
+  if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + diag);
+  const int n_tiles = n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
+  if (n_tiles == 0) {  // no row of the tile sees a key: out = 0, lse = -inf
+    for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads)
+      gO[int64_t(i / Tr::kHeadDim) * p.o_stride.row + i % Tr::kHeadDim] = 0.f;
+    for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) gLse[int64_t(r) * p.lse_stride.row] = -INFINITY;
+    return;
+  }
+
+  load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(sQ, gQ, p.q_stride.row, rows_valid);
+  load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sK, gK, p.k_stride.row, sp.nk);
+  cp_async_commit();
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int warp_row0 = warp * Tr::kRowsPerWarp;
+  // Per-lane ldmatrix offsets (elements): A (Q) rows lane%16, column half lane/16; B (K) rows
+  // lane%8 + 8*(lane/16), column half (lane/8)%2; B^T (V, .trans) rows lane%8 + 8*((lane/8)%2),
+  // column half lane/16. See flash_mma.cuh for the fragment layouts.
+  const int q_off = (warp_row0 + (lane & 15)) * kPitch + (lane >> 4) * 8;
+  const int k_off = ((lane & 7) + (lane >> 4) * 8) * kPitch + ((lane >> 3) & 1) * 8;
+  const int v_off = ((lane & 7) + ((lane >> 3) & 1) * 8) * kPitch + (lane >> 4) * 8;
+
+  float acc_o[kMT][kOT][4];
+  float row_max[kMT][2], row_sum[kMT][2];  // per thread: rows g and g + 8 of each m-tile
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kOT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int n0 = it * Tr::kBlockN;
+    cp_async_wait<0>();
+    __syncthreads();  // K tile `it` (and Q) landed; every warp is done with the previous V tile
+    load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sV, gV + int64_t(n0) * p.v_stride.row,
+                                                                     p.v_stride.row, sp.nk - n0);
+    cp_async_commit();
+
+    // S = Q K^T for this warp's 32 rows x kBlockN keys.
+    float s[kMT][kST][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kST; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < Tr::kDSteps; ++kk) {
+      uint32_t qa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) ldmatrix_x4(qa[mt], sQ + q_off + mt * kMmaM * kPitch + kk * kMmaK);
+#pragma unroll
+      for (int np = 0; np < kST / 2; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, sK + k_off + np * 16 * kPitch + kk * kMmaK);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Mma::mma(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+          Mma::mma(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+        }
+      }
+    }
+
+    // Masking is needed only on the tile that crosses the span end or the causal diagonal.
+    const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > m0 + diag);
+    if (needs_mask) mask_scores<Tr, kCausal>(s, m0 + warp_row0 + g, n0 + 2 * t, sp.nk, diag);
+
+    // Online softmax: new running max, rescale the accumulator and sum, scores -> probabilities.
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        float mx = row_max[mt][hi];
+#pragma unroll
+        for (int nt = 0; nt < kST; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hi], s[mt][nt][2 * hi + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // a row lives in the 4 lanes of a quad
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // A row that has seen no key yet keeps max -inf: take 0 as reference so that its
+        // probabilities are exp2(-inf) = 0 rather than NaN.
+        const float ref = mx == -INFINITY ? 0.f : mx * grid.scale_log2;
+        const float corr = fast_exp2(row_max[mt][hi] * grid.scale_log2 - ref);
+        row_max[mt][hi] = mx;
+        row_sum[mt][hi] *= corr;
+#pragma unroll
+        for (int dt = 0; dt < kOT; ++dt) {
+          acc_o[mt][dt][2 * hi] *= corr;
+          acc_o[mt][dt][2 * hi + 1] *= corr;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kST; ++nt)
+#pragma unroll
+          for (int e = 2 * hi; e < 2 * hi + 2; ++e) {
+            const float pr = fast_exp2(fmaf(s[mt][nt][e], grid.scale_log2, -ref));
+            row_sum[mt][hi] += pr;
+            s[mt][nt][e] = pr;
+          }
+      }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V tile `it` landed; every warp is done reading K tile `it`
+    if (it + 1 < n_tiles)
+      load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(
+          sK, gK + int64_t(n0 + Tr::kBlockN) * p.k_stride.row, p.k_stride.row, sp.nk - n0 - Tr::kBlockN);
+    cp_async_commit();
+
+    // O += P V, with P (16-bit) taken from the score registers as A fragments.
+#pragma unroll
+    for (int kk = 0; kk < Tr::kNSteps; ++kk) {
+      uint32_t pa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        pa[mt][0] = Mma::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = Mma::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = Mma::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = Mma::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < kOT / 2; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, sV + v_off + kk * kMmaK * kPitch + dp * 16);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Mma::mma(acc_o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+          Mma::mma(acc_o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+        }
+      }
+    }
+  }
+
+  // Epilogue: out = acc / sum, lse = max * scale + ln(sum); rows that saw no key: 0 and -inf.
+  const float scale = p.shape.softmax_scale;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      float sum = row_sum[mt][hi];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
+      if (r >= rows_valid) continue;
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      float* o = gO + int64_t(r) * p.o_stride.row + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < kOT; ++dt) {
+        o[dt * kMmaN] = acc_o[mt][dt][2 * hi] * inv;
+        o[dt * kMmaN + 1] = acc_o[mt][dt][2 * hi + 1] * inv;
+      }
+      if (t == 0) gLse[int64_t(r) * p.lse_stride.row] = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
+    }
+}
+
+template <int kHeadDim, typename T, bool kCausal>
+void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
+  using Tr = FwdTraits<kHeadDim>;
+  const FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e};
+  const int64_t blocks = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans;
+  if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
+  auto kernel = flash_fwd_kernel<Tr, T, kCausal>;
+  // Above 48 KB a kernel's dynamic shared memory must be opted into (per device, so every call).
+  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
+  RFA_CHECK_LAUNCH("flash_fwd_kernel");
+}
+
+template <int kHeadDim, typename T>
+void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
+  if (p.shape.causal)
+    launch_fwd<kHeadDim, T, true>(p, num_spans, max_q, s);
+  else
+    launch_fwd<kHeadDim, T, false>(p, num_spans, max_q, s);
+}
+
+template <typename T>
+void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
+  switch (p.shape.head_dim) {
+    case 32: return dispatch_causal<32, T>(p, num_spans, max_q, s);
+    case 64: return dispatch_causal<64, T>(p, num_spans, max_q, s);
+    default: return dispatch_causal<128, T>(p, num_spans, max_q, s);
+  }
+}
+
+}  // namespace
+
+void flash_fwd(const FlashFwdParams& p, cudaStream_t s) {
+  const AttnShape& sh = p.shape;
+  check_attn("flash_fwd", sh, p.dtype, p.seg);
+  const bool varlen = p.seg.num_seqs > 0;
+  const int num_spans = varlen ? p.seg.num_seqs : sh.batch;
+  const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;
+  if (num_spans == 0 || max_q == 0) return;
+  RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
+  check_view16("flash_fwd", "q", p.q, p.q_stride);
+  check_view16("flash_fwd", "k", p.k, p.k_stride);
+  check_view16("flash_fwd", "v", p.v, p.v_stride);
+  if (p.dtype == DType::bf16)
+    dispatch_head_dim<__nv_bfloat16>(p, num_spans, max_q, s);
+  else
+    dispatch_head_dim<__half>(p, num_spans, max_q, s);
+}
+
+}  // namespace rfa::cuda

@@ -1,0 +1,148 @@
+// Tiling of the attention kernels, and how a CTA finds the rows it works on.
+//
+// Both kernels stage 16-bit tiles of (rows x head_dim) in shared memory with a padded row pitch
+// and feed mma.sync m16n8k16 from them through ldmatrix. The numbers below are chosen for
+// registers first (fp32 accumulators live in registers for the whole kernel), then shared memory.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "attn_params.h"
+#include "error.h"
+
+namespace rfa::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = exp2(x * kLog2e)
+constexpr int kWarpSize = 32;
+constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;  // mma.sync.m16n8k16
+constexpr int kChunkElems = 8;                    // one 16-byte cp.async / ldmatrix row = 8 x 16-bit
+
+// Row pitch (in elements) of a shared tile with `cols` 16-bit columns. The 8 row addresses of
+// one ldmatrix are a pitch apart; an odd number of 16-byte chunks per pitch puts them in 8
+// different bank groups (no conflicts), while rows stay 16-byte aligned for cp.async.
+constexpr int padded_pitch(int cols) { return cols + kChunkElems; }
+
+template <int kHeadDim_>
+struct FwdTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * kWarpSize;
+  // Each warp owns two 16-row m-tiles: every K/V fragment loaded by ldmatrix feeds two mma's,
+  // which halves shared-memory traffic per flop (one m-tile per warp would be bound by ldmatrix).
+  static constexpr int kMTilesPerWarp = 2;
+  static constexpr int kRowsPerWarp = kMTilesPerWarp * kMmaM;
+  static constexpr int kBlockM = kRowsPerWarp * kWarps;  // query rows per CTA
+  static constexpr int kBlockN = 64;                     // key rows per K/V tile
+  static constexpr int kPitch = padded_pitch(kHeadDim);
+  static constexpr int kSTiles = kBlockN / kMmaN;     // n-tiles of S per m-tile
+  static constexpr int kOTiles = kHeadDim / kMmaN;    // n-tiles of O per m-tile
+  static constexpr int kDSteps = kHeadDim / kMmaK;    // k-steps of Q K^T
+  static constexpr int kNSteps = kBlockN / kMmaK;     // k-steps of P V
+  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kPitch * 2;  // Q, K, V (16-bit)
+
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128,
+                "head_dim must be a multiple of 32 (ldmatrix.x4 pairs of n-tiles) and fit the fp32 O "
+                "accumulators of 2 m-tiles in registers (<= 128)");
+  static_assert(kBlockN % 16 == 0, "K/V tiles are read as pairs of 8-key n-tiles");
+  static_assert((kBlockM * kHeadDim / kChunkElems) % kThreads == 0 &&
+                    (kBlockN * kHeadDim / kChunkElems) % kThreads == 0,
+                "every thread issues the same number of 16-byte copies per tile");
+  static_assert(kSmemBytes * 2 <= 227 * 1024, "two CTAs per SM must fit in shared memory");
+};
+
+template <int kHeadDim_>
+struct BwdTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWarps = 8;
+  static constexpr int kThreads = kWarps * kWarpSize;
+  // One CTA owns kBlockN keys of one kv head; each warp owns 16 of them and keeps their dK, dV
+  // (16 x head_dim fp32 each) in registers for the whole loop over query tiles. Working on the
+  // transposed scores S^T = K Q^T makes P^T and dS^T the A operands of dV += P^T dO and
+  // dK += dS^T Q straight from registers.
+  static constexpr int kKeysPerWarp = kMmaM;
+  static constexpr int kBlockN = kKeysPerWarp * kWarps;  // key rows per CTA
+  static constexpr int kBlockM = 64;                     // query rows per step
+  static constexpr int kPitch = padded_pitch(kHeadDim);
+  static constexpr int kPitchDs = padded_pitch(kBlockM);  // dS^T tile (kBlockN x kBlockM)
+  // The query tile is processed in chunks of kQChunk queries: S^T and dP^T of one chunk (2 x 16 x
+  // kQChunk fp32) beside dK and dV fit in 255 registers without spilling.
+  static constexpr int kQChunk = 32;
+  static constexpr int kQTiles = kQChunk / kMmaN;         // n-tiles of S^T per warp and chunk
+  static constexpr int kMSteps = kQChunk / kMmaK;         // k-steps of P^T dO per chunk
+  static constexpr int kDTiles = kHeadDim / kMmaN;        // n-tiles of dK/dV per warp
+  static constexpr int kDSteps = kHeadDim / kMmaK;
+  static constexpr int kStages = 2;  // Q/dO/lse/dsum double buffer: the next step's loads overlap this one
+  // dQ (kBlockM x head_dim) = dS K: warps tile it kDqWarpsM x kDqWarpsD.
+  static constexpr int kDqWarpsD = kHeadDim >= 64 ? 4 : 2;
+  static constexpr int kDqWarpsM = kWarps / kDqWarpsD;
+  static constexpr int kDqRows = kBlockM / kDqWarpsM;
+  static constexpr int kDqMTiles = kDqRows / kMmaM;
+  static constexpr int kDqCols = kHeadDim / kDqWarpsD;
+  static constexpr int kDqTiles = kDqCols / kMmaN;
+  static constexpr int kSmemTile16 = (2 * kBlockN + 2 * kStages * kBlockM) * kPitch + kBlockN * kPitchDs;
+  static constexpr int kSmemBytes = kSmemTile16 * 2 + 2 * kStages * kBlockM * 4;  // + lse, dsum rows
+
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128,
+                "dK and dV (2 x 16 x head_dim fp32 per warp) must fit in registers: head_dim <= 128");
+  static_assert(kDqWarpsM * kDqWarpsD == kWarps && kDqRows % kMmaM == 0 && kDqCols % 16 == 0,
+                "the dQ tiling must cover kBlockM x head_dim with whole ldmatrix.x4 tiles");
+  static_assert(kBlockM <= kThreads, "one thread stages each row's lse and dsum");
+  static_assert(kBlockM % kQChunk == 0 && kQChunk % 16 == 0, "chunks are whole pairs of 8-query n-tiles");
+  static_assert((kBlockM * kHeadDim / kChunkElems) % kThreads == 0 &&
+                    (kBlockN * kHeadDim / kChunkElems) % kThreads == 0,
+                "every thread issues the same number of 16-byte copies per tile");
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
+};
+
+// The rows one CTA's (batch entry or varlen segment) attention covers: batch entry b, query rows
+// [q0, q0 + nq) and key rows [k0, k0 + nk). Causal alignment is bottom-right within the span.
+struct Span {
+  int64_t b;
+  int q0, nq, k0, nk;
+};
+
+__device__ __forceinline__ Span span_of(const AttnShape& sh, const Segments& seg, int z) {
+  if (seg.num_seqs == 0) return Span{z, 0, sh.seqlen_q, 0, sh.seqlen_k};
+  return Span{0, seg.q_start[z], seg.q_len[z], seg.k_start[z], seg.k_len[z]};
+}
+
+}  // namespace rfa::cuda
+
+// ---- Host-side checks shared by flash_fwd and flash_bwd (what the kernels above require) ----
+namespace rfa::cuda {
+
+inline bool head_dim_supported(int d) { return d == 32 || d == 64 || d == 128; }
+
+// Shape, dtype, head_dim and segments; `fn` names the entry point in messages.
+inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const Segments& seg) {
+  const std::string f(fn);
+  RFA_CHECK_ARG(sh.batch >= 0 && sh.seqlen_q >= 0 && sh.seqlen_k >= 0, f + ": negative dimension");
+  RFA_CHECK_ARG(sh.nheads > 0 && sh.nheads_k > 0 && sh.nheads % sh.nheads_k == 0,
+                f + ": nheads (" + std::to_string(sh.nheads) + ") must be a positive multiple of nheads_k (" +
+                    std::to_string(sh.nheads_k) + ")");
+  if (!head_dim_supported(sh.head_dim))
+    RFA_THROW("E_UNSUPPORTED", f + ": head_dim " + std::to_string(sh.head_dim) +
+                                   " is not supported by the cuda kernels (32, 64, 128)");
+  if (dtype != DType::bf16 && dtype != DType::f16)
+    RFA_THROW("E_UNSUPPORTED", f + ": float32 q/k/v are not supported by the cuda kernels (bfloat16, float16)");
+  // The running max is taken over raw scores and -inf masks are scaled: that needs scale > 0.
+  RFA_CHECK_ARG(sh.softmax_scale > 0.f && sh.softmax_scale < 3.0e38f,
+                f + ": softmax_scale must be positive and finite, got " + std::to_string(sh.softmax_scale));
+  if (seg.num_seqs == 0) return;
+  RFA_CHECK_ARG(sh.batch == 1, f + ": varlen segments need batch 1");
+  RFA_CHECK_ARG(seg.q_start && seg.q_len && seg.k_start && seg.k_len, f + ": varlen: null segment array");
+  RFA_CHECK_ARG(seg.max_seqlen_q >= 0 && seg.max_seqlen_q <= sh.seqlen_q && seg.max_seqlen_k >= 0 &&
+                    seg.max_seqlen_k <= sh.seqlen_k,
+                f + ": varlen: max_seqlen_q/k must lie in [0, seqlen_q/k]");
+}
+
+// A 16-bit (b, s, h, d) view read with 16-byte cp.async: base and strides must be 16-byte aligned.
+inline void check_view16(const char* fn, const char* name, const void* ptr, const BshStrides& st) {
+  const bool aligned = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.batch % kChunkElems == 0 &&
+                       st.row % kChunkElems == 0 && st.head % kChunkElems == 0;
+  if (!aligned)
+    RFA_THROW("E_UNSUPPORTED", std::string(fn) + ": " + name +
+                                   " must be 16-byte aligned (base address and batch/row/head strides multiples of 8 elements)");
+}
+
+}  // namespace rfa::cuda

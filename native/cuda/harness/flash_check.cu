@@ -1,0 +1,722 @@
+// Correctness and speed harness of the CUDA attention kernels (native/cuda/flash_fwd.cu,
+// flash_bwd.cu, elementwise.cu); not part of the addon. Build and run: native/cuda/harness/build.sh --run
+//
+// For every configuration it draws fresh random inputs, poisons the outputs (NaN) before the
+// run, runs the kernels and compares with the fp64 CPU reference (reference.h): relative L2
+// error |x - ref| / |ref| and max-abs for out, lse, dsum, dq, dk, dv (for accumulate: of the
+// increment), and checks that elements outside the views were not touched. Then merge, cast,
+// add and copy checks, argument errors, and timings (CUDA events, median of kTimedRuns).
+//
+// Results (one H200, bf16, d=128; FLOP: causal fwd 2*b*h*s^2*d, full 4*b*h*s^2*d, bwd 2.5x fwd):
+//   v1, 2026-11-28, all 41 checks PASS (bf16 out ~1e-3, grads ~1.8e-3 relative L2; fp16 ~1.3e-4 / 2.2e-4):
+//     b1 s8192 h5 causal     fwd 0.391 ms 2561 it/s 220 TF/s | bwd 1.049 ms 205 TF/s | fwd+bwd 1.435 ms 697 it/s 210 TF/s
+//     b1 s8192 h32/8 causal  fwd 1.645 ms  608 it/s 334 TF/s | bwd 5.843 ms 235 TF/s | fwd+bwd 7.483 ms 134 it/s 257 TF/s
+//     b1 s8192 h5 full       fwd 0.820 ms 1220 it/s 210 TF/s | bwd 2.224 ms 193 TF/s | fwd+bwd 3.037 ms 329 it/s 198 TF/s
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/half.h"
+#include "cuda/flash_kernels.h"
+#include "cuda/harness/reference.h"
+#include "error.h"
+
+using namespace rfa;
+using harness::Problem;
+using harness::Reference;
+
+#define CHECK_CUDA(x)                                                                           \
+  do {                                                                                          \
+    const cudaError_t e_ = (x);                                                                 \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int kWarmupRuns = 3, kTimedRuns = 25;
+
+// ---- device buffers holding f32 / bf16 / f16 elements, read and written as doubles ----------
+struct Buffer {
+  DType dtype;
+  size_t n;
+  void* dev = nullptr;
+  Buffer(DType t, size_t count) : dtype(t), n(count) { CHECK_CUDA(cudaMalloc(&dev, std::max<size_t>(n, 1) * dtype_bytes(t))); }
+  ~Buffer() { cudaFree(dev); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void upload(const std::vector<double>& x) {
+    if (dtype == DType::f32) {
+      std::vector<float> h(x.begin(), x.end());
+      CHECK_CUDA(cudaMemcpy(dev, h.data(), n * 4, cudaMemcpyHostToDevice));
+    } else {
+      std::vector<uint16_t> h(n);
+      for (size_t i = 0; i < n; ++i) h[i] = dtype == DType::bf16 ? cpu::float_to_bf16(float(x[i])) : cpu::float_to_f16(float(x[i]));
+      CHECK_CUDA(cudaMemcpy(dev, h.data(), n * 2, cudaMemcpyHostToDevice));
+    }
+  }
+  std::vector<double> download() const {
+    std::vector<double> x(n);
+    if (dtype == DType::f32) {
+      std::vector<float> h(n);
+      CHECK_CUDA(cudaMemcpy(h.data(), dev, n * 4, cudaMemcpyDeviceToHost));
+      std::copy(h.begin(), h.end(), x.begin());
+    } else {
+      std::vector<uint16_t> h(n);
+      CHECK_CUDA(cudaMemcpy(h.data(), dev, n * 2, cudaMemcpyDeviceToHost));
+      for (size_t i = 0; i < n; ++i) x[i] = dtype == DType::bf16 ? cpu::bf16_to_float(h[i]) : cpu::f16_to_float(h[i]);
+    }
+    return x;
+  }
+  template <typename T = void>
+  T* at(int64_t offset) const { return reinterpret_cast<T*>(static_cast<char*>(dev) + offset * dtype_bytes(dtype)); }
+};
+
+// Rounds to the buffer's dtype, so that the reference sees exactly what the kernels read.
+double quantize(double x, DType t) {
+  if (t == DType::bf16) return cpu::bf16_to_float(cpu::float_to_bf16(float(x)));
+  if (t == DType::f16) return cpu::f16_to_float(cpu::float_to_f16(float(x)));
+  return float(x);
+}
+
+std::vector<double> random_values(std::mt19937_64& gen, size_t n, DType t, double sigma) {
+  std::normal_distribution<double> dist(0.0, sigma);
+  std::vector<double> x(n);
+  for (auto& v : x) v = quantize(dist(gen), t);
+  return x;
+}
+
+// ---- views: a (b, s, h, d) or (b, h, s) window into a buffer --------------------------------
+struct BshView {
+  int64_t off;
+  BshStrides st;
+  int64_t at(int64_t b, int64_t i, int64_t h) const { return off + b * st.batch + i * st.row + h * st.head; }
+};
+struct BhsView {
+  int64_t off;
+  BhsStrides st;
+  int64_t at(int64_t b, int64_t h, int64_t i) const { return off + b * st.batch + h * st.head + i * st.row; }
+};
+
+// Slot `slot` of `slots` interleaved (b, s, slots, h, d) tensors; slots == 1 is dense.
+BshView bsh_slot(int s, int slots, int slot, int h, int d) {
+  return {int64_t(slot) * h * d, BshStrides{int64_t(s) * slots * h * d, int64_t(slots) * h * d, d}};
+}
+// Rows [pad, pad + s) of a (b, h, s + pad) tensor; pad == 0 is dense.
+BhsView bhs_padded(int s, int h, int pad) { return {pad, BhsStrides{int64_t(h) * (s + pad), s + pad, 1}}; }
+
+std::vector<double> gather_bsh(const std::vector<double>& buf, const BshView& v, int b, int s, int h, int d) {
+  std::vector<double> x(size_t(b) * s * h * d);
+  for (int bb = 0; bb < b; ++bb)
+    for (int i = 0; i < s; ++i)
+      for (int hh = 0; hh < h; ++hh)
+        for (int c = 0; c < d; ++c) x[((size_t(bb) * s + i) * h + hh) * d + c] = buf[v.at(bb, i, hh) + c];
+  return x;
+}
+
+// What a buffer must hold after a run: `value` everywhere. Elements tagged t > 0 belong to the
+// t-th tensor viewed in the buffer and are compared with tolerance (error relative to |incr|, the
+// reference result or increment); untagged ones must be bit-identical (a NaN poison stays NaN).
+struct Expect {
+  std::vector<double> value, incr;
+  std::vector<char> tag;
+  explicit Expect(const std::vector<double>& before) : value(before), incr(before.size(), 0.0), tag(before.size(), 0) {}
+  void set(int64_t i, double ref, bool accumulate, char t) {
+    value[i] = accumulate ? value[i] + ref : ref;
+    incr[i] = ref;
+    tag[i] = t;
+  }
+};
+
+void expect_bsh(Expect& e, const BshView& v, const std::vector<double>& ref, const std::vector<char>& covered, int b,
+                int s, int h, int d, bool accumulate, char tag = 1) {
+  for (int bb = 0; bb < b; ++bb)
+    for (int i = 0; i < s; ++i) {
+      if (!covered[size_t(bb) * s + i]) continue;
+      for (int hh = 0; hh < h; ++hh)
+        for (int c = 0; c < d; ++c) e.set(v.at(bb, i, hh) + c, ref[((size_t(bb) * s + i) * h + hh) * d + c], accumulate, tag);
+    }
+}
+
+void expect_bhs(Expect& e, const BhsView& v, const std::vector<double>& ref, const std::vector<char>& covered, int b,
+                int h, int s) {
+  for (int bb = 0; bb < b; ++bb)
+    for (int hh = 0; hh < h; ++hh)
+      for (int i = 0; i < s; ++i)
+        if (covered[size_t(bb) * s + i]) e.set(v.at(bb, hh, i), ref[(size_t(bb) * h + hh) * s + i], false, 1);
+}
+
+struct Err {
+  double rel = 0, max_abs = 0;
+  long bad = 0;  // NaN/inf where a finite value is due, -inf mismatches, touched elements outside the view
+};
+
+// Errors of the elements tagged `tag`, plus the untouched check of the untagged ones.
+Err compare(const std::vector<double>& got, const Expect& e, char tag = 1) {
+  Err r;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double want = e.value[i], x = got[i];
+    if (e.tag[i] == 0) {
+      if (!(x == want || (std::isnan(x) && std::isnan(want)))) ++r.bad;
+      continue;
+    }
+    if (e.tag[i] != tag) continue;
+    if (std::isinf(want)) {
+      if (x != want) ++r.bad;
+      continue;
+    }
+    if (!std::isfinite(x)) {
+      ++r.bad;
+      continue;
+    }
+    num += (x - want) * (x - want);
+    den += e.incr[i] * e.incr[i];
+    r.max_abs = std::max(r.max_abs, std::fabs(x - want));
+  }
+  r.rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return r;
+}
+
+int g_failures = 0;
+
+bool report(const std::string& name, const std::vector<std::pair<const char*, Err>>& errs,
+            const std::vector<double>& bounds) {
+  bool ok = true;
+  std::string detail;
+  char buf[160];
+  for (size_t i = 0; i < errs.size(); ++i) {
+    const Err& e = errs[i].second;
+    const bool pass = e.bad == 0 && e.rel <= bounds[i];
+    ok = ok && pass;
+    std::snprintf(buf, sizeof buf, " %s %.1e/%.1e%s", errs[i].first, e.rel, e.max_abs, pass ? "" : "!");
+    detail += buf;
+    if (e.bad) detail += "(" + std::to_string(e.bad) + " bad)";
+  }
+  std::printf("%s  %-46s%s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
+  std::fflush(stdout);
+  if (!ok) ++g_failures;
+  return ok;
+}
+
+// ---- attention configurations ----------------------------------------------------------------
+struct Config {
+  std::string name;
+  DType dtype;
+  int d;
+  bool causal;
+  int b, sq, sk, h, hk;
+  bool strided = false;     // q/k/v slices of a packed (b, s, 3, h, d) tensor; out, dout, lse, dsum, grads views too
+  bool accumulate = false;  // bwd adds into existing dq/dk/dv
+  std::vector<std::array<int, 4>> segs;  // varlen spans (batch 1)
+};
+
+void device_segments(const Config& c, Segments& seg, std::vector<std::unique_ptr<Buffer>>& keep) {
+  if (c.segs.empty()) return;
+  const int n = int(c.segs.size());
+  int32_t* arrays[4];
+  for (int a = 0; a < 4; ++a) {
+    std::vector<int32_t> h(n);
+    for (int i = 0; i < n; ++i) h[i] = c.segs[i][a];
+    keep.push_back(std::make_unique<Buffer>(DType::f32, n));  // 4-byte elements
+    CHECK_CUDA(cudaMemcpy(keep.back()->dev, h.data(), n * 4, cudaMemcpyHostToDevice));
+    arrays[a] = static_cast<int32_t*>(keep.back()->dev);
+  }
+  seg.num_seqs = n;
+  seg.q_start = arrays[0], seg.q_len = arrays[1], seg.k_start = arrays[2], seg.k_len = arrays[3];
+  for (auto& s : c.segs) seg.max_seqlen_q = std::max(seg.max_seqlen_q, s[1]), seg.max_seqlen_k = std::max(seg.max_seqlen_k, s[3]);
+}
+
+void run_attention(const Config& c, std::mt19937_64& gen) {
+  const int d = c.d;
+  const bool st = c.strided;
+  Problem pb;
+  pb.b = c.b, pb.sq = c.sq, pb.sk = c.sk, pb.h = c.h, pb.hk = c.hk, pb.d = d;
+  pb.scale = 1.0 / std::sqrt(double(d));
+  pb.causal = c.causal;
+  pb.segs = c.segs;
+  if (st && (c.sq != c.sk || c.h != c.hk)) {
+    std::printf("FAIL  %s: strided configs need sq == sk and h == hk\n", c.name.c_str());
+    ++g_failures;
+    return;
+  }
+
+  // Layouts: packed (b, s, 3, h, d) q/k/v and f32 dq/dk/dv, (b, s, 2, h, d) out and dout slot 1,
+  // lse/dsum rows [8, 8 + s) of (b, h, s + 8); or dense tensors.
+  const int slots = st ? 3 : 1, pad = st ? 8 : 0;
+  const size_t nq = size_t(c.b) * c.sq * c.h * d, nk = size_t(c.b) * c.sk * c.hk * d;
+  const BshView qv = bsh_slot(c.sq, slots, 0, c.h, d), kv = bsh_slot(c.sk, slots, st ? 1 : 0, c.hk, d),
+                vv = bsh_slot(c.sk, slots, st ? 2 : 0, c.hk, d);
+  const BshView ov = bsh_slot(c.sq, st ? 2 : 1, st ? 1 : 0, c.h, d);
+  const BhsView lv = bhs_padded(c.sq, c.h, pad);
+  const size_t n_qkv = st ? 3 * nq : 0, n_o = st ? 2 * nq : nq, n_l = size_t(c.b) * c.h * (c.sq + pad);
+
+  Buffer qkv(c.dtype, std::max<size_t>(n_qkv, 1)), qb(c.dtype, st ? 1 : nq), kb(c.dtype, st ? 1 : nk), vb(c.dtype, st ? 1 : nk);
+  Buffer dout(c.dtype, n_o), out(DType::f32, n_o), lse(DType::f32, n_l), dsum(DType::f32, n_l);
+  Buffer dqkv(DType::f32, std::max<size_t>(n_qkv, 1)), dqb(DType::f32, st ? 1 : nq), dkb(DType::f32, st ? 1 : nk),
+      dvb(DType::f32, st ? 1 : nk);
+  const Buffer& q_buf = st ? qkv : qb;
+  const Buffer& k_buf = st ? qkv : kb;
+  const Buffer& v_buf = st ? qkv : vb;
+  const Buffer& dq_buf = st ? dqkv : dqb;
+  const Buffer& dk_buf = st ? dqkv : dkb;
+  const Buffer& dv_buf = st ? dqkv : dvb;
+
+  // Inputs: q scaled so that softmax rows are peaked as well as flat.
+  std::vector<double> h_q, h_k, h_v;
+  if (st) {
+    h_q = random_values(gen, n_qkv, c.dtype, 1.0);
+    qkv.upload(h_q);
+    h_k = h_v = h_q;
+  } else {
+    h_q = random_values(gen, nq, c.dtype, 1.5), h_k = random_values(gen, nk, c.dtype, 1.0), h_v = random_values(gen, nk, c.dtype, 1.0);
+    qb.upload(h_q), kb.upload(h_k), vb.upload(h_v);
+  }
+  const std::vector<double> h_dout = random_values(gen, n_o, c.dtype, 1.0);
+  dout.upload(h_dout);
+  const std::vector<double> nan_o(n_o, kNaN), nan_l(n_l, kNaN);
+  out.upload(nan_o), lse.upload(nan_l), dsum.upload(nan_l);
+  const size_t n_dq = st ? n_qkv : nq, n_dk = st ? n_qkv : nk;
+  std::vector<double> before_dq, before_dk, before_dv;
+  if (c.accumulate) {
+    before_dq = random_values(gen, n_dq, DType::f32, 1.0);
+    before_dk = st ? before_dq : random_values(gen, n_dk, DType::f32, 1.0);
+    before_dv = st ? before_dq : random_values(gen, n_dk, DType::f32, 1.0);
+  } else {
+    before_dq = std::vector<double>(n_dq, kNaN), before_dk = before_dv = std::vector<double>(n_dk, kNaN);
+  }
+  if (st) {
+    dqkv.upload(before_dq);
+  } else {
+    dqb.upload(before_dq), dkb.upload(before_dk), dvb.upload(before_dv);
+  }
+
+  std::vector<std::unique_ptr<Buffer>> seg_keep;
+  FlashFwdParams fp;
+  fp.shape = AttnShape{c.b, c.sq, c.sk, c.h, c.hk, d, float(pb.scale), c.causal};
+  fp.dtype = c.dtype;
+  fp.q = q_buf.at(qv.off), fp.q_stride = qv.st;
+  fp.k = k_buf.at(kv.off), fp.k_stride = kv.st;
+  fp.v = v_buf.at(vv.off), fp.v_stride = vv.st;
+  fp.out = out.at<float>(ov.off), fp.o_stride = ov.st;
+  fp.lse = lse.at<float>(lv.off), fp.lse_stride = lv.st;
+  device_segments(c, fp.seg, seg_keep);
+
+  FlashBwdDotParams dp;
+  dp.batch = c.b, dp.seqlen_q = c.sq, dp.nheads = c.h, dp.head_dim = d, dp.dtype = c.dtype;
+  dp.dout = dout.at(ov.off), dp.dout_stride = ov.st;
+  dp.out = out.at<float>(ov.off), dp.o_stride = ov.st;
+  dp.dsum = dsum.at<float>(lv.off), dp.dsum_stride = lv.st;
+
+  FlashBwdParams bp;
+  bp.shape = fp.shape, bp.dtype = c.dtype, bp.seg = fp.seg;
+  bp.q = fp.q, bp.q_stride = fp.q_stride, bp.k = fp.k, bp.k_stride = fp.k_stride, bp.v = fp.v, bp.v_stride = fp.v_stride;
+  bp.dout = dp.dout, bp.dout_stride = dp.dout_stride;
+  bp.lse = fp.lse, bp.lse_stride = fp.lse_stride, bp.dsum = dp.dsum, bp.dsum_stride = dp.dsum_stride;
+  bp.dq = dq_buf.at<float>(qv.off), bp.dq_stride = qv.st;
+  bp.dk = dk_buf.at<float>(kv.off), bp.dk_stride = kv.st;
+  bp.dv = dv_buf.at<float>(vv.off), bp.dv_stride = vv.st;
+  bp.accumulate = c.accumulate;
+
+  try {
+    cuda::flash_fwd(fp, 0);
+    // With varlen, rows outside every span keep their poison; dsum there is not needed.
+    cuda::flash_bwd_dot(dp, 0);
+    cuda::flash_bwd(bp, 0);
+  } catch (const NativeError& e) {
+    std::printf("FAIL  %-46s threw %s: %s\n", c.name.c_str(), e.code.c_str(), e.what());
+    ++g_failures;
+    return;
+  }
+  CHECK_CUDA(cudaDeviceSynchronize());
+
+  const Reference ref = harness::reference(pb, gather_bsh(h_q, qv, c.b, c.sq, c.h, d), gather_bsh(h_k, kv, c.b, c.sk, c.hk, d),
+                                           gather_bsh(h_v, vv, c.b, c.sk, c.hk, d), gather_bsh(h_dout, ov, c.b, c.sq, c.h, d));
+  const auto& qc = ref.q_covered;
+  const auto& kc = ref.k_covered;
+  Expect e_out(nan_o), e_lse(nan_l), e_dsum(nan_l), e_dq(before_dq), e_dk(before_dk), e_dv(before_dv);
+  expect_bsh(e_out, ov, ref.out, qc, c.b, c.sq, c.h, d, false);
+  expect_bhs(e_lse, lv, ref.lse, qc, c.b, c.h, c.sq);
+  // bwd_dot knows no spans: rows outside them read poisoned out and stay NaN, as e_dsum expects.
+  expect_bhs(e_dsum, lv, ref.dsum, qc, c.b, c.h, c.sq);
+  // Packed gradients share one buffer: tags 1, 2, 3 tell dq, dk, dv apart.
+  Expect& e_dk_in = st ? e_dq : e_dk;
+  Expect& e_dv_in = st ? e_dq : e_dv;
+  expect_bsh(e_dq, qv, ref.dq, qc, c.b, c.sq, c.h, d, c.accumulate, 1);
+  expect_bsh(e_dk_in, kv, ref.dk, kc, c.b, c.sk, c.hk, d, c.accumulate, st ? 2 : 1);
+  expect_bsh(e_dv_in, vv, ref.dv, kc, c.b, c.sk, c.hk, d, c.accumulate, st ? 3 : 1);
+  const std::vector<double> got_dq = dq_buf.download(), got_dk = dk_buf.download(), got_dv = dv_buf.download();
+
+  const bool bf = c.dtype == DType::bf16;
+  const double fwd_bound = bf ? 5e-3 : 2.5e-3, grad_bound = bf ? 1e-2 : 5e-3;
+  report(c.name,
+         {{"out", compare(out.download(), e_out)},
+          {"lse", compare(lse.download(), e_lse)},
+          {"dsum", compare(dsum.download(), e_dsum)},
+          {"dq", compare(got_dq, e_dq, 1)},
+          {"dk", compare(got_dk, e_dk_in, st ? 2 : 1)},
+          {"dv", compare(got_dv, e_dv_in, st ? 3 : 1)}},
+         {fwd_bound, fwd_bound, fwd_bound, grad_bound, grad_bound, grad_bound});
+}
+
+// ---- merge: two key halves merged equal the whole (both -inf paths included) ---------------
+void run_merge(std::mt19937_64& gen) {
+  const int b = 2, s = 300, s1 = 150, h = 4, hk = 2, d = 128;
+  const DType dt = DType::bf16;
+  Problem pb;
+  pb.b = b, pb.sq = pb.sk = s, pb.h = h, pb.hk = hk, pb.d = d, pb.scale = 1.0 / std::sqrt(double(d)), pb.causal = true;
+  const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * s * hk * d, nl = size_t(b) * h * s;
+  Buffer q(dt, nq), k(dt, nk), v(dt, nk), out_run(DType::f32, nq), lse_run(DType::f32, nl), out_blk(DType::f32, nq),
+      lse_blk(DType::f32, nl), out_a(DType::f32, nq), lse_a(DType::f32, nl), out2(DType::f32, nq), lse2(DType::f32, nl);
+  const auto h_q = random_values(gen, nq, dt, 1.5), h_k = random_values(gen, nk, dt, 1.0), h_v = random_values(gen, nk, dt, 1.0);
+  q.upload(h_q), k.upload(h_k), v.upload(h_v);
+  for (Buffer* x : {&out_run, &lse_run, &out_blk, &lse_blk}) x->upload(std::vector<double>(x->n, kNaN));
+  out2.upload(std::vector<double>(nq, 0.0)), lse2.upload(std::vector<double>(nl, -kInf));
+
+  const BshStrides qs{int64_t(s) * h * d, int64_t(h) * d, d}, ks{int64_t(s) * hk * d, int64_t(hk) * d, d};
+  const BhsStrides ls{int64_t(h) * s, s, 1};
+  // out/lse of queries [q0, q0 + nq) against keys [k0, k0 + nk), written at rows q0 of (o, l).
+  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l) {
+    FlashFwdParams p;
+    p.shape = AttnShape{b, nqr, nkr, h, hk, d, float(pb.scale), causal};
+    p.dtype = dt;
+    p.q = q.at(q0 * qs.row), p.q_stride = qs;
+    p.k = k.at(k0 * ks.row), p.k_stride = ks;
+    p.v = v.at(k0 * ks.row), p.v_stride = ks;
+    p.out = o.at<float>(q0 * qs.row), p.o_stride = qs;
+    p.lse = l.at<float>(q0), p.lse_stride = ls;
+    cuda::flash_fwd(p, 0);
+  };
+  auto merge = [&](Buffer& o, Buffer& l, Buffer& ob, Buffer& lb) {
+    MergeParams p;
+    p.batch = b, p.seqlen = s, p.nheads = h, p.head_dim = d;
+    p.out = o.at<float>(0), p.o_stride = qs, p.lse = l.at<float>(0), p.lse_stride = ls;
+    p.block_out = ob.at<float>(0), p.block_o_stride = qs, p.block_lse = lb.at<float>(0), p.block_lse_stride = ls;
+    cuda::merge(p, 0);
+  };
+  try {
+    // Causal attention split by key halves: keys [0, s1) are seen causally by queries [0, s1) and
+    // fully by [s1, s); keys [s1, s) with all queries are causal with seqlen_q > seqlen_k, so
+    // queries [0, s1) see none of them (lse -inf).
+    fwd(0, s1, 0, s1, true, out_run, lse_run);
+    fwd(s1, s - s1, 0, s1, false, out_run, lse_run);
+    fwd(0, s, s1, s - s1, true, out_blk, lse_blk);
+    CHECK_CUDA(cudaMemcpy(out_a.dev, out_run.dev, nq * 4, cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaMemcpy(lse_a.dev, lse_run.dev, nl * 4, cudaMemcpyDeviceToDevice));
+    merge(out_run, lse_run, out_blk, lse_blk);  // block -inf rows keep the running result
+    merge(out2, lse2, out_blk, lse_blk);        // running -inf rows take the block
+    merge(out2, lse2, out_a, lse_a);
+  } catch (const NativeError& e) {
+    std::printf("FAIL  merge threw %s: %s\n", e.code.c_str(), e.what());
+    ++g_failures;
+    return;
+  }
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const std::vector<double> zeros_dout(nq, 0.0);
+  const Reference ref = harness::reference(pb, h_q, h_k, h_v, zeros_dout);
+  const BshView ov{0, qs};
+  const BhsView lv{0, ls};
+  Expect e_out(std::vector<double>(nq, kNaN)), e_lse(std::vector<double>(nl, kNaN));
+  expect_bsh(e_out, ov, ref.out, ref.q_covered, b, s, h, d, false);
+  expect_bhs(e_lse, lv, ref.lse, ref.q_covered, b, h, s);
+  report("merge bf16 d128 causal halves b2 s300 h4/2",
+         {{"out", compare(out_run.download(), e_out)}, {"lse", compare(lse_run.download(), e_lse)}}, {5e-3, 5e-3});
+  report("merge into empty (-inf) running result",
+         {{"out", compare(out2.download(), e_out)}, {"lse", compare(lse2.download(), e_lse)}}, {5e-3, 5e-3});
+}
+
+// ---- cast, add_f32, copy_bsh: exact ----------------------------------------------------------
+// Host image of a device cast: the CPU backend's conversions (cpu/half.h), which must agree bit for bit.
+uint32_t host_bits(double x, DType t) {
+  const float f = float(x);
+  if (t == DType::bf16) return cpu::float_to_bf16(f);
+  if (t == DType::f16) return cpu::float_to_f16(f);
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+std::vector<uint32_t> device_bits(const Buffer& buf, int64_t off, size_t n) {
+  std::vector<uint32_t> r(n);
+  if (buf.dtype == DType::f32) {
+    CHECK_CUDA(cudaMemcpy(r.data(), buf.at(off), n * 4, cudaMemcpyDeviceToHost));
+  } else {
+    std::vector<uint16_t> h(n);
+    CHECK_CUDA(cudaMemcpy(h.data(), buf.at(off), n * 2, cudaMemcpyDeviceToHost));
+    std::copy(h.begin(), h.end(), r.begin());
+  }
+  return r;
+}
+
+bool is_nan_bits(uint32_t u, DType t) {
+  if (t == DType::f32) return (u & 0x7fffffffu) > 0x7f800000u;
+  if (t == DType::bf16) return (u & 0x7fffu) > 0x7f80u;
+  return (u & 0x7fffu) > 0x7c00u;
+}
+
+void run_casts(std::mt19937_64& gen) {
+  const size_t n = 1000003;  // odd: tails; offset 1 below: unaligned pointers
+  std::uniform_real_distribution<double> mag(-6.0, 6.0);
+  std::normal_distribution<double> nd;
+  std::vector<double> x(n);
+  for (auto& v : x) v = float(nd(gen) * std::pow(10.0, mag(gen)));
+  const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 65504.0, 65519.0, 65520.0, 1e-7, -3e-8, 1.0 / 3, 1e38};
+  for (size_t i = 0; i < sizeof specials / sizeof *specials; ++i) x[i * 997] = specials[i];
+  const DType types[] = {DType::f32, DType::bf16, DType::f16};
+  const char* names[] = {"f32", "bf16", "f16"};
+  for (int si = 0; si < 3; ++si)
+    for (int di = 0; di < 3; ++di) {
+      const DType st = types[si], dt = types[di];
+      Buffer src(st, n + 1), dst(dt, n + 1);
+      std::vector<double> sx(n + 1);
+      for (size_t i = 0; i < n; ++i) sx[i + 1] = quantize(x[i], st);
+      src.upload(sx);
+      const int off = (si + di) % 2;  // alternate aligned and unaligned views
+      long bad = 0;
+      try {
+        cuda::cast(src.at(off), st, dst.at(off), dt, int64_t(n) - off, 0);
+        CHECK_CUDA(cudaDeviceSynchronize());
+        const auto got = device_bits(dst, off, n - off);
+        for (size_t i = 0; i < n - size_t(off); ++i) {
+          const uint32_t want = host_bits(sx[i + off], dt);
+          if (got[i] != want && !(is_nan_bits(got[i], dt) && is_nan_bits(want, dt))) ++bad;
+        }
+      } catch (const NativeError& e) {
+        bad = -1;
+        std::printf("      cast threw %s: %s\n", e.code.c_str(), e.what());
+      }
+      std::printf("%s  cast %s -> %s (%zu elements, offset %d): %ld mismatches\n", bad == 0 ? "PASS" : "FAIL", names[si],
+                  names[di], n - off, off, bad);
+      if (bad) ++g_failures;
+    }
+
+  for (int off = 0; off < 2; ++off) {
+    Buffer a(DType::f32, n), b(DType::f32, n);
+    const auto ha = random_values(gen, n, DType::f32, 1.0), hb = random_values(gen, n, DType::f32, 1.0);
+    a.upload(ha), b.upload(hb);
+    cuda::add_f32(a.at<float>(off), b.at<float>(off), int64_t(n) - off, 0);
+    const auto got = a.download();
+    long bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double want = i < size_t(off) ? ha[i] : double(float(ha[i]) + float(hb[i]));
+      if (got[i] != want) ++bad;
+    }
+    std::printf("%s  add_f32 (%zu elements, offset %d): %ld mismatches\n", bad == 0 ? "PASS" : "FAIL", n - off, off, bad);
+    if (bad) ++g_failures;
+  }
+}
+
+// Packs the k slot of a (b, s, 3, h, d) tensor into a dense (b, s, h, d) one and back into
+// another packed tensor; every other element must stay untouched.
+void run_copy(std::mt19937_64& gen, DType dt, int d) {
+  const int b = 2, s = 77, h = 3;
+  const size_t np = size_t(b) * s * 3 * h * d, nd = size_t(b) * s * h * d;
+  Buffer packed(dt, np), dense(dt, nd), back(dt, np);
+  const auto hp = random_values(gen, np, dt, 1.0);
+  packed.upload(hp), dense.upload(std::vector<double>(nd, kNaN)), back.upload(std::vector<double>(np, kNaN));
+  const BshView kv = bsh_slot(s, 3, 1, h, d), dv = bsh_slot(s, 1, 0, h, d);
+  cuda::copy_bsh(packed.at(kv.off), kv.st, dense.at(0), dv.st, b, s, h, d, dt, 0);
+  cuda::copy_bsh(dense.at(0), dv.st, back.at(kv.off), kv.st, b, s, h, d, dt, 0);
+  const auto gd = dense.download(), gb = back.download();
+  long bad = 0;
+  for (int bb = 0; bb < b; ++bb)
+    for (int i = 0; i < s; ++i)
+      for (int hh = 0; hh < h; ++hh)
+        for (int c = 0; c < d; ++c) bad += gd[dv.at(bb, i, hh) + c] != hp[kv.at(bb, i, hh) + c];
+  std::vector<char> in_k(np, 0);
+  for (int bb = 0; bb < b; ++bb)
+    for (int i = 0; i < s; ++i)
+      for (int hh = 0; hh < h; ++hh)
+        for (int c = 0; c < d; ++c) in_k[kv.at(bb, i, hh) + c] = 1;
+  for (size_t i = 0; i < np; ++i) bad += in_k[i] ? gb[i] != hp[i] : !std::isnan(gb[i]);
+  std::printf("%s  copy_bsh %s d%d packed k -> dense -> packed: %ld mismatches\n", bad == 0 ? "PASS" : "FAIL",
+              dt == DType::f32 ? "f32" : dt == DType::bf16 ? "bf16" : "f16", d, bad);
+  if (bad) ++g_failures;
+}
+
+// ---- argument errors: typed, never a crash ----------------------------------------------------
+void expect_throw(const char* what, const char* code, const std::function<void()>& f) {
+  std::string got = "nothing";
+  try {
+    f();
+  } catch (const NativeError& e) {
+    got = e.code + " (" + e.what() + ")";
+    if (e.code == code) {
+      std::printf("PASS  %s -> %s\n", what, got.c_str());
+      return;
+    }
+  }
+  std::printf("FAIL  %s: expected %s, got %s\n", what, code, got.c_str());
+  ++g_failures;
+}
+
+void run_errors() {
+  Buffer x(DType::bf16, 1 << 16), o(DType::f32, 1 << 16);
+  auto params = [&](int d, int h, int hk, DType t) {
+    FlashFwdParams p;
+    p.shape = AttnShape{1, 8, 8, h, hk, d, 0.1f, false};
+    p.dtype = t;
+    const BshStrides st{8LL * h * d, int64_t(h) * d, d};
+    p.q = p.k = p.v = x.dev, p.q_stride = p.k_stride = p.v_stride = st;
+    p.out = o.at<float>(0), p.o_stride = st, p.lse = o.at<float>(0), p.lse_stride = BhsStrides{8LL * h, 8, 1};
+    return p;
+  };
+  expect_throw("flash_fwd head_dim 96", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(96, 2, 2, DType::bf16), 0); });
+  expect_throw("flash_fwd float32 inputs", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(64, 2, 2, DType::f32), 0); });
+  expect_throw("flash_fwd nheads 3, nheads_k 2", "E_ARG", [&] { cuda::flash_fwd(params(64, 3, 2, DType::bf16), 0); });
+  expect_throw("flash_fwd null q", "E_ARG", [&] {
+    auto p = params(64, 2, 2, DType::bf16);
+    p.q = nullptr;
+    cuda::flash_fwd(p, 0);
+  });
+  expect_throw("flash_fwd misaligned k view", "E_UNSUPPORTED", [&] {
+    auto p = params(64, 2, 2, DType::bf16);
+    p.k = x.at(3);
+    cuda::flash_fwd(p, 0);
+  });
+  expect_throw("flash_bwd head_dim 256", "E_UNSUPPORTED", [&] {
+    FlashBwdParams p;
+    p.shape = AttnShape{1, 8, 8, 2, 2, 256, 0.1f, false};
+    cuda::flash_bwd(p, 0);
+  });
+}
+
+// ---- timing ------------------------------------------------------------------------------------
+float median_ms(const std::function<void()>& f) {
+  for (int i = 0; i < kWarmupRuns; ++i) f();
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  std::vector<float> ms(kTimedRuns);
+  for (auto& m : ms) {
+    CHECK_CUDA(cudaEventRecord(start));
+    f();
+    CHECK_CUDA(cudaEventRecord(stop));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    CHECK_CUDA(cudaEventElapsedTime(&m, start, stop));
+  }
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[kTimedRuns / 2];
+}
+
+void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal) {
+  const DType dt = DType::bf16;
+  const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * s * hk * d, nl = size_t(b) * h * s;
+  Buffer q(dt, nq), k(dt, nk), v(dt, nk), dout(dt, nq), out(DType::f32, nq), lse(DType::f32, nl), dsum(DType::f32, nl),
+      dq(DType::f32, nq), dk(DType::f32, nk), dv(DType::f32, nk);
+  q.upload(random_values(gen, nq, dt, 1.0)), k.upload(random_values(gen, nk, dt, 1.0));
+  v.upload(random_values(gen, nk, dt, 1.0)), dout.upload(random_values(gen, nq, dt, 1.0));
+  const BshStrides qs{int64_t(s) * h * d, int64_t(h) * d, d}, ks{int64_t(s) * hk * d, int64_t(hk) * d, d};
+  const BhsStrides ls{int64_t(h) * s, s, 1};
+  FlashFwdParams fp;
+  fp.shape = AttnShape{b, s, s, h, hk, d, float(1.0 / std::sqrt(double(d))), causal};
+  fp.dtype = dt;
+  fp.q = q.dev, fp.k = k.dev, fp.v = v.dev, fp.q_stride = qs, fp.k_stride = ks, fp.v_stride = ks;
+  fp.out = out.at<float>(0), fp.o_stride = qs, fp.lse = lse.at<float>(0), fp.lse_stride = ls;
+  FlashBwdDotParams dp;
+  dp.batch = b, dp.seqlen_q = s, dp.nheads = h, dp.head_dim = d, dp.dtype = dt;
+  dp.dout = dout.dev, dp.dout_stride = qs, dp.out = fp.out, dp.o_stride = qs, dp.dsum = dsum.at<float>(0), dp.dsum_stride = ls;
+  FlashBwdParams bp;
+  bp.shape = fp.shape, bp.dtype = dt;
+  bp.q = q.dev, bp.k = k.dev, bp.v = v.dev, bp.q_stride = qs, bp.k_stride = ks, bp.v_stride = ks;
+  bp.dout = dout.dev, bp.dout_stride = qs, bp.lse = fp.lse, bp.lse_stride = ls, bp.dsum = dp.dsum, bp.dsum_stride = ls;
+  bp.dq = dq.at<float>(0), bp.dk = dk.at<float>(0), bp.dv = dv.at<float>(0), bp.dq_stride = qs, bp.dk_stride = ks,
+  bp.dv_stride = ks;
+
+  const double fwd_flop = (causal ? 2.0 : 4.0) * b * h * double(s) * s * d;
+  const float t_fwd = median_ms([&] { cuda::flash_fwd(fp, 0); });
+  const float t_bwd = median_ms([&] {
+    cuda::flash_bwd_dot(dp, 0);
+    cuda::flash_bwd(bp, 0);
+  });
+  const float t_all = median_ms([&] {
+    cuda::flash_fwd(fp, 0);
+    cuda::flash_bwd_dot(dp, 0);
+    cuda::flash_bwd(bp, 0);
+  });
+  CHECK_CUDA(cudaGetLastError());
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "b%d s%d h%d/%d d%d %s bf16", b, s, h, hk, d, causal ? "causal" : "full");
+  auto line = [&](const char* what, float ms, double flop) {
+    std::printf("TIME  %-32s %-8s %8.3f ms %8.1f iter/s %7.1f TFLOP/s\n", shape, what, ms, 1e3 / ms, flop / (ms * 1e-3) / 1e12);
+  };
+  line("fwd", t_fwd, fwd_flop);
+  line("bwd", t_bwd, 2.5 * fwd_flop);
+  line("fwd+bwd", t_all, 3.5 * fwd_flop);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool timing = true;
+  uint64_t seed = std::random_device{}();
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--no-timing")) timing = false;
+    else if (!std::strncmp(argv[i], "--seed=", 7)) seed = std::strtoull(argv[i] + 7, nullptr, 10);
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs; seed %llu\n", prop.name, prop.multiProcessorCount, (unsigned long long)seed);
+  std::mt19937_64 gen(seed);
+
+  const DType bf = DType::bf16, f16 = DType::f16;
+  std::vector<Config> configs = {
+      {"bf16 d128 causal b2 s1000 h4", bf, 128, true, 2, 1000, 1000, 4, 4},
+      {"bf16 d128 full b2 s200 h8", bf, 128, false, 2, 200, 200, 8, 8},
+      {"fp16 d128 causal b2 s200 h8/2 gqa", f16, 128, true, 2, 200, 200, 8, 2},
+      {"bf16 d64 causal b1 s77 h8/2 gqa", bf, 64, true, 1, 77, 77, 8, 2},
+      {"fp16 d64 full b2 sq1 sk77 h4/1 mqa", f16, 64, false, 2, 1, 77, 4, 1},
+      {"bf16 d128 causal sq300 sk77 h8/2 (keyless rows)", bf, 128, true, 1, 300, 77, 8, 2},
+      {"fp16 d128 causal sq77 sk300 h2/1 mqa", f16, 128, true, 1, 77, 300, 2, 1},
+      {"bf16 d128 full sq200 sk1000 h4/2", bf, 128, false, 1, 200, 1000, 4, 2},
+      {"bf16 d128 causal b2 s200 h4 packed qkv views", bf, 128, true, 2, 200, 200, 4, 4, true},
+      {"fp16 d128 full b1 s512 h8 packed accumulate", f16, 128, false, 1, 512, 512, 8, 8, true, true},
+      {"fp16 d64 full b1 sq1000 sk200 h8 accumulate", f16, 64, false, 1, 1000, 200, 8, 8, false, true},
+      {"bf16 d64 causal b2 s1000 h8/1 mqa accumulate", bf, 64, true, 2, 1000, 1000, 8, 1, false, true},
+      {"bf16 d64 full b2 s128 h2 (whole tiles)", bf, 64, false, 2, 128, 128, 2, 2},
+      {"bf16 d32 causal b1 s129 h2", bf, 32, true, 1, 129, 129, 2, 2},
+      {"fp16 d32 full b3 sq64 sk1 h2", f16, 32, false, 3, 64, 1, 2, 2},
+      {"bf16 d128 causal s1 h4", bf, 128, true, 1, 1, 1, 4, 4},
+      {"bf16 d64 causal sq1 sk1000 h4", bf, 64, true, 1, 1, 1000, 4, 4},
+      {"fp16 d128 causal b1 s1000 h8/2 gqa", f16, 128, true, 1, 1000, 1000, 8, 2},
+  };
+  Config varlen{"bf16 d128 causal varlen 3 segs accumulate", bf, 128, true, 1, 400, 400, 4, 2, false, true};
+  varlen.segs = {{0, 100, 0, 120}, {100, 1, 120, 1}, {101, 250, 121, 250}};  // rows past 351/371 in no segment
+  configs.push_back(varlen);
+  Config varlen64{"fp16 d64 full varlen 2 segs accumulate", f16, 64, false, 1, 300, 260, 4, 4, false, true};
+  varlen64.segs = {{0, 150, 0, 60}, {150, 150, 60, 200}};
+  configs.push_back(varlen64);
+
+  for (const Config& c : configs) run_attention(c, gen);
+  run_merge(gen);
+  run_casts(gen);
+  run_copy(gen, DType::bf16, 64);
+  run_copy(gen, DType::f32, 5);
+  run_errors();
+  std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
+  std::fflush(stdout);
+
+  if (timing) {
+    bench(gen, 1, 8192, 5, 5, 128, true);
+    bench(gen, 1, 8192, 32, 8, 128, true);
+    bench(gen, 1, 8192, 5, 5, 128, false);
+  }
+  return g_failures ? 1 : 0;
+}

@@ -1,0 +1,121 @@
+// Naive fp64 attention on the CPU, the reference of flash_check.cu: forward (out, lse), dsum and
+// the gradients, with bottom-right causal alignment, GQA and varlen spans. Written from the
+// formulas in attn_params.h, independent of the kernels; dense row-major inputs.
+#pragma once
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <thread>
+#include <vector>
+
+namespace rfa::harness {
+
+struct Problem {
+  int b = 1, sq = 1, sk = 1, h = 1, hk = 1, d = 64;
+  double scale = 0.125;
+  bool causal = false;
+  // Varlen spans {q_start, q_len, k_start, k_len} (batch 1); empty: every batch entry is one span.
+  std::vector<std::array<int, 4>> segs;
+};
+
+// Dense layouts: q, dout, out, dq (b, sq, h, d); k, v, dk, dv (b, sk, hk, d); lse, dsum (b, h, sq).
+struct Reference {
+  std::vector<double> out, lse, dsum, dq, dk, dv;
+  std::vector<char> q_covered, k_covered;  // (b, sq) / (b, sk): rows some span covers
+};
+
+inline Reference reference(const Problem& pb, const std::vector<double>& q, const std::vector<double>& k,
+                           const std::vector<double>& v, const std::vector<double>& dout) {
+  const int d = pb.d, group = pb.h / pb.hk;
+  Reference r;
+  r.out.assign(size_t(pb.b) * pb.sq * pb.h * d, 0.0);
+  r.dq.assign(r.out.size(), 0.0);
+  r.lse.assign(size_t(pb.b) * pb.h * pb.sq, 0.0);
+  r.dsum.assign(r.lse.size(), 0.0);
+  r.dk.assign(size_t(pb.b) * pb.sk * pb.hk * d, 0.0);
+  r.dv.assign(r.dk.size(), 0.0);
+  r.q_covered.assign(size_t(pb.b) * pb.sq, 0);
+  r.k_covered.assign(size_t(pb.b) * pb.sk, 0);
+
+  struct Span { int b, q0, nq, k0, nk; };
+  std::vector<Span> spans;
+  if (pb.segs.empty())
+    for (int b = 0; b < pb.b; ++b) spans.push_back({b, 0, pb.sq, 0, pb.sk});
+  else
+    for (auto& s : pb.segs) spans.push_back({0, s[0], s[1], s[2], s[3]});
+  for (auto& s : spans) {
+    for (int i = 0; i < s.nq; ++i) r.q_covered[size_t(s.b) * pb.sq + s.q0 + i] = 1;
+    for (int j = 0; j < s.nk; ++j) r.k_covered[size_t(s.b) * pb.sk + s.k0 + j] = 1;
+  }
+  auto qi = [&](int b, int i, int h) { return ((size_t(b) * pb.sq + i) * pb.h + h) * d; };
+  auto ki = [&](int b, int j, int h) { return ((size_t(b) * pb.sk + j) * pb.hk + h) * d; };
+  auto li = [&](int b, int h, int i) { return (size_t(b) * pb.h + h) * pb.sq + i; };
+
+  // One task per (span, kv head): it owns dk/dv rows of that head, and dq/out rows of its group.
+  std::atomic<int> next{0};
+  const int tasks = int(spans.size()) * pb.hk;
+  auto worker = [&]() {
+    std::vector<double> prob, dp;
+    for (int task; (task = next++) < tasks;) {
+      const Span& s = spans[task / pb.hk];
+      const int hk = task % pb.hk;
+      prob.resize(size_t(s.nk));
+      dp.resize(size_t(s.nk));
+      for (int h = hk * group; h < (hk + 1) * group; ++h)
+        for (int i = 0; i < s.nq; ++i) {
+          const int qr = s.q0 + i;
+          const int last = pb.causal ? std::min(s.nk - 1, i + s.nk - s.nq) : s.nk - 1;
+          const double* qv = &q[qi(s.b, qr, h)];
+          double mx = -std::numeric_limits<double>::infinity();
+          for (int j = 0; j <= last; ++j) {
+            const double* kv = &k[ki(s.b, s.k0 + j, hk)];
+            double dot = 0;
+            for (int c = 0; c < d; ++c) dot += qv[c] * kv[c];
+            prob[j] = dot * pb.scale;
+            mx = std::max(mx, prob[j]);
+          }
+          if (last < 0) {  // the row sees no key: out 0, lse -inf, no gradient
+            r.lse[li(s.b, h, qr)] = -std::numeric_limits<double>::infinity();
+            continue;
+          }
+          double sum = 0;
+          for (int j = 0; j <= last; ++j) sum += (prob[j] = std::exp(prob[j] - mx));
+          double* o = &r.out[qi(s.b, qr, h)];
+          for (int j = 0; j <= last; ++j) {
+            prob[j] /= sum;
+            const double* vv = &v[ki(s.b, s.k0 + j, hk)];
+            for (int c = 0; c < d; ++c) o[c] += prob[j] * vv[c];
+          }
+          r.lse[li(s.b, h, qr)] = mx + std::log(sum);
+          const double* dov = &dout[qi(s.b, qr, h)];
+          double dsum = 0;
+          for (int c = 0; c < d; ++c) dsum += dov[c] * o[c];
+          r.dsum[li(s.b, h, qr)] = dsum;
+          double* dqv = &r.dq[qi(s.b, qr, h)];
+          for (int j = 0; j <= last; ++j) {
+            const double* kv = &k[ki(s.b, s.k0 + j, hk)];
+            const double* vv = &v[ki(s.b, s.k0 + j, hk)];
+            double dpj = 0;
+            for (int c = 0; c < d; ++c) dpj += dov[c] * vv[c];
+            const double ds = prob[j] * (dpj - dsum) * pb.scale;
+            double* dkv = &r.dk[ki(s.b, s.k0 + j, hk)];
+            double* dvv = &r.dv[ki(s.b, s.k0 + j, hk)];
+            for (int c = 0; c < d; ++c) {
+              dqv[c] += ds * kv[c];
+              dkv[c] += ds * qv[c];
+              dvv[c] += prob[j] * dov[c];
+            }
+          }
+        }
+    }
+  };
+  const int n_threads = std::max(1u, std::min(64u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (int t = 0; t < n_threads; ++t) pool.emplace_back(worker);
+  for (auto& t : pool) t.join();
+  return r;
+}
+
+}  // namespace rfa::harness
