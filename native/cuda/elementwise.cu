@@ -8,8 +8,8 @@
 #include <cmath>
 #include <string>
 
-#include "cuda/cuda_check.h"
-#include "cuda/flash_kernels.h"
+#include "cuda/check.h"
+#include "cuda/attn_kernels.h"
 
 namespace rfa::cuda {
 namespace {

@@ -19,8 +19,8 @@
 //   causal d=128 instance), 155 KB smem, one CTA per SM.
 #include <cmath>
 
-#include "cuda/cuda_check.h"
-#include "cuda/flash_kernels.h"
+#include "cuda/check.h"
+#include "cuda/attn_kernels.h"
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 

@@ -18,8 +18,8 @@
 //   their softmax states, so a heavy tile gets the whole SM.
 #include <cmath>
 
-#include "cuda/cuda_check.h"
-#include "cuda/flash_kernels.h"
+#include "cuda/check.h"
+#include "cuda/attn_kernels.h"
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "cpu/half.h"
-#include "cuda/flash_kernels.h"
+#include "cuda/attn_kernels.h"
 #include "cuda/harness/reference.h"
 #include "error.h"
 
