@@ -1,4 +1,4 @@
-// The CPU backend's kernels: the same entry points as native/cuda/flash_kernels.h, in plain C++.
+// The CPU backend's kernels: the same entry points as native/cuda/attn_kernels.h, in plain C++.
 // They are the reference backend that CI runs every ring algorithm on, so they favour exactness
 // (double accumulators) over speed.
 #pragma once
