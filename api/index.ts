@@ -5,6 +5,7 @@ export * from './ring_v2.js';
 export * from './zigzag_ring.js';
 export * from './stripe.js';
 export * from './single.js';
+export * from './single_varlen.js';
 export * from './ring_varlen.js';
 export * from './zigzag_ring_varlen.js';
 export {

@@ -5,8 +5,9 @@ import * as llama3 from './llama3.js';
 import * as ring from './ring.js';
 import * as ringV2 from './ring_v2.js';
 import * as ringVarlen from './ring_varlen.js';
-import { layoutSharding, SINGLE_SHARDING, type Sharding } from './sharding.js';
+import { layoutSharding, SINGLE_SHARDING, SINGLE_VARLEN_SHARDING, type Sharding } from './sharding.js';
 import * as single from './single.js';
+import * as singleVarlen from './single_varlen.js';
 import * as stripe from './stripe.js';
 import { LLAMA3_SHARDING, RING_VARLEN_SHARDING, ZIGZAG_VARLEN_SHARDING } from './varlen_sharding.js';
 import * as zigzag from './zigzag_ring.js';
@@ -37,7 +38,7 @@ function register(variant: RingVariant<any>, mod: Record<string, unknown>, shard
     const name = `${variant.name}_${packing === 'func' ? '' : `${packing}_`}func${suffix}`;
     const fn = mod[name];
     if (typeof fn !== 'function') throw new Error(`registry: ${name} is not exported`);
-    entries[name] = { fn: fn as RegistryEntry['fn'], packing, layout: variant.layout, sharding, positional: variant.positional ?? ATTN_POSITIONAL };
+    entries[name] = { fn: fn as RegistryEntry['fn'], packing, layout: variant.layout, sharding, positional: (packing === 'qkvpacked' && variant.qkvPositional) || variant.positional || ATTN_POSITIONAL };
   }
 }
 
@@ -49,5 +50,6 @@ register(single.singleVariant, single, SINGLE_SHARDING);
 register(ringVarlen.ringVarlenVariant, ringVarlen, RING_VARLEN_SHARDING);
 register(zigzagVarlen.zigzagVarlenVariant, zigzagVarlen, ZIGZAG_VARLEN_SHARDING);
 register(llama3.llama3Variant, llama3, LLAMA3_SHARDING);
+register(singleVarlen.singleVarlenVariant, singleVarlen, SINGLE_VARLEN_SHARDING);
 
 export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = entries;

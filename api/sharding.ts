@@ -42,3 +42,9 @@ export const SINGLE_SHARDING: Sharding = {
   single: true, seqAxis: 1,
   plan: () => ({ positions: () => null, kwargs: NO_KWARGS }),
 };
+
+/** flash_attn_varlen_*: the whole packed tensors and their cu_seqlens, on rank 0. */
+export const SINGLE_VARLEN_SHARDING: Sharding = {
+  single: true, seqAxis: 0,
+  plan: () => ({ positions: () => null, kwargs: NO_KWARGS }),
+};

@@ -58,7 +58,7 @@ export type QkvPackedName = Of<DenseName, '_qkvpacked'>;
 export type KvPackedName = Of<DenseName, '_kvpacked'>;
 export type UnpackedName = Exclude<DenseName, QkvPackedName | KvPackedName>;
 /** Varlen names: their tensors come with cu_seqlens and max_seqlen (checked at run time). */
-export type VarlenName = Packings<'ring_flash_attn_varlen'> | Packings<'zigzag_ring_flash_attn_varlen'> | Packings<'llama3_flash_attn_varlen'>;
+export type VarlenName = Packings<'flash_attn_varlen'> | Packings<'ring_flash_attn_varlen'> | Packings<'zigzag_ring_flash_attn_varlen'> | Packings<'llama3_flash_attn_varlen'>;
 
 /** cu_seqlens: an Int32Array, or a 1-d int32 ndarray. */
 export type CuSeqlens = Int32Array | { data: Int32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number };

@@ -35,6 +35,8 @@ export interface RingVariant<O extends RingOptions = RingOptions> {
   readonly layout: 'contiguous' | 'zigzag' | 'stripe' | 'single' | 'varlen' | 'zigzag_varlen' | 'llama3';
   /** Python positional order after the tensors (default: the ring functions' order). */
   readonly positional?: readonly string[];
+  /** The qkvpacked form's order where it differs (flash_attn_varlen_qkvpacked_func shares one cu_seqlens). */
+  readonly qkvPositional?: readonly string[];
   /** Extra preconditions on the local shards (e.g. zigzag's even split); throws E_SHAPE/E_UNSUPPORTED. */
   check?(fn: string, q: DeviceTensor, k: DeviceTensor, o: O, group: Group): void;
   forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: O): RingForward;
