@@ -7,6 +7,7 @@ import { RING_FUNCTIONS } from '../api/registry.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
+import { random } from './random.js';
 
 export interface BenchTask {
   name: string;
@@ -30,15 +31,6 @@ export interface BenchResult {
   peakBytes: number;
 }
 
-function random(n: number, seed: number): Float32Array {
-  let a = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a = (a * 1664525 + 1013904223) >>> 0;
-    out[i] = (a / 4294967296) * 2 - 1;
-  }
-  return out;
-}
 
 export function run(ctx: RankContext, t: BenchTask): BenchResult {
   const entry = RING_FUNCTIONS[t.name];

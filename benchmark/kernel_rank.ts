@@ -6,6 +6,7 @@ import { flash_attn_func } from '../api/single.js';
 import type { RankContext } from '../runtime/context.js';
 import { toFloat32 } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
+import { random } from './random.js';
 
 export interface KernelTask {
   b: number; s: number; h: number; hk: number; d: number;
@@ -14,15 +15,6 @@ export interface KernelTask {
   repeats: number;
 }
 
-function random(n: number, seed: number): Float32Array {
-  let a = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a = (a * 1664525 + 1013904223) >>> 0;
-    out[i] = (a / 4294967296) * 2 - 1;
-  }
-  return out;
-}
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 

@@ -1,4 +1,6 @@
 import ndarray from 'ndarray';
+import * as assert from 'uvu/assert';
+import { RingFlashAttnError } from '../runtime/errors.js';
 import { roundThrough, type DType } from '../runtime/dtype.js';
 
 /** Deterministic uniform generator (mulberry32), so failures reproduce. */
@@ -71,4 +73,17 @@ export function unpack(x: ArrayLike<number>, j: number, n: number, b: number, s:
     for (let i = 0; i < s; i++)
       for (let c = 0; c < h * d; c++) out[((bi * s + i) * h) * d + c] = x[(((bi * s + i) * n + j) * h) * d + c]!;
   return out;
+}
+
+/** Awaits `run` and asserts a RingFlashAttnError with `code` and a message matching `fragment`. */
+export async function expectError(run: () => Promise<unknown> | unknown, code: string, fragment: RegExp): Promise<void> {
+  try {
+    await run();
+  } catch (e) {
+    assert.instance(e, RingFlashAttnError, String(e));
+    assert.is((e as RingFlashAttnError).code, code, (e as Error).message);
+    assert.match((e as Error).message, fragment);
+    return;
+  }
+  assert.unreachable(`expected ${code}`);
 }

@@ -3,7 +3,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, RingFlashAttnError, type DriverResult, type RingRuntime } from '../index.js';
-import { nd, randn, rng } from './helpers.js';
+import { expectError, nd, randn, rng } from './helpers.js';
 
 const s = suite('validation');
 let rt: RingRuntime;
@@ -21,17 +21,6 @@ s.after(async () => {
   await rt.close();
 });
 
-async function expectError(run: () => Promise<unknown> | unknown, code: string, fragment: RegExp): Promise<void> {
-  try {
-    await run();
-  } catch (e) {
-    assert.instance(e, RingFlashAttnError, String(e));
-    assert.is((e as RingFlashAttnError).code, code, (e as Error).message);
-    assert.match((e as Error).message, fragment);
-    return;
-  }
-  assert.unreachable(`expected ${code}`);
-}
 
 const F = 'ring_flash_attn_func';
 const cases: [string, () => Promise<unknown> | unknown, string, RegExp][] = [

@@ -168,15 +168,3 @@ export function placeRows(parts: readonly ArrayLike<number>[], width: number, ro
   return out;
 }
 
-/** Awaits `run` and asserts a RingFlashAttnError with `code` and a message matching `fragment`. */
-export async function expectError(run: () => Promise<unknown> | unknown, code: string, fragment: RegExp): Promise<void> {
-  try {
-    await run();
-  } catch (e) {
-    assert.instance(e, RingFlashAttnError, String(e));
-    assert.is((e as RingFlashAttnError).code, code, (e as Error).message);
-    assert.match((e as Error).message, fragment);
-    return;
-  }
-  assert.unreachable(`expected ${code}`);
-}
