@@ -138,7 +138,10 @@ export class Runtime {
     const failures = settled.filter((s) => !s.ok).map((s) => (s as { error: RingFlashAttnError }).error);
     // Every rank failed the same way (e.g. the same validation error): that error, as is.
     if (failures.length === ranks.length && failures.every((f) => f.code === firstError!.code && !isAbort(f))) throw firstError;
-    throw new RingFlashAttnError('E_WORKER', `rank ${firstError.rank} failed (${firstError.code}): ${firstError.message}`, {
+    // A device-level failure keeps its code (E_NCCL for a stuck collective, E_CUDA); anything
+    // else a rank threw is reported as that worker's failure.
+    const code = firstError.code === 'E_NCCL' || firstError.code === 'E_CUDA' ? firstError.code : 'E_WORKER';
+    throw new RingFlashAttnError(code, `rank ${firstError.rank} failed (${firstError.code}): ${firstError.message}`, {
       cause: firstError, rank: firstError.rank,
     });
   }

@@ -115,9 +115,13 @@ void DeviceContext::synchronize(int timeout_ms, const std::function<void()>& pol
     if (a != cudaErrorNotReady && a != cudaSuccess) RFA_THROW("E_CUDA", std::string("compute stream: ") + cudaGetErrorString(a));
     if (b != cudaErrorNotReady && b != cudaSuccess) RFA_THROW("E_CUDA", std::string("comm stream: ") + cudaGetErrorString(b));
     if (poll) poll();
-    if (clock::now() > deadline)
-      RFA_THROW("E_WORKER", "timed out after " + std::to_string(timeout_ms) + " ms waiting for the GPU (device " +
-                                std::to_string(device_) + ")");
+    if (clock::now() > deadline) {
+      // A busy comm stream means a collective that never completed: report it as NCCL's.
+      const bool comm_stuck = b == cudaErrorNotReady;
+      RFA_THROW(comm_stuck ? "E_NCCL" : "E_CUDA",
+                std::string(comm_stuck ? "communication stuck: " : "") + "timed out after " + std::to_string(timeout_ms) +
+                    " ms waiting for the GPU (device " + std::to_string(device_) + ")");
+    }
     std::this_thread::sleep_for(sleep);
     if (sleep < std::chrono::microseconds(1000)) sleep *= 2;
   }

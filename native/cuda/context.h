@@ -40,7 +40,8 @@ class DeviceContext {
   void d2h(void* dst, const void* src, size_t bytes);
 
   // Waits for both streams without blocking forever: polls, calls `poll` each round (it may
-  // throw, e.g. on an NCCL error or abort), throws E_WORKER after timeout_ms.
+  // throw, e.g. on an NCCL error or abort); after timeout_ms throws E_NCCL when the comm stream
+  // is the one still busy (a stuck collective), else E_CUDA.
   void synchronize(int timeout_ms, const std::function<void()>& poll);
 
   static int device_count();  // 0 when there is no driver or device
