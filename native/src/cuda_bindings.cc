@@ -248,37 +248,30 @@ RFA_NAPI(CommSendRecv) {
   });
 }
 
-// { key, nranks, rank, send, recv, n, dtype } → event id
-RFA_NAPI(CommAllGather) {
-  RFA_BODY({
+// A collective of one group: { key, nranks, rank, send, recv, n, dtype }, where n counts the
+// per-rank side (all-gather: send; reduce-scatter: recv); the other side holds nranks · n.
+// Queued on the comm stream after the compute stream's work; returns the event id for WaitEvent.
+enum class Collective { kAllGather, kReduceScatter };
+
+Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
+  return guarded(info, [&]() -> Napi::Value {
     Napi::Object o = arg_object(info, 0);
     WorkerState& s = state(info.Env());
-    const int64_t n = get_i64(o, "n");
+    const int64_t n = get_i64(o, "n"), all = n * get_i64(o, "nranks");
     const DType dt = get_dtype(o, "dtype");
+    const bool gather = kind == Collective::kAllGather;
     cuda::NcclComm& c = comm_for(s, o);
-    void* send = flat_view(o, "send", n, dtype_bytes(dt));
-    void* recv = flat_view(o, "recv", n * get_i64(o, "nranks"), dtype_bytes(dt));
+    void* send = flat_view(o, "send", gather ? n : all, dtype_bytes(dt));
+    void* recv = flat_view(o, "recv", gather ? all : n, dtype_bytes(dt));
     s.ctx->comm_waits_for_compute();
-    c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
+    if (gather) c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
+    else c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
     return Napi::Number::New(info.Env(), record_comm_event(s));
   });
 }
 
-// { key, nranks, rank, send, recv, n (per rank), dtype } → event id
-RFA_NAPI(CommReduceScatter) {
-  RFA_BODY({
-    Napi::Object o = arg_object(info, 0);
-    WorkerState& s = state(info.Env());
-    const int64_t n = get_i64(o, "n");
-    const DType dt = get_dtype(o, "dtype");
-    cuda::NcclComm& c = comm_for(s, o);
-    void* send = flat_view(o, "send", n * get_i64(o, "nranks"), dtype_bytes(dt));
-    void* recv = flat_view(o, "recv", n, dtype_bytes(dt));
-    s.ctx->comm_waits_for_compute();
-    c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
-    return Napi::Number::New(info.Env(), record_comm_event(s));
-  });
-}
+RFA_NAPI(CommAllGather) { return run_collective(info, Collective::kAllGather); }
+RFA_NAPI(CommReduceScatter) { return run_collective(info, Collective::kReduceScatter); }
 
 // Makes the compute stream wait for a communication event, then recycles the event.
 RFA_NAPI(WaitEvent) {
