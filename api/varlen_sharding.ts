@@ -22,6 +22,15 @@ function chunkPositions(cu: Int32Array, parts: number, chunks: readonly number[]
   return rows;
 }
 
+/**
+ * Token rows `rank` holds of packed sequences `cu`: the rank-th 1/world of every sequence, or
+ * (zigzag) its chunks rank and 2·world−1−rank of 2·world. Lengths must divide evenly.
+ */
+export function varlenPositions(cu: Int32Array, rank: number, world: number, zigzag: boolean): number[] {
+  const parts = zigzag ? 2 * world : world;
+  return chunkPositions(cu, parts, zigzag ? [rank, parts - 1 - rank] : [rank]);
+}
+
 /** The global cu_seqlens and max_seqlen of a driver call, checked against `total` tokens. */
 function globalCuSeqlens(fn: string, total: number, kw: Record<string, unknown>): { cu: Int32Array; max: number } {
   if (kw.cu_seqlens === undefined) fail('E_ARG', `${fn}: cu_seqlens is required`);
@@ -38,7 +47,7 @@ function perSequence(zigzag: boolean): Sharding {
       checkSeqDivisible(fn, 'cu_seqlens', cu, parts, zigzag ? '2·world' : 'world');
       const local = { cu_seqlens: cu.map((x) => x / world), max_seqlen: Math.floor(max / world) };
       return {
-        positions: (rank) => chunkPositions(cu, parts, zigzag ? [rank, parts - 1 - rank] : [rank]),
+        positions: (rank) => varlenPositions(cu, rank, world, zigzag),
         kwargs: () => local,
       };
     },

@@ -5,6 +5,8 @@ import { currentContext } from '../runtime/context.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { toDense } from '../api/host.js';
+import { checkCuSeqlens, checkSeqDivisible } from '../api/cu_seqlens.js';
+import { varlenPositions } from '../api/varlen_sharding.js';
 
 type HostNd = ndarray.NdArray<Float32Array | Uint16Array>;
 
@@ -32,6 +34,34 @@ export function zigzag_extract_local(value: unknown, rank: number, world_size: n
 /** Positions rank, rank + world_size, ... (the stripe layout). */
 export function stripe_extract_local(value: unknown, rank: number, world_size: number, dim = 1): HostNd {
   return extract('stripe', 'stripe_extract_local', value, rank, world_size, dim);
+}
+
+function extractVarlen(fn: string, zigzag: boolean, value: unknown, cuSeqlens: unknown, rank: number, worldSize: number): HostNd {
+  const t = toDense(fn, 'value', value);
+  if (!Number.isInteger(worldSize) || worldSize < 1) fail('E_ARG', `${fn}: world_size must be a positive integer, got ${worldSize}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) fail('E_ARG', `${fn}: rank ${rank} out of range [0, ${worldSize})`);
+  const cu = checkCuSeqlens(fn, 'cu_seqlens', cuSeqlens, t.shape[0]!, 'the total tokens of value');
+  checkSeqDivisible(fn, 'cu_seqlens', cu, zigzag ? 2 * worldSize : worldSize, zigzag ? '2·world_size' : 'world_size');
+  const rows = varlenPositions(cu, rank, worldSize, zigzag);
+  const inner = t.shape.slice(1).reduce((a, b) => a * b, 1);
+  const out = new (t.data.constructor as { new (n: number): Float32Array | Uint16Array })(rows.length * inner);
+  rows.forEach((r, i) => out.set(t.data.subarray(r * inner, (r + 1) * inner), i * inner));
+  const nd = ndarray(out, [rows.length, ...t.shape.slice(1)]) as HostNd;
+  if (t.dtype !== 'float32') Object.defineProperty(nd, 'dtype', { value: t.dtype, enumerable: true });
+  return nd;
+}
+
+/**
+ * This rank's rows of a packed (total, ...) tensor for ring_flash_attn_varlen_*: the rank-th
+ * 1/world_size of every sequence (the seed's varlen tests' extract_local(value, cu_seqlens, ...)).
+ */
+export function varlen_extract_local(value: unknown, cu_seqlens: unknown, rank: number, world_size: number): HostNd {
+  return extractVarlen('varlen_extract_local', false, value, cu_seqlens, rank, world_size);
+}
+
+/** This rank's rows for zigzag_ring_flash_attn_varlen_*: chunks rank and 2·world_size−1−rank of every sequence. */
+export function zigzag_varlen_extract_local(value: unknown, cu_seqlens: unknown, rank: number, world_size: number): HostNd {
+  return extractVarlen('zigzag_varlen_extract_local', true, value, cu_seqlens, rank, world_size);
 }
 
 /**

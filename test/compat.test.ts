@@ -4,7 +4,7 @@ import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { decode, encode, extract_local, init, load, RingFlashAttnError, save, stripe_extract_local, zigzag_extract_local } from '../index.js';
+import { decode, encode, extract_local, init, load, RingFlashAttnError, save, stripe_extract_local, varlen_extract_local, zigzag_extract_local, zigzag_varlen_extract_local } from '../index.js';
 import { fromFloat32 } from '../runtime/dtype.js';
 import { nd, randn, relL2, rng } from './helpers.js';
 
@@ -17,6 +17,14 @@ s('extract_local, zigzag_extract_local, stripe_extract_local pick the layout pos
   assert.equal(Array.from(stripe_extract_local(x, 1, 4).data), [1, 5]);
   assert.equal(Array.from(extract_local(nd(Float32Array.from({ length: 8 }, (_, i) => i), [2, 4]), 1, 2, 1).data), [2, 3, 6, 7]);
   assert.throws(() => extract_local(x, 2, 2), (e: unknown) => e instanceof RingFlashAttnError && e.code === 'E_ARG' && /rank 2 out of range/.test(e.message));
+});
+
+s('varlen_extract_local and zigzag_varlen_extract_local cut every sequence', () => {
+  const x = nd(Float32Array.from({ length: 12 }, (_, i) => i), [12, 1]);
+  const cu = Int32Array.from([0, 4, 12]);
+  assert.equal(Array.from(varlen_extract_local(x, cu, 1, 2).data), [2, 3, 8, 9, 10, 11]);
+  assert.equal(Array.from(zigzag_varlen_extract_local(x, cu, 0, 2).data), [0, 3, 4, 5, 10, 11]);
+  assert.throws(() => varlen_extract_local(x, Int32Array.from([0, 3, 12]), 0, 2), (e: unknown) => e instanceof RingFlashAttnError && e.code === 'E_SHAPE');
 });
 
 s('update_out_and_lse: merging two key halves equals attending to all keys', async () => {
