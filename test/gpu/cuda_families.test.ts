@@ -1,0 +1,65 @@
+// GPU suite, second part: the packed (kv, qkv) forms of every dense ring and the varlen families
+// on CUDA, each against the single-device result on the same inputs (the ring's error must stay
+// within 1.1x of it). Skips, and says so, without at least 2 GPUs.
+process.env.RFA_POISON = '1';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
+import { runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
+import { runVarlenCase, type VarlenCase, type VarlenNames } from '../varlen_cases.js';
+
+const gpus = visibleGpuCount();
+const s = suite('cuda backend: packed forms and varlen families');
+if (gpus < 2) console.log(`GPU suite (packed forms, varlen) skipped: ${gpus} GPU(s) visible, 2 needed`);
+
+const names = (prefix: string, suffix = ''): VariantNames =>
+  ({ func: `${prefix}_func${suffix}`, kvpacked: `${prefix}_kvpacked_func${suffix}`, qkvpacked: `${prefix}_qkvpacked_func${suffix}` }) as VariantNames;
+const varlenNames = (prefix: string): VarlenNames =>
+  ({ func: `${prefix}_func`, kvpacked: `${prefix}_kvpacked_func`, qkvpacked: `${prefix}_qkvpacked_func` }) as VarlenNames;
+
+function within(ring: CaseResult, single: CaseResult, what: string): void {
+  for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
+    assert.ok(ring[key] <= 1.1 * single[key] + 1e-5, `${what} ${key}: ring ${ring[key].toExponential(3)} vs single ${single[key].toExponential(3)}`);
+  assert.ok(single.out <= 5e-3 && single.dq <= 1e-2, `${what}: single-device error out ${single.out}, dq ${single.dq}`);
+}
+
+if (gpus >= 2) {
+  let rt1: RingRuntime;
+  s.before(async () => { rt1 = await init({ backend: 'cuda', world: 1 }); });
+  s.after(async () => { await rt1.close(); });
+
+  for (const world of [2, 4].filter((w) => w <= gpus)) {
+    s(`world ${world}: kvpacked and qkvpacked forms of ring, ring_v2, zigzag and stripe`, async () => {
+      const rt = await init({ backend: 'cuda', world });
+      try {
+        for (const packing of ['kvpacked', 'qkvpacked'] as const) {
+          const c: Case = { world, b: 1, seqPerRank: 128, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
+          const single = await runCase(rt1, names('flash_attn'), c, 61);
+          for (const [prefix, suffix] of [['ring_flash_attn', ''], ['ring_flash_attn', '_v2'], ['zigzag_ring_flash_attn', ''], ['stripe_flash_attn', '']] as const)
+            within(await runCase(rt, names(prefix, suffix), c, 61), single, `${prefix}${suffix} ${packing}`);
+        }
+      } finally {
+        await rt.close();
+      }
+    });
+
+    s(`world ${world}: ring, zigzag and llama3 varlen against the same family on one GPU`, async () => {
+      const rt = await init({ backend: 'cuda', world });
+      try {
+        // Lengths divisible by 2·world (zigzag), total divisible by world (llama3).
+        const u = 2 * world;
+        const cu = [0, 32 * u, 128 * u, 192 * u];
+        for (const [prefix, packing] of [['ring_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'func'],
+          ['llama3_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'qkvpacked']] as const) {
+          const c: VarlenCase = { world, cu, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
+          const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
+          within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
+        }
+      } finally {
+        await rt.close();
+      }
+    });
+  }
+}
+
+s.run();
