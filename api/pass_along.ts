@@ -11,7 +11,7 @@ import type { DeviceTensor } from '../runtime/tensor.js';
 import { disposeAll, emptyKv, packKv, ringPeer, type KvBuffer } from './kv_buffer.js';
 import { updateOutAndLse } from './merge.js';
 import { coversQueries, SegmentTables, type SegmentSpec } from './segments.js';
-import type { RingForward, RingGrads, RingOptions } from './variant.js';
+import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 /** Rows [start, start + length) of the sequence axis. */
 export interface Rows {
@@ -125,4 +125,15 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
   const own = travel[W % 2]!;
   disposeAll(dsum, ...kvBufs, block, travel[(W + 1) % 2]);
   return { dq, dk: own.k, dv: own.v };
+}
+
+/**
+ * The forward and backward of a pass-along variant. `planFor` runs once per call, so a plan can
+ * build its segment specs once (SegmentTables uploads each distinct spec once per call).
+ */
+export function passAlongRing<O extends RingOptions>(planFor: (o: O, group: Group) => PlanFn): Pick<RingVariant<O>, 'forward' | 'backward'> {
+  return {
+    forward: (backend, group, q, k, v, o) => passAlongForward(planFor(o, group), backend, group, q, k, v, o),
+    backward: (backend, group, dout, q, k, v, fwd, o) => passAlongBackward(planFor(o, group), backend, group, dout, q, k, v, fwd, o),
+  };
 }

@@ -2,7 +2,7 @@
 // rank r attends causally to its own block and fully to the blocks of ranks before it.
 import type { Group } from '../runtime/comm.js';
 import { attnFamily } from './family.js';
-import { passAlongBackward, passAlongForward, type BlockPlan } from './pass_along.js';
+import { passAlongRing, type BlockPlan } from './pass_along.js';
 import type { RingOptions, RingVariant } from './variant.js';
 
 export function ringV2Plan(step: number, group: Group, seqlen: number, o: RingOptions): BlockPlan | null {
@@ -13,8 +13,7 @@ export function ringV2Plan(step: number, group: Group, seqlen: number, o: RingOp
 
 export const ringV2Variant: RingVariant = {
   name: 'ring_flash_attn', suffix: '_v2', layout: 'contiguous',
-  forward: (...a) => passAlongForward(ringV2Plan, ...a),
-  backward: (...a) => passAlongBackward(ringV2Plan, ...a),
+  ...passAlongRing(() => ringV2Plan),
 };
 
 const family = attnFamily(ringV2Variant);

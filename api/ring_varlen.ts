@@ -4,7 +4,7 @@
 // k: per sequence, a causal rank attends causally to its own piece and fully to the pieces of
 // earlier ranks; later ranks' blocks are skipped.
 import type { Group } from '../runtime/comm.js';
-import { passAlongBackward, passAlongForward, type BlockPlan, type PlanFn } from './pass_along.js';
+import { passAlongRing, type BlockPlan, type PlanFn } from './pass_along.js';
 import { segmentSpec, spansOf } from './segments.js';
 import type { VarlenArgs } from './types.js';
 import { readCuSeqlens, varlenFamily, VARLEN_POSITIONAL, type VarlenOptions } from './varlen_family.js';
@@ -21,8 +21,7 @@ export function ringVarlenPlan(o: VarlenOptions, group: Group): PlanFn {
 
 export const ringVarlenVariant: RingVariant<VarlenOptions> = {
   name: 'ring_flash_attn_varlen', layout: 'varlen', positional: VARLEN_POSITIONAL,
-  forward: (backend, group, q, k, v, o) => passAlongForward(ringVarlenPlan(o, group), backend, group, q, k, v, o),
-  backward: (backend, group, dout, q, k, v, fwd, o) => passAlongBackward(ringVarlenPlan(o, group), backend, group, dout, q, k, v, fwd, o),
+  ...passAlongRing(ringVarlenPlan),
 };
 
 const family = varlenFamily<VarlenOptions, VarlenArgs>(ringVarlenVariant, readCuSeqlens);

@@ -4,7 +4,7 @@
 // Non-causal attention needs no mask, so every step is a full block.
 import type { Group } from '../runtime/comm.js';
 import { attnFamily } from './family.js';
-import { passAlongBackward, passAlongForward, type BlockPlan } from './pass_along.js';
+import { passAlongRing, type BlockPlan } from './pass_along.js';
 import type { RingOptions, RingVariant } from './variant.js';
 
 export function stripePlan(step: number, group: Group, seqlen: number, o: RingOptions): BlockPlan | null {
@@ -16,8 +16,7 @@ export function stripePlan(step: number, group: Group, seqlen: number, o: RingOp
 
 export const stripeVariant: RingVariant = {
   name: 'stripe_flash_attn', layout: 'stripe',
-  forward: (...a) => passAlongForward(stripePlan, ...a),
-  backward: (...a) => passAlongBackward(stripePlan, ...a),
+  ...passAlongRing(() => stripePlan),
 };
 
 const family = attnFamily(stripeVariant);

@@ -6,7 +6,7 @@ import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { attnFamily } from './family.js';
-import { passAlongBackward, passAlongForward, type BlockPlan } from './pass_along.js';
+import { passAlongRing, type BlockPlan } from './pass_along.js';
 import type { RingOptions, RingVariant } from './variant.js';
 
 export function zigzagPlan(step: number, group: Group, seqlen: number, o: RingOptions): BlockPlan | null {
@@ -26,8 +26,7 @@ function checkZigzag(fn: string, q: DeviceTensor, k: DeviceTensor): void {
 
 export const zigzagVariant: RingVariant = {
   name: 'zigzag_ring_flash_attn', layout: 'zigzag', check: checkZigzag,
-  forward: (...a) => passAlongForward(zigzagPlan, ...a),
-  backward: (...a) => passAlongBackward(zigzagPlan, ...a),
+  ...passAlongRing(() => zigzagPlan),
 };
 
 const family = attnFamily(zigzagVariant);

@@ -6,7 +6,7 @@
 import type { Group } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { checkSeqDivisible } from './cu_seqlens.js';
-import { passAlongBackward, passAlongForward, type BlockPlan, type PlanFn } from './pass_along.js';
+import { passAlongRing, type BlockPlan, type PlanFn } from './pass_along.js';
 import { halves, segmentSpec, spansOf } from './segments.js';
 import type { VarlenArgs } from './types.js';
 import { readCuSeqlens, varlenFamily, VARLEN_POSITIONAL, type VarlenOptions } from './varlen_family.js';
@@ -29,8 +29,7 @@ function checkZigzagVarlen(fn: string, _q: DeviceTensor, _k: DeviceTensor, o: Va
 
 export const zigzagVarlenVariant: RingVariant<VarlenOptions> = {
   name: 'zigzag_ring_flash_attn_varlen', layout: 'zigzag_varlen', positional: VARLEN_POSITIONAL, check: checkZigzagVarlen,
-  forward: (backend, group, q, k, v, o) => passAlongForward(zigzagVarlenPlan(o, group), backend, group, q, k, v, o),
-  backward: (backend, group, dout, q, k, v, fwd, o) => passAlongBackward(zigzagVarlenPlan(o, group), backend, group, dout, q, k, v, fwd, o),
+  ...passAlongRing(zigzagVarlenPlan),
 };
 
 const family = varlenFamily<VarlenOptions, VarlenArgs>(zigzagVarlenVariant, readCuSeqlens);
