@@ -1,6 +1,7 @@
 import ndarray from 'ndarray';
 import * as assert from 'uvu/assert';
 import { RingFlashAttnError } from '../runtime/errors.js';
+import { init, type RingRuntime } from '../api/index.js';
 import { roundThrough, type DType } from '../runtime/dtype.js';
 
 /** Deterministic uniform generator (mulberry32), so failures reproduce. */
@@ -86,4 +87,18 @@ export async function expectError(run: () => Promise<unknown> | unknown, code: s
     return;
   }
   assert.unreachable(`expected ${code}`);
+}
+
+/** CPU runtimes by world size, created on first use and closed together (a suite's `after`). */
+export class Runtimes {
+  private readonly byWorld = new Map<number, Promise<RingRuntime>>();
+
+  get(world: number): Promise<RingRuntime> {
+    if (!this.byWorld.has(world)) this.byWorld.set(world, init({ backend: 'cpu', world }));
+    return this.byWorld.get(world)!;
+  }
+
+  async close(): Promise<void> {
+    for (const rt of this.byWorld.values()) await (await rt).close();
+  }
 }

@@ -3,8 +3,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { llama3_flash_attn_prepare_cu_seqlens as prepare, RingFlashAttnError } from '../index.js';
-import { expectError, nd, pack, randn, relL2, rng, unpack } from './helpers.js';
-import { addVarlenCases, assertF32, label, Runtimes, runVarlenCase, type VarlenCase, type VarlenNames } from './varlen_cases.js';
+import { expectError, nd, pack, randn, relL2, rng, Runtimes, unpack } from './helpers.js';
+import { addVarlenCases, assertF32, label, runVarlenCase, type VarlenCase, type VarlenNames } from './varlen_cases.js';
 import { varlenReference } from './varlen_reference.js';
 
 process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN

@@ -2,10 +2,10 @@
 // zigzag, stripe): each variant's test file calls ringCases with its names and layout unit.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, type RingRuntime } from '../api/index.js';
+import type { RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { KvPackedName, QkvPackedName, RingName, UnpackedName } from '../api/types.js';
-import { maxAbs, nd, pack, randn, relL2, rng, rounded, unpack } from './helpers.js';
+import { maxAbs, nd, pack, randn, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
 import { referenceBackward, referenceForward } from './reference.js';
 
 export interface VariantNames {
@@ -77,14 +77,9 @@ export const F32_TOL = 1e-5;
  */
 export function ringCases(title: string, names: VariantNames, unit = 1): void {
   const s = suite(title);
-  const runtimes = new Map<number, Promise<RingRuntime>>();
-  const rtFor = (world: number) => {
-    if (!runtimes.has(world)) runtimes.set(world, init({ backend: 'cpu', world }));
-    return runtimes.get(world)!;
-  };
-  s.after(async () => {
-    for (const rt of runtimes.values()) await (await rt).close();
-  });
+  const runtimes = new Runtimes();
+  const rtFor = (world: number) => runtimes.get(world);
+  s.after(() => runtimes.close());
 
   const cases: Case[] = [];
   for (const world of [1, 2, 3, 4, 8])

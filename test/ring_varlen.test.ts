@@ -3,8 +3,8 @@ import ndarray from 'ndarray';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { DriverResult } from '../index.js';
-import { expectError, nd, pack, randn, relL2, rng, unpack } from './helpers.js';
-import { addVarlenCases, localRows, maxSeqlenOf, pickRows, placeRows, Runtimes } from './varlen_cases.js';
+import { expectError, nd, pack, randn, relL2, rng, Runtimes, unpack } from './helpers.js';
+import { addVarlenCases, localRows, maxSeqlenOf, pickRows, placeRows } from './varlen_cases.js';
 import { varlenReference } from './varlen_reference.js';
 
 process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN

@@ -3,11 +3,11 @@
 // sequence. Each family's test file adds these to its suite with its names and cu_seqlens sets.
 import type { Test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, type DriverGrads, type RingRuntime } from '../api/index.js';
+import type { DriverGrads, RingRuntime } from '../api/index.js';
 import { RingFlashAttnError } from '../runtime/errors.js';
 import type { VarlenName } from '../api/types.js';
 import type { DType } from '../runtime/dtype.js';
-import { maxAbs, nd, pack, randn, relL2, rng, rounded, unpack } from './helpers.js';
+import { maxAbs, nd, pack, randn, relL2, rng, rounded, type Runtimes, unpack } from './helpers.js';
 import { F32_TOL, type CaseResult } from './ring_cases.js';
 import { varlenReference } from './varlen_reference.js';
 
@@ -33,18 +33,6 @@ export interface VarlenCase {
 }
 
 /** One runtime per world, started on first use and closed by close(). */
-export class Runtimes {
-  private readonly byWorld = new Map<number, Promise<RingRuntime>>();
-
-  get(world: number): Promise<RingRuntime> {
-    if (!this.byWorld.has(world)) this.byWorld.set(world, init({ backend: 'cpu', world }));
-    return this.byWorld.get(world)!;
-  }
-
-  async close(): Promise<void> {
-    for (const rt of this.byWorld.values()) await (await rt).close();
-  }
-}
 
 export const maxSeqlenOf = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
 

@@ -1,8 +1,8 @@
 // zigzag_ring_flash_attn_varlen_*: every sequence cut into 2·world chunks, zigzag per sequence.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { expectError, nd, randn, relL2, rng } from './helpers.js';
-import { addVarlenCases, localRows, maxSeqlenOf, pickRows, placeRows, Runtimes } from './varlen_cases.js';
+import { expectError, nd, randn, relL2, rng, Runtimes } from './helpers.js';
+import { addVarlenCases, localRows, maxSeqlenOf, pickRows, placeRows } from './varlen_cases.js';
 import { varlenReference } from './varlen_reference.js';
 
 process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN
