@@ -9,7 +9,8 @@ import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
 import { placeRows, takeRows } from './layouts.js';
 import { RING_FUNCTIONS, TENSOR_COUNT, type Packing } from './registry.js';
-import type { DriverFlashArgs, VarlenName, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName } from './types.js';
+import type { DriverFlashArgs, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName, VarlenName } from './types.js';
+import { MAX_HEAD_DIM } from './validate.js';
 
 const TASKS = new URL('./driver_tasks.js', import.meta.url).href;
 
@@ -171,7 +172,7 @@ function checkHostShapes(fn: string, packing: Packing, t: DenseHost[], sameSeqle
   if (q[3] !== k[3]) fail('E_SHAPE', `${fn}: k head_dim ${k[3]} != q head_dim ${q[3]}`);
   if (q[2]! % k[2]! !== 0) fail('E_SHAPE', `${fn}: q heads (${q[2]}) must be a multiple of k/v heads (${k[2]})`);
   if (q.some((n) => n < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported`);
-  if (q[3]! > 256) fail('E_UNSUPPORTED', `${fn}: head_dim ${q[3]} is not supported (1..256)`);
+  if (q[3]! > MAX_HEAD_DIM) fail('E_UNSUPPORTED', `${fn}: head_dim ${q[3]} is not supported (1..${MAX_HEAD_DIM})`);
 }
 
 /** Starts the runtime: one worker thread per rank (per GPU on cuda). */

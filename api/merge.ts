@@ -11,7 +11,3 @@ export function updateOutAndLse(backend: Backend, out: DeviceTensor, lse: Device
   backend.merge(out, lse, blockOut, blockLse);
 }
 
-/** The running result before any block: out 0, lse -inf. */
-export function emptyResult(backend: Backend, b: number, s: number, h: number, d: number): { out: DeviceTensor; lse: DeviceTensor } {
-  return { out: backend.zeros([b, s, h, d], 'float32'), lse: backend.full([b, h, s], 'float32', -Infinity) };
-}
