@@ -57,15 +57,34 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
   ctx.backend.resetPeak();
   once();
   ctx.backend.sync();
-  let prev = repeat(), warmupRepeats = 1;
+  // The warm-up decision must be the same on every rank: a rank that stopped one repeat early
+  // would leave its peers waiting inside a collective. Each rank shares its repeat time and all
+  // of them judge the slowest rank's times.
+  const slowest = slowestRepeat(ctx);
+  let mine = repeat(), prev = slowest(mine), warmupRepeats = 1;
   for (; warmupRepeats < t.maxRepeats; warmupRepeats++) {
-    const cur = repeat();
+    mine = repeat();
+    const cur = slowest(mine);
     const settled = Math.abs(cur - prev) / Math.min(cur, prev) <= t.settle;
     prev = cur;
     if (settled) break;
   }
-  const repeats = [prev];
+  const repeats = [mine];  // this rank's last warm-up repeat, once settled, counts as the first
   for (let i = 0; i < 4; i++) repeats.push(repeat());
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, repeats, warmupRepeats, peakBytes: ctx.backend.peakBytes() };
+}
+
+/** Returns a function that all-gathers one number per rank and gives back the largest. */
+function slowestRepeat(ctx: RankContext): (seconds: number) => number {
+  if (ctx.world === 1) return (x) => x;
+  const comm = ctx.backend.comm(ctx.group);
+  return (seconds) => {
+    const send = ctx.tensor({ data: Float32Array.of(seconds), shape: [1] });
+    const recv = ctx.backend.empty([ctx.world], 'float32');
+    comm.allGather(send, recv).wait();
+    const all = ctx.backend.download(recv) as Float32Array;
+    send.dispose(); recv.dispose();
+    return Math.max(...all);
+  };
 }

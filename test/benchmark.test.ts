@@ -1,0 +1,29 @@
+// The benchmark's per-rank timing loop: every rank must end its warm-up on the same repeat, or
+// the ranks that go on wait in a collective their peers never join (the x2/x4 hang of
+// `npm run bench` at default settings). Tiny CPU shapes make the repeat times noisy enough
+// that ranks deciding alone would disagree.
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { init } from '../index.js';
+import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
+
+const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
+const s = suite('benchmark');
+
+for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpacked_func']) {
+  s(`${name}: all ranks agree on the warm-up length`, async () => {
+    const rt = await init({ backend: 'cpu', world: 3, timeoutMs: 10_000 });
+    try {
+      const task: BenchTask = { name, b: 1, s: 12, h: 2, hk: 2, d: 16, causal: true, dtype: 'float32', backward: true, iters: 1, maxRepeats: 8, settle: 0.03, seed: 1 };
+      for (let trial = 0; trial < 5; trial++) {
+        const res = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
+        assert.is(new Set(res.map((r) => r.warmupRepeats)).size, 1, `warm-up repeats per rank: ${res.map((r) => r.warmupRepeats)}`);
+        assert.ok(res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)));
+      }
+    } finally {
+      await rt.close();
+    }
+  });
+}
+
+s.run();
