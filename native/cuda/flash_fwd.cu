@@ -16,7 +16,10 @@
 //   half an SM for their whole life, and by wave quantisation without a mask. Next step (written,
 //   not yet measured): one CTA per SM whose two 4-warp groups split a tile's K/V tiles and merge
 //   their softmax states, so a heavy tile gets the whole SM.
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <mutex>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
@@ -26,10 +29,18 @@
 namespace rfa::cuda {
 namespace {
 
+constexpr int kMaxSplits = 8;
+
 struct FwdGrid {
   int num_m_blocks;  // query tiles per (head, span)
   int num_spans;     // batch entries, or varlen segments
   float scale_log2;  // softmax_scale * log2(e)
+  // Split-KV (dense batches only): when num_splits > 1 every query tile's key tiles are cut into
+  // num_splits even ranges, one CTA each; CTAs write partial (out, lse) to compact fp32 buffers
+  // part_out [split][b][s][h][d] and part_lse [split][b][h][s], and combine_kernel merges them.
+  int num_splits;
+  float* part_out;
+  float* part_lse;
 };
 
 // Scores of keys past the span and (causal) right of the diagonal become -inf. Element e of
@@ -59,11 +70,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
 
   // Heaviest tiles first: blocks are handed out in index order, so giving the last query tiles
   // (which see the most keys under a causal mask) the lowest indices lets light tiles fill the tail.
+  // All splits of a query tile are adjacent, so a heavy tile's pieces also start early.
   const int heads = p.shape.nheads;
-  const int per_m_block = heads * grid.num_spans;
+  const int per_split = heads * grid.num_spans;
+  const int per_m_block = per_split * grid.num_splits;
   const int m_block = grid.num_m_blocks - 1 - int(blockIdx.x) / per_m_block;
-  const int h = int(blockIdx.x) % per_m_block % heads;
-  const int z = int(blockIdx.x) % per_m_block / heads;
+  const int split = int(blockIdx.x) % per_m_block / per_split;
+  const int h = int(blockIdx.x) % per_split % heads;
+  const int z = int(blockIdx.x) % per_split / heads;
   const Span sp = span_of(p.shape, p.seg, z);
   const int m0 = m_block * Tr::kBlockM;
   if (m0 >= sp.nq) return;
@@ -77,22 +91,39 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
                 hk * p.k_stride.head;
   const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0) * p.v_stride.row +
                 hk * p.v_stride.head;
-  float* gO = p.out + sp.b * p.o_stride.batch + int64_t(sp.q0 + m0) * p.o_stride.row + h * p.o_stride.head;
-  float* gLse = p.lse + sp.b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(sp.q0 + m0) * p.lse_stride.row;
+  // Where this CTA's result goes: the caller's out/lse, or this split's compact partial buffers.
+  BshStrides o_st = p.o_stride;
+  BhsStrides lse_st = p.lse_stride;
+  float* o_base = p.out;
+  float* lse_base = p.lse;
+  if (grid.num_splits > 1) {
+    const int64_t sq = p.shape.seqlen_q, hd = int64_t(heads) * Tr::kHeadDim;
+    o_st = BshStrides{sq * hd, hd, Tr::kHeadDim};
+    lse_st = BhsStrides{int64_t(heads) * sq, sq, 1};
+    o_base = grid.part_out + split * int64_t(p.shape.batch) * sq * hd;
+    lse_base = grid.part_lse + split * int64_t(p.shape.batch) * heads * sq;
+  }
+  float* gO = o_base + sp.b * o_st.batch + int64_t(sp.q0 + m0) * o_st.row + h * o_st.head;
+  float* gLse = lse_base + sp.b * lse_st.batch + h * lse_st.head + int64_t(sp.q0 + m0) * lse_st.row;
 
   // Keys any row of this tile may see; under the causal mask later K tiles are skipped entirely.
   int n_end = sp.nk;
   if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + diag);
   const int n_tiles = n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
-  if (n_tiles == 0) {  // no row of the tile sees a key: out = 0, lse = -inf
+  const int per_split_tiles = (n_tiles + grid.num_splits - 1) / grid.num_splits;
+  const int it_begin = min(n_tiles, split * per_split_tiles);
+  const int it_end = min(n_tiles, it_begin + per_split_tiles);
+  if (it_begin == it_end) {  // no row of the tile sees a key (of this split): out = 0, lse = -inf
     for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads)
-      gO[int64_t(i / Tr::kHeadDim) * p.o_stride.row + i % Tr::kHeadDim] = 0.f;
-    for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) gLse[int64_t(r) * p.lse_stride.row] = -INFINITY;
+      gO[int64_t(i / Tr::kHeadDim) * o_st.row + i % Tr::kHeadDim] = 0.f;
+    for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) gLse[int64_t(r) * lse_st.row] = -INFINITY;
     return;
   }
 
+  const int k_first = it_begin * Tr::kBlockN;
   load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(sQ, gQ, p.q_stride.row, rows_valid);
-  load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sK, gK, p.k_stride.row, sp.nk);
+  load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sK, gK + int64_t(k_first) * p.k_stride.row,
+                                                                   p.k_stride.row, sp.nk - k_first);
   cp_async_commit();
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -117,7 +148,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
 
-  for (int it = 0; it < n_tiles; ++it) {
+  for (int it = it_begin; it < it_end; ++it) {
     const int n0 = it * Tr::kBlockN;
     cp_async_wait<0>();
     __syncthreads();  // K tile `it` (and Q) landed; every warp is done with the previous V tile
@@ -187,7 +218,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
 
     cp_async_wait<0>();
     __syncthreads();  // V tile `it` landed; every warp is done reading K tile `it`
-    if (it + 1 < n_tiles)
+    if (it + 1 < it_end)
       load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(
           sK, gK + int64_t(n0 + Tr::kBlockN) * p.k_stride.row, p.k_stride.row, sp.nk - n0 - Tr::kBlockN);
     cp_async_commit();
@@ -228,27 +259,148 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
       const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
       if (r >= rows_valid) continue;
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      float* o = gO + int64_t(r) * p.o_stride.row + 2 * t;
+      float* o = gO + int64_t(r) * o_st.row + 2 * t;
 #pragma unroll
       for (int dt = 0; dt < kOT; ++dt) {
         o[dt * kMmaN] = acc_o[mt][dt][2 * hi] * inv;
         o[dt * kMmaN + 1] = acc_o[mt][dt][2 * hi + 1] * inv;
       }
-      if (t == 0) gLse[int64_t(r) * p.lse_stride.row] = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
+      if (t == 0) gLse[int64_t(r) * lse_st.row] = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
     }
+}
+
+// Merges the split partials of one (batch, row, head) per warp: lse = log sum_s exp(lse_s),
+// out = sum_s exp(lse_s - lse) out_s; rows no split saw keep out = 0, lse = -inf.
+template <int kHeadDim>
+__global__ void combine_kernel(const FlashFwdParams p, const FwdGrid grid) {
+  constexpr int kPerLane = kHeadDim / kWarpSize;
+  const int heads = p.shape.nheads, sq = p.shape.seqlen_q;
+  const int64_t rows = int64_t(p.shape.batch) * sq * heads;
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (w >= rows) return;
+  const int h = int(w % heads), i = int(w / heads % sq);
+  const int64_t b = w / (int64_t(heads) * sq);
+  const int64_t split_out = rows * kHeadDim, split_lse = rows;
+  const int64_t lse_at = (b * heads + h) * sq + i;
+  float mx = -INFINITY;
+  for (int k = 0; k < grid.num_splits; ++k) mx = fmaxf(mx, grid.part_lse[k * split_lse + lse_at]);
+  float acc[kPerLane] = {};
+  float lse = -INFINITY;
+  if (mx != -INFINITY) {
+    float sum = 0.f;
+    for (int k = 0; k < grid.num_splits; ++k) sum += __expf(grid.part_lse[k * split_lse + lse_at] - mx);
+    lse = mx + __logf(sum);
+    for (int k = 0; k < grid.num_splits; ++k) {
+      const float wgt = __expf(grid.part_lse[k * split_lse + lse_at] - lse);
+      const float* src = grid.part_out + k * split_out + w * kHeadDim;
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc[e] = fmaf(wgt, src[e * kWarpSize + lane], acc[e]);
+    }
+  }
+  float* dst = p.out + b * p.o_stride.batch + int64_t(i) * p.o_stride.row + h * p.o_stride.head;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) dst[e * kWarpSize + lane] = acc[e];
+  if (lane == 0) p.lse[b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(i) * p.lse_stride.row] = lse;
+}
+
+int sm_count() {
+  static std::mutex mu;
+  static std::array<int, 64> cache{};
+  int dev = 0;
+  RFA_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= int(cache.size())) return 132;
+  if (cache[dev] == 0) RFA_CUDA_CHECK(cudaDeviceGetAttribute(&cache[dev], cudaDevAttrMultiProcessorCount, dev));
+  return cache[dev];
+}
+
+// How many key ranges to cut each query tile into. A grid that fills the GPU unevenly (few
+// heads: the seed's h=5; the half-size blocks of the zigzag ring; one heavy causal tile per
+// head) leaves SMs idle; splitting trades that for partial writes and one combine pass. The cost
+// model counts K/V tiles per CTA slot (two CTAs per SM), plus 2 tiles of per-CTA overhead and
+// the combine's memory traffic; a split is taken only when it saves more than 10%.
+template <class Tr>
+int plan_splits(const FlashFwdParams& p, int num_m_blocks) {
+  const AttnShape& sh = p.shape;
+  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_k == 0) return 1;
+  const int64_t slots = 2 * int64_t(sm_count());
+  const int64_t blocks = int64_t(num_m_blocks) * sh.nheads * sh.batch;
+  if (blocks >= 4 * slots) return 1;
+  const int diag = sh.seqlen_k - sh.seqlen_q;
+  int64_t work = 0, heaviest = 0;
+  for (int m = 0; m < num_m_blocks; ++m) {
+    const int64_t end = sh.causal ? std::min<int64_t>(sh.seqlen_k, int64_t(m + 1) * Tr::kBlockM + diag) : sh.seqlen_k;
+    const int64_t tiles = end > 0 ? (end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
+    work += tiles;
+    heaviest = std::max(heaviest, tiles);
+  }
+  work *= int64_t(sh.nheads) * sh.batch;
+  constexpr double kOverhead = 2.0;  // tiles' worth of Q load, epilogue and launch per CTA
+  // One K/V tile on one CTA slot: 4 * kBlockM * kBlockN * d flop at ~1/264 of 330 TFLOP/s.
+  const double tile_seconds = 4.0 * Tr::kBlockM * Tr::kBlockN * Tr::kHeadDim / (330e12 / 264);
+  const double out_bytes = double(sh.batch) * sh.seqlen_q * sh.nheads * Tr::kHeadDim * 4;
+  auto cost = [&](int splits) {
+    const double per_cta = std::ceil(double(heaviest) / splits) + kOverhead;
+    const double main = sh.causal ? std::max((work + double(blocks) * splits * kOverhead) / slots, per_cta)
+                                  : std::ceil(double(blocks) * splits / slots) * per_cta;
+    const double combine = splits == 1 ? 0.0 : (splits + 1) * out_bytes / 3e12 / tile_seconds;
+    return main + combine;
+  };
+  int best = 1;
+  for (int splits = 2; splits <= kMaxSplits; ++splits)
+    if (cost(splits) < cost(best)) best = splits;
+  return cost(best) < 0.9 * cost(1) ? best : 1;
+}
+
+// Split partials live in a stream-ordered pool of our own (never released to the OS between
+// calls, so the steady state allocates nothing), per device.
+cudaMemPool_t split_pool() {
+  static std::mutex mu;
+  static std::array<cudaMemPool_t, 64> pools{};
+  int dev = 0;
+  RFA_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= int(pools.size())) RFA_THROW("E_UNSUPPORTED", "flash_fwd: device index above 63");
+  if (!pools[dev]) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    RFA_CUDA_CHECK(cudaMemPoolCreate(&pools[dev], &props));
+    uint64_t keep = UINT64_MAX;
+    RFA_CUDA_CHECK(cudaMemPoolSetAttribute(pools[dev], cudaMemPoolAttrReleaseThreshold, &keep));
+  }
+  return pools[dev];
 }
 
 template <int kHeadDim, typename T, bool kCausal>
 void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
   using Tr = FwdTraits<kHeadDim>;
-  const FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e};
-  const int64_t blocks = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans;
+  FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 1, nullptr, nullptr};
+  grid.num_splits = plan_splits<Tr>(p, grid.num_m_blocks);
+  const int64_t blocks = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
+  void* part = nullptr;
+  const int64_t rows = int64_t(p.shape.batch) * p.shape.seqlen_q * p.shape.nheads;
+  if (grid.num_splits > 1) {
+    const size_t bytes = size_t(grid.num_splits) * rows * (kHeadDim + 1) * sizeof(float);
+    RFA_CUDA_CHECK(cudaMallocFromPoolAsync(&part, bytes, split_pool(), s));
+    grid.part_out = static_cast<float*>(part);
+    grid.part_lse = grid.part_out + grid.num_splits * rows * kHeadDim;
+  }
   auto kernel = flash_fwd_kernel<Tr, T, kCausal>;
   // Above 48 KB a kernel's dynamic shared memory must be opted into (per device, so every call).
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
   RFA_CHECK_LAUNCH("flash_fwd_kernel");
+  if (grid.num_splits > 1) {
+    constexpr int kCombineThreads = 256;
+    const int64_t combine_blocks = (rows * kWarpSize + kCombineThreads - 1) / kCombineThreads;
+    combine_kernel<kHeadDim><<<unsigned(combine_blocks), kCombineThreads, 0, s>>>(p, grid);
+    RFA_CHECK_LAUNCH("flash_fwd combine_kernel");
+    RFA_CUDA_CHECK(cudaFreeAsync(part, s));
+  }
 }
 
 template <int kHeadDim, typename T>
