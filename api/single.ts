@@ -11,7 +11,9 @@ import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant
 
 export function singleForward(backend: Backend, _g: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
-  const out = backend.empty([b, s, h, d], 'float32');
+  // The result is final (no merge follows): the kernel writes it in q's dtype, as FlashAttention
+  // does, and the backward's rowsum(dout * out) reads that same out.
+  const out = backend.empty([b, s, h, d], q.dtype);
   const lse = backend.empty([b, h, s], 'float32');
   backend.flashFwd(q, k, v, out, lse, o);
   return { out, lse };

@@ -56,14 +56,16 @@ struct Segments {
   int32_t max_seqlen_k = 0;          // max of k_len
 };
 
-// out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16.
+// out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16,
+// or, for a single-device call whose result is final, straight in the dtype of q (out_dtype).
 struct FlashFwdParams {
   AttnShape shape;
   DType dtype = DType::bf16;  // dtype of q, k, v
   const void* q = nullptr;  BshStrides q_stride;  // (batch, seqlen_q, nheads,   head_dim)
   const void* k = nullptr;  BshStrides k_stride;  // (batch, seqlen_k, nheads_k, head_dim)
   const void* v = nullptr;  BshStrides v_stride;  // (batch, seqlen_k, nheads_k, head_dim)
-  float* out = nullptr;     BshStrides o_stride;  // (batch, seqlen_q, nheads,   head_dim) fp32
+  void* out = nullptr;      BshStrides o_stride;  // (batch, seqlen_q, nheads,   head_dim)
+  DType out_dtype = DType::f32;                   // f32, or the dtype of q
   float* lse = nullptr;     BhsStrides lse_stride; // (batch, nheads, seqlen_q) fp32, natural log
   Segments seg;             // varlen; num_seqs == 0 for dense batches
 };
@@ -74,7 +76,8 @@ struct FlashBwdDotParams {
   int32_t batch = 0, seqlen_q = 0, nheads = 0, head_dim = 0;
   DType dtype = DType::bf16;  // dtype of dout
   const void* dout = nullptr; BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
-  const float* out = nullptr; BshStrides o_stride;     // (batch, seqlen_q, nheads, head_dim) fp32
+  const void* out = nullptr;  BshStrides o_stride;     // (batch, seqlen_q, nheads, head_dim)
+  DType out_dtype = DType::f32;                     // f32, or the dtype of dout
   float* dsum = nullptr;      BhsStrides dsum_stride;  // (batch, nheads, seqlen_q) fp32
 };
 

@@ -45,14 +45,14 @@ function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
 export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: AttnOptions) {
   return {
     shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype], seg: o.seg?.native,
-    q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), lse: bhs(lse, 'lse'),
+    q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), out_dtype: DTYPE_CODE[out.dtype], lse: bhs(lse, 'lse'),
   };
 }
 
 export function bwdDotArgs(dout: DeviceTensor, out: DeviceTensor, dsum: DeviceTensor) {
   return {
     batch: dout.shape[0], seqlen_q: dout.shape[1], nheads: dout.shape[2], head_dim: dout.shape[3],
-    dtype: DTYPE_CODE[dout.dtype], dout: bsh(dout, 'dout'), out: bsh(out, 'out'), dsum: bhs(dsum, 'dsum'),
+    dtype: DTYPE_CODE[dout.dtype], dout: bsh(dout, 'dout'), out: bsh(out, 'out'), out_dtype: DTYPE_CODE[out.dtype], dsum: bhs(dsum, 'dsum'),
   };
 }
 

@@ -105,8 +105,8 @@ void flash_fwd(const FlashFwdParams& p) {
             const float* v = &V[size_t(j) * d];
             for (int c = 0; c < d; ++c) acc[c] += e * v[c];
           }
-          float* o = p.out + bsh_index(p.o_stride, sp.b, sp.q0 + i, h);
-          for (int c = 0; c < d; ++c) o[c] = last < 0 ? 0.f : float(acc[c] / sum);
+          const int64_t o = bsh_index(p.o_stride, sp.b, sp.q0 + i, h);
+          for (int c = 0; c < d; ++c) store_elem(p.out, o + c, p.out_dtype, last < 0 ? 0.f : float(acc[c] / sum));
           p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)] = last < 0 ? float(kNegInf) : float(row_max + std::log(sum));
         }
       }
@@ -120,9 +120,10 @@ void flash_bwd_dot(const FlashBwdDotParams& p) {
     for (int h = 0; h < p.nheads; ++h)
       for (int i = 0; i < p.seqlen_q; ++i) {
         int64_t doff = bsh_index(p.dout_stride, b, i, h);
-        const float* o = p.out + bsh_index(p.o_stride, b, i, h);
+        const int64_t o = bsh_index(p.o_stride, b, i, h);
         double s = 0;
-        for (int c = 0; c < p.head_dim; ++c) s += double(load_elem(p.dout, doff + c, p.dtype)) * o[c];
+        for (int c = 0; c < p.head_dim; ++c)
+          s += double(load_elem(p.dout, doff + c, p.dtype)) * load_elem(p.out, o + c, p.out_dtype);
         p.dsum[bhs_index(p.dsum_stride, b, h, i)] = float(s);
       }
 }

@@ -70,7 +70,7 @@ __global__ void merge_kernel(const MergeParams p, int64_t rows) {
 }
 
 // ---- dsum = rowsum(dout * out) --------------------------------------------------------------
-template <typename T>
+template <typename T, typename O>
 __global__ void bwd_dot_kernel(const FlashBwdDotParams p, int64_t rows) {
   const int lane = threadIdx.x % 32;
   for (int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; r < rows;
@@ -78,9 +78,9 @@ __global__ void bwd_dot_kernel(const FlashBwdDotParams p, int64_t rows) {
     const RowIndex ix(r, p.seqlen_q, p.nheads);
     const T* dout = static_cast<const T*>(p.dout) + ix.b * p.dout_stride.batch + ix.i * p.dout_stride.row +
                     ix.h * p.dout_stride.head;
-    const float* out = p.out + ix.b * p.o_stride.batch + ix.i * p.o_stride.row + ix.h * p.o_stride.head;
+    const O* out = static_cast<const O*>(p.out) + ix.b * p.o_stride.batch + ix.i * p.o_stride.row + ix.h * p.o_stride.head;
     float acc = 0.f;
-    for (int c = lane; c < p.head_dim; c += 32) acc = fmaf(to_float(dout[c]), out[c], acc);
+    for (int c = lane; c < p.head_dim; c += 32) acc = fmaf(to_float(dout[c]), to_float(out[c]), acc);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) p.dsum[ix.b * p.dsum_stride.batch + ix.h * p.dsum_stride.head + ix.i * p.dsum_stride.row] = acc;
@@ -162,10 +162,18 @@ void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t s) {
   if (rows == 0) return;
   RFA_CHECK_ARG(p.dout && p.out && p.dsum, "flash_bwd_dot: null tensor");
   const unsigned blocks = blocks_for(rows * 32);
+  RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype, "flash_bwd_dot: out must be float32 or the dtype of dout");
+  const bool out32 = p.out_dtype == DType::f32;
   switch (p.dtype) {
-    case DType::f32: bwd_dot_kernel<float><<<blocks, kThreads, 0, s>>>(p, rows); break;
-    case DType::bf16: bwd_dot_kernel<__nv_bfloat16><<<blocks, kThreads, 0, s>>>(p, rows); break;
-    case DType::f16: bwd_dot_kernel<__half><<<blocks, kThreads, 0, s>>>(p, rows); break;
+    case DType::f32: bwd_dot_kernel<float, float><<<blocks, kThreads, 0, s>>>(p, rows); break;
+    case DType::bf16:
+      if (out32) bwd_dot_kernel<__nv_bfloat16, float><<<blocks, kThreads, 0, s>>>(p, rows);
+      else bwd_dot_kernel<__nv_bfloat16, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(p, rows);
+      break;
+    case DType::f16:
+      if (out32) bwd_dot_kernel<__half, float><<<blocks, kThreads, 0, s>>>(p, rows);
+      else bwd_dot_kernel<__half, __half><<<blocks, kThreads, 0, s>>>(p, rows);
+      break;
   }
   RFA_CHECK_LAUNCH("bwd_dot_kernel");
 }

@@ -59,6 +59,46 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
       }
 }
 
+// Where a CTA's rows of out and lse go: the caller's tensors (out in fp32 or, for a final
+// single-device result, 16-bit), or this split's compact fp32 partial buffers.
+struct OutSite {
+  void* out;  // element (row r, column c) at out + r * o_row + c, in fp32 or 16-bit units
+  int64_t o_row;
+  bool out16;
+  float* lse;
+  int64_t lse_row;
+  // Stores n (1 or 2) adjacent columns: x0, x1 in fp32, or `pair` (two packed 16-bit values, low
+  // half first) in 16 bits.
+  __device__ __forceinline__ void store(int r, int c, float x0, float x1, uint32_t pair, int n) const {
+    const int64_t at = int64_t(r) * o_row + c;
+    if (out16) {
+      static_cast<uint16_t*>(out)[at] = uint16_t(pair);
+      if (n == 2) static_cast<uint16_t*>(out)[at + 1] = uint16_t(pair >> 16);
+    } else {
+      static_cast<float*>(out)[at] = x0;
+      if (n == 2) static_cast<float*>(out)[at + 1] = x1;
+    }
+  }
+};
+
+template <class Tr>
+__device__ __forceinline__ OutSite out_site(const FlashFwdParams& p, const FwdGrid& grid, const Span& sp, int m0, int h,
+                                            int split) {
+  if (grid.num_splits > 1) {
+    const int64_t sq = p.shape.seqlen_q, hd = int64_t(p.shape.nheads) * Tr::kHeadDim;
+    float* o = grid.part_out + split * int64_t(p.shape.batch) * sq * hd;
+    float* lse = grid.part_lse + split * int64_t(p.shape.batch) * p.shape.nheads * sq;
+    return OutSite{o + sp.b * sq * hd + int64_t(sp.q0 + m0) * hd + h * Tr::kHeadDim, hd, false,
+                   lse + (sp.b * p.shape.nheads + h) * sq + sp.q0 + m0, 1};
+  }
+  const bool out16 = p.out_dtype != DType::f32;
+  const int64_t at = sp.b * p.o_stride.batch + int64_t(sp.q0 + m0) * p.o_stride.row + h * p.o_stride.head;
+  void* o = out16 ? static_cast<void*>(static_cast<uint16_t*>(p.out) + at) : static_cast<void*>(static_cast<float*>(p.out) + at);
+  return OutSite{o, p.o_stride.row, out16,
+                 p.lse + sp.b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(sp.q0 + m0) * p.lse_stride.row,
+                 p.lse_stride.row};
+}
+
 template <class Tr, typename T, bool kCausal>
 __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
   using Mma = MmaType<T>;
@@ -92,20 +132,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
   const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0) * p.v_stride.row +
                 hk * p.v_stride.head;
   // Where this CTA's result goes: the caller's out/lse, or this split's compact partial buffers.
-  BshStrides o_st = p.o_stride;
-  BhsStrides lse_st = p.lse_stride;
-  float* o_base = p.out;
-  float* lse_base = p.lse;
-  if (grid.num_splits > 1) {
-    const int64_t sq = p.shape.seqlen_q, hd = int64_t(heads) * Tr::kHeadDim;
-    o_st = BshStrides{sq * hd, hd, Tr::kHeadDim};
-    lse_st = BhsStrides{int64_t(heads) * sq, sq, 1};
-    o_base = grid.part_out + split * int64_t(p.shape.batch) * sq * hd;
-    lse_base = grid.part_lse + split * int64_t(p.shape.batch) * heads * sq;
-  }
-  float* gO = o_base + sp.b * o_st.batch + int64_t(sp.q0 + m0) * o_st.row + h * o_st.head;
-  float* gLse = lse_base + sp.b * lse_st.batch + h * lse_st.head + int64_t(sp.q0 + m0) * lse_st.row;
-
   // Keys any row of this tile may see; under the causal mask later K tiles are skipped entirely.
   int n_end = sp.nk;
   if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + diag);
@@ -114,9 +140,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
   const int it_begin = min(n_tiles, split * per_split_tiles);
   const int it_end = min(n_tiles, it_begin + per_split_tiles);
   if (it_begin == it_end) {  // no row of the tile sees a key (of this split): out = 0, lse = -inf
-    for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads)
-      gO[int64_t(i / Tr::kHeadDim) * o_st.row + i % Tr::kHeadDim] = 0.f;
-    for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) gLse[int64_t(r) * lse_st.row] = -INFINITY;
+    const OutSite o = out_site<Tr>(p, grid, sp, m0, h, split);
+    for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads) o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
+    for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
     return;
   }
 
@@ -248,7 +274,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
   }
 
   // Epilogue: out = acc / sum, lse = max * scale + ln(sum); rows that saw no key: 0 and -inf.
+  // The output site is worked out only now, so its pointers hold no registers in the loop.
   const float scale = p.shape.softmax_scale;
+  const OutSite o = out_site<Tr>(p, grid, sp, m0, h, split);
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -259,19 +287,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
       const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
       if (r >= rows_valid) continue;
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      float* o = gO + int64_t(r) * o_st.row + 2 * t;
 #pragma unroll
       for (int dt = 0; dt < kOT; ++dt) {
-        o[dt * kMmaN] = acc_o[mt][dt][2 * hi] * inv;
-        o[dt * kMmaN + 1] = acc_o[mt][dt][2 * hi + 1] * inv;
+        const float x0 = acc_o[mt][dt][2 * hi] * inv, x1 = acc_o[mt][dt][2 * hi + 1] * inv;
+        o.store(r, dt * kMmaN + 2 * t, x0, x1, Mma::pack(x0, x1), 2);
       }
-      if (t == 0) gLse[int64_t(r) * lse_st.row] = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
+      if (t == 0) o.lse[int64_t(r) * o.lse_row] = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
     }
 }
 
 // Merges the split partials of one (batch, row, head) per warp: lse = log sum_s exp(lse_s),
 // out = sum_s exp(lse_s - lse) out_s; rows no split saw keep out = 0, lse = -inf.
-template <int kHeadDim>
+template <int kHeadDim, typename T>
 __global__ void combine_kernel(const FlashFwdParams p, const FwdGrid grid) {
   constexpr int kPerLane = kHeadDim / kWarpSize;
   const int heads = p.shape.nheads, sq = p.shape.seqlen_q;
@@ -298,9 +325,12 @@ __global__ void combine_kernel(const FlashFwdParams p, const FwdGrid grid) {
       for (int e = 0; e < kPerLane; ++e) acc[e] = fmaf(wgt, src[e * kWarpSize + lane], acc[e]);
     }
   }
-  float* dst = p.out + b * p.o_stride.batch + int64_t(i) * p.o_stride.row + h * p.o_stride.head;
+  const int64_t at = b * p.o_stride.batch + int64_t(i) * p.o_stride.row + h * p.o_stride.head;
 #pragma unroll
-  for (int e = 0; e < kPerLane; ++e) dst[e * kWarpSize + lane] = acc[e];
+  for (int e = 0; e < kPerLane; ++e) {
+    if (p.out_dtype == DType::f32) static_cast<float*>(p.out)[at + e * kWarpSize + lane] = acc[e];
+    else static_cast<uint16_t*>(p.out)[at + e * kWarpSize + lane] = uint16_t(MmaType<T>::pack(acc[e], 0.f));
+  }
   if (lane == 0) p.lse[b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(i) * p.lse_stride.row] = lse;
 }
 
@@ -397,7 +427,7 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t 
   if (grid.num_splits > 1) {
     constexpr int kCombineThreads = 256;
     const int64_t combine_blocks = (rows * kWarpSize + kCombineThreads - 1) / kCombineThreads;
-    combine_kernel<kHeadDim><<<unsigned(combine_blocks), kCombineThreads, 0, s>>>(p, grid);
+    combine_kernel<kHeadDim, T><<<unsigned(combine_blocks), kCombineThreads, 0, s>>>(p, grid);
     RFA_CHECK_LAUNCH("flash_fwd combine_kernel");
     RFA_CUDA_CHECK(cudaFreeAsync(part, s));
   }
@@ -430,6 +460,7 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t s) {
   const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;
   if (num_spans == 0 || max_q == 0) return;
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
+  RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype, "flash_fwd: out must be float32 or the dtype of q");
   check_view16("flash_fwd", "q", p.q, p.q_stride);
   check_view16("flash_fwd", "k", p.k, p.k_stride);
   check_view16("flash_fwd", "v", p.v, p.v_stride);

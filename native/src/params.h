@@ -39,6 +39,14 @@ inline Segments segments(const Napi::Object& o) {
   return s;
 }
 
+// Optional out_dtype (default float32): the attention output may also be in the inputs' dtype.
+inline DType out_dtype(const Napi::Object& o, DType inputs) {
+  if (o.Get("out_dtype").IsUndefined()) return DType::f32;
+  const DType t = get_dtype(o, "out_dtype");
+  if (t != DType::f32 && t != inputs) RFA_THROW("E_DTYPE", "out must be float32 or the dtype of the inputs");
+  return t;
+}
+
 inline FlashFwdParams fwd_params(const Napi::Object& o) {
   FlashFwdParams p;
   p.shape = attn_shape(o);
@@ -48,7 +56,8 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   p.q = bsh_view<const void>(o, "q", s.batch, s.seqlen_q, s.nheads, s.head_dim, eb, &p.q_stride);
   p.k = bsh_view<const void>(o, "k", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.k_stride);
   p.v = bsh_view<const void>(o, "v", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.v_stride);
-  p.out = bsh_view<float>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, 4, &p.o_stride);
+  p.out_dtype = out_dtype(o, p.dtype);
+  p.out = bsh_view<void>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, dtype_bytes(p.out_dtype), &p.o_stride);
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
   p.seg = segments(o);
   return p;
@@ -63,7 +72,8 @@ inline FlashBwdDotParams bwd_dot_params(const Napi::Object& o) {
   p.dtype = get_dtype(o, "dtype");
   p.dout = bsh_view<const void>(o, "dout", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.dtype),
                                 &p.dout_stride);
-  p.out = bsh_view<const float>(o, "out", p.batch, p.seqlen_q, p.nheads, p.head_dim, 4, &p.o_stride);
+  p.out_dtype = out_dtype(o, p.dtype);
+  p.out = bsh_view<const void>(o, "out", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.out_dtype), &p.o_stride);
   p.dsum = bhs_view(o, "dsum", p.batch, p.nheads, p.seqlen_q, &p.dsum_stride);
   return p;
 }
