@@ -2,6 +2,7 @@
 // calls of one public function (forward, or forward + backward) between device syncs, after a
 // warm-up that lasts until two consecutive repeats agree (NCCL sets each peer pair up on first
 // use, so a cold pass is far slower). Returns the timings; the main thread makes the table.
+// timeCalls is shared with the varlen table (bench_varlen_rank.ts).
 import { performance } from 'node:perf_hooks';
 import { RING_FUNCTIONS } from '../api/registry.js';
 import type { RankContext } from '../runtime/context.js';
@@ -9,17 +10,13 @@ import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { random } from './random.js';
 
-export interface BenchTask {
+export interface BenchTask extends TimingPlan {
   name: string;
   /** Local shard dims. */
   b: number; s: number; h: number; hk: number; d: number;
   causal: boolean;
   dtype: DType;
   backward: boolean;
-  iters: number;
-  maxRepeats: number;
-  /** Two consecutive repeats within this relative spread end the warm-up. */
-  settle: number;
   seed: number;
 }
 
@@ -48,6 +45,26 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     }
     out.dispose();
   };
+  const timing = timeCalls(ctx, once, t);
+  for (const x of [...inputs, dout]) x.dispose();
+  return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
+}
+
+/** How long to time: calls per repeat, the warm-up's cap and its settle threshold. */
+export interface TimingPlan {
+  iters: number;
+  maxRepeats: number;
+  /** Two consecutive repeats within this relative spread end the warm-up. */
+  settle: number;
+}
+
+/**
+ * Times `once` (one call, forward or forward + backward): one cold call, then repeats of
+ * `iters` calls between device syncs until two consecutive repeats agree (judged on the slowest
+ * rank, so every rank stops on the same repeat), then 4 more. Returns this rank's seconds per
+ * repeat (the last warm-up repeat counts as the first) and the number of warm-up repeats.
+ */
+export function timeCalls(ctx: RankContext, once: () => void, t: TimingPlan): { repeats: number[]; warmupRepeats: number } {
   const repeat = () => {
     const t0 = performance.now();
     for (let i = 0; i < t.iters; i++) once();
@@ -69,10 +86,9 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     prev = cur;
     if (settled) break;
   }
-  const repeats = [mine];  // this rank's last warm-up repeat, once settled, counts as the first
+  const repeats = [mine];
   for (let i = 0; i < 4; i++) repeats.push(repeat());
-  for (const x of [...inputs, dout]) x.dispose();
-  return { rank: ctx.rank, repeats, warmupRepeats, peakBytes: ctx.backend.peakBytes() };
+  return { repeats, warmupRepeats };
 }
 
 /** Returns a function that all-gathers one number per rank and gives back the largest. */

@@ -3,7 +3,10 @@
 // such) it prints, forward-only and forward+backward, iter/s per rank of
 //   theoretic flash_attn | ring_attn | ring_attn_v2 | zigzag_ring | stripe_attn
 // and the % of theoretic (the seed's definition: our single-GPU kernel on one rank's shard,
-// iter/s ÷ world). Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
+// iter/s ÷ world); then the varlen table (flash_attn_varlen | ring_varlen | zigzag_ring_varlen |
+// llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
+// --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle.
+// Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { init, visibleGpuCount } from '../index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
+import type { VarlenBenchTask, VarlenColumn } from './bench_varlen_rank.js';
 import { barChart, type ChartGroup } from './chart.js';
 import { Progress } from './progress.js';
 
@@ -27,6 +31,19 @@ const COLUMNS = [
   { label: 'zigzag_ring', prefix: 'zigzag_ring_flash_attn', suffix: '' },
   { label: 'stripe_attn', prefix: 'stripe_flash_attn', suffix: '' },
 ];
+
+const VARLEN_COLUMNS: { label: string; column: VarlenColumn }[] = [
+  { label: 'theoretic flash_attn_varlen', column: 'flash_attn_varlen' },
+  { label: 'ring_varlen', column: 'ring_varlen' },
+  { label: 'zigzag_ring_varlen', column: 'zigzag_ring_varlen' },
+  { label: 'llama3_varlen', column: 'llama3' },
+];
+
+/** The seed's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
+const SEED_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
+
+type Mode = 'fwd' | 'fwdbwd';
+interface Cell { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number }
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -50,52 +67,83 @@ async function main(): Promise<void> {
     : [{ title: 'CPU backend, small (h=2, d=32)', packing: 'qkvpacked', b: 1, s: tokens, h: 2, hk: 2, d: 32 }];
   const only = arg('cases');
   const selected = only ? cases.filter((_, i) => only.split(',').includes(String(i))) : cases;
-  const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as ('fwd' | 'fwdbwd')[];
-  const iters = Number(arg('iters') ?? (onGpu ? 20 : 3));
+  const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as Mode[];
+  const iters = Number(arg('iters') ?? (onGpu ? 20 : 4)); // a multiple of the 4 varlen sets
   const maxRepeats = Number(arg('max-repeats') ?? 8);
   const settle = Number(arg('settle') ?? 0.03);
 
+  const varlen = (arg('varlen') ?? 'on') !== 'off';
+  // The Python project's varlen benchmark: llama3-8B heads, 8192 tokens per rank, its four
+  // cu_seqlens sets in turn, heads_k_stride 4 for llama3. On the CPU backend: small even sets.
+  const varlenCase = onGpu
+    ? { title: `varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)`, s: 8192, h: 32, hk: 8, d: 128, headsKStride: 4, sets: SEED_SETS }
+    : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
+
   const rt = await init({ backend, world });
-  const module = new URL('./bench_rank.js', import.meta.url).href;
-  const progress = new Progress(selected.length * modes.length * COLUMNS.length);
+  const denseModule = new URL('./bench_rank.js', import.meta.url).href;
+  const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
+  const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const machine = onGpu ? `${world}× GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, world ${world}, ${os.cpus().length} cores (not a GPU figure)`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];
+  const ranks = Array.from({ length: world }, (_, i) => i);
+  // Runs one column on every rank (the theoretic column too: as in the seed's benchmark, every
+  // rank runs the single-device kernel on its own shard at the same time) and makes its cell.
+  const measure = async (label: string, module: string, task: object, flopPerRank: number, single: boolean, extra: Record<string, unknown>): Promise<Cell> => {
+    const res = (await rt.runEach(module, 'run', ranks.map(() => task), ranks)) as BenchResult[];
+    // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
+    const perRank = res.map((r) => iters / median(r.repeats));
+    const rate = Math.min(...perRank);
+    const all = res.flatMap((r) => r.repeats.map((t) => iters / t));
+    const spread = (Math.max(...all) - Math.min(...all)) / rate;
+    const tflops = (flopPerRank * rate) / 1e12;
+    report.push({ ...extra, column: label, iterPerSecPerRank: rate, spread, perRank, tflopsPerGpu: tflops, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
+    return { label, iterPerSec: single ? rate / world : rate, spread, tflops, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30 };
+  };
+  const print = (title: string, mode: Mode, row: Cell[]) => {
+    const theoretic = row[0]!.iterPerSec;
+    console.log(`\n## ${title}, ${mode === 'fwd' ? 'forward' : 'forward + backward'}\n`);
+    console.log(`|          | ${row.map((r) => r.label).join(' | ')} |`);
+    console.log(`| -------- | ${row.map(() => '---').join(' | ')} |`);
+    console.log(`| iter/sec | ${row.map((r, i) => (i === 0 ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}` : r.iterPerSec.toFixed(1))).join(' | ')} |`);
+    console.log(`|          | | ${row.slice(1).map((r) => `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`).join(' | ')} |`);
+    console.log(`| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => (onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`);
+    console.log(`| spread (max−min)/median | ${row.map((r) => `${(100 * r.spread).toFixed(1)}%`).join(' | ')} |`);
+    console.log(`| peak memory per rank (MiB) | ${row.map((r) => (r.peakGiB * 1024).toFixed(1)).join(' | ')} |`);
+    chart.push({ title: `${title.split(' (')[0]} ${mode}`, bars: row.map((r) => ({ label: r.label, iterPerSec: r.iterPerSec, percent: (100 * r.iterPerSec) / theoretic })) });
+  };
   try {
     for (const c of selected)
       for (const mode of modes) {
-        const row: { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number }[] = [];
+        const row: Cell[] = [];
         for (const col of COLUMNS) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
           const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1 };
-          // As in the seed's benchmark, every rank runs the single-device kernel on its own shard
-          // at the same time for the theoretic column.
           const single = col.prefix === 'flash_attn';
-          const ranks = Array.from({ length: world }, (_, i) => i);
-          const res = (await rt.runEach(module, 'run', ranks.map(() => task), ranks)) as BenchResult[];
-          // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
-          const perRank = res.map((r) => iters / median(r.repeats));
-          const rate = Math.min(...perRank);
-          const all = res.flatMap((r) => r.repeats.map((t) => iters / t));
-          const spread = (Math.max(...all) - Math.min(...all)) / rate;
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
           const flop = (2 * c.b * c.h * S * S * c.d) / (single ? 1 : world) * (mode === 'fwdbwd' ? 3.5 : 1);
-          row.push({ label: col.label, iterPerSec: single ? rate / world : rate, spread, tflops: (flop * rate) / 1e12, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30 });
-          report.push({ case: c.title, mode, column: col.label, name, iterPerSecPerRank: rate, spread, perRank, tflopsPerGpu: (flop * rate) / 1e12, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
+          row.push(await measure(col.label, denseModule, task, flop, single, { case: c.title, mode, name }));
         }
-        const theoretic = row[0]!.iterPerSec;
-        console.log(`\n## ${c.title}, ${mode === 'fwd' ? 'forward' : 'forward + backward'}\n`);
-        console.log(`|          | ${row.map((r) => r.label).join(' | ')} |`);
-        console.log(`| -------- | ${row.map(() => '---').join(' | ')} |`);
-        console.log(`| iter/sec | ${row.map((r, i) => (i === 0 ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}` : r.iterPerSec.toFixed(1))).join(' | ')} |`);
-        console.log(`|          | | ${row.slice(1).map((r) => `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`).join(' | ')} |`);
-        console.log(`| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => (onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`);
-        console.log(`| spread (max−min)/median | ${row.map((r) => `${(100 * r.spread).toFixed(1)}%`).join(' | ')} |`);
-        console.log(`| peak memory per rank (MiB) | ${row.map((r) => (r.peakGiB * 1024).toFixed(1)).join(' | ')} |`);
-        chart.push({ title: `${c.title.split(' (')[0]} ${mode}`, bars: row.map((r) => ({ label: r.label, iterPerSec: r.iterPerSec, percent: (100 * r.iterPerSec) / theoretic })) });
+        print(c.title, mode, row);
+      }
+    if (varlen)
+      for (const mode of modes) {
+        const row: Cell[] = [];
+        for (const col of VARLEN_COLUMNS) {
+          progress.step(`varlen ${mode} ${col.label}`);
+          const v = varlenCase;
+          const task: VarlenBenchTask = { column: col.column, s: v.s, h: v.h, hk: v.hk, d: v.d, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, sets: v.sets, headsKStride: v.headsKStride, seed: 1 };
+          const single = col.column === 'flash_attn_varlen';
+          // Mean over the sets of Σ causal 2·h·L²·d over the (global) sequences, per rank.
+          const scale = single ? 1 : world;
+          const flopSets = v.sets.map((set) => set.slice(1).reduce((acc, x, i) => acc + 2 * v.h * ((x - set[i]!) * scale) ** 2 * v.d, 0) / scale);
+          const flop = (flopSets.reduce((x, y) => x + y, 0) / flopSets.length) * (mode === 'fwdbwd' ? 3.5 : 1);
+          row.push(await measure(col.label, varlenModule, task, flop, single, { case: v.title, mode, name: col.column }));
+        }
+        print(varlenCase.title, mode, row);
       }
   } finally {
     await rt.close();

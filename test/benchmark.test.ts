@@ -6,8 +6,10 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init } from '../index.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
+import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
+const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
 const s = suite('benchmark');
 
 for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpacked_func']) {
@@ -25,5 +27,23 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
     }
   });
 }
+
+// The varlen table's rank code: every column runs forward + backward over all four sets.
+s('varlen columns run the seed-style cu_seqlens sets, forward and backward', async () => {
+  const rt = await init({ backend: 'cpu', world: 2, timeoutMs: 10_000 });
+  try {
+    for (const column of ['flash_attn_varlen', 'ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
+      const task: VarlenBenchTask = {
+        column, s: 16, h: 4, hk: 2, d: 16, dtype: 'float32', backward: true, iters: 4, maxRepeats: 2, settle: 1,
+        sets: [[0, 16], [0, 4, 12, 16], [0, 8, 16], [0, 6, 10, 14, 16]], headsKStride: 1, seed: 1,
+      };
+      const res = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
+      assert.is(res.length, 2, column);
+      assert.ok(res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)), column);
+    }
+  } finally {
+    await rt.close();
+  }
+});
 
 s.run();

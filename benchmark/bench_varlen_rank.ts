@@ -1,0 +1,74 @@
+// Rank-side half of the varlen table (the Python project's benchmark_varlen_kvpacked_func.py):
+// packed documents, kvpacked, causal. Every rank holds `s` tokens; call i uses cu_seqlens set
+// i mod 4. For the rings a set is the rank's LOCAL boundaries (each global sequence is world
+// times longer, split evenly or zigzagged over the ranks); llama3 gets the GLOBAL boundaries
+// (local × world) through llama3_flash_attn_prepare_cu_seqlens with heads_k_stride, as in Python;
+// the theoretic column runs flash_attn_varlen on the local shard with the local sets.
+import { llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_kvpacked_func } from '../api/llama3.js';
+import { ring_flash_attn_varlen_kvpacked_func } from '../api/ring_varlen.js';
+import { flash_attn_varlen_kvpacked_func } from '../api/single_varlen.js';
+import { zigzag_ring_flash_attn_varlen_kvpacked_func } from '../api/zigzag_ring_varlen.js';
+import type { RankContext } from '../runtime/context.js';
+import type { DType } from '../runtime/dtype.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
+import type { BenchResult, TimingPlan } from './bench_rank.js';
+import { timeCalls } from './bench_rank.js';
+import { random } from './random.js';
+
+export type VarlenColumn = 'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_varlen' | 'llama3';
+
+export interface VarlenBenchTask extends TimingPlan {
+  column: VarlenColumn;
+  /** Tokens per rank; h query heads, hk kv heads, head dim d. */
+  s: number; h: number; hk: number; d: number;
+  dtype: DType;
+  backward: boolean;
+  /** Per-rank cu_seqlens sets (each ends at s), used in turn. */
+  sets: number[][];
+  headsKStride: number;
+  seed: number;
+}
+
+const maxLen = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
+
+/** One call per set: the public function with the arguments the Python benchmark passes. */
+function callsFor(ctx: RankContext, t: VarlenBenchTask, q: DeviceTensor, kv: DeviceTensor): (() => DeviceTensor)[] {
+  const opts = { causal: true };
+  return t.sets.map((set) => {
+    const cu = Int32Array.from(set);
+    switch (t.column) {
+      case 'flash_attn_varlen':
+        return () => flash_attn_varlen_kvpacked_func(q, kv, cu, cu, maxLen(set), maxLen(set), opts) as DeviceTensor;
+      case 'ring_varlen':
+        return () => ring_flash_attn_varlen_kvpacked_func(q, kv, cu, maxLen(set), opts) as DeviceTensor;
+      case 'zigzag_ring_varlen':
+        return () => zigzag_ring_flash_attn_varlen_kvpacked_func(q, kv, cu, maxLen(set), opts) as DeviceTensor;
+      case 'llama3': {
+        const global = Int32Array.from(set, (x) => x * ctx.world);
+        const [cuQ, cuK, maxQ, maxK, slice] = llama3_flash_attn_prepare_cu_seqlens(global, true, ctx.rank, ctx.world);
+        return () => llama3_flash_attn_varlen_kvpacked_func(q, kv, cuQ, cuK, maxQ, maxK, t.headsKStride, slice, opts) as DeviceTensor;
+      }
+    }
+  });
+}
+
+export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
+  const mk = (shape: number[], salt: number, grad: boolean) =>
+    ctx.tensor({ data: random(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, grad);
+  const q = mk([t.s, t.h, t.d], 1, t.backward);
+  const kv = mk([t.s, 2, t.hk, t.d], 2, t.backward);
+  const dout = mk([t.s, t.h, t.d], 99, false);
+  const calls = callsFor(ctx, t, q, kv);
+  let i = 0;
+  const once = () => {
+    const out = calls[i++ % calls.length]!();
+    if (t.backward) {
+      out.backward(dout);
+      for (const x of [q, kv]) { x.grad?.dispose(); x.grad = null; }
+    }
+    out.dispose();
+  };
+  const timing = timeCalls(ctx, once, t);
+  for (const x of [q, kv, dout]) x.dispose();
+  return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
+}
