@@ -52,15 +52,17 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
   const attn = (p: BlockPlan) => ({ softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg) });
   const own = plan(0, group, s, o);
   if (!own || own.q.length !== s || (own.seg && !coversQueries(own.seg, s))) throw new Error('pass-along plan: step 0 must cover every query row');
+  // The first transfer goes out before the own block is computed, so it overlaps that block
+  // (issued after it, it waited for the whole block and then sat exposed before step 1).
+  const bufs = W > 1 ? [packKv(backend, k, v), emptyKv(backend, k)] : [];
+  let pending = W > 1 ? passAlong(backend, group, bufs[0]!, bufs[1]!) : null;
   backend.flashFwd(q, rowsOf(k, own.kv), rowsOf(v, own.kv), out, lse, attn(own));
-  if (W === 1) {
+  if (!pending) {
     tables.release();
     return { out, lse };
   }
-  const bufs = [packKv(backend, k, v), emptyKv(backend, k)];
   const blockOut = backend.empty([b, s, h, d], 'float32');
   const blockLse = backend.empty([b, h, s], 'float32');
-  let pending = passAlong(backend, group, bufs[0]!, bufs[1]!);
   for (let step = 1; step < W; step++) {
     pending.wait();
     const cur = bufs[step % 2]!;
@@ -92,21 +94,22 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
     lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
     dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
   }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true });
-  // Step 0: this rank's own block; its accumulator starts here.
+  // Step 0: this rank's own block; its accumulator starts here. The first K/V transfer is
+  // issued before it so that it overlaps the block.
+  const kvBufs = W > 1 ? [packKv(backend, k, v), emptyKv(backend, k)] : [];
+  let kvPending = W > 1 ? passAlong(backend, group, kvBufs[0]!, kvBufs[1]!) : null;
   const travel = [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')];
   backend.fill(travel[0]!.buf, 0);
   blockGrads(plan(0, group, s, o)!, { k, v }, travel[0]!);
-  if (W === 1) {
+  if (!kvPending) {
     tables.release();
     disposeAll(dsum, travel[1]);
     return { dq, dk: travel[0]!.k, dv: travel[0]!.v };
   }
-  const kvBufs = [packKv(backend, k, v), emptyKv(backend, k)];
   const block = emptyKv(backend, k, 'float32');
-  let kvPending = passAlong(backend, group, kvBufs[0]!, kvBufs[1]!);
   let dkvPending = passAlong(backend, group, travel[0]!, travel[1]!);
   for (let step = 1; step < W; step++) {
-    kvPending.wait();
+    kvPending!.wait();
     const cur = kvBufs[step % 2]!;
     if (step + 1 < W) kvPending = passAlong(backend, group, cur, kvBufs[(step + 1) % 2]!);
     const p = plan(step, group, s, o);
