@@ -8,7 +8,9 @@
 
 namespace rfa::cuda {
 
-// Tensor-core (mma.sync m16n8k16) FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 64 or 128.
+// Tensor-core FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 32, 64 or 128. Forward:
+// mma.sync m16n8k16 (split-KV for under-filled grids). Backward: wgmma (Hopper) for head_dim 128
+// on sm_90, mma.sync otherwise.
 void flash_fwd(const FlashFwdParams& p, cudaStream_t stream);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
 

@@ -1,5 +1,5 @@
-// Backward attention, FlashAttention-2 style on the tensor cores (mma.sync m16n8k16, fp32
-// accumulate), given the GLOBAL lse and dsum = rowsum(dout * out):
+// Backward attention, FlashAttention-2 style on the tensor cores (fp32 accumulate), given the
+// GLOBAL lse and dsum = rowsum(dout * out):
 //   P = exp(scale q k^T - lse), dV = P^T dO, dP = dO V^T, dS = P (dP - dsum),
 //   dK = scale dS^T Q, dQ = scale dS K.
 //
@@ -12,15 +12,26 @@
 // fp32 atomics (other key tiles add to the same rows). Q, dO, lse and dsum of the next query tile
 // load (cp.async, double buffer) while the current one is computed.
 //
-// Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, bwd_dot + bwd, median of
-// 25; FLOP = 2.5x the forward's):
-//   v1, 2026-11-28: b1 s8192 h5 causal 1.049 ms = 205 TFLOP/s; b1 s8192 h32/8 causal 5.843 ms =
-//   235 TFLOP/s; b1 s8192 h5 full 2.224 ms = 193 TFLOP/s. 255 registers (12 bytes of spill in the
-//   causal d=128 instance), 155 KB smem, one CTA per SM.
+// Two kernels implement this: flash_bwd_wgmma_kernel (head_dim 128 on sm_90: Hopper warpgroup MMAs,
+// wgmma, from 128-byte swizzled shared tiles; see its comment below and flash_bwd_wgmma.cuh) and
+// flash_bwd_kernel (mma.sync m16n8k16 + ldmatrix; head_dim 32 and 64, and every head_dim on other
+// devices).
+//
+// Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, b1, bwd = bwd_dot + bwd,
+// median of 25; FLOP = 2.5x the forward's; fp64 checks ALL PASSED in the same run):
+//   v1 (mma.sync only), 2026-11-28: s8192 h5 causal 1.051 ms = 204 TFLOP/s; s8192 h32/8 causal
+//   5.937 ms = 232 TFLOP/s; s8192 h5 full 2.222 ms = 193 TFLOP/s; s65536 h5 causal 54.30 ms = 253
+//   TFLOP/s. 255 registers (12 bytes of spill in the causal d=128 instance), 155 KB smem.
+//   v2 (wgmma kernel for d=128), 2026-11-28: s8192 h5 causal 0.645 ms = 333 TFLOP/s; s8192 h32/8
+//   causal 3.666 ms = 375 TFLOP/s; s8192 h5 full 1.239 ms = 347 TFLOP/s; s65536 h5 causal 33.14 ms
+//   = 415 TFLOP/s (FA2 on the same H200: about 1.00, 4.94, -, 43.2 ms). 255 registers (causal: 8
+//   bytes of spill; full: none), 162 KB smem, one CTA per SM.
+#include <atomic>
 #include <cmath>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
+#include "cuda/flash_bwd_wgmma.cuh"
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 
@@ -305,6 +316,324 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   }
 }
 
+// ---- Hopper path (sm_90a, head_dim 128): the same algorithm on warpgroup MMAs -------------------
+// Two warpgroups of 64 keys each (warp w still owns keys 16w..16w+15, so the masks, the epilogue
+// and the register layouts match the kernel above). Per query tile of 64 rows each warpgroup
+// issues S^T = K Q^T and dP^T = V dO^T (m64n64k16, both operands K-major from shared memory),
+// forms P^T and dS^T in registers, then dV += P^T dO and dK += dS^T Q (m64n128k16, A from
+// registers, B MN-major from shared memory) while dS^T is stored to shared memory. dQ of a step
+// needs the dS^T of both warpgroups, so it runs one step later, after the barrier that opens the
+// next step: warpgroup w issues dQ[:, 64w..64w+63] = dS K (m64n64k16, both operands MN-major)
+// before that step's dV/dK and adds it to global memory with fp32 atomics while they run. One
+// barrier per step; dS^T alternates two buffers.
+struct BwdWgTraits {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kThreads = 256;
+  static constexpr int kBlockN = 128;  // keys per CTA: two warpgroups of 64
+  static constexpr int kBlockM = 64;   // query rows per step
+  static constexpr int kStages = 2;    // Q/dO/lse/dsum double buffer
+  static constexpr int kTileN = kBlockN * kHeadDim;  // 16-bit elements of the K (V) tile
+  static constexpr int kTileM = kBlockM * kHeadDim;  // 16-bit elements of one Q (dO) stage
+  static constexpr int kTileDs = kBlockN * kBlockM;  // 16-bit elements of one dS^T buffer
+  static constexpr int kSmem16 = 2 * kTileN + 2 * kStages * kTileM + 2 * kTileDs;
+  static constexpr int kSmemBytes = kSmem16 * 2 + 2 * kStages * kBlockM * 4 + 1024;  // + lse/dsum, + alignment slack
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
+};
+
+// Copies a (kRows x 128) 16-bit tile into the swizzled [2][kRows][64] layout of flash_bwd_wgmma.cuh;
+// rows >= valid_rows become zeros.
+template <int kRows, int kThreads, typename T>
+__device__ __forceinline__ void load_tile_sw128(T* smem, const T* gmem, int64_t stride, int valid_rows) {
+  constexpr int kPerThread = kRows * 16 / kThreads;
+  static_assert(kRows * 16 % kThreads == 0, "the tile must split evenly over the threads");
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int c = int(threadIdx.x) + i * kThreads;
+    const int r = c / 16, ch = c % 16;
+    const bool valid = r < valid_rows;
+    cp_async_16(smem + (ch / 8) * (kRows * 64) + r * 64 + (((ch % 8) ^ (r % 8)) * 8), gmem + (valid ? r * stride : 0) + ch * 8,
+                valid);
+  }
+}
+
+template <typename T, bool kCausal>
+__global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {
+#ifdef RFA_WGMMA_ENABLED
+  using Tr = BwdWgTraits;
+  using Mma = MmaType<T>;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
+  T* sK = reinterpret_cast<T*>(smem);      // [2][kBN][64], swizzled
+  T* sV = sK + Tr::kTileN;                 // [2][kBN][64]
+  T* sQ = sV + Tr::kTileN;                 // [kStages][2][kBM][64]
+  T* sdO = sQ + Tr::kStages * Tr::kTileM;  // [kStages][2][kBM][64]
+  T* sdS = sdO + Tr::kStages * Tr::kTileM; // dS^T [2][kBN][kBM]
+  float* sLse = reinterpret_cast<float*>(sdS + 2 * Tr::kTileDs);  // [kStages][kBM], lse * log2(e)
+  float* sDsum = sLse + Tr::kStages * kBM;                        // [kStages][kBM]
+
+  // Under a causal mask the first key tiles see the most queries: lowest indices go first.
+  const int heads_k = p.shape.nheads_k;
+  const int per_n_block = heads_k * grid.num_spans;
+  const int n_block = int(blockIdx.x) / per_n_block;
+  const int hk = int(blockIdx.x) % per_n_block % heads_k;
+  const int z = int(blockIdx.x) % per_n_block / heads_k;
+  const Span sp = span_of(p.shape, p.seg, z);
+  const int n0 = n_block * kBN;
+  if (n0 >= sp.nk) return;
+  const int group = p.shape.nheads / heads_k;
+  const int keys_valid = min(kBN, sp.nk - n0);
+  const int diag = sp.nk - sp.nq;  // causal (bottom-right): query i sees key j iff j <= i + diag
+  const int first_row = kCausal ? max(0, n0 - diag) : 0;
+  const int m_begin = first_row / kBM;
+  const int m_tiles = first_row < sp.nq ? (sp.nq + kBM - 1) / kBM - m_begin : 0;
+  const int steps = group * m_tiles;  // (query head, query tile) pairs, head-major
+
+  const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
+                hk * p.k_stride.head;
+  const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0 + n0) * p.v_stride.row +
+                hk * p.v_stride.head;
+  load_tile_sw128<kBN, Tr::kThreads>(sK, gK, p.k_stride.row, keys_valid);
+  load_tile_sw128<kBN, Tr::kThreads>(sV, gV, p.v_stride.row, keys_valid);
+
+  // Q and dO tiles of query head h, rows [m0, m0 + kBM), into stage `stage`.
+  auto load_tiles = [&](int h, int m0, int stage) {
+    const int rows = min(kBM, sp.nq - m0);
+    const int64_t row0 = sp.q0 + m0;
+    load_tile_sw128<kBM, Tr::kThreads>(
+        sQ + stage * Tr::kTileM,
+        static_cast<const T*>(p.q) + sp.b * p.q_stride.batch + row0 * p.q_stride.row + h * p.q_stride.head,
+        p.q_stride.row, rows);
+    load_tile_sw128<kBM, Tr::kThreads>(
+        sdO + stage * Tr::kTileM,
+        static_cast<const T*>(p.dout) + sp.b * p.dout_stride.batch + row0 * p.dout_stride.row + h * p.dout_stride.head,
+        p.dout_stride.row, rows);
+  };
+  // Their lse and dsum rows, read into registers by threads < kBM (one row each) a step ahead and
+  // stored at the end of the step, so that no warp waits on these loads. lse becomes lse * log2(e),
+  // and +inf for rows without keys (lse = -inf) or past the span: probabilities exp2(s - lse) = 0.
+  float row_lse = -INFINITY, row_dsum = 0.f;
+  auto fetch_stats = [&](int h, int m0) {
+    const int r = threadIdx.x;
+    row_lse = -INFINITY, row_dsum = 0.f;
+    if (r < kBM && m0 + r < sp.nq) {
+      const int64_t row = sp.q0 + m0 + r;
+      row_lse = p.lse[sp.b * p.lse_stride.batch + h * p.lse_stride.head + row * p.lse_stride.row];
+      row_dsum = p.dsum[sp.b * p.dsum_stride.batch + h * p.dsum_stride.head + row * p.dsum_stride.row];
+    }
+  };
+  auto store_stats = [&](int stage) {
+    if (threadIdx.x < kBM) {
+      sLse[stage * kBM + threadIdx.x] = row_lse == -INFINITY ? INFINITY : row_lse * kLog2e;
+      sDsum[stage * kBM + threadIdx.x] = row_dsum;
+    }
+  };
+  // Steps walk (query head, query tile) head-major; coordinates advance without divisions.
+  int cur_h = hk * group, cur_mt = m_begin;
+  int nxt_h = cur_mt + 1 < m_begin + m_tiles ? cur_h : cur_h + 1;
+  int nxt_mt = cur_mt + 1 < m_begin + m_tiles ? cur_mt + 1 : m_begin;
+  if (steps > 0) {
+    load_tiles(cur_h, cur_mt * kBM, 0);
+    fetch_stats(cur_h, cur_mt * kBM);
+    store_stats(0);
+  }
+  cp_async_commit();
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  // The warpgroup index as lane 0's value: warp-uniform to the compiler, so the descriptor
+  // arithmetic below stays in uniform registers (without it: more instructions, a spill).
+  const int wg = __shfl_sync(0xffffffffu, warp / 4, 0), wq = warp % 4;
+  const int g = lane / 4, t = lane % 4;
+  const int key_lo = n0 + warp * 16 + g;  // this lane's keys: key_lo and key_lo + 8
+
+  // Matrix descriptors of the operand tiles; a k-step adds a constant (bytes >> 4) to the start
+  // address field, which cannot carry out of it (shared addresses < 256 KB).
+  // K-major (S^T, dP^T): k-step kk moves 32 bytes within a 128-byte row, and to the second column
+  // half after four. MN-major (dV, dK, dQ): a k-step is 16 rows = 2048 bytes.
+  const uint32_t smem0 = smem_u32(smem);
+  const uint64_t dK = gmma_desc(smem0 + wg * 64 * 128, 16);                      // rows 64wg.. of K
+  const uint64_t dV = gmma_desc(smem0 + Tr::kTileN * 2 + wg * 64 * 128, 16);     // rows 64wg.. of V
+  const uint64_t dQk = gmma_desc(smem0 + 4 * Tr::kTileN, 16);                    // Q stage 0, K-major
+  const uint64_t ddOk = gmma_desc(smem0 + 4 * Tr::kTileN + 2 * Tr::kStages * Tr::kTileM, 16);
+  const uint64_t dQm = gmma_desc(smem0 + 4 * Tr::kTileN, kBM * 128);             // Q stage 0, MN-major
+  const uint64_t ddOm = gmma_desc(smem0 + 4 * Tr::kTileN + 2 * Tr::kStages * Tr::kTileM, kBM * 128);
+  const uint64_t ddS = gmma_desc(smem_u32(sdS), 16);                             // dS^T buffer 0
+  const uint64_t dKq = gmma_desc(smem0 + wg * kBN * 128, 16);                    // column half wg of K
+  constexpr uint32_t kStageStep = Tr::kTileM * 2 / 16, kDsStep = Tr::kTileDs * 2 / 16;
+  auto koff = [](int kk, int rows) { return uint32_t(((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4); };
+
+  float acc_dk[64], acc_dv[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc_dk[i] = acc_dv[i] = 0.f;
+
+  // dQ of one step (this warpgroup's 64 columns): rows 16 wq + g (+8), columns 64 wg + 8i + 2t (+1).
+  float dq[32];
+  auto issue_dq = [&](int buf) {  // dQ = dS K: A = dS (queries x keys) from dS^T, B = K, both MN-major
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_ss<T, 64, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
+    wgmma_commit();
+  };
+  auto add_dq = [&](int h, int m0) {
+    const float scale = p.shape.softmax_scale;
+    float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int q = m0 + wq * 16 + hi * 8 + g;
+      if (q >= sp.nq) continue;
+      float* row = gdq + int64_t(sp.q0 + q) * p.dq_stride.row + wg * 64 + 2 * t;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float x = dq[4 * i + 2 * hi] * scale, y = dq[4 * i + 2 * hi + 1] * scale;
+        if (grid.dq_pairs) {
+          atomicAdd(reinterpret_cast<float2*>(row + i * 8), make_float2(x, y));
+        } else {
+          atomicAdd(row + i * 8, x);
+          atomicAdd(row + i * 8 + 1, y);
+        }
+      }
+    }
+  };
+
+  int prv_h = 0, prv_m0 = 0;  // the previous step's query head and first row (its dQ is pending)
+  for (int st = 0; st < steps; ++st) {
+    const int stage = st % Tr::kStages, buf = st % 2;
+    cp_async_wait<0>();
+    fence_proxy_async();  // cp.async and st.shared data -> wgmma (async proxy) reads
+    __syncthreads();      // step st landed; every warp is done with step st-1 (its stage, its dS^T stores)
+    if (st + 1 < steps) {
+      load_tiles(nxt_h, nxt_mt * kBM, stage ^ 1);
+      fetch_stats(nxt_h, nxt_mt * kBM);
+    }
+    cp_async_commit();
+
+    const int m0 = cur_mt * kBM;
+    const float* lse = sLse + stage * kBM;
+    const float* dsum = sDsum + stage * kBM;
+
+    // S^T = K Q^T and dP^T = V dO^T (64 keys x 64 queries per warpgroup).
+    float s[32], dp[32];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 0, 0>(s, dK + koff(kk, kBN), dQk + stage * kStageStep + koff(kk, kBM), kk);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 0, 0>(dp, dV + koff(kk, kBN), ddOk + stage * kStageStep + koff(kk, kBM), kk);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(s);
+
+    // P^T = exp2(S^T * scale_log2 - lse_log2), masked.
+    const bool needs_mask = n0 + kBN > sp.nk || (kCausal && n0 + kBN - 1 > m0 + diag);
+    if constexpr (kCausal) {
+      // Causal: exponentials first, then the mask in a CTA-uniform branch taken by diagonal tiles
+      // only (fused into the loop below, the mask's predicates cost issue slots on every tile).
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
+      if (needs_mask) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int q = i * 8 + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
+            if (key >= sp.nk || key > m0 + q + diag) s[4 * i + e] = 0.f;
+          }
+      }
+    } else {
+      // Full attention: only a key tail is masked; fused (here the split costs registers: a spill).
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = i * 8 + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
+          float pr = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[q]));
+          if (needs_mask && key >= sp.nk) pr = 0.f;
+          s[4 * i + e] = pr;
+        }
+    }
+    wgmma_wait<0>();
+    fence_regs(dp);
+    // dS^T = P^T (dP^T - dsum); both become 16-bit A fragments, k-step kk = queries 16kk..16kk+15.
+    uint32_t pa[4][4], da[4][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      float ds[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[e] = s[4 * i + e] * (dp[4 * i + e] - dsum[i * 8 + 2 * t + (e & 1)]);
+      pa[i / 2][(i % 2) * 2] = Mma::pack(s[4 * i], s[4 * i + 1]);
+      pa[i / 2][(i % 2) * 2 + 1] = Mma::pack(s[4 * i + 2], s[4 * i + 3]);
+      da[i / 2][(i % 2) * 2] = Mma::pack(ds[0], ds[1]);
+      da[i / 2][(i % 2) * 2 + 1] = Mma::pack(ds[2], ds[3]);
+    }
+
+    // dQ of step st-1 (at st == 0 it reads an unwritten buffer and is discarded), then dV += P^T dO
+    // and dK += dS^T Q (the softmax scale is applied in the epilogue).
+    issue_dq(buf ^ 1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, 128, 1>(acc_dv, pa[kk], ddOm + stage * kStageStep + kk * 128, 1);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, 128, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
+    wgmma_commit();
+
+    // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled.
+    unsigned char* ds_tile = reinterpret_cast<unsigned char*>(sdS + buf * Tr::kTileDs);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const int r = warp * 16 + g + hi * 8;
+        *reinterpret_cast<uint32_t*>(ds_tile + r * 128 + ((i ^ (r % 8)) * 16) + t * 4) = da[i / 2][(i % 2) * 2 + hi];
+      }
+    if (st + 1 < steps) store_stats(stage ^ 1);  // stage ^ 1 was last read in step st-1
+    wgmma_wait<1>();  // dQ of step st-1: add it while dV and dK run
+    fence_regs(dq);
+    if (st > 0) add_dq(prv_h, prv_m0);
+    wgmma_wait<0>();
+    fence_regs(acc_dv);
+    fence_regs(acc_dk);
+
+    prv_h = cur_h, prv_m0 = m0;
+    cur_h = nxt_h, cur_mt = nxt_mt;
+    if (++nxt_mt == m_begin + m_tiles) nxt_mt = m_begin, ++nxt_h;
+  }
+  if (steps > 0) {  // dQ of the last step
+    fence_proxy_async();
+    __syncthreads();
+    issue_dq((steps - 1) % 2);
+    wgmma_wait<0>();
+    fence_regs(dq);
+    add_dq(prv_h, prv_m0);
+  }
+  cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
+
+  // Epilogue: this warp's 16 keys of dK (scaled) and dV, overwritten or accumulated.
+  const float scale = p.shape.softmax_scale;
+  float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
+  float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int key = key_lo + hi * 8;
+    if (key >= sp.nk) continue;
+    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
+    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = i * 8 + j;
+        const float k_val = acc_dk[4 * i + 2 * hi + j] * scale, v_val = acc_dv[4 * i + 2 * hi + j];
+        dk[c] = p.accumulate ? dk[c] + k_val : k_val;
+        dv[c] = p.accumulate ? dv[c] + v_val : v_val;
+      }
+  }
+#endif
+}
+
 template <int kHeadDim, typename T, bool kCausal>
 void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   using Tr = BwdTraits<kHeadDim>;
@@ -316,8 +645,42 @@ void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   RFA_CHECK_LAUNCH("flash_bwd_kernel");
 }
 
+// The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
+// fallback, where its body is empty) take the mma.sync kernel.
+bool device_is_sm90() {
+  static std::atomic<int> cached[64];  // per device: 0 unknown, 1 yes, 2 no (worker threads race benignly)
+  int dev = 0;
+  RFA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && cached[dev].load()) return cached[dev].load() == 1;
+  int major = 0, minor = 0;
+  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  const bool yes = major == 9 && minor == 0;
+  if (dev < 64) cached[dev] = yes ? 1 : 2;
+  return yes;
+}
+
+template <typename T, bool kCausal>
+void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
+  using Tr = BwdWgTraits;
+  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans;
+  if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
+  auto kernel = flash_bwd_wgmma_kernel<T, kCausal>;
+  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
+  RFA_CHECK_LAUNCH("flash_bwd_wgmma_kernel");
+}
+
 template <int kHeadDim, typename T>
 void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
+  if (kHeadDim == 128 && device_is_sm90()) {
+    grid.num_n_blocks = (max_k + BwdWgTraits::kBlockN - 1) / BwdWgTraits::kBlockN;
+    if (p.shape.causal)
+      launch_bwd_wgmma<T, true>(p, grid, s);
+    else
+      launch_bwd_wgmma<T, false>(p, grid, s);
+    return;
+  }
   grid.num_n_blocks = (max_k + BwdTraits<kHeadDim>::kBlockN - 1) / BwdTraits<kHeadDim>::kBlockN;
   if (p.shape.causal)
     launch_bwd<kHeadDim, T, true>(p, grid, s);
