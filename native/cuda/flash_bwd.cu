@@ -26,8 +26,11 @@
 //   causal 3.666 ms = 375 TFLOP/s; s8192 h5 full 1.239 ms = 347 TFLOP/s; s65536 h5 causal 33.14 ms
 //   = 415 TFLOP/s (FA2 on the same H200: about 1.00, 4.94, -, 43.2 ms). 255 registers (causal: 8
 //   bytes of spill; full: none), 162 KB smem, one CTA per SM.
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
+#include <mutex>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
@@ -43,6 +46,11 @@ struct BwdGrid {
   int num_spans;     // batch entries, or varlen segments
   float scale_log2;  // softmax_scale * log2(e)
   bool dq_pairs;     // dq allows 8-byte (float2) atomics: aligned base, even strides
+  // Split (dense batches only): when num_splits > 1, each key tile's (query head, query tile)
+  // steps are cut into num_splits even ranges, one CTA each, and dK/dV are added with atomics
+  // (onto zeros when not accumulating), so that a grid of few key tiles still fills every SM.
+  int num_splits;
+  bool dkv_pairs;    // dk and dv allow float2 atomics
 };
 
 // Zeroes a strided fp32 (b, s, h, d) view: dq before its atomics when not accumulating.
@@ -50,6 +58,27 @@ __global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, in
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = e % d, hh = (e / d) % h, i = (e / (int64_t(d) * h)) % s, b = e / (int64_t(d) * h * s);
     x[b * st.batch + i * st.row + hh * st.head + c] = 0.f;
+  }
+}
+
+// Two adjacent columns of one key's dK and dV: added atomically when other CTAs (a split) add to
+// the same key, else accumulated or overwritten.
+__device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float k1, float v0, float v1,
+                                          const BwdGrid& grid, bool accumulate) {
+  if (grid.num_splits > 1) {
+    if (grid.dkv_pairs) {
+      atomicAdd(reinterpret_cast<float2*>(dk), make_float2(k0, k1));
+      atomicAdd(reinterpret_cast<float2*>(dv), make_float2(v0, v1));
+    } else {
+      atomicAdd(dk, k0), atomicAdd(dk + 1, k1);
+      atomicAdd(dv, v0), atomicAdd(dv + 1, v1);
+    }
+  } else if (accumulate) {
+    dk[0] += k0, dk[1] += k1;
+    dv[0] += v0, dv[1] += v1;
+  } else {
+    dk[0] = k0, dk[1] = k1;
+    dv[0] = v0, dv[1] = v1;
   }
 }
 
@@ -108,10 +137,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 
   // Under a causal mask the first key tiles see the most queries: lowest indices go first.
   const int heads_k = p.shape.nheads_k;
-  const int per_n_block = heads_k * grid.num_spans;
+  const int per_split = heads_k * grid.num_spans;
+  const int per_n_block = per_split * grid.num_splits;
   const int n_block = int(blockIdx.x) / per_n_block;
-  const int hk = int(blockIdx.x) % per_n_block % heads_k;
-  const int z = int(blockIdx.x) % per_n_block / heads_k;
+  const int split = int(blockIdx.x) % per_n_block / per_split;
+  const int hk = int(blockIdx.x) % per_split % heads_k;
+  const int z = int(blockIdx.x) % per_split / heads_k;
   const Span sp = span_of(p.shape, p.seg, z);
   const int n0 = n_block * Tr::kBlockN;
   if (n0 >= sp.nk) return;
@@ -123,7 +154,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   const int first_row = kCausal ? max(0, n0 - diag) : 0;
   const int m_begin = first_row / Tr::kBlockM;
   const int m_tiles = first_row < sp.nq ? (sp.nq + Tr::kBlockM - 1) / Tr::kBlockM - m_begin : 0;
-  const int steps = group * m_tiles;  // (query head, query tile) pairs
+  // This CTA's share [step0, step0 + steps) of the (query head, query tile) steps.
+  const int all_steps = group * m_tiles;
+  const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
+  const int step0 = min(all_steps, split * per_split_steps);
+  const int steps = min(all_steps, step0 + per_split_steps) - step0;
+  if (grid.num_splits > 1 && steps == 0) return;  // adds nothing to dK/dV or dQ
 
   const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
                 hk * p.k_stride.head;
@@ -136,8 +172,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   // lse * log2(e), and +inf for rows without keys (lse = -inf) or past the span, so that their
   // probabilities exp2(s - lse) are exactly 0.
   auto load_step = [&](int st, int stage) {
-    const int h = hk * group + st / m_tiles;
-    const int m0 = (m_begin + st % m_tiles) * Tr::kBlockM;
+    const int h = hk * group + (step0 + st) / m_tiles;
+    const int m0 = (m_begin + (step0 + st) % m_tiles) * Tr::kBlockM;
     const int rows = min(Tr::kBlockM, sp.nq - m0);
     const int64_t row0 = sp.q0 + m0;
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
@@ -190,8 +226,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     if (st + 1 < steps) load_step(st + 1, stage ^ 1);
     cp_async_commit();
 
-    const int h = hk * group + st / m_tiles;
-    const int m0 = (m_begin + st % m_tiles) * Tr::kBlockM;
+    const int h = hk * group + (step0 + st) / m_tiles;
+    const int m0 = (m_begin + (step0 + st) % m_tiles) * Tr::kBlockM;
     const T* sQs = sQ + stage * Tr::kBlockM * kPitch;
     const T* sdOs = sdO + stage * Tr::kBlockM * kPitch;
     const float* lse = sLse + stage * Tr::kBlockM;
@@ -306,13 +342,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c = dt * kMmaN + j;
-        const float k_val = acc_dk[dt][2 * hi + j] * scale, v_val = acc_dv[dt][2 * hi + j];
-        dk[c] = p.accumulate ? dk[c] + k_val : k_val;
-        dv[c] = p.accumulate ? dv[c] + v_val : v_val;
-      }
+      store_dkv(dk + dt * kMmaN, dv + dt * kMmaN, acc_dk[dt][2 * hi] * scale, acc_dk[dt][2 * hi + 1] * scale,
+                acc_dv[dt][2 * hi], acc_dv[dt][2 * hi + 1], grid, p.accumulate);
   }
 }
 
@@ -374,10 +405,12 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
 
   // Under a causal mask the first key tiles see the most queries: lowest indices go first.
   const int heads_k = p.shape.nheads_k;
-  const int per_n_block = heads_k * grid.num_spans;
+  const int per_split = heads_k * grid.num_spans;
+  const int per_n_block = per_split * grid.num_splits;
   const int n_block = int(blockIdx.x) / per_n_block;
-  const int hk = int(blockIdx.x) % per_n_block % heads_k;
-  const int z = int(blockIdx.x) % per_n_block / heads_k;
+  const int split = int(blockIdx.x) % per_n_block / per_split;
+  const int hk = int(blockIdx.x) % per_split % heads_k;
+  const int z = int(blockIdx.x) % per_split / heads_k;
   const Span sp = span_of(p.shape, p.seg, z);
   const int n0 = n_block * kBN;
   if (n0 >= sp.nk) return;
@@ -387,7 +420,12 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   const int first_row = kCausal ? max(0, n0 - diag) : 0;
   const int m_begin = first_row / kBM;
   const int m_tiles = first_row < sp.nq ? (sp.nq + kBM - 1) / kBM - m_begin : 0;
-  const int steps = group * m_tiles;  // (query head, query tile) pairs, head-major
+  // This CTA's share [step0, step0 + steps) of the (query head, query tile) steps (head-major).
+  const int all_steps = group * m_tiles;
+  const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
+  const int step0 = min(all_steps, split * per_split_steps);
+  const int steps = min(all_steps, step0 + per_split_steps) - step0;
+  if (grid.num_splits > 1 && steps == 0) return;  // adds nothing to dK/dV or dQ
 
   const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
                 hk * p.k_stride.head;
@@ -429,7 +467,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     }
   };
   // Steps walk (query head, query tile) head-major; coordinates advance without divisions.
-  int cur_h = hk * group, cur_mt = m_begin;
+  int cur_h = hk * group + step0 / m_tiles, cur_mt = m_begin + step0 % m_tiles;
   int nxt_h = cur_mt + 1 < m_begin + m_tiles ? cur_h : cur_h + 1;
   int nxt_mt = cur_mt + 1 < m_begin + m_tiles ? cur_mt + 1 : m_begin;
   if (steps > 0) {
@@ -623,13 +661,8 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
 #pragma unroll
     for (int i = 0; i < 16; ++i)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c = i * 8 + j;
-        const float k_val = acc_dk[4 * i + 2 * hi + j] * scale, v_val = acc_dv[4 * i + 2 * hi + j];
-        dk[c] = p.accumulate ? dk[c] + k_val : k_val;
-        dv[c] = p.accumulate ? dv[c] + v_val : v_val;
-      }
+      store_dkv(dk + i * 8, dv + i * 8, acc_dk[4 * i + 2 * hi] * scale, acc_dk[4 * i + 2 * hi + 1] * scale,
+                acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid, p.accumulate);
   }
 #endif
 }
@@ -637,7 +670,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
 template <int kHeadDim, typename T, bool kCausal>
 void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   using Tr = BwdTraits<kHeadDim>;
-  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans;
+  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
   auto kernel = flash_bwd_kernel<Tr, T, kCausal>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
@@ -663,7 +696,7 @@ bool device_is_sm90() {
 template <typename T, bool kCausal>
 void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   using Tr = BwdWgTraits;
-  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans;
+  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
   auto kernel = flash_bwd_wgmma_kernel<T, kCausal>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
@@ -671,17 +704,85 @@ void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t
   RFA_CHECK_LAUNCH("flash_bwd_wgmma_kernel");
 }
 
+void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaStream_t stream, const char* what) {
+  const int64_t n = int64_t(b) * s * h * d;
+  if (n == 0) return;
+  const int threads = 256;
+  const int64_t want = (n + threads - 1) / threads;
+  zero_bsh_kernel<<<unsigned(want < 8192 ? want : 8192), threads, 0, stream>>>(x, st, s, h, d, n);
+  RFA_CHECK_LAUNCH(what);
+}
+
+int sm_count() {
+  static std::mutex mu;
+  static std::array<int, 64> cache{};
+  int dev = 0;
+  RFA_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= int(cache.size())) return 132;
+  if (cache[dev] == 0) RFA_CUDA_CHECK(cudaDeviceGetAttribute(&cache[dev], cudaDevAttrMultiProcessorCount, dev));
+  return cache[dev];
+}
+
+// How many CTAs share each key tile's query steps. Both kernels run one CTA per SM, so a grid of
+// few key tiles (the seed's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs on 132 SMs,
+// 1.2 waves) leaves most SMs idle in its last wave. The model counts query steps per CTA, plus 2
+// steps of K/V load and epilogue (4 with a split's dK/dV atomics); causal grids are balanced
+// dynamically (heaviest key tiles first). A split is taken only when it saves more than 10%.
+template <class Tr>
+int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
+  const AttnShape& sh = p.shape;
+  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
+  const int64_t slots = sm_count();
+  const int64_t blocks = int64_t(num_n_blocks) * sh.nheads_k * sh.batch;
+  if (blocks >= 4 * slots) return 1;
+  const int group = sh.nheads / sh.nheads_k, diag = sh.seqlen_k - sh.seqlen_q;
+  const int m_total = (sh.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
+  int64_t work = 0, heaviest = 0;
+  for (int n = 0; n < num_n_blocks; ++n) {
+    const int first_row = sh.causal ? std::max(0, n * Tr::kBlockN - diag) : 0;
+    const int64_t steps = first_row < sh.seqlen_q ? int64_t(group) * (m_total - first_row / Tr::kBlockM) : 0;
+    work += steps;
+    heaviest = std::max(heaviest, steps);
+  }
+  work *= int64_t(sh.nheads_k) * sh.batch;
+  auto cost = [&](int splits) {
+    const double overhead = splits == 1 ? 2.0 : 4.0;
+    const double per_cta = std::ceil(double(heaviest) / splits) + overhead;
+    return sh.causal ? std::max((work + double(blocks) * splits * overhead) / slots, per_cta)
+                     : std::ceil(double(blocks) * splits / slots) * per_cta;
+  };
+  int best = 1;
+  for (int splits = 2; splits <= 8; ++splits)
+    if (cost(splits) < cost(best)) best = splits;
+  return cost(best) < 0.9 * cost(1) ? best : 1;
+}
+
+// Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call
+// does not accumulate.
+template <class Tr>
+BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
+  grid.num_n_blocks = (max_k + Tr::kBlockN - 1) / Tr::kBlockN;
+  grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks);
+  if (grid.num_splits > 1 && !p.accumulate) {
+    const AttnShape& sh = p.shape;
+    zero_bsh(p.dk, p.dk_stride, sh.batch, sh.seqlen_k, sh.nheads_k, sh.head_dim, s, "zero_bsh_kernel (dk)");
+    zero_bsh(p.dv, p.dv_stride, sh.batch, sh.seqlen_k, sh.nheads_k, sh.head_dim, s, "zero_bsh_kernel (dv)");
+  }
+  return grid;
+}
+
 template <int kHeadDim, typename T>
 void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
   if (kHeadDim == 128 && device_is_sm90()) {
-    grid.num_n_blocks = (max_k + BwdWgTraits::kBlockN - 1) / BwdWgTraits::kBlockN;
+    grid = size_grid<BwdWgTraits>(p, grid, max_k, s);
     if (p.shape.causal)
       launch_bwd_wgmma<T, true>(p, grid, s);
     else
       launch_bwd_wgmma<T, false>(p, grid, s);
     return;
   }
-  grid.num_n_blocks = (max_k + BwdTraits<kHeadDim>::kBlockN - 1) / BwdTraits<kHeadDim>::kBlockN;
+  grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_k, s);
   if (p.shape.causal)
     launch_bwd<kHeadDim, T, true>(p, grid, s);
   else
@@ -718,16 +819,11 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s) {
   check_view16("flash_bwd", "v", p.v, p.v_stride);
   check_view16("flash_bwd", "dout", p.dout, p.dout_stride);
 
-  if (!p.accumulate && max_q > 0) {  // dq receives atomics from every key tile: start from zero
-    const int64_t n = int64_t(sh.batch) * sh.seqlen_q * sh.nheads * sh.head_dim;
-    const int threads = 256;
-    const int64_t want = (n + threads - 1) / threads;
-    zero_bsh_kernel<<<unsigned(want < 8192 ? want : 8192), threads, 0, s>>>(p.dq, p.dq_stride, sh.seqlen_q, sh.nheads,
-                                                                           sh.head_dim, n);
-    RFA_CHECK_LAUNCH("zero_bsh_kernel (dq)");
-  }
+  // dq receives atomics from every key tile: start from zero.
+  if (!p.accumulate && max_q > 0) zero_bsh(p.dq, p.dq_stride, sh.batch, sh.seqlen_q, sh.nheads, sh.head_dim, s, "zero_bsh_kernel (dq)");
   if (max_k == 0) return;
-  const BwdGrid grid{0, num_spans, sh.softmax_scale * kLog2e, fp32_pairs_aligned(p.dq, p.dq_stride)};
+  const BwdGrid grid{0, num_spans, sh.softmax_scale * kLog2e, fp32_pairs_aligned(p.dq, p.dq_stride), 1,
+                     fp32_pairs_aligned(p.dk, p.dk_stride) && fp32_pairs_aligned(p.dv, p.dv_stride)};
   if (p.dtype == DType::bf16)
     dispatch_head_dim<__nv_bfloat16>(p, grid, max_k, s);
   else
