@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
-# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table. Logs go to $OUT; a short summary prints last.
+# (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
+# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table.
+# Logs go to $OUT; a short summary prints last.
 #   device run: source .device/env.sh && bash benchmark/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -10,6 +12,9 @@ echo "--- sass"; sass=$(cuobjdump --dump-sass build/Release/ring_flash_attn.node
 echo "HMMA instructions: $(grep -c HMMA <<<"$sass"), HGMMA: $(grep -c HGMMA <<<"$sass")" | tee "$OUT/sass.txt"
 echo "--- python reads tensor files"
 node dist/test/python/write_tensor_file.js /tmp/rfa_tensors.msgpack && python3 test/python/read_tensor_file.py /tmp/rfa_tensors.msgpack | tee "$OUT/python_read.txt"
+if [ "${HARNESS:-0}" = 1 ]; then
+  echo "--- harness"; timeout ${HARNESS_TIMEOUT:-120} build/harness/flash_check 2>&1 | tee "$OUT/harness.log" | grep -E "FAIL|ALL PASSED|TIME"
+fi
 if [ "${KERNEL:-0}" = 1 ]; then
   echo "--- kernel"; timeout ${KERNEL_TIMEOUT:-240} node dist/benchmark/kernel.js ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernel.log"
 fi
@@ -18,5 +23,6 @@ if [ "${BENCH:-0}" = 1 ]; then
   cp benchmark/results/*.json benchmark/results/*.svg "$OUT/" 2>/dev/null
 fi
 echo "=== summary"; grep -E "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
+[ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
 [ -f "$OUT/bench.log" ] && tail -30 "$OUT/bench.log"
