@@ -4,6 +4,9 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstddef>
+#include <functional>
+
 #include "attn_params.h"
 
 namespace rfa::cuda {
@@ -11,7 +14,32 @@ namespace rfa::cuda {
 // Tensor-core FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 32, 64 or 128. Forward:
 // mma.sync m16n8k16 (split-KV for under-filled grids). Backward: wgmma (Hopper) for head_dim 128
 // on sm_90, mma.sync otherwise.
-void flash_fwd(const FlashFwdParams& p, cudaStream_t stream);
+// Device memory for a call's temporaries (flash_fwd's split partials). `release` runs as soon as
+// the launches that use the block are queued on the call's stream: the allocator must hand it
+// only to work ordered after them (the worker's caching allocator: same stream, and the comm
+// stream waits for compute before every collective).
+struct Scratch {
+  std::function<void*(size_t)> alloc;
+  std::function<void(void*)> release;
+};
+
+// A Scratch block that goes back when the scope ends, also when a launch throws.
+class ScratchBlock {
+ public:
+  explicit ScratchBlock(const Scratch& s) : scratch_(s) {}
+  ~ScratchBlock() {
+    if (ptr_) scratch_.release(ptr_);
+  }
+  ScratchBlock(const ScratchBlock&) = delete;
+  ScratchBlock& operator=(const ScratchBlock&) = delete;
+  void* get(size_t bytes) { return ptr_ = scratch_.alloc(bytes); }
+
+ private:
+  const Scratch& scratch_;
+  void* ptr_ = nullptr;
+};
+
+void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
 
 void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);

@@ -30,10 +30,7 @@
 //   2026-11-28: s8192/4096 h5 full (the zigzag ring's half block) 0.844 -> 0.629 ms; s8192 h5
 //   full 1.244 -> 1.124 ms; causal shapes unchanged (no split chosen).
 #include <algorithm>
-#include <array>
-#include <atomic>
 #include <cmath>
-#include <mutex>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
@@ -82,6 +79,28 @@ __device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float 
   } else {
     dk[0] = k0, dk[1] = k1;
     dv[0] = v0, dv[1] = v1;
+  }
+}
+
+// Epilogue of both kernels: this warp's 16 keys of dK (scaled) and dV. The accumulators are
+// kTiles mma C fragments, tile i at [4i, 4i + 4): rows (keys) key_lo and key_lo + 8, columns
+// 8i + 2t and 8i + 2t + 1.
+template <int kTiles>
+__device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid& grid, const Span& sp, int hk, int key_lo,
+                                          int t, const float* acc_dk, const float* acc_dv) {
+  const float scale = p.shape.softmax_scale;
+  float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
+  float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    const int key = key_lo + hi * 8;
+    if (key >= sp.nk) continue;
+    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
+    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i)
+      store_dkv(dk + i * kMmaN, dv + i * kMmaN, acc_dk[4 * i + 2 * hi] * scale, acc_dk[4 * i + 2 * hi + 1] * scale,
+                acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid, p.accumulate);
   }
 }
 
@@ -333,21 +352,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
 
-  // Epilogue: this warp's 16 keys of dK (scaled) and dV, overwritten or accumulated.
-  const float scale = p.shape.softmax_scale;
-  float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
-  float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
-#pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    const int key = key_lo + hi * 8;
-    if (key >= sp.nk) continue;
-    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
-    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
-      store_dkv(dk + dt * kMmaN, dv + dt * kMmaN, acc_dk[dt][2 * hi] * scale, acc_dk[dt][2 * hi + 1] * scale,
-                acc_dv[dt][2 * hi], acc_dv[dt][2 * hi + 1], grid, p.accumulate);
-  }
+  write_dkv<kDT>(p, grid, sp, hk, key_lo, t, &acc_dk[0][0], &acc_dv[0][0]);
 }
 
 // ---- Hopper path (sm_90a, head_dim 128): the same algorithm on warpgroup MMAs -------------------
@@ -652,21 +657,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   }
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
 
-  // Epilogue: this warp's 16 keys of dK (scaled) and dV, overwritten or accumulated.
-  const float scale = p.shape.softmax_scale;
-  float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
-  float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
-#pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    const int key = key_lo + hi * 8;
-    if (key >= sp.nk) continue;
-    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
-    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
-#pragma unroll
-    for (int i = 0; i < 16; ++i)
-      store_dkv(dk + i * 8, dv + i * 8, acc_dk[4 * i + 2 * hi] * scale, acc_dk[4 * i + 2 * hi + 1] * scale,
-                acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid, p.accumulate);
-  }
+  write_dkv<16>(p, grid, sp, hk, key_lo, t, acc_dk, acc_dv);
 #endif
 }
 
@@ -679,21 +670,6 @@ void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
   RFA_CHECK_LAUNCH("flash_bwd_kernel");
-}
-
-// The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
-// fallback, where its body is empty) take the mma.sync kernel.
-bool device_is_sm90() {
-  static std::atomic<int> cached[64];  // per device: 0 unknown, 1 yes, 2 no (worker threads race benignly)
-  int dev = 0;
-  RFA_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && cached[dev].load()) return cached[dev].load() == 1;
-  int major = 0, minor = 0;
-  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  const bool yes = major == 9 && minor == 0;
-  if (dev < 64) cached[dev] = yes ? 1 : 2;
-  return yes;
 }
 
 template <typename T, bool kCausal>
@@ -716,17 +692,6 @@ void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaSt
   RFA_CHECK_LAUNCH(what);
 }
 
-int sm_count() {
-  static std::mutex mu;
-  static std::array<int, 64> cache{};
-  int dev = 0;
-  RFA_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  if (dev >= int(cache.size())) return 132;
-  if (cache[dev] == 0) RFA_CUDA_CHECK(cudaDeviceGetAttribute(&cache[dev], cudaDevAttrMultiProcessorCount, dev));
-  return cache[dev];
-}
-
 // How many CTAs share each key tile's query steps. Both kernels run one CTA per SM, so a grid of
 // few key tiles (the seed's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs on 132 SMs,
 // 1.2 waves) leaves most SMs idle in its last wave. The model counts query steps per CTA, plus 2
@@ -736,7 +701,7 @@ template <class Tr>
 int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   const AttnShape& sh = p.shape;
   if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
-  const int64_t slots = sm_count();
+  const int64_t slots = current_device().sms;
   const int64_t blocks = int64_t(num_n_blocks) * sh.nheads_k * sh.batch;
   if (blocks >= 4 * slots) return 1;
   const int group = sh.nheads / sh.nheads_k, diag = sh.seqlen_k - sh.seqlen_q;
@@ -777,7 +742,9 @@ BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t
 
 template <int kHeadDim, typename T>
 void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
-  if (kHeadDim == 128 && device_is_sm90()) {
+  // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
+  // fallback, where its body is empty) take the mma.sync kernel.
+  if (kHeadDim == 128 && current_device().sm90) {
     grid = size_grid<BwdWgTraits>(p, grid, max_k, s);
     if (p.shape.causal)
       launch_bwd_wgmma<T, true>(p, grid, s);

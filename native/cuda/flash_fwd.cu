@@ -17,9 +17,7 @@
 //   not yet measured): one CTA per SM whose two 4-warp groups split a tile's K/V tiles and merge
 //   their softmax states, so a heavy tile gets the whole SM.
 #include <algorithm>
-#include <array>
 #include <cmath>
-#include <mutex>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
@@ -334,17 +332,6 @@ __global__ void combine_kernel(const FlashFwdParams p, const FwdGrid grid) {
   if (lane == 0) p.lse[b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(i) * p.lse_stride.row] = lse;
 }
 
-int sm_count() {
-  static std::mutex mu;
-  static std::array<int, 64> cache{};
-  int dev = 0;
-  RFA_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  if (dev >= int(cache.size())) return 132;
-  if (cache[dev] == 0) RFA_CUDA_CHECK(cudaDeviceGetAttribute(&cache[dev], cudaDevAttrMultiProcessorCount, dev));
-  return cache[dev];
-}
-
 // How many key ranges to cut each query tile into. A grid that fills the GPU unevenly (few
 // heads: the seed's h=5; the half-size blocks of the zigzag ring; one heavy causal tile per
 // head) leaves SMs idle; splitting trades that for partial writes and one combine pass. The cost
@@ -354,7 +341,7 @@ template <class Tr>
 int plan_splits(const FlashFwdParams& p, int num_m_blocks) {
   const AttnShape& sh = p.shape;
   if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_k == 0) return 1;
-  const int64_t slots = 2 * int64_t(sm_count());
+  const int64_t slots = 2 * int64_t(current_device().sms);
   const int64_t blocks = int64_t(num_m_blocks) * sh.nheads * sh.batch;
   if (blocks >= 4 * slots) return 1;
   const int diag = sh.seqlen_k - sh.seqlen_q;
@@ -383,40 +370,17 @@ int plan_splits(const FlashFwdParams& p, int num_m_blocks) {
   return cost(best) < 0.9 * cost(1) ? best : 1;
 }
 
-// Split partials live in a stream-ordered pool of our own (never released to the OS between
-// calls, so the steady state allocates nothing), per device.
-cudaMemPool_t split_pool() {
-  static std::mutex mu;
-  static std::array<cudaMemPool_t, 64> pools{};
-  int dev = 0;
-  RFA_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  if (dev >= int(pools.size())) RFA_THROW("E_UNSUPPORTED", "flash_fwd: device index above 63");
-  if (!pools[dev]) {
-    cudaMemPoolProps props{};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = dev;
-    RFA_CUDA_CHECK(cudaMemPoolCreate(&pools[dev], &props));
-    uint64_t keep = UINT64_MAX;
-    RFA_CUDA_CHECK(cudaMemPoolSetAttribute(pools[dev], cudaMemPoolAttrReleaseThreshold, &keep));
-  }
-  return pools[dev];
-}
-
 template <int kHeadDim, typename T, bool kCausal>
-void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
+void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   using Tr = FwdTraits<kHeadDim>;
   FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 1, nullptr, nullptr};
   grid.num_splits = plan_splits<Tr>(p, grid.num_m_blocks);
   const int64_t blocks = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
-  void* part = nullptr;
   const int64_t rows = int64_t(p.shape.batch) * p.shape.seqlen_q * p.shape.nheads;
+  ScratchBlock part(scratch);  // the split partials, released once their launches are queued
   if (grid.num_splits > 1) {
-    const size_t bytes = size_t(grid.num_splits) * rows * (kHeadDim + 1) * sizeof(float);
-    RFA_CUDA_CHECK(cudaMallocFromPoolAsync(&part, bytes, split_pool(), s));
-    grid.part_out = static_cast<float*>(part);
+    grid.part_out = static_cast<float*>(part.get(size_t(grid.num_splits) * rows * (kHeadDim + 1) * sizeof(float)));
     grid.part_lse = grid.part_out + grid.num_splits * rows * kHeadDim;
   }
   auto kernel = flash_fwd_kernel<Tr, T, kCausal>;
@@ -429,30 +393,29 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t 
     const int64_t combine_blocks = (rows * kWarpSize + kCombineThreads - 1) / kCombineThreads;
     combine_kernel<kHeadDim, T><<<unsigned(combine_blocks), kCombineThreads, 0, s>>>(p, grid);
     RFA_CHECK_LAUNCH("flash_fwd combine_kernel");
-    RFA_CUDA_CHECK(cudaFreeAsync(part, s));
   }
 }
 
 template <int kHeadDim, typename T>
-void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
+void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   if (p.shape.causal)
-    launch_fwd<kHeadDim, T, true>(p, num_spans, max_q, s);
+    launch_fwd<kHeadDim, T, true>(p, num_spans, max_q, s, scratch);
   else
-    launch_fwd<kHeadDim, T, false>(p, num_spans, max_q, s);
+    launch_fwd<kHeadDim, T, false>(p, num_spans, max_q, s, scratch);
 }
 
 template <typename T>
-void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s) {
+void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   switch (p.shape.head_dim) {
-    case 32: return dispatch_causal<32, T>(p, num_spans, max_q, s);
-    case 64: return dispatch_causal<64, T>(p, num_spans, max_q, s);
-    default: return dispatch_causal<128, T>(p, num_spans, max_q, s);
+    case 32: return dispatch_causal<32, T>(p, num_spans, max_q, s, scratch);
+    case 64: return dispatch_causal<64, T>(p, num_spans, max_q, s, scratch);
+    default: return dispatch_causal<128, T>(p, num_spans, max_q, s, scratch);
   }
 }
 
 }  // namespace
 
-void flash_fwd(const FlashFwdParams& p, cudaStream_t s) {
+void flash_fwd(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
   const AttnShape& sh = p.shape;
   check_attn("flash_fwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;
@@ -465,9 +428,9 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t s) {
   check_view16("flash_fwd", "k", p.k, p.k_stride);
   check_view16("flash_fwd", "v", p.v, p.v_stride);
   if (p.dtype == DType::bf16)
-    dispatch_head_dim<__nv_bfloat16>(p, num_spans, max_q, s);
+    dispatch_head_dim<__nv_bfloat16>(p, num_spans, max_q, s, scratch);
   else
-    dispatch_head_dim<__half>(p, num_spans, max_q, s);
+    dispatch_head_dim<__half>(p, num_spans, max_q, s, scratch);
 }
 
 }  // namespace rfa::cuda

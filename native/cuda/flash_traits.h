@@ -4,10 +4,13 @@
 // and feed mma.sync m16n8k16 from them through ldmatrix. The numbers below are chosen for
 // registers first (fp32 accumulators live in registers for the whole kernel), then shared memory.
 #pragma once
+#include <array>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "attn_params.h"
+#include "cuda/check.h"
 #include "error.h"
 
 namespace rfa::cuda {
@@ -112,6 +115,35 @@ __device__ __forceinline__ Span span_of(const AttnShape& sh, const Segments& seg
 namespace rfa::cuda {
 
 inline bool head_dim_supported(int d) { return d == 32 || d == 64 || d == 128; }
+
+// What the launchers plan with about the calling thread's current device: SM count (grid
+// splits) and whether it runs sm_90a code (the wgmma backward). Read once per device; worker
+// threads of different ranks call concurrently.
+struct DeviceFacts {
+  int sms = 0;
+  bool sm90 = false;
+};
+
+inline DeviceFacts read_device_facts(int dev) {
+  DeviceFacts f;
+  int major = 0, minor = 0;
+  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  RFA_CUDA_CHECK(cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, dev));
+  f.sm90 = major == 9 && minor == 0;
+  return f;
+}
+
+inline DeviceFacts current_device() {
+  static std::mutex mu;
+  static std::array<DeviceFacts, 64> cache{};
+  int dev = 0;
+  RFA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= int(cache.size())) return read_device_facts(dev);
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache[dev].sms == 0) cache[dev] = read_device_facts(dev);
+  return cache[dev];
+}
 
 // Shape, dtype, head_dim and segments; `fn` names the entry point in messages.
 inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const Segments& seg) {

@@ -57,6 +57,24 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kWarmupRuns = 3, kTimedRuns = 25;
 
 // ---- device buffers holding f32 / bf16 / f16 elements, read and written as doubles ----------
+// flash_fwd's temporaries: one device buffer that grows to the largest request and is kept
+// (the addon passes its caching allocator instead). Growing frees the old buffer, which
+// synchronises the device, so a block still in use is never handed out again.
+const cuda::Scratch& scratch() {
+  static void* buf = nullptr;
+  static size_t cap = 0;
+  static const cuda::Scratch s{[](size_t n) {
+                                 if (n > cap) {
+                                   if (buf) CHECK_CUDA(cudaFree(buf));
+                                   CHECK_CUDA(cudaMalloc(&buf, n));
+                                   cap = n;
+                                 }
+                                 return buf;
+                               },
+                               [](void*) {}};
+  return s;
+}
+
 struct Buffer {
   DType dtype;
   size_t n;
@@ -340,7 +358,7 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   bp.accumulate = c.accumulate;
 
   try {
-    cuda::flash_fwd(fp, 0);
+    cuda::flash_fwd(fp, 0, scratch());
     // With varlen, rows outside every span keep their poison; dsum there is not needed.
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0);
@@ -406,7 +424,7 @@ void run_merge(std::mt19937_64& gen) {
     p.v = v.at(k0 * ks.row), p.v_stride = ks;
     p.out = o.at<float>(q0 * qs.row), p.o_stride = qs;
     p.lse = l.at<float>(q0), p.lse_stride = ls;
-    cuda::flash_fwd(p, 0);
+    cuda::flash_fwd(p, 0, scratch());
   };
   auto merge = [&](Buffer& o, Buffer& l, Buffer& ob, Buffer& lb) {
     MergeParams p;
@@ -582,18 +600,18 @@ void run_errors() {
     p.out = o.at<float>(0), p.o_stride = st, p.lse = o.at<float>(0), p.lse_stride = BhsStrides{8LL * h, 8, 1};
     return p;
   };
-  expect_throw("flash_fwd head_dim 96", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(96, 2, 2, DType::bf16), 0); });
-  expect_throw("flash_fwd float32 inputs", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(64, 2, 2, DType::f32), 0); });
-  expect_throw("flash_fwd nheads 3, nheads_k 2", "E_ARG", [&] { cuda::flash_fwd(params(64, 3, 2, DType::bf16), 0); });
+  expect_throw("flash_fwd head_dim 96", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(96, 2, 2, DType::bf16), 0, scratch()); });
+  expect_throw("flash_fwd float32 inputs", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(64, 2, 2, DType::f32), 0, scratch()); });
+  expect_throw("flash_fwd nheads 3, nheads_k 2", "E_ARG", [&] { cuda::flash_fwd(params(64, 3, 2, DType::bf16), 0, scratch()); });
   expect_throw("flash_fwd null q", "E_ARG", [&] {
     auto p = params(64, 2, 2, DType::bf16);
     p.q = nullptr;
-    cuda::flash_fwd(p, 0);
+    cuda::flash_fwd(p, 0, scratch());
   });
   expect_throw("flash_fwd misaligned k view", "E_UNSUPPORTED", [&] {
     auto p = params(64, 2, 2, DType::bf16);
     p.k = x.at(3);
-    cuda::flash_fwd(p, 0);
+    cuda::flash_fwd(p, 0, scratch());
   });
   expect_throw("flash_bwd head_dim 256", "E_UNSUPPORTED", [&] {
     FlashBwdParams p;
@@ -649,13 +667,13 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   bp.dv_stride = ks;
 
   const double fwd_flop = (causal ? 2.0 : 4.0) * b * h * double(s) * sk * d;
-  const float t_fwd = median_ms([&] { cuda::flash_fwd(fp, 0); });
+  const float t_fwd = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
   const float t_bwd = median_ms([&] {
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0);
   });
   const float t_all = median_ms([&] {
-    cuda::flash_fwd(fp, 0);
+    cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0);
   });
