@@ -48,6 +48,11 @@ export function seqLengths(cu: Int32Array): number[] {
   return Array.from({ length: cu.length - 1 }, (_, i) => cu[i + 1]! - cu[i]!);
 }
 
+/** The longest sequence of cu_seqlens (0 when there is none): its max_seqlen. */
+export function maxSeqLength(cu: Int32Array): number {
+  return Math.max(0, ...seqLengths(cu));
+}
+
 /** Every sequence must split into `parts` equal pieces (`why` says why, e.g. '2·world'). */
 export function checkSeqDivisible(fn: string, name: string, cu: Int32Array, parts: number, why: string): void {
   seqLengths(cu).forEach((len, i) => {
@@ -59,7 +64,7 @@ export function checkSeqDivisible(fn: string, name: string, cu: Int32Array, part
 export function checkMaxSeqlen(fn: string, name: string, value: unknown, cu: Int32Array, cuName: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0)
     fail('E_ARG', `${fn}: ${name} must be a non-negative integer, got ${value === undefined ? 'nothing' : String(value)}`);
-  const longest = Math.max(0, ...seqLengths(cu));
+  const longest = maxSeqLength(cu);
   if (value < longest) fail('E_ARG', `${fn}: ${name} (${value}) must cover the longest sequence of ${cuName} (${longest})`);
   return value;
 }

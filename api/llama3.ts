@@ -9,7 +9,7 @@ import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { ATTN_POSITIONAL } from './args.js';
-import { checkCuSeqlens, checkMaxSeqlen, seqLengths } from './cu_seqlens.js';
+import { checkCuSeqlens, checkMaxSeqlen, maxSeqLength } from './cu_seqlens.js';
 import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
 import { segmentSpec, spansOf } from './segments.js';
 import type { KSlice, Llama3Args } from './types.js';
@@ -44,7 +44,6 @@ function searchsorted(a: Int32Array, x: number): number {
   return lo;
 }
 
-const maxLen = (cu: Int32Array) => Math.max(0, ...seqLengths(cu));
 
 /**
  * llama3_flash_attn_prepare_cu_seqlens(cu_seqlens, causal, rank, world_size): for the GLOBAL
@@ -72,7 +71,7 @@ export function llama3_flash_attn_prepare_cu_seqlens(cu_seqlens: unknown, causal
   const sliceLeft = cu[left]!, sliceRight = causal ? last : cu[right]!;
   cuK[cuK.length - 1] = sliceRight;
   for (let i = 0; i < cuK.length; i++) cuK[i] -= sliceLeft;
-  return [cuQ, cuK, maxLen(cuQ), maxLen(cuK), { start: sliceLeft, stop: sliceRight }];
+  return [cuQ, cuK, maxSeqLength(cuQ), maxSeqLength(cuK), { start: sliceLeft, stop: sliceRight }];
 }
 
 function checkSlice(fn: string, x: unknown, gathered: number): KSlice {

@@ -4,6 +4,7 @@
 // times longer, split evenly or zigzagged over the ranks); llama3 gets the GLOBAL boundaries
 // (local × world) through llama3_flash_attn_prepare_cu_seqlens with heads_k_stride, as in Python;
 // the theoretic column runs flash_attn_varlen on the local shard with the local sets.
+import { maxSeqLength } from '../api/cu_seqlens.js';
 import { llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_kvpacked_func } from '../api/llama3.js';
 import { ring_flash_attn_varlen_kvpacked_func } from '../api/ring_varlen.js';
 import { flash_attn_varlen_kvpacked_func } from '../api/single_varlen.js';
@@ -29,20 +30,19 @@ export interface VarlenBenchTask extends TimingPlan {
   seed: number;
 }
 
-const maxLen = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
-
 /** One call per set: the public function with the arguments the Python benchmark passes. */
 function callsFor(ctx: RankContext, t: VarlenBenchTask, q: DeviceTensor, kv: DeviceTensor): (() => DeviceTensor)[] {
   const opts = { causal: true };
   return t.sets.map((set) => {
     const cu = Int32Array.from(set);
+    const max = maxSeqLength(cu);
     switch (t.column) {
       case 'flash_attn_varlen':
-        return () => flash_attn_varlen_kvpacked_func(q, kv, cu, cu, maxLen(set), maxLen(set), opts) as DeviceTensor;
+        return () => flash_attn_varlen_kvpacked_func(q, kv, cu, cu, max, max, opts) as DeviceTensor;
       case 'ring_varlen':
-        return () => ring_flash_attn_varlen_kvpacked_func(q, kv, cu, maxLen(set), opts) as DeviceTensor;
+        return () => ring_flash_attn_varlen_kvpacked_func(q, kv, cu, max, opts) as DeviceTensor;
       case 'zigzag_ring_varlen':
-        return () => zigzag_ring_flash_attn_varlen_kvpacked_func(q, kv, cu, maxLen(set), opts) as DeviceTensor;
+        return () => zigzag_ring_flash_attn_varlen_kvpacked_func(q, kv, cu, max, opts) as DeviceTensor;
       case 'llama3': {
         const global = Int32Array.from(set, (x) => x * ctx.world);
         const [cuQ, cuK, maxQ, maxK, slice] = llama3_flash_attn_prepare_cu_seqlens(global, true, ctx.rank, ctx.world);
