@@ -9,7 +9,6 @@ import type { Backend } from '../runtime/backend.js';
 import type { Group, Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { disposeAll, emptyKv, packKv, ringPeer, type KvBuffer } from './kv_buffer.js';
-import { updateOutAndLse } from './merge.js';
 import { coversQueries, SegmentTables, type SegmentSpec } from './segments.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
@@ -61,23 +60,18 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
     tables.release();
     return { out, lse };
   }
-  const blockOut = backend.empty([b, s, h, d], 'float32');
-  const blockLse = backend.empty([b, h, s], 'float32');
   for (let step = 1; step < W; step++) {
     pending.wait();
     const cur = bufs[step % 2]!;
     if (step + 1 < W) pending = passAlong(backend, group, cur, bufs[(step + 1) % 2]!);
     const p = plan(step, group, s, o);
     if (!p) continue;
-    const bo = rowsOf(blockOut, { start: 0, length: p.q.length });
-    const bl = rowsOf(blockLse, { start: 0, length: p.q.length }, 2);
-    // Rows outside the spans keep lse −inf, which the merge skips.
-    if (p.seg && !coversQueries(p.seg, p.q.length)) backend.fill(blockLse, -Infinity);
-    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), bo, bl, attn(p));
-    updateOutAndLse(backend, rowsOf(out, p.q), rowsOf(lse, p.q, 2), bo, bl);
+    // The kernel merges the block into the running out/lse of its rows (update_out_and_lse,
+    // fused); rows outside a varlen plan's spans are not touched.
+    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(out, p.q), rowsOf(lse, p.q, 2), { ...attn(p), merge: true });
   }
   tables.release();
-  disposeAll(...bufs, blockOut, blockLse);
+  disposeAll(...bufs);
   return { out, lse };
 }
 

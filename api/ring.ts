@@ -7,7 +7,6 @@ import { DONE, type Group, type Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { attnFamily } from './family.js';
 import { disposeAll, emptyKv, packKv, ringPeer, zerosKv, type KvBuffer } from './kv_buffer.js';
-import { updateOutAndLse } from './merge.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 /** Which steps move data: rank r uses the block of r−s; rank r+s uses ours. */
@@ -30,8 +29,6 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
   const W = group.size;
   const local = W > 1 ? packKv(backend, k, v) : undefined;
   const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
-  const blockOut = W > 1 ? backend.empty([b, s, h, d], 'float32') : undefined;
-  const blockLse = W > 1 ? backend.empty([b, h, s], 'float32') : undefined;
 
   const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
     plan.feeds(step) ? [{ peer: plan.dst(step), tensor: local!.buf }] : [],
@@ -44,11 +41,11 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
     pending = transfer(step + 1);
     if (!plan.uses(step)) continue;
     const kv = recv[step % 2]!;
-    backend.flashFwd(q, kv.k, kv.v, blockOut!, blockLse!, { softmaxScale: o.softmaxScale, causal: false });
-    updateOutAndLse(backend, out, lse, blockOut!, blockLse!);
+    // The kernel merges the block into the running out/lse (update_out_and_lse, fused).
+    backend.flashFwd(q, kv.k, kv.v, out, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true });
   }
   pending.wait();
-  disposeAll(local, ...recv, blockOut, blockLse);
+  disposeAll(local, ...recv);
   return { out, lse };
 }
 

@@ -9,6 +9,7 @@ import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { random } from './random.js';
+import { soloGroup, withSoloComm, type SoloRank } from './solo_comm.js';
 
 export interface BenchTask extends TimingPlan {
   name: string;
@@ -18,6 +19,8 @@ export interface BenchTask extends TimingPlan {
   dtype: DType;
   backward: boolean;
   seed: number;
+  /** Run ring functions as this one rank of a larger ring, without transfers (solo_comm.ts). */
+  solo?: SoloRank;
 }
 
 export interface BenchResult {
@@ -37,14 +40,17 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     : entry.packing === 'kvpacked' ? [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, 2, t.hk, t.d], 2)]
       : [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, t.hk, t.d], 2), mk([t.b, t.s, t.hk, t.d], 3)];
   const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] }, t.dtype);
-  const once = () => {
-    const out = entry.fn(...inputs, { causal: t.causal }) as DeviceTensor;
+  const single = entry.layout === 'single';
+  const group = t.solo && !single ? soloGroup(ctx, t.solo) : null;
+  const call = () => {
+    const out = entry.fn(...inputs, group ? { causal: t.causal, group } : { causal: t.causal }) as DeviceTensor;
     if (t.backward) {
       out.backward(dout);
       for (const x of inputs) { x.grad?.dispose(); x.grad = null; }
     }
     out.dispose();
   };
+  const once = group ? () => withSoloComm(ctx.backend, group, call) : call;
   const timing = timeCalls(ctx, once, t);
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };

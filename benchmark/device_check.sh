@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
 # (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
-# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table.
+# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table, (with SOLO="2 4")
+# the README table of one rank of each world alone on GPU 0, transfers skipped.
 # Logs go to $OUT; a short summary prints last.
 #   device run: source .device/env.sh && bash benchmark/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/gpus.txt"
-echo "--- test:gpu"; timeout ${TEST_TIMEOUT:-420} npm run test:gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^\s*$" | tail -40
+[ "${TESTS:-1}" = 1 ] && { echo "--- test:gpu"; timeout ${TEST_TIMEOUT:-420} npm run test:gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^\s*$" | tail -40; }
 echo "--- sass"; sass=$(cuobjdump --dump-sass build/Release/ring_flash_attn.node 2>/dev/null)
 echo "HMMA instructions: $(grep -c HMMA <<<"$sass"), HGMMA: $(grep -c HGMMA <<<"$sass")" | tee "$OUT/sass.txt"
 echo "--- python reads tensor files"
@@ -22,7 +23,11 @@ if [ "${BENCH:-0}" = 1 ]; then
   echo "--- bench"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
   cp benchmark/results/*.json benchmark/results/*.svg "$OUT/" 2>/dev/null
 fi
+for w in ${SOLO:-}; do
+  echo "--- solo $w"; timeout ${BENCH_TIMEOUT:-300} node dist/benchmark/readme_table.js --solo $w ${BENCH_ARGS:-} 2>&1 | tee "$OUT/solo$w.log"
+done
 echo "=== summary"; grep -E "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
 [ -f "$OUT/bench.log" ] && tail -30 "$OUT/bench.log"
+for w in ${SOLO:-}; do grep -E "^## |^\| iter|^\|          \| \|" "$OUT/solo$w.log"; done

@@ -6,6 +6,8 @@
 // iter/s ÷ world); then the varlen table (flash_attn_varlen | ring_varlen | zigzag_ring_varlen |
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
 // --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle.
+// `--solo W` runs on one device the share of the slowest rank (W−1) of a W-rank ring, without
+// transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free.
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -55,7 +57,10 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function main(): Promise<void> {
   const gpus = visibleGpuCount();
   const backend = (arg('backend') ?? (gpus > 0 ? 'cuda' : 'cpu')) as 'cuda' | 'cpu';
-  const world = Number(arg('world') ?? (backend === 'cuda' ? gpus : 2));
+  const solo = arg('solo') ? Number(arg('solo')) : null;
+  // In solo mode one rank plays rank W−1 of a W-rank ring; `world` is W for every figure.
+  const world = solo ?? Number(arg('world') ?? (backend === 'cuda' ? gpus : 2));
+  if (!Number.isInteger(world) || world < 1) throw new Error(`--world/--solo must be a positive integer, got ${world}`);
   const onGpu = backend === 'cuda';
   const dtype: DType = onGpu ? 'bfloat16' : 'float32';
   const tokens = Number(arg('tokens') ?? (onGpu ? 8192 : 128)); // per rank
@@ -72,22 +77,24 @@ async function main(): Promise<void> {
   const maxRepeats = Number(arg('max-repeats') ?? 8);
   const settle = Number(arg('settle') ?? 0.03);
 
-  const varlen = (arg('varlen') ?? 'on') !== 'off';
+  const varlen = (arg('varlen') ?? (solo ? 'off' : 'on')) !== 'off';
+  if (solo && varlen) throw new Error('--solo times the dense table only (llama3_varlen needs its peers for all-gather)');
   // The Python project's varlen benchmark: llama3-8B heads, 8192 tokens per rank, its four
   // cu_seqlens sets in turn, heads_k_stride 4 for llama3. On the CPU backend: small even sets.
   const varlenCase = onGpu
     ? { title: `varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)`, s: 8192, h: 32, hk: 8, d: 128, headsKStride: 4, sets: SEED_SETS }
     : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
 
-  const rt = await init({ backend, world });
+  const rt = await init({ backend, world: solo ? 1 : world });
   const denseModule = new URL('./bench_rank.js', import.meta.url).href;
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
-  const machine = onGpu ? `${world}× GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, world ${world}, ${os.cpus().length} cores (not a GPU figure)`;
+  const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
+  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, transfers skipped` : onGpu ? `${world}× ${device}` : `${device}, world ${world}`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];
-  const ranks = Array.from({ length: world }, (_, i) => i);
+  const ranks = Array.from({ length: solo ? 1 : world }, (_, i) => i);
   // Runs one column on every rank (the theoretic column too: as in the seed's benchmark, every
   // rank runs the single-device kernel on its own shard at the same time) and makes its cell.
   const measure = async (label: string, module: string, task: object, flopPerRank: number, single: boolean, extra: Record<string, unknown>): Promise<Cell> => {
@@ -120,7 +127,8 @@ async function main(): Promise<void> {
         for (const col of COLUMNS) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
-          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1 };
+          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1,
+            ...(solo ? { solo: { world, rank: world - 1 } } : {}) };
           const single = col.prefix === 'flash_attn';
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
@@ -150,7 +158,7 @@ async function main(): Promise<void> {
   }
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
   fs.mkdirSync(dir, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-w${world}`;
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}`;
   fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);

@@ -68,6 +68,10 @@ struct FlashFwdParams {
   DType out_dtype = DType::f32;                   // f32, or the dtype of q
   float* lse = nullptr;     BhsStrides lse_stride; // (batch, nheads, seqlen_q) fp32, natural log
   Segments seg;             // varlen; num_seqs == 0 for dense batches
+  // Ring steps: out (fp32) and lse already hold a running result over other keys; the block's
+  // result is merged into them (update_out_and_lse) instead of overwriting. Rows the call does
+  // not cover keep their values.
+  bool merge = false;
 };
 
 // dsum = rowsum(dout * out): the softmax-backward term D_i, computed once per backward call with

@@ -109,8 +109,11 @@ export abstract class Backend {
     };
   }
 
-  /** out (fp32), lse (fp32) = attention of q against k/v (see native/attn_params.h). */
-  flashFwd(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: args.AttnOptions): void {
+  /**
+   * out, lse (fp32) = attention of q against k/v (see native/attn_params.h); with `merge`, the
+   * result is merged into the running out/lse (update_out_and_lse, fused into the kernel).
+   */
+  flashFwd(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: args.FwdOptions): void {
     this.kernels.flashFwd(args.fwdArgs(q, k, v, out, lse, o));
   }
 

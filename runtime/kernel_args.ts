@@ -11,6 +11,11 @@ export interface AttnOptions {
   seg?: SegmentTable;
 }
 
+/** flashFwd only: merge the block into the running fp32 out/lse instead of overwriting them. */
+export interface FwdOptions extends AttnOptions {
+  merge?: boolean;
+}
+
 /**
  * Segments of a varlen kernel call in the backend's memory: segment i covers query rows
  * [qStart[i], qStart[i] + qLen[i]) and key rows [kStart[i], kStart[i] + kLen[i]).
@@ -42,8 +47,10 @@ function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
   };
 }
 
-export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: AttnOptions) {
+export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: FwdOptions) {
+  if (o.merge && out.dtype !== 'float32') fail('E_ARG', 'flashFwd: merging into out needs a float32 out');
   return {
+    merge: o.merge === true,
     shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype], seg: o.seg?.native,
     q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), out_dtype: DTYPE_CODE[out.dtype], lse: bhs(lse, 'lse'),
   };

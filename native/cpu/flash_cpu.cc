@@ -70,14 +70,32 @@ void for_each_span(const AttnShape& sh, const Segments& seg, F&& f) {
   }
 }
 
+// update_out_and_lse for one row: o[0, d) and lse hold the running result, (ob, lb) a block's.
+void merge_row(float* o, float& lse, const float* ob, double lb, int d) {
+  const double la = lse;
+  if (std::isinf(lb) && lb < 0) return;  // the block saw no key for this row
+  if (std::isinf(la) && la < 0) {        // nothing merged yet: take the block
+    for (int c = 0; c < d; ++c) o[c] = ob[c];
+    lse = float(lb);
+    return;
+  }
+  // out = out_a - sigmoid(lb - la) * (out_a - out_b);  lse = la - logsigmoid(la - lb)
+  const double w = 1.0 / (1.0 + std::exp(la - lb));
+  for (int c = 0; c < d; ++c) o[c] = float(o[c] - w * (double(o[c]) - ob[c]));
+  const double x = la - lb;  // -logsigmoid(x) = softplus(-x), computed stably
+  const double softplus = x > 0 ? std::log1p(std::exp(-x)) : -x + std::log1p(std::exp(x));
+  lse = float(la + softplus);
+}
+
 }  // namespace
 
 void flash_fwd(const FlashFwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
+  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32, "flash_fwd: merging into out needs float32 out");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
-  std::vector<float> K, V, Q;
+  std::vector<float> K, V, Q, row(static_cast<size_t>(d));
   std::vector<double> scores, acc(static_cast<size_t>(d));
   for_each_span(sh, p.seg, [&](const Span& sp) {
     scores.resize(size_t(sp.nk));
@@ -106,8 +124,15 @@ void flash_fwd(const FlashFwdParams& p) {
             for (int c = 0; c < d; ++c) acc[c] += e * v[c];
           }
           const int64_t o = bsh_index(p.o_stride, sp.b, sp.q0 + i, h);
+          float& lse = p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)];
+          const double row_lse = last < 0 ? kNegInf : row_max + std::log(sum);
+          if (p.merge) {  // rounded to fp32 first, as a separate block result would be
+            for (int c = 0; c < d; ++c) row[size_t(c)] = last < 0 ? 0.f : float(acc[c] / sum);
+            merge_row(static_cast<float*>(p.out) + o, lse, row.data(), float(row_lse), d);
+            continue;
+          }
           for (int c = 0; c < d; ++c) store_elem(p.out, o + c, p.out_dtype, last < 0 ? 0.f : float(acc[c] / sum));
-          p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)] = last < 0 ? float(kNegInf) : float(row_max + std::log(sum));
+          lse = float(row_lse);
         }
       }
     }
@@ -190,24 +215,10 @@ void merge(const MergeParams& p) {
   RFA_CHECK_ARG(p.out && p.lse && p.block_out && p.block_lse, "merge: null tensor");
   for (int64_t b = 0; b < p.batch; ++b)
     for (int h = 0; h < p.nheads; ++h)
-      for (int i = 0; i < p.seqlen; ++i) {
-        float& lse = p.lse[bhs_index(p.lse_stride, b, h, i)];
-        const double la = lse, lb = p.block_lse[bhs_index(p.block_lse_stride, b, h, i)];
-        float* o = p.out + bsh_index(p.o_stride, b, i, h);
-        const float* ob = p.block_out + bsh_index(p.block_o_stride, b, i, h);
-        if (std::isinf(lb) && lb < 0) continue;  // the block saw no key for this row
-        if (std::isinf(la) && la < 0) {          // nothing merged yet: take the block
-          for (int c = 0; c < p.head_dim; ++c) o[c] = ob[c];
-          lse = float(lb);
-          continue;
-        }
-        // out = out_a - sigmoid(lb - la) * (out_a - out_b);  lse = la - logsigmoid(la - lb)
-        const double w = 1.0 / (1.0 + std::exp(la - lb));
-        for (int c = 0; c < p.head_dim; ++c) o[c] = float(o[c] - w * (double(o[c]) - ob[c]));
-        const double x = la - lb;  // -logsigmoid(x) = softplus(-x), computed stably
-        const double softplus = x > 0 ? std::log1p(std::exp(-x)) : -x + std::log1p(std::exp(x));
-        lse = float(la + softplus);
-      }
+      for (int i = 0; i < p.seqlen; ++i)
+        merge_row(p.out + bsh_index(p.o_stride, b, i, h), p.lse[bhs_index(p.lse_stride, b, h, i)],
+                  p.block_out + bsh_index(p.block_o_stride, b, i, h), p.block_lse[bhs_index(p.block_lse_stride, b, h, i)],
+                  p.head_dim);
 }
 
 void cast(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n) {

@@ -17,7 +17,12 @@
 //   not yet measured): one CTA per SM whose two 4-warp groups split a tile's K/V tiles and merge
 //   their softmax states, so a heavy tile gets the whole SM.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <functional>
+#include <map>
+#include <queue>
+#include <vector>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
@@ -27,19 +32,32 @@
 namespace rfa::cuda {
 namespace {
 
+// One CTA per query tile (of kBlockM rows, head, batch entry or varlen segment), heaviest tiles
+// first; or, when that grid fills the GPU unevenly (few heads: the seed's h=5 and the zigzag
+// ring's half blocks; heavy causal tiles; dense batches only), the first `whole` tiles in that
+// order keep a CTA each and every later tile is cut into `splits` pieces of its key tiles, one
+// CTA each. A piece writes a partial (out, lse); the last piece of a tile to finish (arrivals
+// counted per tile) merges them all, so there is no combine pass and no CTA waits for another.
 constexpr int kMaxSplits = 8;
 
 struct FwdGrid {
   int num_m_blocks;  // query tiles per (head, span)
   int num_spans;     // batch entries, or varlen segments
   float scale_log2;  // softmax_scale * log2(e)
-  // Split-KV (dense batches only): when num_splits > 1 every query tile's key tiles are cut into
-  // num_splits even ranges, one CTA each; CTAs write partial (out, lse) to compact fp32 buffers
-  // part_out [split][b][s][h][d] and part_lse [split][b][h][s], and combine_kernel merges them.
-  int num_splits;
-  float* part_out;
-  float* part_lse;
+  int whole;         // tiles with a CTA of their own (all of them when splits == 1)
+  int splits;        // pieces per later tile
+  float* part_out;   // partials of piece k of later tile i at slot (i - whole) * splits + k:
+  float* part_lse;   //   [slot][kBlockM][head_dim] and [slot][kBlockM]
+  int* arrivals;     // per later tile: pieces finished (zeroed before the launch)
 };
+
+// Key tiles that query tile m0.. may see: all of the span, or (causal) up to its diagonal.
+template <class Tr, bool kCausal>
+__device__ __forceinline__ int key_tiles(const Span& sp, int m0) {
+  int n_end = sp.nk;
+  if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + sp.nk - sp.nq);
+  return n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
+}
 
 // Scores of keys past the span and (causal) right of the diagonal become -inf. Element e of
 // n-tile nt of m-tile mt is row row0 + 16 mt + 8 (e / 2), key key0 + 8 nt + e % 2.
@@ -57,14 +75,17 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
       }
 }
 
-// Where a CTA's rows of out and lse go: the caller's tensors (out in fp32 or, for a final
-// single-device result, 16-bit), or this split's compact fp32 partial buffers.
+// Where a tile's rows of out and lse go: the caller's tensors (out in fp32 or, for a final
+// single-device result, 16-bit), or a stream-K CTA's fp32 partial slot.
 struct OutSite {
   void* out;  // element (row r, column c) at out + r * o_row + c, in fp32 or 16-bit units
   int64_t o_row;
   bool out16;
   float* lse;
   int64_t lse_row;
+  __device__ __forceinline__ float2 load2(int r, int c) const {
+    return *reinterpret_cast<const float2*>(static_cast<const float*>(out) + int64_t(r) * o_row + c);
+  }
   // Stores n (1 or 2) adjacent columns: x0, x1 in fp32, or `pair` (two packed 16-bit values, low
   // half first) in 16 bits.
   __device__ __forceinline__ void store(int r, int c, float x0, float x1, uint32_t pair, int n) const {
@@ -79,16 +100,7 @@ struct OutSite {
   }
 };
 
-template <class Tr>
-__device__ __forceinline__ OutSite out_site(const FlashFwdParams& p, const FwdGrid& grid, const Span& sp, int m0, int h,
-                                            int split) {
-  if (grid.num_splits > 1) {
-    const int64_t sq = p.shape.seqlen_q, hd = int64_t(p.shape.nheads) * Tr::kHeadDim;
-    float* o = grid.part_out + split * int64_t(p.shape.batch) * sq * hd;
-    float* lse = grid.part_lse + split * int64_t(p.shape.batch) * p.shape.nheads * sq;
-    return OutSite{o + sp.b * sq * hd + int64_t(sp.q0 + m0) * hd + h * Tr::kHeadDim, hd, false,
-                   lse + (sp.b * p.shape.nheads + h) * sq + sp.q0 + m0, 1};
-  }
+__device__ __forceinline__ OutSite out_site(const FlashFwdParams& p, const Span& sp, int m0, int h) {
   const bool out16 = p.out_dtype != DType::f32;
   const int64_t at = sp.b * p.o_stride.batch + int64_t(sp.q0 + m0) * p.o_stride.row + h * p.o_stride.head;
   void* o = out16 ? static_cast<void*>(static_cast<uint16_t*>(p.out) + at) : static_cast<void*>(static_cast<float*>(p.out) + at);
@@ -97,8 +109,92 @@ __device__ __forceinline__ OutSite out_site(const FlashFwdParams& p, const FwdGr
                  p.lse_stride.row};
 }
 
+template <class Tr>
+__device__ __forceinline__ OutSite part_site(const FwdGrid& grid, int slot) {
+  return OutSite{grid.part_out + int64_t(slot) * Tr::kBlockM * Tr::kHeadDim, Tr::kHeadDim, false,
+                 grid.part_lse + int64_t(slot) * Tr::kBlockM, 1};
+}
+
+// p.merge: a row's new (out, lse) is the running one plus this block's. Weights of the two
+// sides and the merged lse (the running side may have seen no key yet: lse -inf).
+struct MergeWeights {
+  float old_w, new_w, lse;
+};
+__device__ __forceinline__ MergeWeights merge_weights(float lse_old, float lse_blk) {
+  if (lse_old == -INFINITY) return {0.f, 1.f, lse_blk};
+  const float mx = fmaxf(lse_old, lse_blk);
+  const float lse = mx + logf(expf(lse_old - mx) + expf(lse_blk - mx));
+  return {expf(lse_old - lse), expf(lse_blk - lse), lse};
+}
+
+// A CTA's work: query tile (m_block, j) in heavy-first order, whole (piece < 0: the result is
+// final, merged into out/lse with p.merge) or its piece `piece` of grid.splits (a partial at
+// slot blockIdx.x - grid.whole). Computed from blockIdx wherever it is needed, which the
+// compiler recomputes rather than keeps in a register through the main loop (it needs all 255).
+struct TileJob {
+  int m_block, j, piece;
+};
+
+__device__ __forceinline__ TileJob tile_job(const FwdGrid& grid, int heads) {
+  const int H = heads * grid.num_spans, b = int(blockIdx.x);
+  const int tile = b < grid.whole ? b : grid.whole + (b - grid.whole) / grid.splits;
+  return TileJob{grid.num_m_blocks - 1 - tile / H, tile % H, b < grid.whole ? -1 : (b - grid.whole) % grid.splits};
+}
+
+template <class Tr, typename T>
+__device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job,
+                                                const float (&acc_o)[Tr::kMTilesPerWarp][Tr::kOTiles][4],
+                                                const float (&row_max)[Tr::kMTilesPerWarp][2],
+                                                const float (&row_sum)[Tr::kMTilesPerWarp][2]) {
+  using Mma = MmaType<T>;
+  constexpr int kMT = Tr::kMTilesPerWarp, kOT = Tr::kOTiles;
+  const int heads = p.shape.nheads, slot = job.piece < 0 ? -1 : int(blockIdx.x) - grid.whole;
+  const Span sp = span_of(p.shape, p.seg, job.j / heads);
+  const int m0 = job.m_block * Tr::kBlockM, rows_valid = min(Tr::kBlockM, sp.nq - m0);
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const int warp_row0 = threadIdx.x / kWarpSize * Tr::kRowsPerWarp;
+  const float scale = p.shape.softmax_scale;
+  const bool merge = slot < 0 && p.merge;
+  const OutSite o = slot < 0 ? out_site(p, sp, m0, job.j % heads) : part_site<Tr>(grid, slot);
+  float lse_old[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
+      lse_old[mt][hi] = merge && r < rows_valid ? o.lse[int64_t(r) * o.lse_row] : -INFINITY;
+    }
+  __syncwarp();  // every lane of a row's quad has read its running lse before lane 0 rewrites it
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      float sum = row_sum[mt][hi];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
+      if (r >= rows_valid) continue;
+      const float lse_blk = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
+      if (merge && lse_blk == -INFINITY) continue;  // the block adds nothing to this row
+      const MergeWeights w = merge ? merge_weights(lse_old[mt][hi], lse_blk) : MergeWeights{0.f, 1.f, lse_blk};
+      const float inv = sum > 0.f ? w.new_w / sum : 0.f;
+#pragma unroll
+      for (int dt = 0; dt < kOT; ++dt) {
+        const int c = dt * kMmaN + 2 * t;
+        float x0 = acc_o[mt][dt][2 * hi] * inv, x1 = acc_o[mt][dt][2 * hi + 1] * inv;
+        if (w.old_w != 0.f) {
+          const float2 prev = o.load2(r, c);
+          x0 = fmaf(w.old_w, prev.x, x0);
+          x1 = fmaf(w.old_w, prev.y, x1);
+        }
+        o.store(r, c, x0, x1, Mma::pack(x0, x1), 2);
+      }
+      if (t == 0) o.lse[int64_t(r) * o.lse_row] = w.lse;
+    }
+}
+
 template <class Tr, typename T, bool kCausal>
-__global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
+__device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
   using Mma = MmaType<T>;
   constexpr int kMT = Tr::kMTilesPerWarp, kST = Tr::kSTiles, kOT = Tr::kOTiles, kPitch = Tr::kPitch;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -106,18 +202,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
   T* sK = sQ + Tr::kBlockM * kPitch;
   T* sV = sK + Tr::kBlockN * kPitch;
 
-  // Heaviest tiles first: blocks are handed out in index order, so giving the last query tiles
-  // (which see the most keys under a causal mask) the lowest indices lets light tiles fill the tail.
-  // All splits of a query tile are adjacent, so a heavy tile's pieces also start early.
   const int heads = p.shape.nheads;
-  const int per_split = heads * grid.num_spans;
-  const int per_m_block = per_split * grid.num_splits;
-  const int m_block = grid.num_m_blocks - 1 - int(blockIdx.x) / per_m_block;
-  const int split = int(blockIdx.x) % per_m_block / per_split;
-  const int h = int(blockIdx.x) % per_split % heads;
-  const int z = int(blockIdx.x) % per_split / heads;
-  const Span sp = span_of(p.shape, p.seg, z);
-  const int m0 = m_block * Tr::kBlockM;
+  const int h = job.j % heads;
+  const Span sp = span_of(p.shape, p.seg, job.j / heads);
+  const int m0 = job.m_block * Tr::kBlockM;
   if (m0 >= sp.nq) return;
   const int hk = h / (heads / p.shape.nheads_k);
   const int rows_valid = min(Tr::kBlockM, sp.nq - m0);
@@ -129,16 +217,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
                 hk * p.k_stride.head;
   const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0) * p.v_stride.row +
                 hk * p.v_stride.head;
-  // Where this CTA's result goes: the caller's out/lse, or this split's compact partial buffers.
-  // Keys any row of this tile may see; under the causal mask later K tiles are skipped entirely.
-  int n_end = sp.nk;
-  if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + diag);
-  const int n_tiles = n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
-  const int per_split_tiles = (n_tiles + grid.num_splits - 1) / grid.num_splits;
-  const int it_begin = min(n_tiles, split * per_split_tiles);
-  const int it_end = min(n_tiles, it_begin + per_split_tiles);
-  if (it_begin == it_end) {  // no row of the tile sees a key (of this split): out = 0, lse = -inf
-    const OutSite o = out_site<Tr>(p, grid, sp, m0, h, split);
+  int it_begin = 0, it_end = key_tiles<Tr, kCausal>(sp, m0);
+  if (job.piece >= 0) {
+    const int per = (it_end + grid.splits - 1) / grid.splits;
+    it_begin = min(it_end, job.piece * per);
+    it_end = min(it_end, it_begin + per);
+  }
+  if (it_begin == it_end) {  // no row of the tile sees a key (of this piece): out = 0, lse = -inf
+    if (job.piece < 0 && p.merge) return;  // ... which adds nothing to a running result
+    const OutSite o = job.piece < 0 ? out_site(p, sp, m0, h) : part_site<Tr>(grid, int(blockIdx.x) - grid.whole);
     for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads) o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
     for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
     return;
@@ -149,7 +236,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
   load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sK, gK + int64_t(k_first) * p.k_stride.row,
                                                                    p.k_stride.row, sp.nk - k_first);
   cp_async_commit();
-
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const int warp_row0 = warp * Tr::kRowsPerWarp;
@@ -272,128 +358,191 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashF
   }
 
   // Epilogue: out = acc / sum, lse = max * scale + ln(sum); rows that saw no key: 0 and -inf.
-  // The output site is worked out only now, so its pointers hold no registers in the loop.
-  const float scale = p.shape.softmax_scale;
-  const OutSite o = out_site<Tr>(p, grid, sp, m0, h, split);
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      float sum = row_sum[mt][hi];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
-      if (r >= rows_valid) continue;
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-#pragma unroll
-      for (int dt = 0; dt < kOT; ++dt) {
-        const float x0 = acc_o[mt][dt][2 * hi] * inv, x1 = acc_o[mt][dt][2 * hi + 1] * inv;
-        o.store(r, dt * kMmaN + 2 * t, x0, x1, Mma::pack(x0, x1), 2);
-      }
-      if (t == 0) o.lse[int64_t(r) * o.lse_row] = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
-    }
+  // With p.merge (whole tiles only) the rows are added to the running out/lse instead. The
+  // tile's rows and output site are worked out again from the job only now.
+  attend_epilogue<Tr, T>(p, grid, job, acc_o, row_max, row_sum);
 }
 
-// Merges the split partials of one (batch, row, head) per warp: lse = log sum_s exp(lse_s),
-// out = sum_s exp(lse_s - lse) out_s; rows no split saw keep out = 0, lse = -inf.
-template <int kHeadDim, typename T>
-__global__ void combine_kernel(const FlashFwdParams p, const FwdGrid grid) {
-  constexpr int kPerLane = kHeadDim / kWarpSize;
-  const int heads = p.shape.nheads, sq = p.shape.seqlen_q;
-  const int64_t rows = int64_t(p.shape.batch) * sq * heads;
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (w >= rows) return;
-  const int h = int(w % heads), i = int(w / heads % sq);
-  const int64_t b = w / (int64_t(heads) * sq);
-  const int64_t split_out = rows * kHeadDim, split_lse = rows;
-  const int64_t lse_at = (b * heads + h) * sq + i;
-  float mx = -INFINITY;
-  for (int k = 0; k < grid.num_splits; ++k) mx = fmaxf(mx, grid.part_lse[k * split_lse + lse_at]);
-  float acc[kPerLane] = {};
-  float lse = -INFINITY;
-  if (mx != -INFINITY) {
-    float sum = 0.f;
-    for (int k = 0; k < grid.num_splits; ++k) sum += __expf(grid.part_lse[k * split_lse + lse_at] - mx);
-    lse = mx + __logf(sum);
-    for (int k = 0; k < grid.num_splits; ++k) {
-      const float wgt = __expf(grid.part_lse[k * split_lse + lse_at] - lse);
-      const float* src = grid.part_out + k * split_out + w * kHeadDim;
+// The last piece of a split tile to finish merges every piece's partial: lse = log sum_k
+// exp(lse_k), out = sum_k exp(lse_k - lse) out_k, then the final write (merged into the running
+// out/lse with p.merge). First one thread per row works out the row's weights (into shared
+// memory, free now), then all threads stream the partials through L2 (other SMs wrote them)
+// four columns at a time, so the merge is bound by bandwidth rather than by load latency.
+template <class Tr, typename T>
+__device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
+  static_assert(Tr::kThreads >= Tr::kBlockM, "one thread per row works out the weights");
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* piece_w = reinterpret_cast<float*>(smem);     // [kMaxSplits][kBlockM]: exp(lse_k - lse)
+  float* new_w = piece_w + kMaxSplits * Tr::kBlockM;  // [kBlockM]: weight of the merged block (0: row untouched)
+  float* old_w = new_w + Tr::kBlockM;                  // [kBlockM]: weight of the running out
+  const int heads = p.shape.nheads, h = job.j % heads;
+  const Span sp = span_of(p.shape, p.seg, job.j / heads);
+  const int m0 = job.m_block * Tr::kBlockM, rows_valid = min(Tr::kBlockM, sp.nq - m0);
+  const int first = int(blockIdx.x) - grid.whole - job.piece;  // the tile's slots: first + [0, splits)
+  const OutSite o = out_site(p, sp, m0, h);
+  const int r = threadIdx.x;
+  if (r < rows_valid) {
+    float l[kMaxSplits];  // all of the row's piece lse at once: one round of L2 latency
+    float mx = -INFINITY;
 #pragma unroll
-      for (int e = 0; e < kPerLane; ++e) acc[e] = fmaf(wgt, src[e * kWarpSize + lane], acc[e]);
+    for (int k = 0; k < kMaxSplits; ++k) {
+      l[k] = k < grid.splits ? __ldcg(part_site<Tr>(grid, first + k).lse + r) : -INFINITY;
+      mx = fmaxf(mx, l[k]);
+    }
+    float lse = -INFINITY;
+    if (mx != -INFINITY) {
+      float sum = 0.f;
+#pragma unroll
+      for (int k = 0; k < kMaxSplits; ++k) sum += k < grid.splits ? expf(l[k] - mx) : 0.f;
+      lse = mx + logf(sum);
+    }
+#pragma unroll
+    for (int k = 0; k < kMaxSplits; ++k) piece_w[k * Tr::kBlockM + r] = lse == -INFINITY ? 0.f : expf(l[k] - lse);
+    MergeWeights w{0.f, 1.f, lse};
+    if (p.merge) w = lse == -INFINITY ? MergeWeights{1.f, 0.f, -INFINITY} : merge_weights(o.lse[int64_t(r) * o.lse_row], lse);
+    new_w[r] = w.new_w;
+    old_w[r] = w.old_w;
+    // No piece saw a key: out 0 and lse -inf, or (merging) the row keeps its running values.
+    if (!(p.merge && lse == -INFINITY)) o.lse[int64_t(r) * o.lse_row] = w.lse;
+  }
+  __syncthreads();
+  // Every thread owns kPer fixed groups of four columns and loads each piece's groups all at
+  // once, so many loads are in flight per thread (four warps alone would be latency bound).
+  constexpr int kQuads = Tr::kHeadDim / 4, kPer = Tr::kBlockM * kQuads / Tr::kThreads;
+  float4 acc[kPer];
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) acc[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int k = 0; k < grid.splits; ++k) {
+    const float* part = static_cast<const float*>(part_site<Tr>(grid, first + k).out);
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const int i = e * Tr::kThreads + threadIdx.x, row = i / kQuads;
+      if (row >= rows_valid) continue;
+      const float wk = piece_w[k * Tr::kBlockM + row];
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(part + int64_t(i) * 4));
+      acc[e].x = fmaf(wk, x.x, acc[e].x), acc[e].y = fmaf(wk, x.y, acc[e].y);
+      acc[e].z = fmaf(wk, x.z, acc[e].z), acc[e].w = fmaf(wk, x.w, acc[e].w);
     }
   }
-  const int64_t at = b * p.o_stride.batch + int64_t(i) * p.o_stride.row + h * p.o_stride.head;
 #pragma unroll
-  for (int e = 0; e < kPerLane; ++e) {
-    if (p.out_dtype == DType::f32) static_cast<float*>(p.out)[at + e * kWarpSize + lane] = acc[e];
-    else static_cast<uint16_t*>(p.out)[at + e * kWarpSize + lane] = uint16_t(MmaType<T>::pack(acc[e], 0.f));
+  for (int e = 0; e < kPer; ++e) {
+    const int i = e * Tr::kThreads + threadIdx.x, row = i / kQuads, c = i % kQuads * 4;
+    if (row >= rows_valid) continue;
+    const float nw = new_w[row], ow = old_w[row];
+    if (p.merge && nw == 0.f) continue;  // the row keeps its running values
+    float y[4] = {acc[e].x * nw, acc[e].y * nw, acc[e].z * nw, acc[e].w * nw};
+    if (ow != 0.f) {
+      const float2 a = o.load2(row, c), b = o.load2(row, c + 2);
+      y[0] = fmaf(ow, a.x, y[0]), y[1] = fmaf(ow, a.y, y[1]), y[2] = fmaf(ow, b.x, y[2]), y[3] = fmaf(ow, b.y, y[3]);
+    }
+    o.store(row, c, y[0], y[1], MmaType<T>::pack(y[0], y[1]), 2);
+    o.store(row, c + 2, y[2], y[3], MmaType<T>::pack(y[2], y[3]), 2);
   }
-  if (lane == 0) p.lse[b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(i) * p.lse_stride.row] = lse;
 }
 
-// How many key ranges to cut each query tile into. A grid that fills the GPU unevenly (few
-// heads: the seed's h=5; the half-size blocks of the zigzag ring; one heavy causal tile per
-// head) leaves SMs idle; splitting trades that for partial writes and one combine pass. The cost
-// model counts K/V tiles per CTA slot (two CTAs per SM), plus 2 tiles of per-CTA overhead and
-// the combine's memory traffic; a split is taken only when it saves more than 10%.
+template <class Tr, typename T, bool kCausal>
+__global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
+  attend_tile<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
+  if (int(blockIdx.x) < grid.whole) return;
+  // A piece: count it in, and the last of its tile merges them all.
+  __shared__ bool last_piece;
+  __threadfence();  // this piece's partial is visible before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0)
+    last_piece = atomicAdd(&grid.arrivals[(int(blockIdx.x) - grid.whole) / grid.splits], 1) == grid.splits - 1;
+  __syncthreads();
+  if (!last_piece) return;
+  __threadfence();
+  merge_pieces<Tr, T>(p, grid, tile_job(grid, p.shape.nheads));
+}
+
+int g_forced_schedule = -1;  // force_fwd_schedule
+
+struct FwdPlan {
+  int whole, splits;
+};
+
+// How to launch a dense call: FwdGrid's `whole` and `splits`. A tile-count model: every CTA
+// slot (two per SM) runs one CTA at a time, a tile costs its key tiles plus 2 of overhead (Q load,
+// epilogue; a piece 2.5 with its partial and merge), and CTAs start in launch order on the first
+// free slot. The candidates: one CTA per tile; every tile in S pieces; the full waves whole and
+// the rest in S pieces (S = 2..8). A split plan is taken when it saves more than 5%. Plans are
+// cached per shape (the simulation is too slow to run for every ring step).
 template <class Tr>
-int plan_splits(const FlashFwdParams& p, int num_m_blocks) {
-  const AttnShape& sh = p.shape;
-  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_k == 0) return 1;
+FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
+  const int64_t tiles = int64_t(num_m_blocks) * sh.nheads * sh.batch;
+  const FwdPlan per_tile{int(tiles), 1};
   const int64_t slots = 2 * int64_t(current_device().sms);
-  const int64_t blocks = int64_t(num_m_blocks) * sh.nheads * sh.batch;
-  if (blocks >= 4 * slots) return 1;
-  const int diag = sh.seqlen_k - sh.seqlen_q;
-  int64_t work = 0, heaviest = 0;
-  for (int m = 0; m < num_m_blocks; ++m) {
-    const int64_t end = sh.causal ? std::min<int64_t>(sh.seqlen_k, int64_t(m + 1) * Tr::kBlockM + diag) : sh.seqlen_k;
-    const int64_t tiles = end > 0 ? (end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
-    work += tiles;
-    heaviest = std::max(heaviest, tiles);
-  }
-  work *= int64_t(sh.nheads) * sh.batch;
-  constexpr double kOverhead = 2.0;  // tiles' worth of Q load, epilogue and launch per CTA
-  // One K/V tile on one CTA slot: 4 * kBlockM * kBlockN * d flop at ~1/264 of 330 TFLOP/s.
-  const double tile_seconds = 4.0 * Tr::kBlockM * Tr::kBlockN * Tr::kHeadDim / (330e12 / 264);
-  const double out_bytes = double(sh.batch) * sh.seqlen_q * sh.nheads * Tr::kHeadDim * 4;
-  auto cost = [&](int splits) {
-    const double per_cta = std::ceil(double(heaviest) / splits) + kOverhead;
-    const double main = sh.causal ? std::max((work + double(blocks) * splits * kOverhead) / slots, per_cta)
-                                  : std::ceil(double(blocks) * splits / slots) * per_cta;
-    const double combine = splits == 1 ? 0.0 : (splits + 1) * out_bytes / 3e12 / tile_seconds;
-    return main + combine;
+  if (g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
+  if (tiles >= 8 * slots && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
+  using Key = std::array<int64_t, 7>;
+  static thread_local std::map<Key, FwdPlan> cache;
+  const Key key{num_m_blocks, int64_t(sh.nheads) * sh.batch, sh.seqlen_q, sh.seqlen_k, sh.causal, slots, g_forced_schedule};
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+
+  const int64_t per_m = int64_t(sh.nheads) * sh.batch;
+  auto key_tiles_of = [&](int64_t tile) {  // heavy-first order, as tile_job
+    const int64_t m = num_m_blocks - 1 - tile / per_m;
+    int64_t end = sh.seqlen_k;
+    if (sh.causal) end = std::min<int64_t>(end, (m + 1) * Tr::kBlockM + sh.seqlen_k - sh.seqlen_q);
+    return end > 0 ? (end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
   };
-  int best = 1;
+  auto cost = [&](FwdPlan plan) {
+    std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
+    for (int64_t i = 0; i < slots; ++i) free_at.push(0.0);
+    double end = 0.0;
+    auto run = [&](double length) {
+      const double t = free_at.top() + length;
+      free_at.pop();
+      free_at.push(t);
+      end = std::max(end, t);
+    };
+    for (int64_t i = 0; i < tiles; ++i) {
+      const double n = double(key_tiles_of(i));
+      if (i < plan.whole) run(n + 2.0);
+      else for (int k = 0; k < plan.splits; ++k) run(std::ceil(n / plan.splits) + 2.5);
+    }
+    return end;
+  };
+  FwdPlan best = per_tile;
+  double best_cost = cost(per_tile);
+  const double limit = g_forced_schedule == 1 ? 1e30 : 0.95 * best_cost;
+  if (g_forced_schedule == 1) best_cost = 1e30;
+  std::vector<int64_t> wholes{0};  // tiles kept whole: none, or the full waves
+  if (tiles / slots > 0 && tiles % slots > 0) wholes.push_back(tiles / slots * slots);
   for (int splits = 2; splits <= kMaxSplits; ++splits)
-    if (cost(splits) < cost(best)) best = splits;
-  return cost(best) < 0.9 * cost(1) ? best : 1;
+    for (const int64_t whole : wholes) {
+      const FwdPlan plan{int(whole), splits};
+      const double c = cost(plan);
+      if (c < best_cost && c < limit) best = plan, best_cost = c;
+    }
+  cache.emplace(key, best);
+  return best;
 }
 
 template <int kHeadDim, typename T, bool kCausal>
 void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   using Tr = FwdTraits<kHeadDim>;
-  FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 1, nullptr, nullptr};
-  grid.num_splits = plan_splits<Tr>(p, grid.num_m_blocks);
-  const int64_t blocks = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans * grid.num_splits;
+  FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 0, 1, nullptr, nullptr, nullptr};
+  const int64_t tiles = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans;
+  const FwdPlan plan = p.seg.num_seqs > 0 ? FwdPlan{int(std::min<int64_t>(tiles, INT32_MAX)), 1} : plan_fwd<Tr>(p.shape, grid.num_m_blocks);
+  const int64_t blocks = plan.whole + (tiles - plan.whole) * plan.splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
-  const int64_t rows = int64_t(p.shape.batch) * p.shape.seqlen_q * p.shape.nheads;
-  ScratchBlock part(scratch);  // the split partials, released once their launches are queued
-  if (grid.num_splits > 1) {
-    grid.part_out = static_cast<float*>(part.get(size_t(grid.num_splits) * rows * (kHeadDim + 1) * sizeof(float)));
-    grid.part_lse = grid.part_out + grid.num_splits * rows * kHeadDim;
+  grid.whole = plan.whole, grid.splits = plan.splits;
+  ScratchBlock part(scratch);  // partials and arrival counters of split tiles, released once queued
+  if (plan.whole < tiles) {
+    const int64_t split_tiles = tiles - plan.whole, pieces = split_tiles * plan.splits;
+    const size_t part_floats = size_t(pieces) * Tr::kBlockM * (kHeadDim + 1);
+    grid.part_out = static_cast<float*>(part.get(part_floats * sizeof(float) + size_t(split_tiles) * sizeof(int)));
+    grid.part_lse = grid.part_out + size_t(pieces) * Tr::kBlockM * kHeadDim;
+    grid.arrivals = reinterpret_cast<int*>(grid.part_out + part_floats);
+    RFA_CUDA_CHECK(cudaMemsetAsync(grid.arrivals, 0, size_t(split_tiles) * sizeof(int), s));
   }
   auto kernel = flash_fwd_kernel<Tr, T, kCausal>;
   // Above 48 KB a kernel's dynamic shared memory must be opted into (per device, so every call).
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
   RFA_CHECK_LAUNCH("flash_fwd_kernel");
-  if (grid.num_splits > 1) {
-    constexpr int kCombineThreads = 256;
-    const int64_t combine_blocks = (rows * kWarpSize + kCombineThreads - 1) / kCombineThreads;
-    combine_kernel<kHeadDim, T><<<unsigned(combine_blocks), kCombineThreads, 0, s>>>(p, grid);
-    RFA_CHECK_LAUNCH("flash_fwd combine_kernel");
-  }
 }
 
 template <int kHeadDim, typename T>
@@ -415,6 +564,8 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
 
 }  // namespace
 
+void force_fwd_schedule(int mode) { g_forced_schedule = mode; }
+
 void flash_fwd(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
   const AttnShape& sh = p.shape;
   check_attn("flash_fwd", sh, p.dtype, p.seg);
@@ -424,6 +575,7 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) 
   if (num_spans == 0 || max_q == 0) return;
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
   RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype, "flash_fwd: out must be float32 or the dtype of q");
+  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32, "flash_fwd: merging into out needs float32 out");
   check_view16("flash_fwd", "q", p.q, p.q_stride);
   check_view16("flash_fwd", "k", p.k, p.k_stride);
   check_view16("flash_fwd", "v", p.v, p.v_stride);

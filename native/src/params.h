@@ -60,6 +60,7 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   p.out = bsh_view<void>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, dtype_bytes(p.out_dtype), &p.o_stride);
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
   p.seg = segments(o);
+  p.merge = get_bool(o, "merge");  // absent: false
   return p;
 }
 

@@ -399,24 +399,28 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
 }
 
 // ---- merge: two key halves merged equal the whole (both -inf paths included) ---------------
-void run_merge(std::mt19937_64& gen) {
+void run_merge(std::mt19937_64& gen, const std::string& tag) {
   const int b = 2, s = 300, s1 = 150, h = 4, hk = 2, d = 128;
   const DType dt = DType::bf16;
   Problem pb;
   pb.b = b, pb.sq = pb.sk = s, pb.h = h, pb.hk = hk, pb.d = d, pb.scale = 1.0 / std::sqrt(double(d)), pb.causal = true;
   const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * s * hk * d, nl = size_t(b) * h * s;
   Buffer q(dt, nq), k(dt, nk), v(dt, nk), out_run(DType::f32, nq), lse_run(DType::f32, nl), out_blk(DType::f32, nq),
-      lse_blk(DType::f32, nl), out_a(DType::f32, nq), lse_a(DType::f32, nl), out2(DType::f32, nq), lse2(DType::f32, nl);
+      lse_blk(DType::f32, nl), out_a(DType::f32, nq), lse_a(DType::f32, nl), out2(DType::f32, nq), lse2(DType::f32, nl),
+      out3(DType::f32, nq), lse3(DType::f32, nl), out4(DType::f32, nq), lse4(DType::f32, nl);
   const auto h_q = random_values(gen, nq, dt, 1.5), h_k = random_values(gen, nk, dt, 1.0), h_v = random_values(gen, nk, dt, 1.0);
   q.upload(h_q), k.upload(h_k), v.upload(h_v);
   for (Buffer* x : {&out_run, &lse_run, &out_blk, &lse_blk}) x->upload(std::vector<double>(x->n, kNaN));
   out2.upload(std::vector<double>(nq, 0.0)), lse2.upload(std::vector<double>(nl, -kInf));
+  out3.upload(std::vector<double>(nq, kNaN)), lse3.upload(std::vector<double>(nl, kNaN));
+  out4.upload(std::vector<double>(nq, 0.0)), lse4.upload(std::vector<double>(nl, -kInf));
 
   const BshStrides qs{int64_t(s) * h * d, int64_t(h) * d, d}, ks{int64_t(s) * hk * d, int64_t(hk) * d, d};
   const BhsStrides ls{int64_t(h) * s, s, 1};
   // out/lse of queries [q0, q0 + nq) against keys [k0, k0 + nk), written at rows q0 of (o, l).
-  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l) {
+  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l, bool fused_merge = false) {
     FlashFwdParams p;
+    p.merge = fused_merge;
     p.shape = AttnShape{b, nqr, nkr, h, hk, d, float(pb.scale), causal};
     p.dtype = dt;
     p.q = q.at(q0 * qs.row), p.q_stride = qs;
@@ -445,6 +449,14 @@ void run_merge(std::mt19937_64& gen) {
     merge(out_run, lse_run, out_blk, lse_blk);  // block -inf rows keep the running result
     merge(out2, lse2, out_blk, lse_blk);        // running -inf rows take the block
     merge(out2, lse2, out_a, lse_a);
+    // The same, with the merge fused into the forward (p.merge): onto the two first-half
+    // results, and from an empty running result, the second half first.
+    fwd(0, s1, 0, s1, true, out3, lse3);
+    fwd(s1, s - s1, 0, s1, false, out3, lse3);
+    fwd(0, s, s1, s - s1, true, out3, lse3, true);
+    fwd(0, s, s1, s - s1, true, out4, lse4, true);  // queries [0, s1) see no key: they stay empty
+    fwd(0, s1, 0, s1, true, out4, lse4, true);
+    fwd(s1, s - s1, 0, s1, false, out4, lse4, true);
   } catch (const NativeError& e) {
     std::printf("FAIL  merge threw %s: %s\n", e.code.c_str(), e.what());
     ++g_failures;
@@ -458,10 +470,14 @@ void run_merge(std::mt19937_64& gen) {
   Expect e_out(std::vector<double>(nq, kNaN)), e_lse(std::vector<double>(nl, kNaN));
   expect_bsh(e_out, ov, ref.out, ref.q_covered, b, s, h, d, false);
   expect_bhs(e_lse, lv, ref.lse, ref.q_covered, b, h, s);
-  report("merge bf16 d128 causal halves b2 s300 h4/2",
+  report("merge bf16 d128 causal halves b2 s300 h4/2" + tag,
          {{"out", compare(out_run.download(), e_out)}, {"lse", compare(lse_run.download(), e_lse)}}, {5e-3, 5e-3});
-  report("merge into empty (-inf) running result",
+  report("merge into empty (-inf) running result" + tag,
          {{"out", compare(out2.download(), e_out)}, {"lse", compare(lse2.download(), e_lse)}}, {5e-3, 5e-3});
+  report("fused merge (flash_fwd merge) causal halves" + tag,
+         {{"out", compare(out3.download(), e_out)}, {"lse", compare(lse3.download(), e_lse)}}, {5e-3, 5e-3});
+  report("fused merge from an empty running result" + tag,
+         {{"out", compare(out4.download(), e_out)}, {"lse", compare(lse4.download(), e_lse)}}, {5e-3, 5e-3});
 }
 
 // ---- cast, add_f32, copy_bsh: exact ----------------------------------------------------------
@@ -751,8 +767,16 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  for (const Config& c : configs) run_attention(c, gen);
-  run_merge(gen);
+  // Every config under both forward launch shapes (the cost model picks one per shape).
+  for (int mode : {0, 1}) {
+    cuda::force_fwd_schedule(mode);
+    for (Config c : configs) {
+      c.name += mode ? " [stream-K]" : " [per tile]";
+      run_attention(c, gen);
+    }
+    run_merge(gen, mode ? " [stream-K]" : " [per tile]");
+  }
+  cuda::force_fwd_schedule(-1);
   run_casts(gen);
   run_copy(gen, DType::bf16, 64);
   run_copy(gen, DType::f32, 5);
