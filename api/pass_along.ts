@@ -67,8 +67,26 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
     const p = plan(step, group, s, o);
     if (!p) continue;
     // The kernel merges the block into the running out/lse of its rows (update_out_and_lse,
-    // fused); rows outside a varlen plan's spans are not touched.
-    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(out, p.q), rowsOf(lse, p.q, 2), { ...attn(p), merge: true });
+    // fused); rows outside a varlen plan's spans are not touched. The last step writes the
+    // final out in q's dtype instead of merging in place: it saves a cast pass over out.
+    const final = step === W - 1 && q.dtype !== 'float32' && !(p.seg && !coversQueries(p.seg, p.q.length));
+    if (!final) {
+      backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(out, p.q), rowsOf(lse, p.q, 2), { ...attn(p), merge: true });
+      continue;
+    }
+    const result = backend.empty(q.shape, q.dtype);
+    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(result, p.q), rowsOf(lse, p.q, 2),
+      { ...attn(p), merge: true, mergeFrom: rowsOf(out, p.q) });
+    // Rows this step does not see are final already: cast them over.
+    for (const rows of [{ start: 0, length: p.q.start }, { start: p.q.start + p.q.length, length: s - p.q.start - p.q.length }]) {
+      if (rows.length === 0) continue;
+      const cast = backend.cast(rowsOf(out, rows), q.dtype);
+      backend.copy(rowsOf(result, rows), cast);
+      cast.dispose();
+    }
+    tables.release();
+    disposeAll(...bufs, out);
+    return { out: result, lse };
   }
   tables.release();
   disposeAll(...bufs);

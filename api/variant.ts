@@ -7,9 +7,12 @@ export interface RingOptions {
   causal: boolean;
 }
 
-/** Forward result of a ring: global out and lse of the local queries, both fp32. */
+/**
+ * Forward result of a ring: global out and lse of the local queries. lse is fp32; out is fp32,
+ * or already in q's dtype when the ring's last step wrote the final result (pass-along rings).
+ */
 export interface RingForward {
-  out: DeviceTensor; // (b, s, h, d) fp32
+  out: DeviceTensor; // (b, s, h, d) fp32 or q's dtype
   lse: DeviceTensor; // (b, h, s) fp32
 }
 

@@ -68,10 +68,12 @@ struct FlashFwdParams {
   DType out_dtype = DType::f32;                   // f32, or the dtype of q
   float* lse = nullptr;     BhsStrides lse_stride; // (batch, nheads, seqlen_q) fp32, natural log
   Segments seg;             // varlen; num_seqs == 0 for dense batches
-  // Ring steps: out (fp32) and lse already hold a running result over other keys; the block's
-  // result is merged into them (update_out_and_lse) instead of overwriting. Rows the call does
-  // not cover keep their values.
+  // Ring steps: lse and out (fp32), or merge_src when given, already hold a running result over
+  // other keys; the block's result is merged into them (update_out_and_lse) instead of
+  // overwriting. With merge_src the merged rows go to out, which may then be 16-bit (a ring's
+  // last step writes its final result). Rows the call does not cover are not touched.
   bool merge = false;
+  const float* merge_src = nullptr; BshStrides src_stride;  // (batch, seqlen_q, nheads, head_dim) fp32
 };
 
 // dsum = rowsum(dout * out): the softmax-backward term D_i, computed once per backward call with

@@ -11,9 +11,13 @@ export interface AttnOptions {
   seg?: SegmentTable;
 }
 
-/** flashFwd only: merge the block into the running fp32 out/lse instead of overwriting them. */
+/**
+ * flashFwd only: merge the block into the running out/lse instead of overwriting them; the
+ * running fp32 out is `out` itself, or `mergeFrom` (then out may be 16-bit: a final result).
+ */
 export interface FwdOptions extends AttnOptions {
   merge?: boolean;
+  mergeFrom?: DeviceTensor;
 }
 
 /**
@@ -48,9 +52,11 @@ function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
 }
 
 export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: FwdOptions) {
-  if (o.merge && out.dtype !== 'float32') fail('E_ARG', 'flashFwd: merging into out needs a float32 out');
+  const from = o.merge ? o.mergeFrom : undefined;
+  if (o.merge && !from && out.dtype !== 'float32') fail('E_ARG', 'flashFwd: merging into a 16-bit out needs mergeFrom (the running fp32 out)');
+  if (from && (from.dtype !== 'float32' || from.shape.join() !== out.shape.join())) fail('E_ARG', 'flashFwd: mergeFrom must be float32 and shaped like out');
   return {
-    merge: o.merge === true,
+    merge: o.merge === true, merge_src: from ? bsh(from, 'mergeFrom') : undefined,
     shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype], seg: o.seg?.native,
     q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), out_dtype: DTYPE_CODE[out.dtype], lse: bhs(lse, 'lse'),
   };

@@ -93,9 +93,9 @@ void flash_fwd(const FlashFwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
-  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32, "flash_fwd: merging into out needs float32 out");
+  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32 || p.merge_src, "flash_fwd: merging into a 16-bit out needs merge_src");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
-  std::vector<float> K, V, Q, row(static_cast<size_t>(d));
+  std::vector<float> K, V, Q, row(static_cast<size_t>(d)), running(static_cast<size_t>(d));
   std::vector<double> scores, acc(static_cast<size_t>(d));
   for_each_span(sh, p.seg, [&](const Span& sp) {
     scores.resize(size_t(sp.nk));
@@ -128,7 +128,10 @@ void flash_fwd(const FlashFwdParams& p) {
           const double row_lse = last < 0 ? kNegInf : row_max + std::log(sum);
           if (p.merge) {  // rounded to fp32 first, as a separate block result would be
             for (int c = 0; c < d; ++c) row[size_t(c)] = last < 0 ? 0.f : float(acc[c] / sum);
-            merge_row(static_cast<float*>(p.out) + o, lse, row.data(), float(row_lse), d);
+            const float* src = p.merge_src ? p.merge_src + bsh_index(p.src_stride, sp.b, sp.q0 + i, h) : static_cast<const float*>(p.out) + o;
+            std::copy(src, src + d, running.begin());
+            merge_row(running.data(), lse, row.data(), float(row_lse), d);
+            for (int c = 0; c < d; ++c) store_elem(p.out, o + c, p.out_dtype, running[size_t(c)]);
             continue;
           }
           for (int c = 0; c < d; ++c) store_elem(p.out, o + c, p.out_dtype, last < 0 ? 0.f : float(acc[c] / sum));

@@ -83,9 +83,6 @@ struct OutSite {
   bool out16;
   float* lse;
   int64_t lse_row;
-  __device__ __forceinline__ float2 load2(int r, int c) const {
-    return *reinterpret_cast<const float2*>(static_cast<const float*>(out) + int64_t(r) * o_row + c);
-  }
   // Stores n (1 or 2) adjacent columns: x0, x1 in fp32, or `pair` (two packed 16-bit values, low
   // half first) in 16 bits.
   __device__ __forceinline__ void store(int r, int c, float x0, float x1, uint32_t pair, int n) const {
@@ -107,6 +104,23 @@ __device__ __forceinline__ OutSite out_site(const FlashFwdParams& p, const Span&
   return OutSite{o, p.o_stride.row, out16,
                  p.lse + sp.b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(sp.q0 + m0) * p.lse_stride.row,
                  p.lse_stride.row};
+}
+
+// p.merge: where a tile's running fp32 out is read (p.merge_src; out itself when in place).
+__device__ __forceinline__ bool in_place(const FlashFwdParams& p) { return p.merge_src == p.out; }
+
+struct RunningOut {
+  const float* base;
+  int64_t row;
+  __device__ __forceinline__ float2 load2(int r, int c) const {
+    return *reinterpret_cast<const float2*>(base + int64_t(r) * row + c);
+  }
+};
+
+__device__ __forceinline__ RunningOut running_out(const FlashFwdParams& p, const Span& sp, int m0, int h) {
+  // flash_fwd sets merge_src to out when merging in place (a select here cost the main loop spills).
+  return RunningOut{p.merge_src + sp.b * p.src_stride.batch + int64_t(sp.q0 + m0) * p.src_stride.row + h * p.src_stride.head,
+                    p.src_stride.row};
 }
 
 template <class Tr>
@@ -156,6 +170,7 @@ __device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const F
   const float scale = p.shape.softmax_scale;
   const bool merge = slot < 0 && p.merge;
   const OutSite o = slot < 0 ? out_site(p, sp, m0, job.j % heads) : part_site<Tr>(grid, slot);
+  const RunningOut running = merge ? running_out(p, sp, m0, job.j % heads) : RunningOut{nullptr, 0};
   float lse_old[kMT][2];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
@@ -175,15 +190,18 @@ __device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const F
       const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
       if (r >= rows_valid) continue;
       const float lse_blk = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
-      if (merge && lse_blk == -INFINITY) continue;  // the block adds nothing to this row
-      const MergeWeights w = merge ? merge_weights(lse_old[mt][hi], lse_blk) : MergeWeights{0.f, 1.f, lse_blk};
+      // A row the block adds nothing to keeps its running values (copied when out is elsewhere).
+      if (merge && lse_blk == -INFINITY && in_place(p)) continue;
+      const MergeWeights w = !merge ? MergeWeights{0.f, 1.f, lse_blk}
+                             : lse_blk == -INFINITY ? MergeWeights{1.f, 0.f, lse_old[mt][hi]}
+                                                    : merge_weights(lse_old[mt][hi], lse_blk);
       const float inv = sum > 0.f ? w.new_w / sum : 0.f;
 #pragma unroll
       for (int dt = 0; dt < kOT; ++dt) {
         const int c = dt * kMmaN + 2 * t;
         float x0 = acc_o[mt][dt][2 * hi] * inv, x1 = acc_o[mt][dt][2 * hi + 1] * inv;
         if (w.old_w != 0.f) {
-          const float2 prev = o.load2(r, c);
+          const float2 prev = running.load2(r, c);
           x0 = fmaf(w.old_w, prev.x, x0);
           x1 = fmaf(w.old_w, prev.y, x1);
         }
@@ -224,8 +242,17 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
     it_end = min(it_end, it_begin + per);
   }
   if (it_begin == it_end) {  // no row of the tile sees a key (of this piece): out = 0, lse = -inf
-    if (job.piece < 0 && p.merge) return;  // ... which adds nothing to a running result
     const OutSite o = job.piece < 0 ? out_site(p, sp, m0, h) : part_site<Tr>(grid, int(blockIdx.x) - grid.whole);
+    if (job.piece < 0 && p.merge) {  // ... which adds nothing to a running result: keep it
+      if (in_place(p)) return;
+      const RunningOut prev = running_out(p, sp, m0, h);
+      for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim / 2; i += Tr::kThreads) {
+        const int r = i / (Tr::kHeadDim / 2), c = i % (Tr::kHeadDim / 2) * 2;
+        const float2 x = prev.load2(r, c);
+        o.store(r, c, x.x, x.y, Mma::pack(x.x, x.y), 2);
+      }
+      return;
+    }
     for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads) o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
     for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
     return;
@@ -399,11 +426,13 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
 #pragma unroll
     for (int k = 0; k < kMaxSplits; ++k) piece_w[k * Tr::kBlockM + r] = lse == -INFINITY ? 0.f : expf(l[k] - lse);
     MergeWeights w{0.f, 1.f, lse};
-    if (p.merge) w = lse == -INFINITY ? MergeWeights{1.f, 0.f, -INFINITY} : merge_weights(o.lse[int64_t(r) * o.lse_row], lse);
+    if (p.merge) {  // no piece saw a key: the row keeps its running values
+      const float lse_old = o.lse[int64_t(r) * o.lse_row];
+      w = lse == -INFINITY ? MergeWeights{1.f, 0.f, lse_old} : merge_weights(lse_old, lse);
+    }
     new_w[r] = w.new_w;
     old_w[r] = w.old_w;
-    // No piece saw a key: out 0 and lse -inf, or (merging) the row keeps its running values.
-    if (!(p.merge && lse == -INFINITY)) o.lse[int64_t(r) * o.lse_row] = w.lse;
+    o.lse[int64_t(r) * o.lse_row] = w.lse;
   }
   __syncthreads();
   // Every thread owns kPer fixed groups of four columns and loads each piece's groups all at
@@ -429,10 +458,11 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
     const int i = e * Tr::kThreads + threadIdx.x, row = i / kQuads, c = i % kQuads * 4;
     if (row >= rows_valid) continue;
     const float nw = new_w[row], ow = old_w[row];
-    if (p.merge && nw == 0.f) continue;  // the row keeps its running values
+    if (p.merge && nw == 0.f && in_place(p)) continue;  // the row keeps its running values, in place
     float y[4] = {acc[e].x * nw, acc[e].y * nw, acc[e].z * nw, acc[e].w * nw};
     if (ow != 0.f) {
-      const float2 a = o.load2(row, c), b = o.load2(row, c + 2);
+      const RunningOut prev = running_out(p, sp, m0, h);
+      const float2 a = prev.load2(row, c), b = prev.load2(row, c + 2);
       y[0] = fmaf(ow, a.x, y[0]), y[1] = fmaf(ow, a.y, y[1]), y[2] = fmaf(ow, b.x, y[2]), y[3] = fmaf(ow, b.y, y[3]);
     }
     o.store(row, c, y[0], y[1], MmaType<T>::pack(y[0], y[1]), 2);
@@ -566,7 +596,12 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
 
 void force_fwd_schedule(int mode) { g_forced_schedule = mode; }
 
-void flash_fwd(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scratch) {
+  FlashFwdParams p = params;
+  if (p.merge && !p.merge_src) {  // in place: the kernels always read the running out at merge_src
+    RFA_CHECK_ARG(p.out_dtype == DType::f32, "flash_fwd: merging into a 16-bit out needs merge_src");
+    p.merge_src = static_cast<const float*>(p.out), p.src_stride = p.o_stride;
+  }
   const AttnShape& sh = p.shape;
   check_attn("flash_fwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;
@@ -575,7 +610,6 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) 
   if (num_spans == 0 || max_q == 0) return;
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
   RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype, "flash_fwd: out must be float32 or the dtype of q");
-  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32, "flash_fwd: merging into out needs float32 out");
   check_view16("flash_fwd", "q", p.q, p.q_stride);
   check_view16("flash_fwd", "k", p.k, p.k_stride);
   check_view16("flash_fwd", "v", p.v, p.v_stride);

@@ -61,6 +61,8 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
   p.seg = segments(o);
   p.merge = get_bool(o, "merge");  // absent: false
+  if (!o.Get("merge_src").IsUndefined())
+    p.merge_src = bsh_view<const float>(o, "merge_src", s.batch, s.seqlen_q, s.nheads, s.head_dim, 4, &p.src_stride);
   return p;
 }
 

@@ -407,26 +407,32 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
   const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * s * hk * d, nl = size_t(b) * h * s;
   Buffer q(dt, nq), k(dt, nk), v(dt, nk), out_run(DType::f32, nq), lse_run(DType::f32, nl), out_blk(DType::f32, nq),
       lse_blk(DType::f32, nl), out_a(DType::f32, nq), lse_a(DType::f32, nl), out2(DType::f32, nq), lse2(DType::f32, nl),
-      out3(DType::f32, nq), lse3(DType::f32, nl), out4(DType::f32, nq), lse4(DType::f32, nl);
+      out3(DType::f32, nq), lse3(DType::f32, nl), out4(DType::f32, nq), lse4(DType::f32, nl), out5(DType::f32, nq),
+      lse5(DType::f32, nl), out5_final(dt, nq);
   const auto h_q = random_values(gen, nq, dt, 1.5), h_k = random_values(gen, nk, dt, 1.0), h_v = random_values(gen, nk, dt, 1.0);
   q.upload(h_q), k.upload(h_k), v.upload(h_v);
   for (Buffer* x : {&out_run, &lse_run, &out_blk, &lse_blk}) x->upload(std::vector<double>(x->n, kNaN));
   out2.upload(std::vector<double>(nq, 0.0)), lse2.upload(std::vector<double>(nl, -kInf));
   out3.upload(std::vector<double>(nq, kNaN)), lse3.upload(std::vector<double>(nl, kNaN));
   out4.upload(std::vector<double>(nq, 0.0)), lse4.upload(std::vector<double>(nl, -kInf));
+  out5.upload(std::vector<double>(nq, kNaN)), lse5.upload(std::vector<double>(nl, kNaN)), out5_final.upload(std::vector<double>(nq, kNaN));
 
   const BshStrides qs{int64_t(s) * h * d, int64_t(h) * d, d}, ks{int64_t(s) * hk * d, int64_t(hk) * d, d};
   const BhsStrides ls{int64_t(h) * s, s, 1};
   // out/lse of queries [q0, q0 + nq) against keys [k0, k0 + nk), written at rows q0 of (o, l).
-  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l, bool fused_merge = false) {
+  // fused_merge: merge into the running (o, l); with `from`, the running out is read there and
+  // the merged rows go to o (which may be 16-bit).
+  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l, bool fused_merge = false,
+                 const Buffer* from = nullptr) {
     FlashFwdParams p;
     p.merge = fused_merge;
+    if (from) p.merge_src = from->at<float>(q0 * qs.row), p.src_stride = qs;
     p.shape = AttnShape{b, nqr, nkr, h, hk, d, float(pb.scale), causal};
     p.dtype = dt;
     p.q = q.at(q0 * qs.row), p.q_stride = qs;
     p.k = k.at(k0 * ks.row), p.k_stride = ks;
     p.v = v.at(k0 * ks.row), p.v_stride = ks;
-    p.out = o.at<float>(q0 * qs.row), p.o_stride = qs;
+    p.out = o.at(q0 * qs.row), p.o_stride = qs, p.out_dtype = o.dtype;
     p.lse = l.at<float>(q0), p.lse_stride = ls;
     cuda::flash_fwd(p, 0, scratch());
   };
@@ -457,6 +463,10 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
     fwd(0, s, s1, s - s1, true, out4, lse4, true);  // queries [0, s1) see no key: they stay empty
     fwd(0, s1, 0, s1, true, out4, lse4, true);
     fwd(s1, s - s1, 0, s1, false, out4, lse4, true);
+    // A ring's last step: the merged rows go to a bf16 final out, the running fp32 out is read.
+    fwd(0, s1, 0, s1, true, out5, lse5);
+    fwd(s1, s - s1, 0, s1, false, out5, lse5);
+    fwd(0, s, s1, s - s1, true, out5_final, lse5, true, &out5);
   } catch (const NativeError& e) {
     std::printf("FAIL  merge threw %s: %s\n", e.code.c_str(), e.what());
     ++g_failures;
@@ -478,6 +488,8 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
          {{"out", compare(out3.download(), e_out)}, {"lse", compare(lse3.download(), e_lse)}}, {5e-3, 5e-3});
   report("fused merge from an empty running result" + tag,
          {{"out", compare(out4.download(), e_out)}, {"lse", compare(lse4.download(), e_lse)}}, {5e-3, 5e-3});
+  report("fused merge into a bf16 final out (merge_src)" + tag,
+         {{"out", compare(out5_final.download(), e_out)}, {"lse", compare(lse5.download(), e_lse)}}, {5e-3, 5e-3});
 }
 
 // ---- cast, add_f32, copy_bsh: exact ----------------------------------------------------------
