@@ -696,6 +696,10 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
 
   const double fwd_flop = (causal ? 2.0 : 4.0) * b * h * double(s) * sk * d;
   const float t_fwd = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+  // A ring step: the same block merged into the running fp32 out/lse (they hold the last result).
+  FlashFwdParams mp = fp;
+  mp.merge = true;
+  const float t_merge = median_ms([&] { cuda::flash_fwd(mp, 0, scratch()); });
   const float t_bwd = median_ms([&] {
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0);
@@ -712,6 +716,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     std::printf("TIME  %-32s %-8s %8.3f ms %8.1f iter/s %7.1f TFLOP/s\n", shape, what, ms, 1e3 / ms, flop / (ms * 1e-3) / 1e12);
   };
   line("fwd", t_fwd, fwd_flop);
+  line("fwd-merge", t_merge, fwd_flop);
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("fwd+bwd", t_all, 3.5 * fwd_flop);
   std::fflush(stdout);
@@ -771,7 +776,9 @@ int main(int argc, char** argv) {
                           {1, 8192, 5, 5, 128, false, 0},
                           {1, 65536, 5, 5, 128, true, 0},
                           {1, 8192, 5, 5, 128, false, 4096},   // zigzag ring half blocks, seed shape
-                          {1, 4096, 5, 5, 128, false, 8192}};
+                          {1, 4096, 5, 5, 128, false, 8192},
+                          {1, 8192, 32, 8, 128, false, 4096},  // the same, llama3-8B heads
+                          {1, 4096, 32, 8, 128, false, 8192}};
   constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
   if (only_bench >= 0) {
     const Shape& sh = shapes[only_bench % kShapes];
