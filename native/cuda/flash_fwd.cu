@@ -8,14 +8,15 @@
 // runs in the log2 domain: p = exp2(s * scale_log2 - m * scale_log2) with m the running row max of
 // the raw scores, so one FFMA + one MUFU.EX2 per score.
 //
+// A ring step merges its block into the running (out, lse) in the epilogue (p.merge), and may
+// write the merged rows to a 16-bit final out (p.merge_src). Grids that would fill the GPU
+// unevenly cut query tiles into pieces of their keys (FwdGrid, plan_fwd).
+//
 // Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, median of 25; causal
-// FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d):
-//   v1, 2026-11-28: b1 s8192 h5 causal 0.391 ms = 220 TFLOP/s; b1 s8192 h32/8 causal 1.645 ms =
-//   334 TFLOP/s; b1 s8192 h5 full 0.820 ms = 210 TFLOP/s. 255 registers, 0 spills, 68 KB smem.
-//   At h=5 the grid (320 CTAs, 2 per SM) is bound by its heaviest causal tiles, which run at
-//   half an SM for their whole life, and by wave quantisation without a mask. Next step (written,
-//   not yet measured): one CTA per SM whose two 4-warp groups split a tile's K/V tiles and merge
-//   their softmax states, so a heavy tile gets the whole SM.
+// FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d), 2026-11-29: s8192 h5 causal 0.324 ms = 265 TFLOP/s;
+// s8192 h32/8 causal 1.659 ms = 331; s8192 h5 full 0.543 ms = 316; s65536 h5 causal 16.15 ms =
+// 341; as a ring step (merging) 1-3% slower. 255 registers, 0 spills, 68 KB smem, 2 CTAs/SM.
+// History and the variants tried (stream-K among them) are in benchmark/RESULTS.md.
 #include <algorithm>
 #include <array>
 #include <cmath>
