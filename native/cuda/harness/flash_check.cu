@@ -704,6 +704,13 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0);
   });
+  // A ring step's backward: dK/dV added onto what they hold.
+  FlashBwdParams bpa = bp;
+  bpa.accumulate = true;
+  const float t_bwd_acc = median_ms([&] {
+    cuda::flash_bwd_dot(dp, 0);
+    cuda::flash_bwd(bpa, 0);
+  });
   const float t_all = median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
@@ -718,6 +725,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   line("fwd", t_fwd, fwd_flop);
   line("fwd-merge", t_merge, fwd_flop);
   line("bwd", t_bwd, 2.5 * fwd_flop);
+  line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
   line("fwd+bwd", t_all, 3.5 * fwd_flop);
   std::fflush(stdout);
 }
