@@ -378,6 +378,20 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   expect_bhs(e_lse, lv, ref.lse, qc, c.b, c.h, c.sq);
   // bwd_dot knows no spans: rows outside them read poisoned out and stay NaN, as e_dsum expects.
   expect_bhs(e_dsum, lv, ref.dsum, qc, c.b, c.h, c.sq);
+  // dsum is a sum of products of both signs: its error is judged against the size of its terms,
+  // sum_c |dout_c out_c|, not against |dsum| (configs of a few rows failed on a near-0 dsum).
+  {
+    const std::vector<double> g_dout = gather_bsh(h_dout, ov, c.b, c.sq, c.h, d);
+    for (int bb = 0; bb < c.b; ++bb)
+      for (int hh = 0; hh < c.h; ++hh)
+        for (int i = 0; i < c.sq; ++i) {
+          if (!qc[size_t(bb) * c.sq + i]) continue;
+          double mag = 0;
+          const size_t row = ((size_t(bb) * c.sq + i) * c.h + hh) * d;
+          for (int x = 0; x < d; ++x) mag += std::fabs(g_dout[row + x] * ref.out[row + x]);
+          e_dsum.incr[lv.at(bb, hh, i)] = mag;
+        }
+  }
   // Packed gradients share one buffer: tags 1, 2, 3 tell dq, dk, dv apart.
   Expect& e_dk_in = st ? e_dq : e_dk;
   Expect& e_dv_in = st ? e_dq : e_dv;
