@@ -60,6 +60,7 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
     tables.release();
     return { out, lse };
   }
+  let final: DeviceTensor | null = null;
   for (let step = 1; step < W; step++) {
     pending.wait();
     const cur = bufs[step % 2]!;
@@ -68,29 +69,27 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
     if (!p) continue;
     // The kernel merges the block into the running out/lse of its rows (update_out_and_lse,
     // fused); rows outside a varlen plan's spans are not touched. The last step writes the
-    // final out in q's dtype instead of merging in place: it saves a cast pass over out.
-    const final = step === W - 1 && q.dtype !== 'float32' && !(p.seg && !coversQueries(p.seg, p.q.length));
-    if (!final) {
-      backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(out, p.q), rowsOf(lse, p.q, 2), { ...attn(p), merge: true });
-      continue;
-    }
-    const result = backend.empty(q.shape, q.dtype);
-    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(result, p.q), rowsOf(lse, p.q, 2),
-      { ...attn(p), merge: true, mergeFrom: rowsOf(out, p.q) });
-    // Rows this step does not see are final already: cast them over.
-    for (const rows of [{ start: 0, length: p.q.start }, { start: p.q.start + p.q.length, length: s - p.q.start - p.q.length }]) {
-      if (rows.length === 0) continue;
-      const cast = backend.cast(rowsOf(out, rows), q.dtype);
-      backend.copy(rowsOf(result, rows), cast);
-      cast.dispose();
-    }
-    tables.release();
-    disposeAll(...bufs, out);
-    return { out: result, lse };
+    // merged rows straight into the final out in q's dtype, which saves a cast pass over out.
+    const last = step === W - 1 && q.dtype !== 'float32' && (!p.seg || coversQueries(p.seg, p.q.length));
+    if (last) final = backend.empty(q.shape, q.dtype);
+    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(final ?? out, p.q), rowsOf(lse, p.q, 2),
+      { ...attn(p), merge: true, mergeFrom: final ? rowsOf(out, p.q) : undefined });
+    if (final) castRowsOutside(backend, out, final, p.q);
   }
   tables.release();
-  disposeAll(...bufs);
-  return { out, lse };
+  disposeAll(...bufs, final ? out : undefined);
+  return { out: final ?? out, lse };
+}
+
+/** Casts the rows of `src` outside `rows` into `dst` (the rows the last step did not see are final already). */
+function castRowsOutside(backend: Backend, src: DeviceTensor, dst: DeviceTensor, rows: Rows): void {
+  const s = src.shape[1]!;
+  for (const r of [{ start: 0, length: rows.start }, { start: rows.start + rows.length, length: s - rows.start - rows.length }]) {
+    if (r.length === 0) continue;
+    const cast = backend.cast(rowsOf(src, r), dst.dtype);
+    backend.copy(rowsOf(dst, r), cast);
+    cast.dispose();
+  }
 }
 
 export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
