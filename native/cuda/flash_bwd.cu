@@ -36,6 +36,7 @@
 #include "cuda/attn_kernels.h"
 #include "cuda/flash_bwd_wgmma.cuh"
 #include "cuda/flash_mma.cuh"
+#include "cuda/fill.h"
 #include "cuda/flash_traits.h"
 
 namespace rfa::cuda {
@@ -708,6 +709,9 @@ void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t
 void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaStream_t stream, const char* what) {
   const int64_t n = int64_t(b) * s * h * d;
   if (n == 0) return;
+  // A contiguous view is one memset; the kernel (64-bit index arithmetic per element) is for
+  // strided views only (packed gradients).
+  if (st.head == d && st.row == int64_t(h) * d && (b == 1 || st.batch == int64_t(s) * h * d)) return fill(x, DType::f32, n, 0.f, stream);
   const int threads = 256;
   const int64_t want = (n + threads - 1) / threads;
   zero_bsh_kernel<<<unsigned(want < 8192 ? want : 8192), threads, 0, stream>>>(x, st, s, h, d, n);
