@@ -62,10 +62,47 @@ __global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, in
   }
 }
 
+// What a backward CTA works on: key tile [n0, n0 + kBlockN) of kv head hk in span sp, and its
+// share [step0, step0 + steps) of the (query head, query tile) steps, head-major over the
+// m_tiles query tiles from m_begin (kBlockM rows each) that see any of its keys. Key tiles go in
+// index order: under a causal mask the first ones see the most queries. `active` false: the CTA
+// has nothing to do (a tile past its span, or an empty share of a split).
+struct BwdWork {
+  Span sp;
+  int hk, n0, group, keys_valid, diag, m_begin, m_tiles, step0, steps;
+  bool active;
+};
+
+template <int kBlockN, int kBlockM, bool kCausal>
+__device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGrid& grid) {
+  BwdWork w;
+  const int heads_k = p.shape.nheads_k;
+  const int per_split = heads_k * grid.num_spans;
+  const int per_n_block = per_split * grid.num_splits;
+  const int split = int(blockIdx.x) % per_n_block / per_split;
+  w.hk = int(blockIdx.x) % per_split % heads_k;
+  w.sp = span_of(p.shape, p.seg, int(blockIdx.x) % per_split / heads_k);
+  w.n0 = int(blockIdx.x) / per_n_block * kBlockN;
+  w.group = p.shape.nheads / heads_k;
+  w.keys_valid = min(kBlockN, w.sp.nk - w.n0);
+  w.diag = w.sp.nk - w.sp.nq;  // causal (bottom-right): query i sees key j iff j <= i + diag
+  // Query tiles that see any key of this tile: under the causal mask, rows i >= n0 - diag.
+  const int first_row = kCausal ? max(0, w.n0 - w.diag) : 0;
+  w.m_begin = first_row / kBlockM;
+  w.m_tiles = first_row < w.sp.nq ? (w.sp.nq + kBlockM - 1) / kBlockM - w.m_begin : 0;
+  const int all_steps = w.group * w.m_tiles;
+  const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
+  w.step0 = min(all_steps, split * per_split_steps);
+  w.steps = min(all_steps, w.step0 + per_split_steps) - w.step0;
+  // A split's empty share adds nothing to dK/dV or dQ; an unsplit tile still writes its zeros.
+  w.active = w.n0 < w.sp.nk && !(grid.num_splits > 1 && w.steps == 0);
+  return w;
+}
+
 // Two adjacent columns of one key's dK and dV: added atomically when other CTAs (a split) add to
-// the same key, else accumulated or overwritten.
+// the same key, else overwritten (write_dkv adds onto them itself when accumulating).
 __device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float k1, float v0, float v1,
-                                          const BwdGrid& grid, bool accumulate) {
+                                          const BwdGrid& grid) {
   if (grid.num_splits > 1) {
     if (grid.dkv_pairs) {
       atomicAdd(reinterpret_cast<float2*>(dk), make_float2(k0, k1));
@@ -74,9 +111,6 @@ __device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float 
       atomicAdd(dk, k0), atomicAdd(dk + 1, k1);
       atomicAdd(dv, v0), atomicAdd(dv + 1, v1);
     }
-  } else if (accumulate) {
-    dk[0] += k0, dk[1] += k1;
-    dv[0] += v0, dv[1] += v1;
   } else {
     dk[0] = k0, dk[1] = k1;
     dv[0] = v0, dv[1] = v1;
@@ -123,7 +157,7 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
 #pragma unroll
     for (int i = 0; i < kTiles; ++i)
       store_dkv(dk + i * kMmaN, dv + i * kMmaN, acc_dk[4 * i + 2 * hi] * scale, acc_dk[4 * i + 2 * hi + 1] * scale,
-                acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid, p.accumulate);
+                acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid);
   }
 }
 
@@ -180,31 +214,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   float* sLse = reinterpret_cast<float*>(sdS + Tr::kBlockN * Tr::kPitchDs);  // [kStages][kBlockM], lse * log2(e)
   float* sDsum = sLse + Tr::kStages * Tr::kBlockM;                           // [kStages][kBlockM]
 
-  // Under a causal mask the first key tiles see the most queries: lowest indices go first.
-  const int heads_k = p.shape.nheads_k;
-  const int per_split = heads_k * grid.num_spans;
-  const int per_n_block = per_split * grid.num_splits;
-  const int n_block = int(blockIdx.x) / per_n_block;
-  const int split = int(blockIdx.x) % per_n_block / per_split;
-  const int hk = int(blockIdx.x) % per_split % heads_k;
-  const int z = int(blockIdx.x) % per_split / heads_k;
-  const Span sp = span_of(p.shape, p.seg, z);
-  const int n0 = n_block * Tr::kBlockN;
-  if (n0 >= sp.nk) return;
-  const int group = p.shape.nheads / heads_k;
-  const int keys_valid = min(Tr::kBlockN, sp.nk - n0);
-  const int diag = sp.nk - sp.nq;  // causal (bottom-right): query i sees key j iff j <= i + diag
-
-  // Query tiles that see any key of this tile: under the causal mask, rows i >= n0 - diag.
-  const int first_row = kCausal ? max(0, n0 - diag) : 0;
-  const int m_begin = first_row / Tr::kBlockM;
-  const int m_tiles = first_row < sp.nq ? (sp.nq + Tr::kBlockM - 1) / Tr::kBlockM - m_begin : 0;
-  // This CTA's share [step0, step0 + steps) of the (query head, query tile) steps.
-  const int all_steps = group * m_tiles;
-  const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
-  const int step0 = min(all_steps, split * per_split_steps);
-  const int steps = min(all_steps, step0 + per_split_steps) - step0;
-  if (grid.num_splits > 1 && steps == 0) return;  // adds nothing to dK/dV or dQ
+  const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal>(p, grid);
+  if (!w.active) return;
+  const Span sp = w.sp;
+  const int hk = w.hk, n0 = w.n0, group = w.group, keys_valid = w.keys_valid, diag = w.diag;
+  const int m_begin = w.m_begin, m_tiles = w.m_tiles, step0 = w.step0, steps = w.steps;
 
   const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
                 hk * p.k_stride.head;
@@ -434,29 +448,11 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   float* sLse = reinterpret_cast<float*>(sdS + 2 * Tr::kTileDs);  // [kStages][kBM], lse * log2(e)
   float* sDsum = sLse + Tr::kStages * kBM;                        // [kStages][kBM]
 
-  // Under a causal mask the first key tiles see the most queries: lowest indices go first.
-  const int heads_k = p.shape.nheads_k;
-  const int per_split = heads_k * grid.num_spans;
-  const int per_n_block = per_split * grid.num_splits;
-  const int n_block = int(blockIdx.x) / per_n_block;
-  const int split = int(blockIdx.x) % per_n_block / per_split;
-  const int hk = int(blockIdx.x) % per_split % heads_k;
-  const int z = int(blockIdx.x) % per_split / heads_k;
-  const Span sp = span_of(p.shape, p.seg, z);
-  const int n0 = n_block * kBN;
-  if (n0 >= sp.nk) return;
-  const int group = p.shape.nheads / heads_k;
-  const int keys_valid = min(kBN, sp.nk - n0);
-  const int diag = sp.nk - sp.nq;  // causal (bottom-right): query i sees key j iff j <= i + diag
-  const int first_row = kCausal ? max(0, n0 - diag) : 0;
-  const int m_begin = first_row / kBM;
-  const int m_tiles = first_row < sp.nq ? (sp.nq + kBM - 1) / kBM - m_begin : 0;
-  // This CTA's share [step0, step0 + steps) of the (query head, query tile) steps (head-major).
-  const int all_steps = group * m_tiles;
-  const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
-  const int step0 = min(all_steps, split * per_split_steps);
-  const int steps = min(all_steps, step0 + per_split_steps) - step0;
-  if (grid.num_splits > 1 && steps == 0) return;  // adds nothing to dK/dV or dQ
+  const BwdWork w = bwd_work<kBN, kBM, kCausal>(p, grid);
+  if (!w.active) return;
+  const Span sp = w.sp;
+  const int hk = w.hk, n0 = w.n0, group = w.group, keys_valid = w.keys_valid, diag = w.diag;
+  const int m_begin = w.m_begin, m_tiles = w.m_tiles, step0 = w.step0, steps = w.steps;
 
   const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
                 hk * p.k_stride.head;
