@@ -12,9 +12,10 @@
 namespace rfa::cuda {
 
 // Tensor-core FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 32, 64 or 128. Forward:
-// mma.sync m16n8k16 (stream-K for under-filled grids; optionally merged into a running out/lse). Backward: wgmma (Hopper) for head_dim 128
-// on sm_90, mma.sync otherwise.
-// Device memory for a call's temporaries (flash_fwd's stream-K partials). `release` runs as soon as
+// mma.sync m16n8k16 (query tiles split into key pieces for under-filled grids; optionally merged
+// into a running out/lse). Backward: wgmma (Hopper) for head_dim 128 on sm_90, mma.sync otherwise.
+
+// Device memory for a call's temporaries (flash_fwd's split partials). `release` runs as soon as
 // the launches that use the block are queued on the call's stream: the allocator must hand it
 // only to work ordered after them (the worker's caching allocator: same stream, and the comm
 // stream waits for compute before every collective).
@@ -41,7 +42,7 @@ class ScratchBlock {
 
 void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch);
 // For the kernel harness only (the addon never calls it; not thread-safe): force the forward's
-// launch shape, 0 one CTA per query tile, 1 stream-K wherever it applies, -1 the cost model.
+// launch shape, 0 one CTA per query tile, 1 split tiles wherever it applies, -1 the cost model.
 void force_fwd_schedule(int mode);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
 

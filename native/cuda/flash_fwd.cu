@@ -52,11 +52,15 @@ struct FwdGrid {
   int* arrivals;     // per later tile: pieces finished (zeroed before the launch)
 };
 
-// Key tiles that query tile m0.. may see: all of the span, or (causal) up to its diagonal.
-template <class Tr, bool kCausal>
-__device__ __forceinline__ int key_tiles(const Span& sp, int m0) {
-  int n_end = sp.nk;
-  if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + sp.nk - sp.nq);
+// Key tiles that the query tile from row m0 of a span (nq queries, nk keys) may see: all of them,
+// or (causal) up to its diagonal. The kernel and the launch plan both count with it.
+template <class Tr>
+__host__ __device__ __forceinline__ int key_tiles(int nq, int nk, int m0, bool causal) {
+  int n_end = nk;
+  if (causal) {
+    const int diagonal_end = m0 + Tr::kBlockM + nk - nq;
+    n_end = n_end < diagonal_end ? n_end : diagonal_end;
+  }
   return n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
 }
 
@@ -77,7 +81,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
 }
 
 // Where a tile's rows of out and lse go: the caller's tensors (out in fp32 or, for a final
-// single-device result, 16-bit), or a stream-K CTA's fp32 partial slot.
+// single-device result, 16-bit), or a split piece's fp32 partial slot.
 struct OutSite {
   void* out;  // element (row r, column c) at out + r * o_row + c, in fp32 or 16-bit units
   int64_t o_row;
@@ -239,7 +243,7 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
                 hk * p.k_stride.head;
   const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0) * p.v_stride.row +
                 hk * p.v_stride.head;
-  int it_begin = 0, it_end = key_tiles<Tr, kCausal>(sp, m0);
+  int it_begin = 0, it_end = key_tiles<Tr>(sp.nq, sp.nk, m0, kCausal);
   if (job.piece >= 0) {
     const int per = (it_end + grid.splits - 1) / grid.splits;
     it_begin = min(it_end, job.piece * per);
@@ -528,10 +532,8 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
 
   const int64_t per_m = int64_t(sh.nheads) * sh.batch;
   auto key_tiles_of = [&](int64_t tile) {  // heavy-first order, as tile_job
-    const int64_t m = num_m_blocks - 1 - tile / per_m;
-    int64_t end = sh.seqlen_k;
-    if (sh.causal) end = std::min<int64_t>(end, (m + 1) * Tr::kBlockM + sh.seqlen_k - sh.seqlen_q);
-    return end > 0 ? (end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
+    const int m = num_m_blocks - 1 - int(tile / per_m);
+    return key_tiles<Tr>(sh.seqlen_q, sh.seqlen_k, m * Tr::kBlockM, sh.causal);
   };
   auto cost = [&](FwdPlan plan) {
     std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
@@ -550,17 +552,16 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
     }
     return end;
   };
+  // A split plan must beat 95% of one CTA per tile (forced: any split plan will do).
   FwdPlan best = per_tile;
-  double best_cost = cost(per_tile);
-  const double limit = g_forced_schedule == 1 ? 1e30 : 0.95 * best_cost;
-  if (g_forced_schedule == 1) best_cost = 1e30;
+  double best_cost = g_forced_schedule == 1 ? INFINITY : 0.95 * cost(per_tile);
   std::vector<int64_t> wholes{0};  // tiles kept whole: none, or the full waves
   if (tiles / slots > 0 && tiles % slots > 0) wholes.push_back(tiles / slots * slots);
   for (int splits = 2; splits <= kMaxSplits; ++splits)
     for (const int64_t whole : wholes) {
       const FwdPlan plan{int(whole), splits};
       const double c = cost(plan);
-      if (c < best_cost && c < limit) best = plan, best_cost = c;
+      if (c < best_cost) best = plan, best_cost = c;
     }
   cache.emplace(key, best);
   return best;

@@ -812,10 +812,10 @@ int main(int argc, char** argv) {
   for (int mode : {0, 1}) {
     cuda::force_fwd_schedule(mode);
     for (Config c : configs) {
-      c.name += mode ? " [stream-K]" : " [per tile]";
+      c.name += mode ? " [split]" : " [per tile]";
       run_attention(c, gen);
     }
-    run_merge(gen, mode ? " [stream-K]" : " [per tile]");
+    run_merge(gen, mode ? " [split]" : " [per tile]");
   }
   cuda::force_fwd_schedule(-1);
   run_casts(gen);
