@@ -5,7 +5,8 @@
 // and the % of theoretic (the seed's definition: our single-GPU kernel on one rank's shard,
 // iter/s ÷ world); then the varlen table (flash_attn_varlen | ring_varlen | zigzag_ring_varlen |
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
-// --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle.
+// --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle, --transport (nccl |
+// copy-engine: how the rings' point-to-point transfers move; collectives are NCCL's either way).
 // `--solo W` runs on one device the share of the slowest rank (W−1) of a W-rank ring, without
 // transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free.
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
@@ -13,7 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { init, visibleGpuCount } from '../index.js';
+import { init, visibleGpuCount, type Transport } from '../index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from './bench_varlen_rank.js';
@@ -85,12 +86,13 @@ async function main(): Promise<void> {
     ? { title: `varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)`, s: 8192, h: 32, hk: 8, d: 128, headsKStride: 4, sets: SEED_SETS }
     : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
 
-  const rt = await init({ backend, world: solo ? 1 : world });
+  const transport = (arg('transport') ?? 'nccl') as Transport;
+  const rt = await init({ backend, world: solo ? 1 : world, transport });
   const denseModule = new URL('./bench_rank.js', import.meta.url).href;
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
-  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, transfers skipped` : onGpu ? `${world}× ${device}` : `${device}, world ${world}`;
+  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, transfers skipped` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];
@@ -158,8 +160,8 @@ async function main(): Promise<void> {
   }
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
   fs.mkdirSync(dir, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}`;
-  fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, dtype, tokens, iters, results: report }, null, 2));
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${transport === 'copy-engine' && !solo ? '-ce' : ''}`;
+  fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);
 }

@@ -13,6 +13,10 @@ export interface RankInfo {
   timeoutMs: number;
   /** Unique per runtime in this process; part of every communicator's key. */
   runtimeId: string;
+  /** Point-to-point transport of the cuda backend (see InitOptions.transport). */
+  transport: 'nccl' | 'copy-engine';
+  /** Some ranks share a GPU: NCCL (collectives) is unavailable. */
+  sharedDevices: boolean;
 }
 
 /** A host tensor the way callers hand it over: an ndarray-like object. */

@@ -14,9 +14,18 @@ export interface InitOptions {
   devices?: number[];
   /** How long a rank waits on a peer before failing with E_WORKER/E_NCCL (ms). Default 60000. */
   timeoutMs?: number;
+  /**
+   * How the rings' point-to-point transfers move between GPUs (cuda; the cpu backend ignores
+   * it): 'nccl' (NCCL send/recv kernels) or 'copy-engine' (cudaMemcpyPeerAsync between the
+   * workers of this process: no SM time taken from the attention kernels). Collectives (llama3)
+   * always use NCCL. Default 'nccl'; 'copy-engine' when ranks share a GPU, which NCCL refuses
+   * (the llama3 family is then unsupported).
+   */
+  transport?: Transport;
 }
 
-const INIT_KEYS = new Set(['backend', 'world', 'devices', 'timeoutMs']);
+export type Transport = 'nccl' | 'copy-engine';
+const INIT_KEYS = new Set(['backend', 'world', 'devices', 'timeoutMs', 'transport']);
 let runtimeCount = 0;
 
 /** GPUs the CUDA backend can see (0 without a CUDA build, driver or device). */
@@ -38,14 +47,19 @@ function resolveOptions(opts: InitOptions): RankInfo[] {
   const devices = opts.devices ?? Array.from({ length: world }, (_, i) => (backend === 'cuda' ? i : 0));
   if (!Array.isArray(devices) || devices.length !== world)
     fail('E_ARG', `init: devices must list one device per rank (${world}), got ${JSON.stringify(devices)}`);
+  if (opts.transport !== undefined && opts.transport !== 'nccl' && opts.transport !== 'copy-engine')
+    fail('E_ARG', `init: transport must be 'nccl' or 'copy-engine', got ${JSON.stringify(opts.transport)}`);
+  const sharedDevices = backend === 'cuda' && new Set(devices).size !== devices.length;
   if (backend === 'cuda') {
     for (const d of devices) if (!Number.isInteger(d) || d < 0 || d >= gpus) fail('E_DEVICE', `init: device ${d} is not a visible GPU (0..${gpus - 1})`);
-    if (new Set(devices).size !== devices.length) fail('E_DEVICE', 'init: two ranks on one GPU are not supported by NCCL');
+    if (sharedDevices && opts.transport === 'nccl')
+      fail('E_DEVICE', "init: ranks that share a GPU need transport 'copy-engine' (NCCL refuses two ranks on one GPU)");
   }
+  const transport: Transport = opts.transport ?? (sharedDevices ? 'copy-engine' : 'nccl');
   const timeoutMs = opts.timeoutMs ?? 60_000;
   if (!(timeoutMs > 0)) fail('E_ARG', `init: timeoutMs must be positive, got ${timeoutMs}`);
   const runtimeId = `rt${++runtimeCount}`;
-  return devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs, runtimeId }));
+  return devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs, runtimeId, transport, sharedDevices }));
 }
 
 /**

@@ -6,7 +6,7 @@ import type { RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { KvPackedName, QkvPackedName, RingName, UnpackedName } from '../api/types.js';
 import { maxAbs, nd, pack, randn, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
-import { referenceBackward, referenceForward } from './reference.js';
+import { memoReference, referenceBackward, referenceForward } from './reference.js';
 
 export interface VariantNames {
   func: Extract<UnpackedName, RingName>;
@@ -49,8 +49,8 @@ export async function runCase(rt: RingRuntime, names: VariantNames, c: Case, see
   // The reference sees the fp32 inputs: the error then includes rounding to the compute dtype,
   // which is what a user of that dtype gets.
   const x = { q, k, v, b: c.b, sq: s, sk: s, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal };
-  const ref = referenceForward(x);
-  const refG = referenceBackward(x, dtype === 'float32' ? dout : rounded(dout, dtype));
+  const { ref, refG } = memoReference(JSON.stringify({ ...c, world: undefined, s, seed, dtype }),
+    () => ({ ref: referenceForward(x), refG: referenceBackward(x, dtype === 'float32' ? dout : rounded(dout, dtype)) }));
   let dq: ArrayLike<number>, dk: ArrayLike<number>, dv: ArrayLike<number>;
   if ('dk' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: g.dk.data, dv: g.dv.data });
   else if ('dkv' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: unpack(g.dkv.data, 0, 2, c.b, s, c.hk, c.d), dv: unpack(g.dkv.data, 1, 2, c.b, s, c.hk, c.d) });

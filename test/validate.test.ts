@@ -57,6 +57,7 @@ const cases: [string, () => Promise<unknown> | unknown, string, RegExp][] = [
   ['init: unknown backend', () => init({ backend: 'tpu' as 'cpu' }), 'E_ARG', /backend must be 'cuda' or 'cpu'/],
   ['init: unknown option', () => init({ backend: 'cpu', wrld: 2 } as object), 'E_ARG', /unknown option 'wrld'/],
   ['init: devices of the wrong length', () => init({ backend: 'cpu', world: 2, devices: [0] }), 'E_ARG', /devices must list one device per rank/],
+  ['init: unknown transport', () => init({ backend: 'cpu', world: 2, transport: 'tcp' as 'nccl' }), 'E_ARG', /transport must be 'nccl' or 'copy-engine', got "tcp"/],
 ];
 
 for (const [name, run, code, fragment] of cases) {

@@ -9,6 +9,7 @@ import type { VarlenName } from '../api/types.js';
 import type { DType } from '../runtime/dtype.js';
 import { maxAbs, nd, pack, randn, relL2, rng, rounded, type Runtimes, unpack } from './helpers.js';
 import { F32_TOL, type CaseResult } from './ring_cases.js';
+import { memoReference } from './reference.js';
 import { varlenReference } from './varlen_reference.js';
 
 export interface VarlenNames {
@@ -52,8 +53,9 @@ export async function runVarlenCase(rt: RingRuntime, names: VarlenNames, c: Varl
   else r = await rt.call(names.qkvpacked, nd(pack([q, k, v], 1, T, c.h, c.d), [T, 3, c.h, c.d]), cu, max, opts);
   const g: DriverGrads = await r.backward(nd(dout, [T, c.h, c.d]));
   await r.dispose();
-  const ref = varlenReference({ q, k, v, cu: c.cu, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal },
-    dtype === 'float32' ? dout : rounded(dout, dtype));
+  const ref = memoReference(JSON.stringify({ ...c, world: undefined, options: undefined, seed, dtype }), () =>
+    varlenReference({ q, k, v, cu: c.cu, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal },
+      dtype === 'float32' ? dout : rounded(dout, dtype)));
   let dq: ArrayLike<number>, dk: ArrayLike<number>, dv: ArrayLike<number>;
   if ('dk' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: g.dk.data, dv: g.dv.data });
   else if ('dkv' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d), dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d) });

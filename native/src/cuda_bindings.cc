@@ -21,6 +21,7 @@
 #include "cuda/context.h"
 #include "cuda/fill.h"
 #include "cuda/nccl.h"
+#include "cuda/peer_copy.h"
 #include "src/bindings.h"
 #include "src/guard.h"
 #include "src/params.h"
@@ -240,12 +241,32 @@ RFA_NAPI(CopyBsh) {
   });
 }
 
-// { key, nranks, rank, sends: [{data, n, dtype, peer}], recvs: [...] } → event id
+// Through the copy engines (peer_copy.h): sends are posted first so no two ranks can wait on
+// each other's receives; ranks are group-local, as in NCCL.
+void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, const std::vector<Xfer>& sends,
+                           const std::vector<Xfer>& recvs) {
+  cudaStream_t stream = s.ctx->comm();
+  std::vector<cuda::PeerTicket> tickets;
+  for (auto& x : sends)
+    tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream));
+  for (auto& x : recvs) cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream, s.timeout_ms);
+  for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
+}
+
+// { key, nranks, rank, transport: 'nccl' | 'copy-engine', sends: [{data, n, dtype, peer}],
+//   recvs: [...] } → event id
 RFA_NAPI(CommSendRecv) {
   RFA_BODY({
     Napi::Object o = arg_object(info, 0);
     WorkerState& s = state(info.Env());
     auto sends = transfers(o, "sends"), recvs = transfers(o, "recvs");
+    const std::string transport = o.Get("transport").ToString().Utf8Value();
+    if (transport == "copy-engine") {
+      s.ctx->comm_waits_for_compute();
+      copy_engine_send_recv(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")), sends, recvs);
+      return Napi::Number::New(info.Env(), record_comm_event(s));
+    }
+    if (transport != "nccl") RFA_THROW("E_ARG", "transport must be 'nccl' or 'copy-engine', got '" + transport + "'");
     cuda::NcclComm& c = comm_for(s, o);
     s.ctx->comm_waits_for_compute();
     c.group_start();
@@ -316,7 +337,9 @@ RFA_NAPI(BytesInUse) { RFA_BODY({ return Napi::Number::New(info.Env(), double(st
 // Callable from any thread (the main thread on a rank failure): aborts every communicator.
 RFA_NAPI(AbortAll) {
   RFA_BODY({
-    cuda::nccl_abort_all(info.Length() > 0 ? info[0].ToString().Utf8Value() : std::string("aborted"));
+    const std::string reason = info.Length() > 0 ? info[0].ToString().Utf8Value() : std::string("aborted");
+    cuda::nccl_abort_all(reason);
+    cuda::peer_abort(reason);
     return info.Env().Undefined();
   });
 }
@@ -330,6 +353,7 @@ RFA_NAPI(ResetAll) {
       g_generation.fetch_add(1);
     }
     cuda::nccl_clear_abort();
+    cuda::peer_reset();
     return info.Env().Undefined();
   });
 }

@@ -9,7 +9,8 @@ import { init, RingFlashAttnError, visibleGpuCount, type DriverResult, type Func
 import type { DType } from '../../runtime/dtype.js';
 import type { UnpackedName } from '../../api/types.js';
 import { nd, randn, relL2, rng, rounded } from '../helpers.js';
-import { referenceBackward, referenceForward } from '../reference.js';
+import { placements } from './placements.js';
+import { memoReference, referenceBackward, referenceForward } from '../reference.js';
 
 const gpus = visibleGpuCount();
 const s = suite('cuda backend');
@@ -28,7 +29,7 @@ async function errors(rt: RingRuntime, name: UnpackedName, c: K, seed: number, e
   const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as { dq: { data: Float32Array }; dk: { data: Float32Array }; dv: { data: Float32Array } };
   await r.dispose();
   const x = { q, k, v, b: c.b, sq: c.sq, sk: c.sk, h: c.h, hk: c.hk, d: c.d, scale: 1 / Math.sqrt(c.d), causal: c.causal };
-  const ref = referenceForward(x), refG = referenceBackward(x, dout);
+  const { ref, refG } = memoReference(JSON.stringify({ ...c, seed }), () => ({ ref: referenceForward(x), refG: referenceBackward(x, dout) }));
   return {
     out: relL2(r.out.data, ref.out), lse: relL2(r.lse.data, ref.lse),
     dq: relL2(g.dq.data, refG.dq), dk: relL2(g.dk.data, refG.dk), dv: relL2(g.dv.data, refG.dv),
@@ -72,10 +73,21 @@ if (gpus > 0) {
     assert.ok(e.out <= 5e-3);
   });
 
-  for (const world of [2, 4].filter((w) => w <= gpus)) {
+  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
+    try {
+      await init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' });
+      assert.unreachable();
+    } catch (e) {
+      assert.is((e as RingFlashAttnError).code, 'E_DEVICE', (e as Error).message);
+      assert.match((e as Error).message, /copy-engine/);
+    }
+  });
+
+  for (const { label: where, opts } of [2, 4].flatMap((w) => placements(w, gpus))) {
+    const world = opts.world!;
     const variants: UnpackedName[] = ['ring_flash_attn_func', 'ring_flash_attn_func_v2', 'zigzag_ring_flash_attn_func', 'stripe_flash_attn_func'];
-    s(`world ${world}: every ring's error stays within 1.1x the single-device kernel's`, async () => {
-      const rt = await init({ backend: 'cuda', world });
+    s(`${where}: every ring's error stays within 1.1x the single-device kernel's`, async () => {
+      const rt = await init(opts);
       try {
         for (const causal of [true, false]) {
           const c: K = { b: 1, sq: world * 192, sk: world * 192, h: 4, hk: 2, d: 128, causal, dtype: 'bfloat16' };
@@ -92,10 +104,10 @@ if (gpus > 0) {
     });
   }
 
-  if (gpus >= 2) {
-    s('SPMD training step and fault isolation on GPUs', async () => {
-      const world = Math.min(gpus, 4);
-      const rt = await init({ backend: 'cuda', world });
+  for (const { label: where, opts } of placements(Math.max(2, Math.min(gpus, 4)), gpus)) {
+    s(`${where}: SPMD training step and fault isolation`, async () => {
+      const world = opts.world!;
+      const rt = await init(opts);
       const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
       try {
         const S = world * 128, [b, h, d] = [1, 2, 64];

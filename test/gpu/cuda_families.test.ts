@@ -1,16 +1,18 @@
 // GPU suite, second part: the packed (kv, qkv) forms of every dense ring and the varlen families
 // on CUDA, each against the single-device result on the same inputs (the ring's error must stay
-// within 1.1x of it). Skips, and says so, without at least 2 GPUs.
+// within 1.1x of it). Skips, and says so, without a GPU; with fewer GPUs than ranks the ranks
+// share GPU 0 (test/gpu/placements.ts), where llama3 (NCCL collectives) must say E_UNSUPPORTED.
 process.env.RFA_POISON = '1';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
+import { init, RingFlashAttnError, visibleGpuCount, type RingRuntime } from '../../index.js';
 import { runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
 import { runVarlenCase, type VarlenCase, type VarlenNames } from '../varlen_cases.js';
+import { placements } from './placements.js';
 
 const gpus = visibleGpuCount();
 const s = suite('cuda backend: packed forms and varlen families');
-if (gpus < 2) console.log(`GPU suite (packed forms, varlen) skipped: ${gpus} GPU(s) visible, 2 needed`);
+if (gpus === 0) console.log('GPU suite (packed forms, varlen) skipped: no GPU visible');
 
 const names = (prefix: string, suffix = ''): VariantNames =>
   ({ func: `${prefix}_func${suffix}`, kvpacked: `${prefix}_kvpacked_func${suffix}`, qkvpacked: `${prefix}_qkvpacked_func${suffix}` }) as VariantNames;
@@ -23,14 +25,15 @@ function within(ring: CaseResult, single: CaseResult, what: string): void {
   assert.ok(single.out <= 5e-3 && single.dq <= 1e-2, `${what}: single-device error out ${single.out}, dq ${single.dq}`);
 }
 
-if (gpus >= 2) {
+if (gpus > 0) {
   let rt1: RingRuntime;
   s.before(async () => { rt1 = await init({ backend: 'cuda', world: 1 }); });
   s.after(async () => { await rt1.close(); });
 
-  for (const world of [2, 4].filter((w) => w <= gpus)) {
-    s(`world ${world}: kvpacked and qkvpacked forms of ring, ring_v2, zigzag and stripe`, async () => {
-      const rt = await init({ backend: 'cuda', world });
+  for (const { label: where, opts, shared } of [2, 4].flatMap((w) => placements(w, gpus))) {
+    const world = opts.world!;
+    s(`${where}: kvpacked and qkvpacked forms of ring, ring_v2, zigzag and stripe`, async () => {
+      const rt = await init(opts);
       try {
         for (const packing of ['kvpacked', 'qkvpacked'] as const) {
           const c: Case = { world, b: 1, seqPerRank: 128, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
@@ -43,8 +46,8 @@ if (gpus >= 2) {
       }
     });
 
-    s(`world ${world}: ring, zigzag and llama3 varlen against the same family on one GPU`, async () => {
-      const rt = await init({ backend: 'cuda', world });
+    s(`${where}: ring, zigzag and llama3 varlen against the same family on one GPU`, async () => {
+      const rt = await init(opts);
       try {
         // Lengths divisible by 2·world (zigzag), total divisible by world (llama3).
         const u = 2 * world;
@@ -53,6 +56,12 @@ if (gpus >= 2) {
           ['llama3_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'qkvpacked']] as const) {
           const c: VarlenCase = { world, cu, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
           const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
+          if (shared && prefix.startsWith('llama3')) {
+            const e = await runVarlenCase(rt, varlenNames(prefix), c, 71).then(() => undefined, (err: unknown) => err);
+            assert.instance(e, RingFlashAttnError);
+            assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED', (e as Error).message);
+            continue;
+          }
           within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
         }
       } finally {

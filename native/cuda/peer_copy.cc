@@ -1,0 +1,156 @@
+#include "cuda/peer_copy.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include "cuda/check.h"
+
+namespace rfa::cuda {
+
+struct PeerSlot {
+  const void* src = nullptr;
+  int src_device = -1;
+  size_t bytes = 0;
+  cudaEvent_t ready = nullptr;  // recorded by the sender: the data is there
+  cudaEvent_t done = nullptr;   // recorded by the receiver after its copy
+  bool copied = false;          // set with `done`, under the registry lock
+  ~PeerSlot() {
+    // Destroying an event that is still pending (or waited on) is allowed: CUDA releases it
+    // once the device is past it.
+    if (ready) cudaEventDestroy(ready);
+    if (done) cudaEventDestroy(done);
+  }
+};
+
+namespace {
+
+using Key = std::tuple<std::string, int, int>;  // (communicator, src, dst)
+
+struct Registry {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<Key, std::deque<PeerTicket>> posted;
+  bool aborted = false;
+  std::string abort_reason;
+};
+
+Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: worker threads may outlive statics
+  return *r;
+}
+
+// Waits on the registry's condition until `ready()`; throws on abort or timeout.
+template <class Ready>
+void wait_for(std::unique_lock<std::mutex>& lock, int timeout_ms, Ready ready, const std::string& what) {
+  Registry& r = registry();
+  const bool ok = r.cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return r.aborted || ready(); });
+  if (r.aborted) RFA_THROW("E_WORKER", "communicator aborted: " + r.abort_reason);
+  if (!ok) RFA_THROW("E_NCCL", "communication stuck: timed out after " + std::to_string(timeout_ms) + " ms " + what);
+}
+
+cudaEvent_t new_event() {
+  cudaEvent_t e;
+  RFA_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+// The receiving device reads the sender's memory directly once peer access is on; without it
+// cudaMemcpyPeerAsync still works, staged through the host (slow, but correct).
+void enable_peer_access(int device, int peer) {
+  if (device == peer) return;
+  thread_local std::set<std::pair<int, int>> done;
+  if (!done.insert({device, peer}).second) return;
+  int can = 0;
+  RFA_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peer));
+  if (!can) return;
+  const cudaError_t err = cudaDeviceEnablePeerAccess(peer, 0);
+  if (err == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+  else RFA_CUDA_CHECK(err);
+}
+
+}  // namespace
+
+PeerTicket peer_post_send(const std::string& comm, int src, int dst, const void* data, size_t bytes, int device,
+                          cudaStream_t stream) {
+  auto slot = std::make_shared<PeerSlot>();
+  slot->src = data;
+  slot->src_device = device;
+  slot->bytes = bytes;
+  slot->ready = new_event();
+  RFA_CUDA_CHECK(cudaEventRecord(slot->ready, stream));
+  Registry& r = registry();
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (r.aborted) RFA_THROW("E_WORKER", "communicator aborted: " + r.abort_reason);
+    r.posted[Key(comm, src, dst)].push_back(slot);
+  }
+  r.cv.notify_all();
+  return slot;
+}
+
+void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, int device, cudaStream_t stream,
+               int timeout_ms) {
+  Registry& r = registry();
+  PeerTicket slot;
+  {
+    std::unique_lock<std::mutex> lock(r.mu);
+    auto& q = r.posted[Key(comm, src, dst)];
+    wait_for(lock, timeout_ms, [&] { return !q.empty(); },
+             "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
+    slot = q.front();
+    q.pop_front();
+  }
+  // A mismatch still completes the handshake (done = ready), so the sender is not left waiting.
+  const bool size_ok = slot->bytes == bytes;
+  if (size_ok) {
+    enable_peer_access(device, slot->src_device);
+    RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, slot->ready, 0));
+    if (bytes) RFA_CUDA_CHECK(cudaMemcpyPeerAsync(data, device, slot->src, slot->src_device, bytes, stream));
+  }
+  cudaEvent_t done = new_event();
+  RFA_CUDA_CHECK(cudaEventRecord(done, stream));
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    slot->done = done;
+    slot->copied = true;
+  }
+  r.cv.notify_all();
+  if (!size_ok)
+    RFA_THROW("E_ARG", "message from rank " + std::to_string(src) + " has " + std::to_string(slot->bytes) +
+                           " bytes, the receive buffer " + std::to_string(bytes));
+}
+
+void peer_finish_send(const PeerTicket& ticket, cudaStream_t stream, int timeout_ms) {
+  Registry& r = registry();
+  {
+    std::unique_lock<std::mutex> lock(r.mu);
+    wait_for(lock, timeout_ms, [&] { return ticket->copied; }, "(a send was never received)");
+  }
+  RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, ticket->done, 0));
+}
+
+void peer_abort(const std::string& reason) {
+  Registry& r = registry();
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (!r.aborted) r.abort_reason = reason;
+    r.aborted = true;
+  }
+  r.cv.notify_all();
+}
+
+void peer_reset() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.posted.clear();
+  r.aborted = false;
+  r.abort_reason.clear();
+}
+
+}  // namespace rfa::cuda

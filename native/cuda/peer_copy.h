@@ -1,0 +1,41 @@
+// Point-to-point transfers between the worker threads of this process through the GPUs' copy
+// engines (cudaMemcpyPeerAsync), no SM time: NCCL's send/recv kernels occupy SMs the attention
+// kernels they overlap would use. One process drives every GPU, so a receiver can read the
+// sender's buffer directly once it knows the pointer and an event that says the data is ready.
+//
+// Matching follows NCCL's rule: transfers between one ordered pair of ranks of one communicator
+// pair up in issue order. A send posts {pointer, ready event} and returns a ticket; the receiver
+// takes the oldest post of its pair, makes its comm stream wait for the ready event, copies
+// (pull), and records a done event; the sender's finish() makes its comm stream wait for that
+// event, so the send buffer is not reused before it has been read. Only host threads ever wait
+// on each other (bounded by a timeout and by peer_abort); every GPU-side wait is on an event
+// already recorded, so the GPU cannot hang on a peer that failed.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace rfa::cuda {
+
+struct PeerSlot;
+using PeerTicket = std::shared_ptr<PeerSlot>;
+
+// `stream` is the sender's comm stream (its ready event is recorded there); the current device
+// must be `device`.
+PeerTicket peer_post_send(const std::string& comm, int src, int dst, const void* data, size_t bytes, int device,
+                          cudaStream_t stream);
+// Blocks until the matching send is posted (E_WORKER on abort, E_NCCL on timeout, E_ARG on a
+// size mismatch), then queues the copy on `stream` (the receiver's comm stream).
+void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, int device, cudaStream_t stream,
+               int timeout_ms);
+// Blocks until the receiver has queued the copy, then makes `stream` wait for it.
+void peer_finish_send(const PeerTicket& ticket, cudaStream_t stream, int timeout_ms);
+
+// Wakes every blocked transfer with an E_WORKER error carrying `reason`; later ones fail too
+// until peer_reset() (called once no rank is inside a transfer), which drops unmatched posts.
+void peer_abort(const std::string& reason);
+void peer_reset();
+
+}  // namespace rfa::cuda
