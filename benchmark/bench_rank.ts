@@ -50,7 +50,7 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     }
     out.dispose();
   };
-  const once = group ? () => withSoloComm(ctx.backend, group, call) : call;
+  const once = group ? () => withSoloComm(ctx.backend, group, t.solo!.loopback ?? false, call) : call;
   const timing = timeCalls(ctx, once, t);
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };

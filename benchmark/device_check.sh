@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
 # (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
-# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table, (with SOLO="2 4")
+# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table per transport, (with SOLO="2 4")
 # the README table of one rank of each world alone on GPU 0, transfers skipped.
 # Logs go to $OUT; a short summary prints last.
 #   device run: source .device/env.sh && bash benchmark/device_check.sh
@@ -19,8 +19,11 @@ fi
 if [ "${KERNEL:-0}" = 1 ]; then
   echo "--- kernel"; timeout ${KERNEL_TIMEOUT:-240} node dist/benchmark/kernel.js ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernel.log"
 fi
+# BENCH=1 runs the README table once per transport in TRANSPORTS (default: both).
 if [ "${BENCH:-0}" = 1 ]; then
-  echo "--- bench"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+  for t in ${TRANSPORTS:-nccl copy-engine}; do
+    echo "--- bench ($t)"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- --transport $t ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-$t.log"
+  done
   cp benchmark/results/*.json benchmark/results/*.svg "$OUT/" 2>/dev/null
 fi
 for w in ${SOLO:-}; do
@@ -29,5 +32,5 @@ done
 echo "=== summary"; grep -E "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
-[ -f "$OUT/bench.log" ] && tail -30 "$OUT/bench.log"
+for f in "$OUT"/bench-*.log; do [ -f "$f" ] && { echo "$f"; grep -E "^# |^## |^\| iter|^\|          \| \|" "$f"; }; done
 for w in ${SOLO:-}; do grep -E "^## |^\| iter|^\|          \| \|" "$OUT/solo$w.log"; done

@@ -8,7 +8,8 @@
 // --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle, --transport (nccl |
 // copy-engine: how the rings' point-to-point transfers move; collectives are NCCL's either way).
 // `--solo W` runs on one device the share of the slowest rank (W−1) of a W-rank ring, without
-// transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free.
+// transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free;
+// with `--solo-transfers copy-engine` its transfers are same-device copy-engine copies instead.
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -59,6 +60,9 @@ async function main(): Promise<void> {
   const gpus = visibleGpuCount();
   const backend = (arg('backend') ?? (gpus > 0 ? 'cuda' : 'cpu')) as 'cuda' | 'cpu';
   const solo = arg('solo') ? Number(arg('solo')) : null;
+  // --solo-transfers copy-engine: the solo rank's transfers become same-device copy-engine copies.
+  const loopback = arg('solo-transfers') === 'copy-engine';
+  if (loopback && (!solo || backend !== 'cuda')) throw new Error('--solo-transfers copy-engine needs --solo W on the cuda backend');
   // In solo mode one rank plays rank W−1 of a W-rank ring; `world` is W for every figure.
   const world = solo ?? Number(arg('world') ?? (backend === 'cuda' ? gpus : 2));
   if (!Number.isInteger(world) || world < 1) throw new Error(`--world/--solo must be a positive integer, got ${world}`);
@@ -92,7 +96,7 @@ async function main(): Promise<void> {
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
-  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, transfers skipped` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
+  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, ${loopback ? 'transfers as same-device copy-engine copies' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];
@@ -130,7 +134,7 @@ async function main(): Promise<void> {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
           const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1,
-            ...(solo ? { solo: { world, rank: world - 1 } } : {}) };
+            ...(solo ? { solo: { world, rank: world - 1, loopback } } : {}) };
           const single = col.prefix === 'flash_attn';
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
@@ -160,7 +164,7 @@ async function main(): Promise<void> {
   }
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
   fs.mkdirSync(dir, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${transport === 'copy-engine' && !solo ? '-ce' : ''}`;
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
   fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);

@@ -5,13 +5,20 @@
 // a way to tune the per-step overhead on a machine with one GPU (`npm run bench -- --solo 4`).
 // Received buffers keep whatever the allocator gave them; kernels run at the same speed on any
 // finite or non-finite data, and nothing here is checked for values.
+// With `loopback`, every transfer is a real copy-engine copy on this device (each send into the
+// receive of the same position): the memory traffic a copy-engine ring puts on each GPU (its
+// copy engine writes the received block, a peer's reads the sent one) without the NVLink hop,
+// so the solo table shows what that traffic costs the kernels.
 import type { Backend } from '../runtime/backend.js';
 import { DONE, type Comm, type Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
+import { CudaComm } from '../runtime/cuda_comm.js';
+import { cudaNative } from '../runtime/cuda_native.js';
 
 export interface SoloRank {
   world: number;
   rank: number;
+  loopback?: boolean;
 }
 
 /** The group of `solo` with this context's rank at position `solo.rank` (other members are placeholders). */
@@ -20,16 +27,27 @@ export function soloGroup(ctx: RankContext, solo: SoloRank): Group {
   return { ranks, rank: solo.rank, size: solo.world, key: `solo/${solo.world}/${solo.rank}` };
 }
 
-function soloComm(group: Group): Comm {
+function soloComm(group: Group, loopback: boolean): Comm {
   const unsupported = () => { throw new Error('solo ring: only point-to-point rings can run alone (collectives need their peers)'); };
-  return { group, sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
+  if (!loopback) return { group, sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
+  // A one-member copy-engine communicator: each receive is fed by the send of the same position,
+  // or by itself where the rank receives more than it sends (ring v1's last rank only receives);
+  // sends without a receive are dropped (a peer's copy engine would read them).
+  const self: Group = { ranks: [group.ranks[group.rank]!], rank: 0, size: 1, key: `${group.key}/loopback` };
+  const loop = new CudaComm(self, cudaNative(), 'copy-engine', false);
+  return {
+    group, allGather: unsupported, reduceScatter: unsupported,
+    sendRecv: (sends, recvs) => loop.sendRecv(
+      recvs.map((r, i) => ({ peer: 0, tensor: sends[i]?.tensor ?? r.tensor })), recvs.map((r) => ({ ...r, peer: 0 }))),
+  };
 }
 
-/** Runs `body` with `backend.comm` answering the solo group with the empty communicator. */
-export function withSoloComm<T>(backend: Backend, group: Group, body: () => T): T {
+/** Runs `body` with `backend.comm` answering the solo group with the solo communicator. */
+export function withSoloComm<T>(backend: Backend, group: Group, loopback: boolean, body: () => T): T {
   const own = Object.getOwnPropertyDescriptor(backend, 'comm');
   const real = backend.comm.bind(backend);
-  backend.comm = (g: Group) => (g.key === group.key ? soloComm(g) : real(g));
+  const solo = soloComm(group, loopback);
+  backend.comm = (g: Group) => (g.key === group.key ? solo : real(g));
   try {
     return body();
   } finally {
