@@ -9,7 +9,10 @@
 // (pull), and records a done event; the sender's finish() makes its comm stream wait for that
 // event, so the send buffer is not reused before it has been read. Only host threads ever wait
 // on each other (bounded by a timeout and by peer_abort); every GPU-side wait is on an event
-// already recorded, so the GPU cannot hang on a peer that failed.
+// already recorded, so the GPU cannot hang on a peer that failed. A send's call returns only
+// once its receiver has taken it, so a send must be received by the peer's call at the same
+// position of their common sequence (true of every ring here: each step is one call on every
+// rank); the CPU backend's mailboxes, whose sends return at once, are laxer.
 #pragma once
 #include <cuda_runtime.h>
 
