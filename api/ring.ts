@@ -34,19 +34,24 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
     plan.feeds(step) ? [{ peer: plan.dst(step), tensor: local!.buf }] : [],
     plan.uses(step) ? [{ peer: plan.src(step), tensor: recv[step % 2]!.buf }] : [],
   );
+  // The last block this rank uses writes the final out in q's dtype (every block covers all
+  // rows), which saves a cast pass over out; a causal rank 0 uses only its own block.
+  const lastStep = o.causal ? Math.min(group.rank, W - 1) : W - 1;
+  const final = q.dtype !== 'float32' ? backend.empty(q.shape, q.dtype) : null;
   let pending = transfer(1);
-  backend.flashFwd(q, k, v, out, lse, { softmaxScale: o.softmaxScale, causal: o.causal });
+  backend.flashFwd(q, k, v, lastStep === 0 && final ? final : out, lse, { softmaxScale: o.softmaxScale, causal: o.causal });
   for (let step = 1; step < W; step++) {
     pending.wait();
     pending = transfer(step + 1);
     if (!plan.uses(step)) continue;
     const kv = recv[step % 2]!;
     // The kernel merges the block into the running out/lse (update_out_and_lse, fused).
-    backend.flashFwd(q, kv.k, kv.v, out, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true });
+    const into = step === lastStep && final ? final : out;
+    backend.flashFwd(q, kv.k, kv.v, into, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true, mergeFrom: into === out ? undefined : out });
   }
   pending.wait();
-  disposeAll(local, ...recv);
-  return { out, lse };
+  disposeAll(local, ...recv, final ? out : undefined);
+  return { out: final ?? out, lse };
 }
 
 export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
