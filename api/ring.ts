@@ -36,7 +36,7 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
   );
   // The last block this rank uses writes the final out in q's dtype (every block covers all
   // rows), which saves a cast pass over out; a causal rank 0 uses only its own block.
-  const lastStep = o.causal ? Math.min(group.rank, W - 1) : W - 1;
+  const lastStep = o.causal ? group.rank : W - 1;
   const final = q.dtype !== 'float32' ? backend.empty(q.shape, q.dtype) : null;
   let pending = transfer(1);
   backend.flashFwd(q, k, v, lastStep === 0 && final ? final : out, lse, { softmaxScale: o.softmaxScale, causal: o.causal });

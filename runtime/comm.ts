@@ -20,6 +20,9 @@ export function makeGroup(ranks: readonly number[], globalRank: number, runtimeI
   return { ranks: [...ranks], rank, size: ranks.length, key: `${runtimeId}/g${ranks.join('.')}` };
 }
 
+/** How the cuda backend moves point-to-point transfers (InitOptions.transport). */
+export type Transport = 'nccl' | 'copy-engine';
+
 /** One side of a point-to-point transfer; `peer` is a group-local rank; tensors are contiguous. */
 export interface P2POp {
   peer: number;

@@ -1,5 +1,5 @@
 import type { Backend } from './backend.js';
-import { makeGroup, type Group } from './comm.js';
+import { makeGroup, type Group, type Transport } from './comm.js';
 import { checkDType, fromFloat32, type DType, type HostData } from './dtype.js';
 import { fail } from './errors.js';
 import type { DeviceTensor } from './tensor.js';
@@ -14,7 +14,7 @@ export interface RankInfo {
   /** Unique per runtime in this process; part of every communicator's key. */
   runtimeId: string;
   /** Point-to-point transport of the cuda backend (see InitOptions.transport). */
-  transport: 'nccl' | 'copy-engine';
+  transport: Transport;
   /** Some ranks share a GPU: NCCL (collectives) is unavailable. */
   sharedDevices: boolean;
 }

@@ -1,9 +1,8 @@
-import type { Comm, Group, P2POp, Pending } from './comm.js';
+import type { Comm, Group, P2POp, Pending, Transport } from './comm.js';
 import { DTYPE_CODE } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
 import type { NativeCuda } from './cuda_native.js';
-import type { Transport } from './runtime.js';
 import type { DeviceTensor } from './tensor.js';
 
 /**

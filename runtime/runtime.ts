@@ -1,5 +1,6 @@
 import { Piscina } from 'piscina';
 import { fileURLToPath } from 'node:url';
+import type { Transport } from './comm.js';
 import type { RankInfo } from './context.js';
 import { RingFlashAttnError, asRingError, fail } from './errors.js';
 import { native } from './native.js';
@@ -24,8 +25,8 @@ export interface InitOptions {
   transport?: Transport;
 }
 
-export type Transport = 'nccl' | 'copy-engine';
 const INIT_KEYS = new Set(['backend', 'world', 'devices', 'timeoutMs', 'transport']);
+export type { Transport };
 let runtimeCount = 0;
 
 /** GPUs the CUDA backend can see (0 without a CUDA build, driver or device). */
