@@ -26,7 +26,9 @@ interface SingleVarlenOptions extends RingOptions {
 
 function singleVarlenForward(backend: Backend, _g: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: SingleVarlenOptions): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
-  const out = backend.empty([b, s, h, d], 'float32');
+  // Final, as in singleForward: written in q's dtype (cu_seqlens cover every row, so the kernel
+  // writes every row: zeros where a row sees no key).
+  const out = backend.empty([b, s, h, d], q.dtype);
   const lse = backend.empty([b, h, s], 'float32');
   const tables = new SegmentTables(backend);
   backend.flashFwd(q, k, v, out, lse, { softmaxScale: o.softmaxScale, causal: o.causal, seg: tables.get(o.seg) });
