@@ -144,6 +144,26 @@ if (gpus > 0) {
         await rt.close();
       }
     });
+
+    s(`${where}: a rank that never joins the ring: its peers time out with E_NCCL, the next call works`, async () => {
+      const timeoutMs = 8000;
+      const rt = await init({ ...opts, timeoutMs });
+      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+      try {
+        const t0 = Date.now();
+        try {
+          await rt.spmd(USER, 'skipRing', { skipRank: 1 });
+          assert.unreachable();
+        } catch (e) {
+          assert.is((e as RingFlashAttnError).code, 'E_NCCL', (e as Error).message);
+          assert.match((e as Error).message, /timed out after 8000 ms/);
+        }
+        assert.ok(Date.now() - t0 < 3 * timeoutMs, `timeout took ${Date.now() - t0} ms`);
+        assert.equal(await rt.spmd(USER, 'skipRing', { skipRank: -1 }), Array(opts.world!).fill(true));
+      } finally {
+        await rt.close();
+      }
+    });
   }
 }
 
