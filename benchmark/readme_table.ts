@@ -6,7 +6,7 @@
 // iter/s ÷ world); then the varlen table (flash_attn_varlen | ring_varlen | zigzag_ring_varlen |
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
 // --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle, --transport (nccl |
-// copy-engine: how the rings' point-to-point transfers move; collectives are NCCL's either way).
+// copy-engine: how ranks communicate on GPUs, see InitOptions.transport).
 // `--solo W` runs on one device the share of the slowest rank (W−1) of a W-rank ring, without
 // transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free;
 // with `--solo-transfers copy-engine` its transfers are same-device copy-engine copies instead.

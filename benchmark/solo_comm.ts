@@ -34,7 +34,7 @@ function soloComm(group: Group, loopback: boolean): Comm {
   // or by itself where the rank receives more than it sends (ring v1's last rank only receives);
   // sends without a receive are dropped (a peer's copy engine would read them).
   const self: Group = { ranks: [group.ranks[group.rank]!], rank: 0, size: 1, key: `${group.key}/loopback` };
-  const loop = new CudaComm(self, cudaNative(), 'copy-engine', false);
+  const loop = new CudaComm(self, cudaNative(), 'copy-engine');
   return {
     group, allGather: unsupported, reduceScatter: unsupported,
     sendRecv: (sends, recvs) => loop.sendRecv(

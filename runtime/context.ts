@@ -13,10 +13,8 @@ export interface RankInfo {
   timeoutMs: number;
   /** Unique per runtime in this process; part of every communicator's key. */
   runtimeId: string;
-  /** Point-to-point transport of the cuda backend (see InitOptions.transport). */
+  /** How the cuda backend communicates (see InitOptions.transport). */
   transport: Transport;
-  /** Some ranks share a GPU: NCCL (collectives) is unavailable. */
-  sharedDevices: boolean;
 }
 
 /** A host tensor the way callers hand it over: an ndarray-like object. */

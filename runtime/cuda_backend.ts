@@ -83,7 +83,7 @@ export class CudaBackend extends Backend {
 
   comm(group: Group): Comm {
     let c = this.comms.get(group.key);
-    if (!c) this.comms.set(group.key, (c = new CudaComm(group, this.kernels, this.info.transport, this.info.sharedDevices)));
+    if (!c) this.comms.set(group.key, (c = new CudaComm(group, this.kernels, this.info.transport)));
     return c;
   }
 

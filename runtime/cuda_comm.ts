@@ -6,67 +6,89 @@ import type { NativeCuda } from './cuda_native.js';
 import type { DeviceTensor } from './tensor.js';
 
 /**
- * Communication of one group. Collectives use an NCCL communicator created lazily on first use
- * by every member (they share the NCCL unique id through the addon's process-wide registry);
- * point-to-point transfers use NCCL or the copy engines (`transport`). Each operation is
+ * Communication of one group over NCCL or the copy engines (`transport`). NCCL: a communicator
+ * created lazily on first use by every member (they share the NCCL unique id through the addon's
+ * process-wide registry). Copy engines: every operation is a set of point-to-point pulls
+ * (native/cuda/peer_copy.h), collectives included, so NCCL is never loaded. Each operation is
  * enqueued on the comm stream after the compute stream's queued work and records an event;
  * `wait()` makes the compute stream wait for that event, so transfers overlap the compute
  * issued between them.
  */
 export class CudaComm implements Comm {
-  constructor(
-    readonly group: Group,
-    private readonly cuda: NativeCuda,
-    private readonly transport: Transport,
-    /** Ranks share a GPU: NCCL refuses that, so collectives are unsupported. */
-    private readonly sharedDevices: boolean,
-  ) {}
-
-  private needNccl(what: string): void {
-    if (this.sharedDevices)
-      fail('E_UNSUPPORTED', `${what} needs NCCL, which refuses ranks that share a GPU (init devices): give every rank its own GPU`);
-  }
+  constructor(readonly group: Group, private readonly cuda: NativeCuda, private readonly transport: Transport) {}
 
   private op(t: DeviceTensor, peer: number) {
     if (peer < 0 || peer >= this.group.size) fail('E_ARG', `peer ${peer} is not in group [${this.group.ranks.join(', ')}]`);
     return { data: args.flat(t, 'transfer buffer'), n: t.numel, dtype: DTYPE_CODE[t.dtype], peer };
   }
 
-  private pending(event: number): Pending {
+  /** Chunk `index` of `n` elements of a contiguous view (a rank's slot of a collective buffer). */
+  private chunk(view: { data: unknown; offset: number; strides: number[] }, index: number, n: number, dtype: number, peer: number) {
+    return { data: { ...view, offset: view.offset + index * n }, n, dtype, peer };
+  }
+
+  /** `after` runs once, on the first wait(), once the compute stream waits for the transfer. */
+  private pending(event: number, after?: () => void): Pending {
     let done = false;
     return {
       wait: () => {
         if (done) return;
         done = true;
         this.cuda.waitEvent(event);
+        after?.();
       },
     };
   }
 
   private get id() {
-    return { key: this.group.key, nranks: this.group.size, rank: this.group.rank };
+    return { key: this.group.key, nranks: this.group.size, rank: this.group.rank, transport: this.transport };
+  }
+
+  private get members(): number[] {
+    return Array.from({ length: this.group.size }, (_, j) => j);
   }
 
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending {
     return this.pending(this.cuda.commSendRecv({
-      ...this.id, transport: this.transport, sends: sends.map((s) => this.op(s.tensor, s.peer)), recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
+      ...this.id, sends: sends.map((s) => this.op(s.tensor, s.peer)), recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
     }));
   }
 
   allGather(send: DeviceTensor, recv: DeviceTensor): Pending {
-    this.needNccl('all-gather (llama3 family)');
     if (recv.numel !== send.numel * this.group.size || recv.dtype !== send.dtype) fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
-    return this.pending(this.cuda.commAllGather({
-      ...this.id, send: args.flat(send, 'send'), recv: args.flat(recv, 'recv'), n: send.numel, dtype: DTYPE_CODE[send.dtype],
-    }));
+    const n = send.numel, dtype = DTYPE_CODE[send.dtype], dst = args.flat(recv, 'recv');
+    if (this.transport === 'copy-engine')
+      // Every member pulls every member's chunk, its own included (a send to itself).
+      return this.pending(this.cuda.commSendRecv({
+        ...this.id, sends: this.members.map((j) => this.op(send, j)), recvs: this.members.map((j) => this.chunk(dst, j, n, dtype, j)),
+      }));
+    return this.pending(this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }));
   }
 
   reduceScatter(send: DeviceTensor, recv: DeviceTensor): Pending {
-    this.needNccl('reduce-scatter (llama3 family)');
     if (send.numel !== recv.numel * this.group.size || send.dtype !== 'float32' || recv.dtype !== 'float32')
       fail('E_SHAPE', 'reduceScatter: float32 send must hold size × recv elements');
-    return this.pending(this.cuda.commReduceScatter({
-      ...this.id, send: args.flat(send, 'send'), recv: args.flat(recv, 'recv'), n: recv.numel, dtype: DTYPE_CODE.float32,
-    }));
+    const n = recv.numel, dtype = DTYPE_CODE.float32, src = args.flat(send, 'send'), dst = args.flat(recv, 'recv');
+    if (this.transport !== 'copy-engine')
+      return this.pending(this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype }));
+    // Member j's chunk for us lands in slot j of a scratch buffer; wait() sums the slots in member
+    // order on the compute stream (fp32, like NCCL's sum, in a fixed order).
+    const scratch = this.cuda.alloc(this.group.size * n * 4);
+    const slots = { data: scratch, offset: 0, strides: [1] };
+    let event: number;
+    try {
+      event = this.cuda.commSendRecv({
+        ...this.id, sends: this.members.map((j) => this.chunk(src, j, n, dtype, j)), recvs: this.members.map((j) => this.chunk(slots, j, n, dtype, j)),
+      });
+    } catch (e) {
+      this.cuda.free(scratch);
+      throw e;
+    }
+    return this.pending(event, () => {
+      this.cuda.fill({ dst, n, dtype, value: 0 });
+      for (const j of this.members) this.cuda.addF32({ dst, src: this.chunk(slots, j, n, dtype, j).data, n });
+      // Later work that reuses the block is queued after these sums (the allocator's rule).
+      this.cuda.free(scratch);
+    });
   }
 }

@@ -16,11 +16,11 @@ export interface InitOptions {
   /** How long a rank waits on a peer before failing with E_WORKER/E_NCCL (ms). Default 60000. */
   timeoutMs?: number;
   /**
-   * How the rings' point-to-point transfers move between GPUs (cuda; the cpu backend ignores
-   * it): 'nccl' (NCCL send/recv kernels) or 'copy-engine' (cudaMemcpyPeerAsync between the
-   * workers of this process: no SM time taken from the attention kernels). Collectives (llama3)
-   * always use NCCL. Default 'nccl'; 'copy-engine' when ranks share a GPU, which NCCL refuses
-   * (the llama3 family is then unsupported).
+   * How ranks communicate on GPUs (cuda; the cpu backend ignores it): 'nccl' (NCCL's kernels) or
+   * 'copy-engine' (cudaMemcpyPeerAsync between the workers of this process: no SM time taken
+   * from the attention kernels, NCCL never loaded; the llama3 family's all-gather and
+   * reduce-scatter become per-member pulls, plus fp32 sums on the compute stream). Default
+   * 'nccl'; 'copy-engine' when ranks share a GPU, which NCCL refuses.
    */
   transport?: Transport;
 }
@@ -60,7 +60,7 @@ function resolveOptions(opts: InitOptions): RankInfo[] {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   if (!(timeoutMs > 0)) fail('E_ARG', `init: timeoutMs must be positive, got ${timeoutMs}`);
   const runtimeId = `rt${++runtimeCount}`;
-  return devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs, runtimeId, transport, sharedDevices }));
+  return devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs, runtimeId, transport }));
 }
 
 /**

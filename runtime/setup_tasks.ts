@@ -3,7 +3,8 @@ import type { RankContext } from './context.js';
 
 /**
  * Creates the world communicator while every rank is known to be present (NCCL's init waits
- * for all members), and exercises it once: later failures then only abort live communicators.
+ * for all members; the copy engines need no set-up), and exercises it once: later failures then
+ * only abort live communicators.
  * A ring exchange then sets up the point-to-point path (NCCL connections or peer access), so a
  * first timed call does not pay for it.
  */
@@ -13,7 +14,7 @@ export function warmup(ctx: RankContext): void {
   const comm = be.comm(ctx.group);
   const one = be.zeros([1], 'float32');
   const all = be.empty([ctx.world], 'float32');
-  if (!ctx.info.sharedDevices) comm.allGather(one, all).wait();
+  comm.allGather(one, all).wait();
   const next = (ctx.rank + 1) % ctx.world, prev = (ctx.rank + ctx.world - 1) % ctx.world;
   comm.sendRecv([{ peer: next, tensor: one }], [{ peer: prev, tensor: all.narrow(0, 0, 1) }]).wait();
   be.sync();

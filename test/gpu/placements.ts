@@ -6,15 +6,13 @@ import type { InitOptions } from '../../index.js';
 export interface Placement {
   label: string;
   opts: InitOptions;
-  /** Ranks share a GPU: collectives (the llama3 family) are unsupported. */
-  shared: boolean;
 }
 
 export function placements(world: number, gpus: number): Placement[] {
   if (gpus === 0) return [];
   if (gpus < world)
-    return [{ label: `world ${world} on one GPU (copy-engine)`, opts: { backend: 'cuda', world, devices: Array(world).fill(0), transport: 'copy-engine' }, shared: true }];
+    return [{ label: `world ${world} on one GPU (copy-engine)`, opts: { backend: 'cuda', world, devices: Array(world).fill(0), transport: 'copy-engine' } }];
   return (['nccl', 'copy-engine'] as const).map((transport) => ({
-    label: `world ${world} (${transport})`, opts: { backend: 'cuda', world, transport }, shared: false,
+    label: `world ${world} (${transport})`, opts: { backend: 'cuda', world, transport },
   }));
 }
