@@ -220,10 +220,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   const int hk = w.hk, n0 = w.n0, group = w.group, keys_valid = w.keys_valid, diag = w.diag;
   const int m_begin = w.m_begin, m_tiles = w.m_tiles, step0 = w.step0, steps = w.steps;
 
-  const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
-                hk * p.k_stride.head;
-  const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0 + n0) * p.v_stride.row +
-                hk * p.v_stride.head;
+  const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0 + n0, hk);
+  const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0 + n0, hk);
   load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sK, gK, p.k_stride.row, keys_valid);
   load_tile_async<Tr::kBlockN, Tr::kHeadDim, kPitch, Tr::kThreads>(sV, gV, p.v_stride.row, keys_valid);
 
@@ -237,11 +235,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     const int64_t row0 = sp.q0 + m0;
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
         sQ + stage * Tr::kBlockM * kPitch,
-        static_cast<const T*>(p.q) + sp.b * p.q_stride.batch + row0 * p.q_stride.row + h * p.q_stride.head,
+        bsh_ptr<T>(p.q, p.q_stride, sp.b, row0, h),
         p.q_stride.row, rows);
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
         sdO + stage * Tr::kBlockM * kPitch,
-        static_cast<const T*>(p.dout) + sp.b * p.dout_stride.batch + row0 * p.dout_stride.row + h * p.dout_stride.head,
+        bsh_ptr<T>(p.dout, p.dout_stride, sp.b, row0, h),
         p.dout_stride.row, rows);
     if (threadIdx.x < Tr::kBlockM) {
       const int r = threadIdx.x;
@@ -454,10 +452,8 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   const int hk = w.hk, n0 = w.n0, group = w.group, keys_valid = w.keys_valid, diag = w.diag;
   const int m_begin = w.m_begin, m_tiles = w.m_tiles, step0 = w.step0, steps = w.steps;
 
-  const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0 + n0) * p.k_stride.row +
-                hk * p.k_stride.head;
-  const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0 + n0) * p.v_stride.row +
-                hk * p.v_stride.head;
+  const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0 + n0, hk);
+  const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0 + n0, hk);
   load_tile_sw128<kBN, Tr::kThreads>(sK, gK, p.k_stride.row, keys_valid);
   load_tile_sw128<kBN, Tr::kThreads>(sV, gV, p.v_stride.row, keys_valid);
 
@@ -467,11 +463,11 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     const int64_t row0 = sp.q0 + m0;
     load_tile_sw128<kBM, Tr::kThreads>(
         sQ + stage * Tr::kTileM,
-        static_cast<const T*>(p.q) + sp.b * p.q_stride.batch + row0 * p.q_stride.row + h * p.q_stride.head,
+        bsh_ptr<T>(p.q, p.q_stride, sp.b, row0, h),
         p.q_stride.row, rows);
     load_tile_sw128<kBM, Tr::kThreads>(
         sdO + stage * Tr::kTileM,
-        static_cast<const T*>(p.dout) + sp.b * p.dout_stride.batch + row0 * p.dout_stride.row + h * p.dout_stride.head,
+        bsh_ptr<T>(p.dout, p.dout_stride, sp.b, row0, h),
         p.dout_stride.row, rows);
   };
   // Their lse and dsum rows, read into registers by threads < kBM (one row each) a step ahead and

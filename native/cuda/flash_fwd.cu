@@ -237,12 +237,9 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
   const int rows_valid = min(Tr::kBlockM, sp.nq - m0);
   const int diag = sp.nk - sp.nq;  // causal (bottom-right): row i sees key j iff j <= i + diag
 
-  const T* gQ = static_cast<const T*>(p.q) + sp.b * p.q_stride.batch + int64_t(sp.q0 + m0) * p.q_stride.row +
-                h * p.q_stride.head;
-  const T* gK = static_cast<const T*>(p.k) + sp.b * p.k_stride.batch + int64_t(sp.k0) * p.k_stride.row +
-                hk * p.k_stride.head;
-  const T* gV = static_cast<const T*>(p.v) + sp.b * p.v_stride.batch + int64_t(sp.k0) * p.v_stride.row +
-                hk * p.v_stride.head;
+  const T* gQ = bsh_ptr<T>(p.q, p.q_stride, sp.b, sp.q0 + m0, h);
+  const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0, hk);
+  const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0, hk);
   int it_begin = 0, it_end = key_tiles<Tr>(sp.nq, sp.nk, m0, kCausal);
   if (job.piece >= 0) {
     const int per = (it_end + grid.splits - 1) / grid.splits;

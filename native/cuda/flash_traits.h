@@ -104,6 +104,12 @@ struct Span {
   int q0, nq, k0, nk;
 };
 
+// Element (batch b, row, head) of a (batch, seqlen, heads, head_dim) 16-bit input view.
+template <typename T>
+__device__ __forceinline__ const T* bsh_ptr(const void* base, const BshStrides& s, int64_t b, int64_t row, int64_t head) {
+  return static_cast<const T*>(base) + b * s.batch + row * s.row + head * s.head;
+}
+
 __device__ __forceinline__ Span span_of(const AttnShape& sh, const Segments& seg, int z) {
   if (seg.num_seqs == 0) return Span{z, 0, sh.seqlen_q, 0, sh.seqlen_k};
   return Span{0, seg.q_start[z], seg.q_len[z], seg.k_start[z], seg.k_len[z]};
