@@ -46,8 +46,8 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
     if (!plan.uses(step)) continue;
     const kv = recv[step % 2]!;
     // The kernel merges the block into the running out/lse (update_out_and_lse, fused).
-    const into = step === lastStep && final ? final : out;
-    backend.flashFwd(q, kv.k, kv.v, into, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true, mergeFrom: into === out ? undefined : out });
+    const toFinal = step === lastStep && final !== null;
+    backend.flashFwd(q, kv.k, kv.v, toFinal ? final : out, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true, mergeFrom: toFinal ? out : undefined });
   }
   pending.wait();
   disposeAll(local, ...recv, final ? out : undefined);

@@ -9,7 +9,7 @@ export interface RingOptions {
 
 /**
  * Forward result of a ring: global out and lse of the local queries. lse is fp32; out is fp32,
- * or already in q's dtype when the ring's last step wrote the final result (pass-along rings).
+ * or already in q's dtype when the ring's last step wrote the final result.
  */
 export interface RingForward {
   out: DeviceTensor; // (b, s, h, d) fp32 or q's dtype

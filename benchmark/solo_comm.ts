@@ -27,7 +27,8 @@ export function soloGroup(ctx: RankContext, solo: SoloRank): Group {
   return { ranks, rank: solo.rank, size: solo.world, key: `solo/${solo.world}/${solo.rank}` };
 }
 
-function soloComm(group: Group, loopback: boolean): Comm {
+/** The communicator of the solo group: transfers skipped, or (loopback) same-device copies. */
+export function soloComm(group: Group, loopback: boolean): Comm {
   const unsupported = () => { throw new Error('solo ring: only point-to-point rings can run alone (collectives need their peers)'); };
   if (!loopback) return { group, sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
   // A one-member copy-engine communicator: each receive is fed by the send of the same position,
@@ -42,12 +43,11 @@ function soloComm(group: Group, loopback: boolean): Comm {
   };
 }
 
-/** Runs `body` with `backend.comm` answering the solo group with the solo communicator. */
-export function withSoloComm<T>(backend: Backend, group: Group, loopback: boolean, body: () => T): T {
+/** Runs `body` with `backend.comm` answering the solo group with `solo` (soloComm). */
+export function withSoloComm<T>(backend: Backend, solo: Comm, body: () => T): T {
   const own = Object.getOwnPropertyDescriptor(backend, 'comm');
   const real = backend.comm.bind(backend);
-  const solo = soloComm(group, loopback);
-  backend.comm = (g: Group) => (g.key === group.key ? solo : real(g));
+  backend.comm = (g: Group) => (g.key === solo.group.key ? solo : real(g));
   try {
     return body();
   } finally {

@@ -45,13 +45,17 @@ Registry& registry() {
   return *r;
 }
 
-// Waits on the registry's condition until `ready()`; throws on abort or timeout.
+// Waits on the registry's condition until `ready()`: false on timeout, E_WORKER on abort.
 template <class Ready>
-void wait_for(std::unique_lock<std::mutex>& lock, int timeout_ms, Ready ready, const std::string& what) {
+bool wait_for(std::unique_lock<std::mutex>& lock, int timeout_ms, Ready ready) {
   Registry& r = registry();
   const bool ok = r.cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return r.aborted || ready(); });
   if (r.aborted) RFA_THROW("E_WORKER", "communicator aborted: " + r.abort_reason);
-  if (!ok) RFA_THROW("E_NCCL", "communication stuck: timed out after " + std::to_string(timeout_ms) + " ms " + what);
+  return ok;
+}
+
+[[noreturn]] void throw_stuck(int timeout_ms, const std::string& what) {
+  RFA_THROW("E_NCCL", "communication stuck: timed out after " + std::to_string(timeout_ms) + " ms " + what);
 }
 
 cudaEvent_t new_event() {
@@ -101,8 +105,8 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
   {
     std::unique_lock<std::mutex> lock(r.mu);
     auto& q = r.posted[Key(comm, src, dst)];
-    wait_for(lock, timeout_ms, [&] { return !q.empty(); },
-             "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
+    if (!wait_for(lock, timeout_ms, [&] { return !q.empty(); }))
+      throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
     slot = q.front();
     q.pop_front();
   }
@@ -130,7 +134,7 @@ void peer_finish_send(const PeerTicket& ticket, cudaStream_t stream, int timeout
   Registry& r = registry();
   {
     std::unique_lock<std::mutex> lock(r.mu);
-    wait_for(lock, timeout_ms, [&] { return ticket->copied; }, "(a send was never received)");
+    if (!wait_for(lock, timeout_ms, [&] { return ticket->copied; })) throw_stuck(timeout_ms, "(a send was never received)");
   }
   RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, ticket->done, 0));
 }
