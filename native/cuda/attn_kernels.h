@@ -11,9 +11,9 @@
 
 namespace rfa::cuda {
 
-// Tensor-core FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 32, 64 or 128. Forward:
-// mma.sync m16n8k16 (query tiles split into key pieces for under-filled grids; optionally merged
-// into a running out/lse). Backward: wgmma (Hopper) for head_dim 128 on sm_90, mma.sync otherwise.
+// Tensor-core FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 32, 64 or 128. Forward and
+// backward: wgmma (Hopper) for head_dim 128 on sm_90, mma.sync m16n8k16 otherwise. The forward
+// splits query tiles into key pieces for under-filled grids and may merge into a running out/lse.
 
 // Device memory for a call's temporaries (flash_fwd's split partials). `release` runs as soon as
 // the launches that use the block are queued on the call's stream: the allocator must hand it
@@ -44,6 +44,9 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scra
 // For the kernel harness only (the addon never calls it; not thread-safe): force the forward's
 // launch shape, 0 one CTA per query tile, 1 split tiles wherever it applies, -1 the cost model.
 void force_fwd_schedule(int mode);
+// For the kernel harness only, likewise: the head_dim 128 forward kernel, 0 mma.sync, 1 wgmma
+// (where the device runs sm_90a code), -1 wgmma where it can run.
+void force_fwd_kernel(int mode);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
 
 void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);

@@ -13,7 +13,7 @@
 // load (cp.async, double buffer) while the current one is computed.
 //
 // Two kernels implement this: flash_bwd_wgmma_kernel (head_dim 128 on sm_90: Hopper warpgroup MMAs,
-// wgmma, from 128-byte swizzled shared tiles; see its comment below and flash_bwd_wgmma.cuh) and
+// wgmma, from 128-byte swizzled shared tiles; see its comment below and flash_wgmma.cuh) and
 // flash_bwd_kernel (mma.sync m16n8k16 + ldmatrix; head_dim 32 and 64, and every head_dim on other
 // devices).
 //
@@ -34,7 +34,7 @@
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
-#include "cuda/flash_bwd_wgmma.cuh"
+#include "cuda/flash_wgmma.cuh"
 #include "cuda/flash_mma.cuh"
 #include "cuda/fill.h"
 #include "cuda/flash_traits.h"
@@ -413,22 +413,6 @@ struct BwdWgTraits {
   static constexpr int kSmemBytes = kSmem16 * 2 + 2 * kStages * kBlockM * 4 + 1024;  // + lse/dsum, + alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
-
-// Copies a (kRows x 128) 16-bit tile into the swizzled [2][kRows][64] layout of flash_bwd_wgmma.cuh;
-// rows >= valid_rows become zeros.
-template <int kRows, int kThreads, typename T>
-__device__ __forceinline__ void load_tile_sw128(T* smem, const T* gmem, int64_t stride, int valid_rows) {
-  constexpr int kPerThread = kRows * 16 / kThreads;
-  static_assert(kRows * 16 % kThreads == 0, "the tile must split evenly over the threads");
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int c = int(threadIdx.x) + i * kThreads;
-    const int r = c / 16, ch = c % 16;
-    const bool valid = r < valid_rows;
-    cp_async_16(smem + (ch / 8) * (kRows * 64) + r * 64 + (((ch % 8) ^ (r % 8)) * 8), gmem + (valid ? r * stride : 0) + ch * 8,
-                valid);
-  }
-}
 
 template <typename T, bool kCausal>
 __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {

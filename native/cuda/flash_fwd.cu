@@ -29,6 +29,7 @@
 #include "cuda/attn_kernels.h"
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
+#include "cuda/flash_wgmma.cuh"
 
 namespace rfa::cuda {
 namespace {
@@ -78,6 +79,46 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
         const int row = row0 + mt * kMmaM + (e >> 1) * 8, key = key0 + nt * kMmaN + (e & 1);
         if (key >= nk || (kCausal && key > row + diag)) s[mt][nt][e] = -INFINITY;
       }
+}
+
+// Online softmax over one key tile: the rows' new running max, the accumulator and sum rescaled
+// to it, scores -> probabilities (in place). A thread holds rows g and g + 8 of each m-tile, in
+// the mma C layout that the wgmma accumulators share.
+template <class Tr>
+__device__ __forceinline__ void online_softmax(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
+                                               float (&acc_o)[Tr::kMTilesPerWarp][Tr::kOTiles][4],
+                                               float (&row_max)[Tr::kMTilesPerWarp][2], float (&row_sum)[Tr::kMTilesPerWarp][2],
+                                               float scale_log2) {
+  constexpr int kMT = Tr::kMTilesPerWarp, kST = Tr::kSTiles, kOT = Tr::kOTiles;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      float mx = row_max[mt][hi];
+#pragma unroll
+      for (int nt = 0; nt < kST; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hi], s[mt][nt][2 * hi + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // a row lives in the 4 lanes of a quad
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row that has seen no key yet keeps max -inf: take 0 as reference so that its
+      // probabilities are exp2(-inf) = 0 rather than NaN.
+      const float ref = mx == -INFINITY ? 0.f : mx * scale_log2;
+      const float corr = fast_exp2(row_max[mt][hi] * scale_log2 - ref);
+      row_max[mt][hi] = mx;
+      row_sum[mt][hi] *= corr;
+#pragma unroll
+      for (int dt = 0; dt < kOT; ++dt) {
+        acc_o[mt][dt][2 * hi] *= corr;
+        acc_o[mt][dt][2 * hi + 1] *= corr;
+      }
+#pragma unroll
+      for (int nt = 0; nt < kST; ++nt)
+#pragma unroll
+        for (int e = 2 * hi; e < 2 * hi + 2; ++e) {
+          const float pr = fast_exp2(fmaf(s[mt][nt][e], scale_log2, -ref));
+          row_sum[mt][hi] += pr;
+          s[mt][nt][e] = pr;
+        }
+    }
 }
 
 // Where a tile's rows of out and lse go: the caller's tensors (out in fp32 or, for a final
@@ -219,6 +260,53 @@ __device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const F
     }
 }
 
+// What a CTA's tile job covers: query head h (kv head hk) of span sp, query rows [m0, m0 +
+// rows_valid), and the key tiles [it_begin, it_end) of its piece (all it sees when whole).
+struct TileRows {
+  Span sp;
+  int h, hk, m0, rows_valid;
+  int diag;  // causal (bottom-right): row i sees key j iff j <= i + diag
+  int it_begin, it_end;
+};
+
+template <class Tr, bool kCausal>
+__device__ __forceinline__ TileRows tile_rows(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
+  const int heads = p.shape.nheads;
+  TileRows tr;
+  tr.h = job.j % heads;
+  tr.sp = span_of(p.shape, p.seg, job.j / heads);
+  tr.m0 = job.m_block * Tr::kBlockM;
+  tr.hk = tr.h / (heads / p.shape.nheads_k);
+  tr.rows_valid = min(Tr::kBlockM, tr.sp.nq - tr.m0);
+  tr.diag = tr.sp.nk - tr.sp.nq;
+  tr.it_begin = 0, tr.it_end = key_tiles<Tr>(tr.sp.nq, tr.sp.nk, tr.m0, kCausal);
+  if (job.piece >= 0) {
+    const int per = (tr.it_end + grid.splits - 1) / grid.splits;
+    tr.it_begin = min(tr.it_end, job.piece * per);
+    tr.it_end = min(tr.it_end, tr.it_begin + per);
+  }
+  return tr;
+}
+
+// A tile (or piece) no row of which sees a key: out = 0, lse = -inf; merged, that adds nothing to
+// the running result, which is kept (copied when out is elsewhere).
+template <class Tr, typename T>
+__device__ void write_keyless_tile(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job, const TileRows& tr) {
+  const OutSite o = job.piece < 0 ? out_site(p, tr.sp, tr.m0, tr.h) : part_site<Tr>(grid, int(blockIdx.x) - grid.whole);
+  if (job.piece < 0 && p.merge) {
+    if (in_place(p)) return;
+    const RunningOut prev = running_out(p, tr.sp, tr.m0, tr.h);
+    for (int i = threadIdx.x; i < tr.rows_valid * Tr::kHeadDim / 2; i += Tr::kThreads) {
+      const int r = i / (Tr::kHeadDim / 2), c = i % (Tr::kHeadDim / 2) * 2;
+      const float2 x = prev.load2(r, c);
+      o.store(r, c, x.x, x.y, MmaType<T>::pack(x.x, x.y), 2);
+    }
+    return;
+  }
+  for (int i = threadIdx.x; i < tr.rows_valid * Tr::kHeadDim; i += Tr::kThreads) o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
+  for (int r = threadIdx.x; r < tr.rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
+}
+
 template <class Tr, typename T, bool kCausal>
 __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
   using Mma = MmaType<T>;
@@ -228,40 +316,14 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
   T* sK = sQ + Tr::kBlockM * kPitch;
   T* sV = sK + Tr::kBlockN * kPitch;
 
-  const int heads = p.shape.nheads;
-  const int h = job.j % heads;
-  const Span sp = span_of(p.shape, p.seg, job.j / heads);
-  const int m0 = job.m_block * Tr::kBlockM;
-  if (m0 >= sp.nq) return;
-  const int hk = h / (heads / p.shape.nheads_k);
-  const int rows_valid = min(Tr::kBlockM, sp.nq - m0);
-  const int diag = sp.nk - sp.nq;  // causal (bottom-right): row i sees key j iff j <= i + diag
-
+  const TileRows tr = tile_rows<Tr, kCausal>(p, grid, job);
+  if (tr.m0 >= tr.sp.nq) return;
+  if (tr.it_begin == tr.it_end) return write_keyless_tile<Tr, T>(p, grid, job, tr);
+  const Span& sp = tr.sp;
+  const int h = tr.h, m0 = tr.m0, rows_valid = tr.rows_valid, diag = tr.diag, it_begin = tr.it_begin, it_end = tr.it_end;
   const T* gQ = bsh_ptr<T>(p.q, p.q_stride, sp.b, sp.q0 + m0, h);
-  const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0, hk);
-  const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0, hk);
-  int it_begin = 0, it_end = key_tiles<Tr>(sp.nq, sp.nk, m0, kCausal);
-  if (job.piece >= 0) {
-    const int per = (it_end + grid.splits - 1) / grid.splits;
-    it_begin = min(it_end, job.piece * per);
-    it_end = min(it_end, it_begin + per);
-  }
-  if (it_begin == it_end) {  // no row of the tile sees a key (of this piece): out = 0, lse = -inf
-    const OutSite o = job.piece < 0 ? out_site(p, sp, m0, h) : part_site<Tr>(grid, int(blockIdx.x) - grid.whole);
-    if (job.piece < 0 && p.merge) {  // ... which adds nothing to a running result: keep it
-      if (in_place(p)) return;
-      const RunningOut prev = running_out(p, sp, m0, h);
-      for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim / 2; i += Tr::kThreads) {
-        const int r = i / (Tr::kHeadDim / 2), c = i % (Tr::kHeadDim / 2) * 2;
-        const float2 x = prev.load2(r, c);
-        o.store(r, c, x.x, x.y, Mma::pack(x.x, x.y), 2);
-      }
-      return;
-    }
-    for (int i = threadIdx.x; i < rows_valid * Tr::kHeadDim; i += Tr::kThreads) o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
-    for (int r = threadIdx.x; r < rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
-    return;
-  }
+  const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0, tr.hk);
+  const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0, tr.hk);
 
   const int k_first = it_begin * Tr::kBlockN;
   load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(sQ, gQ, p.q_stride.row, rows_valid);
@@ -327,36 +389,7 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
     const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > m0 + diag);
     if (needs_mask) mask_scores<Tr, kCausal>(s, m0 + warp_row0 + g, n0 + 2 * t, sp.nk, diag);
 
-    // Online softmax: new running max, rescale the accumulator and sum, scores -> probabilities.
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        float mx = row_max[mt][hi];
-#pragma unroll
-        for (int nt = 0; nt < kST; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hi], s[mt][nt][2 * hi + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // a row lives in the 4 lanes of a quad
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // A row that has seen no key yet keeps max -inf: take 0 as reference so that its
-        // probabilities are exp2(-inf) = 0 rather than NaN.
-        const float ref = mx == -INFINITY ? 0.f : mx * grid.scale_log2;
-        const float corr = fast_exp2(row_max[mt][hi] * grid.scale_log2 - ref);
-        row_max[mt][hi] = mx;
-        row_sum[mt][hi] *= corr;
-#pragma unroll
-        for (int dt = 0; dt < kOT; ++dt) {
-          acc_o[mt][dt][2 * hi] *= corr;
-          acc_o[mt][dt][2 * hi + 1] *= corr;
-        }
-#pragma unroll
-        for (int nt = 0; nt < kST; ++nt)
-#pragma unroll
-          for (int e = 2 * hi; e < 2 * hi + 2; ++e) {
-            const float pr = fast_exp2(fmaf(s[mt][nt][e], grid.scale_log2, -ref));
-            row_sum[mt][hi] += pr;
-            s[mt][nt][e] = pr;
-          }
-      }
+    online_softmax<Tr>(s, acc_o, row_max, row_sum, grid.scale_log2);
 
     cp_async_wait<0>();
     __syncthreads();  // V tile `it` landed; every warp is done reading K tile `it`
@@ -393,6 +426,104 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
   // With p.merge (whole tiles only) the rows are added to the running out/lse instead. The
   // tile's rows and output site are worked out again from the job only now.
   attend_epilogue<Tr, T>(p, grid, job, acc_o, row_max, row_sum);
+}
+
+// attend_tile on Hopper warpgroup MMAs (FwdWgTraits: head_dim 128, sm_90a; the body is empty in
+// other builds, which never launch it). Same job, masks, online softmax and epilogue; per step:
+// S = Q K^T (8 x m64n64k16, Q and K from swizzled shared tiles), softmax in registers, O += P V
+// (4 x m64n128k16, P from registers, V MN-major), left in flight into the next step.
+template <typename T, bool kCausal>
+__device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
+#ifdef RFA_WGMMA_ENABLED
+  using Tr = FwdWgTraits;
+  using Mma = MmaType<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* base = smem + ((1024 - (smem_u32(smem) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
+  T* sQ = reinterpret_cast<T*>(base);     // [2][64][64] swizzled, as every tile below
+  T* sK = sQ + Tr::kTile;                 // [kKStages] tiles
+  T* sV = sK + Tr::kKStages * Tr::kTile;  // [kVStages] tiles
+
+  const TileRows tr = tile_rows<Tr, kCausal>(p, grid, job);
+  if (tr.m0 >= tr.sp.nq) return;
+  if (tr.it_begin == tr.it_end) return write_keyless_tile<Tr, T>(p, grid, job, tr);
+  const Span& sp = tr.sp;
+  const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0, tr.hk);
+  const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0, tr.hk);
+  auto load_kv = [&](int it, int i) {  // key tile `it`, the i-th of this CTA, into its stages
+    const int n0 = it * Tr::kBlockN;
+    load_tile_sw128<Tr::kBlockN, Tr::kThreads>(sK + (i % Tr::kKStages) * Tr::kTile, gK + int64_t(n0) * p.k_stride.row,
+                                               p.k_stride.row, sp.nk - n0);
+    load_tile_sw128<Tr::kBlockN, Tr::kThreads>(sV + (i % Tr::kVStages) * Tr::kTile, gV + int64_t(n0) * p.v_stride.row,
+                                               p.v_stride.row, sp.nk - n0);
+  };
+  load_tile_sw128<Tr::kBlockM, Tr::kThreads>(sQ, bsh_ptr<T>(p.q, p.q_stride, sp.b, sp.q0 + tr.m0, tr.h), p.q_stride.row,
+                                             tr.rows_valid);
+  load_kv(tr.it_begin, 0);
+  cp_async_commit();
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  // Descriptors (flash_wgmma.cuh). K-major Q and K: k-step kk is 32 bytes along a 128-byte row,
+  // the second 64-column half after four. MN-major V: a k-step is 16 keys = 2048 bytes, the two
+  // 64-column halves of head_dim 8192 bytes apart. Offsets are in the descriptor's 16-byte units.
+  const uint64_t dQ = gmma_desc(smem_u32(sQ), 16), dK = gmma_desc(smem_u32(sK), 16);
+  const uint64_t dV = gmma_desc(smem_u32(sV), Tr::kBlockN * 128);
+  constexpr uint32_t kTileStep = Tr::kTile * 2 / 16;
+  auto koff = [](int kk) { return uint32_t(((kk / 4) * 64 * 128 + (kk % 4) * 32) >> 4); };
+
+  // In the mma C layout (flash_wgmma.cuh): acc_o[0][dt][e] is the accumulator's d[4 dt + e].
+  float acc_o[1][Tr::kOTiles][4];
+  float row_max[1][2] = {{-INFINITY, -INFINITY}}, row_sum[1][2] = {{0.f, 0.f}};
+#pragma unroll
+  for (int dt = 0; dt < Tr::kOTiles; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
+  float(&o)[64] = reinterpret_cast<float(&)[64]>(acc_o);
+
+  for (int it = tr.it_begin, i = 0; it < tr.it_end; ++it, ++i) {
+    const int n0 = it * Tr::kBlockN;
+    cp_async_wait<0>();
+    fence_proxy_async();  // cp.async data -> wgmma (async proxy) reads
+    // Tile i landed. Every warp is past step i-1's wait, so S of step i-1 (K stage (i+1) % 2) and
+    // P V of step i-2 (V stage (i+1) % 3) are done: the next tiles may overwrite them.
+    __syncthreads();
+    if (it + 1 < tr.it_end) load_kv(it + 1, i + 1);
+    cp_async_commit();
+
+    float s[1][Tr::kSTiles][4];
+    float(&sf)[32] = reinterpret_cast<float(&)[32]>(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 0, 0>(sf, dQ + koff(kk), dK + (i % Tr::kKStages) * kTileStep + koff(kk), kk);
+    wgmma_commit();
+    wgmma_wait<0>();  // S, and the previous step's P V (the softmax rescales its accumulator)
+    fence_regs(sf);
+    fence_regs(o);
+
+    const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > tr.m0 + tr.diag);
+    if (needs_mask) mask_scores<Tr, kCausal>(s, tr.m0 + warp * Tr::kRowsPerWarp + g, n0 + 2 * t, sp.nk, tr.diag);
+    online_softmax<Tr>(s, acc_o, row_max, row_sum, grid.scale_log2);
+
+    // P as 16-bit A fragments: k-step kk = keys 16kk..16kk+15 = n-tiles 2kk, 2kk+1.
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      pa[kk][0] = Mma::pack(s[0][2 * kk][0], s[0][2 * kk][1]);
+      pa[kk][1] = Mma::pack(s[0][2 * kk][2], s[0][2 * kk][3]);
+      pa[kk][2] = Mma::pack(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+      pa[kk][3] = Mma::pack(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+    }
+    wgmma_fence();  // the softmax rewrote the accumulator
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, 128, 1>(o, pa[kk], dV + (i % Tr::kVStages) * kTileStep + kk * 128, 1);
+    wgmma_commit();
+  }
+  wgmma_wait<0>();
+  fence_regs(o);
+  cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
+  attend_epilogue<Tr, T>(p, grid, job, acc_o, row_max, row_sum);
+#endif
 }
 
 // The last piece of a split tile to finish merges every piece's partial: lse = log sum_k
@@ -489,7 +620,10 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
 
 template <class Tr, typename T, bool kCausal>
 __global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
-  attend_tile<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
+  if constexpr (Tr::kWgmma)
+    attend_tile_wgmma<T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
+  else
+    attend_tile<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
   if (int(blockIdx.x) < grid.whole) return;
   // A piece: count it in, and the last of its tile merges them all.
   __shared__ bool last_piece;
@@ -564,9 +698,9 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
   return best;
 }
 
-template <int kHeadDim, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal>
 void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
-  using Tr = FwdTraits<kHeadDim>;
+  constexpr int kHeadDim = Tr::kHeadDim;
   FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 0, 1, nullptr, nullptr, nullptr};
   const int64_t tiles = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans;
   const FwdPlan plan = p.seg.num_seqs > 0 ? FwdPlan{int(std::min<int64_t>(tiles, INT32_MAX)), 1} : plan_fwd<Tr>(p.shape, grid.num_m_blocks);
@@ -589,26 +723,35 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t 
   RFA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
-template <int kHeadDim, typename T>
+template <class Tr, typename T>
 void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   if (p.shape.causal)
-    launch_fwd<kHeadDim, T, true>(p, num_spans, max_q, s, scratch);
+    launch_fwd<Tr, T, true>(p, num_spans, max_q, s, scratch);
   else
-    launch_fwd<kHeadDim, T, false>(p, num_spans, max_q, s, scratch);
+    launch_fwd<Tr, T, false>(p, num_spans, max_q, s, scratch);
 }
+
+int g_forced_kernel = -1;  // force_fwd_kernel
+
+// The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
+// fallback, where its body is empty) take the mma.sync kernel.
+bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 
 template <typename T>
 void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   switch (p.shape.head_dim) {
-    case 32: return dispatch_causal<32, T>(p, num_spans, max_q, s, scratch);
-    case 64: return dispatch_causal<64, T>(p, num_spans, max_q, s, scratch);
-    default: return dispatch_causal<128, T>(p, num_spans, max_q, s, scratch);
+    case 32: return dispatch_causal<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
+    case 64: return dispatch_causal<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
+    default:
+      if (use_wgmma_fwd()) return dispatch_causal<FwdWgTraits, T>(p, num_spans, max_q, s, scratch);
+      return dispatch_causal<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch);
   }
 }
 
 }  // namespace
 
 void force_fwd_schedule(int mode) { g_forced_schedule = mode; }
+void force_fwd_kernel(int mode) { g_forced_kernel = mode; }
 
 void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scratch) {
   FlashFwdParams p = params;

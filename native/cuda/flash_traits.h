@@ -42,6 +42,7 @@ struct FwdTraits {
   static constexpr int kDSteps = kHeadDim / kMmaK;    // k-steps of Q K^T
   static constexpr int kNSteps = kBlockN / kMmaK;     // k-steps of P V
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kPitch * 2;  // Q, K, V (16-bit)
+  static constexpr bool kWgmma = false;
 
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128,
                 "head_dim must be a multiple of 32 (ldmatrix.x4 pairs of n-tiles) and fit the fp32 O "
@@ -51,6 +52,31 @@ struct FwdTraits {
                     (kBlockN * kHeadDim / kChunkElems) % kThreads == 0,
                 "every thread issues the same number of 16-byte copies per tile");
   static_assert(kSmemBytes * 2 <= 227 * 1024, "two CTAs per SM must fit in shared memory");
+};
+
+// The forward on Hopper warpgroup MMAs (head_dim 128, sm_90a; flash_fwd.cu). One warpgroup per
+// CTA owns kBlockM = 64 query rows, warp w rows 16w.. (one m-tile each, so the register layout
+// and the epilogue are FwdTraits' with kMTilesPerWarp = 1); S = Q K^T is m64n64k16 with Q and K
+// from 128-byte swizzled shared tiles, O += P V m64n128k16 with P from registers. K tiles are
+// double buffered and V tiles triple buffered, so the next tiles' loads are issued at the top of
+// a step (one barrier per step) while this step's V may still be read by its P V. Two CTAs per
+// SM: their warpgroups drift apart, so one's softmax runs under the other's MMAs.
+struct FwdWgTraits {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * kWarpSize;
+  static constexpr int kMTilesPerWarp = 1;
+  static constexpr int kRowsPerWarp = kMmaM;
+  static constexpr int kBlockM = kRowsPerWarp * kWarps;
+  static constexpr int kBlockN = 64;
+  static constexpr int kSTiles = kBlockN / kMmaN;
+  static constexpr int kOTiles = kHeadDim / kMmaN;
+  static constexpr int kKStages = 2, kVStages = 3;
+  static constexpr int kTile = 64 * kHeadDim;  // 16-bit elements of a Q, K or V tile
+  static constexpr int kSmemBytes = (1 + kKStages + kVStages) * kTile * 2 + 1024;  // + 1024-byte alignment slack
+  static constexpr bool kWgmma = true;
+  static_assert(kBlockM == 64 && kBlockN == 64, "one m64 warpgroup MMA per tile; n64 scores");
+  static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs per SM must fit in shared memory");
 };
 
 template <int kHeadDim_>

@@ -710,6 +710,9 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
 
   const double fwd_flop = (causal ? 2.0 : 4.0) * b * h * double(s) * sk * d;
   const float t_fwd = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+  cuda::force_fwd_kernel(0);  // the mma.sync forward, for comparison
+  const float t_fwd_mma = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+  cuda::force_fwd_kernel(-1);
   // A ring step: the same block merged into the running fp32 out/lse (they hold the last result).
   FlashFwdParams mp = fp;
   mp.merge = true;
@@ -737,6 +740,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     std::printf("TIME  %-32s %-8s %8.3f ms %8.1f iter/s %7.1f TFLOP/s\n", shape, what, ms, 1e3 / ms, flop / (ms * 1e-3) / 1e12);
   };
   line("fwd", t_fwd, fwd_flop);
+  line("fwd-mma", t_fwd_mma, fwd_flop);
   line("fwd-merge", t_merge, fwd_flop);
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
@@ -808,15 +812,20 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  // Every config under both forward launch shapes (the cost model picks one per shape).
-  for (int mode : {0, 1}) {
-    cuda::force_fwd_schedule(mode);
-    for (Config c : configs) {
-      c.name += mode ? " [split]" : " [per tile]";
-      run_attention(c, gen);
+  // Every config under both forward kernels (head_dim 128: wgmma on sm_90a, else mma.sync) and
+  // both launch shapes (the cost model picks one per shape).
+  for (int kernel : {1, 0})
+    for (int mode : {0, 1}) {
+      cuda::force_fwd_kernel(kernel);
+      cuda::force_fwd_schedule(mode);
+      const std::string tag = std::string(kernel ? " [wgmma" : " [mma") + (mode ? ", split]" : ", per tile]");
+      for (Config c : configs) {
+        c.name += tag;
+        run_attention(c, gen);
+      }
+      run_merge(gen, tag);
     }
-    run_merge(gen, mode ? " [split]" : " [per tile]");
-  }
+  cuda::force_fwd_kernel(-1);
   cuda::force_fwd_schedule(-1);
   run_casts(gen);
   run_copy(gen, DType::bf16, 64);

@@ -1,4 +1,4 @@
-// Hopper (sm_90a) warpgroup MMA building blocks of the d=128 backward kernel (flash_bwd.cu):
+// Hopper (sm_90a) warpgroup MMA building blocks of the d=128 kernels (flash_fwd.cu, flash_bwd.cu):
 // wgmma.mma_async with fp32 accumulators, operands from shared memory through matrix descriptors
 // (128-byte swizzled tiles) or A from registers, and the fences around them. Only the shapes the
 // kernel uses are instantiated; the asm operand lists are written out in full.
@@ -10,8 +10,8 @@
 //
 // Shared tiles are stored as [cols / 64][rows][64] 16-bit elements, 128-byte rows with the 16-byte
 // chunk index XOR (row % 8) (CUTLASS Swizzle<3,4,3>), 1024-byte aligned. Such a tile is K-major
-// (K = the 64-element columns) for S^T = K Q^T, and MN-major (MN = columns, K = rows) for
-// dV += P^T dO, dK += dS^T Q and dQ = dS K.
+// (K = the 64-element columns) for S = Q K^T and S^T = K Q^T, and MN-major (MN = columns, K =
+// rows) for O += P V, dV += P^T dO, dK += dS^T Q and dQ = dS K.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -86,6 +86,22 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(kTnspB));
 #endif
+}
+
+// Copies a (kRows x 128) 16-bit tile into the swizzled [2][kRows][64] layout above;
+// rows >= valid_rows become zeros.
+template <int kRows, int kThreads, typename T>
+__device__ __forceinline__ void load_tile_sw128(T* smem, const T* gmem, int64_t stride, int valid_rows) {
+  constexpr int kPerThread = kRows * 16 / kThreads;
+  static_assert(kRows * 16 % kThreads == 0, "the tile must split evenly over the threads");
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int c = int(threadIdx.x) + i * kThreads;
+    const int r = c / 16, ch = c % 16;
+    const bool valid = r < valid_rows;
+    cp_async_16(smem + (ch / 8) * (kRows * 64) + r * 64 + (((ch % 8) ^ (r % 8)) * 8), gmem + (valid ? r * stride : 0) + ch * 8,
+                valid);
+  }
 }
 
 }  // namespace rfa::cuda
