@@ -1,22 +1,26 @@
-// Forward attention, FlashAttention-2 style on the tensor cores (mma.sync m16n8k16, fp32
-// accumulate): out = softmax(scale * q k^T) v in fp32, and lse (natural log) per query row.
+// Forward attention, FlashAttention-2 style on the tensor cores with fp32 accumulation: out =
+// softmax(scale * q k^T) v, and lse (natural log) per query row. Two kernels share everything but
+// the main loop: head_dim 128 on sm_90a runs on Hopper warpgroup MMAs (attend_tile_wgmma,
+// FwdWgTraits: one warpgroup per 64-row tile), everything else on mma.sync m16n8k16
+// (attend_tile, FwdTraits: 4 warps per 128-row tile).
 //
-// One CTA per (query tile of kBlockM rows, head, batch entry or varlen segment); 4 warps, each
-// owning 32 query rows. Q stays in shared memory for the whole CTA; K and V tiles stream through
-// one buffer each, so the V load overlaps Q K^T and the softmax, and the next K load overlaps P V.
-// Scores, probabilities and the output accumulator never leave registers. The online softmax
-// runs in the log2 domain: p = exp2(s * scale_log2 - m * scale_log2) with m the running row max of
-// the raw scores, so one FFMA + one MUFU.EX2 per score.
+// One CTA per (query tile, head, batch entry or varlen segment). Q stays in shared memory for the
+// whole CTA; K and V tiles stream through it, loaded while the previous tile computes. Scores,
+// probabilities and the output accumulator never leave registers. The online softmax runs in the
+// log2 domain: p = exp2(s * scale_log2 - m * scale_log2) with m the running row max of the raw
+// scores, so one FFMA + one MUFU.EX2 per score.
 //
 // A ring step merges its block into the running (out, lse) in the epilogue (p.merge), and may
 // write the merged rows to a 16-bit final out (p.merge_src). Grids that would fill the GPU
 // unevenly cut query tiles into pieces of their keys (FwdGrid, plan_fwd).
 //
 // Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, median of 25; causal
-// FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d), 2026-11-29: s8192 h5 causal 0.324 ms = 265 TFLOP/s;
-// s8192 h32/8 causal 1.659 ms = 331; s8192 h5 full 0.543 ms = 316; s65536 h5 causal 16.15 ms =
-// 341; as a ring step (merging) 1-3% slower. 255 registers, 0 spills, 68 KB smem, 2 CTAs/SM.
-// History and the variants tried (stream-K among them) are in benchmark/RESULTS.md.
+// FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d), 2026-11-29, wgmma kernel (mma.sync kernel): s8192 h5
+// causal 0.249 ms = 345 TFLOP/s (0.328 = 262); s8192 h32/8 causal 1.414 = 389 (1.676 = 328);
+// s8192 h5 full 0.480 = 358 (0.550 = 312); s65536 h5 causal 14.34 = 383 (16.26 = 338); as a ring
+// step (merging) 1-4% slower. wgmma: 198-200 registers, 97 KB smem; mma.sync: 255 registers, 68 KB
+// smem; both 0 spills, 2 CTAs/SM. History and the variants tried (stream-K, FA3's intra-warpgroup
+// overlap among them) are in benchmark/RESULTS.md.
 #include <algorithm>
 #include <array>
 #include <cmath>
