@@ -9,7 +9,8 @@
 // copy-engine: how ranks communicate on GPUs, see InitOptions.transport).
 // `--solo W` runs on one device the share of the slowest rank (W−1) of a W-rank ring, without
 // transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free;
-// with `--solo-transfers copy-engine` its transfers are same-device copy-engine copies instead.
+// with `--solo-transfers copy-engine` its transfers are real same-device copies instead (which the
+// CUDA driver runs as SM kernels, not on a copy engine: a bound on SM-based transfers like NCCL's).
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -60,7 +61,7 @@ async function main(): Promise<void> {
   const gpus = visibleGpuCount();
   const backend = (arg('backend') ?? (gpus > 0 ? 'cuda' : 'cpu')) as 'cuda' | 'cpu';
   const solo = arg('solo') ? Number(arg('solo')) : null;
-  // --solo-transfers copy-engine: the solo rank's transfers become same-device copy-engine copies.
+  // --solo-transfers copy-engine: the solo rank's transfers become same-device copies (SM kernels).
   const loopback = arg('solo-transfers') === 'copy-engine';
   if (loopback && (!solo || backend !== 'cuda')) throw new Error('--solo-transfers copy-engine needs --solo W on the cuda backend');
   // In solo mode one rank plays rank W−1 of a W-rank ring; `world` is W for every figure.
@@ -96,7 +97,7 @@ async function main(): Promise<void> {
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
-  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, ${loopback ? 'transfers as same-device copy-engine copies' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
+  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, ${loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];

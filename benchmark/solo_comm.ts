@@ -27,7 +27,10 @@ export function soloGroup(ctx: RankContext, solo: SoloRank): Group {
   return { ranks, rank: solo.rank, size: solo.world, key: `solo/${solo.world}/${solo.rank}` };
 }
 
-/** The communicator of the solo group: transfers skipped, or (loopback) same-device copies. */
+/**
+ * The communicator of the solo group: transfers skipped, or (loopback) same-device copies, which
+ * the CUDA driver runs as SM kernels (a peer copy between GPUs would run on the copy engines).
+ */
 export function soloComm(group: Group, loopback: boolean): Comm {
   const unsupported = () => { throw new Error('solo ring: only point-to-point rings can run alone (collectives need their peers)'); };
   if (!loopback) return { group, sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
