@@ -44,8 +44,9 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scra
 // For the kernel harness only (the addon never calls it; not thread-safe): force the forward's
 // launch shape, 0 one CTA per query tile, 1 split tiles wherever it applies, -1 the cost model.
 void force_fwd_schedule(int mode);
-// For the kernel harness only, likewise: the head_dim 128 forward kernel, 0 mma.sync, 1 wgmma
-// (where the device runs sm_90a code), -1 wgmma where it can run.
+// For the kernel harness only, likewise: the head_dim 128 forward kernel, 0 mma.sync, 1 wgmma at
+// two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), -1 wgmma where it
+// can run, residency chosen per launch.
 void force_fwd_kernel(int mode);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
 

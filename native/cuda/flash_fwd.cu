@@ -436,10 +436,9 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
 // other builds, which never launch it). Same job, masks, online softmax and epilogue; per step:
 // S = Q K^T (8 x m64n64k16, Q and K from swizzled shared tiles), softmax in registers, O += P V
 // (4 x m64n128k16, P from registers, V MN-major), left in flight into the next step.
-template <typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal>
 __device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
 #ifdef RFA_WGMMA_ENABLED
-  using Tr = FwdWgTraits;
   using Mma = MmaType<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + ((1024 - (smem_u32(smem) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
@@ -484,15 +483,18 @@ __device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const
     for (int e = 0; e < 4; ++e) acc_o[0][dt][e] = 0.f;
   float(&o)[64] = reinterpret_cast<float(&)[64]>(acc_o);
 
+  // Loads of tiles i+1 go where the tiles they replace are done with: K stage (i+1) % kKStages was
+  // last read by S_{i+1-kKStages}, V stage (i+1) % kVStages by P_{i+1-kVStages} V.
+  constexpr bool kLoadAtTop = Tr::kKStages == 2;  // S_{i-1} and P_{i-2} V are done at the top of step i
   for (int it = tr.it_begin, i = 0; it < tr.it_end; ++it, ++i) {
     const int n0 = it * Tr::kBlockN;
     cp_async_wait<0>();
     fence_proxy_async();  // cp.async data -> wgmma (async proxy) reads
-    // Tile i landed. Every warp is past step i-1's wait, so S of step i-1 (K stage (i+1) % 2) and
-    // P V of step i-2 (V stage (i+1) % 3) are done: the next tiles may overwrite them.
-    __syncthreads();
-    if (it + 1 < tr.it_end) load_kv(it + 1, i + 1);
-    cp_async_commit();
+    __syncthreads();      // tiles i landed; every warp is past step i-1's wait
+    if constexpr (kLoadAtTop) {
+      if (it + 1 < tr.it_end) load_kv(it + 1, i + 1);
+      cp_async_commit();
+    }
 
     float s[1][Tr::kSTiles][4];
     float(&sf)[32] = reinterpret_cast<float(&)[32]>(s);
@@ -504,6 +506,11 @@ __device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const
     wgmma_wait<0>();  // S, and the previous step's P V (the softmax rescales its accumulator)
     fence_regs(sf);
     fence_regs(o);
+    if constexpr (!kLoadAtTop) {
+      __syncthreads();  // every warp is past this wait: S_i and P_{i-1} V are done
+      if (it + 1 < tr.it_end) load_kv(it + 1, i + 1);
+      cp_async_commit();
+    }
 
     const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > tr.m0 + tr.diag);
     if (needs_mask) mask_scores<Tr, kCausal>(s, tr.m0 + warp * Tr::kRowsPerWarp + g, n0 + 2 * t, sp.nk, tr.diag);
@@ -623,9 +630,9 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
 }
 
 template <class Tr, typename T, bool kCausal>
-__global__ void __launch_bounds__(Tr::kThreads, 2) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
   if constexpr (Tr::kWgmma)
-    attend_tile_wgmma<T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
+    attend_tile_wgmma<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
   else
     attend_tile<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
   if (int(blockIdx.x) < grid.whole) return;
@@ -657,6 +664,9 @@ template <class Tr>
 FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
   const int64_t tiles = int64_t(num_m_blocks) * sh.nheads * sh.batch;
   const FwdPlan per_tile{int(tiles), 1};
+  // Two slots per SM whatever the kernel's residency: a slot is a processor of fixed speed in the
+  // model, and three CTAs sharing an SM (the wgmma kernel) each run slower than two (measured: at
+  // 3 slots per SM the model stopped splitting 4096q x 8192k h5 and the call took 13% longer).
   const int64_t slots = 2 * int64_t(current_device().sms);
   if (g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
   if (tiles >= 8 * slots && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
@@ -741,13 +751,26 @@ int g_forced_kernel = -1;  // force_fwd_kernel
 // fallback, where its body is empty) take the mma.sync kernel.
 bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 
+// Three CTAs per SM (FwdWgTraits<3>) when the grid fills at least one wave of them, else two:
+// harness, one H200, s4096 x 8192 h5 (320 tiles): 0.259 ms with three, 0.239 with two; s8192
+// h5 causal (640 tiles) 0.236 / 0.249, llama3 shapes (4096 tiles) 5-13% faster with three.
+bool three_ctas_per_sm(int num_m_blocks, const FlashFwdParams& p, int num_spans) {
+  if (g_forced_kernel == 1 || g_forced_kernel == 2) return g_forced_kernel == 2;
+  const int64_t tiles = int64_t(num_m_blocks) * p.shape.nheads * num_spans;
+  return tiles >= 3 * int64_t(current_device().sms);
+}
+
 template <typename T>
 void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   switch (p.shape.head_dim) {
     case 32: return dispatch_causal<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
     case 64: return dispatch_causal<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
     default:
-      if (use_wgmma_fwd()) return dispatch_causal<FwdWgTraits, T>(p, num_spans, max_q, s, scratch);
+      if (use_wgmma_fwd()) {
+        const int m_blocks = (max_q + FwdWgTraits<2>::kBlockM - 1) / FwdWgTraits<2>::kBlockM;
+        if (three_ctas_per_sm(m_blocks, p, num_spans)) return dispatch_causal<FwdWgTraits<3>, T>(p, num_spans, max_q, s, scratch);
+        return dispatch_causal<FwdWgTraits<2>, T>(p, num_spans, max_q, s, scratch);
+      }
       return dispatch_causal<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch);
   }
 }

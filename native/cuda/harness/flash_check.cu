@@ -814,11 +814,11 @@ int main(int argc, char** argv) {
 
   // Every config under both forward kernels (head_dim 128: wgmma on sm_90a, else mma.sync) and
   // both launch shapes (the cost model picks one per shape).
-  for (int kernel : {1, 0})
+  for (int kernel : {1, 2, 0})
     for (int mode : {0, 1}) {
       cuda::force_fwd_kernel(kernel);
       cuda::force_fwd_schedule(mode);
-      const std::string tag = std::string(kernel ? " [wgmma" : " [mma") + (mode ? ", split]" : ", per tile]");
+      const std::string tag = std::string(kernel == 1 ? " [wgmma x2" : kernel == 2 ? " [wgmma x3" : " [mma") + (mode ? ", split]" : ", per tile]");
       for (Config c : configs) {
         c.name += tag;
         run_attention(c, gen);
