@@ -16,11 +16,12 @@
 //
 // Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, median of 25; causal
 // FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d), 2026-11-29, wgmma kernel (mma.sync kernel): s8192 h5
-// causal 0.249 ms = 345 TFLOP/s (0.328 = 262); s8192 h32/8 causal 1.414 = 389 (1.676 = 328);
-// s8192 h5 full 0.480 = 358 (0.550 = 312); s65536 h5 causal 14.34 = 383 (16.26 = 338); as a ring
-// step (merging) 1-4% slower. wgmma: 198-200 registers, 97 KB smem; mma.sync: 255 registers, 68 KB
-// smem; both 0 spills, 2 CTAs/SM. History and the variants tried (stream-K, FA3's intra-warpgroup
-// overlap among them) are in benchmark/RESULTS.md.
+// causal 0.230 ms = 373 TFLOP/s (0.328 = 262); s8192 h32/8 causal 1.288 = 427 (1.676 = 328);
+// s8192 h5 full 0.436 = 394 (0.550 = 312); s65536 h5 causal 13.80 = 399 (16.26 = 338); as a ring
+// step (merging) 1-6% slower. wgmma: 3 CTAs/SM, 168 registers, 24-28 B spills, 65 KB smem (2
+// CTAs/SM for grids under one such wave: 198-200 registers, 97 KB); mma.sync: 2 CTAs/SM, 255
+// registers, 68 KB. History and the variants tried (stream-K; FA3's intra-warpgroup overlap,
+// ping-pong, 128-key tiles, Q in registers) are in benchmark/RESULTS.md.
 #include <algorithm>
 #include <array>
 #include <cmath>
