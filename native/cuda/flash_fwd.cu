@@ -752,9 +752,9 @@ int g_forced_kernel = -1;  // force_fwd_kernel
 // fallback, where its body is empty) take the mma.sync kernel.
 bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 
-// Three CTAs per SM (FwdWgTraits<3>) when the grid fills at least one wave of them, else two:
-// harness, one H200, s4096 x 8192 h5 (320 tiles): 0.259 ms with three, 0.239 with two; s8192
-// h5 causal (640 tiles) 0.236 / 0.249, llama3 shapes (4096 tiles) 5-13% faster with three.
+// Three CTAs per SM (FwdWgTraits<3>) when the grid fills at least one wave of them, else two
+// (harness, one H200): 4096q x 8192k h5 (320 tiles) 0.259 ms with three, 0.239 with two; s8192 h5
+// causal (640 tiles) 0.230 / 0.249; llama3 shapes (4096 tiles) 9-10% faster with three.
 bool three_ctas_per_sm(int num_m_blocks, const FlashFwdParams& p, int num_spans) {
   if (g_forced_kernel == 1 || g_forced_kernel == 2) return g_forced_kernel == 2;
   const int64_t tiles = int64_t(num_m_blocks) * p.shape.nheads * num_spans;

@@ -812,8 +812,9 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  // Every config under both forward kernels (head_dim 128: wgmma on sm_90a, else mma.sync) and
-  // both launch shapes (the cost model picks one per shape).
+  // Every config under every forward kernel (head_dim 128 on sm_90a: wgmma at two and at three
+  // CTAs per SM, and mma.sync; otherwise mma.sync each time) and both launch shapes (the cost
+  // model picks one per shape).
   for (int kernel : {1, 2, 0})
     for (int mode : {0, 1}) {
       cuda::force_fwd_kernel(kernel);
