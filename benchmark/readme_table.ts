@@ -7,8 +7,10 @@
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
 // --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle, --transport (nccl |
 // copy-engine: how ranks communicate on GPUs, see InitOptions.transport).
-// `--solo W` runs on one device the share of the slowest rank (W−1) of a W-rank ring, without
-// transfers (benchmark/solo_comm.ts): the table the ring would print if communication were free;
+// `--solo W` runs on one device the share of one rank of a W-rank ring, without transfers
+// (benchmark/solo_comm.ts): the table the ring would print if communication were free. The rank
+// is W−1 (ring_attn's busiest) or `--solo-rank R`: zigzag's ranks do equal work in different
+// shapes (rank 0 runs half blocks of half the queries and all keys, rank W−1 the reverse);
 // with `--solo-transfers copy-engine` its transfers are real same-device copies instead (which the
 // CUDA driver runs as SM kernels, not on a copy engine: a bound on SM-based transfers like NCCL's).
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
@@ -64,9 +66,12 @@ async function main(): Promise<void> {
   // --solo-transfers copy-engine: the solo rank's transfers become same-device copies (SM kernels).
   const loopback = arg('solo-transfers') === 'copy-engine';
   if (loopback && (!solo || backend !== 'cuda')) throw new Error('--solo-transfers copy-engine needs --solo W on the cuda backend');
-  // In solo mode one rank plays rank W−1 of a W-rank ring; `world` is W for every figure.
+  // In solo mode one rank plays rank soloRank of a W-rank ring; `world` is W for every figure.
   const world = solo ?? Number(arg('world') ?? (backend === 'cuda' ? gpus : 2));
   if (!Number.isInteger(world) || world < 1) throw new Error(`--world/--solo must be a positive integer, got ${world}`);
+  const soloRank = arg('solo-rank') === undefined ? world - 1 : Number(arg('solo-rank'));
+  if (arg('solo-rank') !== undefined && !solo) throw new Error('--solo-rank needs --solo W');
+  if (!Number.isInteger(soloRank) || soloRank < 0 || soloRank >= world) throw new Error(`--solo-rank must be an integer in [0, ${world}), got ${arg('solo-rank')}`);
   const onGpu = backend === 'cuda';
   const dtype: DType = onGpu ? 'bfloat16' : 'float32';
   const tokens = Number(arg('tokens') ?? (onGpu ? 8192 : 128)); // per rank
@@ -97,7 +102,7 @@ async function main(): Promise<void> {
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
-  const machine = solo ? `solo: rank ${world - 1} of ${world} alone on one ${device}, ${loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
+  const machine = solo ? `solo: rank ${soloRank} of ${world} alone on one ${device}, ${loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];
@@ -135,7 +140,7 @@ async function main(): Promise<void> {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
           const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1,
-            ...(solo ? { solo: { world, rank: world - 1, loopback } } : {}) };
+            ...(solo ? { solo: { world, rank: soloRank, loopback } } : {}) };
           const single = col.prefix === 'flash_attn';
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
@@ -165,7 +170,7 @@ async function main(): Promise<void> {
   }
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
   fs.mkdirSync(dir, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${solo && soloRank !== world - 1 ? `r${soloRank}` : ''}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
   fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);

@@ -5,10 +5,10 @@
 // a way to tune the per-step overhead on a machine with one GPU (`npm run bench -- --solo 4`).
 // Received buffers keep whatever the allocator gave them; kernels run at the same speed on any
 // finite or non-finite data, and nothing here is checked for values.
-// With `loopback`, every transfer is a real copy-engine copy on this device (each send into the
-// receive of the same position): the memory traffic a copy-engine ring puts on each GPU (its
-// copy engine writes the received block, a peer's reads the sent one) without the NVLink hop,
-// so the solo table shows what that traffic costs the kernels.
+// With `loopback`, every transfer is a real copy on this device (each send into the receive of
+// the same position). The CUDA driver runs same-device copies as SM kernels (measured: they wait
+// for free SMs), so the solo table then shows what SM-based transfers such as NCCL's cost the
+// kernels; a copy-engine ring between GPUs moves its blocks on the copy engines instead.
 import type { Backend } from '../runtime/backend.js';
 import { DONE, type Comm, type Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';

@@ -28,20 +28,22 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
   });
 }
 
-// `npm run bench -- --solo W`: one rank plays rank W−1 of a W-rank ring with transfers skipped
-// (benchmark/solo_comm.ts). On the CPU backend a real transfer to a missing peer would wait
-// until the timeout, so finishing quickly shows that no transfer was attempted.
-s('solo mode runs every ring column as rank 3 of 4 on one rank, forward and backward', async () => {
+// `npm run bench -- --solo W [--solo-rank R]`: one rank plays rank R (default W−1) of a W-rank
+// ring with transfers skipped (benchmark/solo_comm.ts). On the CPU backend a real transfer to a
+// missing peer would wait until the timeout, so finishing quickly shows that no transfer was
+// attempted. Ranks 3 and 0: zigzag's two ends run their half blocks in opposite shapes.
+s('solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, forward and backward', async () => {
   const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
   try {
-    for (const prefix of ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn'])
-      for (const suffix of ['', '_v2']) {
-        if (suffix && prefix !== 'ring_flash_attn') continue;
-        const name = `${prefix}_qkvpacked_func${suffix}`;
-        const task: BenchTask = { name, b: 1, s: 16, h: 2, hk: 2, d: 16, causal: true, dtype: 'float32', backward: true, iters: 1, maxRepeats: 2, settle: 1, seed: 1, solo: { world: 4, rank: 3 } };
-        const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-        assert.ok(res!.repeats.length === 5 && res!.repeats.every((t) => t > 0), name);
-      }
+    for (const rank of [3, 0])
+      for (const prefix of ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn'])
+        for (const suffix of ['', '_v2']) {
+          if (suffix && prefix !== 'ring_flash_attn') continue;
+          const name = `${prefix}_qkvpacked_func${suffix}`;
+          const task: BenchTask = { name, b: 1, s: 16, h: 2, hk: 2, d: 16, causal: true, dtype: 'float32', backward: true, iters: 1, maxRepeats: 2, settle: 1, seed: 1, solo: { world: 4, rank } };
+          const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
+          assert.ok(res!.repeats.length === 5 && res!.repeats.every((t) => t > 0), `${name} as rank ${rank}`);
+        }
   } finally {
     await rt.close();
   }
