@@ -84,12 +84,8 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
 /** Casts the rows of `src` outside `rows` into `dst` (the rows the last step did not see are final already). */
 function castRowsOutside(backend: Backend, src: DeviceTensor, dst: DeviceTensor, rows: Rows): void {
   const s = src.shape[1]!;
-  for (const r of [{ start: 0, length: rows.start }, { start: rows.start + rows.length, length: s - rows.start - rows.length }]) {
-    if (r.length === 0) continue;
-    const cast = backend.cast(rowsOf(src, r), dst.dtype);
-    backend.copy(rowsOf(dst, r), cast);
-    cast.dispose();
-  }
+  for (const r of [{ start: 0, length: rows.start }, { start: rows.start + rows.length, length: s - rows.start - rows.length }])
+    if (r.length > 0) backend.castInto(rowsOf(dst, r), rowsOf(src, r));
 }
 
 export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,

@@ -70,11 +70,23 @@ export abstract class Backend {
 
   /** A new contiguous tensor holding `src` converted to `dtype`. */
   cast(src: DeviceTensor, dtype: DType): DeviceTensor {
-    const from = src.isContiguous() ? src : this.contiguous(src);
     const out = this.empty(src.shape, dtype);
-    this.kernels.cast({ src: args.flat(from, 'src'), src_dtype: DTYPE_CODE[from.dtype], dst: args.flat(out, 'dst'), dst_dtype: DTYPE_CODE[dtype], n: from.numel });
-    if (from !== src) from.dispose();
+    this.castInto(out, src);
     return out;
+  }
+
+  /** dst[...] = src[...] converted to dst's dtype, for views of equal shape: one pass when both are contiguous. */
+  castInto(dst: DeviceTensor, src: DeviceTensor): void {
+    if (dst.shape.join() !== src.shape.join()) fail('E_SHAPE', `castInto: shapes differ (${dst.shape} vs ${src.shape})`);
+    if (!dst.isContiguous()) {
+      const staged = this.cast(src, dst.dtype);
+      this.copy(dst, staged);
+      staged.dispose();
+      return;
+    }
+    const from = src.isContiguous() ? src : this.contiguous(src);
+    this.kernels.cast({ src: args.flat(from, 'src'), src_dtype: DTYPE_CODE[from.dtype], dst: args.flat(dst, 'dst'), dst_dtype: DTYPE_CODE[dst.dtype], n: from.numel });
+    if (from !== src) from.dispose();
   }
 
   contiguous(src: DeviceTensor): DeviceTensor {
