@@ -9,7 +9,7 @@ import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { random } from './random.js';
-import { soloComm, soloGroup, withSoloComm, type SoloRank } from './solo_comm.js';
+import { soloComm, soloGroup, type SoloRank } from './solo_comm.js';
 
 export interface BenchTask extends TimingPlan {
   name: string;
@@ -50,9 +50,13 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     }
     out.dispose();
   };
-  const solo = group ? soloComm(group, t.solo!.loopback ?? false) : null;
-  const once = solo ? () => withSoloComm(ctx.backend, solo, call) : call;
-  const timing = timeCalls(ctx, once, t);
+  const restore = group ? ctx.backend.substituteComm(soloComm(group, t.solo!.loopback ?? false)) : null;
+  let timing: ReturnType<typeof timeCalls>;
+  try {
+    timing = timeCalls(ctx, call, t);
+  } finally {
+    restore?.();
+  }
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
 }

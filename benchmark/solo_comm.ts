@@ -9,7 +9,6 @@
 // the same position). The CUDA driver runs same-device copies as SM kernels (measured: they wait
 // for free SMs), so the solo table then shows what SM-based transfers such as NCCL's cost the
 // kernels; a copy-engine ring between GPUs moves its blocks on the copy engines instead.
-import type { Backend } from '../runtime/backend.js';
 import { DONE, type Comm, type Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
 import { CudaComm } from '../runtime/cuda_comm.js';
@@ -44,17 +43,4 @@ export function soloComm(group: Group, loopback: boolean): Comm {
     sendRecv: (sends, recvs) => loop.sendRecv(
       recvs.map((r, i) => ({ peer: 0, tensor: sends[i]?.tensor ?? r.tensor })), recvs.map((r) => ({ ...r, peer: 0 }))),
   };
-}
-
-/** Runs `body` with `backend.comm` answering the solo group with `solo` (soloComm). */
-export function withSoloComm<T>(backend: Backend, solo: Comm, body: () => T): T {
-  const own = Object.getOwnPropertyDescriptor(backend, 'comm');
-  const real = backend.comm.bind(backend);
-  backend.comm = (g: Group) => (g.key === solo.group.key ? solo : real(g));
-  try {
-    return body();
-  } finally {
-    if (own) Object.defineProperty(backend, 'comm', own);
-    else delete (backend as { comm?: unknown }).comm;
-  }
 }

@@ -16,6 +16,7 @@ export abstract class Backend {
   abstract readonly name: 'cpu' | 'cuda';
   /** Native kernel entry points of this backend (same parameter objects on both). */
   protected abstract readonly kernels: NativeKernels;
+  private readonly comms = new Map<string, Comm>();
 
   protected abstract allocStorage(numel: number, dtype: DType): Storage;
   /** Copies host data into a new contiguous tensor. */
@@ -26,7 +27,27 @@ export abstract class Backend {
   abstract fill(t: DeviceTensor, value: number): void;
   /** Waits for all queued work of this rank (cpu: no-op). */
   abstract sync(): void;
-  abstract comm(group: Group): Comm;
+  /** The communicator of `group`: made on first use (newComm) and kept per group key. */
+  comm(group: Group): Comm {
+    let c = this.comms.get(group.key);
+    if (!c) this.comms.set(group.key, (c = this.newComm(group)));
+    return c;
+  }
+
+  /**
+   * Until the returned function runs, comm() answers `stand.group` (by key) with `stand`: the solo
+   * benchmark's communicator, which plays the ring's missing peers.
+   */
+  substituteComm(stand: Comm): () => void {
+    const key = stand.group.key, prev = this.comms.get(key);
+    this.comms.set(key, stand);
+    return () => {
+      if (prev) this.comms.set(key, prev);
+      else this.comms.delete(key);
+    };
+  }
+
+  protected abstract newComm(group: Group): Comm;
   /** Copies int32 values into backend memory (segment tables of varlen calls). */
   protected abstract uploadInt32(values: Int32Array): { data: Int32Array | bigint; release(): void };
   /** Peak bytes allocated on this rank since the last reset. */

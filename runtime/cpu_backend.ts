@@ -16,7 +16,6 @@ export class CpuBackend extends Backend {
   protected readonly kernels: NativeCpu;
   private bytesLive = 0;
   private bytesPeak = 0;
-  private readonly comms = new Map<string, CpuComm>();
 
   constructor(private readonly timeoutMs: number) {
     super();
@@ -69,10 +68,8 @@ export class CpuBackend extends Backend {
 
   sync(): void {}
 
-  comm(group: Group): Comm {
-    let c = this.comms.get(group.key);
-    if (!c) this.comms.set(group.key, (c = new CpuComm(group, this.kernels, this.timeoutMs)));
-    return c;
+  protected newComm(group: Group): Comm {
+    return new CpuComm(group, this.kernels, this.timeoutMs);
   }
 
   peakBytes(): number {

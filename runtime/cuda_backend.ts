@@ -17,7 +17,6 @@ import { DeviceTensor, numelOf, type Storage } from './tensor.js';
 export class CudaBackend extends Backend {
   readonly name = 'cuda' as const;
   protected readonly kernels: NativeCuda;
-  private readonly comms = new Map<string, CudaComm>();
   private readonly finalizer: FinalizationRegistry<bigint>;
 
   constructor(private readonly info: RankInfo) {
@@ -81,10 +80,8 @@ export class CudaBackend extends Backend {
     this.kernels.sync(this.info.timeoutMs);
   }
 
-  comm(group: Group): Comm {
-    let c = this.comms.get(group.key);
-    if (!c) this.comms.set(group.key, (c = new CudaComm(group, this.kernels, this.info.transport)));
-    return c;
+  protected newComm(group: Group): Comm {
+    return new CudaComm(group, this.kernels, this.info.transport);
   }
 
   peakBytes(): number {
