@@ -1,15 +1,10 @@
 #include "cuda/peer_copy.h"
 
-#include <chrono>
-#include <condition_variable>
-#include <deque>
-#include <map>
-#include <mutex>
 #include <set>
-#include <tuple>
 #include <utility>
 
 #include "cuda/check.h"
+#include "keyed_queues.h"
 
 namespace rfa::cuda {
 
@@ -30,28 +25,11 @@ struct PeerSlot {
 
 namespace {
 
-using Key = std::tuple<std::string, int, int>;  // (communicator, src, dst)
-
-struct Registry {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<Key, std::deque<PeerTicket>> posted;
-  bool aborted = false;
-  std::string abort_reason;
-};
+using Registry = KeyedQueues<PeerTicket>;  // posted sends, per (communicator, src, dst)
 
 Registry& registry() {
   static Registry* r = new Registry();  // never destroyed: worker threads may outlive statics
   return *r;
-}
-
-// Waits on the registry's condition until `ready()`: false on timeout, E_WORKER on abort.
-template <class Ready>
-bool wait_for(std::unique_lock<std::mutex>& lock, int timeout_ms, Ready ready) {
-  Registry& r = registry();
-  const bool ok = r.cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return r.aborted || ready(); });
-  if (r.aborted) RFA_THROW("E_WORKER", "communicator aborted: " + r.abort_reason);
-  return ok;
 }
 
 [[noreturn]] void throw_stuck(int timeout_ms, const std::string& what) {
@@ -88,28 +66,15 @@ PeerTicket peer_post_send(const std::string& comm, int src, int dst, const void*
   slot->bytes = bytes;
   slot->ready = new_event();
   RFA_CUDA_CHECK(cudaEventRecord(slot->ready, stream));
-  Registry& r = registry();
-  {
-    std::lock_guard<std::mutex> lock(r.mu);
-    if (r.aborted) RFA_THROW("E_WORKER", "communicator aborted: " + r.abort_reason);
-    r.posted[Key(comm, src, dst)].push_back(slot);
-  }
-  r.cv.notify_all();
+  registry().post({comm, src, dst}, slot);
   return slot;
 }
 
 void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, int device, cudaStream_t stream,
                int timeout_ms) {
-  Registry& r = registry();
   PeerTicket slot;
-  {
-    std::unique_lock<std::mutex> lock(r.mu);
-    auto& q = r.posted[Key(comm, src, dst)];
-    if (!wait_for(lock, timeout_ms, [&] { return !q.empty(); }))
-      throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
-    slot = q.front();
-    q.pop_front();
-  }
+  if (!registry().take({comm, src, dst}, timeout_ms, slot))
+    throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
   // A mismatch still completes the handshake (done = ready), so the sender is not left waiting.
   const bool size_ok = slot->bytes == bytes;
   if (size_ok) {
@@ -119,42 +84,22 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
   }
   cudaEvent_t done = new_event();
   RFA_CUDA_CHECK(cudaEventRecord(done, stream));
-  {
-    std::lock_guard<std::mutex> lock(r.mu);
+  registry().update([&] {
     slot->done = done;
     slot->copied = true;
-  }
-  r.cv.notify_all();
+  });
   if (!size_ok)
     RFA_THROW("E_ARG", "message from rank " + std::to_string(src) + " has " + std::to_string(slot->bytes) +
                            " bytes, the receive buffer " + std::to_string(bytes));
 }
 
 void peer_finish_send(const PeerTicket& ticket, cudaStream_t stream, int timeout_ms) {
-  Registry& r = registry();
-  {
-    std::unique_lock<std::mutex> lock(r.mu);
-    if (!wait_for(lock, timeout_ms, [&] { return ticket->copied; })) throw_stuck(timeout_ms, "(a send was never received)");
-  }
+  if (!registry().wait_until(timeout_ms, [&] { return ticket->copied; })) throw_stuck(timeout_ms, "(a send was never received)");
   RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, ticket->done, 0));
 }
 
-void peer_abort(const std::string& reason) {
-  Registry& r = registry();
-  {
-    std::lock_guard<std::mutex> lock(r.mu);
-    if (!r.aborted) r.abort_reason = reason;
-    r.aborted = true;
-  }
-  r.cv.notify_all();
-}
+void peer_abort(const std::string& reason) { registry().abort(reason); }
 
-void peer_reset() {
-  Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  r.posted.clear();
-  r.aborted = false;
-  r.abort_reason.clear();
-}
+void peer_reset() { registry().reset(); }
 
 }  // namespace rfa::cuda
