@@ -48,7 +48,13 @@ void force_fwd_schedule(int mode);
 // two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), -1 wgmma where it
 // can run, residency chosen per launch.
 void force_fwd_kernel(int mode);
+// For the kernel harness only, likewise: dense launches keep the first `whole` query tiles whole
+// and cut the rest into `splits` key ranges; whole < 0 goes back to the cost model.
+void force_fwd_plan(int whole, int splits);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
+// For the kernel harness only, likewise: the backward's query splits per key tile (1..8), -1 the
+// cost model (plan_splits). Varlen launches never split.
+void force_bwd_splits(int splits);
 
 void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);
 void merge(const MergeParams& p, cudaStream_t stream);

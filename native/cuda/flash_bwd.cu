@@ -696,13 +696,21 @@ void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaSt
 
 // How many CTAs share each key tile's query steps. Both kernels run one CTA per SM, so a grid of
 // few key tiles (the seed's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs on 132 SMs,
-// 1.2 waves) leaves most SMs idle in its last wave. The model counts query steps per CTA, plus 2
-// steps of K/V load and epilogue (4 with a split's dK/dV atomics); causal grids are balanced
-// dynamically (heaviest key tiles first). A split is taken only when it saves more than 10%.
+// 1.2 waves) leaves most SMs idle in its last wave. The model counts query steps per CTA plus a
+// fixed cost per CTA; causal grids are balanced dynamically (heaviest key tiles first). The fixed
+// costs are fitted to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, one H200, eight
+// shapes; benchmark/RESULTS.md 2026-11-29, 6th session): 3 steps for a split CTA (K/V load,
+// dK/dV atomics) and 8 for an unsplit one, whose measured times sat 4-13% above a 2-step model.
+// With those, the cheapest count was the measured fastest (or within 0.5% of it) at all eight;
+// the old rule (2/4 steps, split only to save >10%) left the 4096q x 8192k half block unsplit at
+// 0.69 ms against 0.55 ms split in two.
+int g_forced_splits = -1;  // force_bwd_splits
+
 template <class Tr>
 int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   const AttnShape& sh = p.shape;
   if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
+  if (g_forced_splits > 0) return g_forced_splits;
   const int64_t slots = current_device().sms;
   const int64_t blocks = int64_t(num_n_blocks) * sh.nheads_k * sh.batch;
   if (blocks >= 4 * slots) return 1;
@@ -717,7 +725,7 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   }
   work *= int64_t(sh.nheads_k) * sh.batch;
   auto cost = [&](int splits) {
-    const double overhead = splits == 1 ? 2.0 : 4.0;
+    const double overhead = splits == 1 ? 8.0 : 3.0;
     const double per_cta = std::ceil(double(heaviest) / splits) + overhead;
     return sh.causal ? std::max((work + double(blocks) * splits * overhead) / slots, per_cta)
                      : std::ceil(double(blocks) * splits / slots) * per_cta;
@@ -725,7 +733,7 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   int best = 1;
   for (int splits = 2; splits <= 8; ++splits)
     if (cost(splits) < cost(best)) best = splits;
-  return cost(best) < 0.9 * cost(1) ? best : 1;
+  return best;
 }
 
 // Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call
@@ -775,6 +783,8 @@ bool fp32_pairs_aligned(const float* x, const BshStrides& st) {
 }
 
 }  // namespace
+
+void force_bwd_splits(int splits) { g_forced_splits = splits; }
 
 void flash_bwd(const FlashBwdParams& p, cudaStream_t s) {
   const AttnShape& sh = p.shape;

@@ -650,6 +650,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm) flash_fwd_kernel
 }
 
 int g_forced_schedule = -1;  // force_fwd_schedule
+int g_forced_whole = -1, g_forced_splits = 0;  // force_fwd_plan
 
 struct FwdPlan {
   int whole, splits;
@@ -670,6 +671,7 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
   // 3 slots per SM the model stopped splitting 4096q x 8192k h5 and the call took 13% longer).
   const int64_t slots = 2 * int64_t(current_device().sms);
   if (g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
+  if (g_forced_whole >= 0) return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits};
   if (tiles >= 8 * slots && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
   using Key = std::array<int64_t, 7>;
   static thread_local std::map<Key, FwdPlan> cache;
@@ -780,6 +782,10 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
 
 void force_fwd_schedule(int mode) { g_forced_schedule = mode; }
 void force_fwd_kernel(int mode) { g_forced_kernel = mode; }
+void force_fwd_plan(int whole, int splits) {
+  RFA_CHECK_ARG(whole < 0 || (splits >= 1 && splits <= kMaxSplits), "force_fwd_plan: splits out of range");
+  g_forced_whole = whole, g_forced_splits = splits;
+}
 
 void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scratch) {
   FlashFwdParams p = params;

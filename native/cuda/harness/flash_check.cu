@@ -683,7 +683,7 @@ float median_ms(const std::function<void()>& f) {
 }
 
 // sk: key length (0: as s), e.g. the zigzag ring's half blocks (8192 queries x 4096 keys).
-void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal, int sk = 0) {
+void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal, int sk = 0, bool sweep_fwd = false) {
   const DType dt = DType::bf16;
   if (sk == 0) sk = s;
   const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * sk * hk * d, nl = size_t(b) * h * s;
@@ -745,6 +745,38 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
   line("fwd+bwd", t_all, 3.5 * fwd_flop);
+  // The ring-step backward at each forced split count, against the cost model's pick above.
+  for (int splits = 1; splits <= 6; ++splits) {
+    cuda::force_bwd_splits(splits);
+    char what[16];
+    std::snprintf(what, sizeof what, "bwd-acc/%d", splits);
+    line(what, median_ms([&] {
+      cuda::flash_bwd_dot(dp, 0);
+      cuda::flash_bwd(bpa, 0);
+    }), 2.5 * fwd_flop);
+  }
+  cuda::force_bwd_splits(-1);
+  // The ring-step forward under forced launch plans, wgmma at two and three CTAs per SM: one CTA
+  // per tile (s1), or the first `whole` tiles whole (0 or a multiple of the SM count) and the rest
+  // in S key ranges. `fwd-merge` above is the cost model's pick.
+  if (sweep_fwd) {
+    const int sms = [] { int n = 0; cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0); return n; }();
+    const int tiles = (s + 63) / 64 * h * b;
+    for (int kernel : {1, 2}) {
+      cuda::force_fwd_kernel(kernel);
+      auto time_plan = [&](int whole, int splits) {
+        cuda::force_fwd_plan(whole, splits);
+        char what[24];
+        std::snprintf(what, sizeof what, "fm/x%d/w%d/s%d", kernel + 1, whole, splits);
+        line(what, median_ms([&] { cuda::flash_fwd(mp, 0, scratch()); }), fwd_flop);
+      };
+      time_plan(tiles, 1);
+      for (int whole = 0; whole < tiles; whole += sms)
+        for (int splits = 2; splits <= 8; ++splits) time_plan(whole, splits);
+    }
+    cuda::force_fwd_plan(-1, 0);
+    cuda::force_fwd_kernel(-1);
+  }
   std::fflush(stdout);
 }
 
@@ -808,7 +840,7 @@ int main(int argc, char** argv) {
   constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
   if (only_bench >= 0) {
     const Shape& sh = shapes[only_bench % kShapes];
-    bench(gen, sh.b, sh.s, sh.h, sh.hk, sh.d, sh.causal, sh.sk);
+    bench(gen, sh.b, sh.s, sh.h, sh.hk, sh.d, sh.causal, sh.sk, true);
     return 0;
   }
 
