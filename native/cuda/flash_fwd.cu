@@ -12,22 +12,20 @@
 //
 // A ring step merges its block into the running (out, lse) in the epilogue (p.merge), and may
 // write the merged rows to a 16-bit final out (p.merge_src). Grids that would fill the GPU
-// unevenly cut query tiles into pieces of their keys (FwdGrid, plan_fwd).
+// unevenly cut query tiles into pieces of their keys (FwdGrid, plan_fwd, launch_plan.h).
 //
 // Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, median of 25; causal
 // FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d), 2026-11-29, wgmma kernel (mma.sync kernel): s8192 h5
 // causal 0.230 ms = 373 TFLOP/s (0.328 = 262); s8192 h32/8 causal 1.288 = 427 (1.676 = 328);
 // s8192 h5 full 0.436 = 394 (0.550 = 312); s65536 h5 causal 13.80 = 399 (16.26 = 338); as a ring
 // step (merging) 1-6% slower. wgmma: 3 CTAs/SM, 168 registers, 24-28 B spills, 65 KB smem (2
-// CTAs/SM for grids under one such wave: 198-200 registers, 97 KB); mma.sync: 2 CTAs/SM, 255
+// CTAs/SM, 198-200 registers, 97 KB, where the launch model prefers it); mma.sync: 2 CTAs/SM, 255
 // registers, 68 KB. History and the variants tried (stream-K; FA3's intra-warpgroup overlap,
 // ping-pong, 128-key tiles, Q in registers) are in benchmark/RESULTS.md.
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <functional>
 #include <map>
-#include <queue>
 #include <vector>
 
 #include "cuda/check.h"
@@ -35,6 +33,7 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 #include "cuda/flash_wgmma.cuh"
+#include "cuda/launch_plan.h"
 
 namespace rfa::cuda {
 namespace {
@@ -651,76 +650,47 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm) flash_fwd_kernel
 
 int g_forced_schedule = -1;  // force_fwd_schedule
 int g_forced_whole = -1, g_forced_splits = 0;  // force_fwd_plan
+int g_forced_kernel = -1;  // force_fwd_kernel
 
-struct FwdPlan {
-  int whole, splits;
-};
+// The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
+// fallback, where its body is empty) take the mma.sync kernel.
+bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 
-// How to launch a dense call: FwdGrid's `whole` and `splits`. A tile-count model: every CTA
-// slot (two per SM) runs one CTA at a time, a tile costs its key tiles plus 2 of overhead (Q load,
-// epilogue; a piece 2.5 with its partial and merge), and CTAs start in launch order on the first
-// free slot. The candidates: one CTA per tile; every tile in S pieces; the full waves whole and
-// the rest in S pieces (S = 2..8). A split plan is taken when it saves more than 5%. Plans are
-// cached per shape (the simulation is too slow to run for every ring step).
+// How to launch a call (FwdGrid's `whole` and `splits`, and the wgmma kernel's CTAs per SM; see
+// launch_plan.h), for a kernel with the tile shape of Tr that can run at `residencies`. Dense
+// grids of under 16 tiles per SM are planned by the launch model; varlen calls and larger grids
+// run one CTA per tile, three per SM where the kernel can and the grid fills a wave of them.
+// Plans are cached per shape and thread (the simulation is too slow to run for every ring step).
 template <class Tr>
-FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks) {
-  const int64_t tiles = int64_t(num_m_blocks) * sh.nheads * sh.batch;
-  const FwdPlan per_tile{int(tiles), 1};
-  // Two slots per SM whatever the kernel's residency: a slot is a processor of fixed speed in the
-  // model, and three CTAs sharing an SM (the wgmma kernel) each run slower than two (measured: at
-  // 3 slots per SM the model stopped splitting 4096q x 8192k h5 and the call took 13% longer).
-  const int64_t slots = 2 * int64_t(current_device().sms);
-  if (g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
-  if (g_forced_whole >= 0) return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits};
-  if (tiles >= 8 * slots && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
-  using Key = std::array<int64_t, 7>;
+FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varlen, const std::vector<int>& residencies) {
+  const int64_t tiles = int64_t(num_m_blocks) * sh.nheads * num_spans;
+  const int sms = current_device().sms;
+  const int unplanned_r = residencies.size() == 1 ? residencies[0] : tiles >= 3 * int64_t(sms) ? 3 : 2;
+  const FwdPlan per_tile{int(std::min<int64_t>(tiles, INT32_MAX)), 1, unplanned_r};
+  if (varlen || g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
+  if (g_forced_whole >= 0) return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits, unplanned_r};
+  if (tiles >= 16 * int64_t(sms) && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
+  using Key = std::array<int64_t, 8>;
   static thread_local std::map<Key, FwdPlan> cache;
-  const Key key{num_m_blocks, int64_t(sh.nheads) * sh.batch, sh.seqlen_q, sh.seqlen_k, sh.causal, slots, g_forced_schedule};
+  const Key key{num_m_blocks, int64_t(sh.nheads) * sh.batch, sh.seqlen_q, sh.seqlen_k, sh.causal, sms, g_forced_schedule,
+                residencies.size() == 1 ? residencies[0] : 0};
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-
+  std::vector<int> steps(static_cast<size_t>(tiles));
   const int64_t per_m = int64_t(sh.nheads) * sh.batch;
-  auto key_tiles_of = [&](int64_t tile) {  // heavy-first order, as tile_job
-    const int m = num_m_blocks - 1 - int(tile / per_m);
-    return key_tiles<Tr>(sh.seqlen_q, sh.seqlen_k, m * Tr::kBlockM, sh.causal);
-  };
-  auto cost = [&](FwdPlan plan) {
-    std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
-    for (int64_t i = 0; i < slots; ++i) free_at.push(0.0);
-    double end = 0.0;
-    auto run = [&](double length) {
-      const double t = free_at.top() + length;
-      free_at.pop();
-      free_at.push(t);
-      end = std::max(end, t);
-    };
-    for (int64_t i = 0; i < tiles; ++i) {
-      const double n = double(key_tiles_of(i));
-      if (i < plan.whole) run(n + 2.0);
-      else for (int k = 0; k < plan.splits; ++k) run(std::ceil(n / plan.splits) + 2.5);
-    }
-    return end;
-  };
-  // A split plan must beat 95% of one CTA per tile (forced: any split plan will do).
-  FwdPlan best = per_tile;
-  double best_cost = g_forced_schedule == 1 ? INFINITY : 0.95 * cost(per_tile);
-  std::vector<int64_t> wholes{0};  // tiles kept whole: none, or the full waves
-  if (tiles / slots > 0 && tiles % slots > 0) wholes.push_back(tiles / slots * slots);
-  for (int splits = 2; splits <= kMaxSplits; ++splits)
-    for (const int64_t whole : wholes) {
-      const FwdPlan plan{int(whole), splits};
-      const double c = cost(plan);
-      if (c < best_cost) best = plan, best_cost = c;
-    }
-  cache.emplace(key, best);
-  return best;
+  for (int64_t i = 0; i < tiles; ++i) {  // heavy-first order, as tile_job
+    const int m = num_m_blocks - 1 - int(i / per_m);
+    steps[size_t(i)] = key_tiles<Tr>(sh.seqlen_q, sh.seqlen_k, m * Tr::kBlockM, sh.causal);
+  }
+  const FwdPlan plan = plan_fwd_launch(steps, sms, residencies, kMaxSplits, g_forced_schedule == 1);
+  cache.emplace(key, plan);
+  return plan;
 }
 
 template <class Tr, typename T, bool kCausal>
-void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s, const Scratch& scratch) {
   constexpr int kHeadDim = Tr::kHeadDim;
   FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 0, 1, nullptr, nullptr, nullptr};
   const int64_t tiles = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans;
-  const FwdPlan plan = p.seg.num_seqs > 0 ? FwdPlan{int(std::min<int64_t>(tiles, INT32_MAX)), 1} : plan_fwd<Tr>(p.shape, grid.num_m_blocks);
   const int64_t blocks = plan.whole + (tiles - plan.whole) * plan.splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
   grid.whole = plan.whole, grid.splits = plan.splits;
@@ -741,40 +711,41 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t 
 }
 
 template <class Tr, typename T>
-void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s, const Scratch& scratch) {
   if (p.shape.causal)
-    launch_fwd<Tr, T, true>(p, num_spans, max_q, s, scratch);
+    launch_fwd<Tr, T, true>(p, num_spans, max_q, plan, s, scratch);
   else
-    launch_fwd<Tr, T, false>(p, num_spans, max_q, s, scratch);
+    launch_fwd<Tr, T, false>(p, num_spans, max_q, plan, s, scratch);
 }
 
-int g_forced_kernel = -1;  // force_fwd_kernel
+// The mma.sync kernels at their one residency.
+template <class Tr, typename T>
+void dispatch_mma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+  const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
+  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, {Tr::kCtasPerSm});
+  dispatch_causal<Tr, T>(p, num_spans, max_q, plan, s, scratch);
+}
 
-// The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
-// fallback, where its body is empty) take the mma.sync kernel.
-bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
-
-// Three CTAs per SM (FwdWgTraits<3>) when the grid fills at least one wave of them, else two
-// (harness, one H200): 4096q x 8192k h5 (320 tiles) 0.259 ms with three, 0.239 with two; s8192 h5
-// causal (640 tiles) 0.230 / 0.249; llama3 shapes (4096 tiles) 9-10% faster with three.
-bool three_ctas_per_sm(int num_m_blocks, const FlashFwdParams& p, int num_spans) {
-  if (g_forced_kernel == 1 || g_forced_kernel == 2) return g_forced_kernel == 2;
-  const int64_t tiles = int64_t(num_m_blocks) * p.shape.nheads * num_spans;
-  return tiles >= 3 * int64_t(current_device().sms);
+// The wgmma kernel at two or three CTAs per SM, as the plan says (force_fwd_kernel may fix it).
+template <typename T>
+void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+  using Tr = FwdWgTraits<2>;  // the tile shape of both builds
+  static_assert(FwdWgTraits<3>::kBlockM == Tr::kBlockM && FwdWgTraits<3>::kBlockN == Tr::kBlockN, "one plan for both residencies");
+  const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
+  const std::vector<int> residencies = g_forced_kernel == 1 ? std::vector<int>{2} : g_forced_kernel == 2 ? std::vector<int>{3} : std::vector<int>{2, 3};
+  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies);
+  if (plan.ctas_per_sm == 3) return dispatch_causal<FwdWgTraits<3>, T>(p, num_spans, max_q, plan, s, scratch);
+  dispatch_causal<FwdWgTraits<2>, T>(p, num_spans, max_q, plan, s, scratch);
 }
 
 template <typename T>
 void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
   switch (p.shape.head_dim) {
-    case 32: return dispatch_causal<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
-    case 64: return dispatch_causal<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
+    case 32: return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
+    case 64: return dispatch_mma<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
     default:
-      if (use_wgmma_fwd()) {
-        const int m_blocks = (max_q + FwdWgTraits<2>::kBlockM - 1) / FwdWgTraits<2>::kBlockM;
-        if (three_ctas_per_sm(m_blocks, p, num_spans)) return dispatch_causal<FwdWgTraits<3>, T>(p, num_spans, max_q, s, scratch);
-        return dispatch_causal<FwdWgTraits<2>, T>(p, num_spans, max_q, s, scratch);
-      }
-      return dispatch_causal<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch);
+      if (use_wgmma_fwd()) return dispatch_wgmma<T>(p, num_spans, max_q, s, scratch);
+      return dispatch_mma<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch);
   }
 }
 
