@@ -30,7 +30,10 @@
 //   2026-11-28: s8192/4096 h5 full (the zigzag ring's half block) 0.844 -> 0.629 ms; s8192 h5
 //   full 1.244 -> 1.124 ms; causal shapes unchanged (no split chosen).
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <map>
+#include <vector>
 
 #include "cuda/check.h"
 #include "cuda/attn_kernels.h"
@@ -38,6 +41,7 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/fill.h"
 #include "cuda/flash_traits.h"
+#include "cuda/launch_plan.h"
 
 namespace rfa::cuda {
 namespace {
@@ -696,14 +700,14 @@ void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaSt
 
 // How many CTAs share each key tile's query steps. Both kernels run one CTA per SM, so a grid of
 // few key tiles (the seed's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs on 132 SMs,
-// 1.2 waves) leaves most SMs idle in its last wave. The model counts query steps per CTA plus a
-// fixed cost per CTA; causal grids are balanced dynamically (heaviest key tiles first). The fixed
-// costs are fitted to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, one H200, eight
-// shapes; benchmark/RESULTS.md 2026-11-29, 6th session): 3 steps for a split CTA (K/V load,
-// dK/dV atomics) and 8 for an unsplit one, whose measured times sat 4-13% above a 2-step model.
-// With those, the cheapest count was the measured fastest (or within 0.5% of it) at all eight;
-// the old rule (2/4 steps, split only to save >10%) left the 4096q x 8192k half block unsplit at
-// 0.69 ms against 0.55 ms split in two.
+// 1.2 waves) leaves most SMs idle in its last wave. Each count is run through the forward's
+// launch simulation (launch_plan.h) at one CTA per SM: CTAs in launch order (key tiles in index
+// order, the heaviest first under a causal mask), each its share of query steps plus a fixed cost:
+// 3 steps for a split CTA (K/V load, dK/dV atomics), 8 for an unsplit one. Those costs are fitted
+// to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, one H200, eight shapes;
+// benchmark/RESULTS.md 2026-11-29, 6th session), where the cheapest count was the measured fastest
+// at all eight; the old rule (2/4 steps, split only to save >10%) left the 4096q x 8192k half
+// block unsplit at 0.69 ms against 0.55 ms in two. Cached per shape and thread.
 int g_forced_splits = -1;  // force_bwd_splits
 
 template <class Tr>
@@ -711,28 +715,34 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   const AttnShape& sh = p.shape;
   if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
   if (g_forced_splits > 0) return g_forced_splits;
-  const int64_t slots = current_device().sms;
-  const int64_t blocks = int64_t(num_n_blocks) * sh.nheads_k * sh.batch;
-  if (blocks >= 4 * slots) return 1;
+  const int sms = current_device().sms;
+  const int64_t per_tile = int64_t(sh.nheads_k) * sh.batch;  // CTAs per key tile and split
+  if (int64_t(num_n_blocks) * per_tile >= 4 * int64_t(sms)) return 1;
+  using Key = std::array<int64_t, 8>;
+  static thread_local std::map<Key, int> cache;
+  const Key key{num_n_blocks, sh.nheads, sh.nheads_k, sh.batch, sh.seqlen_q, sh.seqlen_k, sh.causal, sms};
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
   const int group = sh.nheads / sh.nheads_k, diag = sh.seqlen_k - sh.seqlen_q;
   const int m_total = (sh.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  int64_t work = 0, heaviest = 0;
-  for (int n = 0; n < num_n_blocks; ++n) {
-    const int first_row = sh.causal ? std::max(0, n * Tr::kBlockN - diag) : 0;
-    const int64_t steps = first_row < sh.seqlen_q ? int64_t(group) * (m_total - first_row / Tr::kBlockM) : 0;
-    work += steps;
-    heaviest = std::max(heaviest, steps);
-  }
-  work *= int64_t(sh.nheads_k) * sh.batch;
+  std::vector<double> work;
   auto cost = [&](int splits) {
-    const double overhead = splits == 1 ? 8.0 : 3.0;
-    const double per_cta = std::ceil(double(heaviest) / splits) + overhead;
-    return sh.causal ? std::max((work + double(blocks) * splits * overhead) / slots, per_cta)
-                     : std::ceil(double(blocks) * splits / slots) * per_cta;
+    work.clear();
+    for (int n = 0; n < num_n_blocks; ++n) {
+      const int first_row = sh.causal ? std::max(0, n * Tr::kBlockN - diag) : 0;
+      const int steps = first_row < sh.seqlen_q ? group * (m_total - first_row / Tr::kBlockM) : 0;
+      const int per = (steps + splits - 1) / splits;  // as bwd_work
+      for (int k = 0; k < splits; ++k) {
+        const int share = std::min(steps, (k + 1) * per) - std::min(steps, k * per);
+        if (splits == 1 || share > 0) work.insert(work.end(), size_t(per_tile), share + (splits == 1 ? 8.0 : 3.0));
+      }
+    }
+    return simulate_launch(work, sms, 1);
   };
   int best = 1;
+  double best_cost = cost(1);
   for (int splits = 2; splits <= 8; ++splits)
-    if (cost(splits) < cost(best)) best = splits;
+    if (const double c = cost(splits); c < best_cost) best = splits, best_cost = c;
+  cache.emplace(key, best);
   return best;
 }
 

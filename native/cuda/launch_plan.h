@@ -1,5 +1,6 @@
-// Launch planning for the forward kernels (flash_fwd.cu): which query tiles keep a CTA of their
-// own, how many pieces the others are cut into, and how many CTAs share an SM. Host code only.
+// Launch planning for the attention kernels: for the forward (flash_fwd.cu), which query tiles keep
+// a CTA of their own, how many pieces the others are cut into, and how many CTAs share an SM; the
+// launch simulation behind it also sizes the backward's splits (flash_bwd.cu). Host code only.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,8 @@ FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::
 // When the last CTA of a launch ends, `work` giving each CTA's key tile steps in launch order; the
 // time unit is one step of an SM running two CTAs. CTAs start in launch order: the first ctas_per_sm * sms spread round-robin over the
 // SMs, later ones where a slot frees first (those freed at one moment filled round-robin). The CTAs
-// resident on an SM share its throughput, which grows with their number (kSmThroughput).
+// resident on an SM share its throughput, which grows with their number (kSmThroughput). The
+// backward's split planner (flash_bwd.cu) uses it at one CTA per SM.
 double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm);
 
 }  // namespace rfa::cuda
