@@ -23,8 +23,16 @@ export interface NativeCpu extends NativeKernels {
   mailPending(): number;
 }
 
+/** The launch planner of the CUDA kernels (native/launch_plan.h), exposed for tests. */
+export interface NativePlan {
+  simulateLaunch(p: { work: number[]; sms: number; ctasPerSm: number }): number;
+  planFwdLaunch(p: { tileSteps: number[]; sms: number; residencies: number[]; maxSplits: number; mustSplit: boolean }): { whole: number; splits: number; ctasPerSm: number };
+  planBwdSplits(p: { keyTileSteps: number[]; ctasPerTile: number; sms: number; maxSplits: number }): number;
+}
+
 export interface NativeAddon {
   cpu: NativeCpu;
+  plan: NativePlan;
   cudaBuilt: boolean;
   // Present when built with nvcc (runtime/cuda_backend.ts types it).
   cuda?: Record<string, (...args: any[]) => any>;

@@ -41,7 +41,7 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/fill.h"
 #include "cuda/flash_traits.h"
-#include "cuda/launch_plan.h"
+#include "launch_plan.h"
 
 namespace rfa::cuda {
 namespace {
@@ -700,14 +700,9 @@ void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaSt
 
 // How many CTAs share each key tile's query steps. Both kernels run one CTA per SM, so a grid of
 // few key tiles (the seed's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs on 132 SMs,
-// 1.2 waves) leaves most SMs idle in its last wave. Each count is run through the forward's
-// launch simulation (launch_plan.h) at one CTA per SM: CTAs in launch order (key tiles in index
-// order, the heaviest first under a causal mask), each its share of query steps plus a fixed cost:
-// 3 steps for a split CTA (K/V load, dK/dV atomics), 8 for an unsplit one. Those costs are fitted
-// to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, one H200, eight shapes;
-// benchmark/RESULTS.md 2026-11-29, 6th session), where the cheapest count was the measured fastest
-// at all eight; the old rule (2/4 steps, split only to save >10%) left the 4096q x 8192k half
-// block unsplit at 0.69 ms against 0.55 ms in two. Cached per shape and thread.
+// 1.2 waves) leaves most SMs idle in its last wave. plan_bwd_splits (launch_plan.h) runs each
+// count through the launch simulation; here only the query steps each key tile sees. Cached per
+// shape and thread (a ring step calls this every time).
 int g_forced_splits = -1;  // force_bwd_splits
 
 template <class Tr>
@@ -724,26 +719,14 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   const int group = sh.nheads / sh.nheads_k, diag = sh.seqlen_k - sh.seqlen_q;
   const int m_total = (sh.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  std::vector<double> work;
-  auto cost = [&](int splits) {
-    work.clear();
-    for (int n = 0; n < num_n_blocks; ++n) {
-      const int first_row = sh.causal ? std::max(0, n * Tr::kBlockN - diag) : 0;
-      const int steps = first_row < sh.seqlen_q ? group * (m_total - first_row / Tr::kBlockM) : 0;
-      const int per = (steps + splits - 1) / splits;  // as bwd_work
-      for (int k = 0; k < splits; ++k) {
-        const int share = std::min(steps, (k + 1) * per) - std::min(steps, k * per);
-        if (splits == 1 || share > 0) work.insert(work.end(), size_t(per_tile), share + (splits == 1 ? 8.0 : 3.0));
-      }
-    }
-    return simulate_launch(work, sms, 1);
-  };
-  int best = 1;
-  double best_cost = cost(1);
-  for (int splits = 2; splits <= 8; ++splits)
-    if (const double c = cost(splits); c < best_cost) best = splits, best_cost = c;
-  cache.emplace(key, best);
-  return best;
+  std::vector<int> steps(static_cast<size_t>(num_n_blocks));
+  for (int n = 0; n < num_n_blocks; ++n) {  // as bwd_work
+    const int first_row = sh.causal ? std::max(0, n * Tr::kBlockN - diag) : 0;
+    steps[size_t(n)] = first_row < sh.seqlen_q ? group * (m_total - first_row / Tr::kBlockM) : 0;
+  }
+  const int splits = plan_bwd_splits(steps, int(per_tile), sms, 8);
+  cache.emplace(key, splits);
+  return splits;
 }
 
 // Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call

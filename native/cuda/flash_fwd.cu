@@ -33,7 +33,7 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 #include "cuda/flash_wgmma.cuh"
-#include "cuda/launch_plan.h"
+#include "launch_plan.h"
 
 namespace rfa::cuda {
 namespace {

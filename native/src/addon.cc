@@ -7,6 +7,7 @@ namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rfa::napi::register_cpu(env, exports);
+  rfa::napi::register_plan(env, exports);
 #ifdef RFA_WITH_CUDA
   rfa::napi::register_cuda(env, exports);
   exports.Set("cudaBuilt", Napi::Boolean::New(env, true));

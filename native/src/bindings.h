@@ -4,6 +4,7 @@
 
 namespace rfa::napi {
 void register_cpu(Napi::Env env, Napi::Object exports);
+void register_plan(Napi::Env env, Napi::Object exports);
 #ifdef RFA_WITH_CUDA
 void register_cuda(Napi::Env env, Napi::Object exports);
 #endif

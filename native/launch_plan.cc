@@ -4,7 +4,7 @@
 // CTAs share it. Constants fitted to the harness's forced-plan sweep (`fm/xR/wW/sS` lines, one
 // H200, 2026-11-29, benchmark/RESULTS.md): with them the model's cheapest plan was the measured
 // fastest of 45-47 plans at each of 4096q x 8192k h5, 8192q x 4096k h5 and s8192 h5 causal.
-#include "cuda/launch_plan.h"
+#include "launch_plan.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,7 +12,9 @@
 #include <queue>
 #include <utility>
 
-namespace rfa::cuda {
+#include "error.h"
+
+namespace rfa {
 namespace {
 
 constexpr int kMaxResidency = 3;
@@ -26,6 +28,16 @@ constexpr double kWholeCost = 2.0;  // steps of Q load and epilogue on top of a 
 // three-CTA build (K single-buffered) pays more: its many-piece plans ran 10-17% slower than a
 // 6-step cost predicted.
 double piece_cost(int ctas_per_sm) { return ctas_per_sm == 3 ? 16.0 : 6.0; }
+// The backward kernels' fixed cost per CTA, in query steps (its K/V load and epilogue), fitted
+// to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, eight shapes, RESULTS.md): an
+// unsplit CTA's measured times sat 4-13% above a 2-step model, a split CTA (dK/dV by atomics)
+// fits at 3.
+constexpr double kBwdUnsplitCost = 8.0, kBwdSplitCost = 3.0;
+
+void check_sms(int sms, int ctas_per_sm) {
+  RFA_CHECK_ARG(sms >= 1, "launch plan: sms must be at least 1");
+  RFA_CHECK_ARG(ctas_per_sm >= 1 && ctas_per_sm <= kMaxResidency, "launch plan: ctas_per_sm must be 1..3");
+}
 
 }  // namespace
 
@@ -35,7 +47,8 @@ double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm
     double left[kMaxResidency];   // remaining steps of each resident CTA
     int n = 0;
   };
-  const int r = std::clamp(ctas_per_sm, 1, kMaxResidency);
+  check_sms(sms, ctas_per_sm);
+  const int r = ctas_per_sm;
   std::vector<Sm> sm(static_cast<size_t>(sms));
   size_t next = 0;
   auto rate = [](const Sm& s) { return kSmThroughput[s.n] / s.n; };  // per resident CTA
@@ -78,6 +91,9 @@ double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm
 
 FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::vector<int>& residencies, int max_splits,
                         bool must_split) {
+  RFA_CHECK_ARG(!residencies.empty(), "launch plan: no residency to plan for");
+  for (const int r : residencies) check_sms(sms, r);
+  RFA_CHECK_ARG(max_splits >= 1, "launch plan: max_splits must be at least 1");
   const int64_t tiles = int64_t(tile_steps.size());
   FwdPlan best{int(tiles), 1, residencies.front()};
   double best_cost = INFINITY;
@@ -104,4 +120,27 @@ FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::
   return best;
 }
 
-}  // namespace rfa::cuda
+int plan_bwd_splits(const std::vector<int>& key_tile_steps, int ctas_per_tile, int sms, int max_splits) {
+  check_sms(sms, 1);
+  RFA_CHECK_ARG(ctas_per_tile >= 1 && max_splits >= 1, "launch plan: ctas_per_tile and max_splits must be at least 1");
+  std::vector<double> work;
+  auto cost = [&](int splits) {
+    work.clear();
+    for (const int steps : key_tile_steps) {
+      const int per = (steps + splits - 1) / splits;
+      for (int k = 0; k < splits; ++k) {
+        const int share = std::min(steps, (k + 1) * per) - std::min(steps, k * per);
+        if (splits == 1) work.insert(work.end(), size_t(ctas_per_tile), share + kBwdUnsplitCost);
+        else if (share > 0) work.insert(work.end(), size_t(ctas_per_tile), share + kBwdSplitCost);
+      }
+    }
+    return simulate_launch(work, sms, 1);
+  };
+  int best = 1;
+  double best_cost = cost(1);
+  for (int splits = 2; splits <= max_splits; ++splits)
+    if (const double c = cost(splits); c < best_cost) best = splits, best_cost = c;
+  return best;
+}
+
+}  // namespace rfa
