@@ -1,9 +1,10 @@
-// The forward's launch model. The earlier model treated each of two CTA slots per SM as a
+// The kernels' launch model. The forward's earlier model treated each of two CTA slots per SM as a
 // processor of fixed speed, so it could not weigh three CTAs per SM against two, nor see that an SM
 // left with one CTA runs it faster than half speed. Here the SM is the processor and its resident
-// CTAs share it. Constants fitted to the harness's forced-plan sweep (`fm/xR/wW/sS` lines, one
-// H200, 2026-11-29, benchmark/RESULTS.md): with them the model's cheapest plan was the measured
-// fastest of 45-47 plans at each of 4096q x 8192k h5, 8192q x 4096k h5 and s8192 h5 causal.
+// CTAs share it. Forward constants fitted to the harness's forced-plan sweep (`fm/xR/wW/sS` lines,
+// one H200, 2026-11-29, benchmark/RESULTS.md): with them the model's cheapest plan was the
+// measured fastest of 45-47 plans at each of 4096q x 8192k h5, 8192q x 4096k h5 and s8192 h5
+// causal. The backward (one CTA per SM) only needs the launch order and its fixed costs.
 #include "launch_plan.h"
 
 #include <algorithm>
@@ -19,13 +20,13 @@ namespace {
 
 constexpr int kMaxResidency = 3;
 // SM throughput with n CTAs resident (index n), in key tile steps per unit time; two CTAs = 1.
-// One CTA alone keeps its tensor pipe busier than half (0.6: a 4096q x 8192k h5 tail of 56 lone
-// tiles took 0.12 ms, not 0.15); the three-CTA build overlaps more (1.1: the llama3 grids ran
-// 9-10% faster with three).
+// One CTA alone gets more than half (0.6: 4096q x 8192k h5 per tile at two per SM ends with 56
+// lone tiles, and the call took 0.366 ms, against 0.39 at half speed); the three-CTA build
+// overlaps more (1.1: the llama3 grids ran 9-10% faster with three).
 constexpr double kSmThroughput[kMaxResidency + 1] = {0.0, 0.6, 1.0, 1.1};
 constexpr double kWholeCost = 2.0;  // steps of Q load and epilogue on top of a tile's key tiles
 // A piece's partial (out, lse) and, for the last piece of a tile, the merge of them all. The
-// three-CTA build (K single-buffered) pays more: its many-piece plans ran 10-17% slower than a
+// three-CTA build (K single-buffered) pays more: its many-piece plans ran 8-12% slower than a
 // 6-step cost predicted.
 double piece_cost(int ctas_per_sm) { return ctas_per_sm == 3 ? 16.0 : 6.0; }
 // The backward kernels' fixed cost per CTA, in query steps (its K/V load and epilogue), fitted

@@ -670,10 +670,10 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varl
   if (varlen || g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
   if (g_forced_whole >= 0) return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits, unplanned_r};
   if (tiles >= 16 * int64_t(sms) && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
-  using Key = std::array<int64_t, 8>;
+  using Key = std::array<int64_t, 9>;
   static thread_local std::map<Key, FwdPlan> cache;
   const Key key{num_m_blocks, int64_t(sh.nheads) * sh.batch, sh.seqlen_q, sh.seqlen_k, sh.causal, sms, g_forced_schedule,
-                residencies.size() == 1 ? residencies[0] : 0};
+                residencies.size() == 1 ? residencies[0] : 0, Tr::kBlockM};
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   std::vector<int> steps(static_cast<size_t>(tiles));
   const int64_t per_m = int64_t(sh.nheads) * sh.batch;

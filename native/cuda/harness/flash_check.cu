@@ -683,7 +683,7 @@ float median_ms(const std::function<void()>& f) {
 }
 
 // sk: key length (0: as s), e.g. the zigzag ring's half blocks (8192 queries x 4096 keys).
-void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal, int sk = 0, bool sweep_fwd = false) {
+void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal, int sk = 0, bool sweeps = false) {
   const DType dt = DType::bf16;
   if (sk == 0) sk = s;
   const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * sk * hk * d, nl = size_t(b) * h * s;
@@ -745,8 +745,9 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
   line("fwd+bwd", t_all, 3.5 * fwd_flop);
-  // The ring-step backward at each forced split count, against the cost model's pick above.
-  for (int splits = 1; splits <= 6; ++splits) {
+  // With `sweeps` (--bench=K): the ring-step backward at each forced split count, against the
+  // cost model's pick above (`bwd-acc`), ...
+  for (int splits = 1; sweeps && splits <= 6; ++splits) {
     cuda::force_bwd_splits(splits);
     char what[16];
     std::snprintf(what, sizeof what, "bwd-acc/%d", splits);
@@ -756,10 +757,10 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     }), 2.5 * fwd_flop);
   }
   cuda::force_bwd_splits(-1);
-  // The ring-step forward under forced launch plans, wgmma at two and three CTAs per SM: one CTA
-  // per tile (s1), or the first `whole` tiles whole (0 or a multiple of the SM count) and the rest
-  // in S key ranges. `fwd-merge` above is the cost model's pick.
-  if (sweep_fwd) {
+  // ... and the ring-step forward under forced launch plans, wgmma at two and three CTAs per SM:
+  // one CTA per tile (s1), or the first `whole` tiles whole (0 or a multiple of the SM count) and
+  // the rest in S key ranges, against `fwd-merge` above.
+  if (sweeps) {
     const int sms = [] { int n = 0; cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0); return n; }();
     const int tiles = (s + 63) / 64 * h * b;
     for (int kernel : {1, 2}) {
@@ -784,7 +785,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
 
 int main(int argc, char** argv) {
   bool timing = true;
-  int only_bench = -1;  // --bench=K: only the K-th timing shape, no checks (for profilers)
+  int only_bench = -1;  // --bench=K: only the K-th timing shape and its launch-plan sweeps, no checks
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing")) timing = false;
