@@ -2,7 +2,7 @@
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
 # (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
 # (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table per transport, (with SOLO="2 4")
-# the README table of one rank of each world alone on GPU 0, transfers skipped.
+# the README table of each world played rank by rank on GPU 0, transfers skipped (slowest rank per column).
 # Logs go to $OUT; a short summary prints last.
 #   device run: source .device/env.sh && bash benchmark/device_check.sh
 set -uo pipefail

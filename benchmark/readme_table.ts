@@ -7,12 +7,15 @@
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
 // --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle, --transport (nccl |
 // copy-engine: how ranks communicate on GPUs, see InitOptions.transport).
-// `--solo W` runs on one device the share of one rank of a W-rank ring, without transfers
-// (benchmark/solo_comm.ts): the table the ring would print if communication were free. The rank
-// is W−1 (ring_attn's busiest) or `--solo-rank R`: zigzag's ranks do equal work in different
-// shapes (rank 0 runs half blocks of half the queries and all keys, rank W−1 the reverse);
-// with `--solo-transfers copy-engine` its transfers are real same-device copies instead (which the
-// CUDA driver runs as SM kernels, not on a copy engine: a bound on SM-based transfers like NCCL's).
+// `--solo W` runs on one device the share of each rank of a W-rank ring in turn, without
+// transfers (benchmark/solo_comm.ts), and reports per column its slowest rank (a row names it),
+// as a ring in lockstep runs at its slowest rank's pace: the table the ring would print if
+// communication were free (an upper bound: a ring waits for the slowest rank of each step).
+// The ranks differ: ring_attn's last rank does the most work; zigzag's do equal work in different
+// shapes (rank 0 runs half blocks of half the queries and all keys, rank W−1 the reverse).
+// `--solo-rank R` times rank R only. With `--solo-transfers copy-engine` the transfers are real
+// same-device copies instead (which the CUDA driver runs as SM kernels, not on a copy engine: a
+// bound on SM-based transfers like NCCL's).
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -50,7 +53,7 @@ const VARLEN_COLUMNS: { label: string; column: VarlenColumn }[] = [
 const SEED_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
 
 type Mode = 'fwd' | 'fwdbwd';
-interface Cell { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number }
+interface Cell { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number; slowestSoloRank?: number }
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -66,12 +69,15 @@ async function main(): Promise<void> {
   // --solo-transfers copy-engine: the solo rank's transfers become same-device copies (SM kernels).
   const loopback = arg('solo-transfers') === 'copy-engine';
   if (loopback && (!solo || backend !== 'cuda')) throw new Error('--solo-transfers copy-engine needs --solo W on the cuda backend');
-  // In solo mode one rank plays rank soloRank of a W-rank ring; `world` is W for every figure.
+  // In solo mode one device plays ranks of a W-rank ring (soloRanks); `world` is W for every figure.
   const world = solo ?? Number(arg('world') ?? (backend === 'cuda' ? gpus : 2));
   if (!Number.isInteger(world) || world < 1) throw new Error(`--world/--solo must be a positive integer, got ${world}`);
-  const soloRank = arg('solo-rank') === undefined ? world - 1 : Number(arg('solo-rank'));
   if (arg('solo-rank') !== undefined && !solo) throw new Error('--solo-rank needs --solo W');
-  if (!Number.isInteger(soloRank) || soloRank < 0 || soloRank >= world) throw new Error(`--solo-rank must be an integer in [0, ${world}), got ${arg('solo-rank')}`);
+  const oneSoloRank = arg('solo-rank') === undefined || arg('solo-rank') === 'all' ? null : Number(arg('solo-rank'));
+  if (oneSoloRank !== null && (!Number.isInteger(oneSoloRank) || oneSoloRank < 0 || oneSoloRank >= world))
+    throw new Error(`--solo-rank must be 'all' or an integer in [0, ${world}), got ${arg('solo-rank')}`);
+  // The ranks a solo run plays, one after another on the one device.
+  const soloRanks = oneSoloRank !== null ? [oneSoloRank] : Array.from({ length: world }, (_, r) => r);
   const onGpu = backend === 'cuda';
   const dtype: DType = onGpu ? 'bfloat16' : 'float32';
   const tokens = Number(arg('tokens') ?? (onGpu ? 8192 : 128)); // per rank
@@ -102,23 +108,34 @@ async function main(): Promise<void> {
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
-  const machine = solo ? `solo: rank ${soloRank} of ${world} alone on one ${device}, ${loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
+  const soloWho = oneSoloRank !== null ? `rank ${oneSoloRank} of ${world}` : `each rank of ${world} in turn (the slowest reported)`;
+  const machine = solo ? `solo: ${soloWho} alone on one ${device}, ${loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
   console.log(`# ring-flash-attn README table — ${machine}, ${dtype}, causal, ${tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
   const report: Record<string, unknown>[] = [];
   const chart: ChartGroup[] = [];
   const ranks = Array.from({ length: solo ? 1 : world }, (_, i) => i);
   // Runs one column on every rank (the theoretic column too: as in the seed's benchmark, every
   // rank runs the single-device kernel on its own shard at the same time) and makes its cell.
+  // Solo: a ring column runs once per solo rank (the single-device column once; it has no rank).
   const measure = async (label: string, module: string, task: object, flopPerRank: number, single: boolean, extra: Record<string, unknown>): Promise<Cell> => {
-    const res = (await rt.runEach(module, 'run', ranks.map(() => task), ranks)) as BenchResult[];
+    const played = solo && !single ? soloRanks : [null];
+    const res: BenchResult[] = [];
+    for (const r of played) {
+      const t = r === null ? task : { ...task, solo: { world, rank: r, loopback } };
+      res.push(...((await rt.runEach(module, 'run', ranks.map(() => t), ranks)) as BenchResult[]));
+    }
     // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
     const perRank = res.map((r) => iters / median(r.repeats));
     const rate = Math.min(...perRank);
-    const all = res.flatMap((r) => r.repeats.map((t) => iters / t));
+    const slowestSoloRank = solo && !single ? soloRanks[perRank.indexOf(rate)] : undefined;
+    // Spread of the repeats behind the figure: every rank's in a real ring; in solo, the slowest
+    // rank's (the differences between the ranks it played are not noise).
+    const all = (slowestSoloRank === undefined ? res : [res[perRank.indexOf(rate)]!]).flatMap((r) => r.repeats.map((t) => iters / t));
     const spread = (Math.max(...all) - Math.min(...all)) / rate;
     const tflops = (flopPerRank * rate) / 1e12;
-    report.push({ ...extra, column: label, iterPerSecPerRank: rate, spread, perRank, tflopsPerGpu: tflops, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
-    return { label, iterPerSec: single ? rate / world : rate, spread, tflops, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30 };
+    report.push({ ...extra, column: label, iterPerSecPerRank: rate, spread, perRank, ...(solo && !single ? { soloRanks: played, slowestSoloRank } : {}),
+      tflopsPerGpu: tflops, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
+    return { label, iterPerSec: single ? rate / world : rate, spread, tflops, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30, slowestSoloRank };
   };
   const print = (title: string, mode: Mode, row: Cell[]) => {
     const theoretic = row[0]!.iterPerSec;
@@ -130,6 +147,7 @@ async function main(): Promise<void> {
     console.log(`| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => (onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`);
     console.log(`| spread (max−min)/median | ${row.map((r) => `${(100 * r.spread).toFixed(1)}%`).join(' | ')} |`);
     console.log(`| peak memory per rank (MiB) | ${row.map((r) => (r.peakGiB * 1024).toFixed(1)).join(' | ')} |`);
+    if (solo && soloRanks.length > 1) console.log(`| slowest solo rank | | ${row.slice(1).map((r) => r.slowestSoloRank).join(' | ')} |`);
     chart.push({ title: `${title.split(' (')[0]} ${mode}`, bars: row.map((r) => ({ label: r.label, iterPerSec: r.iterPerSec, percent: (100 * r.iterPerSec) / theoretic })) });
   };
   try {
@@ -139,8 +157,7 @@ async function main(): Promise<void> {
         for (const col of COLUMNS) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
-          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1,
-            ...(solo ? { solo: { world, rank: soloRank, loopback } } : {}) };
+          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1 };
           const single = col.prefix === 'flash_attn';
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
@@ -170,7 +187,7 @@ async function main(): Promise<void> {
   }
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
   fs.mkdirSync(dir, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${solo && soloRank !== world - 1 ? `r${soloRank}` : ''}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${oneSoloRank !== null ? `r${oneSoloRank}` : ''}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
   fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);

@@ -2,6 +2,8 @@
 // the ranks that go on wait in a collective their peers never join (the x2/x4 hang of
 // `npm run bench` at default settings). Tiny CPU shapes make the repeat times noisy enough
 // that ranks deciding alone would disagree.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init } from '../index.js';
@@ -28,8 +30,8 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
   });
 }
 
-// `npm run bench -- --solo W [--solo-rank R]`: one rank plays rank R (default W−1) of a W-rank
-// ring with transfers skipped (benchmark/solo_comm.ts). On the CPU backend a real transfer to a
+// `npm run bench -- --solo W [--solo-rank R]`: one rank plays rank R of a W-rank ring (every rank
+// in turn without R) with transfers skipped (benchmark/solo_comm.ts). On the CPU backend a real transfer to a
 // missing peer would wait until the timeout, so finishing quickly shows that no transfer was
 // attempted. Ranks 3 and 0: zigzag's two ends run their half blocks in opposite shapes.
 s('solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, forward and backward', async () => {
@@ -47,6 +49,24 @@ s('solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, fo
   } finally {
     await rt.close();
   }
+});
+
+// The CLI in solo mode without --solo-rank plays every rank in turn and reports each column's
+// slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row.
+s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring column', () => {
+  const cli = fileURLToPath(new URL('../benchmark/readme_table.js', import.meta.url));
+  const r = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '4', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd'],
+    { encoding: 'utf8', timeout: 120_000 });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /solo: each rank of 4 in turn \(the slowest reported\)/);
+  const row = r.stdout.split('\n').find((l) => l.startsWith('| slowest solo rank |'));
+  assert.ok(row, r.stdout);
+  const ranks = row!.split('|').slice(3, -1).map((x) => Number(x.trim()));
+  assert.is(ranks.length, 4, row);
+  assert.ok(ranks.every((x) => Number.isInteger(x) && x >= 0 && x < 4), row);
+  const bad = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '4', '--solo-rank', '4'], { encoding: 'utf8', timeout: 60_000 });
+  assert.is(bad.status, 1);
+  assert.match(bad.stderr, /--solo-rank must be 'all' or an integer in \[0, 4\)/);
 });
 
 // The varlen table's rank code: every column runs forward + backward over all four sets.
