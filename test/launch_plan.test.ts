@@ -88,6 +88,7 @@ s('bad input is an E_ARG error naming the argument', () => {
   expectArg(() => plan().simulateLaunch({ work: [-1], sms: 4, ctasPerSm: 1 }), /'work'/);
   expectArg(() => plan().simulateLaunch({ work: 'x' as unknown as number[], sms: 4, ctasPerSm: 1 }), /'work'/);
   expectArg(() => plan().planFwdLaunch({ tileSteps: [1], sms: 4, residencies: [], maxSplits: 8, mustSplit: false }), /residency/);
+  expectArg(() => plan().planFwdLaunch({ tileSteps: [2 ** 40], sms: 4, residencies: [2], maxSplits: 8, mustSplit: false }), /'tileSteps'/);
   expectArg(() => plan().planBwdSplits({ keyTileSteps: [1], ctasPerTile: 0, sms: 4, maxSplits: 8 }), /ctas_per_tile/);
 });
 

@@ -1,5 +1,6 @@
 // JS entry points of the launch planner (native/launch_plan.h), in every build: the CUDA kernels
 // use it internally; these exist so that the CPU suite can test the model and its picks.
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,8 @@ std::vector<T> number_list(const Napi::Object& o, const char* key) {
     Napi::Value x = a.Get(i);
     if (!x.IsNumber()) RFA_THROW("E_ARG", std::string("launch plan: '") + key + "' must hold numbers only");
     const double d = x.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0)) RFA_THROW("E_ARG", std::string("launch plan: '") + key + "' must hold non-negative numbers");
+    if (!(d >= 0) || d > double(std::numeric_limits<T>::max()))
+      RFA_THROW("E_ARG", std::string("launch plan: '") + key + "' must hold non-negative numbers in range");
     out[i] = T(d);
   }
   return out;
