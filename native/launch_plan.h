@@ -18,16 +18,16 @@ struct FwdPlan {
 // The cheapest plan by simulate_launch for query tiles of `tile_steps` key tiles each (launch
 // order), over the residencies given: one CTA per tile, or the first `whole` tiles whole (0, or
 // one of the last multiples of the SM count below the tile count) and the rest in 2..max_splits
-// pieces.
-// A split plan must save 3% over one CTA per tile (the model is rough); with `must_split`, only
-// split plans are candidates.
+// pieces. A split plan must save 3% over one CTA per tile (the model is rough); with
+// `must_split`, only split plans are candidates.
 FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::vector<int>& residencies, int max_splits,
                         bool must_split);
 
-// When the last CTA of a launch ends, `work` giving each CTA's key tile steps in launch order; the
-// time unit is one step of an SM running two CTAs. CTAs start in launch order: the first ctas_per_sm * sms spread round-robin over the
-// SMs, later ones where a slot frees first (those freed at one moment filled round-robin). The CTAs
-// resident on an SM share its throughput, which grows with their number (kSmThroughput).
+// When the last CTA of a launch ends, `work` giving each CTA's key tile steps in launch order;
+// the time unit is one step of an SM running two CTAs. The first ctas_per_sm * sms CTAs spread
+// round-robin over the SMs, later ones go where a slot frees first (those freed at one moment
+// filled round-robin, emptiest SM first). The CTAs resident on an SM share its throughput, which
+// grows with their number (kSmThroughput in launch_plan.cc).
 double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm);
 
 // The backward's query splits per key tile (1..max_splits) for a one-CTA-per-SM kernel: key tile
