@@ -72,6 +72,27 @@ s('backward splits: the measured fastest at every swept shape', () => {
   assert.is(plan().planBwdSplits({ keyTileSteps: [], ctasPerTile: 1, sms: SMS, maxSplits: 8 }), 1);
 });
 
+s('every plan is launchable: whole in range, splits in range, a residency that was offered', () => {
+  let seed = 7;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+  for (let trial = 0; trial < 200; trial++) {
+    const tiles = 1 + rand(1500), sms = 1 + rand(200), maxSplits = 1 + rand(8);
+    const residencies = [[2], [3], [2, 3]][rand(3)]!;
+    const tileSteps = Array.from({ length: tiles }, () => rand(300));
+    const mustSplit = maxSplits > 1 && rand(4) === 0;
+    const p = plan().planFwdLaunch({ tileSteps, sms, residencies, maxSplits, mustSplit });
+    const what = JSON.stringify({ tiles, sms, maxSplits, residencies, mustSplit, p });
+    assert.ok(p.whole >= 0 && p.whole <= tiles, what);
+    assert.ok(p.splits >= 1 && p.splits <= maxSplits, what);
+    assert.ok(p.splits > 1 || p.whole === tiles, what); // one piece per tile only as "every tile whole"
+    assert.ok(!mustSplit || p.splits > 1, what);
+    assert.ok(residencies.includes(p.ctasPerSm), what);
+    const keyTileSteps = tileSteps.slice(0, 1 + rand(64));
+    const splits = plan().planBwdSplits({ keyTileSteps, ctasPerTile: 1 + rand(8), sms, maxSplits });
+    assert.ok(Number.isInteger(splits) && splits >= 1 && splits <= maxSplits, `${splits}`);
+  }
+});
+
 s('bad input is an E_ARG error naming the argument', () => {
   const expectArg = (run: () => unknown, fragment: RegExp) => {
     try {
