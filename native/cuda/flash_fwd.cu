@@ -663,7 +663,8 @@ bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 // Plans are cached per shape and thread (the simulation is too slow to run for every ring step).
 template <class Tr>
 FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varlen, const std::vector<int>& residencies) {
-  const int64_t tiles = int64_t(num_m_blocks) * sh.nheads * num_spans;
+  const int64_t per_m = int64_t(sh.nheads) * num_spans;  // tiles per query-tile row
+  const int64_t tiles = num_m_blocks * per_m;
   const int sms = current_device().sms;
   const int unplanned_r = residencies.size() == 1 ? residencies[0] : tiles >= 3 * int64_t(sms) ? 3 : 2;
   const FwdPlan per_tile{int(std::min<int64_t>(tiles, INT32_MAX)), 1, unplanned_r};
@@ -672,11 +673,10 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varl
   if (tiles >= 16 * int64_t(sms) && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
   using Key = std::array<int64_t, 9>;
   static thread_local std::map<Key, FwdPlan> cache;
-  const Key key{num_m_blocks, int64_t(sh.nheads) * sh.batch, sh.seqlen_q, sh.seqlen_k, sh.causal, sms, g_forced_schedule,
+  const Key key{num_m_blocks, per_m, sh.seqlen_q, sh.seqlen_k, sh.causal, sms, g_forced_schedule,
                 residencies.size() == 1 ? residencies[0] : 0, Tr::kBlockM};
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   std::vector<int> steps(static_cast<size_t>(tiles));
-  const int64_t per_m = int64_t(sh.nheads) * sh.batch;
   for (int64_t i = 0; i < tiles; ++i) {  // heavy-first order, as tile_job
     const int m = num_m_blocks - 1 - int(i / per_m);
     steps[size_t(i)] = key_tiles<Tr>(sh.seqlen_q, sh.seqlen_k, m * Tr::kBlockM, sh.causal);
@@ -721,8 +721,9 @@ void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, const Fw
 // The mma.sync kernels at their one residency.
 template <class Tr, typename T>
 void dispatch_mma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+  static const std::vector<int> residencies{Tr::kCtasPerSm};  // per instantiation: no allocation per launch
   const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, {Tr::kCtasPerSm});
+  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies);
   dispatch_causal<Tr, T>(p, num_spans, max_q, plan, s, scratch);
 }
 
@@ -732,7 +733,8 @@ void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStrea
   using Tr = FwdWgTraits<2>;  // the tile shape of both builds
   static_assert(FwdWgTraits<3>::kBlockM == Tr::kBlockM && FwdWgTraits<3>::kBlockN == Tr::kBlockN, "one plan for both residencies");
   const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  const std::vector<int> residencies = g_forced_kernel == 1 ? std::vector<int>{2} : g_forced_kernel == 2 ? std::vector<int>{3} : std::vector<int>{2, 3};
+  static const std::vector<int> both{2, 3}, two{2}, three{3};  // no allocation per launch
+  const std::vector<int>& residencies = g_forced_kernel == 1 ? two : g_forced_kernel == 2 ? three : both;
   const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies);
   if (plan.ctas_per_sm == 3) return dispatch_causal<FwdWgTraits<3>, T>(p, num_spans, max_q, plan, s, scratch);
   dispatch_causal<FwdWgTraits<2>, T>(p, num_spans, max_q, plan, s, scratch);
