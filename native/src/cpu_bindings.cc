@@ -96,20 +96,10 @@ Napi::Value MailPending(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_cpu(Napi::Env env, Napi::Object exports) {
-  Napi::Object cpu = Napi::Object::New(env);
-  cpu.Set("flashFwd", Napi::Function::New(env, FlashFwd));
-  cpu.Set("flashBwdDot", Napi::Function::New(env, FlashBwdDot));
-  cpu.Set("flashBwd", Napi::Function::New(env, FlashBwd));
-  cpu.Set("merge", Napi::Function::New(env, Merge));
-  cpu.Set("cast", Napi::Function::New(env, Cast));
-  cpu.Set("addF32", Napi::Function::New(env, AddF32));
-  cpu.Set("copyBsh", Napi::Function::New(env, CopyBsh));
-  cpu.Set("mailSend", Napi::Function::New(env, MailSend));
-  cpu.Set("mailRecv", Napi::Function::New(env, MailRecv));
-  cpu.Set("mailAbort", Napi::Function::New(env, MailAbort));
-  cpu.Set("mailReset", Napi::Function::New(env, MailReset));
-  cpu.Set("mailPending", Napi::Function::New(env, MailPending));
-  exports.Set("cpu", cpu);
+  export_functions(env, exports, "cpu",
+                   {{"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot}, {"flashBwd", FlashBwd}, {"merge", Merge},
+                    {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh}, {"mailSend", MailSend}, {"mailRecv", MailRecv},
+                    {"mailAbort", MailAbort}, {"mailReset", MailReset}, {"mailPending", MailPending}});
 }
 
 }  // namespace rfa::napi

@@ -372,17 +372,14 @@ RFA_NAPI(NcclStatus) {
 }  // namespace
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
-  Napi::Object cuda = Napi::Object::New(env);
-  const std::pair<const char*, Napi::Value (*)(const Napi::CallbackInfo&)> fns[] = {
+  export_functions(env, exports, "cuda", {
       {"deviceCount", DeviceCount}, {"init", Init}, {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload},
       {"download", Download}, {"fill", Fill}, {"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot},
       {"flashBwd", FlashBwd}, {"merge", Merge}, {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh},
       {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather}, {"commReduceScatter", CommReduceScatter},
       {"waitEvent", WaitEvent}, {"sync", Sync}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak},
-      {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}, {"ncclStatus", NcclStatus},
-  };
-  for (auto& f : fns) cuda.Set(f.first, Napi::Function::New(env, f.second, f.first));
-  exports.Set("cuda", cuda);
+      {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}, {"ncclStatus", NcclStatus}
+  });
 }
 
 }  // namespace rfa::napi

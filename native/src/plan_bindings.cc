@@ -66,11 +66,8 @@ Napi::Value PlanBwdSplits(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_plan(Napi::Env env, Napi::Object exports) {
-  Napi::Object plan = Napi::Object::New(env);
-  plan.Set("simulateLaunch", Napi::Function::New(env, SimulateLaunch));
-  plan.Set("planFwdLaunch", Napi::Function::New(env, PlanFwdLaunch));
-  plan.Set("planBwdSplits", Napi::Function::New(env, PlanBwdSplits));
-  exports.Set("plan", plan);
+  export_functions(env, exports, "plan",
+                   {{"simulateLaunch", SimulateLaunch}, {"planFwdLaunch", PlanFwdLaunch}, {"planBwdSplits", PlanBwdSplits}});
 }
 
 }  // namespace rfa::napi
