@@ -37,8 +37,3 @@ export function disposeAll(...ts: (DeviceTensor | KvBuffer | undefined | null)[]
     else t.dispose();
   }
 }
-
-/** Group-local rank `offset` places after `rank` on a ring of `size`. */
-export function ringPeer(rank: number, offset: number, size: number): number {
-  return (((rank + offset) % size) + size) % size;
-}

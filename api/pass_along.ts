@@ -6,9 +6,9 @@
 // Varlen variants add a segment table to a plan: the kernel then covers only the given spans of
 // every sequence, and rows outside them keep what they had.
 import type { Backend } from '../runtime/backend.js';
-import type { Group, Pending } from '../runtime/comm.js';
+import { ringPeer, type Group, type Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { disposeAll, emptyKv, packKv, ringPeer, type KvBuffer } from './kv_buffer.js';
+import { disposeAll, emptyKv, packKv, type KvBuffer } from './kv_buffer.js';
 import { coversQueries, SegmentTables, type SegmentSpec } from './segments.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 

@@ -3,10 +3,10 @@
 // ranks ≤ r, so transfers nobody will use are skipped. The transfer for step s+1 is issued before
 // block s is computed. Backward sends each block's fp32 dK/dV straight back to its owner.
 import type { Backend } from '../runtime/backend.js';
-import { DONE, type Group, type Pending } from '../runtime/comm.js';
+import { DONE, ringPeer, type Group, type Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { attnFamily } from './family.js';
-import { disposeAll, emptyKv, packKv, ringPeer, zerosKv, type KvBuffer } from './kv_buffer.js';
+import { disposeAll, emptyKv, packKv, zerosKv, type KvBuffer } from './kv_buffer.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 /** Which steps move data: rank r uses the block of r−s; rank r+s uses ours. */

@@ -20,6 +20,11 @@ export function makeGroup(ranks: readonly number[], globalRank: number, runtimeI
   return { ranks: [...ranks], rank, size: ranks.length, key: `${runtimeId}/g${ranks.join('.')}` };
 }
 
+/** Group-local rank `offset` places after `rank` on a ring of `size`. */
+export function ringPeer(rank: number, offset: number, size: number): number {
+  return (((rank + offset) % size) + size) % size;
+}
+
 /** How the cuda backend moves point-to-point transfers (InitOptions.transport). */
 export type Transport = 'nccl' | 'copy-engine';
 

@@ -1,4 +1,5 @@
 // Tasks the runtime itself runs on every rank.
+import { ringPeer } from './comm.js';
 import type { RankContext } from './context.js';
 
 /**
@@ -15,8 +16,7 @@ export function warmup(ctx: RankContext): void {
   const one = be.zeros([1], 'float32');
   const all = be.empty([ctx.world], 'float32');
   comm.allGather(one, all).wait();
-  const next = (ctx.rank + 1) % ctx.world, prev = (ctx.rank + ctx.world - 1) % ctx.world;
-  comm.sendRecv([{ peer: next, tensor: one }], [{ peer: prev, tensor: all.narrow(0, 0, 1) }]).wait();
+  comm.sendRecv([{ peer: ringPeer(ctx.rank, 1, ctx.world), tensor: one }], [{ peer: ringPeer(ctx.rank, -1, ctx.world), tensor: all.narrow(0, 0, 1) }]).wait();
   be.sync();
   one.dispose();
   all.dispose();
