@@ -745,22 +745,22 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
   line("fwd+bwd", t_all, 3.5 * fwd_flop);
-  // With `sweeps` (--bench=K): the ring-step backward at each forced split count, against the
-  // cost model's pick above (`bwd-acc`), ...
-  for (int splits = 1; sweeps && splits <= 6; ++splits) {
-    cuda::force_bwd_splits(splits);
-    char what[16];
-    std::snprintf(what, sizeof what, "bwd-acc/%d", splits);
-    line(what, median_ms([&] {
-      cuda::flash_bwd_dot(dp, 0);
-      cuda::flash_bwd(bpa, 0);
-    }), 2.5 * fwd_flop);
-  }
-  cuda::force_bwd_splits(-1);
-  // ... and the ring-step forward under forced launch plans, wgmma at two and three CTAs per SM:
-  // one CTA per tile (s1), or the first `whole` tiles whole (0 or a multiple of the SM count) and
-  // the rest in S key ranges, against `fwd-merge` above.
+  // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
+  // ring-step backward at each split count (against `bwd-acc`), and the ring-step forward under
+  // forced launch plans (against `fwd-merge`), wgmma at two and three CTAs per SM: one CTA per
+  // tile (s1), or the first `whole` tiles whole (0 or a multiple of the SM count) and the rest in
+  // S key ranges.
   if (sweeps) {
+    for (int splits = 1; splits <= 6; ++splits) {
+      cuda::force_bwd_splits(splits);
+      char what[16];
+      std::snprintf(what, sizeof what, "bwd-acc/%d", splits);
+      line(what, median_ms([&] {
+        cuda::flash_bwd_dot(dp, 0);
+        cuda::flash_bwd(bpa, 0);
+      }), 2.5 * fwd_flop);
+    }
+    cuda::force_bwd_splits(-1);
     const int sms = [] { int n = 0; cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0); return n; }();
     const int tiles = (s + 63) / 64 * h * b;
     for (int kernel : {1, 2}) {
