@@ -8,7 +8,7 @@
 import type { Backend } from '../runtime/backend.js';
 import { ringPeer, type Group, type Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { disposeAll, emptyKv, packKv, type KvBuffer } from './kv_buffer.js';
+import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer, type KvPair } from './kv_buffer.js';
 import { coversQueries, SegmentTables, type SegmentSpec } from './segments.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
@@ -33,11 +33,19 @@ export interface BlockPlan {
  */
 export type PlanFn = (step: number, group: Group, seqlen: number, o: RingOptions) => BlockPlan | null;
 
-function passAlong(backend: Backend, group: Group, cur: KvBuffer, next: KvBuffer): Pending {
-  return backend.comm(group).sendRecv(
-    [{ peer: ringPeer(group.rank, 1, group.size), tensor: cur.buf }],
-    [{ peer: ringPeer(group.rank, -1, group.size), tensor: next.buf }],
-  );
+function passAlong(backend: Backend, group: Group, cur: KvPair, next: KvPair): Pending {
+  return backend.comm(group).sendRecv(kvOps(ringPeer(group.rank, 1, group.size), cur), kvOps(ringPeer(group.rank, -1, group.size), next));
+}
+
+/**
+ * The buffers a pass-along ring receives K/V blocks into, alternately, and its first transfer
+ * (the rank's own k and v, read in place where the comm can). A packing copy, when one is made,
+ * becomes the first buffer: its send has completed before step 1 receives into it.
+ */
+function kvRing(backend: Backend, group: Group, k: DeviceTensor, v: DeviceTensor): { bufs: KvBuffer[]; first: Pending } {
+  const { kv, copy } = sendableKv(backend, backend.comm(group), k, v);
+  const bufs = [copy ?? emptyKv(backend, k), emptyKv(backend, k)];
+  return { bufs, first: passAlong(backend, group, kv, bufs[1]!) };
 }
 
 const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) => (r.start === 0 && r.length === t.shape[axis] ? t : t.narrow(axis, r.start, r.length));
@@ -53,8 +61,9 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
   if (!own || own.q.length !== s || (own.seg && !coversQueries(own.seg, s))) throw new Error('pass-along plan: step 0 must cover every query row');
   // The first transfer goes out before the own block is computed, so it overlaps that block
   // (issued after it, it waited for the whole block and then sat exposed before step 1).
-  const bufs = W > 1 ? [packKv(backend, k, v), emptyKv(backend, k)] : [];
-  let pending = W > 1 ? passAlong(backend, group, bufs[0]!, bufs[1]!) : null;
+  const ring = W > 1 ? kvRing(backend, group, k, v) : null;
+  const bufs = ring?.bufs ?? [];
+  let pending = ring?.first ?? null;
   backend.flashFwd(q, rowsOf(k, own.kv), rowsOf(v, own.kv), out, lse, attn(own));
   if (!pending) {
     tables.release();
@@ -103,8 +112,9 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
   }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true });
   // Step 0: this rank's own block; its accumulator starts here. The first K/V transfer is
   // issued before it so that it overlaps the block.
-  const kvBufs = W > 1 ? [packKv(backend, k, v), emptyKv(backend, k)] : [];
-  let kvPending = W > 1 ? passAlong(backend, group, kvBufs[0]!, kvBufs[1]!) : null;
+  const ring = W > 1 ? kvRing(backend, group, k, v) : null;
+  const kvBufs = ring?.bufs ?? [];
+  let kvPending = ring?.first ?? null;
   const travel = [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')];
   backend.fill(travel[0]!.buf, 0);
   blockGrads(plan(0, group, s, o)!, { k, v }, travel[0]!);

@@ -6,7 +6,7 @@ import type { Backend } from '../runtime/backend.js';
 import { DONE, ringPeer, type Group, type Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { attnFamily } from './family.js';
-import { disposeAll, emptyKv, packKv, zerosKv, type KvBuffer } from './kv_buffer.js';
+import { disposeAll, emptyKv, kvOps, sendableKv, zerosKv, type KvBuffer } from './kv_buffer.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 /** Which steps move data: rank r uses the block of r−s; rank r+s uses ours. */
@@ -27,12 +27,12 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
   const out = backend.empty([b, s, h, d], 'float32');
   const lse = backend.empty([b, h, s], 'float32');
   const W = group.size;
-  const local = W > 1 ? packKv(backend, k, v) : undefined;
+  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
   const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
 
   const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
-    plan.feeds(step) ? [{ peer: plan.dst(step), tensor: local!.buf }] : [],
-    plan.uses(step) ? [{ peer: plan.src(step), tensor: recv[step % 2]!.buf }] : [],
+    plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
+    plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
   );
   // The last block this rank uses writes the final out in q's dtype (every block covers all
   // rows), which saves a cast pass over out; a causal rank 0 uses only its own block.
@@ -50,7 +50,7 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
     backend.flashFwd(q, kv.k, kv.v, toFinal ? final : out, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true, mergeFrom: toFinal ? out : undefined });
   }
   pending.wait();
-  disposeAll(local, ...recv, final ? out : undefined);
+  disposeAll(local?.copy, ...recv, final ? out : undefined);
   return { out: final ?? out, lse };
 }
 
@@ -64,15 +64,15 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
   const own = zerosKv(backend, k);
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
-  const local = W > 1 ? packKv(backend, k, v) : undefined;
+  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
   const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
   const dkvOut: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   const dkvIn: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   const attn = { softmaxScale: o.softmaxScale, accumulate: true };
 
   const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
-    plan.feeds(step) ? [{ peer: plan.dst(step), tensor: local!.buf }] : [],
-    plan.uses(step) ? [{ peer: plan.src(step), tensor: recv[step % 2]!.buf }] : [],
+    plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
+    plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
   );
   // dK/dV of step s go back to the block's owner r−s; ours come from r+s.
   const returnGrads = (step: number): Pending => comm.sendRecv(
@@ -101,7 +101,7 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
   }
   pending.wait();
   if (returning) collect(W - 1, returning);
-  disposeAll(dsum, local, ...recv, ...dkvOut, ...dkvIn);
+  disposeAll(dsum, local?.copy, ...recv, ...dkvOut, ...dkvIn);
   return { dq, dk: own.k, dv: own.v };
 }
 

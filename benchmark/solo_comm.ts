@@ -9,7 +9,7 @@
 // the same position). The CUDA driver runs same-device copies as SM kernels (measured: they wait
 // for free SMs), so the solo table then shows what SM-based transfers such as NCCL's cost the
 // kernels; a copy-engine ring between GPUs moves its blocks on the copy engines instead.
-import { DONE, type Comm, type Group } from '../runtime/comm.js';
+import { DONE, readsInPlace, type Comm, type Group, type Transport } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
 import { CudaComm } from '../runtime/cuda_comm.js';
 import { cudaNative } from '../runtime/cuda_native.js';
@@ -30,16 +30,17 @@ export function soloGroup(ctx: RankContext, solo: SoloRank): Group {
  * The communicator of the solo group: transfers skipped, or (loopback) same-device copies, which
  * the CUDA driver runs as SM kernels (a peer copy between GPUs would run on the copy engines).
  */
-export function soloComm(group: Group, loopback: boolean): Comm {
+export function soloComm(group: Group, loopback: boolean, stands: Transport | 'mailbox'): Comm {
   const unsupported = () => { throw new Error('solo ring: only point-to-point rings can run alone (collectives need their peers)'); };
-  if (!loopback) return { group, sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
+  // What the rank can send without a packing copy is the transport's it stands for.
+  if (!loopback) return { group, sendable: (t) => readsInPlace(stands, t), sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
   // A one-member copy-engine communicator: each receive is fed by the send of the same position,
   // or by itself where the rank receives more than it sends (ring v1's last rank only receives);
   // sends without a receive are dropped (a peer's copy engine would read them).
   const self: Group = { ranks: [group.ranks[group.rank]!], rank: 0, size: 1, key: `${group.key}/loopback` };
   const loop = new CudaComm(self, cudaNative(), 'copy-engine');
   return {
-    group, allGather: unsupported, reduceScatter: unsupported,
+    group, allGather: unsupported, reduceScatter: unsupported, sendable: (t) => loop.sendable(t),
     sendRecv: (sends, recvs) => loop.sendRecv(
       recvs.map((r, i) => ({ peer: 0, tensor: sends[i]?.tensor ?? r.tensor })), recvs.map((r) => ({ ...r, peer: 0 }))),
   };

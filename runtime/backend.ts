@@ -34,6 +34,11 @@ export abstract class Backend {
     return c;
   }
 
+  /** After a failed call: every communicator forgets what it had in flight (Comm.abandon). */
+  abandonComms(): void {
+    for (const c of this.comms.values()) c.abandon?.();
+  }
+
   /**
    * Until the returned function runs, comm() answers `stand.group` (by key) with `stand`: the solo
    * benchmark's communicator, which plays the ring's missing peers.

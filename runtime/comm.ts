@@ -28,7 +28,20 @@ export function ringPeer(rank: number, offset: number, size: number): number {
 /** How the cuda backend moves point-to-point transfers (InitOptions.transport). */
 export type Transport = 'nccl' | 'copy-engine';
 
-/** One side of a point-to-point transfer; `peer` is a group-local rank; tensors are contiguous. */
+/**
+ * Whether a send over `how` reads `t` where it lies (Comm.sendable): NCCL moves contiguous
+ * buffers only; the copy engines (a 2-D copy) and the CPU backend's mailboxes also read strided
+ * rows, such as k and v sliced from a packed qkv.
+ */
+export function readsInPlace(how: Transport | 'mailbox', t: DeviceTensor): boolean {
+  return how === 'nccl' ? t.isContiguous() : t.rowLayout() !== null;
+}
+
+/**
+ * One side of a point-to-point transfer; `peer` is a group-local rank. A receive fills a
+ * contiguous tensor; a send reads any tensor its comm's `sendable` accepts. Only the element
+ * count and dtype travel, so the two sides' layouts may differ.
+ */
 export interface P2POp {
   peer: number;
   tensor: DeviceTensor;
@@ -45,8 +58,19 @@ export interface Pending {
  */
 export interface Comm {
   readonly group: Group;
+  /**
+   * Whether sendRecv can send `t` as it lies: contiguous tensors always; strided rows (k and v
+   * sliced from packed qkv) where the transport reads them in place (copy engines, the CPU).
+   * Anything else is copied to a contiguous tensor first (see api/kv_buffer.ts sendableKv).
+   */
+  sendable(t: DeviceTensor): boolean;
   /** Issues all sends and receives as one group; returns before they complete. */
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending;
+  /**
+   * Forgets receives posted and never completed, after a call on this rank failed (the runtime
+   * resets the transport itself), so a stale one cannot take the next call's first message.
+   */
+  abandon?(): void;
   /** recv (size × send.numel, rank-major) gets every member's `send`. */
   allGather(send: DeviceTensor, recv: DeviceTensor): Pending;
   /** recv (send.numel / size) gets this member's slice of the fp32 sum over members. */

@@ -1,9 +1,20 @@
-import type { Comm, Group, P2POp, Pending } from './comm.js';
+import { readsInPlace, type Comm, type Group, type P2POp, type Pending } from './comm.js';
 import { dtypeBytes } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
 import type { NativeCpu } from './native.js';
 import type { DeviceTensor } from './tensor.js';
+
+/** A contiguous host copy of a strided-rows tensor (the mailbox copies the message on send anyway). */
+function gatherRows(t: DeviceTensor): { data: Float32Array | Uint16Array; offset: number; strides: number[] } {
+  const layout = t.rowLayout();
+  if (!layout) fail('E_SHAPE', 'send buffer must be contiguous or strided rows (comm.sendable)');
+  const src = t.storage.data as Float32Array | Uint16Array;
+  const { rows, width, pitch } = layout;
+  const out = new (src.constructor as Float32ArrayConstructor | Uint16ArrayConstructor)(rows * width);
+  for (let r = 0; r < rows; r++) out.set(src.subarray(t.offset + r * pitch, t.offset + r * pitch + width), r * width);
+  return { data: out, offset: 0, strides: [1] };
+}
 
 /** A posted receive: NCCL matches receives in the order they were issued, and so do we. */
 interface PostedRecv {
@@ -38,8 +49,16 @@ export class CpuComm implements Comm {
   private send(peer: number, t: DeviceTensor): void {
     this.cpu.mailSend({
       comm: this.group.key, src: this.global(this.group.rank), dst: this.global(peer),
-      data: args.flat(t, 'send buffer'), n: t.numel, elem_bytes: dtypeBytes(t.dtype),
+      data: t.isContiguous() ? args.flat(t, 'send buffer') : gatherRows(t), n: t.numel, elem_bytes: dtypeBytes(t.dtype),
     });
+  }
+
+  abandon(): void {
+    this.posted = [];
+  }
+
+  sendable(t: DeviceTensor): boolean {
+    return readsInPlace('mailbox', t);
   }
 
   private post(peer: number, t: DeviceTensor): PostedRecv {

@@ -1,4 +1,4 @@
-import type { Comm, Group, P2POp, Pending, Transport } from './comm.js';
+import { readsInPlace, type Comm, type Group, type P2POp, type Pending, type Transport } from './comm.js';
 import { DTYPE_CODE } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
@@ -18,8 +18,23 @@ export class CudaComm implements Comm {
   constructor(readonly group: Group, private readonly cuda: NativeCuda, private readonly transport: Transport) {}
 
   private op(t: DeviceTensor, peer: number) {
+    return { data: args.flat(t, 'transfer buffer'), n: t.numel, dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer) };
+  }
+
+  /** A send: over the copy engines strided rows are read in place (one 2-D copy of `rows` rows, `pitch` apart). */
+  private sendOp(t: DeviceTensor, peer: number) {
+    const layout = this.transport === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
+    if (!layout) return this.op(t, peer);
+    return { data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] }, n: t.numel, rows: layout.rows, dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer) };
+  }
+
+  private peer(peer: number): number {
     if (peer < 0 || peer >= this.group.size) fail('E_ARG', `peer ${peer} is not in group [${this.group.ranks.join(', ')}]`);
-    return { data: args.flat(t, 'transfer buffer'), n: t.numel, dtype: DTYPE_CODE[t.dtype], peer };
+    return peer;
+  }
+
+  sendable(t: DeviceTensor): boolean {
+    return readsInPlace(this.transport, t);
   }
 
   /** Chunk `index` of `n` elements of a contiguous view (a rank's slot of a collective buffer). */
@@ -50,7 +65,7 @@ export class CudaComm implements Comm {
 
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending {
     return this.pending(this.cuda.commSendRecv({
-      ...this.id, sends: sends.map((s) => this.op(s.tensor, s.peer)), recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
+      ...this.id, sends: sends.map((s) => this.sendOp(s.tensor, s.peer)), recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
     }));
   }
 

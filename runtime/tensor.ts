@@ -34,6 +34,13 @@ export function numelOf(shape: readonly number[]): number {
 }
 
 /** Gradient function attached to an output: receives dout, fills `.grad` of the inputs. */
+/** See DeviceTensor.rowLayout. */
+export interface RowLayout {
+  rows: number;
+  width: number;
+  pitch: number;
+}
+
 export type GradFn = (dout: DeviceTensor) => void;
 
 /**
@@ -71,6 +78,29 @@ export class DeviceTensor {
   isContiguous(): boolean {
     const want = contiguousStrides(this.shape);
     return this.shape.every((n, i) => n === 1 || this.strides[i] === want[i]);
+  }
+
+  /**
+   * The view as `rows` runs of `width` contiguous elements, `pitch` elements apart (a contiguous
+   * tensor is one row), or null when its elements do not form such runs. k and v sliced from a
+   * packed qkv are rows: one per token, pitch 3·h·d.
+   */
+  rowLayout(): RowLayout | null {
+    if (this.numel === 0) return { rows: 1, width: 0, pitch: 0 };
+    // Axes of size 1 place nothing; the rest, innermost first, must be contiguous up to some
+    // axis (the row) and collapse to one constant pitch above it.
+    const axes = this.shape.map((n, i) => ({ n, stride: this.strides[i]! })).filter((a) => a.n !== 1).reverse();
+    let width = 1, i = 0;
+    for (; i < axes.length && axes[i]!.stride === width; i++) width *= axes[i]!.n;
+    if (i === axes.length) return { rows: 1, width, pitch: width };
+    const pitch = axes[i]!.stride;
+    if (pitch < width) return null;
+    let rows = 1;
+    for (; i < axes.length; i++) {
+      if (axes[i]!.stride !== pitch * rows) return null;
+      rows *= axes[i]!.n;
+    }
+    return { rows, width, pitch };
   }
 
   /** Drops axis `dim` at `index` (like x[:, index] for dim 1). */

@@ -55,6 +55,7 @@ export default async function run(task: WorkerTask): Promise<WorkerResult> {
     c.backend.sync();
     return { ok: true, value: transferable(value, c) };
   } catch (err) {
+    ctx?.backend.abandonComms();
     const e = asRingError(err, 'E_WORKER', rank);
     return { ok: false, error: { code: e.code, message: e.message, rank, stack: e.stack } };
   }

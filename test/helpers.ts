@@ -102,3 +102,10 @@ export class Runtimes {
     for (const rt of this.byWorld.values()) await (await rt).close();
   }
 }
+
+/** What fixtures' sendPackedKv receives from rank `from`: its k (j = 1) or v (j = 2) rows, contiguous. */
+export function packedKvSlice(from: number, j: 1 | 2): Float32Array {
+  const out: number[] = [];
+  for (let b = 0; b < 2; b++) for (let s = 0; s < 5; s++) for (let i = 0; i < 8; i++) out.push(from * 1000 + ((b * 5 + s) * 3 + j) * 8 + i);
+  return Float32Array.from(out);
+}

@@ -9,9 +9,8 @@
 namespace rfa::cuda {
 
 struct PeerSlot {
-  const void* src = nullptr;
+  PeerRegion src;
   int src_device = -1;
-  size_t bytes = 0;
   cudaEvent_t ready = nullptr;  // recorded by the sender: the data is there
   cudaEvent_t done = nullptr;   // recorded by the receiver after its copy
   bool copied = false;          // set with `done`, under the registry lock
@@ -58,12 +57,12 @@ void enable_peer_access(int device, int peer) {
 
 }  // namespace
 
-PeerTicket peer_post_send(const std::string& comm, int src, int dst, const void* data, size_t bytes, int device,
+PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerRegion& data, int device,
                           cudaStream_t stream) {
+  if (data.rows > 1 && data.pitch < data.row_bytes) RFA_THROW("E_ARG", "peer send: row pitch below the row length");
   auto slot = std::make_shared<PeerSlot>();
   slot->src = data;
   slot->src_device = device;
-  slot->bytes = bytes;
   slot->ready = new_event();
   RFA_CUDA_CHECK(cudaEventRecord(slot->ready, stream));
   registry().post({comm, src, dst}, slot);
@@ -76,11 +75,16 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
   if (!registry().take({comm, src, dst}, timeout_ms, slot))
     throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
   // A mismatch still completes the handshake (done = ready), so the sender is not left waiting.
-  const bool size_ok = slot->bytes == bytes;
+  const PeerRegion& from = slot->src;
+  const bool size_ok = from.bytes() == bytes;
   if (size_ok) {
     enable_peer_access(device, slot->src_device);
     RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, slot->ready, 0));
-    if (bytes) RFA_CUDA_CHECK(cudaMemcpyPeerAsync(data, device, slot->src, slot->src_device, bytes, stream));
+    if (bytes && from.rows <= 1)
+      RFA_CUDA_CHECK(cudaMemcpyPeerAsync(data, device, from.ptr, slot->src_device, bytes, stream));
+    else if (bytes)  // unified addressing names the devices; the rows land back to back
+      RFA_CUDA_CHECK(cudaMemcpy2DAsync(data, from.row_bytes, from.ptr, from.pitch, from.row_bytes, from.rows,
+                                       cudaMemcpyDefault, stream));
   }
   cudaEvent_t done = new_event();
   RFA_CUDA_CHECK(cudaEventRecord(done, stream));
@@ -89,7 +93,7 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
     slot->copied = true;
   });
   if (!size_ok)
-    RFA_THROW("E_ARG", "message from rank " + std::to_string(src) + " has " + std::to_string(slot->bytes) +
+    RFA_THROW("E_ARG", "message from rank " + std::to_string(src) + " has " + std::to_string(from.bytes()) +
                            " bytes, the receive buffer " + std::to_string(bytes));
 }
 

@@ -27,9 +27,20 @@ namespace rfa::cuda {
 struct PeerSlot;
 using PeerTicket = std::shared_ptr<PeerSlot>;
 
+// What a send reads: `rows` runs of `row_bytes` bytes, `pitch` bytes apart (k or v sliced from a
+// packed qkv: one row per token), so a strided tensor needs no packing copy; one row is a plain
+// contiguous buffer. The receiver always gets the bytes contiguous.
+struct PeerRegion {
+  const void* ptr = nullptr;
+  size_t row_bytes = 0;
+  size_t rows = 1;
+  size_t pitch = 0;
+  size_t bytes() const { return row_bytes * rows; }
+};
+
 // `stream` is the sender's comm stream (its ready event is recorded there); the current device
 // must be `device`.
-PeerTicket peer_post_send(const std::string& comm, int src, int dst, const void* data, size_t bytes, int device,
+PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerRegion& data, int device,
                           cudaStream_t stream);
 // Blocks until the matching send is posted (E_WORKER on abort, E_NCCL on timeout, E_ARG on a
 // size mismatch), then queues the copy on `stream` (the receiver's comm stream).

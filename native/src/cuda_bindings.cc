@@ -105,13 +105,21 @@ int record_comm_event(WorkerState& s) {
   return id;
 }
 
+// n elements as `rows` rows of n / rows, `pitch` elements apart (rows = 1: contiguous).
 struct Xfer {
   void* ptr;
   size_t n;
   DType dtype;
   int peer;
+  size_t rows = 1;
+  size_t pitch = 0;
+  cuda::PeerRegion region() const {
+    const size_t eb = dtype_bytes(dtype), row = n / rows;
+    return {ptr, row * eb, rows, (rows > 1 ? pitch : row) * eb};
+  }
 };
 
+// { data, n, dtype, peer, rows? }: with rows > 1, data.strides[0] is the pitch between rows.
 std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
   std::vector<Xfer> out;
   Napi::Value v = o.Get(key);
@@ -121,7 +129,20 @@ std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
     Napi::Object t = a.Get(i).As<Napi::Object>();
     const int64_t n = get_i64(t, "n");
     const DType dt = get_dtype(t, "dtype");
-    out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, int(get_i64(t, "peer"))});
+    const int peer = int(get_i64(t, "peer"));
+    const int64_t rows = t.Has("rows") ? get_i64(t, "rows") : 1;
+    if (rows <= 1) {
+      out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer});
+      continue;
+    }
+    if (n % rows) RFA_THROW("E_ARG", std::string(key) + ": " + std::to_string(n) + " elements are not " + std::to_string(rows) + " equal rows");
+    RawView r = raw_view(get_obj(t, "data"), 1, dtype_bytes(dt), "data");
+    const int64_t width = n / rows, pitch = r.strides[0];
+    if (pitch < width) RFA_THROW("E_ARG", std::string(key) + ": row pitch " + std::to_string(pitch) + " below the row length " + std::to_string(width));
+    const int64_t ext[2] = {rows, width};
+    r.strides[1] = 1;
+    check_extent(r, ext, 2, "data");
+    out.push_back({r.base, size_t(n), dt, peer, size_t(rows), size_t(pitch)});
   }
   return out;
 }
@@ -248,7 +269,7 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
   cudaStream_t stream = s.ctx->comm();
   std::vector<cuda::PeerTicket> tickets;
   for (auto& x : sends)
-    tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream));
+    tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region(), s.device, stream));
   for (auto& x : recvs) cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream, s.timeout_ms);
   for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
 }
@@ -260,6 +281,8 @@ RFA_NAPI(CommSendRecv) {
     Napi::Object o = arg_object(info, 0);
     WorkerState& s = state(info.Env());
     auto sends = transfers(o, "sends"), recvs = transfers(o, "recvs");
+    for (auto& x : recvs)
+      if (x.rows > 1) RFA_THROW("E_ARG", "receive buffers must be contiguous");
     const std::string transport = o.Get("transport").ToString().Utf8Value();
     if (transport == "copy-engine") {
       s.ctx->comm_waits_for_compute();
@@ -267,6 +290,8 @@ RFA_NAPI(CommSendRecv) {
       return Napi::Number::New(info.Env(), record_comm_event(s));
     }
     if (transport != "nccl") RFA_THROW("E_ARG", "transport must be 'nccl' or 'copy-engine', got '" + transport + "'");
+    for (auto& x : sends)
+      if (x.rows > 1) RFA_THROW("E_ARG", "NCCL sends contiguous buffers only (strided rows need transport 'copy-engine')");
     cuda::NcclComm& c = comm_for(s, o);
     s.ctx->comm_waits_for_compute();
     c.group_start();

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { init, visibleGpuCount, type DriverResult, type FuncGrads, type RingRuntime } from '../../index.js';
 import type { DType } from '../../runtime/dtype.js';
 import type { UnpackedName } from '../../api/types.js';
-import { expectError, nd, randn, relL2, rng, rounded } from '../helpers.js';
+import { expectError, nd, packedKvSlice, randn, relL2, rng, rounded } from '../helpers.js';
 import { placements } from './placements.js';
 import { memoReference, referenceBackward, referenceForward } from '../reference.js';
 
@@ -117,6 +117,14 @@ if (gpus > 0) {
         const out = new Float32Array(S * h * d);
         res.forEach((r, i) => out.set(toFloat32(r.out.data, r.out.dtype), i * n * h * d));
         assert.ok(relL2(out, ref.out) < 5e-3, `spmd out ${relL2(out, ref.out)}`);
+
+        // k and v sliced from packed qkv: read in place over the copy engines (a 2-D copy), through a packing copy over NCCL.
+        const kv = (await rt.spmd(USER, 'sendPackedKv')) as { inPlace: boolean; k: { data: Float32Array }; v: { data: Float32Array } }[];
+        kv.forEach((g, r) => {
+          assert.is(g.inPlace, opts.transport === 'copy-engine', `rank ${r} read in place`);
+          assert.equal(Array.from(g.k.data), Array.from(packedKvSlice((r + world - 1) % world, 1)), `rank ${r} k`);
+          assert.equal(Array.from(g.v.data), Array.from(packedKvSlice((r + world - 1) % world, 2)), `rank ${r} v`);
+        });
 
         const t0 = Date.now();
         await expectError(() => rt.spmd(USER, 'failMidRing', { failRank: 1 }), 'E_WORKER', /rank 1/);
