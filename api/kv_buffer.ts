@@ -1,8 +1,8 @@
 // K and V travel between ranks as two messages, k then v (the pass-along rings move their fp32
-// dK/dV the same way). Only element counts
-// travel, so a rank's layout never has to match its peer's: a sender reads its k and v where they
-// lie when its comm can (contiguous, or the rows of a packed qkv/kv over the copy engines), and
-// received blocks land in one contiguous (2, b, s, h_k, d) buffer with k and v as views into it.
+// dK/dV the same way). Only element counts travel, so a rank's layout never has to match its
+// peer's: a sender reads its k and v where they lie when its comm can (contiguous, or the rows of
+// a packed qkv/kv over the copy engines), and received blocks land in one contiguous
+// (2, b, s, h_k, d) buffer with k and v as views into it.
 import type { Backend } from '../runtime/backend.js';
 import type { Comm, P2POp } from '../runtime/comm.js';
 import type { DType } from '../runtime/dtype.js';

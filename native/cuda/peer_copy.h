@@ -1,12 +1,12 @@
 // Point-to-point transfers between the worker threads of this process through the GPUs' copy
-// engines (cudaMemcpyPeerAsync), no SM time: NCCL's send/recv kernels occupy SMs the attention
-// kernels they overlap would use. Between ranks on the same GPU the driver runs the copy as an SM
-// kernel instead (measured on an H200: ~1.6 TB/s, and it waits for free SMs). One process drives
-// every GPU, so a receiver can read the sender's buffer directly once it knows the pointer and an
-// event that says the data is ready.
+// engines (cudaMemcpyPeerAsync; cudaMemcpy2DAsync for strided rows), no SM time: NCCL's send/recv
+// kernels occupy SMs the attention kernels they overlap would use. Between ranks on the same GPU
+// the driver runs the copy as an SM kernel instead (measured on an H200: ~1.6 TB/s, and it waits
+// for free SMs). One process drives every GPU, so a receiver can read the sender's buffer directly
+// once it knows the pointer and an event that says the data is ready.
 //
 // Matching follows NCCL's rule: transfers between one ordered pair of ranks of one communicator
-// pair up in issue order. A send posts {pointer, ready event} and returns a ticket; the receiver
+// pair up in issue order. A send posts {region, ready event} and returns a ticket; the receiver
 // takes the oldest post of its pair, makes its comm stream wait for the ready event, copies
 // (pull), and records a done event; the sender's finish() makes its comm stream wait for that
 // event, so the send buffer is not reused before it has been read. Only host threads ever wait
