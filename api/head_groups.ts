@@ -1,8 +1,9 @@
 // llama3's collectives over groups of `stride` KV heads: K/V are all-gathered one head group at a
 // time into double buffers (the next group's gather is in flight while the current group is
 // computed), and the fp32 dK/dV of each group are reduce-scattered back to the ranks that own
-// those keys, also double-buffered. A head slice of a (1, s, h_k, d) tensor is contiguous only
-// when it holds every head; otherwise it travels through a contiguous copy (collectives need one).
+// those keys, also double-buffered. A head slice of a (1, s, h_k, d) tensor is rows of
+// stride·d elements (contiguous when it holds every head of a contiguous tensor): the copy
+// engines gather it in place, NCCL through a contiguous copy (Comm.sendable).
 import type { Backend } from '../runtime/backend.js';
 import type { Group, Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
@@ -19,7 +20,7 @@ const both = (a: Pending, b: Pending): Pending => ({ wait: () => { a.wait(); b.w
 export class HeadGroupGather {
   readonly groups: number;
   private readonly recv: Pair[];
-  /** Contiguous send copies, when a head group is not the whole (contiguous) tensor. */
+  /** Contiguous send copies, when the comm cannot send a head group as it lies. */
   private readonly send: Pair[] | null;
   private pending: Pending;
   private index = 0;
@@ -30,16 +31,23 @@ export class HeadGroupGather {
     this.groups = hk / stride;
     const pair = (rows: number) => ({ k: backend.empty([1, rows, stride, d], k.dtype), v: backend.empty([1, rows, stride, d], k.dtype) });
     this.recv = [pair(group.size * s), pair(group.size * s)];
-    this.send = stride === hk && k.isContiguous() && v.isContiguous() ? null : [pair(s), pair(s)];
+    const comm = backend.comm(group), first = this.slice(0);
+    this.send = comm.sendable(first.k) && comm.sendable(first.v) ? null : [pair(s), pair(s)];
     this.pending = this.issue(0);
   }
 
+  /** Head group i of this rank's K/V, as views. */
+  private slice(i: number): Pair {
+    return { k: this.k.narrow(2, i * this.stride, this.stride), v: this.v.narrow(2, i * this.stride, this.stride) };
+  }
+
   private issue(i: number): Pending {
-    let src: Pair = { k: this.k, v: this.v };
+    let src = this.slice(i);
     if (this.send) {
-      src = this.send[i % 2]!;
-      this.backend.copy(src.k, this.k.narrow(2, i * this.stride, this.stride));
-      this.backend.copy(src.v, this.v.narrow(2, i * this.stride, this.stride));
+      const copy = this.send[i % 2]!;
+      this.backend.copy(copy.k, src.k);
+      this.backend.copy(copy.v, src.v);
+      src = copy;
     }
     const comm = this.backend.comm(this.group), dst = this.recv[i % 2]!;
     return both(comm.allGather(src.k, dst.k), comm.allGather(src.v, dst.v));

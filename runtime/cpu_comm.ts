@@ -99,7 +99,8 @@ export class CpuComm implements Comm {
     const slots = recv.reshape([recv.numel]);
     for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) this.send(p, send);
     const own = slots.narrow(0, this.group.rank * n, n);
-    (own.storage.data as Float32Array).set((send.storage.data as Float32Array).subarray(send.offset, send.offset + n), own.offset);
+    const mine = send.isContiguous() ? (send.storage.data as Float32Array).subarray(send.offset, send.offset + n) : gatherRows(send).data;
+    (own.storage.data as Float32Array).set(mine, own.offset);
     const posted: PostedRecv[] = [];
     for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) posted.push(this.post(p, slots.narrow(0, p * n, n)));
     return this.pending(posted);

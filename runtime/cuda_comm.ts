@@ -75,7 +75,7 @@ export class CudaComm implements Comm {
     if (this.transport === 'copy-engine')
       // Every member pulls every member's chunk, its own included (a send to itself).
       return this.pending(this.cuda.commSendRecv({
-        ...this.id, sends: this.members.map((j) => this.op(send, j)), recvs: this.members.map((j) => this.chunk(dst, j, n, dtype, j)),
+        ...this.id, sends: this.members.map((j) => this.sendOp(send, j)), recvs: this.members.map((j) => this.chunk(dst, j, n, dtype, j)),
       }));
     return this.pending(this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }));
   }

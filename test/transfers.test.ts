@@ -59,4 +59,16 @@ for (const world of [2, 3]) {
   });
 }
 
+s('world 3 (cpu): all-gather of a strided head slice (llama3 head groups) reads it in place', async () => {
+  const rt = await init({ backend: 'cpu', world: 3 });
+  const got = (await rt.spmd(USER, 'gatherHeadSlice')) as { inPlace: boolean; all: { data: Float32Array } }[];
+  const want: number[] = [];
+  for (let r = 0; r < 3; r++) for (let t = 0; t < 5; t++) for (let i = 0; i < 4; i++) want.push(r * 1000 + t * 8 + 4 + i);
+  for (const g of got) {
+    assert.ok(g.inPlace);
+    assert.equal(Array.from(g.all.data), want);
+  }
+  await rt.close();
+});
+
 s.run();
