@@ -23,14 +23,20 @@ fi
 if [ "${BENCH:-0}" = 1 ]; then
   for t in ${TRANSPORTS:-nccl copy-engine}; do
     echo "--- bench ($t)"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- --transport $t ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-$t.log"
+    # The README-table issue's bar (world 4: zigzag >= 95%, every cell above the Python project's).
+    json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/bench-$t.log" | tail -1)
+    [ -n "$json" ] && node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-$t.txt"
   done
   cp benchmark/results/*.json benchmark/results/*.svg "$OUT/" 2>/dev/null
 fi
 for w in ${SOLO:-}; do
   echo "--- solo $w"; timeout ${BENCH_TIMEOUT:-300} node dist/benchmark/readme_table.js --solo $w ${BENCH_ARGS:-} 2>&1 | tee "$OUT/solo$w.log"
+  json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/solo$w.log" | tail -1)
+  [ -n "$json" ] && node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-solo$w.txt"
 done
 echo "=== summary"; grep -E "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
 for f in "$OUT"/bench-*.log; do [ -f "$f" ] && { echo "$f"; grep -E "^# |^## |^\| iter|^\|          \| \|" "$f"; }; done
+for f in "$OUT"/targets-*.txt; do [ -f "$f" ] && { echo "$f"; grep -E "BELOW|verdict" "$f"; }; done
 for w in ${SOLO:-}; do grep -E "^## |^\| iter|^\|          \| \|" "$OUT/solo$w.log"; done

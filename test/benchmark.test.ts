@@ -9,6 +9,7 @@ import * as assert from 'uvu/assert';
 import { init } from '../index.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
+import { checkTargets, PYTHON_X4, type Report } from '../benchmark/issue_targets.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
 const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
@@ -85,6 +86,41 @@ s('varlen columns run the seed-style cu_seqlens sets, forward and backward', asy
   } finally {
     await rt.close();
   }
+});
+
+// The README-table issue's bar, read off a result file (benchmark/issue_targets.ts): a synthetic
+// world-4 report with every cell 10% above the Python project's and zigzag at 96% of theoretic.
+function report(over: Partial<Report> = {}, zigzagShare = 0.96): Report {
+  const results: Report['results'] = [];
+  const cases = { seed: 'seed qkvpacked (h=5, d=128)', llama3: 'llama3-8B kvpacked (h=32, h_k=8, d=128)' };
+  for (const [shape, title] of Object.entries(cases))
+    for (const mode of ['fwd', 'fwdbwd']) {
+      const t = PYTHON_X4[shape]![mode]!;
+      const theoretic = t['theoretic flash_attn']! * 2;  // per rank, ÷ world (4) below
+      results.push({ case: title, mode, column: 'theoretic flash_attn', iterPerSecPerRank: theoretic * 4 });
+      for (const column of ['ring_attn', 'ring_attn_v2', 'stripe_attn'])
+        results.push({ case: title, mode, column, iterPerSecPerRank: (t[column] ?? 1) * 1.1 });
+      results.push({ case: title, mode, column: 'zigzag_ring', iterPerSecPerRank: theoretic * zigzagShare });
+    }
+  results.push({ case: 'varlen llama3-8B kvpacked', mode: 'fwd', column: 'zigzag_ring_varlen', iterPerSecPerRank: 1 });
+  return { machine: '4× GPU (NVIDIA H200), nccl transfers', backend: 'cuda', world: 4, results, ...over };
+}
+
+s('issue targets: met on a passing world-4 GPU report, not met below the bar, on a solo run or at world 2', () => {
+  const pass = checkTargets(report());
+  assert.ok(pass.met, pass.lines.join('\n'));
+  assert.is(pass.lines.length, 17, 'one line per cell with a target, then the verdict');
+  assert.match(pass.lines.at(-1)!, /every target met/);
+  const low = checkTargets(report({}, 0.94));
+  assert.not.ok(low.met);
+  assert.ok(low.lines.some((l) => /zigzag_ring: .*94\.0% of theoretic BELOW 95%/.test(l)), low.lines.join('\n'));
+  const solo = checkTargets(report({ machine: 'solo: each rank of 4 in turn' }));
+  assert.not.ok(solo.met);
+  assert.match(solo.lines.at(-1)!, /solo run/);
+  assert.not.ok(checkTargets(report({ world: 2 })).met);
+  const partial = report();
+  partial.results = partial.results.filter((r) => !r.case.startsWith('llama3'));
+  assert.match(checkTargets(partial).lines.at(-1)!, /8 of 16 cells/);
 });
 
 s.run();
