@@ -67,7 +67,8 @@ export function checkTargets(r: Report): { lines: string[]; met: boolean } {
   const met = ok && complete && r.world === 4 && r.backend === 'cuda' && !solo;
   const why = !complete ? `only ${cells} of 16 cells present` : r.backend !== 'cuda' ? 'not a GPU run'
     : solo ? 'a solo run (transfers skipped): a ceiling, not the verdict' : r.world !== 4 ? `world ${r.world}, the bar is set at world 4` : '';
-  lines.push(met ? 'verdict: every target met (world 4)' : ok && why ? `verdict: every present cell passes, but ${why}` : `verdict: targets NOT met${why ? ` (${why})` : ''}`);
+  if (cells === 0) lines.push('verdict: no cell with a target here (the seed and llama3-8B shapes of a GPU run)');
+  else lines.push(met ? 'verdict: every target met (world 4)' : ok && why ? `verdict: every present cell passes, but ${why}` : `verdict: targets NOT met${why ? ` (${why})` : ''}`);
   return { lines, met };
 }
 
