@@ -33,7 +33,6 @@ export function numelOf(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/** Gradient function attached to an output: receives dout, fills `.grad` of the inputs. */
 /** See DeviceTensor.rowLayout. */
 export interface RowLayout {
   rows: number;
@@ -41,6 +40,7 @@ export interface RowLayout {
   pitch: number;
 }
 
+/** Gradient function attached to an output: receives dout, fills `.grad` of the inputs. */
 export type GradFn = (dout: DeviceTensor) => void;
 
 /**
