@@ -34,7 +34,7 @@ for w in ${SOLO:-}; do
   json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/solo$w.log" | tail -1)
   [ -n "$json" ] && node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-solo$w.txt"
 done
-echo "=== summary"; grep -E "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
+echo "=== summary"; grep -sE "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
 for f in "$OUT"/bench-*.log; do [ -f "$f" ] && { echo "$f"; grep -E "^# |^## |^\| iter|^\|          \| \|" "$f"; }; done
