@@ -50,7 +50,7 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     }
     out.dispose();
   };
-  const restore = group ? ctx.backend.substituteComm(soloComm(group, t.solo!.loopback ?? false, ctx.backend.name === 'cpu' ? 'mailbox' : ctx.info.transport)) : null;
+  const restore = group ? ctx.backend.substituteComm(soloComm(group, t.solo!.loopback ?? false, ctx.backend.comm(ctx.group))) : null;
   let timing: ReturnType<typeof timeCalls>;
   try {
     timing = timeCalls(ctx, call, t);

@@ -9,7 +9,7 @@
 // the same position). The CUDA driver runs same-device copies as SM kernels (measured: they wait
 // for free SMs), so the solo table then shows what SM-based transfers such as NCCL's cost the
 // kernels; a copy-engine ring between GPUs moves its blocks on the copy engines instead.
-import { DONE, readsInPlace, type Comm, type Group, type Transport } from '../runtime/comm.js';
+import { DONE, type Comm, type Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
 import { CudaComm } from '../runtime/cuda_comm.js';
 import { cudaNative } from '../runtime/cuda_native.js';
@@ -29,11 +29,13 @@ export function soloGroup(ctx: RankContext, solo: SoloRank): Group {
 /**
  * The communicator of the solo group: transfers skipped, or (loopback) same-device copies, which
  * the CUDA driver runs as SM kernels (a peer copy between GPUs would run on the copy engines).
+ * `real` is the communicator the rank would use (its world group's).
  */
-export function soloComm(group: Group, loopback: boolean, stands: Transport | 'mailbox'): Comm {
+export function soloComm(group: Group, loopback: boolean, real: Comm): Comm {
   const unsupported = () => { throw new Error('solo ring: only point-to-point rings can run alone (collectives need their peers)'); };
-  // What the rank can send without a packing copy is the transport's it stands for.
-  if (!loopback) return { group, sendable: (t) => readsInPlace(stands, t), sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
+  // What the rank can send without a packing copy is what `real`, the rank's own communicator
+  // over the runtime's transport, can.
+  if (!loopback) return { group, sendable: (t) => real.sendable(t), sendRecv: () => DONE, allGather: unsupported, reduceScatter: unsupported };
   // A one-member copy-engine communicator: each receive is fed by the send of the same position,
   // or by itself where the rank receives more than it sends (ring v1's last rank only receives);
   // sends without a receive are dropped (a peer's copy engine would read them).
