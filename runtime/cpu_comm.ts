@@ -5,8 +5,15 @@ import * as args from './kernel_args.js';
 import type { NativeCpu } from './native.js';
 import type { DeviceTensor } from './tensor.js';
 
-/** A contiguous host copy of a strided-rows tensor (the mailbox copies the message on send anyway). */
-function gatherRows(t: DeviceTensor): { data: Float32Array | Uint16Array; offset: number; strides: number[] } {
+/** A contiguous run of host elements, as the mailbox reads and writes them. */
+type HostView = { data: Float32Array | Uint16Array; offset: number; strides: number[] };
+
+/**
+ * The elements of a tensor to send, contiguous: its own storage when it is contiguous, else a
+ * host copy of its rows (the mailbox copies every message on send anyway).
+ */
+function sendView(t: DeviceTensor): HostView {
+  if (t.isContiguous()) return args.flat(t, 'send buffer') as HostView;
   const layout = t.rowLayout();
   if (!layout) fail('E_SHAPE', 'send buffer must be contiguous or strided rows (comm.sendable)');
   const src = t.storage.data as Float32Array | Uint16Array;
@@ -19,7 +26,7 @@ function gatherRows(t: DeviceTensor): { data: Float32Array | Uint16Array; offset
 /** A posted receive: NCCL matches receives in the order they were issued, and so do we. */
 interface PostedRecv {
   peer: number;
-  data: { data: Float32Array | Uint16Array; offset: number; strides: number[] };
+  data: HostView;
   n: number;
   elemBytes: number;
   done: boolean;
@@ -46,10 +53,10 @@ export class CpuComm implements Comm {
     return g;
   }
 
-  private send(peer: number, t: DeviceTensor): void {
+  private send(peer: number, t: DeviceTensor, view: HostView = sendView(t)): void {
     this.cpu.mailSend({
       comm: this.group.key, src: this.global(this.group.rank), dst: this.global(peer),
-      data: t.isContiguous() ? args.flat(t, 'send buffer') : gatherRows(t), n: t.numel, elem_bytes: dtypeBytes(t.dtype),
+      data: view, n: t.numel, elem_bytes: dtypeBytes(t.dtype),
     });
   }
 
@@ -97,10 +104,10 @@ export class CpuComm implements Comm {
     const n = send.numel;
     if (recv.numel !== n * this.group.size || recv.dtype !== send.dtype) fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
     const slots = recv.reshape([recv.numel]);
-    for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) this.send(p, send);
+    const mine = sendView(send);  // gathered once for every peer and for our own slot
+    for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) this.send(p, send, mine);
     const own = slots.narrow(0, this.group.rank * n, n);
-    const mine = send.isContiguous() ? (send.storage.data as Float32Array).subarray(send.offset, send.offset + n) : gatherRows(send).data;
-    (own.storage.data as Float32Array).set(mine, own.offset);
+    (own.storage.data as Float32Array).set(mine.data.subarray(mine.offset, mine.offset + n), own.offset);
     const posted: PostedRecv[] = [];
     for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) posted.push(this.post(p, slots.narrow(0, p * n, n)));
     return this.pending(posted);
