@@ -98,6 +98,10 @@ FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::
   const int64_t tiles = int64_t(tile_steps.size());
   FwdPlan best{int(tiles), 1, residencies.front()};
   double best_cost = INFINITY;
+  // Tiles kept whole: none, or the last few multiples of the SM count (the waves the residencies
+  // can fill) so that the pieces of the rest fill the tail.
+  std::vector<int64_t> wholes{0};
+  for (int64_t k = std::max<int64_t>(1, tiles / sms - kMaxResidency); k * sms < tiles; ++k) wholes.push_back(k * sms);
   std::vector<double> work;
   for (const int r : residencies) {
     auto consider = [&](int64_t whole, int splits, double margin) {
@@ -111,10 +115,6 @@ FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::
       if (cost < best_cost) best = FwdPlan{int(whole), splits, r}, best_cost = cost;
     };
     if (!must_split) consider(tiles, 1, 1.0);
-    // Tiles kept whole: none, or the last few multiples of the SM count (the waves the
-    // residencies can fill) so that the pieces of the rest fill the tail.
-    std::vector<int64_t> wholes{0};
-    for (int64_t k = std::max<int64_t>(1, tiles / sms - kMaxResidency); k * sms < tiles; ++k) wholes.push_back(k * sms);
     for (int splits = 2; splits <= max_splits; ++splits)
       for (const int64_t whole : wholes) consider(whole, splits, must_split ? 1.0 : 1.03);
   }

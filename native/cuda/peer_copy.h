@@ -27,9 +27,10 @@ namespace rfa::cuda {
 struct PeerSlot;
 using PeerTicket = std::shared_ptr<PeerSlot>;
 
-// What a send reads: `rows` runs of `row_bytes` bytes, `pitch` bytes apart (k or v sliced from a
-// packed qkv: one row per token), so a strided tensor needs no packing copy; one row is a plain
-// contiguous buffer. The receiver always gets the bytes contiguous.
+// What a send reads: `rows` runs of `row_bytes` bytes, `pitch` (>= row_bytes, checked by the
+// caller) bytes apart (k or v sliced from a packed qkv: one row per token), so a strided tensor
+// needs no packing copy; one row is a plain contiguous buffer. The receiver always gets the bytes
+// contiguous.
 struct PeerRegion {
   const void* ptr = nullptr;
   size_t row_bytes = 0;

@@ -105,17 +105,16 @@ int record_comm_event(WorkerState& s) {
   return id;
 }
 
-// n elements as `rows` rows of n / rows, `pitch` elements apart (rows = 1: contiguous).
+// n elements as `rows` rows of n / rows, `pitch` elements apart (one row of pitch n: contiguous).
 struct Xfer {
   void* ptr;
   size_t n;
   DType dtype;
   int peer;
-  size_t rows = 1;
-  size_t pitch = 0;
+  size_t rows, pitch;
   cuda::PeerRegion region() const {
-    const size_t eb = dtype_bytes(dtype), row = n / rows;
-    return {ptr, row * eb, rows, (rows > 1 ? pitch : row) * eb};
+    const size_t eb = dtype_bytes(dtype);
+    return {ptr, n / rows * eb, rows, pitch * eb};
   }
 };
 
@@ -132,7 +131,7 @@ std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
     const int peer = int(get_i64(t, "peer"));
     const int64_t rows = t.Has("rows") ? get_i64(t, "rows") : 1;
     if (rows <= 1) {
-      out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer});
+      out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n)});
       continue;
     }
     if (n % rows) RFA_THROW("E_ARG", std::string(key) + ": " + std::to_string(n) + " elements are not " + std::to_string(rows) + " equal rows");
