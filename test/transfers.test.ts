@@ -4,17 +4,14 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init } from '../index.js';
 import { readsInPlace } from '../runtime/comm.js';
-import { DeviceTensor, type Storage } from '../runtime/tensor.js';
+import { contiguousStrides, DeviceTensor, numelOf, type Storage } from '../runtime/tensor.js';
 import { packedKvSlice } from './helpers.js';
 
 const USER = new URL('./fixtures/spmd_user.js', import.meta.url).href;
 const s = suite('transfers');
 
 const storage = (numel: number): Storage => ({ data: new Float32Array(numel), dtype: 'float32', numel, release() {} });
-const contiguous = (shape: number[]) => {
-  const strides = shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
-  return new DeviceTensor(storage(shape.reduce((a, b) => a * b)), shape, strides);
-};
+const contiguous = (shape: number[]) => new DeviceTensor(storage(numelOf(shape)), shape, contiguousStrides(shape));
 
 s('rowLayout: contiguous tensors are one row; k/v of packed qkv and kv are rows one token apart', () => {
   assert.equal(contiguous([2, 5, 2, 4]).rowLayout(), { rows: 1, width: 80, pitch: 80 });
