@@ -109,7 +109,7 @@ function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, 
     const d = toDtype(backend, dout, c.q);
     const grads = variant.backward(backend, a.group, frame.toKernel(d), q, k, v, fwd, a.o);
     c.sink(backend, { dq: frame.toPublic(grads.dq), dk: frame.toPublic(grads.dk), dv: frame.toPublic(grads.dv) });
-    // Free the fp32 grads no input kept (dk and dv may share one buffer).
+    // Free the grads no input kept (dk and dv may share one buffer).
     for (const g of [grads.dq, grads.dk, grads.dv]) if (!c.inputs.some((t) => t.grad?.storage === g.storage)) g.storage.release();
     if (d !== dout) d.dispose();
   };
@@ -188,12 +188,13 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
   });
 }
 
-/** Stacks per-tensor grads along the frame's pack axis into a tensor shaped like the packed input. */
+/** Stacks per-tensor grads (fp32 or already in the input's dtype) along the frame's pack axis into a tensor shaped like the packed input. */
 function packGrads(backend: Backend, frame: Frame, like: DeviceTensor, parts: DeviceTensor[]): DeviceTensor {
-  const grad = backend.empty(like.shape, 'float32');
-  parts.forEach((p, i) => backend.copy(frame.toKernel(grad.select(frame.packAxis, i)), frame.toKernel(p)));
-  if (like.dtype === 'float32') return grad;
-  const cast = backend.cast(grad, like.dtype);
-  grad.dispose(); // the fp32 staging buffer
-  return cast;
+  const grad = backend.empty(like.shape, like.dtype);
+  parts.forEach((p, i) => {
+    const dst = frame.toKernel(grad.select(frame.packAxis, i)), src = frame.toKernel(p);
+    if (p.dtype === like.dtype) backend.copy(dst, src);
+    else backend.castInto(dst, src);
+  });
+  return grad;
 }

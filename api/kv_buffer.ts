@@ -25,10 +25,6 @@ export function emptyKv(backend: Backend, like: DeviceTensor, dtype: DType = lik
   return kvViews(backend.empty([2, ...like.shape], dtype));
 }
 
-export function zerosKv(backend: Backend, like: DeviceTensor, dtype: DType = 'float32'): KvBuffer {
-  return kvViews(backend.zeros([2, ...like.shape], dtype));
-}
-
 /** The two messages that move a K/V pair to or from `peer`: k, then v. */
 export function kvOps(peer: number, kv: KvPair): P2POp[] {
   return [{ peer, tensor: kv.k }, { peer, tensor: kv.v }];

@@ -2,7 +2,8 @@
 // block it holds to r+1 and receives the next from r−1 (the transfer is issued before the current
 // block is computed). A variant only says, per step, which rows of its queries attend to which
 // rows of the block it holds (its BlockPlan). In backward each block's fp32 dK/dV accumulator
-// travels with it and, after a full turn, arrives back at its owner with every contribution.
+// travels with it and, after a full turn, arrives back at its owner with every contribution (on
+// its last hop in k's dtype).
 // Varlen variants add a segment table to a plan: the kernel then covers only the given spans of
 // every sequence, and rows outside them keep what they had.
 import type { Backend } from '../runtime/backend.js';
@@ -105,46 +106,70 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
   const tables = new SegmentTables(backend);
-  const blockGrads = (p: BlockPlan, cur: { k: DeviceTensor; v: DeviceTensor }, into: KvBuffer) => backend.flashBwd({
-    dout: rowsOf(dout, p.q), q: rowsOf(q, p.q), k: rowsOf(cur.k, p.kv), v: rowsOf(cur.v, p.kv),
-    lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
-    dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
-  }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true });
+  // A dense plan's kernel writes every dK/dV row of its key rows (keys no query sees get zeros),
+  // so it goes into a buffer as it is (dq still accumulates); a varlen plan's only covers its
+  // spans, so it adds onto zeros.
+  const blockGrads = (p: BlockPlan, cur: KvPair, into: KvBuffer) => {
+    if (p.seg) backend.fill(into.buf, 0);
+    backend.flashBwd({
+      dout: rowsOf(dout, p.q), q: rowsOf(q, p.q), k: rowsOf(cur.k, p.kv), v: rowsOf(cur.v, p.kv),
+      lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
+      dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
+    }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true, overwriteKv: !p.seg });
+  };
+  // The rows of a block's gradients that hold something: a dense plan's key rows, or all of them.
+  const filled = (p: BlockPlan): Rows => (p.seg ? { start: 0, length: s } : p.kv);
   // Step 0: this rank's own block; its accumulator starts here. The first K/V transfer is
   // issued before it so that it overlaps the block.
   const ring = W > 1 ? kvRing(backend, group, k, v) : null;
   const kvBufs = ring?.bufs ?? [];
   let kvPending = ring?.first ?? null;
   const travel = [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')];
-  backend.fill(travel[0]!.buf, 0);
-  blockGrads(plan(0, group, s, o)!, { k, v }, travel[0]!);
+  const own = plan(0, group, s, o)!;
+  // The accumulator travels whole: rows a dense plan does not write start at zero.
+  if (!own.seg && (own.kv.start !== 0 || own.kv.length !== s)) backend.fill(travel[0]!.buf, 0);
+  blockGrads(own, { k, v }, travel[0]!);
   if (!kvPending) {
     tables.release();
     disposeAll(dsum, travel[1]);
     return { dq, dk: travel[0]!.k, dv: travel[0]!.v };
   }
   const block = emptyKv(backend, k, 'float32');
+  // The last hop takes each block's finished gradients home. Nothing overlaps it, so where k is
+  // 16-bit they travel cast (the owner would cast them anyway; the rounding is the same): half
+  // the bytes.
+  const home = k.dtype === 'float32' ? null : { out: emptyKv(backend, k), in: emptyKv(backend, k) };
   let dkvPending = passAlong(backend, group, travel[0]!, travel[1]!);
   for (let step = 1; step < W; step++) {
     kvPending!.wait();
     const cur = kvBufs[step % 2]!;
     if (step + 1 < W) kvPending = passAlong(backend, group, cur, kvBufs[(step + 1) % 2]!);
     const p = plan(step, group, s, o);
-    if (p) {
-      backend.fill(block.buf, 0);
-      blockGrads(p, cur, block);
-    }
+    if (p) blockGrads(p, cur, block);
     // The accumulator of the block we hold arrives from r−1; add our part and pass it on.
     dkvPending.wait();
     const acc = travel[step % 2]!;
-    if (p) backend.add(acc.buf, block.buf);
-    dkvPending = passAlong(backend, group, acc, travel[(step + 1) % 2]!);
+    if (p) addRows(backend, acc, block, filled(p));
+    if (step < W - 1 || !home) {
+      dkvPending = passAlong(backend, group, acc, travel[(step + 1) % 2]!);
+    } else {
+      backend.castInto(home.out.buf, acc.buf);
+      dkvPending = passAlong(backend, group, home.out, home.in);
+    }
   }
   dkvPending.wait();
   tables.release();
-  const own = travel[W % 2]!;
-  disposeAll(dsum, ...kvBufs, block, travel[(W + 1) % 2]);
-  return { dq, dk: own.k, dv: own.v };
+  const mine = home?.in ?? travel[W % 2]!;
+  disposeAll(dsum, ...kvBufs, block, home?.out, ...travel.filter((t) => t !== mine));
+  return { dq, dk: mine.k, dv: mine.v };
+}
+
+/** dst += src over the sequence rows `r` of two fp32 K/V buffers: one add per batch entry, whose rows are contiguous. */
+function addRows(backend: Backend, dst: KvBuffer, src: KvBuffer, r: Rows): void {
+  const [b, s] = dst.k.shape as [number, number];
+  if (r.start === 0 && r.length === s) return backend.add(dst.buf, src.buf);
+  for (const key of ['k', 'v'] as const)
+    for (let i = 0; i < b; i++) backend.add(dst[key].select(0, i).narrow(0, r.start, r.length), src[key].select(0, i).narrow(0, r.start, r.length));
 }
 
 /**

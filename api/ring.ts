@@ -6,7 +6,7 @@ import type { Backend } from '../runtime/backend.js';
 import { DONE, ringPeer, type Group, type Pending } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { attnFamily } from './family.js';
-import { disposeAll, emptyKv, kvOps, sendableKv, zerosKv, type KvBuffer } from './kv_buffer.js';
+import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer } from './kv_buffer.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
 /** Which steps move data: rank r uses the block of r−s; rank r+s uses ours. */
@@ -61,14 +61,15 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
   const plan = schedule(group, o.causal);
   const W = group.size;
   const dq = backend.zeros(q.shape, 'float32');
-  const own = zerosKv(backend, k);
+  const own = emptyKv(backend, k, 'float32');
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
   const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
   const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
   const dkvOut: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   const dkvIn: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
-  const attn = { softmaxScale: o.softmaxScale, accumulate: true };
+  // dq accumulates over the steps; every step's dK/dV (all key rows) is written into its own buffer.
+  const attn = { softmaxScale: o.softmaxScale, accumulate: true, overwriteKv: true };
 
   const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
     plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
@@ -92,7 +93,6 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
     pending = transfer(step + 1);
     if (plan.uses(step)) {
       const kv = recv[step % 2]!, dkv = dkvOut[step % 2]!;
-      backend.fill(dkv.buf, 0);
       backend.flashBwd({ dout, q, k: kv.k, v: kv.v, lse: fwd.lse, dsum, dq, dk: dkv.k, dv: dkv.v }, { ...attn, causal: false });
     }
     const sent = returnGrads(step);

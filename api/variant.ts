@@ -16,7 +16,7 @@ export interface RingForward {
   lse: DeviceTensor; // (b, h, s) fp32
 }
 
-/** Backward result: fp32 gradients of the local shards. */
+/** Backward result: gradients of the local shards, fp32 or already in the input's dtype. */
 export interface RingGrads {
   dq: DeviceTensor; // (b, s, h, d)
   dk: DeviceTensor; // (b, s, h_k, d)

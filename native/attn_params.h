@@ -104,7 +104,14 @@ struct FlashBwdParams {
   float* dk = nullptr; BshStrides dk_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
   float* dv = nullptr; BshStrides dv_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
   bool accumulate = false;  // true: dq/dk/dv += block gradients (ring steps); false: overwrite
-  Segments seg;             // varlen; num_seqs == 0 for dense batches (with segments, accumulate must be true)
+  // With accumulate: dk/dv are written, not added onto, while dq still accumulates. A ring step
+  // whose block gradients go to a fresh buffer then needs no zero fill of it first.
+  bool overwrite_dkv = false;
+  Segments seg;             // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
+#ifdef __CUDACC__
+  __host__ __device__
+#endif
+  bool accumulate_dkv() const { return accumulate && !overwrite_dkv; }
 };
 
 // In-place exact merge of a block result into the running result (fp32):

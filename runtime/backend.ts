@@ -160,7 +160,7 @@ export abstract class Backend {
     this.kernels.flashBwdDot(args.bwdDotArgs(dout, out, dsum));
   }
 
-  flashBwd(t: args.BwdTensors, o: args.AttnOptions & { accumulate: boolean }): void {
+  flashBwd(t: args.BwdTensors, o: args.BwdOptions): void {
     this.kernels.flashBwd(args.bwdArgs(t, o));
   }
 

@@ -74,12 +74,23 @@ export interface BwdTensors {
   lse: DeviceTensor; dsum: DeviceTensor; dq: DeviceTensor; dk: DeviceTensor; dv: DeviceTensor;
 }
 
-export function bwdArgs(t: BwdTensors, o: AttnOptions & { accumulate: boolean }) {
+/**
+ * flashBwd: `accumulate` adds the block's gradients onto dq, dk and dv (a ring step) instead of
+ * overwriting them; with it, `overwriteKv` still writes dk and dv (a ring step's block gradients into a
+ * fresh buffer, which needs no zero fill first). Varlen calls must accumulate all three: rows
+ * outside the segments keep what they had.
+ */
+export interface BwdOptions extends AttnOptions {
+  accumulate: boolean;
+  overwriteKv?: boolean;
+}
+
+export function bwdArgs(t: BwdTensors, o: BwdOptions) {
   return {
     shape: shape(t.q, t.k, o), dtype: DTYPE_CODE[t.q.dtype], seg: o.seg?.native,
     q: bsh(t.q, 'q'), k: bsh(t.k, 'k'), v: bsh(t.v, 'v'), dout: bsh(t.dout, 'dout'),
     lse: bhs(t.lse, 'lse'), dsum: bhs(t.dsum, 'dsum'),
-    dq: bsh(t.dq, 'dq'), dk: bsh(t.dk, 'dk'), dv: bsh(t.dv, 'dv'), accumulate: o.accumulate,
+    dq: bsh(t.dq, 'dq'), dk: bsh(t.dk, 'dk'), dv: bsh(t.dv, 'dv'), accumulate: o.accumulate, overwrite_dkv: o.overwriteKv === true,
   };
 }
 

@@ -160,7 +160,7 @@ void flash_bwd(const FlashBwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv, "flash_bwd: null tensor");
-  RFA_CHECK_ARG(p.seg.num_seqs == 0 || p.accumulate, "flash_bwd: varlen segments need accumulate");
+  RFA_CHECK_ARG(p.seg.num_seqs == 0 || p.accumulate_dkv(), "flash_bwd: varlen segments need accumulate (dq, dk and dv)");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
   std::vector<float> K, V, Q, dO;
   std::vector<double> dK, dV, dQrow(static_cast<size_t>(d));
@@ -206,8 +206,8 @@ void flash_bwd(const FlashBwdParams& p) {
         float* dk = p.dk + bsh_index(p.dk_stride, sp.b, sp.k0 + j, hk);
         float* dv = p.dv + bsh_index(p.dv_stride, sp.b, sp.k0 + j, hk);
         for (int c = 0; c < d; ++c) {
-          dk[c] = float((p.accumulate ? dk[c] : 0.0) + dK[size_t(j) * d + c]);
-          dv[c] = float((p.accumulate ? dv[c] : 0.0) + dV[size_t(j) * d + c]);
+          dk[c] = float((p.accumulate_dkv() ? dk[c] : 0.0) + dK[size_t(j) * d + c]);
+          dv[c] = float((p.accumulate_dkv() ? dv[c] : 0.0) + dV[size_t(j) * d + c]);
         }
       }
     }

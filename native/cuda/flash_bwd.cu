@@ -136,7 +136,7 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
     if (key >= sp.nk) continue;
     float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
     float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
-    if (grid.num_splits == 1 && p.accumulate) {
+    if (grid.num_splits == 1 && p.accumulate_dkv()) {
       // Adding onto dK/dV (every ring step does): the old values of kBatch tiles are loaded before
       // their stores. Interleaved, a store may alias the next load, so each load waited out a
       // memory latency (the forward's merge epilogue lost 17% that way).
@@ -730,12 +730,12 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
 }
 
 // Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call
-// does not accumulate.
+// does not accumulate them.
 template <class Tr>
 BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
   grid.num_n_blocks = (max_k + Tr::kBlockN - 1) / Tr::kBlockN;
   grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks);
-  if (grid.num_splits > 1 && !p.accumulate) {
+  if (grid.num_splits > 1 && !p.accumulate_dkv()) {
     const AttnShape& sh = p.shape;
     zero_bsh(p.dk, p.dk_stride, sh.batch, sh.seqlen_k, sh.nheads_k, sh.head_dim, s, "zero_bsh_kernel (dk)");
     zero_bsh(p.dv, p.dv_stride, sh.batch, sh.seqlen_k, sh.nheads_k, sh.head_dim, s, "zero_bsh_kernel (dv)");
@@ -783,7 +783,7 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s) {
   const AttnShape& sh = p.shape;
   check_attn("flash_bwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;
-  RFA_CHECK_ARG(!varlen || p.accumulate, "flash_bwd: varlen segments need accumulate");
+  RFA_CHECK_ARG(!varlen || p.accumulate_dkv(), "flash_bwd: varlen segments need accumulate (dq, dk and dv)");
   const int num_spans = varlen ? p.seg.num_seqs : sh.batch;
   const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;
   const int max_k = varlen ? p.seg.max_seqlen_k : sh.seqlen_k;

@@ -247,6 +247,7 @@ struct Config {
   int b, sq, sk, h, hk;
   bool strided = false;     // q/k/v slices of a packed (b, s, 3, h, d) tensor; out, dout, lse, dsum, grads views too
   bool accumulate = false;  // bwd adds into existing dq/dk/dv
+  bool overwrite_dkv = false;  // with accumulate: dq adds, dk/dv are written (their old values are NaN)
   std::vector<std::array<int, 4>> segs;  // varlen spans (batch 1)
 };
 
@@ -321,6 +322,7 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
     before_dq = random_values(gen, n_dq, DType::f32, 1.0);
     before_dk = st ? before_dq : random_values(gen, n_dk, DType::f32, 1.0);
     before_dv = st ? before_dq : random_values(gen, n_dk, DType::f32, 1.0);
+    if (c.overwrite_dkv && !st) before_dk = before_dv = std::vector<double>(n_dk, kNaN);
   } else {
     before_dq = std::vector<double>(n_dq, kNaN), before_dk = before_dv = std::vector<double>(n_dk, kNaN);
   }
@@ -356,6 +358,7 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   bp.dk = dk_buf.at<float>(kv.off), bp.dk_stride = kv.st;
   bp.dv = dv_buf.at<float>(vv.off), bp.dv_stride = vv.st;
   bp.accumulate = c.accumulate;
+  bp.overwrite_dkv = c.overwrite_dkv;
 
   try {
     cuda::flash_fwd(fp, 0, scratch());
@@ -396,8 +399,9 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   Expect& e_dk_in = st ? e_dq : e_dk;
   Expect& e_dv_in = st ? e_dq : e_dv;
   expect_bsh(e_dq, qv, ref.dq, qc, c.b, c.sq, c.h, d, c.accumulate, 1);
-  expect_bsh(e_dk_in, kv, ref.dk, kc, c.b, c.sk, c.hk, d, c.accumulate, st ? 2 : 1);
-  expect_bsh(e_dv_in, vv, ref.dv, kc, c.b, c.sk, c.hk, d, c.accumulate, st ? 3 : 1);
+  const bool dkv_added = c.accumulate && !c.overwrite_dkv;
+  expect_bsh(e_dk_in, kv, ref.dk, kc, c.b, c.sk, c.hk, d, dkv_added, st ? 2 : 1);
+  expect_bsh(e_dv_in, vv, ref.dv, kc, c.b, c.sk, c.hk, d, dkv_added, st ? 3 : 1);
   const std::vector<double> got_dq = dq_buf.download(), got_dk = dk_buf.download(), got_dv = dv_buf.download();
 
   const bool bf = c.dtype == DType::bf16;
@@ -861,6 +865,17 @@ int main(int argc, char** argv) {
     }
   cuda::force_fwd_kernel(-1);
   cuda::force_fwd_schedule(-1);
+  // A ring step's block gradients: dq accumulates, dk/dv land in a fresh (unfilled, NaN) buffer.
+  // Unsplit, every key tile's CTA writes its rows; split, the atomics must start from zeros.
+  for (int splits : {1, 3})
+    for (Config c : {Config{"bf16 d128 causal b2 s1000 h4/2 acc dq, write dkv", bf, 128, true, 2, 1000, 1000, 4, 2, false, true},
+                     Config{"fp16 d64 full sq300 sk700 h2 acc dq, write dkv", f16, 64, false, 1, 300, 700, 2, 2, false, true}}) {
+      cuda::force_bwd_splits(splits);
+      c.overwrite_dkv = true;
+      c.name += " [bwd splits " + std::to_string(splits) + "]";
+      run_attention(c, gen);
+    }
+  cuda::force_bwd_splits(-1);
   run_casts(gen);
   run_copy(gen, DType::bf16, 64);
   run_copy(gen, DType::f32, 5);
