@@ -20,7 +20,8 @@ DeviceContext::~DeviceContext() {
   cudaSetDevice(device_);
   cudaStreamSynchronize(compute_);
   cudaStreamSynchronize(comm_);
-  for (auto& kv : free_) cudaFree(kv.second);
+  for (auto& kv : free_)
+    for (void* p : kv.second) cudaFree(p);
   for (auto& kv : live_) cudaFree(kv.first);
   cudaEventDestroy(compute_done_);
   cudaEventDestroy(comm_done_);
@@ -43,8 +44,9 @@ void* DeviceContext::alloc(size_t bytes) {
   auto it = free_.find(size);
   void* p = nullptr;
   if (it != free_.end()) {
-    p = it->second;
-    free_.erase(it);
+    p = it->second.back();
+    it->second.pop_back();
+    if (it->second.empty()) free_.erase(it);
     cached_ -= size;
   } else {
     cudaError_t err = cudaMalloc(&p, size);
@@ -69,7 +71,7 @@ void* DeviceContext::alloc(size_t bytes) {
 void DeviceContext::release(void* p) {
   auto it = live_.find(p);
   if (it == live_.end()) return;  // double release is a no-op
-  free_.emplace(it->second, p);
+  free_[it->second].push_back(p);
   in_use_ -= it->second;
   cached_ += it->second;
   live_.erase(it);
@@ -78,7 +80,8 @@ void DeviceContext::release(void* p) {
 void DeviceContext::empty_cache() {
   cudaStreamSynchronize(compute_);
   cudaStreamSynchronize(comm_);
-  for (auto& kv : free_) cudaFree(kv.second);
+  for (auto& kv : free_)
+    for (void* p : kv.second) cudaFree(p);
   free_.clear();
   cached_ = 0;
 }

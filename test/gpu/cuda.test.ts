@@ -67,6 +67,11 @@ if (gpus > 0) {
     assert.ok(e.out <= 5e-3);
   });
 
+  s('the caching allocator reuses the block released last (a ring call sees the same blocks every call)', async () => {
+    const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+    assert.equal(await rt1.spmd(USER, 'allocatorReuse'), [{ lastReleasedFirst: true, thenTheOther: true }]);
+  });
+
   s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
     await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
   });
