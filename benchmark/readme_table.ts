@@ -90,6 +90,11 @@ async function main(): Promise<void> {
   const only = arg('cases');
   const selected = only ? cases.filter((_, i) => only.split(',').includes(String(i))) : cases;
   const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as Mode[];
+  // --columns zigzag_ring,stripe_attn: only those ring columns (theoretic always runs: the percentages need it).
+  const onlyColumns = arg('columns')?.split(',');
+  const unknown = onlyColumns?.filter((c) => !COLUMNS.some((col) => col.label === c));
+  if (unknown?.length) throw new Error(`--columns: unknown ${unknown.join(', ')} (one of ${COLUMNS.slice(1).map((c) => c.label).join(', ')})`);
+  const columns = COLUMNS.filter((c, i) => i === 0 || !onlyColumns || onlyColumns.includes(c.label));
   const iters = Number(arg('iters') ?? (onGpu ? 20 : 4)); // a multiple of the 4 varlen sets
   const maxRepeats = Number(arg('max-repeats') ?? 8);
   const settle = Number(arg('settle') ?? 0.03);
@@ -106,7 +111,7 @@ async function main(): Promise<void> {
   const rt = await init({ backend, world: solo ? 1 : world, transport });
   const denseModule = new URL('./bench_rank.js', import.meta.url).href;
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
-  const progress = new Progress(modes.length * (selected.length * COLUMNS.length + (varlen ? VARLEN_COLUMNS.length : 0)));
+  const progress = new Progress(modes.length * (selected.length * columns.length + (varlen ? VARLEN_COLUMNS.length : 0)));
   const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
   const soloWho = oneSoloRank !== null ? `rank ${oneSoloRank} of ${world}` : `each rank of ${world} in turn (the slowest reported)`;
   const machine = solo ? `solo: ${soloWho} alone on one ${device}, ${loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
@@ -154,7 +159,7 @@ async function main(): Promise<void> {
     for (const c of selected)
       for (const mode of modes) {
         const row: Cell[] = [];
-        for (const col of COLUMNS) {
+        for (const col of columns) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
           const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype, backward: mode === 'fwdbwd', iters, maxRepeats, settle, seed: 1 };
