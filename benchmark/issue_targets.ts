@@ -72,6 +72,9 @@ export function checkTargets(r: Report): { lines: string[]; met: boolean } {
   return { lines, met };
 }
 
+/** Where readme_table.ts writes its results (JSON and SVG), from dist/benchmark. */
+export const RESULTS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
+
 /** The newest `*-cuda-w4.json` under `dir`, or null. */
 export function newestWorld4(dir: string): string | null {
   if (!fs.existsSync(dir)) return null;
@@ -80,7 +83,7 @@ export function newestWorld4(dir: string): string | null {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
-  const file = process.argv[2] ?? newestWorld4(path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results'));
+  const file = process.argv[2] ?? newestWorld4(RESULTS_DIR);
   if (!file) {
     console.log('issue targets: no cuda world-4 result under benchmark/results (run npm run bench on 4 GPUs first)');
   } else {

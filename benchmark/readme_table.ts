@@ -20,12 +20,12 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { init, visibleGpuCount, type Transport } from '../index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from './bench_varlen_rank.js';
 import { barChart, type ChartGroup } from './chart.js';
+import { RESULTS_DIR } from './issue_targets.js';
 import { Progress } from './progress.js';
 
 interface Case {
@@ -190,7 +190,7 @@ async function main(): Promise<void> {
   } finally {
     await rt.close();
   }
-  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
+  const dir = RESULTS_DIR;
   fs.mkdirSync(dir, { recursive: true });
   const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${oneSoloRank !== null ? `r${oneSoloRank}` : ''}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
   fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
