@@ -135,10 +135,7 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
     return { dq, dk: travel[0]!.k, dv: travel[0]!.v };
   }
   const block = emptyKv(backend, k, 'float32');
-  // The last hop takes each block's finished gradients home. Nothing overlaps it, so where k is
-  // 16-bit they travel cast (the owner would cast them anyway; the rounding is the same): half
-  // the bytes.
-  const home = k.dtype === 'float32' ? null : { out: emptyKv(backend, k), in: emptyKv(backend, k) };
+  let home: { out: KvBuffer; in: KvBuffer } | null = null;
   let dkvPending = passAlong(backend, group, travel[0]!, travel[1]!);
   for (let step = 1; step < W; step++) {
     kvPending!.wait();
@@ -150,17 +147,27 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
     dkvPending.wait();
     const acc = travel[step % 2]!;
     if (p) addRows(backend, acc, block, filled(p));
-    if (step < W - 1 || !home) {
+    if (step < W - 1 || k.dtype === 'float32') {
       dkvPending = passAlong(backend, group, acc, travel[(step + 1) % 2]!);
     } else {
+      // The last hop takes each block's finished gradients home. Nothing overlaps it, so where k
+      // is 16-bit they travel cast (the owner would cast them anyway; the rounding is the same):
+      // half the bytes. Its buffers take the place of the block buffer and of the accumulator
+      // sent last (that send is complete), so the peak does not grow.
+      disposeAll(block, travel[(step + 1) % 2]);
+      home = { out: emptyKv(backend, k), in: emptyKv(backend, k) };
       backend.castInto(home.out.buf, acc.buf);
       dkvPending = passAlong(backend, group, home.out, home.in);
     }
   }
   dkvPending.wait();
   tables.release();
-  const mine = home?.in ?? travel[W % 2]!;
-  disposeAll(dsum, ...kvBufs, block, home?.out, ...travel.filter((t) => t !== mine));
+  if (home) {
+    disposeAll(dsum, ...kvBufs, home.out, travel[(W - 1) % 2]); // the other went with the block
+    return { dq, dk: home.in.k, dv: home.in.v };
+  }
+  const mine = travel[W % 2]!;
+  disposeAll(dsum, ...kvBufs, block, travel[(W + 1) % 2]);
   return { dq, dk: mine.k, dv: mine.v };
 }
 
