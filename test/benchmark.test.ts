@@ -70,6 +70,18 @@ s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring col
   assert.match(bad.stderr, /--solo-rank must be 'all' or an integer in \[0, 4\)/);
 });
 
+s('--columns times only the named ring columns next to theoretic, and names an unknown one', () => {
+  const cli = fileURLToPath(new URL('../benchmark/readme_table.js', import.meta.url));
+  const r = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd',
+    '--columns', 'zigzag_ring'], { encoding: 'utf8', timeout: 120_000 });
+  assert.is(r.status, 0, r.stderr);
+  const header = r.stdout.split('\n').find((l) => l.includes('theoretic flash_attn'));
+  assert.is(header, '|          | theoretic flash_attn | zigzag_ring |');
+  const bad = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--columns', 'zigzag'], { encoding: 'utf8', timeout: 60_000 });
+  assert.is(bad.status, 1);
+  assert.match(bad.stderr, /--columns: unknown zigzag \(one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn\)/);
+});
+
 // The varlen table's rank code: every column runs forward + backward over all four sets.
 s('varlen columns run the seed-style cu_seqlens sets, forward and backward', async () => {
   const rt = await init({ backend: 'cpu', world: 2, timeoutMs: 10_000 });
