@@ -4,11 +4,17 @@ import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { decode, encode, extract_local, init, load, RingFlashAttnError, save, stripe_extract_local, varlen_extract_local, zigzag_extract_local, zigzag_varlen_extract_local } from '../index.js';
+import { decode, encode, extract_local, init, load, RingFlashAttnError, save, stripe_extract_local, substitute_hf_flash_attn, update_ring_flash_attn_params, varlen_extract_local, zigzag_extract_local, zigzag_varlen_extract_local } from '../index.js';
 import { fromFloat32 } from '../runtime/dtype.js';
 import { nd, randn, relL2, rng } from './helpers.js';
 
 const s = suite('compat');
+
+s('the transformers adapters exist by name and refuse with E_UNSUPPORTED, naming what to call instead', () => {
+  for (const [name, fn] of [['substitute_hf_flash_attn', substitute_hf_flash_attn], ['update_ring_flash_attn_params', update_ring_flash_attn_params]] as const)
+    assert.throws(() => fn(null, 1), (e: unknown) => e instanceof RingFlashAttnError && e.code === 'E_UNSUPPORTED' &&
+      e.message.startsWith(name) && /llama3_flash_attn_varlen_func/.test(e.message) && /llama3_flash_attn_prepare_cu_seqlens/.test(e.message));
+});
 
 s('extract_local, zigzag_extract_local, stripe_extract_local pick the layout positions', () => {
   const x = nd(Float32Array.from({ length: 8 }, (_, i) => i), [1, 8]);
