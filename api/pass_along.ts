@@ -49,7 +49,9 @@ function kvRing(backend: Backend, group: Group, k: DeviceTensor, v: DeviceTensor
   return { bufs, first: passAlong(backend, group, kv, bufs[1]!) };
 }
 
-const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) => (r.start === 0 && r.length === t.shape[axis] ? t : t.narrow(axis, r.start, r.length));
+/** Whether `r` is every one of `n` rows. */
+const allRows = (r: Rows, n: number) => r.start === 0 && r.length === n;
+const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) => (allRows(r, t.shape[axis]!) ? t : t.narrow(axis, r.start, r.length));
 
 export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
@@ -118,7 +120,7 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
     }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true, overwriteKv: !p.seg });
   };
   // The rows of a block's gradients that hold something: a dense plan's key rows, or all of them.
-  const filled = (p: BlockPlan): Rows => (p.seg ? { start: 0, length: s } : p.kv);
+  const written = (p: BlockPlan): Rows => (p.seg ? { start: 0, length: s } : p.kv);
   // Step 0: this rank's own block; its accumulator starts here. The first K/V transfer is
   // issued before it so that it overlaps the block.
   const ring = W > 1 ? kvRing(backend, group, k, v) : null;
@@ -126,8 +128,8 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
   let kvPending = ring?.first ?? null;
   const travel = [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')];
   const own = plan(0, group, s, o)!;
-  // The accumulator travels whole: rows a dense plan does not write start at zero.
-  if (!own.seg && (own.kv.start !== 0 || own.kv.length !== s)) backend.fill(travel[0]!.buf, 0);
+  // The accumulator travels whole: rows the own block's gradients leave unwritten start at zero.
+  if (!allRows(written(own), s)) backend.fill(travel[0]!.buf, 0);
   blockGrads(own, { k, v }, travel[0]!);
   if (!kvPending) {
     tables.release();
@@ -146,7 +148,7 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
     // The accumulator of the block we hold arrives from r−1; add our part and pass it on.
     dkvPending.wait();
     const acc = travel[step % 2]!;
-    if (p) addRows(backend, acc, block, filled(p));
+    if (p) addRows(backend, acc, block, written(p));
     if (step < W - 1 || k.dtype === 'float32') {
       dkvPending = passAlong(backend, group, acc, travel[(step + 1) % 2]!);
     } else {
@@ -174,7 +176,7 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
 /** dst += src over the sequence rows `r` of two fp32 K/V buffers: one add per batch entry, whose rows are contiguous. */
 function addRows(backend: Backend, dst: KvBuffer, src: KvBuffer, r: Rows): void {
   const [b, s] = dst.k.shape as [number, number];
-  if (r.start === 0 && r.length === s) return backend.add(dst.buf, src.buf);
+  if (allRows(r, s)) return backend.add(dst.buf, src.buf);
   for (const key of ['k', 'v'] as const)
     for (let i = 0; i < b; i++) backend.add(dst[key].select(0, i).narrow(0, r.start, r.length), src[key].select(0, i).narrow(0, r.start, r.length));
 }
