@@ -132,13 +132,14 @@ async function main(): Promise<void> {
     // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
     const perRank = res.map((r) => iters / median(r.repeats));
     const rate = Math.min(...perRank);
-    const slowestSoloRank = solo && !single ? soloRanks[perRank.indexOf(rate)] : undefined;
+    const slowest = perRank.indexOf(rate);
+    const slowestSoloRank = solo && !single ? soloRanks[slowest] : undefined;
     // Spread of the repeats behind the figure: every rank's in a real ring; in solo, the slowest
     // rank's (the differences between the ranks it played are not noise).
-    const all = (slowestSoloRank === undefined ? res : [res[perRank.indexOf(rate)]!]).flatMap((r) => r.repeats.map((t) => iters / t));
+    const all = (slowestSoloRank === undefined ? res : [res[slowest]!]).flatMap((r) => r.repeats.map((t) => iters / t));
     const spread = (Math.max(...all) - Math.min(...all)) / rate;
     const tflops = (flopPerRank * rate) / 1e12;
-    report.push({ ...extra, column: label, iterPerSecPerRank: rate, spread, perRank, ...(solo && !single ? { soloRanks: played, slowestSoloRank } : {}),
+    report.push({ ...extra, column: label, iterPerSecPerRank: rate, spread, perRank, ...(slowestSoloRank !== undefined ? { soloRanks: played, slowestSoloRank } : {}),
       tflopsPerGpu: tflops, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
     return { label, iterPerSec: single ? rate / world : rate, spread, tflops, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30, slowestSoloRank };
   };
@@ -190,11 +191,10 @@ async function main(): Promise<void> {
   } finally {
     await rt.close();
   }
-  const dir = RESULTS_DIR;
-  fs.mkdirSync(dir, { recursive: true });
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${oneSoloRank !== null ? `r${oneSoloRank}` : ''}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
-  fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
-  fs.writeFileSync(path.join(dir, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
+  fs.writeFileSync(path.join(RESULTS_DIR, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
+  fs.writeFileSync(path.join(RESULTS_DIR, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);
 }
 
