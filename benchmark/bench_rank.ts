@@ -9,7 +9,7 @@ import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { random } from './random.js';
-import { soloComm, soloGroup, type SoloRank } from './solo_comm.js';
+import { asSoloRank, type SoloRank } from './solo_comm.js';
 
 export interface BenchTask extends TimingPlan {
   name: string;
@@ -40,23 +40,15 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     : entry.packing === 'kvpacked' ? [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, 2, t.hk, t.d], 2)]
       : [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, t.hk, t.d], 2), mk([t.b, t.s, t.hk, t.d], 3)];
   const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] }, t.dtype);
-  const single = entry.layout === 'single';
-  const group = t.solo && !single ? soloGroup(ctx, t.solo) : null;
-  const call = () => {
+  // The single-device column has no ring rank to play.
+  const timing = asSoloRank(ctx, entry.layout === 'single' ? undefined : t.solo, (group) => timeCalls(ctx, () => {
     const out = entry.fn(...inputs, group ? { causal: t.causal, group } : { causal: t.causal }) as DeviceTensor;
     if (t.backward) {
       out.backward(dout);
       for (const x of inputs) { x.grad?.dispose(); x.grad = null; }
     }
     out.dispose();
-  };
-  const restore = group ? ctx.backend.substituteComm(soloComm(group, t.solo!.loopback ?? false, ctx.backend.comm(ctx.group))) : null;
-  let timing: ReturnType<typeof timeCalls>;
-  try {
-    timing = timeCalls(ctx, call, t);
-  } finally {
-    restore?.();
-  }
+  }, t));
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
 }

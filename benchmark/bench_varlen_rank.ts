@@ -9,12 +9,14 @@ import { llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_kvpacked
 import { ring_flash_attn_varlen_kvpacked_func } from '../api/ring_varlen.js';
 import { flash_attn_varlen_kvpacked_func } from '../api/single_varlen.js';
 import { zigzag_ring_flash_attn_varlen_kvpacked_func } from '../api/zigzag_ring_varlen.js';
+import type { Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import type { BenchResult, TimingPlan } from './bench_rank.js';
 import { timeCalls } from './bench_rank.js';
 import { random } from './random.js';
+import { asSoloRank, type SoloRank } from './solo_comm.js';
 
 export type VarlenColumn = 'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_varlen' | 'llama3';
 
@@ -28,11 +30,15 @@ export interface VarlenBenchTask extends TimingPlan {
   sets: number[][];
   headsKStride: number;
   seed: number;
+  /** Run the ring columns as this one rank of a larger ring (solo_comm.ts). */
+  solo?: SoloRank;
 }
 
 /** One call per set: the public function with the arguments the Python benchmark passes. */
-function callsFor(ctx: RankContext, t: VarlenBenchTask, q: DeviceTensor, kv: DeviceTensor): (() => DeviceTensor)[] {
-  const opts = { causal: true };
+function callsFor(ctx: RankContext, t: VarlenBenchTask, group: Group | null, q: DeviceTensor, kv: DeviceTensor): (() => DeviceTensor)[] {
+  const opts = group ? { causal: true, group } : { causal: true };
+  // The rank played: a solo run's, or this one of the runtime's world.
+  const { rank, world } = t.solo ?? ctx;
   return t.sets.map((set) => {
     const cu = Int32Array.from(set);
     const max = maxSeqLength(cu);
@@ -44,8 +50,8 @@ function callsFor(ctx: RankContext, t: VarlenBenchTask, q: DeviceTensor, kv: Dev
       case 'zigzag_ring_varlen':
         return () => zigzag_ring_flash_attn_varlen_kvpacked_func(q, kv, cu, max, opts) as DeviceTensor;
       case 'llama3': {
-        const global = Int32Array.from(set, (x) => x * ctx.world);
-        const [cuQ, cuK, maxQ, maxK, slice] = llama3_flash_attn_prepare_cu_seqlens(global, true, ctx.rank, ctx.world);
+        const global = Int32Array.from(set, (x) => x * world);
+        const [cuQ, cuK, maxQ, maxK, slice] = llama3_flash_attn_prepare_cu_seqlens(global, true, rank, world);
         return () => llama3_flash_attn_varlen_kvpacked_func(q, kv, cuQ, cuK, maxQ, maxK, t.headsKStride, slice, opts) as DeviceTensor;
       }
     }
@@ -58,17 +64,19 @@ export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
   const q = mk([t.s, t.h, t.d], 1, t.backward);
   const kv = mk([t.s, 2, t.hk, t.d], 2, t.backward);
   const dout = mk([t.s, t.h, t.d], 99, false);
-  const calls = callsFor(ctx, t, q, kv);
-  let i = 0;
-  const once = () => {
-    const out = calls[i++ % calls.length]!();
-    if (t.backward) {
-      out.backward(dout);
-      for (const x of [q, kv]) { x.grad?.dispose(); x.grad = null; }
-    }
-    out.dispose();
-  };
-  const timing = timeCalls(ctx, once, t);
+  // The single-device column has no ring rank to play.
+  const timing = asSoloRank(ctx, t.column === 'flash_attn_varlen' ? undefined : t.solo, (group) => {
+    const calls = callsFor(ctx, t, group, q, kv);
+    let i = 0;
+    return timeCalls(ctx, () => {
+      const out = calls[i++ % calls.length]!();
+      if (t.backward) {
+        out.backward(dout);
+        for (const x of [q, kv]) { x.grad?.dispose(); x.grad = null; }
+      }
+      out.dispose();
+    }, t);
+  });
   for (const x of [q, kv, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
 }

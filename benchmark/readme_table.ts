@@ -5,15 +5,17 @@
 // and the % of theoretic (the seed's definition: our single-GPU kernel on one rank's shard,
 // iter/s ÷ world); then the varlen table (flash_attn_varlen | ring_varlen | zigzag_ring_varlen |
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
-// --backend, --tokens, --cases, --modes, --iters, --max-repeats, --settle, --transport (nccl |
-// copy-engine: how ranks communicate on GPUs, see InitOptions.transport).
+// --backend, --tokens, --cases (indices of the dense cases; `none`: the varlen table only),
+// --modes, --iters, --max-repeats, --settle, --transport (nccl | copy-engine: how ranks
+// communicate on GPUs, see InitOptions.transport).
 // `--solo W` runs on one device the share of each rank of a W-rank ring in turn, without
 // transfers (benchmark/solo_comm.ts), and reports per column its slowest rank (a row names it),
 // as a ring in lockstep runs at its slowest rank's pace: the table the ring would print if
 // communication were free (an upper bound: a ring waits for the slowest rank of each step).
 // The ranks differ: ring_attn's last rank does the most work; zigzag's do equal work in different
 // shapes (rank 0 runs half blocks of half the queries and all keys, rank W−1 the reverse).
-// `--solo-rank R` times rank R only. With `--solo-transfers copy-engine` the transfers are real
+// The varlen table runs solo too (llama3's all-gather and reduce-scatter are skipped like the
+// ring's transfers). `--solo-rank R` times rank R only. With `--solo-transfers copy-engine` the transfers are real
 // same-device copies instead (which the CUDA driver runs as SM kernels, not on a copy engine: a
 // bound on SM-based transfers like NCCL's).
 // Results go to benchmark/results/<stamp>.json and an SVG chart beside it.
@@ -99,8 +101,7 @@ async function main(): Promise<void> {
   const maxRepeats = Number(arg('max-repeats') ?? 8);
   const settle = Number(arg('settle') ?? 0.03);
 
-  const varlen = (arg('varlen') ?? (solo ? 'off' : 'on')) !== 'off';
-  if (solo && varlen) throw new Error('--solo times the dense table only (llama3_varlen needs its peers for all-gather)');
+  const varlen = (arg('varlen') ?? 'on') !== 'off';
   // The Python project's varlen benchmark: llama3-8B heads, 8192 tokens per rank, its four
   // cu_seqlens sets in turn, heads_k_stride 4 for llama3. On the CPU backend: small even sets.
   const varlenCase = onGpu

@@ -100,6 +100,29 @@ s('varlen columns run the seed-style cu_seqlens sets, forward and backward', asy
   }
 });
 
+// Solo varlen: the ring columns as one rank of 4 with transfers skipped, llama3 with its
+// all-gather and reduce-scatter skipped too (a real collective would wait for its peers until
+// the 10 s timeout, so finishing shows none was attempted). llama3's rank 3 attends to the
+// longest key prefix, rank 0 to the shortest.
+s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward and backward', async () => {
+  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
+  try {
+    for (const rank of [3, 0])
+      for (const column of ['ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
+        const task: VarlenBenchTask = {
+          column, s: 16, h: 4, hk: 2, d: 16, dtype: 'float32', backward: true, iters: 4, maxRepeats: 2, settle: 1,
+          sets: [[0, 16], [0, 4, 12, 16], [0, 8, 16], [0, 6, 10, 14, 16]], headsKStride: 1, seed: 1, solo: { world: 4, rank },
+        };
+        const started = Date.now();
+        const [res] = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
+        assert.ok(res!.repeats.length === 5 && res!.repeats.every((t) => t > 0), `${column} as rank ${rank}`);
+        assert.ok(Date.now() - started < 5_000, `${column} as rank ${rank} took ${Date.now() - started} ms`);
+      }
+  } finally {
+    await rt.close();
+  }
+});
+
 // The README-table issue's bar, read off a result file (benchmark/issue_targets.ts): a synthetic
 // world-4 report with every cell 10% above the Python project's and zigzag at 96% of theoretic.
 function report(over: Partial<Report> = {}, zigzagShare = 0.96): Report {
