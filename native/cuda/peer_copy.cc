@@ -55,6 +55,19 @@ void enable_peer_access(int device, int peer) {
   else RFA_CUDA_CHECK(err);
 }
 
+// A copy of `from`'s rows, back to back, into `dst`. The peer form names both devices, so, like
+// cudaMemcpyPeerAsync, it works whether or not peer access is on (a 2-D cudaMemcpyDefault copy
+// relies on unified addressing to tell the devices apart).
+cudaMemcpy3DPeerParms pitched_peer_copy(void* dst, int dst_device, const PeerRegion& from, int src_device) {
+  cudaMemcpy3DPeerParms p = {};
+  p.srcPtr = make_cudaPitchedPtr(const_cast<void*>(from.ptr), from.pitch, from.row_bytes, from.rows);
+  p.srcDevice = src_device;
+  p.dstPtr = make_cudaPitchedPtr(dst, from.row_bytes, from.row_bytes, from.rows);
+  p.dstDevice = dst_device;
+  p.extent = make_cudaExtent(from.row_bytes, from.rows, 1);
+  return p;
+}
+
 }  // namespace
 
 PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerRegion& data, int device,
@@ -81,9 +94,10 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
     RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, slot->ready, 0));
     if (bytes && from.rows <= 1)
       RFA_CUDA_CHECK(cudaMemcpyPeerAsync(data, device, from.ptr, slot->src_device, bytes, stream));
-    else if (bytes)  // unified addressing names the devices; the rows land back to back
-      RFA_CUDA_CHECK(cudaMemcpy2DAsync(data, from.row_bytes, from.ptr, from.pitch, from.row_bytes, from.rows,
-                                       cudaMemcpyDefault, stream));
+    else if (bytes) {  // the rows land back to back
+      const cudaMemcpy3DPeerParms copy = pitched_peer_copy(data, device, from, slot->src_device);
+      RFA_CUDA_CHECK(cudaMemcpy3DPeerAsync(&copy, stream));
+    }
   }
   cudaEvent_t done = new_event();
   RFA_CUDA_CHECK(cudaEventRecord(done, stream));

@@ -1,5 +1,5 @@
 // Point-to-point transfers between the worker threads of this process through the GPUs' copy
-// engines (cudaMemcpyPeerAsync; cudaMemcpy2DAsync for strided rows), no SM time: NCCL's send/recv
+// engines (cudaMemcpyPeerAsync; cudaMemcpy3DPeerAsync for strided rows), no SM time: NCCL's send/recv
 // kernels occupy SMs the attention kernels they overlap would use. Between ranks on the same GPU
 // the driver runs the copy as an SM kernel instead (measured on an H200: ~1.6 TB/s, and it waits
 // for free SMs). One process drives every GPU, so a receiver can read the sender's buffer directly
