@@ -1,9 +1,8 @@
 // Runs on every rank (rt.runEach): builds this rank's random local shard once, then times N
-// calls of one public function (forward, or forward + backward) between device syncs, after a
+// calls of one public function (forward, or forward + backward) between CUDA events, after a
 // warm-up that lasts until two consecutive repeats agree (NCCL sets each peer pair up on first
 // use, so a cold pass is far slower). Returns the timings; the main thread makes the table.
 // timeCalls is shared with the varlen table (bench_varlen_rank.ts).
-import { performance } from 'node:perf_hooks';
 import { RING_FUNCTIONS } from '../api/registry.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
@@ -63,16 +62,15 @@ export interface TimingPlan {
 
 /**
  * Times `once` (one call, forward or forward + backward): one cold call, then repeats of
- * `iters` calls between device syncs until two consecutive repeats agree (judged on the slowest
+ * `iters` calls between CUDA events (Backend.startTimer) until two consecutive repeats agree (judged on the slowest
  * rank, so every rank stops on the same repeat), then 4 more. Returns this rank's seconds per
  * repeat (the last warm-up repeat counts as the first) and the number of warm-up repeats.
  */
 export function timeCalls(ctx: RankContext, once: () => void, t: TimingPlan): { repeats: number[]; warmupRepeats: number } {
   const repeat = () => {
-    const t0 = performance.now();
+    const stop = ctx.backend.startTimer();
     for (let i = 0; i < t.iters; i++) once();
-    ctx.backend.sync();
-    return (performance.now() - t0) / 1000;
+    return stop();
   };
   ctx.backend.resetPeak();
   once();

@@ -1,7 +1,6 @@
 // Rank-side half of benchmark/kernel.ts: one GPU, flash_attn_func on random bf16 inputs. Times
-// forward and forward+backward (device sync around each repeat), and returns a sample of
+// forward and forward+backward (CUDA events around each repeat), and returns a sample of
 // output rows with their inputs so the main thread can check them against fp64.
-import { performance } from 'node:perf_hooks';
 import { flash_attn_func } from '../api/single.js';
 import type { RankContext } from '../runtime/context.js';
 import { toFloat32 } from '../runtime/dtype.js';
@@ -37,10 +36,9 @@ export function run(ctx: RankContext, t: KernelTask) {
     be.sync();
     const secs: number[] = [];
     for (let r = 0; r < t.repeats; r++) {
-      const t0 = performance.now();
+      const stop = be.startTimer();
       for (let i = 0; i < t.iters; i++) once();
-      be.sync();
-      secs.push((performance.now() - t0) / 1000 / t.iters);
+      secs.push(stop() / t.iters);
     }
     return { median: median(secs), min: Math.min(...secs), max: Math.max(...secs) };
   };

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Comm, Group } from './comm.js';
 import { DTYPE_CODE, type DType, type HostData } from './dtype.js';
 import { fail } from './errors.js';
@@ -27,6 +28,18 @@ export abstract class Backend {
   abstract fill(t: DeviceTensor, value: number): void;
   /** Waits for all queued work of this rank (cpu: no-op). */
   abstract sync(): void;
+  /**
+   * Starts timing the work queued from now on; the returned function, called once that work is
+   * queued, waits for it and gives the seconds it took. Here the host clock around a sync; the
+   * cuda backend reads CUDA events, as the seed's benchmark does.
+   */
+  startTimer(): () => number {
+    const t0 = performance.now();
+    return () => {
+      this.sync();
+      return (performance.now() - t0) / 1000;
+    };
+  }
   /** The communicator of `group`: made on first use (newComm) and kept per group key. */
   comm(group: Group): Comm {
     let c = this.comms.get(group.key);

@@ -80,6 +80,16 @@ export class CudaBackend extends Backend {
     this.kernels.sync(this.info.timeoutMs);
   }
 
+  /** Device time between two CUDA events (a failed sync leaves its two marks to the worker's teardown). */
+  override startTimer(): () => number {
+    const start = this.kernels.timerMark();
+    return () => {
+      const stop = this.kernels.timerMark();
+      this.sync();
+      return this.kernels.timerElapsed(start, stop) / 1000;
+    };
+  }
+
   protected newComm(group: Group): Comm {
     return new CudaComm(group, this.kernels, this.info.transport);
   }

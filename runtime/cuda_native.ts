@@ -13,6 +13,10 @@ export interface NativeCuda extends NativeKernels {
   download(ptr: bigint, dst: Float32Array | Uint16Array): void;
   fill(p: object): void;
   sync(timeoutMs: number): void;
+  /** A timing event after all of this rank's queued work (benchmark timing); returns its id. */
+  timerMark(): number;
+  /** Milliseconds between two marks that have passed (sync first); frees both. */
+  timerElapsed(start: number, stop: number): number;
   commSendRecv(p: object): number;
   commAllGather(p: object): number;
   commReduceScatter(p: object): number;

@@ -57,12 +57,15 @@ struct WorkerState {
   std::vector<cudaEvent_t> free_events;
   std::map<int, cudaEvent_t> live_events;
   int next_event = 1;
+  std::map<int, cudaEvent_t> timer_marks;  // TimerMark's events, until TimerElapsed reads them
+  int next_mark = 1;
 
   ~WorkerState() {
     // Never throws: a throw during worker teardown would abort the process.
     comms.clear();
     for (auto e : free_events) cudaEventDestroy(e);
     for (auto& kv : live_events) cudaEventDestroy(kv.second);
+    for (auto& kv : timer_marks) cudaEventDestroy(kv.second);
   }
 };
 
@@ -354,6 +357,44 @@ RFA_NAPI(Sync) {
   });
 }
 
+// Benchmark timing on the device (the seed times its iterations between CUDA events): a timing
+// event recorded on the compute stream once it has joined the comm stream, so a mark follows
+// every operation this rank has queued. Returns the mark's id.
+RFA_NAPI(TimerMark) {
+  RFA_BODY({
+    WorkerState& s = state(info.Env());
+    cudaEvent_t ev;
+    RFA_CUDA_CHECK(cudaEventCreate(&ev));
+    s.ctx->compute_waits_for_comm();
+    const cudaError_t err = cudaEventRecord(ev, s.ctx->compute());
+    if (err != cudaSuccess) cudaEventDestroy(ev);
+    RFA_CUDA_CHECK(err);
+    const int id = s.next_mark++;
+    s.timer_marks[id] = ev;
+    return Napi::Number::New(info.Env(), id);
+  });
+}
+
+// Milliseconds between two marks, once both have passed (call Sync first); frees both marks.
+RFA_NAPI(TimerElapsed) {
+  RFA_BODY({
+    WorkerState& s = state(info.Env());
+    cudaEvent_t ev[2];
+    for (int i = 0; i < 2; ++i) {
+      auto it = s.timer_marks.find(info[i].As<Napi::Number>().Int32Value());
+      if (it == s.timer_marks.end()) RFA_THROW("E_ARG", "unknown timer mark");
+      ev[i] = it->second;
+      s.timer_marks.erase(it);
+    }
+    float ms = 0;
+    const cudaError_t err = cudaEventElapsedTime(&ms, ev[0], ev[1]);
+    cudaEventDestroy(ev[0]);
+    cudaEventDestroy(ev[1]);
+    RFA_CUDA_CHECK(err);
+    return Napi::Number::New(info.Env(), double(ms));
+  });
+}
+
 RFA_NAPI(PeakBytes) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->peak_bytes())); }); }
 RFA_NAPI(ResetPeak) { RFA_BODY({ state(info.Env()).ctx->reset_peak(); return info.Env().Undefined(); }); }
 RFA_NAPI(BytesInUse) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_in_use())); }); }
@@ -401,7 +442,7 @@ void register_cuda(Napi::Env env, Napi::Object exports) {
       {"download", Download}, {"fill", Fill}, {"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot},
       {"flashBwd", FlashBwd}, {"merge", Merge}, {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh},
       {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather}, {"commReduceScatter", CommReduceScatter},
-      {"waitEvent", WaitEvent}, {"sync", Sync}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak},
+      {"waitEvent", WaitEvent}, {"sync", Sync}, {"timerMark", TimerMark}, {"timerElapsed", TimerElapsed}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak},
       {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}, {"ncclStatus", NcclStatus}
   });
 }

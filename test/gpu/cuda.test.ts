@@ -72,6 +72,16 @@ if (gpus > 0) {
     assert.equal(await rt1.spmd(USER, 'allocatorReuse'), [{ lastReleasedFirst: true, thenTheOther: true }]);
   });
 
+  // The benchmark's timing (Backend.startTimer): CUDA events inside the host-clock region they
+  // are read in, so never longer than it, and the work fills most of it.
+  s('the device timer reads CUDA events: within the host clock around the same work, most of it', async () => {
+    const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+    const [{ device, host, idle }] = (await rt1.spmd(USER, 'deviceTimer')) as { device: number; host: number; idle: number }[];
+    assert.ok(device > 0 && device <= host + 1e-4, `device ${device} s, host ${host} s`);
+    assert.ok(device >= 0.7 * host, `device ${device} s is far below the host's ${host} s: the events miss the work`);
+    assert.ok(idle >= 0 && idle < 1e-3, `a timer around no work read ${idle} s`);
+  });
+
   s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
     await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
   });
