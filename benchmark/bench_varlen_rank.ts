@@ -18,6 +18,9 @@ import { timeCalls } from './bench_rank.js';
 import { random } from './random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
+/** The seed's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
+export const SEED_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
+
 export type VarlenColumn = 'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_varlen' | 'llama3';
 
 export interface VarlenBenchTask extends TimingPlan {

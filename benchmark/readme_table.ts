@@ -25,7 +25,7 @@ import path from 'node:path';
 import { init, visibleGpuCount, type Transport } from '../index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
-import type { VarlenBenchTask, VarlenColumn } from './bench_varlen_rank.js';
+import { SEED_SETS, type VarlenBenchTask, type VarlenColumn } from './bench_varlen_rank.js';
 import { barChart, type ChartGroup } from './chart.js';
 import { RESULTS_DIR } from './issue_targets.js';
 import { Progress } from './progress.js';
@@ -50,9 +50,6 @@ const VARLEN_COLUMNS: { label: string; column: VarlenColumn }[] = [
   { label: 'zigzag_ring_varlen', column: 'zigzag_ring_varlen' },
   { label: 'llama3_varlen', column: 'llama3' },
 ];
-
-/** The seed's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
-const SEED_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
 
 type Mode = 'fwd' | 'fwdbwd';
 interface Cell { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number; slowestSoloRank?: number }

@@ -37,14 +37,29 @@ export interface VarlenCase {
 
 export const maxSeqlenOf = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
 
-/** Runs one case in driver mode; relative L2 errors of out, lse and the grads against the reference. */
-export async function runVarlenCase(rt: RingRuntime, names: VarlenNames, c: VarlenCase, seed: number): Promise<CaseResult> {
+/** What a varlen call gives back in driver mode: out, lse and the gradients of q, k and v, unpacked. */
+export interface VarlenOutputs {
+  out: ArrayLike<number>;
+  lse: ArrayLike<number>;
+  dq: ArrayLike<number>;
+  dk: ArrayLike<number>;
+  dv: ArrayLike<number>;
+}
+
+export type VarlenInputs = ReturnType<typeof varlenInputs>;
+
+/** The random inputs of a case (fp32 values; a bf16 case rounds them on upload). */
+export function varlenInputs(c: VarlenCase, seed: number) {
   const rand = rng(seed);
   const T = c.cu[c.cu.length - 1]!;
-  const dtype = c.dtype ?? 'float32';
   const q = randn(rand, T * c.h * c.d), k = randn(rand, T * c.hk * c.d), v = randn(rand, T * c.hk * c.d);
-  const dout = randn(rand, T * c.h * c.d);
-  const opts: Record<string, unknown> = { causal: c.causal, dtype, ...c.options };
+  return { T, q, k, v, dout: randn(rand, T * c.h * c.d) };
+}
+
+/** Runs one case in driver mode, forward and backward. */
+export async function callVarlen(rt: RingRuntime, names: VarlenNames, c: VarlenCase, inputs: VarlenInputs): Promise<VarlenOutputs> {
+  const { T, q, k, v, dout } = inputs;
+  const opts: Record<string, unknown> = { causal: c.causal, dtype: c.dtype ?? 'float32', ...c.options };
   if (c.scale !== undefined) opts.softmax_scale = c.scale;
   const cu = Int32Array.from(c.cu), max = maxSeqlenOf(c.cu);
   let r;
@@ -53,18 +68,26 @@ export async function runVarlenCase(rt: RingRuntime, names: VarlenNames, c: Varl
   else r = await rt.call(names.qkvpacked, nd(pack([q, k, v], 1, T, c.h, c.d), [T, 3, c.h, c.d]), cu, max, opts);
   const g: DriverGrads = await r.backward(nd(dout, [T, c.h, c.d]));
   await r.dispose();
+  assert.equal(r.out.shape, [T, c.h, c.d]);
+  assert.equal(r.lse.shape, [c.h, T]);
+  const { out, lse } = { out: r.out.data, lse: r.lse.data };
+  if ('dk' in g) return { out, lse, dq: g.dq.data, dk: g.dk.data, dv: g.dv.data };
+  if ('dkv' in g) return { out, lse, dq: g.dq.data, dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d), dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d) };
+  return { out, lse, dq: unpack(g.dqkv.data, 0, 3, 1, T, c.h, c.d), dk: unpack(g.dqkv.data, 1, 3, 1, T, c.h, c.d), dv: unpack(g.dqkv.data, 2, 3, 1, T, c.h, c.d) };
+}
+
+/** Runs one case in driver mode; relative L2 errors of out, lse and the grads against the fp64 reference. */
+export async function runVarlenCase(rt: RingRuntime, names: VarlenNames, c: VarlenCase, seed: number): Promise<CaseResult> {
+  const inputs = varlenInputs(c, seed);
+  const r = await callVarlen(rt, names, c, inputs);
+  const { q, k, v, dout } = inputs;
+  const dtype = c.dtype ?? 'float32';
   const ref = memoReference(JSON.stringify({ ...c, world: undefined, options: undefined, seed, dtype }), () =>
     varlenReference({ q, k, v, cu: c.cu, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal },
       dtype === 'float32' ? dout : rounded(dout, dtype)));
-  let dq: ArrayLike<number>, dk: ArrayLike<number>, dv: ArrayLike<number>;
-  if ('dk' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: g.dk.data, dv: g.dv.data });
-  else if ('dkv' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d), dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d) });
-  else ({ dq, dk, dv } = { dq: unpack(g.dqkv.data, 0, 3, 1, T, c.h, c.d), dk: unpack(g.dqkv.data, 1, 3, 1, T, c.h, c.d), dv: unpack(g.dqkv.data, 2, 3, 1, T, c.h, c.d) });
-  assert.equal(r.out.shape, [T, c.h, c.d]);
-  assert.equal(r.lse.shape, [c.h, T]);
   return {
-    out: relL2(r.out.data, ref.out), lse: relL2(r.lse.data, ref.lse), maxOut: maxAbs(r.out.data, ref.out),
-    dq: relL2(dq, ref.dq), dk: relL2(dk, ref.dk), dv: relL2(dv, ref.dv),
+    out: relL2(r.out, ref.out), lse: relL2(r.lse, ref.lse), maxOut: maxAbs(r.out, ref.out),
+    dq: relL2(r.dq, ref.dq), dk: relL2(r.dk, ref.dk), dv: relL2(r.dv, ref.dv),
   };
 }
 

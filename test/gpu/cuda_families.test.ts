@@ -7,7 +7,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
 import { runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
-import { runVarlenCase, type VarlenCase, type VarlenNames } from '../varlen_cases.js';
+import { SEED_SETS } from '../../benchmark/bench_varlen_rank.js';
+import { relL2 } from '../helpers.js';
+import { callVarlen, runVarlenCase, varlenInputs, type VarlenCase, type VarlenNames } from '../varlen_cases.js';
 import { placements } from './placements.js';
 
 const gpus = visibleGpuCount();
@@ -57,6 +59,33 @@ if (gpus > 0) {
           const c: VarlenCase = { world, cu, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
           const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
           within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
+        }
+      } finally {
+        await rt.close();
+      }
+    });
+
+    // The seed's own cu_seqlens sets at its size, 8192 tokens per rank (too long for the fp64
+    // reference): every family against itself at world 1 (one kernel call per head group), same
+    // inputs, same packing.
+    // Both round out and the grads to bf16 once, so they differ by rounding (a few 1e-3);
+    // a block computed against the wrong keys or dropped would differ by O(1).
+    s(`${where}: the seed's cu_seqlens sets at 8192 tokens per rank agree with one GPU`, async () => {
+      const rt = await init(opts);
+      try {
+        for (const set of SEED_SETS) {
+          const cu = set.map((x) => x * world);
+          for (const [prefix, packing] of [['ring_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'kvpacked'],
+            ['llama3_flash_attn_varlen', 'qkvpacked']] as const) {
+            const c: VarlenCase = { world, cu, h: 2, hk: packing === 'qkvpacked' ? 2 : 1, d: 128, causal: true, packing, dtype: 'bfloat16' };
+            const inputs = varlenInputs(c, 81);
+            const ring = await callVarlen(rt, varlenNames(prefix), c, inputs);
+            const single = await callVarlen(rt1, varlenNames(prefix), { ...c, world: 1 }, inputs);
+            for (const [key, tol] of [['out', 5e-3], ['lse', 1e-4], ['dq', 1e-2], ['dk', 1e-2], ['dv', 1e-2]] as const) {
+              const e = relL2(ring[key], single[key]);
+              assert.ok(e <= tol, `${prefix} ${packing} cu=[${cu.join(',')}] ${key}: ring vs one GPU ${e.toExponential(2)} > ${tol}`);
+            }
+          }
         }
       } finally {
         await rt.close();
