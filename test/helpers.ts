@@ -18,7 +18,10 @@ export function rng(seed: number): () => number {
 
 /** Fresh random values in [-1, 1). */
 export function randn(rand: () => number, n: number): Float32Array {
-  return Float32Array.from({ length: n }, () => rand() * 2 - 1);
+  // A plain loop: Float32Array.from over an array-like takes ~100 ns per element.
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = rand() * 2 - 1;
+  return x;
 }
 
 export function nd(data: Float32Array, shape: number[]) {
