@@ -25,14 +25,14 @@ if [ "${BENCH:-0}" = 1 ]; then
     echo "--- bench ($t)"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- --transport $t ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-$t.log"
     # The README-table issue's bar (world 4: zigzag >= 95%, every cell above the Python project's).
     json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/bench-$t.log" | tail -1)
-    [ -n "$json" ] && node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-$t.txt"
+    # Each result goes to $OUT as soon as it exists: a call cut at the device's time limit keeps it.
+    [ -n "$json" ] && { cp "$json" "${json%.json}.svg" "$OUT/" 2>/dev/null; node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-$t.txt"; }
   done
-  cp benchmark/results/*.json benchmark/results/*.svg "$OUT/" 2>/dev/null
 fi
 for w in ${SOLO:-}; do
   echo "--- solo $w"; timeout ${BENCH_TIMEOUT:-300} node dist/benchmark/readme_table.js --solo $w ${BENCH_ARGS:-} 2>&1 | tee "$OUT/solo$w.log"
   json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/solo$w.log" | tail -1)
-  [ -n "$json" ] && node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-solo$w.txt"
+  [ -n "$json" ] && { cp "$json" "${json%.json}.svg" "$OUT/" 2>/dev/null; node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-solo$w.txt"; }
 done
 echo "=== summary"; grep -sE "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
