@@ -73,7 +73,7 @@ const family = makeFamily<SingleVarlenOptions, unknown[]>(singleVarlenVariant, V
   const o: SingleVarlenOptions = {
     softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal, seg: segmentSpec(spansOf(cuQ), spansOf(cuK)),
   };
-  return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs };
+  return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs, deterministic: a.deterministic };
 });
 
 /** flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...) on this device only. */

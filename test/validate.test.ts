@@ -73,6 +73,18 @@ s('backward: dout of the wrong shape, and after dispose', async () => {
   await expectError(() => r.backward(q), 'E_ARG', /backward after dispose/);
 });
 
+// The CPU kernels run in a fixed order, so deterministic=True is honoured: two backward passes
+// give the same bits (the cuda backend refuses it: test/gpu/cuda.test.ts).
+s('deterministic=True on the cpu backend: accepted, and two backward passes agree bit for bit', async () => {
+  const grads = [];
+  for (let i = 0; i < 2; i++) {
+    const r = await rt.call(F, q, k, v, { causal: true, deterministic: true });
+    grads.push(await r.backward(q));
+    await r.dispose();
+  }
+  for (const key of ['dq', 'dk', 'dv'] as const) assert.equal(grads[0]![key].data, grads[1]![key].data, key);
+});
+
 s('the pool answers a valid call after all of the above', async () => {
   const r = await rt.call(F, q, k, v, { causal: true });
   assert.equal(r.out.shape, [1, 8, 4, 16]);

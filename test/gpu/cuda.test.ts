@@ -82,6 +82,20 @@ if (gpus > 0) {
     assert.ok(idle >= 0 && idle < 1e-3, `a timer around no work read ${idle} s`);
   });
 
+  // The backward adds dq over key tiles with fp32 atomics, so deterministic=True is refused at
+  // the backward (the forward is deterministic and runs), and the runtime answers the next call.
+  s('deterministic=True: the backward is refused with E_UNSUPPORTED, the next call works', async () => {
+    const x = new Float32Array(1 * 128 * 2 * 64).map((_, i) => Math.sin(i));
+    const t = () => nd(x.slice(), [1, 128, 2, 64]);
+    const r = await rt1.call('flash_attn_func', t(), t(), t(), { causal: true, deterministic: true });
+    await expectError(() => r.backward(t()), 'E_UNSUPPORTED', /deterministic=True is not supported on the cuda backend/);
+    await r.dispose();
+    const ok = await rt1.call('flash_attn_func', t(), t(), t(), { causal: true });
+    const g = await ok.backward(t());
+    assert.ok('dq' in g && Array.from(g.dq.data).every(Number.isFinite));
+    await ok.dispose();
+  });
+
   s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
     await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
   });
