@@ -1,7 +1,7 @@
 // Runs on every rank (rt.runEach): builds this rank's random local shard once, then times N
-// calls of one public function (forward, or forward + backward) between CUDA events, after a
-// warm-up that lasts until two consecutive repeats agree (NCCL sets each peer pair up on first
-// use, so a cold pass is far slower). Returns the timings; the main thread makes the table.
+// calls of one public function (forward, or forward + backward) between CUDA events (the host
+// clock on the CPU backend), after a warm-up that lasts until two consecutive repeats agree
+// (NCCL sets each peer pair up on first use, so a cold pass is far slower). Returns the timings; the main thread makes the table.
 // timeCalls is shared with the varlen table (bench_varlen_rank.ts).
 import { RING_FUNCTIONS } from '../api/registry.js';
 import type { RankContext } from '../runtime/context.js';
@@ -62,9 +62,10 @@ export interface TimingPlan {
 
 /**
  * Times `once` (one call, forward or forward + backward): one cold call, then repeats of
- * `iters` calls between CUDA events (Backend.startTimer) until two consecutive repeats agree (judged on the slowest
- * rank, so every rank stops on the same repeat), then 4 more. Returns this rank's seconds per
- * repeat (the last warm-up repeat counts as the first) and the number of warm-up repeats.
+ * `iters` calls (timed by Backend.startTimer: CUDA events on GPUs) until two consecutive repeats
+ * agree (judged on the slowest rank, so every rank stops on the same repeat), then 4 more.
+ * Returns this rank's seconds per repeat (the last warm-up repeat counts as the first) and the
+ * number of warm-up repeats.
  */
 export function timeCalls(ctx: RankContext, once: () => void, t: TimingPlan): { repeats: number[]; warmupRepeats: number } {
   const repeat = () => {

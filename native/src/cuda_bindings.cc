@@ -379,13 +379,12 @@ RFA_NAPI(TimerMark) {
 RFA_NAPI(TimerElapsed) {
   RFA_BODY({
     WorkerState& s = state(info.Env());
-    cudaEvent_t ev[2];
-    for (int i = 0; i < 2; ++i) {
-      auto it = s.timer_marks.find(info[i].As<Napi::Number>().Int32Value());
-      if (it == s.timer_marks.end()) RFA_THROW("E_ARG", "unknown timer mark");
-      ev[i] = it->second;
-      s.timer_marks.erase(it);
-    }
+    const auto start = s.timer_marks.find(info[0].As<Napi::Number>().Int32Value());
+    const auto stop = s.timer_marks.find(info[1].As<Napi::Number>().Int32Value());
+    if (start == s.timer_marks.end() || stop == s.timer_marks.end() || start == stop) RFA_THROW("E_ARG", "unknown timer mark");
+    const cudaEvent_t ev[2] = {start->second, stop->second};
+    s.timer_marks.erase(start);
+    s.timer_marks.erase(stop);
     float ms = 0;
     const cudaError_t err = cudaEventElapsedTime(&ms, ev[0], ev[1]);
     cudaEventDestroy(ev[0]);
