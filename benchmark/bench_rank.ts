@@ -1,8 +1,8 @@
 // Runs on every rank (rt.runEach): builds this rank's random local shard once, then times N
 // calls of one public function (forward, or forward + backward) between CUDA events (the host
 // clock on the CPU backend), after a warm-up that lasts until two consecutive repeats agree
-// (NCCL sets each peer pair up on first use, so a cold pass is far slower). Returns the timings; the main thread makes the table.
-// timeCalls is shared with the varlen table (bench_varlen_rank.ts).
+// (NCCL sets each peer pair up on first use, so a cold pass is far slower). Returns the timings;
+// the main thread makes the table. timeCalls is shared with the varlen table (bench_varlen_rank.ts).
 import { RING_FUNCTIONS } from '../api/registry.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
