@@ -62,12 +62,11 @@ export const VARLEN_FRAME: Frame = {
   toPublic: (t) => t.select(0, 0),
 };
 
-/** A parsed call: the variant's options, the ring's group, whether lse is returned, and whether the backward must be deterministic. */
+/** A parsed call: the variant's options, the ring's group, and whether lse is returned. */
 export interface ParsedCall<O extends RingOptions> {
   o: O;
   group: Group;
   returnAttnProbs: boolean;
-  deterministic: boolean;
 }
 
 /**
@@ -107,8 +106,6 @@ function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, 
     if (dout.shape.join() !== c.q.shape.join())
       fail('E_SHAPE', `${c.fn} backward: dout shape (${dout.shape.join(', ')}) != out shape (${c.q.shape.join(', ')})`);
     if (!c.inputs.some((t) => t.requiresGrad)) fail('E_ARG', `${c.fn} backward: none of the inputs requires grad`);
-    if (a.deterministic && !backend.deterministicBackward)
-      fail('E_UNSUPPORTED', `${c.fn} backward: deterministic=True is not supported on the ${backend.name} backend (its kernel adds dq over key tiles with fp32 atomics, in no fixed order); pass deterministic=False`);
     const d = toDtype(backend, dout, c.q);
     const grads = variant.backward(backend, a.group, frame.toKernel(d), q, k, v, fwd, a.o);
     c.sink(backend, { dq: frame.toPublic(grads.dq), dk: frame.toPublic(grads.dk), dv: frame.toPublic(grads.dv) });
@@ -187,7 +184,7 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
     if (!single && k.shape[1] !== q.shape[1])
       fail('E_SHAPE', `${fn}: k seqlen ${k.shape[1]} != q seqlen ${q.shape[1]} (ring shards hold equal lengths)`);
     const group = single ? currentContext().newGroup([currentContext().rank]) : resolveGroup(fn, a.group);
-    return { o: { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[3]!), causal: a.causal }, group, returnAttnProbs: a.returnAttnProbs, deterministic: a.deterministic };
+    return { o: { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[3]!), causal: a.causal, deterministic: a.deterministic }, group, returnAttnProbs: a.returnAttnProbs };
   });
 }
 

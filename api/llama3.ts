@@ -139,7 +139,7 @@ export function llama3Backward(backend: Backend, group: Group, dout: DeviceTenso
   const dsum = backend.empty([1, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
   const seg = backend.segments(specOf(o));
-  const attn = { softmaxScale: o.softmaxScale, causal: o.causal, seg, accumulate: true };
+  const attn = { softmaxScale: o.softmaxScale, causal: o.causal, seg, accumulate: true, deterministic: o.deterministic };
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   const reduce = new HeadGroupReduce(backend, group, k, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {

@@ -117,7 +117,7 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
       dout: rowsOf(dout, p.q), q: rowsOf(q, p.q), k: rowsOf(cur.k, p.kv), v: rowsOf(cur.v, p.kv),
       lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
       dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
-    }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true, overwriteKv: !p.seg });
+    }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true, overwriteKv: !p.seg, deterministic: o.deterministic });
   };
   // The rows of a block's gradients that hold something: a dense plan's key rows, or all of them.
   const written = (p: BlockPlan): Rows => (p.seg ? { start: 0, length: s } : p.kv);

@@ -69,7 +69,7 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
   const dkvOut: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   const dkvIn: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   // dq accumulates over the steps; every step's dK/dV (all key rows) is written into its own buffer.
-  const attn = { softmaxScale: o.softmaxScale, accumulate: true, overwriteKv: true };
+  const attn = { softmaxScale: o.softmaxScale, accumulate: true, overwriteKv: true, deterministic: o.deterministic };
 
   const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
     plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],

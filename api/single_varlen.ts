@@ -44,7 +44,7 @@ function singleVarlenBackward(backend: Backend, _g: Group, dout: DeviceTensor, q
   // Kernels with segments accumulate; keys outside every sequence keep their zero gradient.
   const dq = backend.zeros(q.shape, 'float32'), dk = backend.zeros(k.shape, 'float32'), dv = backend.zeros(v.shape, 'float32');
   const tables = new SegmentTables(backend);
-  backend.flashBwd({ dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv }, { softmaxScale: o.softmaxScale, causal: o.causal, seg: tables.get(o.seg), accumulate: true });
+  backend.flashBwd({ dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv }, { softmaxScale: o.softmaxScale, causal: o.causal, seg: tables.get(o.seg), accumulate: true, deterministic: o.deterministic });
   tables.release();
   dsum.dispose();
   return { dq, dk, dv };
@@ -71,9 +71,9 @@ const family = makeFamily<SingleVarlenOptions, unknown[]>(singleVarlenVariant, V
   checkMaxSeqlen(fn, maxKName, a.kw[maxKName], cuK, cuKName);
   const ctx = currentContext();
   const o: SingleVarlenOptions = {
-    softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal, seg: segmentSpec(spansOf(cuQ), spansOf(cuK)),
+    softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal, deterministic: a.deterministic, seg: segmentSpec(spansOf(cuQ), spansOf(cuK)),
   };
-  return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs, deterministic: a.deterministic };
+  return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs };
 });
 
 /** flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...) on this device only. */

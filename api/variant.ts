@@ -5,6 +5,8 @@ import type { DeviceTensor } from '../runtime/tensor.js';
 export interface RingOptions {
   softmaxScale: number;
   causal: boolean;
+  /** Backward kernels that give the same bits every run (flash-attn's `deterministic`). */
+  deterministic: boolean;
 }
 
 /**

@@ -32,8 +32,8 @@ export function varlenFamily<O extends RingOptions, R extends unknown[]>(variant
     const a = parseAttnArgs(fn, rest, positional);
     checkQkv(fn, q, k, v);
     const group = resolveGroup(fn, a.group);
-    const base: RingOptions = { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal };
-    return { o: read(fn, a.kw, q, k, base, group), group, returnAttnProbs: a.returnAttnProbs, deterministic: a.deterministic };
+    const base: RingOptions = { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal, deterministic: a.deterministic };
+    return { o: read(fn, a.kw, q, k, base, group), group, returnAttnProbs: a.returnAttnProbs };
   });
 }
 

@@ -2,6 +2,8 @@
 // (bf16, head dim 128, batch 1; causal and not), forward and forward+backward iter/s and
 // TFLOP/s, each checked in the same run against fp64 on a sample of rows (a fast wrong kernel
 // is worth nothing). FLOP: causal forward 2·b·h·s²·d (half of 4·b·h·s²·d), backward 2.5×.
+// Arguments: a shape name to filter on (e.g. 'h=5'); `--deterministic` times the deterministic
+// backward.
 import { init } from '../index.js';
 import type { KernelTask } from './kernel_rank.js';
 
@@ -39,7 +41,8 @@ function referenceRows(x: { q: Float32Array; k: Float32Array; v: Float32Array },
 }
 
 async function main() {
-  const only = process.argv[2];
+  const deterministic = process.argv.includes('--deterministic');
+  const only = process.argv.slice(2).find((a) => !a.startsWith('--'));
   const rt = await init({ backend: 'cuda', world: 1 });
   const d = 128;
   console.log('| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |');
@@ -48,7 +51,7 @@ async function main() {
     for (const sh of SHAPES.filter((x) => !only || x.name.includes(only)))
       for (const causal of [true, false]) {
         const iters = sh.s > 10000 ? 2 : 10;
-        const task: KernelTask = { b: 1, s: sh.s, h: sh.h, hk: sh.hk, d, causal, iters, repeats: 5 };
+        const task: KernelTask = { b: 1, s: sh.s, h: sh.h, hk: sh.hk, d, causal, iters, repeats: 5, deterministic };
         const [r] = (await rt.runEach(new URL('./kernel_rank.js', import.meta.url).href, 'run', [task], [0])) as any[];
         const flop = 2 * sh.h * sh.s * sh.s * d * (causal ? 1 : 2);
         const ref = referenceRows(r.sample, sh.s, d, r.sample.rows, causal);

@@ -12,6 +12,8 @@ export interface KernelTask {
   causal: boolean;
   iters: number;
   repeats: number;
+  /** flash-attn's deterministic backward (ours: dq's parts added in key-tile order). */
+  deterministic?: boolean;
 }
 
 
@@ -25,7 +27,7 @@ export function run(ctx: RankContext, t: KernelTask) {
   const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16');
   const time = (backward: boolean) => {
     const once = () => {
-      const out = flash_attn_func(q, k, v, { causal: t.causal }) as DeviceTensor;
+      const out = flash_attn_func(q, k, v, { causal: t.causal, deterministic: t.deterministic === true }) as DeviceTensor;
       if (backward) {
         out.backward(dout);
         for (const x of [q, k, v]) { x.grad?.dispose(); x.grad = null; }

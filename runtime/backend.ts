@@ -15,11 +15,6 @@ const POISON = process.env.RFA_POISON === '1';
  */
 export abstract class Backend {
   abstract readonly name: 'cpu' | 'cuda';
-  /**
-   * Whether the backward kernel gives the same bits on every run (a call's `deterministic=True`
-   * is refused with E_UNSUPPORTED where not). The ring code itself adds in a fixed order.
-   */
-  abstract readonly deterministicBackward: boolean;
   /** Native kernel entry points of this backend (same parameter objects on both). */
   protected abstract readonly kernels: NativeKernels;
   private readonly comms = new Map<string, Comm>();

@@ -13,8 +13,6 @@ function hostArray(numel: number, dtype: DType): HostData {
 /** The reference backend: host memory, C++ kernels, mailboxes between worker threads. */
 export class CpuBackend extends Backend {
   readonly name = 'cpu' as const;
-  // One thread runs each kernel's loops in a fixed order.
-  readonly deterministicBackward = true;
   protected readonly kernels: NativeCpu;
   private bytesLive = 0;
   private bytesPeak = 0;

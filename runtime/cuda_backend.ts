@@ -16,8 +16,6 @@ import { DeviceTensor, numelOf, type Storage } from './tensor.js';
  */
 export class CudaBackend extends Backend {
   readonly name = 'cuda' as const;
-  // dq gathers every key tile's part with fp32 atomics (a split adds dK/dV the same way).
-  readonly deterministicBackward = false;
   protected readonly kernels: NativeCuda;
   private readonly finalizer: FinalizationRegistry<bigint>;
 

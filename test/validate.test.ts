@@ -73,8 +73,8 @@ s('backward: dout of the wrong shape, and after dispose', async () => {
   await expectError(() => r.backward(q), 'E_ARG', /backward after dispose/);
 });
 
-// The CPU kernels run in a fixed order, so deterministic=True is honoured: two backward passes
-// give the same bits (the cuda backend refuses it: test/gpu/cuda.test.ts).
+// deterministic=True: two backward passes give the same bits (the CPU kernels run in a fixed
+// order; the CUDA case is in test/gpu/cuda.test.ts).
 s('deterministic=True on the cpu backend: accepted, and two backward passes agree bit for bit', async () => {
   const grads = [];
   for (let i = 0; i < 2; i++) {

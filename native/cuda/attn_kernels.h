@@ -51,7 +51,8 @@ void force_fwd_kernel(int mode);
 // For the kernel harness only, likewise: dense launches keep the first `whole` query tiles whole
 // and cut the rest into `splits` key ranges; whole < 0 goes back to the cost model.
 void force_fwd_plan(int whole, int splits);
-void flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
+// `scratch` holds the deterministic mode's turn counters.
+void flash_bwd(const FlashBwdParams& p, cudaStream_t stream, const Scratch& scratch);
 // For the kernel harness only, likewise: the backward's query splits per key tile (1..8), -1 the
 // cost model (plan_splits). Varlen launches never split.
 void force_bwd_splits(int splits);

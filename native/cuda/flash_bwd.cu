@@ -12,6 +12,11 @@
 // fp32 atomics (other key tiles add to the same rows). Q, dO, lse and dsum of the next query tile
 // load (cp.async, double buffer) while the current one is computed.
 //
+// Deterministic mode (FlashBwdParams::deterministic): the mma.sync kernel, unsplit, and each key
+// tile adds its dQ part of a query tile only once the key tiles before it have (wait_turn /
+// pass_turn), so every dQ element sums its parts in key-tile order and the bits repeat. One H200,
+// s8192 h5 d128 causal bf16, flash_attn fwd+bwd: 477 it/s against 1145 (node dist/benchmark/kernel.js).
+//
 // Two kernels implement this: flash_bwd_wgmma_kernel (head_dim 128 on sm_90: Hopper warpgroup MMAs,
 // wgmma, from 128-byte swizzled shared tiles; see its comment below and flash_wgmma.cuh) and
 // flash_bwd_kernel (mma.sync m16n8k16 + ldmatrix; head_dim 32 and 64, and every head_dim on other
@@ -56,6 +61,11 @@ struct BwdGrid {
   // (onto zeros when not accumulating), so that a grid of few key tiles still fills every SM.
   int num_splits;
   bool dkv_pairs;    // dk and dv allow float2 atomics
+  // Deterministic mode (mma.sync kernel, unsplit): per (span, query head, query tile) the number
+  // of key tiles that have added their dQ part, zeroed before the launch; key tile n adds its part
+  // once the count reaches n, so every dQ element sums its parts in key-tile order. Null otherwise.
+  int* dq_turns = nullptr;
+  int num_m_blocks = 0;  // query tiles per (span, query head): the counters' row length
 };
 
 // Zeroes a strided fp32 (b, s, h, d) view: dq before its atomics when not accumulating.
@@ -73,7 +83,7 @@ __global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, in
 // has nothing to do (a tile past its span, or an empty share of a split).
 struct BwdWork {
   Span sp;
-  int hk, n0, group, keys_valid, diag, m_begin, m_tiles, step0, steps;
+  int span_id, hk, n0, group, keys_valid, diag, m_begin, m_tiles, step0, steps;
   bool active;
 };
 
@@ -85,7 +95,8 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
   const int per_n_block = per_split * grid.num_splits;
   const int split = int(blockIdx.x) % per_n_block / per_split;
   w.hk = int(blockIdx.x) % per_split % heads_k;
-  w.sp = span_of(p.shape, p.seg, int(blockIdx.x) % per_split / heads_k);
+  w.span_id = int(blockIdx.x) % per_split / heads_k;
+  w.sp = span_of(p.shape, p.seg, w.span_id);
   w.n0 = int(blockIdx.x) / per_n_block * kBlockN;
   w.group = p.shape.nheads / heads_k;
   w.keys_valid = min(kBlockN, w.sp.nk - w.n0);
@@ -163,6 +174,30 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
       store_dkv(dk + i * kMmaN, dv + i * kMmaN, acc_dk[4 * i + 2 * hi] * scale, acc_dk[4 * i + 2 * hi + 1] * scale,
                 acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid);
   }
+}
+
+// Deterministic dQ (BwdGrid::dq_turns): the whole CTA waits until `turn` reaches `mine`. Only key
+// tiles of lower index, hence of lower blockIdx and launched earlier, are waited for, so the
+// wait cannot deadlock. Thread 0 polls with acquire loads; the barrier passes the order on to
+// every thread's atomics that follow.
+__device__ __forceinline__ void wait_turn(const int* turn, int mine) {
+  if (threadIdx.x == 0) {
+    int now;
+    while (true) {
+      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(now) : "l"(turn) : "memory");
+      if (now == mine) break;
+      __nanosleep(64);
+    }
+  }
+  __syncthreads();
+}
+
+// After this CTA's dQ atomics of the tile: every thread's adds are made visible before thread 0
+// hands the turn to the next key tile (release store).
+__device__ __forceinline__ void pass_turn(int* turn, int next) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) asm volatile("st.release.gpu.global.b32 [%0], %1;" :: "l"(turn), "r"(next) : "memory");
 }
 
 // acc[nt][.] += A (16 rows of this warp, from sA at a_off) x B^T where B rows are kBRows rows of
@@ -369,6 +404,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     }
     const float scale = p.shape.softmax_scale;
     float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
+    int* turn = grid.dq_turns ? grid.dq_turns + (int64_t(w.span_id) * p.shape.nheads + h) * grid.num_m_blocks + m0 / Tr::kBlockM : nullptr;
+    if (turn) wait_turn(turn, n0 / Tr::kBlockN);
 #pragma unroll
     for (int mt = 0; mt < Tr::kDqMTiles; ++mt)
 #pragma unroll
@@ -387,6 +424,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
           }
         }
       }
+    if (turn) pass_turn(turn, n0 / Tr::kBlockN + 1);
   }
 
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
@@ -708,7 +746,7 @@ int g_forced_splits = -1;  // force_bwd_splits
 template <class Tr>
 int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   const AttnShape& sh = p.shape;
-  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
+  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0 || p.deterministic) return 1;
   if (g_forced_splits > 0) return g_forced_splits;
   const int sms = current_device().sms;
   const int64_t per_tile = int64_t(sh.nheads_k) * sh.batch;  // CTAs per key tile and split
@@ -730,11 +768,17 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
 }
 
 // Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call
-// does not accumulate them.
+// does not accumulate them; the deterministic mode's turn counters start at zero in `turns`.
 template <class Tr>
-BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
+BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
   grid.num_n_blocks = (max_k + Tr::kBlockN - 1) / Tr::kBlockN;
   grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks);
+  if (p.deterministic) {
+    grid.num_m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
+    const size_t bytes = size_t(grid.num_spans) * p.shape.nheads * grid.num_m_blocks * sizeof(int);
+    grid.dq_turns = static_cast<int*>(turns.get(bytes));
+    RFA_CUDA_CHECK(cudaMemsetAsync(grid.dq_turns, 0, bytes, s));
+  }
   if (grid.num_splits > 1 && !p.accumulate_dkv()) {
     const AttnShape& sh = p.shape;
     zero_bsh(p.dk, p.dk_stride, sh.batch, sh.seqlen_k, sh.nheads_k, sh.head_dim, s, "zero_bsh_kernel (dk)");
@@ -744,18 +788,18 @@ BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t
 }
 
 template <int kHeadDim, typename T>
-void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStream_t s) {
+void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
   // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
-  // fallback, where its body is empty) take the mma.sync kernel.
-  if (kHeadDim == 128 && current_device().sm90) {
-    grid = size_grid<BwdWgTraits>(p, grid, max_k, s);
+  // fallback, where its body is empty) take the mma.sync kernel, as does the deterministic mode.
+  if (kHeadDim == 128 && current_device().sm90 && !p.deterministic) {
+    grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns);
     if (p.shape.causal)
       launch_bwd_wgmma<T, true>(p, grid, s);
     else
       launch_bwd_wgmma<T, false>(p, grid, s);
     return;
   }
-  grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_k, s);
+  grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns);
   if (p.shape.causal)
     launch_bwd<kHeadDim, T, true>(p, grid, s);
   else
@@ -763,11 +807,11 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_k, cudaStrea
 }
 
 template <typename T>
-void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_k, cudaStream_t s) {
+void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
   switch (p.shape.head_dim) {
-    case 32: return dispatch_causal<32, T>(p, grid, max_k, s);
-    case 64: return dispatch_causal<64, T>(p, grid, max_k, s);
-    default: return dispatch_causal<128, T>(p, grid, max_k, s);
+    case 32: return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns);
+    case 64: return dispatch_causal<64, T>(p, grid, max_q, max_k, s, turns);
+    default: return dispatch_causal<128, T>(p, grid, max_q, max_k, s, turns);
   }
 }
 
@@ -779,7 +823,7 @@ bool fp32_pairs_aligned(const float* x, const BshStrides& st) {
 
 void force_bwd_splits(int splits) { g_forced_splits = splits; }
 
-void flash_bwd(const FlashBwdParams& p, cudaStream_t s) {
+void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) {
   const AttnShape& sh = p.shape;
   check_attn("flash_bwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;
@@ -799,10 +843,11 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s) {
   if (max_k == 0) return;
   const BwdGrid grid{0, num_spans, sh.softmax_scale * kLog2e, fp32_pairs_aligned(p.dq, p.dq_stride), 1,
                      fp32_pairs_aligned(p.dk, p.dk_stride) && fp32_pairs_aligned(p.dv, p.dv_stride)};
+  ScratchBlock turns(scratch);  // deterministic mode only; released once the launch is queued
   if (p.dtype == DType::bf16)
-    dispatch_head_dim<__nv_bfloat16>(p, grid, max_k, s);
+    dispatch_head_dim<__nv_bfloat16>(p, grid, max_q, max_k, s, turns);
   else
-    dispatch_head_dim<__half>(p, grid, max_k, s);
+    dispatch_head_dim<__half>(p, grid, max_q, max_k, s, turns);
 }
 
 }  // namespace rfa::cuda

@@ -223,16 +223,27 @@ RFA_NAPI(Fill) {
 }
 
 // Kernel temporaries come from this worker's caching allocator, so they count in peak memory.
+cuda::Scratch scratch_of(cuda::DeviceContext* ctx) {
+  return cuda::Scratch{[ctx](size_t n) { return ctx->alloc(n); }, [ctx](void* p) { ctx->release(p); }};
+}
+
 RFA_NAPI(FlashFwd) {
   RFA_BODY({
     cuda::DeviceContext* ctx = state(info.Env()).ctx.get();
-    const cuda::Scratch scratch{[ctx](size_t n) { return ctx->alloc(n); }, [ctx](void* p) { ctx->release(p); }};
+    const cuda::Scratch scratch = scratch_of(ctx);
     cuda::flash_fwd(fwd_params(arg_object(info, 0)), ctx->compute(), scratch);
     return info.Env().Undefined();
   });
 }
 RFA_NAPI(FlashBwdDot) { RFA_BODY({ cuda::flash_bwd_dot(bwd_dot_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
-RFA_NAPI(FlashBwd) { RFA_BODY({ cuda::flash_bwd(bwd_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
+RFA_NAPI(FlashBwd) {
+  RFA_BODY({
+    cuda::DeviceContext* ctx = state(info.Env()).ctx.get();
+    const cuda::Scratch scratch = scratch_of(ctx);
+    cuda::flash_bwd(bwd_params(arg_object(info, 0)), ctx->compute(), scratch);
+    return info.Env().Undefined();
+  });
+}
 RFA_NAPI(Merge) { RFA_BODY({ cuda::merge(merge_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
 
 RFA_NAPI(Cast) {

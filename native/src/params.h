@@ -97,6 +97,7 @@ inline FlashBwdParams bwd_params(const Napi::Object& o) {
   p.dk = bsh_view<float>(o, "dk", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, 4, &p.dk_stride);
   p.dv = bsh_view<float>(o, "dv", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, 4, &p.dv_stride);
   p.accumulate = get_bool(o, "accumulate");
+  p.deterministic = get_bool(o, "deterministic");  // absent: false
   p.overwrite_dkv = get_bool(o, "overwrite_dkv");
   p.seg = segments(o);
   return p;

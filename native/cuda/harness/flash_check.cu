@@ -249,7 +249,19 @@ struct Config {
   bool accumulate = false;  // bwd adds into existing dq/dk/dv
   bool overwrite_dkv = false;  // with accumulate: dq adds, dk/dv are written (their old values are NaN)
   std::vector<std::array<int, 4>> segs;  // varlen spans (batch 1)
+  // Backward in the deterministic mode, run twice from the same start: the grads must match bit
+  // for bit. Configs without it are rerun too and only report whether their bits moved.
+  bool deterministic = false;
+  bool rerun = false;
 };
+
+// Equal element for element, NaN matching NaN (poisoned rows outside every span stay NaN).
+bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))) return false;
+  return true;
+}
 
 void device_segments(const Config& c, Segments& seg, std::vector<std::unique_ptr<Buffer>>& keep) {
   if (c.segs.empty()) return;
@@ -359,12 +371,13 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   bp.dv = dv_buf.at<float>(vv.off), bp.dv_stride = vv.st;
   bp.accumulate = c.accumulate;
   bp.overwrite_dkv = c.overwrite_dkv;
+  bp.deterministic = c.deterministic;
 
   try {
     cuda::flash_fwd(fp, 0, scratch());
     // With varlen, rows outside every span keep their poison; dsum there is not needed.
     cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bp, 0);
+    cuda::flash_bwd(bp, 0, scratch());
   } catch (const NativeError& e) {
     std::printf("FAIL  %-46s threw %s: %s\n", c.name.c_str(), e.code.c_str(), e.what());
     ++g_failures;
@@ -403,6 +416,29 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   expect_bsh(e_dk_in, kv, ref.dk, kc, c.b, c.sk, c.hk, d, dkv_added, st ? 2 : 1);
   expect_bsh(e_dv_in, vv, ref.dv, kc, c.b, c.sk, c.hk, d, dkv_added, st ? 3 : 1);
   const std::vector<double> got_dq = dq_buf.download(), got_dk = dk_buf.download(), got_dv = dv_buf.download();
+  if (c.deterministic || c.rerun) {
+    // The same backward again from the same dq/dk/dv.
+    if (st) {
+      dqkv.upload(before_dq);
+    } else {
+      dqb.upload(before_dq), dkb.upload(before_dk), dvb.upload(before_dv);
+    }
+    try {
+      cuda::flash_bwd(bp, 0, scratch());
+    } catch (const NativeError& e) {
+      std::printf("FAIL  %-46s rerun threw %s: %s\n", c.name.c_str(), e.code.c_str(), e.what());
+      ++g_failures;
+      return;
+    }
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const bool same = same_bits(dq_buf.download(), got_dq) && same_bits(dk_buf.download(), got_dk) && same_bits(dv_buf.download(), got_dv);
+    if (c.deterministic && !same) {
+      std::printf("FAIL  %-46s deterministic backward: a second run gave other bits\n", c.name.c_str());
+      ++g_failures;
+    } else {
+      std::printf("INFO  %-46s rerun of the backward: %s bits\n", c.name.c_str(), same ? "the same" : "other");
+    }
+  }
 
   const bool bf = c.dtype == DType::bf16;
   const double fwd_bound = bf ? 5e-3 : 2.5e-3, grad_bound = bf ? 1e-2 : 5e-3;
@@ -662,7 +698,7 @@ void run_errors() {
   expect_throw("flash_bwd head_dim 256", "E_UNSUPPORTED", [&] {
     FlashBwdParams p;
     p.shape = AttnShape{1, 8, 8, 2, 2, 256, 0.1f, false};
-    cuda::flash_bwd(p, 0);
+    cuda::flash_bwd(p, 0, scratch());
   });
 }
 
@@ -723,19 +759,19 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   const float t_merge = median_ms([&] { cuda::flash_fwd(mp, 0, scratch()); });
   const float t_bwd = median_ms([&] {
     cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bp, 0);
+    cuda::flash_bwd(bp, 0, scratch());
   });
   // A ring step's backward: dK/dV added onto what they hold.
   FlashBwdParams bpa = bp;
   bpa.accumulate = true;
   const float t_bwd_acc = median_ms([&] {
     cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bpa, 0);
+    cuda::flash_bwd(bpa, 0, scratch());
   });
   const float t_all = median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bp, 0);
+    cuda::flash_bwd(bp, 0, scratch());
   });
   CHECK_CUDA(cudaGetLastError());
   char shape[96];
@@ -761,7 +797,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
       std::snprintf(what, sizeof what, "bwd-acc/%d", splits);
       line(what, median_ms([&] {
         cuda::flash_bwd_dot(dp, 0);
-        cuda::flash_bwd(bpa, 0);
+        cuda::flash_bwd(bpa, 0, scratch());
       }), 2.5 * fwd_flop);
     }
     cuda::force_bwd_splits(-1);
@@ -876,6 +912,22 @@ int main(int argc, char** argv) {
       run_attention(c, gen);
     }
   cuda::force_bwd_splits(-1);
+  // Deterministic backward: dq's parts added in key-tile order. The same configs without it show
+  // whether the atomics' order moves the bits (INFO lines); many key tiles per query tile do.
+  {
+    Config dense{"bf16 d128 causal b1 s2048 h8/2 gqa", bf, 128, true, 1, 2048, 2048, 8, 2};
+    Config acc{"fp16 d64 full sq300 sk700 h2 accumulate", f16, 64, false, 1, 300, 700, 2, 2, false, true};
+    Config odd{"bf16 d32 causal b2 s1000 h4/2", bf, 32, true, 2, 1000, 1000, 4, 2};
+    Config keyless{"bf16 d128 causal sq300 sk77 h8/2 (keyless rows)", bf, 128, true, 1, 300, 77, 8, 2};
+    Config seg = varlen;
+    for (const Config& base : {dense, acc, odd, keyless, seg})
+      for (bool det : {true, false}) {
+        Config c = base;
+        c.deterministic = det, c.rerun = true;
+        c.name += det ? " [deterministic]" : " [atomics]";
+        run_attention(c, gen);
+      }
+  }
   run_casts(gen);
   run_copy(gen, DType::bf16, 64);
   run_copy(gen, DType::f32, 5);
