@@ -222,28 +222,22 @@ RFA_NAPI(Fill) {
   });
 }
 
-// Kernel temporaries come from this worker's caching allocator, so they count in peak memory.
-cuda::Scratch scratch_of(cuda::DeviceContext* ctx) {
-  return cuda::Scratch{[ctx](size_t n) { return ctx->alloc(n); }, [ctx](void* p) { ctx->release(p); }};
+// Runs a kernel entry that takes (params, stream, scratch) on the compute stream. Kernel
+// temporaries come from this worker's caching allocator, so they count in peak memory.
+template <class Params>
+Napi::Value with_scratch(const Napi::CallbackInfo& info, Params (*read)(const Napi::Object&),
+                         void (*launch)(const Params&, cudaStream_t, const cuda::Scratch&)) {
+  return guarded(info, [&]() -> Napi::Value {
+    cuda::DeviceContext* ctx = state(info.Env()).ctx.get();
+    const cuda::Scratch scratch{[ctx](size_t n) { return ctx->alloc(n); }, [ctx](void* p) { ctx->release(p); }};
+    launch(read(arg_object(info, 0)), ctx->compute(), scratch);
+    return info.Env().Undefined();
+  });
 }
 
-RFA_NAPI(FlashFwd) {
-  RFA_BODY({
-    cuda::DeviceContext* ctx = state(info.Env()).ctx.get();
-    const cuda::Scratch scratch = scratch_of(ctx);
-    cuda::flash_fwd(fwd_params(arg_object(info, 0)), ctx->compute(), scratch);
-    return info.Env().Undefined();
-  });
-}
+RFA_NAPI(FlashFwd) { return with_scratch<FlashFwdParams>(info, fwd_params, cuda::flash_fwd); }
 RFA_NAPI(FlashBwdDot) { RFA_BODY({ cuda::flash_bwd_dot(bwd_dot_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
-RFA_NAPI(FlashBwd) {
-  RFA_BODY({
-    cuda::DeviceContext* ctx = state(info.Env()).ctx.get();
-    const cuda::Scratch scratch = scratch_of(ctx);
-    cuda::flash_bwd(bwd_params(arg_object(info, 0)), ctx->compute(), scratch);
-    return info.Env().Undefined();
-  });
-}
+RFA_NAPI(FlashBwd) { return with_scratch<FlashBwdParams>(info, bwd_params, cuda::flash_bwd); }
 RFA_NAPI(Merge) { RFA_BODY({ cuda::merge(merge_params(arg_object(info, 0)), compute(info.Env())); return info.Env().Undefined(); }); }
 
 RFA_NAPI(Cast) {

@@ -338,11 +338,27 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   } else {
     before_dq = std::vector<double>(n_dq, kNaN), before_dk = before_dv = std::vector<double>(n_dk, kNaN);
   }
-  if (st) {
-    dqkv.upload(before_dq);
-  } else {
-    dqb.upload(before_dq), dkb.upload(before_dk), dvb.upload(before_dv);
-  }
+  // dq/dk/dv as the backward finds them (again before a rerun).
+  auto reset_grads = [&] {
+    if (st) {
+      dqkv.upload(before_dq);
+    } else {
+      dqb.upload(before_dq), dkb.upload(before_dk), dvb.upload(before_dv);
+    }
+  };
+  reset_grads();
+  // Runs `launches` to completion; a NativeError is this config's failure (false).
+  auto ran = [&](const char* what, const std::function<void()>& launches) {
+    try {
+      launches();
+    } catch (const NativeError& e) {
+      std::printf("FAIL  %-46s %s threw %s: %s\n", c.name.c_str(), what, e.code.c_str(), e.what());
+      ++g_failures;
+      return false;
+    }
+    CHECK_CUDA(cudaDeviceSynchronize());
+    return true;
+  };
 
   std::vector<std::unique_ptr<Buffer>> seg_keep;
   FlashFwdParams fp;
@@ -373,17 +389,13 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   bp.overwrite_dkv = c.overwrite_dkv;
   bp.deterministic = c.deterministic;
 
-  try {
+  const bool launched = ran("fwd+bwd", [&] {
     cuda::flash_fwd(fp, 0, scratch());
     // With varlen, rows outside every span keep their poison; dsum there is not needed.
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0, scratch());
-  } catch (const NativeError& e) {
-    std::printf("FAIL  %-46s threw %s: %s\n", c.name.c_str(), e.code.c_str(), e.what());
-    ++g_failures;
-    return;
-  }
-  CHECK_CUDA(cudaDeviceSynchronize());
+  });
+  if (!launched) return;
 
   const Reference ref = harness::reference(pb, gather_bsh(h_q, qv, c.b, c.sq, c.h, d), gather_bsh(h_k, kv, c.b, c.sk, c.hk, d),
                                            gather_bsh(h_v, vv, c.b, c.sk, c.hk, d), gather_bsh(h_dout, ov, c.b, c.sq, c.h, d));
@@ -418,19 +430,8 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   const std::vector<double> got_dq = dq_buf.download(), got_dk = dk_buf.download(), got_dv = dv_buf.download();
   if (c.deterministic || c.rerun) {
     // The same backward again from the same dq/dk/dv.
-    if (st) {
-      dqkv.upload(before_dq);
-    } else {
-      dqb.upload(before_dq), dkb.upload(before_dk), dvb.upload(before_dv);
-    }
-    try {
-      cuda::flash_bwd(bp, 0, scratch());
-    } catch (const NativeError& e) {
-      std::printf("FAIL  %-46s rerun threw %s: %s\n", c.name.c_str(), e.code.c_str(), e.what());
-      ++g_failures;
-      return;
-    }
-    CHECK_CUDA(cudaDeviceSynchronize());
+    reset_grads();
+    if (!ran("bwd rerun", [&] { cuda::flash_bwd(bp, 0, scratch()); })) return;
     const bool same = same_bits(dq_buf.download(), got_dq) && same_bits(dk_buf.download(), got_dk) && same_bits(dv_buf.download(), got_dv);
     if (c.deterministic && !same) {
       std::printf("FAIL  %-46s deterministic backward: a second run gave other bits\n", c.name.c_str());
