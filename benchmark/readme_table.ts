@@ -86,9 +86,13 @@ async function main(): Promise<void> {
       { title: 'llama3-8B kvpacked (h=32, h_k=8, d=128)', packing: 'kvpacked', b: 1, s: tokens, h: 32, hk: 8, d: 128 },
     ]
     : [{ title: 'CPU backend, small (h=2, d=32)', packing: 'qkvpacked', b: 1, s: tokens, h: 2, hk: 2, d: 32 }];
-  const only = arg('cases');
-  const selected = only ? cases.filter((_, i) => only.split(',').includes(String(i))) : cases;
+  const only = arg('cases')?.split(',');
+  const badCase = only?.find((c) => c !== 'none' && !cases.some((_, i) => String(i) === c));
+  if (badCase !== undefined) throw new Error(`--cases: unknown ${badCase} (indices 0..${cases.length - 1} of the dense cases, or none)`);
+  const selected = only ? cases.filter((_, i) => only.includes(String(i))) : cases;
   const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as Mode[];
+  const badMode = modes.find((m) => m !== 'fwd' && m !== 'fwdbwd');
+  if (badMode !== undefined) throw new Error(`--modes: unknown ${badMode} (fwd, fwdbwd)`);
   // --columns zigzag_ring,stripe_attn: only those ring columns (theoretic always runs: the percentages need it).
   const onlyColumns = arg('columns')?.split(',');
   const unknown = onlyColumns?.filter((c) => !COLUMNS.some((col) => col.label === c));

@@ -70,7 +70,7 @@ s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring col
   assert.match(bad.stderr, /--solo-rank must be 'all' or an integer in \[0, 4\)/);
 });
 
-s('--columns times only the named ring columns next to theoretic, and names an unknown one', () => {
+s('--columns times only the named ring columns next to theoretic; --columns, --cases and --modes name an unknown value', () => {
   const cli = fileURLToPath(new URL('../benchmark/readme_table.js', import.meta.url));
   const r = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd',
     '--columns', 'zigzag_ring'], { encoding: 'utf8', timeout: 120_000 });
@@ -80,6 +80,13 @@ s('--columns times only the named ring columns next to theoretic, and names an u
   const bad = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--columns', 'zigzag'], { encoding: 'utf8', timeout: 60_000 });
   assert.is(bad.status, 1);
   assert.match(bad.stderr, /--columns: unknown zigzag \(one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn\)/);
+  // --cases and --modes name what they do not know, instead of timing nothing.
+  for (const [flag, value, message] of [['--cases', '1', /--cases: unknown 1 \(indices 0\.\.0 of the dense cases, or none\)/],
+    ['--modes', 'bwd', /--modes: unknown bwd \(fwd, fwdbwd\)/]] as const) {
+    const r2 = spawnSync(process.execPath, [cli, '--backend', 'cpu', flag, value], { encoding: 'utf8', timeout: 60_000 });
+    assert.is(r2.status, 1, flag);
+    assert.match(r2.stderr, message);
+  }
 });
 
 // The varlen table's rank code: every column runs forward + backward over all four sets.
