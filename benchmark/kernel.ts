@@ -45,6 +45,7 @@ async function main() {
   const only = process.argv.slice(2).find((a) => !a.startsWith('--'));
   const rt = await init({ backend: 'cuda', world: 1 });
   const d = 128;
+  if (deterministic) console.log('backward: deterministic (dQ parts added in key-tile order)\n');
   console.log('| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |');
   console.log('|---|---|---|---|---|---|---|---|');
   try {
