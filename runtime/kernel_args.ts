@@ -83,8 +83,12 @@ export interface BwdTensors {
 export interface BwdOptions extends AttnOptions {
   accumulate: boolean;
   overwriteKv?: boolean;
-  /** The same bits every run (on CUDA: dq's parts added in key-tile order; slower). */
-  deterministic?: boolean;
+  /**
+   * The same bits every run (on CUDA: dq's parts added in key-tile order; slower). Required: it is
+   * the call's `deterministic` (RingOptions), and a kernel call that left it out would quietly
+   * break the promise.
+   */
+  deterministic: boolean;
 }
 
 export function bwdArgs(t: BwdTensors, o: BwdOptions) {
@@ -93,7 +97,7 @@ export function bwdArgs(t: BwdTensors, o: BwdOptions) {
     q: bsh(t.q, 'q'), k: bsh(t.k, 'k'), v: bsh(t.v, 'v'), dout: bsh(t.dout, 'dout'),
     lse: bhs(t.lse, 'lse'), dsum: bhs(t.dsum, 'dsum'),
     dq: bsh(t.dq, 'dq'), dk: bsh(t.dk, 'dk'), dv: bsh(t.dv, 'dv'), accumulate: o.accumulate, overwrite_dkv: o.overwriteKv === true,
-    deterministic: o.deterministic === true,
+    deterministic: o.deterministic,
   };
 }
 

@@ -17,7 +17,7 @@ function setup(causal: boolean) {
   const host = { q: randn(r, b * sq * h * d), k: randn(r, b * sk * hk * d), v: randn(r, b * sk * hk * d), dout: randn(r, b * sq * h * d) };
   const up = (x: Float32Array, shape: number[]) => be.upload(x, shape, 'float32');
   const q = up(host.q, [b, sq, h, d]), k = up(host.k, [b, sk, hk, d]), v = up(host.v, [b, sk, hk, d]), dout = up(host.dout, [b, sq, h, d]);
-  const o = { softmaxScale: 1 / Math.sqrt(d), causal };
+  const o = { softmaxScale: 1 / Math.sqrt(d), causal, deterministic: false };
   const ref = referenceBackward({ ...host, b, sq, sk, h, hk, d, scale: o.softmaxScale, causal }, host.dout);
   const out = be.empty([b, sq, h, d], 'float32'), lse = be.empty([b, h, sq], 'float32'), dsum = be.empty([b, h, sq], 'float32');
   be.flashFwd(q, k, v, out, lse, o);
