@@ -59,6 +59,14 @@ function arg(name: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : undefined;
 }
 
+/** The comma-separated values of --name (undefined when absent); any not in `known` is an error listing `choices`. */
+function listArg(name: string, known: readonly string[], choices: string): string[] | undefined {
+  const values = arg(name)?.split(',');
+  const unknown = values?.filter((v) => !known.includes(v));
+  if (unknown?.length) throw new Error(`--${name}: unknown ${unknown.join(', ')} (${choices})`);
+  return values;
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
@@ -86,17 +94,13 @@ async function main(): Promise<void> {
       { title: 'llama3-8B kvpacked (h=32, h_k=8, d=128)', packing: 'kvpacked', b: 1, s: tokens, h: 32, hk: 8, d: 128 },
     ]
     : [{ title: 'CPU backend, small (h=2, d=32)', packing: 'qkvpacked', b: 1, s: tokens, h: 2, hk: 2, d: 32 }];
-  const only = arg('cases')?.split(',');
-  const badCase = only?.find((c) => c !== 'none' && !cases.some((_, i) => String(i) === c));
-  if (badCase !== undefined) throw new Error(`--cases: unknown ${badCase} (indices 0..${cases.length - 1} of the dense cases, or none)`);
-  const selected = only ? cases.filter((_, i) => only.includes(String(i))) : cases;
-  const modes = (arg('modes') ?? 'fwd,fwdbwd').split(',') as Mode[];
-  const badMode = modes.find((m) => m !== 'fwd' && m !== 'fwdbwd');
-  if (badMode !== undefined) throw new Error(`--modes: unknown ${badMode} (fwd, fwdbwd)`);
+  const indices = cases.map((_, i) => String(i));
+  const only = listArg('cases', [...indices, 'none'], `indices 0..${cases.length - 1} of the dense cases, or none`);
+  const selected = only ? cases.filter((_, i) => only.includes(indices[i]!)) : cases;
+  const modes = (listArg('modes', ['fwd', 'fwdbwd'], 'fwd, fwdbwd') ?? ['fwd', 'fwdbwd']) as Mode[];
   // --columns zigzag_ring,stripe_attn: only those ring columns (theoretic always runs: the percentages need it).
-  const onlyColumns = arg('columns')?.split(',');
-  const unknown = onlyColumns?.filter((c) => !COLUMNS.some((col) => col.label === c));
-  if (unknown?.length) throw new Error(`--columns: unknown ${unknown.join(', ')} (one of ${COLUMNS.slice(1).map((c) => c.label).join(', ')})`);
+  const ringLabels = COLUMNS.slice(1).map((c) => c.label);
+  const onlyColumns = listArg('columns', COLUMNS.map((c) => c.label), `one of ${ringLabels.join(', ')}`);
   const columns = COLUMNS.filter((c, i) => i === 0 || !onlyColumns || onlyColumns.includes(c.label));
   const iters = Number(arg('iters') ?? (onGpu ? 20 : 4)); // a multiple of the 4 varlen sets
   const maxRepeats = Number(arg('max-repeats') ?? 8);
