@@ -42,14 +42,22 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
   // The single-device column has no ring rank to play.
   const timing = asSoloRank(ctx, entry.layout === 'single' ? undefined : t.solo, (group) => timeCalls(ctx, () => {
     const out = entry.fn(...inputs, group ? { causal: t.causal, group } : { causal: t.causal }) as DeviceTensor;
-    if (t.backward) {
-      out.backward(dout);
-      for (const x of inputs) { x.grad?.dispose(); x.grad = null; }
-    }
-    out.dispose();
+    finishCall(out, t.backward ? dout : null, inputs);
   }, t));
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
+}
+
+/**
+ * The rest of one timed call after its forward returned `out`: with `dout`, the backward, whose
+ * grads are dropped at once (the next call sets them again); then out goes.
+ */
+export function finishCall(out: DeviceTensor, dout: DeviceTensor | null, inputs: readonly DeviceTensor[]): void {
+  if (dout) {
+    out.backward(dout);
+    for (const x of inputs) { x.grad?.dispose(); x.grad = null; }
+  }
+  out.dispose();
 }
 
 /** How long to time: calls per repeat, the warm-up's cap and its settle threshold. */

@@ -14,7 +14,7 @@ import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import type { BenchResult, TimingPlan } from './bench_rank.js';
-import { timeCalls } from './bench_rank.js';
+import { finishCall, timeCalls } from './bench_rank.js';
 import { random } from './random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
@@ -71,14 +71,7 @@ export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
   const timing = asSoloRank(ctx, t.column === 'flash_attn_varlen' ? undefined : t.solo, (group) => {
     const calls = callsFor(ctx, t, group, q, kv);
     let i = 0;
-    return timeCalls(ctx, () => {
-      const out = calls[i++ % calls.length]!();
-      if (t.backward) {
-        out.backward(dout);
-        for (const x of [q, kv]) { x.grad?.dispose(); x.grad = null; }
-      }
-      out.dispose();
-    }, t);
+    return timeCalls(ctx, () => finishCall(calls[i++ % calls.length]!(), t.backward ? dout : null, [q, kv]), t);
   });
   for (const x of [q, kv, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };

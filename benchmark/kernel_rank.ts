@@ -5,6 +5,7 @@ import { flash_attn_func } from '../api/single.js';
 import type { RankContext } from '../runtime/context.js';
 import { toFloat32 } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
+import { finishCall } from './bench_rank.js';
 import { random } from './random.js';
 
 export interface KernelTask {
@@ -26,14 +27,8 @@ export function run(ctx: RankContext, t: KernelTask) {
   const v = ctx.tensor({ data: random(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
   const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16');
   const time = (backward: boolean) => {
-    const once = () => {
-      const out = flash_attn_func(q, k, v, { causal: t.causal, deterministic: t.deterministic === true }) as DeviceTensor;
-      if (backward) {
-        out.backward(dout);
-        for (const x of [q, k, v]) { x.grad?.dispose(); x.grad = null; }
-      }
-      out.dispose();
-    };
+    const once = () => finishCall(flash_attn_func(q, k, v, { causal: t.causal, deterministic: t.deterministic === true }) as DeviceTensor,
+      backward ? dout : null, [q, k, v]);
     once();
     be.sync();
     const secs: number[] = [];
