@@ -7,6 +7,14 @@
 #   device run: source .device/env.sh && bash benchmark/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# The result a README-table log names goes to $OUT as soon as it exists (a call cut at the
+# device's time limit keeps it), with its reading against the README-table issue's bar in $2.
+keep_result() {
+  local json; json=$(grep -o 'benchmark/results/[^ ]*\.json' "$1" | tail -1)
+  [ -n "$json" ] || return 0
+  cp "$json" "${json%.json}.svg" "$OUT/" 2>/dev/null
+  node dist/benchmark/issue_targets.js "$json" > "$2"
+}
 nvidia-smi -L | tee "$OUT/gpus.txt"
 [ "${TESTS:-1}" = 1 ] && { echo "--- test:gpu"; timeout ${TEST_TIMEOUT:-420} npm run test:gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^\s*$" | tail -40; }
 echo "--- sass"; sass=$(cuobjdump --dump-sass build/Release/ring_flash_attn.node 2>/dev/null)
@@ -24,15 +32,12 @@ if [ "${BENCH:-0}" = 1 ]; then
   for t in ${TRANSPORTS:-nccl copy-engine}; do
     echo "--- bench ($t)"; timeout ${BENCH_TIMEOUT:-300} npm run bench -- --transport $t ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-$t.log"
     # The README-table issue's bar (world 4: zigzag >= 95%, every cell above the Python project's).
-    json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/bench-$t.log" | tail -1)
-    # Each result goes to $OUT as soon as it exists: a call cut at the device's time limit keeps it.
-    [ -n "$json" ] && { cp "$json" "${json%.json}.svg" "$OUT/" 2>/dev/null; node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-$t.txt"; }
+    keep_result "$OUT/bench-$t.log" "$OUT/targets-$t.txt"
   done
 fi
 for w in ${SOLO:-}; do
   echo "--- solo $w"; timeout ${BENCH_TIMEOUT:-300} node dist/benchmark/readme_table.js --solo $w ${BENCH_ARGS:-} 2>&1 | tee "$OUT/solo$w.log"
-  json=$(grep -o 'benchmark/results/[^ ]*\.json' "$OUT/solo$w.log" | tail -1)
-  [ -n "$json" ] && { cp "$json" "${json%.json}.svg" "$OUT/" 2>/dev/null; node dist/benchmark/issue_targets.js "$json" > "$OUT/targets-solo$w.txt"; }
+  keep_result "$OUT/solo$w.log" "$OUT/targets-solo$w.txt"
 done
 echo "=== summary"; grep -sE "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"

@@ -50,7 +50,10 @@ export function soloComm(group: Group, loopback: boolean, real: Comm): Comm {
   return {
     group, sendable: (t) => loop.sendable(t),
     sendRecv: (sends, recvs) => copy(recvs.map((r, i) => sends[i]?.tensor ?? r.tensor), recvs.map((r) => r.tensor)),
-    allGather: (send, recv) => copy(slots(recv).map(() => send), slots(recv)),
+    allGather: (send, recv) => {
+      const into = slots(recv);
+      return copy(into.map(() => send), into);
+    },
     reduceScatter: (send, recv) => copy([slots(send)[group.rank]!], [recv]),
   };
 }
