@@ -6,8 +6,8 @@
 // iter/s ÷ world); then the varlen table (flash_attn_varlen | ring_varlen | zigzag_ring_varlen |
 // llama3_varlen over the seed's cu_seqlens sets; `--varlen off` skips it). Flags: --world,
 // --backend, --tokens, --cases (indices of the dense cases; `none`: the varlen table only),
-// --modes, --iters, --max-repeats, --settle, --transport (nccl | copy-engine: how ranks
-// communicate on GPUs, see InitOptions.transport).
+// --modes, --iters, --max-repeats, --settle, --transport (copy-engine, the runtime's default, or
+// nccl: how ranks communicate on GPUs, see InitOptions.transport).
 // `--solo W` runs on one device the share of each rank of a W-rank ring in turn, without
 // transfers (benchmark/solo_comm.ts), and reports per column its slowest rank (a row names it),
 // as a ring in lockstep runs at its slowest rank's pace: the table the ring would print if
@@ -113,8 +113,9 @@ async function main(): Promise<void> {
     ? { title: `varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)`, s: 8192, h: 32, hk: 8, d: 128, headsKStride: 4, sets: SEED_SETS }
     : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
 
-  const transport = (arg('transport') ?? 'nccl') as Transport;
-  const rt = await init({ backend, world: solo ? 1 : world, transport });
+  // Default: the runtime's own (copy-engine); --transport nccl times NCCL's kernels instead.
+  const rt = await init({ backend, world: solo ? 1 : world, transport: arg('transport') as Transport | undefined });
+  const transport = rt.transport;
   const denseModule = new URL('./bench_rank.js', import.meta.url).href;
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
   const progress = new Progress(modes.length * (selected.length * columns.length + (varlen ? VARLEN_COLUMNS.length : 0)));
@@ -198,7 +199,7 @@ async function main(): Promise<void> {
     await rt.close();
   }
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${oneSoloRank !== null ? `r${oneSoloRank}` : ''}${transport === 'copy-engine' || loopback ? '-ce' : ''}`;
+  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${oneSoloRank !== null ? `r${oneSoloRank}` : ''}${(onGpu && transport === 'copy-engine') || loopback ? '-ce' : ''}`;
   fs.writeFileSync(path.join(RESULTS_DIR, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(RESULTS_DIR, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);

@@ -20,7 +20,9 @@ export interface InitOptions {
    * 'copy-engine' (cudaMemcpyPeerAsync between the workers of this process: no SM time taken
    * from the attention kernels, NCCL never loaded; the llama3 family's all-gather and
    * reduce-scatter become per-member pulls, plus fp32 sums on the compute stream). Default
-   * 'nccl'; 'copy-engine' when ranks share a GPU, which NCCL refuses.
+   * 'copy-engine': on 2 H200s it beat NCCL in every dense cell of the README table (zigzag's
+   * seed forward 97.7% of theoretic against 78.7%; benchmark/RESULTS.md). Ranks that share a GPU
+   * must use it (NCCL refuses two ranks on one GPU).
    */
   transport?: Transport;
 }
@@ -56,7 +58,7 @@ function resolveOptions(opts: InitOptions): RankInfo[] {
     if (sharedDevices && opts.transport === 'nccl')
       fail('E_DEVICE', "init: ranks that share a GPU need transport 'copy-engine' (NCCL refuses two ranks on one GPU)");
   }
-  const transport: Transport = opts.transport ?? (sharedDevices ? 'copy-engine' : 'nccl');
+  const transport: Transport = opts.transport ?? 'copy-engine';
   const timeoutMs = opts.timeoutMs ?? 60_000;
   if (!(timeoutMs > 0)) fail('E_ARG', `init: timeoutMs must be positive, got ${timeoutMs}`);
   const runtimeId = `rt${++runtimeCount}`;
@@ -74,6 +76,8 @@ export class Runtime {
   readonly backend: 'cpu' | 'cuda';
   readonly world: number;
   readonly devices: readonly number[];
+  /** How the ranks communicate on GPUs (InitOptions.transport, resolved; the cpu backend ignores it). */
+  readonly transport: Transport;
   private pools: Piscina[];
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -82,6 +86,7 @@ export class Runtime {
     this.backend = ranks[0]!.backend;
     this.world = ranks.length;
     this.devices = ranks.map((r) => r.device);
+    this.transport = ranks[0]!.transport;
     const filename = fileURLToPath(new URL('./worker.js', import.meta.url));
     this.pools = ranks.map((info) => new Piscina({
       filename, workerData: info, minThreads: 1, maxThreads: 1, concurrentTasksPerWorker: 1,

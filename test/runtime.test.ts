@@ -25,6 +25,7 @@ s('spmd runs user code once per rank with {rank, world, device, group}', async (
   const r = (await rt.spmd(USER, 'whoami', 'hello')) as { rank: number; world: number; group: number[]; arg: string }[];
   assert.equal(r.map((x) => x.rank), [0, 1, 2]);
   assert.ok(r.every((x) => x.world === 3 && x.arg === 'hello' && x.group.join() === '0,1,2'));
+  assert.is(rt.transport, 'copy-engine', 'the resolved default transport');
   await rt.close();
 });
 

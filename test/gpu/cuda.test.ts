@@ -112,8 +112,9 @@ if (gpus > 0) {
     }
   });
 
-  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
+  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE; the default is 'copy-engine'", async () => {
     await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
+    assert.is(rt1.transport, 'copy-engine');
   });
 
   for (const { label: where, opts } of [2, 4].flatMap((w) => placements(w, gpus))) {
