@@ -108,8 +108,7 @@ struct FlashBwdParams {
   // whose block gradients go to a fresh buffer then needs no zero fill of it first.
   bool overwrite_dkv = false;
   // The same bits on every run: dq's parts from the key tiles are added in key-tile order (each
-  // CTA waits for its turn per query tile), dK/dV are never split. Only the mma.sync kernel does
-  // this (the wgmma kernel adds dq while its next MMAs run), so it is slower.
+  // CTA waits for its turn per query tile), dK/dV are never split, so it is slower.
   bool deterministic = false;
   Segments seg;             // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
 #ifdef __CUDACC__

@@ -12,10 +12,11 @@
 // fp32 atomics (other key tiles add to the same rows). Q, dO, lse and dsum of the next query tile
 // load (cp.async, double buffer) while the current one is computed.
 //
-// Deterministic mode (FlashBwdParams::deterministic): the mma.sync kernel, unsplit, and each key
-// tile adds its dQ part of a query tile only once the key tiles before it have (wait_turn /
-// pass_turn), so every dQ element sums its parts in key-tile order and the bits repeat. One H200,
-// s8192 h5 d128 causal bf16, flash_attn fwd+bwd: 477 it/s against 1145 (node dist/benchmark/kernel.js).
+// Deterministic mode (FlashBwdParams::deterministic): either kernel, unsplit, and each key tile
+// adds its dQ part of a query tile only once the key tiles before it have (wait_turn /
+// pass_turn), so every dQ element sums its parts in key-tile order and the bits repeat. Each key
+// tile then walks its query tiles last first (step_at), so that the tiles taking turns on a query
+// tile reach it at the same step and wait little.
 //
 // Two kernels implement this: flash_bwd_wgmma_kernel (head_dim 128 on sm_90: Hopper warpgroup MMAs,
 // wgmma, from 128-byte swizzled shared tiles; see its comment below and flash_wgmma.cuh) and
@@ -112,6 +113,29 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
   // A split's empty share adds nothing to dK/dV or dQ; an unsplit tile still writes its zeros.
   w.active = w.n0 < w.sp.nk && !(grid.num_splits > 1 && w.steps == 0);
   return w;
+}
+
+// Step i of a key tile's walk: its query head h and query tile mt. Default: head-major, query
+// tiles in ascending order. Deterministic mode (unsplit): query-tile-major from the last query tile
+// down, every query head of the group per tile. Under a causal mask key tile n sees a suffix of
+// the query tiles tile n-1 sees, so walked from the end both reach a query tile at the same step,
+// and tile n waits for its dQ turn only as long as tile n-1's adds take; walked from the start,
+// tile n would wait out tile n-1's extra first steps (two per tile of its index), holding its SM.
+// One H200, s8192 h5 d128 causal bf16 fwd+bwd (benchmark/kernel.js --deterministic): 852 it/s, the
+// default mode 1143; the mma.sync kernel walking from the start read 477 (the walk's share of the
+// gain was not measured apart from the kernel's).
+template <bool kDet>
+__device__ __forceinline__ void step_at(const BwdWork& w, int i, int& h, int& mt) {
+  if constexpr (kDet) {
+    h = w.hk * w.group + i % w.group, mt = w.m_begin + w.m_tiles - 1 - i / w.group;
+  } else {
+    h = w.hk * w.group + i / w.m_tiles, mt = w.m_begin + i % w.m_tiles;
+  }
+}
+
+// The deterministic mode's turn counter of query head h, query tile mt (null otherwise).
+__device__ __forceinline__ int* dq_turn(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w, int h, int mt) {
+  return grid.dq_turns ? grid.dq_turns + (int64_t(w.span_id) * p.shape.nheads + h) * grid.num_m_blocks + mt : nullptr;
 }
 
 // Two adjacent columns of one key's dK and dV: added atomically when other CTAs (a split) add to
@@ -256,8 +280,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal>(p, grid);
   if (!w.active) return;
   const Span sp = w.sp;
-  const int hk = w.hk, n0 = w.n0, group = w.group, keys_valid = w.keys_valid, diag = w.diag;
-  const int m_begin = w.m_begin, m_tiles = w.m_tiles, step0 = w.step0, steps = w.steps;
+  const int hk = w.hk, n0 = w.n0, keys_valid = w.keys_valid, diag = w.diag;
+  const int step0 = w.step0, steps = w.steps;
+  // Step i's query head and query tile (the walk's order: step_at).
+  auto walk = [&](int i, int& h, int& mt) {
+    if (grid.dq_turns) step_at<true>(w, i, h, mt);
+    else step_at<false>(w, i, h, mt);
+  };
 
   const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0 + n0, hk);
   const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0 + n0, hk);
@@ -268,8 +297,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   // lse * log2(e), and +inf for rows without keys (lse = -inf) or past the span, so that their
   // probabilities exp2(s - lse) are exactly 0.
   auto load_step = [&](int st, int stage) {
-    const int h = hk * group + (step0 + st) / m_tiles;
-    const int m0 = (m_begin + (step0 + st) % m_tiles) * Tr::kBlockM;
+    int h, mt;
+    walk(step0 + st, h, mt);
+    const int m0 = mt * Tr::kBlockM;
     const int rows = min(Tr::kBlockM, sp.nq - m0);
     const int64_t row0 = sp.q0 + m0;
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
@@ -322,8 +352,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     if (st + 1 < steps) load_step(st + 1, stage ^ 1);
     cp_async_commit();
 
-    const int h = hk * group + (step0 + st) / m_tiles;
-    const int m0 = (m_begin + (step0 + st) % m_tiles) * Tr::kBlockM;
+    int h, mt;
+    walk(step0 + st, h, mt);
+    const int m0 = mt * Tr::kBlockM;
     const T* sQs = sQ + stage * Tr::kBlockM * kPitch;
     const T* sdOs = sdO + stage * Tr::kBlockM * kPitch;
     const float* lse = sLse + stage * Tr::kBlockM;
@@ -404,7 +435,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     }
     const float scale = p.shape.softmax_scale;
     float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
-    int* turn = grid.dq_turns ? grid.dq_turns + (int64_t(w.span_id) * p.shape.nheads + h) * grid.num_m_blocks + m0 / Tr::kBlockM : nullptr;
+    int* turn = dq_turn(p, grid, w, h, mt);
     if (turn) wait_turn(turn, n0 / Tr::kBlockN);
 #pragma unroll
     for (int mt = 0; mt < Tr::kDqMTiles; ++mt)
@@ -456,7 +487,9 @@ struct BwdWgTraits {
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
 
-template <typename T, bool kCausal>
+// kDet: the deterministic mode (grid.dq_turns set, unsplit), a template parameter so that the
+// default instance keeps its code and registers.
+template <typename T, bool kCausal, bool kDet>
 __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {
 #ifdef RFA_WGMMA_ENABLED
   using Tr = BwdWgTraits;
@@ -515,10 +548,18 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
       sDsum[stage * kBM + threadIdx.x] = row_dsum;
     }
   };
-  // Steps walk (query head, query tile) head-major; coordinates advance without divisions.
-  int cur_h = hk * group + step0 / m_tiles, cur_mt = m_begin + step0 % m_tiles;
-  int nxt_h = cur_mt + 1 < m_begin + m_tiles ? cur_h : cur_h + 1;
-  int nxt_mt = cur_mt + 1 < m_begin + m_tiles ? cur_mt + 1 : m_begin;
+  // Steps walk (query head, query tile) in step_at's order; coordinates advance without divisions.
+  auto advance = [&](int& h, int& mt) {
+    if constexpr (kDet) {
+      if (++h == hk * group + group) h = hk * group, --mt;
+    } else {
+      if (++mt == m_begin + m_tiles) mt = m_begin, ++h;
+    }
+  };
+  int cur_h, cur_mt;
+  step_at<kDet>(w, step0, cur_h, cur_mt);
+  int nxt_h = cur_h, nxt_mt = cur_mt;
+  advance(nxt_h, nxt_mt);
   if (steps > 0) {
     load_tiles(cur_h, cur_mt * kBM, 0);
     fetch_stats(cur_h, cur_mt * kBM);
@@ -579,6 +620,19 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
           atomicAdd(row + i * 8 + 1, y);
         }
       }
+    }
+  };
+
+  // Deterministic mode: the dQ part of a query tile goes in only in this key tile's turn. The
+  // waits' barriers are reached by every thread (add_dq's call sites are CTA-uniform).
+  auto add_dq_in_turn = [&](int h, int m0) {
+    if constexpr (kDet) {
+      int* turn = dq_turn(p, grid, w, h, m0 / kBM);
+      wait_turn(turn, n0 / kBN);
+      add_dq(h, m0);
+      pass_turn(turn, n0 / kBN + 1);
+    } else {
+      add_dq(h, m0);
     }
   };
 
@@ -679,14 +733,14 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     if (st + 1 < steps) store_stats(stage ^ 1);  // stage ^ 1 was last read in step st-1
     wgmma_wait<1>();  // dQ of step st-1: add it while dV and dK run
     fence_regs(dq);
-    if (st > 0) add_dq(prv_h, prv_m0);
+    if (st > 0) add_dq_in_turn(prv_h, prv_m0);
     wgmma_wait<0>();
     fence_regs(acc_dv);
     fence_regs(acc_dk);
 
     prv_h = cur_h, prv_m0 = m0;
     cur_h = nxt_h, cur_mt = nxt_mt;
-    if (++nxt_mt == m_begin + m_tiles) nxt_mt = m_begin, ++nxt_h;
+    advance(nxt_h, nxt_mt);
   }
   if (steps > 0) {  // dQ of the last step
     fence_proxy_async();
@@ -694,7 +748,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     issue_dq((steps - 1) % 2);
     wgmma_wait<0>();
     fence_regs(dq);
-    add_dq(prv_h, prv_m0);
+    add_dq_in_turn(prv_h, prv_m0);
   }
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
 
@@ -713,12 +767,12 @@ void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   RFA_CHECK_LAUNCH("flash_bwd_kernel");
 }
 
-template <typename T, bool kCausal>
+template <typename T, bool kCausal, bool kDet>
 void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   using Tr = BwdWgTraits;
   const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
-  auto kernel = flash_bwd_wgmma_kernel<T, kCausal>;
+  auto kernel = flash_bwd_wgmma_kernel<T, kCausal, kDet>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
   RFA_CHECK_LAUNCH("flash_bwd_wgmma_kernel");
@@ -790,13 +844,14 @@ BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, c
 template <int kHeadDim, typename T>
 void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
   // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
-  // fallback, where its body is empty) take the mma.sync kernel, as does the deterministic mode.
-  if (kHeadDim == 128 && current_device().sm90 && !p.deterministic) {
+  // fallback, where its body is empty) take the mma.sync kernel.
+  if (kHeadDim == 128 && current_device().sm90) {
     grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns);
-    if (p.shape.causal)
-      launch_bwd_wgmma<T, true>(p, grid, s);
-    else
-      launch_bwd_wgmma<T, false>(p, grid, s);
+    const bool c = p.shape.causal, d = p.deterministic;
+    if (c && d) launch_bwd_wgmma<T, true, true>(p, grid, s);
+    else if (c) launch_bwd_wgmma<T, true, false>(p, grid, s);
+    else if (d) launch_bwd_wgmma<T, false, true>(p, grid, s);
+    else launch_bwd_wgmma<T, false, false>(p, grid, s);
     return;
   }
   grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns);

@@ -769,6 +769,14 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bpa, 0, scratch());
   });
+  // The deterministic mode (dQ in key-tile order); on the large shapes its grid runs in several
+  // waves, where a tile waits on tiles launched before it.
+  FlashBwdParams bpd = bp;
+  bpd.deterministic = true;
+  const float t_bwd_det = median_ms([&] {
+    cuda::flash_bwd_dot(dp, 0);
+    cuda::flash_bwd(bpd, 0, scratch());
+  });
   const float t_all = median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
@@ -785,6 +793,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   line("fwd-merge", t_merge, fwd_flop);
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
+  line("bwd-det", t_bwd_det, 2.5 * fwd_flop);
   line("fwd+bwd", t_all, 3.5 * fwd_flop);
   // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
   // ring-step backward at each split count (against `bwd-acc`), and the ring-step forward under
