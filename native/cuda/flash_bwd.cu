@@ -121,9 +121,9 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
 // the query tiles tile n-1 sees, so walked from the end both reach a query tile at the same step,
 // and tile n waits for its dQ turn only as long as tile n-1's adds take; walked from the start,
 // tile n would wait out tile n-1's extra first steps (two per tile of its index), holding its SM.
-// One H200, s8192 h5 d128 causal bf16 fwd+bwd (benchmark/kernel.js --deterministic): 852 it/s, the
+// One H200, s8192 h5 d128 causal bf16 fwd+bwd (benchmark/kernel.js --deterministic): 944 it/s, the
 // default mode 1143; the mma.sync kernel walking from the start read 477 (the walk's share of the
-// gain was not measured apart from the kernel's).
+// gain was not measured apart from the kernel's and the deferred turn hand-over's).
 template <bool kDet>
 __device__ __forceinline__ void step_at(const BwdWork& w, int i, int& h, int& mt) {
   if constexpr (kDet) {
@@ -216,12 +216,17 @@ __device__ __forceinline__ void wait_turn(const int* turn, int mine) {
   __syncthreads();
 }
 
-// After this CTA's dQ atomics of the tile: every thread's adds are made visible before thread 0
-// hands the turn to the next key tile (release store).
+// Hands the turn on (release store of `next`) by thread 0 after a barrier that every thread
+// reached after its dQ atomics: the release is cumulative over what the barrier ordered before it
+// (CUTLASS's semaphores do the same), so only thread 0 waits for the fence.
+__device__ __forceinline__ void pass_turn_after_barrier(int* turn, int next) {
+  if (threadIdx.x == 0) asm volatile("fence.acq_rel.gpu;\n\tst.relaxed.gpu.global.b32 [%0], %1;" :: "l"(turn), "r"(next) : "memory");
+}
+
+// After this CTA's dQ atomics of the tile.
 __device__ __forceinline__ void pass_turn(int* turn, int next) {
-  __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) asm volatile("st.release.gpu.global.b32 [%0], %1;" :: "l"(turn), "r"(next) : "memory");
+  pass_turn_after_barrier(turn, next);
 }
 
 // acc[nt][.] += A (16 rows of this warp, from sA at a_off) x B^T where B rows are kBRows rows of
@@ -624,15 +629,24 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   };
 
   // Deterministic mode: the dQ part of a query tile goes in only in this key tile's turn. The
-  // waits' barriers are reached by every thread (add_dq's call sites are CTA-uniform).
+  // waits' barriers are reached by every thread (add_dq's call sites are CTA-uniform). The turn
+  // is handed on by thread 0 after the next step's opening barrier, once that step's first MMAs
+  // are issued (pass_pending), so its fence waits for the atomics while the tensor cores work.
+  int* pending_turn = nullptr;
   auto add_dq_in_turn = [&](int h, int m0) {
     if constexpr (kDet) {
       int* turn = dq_turn(p, grid, w, h, m0 / kBM);
       wait_turn(turn, n0 / kBN);
       add_dq(h, m0);
-      pass_turn(turn, n0 / kBN + 1);
+      pending_turn = turn;
     } else {
       add_dq(h, m0);
+    }
+  };
+  auto pass_pending = [&] {  // after a barrier that follows the pending turn's atomics
+    if constexpr (kDet) {
+      if (pending_turn) pass_turn_after_barrier(pending_turn, n0 / kBN + 1);
+      pending_turn = nullptr;
     }
   };
 
@@ -663,6 +677,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     for (int kk = 0; kk < 8; ++kk)
       wgmma_ss<T, 64, 0, 0>(dp, dV + koff(kk, kBN), ddOk + stage * kStageStep + koff(kk, kBM), kk);
     wgmma_commit();
+    pass_pending();  // the previous step's dQ turn (the barrier above followed its atomics)
     wgmma_wait<1>();
     fence_regs(s);
 
@@ -745,10 +760,15 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   if (steps > 0) {  // dQ of the last step
     fence_proxy_async();
     __syncthreads();
+    pass_pending();
     issue_dq((steps - 1) % 2);
     wgmma_wait<0>();
     fence_regs(dq);
     add_dq_in_turn(prv_h, prv_m0);
+    if constexpr (kDet) {
+      __syncthreads();
+      pass_pending();
+    }
   }
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
 
