@@ -4,6 +4,8 @@ import { native, type NativeKernels } from './native.js';
 /** The CUDA half of the addon (native/src/cuda_bindings.cc); one device context per worker. */
 export interface NativeCuda extends NativeKernels {
   deviceCount(): number;
+  /** Whether GPU `device` can read GPU `peer`'s memory directly (NVLink or PCIe P2P). */
+  peerAccess(device: number, peer: number): boolean;
   init(device: number, timeoutMs: number): void;
   alloc(bytes: number): bigint;
   free(ptr: bigint): void;

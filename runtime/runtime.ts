@@ -19,10 +19,8 @@ export interface InitOptions {
    * How ranks communicate on GPUs (cuda; the cpu backend ignores it): 'nccl' (NCCL's kernels) or
    * 'copy-engine' (cudaMemcpyPeerAsync between the workers of this process: no SM time taken
    * from the attention kernels, NCCL never loaded; the llama3 family's all-gather and
-   * reduce-scatter become per-member pulls, plus fp32 sums on the compute stream). Default
-   * 'copy-engine': on 2 H200s it beat NCCL in every dense cell of the README table (zigzag's
-   * seed forward 97.7% of theoretic against 78.7%; benchmark/RESULTS.md). Ranks that share a GPU
-   * must use it (NCCL refuses two ranks on one GPU).
+   * reduce-scatter become per-member pulls, plus fp32 sums on the compute stream). Default: see
+   * defaultTransport. Ranks that share a GPU must use 'copy-engine' (NCCL refuses two ranks on one GPU).
    */
   transport?: Transport;
 }
@@ -35,6 +33,20 @@ let runtimeCount = 0;
 export function visibleGpuCount(): number {
   const cuda = native().cuda;
   return cuda ? (cuda.deviceCount() as number) : 0;
+}
+
+/**
+ * The transport when InitOptions.transport is not given: 'copy-engine' when every two distinct
+ * GPUs of the world can read each other's memory directly (NVLink or PCIe P2P; on 2 H200s the copy
+ * engines beat NCCL in every dense cell of the README table, zigzag's seed forward 97.7% of
+ * theoretic against 78.7%, benchmark/RESULTS.md), or when ranks share a GPU (NCCL refuses it);
+ * else 'nccl', whose own transports do better than copies staged through host memory.
+ */
+export function defaultTransport(devices: readonly number[], peerAccess: (device: number, peer: number) => boolean): Transport {
+  const gpus = [...new Set(devices)];
+  if (gpus.length < devices.length) return 'copy-engine';
+  for (const a of gpus) for (const b of gpus) if (a !== b && !peerAccess(a, b)) return 'nccl';
+  return 'copy-engine';
 }
 
 function resolveOptions(opts: InitOptions): RankInfo[] {
@@ -58,7 +70,7 @@ function resolveOptions(opts: InitOptions): RankInfo[] {
     if (sharedDevices && opts.transport === 'nccl')
       fail('E_DEVICE', "init: ranks that share a GPU need transport 'copy-engine' (NCCL refuses two ranks on one GPU)");
   }
-  const transport: Transport = opts.transport ?? 'copy-engine';
+  const transport: Transport = opts.transport ?? (backend === 'cuda' ? defaultTransport(devices, (a, b) => native().cuda!.peerAccess(a, b)) : 'copy-engine');
   const timeoutMs = opts.timeoutMs ?? 60_000;
   if (!(timeoutMs > 0)) fail('E_ARG', `init: timeoutMs must be positive, got ${timeoutMs}`);
   const runtimeId = `rt${++runtimeCount}`;

@@ -2,6 +2,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, RingFlashAttnError } from '../index.js';
+import { defaultTransport } from '../runtime/runtime.js';
 import { nd, randn, relL2, rng } from './helpers.js';
 import { referenceBackward, referenceForward } from './reference.js';
 
@@ -27,6 +28,18 @@ s('spmd runs user code once per rank with {rank, world, device, group}', async (
   assert.ok(r.every((x) => x.world === 3 && x.arg === 'hello' && x.group.join() === '0,1,2'));
   assert.is(rt.transport, 'copy-engine', 'the resolved default transport');
   await rt.close();
+});
+
+s('default transport: copy engines where every two GPUs reach each other, NCCL where a pair cannot', () => {
+  const all = () => true;
+  assert.is(defaultTransport([0, 1, 2, 3], all), 'copy-engine');
+  assert.is(defaultTransport([0], () => false), 'copy-engine', 'one GPU: no pair to ask about');
+  const asked: string[] = [];
+  const no23 = (a: number, b: number) => (asked.push(`${a}${b}`), !((a === 2 && b === 3) || (a === 3 && b === 2)));
+  assert.is(defaultTransport([0, 1, 2, 3], no23), 'nccl');
+  assert.ok(asked.includes('23') || asked.includes('32'), 'the pair without peer access was asked about');
+  assert.is(defaultTransport([0, 1], (a, b) => !(a === 1 && b === 0)), 'nccl', 'access one way only is not enough');
+  assert.is(defaultTransport([0, 0, 1, 1], () => false), 'copy-engine', 'ranks sharing a GPU: NCCL refuses them');
 });
 
 function shardArgs(world: number, s: number, causal: boolean, seed: number) {

@@ -142,4 +142,13 @@ int DeviceContext::device_count() {
   return n;
 }
 
+bool DeviceContext::can_access_peer(int device, int peer) {
+  int can = 0;
+  if (cudaDeviceCanAccessPeer(&can, device, peer) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return can != 0;
+}
+
 }  // namespace rfa::cuda

@@ -45,6 +45,8 @@ class DeviceContext {
   void synchronize(int timeout_ms, const std::function<void()>& poll);
 
   static int device_count();  // 0 when there is no driver or device
+  // Whether `device` can read `peer`'s memory directly (NVLink or PCIe P2P); false on any error.
+  static bool can_access_peer(int device, int peer);
 
  private:
   static size_t round_size(size_t bytes);

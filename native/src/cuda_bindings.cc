@@ -157,6 +157,11 @@ RFA_NAPI(DeviceCount) {
   return Napi::Number::New(info.Env(), n);
 }
 
+RFA_NAPI(PeerAccess) {
+  const int device = info[0].As<Napi::Number>().Int32Value(), peer = info[1].As<Napi::Number>().Int32Value();
+  return Napi::Boolean::New(info.Env(), cuda::DeviceContext::can_access_peer(device, peer));
+}
+
 RFA_NAPI(Init) {
   RFA_BODY({
     Napi::Env env = info.Env();
@@ -442,7 +447,7 @@ RFA_NAPI(NcclStatus) {
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
   export_functions(env, exports, "cuda", {
-      {"deviceCount", DeviceCount}, {"init", Init}, {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload},
+      {"deviceCount", DeviceCount}, {"peerAccess", PeerAccess}, {"init", Init}, {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload},
       {"download", Download}, {"fill", Fill}, {"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot},
       {"flashBwd", FlashBwd}, {"merge", Merge}, {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh},
       {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather}, {"commReduceScatter", CommReduceScatter},

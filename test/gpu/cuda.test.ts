@@ -10,6 +10,7 @@ import type { DType } from '../../runtime/dtype.js';
 import type { UnpackedName } from '../../api/types.js';
 import { expectError, nd, packedKvSlice, randn, relL2, rng, rounded } from '../helpers.js';
 import { placements } from './placements.js';
+import { native } from '../../runtime/native.js';
 import { memoReference, referenceBackward, referenceForward } from '../reference.js';
 
 const gpus = visibleGpuCount();
@@ -112,9 +113,22 @@ if (gpus > 0) {
     }
   });
 
-  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE; the default is 'copy-engine'", async () => {
+  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE; the default transport", async () => {
     await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
     assert.is(rt1.transport, 'copy-engine');
+    // The peer-access query behind the default: never a throw, false for a device and itself or a
+    // device that does not exist; on two GPUs the default follows what it says.
+    const cuda = native().cuda!;
+    assert.is(cuda.peerAccess(0, 0), false);
+    assert.is(cuda.peerAccess(0, gpus + 3), false);
+    if (gpus >= 2) {
+      const rt = await init({ backend: 'cuda', world: 2 });
+      try {
+        assert.is(rt.transport, cuda.peerAccess(0, 1) && cuda.peerAccess(1, 0) ? 'copy-engine' : 'nccl');
+      } finally {
+        await rt.close();
+      }
+    }
   });
 
   for (const { label: where, opts } of [2, 4].flatMap((w) => placements(w, gpus))) {
