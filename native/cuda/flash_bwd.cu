@@ -12,11 +12,12 @@
 // fp32 atomics (other key tiles add to the same rows). Q, dO, lse and dsum of the next query tile
 // load (cp.async, double buffer) while the current one is computed.
 //
-// Deterministic mode (FlashBwdParams::deterministic): either kernel, unsplit, and each key tile
-// adds its dQ part of a query tile only once the key tiles before it have (wait_turn /
-// pass_turn), so every dQ element sums its parts in key-tile order and the bits repeat. Each key
-// tile then walks its query tiles last first (step_at), so that the tiles taking turns on a query
-// tile reach it at the same step and wait little.
+// Deterministic mode (FlashBwdParams::deterministic): either kernel, and each key tile adds its dQ
+// part of a query tile only once the key tiles before it have (wait_turn / pass_turn), so every dQ
+// element sums its parts in key-tile order and the bits repeat. Each key tile then walks its query
+// tiles last first (step_at), so that the tiles taking turns on a query tile reach it at the same
+// step and wait little. A split key tile's CTAs add their dK/dV in split order the same way
+// (write_dkv_in_turn).
 //
 // Two kernels implement this: flash_bwd_wgmma_kernel (head_dim 128 on sm_90: Hopper warpgroup MMAs,
 // wgmma, from 128-byte swizzled shared tiles; see its comment below and flash_wgmma.cuh) and
@@ -62,11 +63,14 @@ struct BwdGrid {
   // (onto zeros when not accumulating), so that a grid of few key tiles still fills every SM.
   int num_splits;
   bool dkv_pairs;    // dk and dv allow float2 atomics
-  // Deterministic mode (mma.sync kernel, unsplit): per (span, query head, query tile) the number
-  // of key tiles that have added their dQ part, zeroed before the launch; key tile n adds its part
-  // once the count reaches n, so every dQ element sums its parts in key-tile order. Null otherwise.
+  // Deterministic mode: per (span, query head, query tile) the number of key tiles that have added
+  // their dQ part, zeroed before the launch; key tile n adds its part once the count reaches n, so
+  // every dQ element sums its parts in key-tile order. Null otherwise.
   int* dq_turns = nullptr;
   int num_m_blocks = 0;  // query tiles per (span, query head): the counters' row length
+  // Deterministic mode with a split: per (span, kv head, key tile) the number of splits that have
+  // added their dK/dV, zeroed before the launch; split s adds once it reaches s. Null otherwise.
+  int* dkv_turns = nullptr;
 };
 
 // Zeroes a strided fp32 (b, s, h, d) view: dq before its atomics when not accumulating.
@@ -84,7 +88,7 @@ __global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, in
 // has nothing to do (a tile past its span, or an empty share of a split).
 struct BwdWork {
   Span sp;
-  int span_id, hk, n0, group, keys_valid, diag, m_begin, m_tiles, step0, steps;
+  int span_id, hk, n0, group, keys_valid, diag, m_begin, m_tiles, split, step0, steps;
   bool active;
 };
 
@@ -94,7 +98,7 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
   const int heads_k = p.shape.nheads_k;
   const int per_split = heads_k * grid.num_spans;
   const int per_n_block = per_split * grid.num_splits;
-  const int split = int(blockIdx.x) % per_n_block / per_split;
+  const int split = w.split = int(blockIdx.x) % per_n_block / per_split;
   w.hk = int(blockIdx.x) % per_split % heads_k;
   w.span_id = int(blockIdx.x) % per_split / heads_k;
   w.sp = span_of(p.shape, p.seg, w.span_id);
@@ -110,13 +114,14 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
   const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
   w.step0 = min(all_steps, split * per_split_steps);
   w.steps = min(all_steps, w.step0 + per_split_steps) - w.step0;
-  // A split's empty share adds nothing to dK/dV or dQ; an unsplit tile still writes its zeros.
-  w.active = w.n0 < w.sp.nk && !(grid.num_splits > 1 && w.steps == 0);
+  // A split's empty share adds nothing to dK/dV or dQ; an unsplit tile still writes its zeros. In
+  // the deterministic mode an empty share still takes its dK/dV turn (write_dkv_in_turn).
+  w.active = w.n0 < w.sp.nk && !(grid.num_splits > 1 && w.steps == 0 && !grid.dkv_turns);
   return w;
 }
 
 // Step i of a key tile's walk: its query head h and query tile mt. Default: head-major, query
-// tiles in ascending order. Deterministic mode (unsplit): query-tile-major from the last query tile
+// tiles in ascending order. Deterministic mode: query-tile-major from the last query tile
 // down, every query head of the group per tile. Under a causal mask key tile n sees a suffix of
 // the query tiles tile n-1 sees, so walked from the end both reach a query tile at the same step,
 // and tile n waits for its dQ turn only as long as tile n-1's adds take; walked from the start,
@@ -227,6 +232,20 @@ __device__ __forceinline__ void pass_turn_after_barrier(int* turn, int next) {
 __device__ __forceinline__ void pass_turn(int* turn, int next) {
   __syncthreads();
   pass_turn_after_barrier(turn, next);
+}
+
+// write_dkv, in the deterministic mode's split order: split s adds its dK/dV once splits 0..s-1
+// have (lower blockIdx, launched earlier), so every element sums the splits in one order; an empty
+// share only passes the turn on. Called by every thread of the CTA (the turns' barriers). kMaybeDet
+// false: the default mode for certain (the wgmma kernel's default instance keeps its registers).
+template <int kTiles, bool kMaybeDet>
+__device__ __forceinline__ void write_dkv_in_turn(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w, int key_lo,
+                                                  int t, const float* acc_dk, const float* acc_dv, int block_n) {
+  if (!kMaybeDet || !grid.dkv_turns) return write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv);
+  int* turn = grid.dkv_turns + (int64_t(w.span_id) * p.shape.nheads_k + w.hk) * grid.num_n_blocks + w.n0 / block_n;
+  wait_turn(turn, w.split);
+  if (w.steps > 0) write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv);
+  pass_turn(turn, w.split + 1);
 }
 
 // acc[nt][.] += A (16 rows of this warp, from sA at a_off) x B^T where B rows are kBRows rows of
@@ -465,7 +484,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
 
-  write_dkv<kDT>(p, grid, sp, hk, key_lo, t, &acc_dk[0][0], &acc_dv[0][0]);
+  write_dkv_in_turn<kDT, true>(p, grid, w, key_lo, t, &acc_dk[0][0], &acc_dv[0][0], Tr::kBlockN);
 }
 
 // ---- Hopper path (sm_90a, head_dim 128): the same algorithm on warpgroup MMAs -------------------
@@ -492,7 +511,7 @@ struct BwdWgTraits {
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
 
-// kDet: the deterministic mode (grid.dq_turns set, unsplit), a template parameter so that the
+// kDet: the deterministic mode (grid.dq_turns set), a template parameter so that the
 // default instance keeps its code and registers.
 template <typename T, bool kCausal, bool kDet>
 __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {
@@ -772,7 +791,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   }
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
 
-  write_dkv<16>(p, grid, sp, hk, key_lo, t, acc_dk, acc_dv);
+  write_dkv_in_turn<16, kDet>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN);
 #endif
 }
 
@@ -820,8 +839,13 @@ int g_forced_splits = -1;  // force_bwd_splits
 template <class Tr>
 int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   const AttnShape& sh = p.shape;
-  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0 || p.deterministic) return 1;
+  if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
   if (g_forced_splits > 0) return g_forced_splits;
+  // Deterministic mode: a causal key tile's splits start at other query tiles than its neighbours',
+  // which breaks the lockstep of the dQ turns (step_at): one H200, s8192 h5 causal backward 0.78 ms
+  // unsplit, 1.08 split; h32/8 4.70 vs 6.13. Without the mask the splits pay as in the default
+  // mode: the zigzag ring's s8192/4096 h5 half block 1.10 -> 0.86 ms (benchmark/RESULTS.md).
+  if (p.deterministic && sh.causal) return 1;
   const int sms = current_device().sms;
   const int64_t per_tile = int64_t(sh.nheads_k) * sh.batch;  // CTAs per key tile and split
   if (int64_t(num_n_blocks) * per_tile >= 4 * int64_t(sms)) return 1;
@@ -849,8 +873,11 @@ BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, c
   grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks);
   if (p.deterministic) {
     grid.num_m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
-    const size_t bytes = size_t(grid.num_spans) * p.shape.nheads * grid.num_m_blocks * sizeof(int);
+    const size_t dq_count = size_t(grid.num_spans) * p.shape.nheads * grid.num_m_blocks;
+    const size_t dkv_count = grid.num_splits > 1 ? size_t(grid.num_spans) * p.shape.nheads_k * grid.num_n_blocks : 0;
+    const size_t bytes = (dq_count + dkv_count) * sizeof(int);
     grid.dq_turns = static_cast<int*>(turns.get(bytes));
+    if (dkv_count) grid.dkv_turns = grid.dq_turns + dq_count;
     RFA_CUDA_CHECK(cudaMemsetAsync(grid.dq_turns, 0, bytes, s));
   }
   if (grid.num_splits > 1 && !p.accumulate_dkv()) {
