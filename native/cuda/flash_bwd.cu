@@ -321,9 +321,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   // lse * log2(e), and +inf for rows without keys (lse = -inf) or past the span, so that their
   // probabilities exp2(s - lse) are exactly 0.
   auto load_step = [&](int st, int stage) {
-    int h, mt;
-    walk(step0 + st, h, mt);
-    const int m0 = mt * Tr::kBlockM;
+    int h, qt;
+    walk(step0 + st, h, qt);
+    const int m0 = qt * Tr::kBlockM;
     const int rows = min(Tr::kBlockM, sp.nq - m0);
     const int64_t row0 = sp.q0 + m0;
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
@@ -376,9 +376,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     if (st + 1 < steps) load_step(st + 1, stage ^ 1);
     cp_async_commit();
 
-    int h, mt;
-    walk(step0 + st, h, mt);
-    const int m0 = mt * Tr::kBlockM;
+    int h, qt;  // query head and query tile
+    walk(step0 + st, h, qt);
+    const int m0 = qt * Tr::kBlockM;
     const T* sQs = sQ + stage * Tr::kBlockM * kPitch;
     const T* sdOs = sdO + stage * Tr::kBlockM * kPitch;
     const float* lse = sLse + stage * Tr::kBlockM;
@@ -459,7 +459,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     }
     const float scale = p.shape.softmax_scale;
     float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
-    int* turn = dq_turn(p, grid, w, h, mt);
+    int* turn = dq_turn(p, grid, w, h, qt);
     if (turn) wait_turn(turn, n0 / Tr::kBlockN);
 #pragma unroll
     for (int mt = 0; mt < Tr::kDqMTiles; ++mt)

@@ -113,8 +113,11 @@ if (gpus > 0) {
     }
   });
 
-  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE; the default transport", async () => {
+  s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
     await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
+  });
+
+  s('the default transport: copy engines on one GPU, on two what peer access says', async () => {
     assert.is(rt1.transport, 'copy-engine');
     // The peer-access query behind the default: never a throw, false for a device and itself or a
     // device that does not exist; on two GPUs the default follows what it says.
