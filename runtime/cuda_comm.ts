@@ -86,24 +86,17 @@ export class CudaComm implements Comm {
     const n = recv.numel, dtype = DTYPE_CODE.float32, src = args.flat(send, 'send'), dst = args.flat(recv, 'recv');
     if (this.transport !== 'copy-engine')
       return this.pending(this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype }));
-    // Member j's chunk for us lands in slot j of a scratch buffer; wait() sums the slots in member
-    // order on the compute stream (fp32, like NCCL's sum, in a fixed order).
-    const scratch = this.cuda.alloc(this.group.size * n * 4);
-    const slots = { data: scratch, offset: 0, strides: [1] };
+    // Over the copy engines the addon pulls each member's chunk for us through one slot and sums
+    // them into recv in member order on the comm stream (fp32, a fixed order, like NCCL's sum).
+    // The slot goes back once the compute stream waits for the sums (the allocator's rule).
+    const slot = this.cuda.alloc(n * 4);
     let event: number;
     try {
-      event = this.cuda.commSendRecv({
-        ...this.id, sends: this.members.map((j) => this.chunk(src, j, n, dtype, j)), recvs: this.members.map((j) => this.chunk(slots, j, n, dtype, j)),
-      });
+      event = this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype, slot: { data: slot, offset: 0, strides: [1] } });
     } catch (e) {
-      this.cuda.free(scratch);
+      this.cuda.free(slot);
       throw e;
     }
-    return this.pending(event, () => {
-      this.cuda.fill({ dst, n, dtype, value: 0 });
-      for (const j of this.members) this.cuda.addF32({ dst, src: this.chunk(slots, j, n, dtype, j).data, n });
-      // Later work that reuses the block is queued after these sums (the allocator's rule).
-      this.cuda.free(scratch);
-    });
+    return this.pending(event, () => this.cuda.free(slot));
   }
 }

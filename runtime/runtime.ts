@@ -19,7 +19,7 @@ export interface InitOptions {
    * How ranks communicate on GPUs (cuda; the cpu backend ignores it): 'nccl' (NCCL's kernels) or
    * 'copy-engine' (cudaMemcpyPeerAsync between the workers of this process: no SM time taken
    * from the attention kernels, NCCL never loaded; the llama3 family's all-gather and
-   * reduce-scatter become per-member pulls, plus fp32 sums on the compute stream). Default: see
+   * reduce-scatter become per-member pulls, the latter summed in fp32 on the comm stream). Default: see
    * defaultTransport. Ranks that share a GPU must use 'copy-engine' (NCCL refuses two ranks on one GPU).
    */
   transport?: Transport;

@@ -286,6 +286,34 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
   for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
 }
 
+// A float32 reduce-scatter through the copy engines: member j's chunk for this rank is pulled and
+// added into `recv` in member order 0..nranks-1 (a fixed order, like NCCL's sum), through one
+// scratch slot of n floats (the caller's, until the compute stream has waited for the returned
+// event); this rank's own chunk is added straight from `send`. All on the comm stream, so the
+// sums overlap the compute stream's work as NCCL's do, and the scratch is one chunk, not nranks.
+void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank, int nranks, const float* send,
+                                float* recv, float* slot, int64_t n) {
+  cudaStream_t stream = s.ctx->comm();
+  const size_t bytes = size_t(n) * sizeof(float);
+  std::vector<cuda::PeerTicket> tickets;
+  for (int j = 0; j < nranks; ++j)
+    if (j != rank) tickets.push_back(cuda::peer_post_send(key, rank, j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes}, s.device, stream));
+  const float* own = send + int64_t(rank) * n;
+  for (int j = 0; j < nranks; ++j) {
+    if (j == rank) {
+      if (n == 0) continue;
+      if (j == 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, own, bytes, cudaMemcpyDeviceToDevice, stream));
+      else cuda::add_f32(recv, own, n, stream);
+    } else if (j == 0) {
+      cuda::peer_recv(key, j, rank, recv, bytes, s.device, stream, s.timeout_ms);
+    } else {
+      cuda::peer_recv(key, j, rank, slot, bytes, s.device, stream, s.timeout_ms);
+      if (n > 0) cuda::add_f32(recv, slot, n, stream);
+    }
+  }
+  for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
+}
+
 // { key, nranks, rank, transport: 'nccl' | 'copy-engine', sends: [{data, n, dtype, peer}],
 //   recvs: [...] } → event id
 RFA_NAPI(CommSendRecv) {
@@ -317,6 +345,7 @@ RFA_NAPI(CommSendRecv) {
 // A collective of one group: { key, nranks, rank, send, recv, n, dtype }, where n counts the
 // per-rank side (all-gather: send; reduce-scatter: recv); the other side holds nranks · n.
 // Queued on the comm stream after the compute stream's work; returns the event id for WaitEvent.
+// A reduce-scatter with transport 'copy-engine' (float32 only) also takes `slot` (n floats).
 enum class Collective { kAllGather, kReduceScatter };
 
 Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
@@ -326,9 +355,17 @@ Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
     const int64_t n = get_i64(o, "n"), all = n * get_i64(o, "nranks");
     const DType dt = get_dtype(o, "dtype");
     const bool gather = kind == Collective::kAllGather;
-    cuda::NcclComm& c = comm_for(s, o);
     void* send = flat_view(o, "send", gather ? n : all, dtype_bytes(dt));
     void* recv = flat_view(o, "recv", gather ? all : n, dtype_bytes(dt));
+    if (!gather && o.Get("transport").ToString().Utf8Value() == "copy-engine") {
+      if (dt != DType::f32) RFA_THROW("E_ARG", "reduce-scatter over the copy engines sums float32 only");
+      float* slot = static_cast<float*>(flat_view(o, "slot", n, 4));
+      s.ctx->comm_waits_for_compute();
+      copy_engine_reduce_scatter(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")), int(get_i64(o, "nranks")),
+                                 static_cast<const float*>(send), static_cast<float*>(recv), slot, n);
+      return Napi::Number::New(info.Env(), record_comm_event(s));
+    }
+    cuda::NcclComm& c = comm_for(s, o);
     s.ctx->comm_waits_for_compute();
     if (gather) c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
     else c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
