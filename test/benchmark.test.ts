@@ -2,6 +2,9 @@
 // the ranks that go on wait in a collective their peers never join (the x2/x4 hang of
 // `npm run bench` at default settings). Tiny CPU shapes make the repeat times noisy enough
 // that ranks deciding alone would disagree.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
@@ -9,7 +12,7 @@ import * as assert from 'uvu/assert';
 import { init } from '../index.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
-import { checkTargets, PYTHON_X4, type Report } from '../benchmark/issue_targets.js';
+import { checkTargets, newestWorld4, PYTHON_X4, type Report } from '../benchmark/issue_targets.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
 const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
@@ -163,6 +166,25 @@ s('issue targets: met on a passing world-4 GPU report, not met below the bar, on
   const partial = report();
   partial.results = partial.results.filter((r) => !r.case.startsWith('llama3'));
   assert.match(checkTargets(partial).lines.at(-1)!, /8 of 16 cells/);
+});
+
+s("issue targets: a world-2 run's zigzag set beside Python's world-2 share; the newest world-4 file of either transport", () => {
+  // At world 2 the theoretic is the single-GPU rate ÷ 2; zigzag at 96% of it.
+  const w2 = report({ world: 2 });
+  for (const r of w2.results) if (r.column === 'theoretic flash_attn') r.iterPerSecPerRank /= 2;
+  const lines = checkTargets(w2).lines;
+  assert.ok(lines.some((l) => /seed fwd zigzag_ring: .*96\.0% of theoretic .*above Python's world-2 93\.6%/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /llama3 fwd\+bwd zigzag_ring: .*not above Python's world-2 97\.9%/.test(l)), lines.join('\n'));
+  assert.not.ok(checkTargets(report()).lines.some((l) => /world-2/.test(l)), 'world 4 lines carry no world-2 comparison');
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-targets-'));
+  try {
+    for (const f of ['2026-11-28-21-09-cuda-w4.json', '2026-11-29-12-00-cuda-w4-ce.json', '2026-11-29-13-00-cuda-w2-ce.json', '2026-11-29-14-00-cuda-solo4-ce.json'])
+      fs.writeFileSync(path.join(dir, f), '{}');
+    assert.is(path.basename(newestWorld4(dir)!), '2026-11-29-12-00-cuda-w4-ce.json');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 s.run();
