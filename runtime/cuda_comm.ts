@@ -63,6 +63,16 @@ export class CudaComm implements Comm {
     return Array.from({ length: this.group.size }, (_, j) => j);
   }
 
+  /**
+   * The members from this rank round: rank, rank + 1, ..., rank - 1. Pulled in this order, each
+   * member's memory is read by one peer at a time, where member order would have every rank read
+   * member 0 first (on NVSwitch a GPU's outbound bandwidth is shared by its readers). The
+   * reduce-scatter sums in the same order (native copy_engine_reduce_scatter), fixed per rank.
+   */
+  private get rotatedMembers(): number[] {
+    return this.members.map((i) => (this.group.rank + i) % this.group.size);
+  }
+
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending {
     return this.pending(this.cuda.commSendRecv({
       ...this.id, sends: sends.map((s) => this.sendOp(s.tensor, s.peer)), recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
@@ -73,9 +83,10 @@ export class CudaComm implements Comm {
     if (recv.numel !== send.numel * this.group.size || recv.dtype !== send.dtype) fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
     const n = send.numel, dtype = DTYPE_CODE[send.dtype], dst = args.flat(recv, 'recv');
     if (this.transport === 'copy-engine')
-      // Every member pulls every member's chunk, its own included (a send to itself).
+      // Every member pulls every member's chunk, its own included (a send to itself), in rotated
+      // order (rotatedMembers) so that no member's memory is read by all the others at once.
       return this.pending(this.cuda.commSendRecv({
-        ...this.id, sends: this.members.map((j) => this.sendOp(send, j)), recvs: this.members.map((j) => this.chunk(dst, j, n, dtype, j)),
+        ...this.id, sends: this.members.map((j) => this.sendOp(send, j)), recvs: this.rotatedMembers.map((j) => this.chunk(dst, j, n, dtype, j)),
       }));
     return this.pending(this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }));
   }
@@ -87,7 +98,7 @@ export class CudaComm implements Comm {
     if (this.transport !== 'copy-engine')
       return this.pending(this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype }));
     // Over the copy engines the addon pulls each member's chunk for us through one slot and sums
-    // them into recv in member order on the comm stream (fp32, a fixed order, like NCCL's sum).
+    // them into recv on the comm stream, from this rank round (fp32, an order fixed per rank).
     // The slot goes back once the compute stream waits for the sums (the allocator's rule).
     const slot = this.cuda.alloc(n * 4);
     let event: number;

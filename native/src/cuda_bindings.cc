@@ -286,11 +286,12 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
   for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
 }
 
-// A float32 reduce-scatter through the copy engines: member j's chunk for this rank is pulled and
-// added into `recv` in member order 0..nranks-1 (a fixed order, like NCCL's sum), through one
-// scratch slot of n floats (the caller's, until the compute stream has waited for the returned
-// event); this rank's own chunk is added straight from `send`. All on the comm stream, so the
-// sums overlap the compute stream's work as NCCL's do, and the scratch is one chunk, not nranks.
+// A float32 reduce-scatter through the copy engines: this rank's own chunk is copied into `recv`,
+// then member j's chunk for this rank is pulled and added, for j = rank + 1, ..., rank - 1 (mod
+// nranks): an order fixed per rank, so the bits repeat, and rotated, so that no member's memory is
+// read by every other member at once. One scratch slot of n floats (`slot`, the caller's until the
+// compute stream has waited for the returned event). All on the comm stream, so the sums overlap
+// the compute stream's work as NCCL's do, and the scratch is one chunk, not nranks.
 void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank, int nranks, const float* send,
                                 float* recv, float* slot, int64_t n) {
   cudaStream_t stream = s.ctx->comm();
@@ -298,18 +299,11 @@ void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank
   std::vector<cuda::PeerTicket> tickets;
   for (int j = 0; j < nranks; ++j)
     if (j != rank) tickets.push_back(cuda::peer_post_send(key, rank, j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes}, s.device, stream));
-  const float* own = send + int64_t(rank) * n;
-  for (int j = 0; j < nranks; ++j) {
-    if (j == rank) {
-      if (n == 0) continue;
-      if (j == 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, own, bytes, cudaMemcpyDeviceToDevice, stream));
-      else cuda::add_f32(recv, own, n, stream);
-    } else if (j == 0) {
-      cuda::peer_recv(key, j, rank, recv, bytes, s.device, stream, s.timeout_ms);
-    } else {
-      cuda::peer_recv(key, j, rank, slot, bytes, s.device, stream, s.timeout_ms);
-      if (n > 0) cuda::add_f32(recv, slot, n, stream);
-    }
+  if (n > 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
+  for (int i = 1; i < nranks; ++i) {
+    const int j = (rank + i) % nranks;
+    cuda::peer_recv(key, j, rank, slot, bytes, s.device, stream, s.timeout_ms);
+    if (n > 0) cuda::add_f32(recv, slot, n, stream);
   }
   for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
 }
