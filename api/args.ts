@@ -3,6 +3,7 @@
 import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import type { RingOptions } from './variant.js';
 
 /** Keyword arguments of the ring functions (Python spelling). */
 export interface AttnKwargs {
@@ -34,6 +35,14 @@ export interface AttnArgs {
   returnAttnProbs: boolean;
   deterministic: boolean;
   group: Group | readonly number[] | null;
+}
+
+/**
+ * The options every family hands its kernels, from a call's parsed arguments: the softmax scale
+ * (default 1/√head_dim), the causal mask and the backward's determinism.
+ */
+export function ringOptions(a: AttnArgs, headDim: number): RingOptions {
+  return { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(headDim), causal: a.causal, deterministic: a.deterministic };
 }
 
 function isPlainObject(x: unknown): x is Record<string, unknown> {

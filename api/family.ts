@@ -8,7 +8,7 @@ import type { Group } from '../runtime/comm.js';
 import { currentContext } from '../runtime/context.js';
 import { fail } from '../runtime/errors.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import { parseAttnArgs, type AttnArgs } from './args.js';
+import { parseAttnArgs, ringOptions, type AttnArgs } from './args.js';
 import { checkQkv, checkTensor } from './validate.js';
 import type { RingArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
@@ -184,7 +184,7 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
     if (!single && k.shape[1] !== q.shape[1])
       fail('E_SHAPE', `${fn}: k seqlen ${k.shape[1]} != q seqlen ${q.shape[1]} (ring shards hold equal lengths)`);
     const group = single ? currentContext().newGroup([currentContext().rank]) : resolveGroup(fn, a.group);
-    return { o: { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[3]!), causal: a.causal, deterministic: a.deterministic }, group, returnAttnProbs: a.returnAttnProbs };
+    return { o: ringOptions(a, q.shape[3]!), group, returnAttnProbs: a.returnAttnProbs };
   });
 }
 

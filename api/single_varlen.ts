@@ -10,7 +10,7 @@ import type { Group } from '../runtime/comm.js';
 import { currentContext } from '../runtime/context.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { FLASH_POSITIONAL, parseAttnArgs } from './args.js';
+import { FLASH_POSITIONAL, parseAttnArgs, ringOptions } from './args.js';
 import { checkCuSeqlens, checkMaxSeqlen } from './cu_seqlens.js';
 import { makeFamily, VARLEN_FRAME } from './family.js';
 import { segmentSpec, SegmentTables, spansOf, type SegmentSpec } from './segments.js';
@@ -70,9 +70,7 @@ const family = makeFamily<SingleVarlenOptions, unknown[]>(singleVarlenVariant, V
   checkMaxSeqlen(fn, maxQName, a.kw[maxQName], cuQ, cuQName);
   checkMaxSeqlen(fn, maxKName, a.kw[maxKName], cuK, cuKName);
   const ctx = currentContext();
-  const o: SingleVarlenOptions = {
-    softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal, deterministic: a.deterministic, seg: segmentSpec(spansOf(cuQ), spansOf(cuK)),
-  };
+  const o: SingleVarlenOptions = { ...ringOptions(a, q.shape[2]!), seg: segmentSpec(spansOf(cuQ), spansOf(cuK)) };
   return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs };
 });
 

@@ -4,7 +4,7 @@
 import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { ATTN_POSITIONAL, parseAttnArgs } from './args.js';
+import { ATTN_POSITIONAL, parseAttnArgs, ringOptions } from './args.js';
 import { checkCuSeqlens, checkMaxSeqlen } from './cu_seqlens.js';
 import { makeFamily, resolveGroup, VARLEN_FRAME, type AttnFamily } from './family.js';
 import { checkQkv } from './validate.js';
@@ -32,7 +32,7 @@ export function varlenFamily<O extends RingOptions, R extends unknown[]>(variant
     const a = parseAttnArgs(fn, rest, positional);
     checkQkv(fn, q, k, v);
     const group = resolveGroup(fn, a.group);
-    const base: RingOptions = { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(q.shape[2]!), causal: a.causal, deterministic: a.deterministic };
+    const base = ringOptions(a, q.shape[2]!);
     return { o: read(fn, a.kw, q, k, base, group), group, returnAttnProbs: a.returnAttnProbs };
   });
 }
