@@ -108,7 +108,7 @@ struct FlashBwdParams {
   // whose block gradients go to a fresh buffer then needs no zero fill of it first.
   bool overwrite_dkv = false;
   // The same bits on every run: dq's parts from the key tiles are added in key-tile order (each
-  // CTA waits for its turn per query tile), dK/dV are never split, so it is slower.
+  // CTA waits for its turn per query tile), and a split key tile's dK/dV in split order; slower.
   bool deterministic = false;
   Segments seg;             // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
 #ifdef __CUDACC__

@@ -83,7 +83,7 @@ if (gpus > 0) {
     assert.ok(idle >= 0 && idle < 1e-3, `a timer around no work read ${idle} s`);
   });
 
-  // deterministic=True: the backward adds dq's parts in key-tile order (mma.sync kernel, no
+  // deterministic=True: the backward adds dq's parts in key-tile order (a causal grid is never
   // split), so two passes give the same bits, one device or a ring (whose own adds are in step
   // order); the default mode (fp32 atomics in any order) agrees with it within bf16 rounding.
   s('deterministic=True: two backward passes give the same bits, on one GPU and in a ring', async () => {
