@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { newestWorld4, RESULTS_DIR } from './result_files.js';
 
 /** The Python project at its HEAD on nvidia-h200-x4 (the issue's table), iter/s per rank. */
 export const PYTHON_X4: Record<string, Record<string, Partial<Record<string, number>>>> = {
@@ -81,17 +82,6 @@ export function checkTargets(r: Report): { lines: string[]; met: boolean } {
   if (cells === 0) lines.push('verdict: no cell with a target here (the seed and llama3-8B shapes of a GPU run)');
   else lines.push(met ? 'verdict: every target met (world 4)' : ok && why ? `verdict: every present cell passes, but ${why}` : `verdict: targets NOT met${why ? ` (${why})` : ''}`);
   return { lines, met };
-}
-
-/** Where readme_table.ts writes its results (JSON and SVG), from dist/benchmark. */
-export const RESULTS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../benchmark/results');
-
-/** The newest cuda world-4 result under `dir` (`*-cuda-w4.json`, or `*-cuda-w4-ce.json` over the copy engines), or null. */
-export function newestWorld4(dir: string): string | null {
-  if (!fs.existsSync(dir)) return null;
-  // Names start with the UTC minute, so name order is time order.
-  const names = fs.readdirSync(dir).filter((f) => /-cuda-w4(-ce)?\.json$/.test(f)).sort();
-  return names.length ? path.join(dir, names[names.length - 1]!) : null;
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {

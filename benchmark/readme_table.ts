@@ -27,7 +27,7 @@ import type { DType } from '../runtime/dtype.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
 import { SEED_SETS, type VarlenBenchTask, type VarlenColumn } from './bench_varlen_rank.js';
 import { barChart, type ChartGroup } from './chart.js';
-import { RESULTS_DIR } from './issue_targets.js';
+import { RESULTS_DIR, resultStamp } from './result_files.js';
 import { Progress } from './progress.js';
 
 interface Case {
@@ -199,7 +199,7 @@ async function main(): Promise<void> {
     await rt.close();
   }
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const stamp = `${new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-')}-${backend}-${solo ? 'solo' : 'w'}${world}${oneSoloRank !== null ? `r${oneSoloRank}` : ''}${(onGpu && transport === 'copy-engine') || loopback ? '-ce' : ''}`;
+  const stamp = resultStamp({ backend, solo: Boolean(solo), world, soloRank: oneSoloRank, copyEngine: (onGpu && transport === 'copy-engine') || loopback });
   fs.writeFileSync(path.join(RESULTS_DIR, `${stamp}.json`), JSON.stringify({ machine, backend, world, transport, dtype, tokens, iters, results: report }, null, 2));
   fs.writeFileSync(path.join(RESULTS_DIR, `${stamp}.svg`), barChart(`ring-flash-attn, ${machine}`, chart));
   console.log(`\nresults: benchmark/results/${stamp}.json (+ .svg)`);

@@ -12,7 +12,8 @@ import * as assert from 'uvu/assert';
 import { init } from '../index.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
-import { checkTargets, newestWorld4, PYTHON_X4, type Report } from '../benchmark/issue_targets.js';
+import { checkTargets, PYTHON_X4, type Report } from '../benchmark/issue_targets.js';
+import { newestWorld4 } from '../benchmark/result_files.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
 const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
