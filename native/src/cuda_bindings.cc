@@ -274,16 +274,32 @@ RFA_NAPI(CopyBsh) {
   });
 }
 
-// Through the copy engines (peer_copy.h): sends are posted first so no two ranks can wait on
-// each other's receives; ranks are group-local, as in NCCL.
-void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, const std::vector<Xfer>& sends,
-                           const std::vector<Xfer>& recvs) {
+// The frame of every copy-engine operation (peer_copy.h): this rank's sends are posted first, so
+// no two ranks can wait on each other's receives; then `receive(stream)` queues the pulls on the
+// comm stream; then each send is finished (the comm stream waits until its reader has copied it).
+// Ranks are group-local, as in NCCL.
+struct PeerSend {
+  int peer;
+  cuda::PeerRegion region;
+};
+
+template <class Receive>
+void copy_engine_exchange(WorkerState& s, const std::string& key, int rank, const std::vector<PeerSend>& sends,
+                          Receive&& receive) {
   cudaStream_t stream = s.ctx->comm();
   std::vector<cuda::PeerTicket> tickets;
-  for (auto& x : sends)
-    tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region(), s.device, stream));
-  for (auto& x : recvs) cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream, s.timeout_ms);
+  for (auto& x : sends) tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region, s.device, stream));
+  receive(stream);
   for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
+}
+
+void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, const std::vector<Xfer>& sends,
+                           const std::vector<Xfer>& recvs) {
+  std::vector<PeerSend> posts;
+  for (auto& x : sends) posts.push_back({x.peer, x.region()});
+  copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
+    for (auto& x : recvs) cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream, s.timeout_ms);
+  });
 }
 
 // A float32 reduce-scatter through the copy engines: this rank's own chunk is copied into `recv`,
@@ -294,18 +310,18 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
 // the compute stream's work as NCCL's do, and the scratch is one chunk, not nranks.
 void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank, int nranks, const float* send,
                                 float* recv, float* slot, int64_t n) {
-  cudaStream_t stream = s.ctx->comm();
   const size_t bytes = size_t(n) * sizeof(float);
-  std::vector<cuda::PeerTicket> tickets;
+  std::vector<PeerSend> posts;
   for (int j = 0; j < nranks; ++j)
-    if (j != rank) tickets.push_back(cuda::peer_post_send(key, rank, j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes}, s.device, stream));
-  if (n > 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
-  for (int i = 1; i < nranks; ++i) {
-    const int j = (rank + i) % nranks;
-    cuda::peer_recv(key, j, rank, slot, bytes, s.device, stream, s.timeout_ms);
-    if (n > 0) cuda::add_f32(recv, slot, n, stream);
-  }
-  for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
+    if (j != rank) posts.push_back({j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes}});
+  copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
+    if (n > 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
+    for (int i = 1; i < nranks; ++i) {
+      const int j = (rank + i) % nranks;
+      cuda::peer_recv(key, j, rank, slot, bytes, s.device, stream, s.timeout_ms);
+      if (n > 0) cuda::add_f32(recv, slot, n, stream);
+    }
+  });
 }
 
 // { key, nranks, rank, transport: 'nccl' | 'copy-engine', sends: [{data, n, dtype, peer}],
