@@ -758,25 +758,23 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   FlashFwdParams mp = fp;
   mp.merge = true;
   const float t_merge = median_ms([&] { cuda::flash_fwd(mp, 0, scratch()); });
-  const float t_bwd = median_ms([&] {
-    cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bp, 0, scratch());
-  });
+  // A backward as the ring calls it: bwd_dot, then the kernel.
+  auto bwd_ms = [&](const FlashBwdParams& params) {
+    return median_ms([&] {
+      cuda::flash_bwd_dot(dp, 0);
+      cuda::flash_bwd(params, 0, scratch());
+    });
+  };
+  const float t_bwd = bwd_ms(bp);
   // A ring step's backward: dK/dV added onto what they hold.
   FlashBwdParams bpa = bp;
   bpa.accumulate = true;
-  const float t_bwd_acc = median_ms([&] {
-    cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bpa, 0, scratch());
-  });
+  const float t_bwd_acc = bwd_ms(bpa);
   // The deterministic mode (dQ in key-tile order); on the large shapes its grid runs in several
   // waves, where a tile waits on tiles launched before it.
   FlashBwdParams bpd = bp;
   bpd.deterministic = true;
-  const float t_bwd_det = median_ms([&] {
-    cuda::flash_bwd_dot(dp, 0);
-    cuda::flash_bwd(bpd, 0, scratch());
-  });
+  const float t_bwd_det = bwd_ms(bpd);
   const float t_all = median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
@@ -805,10 +803,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
       cuda::force_bwd_splits(splits);
       char what[16];
       std::snprintf(what, sizeof what, "bwd-acc/%d", splits);
-      line(what, median_ms([&] {
-        cuda::flash_bwd_dot(dp, 0);
-        cuda::flash_bwd(bpa, 0, scratch());
-      }), 2.5 * fwd_flop);
+      line(what, bwd_ms(bpa), 2.5 * fwd_flop);
     }
     cuda::force_bwd_splits(-1);
     const int sms = [] { int n = 0; cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0); return n; }();
