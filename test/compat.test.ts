@@ -1,11 +1,11 @@
-// compat/: extract_local helpers, update_out_and_lse, tensor files.
+// compat/: extract_local helpers, update_out_and_lse, the examples' argument checks
+// (tensor files: tensor_file.test.ts).
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { decode, encode, extract_local, init, load, RingFlashAttnError, save, stripe_extract_local, substitute_hf_flash_attn, update_ring_flash_attn_params, varlen_extract_local, zigzag_extract_local, zigzag_varlen_extract_local } from '../index.js';
-import { fromFloat32 } from '../runtime/dtype.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { allowedWorlds, train } from '../compat/examples/train.js';
+import { extract_local, init, RingFlashAttnError, stripe_extract_local, substitute_hf_flash_attn, update_ring_flash_attn_params, varlen_extract_local, zigzag_extract_local, zigzag_varlen_extract_local } from '../index.js';
 import { nd, randn, relL2, rng } from './helpers.js';
 
 const s = suite('compat');
@@ -45,62 +45,25 @@ s('update_out_and_lse: merging two key halves equals attending to all keys', asy
   await rt.close();
 });
 
-s('tensor files round-trip every dtype and strided views', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-'));
-  const f = path.join(dir, 't.msgpack');
-  const x = randn(rng(1), 24);
-  const tensors = {
-    f32: nd(x, [2, 3, 4]),
-    bf16: { data: fromFloat32(x, 'bfloat16'), shape: [4, 6], dtype: 'bfloat16' },
-    f16: { data: fromFloat32(x, 'float16'), shape: [24], dtype: 'float16' },
-    f64: { data: Float64Array.from(x), shape: [6, 4] },
-    cu_seqlens: { data: Int32Array.from([0, 3, 8]), shape: [3] },
-    transposed: nd(x, [4, 6]).transpose(1, 0),
-    empty: { data: new Float32Array(0), shape: [0, 5] },
-  };
-  await save(f, tensors);
-  const back = await load(f);
-  assert.equal(Object.keys(back).sort(), Object.keys(tensors).sort());
-  assert.equal(Array.from(back.f32!.data), Array.from(x));
-  assert.equal(back.f32!.shape, [2, 3, 4]);
-  assert.is(back.bf16!.dtype, 'bfloat16');
-  assert.instance(back.bf16!.data, Uint16Array);
-  assert.equal(Array.from(back.bf16!.data), Array.from(tensors.bf16.data));
-  assert.is(back.f16!.dtype, 'float16');
-  assert.instance(back.f64!.data, Float64Array);
-  assert.equal(Array.from(back.cu_seqlens!.data), [0, 3, 8]);
-  const tr = back.transposed!;
-  assert.equal(tr.shape, [6, 4]);
-  assert.is(tr.get(2, 1), x[1 * 6 + 2]);
-  assert.equal(back.empty!.shape, [0, 5]);
-  fs.rmSync(dir, { recursive: true });
+const TRAIN = fileURLToPath(new URL('../compat/examples/train.js', import.meta.url));
+const WORLDS = 'one of 1, 2, 3, 4, 6, 8, 12, 16, 24, 48';
+
+s('examples/train.js: a world that does not divide the sequence is one line on stderr and exit code 2', () => {
+  for (const arg of ['5', '0', '64', 'abc', '2.5', '']) {
+    const r = spawnSync(process.execPath, [TRAIN, arg], { encoding: 'utf8', timeout: 30_000 });
+    assert.is(r.status, 2, `${arg}: ${r.stderr}`);
+    assert.is(r.stdout, '');
+    assert.is(r.stderr, `train: world must divide the sequence length 48: ${WORLDS}; got ${JSON.stringify(arg)}\n`);
+  }
 });
 
-function formatError(bytes: Uint8Array, re: RegExp) {
-  try {
-    decode(bytes);
-  } catch (e) {
+s('examples/train(): a world that does not divide the sequence is E_ARG before any rank starts', async () => {
+  await train(5).then(() => assert.unreachable('expected E_ARG'), (e) => {
     assert.instance(e, RingFlashAttnError);
-    assert.is((e as RingFlashAttnError).code, 'E_FORMAT');
-    assert.match((e as Error).message, re);
-    return;
-  }
-  assert.unreachable('expected E_FORMAT');
-}
-
-s('corrupt, truncated and unknown-dtype files give E_FORMAT', async () => {
-  const good = encode({ a: nd(randn(rng(2), 10), [10]) });
-  formatError(good.subarray(0, good.length - 7), /./);
-  formatError(new Uint8Array([0xc1, 0x00, 0x13]), /not a msgpack document|not a ring-flash-attn/);
-  formatError(encode({}).subarray(0, 3), /./);
-  const { Packr } = await import('msgpackr');
-  const p = new Packr({ useRecords: false });
-  formatError(p.pack({ format: 'ring-flash-attn/tensors', version: 1, tensors: { a: { dtype: 'complex64', shape: [1], data: Buffer.alloc(8) } } }), /unknown dtype "complex64"/);
-  formatError(p.pack({ format: 'ring-flash-attn/tensors', version: 1, tensors: { a: { dtype: 'float32', shape: [3], data: Buffer.alloc(8) } } }), /holds 8 bytes, float32 \(3\) needs 12/);
-  formatError(p.pack({ format: 'ring-flash-attn/tensors', version: 9, tensors: {} }), /unsupported version 9/);
-  formatError(p.pack({ hello: 'world' }), /not a ring-flash-attn\/tensors file/);
-  formatError(p.pack({ format: 'ring-flash-attn/tensors', version: 1, tensors: { a: { dtype: 'float32', shape: [-1], data: Buffer.alloc(0) } } }), /invalid shape/);
-  await load('/nonexistent/x').then(() => assert.unreachable(), (e) => assert.is(e.code, 'E_ARG'));
+    assert.is(e.code, 'E_ARG');
+    assert.is(e.message, `train: world must divide the sequence length 48: ${WORLDS}; got 5`);
+  });
+  assert.equal(allowedWorlds(12), [1, 2, 3, 4, 6, 12]);
 });
 
 s.run();

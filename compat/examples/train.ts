@@ -1,7 +1,7 @@
 // Drives attention_layer.ts: a few SGD steps of the toy layer over a sequence split across
 // `world` ranks. `node dist/compat/examples/train.js [world]` prints the loss per step.
 import { fileURLToPath } from 'node:url';
-import { init } from '../../index.js';
+import { init, RingFlashAttnError } from '../../index.js';
 import type { LayerDims, StepArg, Weights } from './attention_layer.js';
 
 function seeded(n: number, seed: number, scale: number): Float32Array {
@@ -12,7 +12,25 @@ function seeded(n: number, seed: number, scale: number): Float32Array {
   });
 }
 
-export async function train(world: number, steps = 5, lr = 0.05, totalSeqlen = 48) {
+/** The example's sequence length; train() splits it evenly over the ranks. */
+export const SEQLEN = 48;
+// init()'s upper bound on the world size.
+const MAX_WORLD = 64;
+
+/** World sizes train() accepts for a sequence length: each rank must get a whole slice of it. */
+export function allowedWorlds(totalSeqlen = SEQLEN): number[] {
+  return Array.from({ length: Math.min(totalSeqlen, MAX_WORLD) }, (_, i) => i + 1).filter((w) => totalSeqlen % w === 0);
+}
+
+/** Throws E_ARG unless `world` is one of allowedWorlds(totalSeqlen); `given` is how it came. */
+export function checkWorld(world: number, totalSeqlen = SEQLEN, given: string = String(world)): void {
+  const allowed = allowedWorlds(totalSeqlen);
+  if (!allowed.includes(world))
+    throw new RingFlashAttnError('E_ARG', `train: world must divide the sequence length ${totalSeqlen}: one of ${allowed.join(', ')}; got ${given}`);
+}
+
+export async function train(world: number, steps = 5, lr = 0.05, totalSeqlen = SEQLEN) {
+  checkWorld(world, totalSeqlen);
   const dims: LayerDims = { seqlen: totalSeqlen / world, dModel: 16, heads: 4, kvHeads: 2, headDim: 8 };
   const { dModel: dm, heads: h, kvHeads: hk, headDim: d } = dims;
   let weights: Weights = {
@@ -43,8 +61,20 @@ export async function train(world: number, steps = 5, lr = 0.05, totalSeqlen = 4
   return { losses, grads: lastGrads! };
 }
 
+/** The command line's world argument; anything but an allowed world size is a usage error (exit 2). */
+function worldArg(arg = '4'): number {
+  // Digits only: Number() would also take '', ' 4' and '0x4'.
+  const world = /^[0-9]+$/.test(arg) ? Number(arg) : NaN;
+  try {
+    checkWorld(world, SEQLEN, JSON.stringify(arg));
+  } catch (e) {
+    console.error((e as Error).message); // one line and no stack: a usage error, not a crash
+    process.exit(2);
+  }
+  return world;
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const world = Number(process.argv[2] ?? 4);
-  const { losses } = await train(world);
+  const { losses } = await train(worldArg(process.argv[2]));
   losses.forEach((l, i) => console.log(`step ${i}: loss ${l.toFixed(5)}`));
 }
