@@ -38,6 +38,14 @@ export function readsInPlace(how: Transport | 'mailbox', t: DeviceTensor): boole
 }
 
 /**
+ * What a transfer says of its tensor, "(1, 128, 2, 16) float32": when the two sides' sizes differ
+ * (SPMD ranks that passed local tensors of different shapes), the receiver's error names both.
+ */
+export function transferLabel(t: DeviceTensor): string {
+  return `(${t.shape.join(', ')}) ${t.dtype}`;
+}
+
+/**
  * One side of a point-to-point transfer; `peer` is a group-local rank. A receive fills a
  * contiguous tensor; a send reads any tensor its comm's `sendable` accepts. Only the element
  * count and dtype travel, so the two sides' layouts may differ.

@@ -1,4 +1,4 @@
-import { readsInPlace, type Comm, type Group, type P2POp, type Pending } from './comm.js';
+import { readsInPlace, transferLabel, type Comm, type Group, type P2POp, type Pending } from './comm.js';
 import { dtypeBytes } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
@@ -29,6 +29,8 @@ interface PostedRecv {
   data: HostView;
   n: number;
   elemBytes: number;
+  /** The tensor the sender is expected to send (transferLabel). */
+  label: string;
   done: boolean;
 }
 
@@ -56,7 +58,7 @@ export class CpuComm implements Comm {
   private send(peer: number, t: DeviceTensor, view: HostView = sendView(t)): void {
     this.cpu.mailSend({
       comm: this.group.key, src: this.global(this.group.rank), dst: this.global(peer),
-      data: view, n: t.numel, elem_bytes: dtypeBytes(t.dtype),
+      data: view, n: t.numel, elem_bytes: dtypeBytes(t.dtype), label: transferLabel(t),
     });
   }
 
@@ -68,9 +70,9 @@ export class CpuComm implements Comm {
     return readsInPlace('mailbox', t);
   }
 
-  private post(peer: number, t: DeviceTensor): PostedRecv {
+  private post(peer: number, t: DeviceTensor, label = transferLabel(t)): PostedRecv {
     const r: PostedRecv = {
-      peer, data: args.flat(t, 'receive buffer') as PostedRecv['data'], n: t.numel, elemBytes: dtypeBytes(t.dtype), done: false,
+      peer, data: args.flat(t, 'receive buffer') as PostedRecv['data'], n: t.numel, elemBytes: dtypeBytes(t.dtype), label, done: false,
     };
     this.posted.push(r);
     return r;
@@ -83,7 +85,7 @@ export class CpuComm implements Comm {
       const r = this.posted.shift()!;
       this.cpu.mailRecv({
         comm: this.group.key, src: this.global(r.peer), dst: this.global(this.group.rank),
-        data: r.data, n: r.n, elem_bytes: r.elemBytes, timeout_ms: this.timeoutMs,
+        data: r.data, n: r.n, elem_bytes: r.elemBytes, label: r.label, timeout_ms: this.timeoutMs,
       });
       r.done = true;
       if (r === last) return;
@@ -109,7 +111,7 @@ export class CpuComm implements Comm {
     const own = slots.narrow(0, this.group.rank * n, n);
     (own.storage.data as Float32Array).set(mine.data.subarray(mine.offset, mine.offset + n), own.offset);
     const posted: PostedRecv[] = [];
-    for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) posted.push(this.post(p, slots.narrow(0, p * n, n)));
+    for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) posted.push(this.post(p, slots.narrow(0, p * n, n), transferLabel(send)));
     return this.pending(posted);
   }
 
@@ -125,7 +127,7 @@ export class CpuComm implements Comm {
     for (let p = 0; p < size; p++) {
       if (p === me) parts.set((send.storage.data as Float32Array).subarray(send.offset + p * n, send.offset + (p + 1) * n), p * n);
       else {
-        const r: PostedRecv = { peer: p, data: partView(p), n, elemBytes: 4, done: false };
+        const r: PostedRecv = { peer: p, data: partView(p), n, elemBytes: 4, label: `(${n}) float32`, done: false };
         this.posted.push(r);
         posted.push(r);
       }

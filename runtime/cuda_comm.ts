@@ -1,4 +1,4 @@
-import { readsInPlace, type Comm, type Group, type P2POp, type Pending, type Transport } from './comm.js';
+import { readsInPlace, transferLabel, type Comm, type Group, type P2POp, type Pending, type Transport } from './comm.js';
 import { DTYPE_CODE } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
@@ -18,14 +18,17 @@ export class CudaComm implements Comm {
   constructor(readonly group: Group, private readonly cuda: NativeCuda, private readonly transport: Transport) {}
 
   private op(t: DeviceTensor, peer: number) {
-    return { data: args.flat(t, 'transfer buffer'), n: t.numel, dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer) };
+    return { data: args.flat(t, 'transfer buffer'), n: t.numel, dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer), label: transferLabel(t) };
   }
 
   /** A send: over the copy engines strided rows are read in place (one 2-D copy of `rows` rows, `pitch` apart). */
   private sendOp(t: DeviceTensor, peer: number) {
     const layout = this.transport === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
     if (!layout) return this.op(t, peer);
-    return { data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] }, n: t.numel, rows: layout.rows, dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer) };
+    return {
+      data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] }, n: t.numel, rows: layout.rows,
+      dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer), label: transferLabel(t),
+    };
   }
 
   private peer(peer: number): number {
@@ -38,8 +41,8 @@ export class CudaComm implements Comm {
   }
 
   /** Chunk `index` of `n` elements of a contiguous view (a rank's slot of a collective buffer). */
-  private chunk(view: { data: unknown; offset: number; strides: number[] }, index: number, n: number, dtype: number, peer: number) {
-    return { data: { ...view, offset: view.offset + index * n }, n, dtype, peer };
+  private chunk(view: { data: unknown; offset: number; strides: number[] }, index: number, n: number, dtype: number, peer: number, label = '') {
+    return { data: { ...view, offset: view.offset + index * n }, n, dtype, peer, label };
   }
 
   /** `after` runs once, on the first wait(), once the compute stream waits for the transfer. */
@@ -86,7 +89,7 @@ export class CudaComm implements Comm {
       // Every member pulls every member's chunk, its own included (a send to itself), in rotated
       // order (rotatedMembers) so that no member's memory is read by all the others at once.
       return this.pending(this.cuda.commSendRecv({
-        ...this.id, sends: this.members.map((j) => this.sendOp(send, j)), recvs: this.rotatedMembers.map((j) => this.chunk(dst, j, n, dtype, j)),
+        ...this.id, sends: this.members.map((j) => this.sendOp(send, j)), recvs: this.rotatedMembers.map((j) => this.chunk(dst, j, n, dtype, j, transferLabel(send))),
       }));
     return this.pending(this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }));
   }

@@ -1,6 +1,17 @@
 import { fail } from './errors.js';
 import { native, type NativeKernels } from './native.js';
 
+export interface DeviceInfo {
+  name: string;
+  major: number;
+  minor: number;
+  /** Whether the addon holds code this GPU runs (SASS for its architecture, or PTX it can JIT). */
+  ok: boolean;
+  binaryVersion: number;
+  ptxVersion: number;
+  error: string;
+}
+
 /** The CUDA half of the addon (native/src/cuda_bindings.cc); one device context per worker. */
 export interface NativeCuda extends NativeKernels {
   deviceCount(): number;
@@ -26,9 +37,11 @@ export interface NativeCuda extends NativeKernels {
   peakBytes(): number;
   resetPeak(): void;
   bytesInUse(): number;
-  abortAll(reason: string): void;
-  resetAll(): void;
-  ncclStatus(): { ok: boolean; detail: string };
+  /** scope: the runtime id (the part of its communicator keys before '/'). */
+  abortAll(scope: string, reason: string): void;
+  resetAll(scope: string): void;
+  /** Which GPU `device` is and whether this build has kernels it can run. */
+  deviceInfo(device: number): DeviceInfo;
 }
 
 export function cudaNative(): NativeCuda {

@@ -18,9 +18,9 @@ export interface NativeKernels {
 export interface NativeCpu extends NativeKernels {
   mailSend(p: object): void;
   mailRecv(p: object): void;
-  mailAbort(reason: string): void;
-  mailReset(): void;
-  mailPending(): number;
+  /** scope: the runtime id (the part of its communicator keys before '/'). */
+  mailAbort(scope: string, reason: string): void;
+  mailReset(scope: string): void;
 }
 
 /** The launch planner of the CUDA kernels (native/launch_plan.h), exposed for tests. */
@@ -34,6 +34,8 @@ export interface NativeAddon {
   cpu: NativeCpu;
   plan: NativePlan;
   cudaBuilt: boolean;
+  /** Why the build has no CUDA backend ('' when it has one). */
+  cudaOmitted: string;
   // Present when built with nvcc (runtime/cuda_backend.ts types it).
   cuda?: Record<string, (...args: any[]) => any>;
 }

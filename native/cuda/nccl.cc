@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <thread>
 #include <vector>
@@ -113,9 +114,8 @@ void check(int r, const char* what) {
 // Every live communicator, for nccl_abort_all; and the abort epoch that fails pending inits.
 std::mutex g_mu;
 std::set<NcclComm*>* g_comms = new std::set<NcclComm*>();
-std::atomic<bool> g_aborted{false};
+std::map<std::string, std::string>* g_aborted = new std::map<std::string, std::string>();  // scope -> first reason
 std::atomic<int> g_aborts_running{0};  // ncclCommAbort calls still in flight
-std::string* g_abort_reason = new std::string();
 
 }  // namespace
 
@@ -138,30 +138,32 @@ NcclId nccl_unique_id() {
   return out;
 }
 
-void nccl_abort_all(const std::string& reason) {
+void nccl_abort_all(const std::string& scope, const std::string& reason) {
   std::lock_guard<std::mutex> lock(g_mu);
-  if (!g_aborted) *g_abort_reason = reason;
-  g_aborted = true;
-  for (NcclComm* c : *g_comms) c->abort(reason);
+  g_aborted->emplace(scope, reason);
+  for (NcclComm* c : *g_comms)
+    if (c->scope() == scope) c->abort(reason);
 }
 
-bool nccl_aborted(std::string* reason) {
+bool nccl_aborted(const std::string& scope, std::string* reason) {
   std::lock_guard<std::mutex> lock(g_mu);
-  if (g_aborted && reason) *reason = *g_abort_reason;
-  return g_aborted;
+  const auto it = g_aborted->find(scope);
+  if (it == g_aborted->end()) return false;
+  if (reason) *reason = it->second;
+  return true;
 }
 
-void nccl_clear_abort(int timeout_ms) {
+void nccl_clear_abort(const std::string& scope, int timeout_ms) {
   // Aborted kernels must be gone before new work reaches the GPUs (and before the process exits).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (g_aborts_running.load() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::lock_guard<std::mutex> lock(g_mu);
-  g_aborted = false;
-  g_abort_reason->clear();
+  g_aborted->erase(scope);
 }
 
-NcclComm::NcclComm(const NcclId& id, int nranks, int rank, int device, int timeout_ms) : nranks_(nranks), rank_(rank) {
+NcclComm::NcclComm(const std::string& scope, const NcclId& id, int nranks, int rank, int device, int timeout_ms)
+    : scope_(scope), nranks_(nranks), rank_(rank) {
   Api& a = api();
   // ncclCommInitRank blocks until every member joined; run it on a helper thread so this
   // worker can give up (timeout, or an abort after a peer failed) instead of hanging.
@@ -181,7 +183,7 @@ NcclComm::NcclComm(const NcclId& id, int nranks, int rank, int device, int timeo
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!st->done) {
     std::string reason;
-    if (nccl_aborted(&reason)) RFA_THROW("E_WORKER", "communicator aborted during init: " + reason);
+    if (nccl_aborted(scope_, &reason)) RFA_THROW("E_WORKER", "communicator aborted during init: " + reason);
     if (std::chrono::steady_clock::now() > deadline)
       RFA_THROW("E_NCCL", "ncclCommInitRank timed out after " + std::to_string(timeout_ms) + " ms (rank " +
                               std::to_string(rank) + " of " + std::to_string(nranks) + ")");

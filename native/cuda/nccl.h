@@ -20,20 +20,21 @@ using NcclId = std::array<char, 128>;
 
 bool nccl_available(std::string* detail);
 NcclId nccl_unique_id();
-// Aborts every communicator of the process (callable from any thread); their owners' next
-// operation or wait fails with E_WORKER carrying `reason`. Until nccl_clear_abort(), inits in
-// flight fail and no new communicator may be created (a rank that arrives late must not start
-// one its failed peers will never join).
-void nccl_abort_all(const std::string& reason);
-bool nccl_aborted(std::string* reason);
-// Waits (at most timeout_ms) for aborts still winding down, then allows new communicators.
-void nccl_clear_abort(int timeout_ms = 10000);
+// Aborts every communicator of the runtime `scope` (callable from any thread); their owners' next
+// operation or wait fails with E_WORKER carrying `reason`. Until nccl_clear_abort(scope), the
+// scope's inits in flight fail and it may create no new communicator (a rank that arrives late
+// must not start one its failed peers will never join). Other runtimes are untouched.
+void nccl_abort_all(const std::string& scope, const std::string& reason);
+bool nccl_aborted(const std::string& scope, std::string* reason);
+// Waits (at most timeout_ms) for aborts still winding down, then allows the scope new communicators.
+void nccl_clear_abort(const std::string& scope, int timeout_ms = 10000);
 
 class NcclComm {
  public:
-  // Joins the communicator `id` as `rank` of `nranks` on the calling thread's device. Every
-  // member calls this concurrently. The wait is bounded by timeout_ms and by nccl_abort_all.
-  NcclComm(const NcclId& id, int nranks, int rank, int device, int timeout_ms);
+  // Joins the communicator `id` of the runtime `scope` as `rank` of `nranks` on the calling
+  // thread's device. Every member calls this concurrently. The wait is bounded by timeout_ms and
+  // by nccl_abort_all(scope).
+  NcclComm(const std::string& scope, const NcclId& id, int nranks, int rank, int device, int timeout_ms);
   ~NcclComm();  // never throws
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -48,8 +49,10 @@ class NcclComm {
   void check_async_error();
   bool aborted() const;
   void abort(const std::string& reason);
+  const std::string& scope() const { return scope_; }
 
  private:
+  const std::string scope_;
   void* comm_ = nullptr;  // ncclComm_t
   int nranks_;
   int rank_;

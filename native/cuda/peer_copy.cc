@@ -81,8 +81,8 @@ PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerR
   return slot;
 }
 
-void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, int device, cudaStream_t stream,
-               int timeout_ms) {
+void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label, int device,
+               cudaStream_t stream, int timeout_ms) {
   PeerTicket slot;
   if (!registry().take({comm, src, dst}, timeout_ms, slot))
     throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
@@ -105,18 +105,17 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
     slot->done = done;
     slot->copied = true;
   });
-  if (!size_ok)
-    RFA_THROW("E_ARG", "message from rank " + std::to_string(src) + " has " + std::to_string(from.bytes()) +
-                           " bytes, the receive buffer " + std::to_string(bytes));
+  if (!size_ok) RFA_THROW("E_SHAPE", shape_mismatch(src, from.label, from.bytes(), dst, label, bytes));
 }
 
-void peer_finish_send(const PeerTicket& ticket, cudaStream_t stream, int timeout_ms) {
-  if (!registry().wait_until(timeout_ms, [&] { return ticket->copied; })) throw_stuck(timeout_ms, "(a send was never received)");
+void peer_finish_send(const std::string& comm, const PeerTicket& ticket, cudaStream_t stream, int timeout_ms) {
+  if (!registry().wait_until(Registry::scope_of(comm), timeout_ms, [&] { return ticket->copied; }))
+    throw_stuck(timeout_ms, "(a send was never received)");
   RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, ticket->done, 0));
 }
 
-void peer_abort(const std::string& reason) { registry().abort(reason); }
+void peer_abort(const std::string& scope, const std::string& reason) { registry().abort(scope, reason); }
 
-void peer_reset() { registry().reset(); }
+void peer_reset(const std::string& scope) { registry().reset(scope); }
 
 }  // namespace rfa::cuda

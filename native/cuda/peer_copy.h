@@ -36,6 +36,7 @@ struct PeerRegion {
   size_t row_bytes = 0;
   size_t rows = 1;
   size_t pitch = 0;
+  std::string label;  // the tensor's shape and dtype, for the receiver's error message
   size_t bytes() const { return row_bytes * rows; }
 };
 
@@ -43,16 +44,17 @@ struct PeerRegion {
 // must be `device`.
 PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerRegion& data, int device,
                           cudaStream_t stream);
-// Blocks until the matching send is posted (E_WORKER on abort, E_NCCL on timeout, E_ARG on a
-// size mismatch), then queues the copy on `stream` (the receiver's comm stream).
-void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, int device, cudaStream_t stream,
-               int timeout_ms);
+// Blocks until the matching send is posted (E_WORKER on abort, E_NCCL on timeout, E_SHAPE on a
+// size mismatch, naming both labels), then queues the copy on `stream` (the receiver's comm stream).
+void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label, int device,
+               cudaStream_t stream, int timeout_ms);
 // Blocks until the receiver has queued the copy, then makes `stream` wait for it.
-void peer_finish_send(const PeerTicket& ticket, cudaStream_t stream, int timeout_ms);
+void peer_finish_send(const std::string& comm, const PeerTicket& ticket, cudaStream_t stream, int timeout_ms);
 
-// Wakes every blocked transfer with an E_WORKER error carrying `reason`; later ones fail too
-// until peer_reset() (called once no rank is inside a transfer), which drops unmatched posts.
-void peer_abort(const std::string& reason);
-void peer_reset();
+// Wakes every blocked transfer of the runtime `scope` (keyed_queues.h) with an E_WORKER error
+// carrying `reason`; its later ones fail too until peer_reset(scope) (called once none of its
+// ranks is inside a transfer), which drops its unmatched posts.
+void peer_abort(const std::string& scope, const std::string& reason);
+void peer_reset(const std::string& scope);
 
 }  // namespace rfa::cuda

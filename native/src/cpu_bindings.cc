@@ -61,7 +61,7 @@ Napi::Value MailSend(const Napi::CallbackInfo& info) {
     const int64_t n = get_i64(o, "n");
     const int eb = int(get_i64(o, "elem_bytes"));
     cpu::mailbox_send(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
-                      flat_view(o, "data", n, eb), size_t(n) * eb);
+                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o));
     return info.Env().Undefined();
   });
 }
@@ -73,24 +73,21 @@ Napi::Value MailRecv(const Napi::CallbackInfo& info) {
     const int64_t n = get_i64(o, "n");
     const int eb = int(get_i64(o, "elem_bytes"));
     cpu::mailbox_recv(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
-                      flat_view(o, "data", n, eb), size_t(n) * eb, int(get_i64(o, "timeout_ms")));
+                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o), int(get_i64(o, "timeout_ms")));
     return info.Env().Undefined();
   });
 }
 
+// (scope, reason): scope is the runtime id, the part of its communicator keys before '/'.
 Napi::Value MailAbort(const Napi::CallbackInfo& info) {
   return guarded(info, [&] {
-    cpu::mailbox_abort(info.Length() > 0 ? info[0].ToString().Utf8Value() : std::string("aborted"));
+    cpu::mailbox_abort(arg_string(info, 0, "scope"), arg_string(info, 1, "reason"));
     return info.Env().Undefined();
   });
 }
 
 Napi::Value MailReset(const Napi::CallbackInfo& info) {
-  return guarded(info, [&] { cpu::mailbox_reset(); return info.Env().Undefined(); });
-}
-
-Napi::Value MailPending(const Napi::CallbackInfo& info) {
-  return guarded(info, [&] { return Napi::Number::New(info.Env(), double(cpu::mailbox_pending())); });
+  return guarded(info, [&] { cpu::mailbox_reset(arg_string(info, 0, "scope")); return info.Env().Undefined(); });
 }
 
 }  // namespace
@@ -99,7 +96,7 @@ void register_cpu(Napi::Env env, Napi::Object exports) {
   export_functions(env, exports, "cpu",
                    {{"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot}, {"flashBwd", FlashBwd}, {"merge", Merge},
                     {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh}, {"mailSend", MailSend}, {"mailRecv", MailRecv},
-                    {"mailAbort", MailAbort}, {"mailReset", MailReset}, {"mailPending", MailPending}});
+                    {"mailAbort", MailAbort}, {"mailReset", MailReset}});
 }
 
 }  // namespace rfa::napi

@@ -29,10 +29,18 @@
 namespace rfa::napi {
 namespace {
 
-// ---- process-wide: NCCL ids by (group key, generation) ----
+// ---- process-wide: NCCL ids by (group key, generation), generations per runtime (scope) ----
 std::mutex g_ids_mu;
 std::map<std::string, cuda::NcclId>* g_ids = new std::map<std::string, cuda::NcclId>();
-std::atomic<uint64_t> g_generation{0};
+std::map<std::string, uint64_t>* g_generation = new std::map<std::string, uint64_t>();
+
+std::string scope_of(const std::string& key) { return key.substr(0, key.find('/')); }
+
+uint64_t generation(const std::string& scope) {
+  std::lock_guard<std::mutex> lock(g_ids_mu);
+  const auto it = g_generation->find(scope);
+  return it == g_generation->end() ? 0 : it->second;
+}
 
 cuda::NcclId shared_unique_id(const std::string& key) {
   std::lock_guard<std::mutex> lock(g_ids_mu);
@@ -81,14 +89,15 @@ cudaStream_t compute(Napi::Env env) { return state(env).ctx->compute(); }
 cuda::NcclComm& comm_for(WorkerState& s, const Napi::Object& o) {
   const std::string key = o.Get("key").ToString().Utf8Value();
   const int nranks = int(get_i64(o, "nranks")), rank = int(get_i64(o, "rank"));
-  const uint64_t gen = g_generation.load();
+  const std::string scope = scope_of(key);
+  const uint64_t gen = generation(scope);
   std::string reason;
-  if (cuda::nccl_aborted(&reason)) RFA_THROW("E_WORKER", "communicator aborted: " + reason);
+  if (cuda::nccl_aborted(scope, &reason)) RFA_THROW("E_WORKER", "communicator aborted: " + reason);
   CommEntry& e = s.comms[key];
   if (!e.comm || e.generation != gen || e.comm->aborted()) {
     e.comm.reset();
-    e.comm = std::make_unique<cuda::NcclComm>(shared_unique_id(key + "#" + std::to_string(gen)), nranks, rank, s.device,
-                                              s.timeout_ms);
+    e.comm = std::make_unique<cuda::NcclComm>(scope, shared_unique_id(key + "#" + std::to_string(gen)), nranks, rank,
+                                              s.device, s.timeout_ms);
     e.generation = gen;
   }
   return *e.comm;
@@ -115,13 +124,15 @@ struct Xfer {
   DType dtype;
   int peer;
   size_t rows, pitch;
+  std::string label;
   cuda::PeerRegion region() const {
     const size_t eb = dtype_bytes(dtype);
-    return {ptr, n / rows * eb, rows, pitch * eb};
+    return {ptr, n / rows * eb, rows, pitch * eb, label};
   }
 };
 
-// { data, n, dtype, peer, rows? }: with rows > 1, data.strides[0] is the pitch between rows.
+// { data, n, dtype, peer, rows?, label? }: with rows > 1, data.strides[0] is the pitch between
+// rows; label describes the tensor for error messages.
 std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
   std::vector<Xfer> out;
   Napi::Value v = o.Get(key);
@@ -134,7 +145,7 @@ std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
     const int peer = int(get_i64(t, "peer"));
     const int64_t rows = t.Has("rows") ? get_i64(t, "rows") : 1;
     if (rows <= 1) {
-      out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n)});
+      out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n), get_label(t)});
       continue;
     }
     if (n % rows) RFA_THROW("E_ARG", std::string(key) + ": " + std::to_string(n) + " elements are not " + std::to_string(rows) + " equal rows");
@@ -144,7 +155,7 @@ std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
     const int64_t ext[2] = {rows, width};
     r.strides[1] = 1;
     check_extent(r, ext, 2, "data");
-    out.push_back({r.base, size_t(n), dt, peer, size_t(rows), size_t(pitch)});
+    out.push_back({r.base, size_t(n), dt, peer, size_t(rows), size_t(pitch), get_label(t)});
   }
   return out;
 }
@@ -160,6 +171,27 @@ RFA_NAPI(DeviceCount) {
 RFA_NAPI(PeerAccess) {
   const int device = info[0].As<Napi::Number>().Int32Value(), peer = info[1].As<Napi::Number>().Int32Value();
   return Napi::Boolean::New(info.Env(), cuda::DeviceContext::can_access_peer(device, peer));
+}
+
+// (device) -> { name, major, minor, ok, binaryVersion, ptxVersion, error }: init's check that this
+// build has code the GPU can run.
+RFA_NAPI(DeviceInfo) {
+  RFA_BODY({
+    Napi::Env env = info.Env();
+    const int device = info[0].As<Napi::Number>().Int32Value();
+    cudaDeviceProp prop{};
+    RFA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    const cuda::KernelImage k = cuda::kernel_image(device);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", Napi::String::New(env, prop.name));
+    o.Set("major", Napi::Number::New(env, prop.major));
+    o.Set("minor", Napi::Number::New(env, prop.minor));
+    o.Set("ok", Napi::Boolean::New(env, k.ok));
+    o.Set("binaryVersion", Napi::Number::New(env, k.binary_version));
+    o.Set("ptxVersion", Napi::Number::New(env, k.ptx_version));
+    o.Set("error", Napi::String::New(env, k.error));
+    return o;
+  });
 }
 
 RFA_NAPI(Init) {
@@ -290,7 +322,7 @@ void copy_engine_exchange(WorkerState& s, const std::string& key, int rank, cons
   std::vector<cuda::PeerTicket> tickets;
   for (auto& x : sends) tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region, s.device, stream));
   receive(stream);
-  for (auto& t : tickets) cuda::peer_finish_send(t, stream, s.timeout_ms);
+  for (auto& t : tickets) cuda::peer_finish_send(key, t, stream, s.timeout_ms);
 }
 
 void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, const std::vector<Xfer>& sends,
@@ -298,7 +330,8 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
   std::vector<PeerSend> posts;
   for (auto& x : sends) posts.push_back({x.peer, x.region()});
   copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
-    for (auto& x : recvs) cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), s.device, stream, s.timeout_ms);
+    for (auto& x : recvs)
+      cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), x.label, s.device, stream, s.timeout_ms);
   });
 }
 
@@ -313,12 +346,12 @@ void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank
   const size_t bytes = size_t(n) * sizeof(float);
   std::vector<PeerSend> posts;
   for (int j = 0; j < nranks; ++j)
-    if (j != rank) posts.push_back({j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes}});
+    if (j != rank) posts.push_back({j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes, ""}});
   copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
     if (n > 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
     for (int i = 1; i < nranks; ++i) {
       const int j = (rank + i) % nranks;
-      cuda::peer_recv(key, j, rank, slot, bytes, s.device, stream, s.timeout_ms);
+      cuda::peer_recv(key, j, rank, slot, bytes, "", s.device, stream, s.timeout_ms);
       if (n > 0) cuda::add_f32(recv, slot, n, stream);
     }
   });
@@ -405,16 +438,15 @@ RFA_NAPI(Sync) {
   RFA_BODY({
     WorkerState& s = state(info.Env());
     const int timeout_ms = info[0].As<Napi::Number>().Int32Value();
-    const uint64_t gen = g_generation.load();
-    s.ctx->synchronize(timeout_ms, [&s, gen] {
+    s.ctx->synchronize(timeout_ms, [&s] {
       for (auto& kv : s.comms)  // communicators of an earlier generation were aborted and replaced
-        if (kv.second.comm && kv.second.generation == gen) kv.second.comm->check_async_error();
+        if (kv.second.comm && kv.second.generation == generation(scope_of(kv.first))) kv.second.comm->check_async_error();
     });
     return info.Env().Undefined();
   });
 }
 
-// Benchmark timing on the device (the seed times its iterations between CUDA events): a timing
+// Benchmark timing on the device (the Python project times its iterations between CUDA events): a timing
 // event recorded on the compute stream once it has joined the comm stream, so a mark follows
 // every operation this rank has queued. Returns the mark's id.
 RFA_NAPI(TimerMark) {
@@ -455,38 +487,30 @@ RFA_NAPI(PeakBytes) { RFA_BODY({ return Napi::Number::New(info.Env(), double(sta
 RFA_NAPI(ResetPeak) { RFA_BODY({ state(info.Env()).ctx->reset_peak(); return info.Env().Undefined(); }); }
 RFA_NAPI(BytesInUse) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_in_use())); }); }
 
-// Callable from any thread (the main thread on a rank failure): aborts every communicator.
+// (scope, reason), callable from any thread (the main thread on a rank failure): aborts every
+// communicator of the runtime `scope`.
 RFA_NAPI(AbortAll) {
   RFA_BODY({
-    const std::string reason = info.Length() > 0 ? info[0].ToString().Utf8Value() : std::string("aborted");
-    cuda::nccl_abort_all(reason);
-    cuda::peer_abort(reason);
+    const std::string scope = arg_string(info, 0, "scope"), reason = arg_string(info, 1, "reason");
+    cuda::nccl_abort_all(scope, reason);
+    cuda::peer_abort(scope, reason);
     return info.Env().Undefined();
   });
 }
 
-// After a failure has settled: later communicator uses create fresh ones with new ids.
+// (scope), after a failure has settled: the runtime's later communicator uses create fresh ones
+// with new ids.
 RFA_NAPI(ResetAll) {
   RFA_BODY({
+    const std::string scope = arg_string(info, 0, "scope");
     {
       std::lock_guard<std::mutex> lock(g_ids_mu);
-      g_ids->clear();
-      g_generation.fetch_add(1);
+      for (auto it = g_ids->begin(); it != g_ids->end();) it = scope_of(it->first) == scope ? g_ids->erase(it) : std::next(it);
+      ++(*g_generation)[scope];
     }
-    cuda::nccl_clear_abort();
-    cuda::peer_reset();
+    cuda::nccl_clear_abort(scope);
+    cuda::peer_reset(scope);
     return info.Env().Undefined();
-  });
-}
-
-RFA_NAPI(NcclStatus) {
-  RFA_BODY({
-    std::string why;
-    const bool ok = cuda::nccl_available(&why);
-    Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("ok", Napi::Boolean::New(info.Env(), ok));
-    o.Set("detail", Napi::String::New(info.Env(), why));
-    return o;
   });
 }
 
@@ -494,12 +518,12 @@ RFA_NAPI(NcclStatus) {
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
   export_functions(env, exports, "cuda", {
-      {"deviceCount", DeviceCount}, {"peerAccess", PeerAccess}, {"init", Init}, {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload},
+      {"deviceCount", DeviceCount}, {"deviceInfo", DeviceInfo}, {"peerAccess", PeerAccess}, {"init", Init}, {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload},
       {"download", Download}, {"fill", Fill}, {"flashFwd", FlashFwd}, {"flashBwdDot", FlashBwdDot},
       {"flashBwd", FlashBwd}, {"merge", Merge}, {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh},
       {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather}, {"commReduceScatter", CommReduceScatter},
       {"waitEvent", WaitEvent}, {"sync", Sync}, {"timerMark", TimerMark}, {"timerElapsed", TimerElapsed}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak},
-      {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}, {"ncclStatus", NcclStatus}
+      {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}
   });
 }
 

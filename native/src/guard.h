@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <exception>
+#include <string>
 
 #include "error.h"
 
@@ -34,6 +35,11 @@ Napi::Value guarded(const Napi::CallbackInfo& info, F&& body) {
 inline Napi::Object arg_object(const Napi::CallbackInfo& info, size_t i) {
   if (info.Length() <= i || !info[i].IsObject()) RFA_THROW("E_ARG", "expected a parameter object");
   return info[i].As<Napi::Object>();
+}
+
+inline std::string arg_string(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsString()) RFA_THROW("E_ARG", std::string("expected a string argument '") + name + "'");
+  return info[i].As<Napi::String>().Utf8Value();
 }
 
 }  // namespace rfa::napi

@@ -28,6 +28,12 @@ inline double get_f64(const Napi::Object& o, const char* key) {
   return v.As<Napi::Number>().DoubleValue();
 }
 
+// A transfer's optional description of its tensor, for error messages ("" when absent).
+inline std::string get_label(const Napi::Object& o) {
+  Napi::Value v = o.Get("label");
+  return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+}
+
 inline bool get_bool(const Napi::Object& o, const char* key) { return o.Get(key).ToBoolean().Value(); }
 
 inline Napi::Object get_obj(const Napi::Object& o, const char* key) {
