@@ -11,11 +11,13 @@ export type ErrorCode =
   | 'E_CLOSED'
   | 'E_FORMAT'
   | 'E_MEMORY'
-  | 'E_NATIVE';
+  | 'E_NATIVE'
+  | 'E_TIMEOUT'
+  | 'E_ABORTED';
 
 const CODES = new Set<string>([
   'E_SHAPE', 'E_DTYPE', 'E_DEVICE', 'E_ARG', 'E_UNSUPPORTED', 'E_CUDA', 'E_NCCL',
-  'E_WORKER', 'E_CLOSED', 'E_FORMAT', 'E_MEMORY', 'E_NATIVE',
+  'E_WORKER', 'E_CLOSED', 'E_FORMAT', 'E_MEMORY', 'E_NATIVE', 'E_TIMEOUT', 'E_ABORTED',
 ]);
 
 /** The one error type of the library: `code` is stable, `message` names the argument. */

@@ -5,6 +5,7 @@ import { workerData } from 'node:worker_threads';
 import { Backend } from './backend.js';
 import { RankContext, setCurrentContext, type RankInfo } from './context.js';
 import { asRingError, fail } from './errors.js';
+import { TENSOR_TAG, uncloneablePath, workerErrorChannel, type StrayError } from './transfer.js';
 import { DeviceTensor } from './tensor.js';
 
 export interface WorkerTask {
@@ -17,11 +18,24 @@ export type WorkerResult =
   | { ok: true; value: unknown }
   | { ok: false; error: { code: string; message: string; rank: number; stack?: string } };
 
+const info = workerData as RankInfo;
 let ctx: RankContext | undefined;
+
+// An error that escapes a task (a timer or a promise nobody awaits, in user code) belongs to no
+// call: it is handed to the main thread, which logs it with the rank and replaces this worker,
+// instead of Node killing the thread and piscina charging the error to whatever call runs next.
+const strays = workerErrorChannel(info.runtimeId);
+strays.unref();
+const report = (kind: StrayError['kind']) => (err: unknown) => {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const msg: StrayError = { rank: info.rank, kind, message: e.message, stack: e.stack };
+  strays.postMessage(msg);
+};
+process.on('uncaughtException', report('uncaughtException'));
+process.on('unhandledRejection', report('unhandledRejection'));
 
 async function context(): Promise<RankContext> {
   if (ctx) return ctx;
-  const info = workerData as RankInfo;
   let backend: Backend;
   if (info.backend === 'cuda') {
     const { CudaBackend } = await import('./cuda_backend.js');
@@ -35,9 +49,9 @@ async function context(): Promise<RankContext> {
   return ctx;
 }
 
-/** DeviceTensors in a result come back to the caller as host { shape, dtype, data }. */
+/** DeviceTensors in a result come back to the caller as tagged host { shape, dtype, data }. */
 function transferable(value: unknown, c: RankContext): unknown {
-  if (value instanceof DeviceTensor) return { shape: [...value.shape], dtype: value.dtype, data: c.backend.download(value) };
+  if (value instanceof DeviceTensor) return { [TENSOR_TAG]: true, shape: [...value.shape], dtype: value.dtype, data: c.backend.download(value) };
   if (Array.isArray(value)) return value.map((v) => transferable(v, c));
   if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, transferable(v, c)]));
@@ -45,7 +59,7 @@ function transferable(value: unknown, c: RankContext): unknown {
 }
 
 export default async function run(task: WorkerTask): Promise<WorkerResult> {
-  const rank = (workerData as RankInfo).rank;
+  const rank = info.rank;
   try {
     const c = await context();
     const mod = (await import(task.moduleUrl)) as Record<string, unknown>;
@@ -53,7 +67,10 @@ export default async function run(task: WorkerTask): Promise<WorkerResult> {
     if (typeof fn !== 'function') fail('E_ARG', `${task.moduleUrl} has no exported function '${task.exportName}'`);
     const value = await (fn as (c: RankContext, arg: unknown) => unknown)(c, task.arg);
     c.backend.sync();
-    return { ok: true, value: transferable(value, c) };
+    const out = transferable(value, c);
+    const bad = uncloneablePath(out, 'result');
+    if (bad) fail('E_ARG', `'${task.exportName}' returned a value the main thread cannot receive: ${bad}`);
+    return { ok: true, value: out };
   } catch (err) {
     ctx?.backend.abandonComms();
     const e = asRingError(err, 'E_WORKER', rank);

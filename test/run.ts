@@ -14,6 +14,8 @@ const files = (gpuOnly ? list(path.join(here, 'gpu')) : [...list(here), ...list(
   .filter((f) => !filter || f.includes(filter));
 
 let passed = 0, failed = 0, skipped = 0;
+/** Suites that skipped whole (a GPU suite without a GPU) say so on a line `SKIPPED: <reason>`. */
+const skippedSuites: string[] = [];
 const PER_FILE_TIMEOUT_MS = 15 * 60_000;
 for (const file of files) {
   const t0 = Date.now();
@@ -23,6 +25,8 @@ for (const file of files) {
   const num = (label: string) => Number(new RegExp(`${label}:\\s+(\\d+)`).exec(out)?.[1] ?? NaN);
   const total = num('Total'), ok = num('Passed'), skip = num('Skipped');
   const name = path.relative(here, file);
+  const skipReason = /^SKIPPED: (.*)$/m.exec(out)?.[1];
+  if (skipReason) skippedSuites.push(`${name} (${skipReason})`);
   if (r.status !== 0 || Number.isNaN(total)) {
     // A crash or timeout counts its unfinished tests as one failure at least.
     const bad = Number.isNaN(total) ? 1 : Math.max(1, total - ok - skip);
@@ -36,5 +40,7 @@ for (const file of files) {
   }
   console.log(`  [${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s]\n`);
 }
-console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
+if (skipped || skippedSuites.length)
+  console.log(`skipped: ${skipped} tests, ${skippedSuites.length} whole suites${skippedSuites.length ? `: ${skippedSuites.join('; ')}` : ''}`);
+console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed > 0 || files.length === 0 ? 1 : 0);

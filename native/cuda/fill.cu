@@ -30,4 +30,23 @@ void fill(void* dst, DType dtype, int64_t n, float value, cudaStream_t stream) {
   if (err != cudaSuccess) RFA_THROW("E_CUDA", std::string("fill: ") + cudaGetErrorString(err));
 }
 
+KernelImage kernel_image(int dev) {
+  KernelImage k;
+  int prev = 0;
+  cudaGetDevice(&prev);
+  cudaError_t err = cudaSetDevice(dev);
+  cudaFuncAttributes a{};
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&a, fill_f32_kernel);
+  cudaSetDevice(prev);
+  k.ok = err == cudaSuccess;
+  if (k.ok) {
+    k.binary_version = a.binaryVersion;
+    k.ptx_version = a.ptxVersion;
+  } else {
+    k.error = cudaGetErrorString(err);
+    cudaGetLastError();  // clear it: the failure is reported, not sticky
+  }
+  return k;
+}
+
 }  // namespace rfa::cuda

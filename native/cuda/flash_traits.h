@@ -6,6 +6,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -156,8 +157,9 @@ namespace rfa::cuda {
 inline bool head_dim_supported(int d) { return d == 32 || d == 64 || d == 128; }
 
 // What the launchers plan with about the calling thread's current device: SM count (grid
-// splits) and whether it runs sm_90a code (the wgmma backward). Read once per device; worker
-// threads of different ranks call concurrently.
+// splits) and whether it runs sm_90a code (the wgmma kernels). Read once per device; worker
+// threads of different ranks call concurrently. RFA_KERNELS=mma makes a Hopper GPU take the
+// mma.sync kernels every other GPU runs, so one machine tests both paths.
 struct DeviceFacts {
   int sms = 0;
   bool sm90 = false;
@@ -169,7 +171,8 @@ inline DeviceFacts read_device_facts(int dev) {
   RFA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   RFA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   RFA_CUDA_CHECK(cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, dev));
-  f.sm90 = major == 9 && minor == 0;
+  const char* kernels = std::getenv("RFA_KERNELS");
+  f.sm90 = major == 9 && minor == 0 && !(kernels && std::string(kernels) == "mma");
   return f;
 }
 

@@ -14,6 +14,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("cudaBuilt", Napi::Boolean::New(env, false));
 #endif
+  // Why a build has no CUDA backend, for init's error message.
+#if defined(RFA_WITH_CUDA)
+  exports.Set("cudaOmitted", Napi::String::New(env, ""));
+#elif defined(RFA_CUDA_DISABLED)
+  exports.Set("cudaOmitted", Napi::String::New(env, "it was built with RFA_CUDA=OFF"));
+#else
+  exports.Set("cudaOmitted", Napi::String::New(env, "nvcc was not found at build time"));
+#endif
   return exports;
 }
 

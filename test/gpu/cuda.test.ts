@@ -15,7 +15,7 @@ import { memoReference, referenceBackward, referenceForward } from '../reference
 
 const gpus = visibleGpuCount();
 const s = suite('cuda backend');
-if (gpus === 0) console.log('GPU suite skipped: no GPU visible (cuda backend not exercised)');
+if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
 
 interface K { b: number; sq: number; sk: number; h: number; hk: number; d: number; causal: boolean; dtype: DType }
 

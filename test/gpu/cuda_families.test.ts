@@ -14,7 +14,7 @@ import { placements } from './placements.js';
 
 const gpus = visibleGpuCount();
 const s = suite('cuda backend: packed forms and varlen families');
-if (gpus === 0) console.log('GPU suite (packed forms, varlen) skipped: no GPU visible');
+if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
 
 const names = (prefix: string, suffix = ''): VariantNames =>
   ({ func: `${prefix}_func${suffix}`, kvpacked: `${prefix}_kvpacked_func${suffix}`, qkvpacked: `${prefix}_qkvpacked_func${suffix}` }) as VariantNames;
