@@ -25,6 +25,7 @@ async function failsWith(p: Promise<unknown>, code: string, fragment: RegExp): P
 
 s('a rank that never returns: the call rejects with E_TIMEOUT naming it, the worker is replaced, close() ends', async () => {
   const rt = await init({ backend: 'cpu', world: 2 });
+  await rt.spmd(USER, 'sleep', { ms: 1 });  // workers started and the module loaded, so only rank 1 can be late
   const t0 = Date.now();
   const e = await failsWith(rt.spmd(USER, 'hangOn', { rank: 1 }, { timeoutMs: 300 }), 'E_TIMEOUT', /'hangOn' timed out after 300 ms: rank 1 had not returned/);
   assert.is(e.rank, 1);
@@ -32,14 +33,24 @@ s('a rank that never returns: the call rejects with E_TIMEOUT naming it, the wor
   assert.equal(await rt.spmd(USER, 'sleep', { ms: 1 }), [0, 1]);
   const [c0, c1] = await rt.spmd<number>(USER, 'count');
   assert.is(c1, 1, 'rank 1 runs on a fresh worker');
-  assert.is(c0, 1);
+  assert.is(c0, 1, 'count never ran on rank 0 before');
   const t1 = Date.now();
   await rt.close();
   assert.ok(Date.now() - t1 < 3000);
 });
 
+s('ranks terminated inside a native wait (a ring receive) leave the process and the runtime intact, 20 rounds', async () => {
+  const rt = await init({ backend: 'cpu', world: 3, callTimeoutMs: 0 });
+  for (let round = 0; round < 20; round++) {
+    await failsWith(rt.spmd(USER, 'hangWhilePeersWait', { rank: 1 }, { timeoutMs: 100 + (round % 5) * 20 }), 'E_TIMEOUT', /had not returned/);
+    assert.equal(await rt.spmd(USER, 'sleep', { ms: 1 }), [0, 1, 2]);
+  }
+  await rt.close();
+});
+
 s('init callTimeoutMs bounds every call that sets no deadline of its own', async () => {
-  const rt = await init({ backend: 'cpu', world: 2, callTimeoutMs: 200 });
+  const rt = await init({ backend: 'cpu', world: 2, callTimeoutMs: 500 });
+  await rt.spmd(USER, 'sleep', { ms: 1 });  // workers started and the module loaded, so only rank 0 can be late
   await failsWith(rt.spmd(USER, 'hangOn', { rank: 0 }), 'E_TIMEOUT', /rank 0 had not returned/);
   assert.equal(await rt.spmd(USER, 'sleep', { ms: 1 }), [0, 1]);
   await rt.close();
@@ -47,6 +58,7 @@ s('init callTimeoutMs bounds every call that sets no deadline of its own', async
 
 s('a rank failing while another never returns: E_TIMEOUT after the grace, naming the stuck rank and the failure', async () => {
   const rt = await init({ backend: 'cpu', world: 3, timeoutMs: 300, callTimeoutMs: 0 });
+  await rt.spmd(USER, 'sleep', { ms: 1 });
   const e = await failsWith(rt.spmd(USER, 'throwAndHang', { throwRank: 0, hangRank: 2 }), 'E_TIMEOUT',
     /rank 2 did not return within 300 ms after rank 0 failed \(E_WORKER: planned failure on rank 0\)/);
   assert.is(e.rank, 2);
