@@ -2,7 +2,10 @@
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
 # (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
 # (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table per transport, (with SOLO="2 4")
-# the README table of each world played rank by rank on GPU 0, transfers skipped (slowest rank per column).
+# the README table of each world played rank by rank on GPU 0, transfers skipped (slowest rank per column),
+# (with MMA=1) the GPU suites again on the mma.sync kernels every non-Hopper GPU runs (RFA_KERNELS=mma),
+# (with SANITIZE="memcheck racecheck") the harness's checks under compute-sanitizer, (with SOAK=N) N
+# forward+backward calls per rank of a ring sharing GPU 0 and its device-memory curve.
 # Logs go to $OUT; a short summary prints last.
 #   device run: source .device/env.sh && bash benchmark/device_check.sh
 set -uo pipefail
@@ -17,6 +20,13 @@ keep_result() {
 }
 nvidia-smi -L | tee "$OUT/gpus.txt"
 [ "${TESTS:-1}" = 1 ] && { echo "--- test:gpu"; timeout ${TEST_TIMEOUT:-420} npm run test:gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^\s*$" | tail -40; }
+[ "${MMA:-0}" = 1 ] && { echo "--- test:gpu on the mma.sync kernels"; RFA_KERNELS=mma timeout ${TEST_TIMEOUT:-420} npm run test:gpu 2>&1 | tee "$OUT/test_gpu_mma.log" | grep -vE "^\s*$" | tail -20; }
+for tool in ${SANITIZE:-}; do
+  echo "--- compute-sanitizer $tool"
+  timeout ${SANITIZE_TIMEOUT:-240} compute-sanitizer --tool "$tool" --error-exitcode 9 build/harness/flash_check --no-timing --seed=1 > "$OUT/sanitize-$tool.log" 2>&1
+  echo "exit $? ($tool)" | tee -a "$OUT/sanitize-$tool.log"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|ALL PASSED|FAIL" "$OUT/sanitize-$tool.log" | tail -3
+done
+[ -n "${SOAK:-}" ] && { echo "--- soak"; timeout ${SOAK_TIMEOUT:-300} node dist/test/soak.js "$SOAK" ${SOAK_WORLD:-2} 2>&1 | tee "$OUT/soak.log" | tail -4; }
 echo "--- sass"; sass=$(cuobjdump --dump-sass build/Release/ring_flash_attn.node 2>/dev/null)
 echo "HMMA instructions: $(grep -c HMMA <<<"$sass"), HGMMA: $(grep -c HGMMA <<<"$sass")" | tee "$OUT/sass.txt"
 echo "--- python reads tensor files"
@@ -39,7 +49,10 @@ for w in ${SOLO:-}; do
   echo "--- solo $w"; timeout ${BENCH_TIMEOUT:-300} node dist/benchmark/readme_table.js --solo $w ${BENCH_ARGS:-} 2>&1 | tee "$OUT/solo$w.log"
   keep_result "$OUT/solo$w.log" "$OUT/targets-solo$w.txt"
 done
-echo "=== summary"; grep -sE "passed|failed" "$OUT/test_gpu.log" | tail -2; cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
+echo "=== summary"; grep -sE "passed|failed" "$OUT/test_gpu.log" | tail -2; grep -sE "passed|failed" "$OUT/test_gpu_mma.log" | tail -1
+for tool in ${SANITIZE:-}; do grep -hE "^exit|ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-$tool.log" | tail -3; done
+[ -f "$OUT/soak.log" ] && grep -E "^soak" "$OUT/soak.log"
+cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
 [ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
 for f in "$OUT"/bench-*.log; do [ -f "$f" ] && { echo "$f"; grep -E "^# |^## |^\| iter|^\|          \| \|" "$f"; }; done

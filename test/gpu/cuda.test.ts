@@ -198,6 +198,41 @@ if (gpus > 0) {
       }
     });
 
+    s(`${where}: a rank that never returns is terminated at the call's deadline (E_TIMEOUT), its GPU worker replaced, the next call works`, async () => {
+      const rt = await init({ ...opts, callTimeoutMs: 0 });
+      const FAULTS = new URL('../fixtures/fault_user.js', import.meta.url).href;
+      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+      try {
+        for (let round = 0; round < 3; round++) {
+          const t0 = Date.now();
+          await expectError(() => rt.spmd(FAULTS, 'hangOn', { rank: 1 }, { timeoutMs: 2000 }), 'E_TIMEOUT', /rank 1 had not returned/);
+          assert.ok(Date.now() - t0 < 15_000, `took ${Date.now() - t0} ms`);
+          assert.equal(await rt.spmd(USER, 'failMidRing', { failRank: -1 }), Array(opts.world!).fill(true));
+        }
+      } finally {
+        await rt.close();
+      }
+    });
+
+    s(`${where}: two runtimes on the same GPUs stay independent while one of them fails`, async () => {
+      const [a, b] = [await init(opts), await init(opts)];
+      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+      try {
+        for (let round = 0; round < 5; round++) {
+          const failing = (async () => {
+            for (let i = 0; i < 3; i++) await expectError(() => a.spmd(USER, 'failMidRing', { failRank: 1 }), 'E_WORKER', /planned failure on rank 1/);
+          })();
+          const good = (async () => {
+            for (let i = 0; i < 3; i++) assert.equal(await b.spmd(USER, 'failMidRing', { failRank: -1 }), Array(opts.world!).fill(true));
+          })();
+          await Promise.all([failing, good]);
+        }
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+
     s(`${where}: a rank that never joins the ring: its peers time out with E_NCCL, the next call works`, async () => {
       const timeoutMs = 8000;
       const rt = await init({ ...opts, timeoutMs });
