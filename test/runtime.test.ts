@@ -3,6 +3,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, RingFlashAttnError } from '../index.js';
 import { defaultTransport } from '../runtime/runtime.js';
+import { native } from '../runtime/native.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { nd, randn, relL2, rng } from './helpers.js';
 import { referenceBackward, referenceForward } from './reference.js';
 
@@ -149,6 +152,38 @@ s('concurrent calls are serialised: collectives never interleave', async () => {
   assert.is(results.length, 4);
   await Promise.all(results.map((r) => r.dispose()));
   await rt.close();
+});
+
+s('spmd returns device tensors as ndarrays carrying their dtype; plain data stays as it came', async () => {
+  const rt = await init({ backend: 'cpu', world: 2 });
+  type R = { f32: { shape: number[]; dtype: string; data: Float32Array; get(i: number, j: number): number }; nested: { dtype: string; data: Uint16Array }[]; lookalike: object };
+  const [r] = await rt.spmd<R>(new URL('./fixtures/fault_user.js', import.meta.url), 'tensors');
+  assert.equal(r!.f32.shape, [2, 3]);
+  assert.is(r!.f32.dtype, 'float32');
+  assert.is(r!.f32.get(1, 2), 6, 'an ndarray: indexed access works');
+  assert.is(r!.nested[0]!.dtype, 'bfloat16');
+  assert.instance(r!.nested[0]!.data, Uint16Array);
+  assert.equal(Object.keys(r!.lookalike).sort(), ['data', 'dtype', 'shape'], 'user data is not mistaken for a tensor');
+  await rt.close();
+});
+
+s('init backend cuda on a build without CUDA says why the build has none', async () => {
+  if (native().cudaBuilt) {
+    assert.is(native().cudaOmitted, '');
+    return;
+  }
+  const e = await rejects(init({ backend: 'cuda' }), 'E_DEVICE');
+  assert.match(e.message, /built without CUDA \((it was built with RFA_CUDA=OFF|nvcc was not found at build time)\)/);
+  if (process.env.RFA_CUDA === 'OFF') assert.match(e.message, /RFA_CUDA=OFF/);
+});
+
+s('the test runner counts suites that skip whole and names them above its last line', () => {
+  if (native().cudaBuilt && (native().cuda!.deviceCount() as number) > 0) return;  // the GPU suite would run
+  const run = fileURLToPath(new URL('./run.js', import.meta.url));
+  const r = spawnSync(process.execPath, [run, 'gpu/cuda.test'], { encoding: 'utf8' });
+  const lines = r.stdout.trim().split('\n');
+  assert.match(lines.at(-2)!, /^skipped: 0 tests, 1 whole suites: gpu\/cuda\.test\.js \(no GPU visible/);
+  assert.is(lines.at(-1), '0 passed, 0 failed');
 });
 
 s.run();
