@@ -37,6 +37,8 @@ export interface NativeCuda extends NativeKernels {
   peakBytes(): number;
   resetPeak(): void;
   bytesInUse(): number;
+  /** Device memory the caching allocator holds: in use plus cached. */
+  bytesReserved(): number;
   /** scope: the runtime id (the part of its communicator keys before '/'). */
   abortAll(scope: string, reason: string): void;
   resetAll(scope: string): void;

@@ -23,13 +23,13 @@ const seconds = (Date.now() - t0) / 1000;
 await rt.close();
 const MiB = (x: number) => (x / 2 ** 20).toFixed(2);
 console.log(`soak: ${calls} fwd+bwd calls per rank, world ${world}, ${rt.backend}${gpus > 0 ? ` on ${Math.min(gpus, world)} GPU(s)` : ''}, ${seconds.toFixed(1)} s`);
-console.log('| call | ' + curves.map((_, r) => `rank ${r} in use MiB | rank ${r} peak MiB`).join(' | ') + ' | host RSS MiB |');
-console.log('|---|' + curves.map(() => '---|---').join('|') + '|---|');
-curves[0]!.forEach((p, i) => console.log(`| ${p.call} | ${curves.map((c) => `${MiB(c[i]!.inUse)} | ${MiB(c[i]!.peak)}`).join(' | ')} | ${MiB(p.rss)} |`));
-const grew = curves.map((c, r) => ({ r, inUse: c.slice(1).some((p) => p.inUse !== c[0]!.inUse), peak: c.slice(1).some((p) => p.peak !== c[0]!.peak) }))
-  .filter((g) => g.inUse || g.peak);
-if (grew.length) {
-  console.log(`soak: device memory moved after warm-up on ${grew.map((g) => `rank ${g.r} (${g.inUse ? 'in use' : ''}${g.inUse && g.peak ? ', ' : ''}${g.peak ? 'peak' : ''})`).join(', ')}`);
+const KEYS = ['inUse', 'peak', 'reserved'] as const;
+console.log('| call | ' + curves.map((_, r) => `rank ${r} in use / peak / reserved MiB`).join(' | ') + ' | host RSS MiB |');
+console.log('|---|' + curves.map(() => '---').join('|') + '|---|');
+curves[0]!.forEach((p, i) => console.log(`| ${p.call} | ${curves.map((c) => KEYS.map((k) => MiB(c[i]![k])).join(' / ')).join(' | ')} | ${MiB(p.rss)} |`));
+const moved = curves.flatMap((c, r) => KEYS.filter((k) => c.slice(1).some((p) => p[k] !== c[0]![k])).map((k) => `rank ${r} ${k}`));
+if (moved.length) {
+  console.log(`soak: device memory moved after warm-up: ${moved.join(', ')}`);
   process.exit(1);
 }
 console.log('soak: device memory flat after warm-up on every rank');

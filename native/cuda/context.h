@@ -27,7 +27,8 @@ class DeviceContext {
   void* alloc(size_t bytes);
   void release(void* p);
   size_t bytes_in_use() const { return in_use_; }
-  size_t bytes_cached() const { return cached_; }
+  // Device memory this context holds from cudaMalloc: in use plus cached for reuse.
+  size_t bytes_reserved() const { return in_use_ + cached_; }
   size_t peak_bytes() const { return peak_; }
   void reset_peak() { peak_ = in_use_; }
   void empty_cache();

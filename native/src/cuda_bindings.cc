@@ -486,6 +486,7 @@ RFA_NAPI(TimerElapsed) {
 RFA_NAPI(PeakBytes) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->peak_bytes())); }); }
 RFA_NAPI(ResetPeak) { RFA_BODY({ state(info.Env()).ctx->reset_peak(); return info.Env().Undefined(); }); }
 RFA_NAPI(BytesInUse) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_in_use())); }); }
+RFA_NAPI(BytesReserved) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_reserved())); }); }
 
 // (scope, reason), callable from any thread (the main thread on a rank failure): aborts every
 // communicator of the runtime `scope`.
@@ -523,7 +524,7 @@ void register_cuda(Napi::Env env, Napi::Object exports) {
       {"flashBwd", FlashBwd}, {"merge", Merge}, {"cast", Cast}, {"addF32", AddF32}, {"copyBsh", CopyBsh},
       {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather}, {"commReduceScatter", CommReduceScatter},
       {"waitEvent", WaitEvent}, {"sync", Sync}, {"timerMark", TimerMark}, {"timerElapsed", TimerElapsed}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak},
-      {"bytesInUse", BytesInUse}, {"abortAll", AbortAll}, {"resetAll", ResetAll}
+      {"bytesInUse", BytesInUse}, {"bytesReserved", BytesReserved}, {"abortAll", AbortAll}, {"resetAll", ResetAll}
   });
 }
 

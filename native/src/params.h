@@ -1,5 +1,5 @@
-// Builds the kernel parameter structs of attn_params.h from the JS objects that runtime/kernels.ts
-// writes. Shared by the CPU and CUDA bindings, so both backends read arguments identically.
+// Builds the kernel parameter structs of attn_params.h from the JS objects that
+// runtime/kernel_args.ts writes. Shared by the CPU and CUDA bindings, so both backends read arguments identically.
 #pragma once
 #include "src/views.h"
 
