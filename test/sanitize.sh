@@ -8,6 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dir="${SANITIZE_DIR:-$(mktemp -d)}"
+mkdir -p "$dir"
 filter="${1:-}"
 status=0
 for kind in address thread; do
