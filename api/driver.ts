@@ -3,7 +3,7 @@
 import type ndarray from 'ndarray';
 import { checkDType, type DType } from '../runtime/dtype.js';
 import { RingFlashAttnError, fail } from '../runtime/errors.js';
-import { Runtime, type InitOptions } from '../runtime/runtime.js';
+import { Runtime, type CallOptions, type InitOptions } from '../runtime/runtime.js';
 import { parseAttnArgs } from './args.js';
 import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
@@ -54,7 +54,8 @@ export class RingRuntime extends Runtime {
   /**
    * `rt.call('ring_flash_attn_func', q, k, v, { causal: true, dtype: 'float32' })`: the Python
    * signature with full-sequence tensors; options add `dtype`, the compute dtype of inputs
-   * (default bfloat16 on cuda, float32 on cpu for float32 data).
+   * (default bfloat16 on cuda, float32 on cpu for float32 data), and `timeoutMs` / `signal`
+   * (CallOptions: the call's deadline and cancellation, for its backward and dispose too).
    */
   call(name: Extract<UnpackedName, RingName>, q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<FuncGrads>>;
   call(name: Extract<KvPackedName, RingName>, q: HostTensor, kv: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<KvPackedGrads>>;
@@ -77,7 +78,9 @@ export class RingRuntime extends Runtime {
     const nt = TENSOR_COUNT[entry.packing];
     if (args.length < nt) fail('E_ARG', `${name}: expected ${nt} tensor argument(s) (${INPUT_NAMES[entry.packing].join(', ')}), got ${args.length}`);
     const rest = args.slice(nt);
-    const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, ['dtype', ...(sharding.options ?? [])]);
+    const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, ['dtype', 'timeoutMs', 'signal', ...(sharding.options ?? [])]);
+    // The call's deadline and cancellation (CallOptions) cover its forward, backward and dispose.
+    const callOpts: CallOptions = { timeoutMs: kw.timeoutMs as number | undefined, signal: kw.signal as AbortSignal | undefined };
     const ranks = sharding.single ? [0] : this.groupRanks(name, kw.group);
     const world = ranks.length;
     let dense = args.slice(0, nt).map((x, i) => toDense(name, INPUT_NAMES[entry.packing][i]!, x));
@@ -88,7 +91,7 @@ export class RingRuntime extends Runtime {
     checkHostShapes(name, entry.packing, dense, !sharding.single, axis === 0);
     const total = dense[0]!.shape[axis]!;
     const plan = sharding.plan(name, total, kw, world);
-    const { dtype: _drop, group: _g, ...kwargs } = kw;
+    const { dtype: _drop, group: _g, timeoutMs: _t, signal: _s, ...kwargs } = kw;
     for (const key of sharding.consumes ?? []) delete kwargs[key];
     if (kw.group != null) kwargs.group = ranks;
     const positions = ranks.map((_, i) => plan.positions(i));
@@ -103,7 +106,7 @@ export class RingRuntime extends Runtime {
     };
     const callId = this.nextCallId++;
     const tasks: ForwardTask[] = ranks.map((_, i) => ({ callId, name, kwargs: { ...kwargs, ...plan.kwargs(i) }, tensors: dense.map((t) => cut(t, i)) }));
-    const results = (await this.runEach(TASKS, 'forward', tasks, ranks)) as { out: HostShard; lse: HostShard }[];
+    const results = (await this.runEach(TASKS, 'forward', tasks, ranks, callOpts)) as { out: HostShard; lse: HostShard }[];
     // lse is (b, h, s) dense and (h, total) varlen: its sequence axis is the last.
     const out = join(results.map((r) => r.out), axis);
     const lse = join(results.map((r) => r.lse), results[0]!.lse.shape.length - 1);
@@ -116,7 +119,7 @@ export class RingRuntime extends Runtime {
         if (dout.shape.join() !== out.shape.join())
           fail('E_SHAPE', `${name} backward: dout shape (${dout.shape.join(', ')}) != out shape (${out.shape.join(', ')})`);
         const douts = ranks.map((_, i) => ({ callId, dout: cut(dout, i) }));
-        const grads = (await this.runEach(TASKS, 'backward', douts, ranks)) as HostShard[][];
+        const grads = (await this.runEach(TASKS, 'backward', douts, ranks, callOpts)) as HostShard[][];
         const named: Record<string, Nd> = {};
         GRAD_NAMES[entry.packing].forEach((g, j) => {
           named[g] = join(grads.map((r) => r[j]!), axis);
@@ -126,7 +129,7 @@ export class RingRuntime extends Runtime {
       dispose: async () => {
         if (disposed || this.isClosed) return;
         disposed = true;
-        await this.runEach(TASKS, 'dispose', ranks.map(() => ({ callId })), ranks);
+        await this.runEach(TASKS, 'dispose', ranks.map(() => ({ callId })), ranks, { timeoutMs: callOpts.timeoutMs });
       },
     };
   }

@@ -42,7 +42,8 @@ export type RingArgs = PythonArgs<RingPositional, AttnKwargs>;
 export type FlashArgs = PythonArgs<FlashPositional, Omit<AttnKwargs, 'group'>>;
 
 /** Keyword arguments in driver mode: the Python ones plus the compute dtype. */
-export type DriverKwargs = AttnKwargs & { dtype?: DType };
+/** Driver mode's options beside the Python keywords: the compute dtype, and the call's deadline and cancellation. */
+export type DriverKwargs = AttnKwargs & { dtype?: DType; timeoutMs?: number; signal?: AbortSignal };
 export type DriverRingArgs = PythonArgs<RingPositional, DriverKwargs>;
 export type DriverFlashArgs = PythonArgs<FlashPositional, Omit<DriverKwargs, 'group'>>;
 

@@ -157,4 +157,18 @@ s('two runtimes in one process stay independent while one of them fails, 100 rou
   await b.close();
 });
 
+s('driver mode takes timeoutMs and signal beside the Python keywords', async () => {
+  const rt = await init({ backend: 'cpu', world: 2 });
+  const x = nd(new Float32Array(1 * 8 * 1 * 16).fill(0.5), [1, 8, 1, 16]);
+  const ac = new AbortController();
+  ac.abort(new Error('not wanted'));
+  await expectError(() => rt.call('ring_flash_attn_func', x, x, x, { causal: true, signal: ac.signal }), 'E_ABORTED', /'forward' was aborted \(not wanted\)/);
+  await expectError(() => rt.call('ring_flash_attn_func', x, x, x, { timeoutMs: -5 }), 'E_ARG', /^timeoutMs must be an integer number of milliseconds/);
+  const r = await rt.call('ring_flash_attn_func', x, x, x, { causal: true, timeoutMs: 10_000 });
+  assert.equal(Array.from(r.out.data.slice(0, 2)), [0.5, 0.5]);
+  await r.backward(x);
+  await r.dispose();
+  await rt.close();
+});
+
 s.run();
