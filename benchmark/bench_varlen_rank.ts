@@ -18,8 +18,10 @@ import { finishCall, timeCalls } from './bench_rank.js';
 import { random } from './random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
-/** The seed's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
-export const SEED_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
+/** The Python project's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
+export const PYTHON_CU_SEQLENS_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
+/** @deprecated The former name, still imported by test/gpu/cuda_families.test.ts. */
+export const SEED_SETS = PYTHON_CU_SEQLENS_SETS;
 
 export type VarlenColumn = 'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_varlen' | 'llama3';
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
 # (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
-# (with KERNEL=1) the single-GPU kernel table, (with BENCH=1) the README table per transport, (with SOLO="2 4")
+# (with KERNEL=1) the single-GPU kernel table (KERNEL_ARGS: its flags, e.g. "--shape h=5 --deterministic"), (with BENCH=1) the README table per transport, (with SOLO="2 4")
 # the README table of each world played rank by rank on GPU 0, transfers skipped (slowest rank per column),
 # (with MMA=1) the GPU suites again on the mma.sync kernels every non-Hopper GPU runs (RFA_KERNELS=mma),
 # (with SANITIZE="memcheck racecheck") the harness's checks under compute-sanitizer, (with SOAK=N) N
@@ -15,7 +15,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 keep_result() {
   local json; json=$(grep -o 'benchmark/results/[^ ]*\.json' "$1" | tail -1)
   [ -n "$json" ] || return 0
-  cp "$json" "${json%.json}.svg" "$OUT/" 2>/dev/null
+  cp "$json" "${json%.json}.svg" "${json%.json}-vs-python.svg" "$OUT/" 2>/dev/null
   node dist/benchmark/issue_targets.js "$json" > "$2"
 }
 nvidia-smi -L | tee "$OUT/gpus.txt"

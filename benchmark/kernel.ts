@@ -1,10 +1,11 @@
-// `node dist/benchmark/kernel.js`: our single-GPU kernel at the shapes of the kernel-speed issue
-// (bf16, head dim 128, batch 1; causal and not), forward and forward+backward iter/s and
-// TFLOP/s, each checked in the same run against fp64 on a sample of rows (a fast wrong kernel
-// is worth nothing). FLOP: causal forward 2·b·h·s²·d (half of 4·b·h·s²·d), backward 2.5×.
-// Arguments: a shape name to filter on (e.g. 'h=5'); `--deterministic` times the deterministic
-// backward.
+// `ring-flash-attn bench:kernel` (`node dist/benchmark/kernel.js`): our single-GPU kernel at
+// the shapes of the kernel-speed issue (bf16, head dim 128, batch 1; causal and not), forward and
+// forward+backward iter/s and TFLOP/s, each checked in the same run against fp64 on a sample of
+// rows (a fast wrong kernel is worth nothing). FLOP: causal forward 2·b·h·s²·d (half of
+// 4·b·h·s²·d), backward 2.5×.
 import { init } from '../index.js';
+import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
+import { bad, text, UsageError } from './cli_flags.js';
 import type { KernelTask } from './kernel_rank.js';
 
 interface Shape { name: string; s: number; h: number; hk: number }
@@ -40,16 +41,21 @@ function referenceRows(x: { q: Float32Array; k: Float32Array; v: Float32Array },
   return { out, lse };
 }
 
-async function main() {
-  const deterministic = process.argv.includes('--deterministic');
-  const only = process.argv.slice(2).find((a) => !a.startsWith('--'));
+const KERNEL_FLAGS = {
+  shape: { value: 'TEXT', help: `time only the shapes whose name contains TEXT (of: ${SHAPES.map((x) => x.name).join('; ')})`, default: 'every shape', parse: text() },
+  deterministic: { help: 'time the deterministic backward (dQ parts added in key-tile order)' },
+};
+
+async function kernelTable(only: string | undefined, deterministic: boolean) {
+  const shapes = SHAPES.filter((x) => !only || x.name.includes(only));
+  if (!shapes.length) throw bad('--shape', only!, `matches none of ${SHAPES.map((x) => x.name).join('; ')}`);
   const rt = await init({ backend: 'cuda', world: 1 });
   const d = 128;
   if (deterministic) console.log('backward: deterministic (dQ parts added in key-tile order)\n');
   console.log('| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |');
   console.log('|---|---|---|---|---|---|---|---|');
   try {
-    for (const sh of SHAPES.filter((x) => !only || x.name.includes(only)))
+    for (const sh of shapes)
       for (const causal of [true, false]) {
         const iters = sh.s > 10000 ? 2 : 10;
         const task: KernelTask = { b: 1, s: sh.s, h: sh.h, hk: sh.hk, d, causal, iters, repeats: 5, deterministic };
@@ -72,4 +78,16 @@ async function main() {
   }
 }
 
-main().catch((e) => { console.error(e); process.exit(1); });
+export const kernelCommand: Command<typeof KERNEL_FLAGS> = {
+  name: 'bench:kernel',
+  summary: 'our single-GPU kernel at the kernel-speed issue\'s shapes: iter/s and TFLOP/s, checked against fp64',
+  description: 'Needs a GPU (the cuda backend).',
+  flags: KERNEL_FLAGS,
+  positionals: { usage: '[SHAPE]', help: "the same as --shape SHAPE (the recipes in benchmark/RESULTS.md pass it so)", min: 0, max: 1 },
+  run: (v, [shape]) => {
+    if (shape !== undefined && v.shape !== undefined) throw new UsageError(`${shape} and --shape ${v.shape}: give the shape once`);
+    return kernelTable(v.shape ?? shape, v.deterministic === true);
+  },
+};
+
+if (isMain(import.meta.url)) exitWith(await runCommand(kernelCommand, process.argv.slice(2)));

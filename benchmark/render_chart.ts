@@ -1,28 +1,31 @@
-// `node dist/benchmark/render_chart.js benchmark/results/<stamp>.json`: (re)draws the SVG bar
-// chart of a README-table results file next to it.
+// `ring-flash-attn bench:chart FILE...` (`node dist/benchmark/render_chart.js FILE...`): (re)draws
+// the charts of README-table result files next to them, the table's and, where the run has cells
+// the Python project measured, the one beside them; old files render too (cases.ts maps the
+// titles they were written with).
 import fs from 'node:fs';
-import { barChart, type ChartGroup } from './chart.js';
+import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
+import { pythonChart, tableChart, type ResultDoc } from './report_charts.js';
+import { chartFiles, displayPath, readResult } from './result_files.js';
 
-interface Row { case: string; mode: string; column: string; iterPerSecPerRank: number }
-
-const file = process.argv[2];
-if (!file) throw new Error('usage: render_chart.js <results.json>');
-const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as { machine: string; world: number; results: Row[] };
-const groups = new Map<string, Row[]>();
-for (const r of doc.results) {
-  const key = `${r.case.split(' (')[0]} ${r.mode}`;
-  groups.set(key, [...(groups.get(key) ?? []), r]);
+function render(files: string[]): void {
+  // Every file is read before any chart is written: a bad name leaves nothing half done.
+  const docs = files.map((f) => [f, readResult<ResultDoc>(f)] as const);
+  for (const [file, doc] of docs) {
+    const out = chartFiles(file);
+    fs.writeFileSync(out.table, tableChart(doc));
+    const beside = pythonChart(doc);
+    if (beside) fs.writeFileSync(out.python, beside);
+    console.log(`wrote ${displayPath(out.table)}${beside ? ` and ${displayPath(out.python)}` : ''}`);
+  }
 }
-const chart: ChartGroup[] = [...groups].map(([title, rows]) => {
-  // The theoretic column is stored per rank; the table divides it by the world.
-  const theoretic = rows[0]!.iterPerSecPerRank / doc.world;
-  return {
-    title,
-    bars: rows.map((r, i) => {
-      const rate = i === 0 ? theoretic : r.iterPerSecPerRank;
-      return { label: r.column, iterPerSec: rate, percent: (100 * rate) / theoretic };
-    }),
-  };
-});
-fs.writeFileSync(file.replace(/\.json$/, '.svg'), barChart(`ring-flash-attn, ${doc.machine}`, chart));
-console.log(`wrote ${file.replace(/\.json$/, '.svg')}`);
+
+export const chartCommand: Command = {
+  name: 'bench:chart',
+  summary: 'redraws the charts of README-table result files next to them',
+  description: '',
+  flags: {},
+  positionals: { usage: 'FILE...', help: 'result files (benchmark/results/*.json)', min: 1, max: Infinity },
+  run: (_, files) => render(files),
+};
+
+if (isMain(import.meta.url)) exitWith(await runCommand(chartCommand, process.argv.slice(2)));

@@ -1,7 +1,9 @@
-// The benchmark's per-rank timing loop: every rank must end its warm-up on the same repeat, or
-// the ranks that go on wait in a collective their peers never join (the x2/x4 hang of
-// `npm run bench` at default settings). Tiny CPU shapes make the repeat times noisy enough
-// that ranks deciding alone would disagree.
+// The benchmark: its per-rank timing loop, solo and varlen ranks, the command line (usage, exit
+// codes, one-line errors), the charts, the issue's targets, and where results are written.
+// The timing loop: every rank must end its warm-up on the same repeat, or the ranks that go on
+// wait in a collective their peers never join (the x2/x4 hang of `npm run bench` at default
+// settings). Tiny CPU shapes make the repeat times noisy enough that ranks deciding alone would
+// disagree.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,14 +11,43 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init } from '../index.js';
+import { init, visibleGpuCount } from '../index.js';
+import { BENCH_FLAGS } from '../benchmark/bench_flags.js';
+import { MODES, THEORETIC } from '../benchmark/cases.js';
+import type { ValueFlag } from '../benchmark/cli_flags.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
-import { checkTargets, PYTHON_X4, type Report } from '../benchmark/issue_targets.js';
-import { newestWorld4 } from '../benchmark/result_files.js';
+import { barChart } from '../benchmark/chart.js';
+import { checkTargets, type Report } from '../benchmark/issue_targets.js';
+import { PYTHON_README_H800, PYTHON_X4 } from '../benchmark/python_results.js';
+import { pythonChart, tableChart } from '../benchmark/report_charts.js';
+import { newestWorld4, RESULTS_DIR } from '../benchmark/result_files.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
 const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
+const script = (name: string) => fileURLToPath(new URL(`../benchmark/${name}.js`, import.meta.url));
+const CLI = script('cli'), TABLE = script('readme_table'), KERNEL = script('kernel');
+
+// Every run of the benchmark here writes into OUT: a test run must leave benchmark/results (the
+// committed results) as it was, which the last test checks.
+const OUT = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-bench-'));
+const resultsBefore = fs.existsSync(RESULTS_DIR) ? fs.readdirSync(RESULTS_DIR).sort() : [];
+
+/** Runs a compiled benchmark script on the CPU side of things; results go to OUT unless --out says otherwise. */
+function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  const { RFA_PROGRESS, RFA_DEBUG, ...inherited } = process.env;
+  return spawnSync(process.execPath, [file, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...inherited, RFA_RESULTS_DIR: OUT, ...env } });
+}
+
+/** A rejected command line: exit 2, one stderr line naming the flag and the value, nothing run. */
+function rejected(r: ReturnType<typeof run>, ...named: string[]) {
+  assert.is(r.status, 2, `exit ${r.status}: ${r.stderr}`);
+  assert.is(r.stdout, '', 'nothing ran');
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.is(lines.length, 1, r.stderr);
+  for (const n of named) assert.ok(lines[0]!.includes(n), `${lines[0]} names ${n}`);
+}
+
 const s = suite('benchmark');
 
 for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpacked_func']) {
@@ -57,44 +88,95 @@ s('solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, fo
 });
 
 // The CLI in solo mode without --solo-rank plays every rank in turn and reports each column's
-// slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row.
+// slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row. stderr is no
+// terminal here: no progress bar, nothing on stderr at all.
 s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring column', () => {
-  const cli = fileURLToPath(new URL('../benchmark/readme_table.js', import.meta.url));
-  const r = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '4', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd'],
-    { encoding: 'utf8', timeout: 120_000 });
+  const r = run(TABLE, ['--backend', 'cpu', '--solo', '4', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd']);
   assert.is(r.status, 0, r.stderr);
+  assert.is(r.stderr, '');
   assert.match(r.stdout, /solo: each rank of 4 in turn \(the slowest reported\)/);
   const row = r.stdout.split('\n').find((l) => l.startsWith('| slowest solo rank |'));
   assert.ok(row, r.stdout);
   const ranks = row!.split('|').slice(3, -1).map((x) => Number(x.trim()));
   assert.is(ranks.length, 4, row);
   assert.ok(ranks.every((x) => Number.isInteger(x) && x >= 0 && x < 4), row);
-  const bad = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '4', '--solo-rank', '4'], { encoding: 'utf8', timeout: 60_000 });
-  assert.is(bad.status, 1);
-  assert.match(bad.stderr, /--solo-rank must be 'all' or an integer in \[0, 4\)/);
+  rejected(run(TABLE, ['--backend', 'cpu', '--solo', '4', '--solo-rank', '4']), '--solo-rank 4: expected all or an integer in [0, 4)');
 });
 
 s('--columns times only the named ring columns next to theoretic; --columns, --cases and --modes name an unknown value', () => {
-  const cli = fileURLToPath(new URL('../benchmark/readme_table.js', import.meta.url));
-  const r = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--solo', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd',
-    '--columns', 'zigzag_ring'], { encoding: 'utf8', timeout: 120_000 });
+  const r = run(CLI, ['bench', '--backend', 'cpu', '--solo', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd', '--columns', 'zigzag_ring', '--varlen', 'off']);
   assert.is(r.status, 0, r.stderr);
   const header = r.stdout.split('\n').find((l) => l.includes('theoretic flash_attn'));
   assert.is(header, '|          | theoretic flash_attn | zigzag_ring |');
-  const bad = spawnSync(process.execPath, [cli, '--backend', 'cpu', '--columns', 'zigzag'], { encoding: 'utf8', timeout: 60_000 });
-  assert.is(bad.status, 1);
-  assert.match(bad.stderr, /--columns: unknown zigzag \(one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn\)/);
-  // --cases and --modes name what they do not know, instead of timing nothing.
-  for (const [flag, value, message] of [['--cases', '1', /--cases: unknown 1 \(indices 0\.\.0 of the dense cases, or none\)/],
-    ['--modes', 'bwd', /--modes: unknown bwd \(fwd, fwdbwd\)/]] as const) {
-    const r2 = spawnSync(process.execPath, [cli, '--backend', 'cpu', flag, value], { encoding: 'utf8', timeout: 60_000 });
-    assert.is(r2.status, 1, flag);
-    assert.match(r2.stderr, message);
+  // Each names what it does not know, instead of timing nothing.
+  rejected(run(TABLE, ['--backend', 'cpu', '--columns', 'zigzag']), '--columns zigzag: unknown zigzag (one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn)');
+  rejected(run(TABLE, ['--backend', 'cpu', '--cases', '1']), '--cases 1: unknown 1 (indices 0..0 of the dense cases on cpu, or none)');
+  rejected(run(TABLE, ['--backend', 'cpu', '--modes', 'bwd']), '--modes bwd: unknown bwd (fwd, fwdbwd)');
+});
+
+// The command line (benchmark/cli_flags.ts, cli_command.ts, cli.ts): --help prints usage and runs
+// nothing; every bad flag or value exits 2 with one line naming it, before any runtime starts.
+s('--help prints the usage, every flag on a line of its own with its default, and runs nothing', () => {
+  for (const [file, args] of [[TABLE, ['--help']], [CLI, ['bench', '--help']], [CLI, ['bench', '--iters', '2', '-h']]] as const) {
+    const r = run(file, [...args]);
+    assert.is(r.status, 0, r.stderr);
+    assert.is(r.stderr, '');
+    assert.ok(r.stdout.startsWith('usage: ring-flash-attn bench [flags]\n'), r.stdout);
+    assert.not.match(r.stdout, /README table —/, 'the benchmark did not run');
+    const lines = r.stdout.split('\n');
+    for (const [name, flag] of Object.entries(BENCH_FLAGS) as [string, ValueFlag<unknown>][]) {
+      const line = lines.find((l) => l.startsWith(`  --${name} ${flag.value} `));
+      assert.ok(line, `--${name} has a line`);
+      if (flag.default !== undefined) assert.ok(line!.endsWith(`(default: ${flag.default})`), line);
+    }
+    assert.ok(lines.some((l) => l.startsWith('  --help, -h ')));
   }
+  const kernel = run(KERNEL, ['--help']);
+  assert.is(kernel.status, 0, kernel.stderr);
+  assert.match(kernel.stdout, /^usage: ring-flash-attn bench:kernel \[flags\] \[SHAPE\]\n/);
+  assert.match(kernel.stdout, /\n {2}--shape TEXT +time only the shapes whose name contains TEXT .*\(default: every shape\)\n/);
+  assert.match(kernel.stdout, /\n {2}--deterministic +time the deterministic backward/);
+  const top = run(CLI, ['--help']);
+  assert.is(top.status, 0, top.stderr);
+  for (const command of ['bench', 'bench:kernel', 'bench:targets', 'bench:chart']) assert.match(top.stdout, new RegExp(`\\n {2}${command} +\\S`), command);
+});
+
+s('unknown flags and bad values exit 2 naming the flag and the value', () => {
+  rejected(run(TABLE, ['--wrold', '4']), 'unknown flag --wrold 4', 'did you mean --world?');
+  rejected(run(CLI, ['bench', '--iters', 'abc']), '--iters abc: expected an integer >= 1');
+  rejected(run(CLI, ['bench', '--iters', '0']), '--iters 0');
+  rejected(run(CLI, ['bench', '--iters']), '--iters: missing its value');
+  rejected(run(CLI, ['bench', '--transport', 'foo']), '--transport foo: expected one of copy-engine, nccl');
+  rejected(run(CLI, ['bench', '--modes', 'x']), '--modes x: unknown x (fwd, fwdbwd)');
+  rejected(run(CLI, ['bench', '--tokens', '15']), '--tokens 15: expected an even integer');
+  rejected(run(CLI, ['bench', '--settle', 'fast']), '--settle fast: expected a number >= 0');
+  rejected(run(CLI, ['bench', '--solo', '2', '--world', '2']), '--world 2 and --solo 2 exclude each other');
+  rejected(run(CLI, ['bench', 'extra']), 'unexpected argument extra');
+  rejected(run(KERNEL, ['--shape', 'h=7']), '--shape h=7: matches none of');
+  rejected(run(KERNEL, ['--deterministic=yes']), '--deterministic=yes: --deterministic takes no value');
+  rejected(run(CLI, ['bench:targets', path.join(OUT, 'missing.json')]), 'missing.json: no such result file');
+});
+
+s('the bin: an unknown or missing command exits 2 naming it', () => {
+  rejected(run(CLI, ['benhc']), 'ring-flash-attn: unknown command benhc (one of bench, bench:kernel, bench:targets, bench:chart)');
+  rejected(run(CLI, []), 'missing the command');
+  rejected(run(CLI, ['--backend', 'cpu', 'bench']), 'unknown flag --backend');
+});
+
+// A failure while running is one line with its code (exit 1); RFA_DEBUG=1 adds the stack. Without
+// a GPU, asking for the cuda backend fails in init (with one, it would run the benchmark).
+s('a runtime error prints one line `ring-flash-attn bench: <code>: <message>` and exits 1', () => {
+  if (visibleGpuCount() > 0) return;
+  const r = run(CLI, ['bench', '--backend', 'cuda']);
+  assert.is(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^ring-flash-attn bench: E_DEVICE: init: [^\n]+\n$/);
+  const debug = run(CLI, ['bench', '--backend', 'cuda'], { RFA_DEBUG: '1' });
+  assert.is(debug.status, 1);
+  assert.match(debug.stderr, /^ring-flash-attn bench: E_DEVICE: .*\n.*\n\s+at /);
 });
 
 // The varlen table's rank code: every column runs forward + backward over all four sets.
-s('varlen columns run the seed-style cu_seqlens sets, forward and backward', async () => {
+s("varlen columns run the Python project's kind of cu_seqlens sets, forward and backward", async () => {
   const rt = await init({ backend: 'cpu', world: 2, timeoutMs: 10_000 });
   try {
     for (const column of ['flash_attn_varlen', 'ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
@@ -136,14 +218,15 @@ s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward a
 
 // The README-table issue's bar, read off a result file (benchmark/issue_targets.ts): a synthetic
 // world-4 report with every cell 10% above the Python project's and zigzag at 96% of theoretic.
-function report(over: Partial<Report> = {}, zigzagShare = 0.96): Report {
+// Result files written before the Python project's shape had its name call it "seed".
+function report(over: Partial<Report> = {}, zigzagShare = 0.96, qkvpackedTitle = 'Python-project qkvpacked (h=5, d=128)'): Report {
   const results: Report['results'] = [];
-  const cases = { seed: 'seed qkvpacked (h=5, d=128)', llama3: 'llama3-8B kvpacked (h=32, h_k=8, d=128)' };
-  for (const [shape, title] of Object.entries(cases))
-    for (const mode of ['fwd', 'fwdbwd']) {
-      const t = PYTHON_X4[shape]![mode]!;
-      const theoretic = t['theoretic flash_attn']! * 2;  // per rank, ÷ world (4) below
-      results.push({ case: title, mode, column: 'theoretic flash_attn', iterPerSecPerRank: theoretic * 4 });
+  const cases = [['qkvpacked', qkvpackedTitle], ['llama3', 'llama3-8B kvpacked (h=32, h_k=8, d=128)']] as const;
+  for (const [shape, title] of cases)
+    for (const mode of MODES) {
+      const t = PYTHON_X4[shape][mode];
+      const theoretic = t[THEORETIC]! * 2;  // per rank, ÷ world (4) below
+      results.push({ case: title, mode, column: THEORETIC, iterPerSecPerRank: theoretic * 4 });
       for (const column of ['ring_attn', 'ring_attn_v2', 'stripe_attn'])
         results.push({ case: title, mode, column, iterPerSecPerRank: (t[column] ?? 1) * 1.1 });
       results.push({ case: title, mode, column: 'zigzag_ring', iterPerSecPerRank: theoretic * zigzagShare });
@@ -157,6 +240,7 @@ s('issue targets: met on a passing world-4 GPU report, not met below the bar, on
   assert.ok(pass.met, pass.lines.join('\n'));
   assert.is(pass.lines.length, 17, 'one line per cell with a target, then the verdict');
   assert.match(pass.lines.at(-1)!, /every target met/);
+  assert.equal(checkTargets(report({}, 0.96, 'seed qkvpacked (h=5, d=128)')).lines, pass.lines, 'an older file checks the same');
   const low = checkTargets(report({}, 0.94));
   assert.not.ok(low.met);
   assert.ok(low.lines.some((l) => /zigzag_ring: .*94\.0% of theoretic BELOW 95%/.test(l)), low.lines.join('\n'));
@@ -174,7 +258,7 @@ s("issue targets: a world-2 run's zigzag set beside Python's world-2 share; the 
   const w2 = report({ world: 2 });
   for (const r of w2.results) if (r.column === 'theoretic flash_attn') r.iterPerSecPerRank /= 2;
   const lines = checkTargets(w2).lines;
-  assert.ok(lines.some((l) => /seed fwd zigzag_ring: .*96\.0% of theoretic .*above Python's world-2 93\.6%/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /qkvpacked fwd zigzag_ring: .*96\.0% of theoretic .*above Python's world-2 93\.6%/.test(l)), lines.join('\n'));
   assert.ok(lines.some((l) => /llama3 fwd\+bwd zigzag_ring: .*not above Python's world-2 97\.9%/.test(l)), lines.join('\n'));
   assert.not.ok(checkTargets(report()).lines.some((l) => /world-2/.test(l)), 'world 4 lines carry no world-2 comparison');
 
@@ -186,6 +270,88 @@ s("issue targets: a world-2 run's zigzag set beside Python's world-2 share; the 
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// The charts (benchmark/chart.ts, report_charts.ts). A group's bars and legend live in its
+// <g class="group">; each bar's <g> carries its label.
+function groupSvg(svg: string, title: string): string {
+  const start = svg.indexOf(`<g class="group" data-title="${title}">`);
+  assert.ok(start >= 0, `a group ${title}`);
+  const end = svg.indexOf('<g class="group"', start + 1);
+  return svg.slice(start, end < 0 ? undefined : end);
+}
+const labels = (svg: string, kind: RegExp) => [...svg.matchAll(kind)].map((m) => m[1]);
+const barLabels = (g: string) => labels(g, /<g class="bar[^"]*" data-label="([^"]+)">/g);
+const legendLabels = (g: string) => labels(g, /<text class="legend"[^>]*>([^<]+)<\/text>/g);
+
+s("the chart names the varlen group's bars with the varlen columns, each in its own colour", () => {
+  const dense = ['theoretic flash_attn', 'ring_attn', 'ring_attn_v2', 'zigzag_ring', 'stripe_attn'];
+  const varlen = ['theoretic flash_attn_varlen', 'ring_varlen', 'zigzag_ring_varlen', 'llama3_varlen'];
+  const rows = (title: string, columns: string[]) => columns.map((column, i) => ({ case: title, mode: 'fwd', column, iterPerSecPerRank: i === 0 ? 200 : 90 }));
+  const svg = tableChart({ machine: 'test', world: 2, results: [...rows('seed qkvpacked (h=5, d=128)', dense), ...rows('varlen llama3-8B kvpacked (h=32)', varlen)] });
+  const g = groupSvg(svg, 'varlen llama3-8B kvpacked fwd');
+  assert.equal(barLabels(g), varlen);
+  assert.equal(legendLabels(g), varlen);
+  assert.equal(legendLabels(groupSvg(svg, 'Python-project qkvpacked fwd')), dense, 'an older file\'s "seed" case under its current name');
+  // A label's colour is the same on its bar and in its legend, and differs from every other label's.
+  const fill = (label: string) => new RegExp(`data-label="${label}">\\n<title>[^<]*</title>\\n<rect [^>]*fill="(#[0-9a-f]+)"`).exec(svg)?.[1];
+  const fills = [...dense, ...varlen].map(fill);
+  assert.ok(fills.every(Boolean), String(fills));
+  assert.is(new Set(fills).size, fills.length);
+  assert.ok(g.includes(`fill="${fill('zigzag_ring_varlen')}"/>\n<text class="legend" x="`) && /zigzag_ring_varlen<\/text>/.test(g));
+});
+
+s('a bar above the axis is drawn broken with its share written above it', () => {
+  const svg = barChart('t', 'sub', [{ title: 'g', bars: [{ label: 'theoretic flash_attn', percent: 100, note: '100.0' },
+    { label: 'zigzag_ring', percent: 131.4, note: '305.0' }, { label: 'stripe_attn', percent: 108.9, note: '300.4' }] }]);
+  const bar = (label: string) => svg.slice(svg.indexOf(`data-label="${label}"`), svg.indexOf('</g>', svg.indexOf(`data-label="${label}"`)));
+  assert.match(svg, /<g class="bar clipped" data-label="zigzag_ring">/);
+  assert.is(bar('zigzag_ring').match(/class="break"/g)?.length, 2);
+  assert.match(bar('zigzag_ring'), />↑131\.4%<\/text>/);
+  assert.match(bar('zigzag_ring'), />305\.0<\/text>/);
+  assert.not.match(bar('stripe_attn'), /break|↑/, 'a bar within the axis is drawn whole');
+  assert.match(svg, /a bar past 110% is drawn broken/);
+});
+
+s("the companion chart sets each ring cell's share beside every share the Python project measured", () => {
+  const svg = pythonChart(report())!;
+  const g = groupSvg(svg, 'zigzag_ring\nqkvpacked h=5 fwd');
+  assert.equal(legendLabels(g), ['ours', 'Python 8×H800', 'Python 4×H200', 'Python world 2']);
+  const share = (cells: Partial<Record<string, number>>, column: string) => `${((100 * cells[column]!) / cells[THEORETIC]!).toFixed(1)}%`;
+  assert.ok(g.includes('<title>ours: 96.0%</title>'), g);
+  assert.ok(g.includes(`<title>Python 8×H800: ${share(PYTHON_README_H800.qkvpacked!.fwd!, 'zigzag_ring')}</title>`), g);
+  assert.ok(g.includes(`<title>Python 4×H200: ${share(PYTHON_X4.qkvpacked.fwd, 'zigzag_ring')}</title>`), g);
+  assert.ok(g.includes('<title>Python world 2: 93.6%</title>'), g);
+  assert.equal(legendLabels(groupSvg(svg, 'ring_attn_v2\nqkvpacked h=5 fwd')), ['ours', 'Python 8×H800']);
+  assert.is(pythonChart({ machine: 'cpu', world: 2, results: [{ case: 'CPU backend, small (h=2, d=32)', mode: 'fwd', column: 'zigzag_ring', iterPerSecPerRank: 1 }] }), null);
+});
+
+// Results go where --out (else RFA_RESULTS_DIR) says; the last test checks benchmark/results.
+s('--out DIR takes the result file and its chart; bench:chart redraws them there', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-out-'));
+  try {
+    const r = run(CLI, ['bench', '--backend', 'cpu', '--world', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd', '--columns', 'zigzag_ring', '--out', dir]);
+    assert.is(r.status, 0, r.stderr);
+    const files = fs.readdirSync(dir).sort();
+    assert.is(files.length, 2, String(files));
+    assert.match(files[0]!, /-cpu-w2\.json$/);
+    assert.match(files[1]!, /-cpu-w2\.svg$/);
+    assert.ok(r.stdout.includes(`results: ${path.join(dir, files[0]!)}`), r.stdout);
+    const json = path.join(dir, files[0]!), svg = path.join(dir, files[1]!);
+    const drawn = fs.readFileSync(svg, 'utf8');
+    fs.rmSync(svg);
+    const redraw = run(CLI, ['bench:chart', json]);
+    assert.is(redraw.status, 0, redraw.stderr);
+    assert.is(fs.readFileSync(svg, 'utf8'), drawn, 'a redraw draws what the run drew');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+s('the runs of this suite left benchmark/results as it was', () => {
+  const after = fs.existsSync(RESULTS_DIR) ? fs.readdirSync(RESULTS_DIR).sort() : [];
+  assert.equal(after.filter((f) => !resultsBefore.includes(f)), []);
+  fs.rmSync(OUT, { recursive: true, force: true });
 });
 
 s.run();

@@ -1,0 +1,77 @@
+// What the README table measures: its cases (shapes), columns and modes, and how a result
+// file's case titles map back to shapes. Result files keep the titles they were written with;
+// those written before the Python project's shape was named so call it "seed".
+import type { VarlenColumn } from './bench_varlen_rank.js';
+import { PYTHON_CU_SEQLENS_SETS } from './bench_varlen_rank.js';
+
+export type Mode = 'fwd' | 'fwdbwd';
+export const MODES: readonly Mode[] = ['fwd', 'fwdbwd'];
+
+/** The dense shapes that have counterparts in the Python project's measurements. */
+export type Shape = 'qkvpacked' | 'llama3';
+
+export interface DenseCase {
+  title: string;
+  packing: 'qkvpacked' | 'kvpacked';
+  b: number; s: number; h: number; hk: number; d: number;
+}
+
+/** The label of the single-GPU column; the percentages are of it. */
+export const THEORETIC = 'theoretic flash_attn';
+
+export const COLUMNS = [
+  { label: THEORETIC, prefix: 'flash_attn', suffix: '' },
+  { label: 'ring_attn', prefix: 'ring_flash_attn', suffix: '' },
+  { label: 'ring_attn_v2', prefix: 'ring_flash_attn', suffix: '_v2' },
+  { label: 'zigzag_ring', prefix: 'zigzag_ring_flash_attn', suffix: '' },
+  { label: 'stripe_attn', prefix: 'stripe_flash_attn', suffix: '' },
+] as const;
+
+export const RING_COLUMNS = COLUMNS.slice(1).map((c) => c.label);
+
+export const VARLEN_COLUMNS: readonly { label: string; column: VarlenColumn }[] = [
+  { label: 'theoretic flash_attn_varlen', column: 'flash_attn_varlen' },
+  { label: 'ring_varlen', column: 'ring_varlen' },
+  { label: 'zigzag_ring_varlen', column: 'zigzag_ring_varlen' },
+  { label: 'llama3_varlen', column: 'llama3' },
+];
+
+const PYTHON_SHAPE_TITLE = "Python-project qkvpacked";
+
+/** The dense cases: on GPUs the Python project's benchmark shape and llama3-8B's; on the CPU one small one. */
+export function denseCases(onGpu: boolean, tokens: number): DenseCase[] {
+  return onGpu
+    ? [
+      { title: `${PYTHON_SHAPE_TITLE} (h=5, d=128)`, packing: 'qkvpacked', b: 1, s: tokens, h: 5, hk: 5, d: 128 },
+      { title: 'llama3-8B kvpacked (h=32, h_k=8, d=128)', packing: 'kvpacked', b: 1, s: tokens, h: 32, hk: 8, d: 128 },
+    ]
+    : [{ title: 'CPU backend, small (h=2, d=32)', packing: 'qkvpacked', b: 1, s: tokens, h: 2, hk: 2, d: 32 }];
+}
+
+/**
+ * The Python project's varlen benchmark: llama3-8B heads, 8192 tokens per rank, its four
+ * cu_seqlens sets in turn, heads_k_stride 4 for llama3. On the CPU backend: small even sets.
+ */
+export function varlenCase(onGpu: boolean) {
+  return onGpu
+    ? { title: 'varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)', s: 8192, h: 32, hk: 8, d: 128, headsKStride: 4, sets: PYTHON_CU_SEQLENS_SETS }
+    : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
+}
+
+/** A case title as written now: older result files call the Python project's shape "seed". */
+export function currentTitle(title: string): string {
+  return title.replace(/^seed qkvpacked/, PYTHON_SHAPE_TITLE);
+}
+
+/** The shape of a case title, or null for the cases without a Python counterpart (varlen, CPU). */
+export function shapeOf(title: string): Shape | null {
+  const t = currentTitle(title);
+  if (t.startsWith(PYTHON_SHAPE_TITLE)) return 'qkvpacked';
+  if (t.startsWith('llama3-8B kvpacked')) return 'llama3';
+  return null;
+}
+
+/** A chart group's title: the case without its parenthesis, then the mode. */
+export function groupTitle(caseTitle: string, mode: string): string {
+  return `${currentTitle(caseTitle).split(' (')[0]} ${mode}`;
+}
