@@ -1,4 +1,4 @@
-// ring_flash_attn_*: the seed's first communication pattern. At step s rank r attends to the
+// ring_flash_attn_*: the Python project's first communication pattern. At step s rank r attends to the
 // K/V of rank r−s, which that rank sends directly (not passed along); a causal rank only needs
 // ranks ≤ r, so transfers nobody will use are skipped. The transfer for step s+1 is issued before
 // block s is computed. Backward sends each block's fp32 dK/dV straight back to its owner.
@@ -109,7 +109,7 @@ export const ringVariant: RingVariant = { name: 'ring_flash_attn', layout: 'cont
 
 const family = attnFamily(ringVariant);
 
-/** Ring attention (the seed's pattern) over shards (b, s/world, h, d); see flash_attn_func. */
+/** Ring attention (the Python project's pattern) over shards (b, s/world, h, d); see flash_attn_func. */
 export const ring_flash_attn_func = family.func;
 /** Ring attention with packed kv (b, s/world, 2, h_k, d). */
 export const ring_flash_attn_kvpacked_func = family.kvpacked;

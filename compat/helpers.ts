@@ -53,7 +53,7 @@ function extractVarlen(fn: string, zigzag: boolean, value: unknown, cuSeqlens: u
 
 /**
  * This rank's rows of a packed (total, ...) tensor for ring_flash_attn_varlen_*: the rank-th
- * 1/world_size of every sequence (the seed's varlen tests' extract_local(value, cu_seqlens, ...)).
+ * 1/world_size of every sequence (the Python project's varlen tests' extract_local(value, cu_seqlens, ...)).
  */
 export function varlen_extract_local(value: unknown, cu_seqlens: unknown, rank: number, world_size: number): HostNd {
   return extractVarlen('varlen_extract_local', false, value, cu_seqlens, rank, world_size);

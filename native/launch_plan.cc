@@ -1,10 +1,10 @@
-// The kernels' launch model. The forward's earlier model treated each of two CTA slots per SM as a
-// processor of fixed speed, so it could not weigh three CTAs per SM against two, nor see that an SM
-// left with one CTA runs it faster than half speed. Here the SM is the processor and its resident
-// CTAs share it. Forward constants fitted to the harness's forced-plan sweep (`fm/xR/wW/sS` lines,
-// one H200, 2026-11-29, benchmark/RESULTS.md): with them the model's cheapest plan was the
-// measured fastest of 45-47 plans at each of 4096q x 8192k h5, 8192q x 4096k h5 and s8192 h5
-// causal. The backward (one CTA per SM) only needs the launch order and its fixed costs.
+// The kernels' launch model. A model that treats each CTA slot of an SM as a processor of fixed
+// speed cannot weigh three CTAs per SM against two, nor see that an SM left with one CTA runs it
+// faster than half speed. Here the SM is the processor and its resident CTAs share it. The forward
+// constants are fitted to the harness's forced-plan sweep (`fm/xR/wW/sS` lines): with them the
+// model's cheapest plan is the measured fastest of every plan timed at 4096q x 8192k h5,
+// 8192q x 4096k h5 and s8192 h5 causal (measured: benchmark/RESULTS.md). The backward (one CTA
+// per SM) only needs the launch order and its fixed costs.
 #include "launch_plan.h"
 
 #include <algorithm>
@@ -20,19 +20,19 @@ namespace {
 
 constexpr int kMaxResidency = 3;
 // SM throughput with n CTAs resident (index n), in key tile steps per unit time; two CTAs = 1.
-// One CTA alone gets more than half (0.6: 4096q x 8192k h5 per tile at two per SM ends with 56
-// lone tiles, and the call took 0.366 ms, against 0.39 at half speed); the three-CTA build
-// overlaps more (1.1: the llama3 grids ran 9-10% faster with three).
+// One CTA alone gets more than half (4096q x 8192k h5 one CTA per tile, two per SM, ends with a
+// tail of lone tiles and finishes sooner than half speed would); three CTAs overlap more (the
+// llama3 grids run faster with three than with two). Fitted: benchmark/RESULTS.md.
 constexpr double kSmThroughput[kMaxResidency + 1] = {0.0, 0.6, 1.0, 1.1};
 constexpr double kWholeCost = 2.0;  // steps of Q load and epilogue on top of a tile's key tiles
 // A piece's partial (out, lse) and, for the last piece of a tile, the merge of them all. The
-// three-CTA build (K single-buffered) pays more: its many-piece plans ran 8-12% slower than a
-// 6-step cost predicted.
+// three-CTA build (K single-buffered) pays more: its many-piece plans run clearly slower than a
+// 6-step cost predicts.
 double piece_cost(int ctas_per_sm) { return ctas_per_sm == 3 ? 16.0 : 6.0; }
 // The backward kernels' fixed cost per CTA, in query steps (its K/V load and epilogue), fitted
-// to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, eight shapes, RESULTS.md): an
-// unsplit CTA's measured times sat 4-13% above a 2-step model, a split CTA (dK/dV by atomics)
-// fits at 3.
+// to the wgmma kernel's forced-split sweep (harness `bwd-acc/N`, benchmark/RESULTS.md): unsplit
+// CTAs run above what a 2-step model predicts at every swept shape, a split CTA (dK/dV by
+// atomics) fits at 3.
 constexpr double kBwdUnsplitCost = 8.0, kBwdSplitCost = 3.0;
 
 void check_sms(int sms, int ctas_per_sm) {

@@ -31,7 +31,7 @@ export abstract class Backend {
   /**
    * Starts timing the work queued from now on; the returned function, called once that work is
    * queued, waits for it and gives the seconds it took. Here the host clock around a sync; the
-   * cuda backend reads CUDA events, as the seed's benchmark does.
+   * cuda backend reads CUDA events, as the Python project's benchmark does.
    */
   startTimer(): () => number {
     const t0 = performance.now();

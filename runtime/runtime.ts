@@ -82,9 +82,9 @@ export function visibleGpuCount(): number {
 
 /**
  * The transport when InitOptions.transport is not given: 'copy-engine' when every two distinct
- * GPUs of the world can read each other's memory directly (NVLink or PCIe P2P; on 2 H200s the copy
- * engines beat NCCL in every dense cell of the README table, zigzag's seed forward 97.7% of
- * theoretic against 78.7%, benchmark/RESULTS.md), or when ranks share a GPU (NCCL refuses it);
+ * GPUs of the world can read each other's memory directly (NVLink or PCIe P2P: the copy engines
+ * take no SMs from the attention kernels and beat NCCL in every dense cell of the README table,
+ * benchmark/RESULTS.md), or when ranks share a GPU (NCCL refuses it);
  * else 'nccl', whose own transports do better than copies staged through host memory.
  */
 export function defaultTransport(devices: readonly number[], peerAccess: (device: number, peer: number) => boolean): Transport {

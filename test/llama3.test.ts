@@ -17,9 +17,9 @@ s.after(() => rts.close());
 const NAMES: VarlenNames = {
   func: 'llama3_flash_attn_varlen_func', kvpacked: 'llama3_flash_attn_varlen_kvpacked_func', qkvpacked: 'llama3_flash_attn_varlen_qkvpacked_func',
 };
-// The seed's sets as fractions of the total: sequence boundaries fall anywhere, across ranks.
+// The Python project's sets as fractions of the total: sequence boundaries fall anywhere, across ranks.
 const FRACTIONS = [[0, 1], [0, 1 / 32, 0.93, 1], [0, 0.5, 1], [0, 0.38, 0.77, 0.96, 0.98, 1]];
-const seed = (world: number) => FRACTIONS.map((f) => f.map((x) => Math.round(x * 64 * world)));
+const pythonSets = (world: number) => FRACTIONS.map((f) => f.map((x) => Math.round(x * 64 * world)));
 
 /** Sequences of 1, 2, 3, 1, 2, ... tokens over 4 tokens per rank (some cross ranks; one-token ones have dq = 0). */
 function shortSequences(world: number): number[] {
@@ -29,7 +29,7 @@ function shortSequences(world: number): number[] {
 }
 
 addVarlenCases(s, rts, NAMES, {
-  seed,
+  pythonSets,
   oneChunk: shortSequences,
   shared: [0, 64, 320, 512],
 });
@@ -37,9 +37,9 @@ addVarlenCases(s, rts, NAMES, {
 const strideCases: VarlenCase[] = [];
 for (const stride of [1, 2, 4])
   for (const world of [2, 3])
-    strideCases.push({ world, cu: seed(world)[3]!, h: 8, hk: 4, d: 16, causal: world === 2, packing: 'func', options: { heads_k_stride: stride } });
-strideCases.push({ world: 4, cu: seed(4)[1]!, h: 4, hk: 2, d: 32, causal: true, packing: 'kvpacked', options: { heads_k_stride: 1 } });
-strideCases.push({ world: 4, cu: seed(4)[1]!, h: 2, hk: 2, d: 32, causal: false, packing: 'qkvpacked', options: { heads_k_stride: 2 } });
+    strideCases.push({ world, cu: pythonSets(world)[3]!, h: 8, hk: 4, d: 16, causal: world === 2, packing: 'func', options: { heads_k_stride: stride } });
+strideCases.push({ world: 4, cu: pythonSets(4)[1]!, h: 4, hk: 2, d: 32, causal: true, packing: 'kvpacked', options: { heads_k_stride: 1 } });
+strideCases.push({ world: 4, cu: pythonSets(4)[1]!, h: 2, hk: 2, d: 32, causal: false, packing: 'qkvpacked', options: { heads_k_stride: 2 } });
 strideCases.forEach((c, i) => {
   s(`heads_k_stride: ${label(c)}`, async () => {
     assertF32(await runVarlenCase(await rts.get(c.world), NAMES, c, 3000 + i));
@@ -78,7 +78,7 @@ s('prepare_cu_seqlens: a rank starting on a boundary, empty sequences, one rank'
   assert.equal(run([0, 4, 4, 8], true, 1, 2), [[0, 0, 4], [0, 0, 4], 4, 4, { start: 4, stop: 8 }]);
   assert.equal(run([0, 4, 4, 8], true, 0, 2), [[0, 4], [0, 4], 4, 4, { start: 0, stop: 4 }]);
   assert.equal(run([0, 3, 10], false, 0, 1), [[0, 3, 10], [0, 3, 10], 7, 7, { start: 0, stop: 10 }]);
-  // the seed's GPU test set, world 4: 4232 / 4 = 1058 tokens per rank
+  // the Python project's GPU test set, world 4: 4232 / 4 = 1058 tokens per rank
   assert.equal(run([0, 120, 1248, 4232], true, 1, 4), [[0, 190, 1058], [0, 1128, 1996], 868, 1128, { start: 120, stop: 2116 }]);
 });
 

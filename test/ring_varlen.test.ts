@@ -15,13 +15,13 @@ const rts = new Runtimes();
 s.after(() => rts.close());
 
 const scale = (sets: number[][], world: number) => sets.map((cu) => cu.map((x) => x * world));
-// The seed's sets for 64 tokens per rank (it uses 8192): every sequence is a multiple of world.
-const SEED = [[0, 64], [0, 2, 60, 64], [0, 32, 64], [0, 24, 49, 62, 63, 64]];
+// The Python project's sets for 64 tokens per rank (it uses 8192): every sequence is a multiple of world.
+const PYTHON_SETS = [[0, 64], [0, 2, 60, 64], [0, 32, 64], [0, 24, 49, 62, 63, 64]];
 
 addVarlenCases(s, rts, {
   func: 'ring_flash_attn_varlen_func', kvpacked: 'ring_flash_attn_varlen_kvpacked_func', qkvpacked: 'ring_flash_attn_varlen_qkvpacked_func',
 }, {
-  seed: (world) => scale(SEED, world),
+  pythonSets: (world) => scale(PYTHON_SETS, world),
   oneChunk: (world) => scale([[0, 1, 2, 3, 4, 5, 6]], world)[0]!,
   shared: [0, 64, 320, 512],
 });

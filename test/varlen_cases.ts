@@ -107,8 +107,8 @@ export function assertF32(e: CaseResult): void {
 
 /** A family's cu_seqlens: all global, already satisfying its divisibility at the given world. */
 export interface VarlenSets {
-  /** The seed's four sets ([0, T], [0, T/32, 0.93T, T], [0, T/2, T], [0, 0.38T, 0.77T, 0.96T, 0.98T, T] style). */
-  seed(world: number): number[][];
+  /** The Python project's four sets ([0, T], [0, T/32, 0.93T, T], [0, T/2, T], [0, 0.38T, 0.77T, 0.96T, 0.98T, T] style). */
+  pythonSets(world: number): number[][];
   /** Several sequences, each one chunk long. */
   oneChunk(world: number): number[];
   /** One cu_seqlens every world of 1, 2, 4, 8 accepts (the bf16 comparison uses the same inputs at every world). */
@@ -117,19 +117,19 @@ export interface VarlenSets {
 
 /**
  * The accuracy matrix: worlds 1, 2, 3, 4, 8; causal and not; GQA; head dims 32/64/128; all three
- * packings; every seed set; one-chunk sequences; an empty sequence; bf16 error flat in world.
+ * packings; every set of the Python project's; one-chunk sequences; an empty sequence; bf16 error flat in world.
  */
 export function addVarlenCases(s: Test, rts: Runtimes, names: VarlenNames, sets: VarlenSets, options?: Record<string, unknown>): void {
   const cases: VarlenCase[] = [];
   const base = { h: 4, hk: 2, d: 32, packing: 'func' as const, options };
   [1, 2, 3, 4, 8].forEach((world, wi) => {
-    for (const causal of [true, false]) cases.push({ ...base, world, causal, cu: sets.seed(world)[(2 * wi + Number(!causal)) % 4]! });
+    for (const causal of [true, false]) cases.push({ ...base, world, causal, cu: sets.pythonSets(world)[(2 * wi + Number(!causal)) % 4]! });
   });
-  for (const world of [2, 8]) sets.seed(world).forEach((cu) => cases.push({ ...base, world, causal: true, cu }));
+  for (const world of [2, 8]) sets.pythonSets(world).forEach((cu) => cases.push({ ...base, world, causal: true, cu }));
   for (const packing of ['kvpacked', 'qkvpacked'] as const)
     for (const world of [2, 3])
-      cases.push({ world, cu: sets.seed(world)[world]!, h: 3, hk: packing === 'qkvpacked' ? 3 : 1, d: 64, causal: world === 2, packing, options });
-  cases.push({ world: 4, cu: sets.seed(4)[3]!, h: 2, hk: 2, d: 128, causal: true, packing: 'func', scale: 0.3, options });
+      cases.push({ world, cu: sets.pythonSets(world)[world]!, h: 3, hk: packing === 'qkvpacked' ? 3 : 1, d: 64, causal: world === 2, packing, options });
+  cases.push({ world: 4, cu: sets.pythonSets(4)[3]!, h: 2, hk: 2, d: 128, causal: true, packing: 'func', scale: 0.3, options });
   for (const causal of [true, false]) cases.push({ world: 4, cu: sets.oneChunk(4), h: 2, hk: 1, d: 16, causal, packing: 'func', options });
   cases.push({ world: 2, cu: [0, 16, 16, 40, 64], h: 2, hk: 2, d: 16, causal: true, packing: 'func', options }); // an empty sequence
 

@@ -13,14 +13,14 @@ const rts = new Runtimes();
 s.after(() => rts.close());
 
 const scale = (sets: number[][], world: number) => sets.map((cu) => cu.map((x) => x * world));
-// The seed's sets for 64 tokens per rank, every length even: a multiple of 2·world once scaled.
-const SEED = [[0, 64], [0, 2, 60, 64], [0, 32, 64], [0, 24, 50, 60, 62, 64]];
+// The Python project's sets for 64 tokens per rank, every length even: a multiple of 2·world once scaled.
+const PYTHON_SETS = [[0, 64], [0, 2, 60, 64], [0, 32, 64], [0, 24, 50, 60, 62, 64]];
 
 addVarlenCases(s, rts, {
   func: 'zigzag_ring_flash_attn_varlen_func', kvpacked: 'zigzag_ring_flash_attn_varlen_kvpacked_func',
   qkvpacked: 'zigzag_ring_flash_attn_varlen_qkvpacked_func',
 }, {
-  seed: (world) => scale(SEED, world),
+  pythonSets: (world) => scale(PYTHON_SETS, world),
   oneChunk: (world) => scale([[0, 2, 4, 6, 8, 10, 12]], world)[0]!,
   shared: [0, 64, 320, 512],
 });

@@ -30,7 +30,7 @@ DeviceContext::~DeviceContext() {
 }
 
 // 512 B granularity below 1 MiB, then steps of 1/8 of the power of two: reuse without
-// wasting more than 12.5%.
+// wasting more than an eighth of a block.
 size_t DeviceContext::round_size(size_t bytes) {
   if (bytes == 0) bytes = 1;
   if (bytes <= (1u << 20)) return (bytes + 511) & ~size_t(511);
@@ -126,8 +126,9 @@ void DeviceContext::synchronize(int timeout_ms, const std::function<void()>& pol
                     " ms waiting for the GPU (device " + std::to_string(device_) + ")");
     }
     // Spin (yielding) for the first 20 ms so the wait ends within microseconds of the GPU; a
-    // growing sleep overshot by up to 1.3 ms per sync, a constant 0.1 ms per call in a
-    // 10-call timing loop. Long waits (collectives, big kernels) then sleep 200 us at a time.
+    // growing sleep would overshoot by up to its last interval per sync, which a short timing loop
+    // reads as slower kernels (measured: benchmark/RESULTS.md). Long waits (collectives, big
+    // kernels) then sleep 200 us at a time.
     if (clock::now() - start < std::chrono::milliseconds(20)) std::this_thread::yield();
     else std::this_thread::sleep_for(std::chrono::microseconds(200));
   }

@@ -58,10 +58,9 @@ class DeviceContext {
   cudaEvent_t comm_done_ = nullptr;
   // Size class -> cached blocks, the most recently released last. An allocation takes the block
   // released last (LIFO), so a ring call, which allocates and releases in the same order every
-  // time, works in the same blocks every time. The FIFO pool before it rotated each call through
-  // every cached block of a size, so the more earlier work had left cached, the slower a ring
-  // ran: one H200, solo 4, llama3-8B shape, FIFO -> LIFO in one call: forward zigzag 171.5 ->
-  // 190.1 it/s, ring 99.9 -> 111.8; fwd+bwd zigzag 50.7 -> 54.4 (benchmark/RESULTS.md).
+  // time, works in the same blocks every time. A FIFO pool rotates each call through every cached
+  // block of a size, so the more earlier work has left cached, the slower a ring runs (FIFO
+  // against LIFO: benchmark/RESULTS.md).
   std::map<size_t, std::vector<void*>> free_;
   std::map<void*, size_t> live_;          // block -> size class
   size_t in_use_ = 0, cached_ = 0, peak_ = 0;

@@ -24,18 +24,8 @@
 // flash_bwd_kernel (mma.sync m16n8k16 + ldmatrix; head_dim 32 and 64, and every head_dim on other
 // devices).
 //
-// Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, b1, bwd = bwd_dot + bwd,
-// median of 25; FLOP = 2.5x the forward's; fp64 checks ALL PASSED in the same run):
-//   v1 (mma.sync only), 2026-11-28: s8192 h5 causal 1.051 ms = 204 TFLOP/s; s8192 h32/8 causal
-//   5.937 ms = 232 TFLOP/s; s8192 h5 full 2.222 ms = 193 TFLOP/s; s65536 h5 causal 54.30 ms = 253
-//   TFLOP/s. 255 registers (12 bytes of spill in the causal d=128 instance), 155 KB smem.
-//   v2 (wgmma kernel for d=128), 2026-11-28: s8192 h5 causal 0.645 ms = 333 TFLOP/s; s8192 h32/8
-//   causal 3.666 ms = 375 TFLOP/s; s8192 h5 full 1.239 ms = 347 TFLOP/s; s65536 h5 causal 33.14 ms
-//   = 415 TFLOP/s (FA2 on the same H200: about 1.00, 4.94, -, 43.2 ms). 255 registers (causal: 8
-//   bytes of spill; full: none), 162 KB smem, one CTA per SM.
-//   v3 (split of a key tile's query steps over CTAs when the grid is small, dK/dV by atomics),
-//   2026-11-28: s8192/4096 h5 full (the zigzag ring's half block) 0.844 -> 0.629 ms; s8192 h5
-//   full 1.244 -> 1.124 ms; causal shapes unchanged (no split chosen).
+// Each version's timings (native/cuda/harness/flash_check.cu; bwd = bwd_dot + bwd, FLOP = 2.5x
+// the forward's) against FlashAttention-2: benchmark/RESULTS.md.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -126,9 +116,9 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
 // the query tiles tile n-1 sees, so walked from the end both reach a query tile at the same step,
 // and tile n waits for its dQ turn only as long as tile n-1's adds take; walked from the start,
 // tile n would wait out tile n-1's extra first steps (two per tile of its index), holding its SM.
-// One H200, s8192 h5 d128 causal bf16 fwd+bwd (benchmark/kernel.js --deterministic): 944 it/s, the
-// default mode 1143; the mma.sync kernel walking from the start read 477 (the walk's share of the
-// gain was not measured apart from the kernel's and the deferred turn hand-over's).
+// With the wgmma kernel and the deferred turn hand-over, this walk takes deterministic mode most
+// of the way to the default's speed (benchmark/RESULTS.md; the walk's own share was not measured
+// apart).
 template <bool kDet>
 __device__ __forceinline__ void step_at(const BwdWork& w, int i, int& h, int& mt) {
   if constexpr (kDet) {
@@ -179,7 +169,7 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
     if (grid.num_splits == 1 && p.accumulate_dkv()) {
       // Adding onto dK/dV (every ring step does): the old values of kBatch tiles are loaded before
       // their stores. Interleaved, a store may alias the next load, so each load waited out a
-      // memory latency (the forward's merge epilogue lost 17% that way).
+      // memory latency (the forward's merge epilogue was markedly slower that way).
       constexpr int kBatch = kTiles < 4 ? kTiles : 4;
 #pragma unroll
       for (int i0 = 0; i0 < kTiles; i0 += kBatch) {
@@ -830,10 +820,10 @@ void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaSt
 }
 
 // How many CTAs share each key tile's query steps. Both kernels run one CTA per SM, so a grid of
-// few key tiles (the seed's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs on 132 SMs,
-// 1.2 waves) leaves most SMs idle in its last wave. plan_bwd_splits (launch_plan.h) runs each
-// count through the launch simulation; here only the query steps each key tile sees. Cached per
-// shape and thread (a ring step calls this every time).
+// few key tiles (the Python project's 5 heads; the zigzag ring's 4096-key half blocks: 160 CTAs
+// on 132 SMs, 1.2 waves) leaves most SMs idle in its last wave. plan_bwd_splits (launch_plan.h)
+// runs each count through the launch simulation; here only the query steps each key tile sees.
+// Cached per shape and thread (a ring step calls this every time).
 int g_forced_splits = -1;  // force_bwd_splits
 
 template <class Tr>
@@ -842,9 +832,9 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
   if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
   if (g_forced_splits > 0) return g_forced_splits;
   // Deterministic mode: a causal key tile's splits start at other query tiles than its neighbours',
-  // which breaks the lockstep of the dQ turns (step_at): one H200, s8192 h5 causal backward 0.78 ms
-  // unsplit, 1.08 split; h32/8 4.70 vs 6.13. Without the mask the splits pay as in the default
-  // mode: the zigzag ring's s8192/4096 h5 half block 1.10 -> 0.86 ms (benchmark/RESULTS.md).
+  // which breaks the lockstep of the dQ turns (step_at): split causal grids ran slower than
+  // unsplit ones. Without the mask the splits pay as in the default mode, e.g. on the zigzag
+  // ring's s8192/4096 h5 half block (measured: benchmark/RESULTS.md).
   if (p.deterministic && sh.causal) return 1;
   const int sms = current_device().sms;
   const int64_t per_tile = int64_t(sh.nheads_k) * sh.batch;  // CTAs per key tile and split

@@ -14,14 +14,11 @@
 // write the merged rows to a 16-bit final out (p.merge_src). Grids that would fill the GPU
 // unevenly cut query tiles into pieces of their keys (FwdGrid, plan_fwd, launch_plan.h).
 //
-// Measured (native/cuda/harness/flash_check.cu, one H200, bf16, d=128, median of 25; causal
-// FLOP = 2*b*h*s^2*d, full 4*b*h*s^2*d), 2026-11-29, wgmma kernel (mma.sync kernel): s8192 h5
-// causal 0.230 ms = 373 TFLOP/s (0.328 = 262); s8192 h32/8 causal 1.288 = 427 (1.676 = 328);
-// s8192 h5 full 0.436 = 394 (0.550 = 312); s65536 h5 causal 13.80 = 399 (16.26 = 338); as a ring
-// step (merging) 1-6% slower. wgmma: 3 CTAs/SM, 168 registers, 24-28 B spills, 65 KB smem (2
-// CTAs/SM, 198-200 registers, 97 KB, where the launch model prefers it); mma.sync: 2 CTAs/SM, 255
-// registers, 68 KB. History and the variants tried (stream-K; FA3's intra-warpgroup overlap,
-// ping-pong, 128-key tiles, Q in registers) are in benchmark/RESULTS.md.
+// Residency: the wgmma kernel is built for 3 CTAs per SM (K single, V double buffered) and 2
+// (K double, V triple buffered), and the launch model picks per grid (FwdWgTraits); the mma.sync
+// kernel runs 2 per SM. FLOP counted for timings: causal 2*b*h*s^2*d, full 4*b*h*s^2*d. Each
+// version's timings, and the variants tried (stream-K; FA3's intra-warpgroup overlap, ping-pong,
+// 128-key tiles, Q in registers): benchmark/RESULTS.md.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -39,10 +36,10 @@ namespace rfa::cuda {
 namespace {
 
 // One CTA per query tile (of kBlockM rows, head, batch entry or varlen segment), heaviest tiles
-// first; or, when that grid fills the GPU unevenly (few heads: the seed's h=5 and the zigzag
-// ring's half blocks; heavy causal tiles; dense batches only), the first `whole` tiles in that
-// order keep a CTA each and every later tile is cut into `splits` pieces of its key tiles, one
-// CTA each. A piece writes a partial (out, lse); the last piece of a tile to finish (arrivals
+// first; or, when that grid fills the GPU unevenly (few heads: the Python project's h=5 and the
+// zigzag ring's half blocks; heavy causal tiles; dense batches only), the first `whole` tiles in
+// that order keep a CTA each and every later tile is cut into `splits` pieces of its key tiles,
+// one CTA each. A piece writes a partial (out, lse); the last piece of a tile to finish (arrivals
 // counted per tile) merges them all, so there is no combine pass and no CTA waits for another.
 constexpr int kMaxSplits = 8;
 
@@ -194,7 +191,7 @@ __device__ __forceinline__ MergeWeights merge_weights(float lse_old, float lse_b
 // A CTA's work: query tile (m_block, j) in heavy-first order, whole (piece < 0: the result is
 // final, merged into out/lse with p.merge) or its piece `piece` of grid.splits (a partial at
 // slot blockIdx.x - grid.whole). Computed from blockIdx wherever it is needed, which the
-// compiler recomputes rather than keeps in a register through the main loop (it needs all 255).
+// compiler recomputes rather than keeps in a register through the main loop (which needs them all).
 struct TileJob {
   int m_block, j, piece;
 };
@@ -247,8 +244,8 @@ __device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const F
                                                     : merge_weights(lse_old[mt][hi], lse_blk);
       const float inv = sum > 0.f ? w.new_w / sum : 0.f;
       // All of the row's running values are loaded before any store: in place, a store may alias
-      // a later load, so interleaved they would wait out one memory latency each (measured: the
-      // merging forward 16% slower than the plain one at llama3 size; batched: see RESULTS.md).
+      // a later load, so interleaved they would wait out one memory latency each (the merging
+      // forward was then markedly slower than the plain one; measured: benchmark/RESULTS.md).
       float2 prev[kOT];
 #pragma unroll
       for (int dt = 0; dt < kOT; ++dt)

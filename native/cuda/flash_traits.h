@@ -64,8 +64,8 @@ struct FwdTraits {
 // - kCtas = 2: K double and V triple buffered (97 KB), the next tiles load from the top of a step
 //   (one barrier per step), up to 255 registers;
 // - kCtas = 3: K single and V double buffered (65 KB), the next tiles load once S is done (two
-//   barriers per step), 168 registers. More warps per SM: 5-13% faster on grids of at least one
-//   full wave, slower on smaller ones (flash_fwd.cu picks per launch).
+//   barriers per step), at most 168 registers. More warps per SM: faster on grids of at least
+//   one full wave, slower on smaller ones (flash_fwd.cu picks per launch).
 template <int kCtas>
 struct FwdWgTraits {
   static constexpr int kHeadDim = 128;

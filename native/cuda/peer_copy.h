@@ -1,9 +1,9 @@
 // Point-to-point transfers between the worker threads of this process through the GPUs' copy
 // engines (cudaMemcpyPeerAsync; cudaMemcpy3DPeerAsync for strided rows), no SM time: NCCL's send/recv
 // kernels occupy SMs the attention kernels they overlap would use. Between ranks on the same GPU
-// the driver runs the copy as an SM kernel instead (measured on an H200: ~1.6 TB/s, and it waits
-// for free SMs). One process drives every GPU, so a receiver can read the sender's buffer directly
-// once it knows the pointer and an event that says the data is ready.
+// the driver runs the copy as an SM kernel instead (fast, but it waits for free SMs; measured:
+// benchmark/RESULTS.md). One process drives every GPU, so a receiver can read the sender's buffer
+// directly once it knows the pointer and an event that says the data is ready.
 //
 // Matching follows NCCL's rule: transfers between one ordered pair of ranks of one communicator
 // pair up in issue order. A send posts {region, ready event} and returns a ticket; the receiver

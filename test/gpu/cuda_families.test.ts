@@ -7,7 +7,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
 import { runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
-import { SEED_SETS } from '../../benchmark/bench_varlen_rank.js';
+import { PYTHON_CU_SEQLENS_SETS } from '../../benchmark/bench_varlen_rank.js';
 import { relL2 } from '../helpers.js';
 import { callVarlen, runVarlenCase, varlenInputs, type VarlenCase, type VarlenInputs, type VarlenNames } from '../varlen_cases.js';
 import { placements } from './placements.js';
@@ -65,12 +65,12 @@ if (gpus > 0) {
       }
     });
 
-    // The seed's own cu_seqlens sets at its size, 8192 tokens per rank (too long for the fp64
-    // reference): every family against itself at world 1 (one kernel call per head group), same
-    // inputs, same packing.
+    // The Python project's own cu_seqlens sets at its size, 8192 tokens per rank (too long for the
+    // fp64 reference): every family against itself at world 1 (one kernel call per head group),
+    // same inputs, same packing.
     // Both round out and the grads to bf16 once, so they differ by rounding (a few 1e-3);
     // a block computed against the wrong keys or dropped would differ by O(1).
-    s(`${where}: the seed's cu_seqlens sets at 8192 tokens per rank agree with one GPU`, async () => {
+    s(`${where}: the Python project's cu_seqlens sets at 8192 tokens per rank agree with one GPU`, async () => {
       const rt = await init(opts);
       // Every set has 8192·world tokens: one draw of inputs per head layout serves all four
       // (drawing 25M normals takes seconds).
@@ -81,7 +81,7 @@ if (gpus > 0) {
         return drawn.get(key)!;
       };
       try {
-        for (const set of SEED_SETS) {
+        for (const set of PYTHON_CU_SEQLENS_SETS) {
           const cu = set.map((x) => x * world);
           for (const [prefix, packing] of [['ring_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'kvpacked'],
             ['llama3_flash_attn_varlen', 'qkvpacked']] as const) {

@@ -9,16 +9,8 @@
 // --no-timing skips the timings; --bench=K runs only the K-th timing shape, without checks (for
 // profilers, e.g. ncu -k regex:flash_bwd -c 1 flash_check --bench=1).
 //
-// Results (one H200, bf16, d=128; FLOP: causal fwd 2*b*h*s^2*d, full 4*b*h*s^2*d, bwd 2.5x fwd):
-//   v1, 2026-11-28, all 41 checks PASS (bf16 out ~1e-3, grads ~1.8e-3 relative L2; fp16 ~1.3e-4 / 2.2e-4):
-//     b1 s8192 h5 causal     fwd 0.391 ms 2561 it/s 220 TF/s | bwd 1.049 ms 205 TF/s | fwd+bwd 1.435 ms 697 it/s 210 TF/s
-//     b1 s8192 h32/8 causal  fwd 1.645 ms  608 it/s 334 TF/s | bwd 5.843 ms 235 TF/s | fwd+bwd 7.483 ms 134 it/s 257 TF/s
-//     b1 s8192 h5 full       fwd 0.820 ms 1220 it/s 210 TF/s | bwd 2.224 ms 193 TF/s | fwd+bwd 3.037 ms 329 it/s 198 TF/s
-//   v2, 2026-11-28 (wgmma backward for d=128; forward as on that day), all checks PASS, seed 5:
-//     b1 s8192 h5 causal     fwd 0.325 ms 3076 it/s 264 TF/s | bwd 0.645 ms 333 TF/s | fwd+bwd 0.966 ms 1035 it/s 311 TF/s
-//     b1 s8192 h32/8 causal  fwd 1.654 ms  605 it/s 332 TF/s | bwd 3.666 ms 375 TF/s | fwd+bwd 5.441 ms  184 it/s 354 TF/s
-//     b1 s8192 h5 full       fwd 0.601 ms 1663 it/s 286 TF/s | bwd 1.239 ms 347 TF/s | fwd+bwd 1.840 ms  544 it/s 327 TF/s
-//     b1 s65536 h5 causal    fwd 16.19 ms 61.8 it/s 340 TF/s | bwd 33.14 ms 415 TF/s | fwd+bwd 49.73 ms 20.1 it/s 387 TF/s
+// FLOP counted for the timings: causal fwd 2*b*h*s^2*d, full 4*b*h*s^2*d, bwd 2.5x fwd. Each
+// kernel version's checks and timings: benchmark/RESULTS.md.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -879,7 +871,7 @@ int main(int argc, char** argv) {
                           {1, 8192, 32, 8, 128, true, 0},
                           {1, 8192, 5, 5, 128, false, 0},
                           {1, 65536, 5, 5, 128, true, 0},
-                          {1, 8192, 5, 5, 128, false, 4096},   // zigzag ring half blocks, seed shape
+                          {1, 8192, 5, 5, 128, false, 4096},   // zigzag ring half blocks, the Python project's shape
                           {1, 4096, 5, 5, 128, false, 8192},
                           {1, 8192, 32, 8, 128, false, 4096},  // the same, llama3-8B heads
                           {1, 4096, 32, 8, 128, false, 8192}};
