@@ -133,18 +133,26 @@ __device__ __forceinline__ int* dq_turn(const FlashBwdParams& p, const BwdGrid& 
   return grid.dq_turns ? grid.dq_turns + (int64_t(w.span_id) * p.shape.nheads + h) * grid.num_m_blocks + mt : nullptr;
 }
 
+// Adds (x, y) to p[0], p[1]: one 8-byte atomic where `pair` says p is 8-byte aligned and the GPU
+// has vector float atomics (sm_90), else two 4-byte ones.
+__device__ __forceinline__ void atomic_add_pair(float* p, float x, float y, bool pair) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (pair) {
+    atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+    return;
+  }
+#endif
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+}
+
 // Two adjacent columns of one key's dK and dV: added atomically when other CTAs (a split) add to
 // the same key, else overwritten (write_dkv adds onto them itself when accumulating).
 __device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float k1, float v0, float v1,
                                           const BwdGrid& grid) {
   if (grid.num_splits > 1) {
-    if (grid.dkv_pairs) {
-      atomicAdd(reinterpret_cast<float2*>(dk), make_float2(k0, k1));
-      atomicAdd(reinterpret_cast<float2*>(dv), make_float2(v0, v1));
-    } else {
-      atomicAdd(dk, k0), atomicAdd(dk + 1, k1);
-      atomicAdd(dv, v0), atomicAdd(dv + 1, v1);
-    }
+    atomic_add_pair(dk, k0, k1, grid.dkv_pairs);
+    atomic_add_pair(dv, v0, v1, grid.dkv_pairs);
   } else {
     dk[0] = k0, dk[1] = k1;
     dv[0] = v0, dv[1] = v1;
@@ -461,12 +469,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 #pragma unroll
         for (int dt = 0; dt < Tr::kDqTiles; ++dt) {
           const float x = acc_dq[mt][dt][2 * hi] * scale, y = acc_dq[mt][dt][2 * hi + 1] * scale;
-          if (grid.dq_pairs) {
-            atomicAdd(reinterpret_cast<float2*>(row + dt * kMmaN), make_float2(x, y));
-          } else {
-            atomicAdd(row + dt * kMmaN, x);
-            atomicAdd(row + dt * kMmaN + 1, y);
-          }
+          atomic_add_pair(row + dt * kMmaN, x, y, grid.dq_pairs);
         }
       }
     if (turn) pass_turn(turn, n0 / Tr::kBlockN + 1);
@@ -627,12 +630,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const float x = dq[4 * i + 2 * hi] * scale, y = dq[4 * i + 2 * hi + 1] * scale;
-        if (grid.dq_pairs) {
-          atomicAdd(reinterpret_cast<float2*>(row + i * 8), make_float2(x, y));
-        } else {
-          atomicAdd(row + i * 8, x);
-          atomicAdd(row + i * 8 + 1, y);
-        }
+        atomic_add_pair(row + i * 8, x, y, grid.dq_pairs);
       }
     }
   };
