@@ -40,20 +40,36 @@ export interface NativeAddon {
   cuda?: Record<string, (...args: any[]) => any>;
 }
 
+const require = createRequire(import.meta.url);
 let cached: NativeAddon | undefined;
 
-/** Finds build/Release/ring_flash_attn.node from dist/runtime or runtime/. */
+/**
+ * The addon's file: RFA_ADDON when set (the sanitizer builds), else what node-gyp-build picks in
+ * the package root: build/Release when the addon was built from source (a git clone, or an
+ * install whose prebuild did not load), else the prebuild for this platform in prebuilds/.
+ */
 function addonPath(): string {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = [
-    process.env.RFA_ADDON,
-    path.resolve(here, '../../build/Release/ring_flash_attn.node'),
-    path.resolve(here, '../build/Release/ring_flash_attn.node'),
-  ].filter((p): p is string => !!p);
-  const found = candidates.find((p) => fs.existsSync(p));
-  if (!found)
-    throw new RingFlashAttnError('E_DEVICE', `native addon not built: looked for ${candidates.join(', ')}; run npm run build`);
-  return found;
+  if (process.env.RFA_ADDON) {
+    if (!fs.existsSync(process.env.RFA_ADDON)) throw new RingFlashAttnError('E_DEVICE', `native addon not found: RFA_ADDON is ${process.env.RFA_ADDON}`);
+    return process.env.RFA_ADDON;
+  }
+  const root = packageRoot();
+  try {
+    return (require('node-gyp-build') as { resolve(dir: string): string }).resolve(root);
+  } catch (e) {
+    throw new RingFlashAttnError('E_DEVICE', `native addon not found in ${root} (neither build/Release nor a prebuild for ${process.platform}-${process.arch}): build it with npm rebuild ring-flash-attn (npm run build:native in a clone) (${(e as Error).message.split('\n')[0]})`);
+  }
+}
+
+/** The folder of this package's package.json, from dist/runtime or runtime/. */
+function packageRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!fs.existsSync(path.join(dir, 'package.json'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new RingFlashAttnError('E_DEVICE', `native addon not found: no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+  return dir;
 }
 
 export function native(): NativeAddon {
@@ -63,7 +79,7 @@ export function native(): NativeAddon {
     // waits for us: a cross-rank deadlock. Load every kernel when the context starts instead.
     // Must be set before the first CUDA call of the process, which is in this addon.
     process.env.CUDA_MODULE_LOADING ??= 'EAGER';
-    cached = createRequire(import.meta.url)(addonPath()) as NativeAddon;
+    cached = require(addonPath()) as NativeAddon;
   }
   return cached;
 }
