@@ -2,7 +2,7 @@
 // options object standing for keyword arguments; both may be mixed (positional first).
 import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
-import { DeviceTensor } from '../runtime/tensor.js';
+import { DeviceTensor, describeValue } from '../runtime/tensor.js';
 import type { RingOptions } from './variant.js';
 
 /** Keyword arguments of the ring functions (Python spelling). */
@@ -98,24 +98,25 @@ export function parseAttnArgs(fn: string, rest: readonly unknown[], positional: 
   if (!positional.includes('group')) keys.delete('group');
   const kw = collectKwargs(fn, rest, positional, keys);
   const dropout = kw.dropout_p ?? 0;
-  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${String(dropout)}`);
+  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${describeValue(dropout)}`);
   if (dropout > 0) fail('E_UNSUPPORTED', `${fn}: dropout_p > 0 is not supported (got ${dropout})`);
   const scale = kw.softmax_scale ?? null;
   if (scale !== null && (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0))
-    fail('E_ARG', `${fn}: softmax_scale must be a positive finite number or null, got ${String(scale)}`);
+    fail('E_ARG', `${fn}: softmax_scale must be a positive finite number or null, got ${describeValue(scale)}`);
   const causal = kw.causal ?? false;
-  if (typeof causal !== 'boolean') fail('E_ARG', `${fn}: causal must be a boolean, got ${String(causal)}`);
+  if (typeof causal !== 'boolean') fail('E_ARG', `${fn}: causal must be a boolean, got ${describeValue(causal)}`);
   const window = kw.window_size ?? [-1, -1];
-  if (!Array.isArray(window) || window.length !== 2) fail('E_ARG', `${fn}: window_size must be a pair, got ${String(window)}`);
+  if (!Array.isArray(window) || window.length !== 2 || !window.every((w) => Number.isInteger(w)))
+    fail('E_ARG', `${fn}: window_size must be a pair of integers, got ${Array.isArray(window) ? `(${window.map(describeValue).join(', ')})` : describeValue(window)}`);
   if (window[0] !== -1 || window[1] !== -1) fail('E_UNSUPPORTED', `${fn}: window_size other than (-1, -1) is not supported (got (${window.join(', ')}))`);
   const softcap = kw.softcap ?? 0;
-  if (softcap !== 0) fail('E_UNSUPPORTED', `${fn}: softcap is not supported (got ${String(softcap)})`);
+  if (softcap !== 0) fail('E_UNSUPPORTED', `${fn}: softcap is not supported (got ${describeValue(softcap)})`);
   if (kw.alibi_slopes != null) fail('E_UNSUPPORTED', `${fn}: alibi_slopes is not supported`);
   const deterministic = kw.deterministic ?? false;
-  if (typeof deterministic !== 'boolean') fail('E_ARG', `${fn}: deterministic must be a boolean`);
+  if (typeof deterministic !== 'boolean') fail('E_ARG', `${fn}: deterministic must be a boolean, got ${describeValue(deterministic)}`);
   const ret = kw.return_attn_probs ?? false;
-  if (typeof ret !== 'boolean') fail('E_ARG', `${fn}: return_attn_probs must be a boolean`);
+  if (typeof ret !== 'boolean') fail('E_ARG', `${fn}: return_attn_probs must be a boolean, got ${describeValue(ret)}`);
   const group = (kw.group ?? null) as AttnArgs['group'];
-  if (group !== null && !Array.isArray(group) && !isGroup(group)) fail('E_ARG', `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks`);
+  if (group !== null && !Array.isArray(group) && !isGroup(group)) fail('E_ARG', `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks, got ${describeValue(group)}`);
   return { softmaxScale: scale as number | null, causal, returnAttnProbs: ret, deterministic, group, kw };
 }

@@ -2,29 +2,37 @@
 // tokens. They stay on the host and are checked once at the TS boundary; kernels only ever
 // see segment tables built from them (api/segments.ts).
 import { fail } from '../runtime/errors.js';
+import { checkHostView, denseData, describeValue } from '../runtime/tensor.js';
 
 /** An Int32Array, or a 1-d int32 ndarray ({ data, shape, stride?, offset? }). */
 export type CuSeqlensLike = Int32Array | { data: Int32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number };
+
+/** A constructor's name for messages ('Float32Array', 'Array'), 'object' without one. */
+function kindOf(x: object): string {
+  const name = (Object.getPrototypeOf(x) as { constructor?: { name?: unknown } } | null)?.constructor?.name;
+  return typeof name === 'string' && name !== '' ? name : 'object';
+}
 
 function describe(x: unknown): string {
   if (x === null || x === undefined) return String(x);
   if (typeof x !== 'object') return typeof x;
   const data = (x as { data?: unknown }).data;
-  if (data !== undefined && data !== null && typeof data === 'object' && 'shape' in x) return `an ndarray over ${data.constructor.name}`;
-  return x.constructor?.name ?? 'object';
+  if (data !== undefined && data !== null && typeof data === 'object' && 'shape' in x) return `an ndarray over ${kindOf(data)}`;
+  return kindOf(x);
 }
 
-/** The values of a cu_seqlens argument (a copy); E_DTYPE unless it is int32. */
+/**
+ * The values of a cu_seqlens argument (a copy); E_DTYPE unless it is int32. An ndarray is
+ * checked like any host tensor (api/host.ts): 1-d, exact data length or a view inside its data.
+ */
 export function toInt32(fn: string, name: string, x: unknown): Int32Array {
   if (x instanceof Int32Array) return x.slice();
   const nd = x as { data?: unknown; shape?: unknown; stride?: unknown; offset?: unknown } | null;
   if (nd && typeof nd === 'object' && nd.data instanceof Int32Array && Array.isArray(nd.shape)) {
-    if (nd.shape.length !== 1) fail('E_SHAPE', `${fn}: ${name} must be 1-d, got shape (${nd.shape.join(', ')})`);
-    const n = Number(nd.shape[0]);
-    const stride = Array.isArray(nd.stride) ? Number(nd.stride[0]) : 1;
-    const offset = typeof nd.offset === 'number' ? nd.offset : 0;
-    const data = nd.data;
-    return Int32Array.from({ length: n }, (_, i) => data[offset + i * stride]!);
+    const view = checkHostView(`${fn}: ${name}`, nd, nd.data.length);
+    if (view.shape.length !== 1) fail('E_SHAPE', `${fn}: ${name} must be 1-d, got shape (${view.shape.join(', ')})`);
+    const values = denseData(nd.data, view);
+    return values === nd.data ? values.slice() : values;
   }
   fail('E_DTYPE', `${fn}: ${name} must be int32 (an Int32Array or an int32 ndarray), got ${describe(x)}`);
 }
@@ -63,7 +71,7 @@ export function checkSeqDivisible(fn: string, name: string, cu: Int32Array, part
 /** max_seqlen must be an integer covering the longest sequence of `cu`; returns it. */
 export function checkMaxSeqlen(fn: string, name: string, value: unknown, cu: Int32Array, cuName: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0)
-    fail('E_ARG', `${fn}: ${name} must be a non-negative integer, got ${value === undefined ? 'nothing' : String(value)}`);
+    fail('E_ARG', `${fn}: ${name} must be a non-negative integer, got ${value === undefined ? 'nothing' : describeValue(value)}`);
   const longest = maxSeqLength(cu);
   if (value < longest) fail('E_ARG', `${fn}: ${name} (${value}) must cover the longest sequence of ${cuName} (${longest})`);
   return value;

@@ -1,16 +1,21 @@
 // Driver mode: the main thread takes FULL-sequence host tensors, shards them the way the
 // variant needs, runs every rank, and gathers full-layout results.
 import type ndarray from 'ndarray';
-import { checkDType, type DType } from '../runtime/dtype.js';
+import { checkDType, DTYPES, type DType } from '../runtime/dtype.js';
 import { RingFlashAttnError, fail } from '../runtime/errors.js';
 import { Runtime, type CallOptions, type InitOptions } from '../runtime/runtime.js';
+import { describeValue } from '../runtime/tensor.js';
+import { uncloneablePath } from '../runtime/transfer.js';
 import { parseAttnArgs } from './args.js';
 import type { ForwardTask, HostShard } from './driver_tasks.js';
 import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
 import { placeRows, takeRows } from './layouts.js';
-import { RING_FUNCTIONS, TENSOR_COUNT, type Packing } from './registry.js';
-import type { DriverFlashArgs, DriverRingArgs, KvPackedName, QkvPackedName, RingName, UnpackedName, VarlenName } from './types.js';
-import { MAX_HEAD_DIM } from './validate.js';
+import { RING_FUNCTION_NAMES, ringFunction, TENSOR_COUNT, type Packing } from './registry.js';
+import type {
+  CuSeqlens, DriverFlashArgs, DriverKwargs, DriverRingArgs, FlashPositional, KvPackedName, PythonArgs, QkvPackedName, RingName,
+  RingPositional, UnpackedName, VarlenName,
+} from './types.js';
+import { checkHostShapes, TENSOR_NAMES } from './validate.js';
 
 const TASKS = new URL('./driver_tasks.js', import.meta.url).href;
 
@@ -39,9 +44,42 @@ export interface DriverResult<G extends DriverGrads = DriverGrads> {
 }
 
 const GRAD_NAMES: Record<Packing, string[]> = { func: ['dq', 'dk', 'dv'], kvpacked: ['dq', 'dkv'], qkvpacked: ['dqkv'] };
-const INPUT_NAMES: Record<Packing, string[]> = { func: ['q', 'k', 'v'], kvpacked: ['q', 'kv'], qkvpacked: ['qkv'] };
 
-/** A Runtime that also runs the ring functions in driver mode. */
+type Func<A extends unknown[]> = (q: HostTensor, k: HostTensor, v: HostTensor, ...rest: A) => Promise<DriverResult<FuncGrads>>;
+type KvPacked<A extends unknown[]> = (q: HostTensor, kv: HostTensor, ...rest: A) => Promise<DriverResult<KvPackedGrads>>;
+type QkvPacked<A extends unknown[]> = (qkv: HostTensor, ...rest: A) => Promise<DriverResult<QkvPackedGrads>>;
+type Packings<P extends string, F, K, Q> = { [N in `${P}_func`]: F } & { [N in `${P}_kvpacked_func`]: K } & { [N in `${P}_qkvpacked_func`]: Q };
+
+/** Driver mode's varlen tail: the GLOBAL cu_seqlens and max_seqlen, then the ring functions' (llama3 too). */
+type DriverVarlenArgs = PythonArgs<[cu_seqlens: CuSeqlens, max_seqlen: number, ...RingPositional],
+  DriverKwargs & { cu_seqlens?: CuSeqlens; max_seqlen?: number; heads_k_stride?: number }>;
+type FlashVarlenKw = Omit<DriverKwargs, 'group'>;
+type FlashVarlenArgs = PythonArgs<[cu_seqlens_q: CuSeqlens, cu_seqlens_k: CuSeqlens, max_seqlen_q: number, max_seqlen_k: number, ...FlashPositional],
+  FlashVarlenKw & { cu_seqlens_q?: CuSeqlens; cu_seqlens_k?: CuSeqlens; max_seqlen_q?: number; max_seqlen_k?: number }>;
+type FlashVarlenQkvArgs = PythonArgs<[cu_seqlens: CuSeqlens, max_seqlen: number, ...FlashPositional], FlashVarlenKw & { cu_seqlens?: CuSeqlens; max_seqlen?: number }>;
+
+/** Every function of the registry by its Python name, with driver mode's parameter list. */
+export type DriverFunctions =
+  & { [N in Extract<UnpackedName, RingName>]: Func<DriverRingArgs> }
+  & { [N in Extract<KvPackedName, RingName>]: KvPacked<DriverRingArgs> }
+  & { [N in Extract<QkvPackedName, RingName>]: QkvPacked<DriverRingArgs> }
+  & Packings<'flash_attn', Func<DriverFlashArgs>, KvPacked<DriverFlashArgs>, QkvPacked<DriverFlashArgs>>
+  & Packings<'flash_attn_varlen', Func<FlashVarlenArgs>, KvPacked<FlashVarlenArgs>, QkvPacked<FlashVarlenQkvArgs>>
+  & Packings<'ring_flash_attn_varlen' | 'zigzag_ring_flash_attn_varlen' | 'llama3_flash_attn_varlen',
+    Func<DriverVarlenArgs>, KvPacked<DriverVarlenArgs>, QkvPacked<DriverVarlenArgs>>;
+export type DriverFunctionName = keyof DriverFunctions;
+
+/** ring_flash_attn_func_v2 → ringFlashAttnFuncV2, as the SPMD functions' aliases are spelled. */
+export type CamelCase<S extends string> = S extends `${infer H}_${infer T}` ? `${H}${Capitalize<CamelCase<T>>}` : S;
+export function camelCase(name: string): string {
+  return name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** `rt.zigzag_ring_flash_attn_func(q, k, v, opts)` and `rt.zigzagRingFlashAttnFunc(...)`: rt.call by name. */
+export type DriverMethods = DriverFunctions & { [N in DriverFunctionName as CamelCase<N>]: DriverFunctions[N] };
+
+/** A Runtime that also runs the ring functions in driver mode, by `call(name, ...)` or as methods. */
+export interface RingRuntime extends DriverMethods {}
 export class RingRuntime extends Runtime {
   private nextCallId = 1;
 
@@ -57,43 +95,37 @@ export class RingRuntime extends Runtime {
    * (default bfloat16 on cuda, float32 on cpu for float32 data), and `timeoutMs` / `signal`
    * (CallOptions: the call's deadline and cancellation, for its backward and dispose too).
    */
-  call(name: Extract<UnpackedName, RingName>, q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<FuncGrads>>;
-  call(name: Extract<KvPackedName, RingName>, q: HostTensor, kv: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<KvPackedGrads>>;
-  call(name: Extract<QkvPackedName, RingName>, qkv: HostTensor, ...rest: DriverRingArgs): Promise<DriverResult<QkvPackedGrads>>;
-  call(name: 'flash_attn_func', q: HostTensor, k: HostTensor, v: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<FuncGrads>>;
-  call(name: 'flash_attn_kvpacked_func', q: HostTensor, kv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<KvPackedGrads>>;
-  call(name: 'flash_attn_qkvpacked_func', qkv: HostTensor, ...rest: DriverFlashArgs): Promise<DriverResult<QkvPackedGrads>>;
+  call<N extends DriverFunctionName>(name: N, ...args: Parameters<DriverFunctions[N]>): ReturnType<DriverFunctions[N]>;
   /**
-   * The varlen families, checked at run time: full packed tensors (total, h, d) or packings, the
-   * GLOBAL cu_seqlens (Int32Array or int32 ndarray) and max_seqlen, then the ring functions' tail.
-   * llama3 is called the same way (driver mode prepares every rank's cu_seqlens_q/k and
-   * local_k_slice) with `heads_k_stride` as an option (default 1). lse comes back as (h, total).
+   * The varlen families are also taken loosely (checked at run time): full packed tensors
+   * (total, h, d) or packings, the GLOBAL cu_seqlens (Int32Array or int32 ndarray) and max_seqlen,
+   * then the ring functions' tail. llama3 is called the same way (driver mode prepares every
+   * rank's cu_seqlens_q/k and local_k_slice) with `heads_k_stride` as an option (default 1). lse
+   * comes back as (h, total).
    */
   call(name: VarlenName, ...args: unknown[]): Promise<DriverResult>;
   async call(name: string, ...args: unknown[]): Promise<DriverResult> {
     if (this.isClosed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
-    const entry = RING_FUNCTIONS[name];
-    if (!entry) fail('E_ARG', `unknown function '${String(name)}'; known: ${Object.keys(RING_FUNCTIONS).join(', ')}`);
+    const entry = ringFunction(name);
     const sharding = entry.sharding;
     const nt = TENSOR_COUNT[entry.packing];
-    if (args.length < nt) fail('E_ARG', `${name}: expected ${nt} tensor argument(s) (${INPUT_NAMES[entry.packing].join(', ')}), got ${args.length}`);
+    if (args.length < nt) fail('E_ARG', `${name}: expected ${nt} tensor argument(s) (${TENSOR_NAMES[entry.packing].join(', ')}), got ${args.length}`);
     const rest = args.slice(nt);
     const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, ['dtype', 'timeoutMs', 'signal', ...(sharding.options ?? [])]);
     // The call's deadline and cancellation (CallOptions) cover its forward, backward and dispose.
     const callOpts: CallOptions = { timeoutMs: kw.timeoutMs as number | undefined, signal: kw.signal as AbortSignal | undefined };
     const ranks = sharding.single ? [0] : this.groupRanks(name, kw.group);
     const world = ranks.length;
-    let dense = args.slice(0, nt).map((x, i) => toDense(name, INPUT_NAMES[entry.packing][i]!, x));
-    const dtype: DType = kw.dtype !== undefined ? checkDType(kw.dtype, `${name}: dtype`)
-      : this.backend === 'cuda' ? 'bfloat16' : dense[0]!.dtype;
-    dense = dense.map((t) => toComputeDtype(t, dtype));
+    const inputs = args.slice(0, nt).map((x, i) => toDense(name, TENSOR_NAMES[entry.packing][i]!, x));
+    const dtype = computeDtype(name, kw.dtype, this.backend === 'cuda' ? 'bfloat16' : inputs[0]!.dtype);
     const axis = sharding.seqAxis;
-    checkHostShapes(name, entry.packing, dense, !sharding.single, axis === 0);
-    const total = dense[0]!.shape[axis]!;
+    checkHostShapes(name, entry.packing, inputs.map((t) => t.shape), !sharding.single, axis === 0);
+    const total = inputs[0]!.shape[axis]!;
     const plan = sharding.plan(name, total, kw, world);
     const { dtype: _drop, group: _g, timeoutMs: _t, signal: _s, ...kwargs } = kw;
     for (const key of sharding.consumes ?? []) delete kwargs[key];
     if (kw.group != null) kwargs.group = ranks;
+    const dense = inputs.map((t) => toComputeDtype(t, dtype));
     const positions = ranks.map((_, i) => plan.positions(i));
     const cut = (t: DenseHost, i: number): HostShard => {
       const p = positions[i]!;
@@ -105,7 +137,11 @@ export class RingRuntime extends Runtime {
       return toNdarray({ ...placeRows(shards, at, positions as number[][], total), dtype: shards[0]!.dtype });
     };
     const callId = this.nextCallId++;
-    const tasks: ForwardTask[] = ranks.map((_, i) => ({ callId, name, kwargs: { ...kwargs, ...plan.kwargs(i) }, tensors: dense.map((t) => cut(t, i)) }));
+    const rankKwargs = ranks.map((_, i) => ({ ...kwargs, ...plan.kwargs(i) }));
+    // What the ranks cannot receive fails here, named, rather than as a clone error in transit.
+    const unsendable = uncloneablePath(rankKwargs[0], 'options');
+    if (unsendable) fail('E_ARG', `${name}: ${unsendable}, which cannot be sent to the ranks`);
+    const tasks: ForwardTask[] = ranks.map((_, i) => ({ callId, name, kwargs: rankKwargs[i]!, tensors: dense.map((t) => cut(t, i)) }));
     const results = (await this.runEach(TASKS, 'forward', tasks, ranks, callOpts)) as { out: HostShard; lse: HostShard }[];
     // lse is (b, h, s) dense and (h, total) varlen: its sequence axis is the last.
     const out = join(results.map((r) => r.out), axis);
@@ -136,46 +172,27 @@ export class RingRuntime extends Runtime {
 
   private groupRanks(name: string, group: unknown): number[] {
     if (group == null) return Array.from({ length: this.world }, (_, i) => i);
-    if (!Array.isArray(group)) fail('E_ARG', `${name}: in driver mode group must be a list of ranks`);
-    const ranks = [...new Set(group as number[])].sort((a, b) => a - b);
-    if (ranks.length !== group.length || ranks.length === 0 || ranks.some((r) => !Number.isInteger(r) || r < 0 || r >= this.world))
-      fail('E_ARG', `${name}: group must list distinct ranks in [0, ${this.world}), got [${group.join(', ')}]`);
-    return ranks;
+    if (!Array.isArray(group)) fail('E_ARG', `${name}: in driver mode group must be a list of ranks, got ${describeValue(group)}`);
+    const ranks = [...new Set(group as unknown[])];
+    if (ranks.length !== group.length || ranks.length === 0 || ranks.some((r) => !Number.isInteger(r) || (r as number) < 0 || (r as number) >= this.world))
+      fail('E_ARG', `${name}: group must list distinct ranks in [0, ${this.world}), got [${group.map(describeValue).join(', ')}]`);
+    return (ranks as number[]).sort((a, b) => a - b);
   }
 }
 
-/**
- * Full-sequence shape checks, so a bad call fails before any worker runs. Packed varlen tensors
- * (total, h, d) have no batch axis: they are checked as a batch of one.
- */
-function checkHostShapes(fn: string, packing: Packing, t: DenseHost[], sameSeqlen: boolean, varlen: boolean): void {
-  const lead = varlen ? 0 : 1;
-  const want = (packing === 'func' ? [3, 3, 3] : packing === 'kvpacked' ? [3, 4] : [4]).map((n) => n + lead);
-  t.forEach((x, i) => {
-    const nm = INPUT_NAMES[packing][i]!;
-    if (x.shape.length !== want[i]) fail('E_SHAPE', `${fn}: ${nm} must be ${want[i]}-d, got shape (${x.shape.join(', ')})`);
-  });
-  const shapes = t.map((x) => (varlen ? [1, ...x.shape] : x.shape));
-  const P = 1 + lead; // axis of (k, v) / (q, k, v) in the caller's packed tensors
-  let q: number[], k: number[], v: number[];
-  if (packing === 'func') [q, k, v] = [shapes[0]!, shapes[1]!, shapes[2]!];
-  else if (packing === 'kvpacked') {
-    if (shapes[1]![2] !== 2) fail('E_SHAPE', `${fn}: kv axis ${P} must be 2 (k, v), got ${shapes[1]![2]}`);
-    q = shapes[0]!;
-    k = v = [shapes[1]![0]!, shapes[1]![1]!, shapes[1]![3]!, shapes[1]![4]!];
-  } else {
-    if (shapes[0]![2] !== 3) fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${shapes[0]![2]}`);
-    const s = shapes[0]!;
-    q = k = v = [s[0]!, s[1]!, s[3]!, s[4]!];
+/** The compute dtype option; `fallback` when it is not given. */
+function computeDtype(fn: string, value: unknown, fallback: DType): DType {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'string') fail('E_DTYPE', `${fn}: dtype must be one of ${DTYPES.join(', ')}, got ${describeValue(value)}`);
+  return checkDType(value, `${fn}: dtype`);
+}
+
+// The typed methods: each registry name (and its camelCase alias) calls rt.call with that name.
+for (const name of RING_FUNCTION_NAMES) {
+  for (const key of new Set([name, camelCase(name)])) {
+    const method = { [key](this: RingRuntime, ...args: unknown[]) { return this.call(name as VarlenName, ...args); } }[key]!;
+    Object.defineProperty(RingRuntime.prototype, key, { value: method, writable: true, configurable: true });
   }
-  const show = (x: number[]) => (varlen ? x.slice(1) : x).join(', ');
-  if (k.join() !== v.join()) fail('E_SHAPE', `${fn}: k (${show(k)}) and v (${show(v)}) must have the same shape`);
-  if (q[0] !== k[0]) fail('E_SHAPE', `${fn}: k batch ${k[0]} != q batch ${q[0]}`);
-  if (sameSeqlen && q[1] !== k[1]) fail('E_SHAPE', varlen ? `${fn}: k total_tokens ${k[1]} != q total_tokens ${q[1]}` : `${fn}: k seqlen ${k[1]} != q seqlen ${q[1]}`);
-  if (q[3] !== k[3]) fail('E_SHAPE', `${fn}: k head_dim ${k[3]} != q head_dim ${q[3]}`);
-  if (q[2]! % k[2]! !== 0) fail('E_SHAPE', `${fn}: q heads (${q[2]}) must be a multiple of k/v heads (${k[2]})`);
-  if (q.some((n) => n < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported`);
-  if (q[3]! > MAX_HEAD_DIM) fail('E_UNSUPPORTED', `${fn}: head_dim ${q[3]} is not supported (1..${MAX_HEAD_DIM})`);
 }
 
 /** Starts the runtime: one worker thread per rank (per GPU on cuda). */

@@ -5,7 +5,7 @@ import type { RankContext } from '../runtime/context.js';
 import type { DType, HostData } from '../runtime/dtype.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { RING_FUNCTIONS } from './registry.js';
+import { ringFunction } from './registry.js';
 
 export interface HostShard {
   data: HostData;
@@ -33,8 +33,7 @@ function host(ctx: RankContext, t: DeviceTensor): HostShard {
 }
 
 export function forward(ctx: RankContext, task: ForwardTask): { out: HostShard; lse: HostShard } {
-  const entry = RING_FUNCTIONS[task.name];
-  if (!entry) fail('E_ARG', `unknown function '${task.name}'`);
+  const entry = ringFunction(task.name);
   const inputs = task.tensors.map((t) => ctx.tensor(t, t.dtype, true));
   const result = entry.fn(...inputs, { ...task.kwargs, return_attn_probs: true });
   const [out, lse] = result as [DeviceTensor, DeviceTensor, null];

@@ -1,4 +1,6 @@
 // Every public attention function by its Python name, with what driver mode needs to call it.
+import { fail } from '../runtime/errors.js';
+import { describeValue } from '../runtime/tensor.js';
 import { ATTN_POSITIONAL } from './args.js';
 import type { AttnResult } from './family.js';
 import * as llama3 from './llama3.js';
@@ -30,7 +32,8 @@ export interface RegistryEntry {
 /** Number of tensor arguments before the Python keyword arguments. */
 export const TENSOR_COUNT: Record<Packing, number> = { func: 3, kvpacked: 2, qkvpacked: 1 };
 
-const entries: Record<string, RegistryEntry> = {};
+// No prototype: a lookup of '__proto__' or 'toString' finds nothing instead of Object's members.
+const entries: Record<string, RegistryEntry> = Object.create(null) as Record<string, RegistryEntry>;
 
 function register(variant: RingVariant<any>, mod: Record<string, unknown>, sharding: Sharding): void {
   const suffix = variant.suffix ?? '';
@@ -52,4 +55,14 @@ register(zigzagVarlen.zigzagVarlenVariant, zigzagVarlen, ZIGZAG_VARLEN_SHARDING)
 register(llama3.llama3Variant, llama3, LLAMA3_SHARDING);
 register(singleVarlen.singleVarlenVariant, singleVarlen, SINGLE_VARLEN_SHARDING);
 
-export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = entries;
+export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = Object.freeze(entries);
+
+/** Every registered name, in registration order. */
+export const RING_FUNCTION_NAMES: readonly string[] = Object.freeze(Object.keys(entries));
+
+/** The entry of `name`, looked up among the registry's own names only; E_ARG for any other value. */
+export function ringFunction(name: unknown): RegistryEntry {
+  if (typeof name !== 'string') fail('E_ARG', `function name must be a string, got ${describeValue(name)}`);
+  if (!Object.hasOwn(entries, name)) fail('E_ARG', `unknown function '${name}'; known: ${RING_FUNCTION_NAMES.join(', ')}`);
+  return entries[name]!;
+}

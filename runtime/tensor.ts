@@ -29,8 +29,136 @@ export function contiguousStrides(shape: readonly number[]): number[] {
   return strides;
 }
 
-export function numelOf(shape: readonly number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
+/** A value as a message shows it: numbers as they are, `the string "8"`, `an array`, `null`. */
+export function describeValue(x: unknown): string {
+  if (x === undefined || x === null) return String(x);
+  if (typeof x === 'number' || typeof x === 'bigint' || typeof x === 'boolean') return String(x);
+  if (typeof x === 'string') return `the string ${JSON.stringify(x)}`;
+  if (typeof x === 'symbol') return 'a symbol';
+  if (typeof x === 'function') return 'a function';
+  if (Array.isArray(x)) return 'an array';
+  const ctor = (Object.getPrototypeOf(x) as { constructor?: { name?: unknown } } | null)?.constructor?.name;
+  if (typeof ctor !== 'string' || ctor === 'Object' || ctor === '') return 'an object';
+  return `${/^[AEIOU]/.test(ctor) ? 'an' : 'a'} ${ctor}`;
+}
+
+/** Dimensions joined for a message; entries that are not numbers are described. */
+function showDims(xs: readonly unknown[]): string {
+  return `(${xs.map((x) => (typeof x === 'number' ? String(x) : describeValue(x))).join(', ')})`;
+}
+
+/**
+ * The element count of `shape`: every dimension a non-negative safe integer and the product
+ * safe too, else E_SHAPE (`what` names the tensor, e.g. 'ring_flash_attn_func: q has shape').
+ */
+export function numelOf(shape: readonly number[], what = 'shape'): number {
+  if (!Array.isArray(shape)) fail('E_SHAPE', `a shape must be an array of dimensions, got ${describeValue(shape)}`);
+  let n = 1;
+  for (let axis = 0; axis < shape.length; axis++) {
+    const d: unknown = shape[axis];
+    if (!Number.isSafeInteger(d) || (d as number) < 0)
+      fail('E_SHAPE', `${what} ${showDims(shape)}: dimension ${axis} is ${describeValue(d)}, expected a non-negative safe integer`);
+    n *= d as number;
+  }
+  if (!Number.isSafeInteger(n)) fail('E_SHAPE', `${what} ${showDims(shape)}: its element count ${n} is not a safe integer`);
+  return n;
+}
+
+/** The longest typed array a host tensor may need (V8's limit on 64-bit hosts). */
+export const MAX_HOST_ELEMENTS = 2 ** 32;
+
+/** A host tensor as ndarray describes it: data, shape and optionally stride and offset. */
+export interface HostViewLike {
+  shape?: unknown;
+  stride?: unknown;
+  offset?: unknown;
+}
+
+/** A checked host view: every element it reaches lies inside its data. */
+export interface HostView {
+  shape: number[];
+  stride: number[];
+  offset: number;
+  numel: number;
+  /** The data is exactly the elements in C order (no copy needed). */
+  dense: boolean;
+}
+
+function checkStride(where: string, stride: unknown, shape: readonly number[]): number[] {
+  if (stride === undefined) return contiguousStrides(shape);
+  if (!Array.isArray(stride)) fail('E_SHAPE', `${where} stride must be an array of integers, got ${describeValue(stride)}`);
+  if (stride.length !== shape.length)
+    fail('E_SHAPE', `${where} stride has ${stride.length} entries for the ${shape.length}-d shape ${showDims(shape)}: expected one integer per dimension`);
+  for (let axis = 0; axis < stride.length; axis++) {
+    const s: unknown = stride[axis];
+    if (!Number.isSafeInteger(s)) fail('E_SHAPE', `${where} stride ${showDims(stride)}: entry ${axis} is ${describeValue(s)}, expected an integer`);
+  }
+  return stride as number[];
+}
+
+/**
+ * Checks a host tensor's shape, stride and offset against `dataLength` elements of data, before
+ * anything is copied. `where` names it ('ring_flash_attn_func: q'). A contiguous tensor at
+ * offset 0 must hold exactly its elements: longer data is ambiguous (a truncated view, or a
+ * wrong shape), so it is refused rather than read in part. A view (an offset or other strides)
+ * may sit anywhere in its data as long as its lowest and highest reachable indices do.
+ */
+export function checkHostView(where: string, x: HostViewLike, dataLength: number): HostView {
+  const shape = x.shape as number[];
+  const numel = numelOf(shape, `${where} has shape`);
+  const stride = checkStride(where, x.stride, shape);
+  const offset = x.offset ?? 0;
+  if (!Number.isSafeInteger(offset) || (offset as number) < 0)
+    fail('E_SHAPE', `${where} offset must be a non-negative integer, got ${describeValue(offset)}`);
+  const c = contiguousStrides(shape);
+  const contiguous = shape.every((n, i) => n === 1 || stride[i] === c[i]);
+  const view: HostView = { shape: [...shape], stride: [...stride], offset: offset as number, numel, dense: contiguous && offset === 0 };
+  if (view.dense) {
+    if (dataLength !== numel)
+      fail('E_SHAPE', `${where} has ${dataLength} data elements but shape ${showDims(shape)} holds ${numel}; a contiguous tensor with offset 0 must hold exactly its elements: pass a copy, or a view with an explicit offset/stride`);
+    return view;
+  }
+  if (numel > MAX_HOST_ELEMENTS)
+    fail('E_SHAPE', `${where} has shape ${showDims(shape)}: its ${numel} elements are more than a host typed array holds (${MAX_HOST_ELEMENTS})`);
+  if (numel === 0) return view;
+  let lo = view.offset, hi = view.offset;
+  shape.forEach((n, i) => {
+    const reach = (n - 1) * stride[i]!;
+    if (reach < 0) lo += reach;
+    else hi += reach;
+  });
+  const desc = `${where} (shape ${showDims(shape)}, stride ${showDims(stride)}, offset ${view.offset})`;
+  if (lo < 0) fail('E_SHAPE', `${desc} reaches data index ${lo}, below 0`);
+  if (hi >= dataLength) fail('E_SHAPE', `${desc} reaches data index ${hi}, but its data has ${dataLength} elements`);
+  return view;
+}
+
+type TypedData = Float32Array | Uint16Array | Int32Array;
+
+/** The elements of a checked view in C order: the data itself when dense, else a copy. */
+export function denseData<T extends TypedData>(data: T, view: HostView): T {
+  if (view.dense) return data;
+  const out = new (data.constructor as { new (n: number): T })(view.numel);
+  const { shape, stride, numel } = view;
+  if (numel === 0) return out;
+  if (shape.length === 0) {
+    out[0] = data[view.offset]!;
+    return out;
+  }
+  // Innermost runs one at a time; the outer index advances like an odometer.
+  const last = shape.length - 1, run = shape[last]!, step = stride[last]!;
+  const idx = new Array<number>(last).fill(0);
+  let base = view.offset;
+  for (let o = 0; o < numel; o += run) {
+    for (let j = 0, src = base; j < run; j++, src += step) out[o + j] = data[src]!;
+    for (let a = last - 1; a >= 0; a--) {
+      base += stride[a]!;
+      if (++idx[a]! < shape[a]!) break;
+      base -= stride[a]! * shape[a]!;
+      idx[a] = 0;
+    }
+  }
+  return out;
 }
 
 /** See DeviceTensor.rowLayout. */

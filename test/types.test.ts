@@ -31,6 +31,34 @@ export async function driverCalls(rt: RingRuntime) {
   await rt.call('ring_flash_attn_func', x, x, x, { dtype: 'int8' });
 }
 
+// The typed methods take the parameter list rt.call takes for their name.
+export async function methodCalls(rt: RingRuntime, cu: Int32Array) {
+  const x = nd(new Float32Array(16), [1, 2, 1, 8]);
+  const packed = nd(new Float32Array(48), [1, 2, 3, 1, 8]);
+  const r = await rt.zigzag_ring_flash_attn_func(x, x, x, { causal: true, timeoutMs: 1000 });
+  (await r.backward(x)).dk.data satisfies Float32Array;
+  (await (await rt.ringFlashAttnQkvpackedFuncV2(packed, 0, null, true)).backward(x)).dqkv satisfies unknown;
+  (await (await rt.llama3_flash_attn_varlen_kvpacked_func(x, packed, cu, 8, { heads_k_stride: 1 })).backward(x)).dkv satisfies unknown;
+  await rt.flashAttnVarlenFunc(x, x, x, cu, cu, 8, 8, 0, null, true);
+  await rt.flash_attn_varlen_qkvpacked_func(packed, cu, 8);
+  // @ts-expect-error  unpacked functions return dq/dk/dv, not dqkv
+  void (await r.backward(x)).dqkv;
+  // @ts-expect-error  a qkvpacked method takes one tensor
+  await rt.stripe_flash_attn_qkvpacked_func(packed, packed);
+  // @ts-expect-error  causal is a boolean
+  await rt.ringFlashAttnFunc(x, x, x, { causal: 'yes' });
+  // @ts-expect-error  flash_attn_func has no group
+  await rt.flash_attn_func(x, x, x, { group: [0, 1] });
+  // @ts-expect-error  cu_seqlens is int32, not a number[]
+  await rt.ring_flash_attn_varlen_func(x, x, x, [0, 8], 8);
+  // @ts-expect-error  flash_attn_varlen_func takes cu_seqlens_q and cu_seqlens_k before the max_seqlens
+  await rt.flash_attn_varlen_func(x, x, x, cu, 8, 8);
+  // @ts-expect-error  no such method
+  await rt.ring_flash_attn_func_v3(x, x, x);
+  // rt.call with a literal name takes the same list
+  await rt.call('zigzag_ring_flash_attn_varlen_func', x, x, x, cu, 8, { causal: true });
+}
+
 export function spmdCalls(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, kv: DeviceTensor, qkv: DeviceTensor) {
   ring_flash_attn_func(q, k, v, 0, null, true);
   ring_flash_attn_func(q, k, v, { causal: true, group: [0, 1] });
@@ -57,6 +85,7 @@ export function varlenCalls(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, c
 const s = suite('types');
 s('typed entry points exist (the checks above run at compile time)', () => {
   assert.type(driverCalls, 'function');
+  assert.type(methodCalls, 'function');
   assert.type(spmdCalls, 'function');
   assert.type(varlenCalls, 'function');
 });
