@@ -2,7 +2,7 @@ import type { Backend } from './backend.js';
 import { makeGroup, type Group, type Transport } from './comm.js';
 import { checkDType, fromFloat32, type DType, type HostData } from './dtype.js';
 import { fail } from './errors.js';
-import type { DeviceTensor } from './tensor.js';
+import { checkHostView, denseData, describeValue, type DeviceTensor } from './tensor.js';
 
 /** What a worker knows about itself; piscina's workerData carries it. */
 export interface RankInfo {
@@ -53,7 +53,12 @@ export class RankContext {
    * Uint16Array data must carry its dtype ('bfloat16' | 'float16').
    */
   tensor(host: HostTensorLike, dtype?: DType, requiresGrad = false): DeviceTensor {
-    const t = this.backend.upload(hostData(host, dtype), host.shape, resolveDType(host, dtype));
+    if (!host || typeof host !== 'object' || !ArrayBuffer.isView(host.data))
+      fail('E_ARG', `ctx.tensor: host must be an ndarray (or { data, shape }), got ${describeValue(host)}`);
+    // An ndarray view (offset, strides) uploads the elements it shows, in C order.
+    const view = checkHostView('ctx.tensor: host', host as Parameters<typeof checkHostView>[1], (host.data as ArrayLike<number>).length);
+    const dense = { ...host, data: denseData(host.data as Float32Array | Uint16Array, view), shape: view.shape };
+    const t = this.backend.upload(hostData(dense, dtype), dense.shape, resolveDType(dense, dtype));
     t.requiresGrad = requiresGrad;
     return t;
   }

@@ -1,4 +1,5 @@
 import { fail } from './errors.js';
+import { describeValue } from './tensor.js';
 
 /** Compute dtypes. bf16/f16 data lives in Uint16Array as raw bits. */
 export type DType = 'float32' | 'bfloat16' | 'float16';
@@ -14,7 +15,7 @@ export function dtypeBytes(dtype: DType): number {
 
 export function checkDType(value: unknown, name: string): DType {
   if (typeof value === 'string' && (DTYPES as readonly string[]).includes(value)) return value as DType;
-  fail('E_DTYPE', `${name} must be one of ${DTYPES.join(', ')}, got ${JSON.stringify(value)}`);
+  fail('E_DTYPE', `${name} must be one of ${DTYPES.join(', ')}, got ${typeof value === 'string' ? JSON.stringify(value) : describeValue(value)}`);
 }
 
 const f32 = new Float32Array(1);

@@ -7,6 +7,7 @@ import type { RankInfo } from './context.js';
 import { RingFlashAttnError, asRingError, fail } from './errors.js';
 import { cudaNative } from './cuda_native.js';
 import { native } from './native.js';
+import { describeValue } from './tensor.js';
 import { fromTransfer, workerErrorChannel, type StrayError } from './transfer.js';
 import type { WorkerResult, WorkerTask } from './worker.js';
 
@@ -70,7 +71,7 @@ let runtimeCount = 0;
 /** A whole number of milliseconds in [min, 2^31 - 1]: what setTimeout and the native waits take. */
 export function checkTimeout(where: string, value: unknown, min: 0 | 1): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > MAX_TIMEOUT_MS)
-    fail('E_ARG', `${where} must be an integer number of milliseconds in [${min}, ${MAX_TIMEOUT_MS}], got ${typeof value === 'number' ? value : JSON.stringify(value) ?? String(value)}`);
+    fail('E_ARG', `${where} must be an integer number of milliseconds in [${min}, ${MAX_TIMEOUT_MS}], got ${typeof value === 'string' ? JSON.stringify(value) : describeValue(value)}`);
   return value;
 }
 

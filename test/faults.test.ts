@@ -171,4 +171,16 @@ s('driver mode takes timeoutMs and signal beside the Python keywords', async () 
   await rt.close();
 });
 
+s('ctx.tensor uploads what a view shows; odd values in messages never throw', async () => {
+  const rt = await init({ backend: 'cpu', world: 1 });
+  // A (3, 2) transposed view of the C-order (2, 3) data [0 .. 5].
+  const view = { data: Float32Array.from([0, 1, 2, 3, 4, 5]), shape: [3, 2], stride: [1, 3], offset: 0 };
+  const [t] = await rt.spmd<{ data: Float32Array }>(USER, 'upload', view);
+  assert.equal(Array.from(t!.data), [0, 3, 1, 4, 2, 5]);
+  await expectError(() => rt.spmd(USER, 'upload', { data: new Float32Array(7), shape: [2, 3] }), 'E_SHAPE', /ctx\.tensor: host has 7 data elements but shape \(2, 3\) holds 6/);
+  await expectError(() => rt.spmd(USER, 'upload', { data: new Uint16Array(2), shape: [2], dtype: 1n }), 'E_DTYPE', /must be one of .*got 1/);
+  await expectError(() => rt.spmd(USER, 'count', undefined, { timeoutMs: 1n as unknown as number }), 'E_ARG', /^timeoutMs must be an integer number of milliseconds in \[0, 2147483647\], got 1/);
+  await rt.close();
+});
+
 s.run();
