@@ -19,13 +19,15 @@ for kind in address thread; do
   if [ "$kind" = address ]; then lib=libasan.so; else lib=libtsan.so; fi
   runtime=$(gcc -print-file-name=$lib)
   log="$out.test.log"
-  RFA_ADDON="$out/Release/ring_flash_attn.node" LD_PRELOAD="$runtime" ASAN_OPTIONS=detect_leaks=0 \
-    TSAN_OPTIONS="exitcode=0" node dist/test/run.js $filter > "$log" 2>&1
+  rm -f "$out".reports.*
+  # Reports go to their own files (one per process), so the tests that read a child's stderr see only its output.
+  RFA_ADDON="$out/Release/ring_flash_attn.node" LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0 log_path=$out.reports" \
+    TSAN_OPTIONS="exitcode=0 log_path=$out.reports" node dist/test/run.js $filter > "$log" 2>&1
   summary=$(tail -n 1 "$log")
-  python3 - "$kind" "$log" "$summary" <<'PY' || status=1
-import sys
-kind, log, summary = sys.argv[1:]
-text = open(log, errors="replace").read()
+  python3 - "$kind" "$log" "$summary" "$out" <<'PY' || status=1
+import glob, sys
+kind, log, summary, out = sys.argv[1:]
+text = "".join(open(f, errors="replace").read() for f in [log, *glob.glob(out + ".reports.*")])
 banner = "ERROR: AddressSanitizer" if kind == "address" else "WARNING: ThreadSanitizer"
 reports = [b for b in text.split("==================") if banner in b] if kind == "thread" else \
           [b for b in text.split("=================================================================") if banner in b]
