@@ -50,8 +50,10 @@ let cached: NativeAddon | undefined;
  */
 function addonPath(): string {
   if (process.env.RFA_ADDON) {
-    if (!fs.existsSync(process.env.RFA_ADDON)) throw new RingFlashAttnError('E_DEVICE', `native addon not found: RFA_ADDON is ${process.env.RFA_ADDON}`);
-    return process.env.RFA_ADDON;
+    // A relative path is the user's, from the working directory (require would read it as a package name).
+    const file = path.resolve(process.env.RFA_ADDON);
+    if (!fs.existsSync(file)) throw new RingFlashAttnError('E_DEVICE', `native addon not found: RFA_ADDON is ${process.env.RFA_ADDON}`);
+    return file;
   }
   const root = packageRoot();
   try {

@@ -186,4 +186,11 @@ s('the test runner counts suites that skip whole and names them above its last l
   assert.is(lines.at(-1), '0 passed, 0 failed');
 });
 
+s('RFA_ADDON may be a path relative to the working directory', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', "import { native } from './dist/runtime/native.js'; console.log(typeof native().cpu.flashFwd);"],
+    { cwd: root, encoding: 'utf8', env: { ...process.env, RFA_ADDON: 'build/Release/ring_flash_attn.node' } });
+  assert.is(r.stdout.trim(), 'function', r.stderr);
+});
+
 s.run();
