@@ -7,7 +7,7 @@
 import type { Backend } from '../runtime/backend.js';
 import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
-import type { DeviceTensor } from '../runtime/tensor.js';
+import { describeValue, type DeviceTensor } from '../runtime/tensor.js';
 import { ATTN_POSITIONAL } from './args.js';
 import { checkCuSeqlens, checkMaxSeqlen, maxSeqLength } from './cu_seqlens.js';
 import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
@@ -53,7 +53,7 @@ function searchsorted(a: Int32Array, x: number): number {
  */
 export function llama3_flash_attn_prepare_cu_seqlens(cu_seqlens: unknown, causal: boolean, rank: number, world_size: number): [Int32Array, Int32Array, number, number, KSlice] {
   const cu = checkCuSeqlens(PREPARE, 'cu_seqlens', cu_seqlens, null, '');
-  if (typeof causal !== 'boolean') fail('E_ARG', `${PREPARE}: causal must be a boolean, got ${String(causal)}`);
+  if (typeof causal !== 'boolean') fail('E_ARG', `${PREPARE}: causal must be a boolean, got ${describeValue(causal)}`);
   if (!Number.isInteger(world_size) || world_size < 1) fail('E_ARG', `${PREPARE}: world_size must be a positive integer, got ${world_size}`);
   if (!Number.isInteger(rank) || rank < 0 || rank >= world_size) fail('E_ARG', `${PREPARE}: rank ${rank} out of range [0, ${world_size})`);
   const total = cu[cu.length - 1]!;
@@ -74,11 +74,20 @@ export function llama3_flash_attn_prepare_cu_seqlens(cu_seqlens: unknown, causal
   return [cuQ, cuK, maxSeqLength(cuQ), maxSeqLength(cuK), { start: sliceLeft, stop: sliceRight }];
 }
 
+/** The slice as JSON where it has one, else its kind (a BigInt or a cycle has none). */
+function showSlice(x: unknown): string {
+  try {
+    return JSON.stringify(x) ?? describeValue(x);
+  } catch {
+    return describeValue(x);
+  }
+}
+
 function checkSlice(fn: string, x: unknown, gathered: number): KSlice {
   const s = x as Partial<KSlice> | null | undefined;
   const ok = !!s && typeof s === 'object' && Number.isInteger(s.start) && Number.isInteger(s.stop)
     && s.start! >= 0 && s.start! <= s.stop! && s.stop! <= gathered;
-  if (!ok) fail('E_ARG', `${fn}: local_k_slice must be { start, stop } within the ${gathered} gathered keys, got ${JSON.stringify(x) ?? 'nothing'}`);
+  if (!ok) fail('E_ARG', `${fn}: local_k_slice must be { start, stop } within the ${gathered} gathered keys, got ${showSlice(x)}`);
   return { start: s!.start!, stop: s!.stop! };
 }
 
@@ -88,7 +97,7 @@ function readLlama3(fn: string, kw: Record<string, unknown>, q: DeviceTensor, k:
   const hk = k.shape[1]!;
   const stride = kw.heads_k_stride;
   if (typeof stride !== 'number' || !Number.isInteger(stride) || stride < 1 || hk % stride !== 0)
-    fail('E_ARG', `${fn}: heads_k_stride must be a positive integer dividing nheads_k (${hk}), got ${String(stride)}`);
+    fail('E_ARG', `${fn}: heads_k_stride must be a positive integer dividing nheads_k (${hk}), got ${describeValue(stride)}`);
   const localKSlice = checkSlice(fn, kw.local_k_slice, k.shape[0]! * group.size);
   const cuSeqlensQ = checkCuSeqlens(fn, 'cu_seqlens_q', kw.cu_seqlens_q, q.shape[0]!, 'the total tokens of q');
   const cuSeqlensK = checkCuSeqlens(fn, 'cu_seqlens_k', kw.cu_seqlens_k, localKSlice.stop - localKSlice.start, 'the length of local_k_slice');

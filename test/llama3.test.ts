@@ -133,6 +133,7 @@ s('driver: bad arguments', async () => {
   await expectError(() => rt.call(L, x(15, 4), x(15, 2), x(15, 2), Int32Array.from([0, 15]), 15), 'E_SHAPE', /the total tokens \(15\) must be a multiple of world \(2\)/);
   await expectError(() => rt.call(L, q, kv, kv, Int32Array.from([0, 7, 16]), 9, { heads_k_stride: 3 }), 'E_ARG', /heads_k_stride must be a positive integer dividing nheads_k \(2\), got 3/);
   await expectError(() => rt.call(L, q, kv, kv, Int32Array.from([0, 7, 16]), 9, { heads_k_stride: 0 }), 'E_ARG', /heads_k_stride must be a positive integer/);
+  await expectError(() => rt.call(L, q, kv, kv, Int32Array.from([0, 7, 16]), 9, { heads_k_stride: {} as unknown as number }), 'E_ARG', /heads_k_stride must be a positive integer dividing nheads_k \(2\), got an object$/);
   await expectError(() => rt.call(L, q, kv, kv, new Uint32Array([0, 7, 16]), 9), 'E_DTYPE', /cu_seqlens must be int32/);
   await expectError(() => rt.call(L, q, kv, kv, Int32Array.from([0, 9, 7, 16]), 9), 'E_ARG', /cu_seqlens must be non-decreasing/);
   await expectError(() => rt.call(L, q, kv, kv, Int32Array.from([0, 7, 16]), 8), 'E_ARG', /max_seqlen \(8\) must cover the longest sequence of cu_seqlens \(9\)/);
