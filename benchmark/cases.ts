@@ -1,6 +1,5 @@
 // What the README table measures: its cases (shapes), columns and modes, and how a result
-// file's case titles map back to shapes. Result files keep the titles they were written with;
-// those written before the Python project's shape was named so call it "seed".
+// file's case titles map back to shapes.
 import type { VarlenColumn } from './bench_varlen_rank.js';
 import { PYTHON_CU_SEQLENS_SETS } from './bench_varlen_rank.js';
 
@@ -58,20 +57,14 @@ export function varlenCase(onGpu: boolean) {
     : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
 }
 
-/** A case title as written now: older result files call the Python project's shape "seed". */
-export function currentTitle(title: string): string {
-  return title.replace(/^seed qkvpacked/, PYTHON_SHAPE_TITLE);
-}
-
 /** The shape of a case title, or null for the cases without a Python counterpart (varlen, CPU). */
 export function shapeOf(title: string): Shape | null {
-  const t = currentTitle(title);
-  if (t.startsWith(PYTHON_SHAPE_TITLE)) return 'qkvpacked';
-  if (t.startsWith('llama3-8B kvpacked')) return 'llama3';
+  if (title.startsWith(PYTHON_SHAPE_TITLE)) return 'qkvpacked';
+  if (title.startsWith('llama3-8B kvpacked')) return 'llama3';
   return null;
 }
 
 /** A chart group's title: the case without its parenthesis, then the mode. */
 export function groupTitle(caseTitle: string, mode: string): string {
-  return `${currentTitle(caseTitle).split(' (')[0]} ${mode}`;
+  return `${caseTitle.split(' (')[0]} ${mode}`;
 }

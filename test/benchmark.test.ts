@@ -218,10 +218,9 @@ s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward a
 
 // The README-table issue's bar, read off a result file (benchmark/issue_targets.ts): a synthetic
 // world-4 report with every cell 10% above the Python project's and zigzag at 96% of theoretic.
-// Result files written before the Python project's shape had its name call it "seed".
-function report(over: Partial<Report> = {}, zigzagShare = 0.96, qkvpackedTitle = 'Python-project qkvpacked (h=5, d=128)'): Report {
+function report(over: Partial<Report> = {}, zigzagShare = 0.96): Report {
   const results: Report['results'] = [];
-  const cases = [['qkvpacked', qkvpackedTitle], ['llama3', 'llama3-8B kvpacked (h=32, h_k=8, d=128)']] as const;
+  const cases = [['qkvpacked', 'Python-project qkvpacked (h=5, d=128)'], ['llama3', 'llama3-8B kvpacked (h=32, h_k=8, d=128)']] as const;
   for (const [shape, title] of cases)
     for (const mode of MODES) {
       const t = PYTHON_X4[shape][mode];
@@ -240,7 +239,6 @@ s('issue targets: met on a passing world-4 GPU report, not met below the bar, on
   assert.ok(pass.met, pass.lines.join('\n'));
   assert.is(pass.lines.length, 17, 'one line per cell with a target, then the verdict');
   assert.match(pass.lines.at(-1)!, /every target met/);
-  assert.equal(checkTargets(report({}, 0.96, 'seed qkvpacked (h=5, d=128)')).lines, pass.lines, 'an older file checks the same');
   const low = checkTargets(report({}, 0.94));
   assert.not.ok(low.met);
   assert.ok(low.lines.some((l) => /zigzag_ring: .*94\.0% of theoretic BELOW 95%/.test(l)), low.lines.join('\n'));
@@ -288,11 +286,11 @@ s("the chart names the varlen group's bars with the varlen columns, each in its 
   const dense = ['theoretic flash_attn', 'ring_attn', 'ring_attn_v2', 'zigzag_ring', 'stripe_attn'];
   const varlen = ['theoretic flash_attn_varlen', 'ring_varlen', 'zigzag_ring_varlen', 'llama3_varlen'];
   const rows = (title: string, columns: string[]) => columns.map((column, i) => ({ case: title, mode: 'fwd', column, iterPerSecPerRank: i === 0 ? 200 : 90 }));
-  const svg = tableChart({ machine: 'test', world: 2, results: [...rows('seed qkvpacked (h=5, d=128)', dense), ...rows('varlen llama3-8B kvpacked (h=32)', varlen)] });
+  const svg = tableChart({ machine: 'test', world: 2, results: [...rows('Python-project qkvpacked (h=5, d=128)', dense), ...rows('varlen llama3-8B kvpacked (h=32)', varlen)] });
   const g = groupSvg(svg, 'varlen llama3-8B kvpacked fwd');
   assert.equal(barLabels(g), varlen);
   assert.equal(legendLabels(g), varlen);
-  assert.equal(legendLabels(groupSvg(svg, 'Python-project qkvpacked fwd')), dense, 'an older file\'s "seed" case under its current name');
+  assert.equal(legendLabels(groupSvg(svg, 'Python-project qkvpacked fwd')), dense, 'the dense group keeps its own columns');
   // A label's colour is the same on its bar and in its legend, and differs from every other label's.
   const fill = (label: string) => new RegExp(`data-label="${label}">\\n<title>[^<]*</title>\\n<rect [^>]*fill="(#[0-9a-f]+)"`).exec(svg)?.[1];
   const fills = [...dense, ...varlen].map(fill);
