@@ -6,4 +6,4 @@ export { DeviceTensor } from './runtime/tensor.js';
 export { RankContext } from './runtime/context.js';
 export type { Group } from './runtime/comm.js';
 export type { DType } from './runtime/dtype.js';
-export { visibleGpuCount, type InitOptions, type Transport } from './runtime/runtime.js';
+export { visibleGpuCount, type InitOptions, type Transport } from './runtime/pool.js';

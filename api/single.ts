@@ -5,7 +5,7 @@ import type { Backend } from '../runtime/backend.js';
 import type { Group } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { FLASH_POSITIONAL } from './args.js';
-import { attnFamily } from './family.js';
+import { attnFamily } from './wrappers.js';
 import type { FlashArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 

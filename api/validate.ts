@@ -2,7 +2,7 @@
 // argument, what was expected and what came; tests assert on the codes.
 import { fail } from '../runtime/errors.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import type { Packing } from './registry.js';
+import type { Packing } from './driver/registry.js';
 
 export const MAX_HEAD_DIM = 256;
 
@@ -18,25 +18,35 @@ export function checkTensor(fn: string, name: string, t: unknown, ndim: number, 
 }
 
 /**
- * q (b, s, h, d), k/v (b, s_k, h_k, d): the flash-attn 2.x contract; packed varlen tensors
- * (total, h, d) have no batch axis and are checked the same way.
+ * The one shape rule of an attention call, over plain shapes: q (b, s, h, d), k and v
+ * (b, s_k, h_k, d), the flash-attn 2.x contract. Packed varlen shapes (total, h, d) have no batch
+ * axis (`varlen`); `sameSeqlen` asks for s_k = s (the ring shards, and q/k sharing cu_seqlens).
+ * SPMD calls check their tensors' shapes with it, driver mode its full tensors' before any worker runs.
  */
-export function checkQkv(fn: string, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor): void {
-  const n = q.ndim;
-  const [h, d] = q.shape.slice(-2) as [number, number];
-  const [hk, dk] = k.shape.slice(-2) as [number, number];
-  if (k.shape.join() !== v.shape.join()) fail('E_SHAPE', `${fn}: k (${k.shape.join(', ')}) and v (${v.shape.join(', ')}) must have the same shape`);
-  if (n === 4 && k.shape[0] !== q.shape[0]) fail('E_SHAPE', `${fn}: k batch ${k.shape[0]} != q batch ${q.shape[0]}`);
-  if (dk !== d) fail('E_SHAPE', `${fn}: k head_dim ${dk} != q head_dim ${d}`);
-  if (hk < 1 || h % hk !== 0) fail('E_SHAPE', `${fn}: q heads (${h}) must be a multiple of k/v heads (${hk})`);
-  if (d < 1 || d > MAX_HEAD_DIM) fail('E_UNSUPPORTED', `${fn}: head_dim ${d} is not supported (1..${MAX_HEAD_DIM})`);
+export function checkAttnShapes(fn: string, q: readonly number[], k: readonly number[], v: readonly number[],
+  o: { varlen: boolean; sameSeqlen: boolean }): void {
+  const full = (x: readonly number[]) => (o.varlen ? [1, ...x] : [...x]);
+  const [fq, fk] = [full(q), full(k)];
+  const show = (x: readonly number[]) => x.join(', ');
+  if (k.join() !== v.join()) fail('E_SHAPE', `${fn}: k (${show(k)}) and v (${show(v)}) must have the same shape`);
+  if (fq[0] !== fk[0]) fail('E_SHAPE', `${fn}: k batch ${fk[0]} != q batch ${fq[0]}`);
+  if (o.sameSeqlen && fq[1] !== fk[1])
+    fail('E_SHAPE', o.varlen ? `${fn}: k total_tokens ${fk[1]} != q total_tokens ${fq[1]}` : `${fn}: k seqlen ${fk[1]} != q seqlen ${fq[1]}`);
+  if (fq[3] !== fk[3]) fail('E_SHAPE', `${fn}: k head_dim ${fk[3]} != q head_dim ${fq[3]}`);
+  if ([...fq, ...fk].some((n) => n < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported (q (${show(q)}), k (${show(k)}))`);
+  if (fq[2]! % fk[2]! !== 0) fail('E_SHAPE', `${fn}: q heads (${fq[2]}) must be a multiple of k/v heads (${fk[2]})`);
+  if (fq[3]! > MAX_HEAD_DIM) fail('E_UNSUPPORTED', `${fn}: head_dim ${fq[3]} is not supported (1..${MAX_HEAD_DIM})`);
+}
+
+/** checkAttnShapes over an SPMD call's tensors (4-d, or 3-d packed varlen), and one dtype for all three. */
+export function checkQkv(fn: string, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, sameSeqlen = false): void {
+  checkAttnShapes(fn, q.shape, k.shape, v.shape, { varlen: q.ndim === 3, sameSeqlen });
   if (q.dtype !== k.dtype || q.dtype !== v.dtype) fail('E_DTYPE', `${fn}: q, k, v must share a dtype, got ${q.dtype}, ${k.dtype}, ${v.dtype}`);
-  if ([...q.shape, ...k.shape].some((x) => x < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported`);
 }
 
 /**
- * Driver mode's full-sequence shape checks, so a bad call fails before any worker runs. Packed
- * varlen tensors (total, h, d) have no batch axis: they are checked as a batch of one.
+ * Driver mode's full-sequence checks: each tensor's rank for its packing, the packed axis, then
+ * checkAttnShapes over the unpacked q, k, v shapes.
  */
 export function checkHostShapes(fn: string, packing: Packing, shapes: readonly (readonly number[])[], sameSeqlen: boolean, varlen: boolean): void {
   const lead = varlen ? 0 : 1;
@@ -44,25 +54,17 @@ export function checkHostShapes(fn: string, packing: Packing, shapes: readonly (
   shapes.forEach((x, i) => {
     if (x.length !== want[i]) fail('E_SHAPE', `${fn}: ${TENSOR_NAMES[packing][i]} must be ${want[i]}-d, got shape (${x.join(', ')})`);
   });
-  const full = shapes.map((x) => (varlen ? [1, ...x] : [...x]));
   const P = 1 + lead; // axis of (k, v) / (q, k, v) in the caller's packed tensors
-  let q: number[], k: number[], v: number[];
-  if (packing === 'func') [q, k, v] = [full[0]!, full[1]!, full[2]!];
+  const unpack = (x: readonly number[]) => [...x.slice(0, P), ...x.slice(P + 1)];
+  let q: readonly number[], k: readonly number[], v: readonly number[];
+  if (packing === 'func') [q, k, v] = [shapes[0]!, shapes[1]!, shapes[2]!];
   else if (packing === 'kvpacked') {
-    if (full[1]![2] !== 2) fail('E_SHAPE', `${fn}: kv axis ${P} must be 2 (k, v), got ${full[1]![2]}`);
-    q = full[0]!;
-    k = v = [full[1]![0]!, full[1]![1]!, full[1]![3]!, full[1]![4]!];
+    if (shapes[1]![P] !== 2) fail('E_SHAPE', `${fn}: kv axis ${P} must be 2 (k, v), got ${shapes[1]![P]}`);
+    q = shapes[0]!;
+    k = v = unpack(shapes[1]!);
   } else {
-    if (full[0]![2] !== 3) fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${full[0]![2]}`);
-    const s = full[0]!;
-    q = k = v = [s[0]!, s[1]!, s[3]!, s[4]!];
+    if (shapes[0]![P] !== 3) fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${shapes[0]![P]}`);
+    q = k = v = unpack(shapes[0]!);
   }
-  const show = (x: number[]) => (varlen ? x.slice(1) : x).join(', ');
-  if (k.join() !== v.join()) fail('E_SHAPE', `${fn}: k (${show(k)}) and v (${show(v)}) must have the same shape`);
-  if (q[0] !== k[0]) fail('E_SHAPE', `${fn}: k batch ${k[0]} != q batch ${q[0]}`);
-  if (sameSeqlen && q[1] !== k[1]) fail('E_SHAPE', varlen ? `${fn}: k total_tokens ${k[1]} != q total_tokens ${q[1]}` : `${fn}: k seqlen ${k[1]} != q seqlen ${q[1]}`);
-  if (q[3] !== k[3]) fail('E_SHAPE', `${fn}: k head_dim ${k[3]} != q head_dim ${q[3]}`);
-  if ([...q, ...k].some((n) => n < 1)) fail('E_SHAPE', `${fn}: empty tensors are not supported (q (${show(q)}), k (${show(k)}))`);
-  if (q[2]! % k[2]! !== 0) fail('E_SHAPE', `${fn}: q heads (${q[2]}) must be a multiple of k/v heads (${k[2]})`);
-  if (q[3]! > MAX_HEAD_DIM) fail('E_UNSUPPORTED', `${fn}: head_dim ${q[3]} is not supported (1..${MAX_HEAD_DIM})`);
+  checkAttnShapes(fn, q, k, v, { varlen, sameSeqlen });
 }

@@ -27,7 +27,7 @@ export interface RingGrads {
 
 /**
  * One ring algorithm: how ranks exchange K/V and which part of each block they compute.
- * Inputs are this rank's shards in the variant's layout (api/layouts.ts), as (b, s, h, d) views
+ * Inputs are this rank's shards in the variant's layout (api/driver/layouts.ts), as (b, s, h, d) views
  * (packed varlen tensors as batch-1 views); `O` adds what a family's arguments carry beyond
  * RingOptions (the cu_seqlens of the varlen families).
  */
@@ -36,7 +36,7 @@ export interface RingVariant<O extends RingOptions = RingOptions> {
   readonly name: string;
   /** Suffix after the packing in public names ('_v2' for ring_flash_attn_func_v2). */
   readonly suffix?: string;
-  /** How the variant's shards are cut (driver mode's Sharding is in api/registry.ts); 'single' is one device, no ring. */
+  /** How the variant's shards are cut (driver mode's Sharding is in api/driver/registry.ts); 'single' is one device, no ring. */
   readonly layout: 'contiguous' | 'zigzag' | 'stripe' | 'single' | 'varlen' | 'zigzag_varlen' | 'llama3';
   /** Python positional order after the tensors (default: the ring functions' order). */
   readonly positional?: readonly string[];

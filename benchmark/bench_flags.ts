@@ -2,7 +2,7 @@
 // object. Everything a flag can get wrong, alone or with another flag, is rejected here, before
 // the runtime starts; the defaults that depend on the backend are applied here too.
 import type { DType } from '../runtime/dtype.js';
-import type { Transport } from '../runtime/runtime.js';
+import type { Transport } from '../runtime/pool.js';
 import { COLUMNS, denseCases, RING_COLUMNS, type DenseCase, type Mode } from './cases.js';
 import { bad, choice, decimal, integer, list, text, UsageError, type FlagValues } from './cli_flags.js';
 import { resultsDir } from './result_files.js';

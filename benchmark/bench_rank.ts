@@ -3,11 +3,11 @@
 // clock on the CPU backend), after a warm-up that lasts until two consecutive repeats agree
 // (NCCL sets each peer pair up on first use, so a cold pass is far slower). Returns the timings;
 // the main thread makes the table. timeCalls is shared with the varlen table (bench_varlen_rank.ts).
-import { RING_FUNCTIONS } from '../api/registry.js';
+import { RING_FUNCTIONS } from '../api/driver/registry.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { random } from './random.js';
+import { seededValues } from '../runtime/random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
 export interface BenchTask extends TimingPlan {
@@ -34,11 +34,11 @@ export interface BenchResult {
 export function run(ctx: RankContext, t: BenchTask): BenchResult {
   const entry = RING_FUNCTIONS[t.name];
   if (!entry) throw new Error(`unknown function ${t.name}`);
-  const mk = (shape: number[], salt: number) => ctx.tensor({ data: random(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, t.backward);
+  const mk = (shape: number[], salt: number) => ctx.tensor({ data: seededValues(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, t.backward);
   const inputs: DeviceTensor[] = entry.packing === 'qkvpacked' ? [mk([t.b, t.s, 3, t.h, t.d], 1)]
     : entry.packing === 'kvpacked' ? [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, 2, t.hk, t.d], 2)]
       : [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, t.hk, t.d], 2), mk([t.b, t.s, t.hk, t.d], 3)];
-  const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] }, t.dtype);
+  const dout = ctx.tensor({ data: seededValues(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] }, t.dtype);
   // The single-device column has no ring rank to play.
   const timing = asSoloRank(ctx, entry.layout === 'single' ? undefined : t.solo, (group) => timeCalls(ctx, () => {
     const out = entry.fn(...inputs, group ? { causal: t.causal, group } : { causal: t.causal }) as DeviceTensor;

@@ -4,18 +4,18 @@
 // times longer, split evenly or zigzagged over the ranks); llama3 gets the GLOBAL boundaries
 // (local × world) through llama3_flash_attn_prepare_cu_seqlens with heads_k_stride, as in Python;
 // the theoretic column runs flash_attn_varlen on the local shard with the local sets.
-import { maxSeqLength } from '../api/cu_seqlens.js';
-import { llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_kvpacked_func } from '../api/llama3.js';
-import { ring_flash_attn_varlen_kvpacked_func } from '../api/ring_varlen.js';
-import { flash_attn_varlen_kvpacked_func } from '../api/single_varlen.js';
-import { zigzag_ring_flash_attn_varlen_kvpacked_func } from '../api/zigzag_ring_varlen.js';
+import { maxSeqLength } from '../api/varlen/cu_seqlens.js';
+import { llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_kvpacked_func } from '../api/varlen/llama3.js';
+import { ring_flash_attn_varlen_kvpacked_func } from '../api/varlen/ring_varlen.js';
+import { flash_attn_varlen_kvpacked_func } from '../api/varlen/single_varlen.js';
+import { zigzag_ring_flash_attn_varlen_kvpacked_func } from '../api/varlen/zigzag_ring_varlen.js';
 import type { Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import type { BenchResult, TimingPlan } from './bench_rank.js';
 import { finishCall, timeCalls } from './bench_rank.js';
-import { random } from './random.js';
+import { seededValues } from '../runtime/random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
 /** The Python project's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
@@ -65,7 +65,7 @@ function callsFor(ctx: RankContext, t: VarlenBenchTask, group: Group | null, q: 
 
 export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
   const mk = (shape: number[], salt: number, grad: boolean) =>
-    ctx.tensor({ data: random(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, grad);
+    ctx.tensor({ data: seededValues(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, grad);
   const q = mk([t.s, t.h, t.d], 1, t.backward);
   const kv = mk([t.s, 2, t.hk, t.d], 2, t.backward);
   const dout = mk([t.s, t.h, t.d], 99, false);

@@ -6,7 +6,7 @@ import type { RankContext } from '../runtime/context.js';
 import { toFloat32 } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { finishCall } from './bench_rank.js';
-import { random } from './random.js';
+import { seededValues } from '../runtime/random.js';
 
 export interface KernelTask {
   b: number; s: number; h: number; hk: number; d: number;
@@ -22,10 +22,10 @@ const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.len
 
 export function run(ctx: RankContext, t: KernelTask) {
   const be = ctx.backend;
-  const q = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 1), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16', true);
-  const k = ctx.tensor({ data: random(t.b * t.s * t.hk * t.d, 2), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
-  const v = ctx.tensor({ data: random(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
-  const dout = ctx.tensor({ data: random(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16');
+  const q = ctx.tensor({ data: seededValues(t.b * t.s * t.h * t.d, 1), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16', true);
+  const k = ctx.tensor({ data: seededValues(t.b * t.s * t.hk * t.d, 2), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
+  const v = ctx.tensor({ data: seededValues(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
+  const dout = ctx.tensor({ data: seededValues(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16');
   const time = (backward: boolean) => {
     const once = () => finishCall(flash_attn_func(q, k, v, { causal: t.causal, deterministic: t.deterministic === true }) as DeviceTensor,
       backward ? dout : null, [q, k, v]);

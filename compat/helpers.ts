@@ -1,12 +1,12 @@
 // Helpers Python users of ring-flash-attention reach for, with their Python names.
 import ndarray from 'ndarray';
-import { shard, type LayoutName } from '../api/layouts.js';
+import { shard, type LayoutName } from '../api/driver/layouts.js';
 import { currentContext } from '../runtime/context.js';
 import { fail } from '../runtime/errors.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { toDense } from '../api/host.js';
-import { checkCuSeqlens, checkSeqDivisible } from '../api/cu_seqlens.js';
-import { varlenPositions } from '../api/varlen_sharding.js';
+import { toDense } from '../api/driver/host.js';
+import { checkCuSeqlens, checkSeqDivisible } from '../api/varlen/cu_seqlens.js';
+import { varlenPositions } from '../api/driver/varlen_sharding.js';
 
 type HostNd = ndarray.NdArray<Float32Array | Uint16Array>;
 

@@ -14,6 +14,7 @@ import ndarray from 'ndarray';
 import { Packr } from 'msgpackr';
 import CRC32C from 'crc-32/crc32c.js';
 import { RingFlashAttnError, fail } from '../runtime/errors.js';
+import { denseData } from '../runtime/tensor.js';
 
 export const FORMAT = 'ring-flash-attn/tensors';
 /** The version save() writes. */
@@ -141,18 +142,9 @@ function tensorBytes(name: string, t: View): { dtype: string; shape: number[]; b
 /** C-order little-endian bytes of (a view of) `data`; strided views are copied in C order. */
 function cOrderBytes(data: Ctor, shape: readonly number[], stride: number[] | undefined, offset: number, n: number): Uint8Array {
   const contiguous = !stride || stride.every((s, i) => shape[i] === 1 || s === shape.slice(i + 1).reduce((a, b) => a * b, 1));
-  let out: Ctor;
-  if (contiguous) out = data.subarray(offset, offset + n) as Ctor;
-  else {
-    out = new (data.constructor as { new (n: number): Ctor })(n);
-    const idx = new Array<number>(shape.length).fill(0);
-    for (let i = 0; i < n; i++) {
-      let src = offset;
-      for (let a = 0; a < idx.length; a++) src += idx[a]! * stride![a]!;
-      out[i] = data[src]!;
-      for (let a = idx.length - 1; a >= 0 && ++idx[a]! >= shape[a]!; a--) idx[a] = 0;
-    }
-  }
+  const out = contiguous
+    ? (data.subarray(offset, offset + n) as Ctor)
+    : denseData(data, { shape: [...shape], stride: stride!, offset, numel: n, dense: false });
   return new Uint8Array(out.buffer, out.byteOffset, out.byteLength); // x86 and arm64 are little-endian
 }
 

@@ -1,6 +1,6 @@
 // Parameter structs of the attention kernel family, shared by the CPU (native/cpu) and CUDA
 // (native/cuda) backends. The host fills them only after validation (the TS boundary validates,
-// native/src re-checks cheaply). Strides are in elements and 64-bit; the head_dim axis is always
+// native/bindings re-checks cheaply). Strides are in elements and 64-bit; the head_dim axis is always
 // contiguous (stride 1). Pointers point at the first element of the (possibly strided) view.
 // Layouts follow flash-attn 2.x: q/k/v/out (batch, seqlen, heads, head_dim), lse (batch, heads, seqlen).
 #pragma once

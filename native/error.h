@@ -1,6 +1,6 @@
 // Native code never exits or aborts: every failure becomes an rfa::NativeError carrying a
 // stable code (the JS RingFlashAttnError code) and a message with file:line, which the
-// N-API layer (native/src) turns into a typed JS error.
+// N-API layer (native/bindings) turns into a typed JS error.
 #pragma once
 #include <stdexcept>
 #include <string>

@@ -69,7 +69,7 @@ export interface Comm {
   /**
    * Whether sendRecv can send `t` as it lies: contiguous tensors always; strided rows (k and v
    * sliced from packed qkv) where the transport reads them in place (copy engines, the CPU).
-   * Anything else is copied to a contiguous tensor first (see api/kv_buffer.ts sendableKv).
+   * Anything else is copied to a contiguous tensor first (see api/ring/kv_buffer.ts sendableKv).
    */
   sendable(t: DeviceTensor): boolean;
   /** Issues all sends and receives as one group; returns before they complete. */

@@ -1,5 +1,5 @@
 import { fail } from './errors.js';
-import { native, type NativeKernels } from './native.js';
+import { missingFunctions, native, type NativeKernels, type SurfaceKeys } from './native.js';
 
 export interface DeviceInfo {
   name: string;
@@ -12,7 +12,7 @@ export interface DeviceInfo {
   error: string;
 }
 
-/** The CUDA half of the addon (native/src/cuda_bindings.cc); one device context per worker. */
+/** The CUDA half of the addon (native/bindings/cuda_bindings.cc); one device context per worker. */
 export interface NativeCuda extends NativeKernels {
   deviceCount(): number;
   /** Whether GPU `device` can read GPU `peer`'s memory directly (NVLink or PCIe P2P). */
@@ -46,8 +46,20 @@ export interface NativeCuda extends NativeKernels {
   deviceInfo(device: number): DeviceInfo;
 }
 
+const CUDA_KEYS: SurfaceKeys<NativeCuda> = {
+  flashFwd: true, flashBwdDot: true, flashBwd: true, merge: true, cast: true, addF32: true, copyBsh: true,
+  deviceCount: true, peerAccess: true, init: true, alloc: true, free: true, upload: true, uploadBytes: true,
+  download: true, fill: true, sync: true, timerMark: true, timerElapsed: true, commSendRecv: true,
+  commAllGather: true, commReduceScatter: true, waitEvent: true, peakBytes: true, resetPeak: true,
+  bytesInUse: true, bytesReserved: true, abortAll: true, resetAll: true, deviceInfo: true,
+};
+let checked: NativeCuda | undefined;
+
 export function cudaNative(): NativeCuda {
-  const cuda = native().cuda;
-  if (!cuda) fail('E_DEVICE', 'the addon was built without CUDA (nvcc was not found at build time)');
-  return cuda as unknown as NativeCuda;
+  if (checked) return checked;
+  const addon = native();
+  if (!addon.cuda) fail('E_DEVICE', `the addon was built without CUDA (${addon.cudaOmitted || 'nvcc was not found at build time'})`);
+  const missing = missingFunctions(addon.cuda, 'cuda', CUDA_KEYS);
+  if (missing.length) fail('E_DEVICE', `the native addon does not match this package (it lacks ${missing.join(', ')}): rebuild it with npm rebuild ring-flash-attn`);
+  return (checked = addon.cuda as NativeCuda);
 }

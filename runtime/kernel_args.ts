@@ -1,4 +1,4 @@
-// Parameter objects for the native kernels (native/src/params.h reads them). Both backends
+// Parameter objects for the native kernels (native/bindings/params.h reads them). Both backends
 // build them here, so the CPU and CUDA kernels receive identical arguments.
 import { DTYPE_CODE } from './dtype.js';
 import { fail } from './errors.js';

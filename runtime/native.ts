@@ -3,21 +3,35 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import fs from 'node:fs';
 import { RingFlashAttnError } from './errors.js';
+import type { bwdArgs, bwdDotArgs, copyArgs, fwdArgs, flat, mergeArgs } from './kernel_args.js';
 
-/** The addon's surface, as native/src registers it. Parameter objects: runtime/kernel_args.ts. */
+type FlatView = ReturnType<typeof flat>;
+
+/** The kernels both backends bind (native/bindings/kernel_bindings.h), with runtime/kernel_args.ts's parameters. */
 export interface NativeKernels {
-  flashFwd(p: object): void;
-  flashBwdDot(p: object): void;
-  flashBwd(p: object): void;
-  merge(p: object): void;
-  cast(p: object): void;
-  addF32(p: object): void;
-  copyBsh(p: object): void;
+  flashFwd(p: ReturnType<typeof fwdArgs>): void;
+  flashBwdDot(p: ReturnType<typeof bwdDotArgs>): void;
+  flashBwd(p: ReturnType<typeof bwdArgs>): void;
+  merge(p: ReturnType<typeof mergeArgs>): void;
+  cast(p: { src: FlatView; src_dtype: number; dst: FlatView; dst_dtype: number; n: number }): void;
+  addF32(p: { dst: FlatView; src: FlatView; n: number }): void;
+  copyBsh(p: ReturnType<typeof copyArgs>): void;
+}
+
+/** A message between ranks of one process on the CPU backend; `comm` is the communicator key. */
+export interface MailArgs {
+  comm: string;
+  src: number;
+  dst: number;
+  data: FlatView;
+  n: number;
+  elem_bytes: number;
+  label: string;
 }
 
 export interface NativeCpu extends NativeKernels {
-  mailSend(p: object): void;
-  mailRecv(p: object): void;
+  mailSend(p: MailArgs): void;
+  mailRecv(p: MailArgs & { timeout_ms: number }): void;
   /** scope: the runtime id (the part of its communicator keys before '/'). */
   mailAbort(scope: string, reason: string): void;
   mailReset(scope: string): void;
@@ -36,8 +50,36 @@ export interface NativeAddon {
   cudaBuilt: boolean;
   /** Why the build has no CUDA backend ('' when it has one). */
   cudaOmitted: string;
-  // Present when built with nvcc (runtime/cuda_backend.ts types it).
-  cuda?: Record<string, (...args: any[]) => any>;
+  /** Present when built with nvcc; runtime/cuda_native.ts declares it. */
+  cuda?: unknown;
+}
+
+/** Every function of a binding object, by name: the compiler checks the lists against the interfaces. */
+export type SurfaceKeys<T> = Record<keyof T, true>;
+const KERNEL_KEYS: SurfaceKeys<NativeKernels> = {
+  flashFwd: true, flashBwdDot: true, flashBwd: true, merge: true, cast: true, addF32: true, copyBsh: true,
+};
+const CPU_KEYS: SurfaceKeys<NativeCpu> = { ...KERNEL_KEYS, mailSend: true, mailRecv: true, mailAbort: true, mailReset: true };
+const PLAN_KEYS: SurfaceKeys<NativePlan> = { simulateLaunch: true, planFwdLaunch: true, planBwdSplits: true };
+
+/**
+ * The functions `keys` names that `binding` (the addon's `name` object) lacks. An addon built from
+ * other sources than this package's TypeScript (a stale build/ or RFA_ADDON) fails here, at load,
+ * instead of with "not a function" in the middle of a ring.
+ */
+export function missingFunctions(binding: unknown, name: string, keys: object): string[] {
+  const b = (typeof binding === 'object' && binding !== null ? binding : {}) as Record<string, unknown>;
+  return Object.keys(keys).filter((k) => typeof b[k] !== 'function').map((k) => `${name}.${k}`);
+}
+
+export function checkSurface(addon: unknown, file: string, extra: [string, object][] = []): void {
+  const a = (typeof addon === 'object' && addon !== null ? addon : {}) as Record<string, unknown>;
+  const missing = [...missingFunctions(a.cpu, 'cpu', CPU_KEYS), ...missingFunctions(a.plan, 'plan', PLAN_KEYS)];
+  for (const [name, keys] of extra) missing.push(...missingFunctions(a[name], name, keys));
+  if (typeof a.cudaBuilt !== 'boolean') missing.push('cudaBuilt');
+  if (missing.length) {
+    throw new RingFlashAttnError('E_DEVICE', `the native addon ${file} does not match this package (it lacks ${missing.join(', ')}): rebuild it with npm rebuild ring-flash-attn (npm run build:native in a clone)`);
+  }
 }
 
 const require = createRequire(import.meta.url);
@@ -81,7 +123,10 @@ export function native(): NativeAddon {
     // waits for us: a cross-rank deadlock. Load every kernel when the context starts instead.
     // Must be set before the first CUDA call of the process, which is in this addon.
     process.env.CUDA_MODULE_LOADING ??= 'EAGER';
-    cached = require(addonPath()) as NativeAddon;
+    const file = addonPath();
+    const addon: unknown = require(file);
+    checkSurface(addon, file);
+    cached = addon as NativeAddon;
   }
   return cached;
 }

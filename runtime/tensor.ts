@@ -133,7 +133,7 @@ export function checkHostView(where: string, x: HostViewLike, dataLength: number
   return view;
 }
 
-type TypedData = Float32Array | Uint16Array | Int32Array;
+type TypedData = Float32Array | Float64Array | Uint16Array | Int32Array;
 
 /** The elements of a checked view in C order: the data itself when dense, else a copy. */
 export function denseData<T extends TypedData>(data: T, view: HostView): T {

@@ -4,7 +4,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as api from '../index.js';
 import { init, RING_FUNCTIONS, type RingRuntime } from '../index.js';
-import { camelCase, type DriverFunctionName } from '../api/driver.js';
+import { camelCase, type DriverFunctionName } from '../api/driver/driver.js';
 import type { DenseName, VarlenName } from '../api/types.js';
 import { expectError, nd, randn, rng } from './helpers.js';
 

@@ -4,17 +4,8 @@ import { RingFlashAttnError } from '../runtime/errors.js';
 import { init, type RingRuntime } from '../api/index.js';
 import { roundThrough, type DType } from '../runtime/dtype.js';
 
-/** Deterministic uniform generator (mulberry32), so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic uniform generator, so failures reproduce. */
+export { seededUniform as rng } from '../runtime/random.js';
 
 /** Fresh random values in [-1, 1). */
 export function randn(rand: () => number, n: number): Float32Array {

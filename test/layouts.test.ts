@@ -1,7 +1,7 @@
-// api/layouts.ts: positions, shard and gather for every layout.
+// api/driver/layouts.ts: positions, shard and gather for every layout.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { gather, layoutPositions, shard } from '../api/layouts.js';
+import { gather, layoutPositions, shard } from '../api/driver/layouts.js';
 import { RingFlashAttnError } from '../runtime/errors.js';
 
 const s = suite('layouts');

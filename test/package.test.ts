@@ -98,7 +98,7 @@ s('npm pack ships dist (without tests), the native sources and a prebuilt addon'
   console.log(`  tarball: ${packed.length} files, ${(info!.size / 2 ** 20).toFixed(1)} MiB (${(info!.unpackedSize / 2 ** 20).toFixed(1)} MiB unpacked)`);
 
   for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/runtime/worker.js', 'dist/benchmark/cli.js', 'native/install.mjs',
-    'CMakeLists.txt', 'native/src/addon.cc', 'native/cpu/flash_cpu.cc', 'native/cuda/flash_fwd.cu', 'native/cuda/flash_wgmma.cuh', 'README.md', prebuildFile])
+    'CMakeLists.txt', 'native/bindings/addon.cc', 'native/cpu/flash_cpu.cc', 'native/cuda/flash_fwd.cu', 'native/cuda/flash_wgmma.cuh', 'README.md', prebuildFile])
     assert.ok(packed.includes(f), `${f} is not in the tarball`);
   const allowed = /^(dist\/.*\.(js|d\.ts)|native\/.*\.(h|cc|cu|cuh)|native\/install\.mjs|prebuilds\/.*\.node|CMakeLists\.txt|README\.md|package\.json)$/;
   const stray = packed.filter((f) => !allowed.test(f) || f.startsWith('dist/test/') || f.startsWith('native/cuda/harness/'));

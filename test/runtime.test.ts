@@ -2,8 +2,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, RingFlashAttnError } from '../index.js';
-import { defaultTransport } from '../runtime/runtime.js';
-import { native } from '../runtime/native.js';
+import { defaultTransport, visibleGpuCount } from '../runtime/pool.js';
+import { checkSurface, missingFunctions, native } from '../runtime/native.js';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { nd, randn, relL2, rng } from './helpers.js';
@@ -167,6 +167,21 @@ s('spmd returns device tensors as ndarrays carrying their dtype; plain data stay
   await rt.close();
 });
 
+s('an addon whose surface does not match the package fails at load, naming what it lacks', () => {
+  const real = native();
+  checkSurface(real, 'the loaded addon');  // the addon this suite runs on matches
+  const stale = { ...real, cpu: { ...real.cpu, mailReset: undefined }, plan: {} };
+  let e: RingFlashAttnError | undefined;
+  try { checkSurface(stale, '/x/ring_flash_attn.node'); } catch (err) { e = err as RingFlashAttnError; }
+  assert.instance(e, RingFlashAttnError);
+  assert.is(e!.code, 'E_DEVICE');
+  assert.match(e!.message, /\/x\/ring_flash_attn\.node/);
+  assert.match(e!.message, /cpu\.mailReset, plan\.simulateLaunch, plan\.planFwdLaunch, plan\.planBwdSplits/);
+  assert.match(e!.message, /npm rebuild ring-flash-attn/);
+  assert.equal(missingFunctions({ a: () => 0 }, 'x', { a: true, b: true }), ['x.b']);
+  assert.equal(missingFunctions(undefined, 'cuda', { init: true }), ['cuda.init']);
+});
+
 s('init backend cuda on a build without CUDA says why the build has none', async () => {
   if (native().cudaBuilt) {
     assert.is(native().cudaOmitted, '');
@@ -178,7 +193,7 @@ s('init backend cuda on a build without CUDA says why the build has none', async
 });
 
 s('the test runner counts suites that skip whole and names them above its last line', () => {
-  if (native().cudaBuilt && (native().cuda!.deviceCount() as number) > 0) return;  // the GPU suite would run
+  if (visibleGpuCount() > 0) return;  // the GPU suite would run
   const run = fileURLToPath(new URL('./run.js', import.meta.url));
   const r = spawnSync(process.execPath, [run, 'gpu/cuda.test'], { encoding: 'utf8' });
   const lines = r.stdout.trim().split('\n');

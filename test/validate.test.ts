@@ -75,7 +75,7 @@ const cases: [string, () => Promise<unknown> | unknown, string, RegExp][] = [
   ['init: unknown transport', () => init({ backend: 'cpu', world: 2, transport: 'tcp' as 'nccl' }), 'E_ARG', /transport must be 'nccl' or 'copy-engine', got "tcp"/],
 ];
 
-// Host tensors (api/host.ts, runtime/tensor.ts): shapes, strides, offsets and data lengths are
+// Host tensors (api/driver/host.ts, runtime/tensor.ts): shapes, strides, offsets and data lengths are
 // checked arithmetically before anything is copied.
 const q2 = t([2, 8, 4, 16]), k2 = t([2, 8, 2, 16]);
 const V = 'ring_flash_attn_varlen_func';

@@ -2,15 +2,9 @@
 // `world` ranks. `node dist/compat/examples/train.js [world]` prints the loss per step.
 import { fileURLToPath } from 'node:url';
 import { init, RingFlashAttnError } from '../../index.js';
+import { seededValues } from '../../runtime/random.js';
 import type { LayerDims, StepArg, Weights } from './attention_layer.js';
 
-function seeded(n: number, seed: number, scale: number): Float32Array {
-  let a = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    a = (a * 1664525 + 1013904223) >>> 0;
-    return ((a / 4294967296) * 2 - 1) * scale;
-  });
-}
 
 /** The example's sequence length; train() splits it evenly over the ranks. */
 export const SEQLEN = 48;
@@ -34,9 +28,9 @@ export async function train(world: number, steps = 5, lr = 0.05, totalSeqlen = S
   const dims: LayerDims = { seqlen: totalSeqlen / world, dModel: 16, heads: 4, kvHeads: 2, headDim: 8 };
   const { dModel: dm, heads: h, kvHeads: hk, headDim: d } = dims;
   let weights: Weights = {
-    wq: seeded(dm * h * d, 1, 0.3), wk: seeded(dm * hk * d, 2, 0.3), wv: seeded(dm * hk * d, 3, 0.3), wo: seeded(h * d * dm, 4, 0.3),
+    wq: seededValues(dm * h * d, 1, 0.3), wk: seededValues(dm * hk * d, 2, 0.3), wv: seededValues(dm * hk * d, 3, 0.3), wo: seededValues(h * d * dm, 4, 0.3),
   };
-  const x = seeded(totalSeqlen * dm, 5, 1), target = seeded(totalSeqlen * dm, 6, 1);
+  const x = seededValues(totalSeqlen * dm, 5, 1), target = seededValues(totalSeqlen * dm, 6, 1);
   const slice = (t: Float32Array) => Array.from({ length: world }, (_, r) => t.slice(r * dims.seqlen * dm, (r + 1) * dims.seqlen * dm));
   const rt = await init({ backend: 'cpu', world });
   const losses: number[] = [];

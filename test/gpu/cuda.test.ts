@@ -10,7 +10,7 @@ import type { DType } from '../../runtime/dtype.js';
 import type { UnpackedName } from '../../api/types.js';
 import { expectError, nd, packedKvSlice, randn, relL2, rng, rounded } from '../helpers.js';
 import { placements } from './placements.js';
-import { native } from '../../runtime/native.js';
+import { cudaNative } from '../../runtime/cuda_native.js';
 import { memoReference, referenceBackward, referenceForward } from '../reference.js';
 
 const gpus = visibleGpuCount();
@@ -121,7 +121,7 @@ if (gpus > 0) {
     assert.is(rt1.transport, 'copy-engine');
     // The peer-access query behind the default: never a throw, false for a device and itself or a
     // device that does not exist; on two GPUs the default follows what it says.
-    const cuda = native().cuda!;
+    const cuda = cudaNative();
     assert.is(cuda.peerAccess(0, 0), false);
     assert.is(cuda.peerAccess(0, gpus + 3), false);
     if (gpus >= 2) {

@@ -1,0 +1,70 @@
+// JS entry points of the CPU backend: kernels and the in-process communicator transport.
+#include "bindings/bindings.h"
+#include "bindings/kernel_bindings.h"
+
+#include "cpu/flash_cpu.h"
+#include "cpu/mailbox.h"
+#include "bindings/guard.h"
+#include "bindings/params.h"
+
+namespace rfa::napi {
+namespace {
+
+// The kernels as kernel_bindings.h calls them: the CPU runs each call to completion.
+struct CpuKernels {
+  static void flash_fwd(Napi::Env, const FlashFwdParams& p) { cpu::flash_fwd(p); }
+  static void flash_bwd_dot(Napi::Env, const FlashBwdDotParams& p) { cpu::flash_bwd_dot(p); }
+  static void flash_bwd(Napi::Env, const FlashBwdParams& p) { cpu::flash_bwd(p); }
+  static void merge(Napi::Env, const MergeParams& p) { cpu::merge(p); }
+  static void cast(Napi::Env, const CastArgs& a) { cpu::cast(a.src, a.src_dtype, a.dst, a.dst_dtype, a.n); }
+  static void add_f32(Napi::Env, const AddArgs& a) { cpu::add_f32(a.dst, a.src, a.n); }
+  static void copy_bsh(Napi::Env, const CopyArgs& a) {
+    cpu::copy_bsh(a.src, a.src_stride, a.dst, a.dst_stride, a.batch, a.seqlen, a.heads, a.head_dim, a.dtype);
+  }
+};
+
+// { comm, src, dst, data: view, n, elem_bytes }
+Napi::Value MailSend(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    Napi::Object o = arg_object(info, 0);
+    const int64_t n = get_i64(o, "n");
+    const int eb = int(get_i64(o, "elem_bytes"));
+    cpu::mailbox_send(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
+                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o));
+    return info.Env().Undefined();
+  });
+}
+
+// { comm, src, dst, data: view, n, elem_bytes, timeout_ms }
+Napi::Value MailRecv(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    Napi::Object o = arg_object(info, 0);
+    const int64_t n = get_i64(o, "n");
+    const int eb = int(get_i64(o, "elem_bytes"));
+    cpu::mailbox_recv(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
+                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o), int(get_i64(o, "timeout_ms")));
+    return info.Env().Undefined();
+  });
+}
+
+// (scope, reason): scope is the runtime id, the part of its communicator keys before '/'.
+Napi::Value MailAbort(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    cpu::mailbox_abort(arg_string(info, 0, "scope"), arg_string(info, 1, "reason"));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value MailReset(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] { cpu::mailbox_reset(arg_string(info, 0, "scope")); return info.Env().Undefined(); });
+}
+
+}  // namespace
+
+void register_cpu(Napi::Env env, Napi::Object exports) {
+  std::vector<Entry> entries = KernelBindings<CpuKernels>::entries();
+  entries.insert(entries.end(), {{"mailSend", MailSend}, {"mailRecv", MailRecv}, {"mailAbort", MailAbort}, {"mailReset", MailReset}});
+  export_functions(env, exports, "cpu", entries);
+}
+
+}  // namespace rfa::napi
