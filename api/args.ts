@@ -21,12 +21,26 @@ export interface AttnKwargs {
 
 /** The positional order after the tensors, as in ring_flash_attn_func(q, k, v, ...). */
 export const ATTN_POSITIONAL = [
-  'dropout_p', 'softmax_scale', 'causal', 'window_size', 'alibi_slopes', 'deterministic', 'return_attn_probs', 'group',
+  'dropout_p',
+  'softmax_scale',
+  'causal',
+  'window_size',
+  'alibi_slopes',
+  'deterministic',
+  'return_attn_probs',
+  'group',
 ] as const;
 
 /** flash-attn 2.x's single-device order: softcap sits after window_size, and there is no group. */
 export const FLASH_POSITIONAL = [
-  'dropout_p', 'softmax_scale', 'causal', 'window_size', 'softcap', 'alibi_slopes', 'deterministic', 'return_attn_probs',
+  'dropout_p',
+  'softmax_scale',
+  'causal',
+  'window_size',
+  'softcap',
+  'alibi_slopes',
+  'deterministic',
+  'return_attn_probs',
 ] as const;
 
 export interface AttnArgs {
@@ -42,7 +56,11 @@ export interface AttnArgs {
  * (default 1/√head_dim), the causal mask and the backward's determinism.
  */
 export function ringOptions(a: AttnArgs, headDim: number): RingOptions {
-  return { softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(headDim), causal: a.causal, deterministic: a.deterministic };
+  return {
+    softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(headDim),
+    causal: a.causal,
+    deterministic: a.deterministic,
+  };
 }
 
 function isPlainObject(x: unknown): x is Record<string, unknown> {
@@ -59,14 +77,23 @@ function isGroup(x: unknown): boolean {
 function isValueObject(x: Record<string, unknown>): boolean {
   if ('data' in x && 'shape' in x) return true;
   const keys = Object.keys(x);
-  return keys.includes('start') && keys.includes('stop') && keys.every((k) => k === 'start' || k === 'stop' || k === 'step');
+  return (
+    keys.includes('start') &&
+    keys.includes('stop') &&
+    keys.every((k) => k === 'start' || k === 'stop' || k === 'step')
+  );
 }
 
 /**
  * Splits `rest` into keyword arguments: the trailing plain object (if any) is the kwargs, the
  * values before it fill `positional` in order. A keyword given both ways is an error.
  */
-export function collectKwargs(fn: string, rest: readonly unknown[], positional: readonly string[], allowed: ReadonlySet<string>): Record<string, unknown> {
+export function collectKwargs(
+  fn: string,
+  rest: readonly unknown[],
+  positional: readonly string[],
+  allowed: ReadonlySet<string>,
+): Record<string, unknown> {
   let pos = rest;
   let kw: Record<string, unknown> = {};
   const last = rest[rest.length - 1];
@@ -92,31 +119,53 @@ export function collectKwargs(fn: string, rest: readonly unknown[], positional: 
  * `extraKeys` keyword-only additions (driver mode's dtype). Returns the parsed values and the
  * raw keyword record (the family's own arguments, e.g. cu_seqlens, included).
  */
-export function parseAttnArgs(fn: string, rest: readonly unknown[], positional: readonly string[] = ATTN_POSITIONAL,
-  extraKeys: readonly string[] = []): AttnArgs & { kw: Record<string, unknown> } {
+export function parseAttnArgs(
+  fn: string,
+  rest: readonly unknown[],
+  positional: readonly string[] = ATTN_POSITIONAL,
+  extraKeys: readonly string[] = [],
+): AttnArgs & { kw: Record<string, unknown> } {
   const keys = new Set<string>([...ATTN_POSITIONAL, ...FLASH_POSITIONAL, ...positional, ...extraKeys]);
   if (!positional.includes('group')) keys.delete('group');
   const kw = collectKwargs(fn, rest, positional, keys);
   const dropout = kw.dropout_p ?? 0;
-  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${describeValue(dropout)}`);
+  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1))
+    fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${describeValue(dropout)}`);
   if (dropout > 0) fail('E_UNSUPPORTED', `${fn}: dropout_p > 0 is not supported (got ${dropout})`);
   const scale = kw.softmax_scale ?? null;
   if (scale !== null && (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0))
-    fail('E_ARG', `${fn}: softmax_scale must be a positive finite number or null, got ${describeValue(scale)}`);
+    fail(
+      'E_ARG',
+      `${fn}: softmax_scale must be a positive finite number or null, got ${describeValue(scale)}`,
+    );
   const causal = kw.causal ?? false;
-  if (typeof causal !== 'boolean') fail('E_ARG', `${fn}: causal must be a boolean, got ${describeValue(causal)}`);
+  if (typeof causal !== 'boolean')
+    fail('E_ARG', `${fn}: causal must be a boolean, got ${describeValue(causal)}`);
   const window = kw.window_size ?? [-1, -1];
   if (!Array.isArray(window) || window.length !== 2 || !window.every((w) => Number.isInteger(w)))
-    fail('E_ARG', `${fn}: window_size must be a pair of integers, got ${Array.isArray(window) ? `(${window.map(describeValue).join(', ')})` : describeValue(window)}`);
-  if (window[0] !== -1 || window[1] !== -1) fail('E_UNSUPPORTED', `${fn}: window_size other than (-1, -1) is not supported (got (${window.join(', ')}))`);
+    fail(
+      'E_ARG',
+      `${fn}: window_size must be a pair of integers, got ${Array.isArray(window) ? `(${window.map(describeValue).join(', ')})` : describeValue(window)}`,
+    );
+  if (window[0] !== -1 || window[1] !== -1)
+    fail(
+      'E_UNSUPPORTED',
+      `${fn}: window_size other than (-1, -1) is not supported (got (${window.join(', ')}))`,
+    );
   const softcap = kw.softcap ?? 0;
   if (softcap !== 0) fail('E_UNSUPPORTED', `${fn}: softcap is not supported (got ${describeValue(softcap)})`);
   if (kw.alibi_slopes != null) fail('E_UNSUPPORTED', `${fn}: alibi_slopes is not supported`);
   const deterministic = kw.deterministic ?? false;
-  if (typeof deterministic !== 'boolean') fail('E_ARG', `${fn}: deterministic must be a boolean, got ${describeValue(deterministic)}`);
+  if (typeof deterministic !== 'boolean')
+    fail('E_ARG', `${fn}: deterministic must be a boolean, got ${describeValue(deterministic)}`);
   const ret = kw.return_attn_probs ?? false;
-  if (typeof ret !== 'boolean') fail('E_ARG', `${fn}: return_attn_probs must be a boolean, got ${describeValue(ret)}`);
+  if (typeof ret !== 'boolean')
+    fail('E_ARG', `${fn}: return_attn_probs must be a boolean, got ${describeValue(ret)}`);
   const group = (kw.group ?? null) as AttnArgs['group'];
-  if (group !== null && !Array.isArray(group) && !isGroup(group)) fail('E_ARG', `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks, got ${describeValue(group)}`);
+  if (group !== null && !Array.isArray(group) && !isGroup(group))
+    fail(
+      'E_ARG',
+      `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks, got ${describeValue(group)}`,
+    );
   return { softmaxScale: scale as number | null, causal, returnAttnProbs: ret, deterministic, group, kw };
 }

@@ -1,4 +1,13 @@
-export { init, RingRuntime, type DriverResult, type DriverGrads, type FuncGrads, type KvPackedGrads, type QkvPackedGrads, type HostTensor } from './driver/driver.js';
+export {
+  init,
+  RingRuntime,
+  type DriverResult,
+  type DriverGrads,
+  type FuncGrads,
+  type KvPackedGrads,
+  type QkvPackedGrads,
+  type HostTensor,
+} from './driver/driver.js';
 export type * from './types.js';
 export * from './ring/ring.js';
 export * from './ring/ring_v2.js';
@@ -9,9 +18,14 @@ export * from './varlen/single_varlen.js';
 export * from './varlen/ring_varlen.js';
 export * from './varlen/zigzag_ring_varlen.js';
 export {
-  llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_func, llama3_flash_attn_varlen_kvpacked_func,
-  llama3_flash_attn_varlen_qkvpacked_func, llama3FlashAttnPrepareCuSeqlens, llama3FlashAttnVarlenFunc,
-  llama3FlashAttnVarlenKvpackedFunc, llama3FlashAttnVarlenQkvpackedFunc,
+  llama3_flash_attn_prepare_cu_seqlens,
+  llama3_flash_attn_varlen_func,
+  llama3_flash_attn_varlen_kvpacked_func,
+  llama3_flash_attn_varlen_qkvpacked_func,
+  llama3FlashAttnPrepareCuSeqlens,
+  llama3FlashAttnVarlenFunc,
+  llama3FlashAttnVarlenKvpackedFunc,
+  llama3FlashAttnVarlenQkvpackedFunc,
 } from './varlen/llama3.js';
 export { layoutPositions, shard, gather, LAYOUTS, type LayoutName } from './driver/layouts.js';
 export type { AttnKwargs } from './args.js';

@@ -9,7 +9,14 @@ import { attnFamily } from './wrappers.js';
 import type { FlashArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
-export function singleForward(backend: Backend, _g: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
+export function singleForward(
+  backend: Backend,
+  _g: Group,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  o: RingOptions,
+): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   // The result is final (no merge follows): the kernel writes it in q's dtype, as FlashAttention
   // does, and the backward's rowsum(dout * out) reads that same out.
@@ -19,8 +26,16 @@ export function singleForward(backend: Backend, _g: Group, q: DeviceTensor, k: D
   return { out, lse };
 }
 
-export function singleBackward(backend: Backend, _g: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-  fwd: RingForward, o: RingOptions): RingGrads {
+export function singleBackward(
+  backend: Backend,
+  _g: Group,
+  dout: DeviceTensor,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  fwd: RingForward,
+  o: RingOptions,
+): RingGrads {
   const [b, s, h] = q.shape as [number, number, number, number];
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
@@ -33,7 +48,11 @@ export function singleBackward(backend: Backend, _g: Group, dout: DeviceTensor, 
 }
 
 export const singleVariant: RingVariant = {
-  name: 'flash_attn', layout: 'single', positional: FLASH_POSITIONAL, forward: singleForward, backward: singleBackward,
+  name: 'flash_attn',
+  layout: 'single',
+  positional: FLASH_POSITIONAL,
+  forward: singleForward,
+  backward: singleBackward,
 };
 
 const family = attnFamily<FlashArgs>(singleVariant);

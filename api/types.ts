@@ -5,7 +5,9 @@ import type { DType } from '../runtime/dtype.js';
 import type { AttnKwargs } from './args.js';
 
 /** Every prefix of a tuple, the empty one included: the optional positional arguments. */
-export type Prefixes<T extends readonly unknown[]> = T extends readonly [...infer H, unknown] ? T | Prefixes<H> : T;
+export type Prefixes<T extends readonly unknown[]> = T extends readonly [...infer H, unknown]
+  ? T | Prefixes<H>
+  : T;
 
 /** Positional arguments of the ring functions after the tensors (ring_flash_attn_func order). */
 export type RingPositional = [
@@ -36,7 +38,8 @@ export type FlashPositional = [
  * would accept a stray string, array or tensor in that place: `object` and the `never` fields keep
  * both out.
  */
-export type PythonArgs<P extends readonly unknown[], K> = Prefixes<P> | [...Prefixes<P>, K & object & { data?: never; shape?: never; length?: never }];
+export type PythonArgs<P extends readonly unknown[], K> =
+  Prefixes<P> | [...Prefixes<P>, K & object & { data?: never; shape?: never; length?: never }];
 
 export type RingArgs = PythonArgs<RingPositional, AttnKwargs>;
 export type FlashArgs = PythonArgs<FlashPositional, Omit<AttnKwargs, 'group'>>;
@@ -47,22 +50,31 @@ export type DriverKwargs = AttnKwargs & { dtype?: DType; timeoutMs?: number; sig
 export type DriverRingArgs = PythonArgs<RingPositional, DriverKwargs>;
 export type DriverFlashArgs = PythonArgs<FlashPositional, Omit<DriverKwargs, 'group'>>;
 
-type Packings<P extends string, S extends string = ''> = `${P}_func${S}` | `${P}_kvpacked_func${S}` | `${P}_qkvpacked_func${S}`;
+type Packings<P extends string, S extends string = ''> =
+  `${P}_func${S}` | `${P}_kvpacked_func${S}` | `${P}_qkvpacked_func${S}`;
 type Of<N extends string, K extends string> = Extract<N, `${string}${K}_func${string}`>;
 
 /** Dense ring function names (driver mode and SPMD). */
 export type RingName =
-  | Packings<'ring_flash_attn'> | Packings<'ring_flash_attn', '_v2'> | Packings<'zigzag_ring_flash_attn'> | Packings<'stripe_flash_attn'>;
+  | Packings<'ring_flash_attn'>
+  | Packings<'ring_flash_attn', '_v2'>
+  | Packings<'zigzag_ring_flash_attn'>
+  | Packings<'stripe_flash_attn'>;
 export type FlashName = Packings<'flash_attn'>;
 export type DenseName = RingName | FlashName;
 export type QkvPackedName = Of<DenseName, '_qkvpacked'>;
 export type KvPackedName = Of<DenseName, '_kvpacked'>;
 export type UnpackedName = Exclude<DenseName, QkvPackedName | KvPackedName>;
 /** Varlen names: their tensors come with cu_seqlens and max_seqlen (checked at run time). */
-export type VarlenName = Packings<'flash_attn_varlen'> | Packings<'ring_flash_attn_varlen'> | Packings<'zigzag_ring_flash_attn_varlen'> | Packings<'llama3_flash_attn_varlen'>;
+export type VarlenName =
+  | Packings<'flash_attn_varlen'>
+  | Packings<'ring_flash_attn_varlen'>
+  | Packings<'zigzag_ring_flash_attn_varlen'>
+  | Packings<'llama3_flash_attn_varlen'>;
 
 /** cu_seqlens: an Int32Array, or a 1-d int32 ndarray. */
-export type CuSeqlens = Int32Array | { data: Int32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number };
+export type CuSeqlens =
+  Int32Array | { data: Int32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number };
 
 /** Python's slice(start, stop) of the gathered keys (llama3's local_k_slice). */
 export interface KSlice {
@@ -77,11 +89,20 @@ export type VarlenArgs = PythonArgs<VarlenPositional, VarlenKwargs>;
 
 /** Positional arguments of llama3_flash_attn_varlen_func after the tensors. */
 export type Llama3Positional = [
-  cu_seqlens_q: CuSeqlens, cu_seqlens_k: CuSeqlens, max_seqlen_q: number, max_seqlen_k: number,
-  heads_k_stride: number, local_k_slice: KSlice, ...RingPositional,
+  cu_seqlens_q: CuSeqlens,
+  cu_seqlens_k: CuSeqlens,
+  max_seqlen_q: number,
+  max_seqlen_k: number,
+  heads_k_stride: number,
+  local_k_slice: KSlice,
+  ...RingPositional,
 ];
 export type Llama3Kwargs = AttnKwargs & {
-  cu_seqlens_q?: CuSeqlens; cu_seqlens_k?: CuSeqlens; max_seqlen_q?: number; max_seqlen_k?: number;
-  heads_k_stride?: number; local_k_slice?: KSlice;
+  cu_seqlens_q?: CuSeqlens;
+  cu_seqlens_k?: CuSeqlens;
+  max_seqlen_q?: number;
+  max_seqlen_k?: number;
+  heads_k_stride?: number;
+  local_k_slice?: KSlice;
 };
 export type Llama3Args = PythonArgs<Llama3Positional, Llama3Kwargs>;

@@ -44,7 +44,22 @@ export interface RingVariant<O extends RingOptions = RingOptions> {
   readonly qkvPositional?: readonly string[];
   /** Extra preconditions on the local shards (e.g. zigzag's even split); throws E_SHAPE/E_UNSUPPORTED. */
   check?(fn: string, q: DeviceTensor, k: DeviceTensor, o: O, group: Group): void;
-  forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: O): RingForward;
-  backward(backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-    fwd: RingForward, o: O): RingGrads;
+  forward(
+    backend: Backend,
+    group: Group,
+    q: DeviceTensor,
+    k: DeviceTensor,
+    v: DeviceTensor,
+    o: O,
+  ): RingForward;
+  backward(
+    backend: Backend,
+    group: Group,
+    dout: DeviceTensor,
+    q: DeviceTensor,
+    k: DeviceTensor,
+    v: DeviceTensor,
+    fwd: RingForward,
+    o: O,
+  ): RingGrads;
 }

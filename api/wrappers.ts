@@ -21,7 +21,8 @@ export function resolveGroup(fn: string, group: AttnArgs['group']): Group {
   if (group === null) return ctx.group;
   if (Array.isArray(group)) return ctx.newGroup(group);
   const g = group as Group;
-  if (g.rank < 0 || g.ranks[g.rank] !== ctx.rank) fail('E_ARG', `${fn}: group [${g.ranks.join(', ')}] was made for another rank`);
+  if (g.rank < 0 || g.ranks[g.rank] !== ctx.rank)
+    fail('E_ARG', `${fn}: group [${g.ranks.join(', ')}] was made for another rank`);
   return g;
 }
 
@@ -42,10 +43,13 @@ export interface Frame {
 }
 
 export const DENSE_FRAME: Frame = {
-  ndim: 4, packAxis: 2,
+  ndim: 4,
+  packAxis: 2,
   layouts: {
-    q: '(batch, seqlen, nheads, head_dim)', k: '(batch, seqlen, nheads_k, head_dim)',
-    kv: '(batch, seqlen, 2, nheads_k, head_dim)', qkv: '(batch, seqlen, 3, nheads, head_dim)',
+    q: '(batch, seqlen, nheads, head_dim)',
+    k: '(batch, seqlen, nheads_k, head_dim)',
+    kv: '(batch, seqlen, 2, nheads_k, head_dim)',
+    qkv: '(batch, seqlen, 3, nheads, head_dim)',
   },
   toKernel: (t) => t,
   toPublic: (t) => t,
@@ -53,10 +57,13 @@ export const DENSE_FRAME: Frame = {
 
 /** Packed varlen tensors are batch-1 views for the kernels; lse (1, h, total) is returned as (h, total). */
 export const VARLEN_FRAME: Frame = {
-  ndim: 3, packAxis: 1,
+  ndim: 3,
+  packAxis: 1,
   layouts: {
-    q: '(total_tokens, nheads, head_dim)', k: '(total_tokens, nheads_k, head_dim)',
-    kv: '(total_tokens, 2, nheads_k, head_dim)', qkv: '(total_tokens, 3, nheads, head_dim)',
+    q: '(total_tokens, nheads, head_dim)',
+    k: '(total_tokens, nheads_k, head_dim)',
+    kv: '(total_tokens, 2, nheads_k, head_dim)',
+    qkv: '(total_tokens, 3, nheads, head_dim)',
   },
   toKernel: (t) => t.unsqueeze(0),
   toPublic: (t) => t.select(0, 0),
@@ -73,7 +80,13 @@ export interface ParsedCall<O extends RingOptions> {
  * Parses the arguments after the tensors and validates them against the public q, k, v;
  * returns the variant's options. Runs before anything is launched.
  */
-export type ParseArgs<O extends RingOptions> = (fn: string, rest: readonly unknown[], q: DeviceTensor, k: DeviceTensor, v: DeviceTensor) => ParsedCall<O>;
+export type ParseArgs<O extends RingOptions> = (
+  fn: string,
+  rest: readonly unknown[],
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+) => ParsedCall<O>;
 
 /** Assigns the fp32 grads of (q, k, v), in public layout, to whichever inputs require grad. */
 type GradSink = (backend: Backend, grads: RingGrads) => void;
@@ -104,13 +117,22 @@ function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, 
   out.gradFn = (dout: DeviceTensor) => {
     checkTensor(`${c.fn} backward`, 'dout', dout, frame.ndim, frame.layouts.q);
     if (dout.shape.join() !== c.q.shape.join())
-      fail('E_SHAPE', `${c.fn} backward: dout shape (${dout.shape.join(', ')}) != out shape (${c.q.shape.join(', ')})`);
-    if (!c.inputs.some((t) => t.requiresGrad)) fail('E_ARG', `${c.fn} backward: none of the inputs requires grad`);
+      fail(
+        'E_SHAPE',
+        `${c.fn} backward: dout shape (${dout.shape.join(', ')}) != out shape (${c.q.shape.join(', ')})`,
+      );
+    if (!c.inputs.some((t) => t.requiresGrad))
+      fail('E_ARG', `${c.fn} backward: none of the inputs requires grad`);
     const d = toDtype(backend, dout, c.q);
     const grads = variant.backward(backend, a.group, frame.toKernel(d), q, k, v, fwd, a.o);
-    c.sink(backend, { dq: frame.toPublic(grads.dq), dk: frame.toPublic(grads.dk), dv: frame.toPublic(grads.dv) });
+    c.sink(backend, {
+      dq: frame.toPublic(grads.dq),
+      dk: frame.toPublic(grads.dk),
+      dv: frame.toPublic(grads.dv),
+    });
     // Free the grads no input kept (dk and dv may share one buffer).
-    for (const g of [grads.dq, grads.dk, grads.dv]) if (!c.inputs.some((t) => t.grad?.storage === g.storage)) g.storage.release();
+    for (const g of [grads.dq, grads.dk, grads.dv])
+      if (!c.inputs.some((t) => t.grad?.storage === g.storage)) g.storage.release();
     if (d !== dout) d.dispose();
   };
   // The fp32 out (when the caller got a cast) and, unless returned, the lse live until out.dispose().
@@ -129,10 +151,16 @@ export interface AttnFamily<R extends unknown[]> {
 }
 
 /** The wrappers of any family: `parse` reads the arguments after the tensors, `frame` maps the tensors. */
-export function makeFamily<O extends RingOptions, R extends unknown[]>(variant: RingVariant<O>, frame: Frame, parse: ParseArgs<O>): AttnFamily<R> {
-  const name = variant.name, suffix = variant.suffix ?? '';
+export function makeFamily<O extends RingOptions, R extends unknown[]>(
+  variant: RingVariant<O>,
+  frame: Frame,
+  parse: ParseArgs<O>,
+): AttnFamily<R> {
+  const name = variant.name,
+    suffix = variant.suffix ?? '';
   const def: FamilyDef<O> = { variant, frame, parse };
-  const L = frame.layouts, P = frame.packAxis;
+  const L = frame.layouts,
+    P = frame.packAxis;
   return {
     func(q, k, v, ...rest) {
       const fn = `${name}_func${suffix}`;
@@ -140,7 +168,12 @@ export function makeFamily<O extends RingOptions, R extends unknown[]>(variant: 
       checkTensor(fn, 'k', k, frame.ndim, L.k);
       checkTensor(fn, 'v', v, frame.ndim, L.k);
       return attend(def, {
-        fn, q, k, v, rest, inputs: [q, k, v],
+        fn,
+        q,
+        k,
+        v,
+        rest,
+        inputs: [q, k, v],
         sink: (backend, g) => {
           if (q.requiresGrad) q.grad = toDtype(backend, g.dq, q);
           if (k.requiresGrad) k.grad = toDtype(backend, g.dk, k);
@@ -154,7 +187,12 @@ export function makeFamily<O extends RingOptions, R extends unknown[]>(variant: 
       checkTensor(fn, 'kv', kv, frame.ndim + 1, L.kv);
       if (kv.shape[P] !== 2) fail('E_SHAPE', `${fn}: kv axis ${P} must be 2 (k, v), got ${kv.shape[P]}`);
       return attend(def, {
-        fn, q, k: kv.select(P, 0), v: kv.select(P, 1), rest, inputs: [q, kv],
+        fn,
+        q,
+        k: kv.select(P, 0),
+        v: kv.select(P, 1),
+        rest,
+        inputs: [q, kv],
         sink: (backend, g) => {
           if (q.requiresGrad) q.grad = toDtype(backend, g.dq, q);
           if (kv.requiresGrad) kv.grad = packGrads(backend, frame, kv, [g.dk, g.dv]);
@@ -164,9 +202,15 @@ export function makeFamily<O extends RingOptions, R extends unknown[]>(variant: 
     qkvpacked(qkv, ...rest) {
       const fn = `${name}_qkvpacked_func${suffix}`;
       checkTensor(fn, 'qkv', qkv, frame.ndim + 1, L.qkv);
-      if (qkv.shape[P] !== 3) fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${qkv.shape[P]}`);
+      if (qkv.shape[P] !== 3)
+        fail('E_SHAPE', `${fn}: qkv axis ${P} must be 3 (q, k, v), got ${qkv.shape[P]}`);
       return attend(def, {
-        fn, q: qkv.select(P, 0), k: qkv.select(P, 1), v: qkv.select(P, 2), rest, inputs: [qkv],
+        fn,
+        q: qkv.select(P, 0),
+        k: qkv.select(P, 1),
+        v: qkv.select(P, 2),
+        rest,
+        inputs: [qkv],
         sink: (backend, g) => {
           if (qkv.requiresGrad) qkv.grad = packGrads(backend, frame, qkv, [g.dq, g.dk, g.dv]);
         },
@@ -182,7 +226,10 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
     const a = parseAttnArgs(fn, rest, variant.positional);
     checkQkv(fn, q, k, v);
     if (!single && k.shape[1] !== q.shape[1])
-      fail('E_SHAPE', `${fn}: k seqlen ${k.shape[1]} != q seqlen ${q.shape[1]} (ring shards hold equal lengths)`);
+      fail(
+        'E_SHAPE',
+        `${fn}: k seqlen ${k.shape[1]} != q seqlen ${q.shape[1]} (ring shards hold equal lengths)`,
+      );
     const group = single ? currentContext().newGroup([currentContext().rank]) : resolveGroup(fn, a.group);
     return { o: ringOptions(a, q.shape[3]!), group, returnAttnProbs: a.returnAttnProbs };
   });
@@ -192,7 +239,8 @@ export function attnFamily<R extends unknown[] = RingArgs>(variant: RingVariant)
 function packGrads(backend: Backend, frame: Frame, like: DeviceTensor, parts: DeviceTensor[]): DeviceTensor {
   const grad = backend.empty(like.shape, like.dtype);
   parts.forEach((p, i) => {
-    const dst = frame.toKernel(grad.select(frame.packAxis, i)), src = frame.toKernel(p);
+    const dst = frame.toKernel(grad.select(frame.packAxis, i)),
+      src = frame.toKernel(p);
     if (p.dtype === like.dtype) backend.copy(dst, src);
     else backend.castInto(dst, src);
   });

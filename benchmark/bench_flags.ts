@@ -21,21 +21,85 @@ function soloRank(raw: string, flag: string): number | 'all' {
 }
 
 export const BENCH_FLAGS = {
-  backend: { value: 'cuda|cpu', help: 'where the ranks run', default: 'cuda when a GPU is visible, else cpu', parse: choice(['cuda', 'cpu'] as const) },
-  world: { value: 'N', help: 'ranks of the ring, one per GPU', default: 'every visible GPU on cuda, 2 on cpu', parse: integer({ min: 1 }) },
-  solo: { value: 'W', help: 'one device plays each rank of a W-rank ring in turn, transfers skipped (instead of --world)', parse: integer({ min: 1 }) },
+  backend: {
+    value: 'cuda|cpu',
+    help: 'where the ranks run',
+    default: 'cuda when a GPU is visible, else cpu',
+    parse: choice(['cuda', 'cpu'] as const),
+  },
+  world: {
+    value: 'N',
+    help: 'ranks of the ring, one per GPU',
+    default: 'every visible GPU on cuda, 2 on cpu',
+    parse: integer({ min: 1 }),
+  },
+  solo: {
+    value: 'W',
+    help: 'one device plays each rank of a W-rank ring in turn, transfers skipped (instead of --world)',
+    parse: integer({ min: 1 }),
+  },
   'solo-rank': { value: 'R|all', help: 'with --solo: play rank R only', default: 'all', parse: soloRank },
-  'solo-transfers': { value: 'none|copy-engine', help: "with --solo on cuda: copy-engine makes the solo rank's transfers same-device copies (SM copy kernels)", default: 'none', parse: choice(['none', 'copy-engine'] as const) },
-  transport: { value: 'copy-engine|nccl', help: 'how ranks communicate on cuda', default: 'copy-engine where every two GPUs have peer access, else nccl', parse: choice(['copy-engine', 'nccl'] as const) },
-  tokens: { value: 'N', help: 'tokens per rank of the dense cases (even: zigzag halves each shard)', default: '8192 on cuda, 128 on cpu', parse: integer({ min: 2, even: true }) },
-  cases: { value: 'LIST|none', help: "dense cases by index (cuda: 0 the Python project's qkvpacked shape, 1 llama3-8B; cpu: 0 a small one); none: the varlen table alone", default: 'all', parse: caseList },
-  columns: { value: 'LIST', help: `ring columns to time, of ${RING_COLUMNS.join(',')} (theoretic always runs: the percentages need it)`, default: 'all', parse: list(RING_COLUMNS, `one of ${RING_COLUMNS.join(', ')}`) },
-  modes: { value: 'LIST', help: 'of fwd,fwdbwd', default: 'fwd,fwdbwd', parse: list(['fwd', 'fwdbwd'] as const) },
+  'solo-transfers': {
+    value: 'none|copy-engine',
+    help: "with --solo on cuda: copy-engine makes the solo rank's transfers same-device copies (SM copy kernels)",
+    default: 'none',
+    parse: choice(['none', 'copy-engine'] as const),
+  },
+  transport: {
+    value: 'copy-engine|nccl',
+    help: 'how ranks communicate on cuda',
+    default: 'copy-engine where every two GPUs have peer access, else nccl',
+    parse: choice(['copy-engine', 'nccl'] as const),
+  },
+  tokens: {
+    value: 'N',
+    help: 'tokens per rank of the dense cases (even: zigzag halves each shard)',
+    default: '8192 on cuda, 128 on cpu',
+    parse: integer({ min: 2, even: true }),
+  },
+  cases: {
+    value: 'LIST|none',
+    help: "dense cases by index (cuda: 0 the Python project's qkvpacked shape, 1 llama3-8B; cpu: 0 a small one); none: the varlen table alone",
+    default: 'all',
+    parse: caseList,
+  },
+  columns: {
+    value: 'LIST',
+    help: `ring columns to time, of ${RING_COLUMNS.join(',')} (theoretic always runs: the percentages need it)`,
+    default: 'all',
+    parse: list(RING_COLUMNS, `one of ${RING_COLUMNS.join(', ')}`),
+  },
+  modes: {
+    value: 'LIST',
+    help: 'of fwd,fwdbwd',
+    default: 'fwd,fwdbwd',
+    parse: list(['fwd', 'fwdbwd'] as const),
+  },
   varlen: { value: 'on|off', help: 'the varlen table', default: 'on', parse: choice(['on', 'off'] as const) },
-  iters: { value: 'N', help: 'calls per timed repeat (a multiple of 4 cycles the varlen sets evenly)', default: '20 on cuda, 4 on cpu', parse: integer({ min: 1 }) },
-  'max-repeats': { value: 'N', help: "the warm-up's cap, in repeats", default: '8', parse: integer({ min: 1 }) },
-  settle: { value: 'X', help: 'the warm-up ends when two repeats agree within this fraction', default: '0.03', parse: decimal({ min: 0 }) },
-  out: { value: 'DIR', help: 'where the result file and its charts go', default: '$RFA_RESULTS_DIR, else benchmark/results', parse: text() },
+  iters: {
+    value: 'N',
+    help: 'calls per timed repeat (a multiple of 4 cycles the varlen sets evenly)',
+    default: '20 on cuda, 4 on cpu',
+    parse: integer({ min: 1 }),
+  },
+  'max-repeats': {
+    value: 'N',
+    help: "the warm-up's cap, in repeats",
+    default: '8',
+    parse: integer({ min: 1 }),
+  },
+  settle: {
+    value: 'X',
+    help: 'the warm-up ends when two repeats agree within this fraction',
+    default: '0.03',
+    parse: decimal({ min: 0 }),
+  },
+  out: {
+    value: 'DIR',
+    help: 'where the result file and its charts go',
+    default: '$RFA_RESULTS_DIR, else benchmark/results',
+    parse: text(),
+  },
 };
 
 export interface BenchOptions {
@@ -68,30 +132,49 @@ export function benchOptions(v: FlagValues<typeof BENCH_FLAGS>, gpus: number): B
   const backend = v.backend ?? (gpus > 0 ? 'cuda' : 'cpu');
   const onGpu = backend === 'cuda';
   const solo = v.solo !== undefined;
-  if (solo && v.world !== undefined) throw new UsageError(`--world ${v.world} and --solo ${v.solo} exclude each other (--solo W plays a W-rank ring on one device)`);
+  if (solo && v.world !== undefined)
+    throw new UsageError(
+      `--world ${v.world} and --solo ${v.solo} exclude each other (--solo W plays a W-rank ring on one device)`,
+    );
   // Without a GPU, cuda's default world of 0 would fail as a bad world: one rank lets init say what is missing.
   const world = v.solo ?? v.world ?? (onGpu ? Math.max(gpus, 1) : 2);
-  if (v['solo-rank'] !== undefined && !solo) throw new UsageError(`--solo-rank ${v['solo-rank']} needs --solo W`);
+  if (v['solo-rank'] !== undefined && !solo)
+    throw new UsageError(`--solo-rank ${v['solo-rank']} needs --solo W`);
   const rank = v['solo-rank'] ?? 'all';
-  if (rank !== 'all' && rank >= world) throw bad('--solo-rank', String(rank), `expected all or an integer in [0, ${world})`);
+  if (rank !== 'all' && rank >= world)
+    throw bad('--solo-rank', String(rank), `expected all or an integer in [0, ${world})`);
   const loopback = v['solo-transfers'] === 'copy-engine';
-  if (loopback && (!solo || !onGpu)) throw new UsageError('--solo-transfers copy-engine needs --solo W on the cuda backend');
-  if (v.transport !== undefined && !onGpu) throw new UsageError(`--transport ${v.transport}: only the cuda backend has transports`);
+  if (loopback && (!solo || !onGpu))
+    throw new UsageError('--solo-transfers copy-engine needs --solo W on the cuda backend');
+  if (v.transport !== undefined && !onGpu)
+    throw new UsageError(`--transport ${v.transport}: only the cuda backend has transports`);
   const tokens = v.tokens ?? (onGpu ? 8192 : 128);
   const all = denseCases(onGpu, tokens);
   const picked = v.cases ?? all.map((_, i) => String(i));
   const unknown = picked.filter((x) => x !== 'none' && Number(x) >= all.length);
-  if (unknown.length) throw bad('--cases', picked.join(','), `unknown ${unknown.join(', ')} (indices 0..${all.length - 1} of the dense cases on ${backend}, or none)`);
+  if (unknown.length)
+    throw bad(
+      '--cases',
+      picked.join(','),
+      `unknown ${unknown.join(', ')} (indices 0..${all.length - 1} of the dense cases on ${backend}, or none)`,
+    );
   const onlyColumns = v.columns;
   return {
-    backend, onGpu, dtype: onGpu ? 'bfloat16' : 'float32',
-    world, solo,
+    backend,
+    onGpu,
+    dtype: onGpu ? 'bfloat16' : 'float32',
+    world,
+    solo,
     soloRanks: rank !== 'all' ? [rank] : Array.from({ length: world }, (_, r) => r),
     oneSoloRank: rank === 'all' ? null : rank,
-    loopback, transport: v.transport, tokens,
+    loopback,
+    transport: v.transport,
+    tokens,
     cases: all.filter((_, i) => picked.includes(String(i))),
     modes: v.modes ?? ['fwd', 'fwdbwd'],
-    columns: COLUMNS.filter((c, i) => i === 0 || !onlyColumns || (onlyColumns as readonly string[]).includes(c.label)),
+    columns: COLUMNS.filter(
+      (c, i) => i === 0 || !onlyColumns || (onlyColumns as readonly string[]).includes(c.label),
+    ),
     varlen: (v.varlen ?? 'on') === 'on',
     iters: v.iters ?? (onGpu ? 20 : 4),
     maxRepeats: v['max-repeats'] ?? 8,

@@ -13,7 +13,11 @@ import { asSoloRank, type SoloRank } from './solo_comm.js';
 export interface BenchTask extends TimingPlan {
   name: string;
   /** Local shard dims. */
-  b: number; s: number; h: number; hk: number; d: number;
+  b: number;
+  s: number;
+  h: number;
+  hk: number;
+  d: number;
   causal: boolean;
   dtype: DType;
   backward: boolean;
@@ -30,20 +34,45 @@ export interface BenchResult {
   peakBytes: number;
 }
 
-
 export function run(ctx: RankContext, t: BenchTask): BenchResult {
   const entry = RING_FUNCTIONS[t.name];
   if (!entry) throw new Error(`unknown function ${t.name}`);
-  const mk = (shape: number[], salt: number) => ctx.tensor({ data: seededValues(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, t.backward);
-  const inputs: DeviceTensor[] = entry.packing === 'qkvpacked' ? [mk([t.b, t.s, 3, t.h, t.d], 1)]
-    : entry.packing === 'kvpacked' ? [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, 2, t.hk, t.d], 2)]
-      : [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, t.hk, t.d], 2), mk([t.b, t.s, t.hk, t.d], 3)];
-  const dout = ctx.tensor({ data: seededValues(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] }, t.dtype);
+  const mk = (shape: number[], salt: number) =>
+    ctx.tensor(
+      {
+        data: seededValues(
+          shape.reduce((x, y) => x * y, 1),
+          t.seed * 31 + ctx.rank * 7 + salt,
+        ),
+        shape,
+      },
+      t.dtype,
+      t.backward,
+    );
+  const inputs: DeviceTensor[] =
+    entry.packing === 'qkvpacked'
+      ? [mk([t.b, t.s, 3, t.h, t.d], 1)]
+      : entry.packing === 'kvpacked'
+        ? [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, 2, t.hk, t.d], 2)]
+        : [mk([t.b, t.s, t.h, t.d], 1), mk([t.b, t.s, t.hk, t.d], 2), mk([t.b, t.s, t.hk, t.d], 3)];
+  const dout = ctx.tensor(
+    { data: seededValues(t.b * t.s * t.h * t.d, 99), shape: [t.b, t.s, t.h, t.d] },
+    t.dtype,
+  );
   // The single-device column has no ring rank to play.
-  const timing = asSoloRank(ctx, entry.layout === 'single' ? undefined : t.solo, (group) => timeCalls(ctx, () => {
-    const out = entry.fn(...inputs, group ? { causal: t.causal, group } : { causal: t.causal }) as DeviceTensor;
-    finishCall(out, t.backward ? dout : null, inputs);
-  }, t));
+  const timing = asSoloRank(ctx, entry.layout === 'single' ? undefined : t.solo, (group) =>
+    timeCalls(
+      ctx,
+      () => {
+        const out = entry.fn(
+          ...inputs,
+          group ? { causal: t.causal, group } : { causal: t.causal },
+        ) as DeviceTensor;
+        finishCall(out, t.backward ? dout : null, inputs);
+      },
+      t,
+    ),
+  );
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };
 }
@@ -52,10 +81,17 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
  * The rest of one timed call after its forward returned `out`: with `dout`, the backward, whose
  * grads are dropped at once (the next call sets them again); then out goes.
  */
-export function finishCall(out: DeviceTensor, dout: DeviceTensor | null, inputs: readonly DeviceTensor[]): void {
+export function finishCall(
+  out: DeviceTensor,
+  dout: DeviceTensor | null,
+  inputs: readonly DeviceTensor[],
+): void {
   if (dout) {
     out.backward(dout);
-    for (const x of inputs) { x.grad?.dispose(); x.grad = null; }
+    for (const x of inputs) {
+      x.grad?.dispose();
+      x.grad = null;
+    }
   }
   out.dispose();
 }
@@ -75,7 +111,11 @@ export interface TimingPlan {
  * Returns this rank's seconds per repeat (the last warm-up repeat counts as the first) and the
  * number of warm-up repeats.
  */
-export function timeCalls(ctx: RankContext, once: () => void, t: TimingPlan): { repeats: number[]; warmupRepeats: number } {
+export function timeCalls(
+  ctx: RankContext,
+  once: () => void,
+  t: TimingPlan,
+): { repeats: number[]; warmupRepeats: number } {
   const repeat = () => {
     const stop = ctx.backend.startTimer();
     for (let i = 0; i < t.iters; i++) once();
@@ -88,7 +128,9 @@ export function timeCalls(ctx: RankContext, once: () => void, t: TimingPlan): { 
   // would leave its peers waiting inside a collective. Each rank shares its repeat time and all
   // of them judge the slowest rank's times.
   const slowest = slowestRepeat(ctx);
-  let mine = repeat(), prev = slowest(mine), warmupRepeats = 1;
+  let mine = repeat(),
+    prev = slowest(mine),
+    warmupRepeats = 1;
   for (; warmupRepeats < t.maxRepeats; warmupRepeats++) {
     mine = repeat();
     const cur = slowest(mine);
@@ -110,7 +152,8 @@ function slowestRepeat(ctx: RankContext): (seconds: number) => number {
     const recv = ctx.backend.empty([ctx.world], 'float32');
     comm.allGather(send, recv).wait();
     const all = ctx.backend.download(recv) as Float32Array;
-    send.dispose(); recv.dispose();
+    send.dispose();
+    recv.dispose();
     return Math.max(...all);
   };
 }

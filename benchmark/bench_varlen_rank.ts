@@ -5,7 +5,10 @@
 // (local × world) through llama3_flash_attn_prepare_cu_seqlens with heads_k_stride, as in Python;
 // the theoretic column runs flash_attn_varlen on the local shard with the local sets.
 import { maxSeqLength } from '../api/varlen/cu_seqlens.js';
-import { llama3_flash_attn_prepare_cu_seqlens, llama3_flash_attn_varlen_kvpacked_func } from '../api/varlen/llama3.js';
+import {
+  llama3_flash_attn_prepare_cu_seqlens,
+  llama3_flash_attn_varlen_kvpacked_func,
+} from '../api/varlen/llama3.js';
 import { ring_flash_attn_varlen_kvpacked_func } from '../api/varlen/ring_varlen.js';
 import { flash_attn_varlen_kvpacked_func } from '../api/varlen/single_varlen.js';
 import { zigzag_ring_flash_attn_varlen_kvpacked_func } from '../api/varlen/zigzag_ring_varlen.js';
@@ -19,7 +22,12 @@ import { seededValues } from '../runtime/random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
 /** The Python project's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
-export const PYTHON_CU_SEQLENS_SETS = [[0, 8192], [0, 256, 7648, 8192], [0, 4096, 8192], [0, 3104, 6304, 7904, 8064, 8192]];
+export const PYTHON_CU_SEQLENS_SETS = [
+  [0, 8192],
+  [0, 256, 7648, 8192],
+  [0, 4096, 8192],
+  [0, 3104, 6304, 7904, 8064, 8192],
+];
 /** @deprecated The former name, still imported by test/gpu/cuda_families.test.ts. */
 export const SEED_SETS = PYTHON_CU_SEQLENS_SETS;
 
@@ -28,7 +36,10 @@ export type VarlenColumn = 'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_va
 export interface VarlenBenchTask extends TimingPlan {
   column: VarlenColumn;
   /** Tokens per rank; h query heads, hk kv heads, head dim d. */
-  s: number; h: number; hk: number; d: number;
+  s: number;
+  h: number;
+  hk: number;
+  d: number;
   dtype: DType;
   backward: boolean;
   /** Per-rank cu_seqlens sets (each ends at s), used in turn. */
@@ -40,7 +51,13 @@ export interface VarlenBenchTask extends TimingPlan {
 }
 
 /** One call per set: the public function with the arguments the Python benchmark passes. */
-function callsFor(ctx: RankContext, t: VarlenBenchTask, group: Group | null, q: DeviceTensor, kv: DeviceTensor): (() => DeviceTensor)[] {
+function callsFor(
+  ctx: RankContext,
+  t: VarlenBenchTask,
+  group: Group | null,
+  q: DeviceTensor,
+  kv: DeviceTensor,
+): (() => DeviceTensor)[] {
   const opts = group ? { causal: true, group } : { causal: true };
   // The rank played: a solo run's, or this one of the runtime's world.
   const { rank, world } = t.solo ?? ctx;
@@ -57,7 +74,18 @@ function callsFor(ctx: RankContext, t: VarlenBenchTask, group: Group | null, q: 
       case 'llama3': {
         const global = Int32Array.from(set, (x) => x * world);
         const [cuQ, cuK, maxQ, maxK, slice] = llama3_flash_attn_prepare_cu_seqlens(global, true, rank, world);
-        return () => llama3_flash_attn_varlen_kvpacked_func(q, kv, cuQ, cuK, maxQ, maxK, t.headsKStride, slice, opts) as DeviceTensor;
+        return () =>
+          llama3_flash_attn_varlen_kvpacked_func(
+            q,
+            kv,
+            cuQ,
+            cuK,
+            maxQ,
+            maxK,
+            t.headsKStride,
+            slice,
+            opts,
+          ) as DeviceTensor;
       }
     }
   });
@@ -65,7 +93,17 @@ function callsFor(ctx: RankContext, t: VarlenBenchTask, group: Group | null, q: 
 
 export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
   const mk = (shape: number[], salt: number, grad: boolean) =>
-    ctx.tensor({ data: seededValues(shape.reduce((x, y) => x * y, 1), t.seed * 31 + ctx.rank * 7 + salt), shape }, t.dtype, grad);
+    ctx.tensor(
+      {
+        data: seededValues(
+          shape.reduce((x, y) => x * y, 1),
+          t.seed * 31 + ctx.rank * 7 + salt,
+        ),
+        shape,
+      },
+      t.dtype,
+      grad,
+    );
   const q = mk([t.s, t.h, t.d], 1, t.backward);
   const kv = mk([t.s, 2, t.hk, t.d], 2, t.backward);
   const dout = mk([t.s, t.h, t.d], 99, false);
@@ -73,7 +111,11 @@ export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
   const timing = asSoloRank(ctx, t.column === 'flash_attn_varlen' ? undefined : t.solo, (group) => {
     const calls = callsFor(ctx, t, group, q, kv);
     let i = 0;
-    return timeCalls(ctx, () => finishCall(calls[i++ % calls.length]!(), t.backward ? dout : null, [q, kv]), t);
+    return timeCalls(
+      ctx,
+      () => finishCall(calls[i++ % calls.length]!(), t.backward ? dout : null, [q, kv]),
+      t,
+    );
   });
   for (const x of [q, kv, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };

@@ -12,7 +12,11 @@ export type Shape = 'qkvpacked' | 'llama3';
 export interface DenseCase {
   title: string;
   packing: 'qkvpacked' | 'kvpacked';
-  b: number; s: number; h: number; hk: number; d: number;
+  b: number;
+  s: number;
+  h: number;
+  hk: number;
+  d: number;
 }
 
 /** The label of the single-GPU column; the percentages are of it. */
@@ -35,16 +39,42 @@ export const VARLEN_COLUMNS: readonly { label: string; column: VarlenColumn }[] 
   { label: 'llama3_varlen', column: 'llama3' },
 ];
 
-const PYTHON_SHAPE_TITLE = "Python-project qkvpacked";
+const PYTHON_SHAPE_TITLE = 'Python-project qkvpacked';
 
 /** The dense cases: on GPUs the Python project's benchmark shape and llama3-8B's; on the CPU one small one. */
 export function denseCases(onGpu: boolean, tokens: number): DenseCase[] {
   return onGpu
     ? [
-      { title: `${PYTHON_SHAPE_TITLE} (h=5, d=128)`, packing: 'qkvpacked', b: 1, s: tokens, h: 5, hk: 5, d: 128 },
-      { title: 'llama3-8B kvpacked (h=32, h_k=8, d=128)', packing: 'kvpacked', b: 1, s: tokens, h: 32, hk: 8, d: 128 },
-    ]
-    : [{ title: 'CPU backend, small (h=2, d=32)', packing: 'qkvpacked', b: 1, s: tokens, h: 2, hk: 2, d: 32 }];
+        {
+          title: `${PYTHON_SHAPE_TITLE} (h=5, d=128)`,
+          packing: 'qkvpacked',
+          b: 1,
+          s: tokens,
+          h: 5,
+          hk: 5,
+          d: 128,
+        },
+        {
+          title: 'llama3-8B kvpacked (h=32, h_k=8, d=128)',
+          packing: 'kvpacked',
+          b: 1,
+          s: tokens,
+          h: 32,
+          hk: 8,
+          d: 128,
+        },
+      ]
+    : [
+        {
+          title: 'CPU backend, small (h=2, d=32)',
+          packing: 'qkvpacked',
+          b: 1,
+          s: tokens,
+          h: 2,
+          hk: 2,
+          d: 32,
+        },
+      ];
 }
 
 /**
@@ -53,8 +83,29 @@ export function denseCases(onGpu: boolean, tokens: number): DenseCase[] {
  */
 export function varlenCase(onGpu: boolean) {
   return onGpu
-    ? { title: 'varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)', s: 8192, h: 32, hk: 8, d: 128, headsKStride: 4, sets: PYTHON_CU_SEQLENS_SETS }
-    : { title: 'varlen CPU backend, small (h=2, d=32)', s: 128, h: 2, hk: 2, d: 32, headsKStride: 1, sets: [[0, 128], [0, 32, 96, 128], [0, 64, 128], [0, 48, 80, 112, 120, 128]] };
+    ? {
+        title: 'varlen llama3-8B kvpacked (h=32, h_k=8, d=128, cu_seqlens ×4)',
+        s: 8192,
+        h: 32,
+        hk: 8,
+        d: 128,
+        headsKStride: 4,
+        sets: PYTHON_CU_SEQLENS_SETS,
+      }
+    : {
+        title: 'varlen CPU backend, small (h=2, d=32)',
+        s: 128,
+        h: 2,
+        hk: 2,
+        d: 32,
+        headsKStride: 1,
+        sets: [
+          [0, 128],
+          [0, 32, 96, 128],
+          [0, 64, 128],
+          [0, 48, 80, 112, 120, 128],
+        ],
+      };
 }
 
 /** The shape of a case title, or null for the cases without a Python counterpart (varlen, CPU). */

@@ -20,10 +20,29 @@ export interface ChartGroup {
 
 export const AXIS_MAX_PERCENT = 110;
 
-export const PALETTE = ['#9e9e9e', '#5c6bc0', '#26a69a', '#ef6c00', '#8e24aa', '#616161', '#42a5f5', '#66bb6a', '#ffa726', '#ec407a'];
-const BAR_W = 34, BAR_GAP = 10, GROUP_GAP = 40, LEFT = 50, TOP = 84, PLOT_H = 260, LINE = 14, SWATCH = 12;
+export const PALETTE = [
+  '#9e9e9e',
+  '#5c6bc0',
+  '#26a69a',
+  '#ef6c00',
+  '#8e24aa',
+  '#616161',
+  '#42a5f5',
+  '#66bb6a',
+  '#ffa726',
+  '#ec407a',
+];
+const BAR_W = 34,
+  BAR_GAP = 10,
+  GROUP_GAP = 40,
+  LEFT = 50,
+  TOP = 84,
+  PLOT_H = 260,
+  LINE = 14,
+  SWATCH = 12;
 /** Estimated text widths per character: the 11px body text, the bold 15px title. */
-const CHAR_W = 6.2, TITLE_CHAR_W = 9;
+const CHAR_W = 6.2,
+  TITLE_CHAR_W = 9;
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -32,7 +51,8 @@ function esc(s: string): string {
 /** Colours by label, in order of first appearance, so a column looks the same in every group. */
 function colours(groups: ChartGroup[], palette: readonly string[]): Map<string, string> {
   const map = new Map<string, string>();
-  for (const g of groups) for (const b of g.bars) if (!map.has(b.label)) map.set(b.label, palette[map.size % palette.length]!);
+  for (const g of groups)
+    for (const b of g.bars) if (!map.has(b.label)) map.set(b.label, palette[map.size % palette.length]!);
   return map;
 }
 
@@ -45,15 +65,28 @@ function groupWidth(g: ChartGroup): number {
 }
 
 /** `palette`: colours given to the labels in order of first appearance. */
-export function barChart(title: string, subtitle: string, groups: ChartGroup[], palette: readonly string[] = PALETTE): string {
+export function barChart(
+  title: string,
+  subtitle: string,
+  groups: ChartGroup[],
+  palette: readonly string[] = PALETTE,
+): string {
   const colour = colours(groups, palette);
-  const y = (pct: number) => TOP + PLOT_H - (Math.max(0, Math.min(pct, AXIS_MAX_PERCENT)) / AXIS_MAX_PERCENT) * PLOT_H;
+  const y = (pct: number) =>
+    TOP + PLOT_H - (Math.max(0, Math.min(pct, AXIS_MAX_PERCENT)) / AXIS_MAX_PERCENT) * PLOT_H;
   const widths = groups.map(groupWidth);
   const titleLines = Math.max(1, ...groups.map((g) => g.title.split('\n').length));
   const legendTop = TOP + PLOT_H + 18 + titleLines * LINE;
   const clipped = groups.some((g) => g.bars.some((b) => b.percent > AXIS_MAX_PERCENT));
   const sub = `${subtitle}${clipped ? `; a bar past ${AXIS_MAX_PERCENT}% is drawn broken, its share written above it` : ''}`;
-  const width = Math.max(widths.reduce((a, b) => a + b, 0), title.length * TITLE_CHAR_W, sub.length * CHAR_W) + LEFT + 20;
+  const width =
+    Math.max(
+      widths.reduce((a, b) => a + b, 0),
+      title.length * TITLE_CHAR_W,
+      sub.length * CHAR_W,
+    ) +
+    LEFT +
+    20;
   const height = legendTop + Math.max(0, ...groups.map((g) => g.bars.length)) * LINE + 16;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
@@ -69,25 +102,42 @@ export function barChart(title: string, subtitle: string, groups: ChartGroup[], 
   groups.forEach((g, gi) => {
     parts.push(`<g class="group" data-title="${esc(g.title)}">`);
     g.bars.forEach((b, bi) => {
-      const x = x0 + bi * (BAR_W + BAR_GAP), top = y(b.percent), fill = colour.get(b.label)!;
+      const x = x0 + bi * (BAR_W + BAR_GAP),
+        top = y(b.percent),
+        fill = colour.get(b.label)!;
       const over = b.percent > AXIS_MAX_PERCENT;
       parts.push(`<g class="bar${over ? ' clipped' : ''}" data-label="${esc(b.label)}">`);
       const share = `${b.percent.toFixed(1)}%`;
       parts.push(`<title>${esc(`${b.label}: ${b.note}${b.note === share ? '' : ` (${share})`}`)}</title>`);
-      parts.push(`<rect x="${x}" y="${top}" width="${BAR_W}" height="${TOP + PLOT_H - top}" fill="${fill}"/>`);
+      parts.push(
+        `<rect x="${x}" y="${top}" width="${BAR_W}" height="${TOP + PLOT_H - top}" fill="${fill}"/>`,
+      );
       if (over) {
         // Two white strokes across the bar near its top: the usual mark of a broken axis.
-        for (const dy of [10, 16]) parts.push(`<path class="break" d="M${x - 2},${top + dy + 4} L${x + BAR_W + 2},${top + dy - 4}" stroke="white" stroke-width="3"/>`);
-        parts.push(`<text x="${x + BAR_W / 2}" y="${top - 18}" text-anchor="middle" fill="#c62828" font-weight="bold">↑${b.percent.toFixed(1)}%</text>`);
+        for (const dy of [10, 16])
+          parts.push(
+            `<path class="break" d="M${x - 2},${top + dy + 4} L${x + BAR_W + 2},${top + dy - 4}" stroke="white" stroke-width="3"/>`,
+          );
+        parts.push(
+          `<text x="${x + BAR_W / 2}" y="${top - 18}" text-anchor="middle" fill="#c62828" font-weight="bold">↑${b.percent.toFixed(1)}%</text>`,
+        );
       }
       parts.push(`<text x="${x + BAR_W / 2}" y="${top - 4}" text-anchor="middle">${esc(b.note)}</text>`);
       parts.push('</g>');
     });
     const cx = x0 + (widths[gi]! - GROUP_GAP) / 2;
-    g.title.split('\n').forEach((line, li) => parts.push(`<text x="${cx}" y="${TOP + PLOT_H + 18 + li * LINE}" text-anchor="middle">${esc(line)}</text>`));
+    g.title
+      .split('\n')
+      .forEach((line, li) =>
+        parts.push(
+          `<text x="${cx}" y="${TOP + PLOT_H + 18 + li * LINE}" text-anchor="middle">${esc(line)}</text>`,
+        ),
+      );
     g.bars.forEach((b, bi) => {
       const ly = legendTop + bi * LINE;
-      parts.push(`<rect class="legend" x="${x0}" y="${ly - 10}" width="${SWATCH}" height="${SWATCH}" fill="${colour.get(b.label)}"/>`);
+      parts.push(
+        `<rect class="legend" x="${x0}" y="${ly - 10}" width="${SWATCH}" height="${SWATCH}" fill="${colour.get(b.label)}"/>`,
+      );
       parts.push(`<text class="legend" x="${x0 + SWATCH + 4}" y="${ly}">${esc(b.label)}</text>`);
     });
     parts.push('</g>');

@@ -14,7 +14,9 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 };
 
 async function overview(): Promise<string> {
-  const commands = await Promise.all(Object.entries(COMMANDS).map(async ([name, load]) => [name, (await load()).summary] as const));
+  const commands = await Promise.all(
+    Object.entries(COMMANDS).map(async ([name, load]) => [name, (await load()).summary] as const),
+  );
   const width = Math.max(...commands.map(([n]) => n.length));
   return [
     `usage: ${PROGRAM} <command> [flags]`,
@@ -27,7 +29,9 @@ async function overview(): Promise<string> {
 }
 
 function version(): string {
-  const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 
@@ -43,9 +47,12 @@ async function main(argv: string[]): Promise<number> {
   }
   const load = first === undefined ? undefined : COMMANDS[first];
   if (!load) {
-    const why = first === undefined ? 'missing the command'
-      : first.startsWith('-') ? `unknown flag ${first} (flags follow the command: ${PROGRAM} bench ${first})`
-      : `unknown command ${first} (one of ${Object.keys(COMMANDS).join(', ')})`;
+    const why =
+      first === undefined
+        ? 'missing the command'
+        : first.startsWith('-')
+          ? `unknown flag ${first} (flags follow the command: ${PROGRAM} bench ${first})`
+          : `unknown command ${first} (one of ${Object.keys(COMMANDS).join(', ')})`;
     return reportFailure(PROGRAM, new UsageError(why));
   }
   return runCommand(await load(), rest);

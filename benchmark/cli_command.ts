@@ -5,7 +5,14 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { RingFlashAttnError } from '../runtime/errors.js';
-import { parseFlags, usage, UsageError, type FlagSpecs, type FlagValues, type Positionals } from './cli_flags.js';
+import {
+  parseFlags,
+  usage,
+  UsageError,
+  type FlagSpecs,
+  type FlagValues,
+  type Positionals,
+} from './cli_flags.js';
 
 export const PROGRAM = 'ring-flash-attn';
 
@@ -25,7 +32,12 @@ export interface Command<F extends FlagSpecs = FlagSpecs> {
 export function commandUsage<F extends FlagSpecs>(cmd: Command<F>): string {
   const synopsis = `${PROGRAM} ${cmd.name} [flags]${cmd.positionals ? ` ${cmd.positionals.usage}` : ''}`;
   const summary = `${cmd.summary[0]!.toUpperCase()}${cmd.summary.slice(1)}.`;
-  return usage(synopsis, cmd.description ? `${summary}\n${cmd.description}` : summary, cmd.flags, cmd.positionals);
+  return usage(
+    synopsis,
+    cmd.description ? `${summary}\n${cmd.description}` : summary,
+    cmd.flags,
+    cmd.positionals,
+  );
 }
 
 /** One line for an error: message lines joined, so a log shows it whole. */
@@ -40,7 +52,14 @@ export function reportFailure(prefix: string, e: unknown): number {
     return 2;
   }
   const err = e as { code?: unknown; name?: unknown; message?: unknown; stack?: unknown } | undefined;
-  const code = e instanceof RingFlashAttnError ? e.code : typeof err?.code === 'string' ? err.code : typeof err?.name === 'string' ? err.name : 'Error';
+  const code =
+    e instanceof RingFlashAttnError
+      ? e.code
+      : typeof err?.code === 'string'
+        ? err.code
+        : typeof err?.name === 'string'
+          ? err.name
+          : 'Error';
   const message = typeof err?.message === 'string' ? err.message : String(e);
   console.error(`${prefix}: ${code}: ${oneLine(message)}`);
   if (process.env.RFA_DEBUG === '1' && typeof err?.stack === 'string') console.error(err.stack);

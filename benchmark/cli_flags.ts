@@ -60,7 +60,8 @@ function distance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    for (let j = 1; j <= b.length; j++)
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
     prev = cur;
   }
   return prev[b.length]!;
@@ -72,11 +73,19 @@ function nearest(name: string, known: string[]): string {
 }
 
 /** Parses `argv` against `flags`; `--help`/`-h` anywhere wins over every other check. */
-export function parseFlags<F extends FlagSpecs>(argv: string[], flags: F, positionals?: Positionals): ParsedLine<F> {
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean', short: 'h' } };
-  for (const [name, f] of Object.entries(flags)) options[name] = { type: isValueFlag(f) ? 'string' : 'boolean' };
+export function parseFlags<F extends FlagSpecs>(
+  argv: string[],
+  flags: F,
+  positionals?: Positionals,
+): ParsedLine<F> {
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
+    help: { type: 'boolean', short: 'h' },
+  };
+  for (const [name, f] of Object.entries(flags))
+    options[name] = { type: isValueFlag(f) ? 'string' : 'boolean' };
   const { tokens } = parseArgs({ args: argv, options, strict: false, allowPositionals: true, tokens: true });
-  if (tokens.some((t) => t.kind === 'option' && t.name === 'help')) return { help: true, values: {}, positionals: [] };
+  if (tokens.some((t) => t.kind === 'option' && t.name === 'help'))
+    return { help: true, values: {}, positionals: [] };
   const values: Record<string, unknown> = {};
   const rest: string[] = [];
   tokens.forEach((t, i) => {
@@ -89,7 +98,9 @@ export function parseFlags<F extends FlagSpecs>(argv: string[], flags: F, positi
     if (!spec) {
       const next = tokens[i + 1];
       const value = t.value ?? (next?.kind === 'positional' ? next.value : undefined);
-      throw new UsageError(`unknown flag ${t.rawName}${value !== undefined ? ` ${quote(value)}` : ''}${nearest(t.name, Object.keys(flags))}`);
+      throw new UsageError(
+        `unknown flag ${t.rawName}${value !== undefined ? ` ${quote(value)}` : ''}${nearest(t.name, Object.keys(flags))}`,
+      );
     }
     if (!isValueFlag(spec)) {
       if (t.inlineValue) throw new UsageError(`${t.rawName}=${t.value}: ${t.rawName} takes no value`);
@@ -98,17 +109,28 @@ export function parseFlags<F extends FlagSpecs>(argv: string[], flags: F, positi
     }
     // Non-strict parseArgs takes the next word as the value even when it is a flag.
     if (t.value === undefined || (!t.inlineValue && t.value.startsWith('--')))
-      throw new UsageError(`${t.rawName}: missing its value (${spec.value})${t.value ? `, got the flag ${t.value}` : ''}`);
+      throw new UsageError(
+        `${t.rawName}: missing its value (${spec.value})${t.value ? `, got the flag ${t.value}` : ''}`,
+      );
     values[t.name] = spec.parse(t.value, t.rawName);
   });
-  const min = positionals?.min ?? 0, max = positionals?.max ?? 0;
-  if (rest.length > max) throw new UsageError(`unexpected argument ${quote(rest[max]!)}${max === 0 ? ' (this command takes flags only)' : ''}`);
+  const min = positionals?.min ?? 0,
+    max = positionals?.max ?? 0;
+  if (rest.length > max)
+    throw new UsageError(
+      `unexpected argument ${quote(rest[max]!)}${max === 0 ? ' (this command takes flags only)' : ''}`,
+    );
   if (rest.length < min) throw new UsageError(`missing ${positionals!.usage}`);
   return { help: false, values: values as FlagValues<F>, positionals: rest };
 }
 
 /** The usage text: a synopsis, the description, then one line per flag with its default. */
-export function usage(synopsis: string, description: string, flags: FlagSpecs, positionals?: Positionals): string {
+export function usage(
+  synopsis: string,
+  description: string,
+  flags: FlagSpecs,
+  positionals?: Positionals,
+): string {
   const rows: [string, string][] = [];
   if (positionals) rows.push([positionals.usage, positionals.help]);
   for (const [name, f] of Object.entries(flags)) {
@@ -119,18 +141,30 @@ export function usage(synopsis: string, description: string, flags: FlagSpecs, p
   rows.push(['--help, -h', 'print this and exit']);
   const width = Math.max(...rows.map(([l]) => l.length));
   const flagsTitle = positionals ? 'arguments and flags:' : 'flags:';
-  return [`usage: ${synopsis}`, '', description, '', flagsTitle, ...rows.map(([l, r]) => `  ${l.padEnd(width)}  ${r}`)].join('\n');
+  return [
+    `usage: ${synopsis}`,
+    '',
+    description,
+    '',
+    flagsTitle,
+    ...rows.map(([l, r]) => `  ${l.padEnd(width)}  ${r}`),
+  ].join('\n');
 }
 
 // Value parsers. Each returns the `parse` of a ValueFlag.
 
 /** An integer in [min, max]; `even` for sizes that are halved. */
-export function integer(o: { min: number; max?: number; even?: boolean }): (raw: string, flag: string) => number {
+export function integer(o: {
+  min: number;
+  max?: number;
+  even?: boolean;
+}): (raw: string, flag: string) => number {
   const range = o.max === undefined ? `>= ${o.min}` : `in [${o.min}, ${o.max}]`;
   const expected = `expected ${o.even ? 'an even' : 'an'} integer ${range}`;
   return (raw, flag) => {
     const x = Number(raw);
-    if (!/^[+-]?\d+$/.test(raw) || x < o.min || (o.max !== undefined && x > o.max) || (o.even && x % 2 !== 0)) throw bad(flag, raw, expected);
+    if (!/^[+-]?\d+$/.test(raw) || x < o.min || (o.max !== undefined && x > o.max) || (o.even && x % 2 !== 0))
+      throw bad(flag, raw, expected);
     return x;
   };
 }
@@ -139,7 +173,8 @@ export function integer(o: { min: number; max?: number; even?: boolean }): (raw:
 export function decimal(o: { min: number }): (raw: string, flag: string) => number {
   return (raw, flag) => {
     const x = Number(raw);
-    if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw) || !Number.isFinite(x) || x < o.min) throw bad(flag, raw, `expected a number >= ${o.min}`);
+    if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw) || !Number.isFinite(x) || x < o.min)
+      throw bad(flag, raw, `expected a number >= ${o.min}`);
     return x;
   };
 }
@@ -147,13 +182,17 @@ export function decimal(o: { min: number }): (raw: string, flag: string) => numb
 /** One of `choices`. */
 export function choice<T extends string>(choices: readonly T[]): (raw: string, flag: string) => T {
   return (raw, flag) => {
-    if (!(choices as readonly string[]).includes(raw)) throw bad(flag, raw, `expected one of ${choices.join(', ')}`);
+    if (!(choices as readonly string[]).includes(raw))
+      throw bad(flag, raw, `expected one of ${choices.join(', ')}`);
     return raw as T;
   };
 }
 
 /** A comma-separated list, every item one of `choices` (`what` names them in the message), no item twice. */
-export function list<T extends string>(choices: readonly T[], what = choices.join(', ')): (raw: string, flag: string) => T[] {
+export function list<T extends string>(
+  choices: readonly T[],
+  what = choices.join(', '),
+): (raw: string, flag: string) => T[] {
   return (raw, flag) => {
     const items = raw.split(',');
     const unknown = items.filter((x) => !(choices as readonly string[]).includes(x));

@@ -13,19 +13,31 @@ import { newestWorld4, readResult, resultsDir } from './result_files.js';
 
 export const ZIGZAG_BAR = 0.95;
 
-interface Row { case: string; mode: string; column: string; iterPerSecPerRank: number }
-export interface Report { machine: string; backend: string; world: number; results: Row[] }
+interface Row {
+  case: string;
+  mode: string;
+  column: string;
+  iterPerSecPerRank: number;
+}
+export interface Report {
+  machine: string;
+  backend: string;
+  world: number;
+  results: Row[];
+}
 
 /** One line per cell with a target, then the verdict; `met` is true only for a 4-GPU run that passes every check. */
 export function checkTargets(r: Report): { lines: string[]; met: boolean } {
   const lines: string[] = [];
-  let ok = true, cells = 0;
+  let ok = true,
+    cells = 0;
   const solo = r.machine.startsWith('solo');
   for (const shape of ['qkvpacked', 'llama3'] as const) {
     for (const mode of ['fwd', 'fwdbwd'] as const) {
       const rows = r.results.filter((x) => shapeOf(x.case) === shape && x.mode === mode);
       // The JSON keeps the single-GPU column's own rate; the table's theoretic is that ÷ world.
-      const value = (x: Row) => (x.column === THEORETIC ? x.iterPerSecPerRank / r.world : x.iterPerSecPerRank);
+      const value = (x: Row) =>
+        x.column === THEORETIC ? x.iterPerSecPerRank / r.world : x.iterPerSecPerRank;
       const theoreticRow = rows.find((x) => x.column === THEORETIC);
       const theoretic = theoreticRow ? value(theoreticRow) : NaN;
       for (const row of rows) {
@@ -40,7 +52,9 @@ export function checkTargets(r: Report): { lines: string[]; met: boolean } {
         if (row.column === 'zigzag_ring') {
           const high = pct >= ZIGZAG_BAR;
           ok &&= high;
-          checks.push(`${(pct * 100).toFixed(1)}% of theoretic ${high ? '>=' : 'BELOW'} ${ZIGZAG_BAR * 100}%`);
+          checks.push(
+            `${(pct * 100).toFixed(1)}% of theoretic ${high ? '>=' : 'BELOW'} ${ZIGZAG_BAR * 100}%`,
+          );
           // Information only (the bar is world 4's): Python's world-2 share on the same shape.
           if (r.world === 2) {
             const py = PYTHON_X2_ZIGZAG[shape][mode];
@@ -49,16 +63,35 @@ export function checkTargets(r: Report): { lines: string[]; met: boolean } {
         }
         if (checks.length === 0) continue;
         cells++;
-        lines.push(`${shape} ${mode === 'fwd' ? 'fwd' : 'fwd+bwd'} ${row.column}: ${value(row).toFixed(1)} it/s, ${checks.join(', ')}`);
+        lines.push(
+          `${shape} ${mode === 'fwd' ? 'fwd' : 'fwd+bwd'} ${row.column}: ${value(row).toFixed(1)} it/s, ${checks.join(', ')}`,
+        );
       }
     }
   }
-  const complete = cells === 16;  // 4 columns with targets × 2 modes × 2 shapes
+  const complete = cells === 16; // 4 columns with targets × 2 modes × 2 shapes
   const met = ok && complete && r.world === 4 && r.backend === 'cuda' && !solo;
-  const why = !complete ? `only ${cells} of 16 cells present` : r.backend !== 'cuda' ? 'not a GPU run'
-    : solo ? 'a solo run (transfers skipped): a ceiling, not the verdict' : r.world !== 4 ? `world ${r.world}, the bar is set at world 4` : '';
-  if (cells === 0) lines.push("verdict: no cell with a target here (the Python project's qkvpacked and llama3-8B shapes of a GPU run)");
-  else lines.push(met ? 'verdict: every target met (world 4)' : ok && why ? `verdict: every present cell passes, but ${why}` : `verdict: targets NOT met${why ? ` (${why})` : ''}`);
+  const why = !complete
+    ? `only ${cells} of 16 cells present`
+    : r.backend !== 'cuda'
+      ? 'not a GPU run'
+      : solo
+        ? 'a solo run (transfers skipped): a ceiling, not the verdict'
+        : r.world !== 4
+          ? `world ${r.world}, the bar is set at world 4`
+          : '';
+  if (cells === 0)
+    lines.push(
+      "verdict: no cell with a target here (the Python project's qkvpacked and llama3-8B shapes of a GPU run)",
+    );
+  else
+    lines.push(
+      met
+        ? 'verdict: every target met (world 4)'
+        : ok && why
+          ? `verdict: every present cell passes, but ${why}`
+          : `verdict: targets NOT met${why ? ` (${why})` : ''}`,
+    );
   return { lines, met };
 }
 
@@ -76,10 +109,16 @@ function printTargets(file: string | undefined): void {
 
 export const targetsCommand: Command = {
   name: 'bench:targets',
-  summary: "a README-table result against the README-table issue's bar (zigzag >= 95% of theoretic at world 4, every cell above the Python project's)",
+  summary:
+    "a README-table result against the README-table issue's bar (zigzag >= 95% of theoretic at world 4, every cell above the Python project's)",
   description: 'Reports and exits 0 whether the bar is met or not.',
   flags: {},
-  positionals: { usage: '[FILE]', help: 'a result file (default: the newest cuda world-4 result in $RFA_RESULTS_DIR, else benchmark/results)', min: 0, max: 1 },
+  positionals: {
+    usage: '[FILE]',
+    help: 'a result file (default: the newest cuda world-4 result in $RFA_RESULTS_DIR, else benchmark/results)',
+    min: 0,
+    max: 1,
+  },
   run: (_, files) => printTargets(files[0]),
 };
 

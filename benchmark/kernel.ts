@@ -8,7 +8,12 @@ import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
 import { bad, text, UsageError } from './cli_flags.js';
 import type { KernelTask } from './kernel_rank.js';
 
-interface Shape { name: string; s: number; h: number; hk: number }
+interface Shape {
+  name: string;
+  s: number;
+  h: number;
+  hk: number;
+}
 const SHAPES: Shape[] = [
   { name: 's=8192 h=5', s: 8192, h: 5, hk: 5 },
   { name: 's=8192 h=32 h_k=8', s: 8192, h: 32, hk: 8 },
@@ -16,8 +21,15 @@ const SHAPES: Shape[] = [
 ];
 
 /** fp64 attention of the last `rows` query rows of head 0 (batch 0). */
-function referenceRows(x: { q: Float32Array; k: Float32Array; v: Float32Array }, s: number, d: number, rows: number, causal: boolean) {
-  const out = new Float64Array(rows * d), lse = new Float64Array(rows);
+function referenceRows(
+  x: { q: Float32Array; k: Float32Array; v: Float32Array },
+  s: number,
+  d: number,
+  rows: number,
+  causal: boolean,
+) {
+  const out = new Float64Array(rows * d),
+    lse = new Float64Array(rows);
   const scale = 1 / Math.sqrt(d);
   for (let r = 0; r < rows; r++) {
     const i = s - rows + r;
@@ -42,7 +54,12 @@ function referenceRows(x: { q: Float32Array; k: Float32Array; v: Float32Array },
 }
 
 const KERNEL_FLAGS = {
-  shape: { value: 'TEXT', help: `time only the shapes whose name contains TEXT (of: ${SHAPES.map((x) => x.name).join('; ')})`, default: 'every shape', parse: text() },
+  shape: {
+    value: 'TEXT',
+    help: `time only the shapes whose name contains TEXT (of: ${SHAPES.map((x) => x.name).join('; ')})`,
+    default: 'every shape',
+    parse: text(),
+  },
   deterministic: { help: 'time the deterministic backward (dQ parts added in key-tile order)' },
 };
 
@@ -52,26 +69,49 @@ async function kernelTable(only: string | undefined, deterministic: boolean) {
   const rt = await init({ backend: 'cuda', world: 1 });
   const d = 128;
   if (deterministic) console.log('backward: deterministic (dQ parts added in key-tile order)\n');
-  console.log('| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |');
+  console.log(
+    '| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |',
+  );
   console.log('|---|---|---|---|---|---|---|---|');
   try {
     for (const sh of shapes)
       for (const causal of [true, false]) {
         const iters = sh.s > 10000 ? 2 : 10;
-        const task: KernelTask = { b: 1, s: sh.s, h: sh.h, hk: sh.hk, d, causal, iters, repeats: 5, deterministic };
-        const [r] = (await rt.runEach(new URL('./kernel_rank.js', import.meta.url).href, 'run', [task], [0])) as any[];
+        const task: KernelTask = {
+          b: 1,
+          s: sh.s,
+          h: sh.h,
+          hk: sh.hk,
+          d,
+          causal,
+          iters,
+          repeats: 5,
+          deterministic,
+        };
+        const [r] = (await rt.runEach(
+          new URL('./kernel_rank.js', import.meta.url).href,
+          'run',
+          [task],
+          [0],
+        )) as any[];
         const flop = 2 * sh.h * sh.s * sh.s * d * (causal ? 1 : 2);
         const ref = referenceRows(r.sample, sh.s, d, r.sample.rows, causal);
-        let num = 0, den = 0, lseErr = 0;
+        let num = 0,
+          den = 0,
+          lseErr = 0;
         for (let row = 0; row < r.sample.rows; row++) {
           for (let c = 0; c < d; c++) {
-            const got = r.sample.out[row * d + c], want = ref.out[row * d + c]!;
-            num += (got - want) ** 2; den += want ** 2;
+            const got = r.sample.out[row * d + c],
+              want = ref.out[row * d + c]!;
+            num += (got - want) ** 2;
+            den += want ** 2;
           }
           lseErr = Math.max(lseErr, Math.abs(r.sample.lse[row] - ref.lse[row]!));
         }
         const err = Math.sqrt(num / den);
-        console.log(`| ${sh.name} | ${causal} | ${(1 / r.fwd.median).toFixed(1)} | ${((flop / r.fwd.median) / 1e12).toFixed(1)} | ${(1 / r.fwdbwd.median).toFixed(1)} | ${((3.5 * flop / r.fwdbwd.median) / 1e12).toFixed(1)} | ${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`);
+        console.log(
+          `| ${sh.name} | ${causal} | ${(1 / r.fwd.median).toFixed(1)} | ${(flop / r.fwd.median / 1e12).toFixed(1)} | ${(1 / r.fwdbwd.median).toFixed(1)} | ${((3.5 * flop) / r.fwdbwd.median / 1e12).toFixed(1)} | ${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`,
+        );
       }
   } finally {
     await rt.close();
@@ -80,12 +120,19 @@ async function kernelTable(only: string | undefined, deterministic: boolean) {
 
 export const kernelCommand: Command<typeof KERNEL_FLAGS> = {
   name: 'bench:kernel',
-  summary: 'our single-GPU kernel at the kernel-speed issue\'s shapes: iter/s and TFLOP/s, checked against fp64',
+  summary:
+    "our single-GPU kernel at the kernel-speed issue's shapes: iter/s and TFLOP/s, checked against fp64",
   description: 'Needs a GPU (the cuda backend).',
   flags: KERNEL_FLAGS,
-  positionals: { usage: '[SHAPE]', help: "the same as --shape SHAPE (the recipes in benchmark/RESULTS.md pass it so)", min: 0, max: 1 },
+  positionals: {
+    usage: '[SHAPE]',
+    help: 'the same as --shape SHAPE (the recipes in benchmark/RESULTS.md pass it so)',
+    min: 0,
+    max: 1,
+  },
   run: (v, [shape]) => {
-    if (shape !== undefined && v.shape !== undefined) throw new UsageError(`${shape} and --shape ${v.shape}: give the shape once`);
+    if (shape !== undefined && v.shape !== undefined)
+      throw new UsageError(`${shape} and --shape ${v.shape}: give the shape once`);
     return kernelTable(v.shape ?? shape, v.deterministic === true);
   },
 };

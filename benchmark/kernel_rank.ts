@@ -9,7 +9,11 @@ import { finishCall } from './bench_rank.js';
 import { seededValues } from '../runtime/random.js';
 
 export interface KernelTask {
-  b: number; s: number; h: number; hk: number; d: number;
+  b: number;
+  s: number;
+  h: number;
+  hk: number;
+  d: number;
   causal: boolean;
   iters: number;
   repeats: number;
@@ -17,18 +21,39 @@ export interface KernelTask {
   deterministic?: boolean;
 }
 
-
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 
 export function run(ctx: RankContext, t: KernelTask) {
   const be = ctx.backend;
-  const q = ctx.tensor({ data: seededValues(t.b * t.s * t.h * t.d, 1), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16', true);
-  const k = ctx.tensor({ data: seededValues(t.b * t.s * t.hk * t.d, 2), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
-  const v = ctx.tensor({ data: seededValues(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] }, 'bfloat16', true);
-  const dout = ctx.tensor({ data: seededValues(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] }, 'bfloat16');
+  const q = ctx.tensor(
+    { data: seededValues(t.b * t.s * t.h * t.d, 1), shape: [t.b, t.s, t.h, t.d] },
+    'bfloat16',
+    true,
+  );
+  const k = ctx.tensor(
+    { data: seededValues(t.b * t.s * t.hk * t.d, 2), shape: [t.b, t.s, t.hk, t.d] },
+    'bfloat16',
+    true,
+  );
+  const v = ctx.tensor(
+    { data: seededValues(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] },
+    'bfloat16',
+    true,
+  );
+  const dout = ctx.tensor(
+    { data: seededValues(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] },
+    'bfloat16',
+  );
   const time = (backward: boolean) => {
-    const once = () => finishCall(flash_attn_func(q, k, v, { causal: t.causal, deterministic: t.deterministic === true }) as DeviceTensor,
-      backward ? dout : null, [q, k, v]);
+    const once = () =>
+      finishCall(
+        flash_attn_func(q, k, v, {
+          causal: t.causal,
+          deterministic: t.deterministic === true,
+        }) as DeviceTensor,
+        backward ? dout : null,
+        [q, k, v],
+      );
     once();
     be.sync();
     const secs: number[] = [];
@@ -42,19 +67,34 @@ export function run(ctx: RankContext, t: KernelTask) {
   const fwd = time(false);
   const fwdbwd = time(true);
   // Accuracy sample: the last rows (they see the most keys under causal) of head 0, batch 0.
-  const [out, lse] = flash_attn_func(q, k, v, { causal: t.causal, return_attn_probs: true }) as [DeviceTensor, DeviceTensor, null];
+  const [out, lse] = flash_attn_func(q, k, v, { causal: t.causal, return_attn_probs: true }) as [
+    DeviceTensor,
+    DeviceTensor,
+    null,
+  ];
   const outHost = toFloat32(be.download(out), out.dtype);
   const lseHost = be.download(lse) as Float32Array;
   const rows = Math.min(16, t.s);
   // Head 0 of batch 0 as dense (seqlen, d) float32.
-  const head0 = (x: DeviceTensor, heads: number, from: number, n: number, data = toFloat32(be.download(x), x.dtype)) => {
+  const head0 = (
+    x: DeviceTensor,
+    heads: number,
+    from: number,
+    n: number,
+    data = toFloat32(be.download(x), x.dtype),
+  ) => {
     const outRows = new Float32Array(n * t.d);
-    for (let i = 0; i < n; i++) outRows.set(data.subarray(((from + i) * heads) * t.d, ((from + i) * heads) * t.d + t.d), i * t.d);
+    for (let i = 0; i < n; i++)
+      outRows.set(data.subarray((from + i) * heads * t.d, (from + i) * heads * t.d + t.d), i * t.d);
     return outRows;
   };
   const sample = {
-    q: head0(q, t.h, t.s - rows, rows), k: head0(k, t.hk, 0, t.s), v: head0(v, t.hk, 0, t.s),
-    out: head0(out, t.h, t.s - rows, rows, outHost), lse: lseHost.slice(t.s - rows, t.s), rows,
+    q: head0(q, t.h, t.s - rows, rows),
+    k: head0(k, t.hk, 0, t.s),
+    v: head0(v, t.hk, 0, t.s),
+    out: head0(out, t.h, t.s - rows, rows, outHost),
+    lse: lseHost.slice(t.s - rows, t.s),
+    rows,
   };
   for (const x of [q, k, v, dout, out, lse]) x.dispose();
   return { fwd, fwdbwd, sample, peakBytes: be.peakBytes() };

@@ -21,7 +21,13 @@ export const PYTHON_X4: Record<Shape, Record<Mode, Cells>> = {
 /** The Python project's README table (benchmark_qkvpacked_func.py on 8×H800, forward only), iter/s per rank. */
 export const PYTHON_README_H800: Partial<Record<Shape, Partial<Record<Mode, Cells>>>> = {
   qkvpacked: {
-    fwd: { [THEORETIC]: 302.3, ring_attn: 208.8, ring_attn_v2: 208.0, zigzag_ring: 283.0, stripe_attn: 259.6 },
+    fwd: {
+      [THEORETIC]: 302.3,
+      ring_attn: 208.8,
+      ring_attn_v2: 208.0,
+      zigzag_ring: 283.0,
+      stripe_attn: 259.6,
+    },
   },
 };
 
@@ -39,7 +45,8 @@ export interface PythonShare {
 }
 
 function shareOf(cells: Cells | undefined, column: string): number | undefined {
-  const value = cells?.[column], theoretic = cells?.[THEORETIC];
+  const value = cells?.[column],
+    theoretic = cells?.[THEORETIC];
   return value === undefined || theoretic === undefined ? undefined : value / theoretic;
 }
 
@@ -50,5 +57,7 @@ export function pythonShares(shape: Shape, mode: Mode, column: string): PythonSh
     ['Python 4×H200', shareOf(PYTHON_X4[shape][mode], column)],
     ['Python world 2', column === 'zigzag_ring' ? PYTHON_X2_ZIGZAG[shape][mode] : undefined],
   ];
-  return found.filter((f): f is [string, number] => f[1] !== undefined).map(([source, share]) => ({ source, share }));
+  return found
+    .filter((f): f is [string, number] => f[1] !== undefined)
+    .map(([source, share]) => ({ source, share }));
 }

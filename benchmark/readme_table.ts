@@ -31,7 +31,14 @@ import { Progress } from './progress.js';
 import { pythonChart, tableChart, type ResultRow } from './report_charts.js';
 import { chartFiles, displayPath, resultStamp } from './result_files.js';
 
-interface Cell { label: string; iterPerSec: number; spread: number; tflops: number; peakGiB: number; slowestSoloRank?: number }
+interface Cell {
+  label: string;
+  iterPerSec: number;
+  spread: number;
+  tflops: number;
+  peakGiB: number;
+  slowestSoloRank?: number;
+}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -42,23 +49,50 @@ async function readmeTable(o: BenchOptions): Promise<void> {
   const transport = rt.transport;
   const denseModule = new URL('./bench_rank.js', import.meta.url).href;
   const varlenModule = new URL('./bench_varlen_rank.js', import.meta.url).href;
-  const device = onGpu ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})` : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
-  const soloWho = o.oneSoloRank !== null ? `rank ${o.oneSoloRank} of ${world}` : `each rank of ${world} in turn (the slowest reported)`;
-  const machine = solo ? `solo: ${soloWho} alone on one ${device}, ${o.loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}` : onGpu ? `${world}× ${device}, ${transport} transfers` : `${device}, world ${world}`;
-  const progress = new Progress(o.modes.length * (o.cases.length * o.columns.length + (o.varlen ? VARLEN_COLUMNS.length : 0)));
-  progress.print(`# ring-flash-attn README table — ${machine}, ${o.dtype}, causal, ${o.tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`);
+  const device = onGpu
+    ? `GPU (${process.env.RFA_GPU_NAME ?? 'NVIDIA H200'})`
+    : `CPU backend, ${os.cpus().length} cores (not a GPU figure)`;
+  const soloWho =
+    o.oneSoloRank !== null
+      ? `rank ${o.oneSoloRank} of ${world}`
+      : `each rank of ${world} in turn (the slowest reported)`;
+  const machine = solo
+    ? `solo: ${soloWho} alone on one ${device}, ${o.loopback ? 'transfers as same-device copies (SM copy kernels)' : 'transfers skipped'}`
+    : onGpu
+      ? `${world}× ${device}, ${transport} transfers`
+      : `${device}, world ${world}`;
+  const progress = new Progress(
+    o.modes.length * (o.cases.length * o.columns.length + (o.varlen ? VARLEN_COLUMNS.length : 0)),
+  );
+  progress.print(
+    `# ring-flash-attn README table — ${machine}, ${o.dtype}, causal, ${o.tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`,
+  );
   const report: (ResultRow & Record<string, unknown>)[] = [];
   const ranks = Array.from({ length: solo ? 1 : world }, (_, i) => i);
   const timing = { iters, maxRepeats: o.maxRepeats, settle: o.settle };
   // Runs one column on every rank (the theoretic column too: as in the Python project's
   // benchmark, every rank runs the single-device kernel on its own shard at the same time) and
   // makes its cell. Solo: a ring column runs once per solo rank (the single-device column once; it has no rank).
-  const measure = async (label: string, module: string, task: object, flopPerRank: number, single: boolean, extra: { case: string; mode: Mode; name: string }): Promise<Cell> => {
+  const measure = async (
+    label: string,
+    module: string,
+    task: object,
+    flopPerRank: number,
+    single: boolean,
+    extra: { case: string; mode: Mode; name: string },
+  ): Promise<Cell> => {
     const played = solo && !single ? soloRanks : [null];
     const res: BenchResult[] = [];
     for (const r of played) {
       const t = r === null ? task : { ...task, solo: { world, rank: r, loopback: o.loopback } };
-      res.push(...((await rt.runEach(module, 'run', ranks.map(() => t), ranks)) as BenchResult[]));
+      res.push(
+        ...((await rt.runEach(
+          module,
+          'run',
+          ranks.map(() => t),
+          ranks,
+        )) as BenchResult[]),
+      );
     }
     // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
     const perRank = res.map((r) => iters / median(r.repeats));
@@ -67,12 +101,30 @@ async function readmeTable(o: BenchOptions): Promise<void> {
     const slowestSoloRank = solo && !single ? soloRanks[slowest] : undefined;
     // Spread of the repeats behind the figure: every rank's in a real ring; in solo, the slowest
     // rank's (the differences between the ranks it played are not noise).
-    const all = (slowestSoloRank === undefined ? res : [res[slowest]!]).flatMap((r) => r.repeats.map((t) => iters / t));
+    const all = (slowestSoloRank === undefined ? res : [res[slowest]!]).flatMap((r) =>
+      r.repeats.map((t) => iters / t),
+    );
     const spread = (Math.max(...all) - Math.min(...all)) / rate;
     const tflops = (flopPerRank * rate) / 1e12;
-    report.push({ ...extra, column: label, iterPerSecPerRank: rate, spread, perRank, ...(slowestSoloRank !== undefined ? { soloRanks: played, slowestSoloRank } : {}),
-      tflopsPerGpu: tflops, peakBytes: res.map((r) => r.peakBytes), warmupRepeats: res.map((r) => r.warmupRepeats) });
-    return { label, iterPerSec: single ? rate / world : rate, spread, tflops, peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30, slowestSoloRank };
+    report.push({
+      ...extra,
+      column: label,
+      iterPerSecPerRank: rate,
+      spread,
+      perRank,
+      ...(slowestSoloRank !== undefined ? { soloRanks: played, slowestSoloRank } : {}),
+      tflopsPerGpu: tflops,
+      peakBytes: res.map((r) => r.peakBytes),
+      warmupRepeats: res.map((r) => r.warmupRepeats),
+    });
+    return {
+      label,
+      iterPerSec: single ? rate / world : rate,
+      spread,
+      tflops,
+      peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30,
+      slowestSoloRank,
+    };
   };
   const print = (title: string, mode: Mode, row: Cell[]) => {
     const theoretic = row[0]!.iterPerSec;
@@ -81,12 +133,21 @@ async function readmeTable(o: BenchOptions): Promise<void> {
       `|          | ${row.map((r) => r.label).join(' | ')} |`,
       `| -------- | ${row.map(() => '---').join(' | ')} |`,
       `| iter/sec | ${row.map((r, i) => (i === 0 ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}` : r.iterPerSec.toFixed(1))).join(' | ')} |`,
-      `|          | | ${row.slice(1).map((r) => `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`).join(' | ')} |`,
+      `|          | | ${row
+        .slice(1)
+        .map((r) => `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`)
+        .join(' | ')} |`,
       `| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => (onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`,
       `| spread (max−min)/median | ${row.map((r) => `${(100 * r.spread).toFixed(1)}%`).join(' | ')} |`,
       `| peak memory per rank (MiB) | ${row.map((r) => (r.peakGiB * 1024).toFixed(1)).join(' | ')} |`,
     ];
-    if (solo && soloRanks.length > 1) lines.push(`| slowest solo rank | | ${row.slice(1).map((r) => r.slowestSoloRank).join(' | ')} |`);
+    if (solo && soloRanks.length > 1)
+      lines.push(
+        `| slowest solo rank | | ${row
+          .slice(1)
+          .map((r) => r.slowestSoloRank)
+          .join(' | ')} |`,
+      );
     progress.print(lines.join('\n'));
   };
   try {
@@ -96,11 +157,23 @@ async function readmeTable(o: BenchOptions): Promise<void> {
         for (const col of o.columns) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
-          const task: BenchTask = { name, b: c.b, s: c.s, h: c.h, hk: c.hk, d: c.d, causal: true, dtype: o.dtype, backward: mode === 'fwdbwd', ...timing, seed: 1 };
+          const task: BenchTask = {
+            name,
+            b: c.b,
+            s: c.s,
+            h: c.h,
+            hk: c.hk,
+            d: c.d,
+            causal: true,
+            dtype: o.dtype,
+            backward: mode === 'fwdbwd',
+            ...timing,
+            seed: 1,
+          };
           const single = col.prefix === 'flash_attn';
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
-          const flop = (2 * c.b * c.h * S * S * c.d) / (single ? 1 : world) * (mode === 'fwdbwd' ? 3.5 : 1);
+          const flop = ((2 * c.b * c.h * S * S * c.d) / (single ? 1 : world)) * (mode === 'fwdbwd' ? 3.5 : 1);
           row.push(await measure(col.label, denseModule, task, flop, single, { case: c.title, mode, name }));
         }
         print(c.title, mode, row);
@@ -111,13 +184,36 @@ async function readmeTable(o: BenchOptions): Promise<void> {
         for (const col of VARLEN_COLUMNS) {
           progress.step(`varlen ${mode} ${col.label}`);
           const v = varlen;
-          const task: VarlenBenchTask = { column: col.column, s: v.s, h: v.h, hk: v.hk, d: v.d, dtype: o.dtype, backward: mode === 'fwdbwd', ...timing, sets: v.sets, headsKStride: v.headsKStride, seed: 1 };
+          const task: VarlenBenchTask = {
+            column: col.column,
+            s: v.s,
+            h: v.h,
+            hk: v.hk,
+            d: v.d,
+            dtype: o.dtype,
+            backward: mode === 'fwdbwd',
+            ...timing,
+            sets: v.sets,
+            headsKStride: v.headsKStride,
+            seed: 1,
+          };
           const single = col.column === 'flash_attn_varlen';
           // Mean over the sets of Σ causal 2·h·L²·d over the (global) sequences, per rank.
           const scale = single ? 1 : world;
-          const flopSets = v.sets.map((set) => set.slice(1).reduce((acc, x, i) => acc + 2 * v.h * ((x - set[i]!) * scale) ** 2 * v.d, 0) / scale);
-          const flop = (flopSets.reduce((x, y) => x + y, 0) / flopSets.length) * (mode === 'fwdbwd' ? 3.5 : 1);
-          row.push(await measure(col.label, varlenModule, task, flop, single, { case: v.title, mode, name: col.column }));
+          const flopSets = v.sets.map(
+            (set) =>
+              set.slice(1).reduce((acc, x, i) => acc + 2 * v.h * ((x - set[i]!) * scale) ** 2 * v.d, 0) /
+              scale,
+          );
+          const flop =
+            (flopSets.reduce((x, y) => x + y, 0) / flopSets.length) * (mode === 'fwdbwd' ? 3.5 : 1);
+          row.push(
+            await measure(col.label, varlenModule, task, flop, single, {
+              case: v.title,
+              mode,
+              name: col.column,
+            }),
+          );
         }
         print(varlen.title, mode, row);
       }
@@ -127,9 +223,24 @@ async function readmeTable(o: BenchOptions): Promise<void> {
     await rt.close();
   }
   fs.mkdirSync(o.outDir, { recursive: true });
-  const stamp = resultStamp({ backend: o.backend, solo, world, soloRank: o.oneSoloRank, copyEngine: (onGpu && transport === 'copy-engine') || o.loopback });
+  const stamp = resultStamp({
+    backend: o.backend,
+    solo,
+    world,
+    soloRank: o.oneSoloRank,
+    copyEngine: (onGpu && transport === 'copy-engine') || o.loopback,
+  });
   const json = path.join(o.outDir, `${stamp}.json`);
-  const doc = { machine, backend: o.backend, world, transport, dtype: o.dtype, tokens: o.tokens, iters, results: report };
+  const doc = {
+    machine,
+    backend: o.backend,
+    world,
+    transport,
+    dtype: o.dtype,
+    tokens: o.tokens,
+    iters,
+    results: report,
+  };
   fs.writeFileSync(json, JSON.stringify(doc, null, 2));
   const charts = chartFiles(json);
   fs.writeFileSync(charts.table, tableChart(doc));
@@ -141,7 +252,8 @@ async function readmeTable(o: BenchOptions): Promise<void> {
 export const benchCommand: Command<typeof BENCH_FLAGS> = {
   name: 'bench',
   summary: "the Python project's README table, measured here: iter/s per rank and % of theoretic",
-  description: 'Without GPUs it runs on the CPU backend at a small size, labelled so. Writes <stamp>.json and its charts.',
+  description:
+    'Without GPUs it runs on the CPU backend at a small size, labelled so. Writes <stamp>.json and its charts.',
   flags: BENCH_FLAGS,
   run: (values) => readmeTable(benchOptions(values, visibleGpuCount())),
 };

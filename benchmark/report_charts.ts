@@ -9,11 +9,22 @@ const SHAPE_NAMES: Record<Shape, string> = { qkvpacked: 'qkvpacked h=5', llama3:
 /** "ours" first, in a colour none of the Python project's measurements gets. */
 const SOURCE_PALETTE = [PALETTE[3]!, PALETTE[1]!, PALETTE[2]!, PALETTE[4]!];
 
-export interface ResultRow { case: string; mode: string; column: string; iterPerSecPerRank: number }
-export interface ResultDoc { machine: string; world: number; results: ResultRow[] }
+export interface ResultRow {
+  case: string;
+  mode: string;
+  column: string;
+  iterPerSecPerRank: number;
+}
+export interface ResultDoc {
+  machine: string;
+  world: number;
+  results: ResultRow[];
+}
 
 /** The rows of each (case, mode) in file order, with the table's rate and share of theoretic. */
-function cells(doc: ResultDoc): { caseTitle: string; mode: string; rows: { column: string; rate: number; percent: number }[] }[] {
+function cells(
+  doc: ResultDoc,
+): { caseTitle: string; mode: string; rows: { column: string; rate: number; percent: number }[] }[] {
   const byKey = new Map<string, ResultRow[]>();
   for (const r of doc.results) {
     const key = `${r.case}\u0000${r.mode}`;
@@ -24,7 +35,11 @@ function cells(doc: ResultDoc): { caseTitle: string; mode: string; rows: { colum
     const isTheoretic = (r: ResultRow) => r.column.startsWith('theoretic');
     const rate = (r: ResultRow) => (isTheoretic(r) ? r.iterPerSecPerRank / doc.world : r.iterPerSecPerRank);
     const theoretic = rate(rows.find(isTheoretic) ?? rows[0]!);
-    return { caseTitle: rows[0]!.case, mode: rows[0]!.mode, rows: rows.map((r) => ({ column: r.column, rate: rate(r), percent: (100 * rate(r)) / theoretic })) };
+    return {
+      caseTitle: rows[0]!.case,
+      mode: rows[0]!.mode,
+      rows: rows.map((r) => ({ column: r.column, rate: rate(r), percent: (100 * rate(r)) / theoretic })),
+    };
   });
 }
 
@@ -34,7 +49,11 @@ export function tableChart(doc: ResultDoc): string {
     title: groupTitle(c.caseTitle, c.mode),
     bars: c.rows.map((r) => ({ label: r.column, percent: r.percent, note: r.rate.toFixed(1) })),
   }));
-  return barChart(`ring-flash-attn, ${doc.machine}`, 'bar height: % of theoretic flash_attn; label: iter/s per rank', groups);
+  return barChart(
+    `ring-flash-attn, ${doc.machine}`,
+    'bar height: % of theoretic flash_attn; label: iter/s per rank',
+    groups,
+  );
 }
 
 /**
@@ -52,12 +71,22 @@ export function pythonChart(doc: ResultDoc): string | null {
       if (!python.length) continue;
       groups.push({
         title: `${r.column}\n${SHAPE_NAMES[shape]} ${c.mode}`,
-        bars: [{ label: 'ours', percent: r.percent, note: `${r.percent.toFixed(1)}%` },
-          ...python.map((p) => ({ label: p.source, percent: 100 * p.share, note: `${(100 * p.share).toFixed(1)}%` }))],
+        bars: [
+          { label: 'ours', percent: r.percent, note: `${r.percent.toFixed(1)}%` },
+          ...python.map((p) => ({
+            label: p.source,
+            percent: 100 * p.share,
+            note: `${(100 * p.share).toFixed(1)}%`,
+          })),
+        ],
       });
     }
   }
   if (!groups.length) return null;
-  return barChart(`ring-flash-attn beside the Python project, % of each one's theoretic`,
-    `ours: ${doc.machine}; qkvpacked: the Python project's benchmark shape; bar height and label: % of that run's theoretic flash_attn`, groups, SOURCE_PALETTE);
+  return barChart(
+    `ring-flash-attn beside the Python project, % of each one's theoretic`,
+    `ours: ${doc.machine}; qkvpacked: the Python project's benchmark shape; bar height and label: % of that run's theoretic flash_attn`,
+    groups,
+    SOURCE_PALETTE,
+  );
 }

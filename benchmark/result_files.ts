@@ -44,8 +44,14 @@ export function resultStamp(p: StampParts, when = new Date()): string {
 export function newestWorld4(dir: string): string | null {
   if (!fs.existsSync(dir)) return null;
   // What follows the minute in the stamps of such runs.
-  const tails = [false, true].map((copyEngine) => `${resultStamp({ backend: 'cuda', solo: false, world: 4, soloRank: null, copyEngine }).slice(16)}.json`);
-  const names = fs.readdirSync(dir).filter((f) => tails.some((t) => f.endsWith(t))).sort();
+  const tails = [false, true].map(
+    (copyEngine) =>
+      `${resultStamp({ backend: 'cuda', solo: false, world: 4, soloRank: null, copyEngine }).slice(16)}.json`,
+  );
+  const names = fs
+    .readdirSync(dir)
+    .filter((f) => tails.some((t) => f.endsWith(t)))
+    .sort();
   return names.length ? path.join(dir, names[names.length - 1]!) : null;
 }
 
@@ -70,6 +76,7 @@ export function readResult<T extends { world: number; results: unknown[] }>(file
   } catch {
     doc = undefined;
   }
-  if (!doc || !Array.isArray(doc.results) || typeof doc.world !== 'number') throw new UsageError(`${file}: not a README-table result (JSON with world and results)`);
+  if (!doc || !Array.isArray(doc.results) || typeof doc.world !== 'number')
+    throw new UsageError(`${file}: not a README-table result (JSON with world and results)`);
   return doc;
 }

@@ -38,21 +38,41 @@ export function soloGroup(ctx: RankContext, solo: SoloRank): Group {
 export function soloComm(group: Group, loopback: boolean, real: Comm): Comm {
   // What the rank can send without a packing copy is what `real`, the rank's own communicator
   // over the runtime's transport, can.
-  if (!loopback) return { group, sendable: (t) => real.sendable(t), sendRecv: () => DONE, allGather: () => DONE, reduceScatter: () => DONE };
+  if (!loopback)
+    return {
+      group,
+      sendable: (t) => real.sendable(t),
+      sendRecv: () => DONE,
+      allGather: () => DONE,
+      reduceScatter: () => DONE,
+    };
   // A one-member copy-engine communicator: each receive is fed by the send of the same position,
   // or by itself where the rank receives more than it sends (ring v1's last rank only receives);
   // sends without a receive are dropped (a peer's copy engine would read them).
   const self: Group = { ranks: [group.ranks[group.rank]!], rank: 0, size: 1, key: `${group.key}/loopback` };
   const loop = new CudaComm(self, cudaNative(), 'copy-engine');
-  const copy = (from: DeviceTensor[], to: DeviceTensor[]) => loop.sendRecv(from.map((tensor) => ({ peer: 0, tensor })), to.map((tensor) => ({ peer: 0, tensor })));
+  const copy = (from: DeviceTensor[], to: DeviceTensor[]) =>
+    loop.sendRecv(
+      from.map((tensor) => ({ peer: 0, tensor })),
+      to.map((tensor) => ({ peer: 0, tensor })),
+    );
   // Slot i of a rank-major buffer holding `size` blocks.
-  const slots = (t: DeviceTensor) => Array.from({ length: group.size }, (_, i) => t.reshape([group.size, t.numel / group.size]).select(0, i));
+  const slots = (t: DeviceTensor) =>
+    Array.from({ length: group.size }, (_, i) => t.reshape([group.size, t.numel / group.size]).select(0, i));
   return {
-    group, sendable: (t) => loop.sendable(t),
-    sendRecv: (sends, recvs) => copy(recvs.map((r, i) => sends[i]?.tensor ?? r.tensor), recvs.map((r) => r.tensor)),
+    group,
+    sendable: (t) => loop.sendable(t),
+    sendRecv: (sends, recvs) =>
+      copy(
+        recvs.map((r, i) => sends[i]?.tensor ?? r.tensor),
+        recvs.map((r) => r.tensor),
+      ),
     allGather: (send, recv) => {
       const into = slots(recv);
-      return copy(into.map(() => send), into);
+      return copy(
+        into.map(() => send),
+        into,
+      );
     },
     reduceScatter: (send, recv) => copy([slots(send)[group.rank]!], [recv]),
   };
@@ -62,10 +82,16 @@ export function soloComm(group: Group, loopback: boolean, real: Comm): Comm {
  * Runs `body` as solo rank `solo` of its ring: with the solo group, whose communicator stands in
  * for the rank's own until `body` returns; without `solo`, with no group (the rank's world).
  */
-export function asSoloRank<T>(ctx: RankContext, solo: SoloRank | undefined, body: (group: Group | null) => T): T {
+export function asSoloRank<T>(
+  ctx: RankContext,
+  solo: SoloRank | undefined,
+  body: (group: Group | null) => T,
+): T {
   if (!solo) return body(null);
   const group = soloGroup(ctx, solo);
-  const restore = ctx.backend.substituteComm(soloComm(group, solo.loopback ?? false, ctx.backend.comm(ctx.group)));
+  const restore = ctx.backend.substituteComm(
+    soloComm(group, solo.loopback ?? false, ctx.backend.comm(ctx.group)),
+  );
   try {
     return body(group);
   } finally {

@@ -5,15 +5,22 @@
 // (ported code otherwise dies with "is not a function").
 import { fail } from '../runtime/errors.js';
 
-const INSTEAD = 'call llama3_flash_attn_varlen_func from your attention layer, with the cu_seqlens, ' +
+const INSTEAD =
+  'call llama3_flash_attn_varlen_func from your attention layer, with the cu_seqlens, ' +
   'max_seqlen and local_k_slice that llama3_flash_attn_prepare_cu_seqlens returns for this rank';
 
 /** Python: patches transformers' _flash_attention_forward. Not available in Node: throws E_UNSUPPORTED. */
 export function substitute_hf_flash_attn(..._args: unknown[]): never {
-  fail('E_UNSUPPORTED', `substitute_hf_flash_attn patches HuggingFace transformers, which does not exist in Node; ${INSTEAD}`);
+  fail(
+    'E_UNSUPPORTED',
+    `substitute_hf_flash_attn patches HuggingFace transformers, which does not exist in Node; ${INSTEAD}`,
+  );
 }
 
 /** Python: sets the cu_seqlens the patched transformers attention uses. Not available in Node: throws E_UNSUPPORTED. */
 export function update_ring_flash_attn_params(..._args: unknown[]): never {
-  fail('E_UNSUPPORTED', `update_ring_flash_attn_params feeds the transformers patch of substitute_hf_flash_attn, which does not exist in Node; ${INSTEAD}`);
+  fail(
+    'E_UNSUPPORTED',
+    `update_ring_flash_attn_params feeds the transformers patch of substitute_hf_flash_attn, which does not exist in Node; ${INSTEAD}`,
+  );
 }

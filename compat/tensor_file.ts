@@ -23,8 +23,14 @@ const KNOWN_VERSIONS = [1, 2] as const;
 type Version = (typeof KNOWN_VERSIONS)[number];
 
 // Exact field sets: a field too many or too few is a corruption (or a version flipped 2 -> 1).
-const FILE_FIELDS: Record<Version, readonly string[]> = { 1: ['format', 'version', 'tensors'], 2: ['format', 'version', 'tensors', 'crc32c'] };
-const TENSOR_FIELDS: Record<Version, readonly string[]> = { 1: ['dtype', 'shape', 'data'], 2: ['dtype', 'shape', 'data', 'crc32c'] };
+const FILE_FIELDS: Record<Version, readonly string[]> = {
+  1: ['format', 'version', 'tensors'],
+  2: ['format', 'version', 'tensors', 'crc32c'],
+};
+const TENSOR_FIELDS: Record<Version, readonly string[]> = {
+  1: ['dtype', 'shape', 'data'],
+  2: ['dtype', 'shape', 'data', 'crc32c'],
+};
 
 const MSGPACK_UINT32 = 0xce;
 // Any value >= 2^16 makes msgpackr write a uint32; save() overwrites it with the real checksum.
@@ -66,7 +72,8 @@ function describe(v: unknown): string {
   if (v === undefined) return 'missing';
   if (v === null) return 'null';
   if (typeof v === 'string') return `the string ${JSON.stringify(v)}`;
-  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return `the ${typeof v} ${String(v)}`;
+  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean')
+    return `the ${typeof v} ${String(v)}`;
   if (v instanceof Uint8Array) return `binary of ${v.byteLength} bytes`;
   return Array.isArray(v) ? 'an array' : 'a map';
 }
@@ -74,7 +81,8 @@ function describe(v: unknown): string {
 const isMap = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
 
-const isUint32 = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
+const isUint32 = (v: unknown): v is number =>
+  Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
 
 // ---- save ----
 
@@ -88,7 +96,10 @@ function dtypeOf(name: string, t: SavableTensor): string {
     if (tag === 'bfloat16' || tag === 'float16' || tag === 'uint16') return tag;
     fail('E_DTYPE', `save: tensor '${name}' is a Uint16Array: give dtype 'bfloat16', 'float16' or 'uint16'`);
   }
-  fail('E_DTYPE', `save: tensor '${name}' has unsupported data (Float32Array, Float64Array, Int32Array or Uint16Array)`);
+  fail(
+    'E_DTYPE',
+    `save: tensor '${name}' has unsupported data (Float32Array, Float64Array, Int32Array or Uint16Array)`,
+  );
 }
 
 /** The element count of a shape, each dimension and the product checked to be safe integers. */
@@ -96,11 +107,17 @@ function elementCount(name: string, shape: readonly unknown[]): number {
   const dims = `(${shape.map(String).join(', ')})`;
   shape.forEach((d, axis) => {
     if (!Number.isSafeInteger(d) || (d as number) < 0)
-      fail('E_SHAPE', `save: tensor '${name}' has shape ${dims}: dimension ${axis} is ${describe(d)}, expected a non-negative safe integer`);
+      fail(
+        'E_SHAPE',
+        `save: tensor '${name}' has shape ${dims}: dimension ${axis} is ${describe(d)}, expected a non-negative safe integer`,
+      );
   });
   const n = (shape as number[]).reduce((a, b) => a * b, 1);
   if (!Number.isSafeInteger(n) && !shape.includes(0))
-    fail('E_SHAPE', `save: tensor '${name}' has shape ${dims}: its element count ${n} exceeds ${Number.MAX_SAFE_INTEGER}`);
+    fail(
+      'E_SHAPE',
+      `save: tensor '${name}' has shape ${dims}: its element count ${n} exceeds ${Number.MAX_SAFE_INTEGER}`,
+    );
   return n;
 }
 
@@ -108,12 +125,19 @@ function elementCount(name: string, shape: readonly unknown[]): number {
 function checkViewExtent(name: string, t: View, n: number): { stride: number[]; offset: number } {
   const { shape, stride, offset = 0 } = t;
   if (!Array.isArray(stride) || stride.length !== shape.length || !stride.every(Number.isSafeInteger))
-    fail('E_ARG', `save: tensor '${name}' has stride ${Array.isArray(stride) ? `(${stride.join(', ')})` : describe(stride)} for shape (${shape.join(', ')}): expected ${shape.length} safe integers`);
+    fail(
+      'E_ARG',
+      `save: tensor '${name}' has stride ${Array.isArray(stride) ? `(${stride.join(', ')})` : describe(stride)} for shape (${shape.join(', ')}): expected ${shape.length} safe integers`,
+    );
   if (!Number.isSafeInteger(offset) || (offset as number) < 0)
-    fail('E_ARG', `save: tensor '${name}' has offset ${describe(offset)}, expected a non-negative safe integer`);
+    fail(
+      'E_ARG',
+      `save: tensor '${name}' has offset ${describe(offset)}, expected a non-negative safe integer`,
+    );
   const view = { stride: stride as number[], offset: offset as number };
   if (n === 0) return view;
-  let lo = view.offset, hi = view.offset;
+  let lo = view.offset,
+    hi = view.offset;
   shape.forEach((d, a) => {
     const reach = (d - 1) * view.stride[a]!;
     if (reach < 0) lo += reach;
@@ -121,7 +145,8 @@ function checkViewExtent(name: string, t: View, n: number): { stride: number[]; 
   });
   const where = `save: tensor '${name}' (shape (${shape.join(', ')}), stride (${view.stride.join(', ')}), offset ${view.offset})`;
   if (lo < 0) fail('E_SHAPE', `${where} reaches data index ${lo}, below 0`);
-  if (hi >= t.data.length) fail('E_SHAPE', `${where} reaches data index ${hi}, but its data has ${t.data.length} elements`);
+  if (hi >= t.data.length)
+    fail('E_SHAPE', `${where} reaches data index ${hi}, but its data has ${t.data.length} elements`);
   return view;
 }
 
@@ -132,7 +157,11 @@ function tensorBytes(name: string, t: View): { dtype: string; shape: number[]; b
   const n = elementCount(name, t.shape);
   const dtype = dtypeOf(name, t);
   if (t.stride === undefined) {
-    if (t.data.length !== n) fail('E_SHAPE', `save: tensor '${name}' has ${t.data.length} elements, its shape (${t.shape.join(', ')}) needs ${n}`);
+    if (t.data.length !== n)
+      fail(
+        'E_SHAPE',
+        `save: tensor '${name}' has ${t.data.length} elements, its shape (${t.shape.join(', ')}) needs ${n}`,
+      );
     return { dtype, shape: [...t.shape], bytes: cOrderBytes(t.data as Ctor, t.shape, undefined, 0, n) };
   }
   const { stride, offset } = checkViewExtent(name, t, n);
@@ -140,8 +169,15 @@ function tensorBytes(name: string, t: View): { dtype: string; shape: number[]; b
 }
 
 /** C-order little-endian bytes of (a view of) `data`; strided views are copied in C order. */
-function cOrderBytes(data: Ctor, shape: readonly number[], stride: number[] | undefined, offset: number, n: number): Uint8Array {
-  const contiguous = !stride || stride.every((s, i) => shape[i] === 1 || s === shape.slice(i + 1).reduce((a, b) => a * b, 1));
+function cOrderBytes(
+  data: Ctor,
+  shape: readonly number[],
+  stride: number[] | undefined,
+  offset: number,
+  n: number,
+): Uint8Array {
+  const contiguous =
+    !stride || stride.every((s, i) => shape[i] === 1 || s === shape.slice(i + 1).reduce((a, b) => a * b, 1));
   const out = contiguous
     ? (data.subarray(offset, offset + n) as Ctor)
     : denseData(data, { shape: [...shape], stride: stride!, offset, numel: n, dense: false });
@@ -164,7 +200,12 @@ export function encode(tensors: Record<string, SavableTensor>): Uint8Array {
   const valid = Object.entries(tensors).map(([name, t]) => [name, tensorBytes(name, t as View)] as const);
   const out: Record<string, unknown> = {};
   for (const [name, { dtype, shape, bytes }] of valid)
-    out[name] = { dtype, shape, data: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), crc32c: crc32c(bytes) };
+    out[name] = {
+      dtype,
+      shape,
+      data: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      crc32c: crc32c(bytes),
+    };
   return seal(packr.pack({ format: FORMAT, version: VERSION, tensors: out, crc32c: CRC_PLACEHOLDER }));
 }
 
@@ -174,10 +215,17 @@ function bad(path: string, why: string): never {
   throw new RingFlashAttnError('E_FORMAT', `load: ${path}: ${why}`);
 }
 
-function checkFields(path: string, where: string, obj: Record<string, unknown>, fields: readonly string[], version: Version) {
+function checkFields(
+  path: string,
+  where: string,
+  obj: Record<string, unknown>,
+  fields: readonly string[],
+  version: Version,
+) {
   const known = `version ${version} has ${fields.join(', ')}`;
   for (const f of fields) if (!(f in obj)) bad(path, `${where} lacks field '${f}' (${known})`);
-  for (const f of Object.keys(obj)) if (!fields.includes(f)) bad(path, `${where} has an unexpected field '${f}' (${known})`);
+  for (const f of Object.keys(obj))
+    if (!fields.includes(f)) bad(path, `${where} has an unexpected field '${f}' (${known})`);
 }
 
 function versionOf(path: string, doc: Record<string, unknown>): Version {
@@ -194,16 +242,25 @@ function readTensor(path: string, name: string, raw: unknown, version: Version):
   const { dtype, shape, data } = raw;
   const spec = typeof dtype === 'string' ? DTYPES[dtype] : undefined;
   if (!spec) bad(path, `tensor '${name}' has unknown dtype ${JSON.stringify(dtype)}`);
-  if (!Array.isArray(shape) || shape.some((x) => !Number.isSafeInteger(x) || x < 0)) bad(path, `tensor '${name}' has an invalid shape`);
+  if (!Array.isArray(shape) || shape.some((x) => !Number.isSafeInteger(x) || x < 0))
+    bad(path, `tensor '${name}' has an invalid shape`);
   if (!(data instanceof Uint8Array)) bad(path, `tensor '${name}' has no binary data`);
   const n = (shape as number[]).reduce((a, b) => a * b, 1);
   if (data.byteLength !== n * spec.bytes)
-    bad(path, `tensor '${name}' holds ${data.byteLength} bytes, ${dtype} (${shape.join(', ')}) needs ${n * spec.bytes}`);
+    bad(
+      path,
+      `tensor '${name}' holds ${data.byteLength} bytes, ${dtype} (${shape.join(', ')}) needs ${n * spec.bytes}`,
+    );
   if (version === 2) {
     const stored = raw.crc32c;
-    if (!isUint32(stored)) bad(path, `tensor '${name}' has crc32c ${describe(stored)}, expected an unsigned 32-bit integer`);
+    if (!isUint32(stored))
+      bad(path, `tensor '${name}' has crc32c ${describe(stored)}, expected an unsigned 32-bit integer`);
     const computed = crc32c(data);
-    if (stored !== computed) bad(path, `tensor '${name}' fails its checksum: stored crc32c ${hex(stored)}, computed ${hex(computed)}`);
+    if (stored !== computed)
+      bad(
+        path,
+        `tensor '${name}' fails its checksum: stored crc32c ${hex(stored)}, computed ${hex(computed)}`,
+      );
   }
   const copy = new ArrayBuffer(data.byteLength);
   new Uint8Array(copy).set(data);
@@ -215,11 +272,21 @@ function readTensor(path: string, name: string, raw: unknown, version: Version):
 /** The file's own checksum: its last 4 bytes are the uint32 crc32c of every byte before them. */
 function checkFileChecksum(path: string, bytes: Uint8Array, stored: unknown) {
   const end = bytes.byteLength;
-  const trailer = end >= 5 && bytes[end - 5] === MSGPACK_UINT32 ? new DataView(bytes.buffer, bytes.byteOffset, end).getUint32(end - 4) : undefined;
+  const trailer =
+    end >= 5 && bytes[end - 5] === MSGPACK_UINT32
+      ? new DataView(bytes.buffer, bytes.byteOffset, end).getUint32(end - 4)
+      : undefined;
   if (!isUint32(stored) || stored !== trailer)
-    bad(path, `the file's crc32c (${describe(stored)}) is not the uint32 its last 5 bytes hold, as version 2 writes it`);
+    bad(
+      path,
+      `the file's crc32c (${describe(stored)}) is not the uint32 its last 5 bytes hold, as version 2 writes it`,
+    );
   const computed = crc32c(bytes.subarray(0, end - 4));
-  if (stored !== computed) bad(path, `the file fails its checksum (names, dtypes or shapes changed): stored crc32c ${hex(stored)}, computed ${hex(computed)}`);
+  if (stored !== computed)
+    bad(
+      path,
+      `the file fails its checksum (names, dtypes or shapes changed): stored crc32c ${hex(stored)}, computed ${hex(computed)}`,
+    );
 }
 
 /** Parses tensor-file bytes; anything malformed is an E_FORMAT error, never a wrong tensor. */

@@ -15,7 +15,7 @@ inline int dtype_bytes(DType t) { return t == DType::f32 ? 4 : 2; }
 // Strides of a (batch, seqlen, heads, head_dim) tensor view.
 struct BshStrides {
   int64_t batch = 0;
-  int64_t row = 0;   // seqlen axis
+  int64_t row = 0;  // seqlen axis
   int64_t head = 0;
 };
 
@@ -30,8 +30,8 @@ struct AttnShape {
   int32_t batch = 0;
   int32_t seqlen_q = 0;
   int32_t seqlen_k = 0;
-  int32_t nheads = 0;     // query heads
-  int32_t nheads_k = 0;   // key/value heads; nheads % nheads_k == 0 (GQA/MQA)
+  int32_t nheads = 0;    // query heads
+  int32_t nheads_k = 0;  // key/value heads; nheads % nheads_k == 0 (GQA/MQA)
   int32_t head_dim = 0;
   float softmax_scale = 0.f;  // scores = softmax_scale * q.k
   // Causal as flash-attn 2.x: bottom-right aligned. Query row i sees key j iff
@@ -61,19 +61,25 @@ struct Segments {
 struct FlashFwdParams {
   AttnShape shape;
   DType dtype = DType::bf16;  // dtype of q, k, v
-  const void* q = nullptr;  BshStrides q_stride;  // (batch, seqlen_q, nheads,   head_dim)
-  const void* k = nullptr;  BshStrides k_stride;  // (batch, seqlen_k, nheads_k, head_dim)
-  const void* v = nullptr;  BshStrides v_stride;  // (batch, seqlen_k, nheads_k, head_dim)
-  void* out = nullptr;      BshStrides o_stride;  // (batch, seqlen_q, nheads,   head_dim)
-  DType out_dtype = DType::f32;                   // f32, or the dtype of q
-  float* lse = nullptr;     BhsStrides lse_stride; // (batch, nheads, seqlen_q) fp32, natural log
-  Segments seg;             // varlen; num_seqs == 0 for dense batches
+  const void* q = nullptr;
+  BshStrides q_stride;  // (batch, seqlen_q, nheads,   head_dim)
+  const void* k = nullptr;
+  BshStrides k_stride;  // (batch, seqlen_k, nheads_k, head_dim)
+  const void* v = nullptr;
+  BshStrides v_stride;  // (batch, seqlen_k, nheads_k, head_dim)
+  void* out = nullptr;
+  BshStrides o_stride;           // (batch, seqlen_q, nheads,   head_dim)
+  DType out_dtype = DType::f32;  // f32, or the dtype of q
+  float* lse = nullptr;
+  BhsStrides lse_stride;  // (batch, nheads, seqlen_q) fp32, natural log
+  Segments seg;           // varlen; num_seqs == 0 for dense batches
   // Ring steps: lse and out (fp32), or merge_src when given, already hold a running result over
   // other keys; the block's result is merged into them (update_out_and_lse) instead of
   // overwriting. With merge_src the merged rows go to out, which may then be 16-bit (a ring's
   // last step writes its final result). Rows the call does not cover are not touched.
   bool merge = false;
-  const float* merge_src = nullptr; BshStrides src_stride;  // (batch, seqlen_q, nheads, head_dim) fp32
+  const float* merge_src = nullptr;
+  BshStrides src_stride;  // (batch, seqlen_q, nheads, head_dim) fp32
 };
 
 // dsum = rowsum(dout * out): the softmax-backward term D_i, computed once per backward call with
@@ -81,10 +87,13 @@ struct FlashFwdParams {
 struct FlashBwdDotParams {
   int32_t batch = 0, seqlen_q = 0, nheads = 0, head_dim = 0;
   DType dtype = DType::bf16;  // dtype of dout
-  const void* dout = nullptr; BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
-  const void* out = nullptr;  BshStrides o_stride;     // (batch, seqlen_q, nheads, head_dim)
-  DType out_dtype = DType::f32;                     // f32, or the dtype of dout
-  float* dsum = nullptr;      BhsStrides dsum_stride;  // (batch, nheads, seqlen_q) fp32
+  const void* dout = nullptr;
+  BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
+  const void* out = nullptr;
+  BshStrides o_stride;           // (batch, seqlen_q, nheads, head_dim)
+  DType out_dtype = DType::f32;  // f32, or the dtype of dout
+  float* dsum = nullptr;
+  BhsStrides dsum_stride;  // (batch, nheads, seqlen_q) fp32
 };
 
 // Gradients of one (q block, k/v block) pair given the GLOBAL lse and dsum:
@@ -94,15 +103,24 @@ struct FlashBwdDotParams {
 struct FlashBwdParams {
   AttnShape shape;
   DType dtype = DType::bf16;  // dtype of q, k, v, dout
-  const void* q = nullptr;    BshStrides q_stride;
-  const void* k = nullptr;    BshStrides k_stride;
-  const void* v = nullptr;    BshStrides v_stride;
-  const void* dout = nullptr; BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
-  const float* lse = nullptr;  BhsStrides lse_stride;  // (batch, nheads, seqlen_q)
-  const float* dsum = nullptr; BhsStrides dsum_stride; // (batch, nheads, seqlen_q)
-  float* dq = nullptr; BshStrides dq_stride;  // (batch, seqlen_q, nheads,   head_dim) fp32
-  float* dk = nullptr; BshStrides dk_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
-  float* dv = nullptr; BshStrides dv_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
+  const void* q = nullptr;
+  BshStrides q_stride;
+  const void* k = nullptr;
+  BshStrides k_stride;
+  const void* v = nullptr;
+  BshStrides v_stride;
+  const void* dout = nullptr;
+  BshStrides dout_stride;  // (batch, seqlen_q, nheads, head_dim)
+  const float* lse = nullptr;
+  BhsStrides lse_stride;  // (batch, nheads, seqlen_q)
+  const float* dsum = nullptr;
+  BhsStrides dsum_stride;  // (batch, nheads, seqlen_q)
+  float* dq = nullptr;
+  BshStrides dq_stride;  // (batch, seqlen_q, nheads,   head_dim) fp32
+  float* dk = nullptr;
+  BshStrides dk_stride;  // (batch, seqlen_k, nheads_k, head_dim) fp32
+  float* dv = nullptr;
+  BshStrides dv_stride;     // (batch, seqlen_k, nheads_k, head_dim) fp32
   bool accumulate = false;  // true: dq/dk/dv += block gradients (ring steps); false: overwrite
   // With accumulate: dk/dv are written, not added onto, while dq still accumulates. A ring step
   // whose block gradients go to a fresh buffer then needs no zero fill of it first.
@@ -110,11 +128,14 @@ struct FlashBwdParams {
   // The same bits on every run: dq's parts from the key tiles are added in key-tile order (each
   // CTA waits for its turn per query tile), and a split key tile's dK/dV in split order; slower.
   bool deterministic = false;
-  Segments seg;             // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
+  Segments seg;  // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
 #ifdef __CUDACC__
   __host__ __device__
 #endif
-  bool accumulate_dkv() const { return accumulate && !overwrite_dkv; }
+      bool
+      accumulate_dkv() const {
+    return accumulate && !overwrite_dkv;
+  }
 };
 
 // In-place exact merge of a block result into the running result (fp32):
@@ -122,10 +143,14 @@ struct FlashBwdParams {
 // with -inf on either side meaning "no keys yet": the other side is taken as is.
 struct MergeParams {
   int32_t batch = 0, seqlen = 0, nheads = 0, head_dim = 0;
-  float* out = nullptr;             BshStrides o_stride;        // running out (b, s, h, d)
-  float* lse = nullptr;             BhsStrides lse_stride;      // running lse (b, h, s)
-  const float* block_out = nullptr; BshStrides block_o_stride;  // block out  (b, s, h, d)
-  const float* block_lse = nullptr; BhsStrides block_lse_stride;// block lse  (b, h, s)
+  float* out = nullptr;
+  BshStrides o_stride;  // running out (b, s, h, d)
+  float* lse = nullptr;
+  BhsStrides lse_stride;  // running lse (b, h, s)
+  const float* block_out = nullptr;
+  BshStrides block_o_stride;  // block out  (b, s, h, d)
+  const float* block_lse = nullptr;
+  BhsStrides block_lse_stride;  // block lse  (b, h, s)
 };
 
 }  // namespace rfa

@@ -21,5 +21,7 @@ inline std::string where(const char* file, int line) {
 }  // namespace rfa
 
 #define RFA_THROW(code, msg) throw ::rfa::NativeError((code), ::rfa::where(__FILE__, __LINE__) + ": " + (msg))
-#define RFA_CHECK_ARG(cond, msg) \
-  do { if (!(cond)) RFA_THROW("E_ARG", msg); } while (0)
+#define RFA_CHECK_ARG(cond, msg)          \
+  do {                                    \
+    if (!(cond)) RFA_THROW("E_ARG", msg); \
+  } while (0)

@@ -31,9 +31,13 @@ export function probeAddon({ file, dir = root } = {}) {
     if (!addon.cpu || !addon.plan) throw new Error(file + ' is not the ring-flash-attn addon');
     console.log(JSON.stringify({ file, cuda: !!addon.cudaBuilt, gpus: addon.cuda ? addon.cuda.deviceCount() : 0 }));`;
   // PREBUILDS_ONLY: node-gyp-build would otherwise prefer a build/Release folder.
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, PREBUILDS_ONLY: '1' } });
+  const r = spawnSync(process.execPath, ['-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, PREBUILDS_ONLY: '1' },
+  });
   if (r.status !== 0) {
-    const reason = /^\w*Error: (.*)$/m.exec(r.stderr ?? '')?.[1] ?? r.error?.message ?? `exit ${r.status ?? r.signal}`;
+    const reason =
+      /^\w*Error: (.*)$/m.exec(r.stderr ?? '')?.[1] ?? r.error?.message ?? `exit ${r.status ?? r.signal}`;
     return { ok: false, reason: reason.trim() };
   }
   return { ok: true, ...JSON.parse(r.stdout.trim().split('\n').pop()) };
@@ -42,13 +46,18 @@ export function probeAddon({ file, dir = root } = {}) {
 /** cmake-js compile into build/ (its CMakeLists.txt finds nvcc itself); returns the exit code. */
 export function buildFromSource(out = 'build', env = process.env) {
   const cmakeJs = path.join(path.dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');
-  const r = spawnSync(process.execPath, [cmakeJs, 'compile', '--out', out], { cwd: root, stdio: 'inherit', env });
+  const r = spawnSync(process.execPath, [cmakeJs, 'compile', '--out', out], {
+    cwd: root,
+    stdio: 'inherit',
+    env,
+  });
   if (r.error) console.error(`ring-flash-attn: could not run cmake-js: ${r.error.message}`);
   return r.status ?? 1;
 }
 
 function main() {
-  const forced = process.env.RFA_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
+  const forced =
+    process.env.RFA_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
   if (forced) {
     say('RFA_BUILD_FROM_SOURCE: building the addon from source');
     return buildFromSource();
@@ -62,11 +71,16 @@ function main() {
     say(`no prebuilt addon loads here (${probe.reason}): building from source with cmake-js`);
     return buildFromSource();
   }
-  say(`using the prebuilt addon ${path.relative(root, probe.file)} (${probe.cuda ? `CUDA built in, ${probe.gpus} GPUs visible` : 'CPU only'})`);
+  say(
+    `using the prebuilt addon ${path.relative(root, probe.file)} (${probe.cuda ? `CUDA built in, ${probe.gpus} GPUs visible` : 'CPU only'})`,
+  );
   // A GPU with a driver too old for the prebuild's CUDA runtime reads as no GPU at all.
   if (probe.cuda && probe.gpus === 0 && fs.existsSync('/proc/driver/nvidia/version'))
-    say('an NVIDIA driver is loaded but the prebuilt addon sees no GPU: it needs a driver for CUDA 13 (>= 580); RFA_BUILD_FROM_SOURCE=1 builds against your own CUDA toolkit');
+    say(
+      'an NVIDIA driver is loaded but the prebuilt addon sees no GPU: it needs a driver for CUDA 13 (>= 580); RFA_BUILD_FROM_SOURCE=1 builds against your own CUDA toolkit',
+    );
   return 0;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) process.exit(main());
+if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href)
+  process.exit(main());

@@ -29,10 +29,12 @@ namespace rfa {
 inline std::string shape_mismatch(int src, const std::string& sent, size_t sent_bytes, int dst,
                                   const std::string& expected, size_t expected_bytes) {
   const auto show = [](const std::string& label, size_t bytes) {
-    return label.empty() ? std::to_string(bytes) + " bytes" : label + " (" + std::to_string(bytes) + " bytes)";
+    return label.empty() ? std::to_string(bytes) + " bytes"
+                         : label + " (" + std::to_string(bytes) + " bytes)";
   };
   return "ranks passed local tensors of different shapes: rank " + std::to_string(src) + " sent a block of " +
-         show(sent, sent_bytes) + ", rank " + std::to_string(dst) + " expected " + show(expected, expected_bytes) +
+         show(sent, sent_bytes) + ", rank " + std::to_string(dst) + " expected " +
+         show(expected, expected_bytes) +
          " (every rank of a ring must pass q, k, v and dout of the same local shape and dtype)";
 }
 
@@ -99,7 +101,8 @@ class KeyedQueues {
  private:
   template <class Ready>
   bool wait(std::unique_lock<std::mutex>& lock, const std::string& scope, int timeout_ms, Ready ready) {
-    const bool ok = cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return aborted_.count(scope) || ready(); });
+    const bool ok = cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                                 [&] { return aborted_.count(scope) || ready(); });
     throw_if_aborted(scope);
     return ok;
   }

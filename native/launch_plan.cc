@@ -44,8 +44,8 @@ void check_sms(int sms, int ctas_per_sm) {
 
 double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm) {
   struct Sm {
-    double t = 0.0;               // when `left` was last brought up to date
-    double left[kMaxResidency];   // remaining steps of each resident CTA
+    double t = 0.0;              // when `left` was last brought up to date
+    double left[kMaxResidency];  // remaining steps of each resident CTA
     int n = 0;
   };
   check_sms(sms, ctas_per_sm);
@@ -71,7 +71,8 @@ double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm
   while (!events.empty()) {
     const double t = events.top().first;
     ids.clear();
-    while (!events.empty() && events.top().first <= t * (1 + 1e-12) + 1e-9) ids.push_back(events.top().second), events.pop();
+    while (!events.empty() && events.top().first <= t * (1 + 1e-12) + 1e-9)
+      ids.push_back(events.top().second), events.pop();
     for (int i : ids) {
       Sm& s = sm[i];
       const double done = (t - s.t) * rate(s);
@@ -90,8 +91,8 @@ double simulate_launch(const std::vector<double>& work, int sms, int ctas_per_sm
   return end;
 }
 
-FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::vector<int>& residencies, int max_splits,
-                        bool must_split) {
+FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::vector<int>& residencies,
+                        int max_splits, bool must_split) {
   RFA_CHECK_ARG(!residencies.empty(), "launch plan: no residency to plan for");
   for (const int r : residencies) check_sms(sms, r);
   RFA_CHECK_ARG(max_splits >= 1, "launch plan: max_splits must be at least 1");
@@ -101,15 +102,18 @@ FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::
   // Tiles kept whole: none, or the last few multiples of the SM count (the waves the residencies
   // can fill) so that the pieces of the rest fill the tail.
   std::vector<int64_t> wholes{0};
-  for (int64_t k = std::max<int64_t>(1, tiles / sms - kMaxResidency); k * sms < tiles; ++k) wholes.push_back(k * sms);
+  for (int64_t k = std::max<int64_t>(1, tiles / sms - kMaxResidency); k * sms < tiles; ++k)
+    wholes.push_back(k * sms);
   std::vector<double> work;
   for (const int r : residencies) {
     auto consider = [&](int64_t whole, int splits, double margin) {
       work.clear();
       for (int64_t i = 0; i < tiles; ++i) {
         const double n = tile_steps[size_t(i)];
-        if (i < whole) work.push_back(n + kWholeCost);
-        else work.insert(work.end(), size_t(splits), std::ceil(n / splits) + piece_cost(r));
+        if (i < whole)
+          work.push_back(n + kWholeCost);
+        else
+          work.insert(work.end(), size_t(splits), std::ceil(n / splits) + piece_cost(r));
       }
       const double cost = simulate_launch(work, sms, r) * margin;
       if (cost < best_cost) best = FwdPlan{int(whole), splits, r}, best_cost = cost;
@@ -123,7 +127,8 @@ FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::
 
 int plan_bwd_splits(const std::vector<int>& key_tile_steps, int ctas_per_tile, int sms, int max_splits) {
   check_sms(sms, 1);
-  RFA_CHECK_ARG(ctas_per_tile >= 1 && max_splits >= 1, "launch plan: ctas_per_tile and max_splits must be at least 1");
+  RFA_CHECK_ARG(ctas_per_tile >= 1 && max_splits >= 1,
+                "launch plan: ctas_per_tile and max_splits must be at least 1");
   std::vector<double> work;
   auto cost = [&](int splits) {
     work.clear();
@@ -131,8 +136,10 @@ int plan_bwd_splits(const std::vector<int>& key_tile_steps, int ctas_per_tile, i
       const int per = (steps + splits - 1) / splits;
       for (int k = 0; k < splits; ++k) {
         const int share = std::min(steps, (k + 1) * per) - std::min(steps, k * per);
-        if (splits == 1) work.insert(work.end(), size_t(ctas_per_tile), share + kBwdUnsplitCost);
-        else if (share > 0) work.insert(work.end(), size_t(ctas_per_tile), share + kBwdSplitCost);
+        if (splits == 1)
+          work.insert(work.end(), size_t(ctas_per_tile), share + kBwdUnsplitCost);
+        else if (share > 0)
+          work.insert(work.end(), size_t(ctas_per_tile), share + kBwdSplitCost);
       }
     }
     return simulate_launch(work, sms, 1);

@@ -20,8 +20,8 @@ struct FwdPlan {
 // one of the last multiples of the SM count below the tile count) and the rest in 2..max_splits
 // pieces. A split plan must save 3% over one CTA per tile (the model is rough); with
 // `must_split`, only split plans are candidates.
-FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::vector<int>& residencies, int max_splits,
-                        bool must_split);
+FwdPlan plan_fwd_launch(const std::vector<int>& tile_steps, int sms, const std::vector<int>& residencies,
+                        int max_splits, bool must_split);
 
 // When the last CTA of a launch ends, `work` giving each CTA's key tile steps in launch order;
 // the time unit is one step of an SM running two CTAs. The first ctas_per_sm * sms CTAs spread

@@ -43,7 +43,12 @@ function pruneDist() {
 /** The file name node-gyp-build looks for: N-API (any Node version), and the C library on Linux. */
 function prebuildPath() {
   const libc = process.platform !== 'linux' ? '' : fs.existsSync('/etc/alpine-release') ? '.musl' : '.glibc';
-  return path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, `ring_flash_attn.napi${libc}.node`);
+  return path.join(
+    root,
+    'prebuilds',
+    `${process.platform}-${process.arch}`,
+    `ring_flash_attn.napi${libc}.node`,
+  );
 }
 
 function buildAddon() {
@@ -71,4 +76,6 @@ const target = prebuildPath();
 fs.rmSync(path.join(root, 'prebuilds'), { recursive: true, force: true });
 fs.mkdirSync(path.dirname(target), { recursive: true });
 fs.copyFileSync(addon, target);
-say(`${path.relative(root, target)} (${probe.cuda ? 'CUDA' : 'CPU only'}, ${(fs.statSync(target).size / 2 ** 20).toFixed(1)} MiB) from ${path.relative(root, addon) || addon}`);
+say(
+  `${path.relative(root, target)} (${probe.cuda ? 'CUDA' : 'CPU only'}, ${(fs.statSync(target).size / 2 ** 20).toFixed(1)} MiB) from ${path.relative(root, addon) || addon}`,
+);

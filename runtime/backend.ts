@@ -57,7 +57,8 @@ export abstract class Backend {
    * benchmark's communicator, which plays the ring's missing peers.
    */
   substituteComm(stand: Comm): () => void {
-    const key = stand.group.key, prev = this.comms.get(key);
+    const key = stand.group.key,
+      prev = this.comms.get(key);
     this.comms.set(key, stand);
     return () => {
       if (prev) this.comms.set(key, prev);
@@ -95,7 +96,8 @@ export abstract class Backend {
   /** dst[...] = src[...] for views of equal shape and dtype, rank 4 or more (head_dim contiguous). */
   copy(dst: DeviceTensor, src: DeviceTensor): void {
     if (src.ndim < 4) {
-      if (!src.isContiguous() || !dst.isContiguous()) fail('E_SHAPE', 'copy of a view below rank 4 needs contiguous tensors');
+      if (!src.isContiguous() || !dst.isContiguous())
+        fail('E_SHAPE', 'copy of a view below rank 4 needs contiguous tensors');
       const n = src.numel;
       this.copy(dst.reshape([1, 1, 1, n]), src.reshape([1, 1, 1, n]));
       return;
@@ -116,7 +118,8 @@ export abstract class Backend {
 
   /** dst[...] = src[...] converted to dst's dtype, for views of equal shape: one pass when both are contiguous. */
   castInto(dst: DeviceTensor, src: DeviceTensor): void {
-    if (dst.shape.join() !== src.shape.join()) fail('E_SHAPE', `castInto: shapes differ (${dst.shape} vs ${src.shape})`);
+    if (dst.shape.join() !== src.shape.join())
+      fail('E_SHAPE', `castInto: shapes differ (${dst.shape} vs ${src.shape})`);
     if (!dst.isContiguous()) {
       const staged = this.cast(src, dst.dtype);
       this.copy(dst, staged);
@@ -124,7 +127,13 @@ export abstract class Backend {
       return;
     }
     const from = src.isContiguous() ? src : this.contiguous(src);
-    this.kernels.cast({ src: args.flat(from, 'src'), src_dtype: DTYPE_CODE[from.dtype], dst: args.flat(dst, 'dst'), dst_dtype: DTYPE_CODE[dst.dtype], n: from.numel });
+    this.kernels.cast({
+      src: args.flat(from, 'src'),
+      src_dtype: DTYPE_CODE[from.dtype],
+      dst: args.flat(dst, 'dst'),
+      dst_dtype: DTYPE_CODE[dst.dtype],
+      n: from.numel,
+    });
     if (from !== src) from.dispose();
   }
 
@@ -145,9 +154,15 @@ export abstract class Backend {
    * A segment table for varlen kernel calls (see native/attn_params.h Segments). Lengths must
    * fit the tensors they will be used with; the kernels re-check on the cpu backend.
    */
-  segments(t: { qStart: readonly number[]; qLen: readonly number[]; kStart: readonly number[]; kLen: readonly number[] }): args.SegmentTable {
+  segments(t: {
+    qStart: readonly number[];
+    qLen: readonly number[];
+    kStart: readonly number[];
+    kLen: readonly number[];
+  }): args.SegmentTable {
     const n = t.qStart.length;
-    if ([t.qLen, t.kStart, t.kLen].some((a) => a.length !== n)) fail('E_ARG', 'segments: the four arrays must have one entry per sequence');
+    if ([t.qLen, t.kStart, t.kLen].some((a) => a.length !== n))
+      fail('E_ARG', 'segments: the four arrays must have one entry per sequence');
     const packed = Int32Array.from([...t.qStart, ...t.qLen, ...t.kStart, ...t.kLen]);
     const buf = this.uploadInt32(packed);
     const view = (i: number) => ({ data: buf.data, offset: i * n, strides: [1] });
@@ -155,7 +170,15 @@ export abstract class Backend {
       numSeqs: n,
       maxSeqlenQ: Math.max(0, ...t.qLen),
       maxSeqlenK: Math.max(0, ...t.kLen),
-      native: { num_seqs: n, q_start: view(0), q_len: view(1), k_start: view(2), k_len: view(3), max_seqlen_q: Math.max(0, ...t.qLen), max_seqlen_k: Math.max(0, ...t.kLen) },
+      native: {
+        num_seqs: n,
+        q_start: view(0),
+        q_len: view(1),
+        k_start: view(2),
+        k_len: view(3),
+        max_seqlen_q: Math.max(0, ...t.qLen),
+        max_seqlen_k: Math.max(0, ...t.kLen),
+      },
       release: () => buf.release(),
     };
   }
@@ -164,7 +187,14 @@ export abstract class Backend {
    * out, lse (fp32) = attention of q against k/v (see native/attn_params.h); with `merge`, the
    * result is merged into the running out/lse (update_out_and_lse, fused into the kernel).
    */
-  flashFwd(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: args.FwdOptions): void {
+  flashFwd(
+    q: DeviceTensor,
+    k: DeviceTensor,
+    v: DeviceTensor,
+    out: DeviceTensor,
+    lse: DeviceTensor,
+    o: args.FwdOptions,
+  ): void {
     this.kernels.flashFwd(args.fwdArgs(q, k, v, out, lse, o));
   }
 

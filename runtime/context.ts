@@ -31,20 +31,40 @@ export interface HostTensorLike {
 export class RankContext {
   readonly group: Group;
 
-  constructor(readonly info: RankInfo, readonly backend: Backend) {
-    this.group = makeGroup(Array.from({ length: info.world }, (_, i) => i), info.rank, info.runtimeId);
+  constructor(
+    readonly info: RankInfo,
+    readonly backend: Backend,
+  ) {
+    this.group = makeGroup(
+      Array.from({ length: info.world }, (_, i) => i),
+      info.rank,
+      info.runtimeId,
+    );
   }
 
-  get rank(): number { return this.info.rank; }
-  get world(): number { return this.info.world; }
-  get device(): number { return this.info.device; }
+  get rank(): number {
+    return this.info.rank;
+  }
+  get world(): number {
+    return this.info.world;
+  }
+  get device(): number {
+    return this.info.device;
+  }
 
   /** A sub-group; every member must create it (same ranks, any order of calls). */
   newGroup(ranks: readonly number[]): Group {
     const sorted = [...new Set(ranks)].sort((a, b) => a - b);
-    if (sorted.length !== ranks.length || sorted.some((r) => !Number.isInteger(r) || r < 0 || r >= this.world))
-      fail('E_ARG', `group: ranks must be distinct integers in [0, ${this.world}), got [${ranks.join(', ')}]`);
-    if (!sorted.includes(this.rank)) fail('E_ARG', `group: rank ${this.rank} is not a member of [${sorted.join(', ')}]`);
+    if (
+      sorted.length !== ranks.length ||
+      sorted.some((r) => !Number.isInteger(r) || r < 0 || r >= this.world)
+    )
+      fail(
+        'E_ARG',
+        `group: ranks must be distinct integers in [0, ${this.world}), got [${ranks.join(', ')}]`,
+      );
+    if (!sorted.includes(this.rank))
+      fail('E_ARG', `group: rank ${this.rank} is not a member of [${sorted.join(', ')}]`);
     return makeGroup(sorted, this.rank, this.info.runtimeId);
   }
 
@@ -56,8 +76,16 @@ export class RankContext {
     if (!host || typeof host !== 'object' || !ArrayBuffer.isView(host.data))
       fail('E_ARG', `ctx.tensor: host must be an ndarray (or { data, shape }), got ${describeValue(host)}`);
     // An ndarray view (offset, strides) uploads the elements it shows, in C order.
-    const view = checkHostView('ctx.tensor: host', host as Parameters<typeof checkHostView>[1], (host.data as ArrayLike<number>).length);
-    const dense = { ...host, data: denseData(host.data as Float32Array | Uint16Array, view), shape: view.shape };
+    const view = checkHostView(
+      'ctx.tensor: host',
+      host as Parameters<typeof checkHostView>[1],
+      (host.data as ArrayLike<number>).length,
+    );
+    const dense = {
+      ...host,
+      data: denseData(host.data as Float32Array | Uint16Array, view),
+      shape: view.shape,
+    };
     const t = this.backend.upload(hostData(dense, dtype), dense.shape, resolveDType(dense, dtype));
     t.requiresGrad = requiresGrad;
     return t;
@@ -75,7 +103,8 @@ function hostData(host: HostTensorLike, dtype?: DType): HostData {
     if (dtype && dtype !== want) fail('E_DTYPE', `data is ${want}, asked for ${dtype}`);
     return host.data;
   }
-  if (!(host.data instanceof Float32Array)) fail('E_DTYPE', 'host tensors must be Float32Array or Uint16Array (bf16/f16 bits)');
+  if (!(host.data instanceof Float32Array))
+    fail('E_DTYPE', 'host tensors must be Float32Array or Uint16Array (bf16/f16 bits)');
   return want === 'float32' ? host.data : fromFloat32(host.data, want);
 }
 
@@ -87,6 +116,7 @@ export function setCurrentContext(ctx: RankContext): void {
 
 /** The context of the calling worker; api functions fail outside a runtime worker. */
 export function currentContext(): RankContext {
-  if (!current) fail('E_DEVICE', 'no rank context: call this inside rt.spmd(...) code or through rt.call(...)');
+  if (!current)
+    fail('E_DEVICE', 'no rank context: call this inside rt.spmd(...) code or through rt.call(...)');
   return current;
 }

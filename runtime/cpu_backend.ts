@@ -32,7 +32,9 @@ export class CpuBackend extends Backend {
     this.bytesPeak = Math.max(this.bytesPeak, this.bytesLive);
     let live = true;
     return {
-      data, dtype, numel: data.length,
+      data,
+      dtype,
+      numel: data.length,
       release: () => {
         if (live) this.bytesLive -= bytes;
         live = false;
@@ -43,7 +45,8 @@ export class CpuBackend extends Backend {
   upload(data: HostData, shape: readonly number[], dtype: DType): DeviceTensor {
     const want = dtype === 'float32' ? Float32Array : Uint16Array;
     if (!(data instanceof want)) fail('E_DTYPE', `${dtype} data must be a ${want.name}`);
-    if (data.length !== numelOf(shape)) fail('E_SHAPE', `data has ${data.length} elements, shape ${shape.join('x')} needs ${numelOf(shape)}`);
+    if (data.length !== numelOf(shape))
+      fail('E_SHAPE', `data has ${data.length} elements, shape ${shape.join('x')} needs ${numelOf(shape)}`);
     return new DeviceTensor(this.wrap(data.slice(), dtype), shape, contiguousStrides(shape));
   }
 
@@ -61,7 +64,8 @@ export class CpuBackend extends Backend {
 
   fill(t: DeviceTensor, value: number): void {
     if (!t.isContiguous()) fail('E_SHAPE', 'fill needs a contiguous tensor');
-    if (t.dtype !== 'float32' && value !== 0 && !Number.isNaN(value)) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 and NaN only');
+    if (t.dtype !== 'float32' && value !== 0 && !Number.isNaN(value))
+      fail('E_DTYPE', 'fill of 16-bit tensors supports 0 and NaN only');
     const bits = t.dtype !== 'float32' && Number.isNaN(value) ? 0xffff : value; // all-ones is a NaN in bf16 and f16
     (t.storage.data as HostData).fill(bits, t.offset, t.offset + t.numel);
   }

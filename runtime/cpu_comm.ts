@@ -19,7 +19,8 @@ function sendView(t: DeviceTensor): HostView {
   const src = t.storage.data as Float32Array | Uint16Array;
   const { rows, width, pitch } = layout;
   const out = new (src.constructor as Float32ArrayConstructor | Uint16ArrayConstructor)(rows * width);
-  for (let r = 0; r < rows; r++) out.set(src.subarray(t.offset + r * pitch, t.offset + r * pitch + width), r * width);
+  for (let r = 0; r < rows; r++)
+    out.set(src.subarray(t.offset + r * pitch, t.offset + r * pitch + width), r * width);
   return { data: out, offset: 0, strides: [1] };
 }
 
@@ -57,8 +58,13 @@ export class CpuComm implements Comm {
 
   private send(peer: number, t: DeviceTensor, view: HostView = sendView(t)): void {
     this.cpu.mailSend({
-      comm: this.group.key, src: this.global(this.group.rank), dst: this.global(peer),
-      data: view, n: t.numel, elem_bytes: dtypeBytes(t.dtype), label: transferLabel(t),
+      comm: this.group.key,
+      src: this.global(this.group.rank),
+      dst: this.global(peer),
+      data: view,
+      n: t.numel,
+      elem_bytes: dtypeBytes(t.dtype),
+      label: transferLabel(t),
     });
   }
 
@@ -72,7 +78,12 @@ export class CpuComm implements Comm {
 
   private post(peer: number, t: DeviceTensor, label = transferLabel(t)): PostedRecv {
     const r: PostedRecv = {
-      peer, data: args.flat(t, 'receive buffer') as PostedRecv['data'], n: t.numel, elemBytes: dtypeBytes(t.dtype), label, done: false,
+      peer,
+      data: args.flat(t, 'receive buffer') as PostedRecv['data'],
+      n: t.numel,
+      elemBytes: dtypeBytes(t.dtype),
+      label,
+      done: false,
     };
     this.posted.push(r);
     return r;
@@ -84,8 +95,14 @@ export class CpuComm implements Comm {
     while (this.posted.length > 0) {
       const r = this.posted.shift()!;
       this.cpu.mailRecv({
-        comm: this.group.key, src: this.global(r.peer), dst: this.global(this.group.rank),
-        data: r.data, n: r.n, elem_bytes: r.elemBytes, label: r.label, timeout_ms: this.timeoutMs,
+        comm: this.group.key,
+        src: this.global(r.peer),
+        dst: this.global(this.group.rank),
+        data: r.data,
+        n: r.n,
+        elem_bytes: r.elemBytes,
+        label: r.label,
+        timeout_ms: this.timeoutMs,
       });
       r.done = true;
       if (r === last) return;
@@ -94,7 +111,11 @@ export class CpuComm implements Comm {
 
   private pending(recvs: PostedRecv[]): Pending {
     const last = recvs[recvs.length - 1];
-    return { wait: () => { if (last) this.complete(last); } };
+    return {
+      wait: () => {
+        if (last) this.complete(last);
+      },
+    };
   }
 
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending {
@@ -104,19 +125,23 @@ export class CpuComm implements Comm {
 
   allGather(send: DeviceTensor, recv: DeviceTensor): Pending {
     const n = send.numel;
-    if (recv.numel !== n * this.group.size || recv.dtype !== send.dtype) fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
+    if (recv.numel !== n * this.group.size || recv.dtype !== send.dtype)
+      fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
     const slots = recv.reshape([recv.numel]);
-    const mine = sendView(send);  // gathered once for every peer and for our own slot
+    const mine = sendView(send); // gathered once for every peer and for our own slot
     for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) this.send(p, send, mine);
     const own = slots.narrow(0, this.group.rank * n, n);
     (own.storage.data as Float32Array).set(mine.data.subarray(mine.offset, mine.offset + n), own.offset);
     const posted: PostedRecv[] = [];
-    for (let p = 0; p < this.group.size; p++) if (p !== this.group.rank) posted.push(this.post(p, slots.narrow(0, p * n, n), transferLabel(send)));
+    for (let p = 0; p < this.group.size; p++)
+      if (p !== this.group.rank) posted.push(this.post(p, slots.narrow(0, p * n, n), transferLabel(send)));
     return this.pending(posted);
   }
 
   reduceScatter(send: DeviceTensor, recv: DeviceTensor): Pending {
-    const n = recv.numel, size = this.group.size, me = this.group.rank;
+    const n = recv.numel,
+      size = this.group.size,
+      me = this.group.rank;
     if (send.numel !== n * size || send.dtype !== 'float32' || recv.dtype !== 'float32')
       fail('E_SHAPE', 'reduceScatter: float32 send must hold size × recv elements');
     const flatSend = send.reshape([send.numel]);
@@ -125,9 +150,20 @@ export class CpuComm implements Comm {
     const partView = (p: number) => ({ data: parts, offset: p * n, strides: [1] });
     const posted: PostedRecv[] = [];
     for (let p = 0; p < size; p++) {
-      if (p === me) parts.set((send.storage.data as Float32Array).subarray(send.offset + p * n, send.offset + (p + 1) * n), p * n);
+      if (p === me)
+        parts.set(
+          (send.storage.data as Float32Array).subarray(send.offset + p * n, send.offset + (p + 1) * n),
+          p * n,
+        );
       else {
-        const r: PostedRecv = { peer: p, data: partView(p), n, elemBytes: 4, label: `(${n}) float32`, done: false };
+        const r: PostedRecv = {
+          peer: p,
+          data: partView(p),
+          n,
+          elemBytes: 4,
+          label: `(${n}) float32`,
+          done: false,
+        };
         this.posted.push(r);
         posted.push(r);
       }

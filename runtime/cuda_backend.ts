@@ -25,7 +25,11 @@ export class CudaBackend extends Backend {
     this.kernels.init(info.device, info.timeoutMs);
     const cuda = this.kernels;
     this.finalizer = new FinalizationRegistry((ptr) => {
-      try { cuda.free(ptr); } catch { /* the context is gone: its memory went with it */ }
+      try {
+        cuda.free(ptr);
+      } catch {
+        /* the context is gone: its memory went with it */
+      }
     });
   }
 
@@ -35,7 +39,9 @@ export class CudaBackend extends Backend {
     const token = {};
     let live = true;
     const storage: Storage = {
-      data: ptr, dtype, numel,
+      data: ptr,
+      dtype,
+      numel,
       release: () => {
         if (!live) return;
         live = false;
@@ -50,7 +56,8 @@ export class CudaBackend extends Backend {
   upload(data: HostData, shape: readonly number[], dtype: DType): DeviceTensor {
     const want = dtype === 'float32' ? Float32Array : Uint16Array;
     if (!(data instanceof want)) fail('E_DTYPE', `${dtype} data must be a ${want.name}`);
-    if (data.length !== numelOf(shape)) fail('E_SHAPE', `data has ${data.length} elements, shape ${shape.join('x')} needs ${numelOf(shape)}`);
+    if (data.length !== numelOf(shape))
+      fail('E_SHAPE', `data has ${data.length} elements, shape ${shape.join('x')} needs ${numelOf(shape)}`);
     const t = this.empty(shape, dtype);
     this.kernels.upload(t.storage.data as bigint, data);
     return t;
@@ -72,7 +79,8 @@ export class CudaBackend extends Backend {
 
   fill(t: DeviceTensor, value: number): void {
     if (!t.isContiguous()) fail('E_SHAPE', 'fill needs a contiguous tensor');
-    if (t.dtype !== 'float32' && value !== 0 && !Number.isNaN(value)) fail('E_DTYPE', 'fill of 16-bit tensors supports 0 and NaN only');
+    if (t.dtype !== 'float32' && value !== 0 && !Number.isNaN(value))
+      fail('E_DTYPE', 'fill of 16-bit tensors supports 0 and NaN only');
     this.kernels.fill({ dst: args.flat(t, 'dst'), n: t.numel, dtype: DTYPE_CODE[t.dtype], value });
   }
 
@@ -102,4 +110,3 @@ export class CudaBackend extends Backend {
     this.kernels.resetPeak();
   }
 }
-

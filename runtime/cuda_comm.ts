@@ -1,4 +1,12 @@
-import { readsInPlace, transferLabel, type Comm, type Group, type P2POp, type Pending, type Transport } from './comm.js';
+import {
+  readsInPlace,
+  transferLabel,
+  type Comm,
+  type Group,
+  type P2POp,
+  type Pending,
+  type Transport,
+} from './comm.js';
 import { DTYPE_CODE } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
@@ -15,10 +23,20 @@ import type { DeviceTensor } from './tensor.js';
  * issued between them.
  */
 export class CudaComm implements Comm {
-  constructor(readonly group: Group, private readonly cuda: NativeCuda, private readonly transport: Transport) {}
+  constructor(
+    readonly group: Group,
+    private readonly cuda: NativeCuda,
+    private readonly transport: Transport,
+  ) {}
 
   private op(t: DeviceTensor, peer: number) {
-    return { data: args.flat(t, 'transfer buffer'), n: t.numel, dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer), label: transferLabel(t) };
+    return {
+      data: args.flat(t, 'transfer buffer'),
+      n: t.numel,
+      dtype: DTYPE_CODE[t.dtype],
+      peer: this.peer(peer),
+      label: transferLabel(t),
+    };
   }
 
   /** A send: over the copy engines strided rows are read in place (one 2-D copy of `rows` rows, `pitch` apart). */
@@ -26,13 +44,18 @@ export class CudaComm implements Comm {
     const layout = this.transport === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
     if (!layout) return this.op(t, peer);
     return {
-      data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] }, n: t.numel, rows: layout.rows,
-      dtype: DTYPE_CODE[t.dtype], peer: this.peer(peer), label: transferLabel(t),
+      data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] },
+      n: t.numel,
+      rows: layout.rows,
+      dtype: DTYPE_CODE[t.dtype],
+      peer: this.peer(peer),
+      label: transferLabel(t),
     };
   }
 
   private peer(peer: number): number {
-    if (peer < 0 || peer >= this.group.size) fail('E_ARG', `peer ${peer} is not in group [${this.group.ranks.join(', ')}]`);
+    if (peer < 0 || peer >= this.group.size)
+      fail('E_ARG', `peer ${peer} is not in group [${this.group.ranks.join(', ')}]`);
     return peer;
   }
 
@@ -41,7 +64,14 @@ export class CudaComm implements Comm {
   }
 
   /** Chunk `index` of `n` elements of a contiguous view (a rank's slot of a collective buffer). */
-  private chunk(view: { data: unknown; offset: number; strides: number[] }, index: number, n: number, dtype: number, peer: number, label = '') {
+  private chunk(
+    view: { data: unknown; offset: number; strides: number[] },
+    index: number,
+    n: number,
+    dtype: number,
+    peer: number,
+    label = '',
+  ) {
     return { data: { ...view, offset: view.offset + index * n }, n, dtype, peer, label };
   }
 
@@ -77,27 +107,43 @@ export class CudaComm implements Comm {
   }
 
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending {
-    return this.pending(this.cuda.commSendRecv({
-      ...this.id, sends: sends.map((s) => this.sendOp(s.tensor, s.peer)), recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
-    }));
+    return this.pending(
+      this.cuda.commSendRecv({
+        ...this.id,
+        sends: sends.map((s) => this.sendOp(s.tensor, s.peer)),
+        recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
+      }),
+    );
   }
 
   allGather(send: DeviceTensor, recv: DeviceTensor): Pending {
-    if (recv.numel !== send.numel * this.group.size || recv.dtype !== send.dtype) fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
-    const n = send.numel, dtype = DTYPE_CODE[send.dtype], dst = args.flat(recv, 'recv');
+    if (recv.numel !== send.numel * this.group.size || recv.dtype !== send.dtype)
+      fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
+    const n = send.numel,
+      dtype = DTYPE_CODE[send.dtype],
+      dst = args.flat(recv, 'recv');
     if (this.transport === 'copy-engine')
       // Every member pulls every member's chunk, its own included (a send to itself), in rotated
       // order (rotatedMembers) so that no member's memory is read by all the others at once.
-      return this.pending(this.cuda.commSendRecv({
-        ...this.id, sends: this.members.map((j) => this.sendOp(send, j)), recvs: this.rotatedMembers.map((j) => this.chunk(dst, j, n, dtype, j, transferLabel(send))),
-      }));
-    return this.pending(this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }));
+      return this.pending(
+        this.cuda.commSendRecv({
+          ...this.id,
+          sends: this.members.map((j) => this.sendOp(send, j)),
+          recvs: this.rotatedMembers.map((j) => this.chunk(dst, j, n, dtype, j, transferLabel(send))),
+        }),
+      );
+    return this.pending(
+      this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }),
+    );
   }
 
   reduceScatter(send: DeviceTensor, recv: DeviceTensor): Pending {
     if (send.numel !== recv.numel * this.group.size || send.dtype !== 'float32' || recv.dtype !== 'float32')
       fail('E_SHAPE', 'reduceScatter: float32 send must hold size × recv elements');
-    const n = recv.numel, dtype = DTYPE_CODE.float32, src = args.flat(send, 'send'), dst = args.flat(recv, 'recv');
+    const n = recv.numel,
+      dtype = DTYPE_CODE.float32,
+      src = args.flat(send, 'send'),
+      dst = args.flat(recv, 'recv');
     if (this.transport !== 'copy-engine')
       return this.pending(this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype }));
     // Over the copy engines the addon pulls each member's chunk for us through one slot and sums
@@ -106,7 +152,14 @@ export class CudaComm implements Comm {
     const slot = this.cuda.alloc(n * 4);
     let event: number;
     try {
-      event = this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype, slot: { data: slot, offset: 0, strides: [1] } });
+      event = this.cuda.commReduceScatter({
+        ...this.id,
+        send: src,
+        recv: dst,
+        n,
+        dtype,
+        slot: { data: slot, offset: 0, strides: [1] },
+      });
     } catch (e) {
       this.cuda.free(slot);
       throw e;

@@ -47,19 +47,52 @@ export interface NativeCuda extends NativeKernels {
 }
 
 const CUDA_KEYS: SurfaceKeys<NativeCuda> = {
-  flashFwd: true, flashBwdDot: true, flashBwd: true, merge: true, cast: true, addF32: true, copyBsh: true,
-  deviceCount: true, peerAccess: true, init: true, alloc: true, free: true, upload: true, uploadBytes: true,
-  download: true, fill: true, sync: true, timerMark: true, timerElapsed: true, commSendRecv: true,
-  commAllGather: true, commReduceScatter: true, waitEvent: true, peakBytes: true, resetPeak: true,
-  bytesInUse: true, bytesReserved: true, abortAll: true, resetAll: true, deviceInfo: true,
+  flashFwd: true,
+  flashBwdDot: true,
+  flashBwd: true,
+  merge: true,
+  cast: true,
+  addF32: true,
+  copyBsh: true,
+  deviceCount: true,
+  peerAccess: true,
+  init: true,
+  alloc: true,
+  free: true,
+  upload: true,
+  uploadBytes: true,
+  download: true,
+  fill: true,
+  sync: true,
+  timerMark: true,
+  timerElapsed: true,
+  commSendRecv: true,
+  commAllGather: true,
+  commReduceScatter: true,
+  waitEvent: true,
+  peakBytes: true,
+  resetPeak: true,
+  bytesInUse: true,
+  bytesReserved: true,
+  abortAll: true,
+  resetAll: true,
+  deviceInfo: true,
 };
 let checked: NativeCuda | undefined;
 
 export function cudaNative(): NativeCuda {
   if (checked) return checked;
   const addon = native();
-  if (!addon.cuda) fail('E_DEVICE', `the addon was built without CUDA (${addon.cudaOmitted || 'nvcc was not found at build time'})`);
+  if (!addon.cuda)
+    fail(
+      'E_DEVICE',
+      `the addon was built without CUDA (${addon.cudaOmitted || 'nvcc was not found at build time'})`,
+    );
   const missing = missingFunctions(addon.cuda, 'cuda', CUDA_KEYS);
-  if (missing.length) fail('E_DEVICE', `the native addon does not match this package (it lacks ${missing.join(', ')}): rebuild it with npm rebuild ring-flash-attn`);
+  if (missing.length)
+    fail(
+      'E_DEVICE',
+      `the native addon does not match this package (it lacks ${missing.join(', ')}): rebuild it with npm rebuild ring-flash-attn`,
+    );
   return (checked = addon.cuda as NativeCuda);
 }

@@ -15,7 +15,10 @@ export function dtypeBytes(dtype: DType): number {
 
 export function checkDType(value: unknown, name: string): DType {
   if (typeof value === 'string' && (DTYPES as readonly string[]).includes(value)) return value as DType;
-  fail('E_DTYPE', `${name} must be one of ${DTYPES.join(', ')}, got ${typeof value === 'string' ? JSON.stringify(value) : describeValue(value)}`);
+  fail(
+    'E_DTYPE',
+    `${name} must be one of ${DTYPES.join(', ')}, got ${typeof value === 'string' ? JSON.stringify(value) : describeValue(value)}`,
+  );
 }
 
 const f32 = new Float32Array(1);

@@ -16,8 +16,20 @@ export type ErrorCode =
   | 'E_ABORTED';
 
 const CODES = new Set<string>([
-  'E_SHAPE', 'E_DTYPE', 'E_DEVICE', 'E_ARG', 'E_UNSUPPORTED', 'E_CUDA', 'E_NCCL',
-  'E_WORKER', 'E_CLOSED', 'E_FORMAT', 'E_MEMORY', 'E_NATIVE', 'E_TIMEOUT', 'E_ABORTED',
+  'E_SHAPE',
+  'E_DTYPE',
+  'E_DEVICE',
+  'E_ARG',
+  'E_UNSUPPORTED',
+  'E_CUDA',
+  'E_NCCL',
+  'E_WORKER',
+  'E_CLOSED',
+  'E_FORMAT',
+  'E_MEMORY',
+  'E_NATIVE',
+  'E_TIMEOUT',
+  'E_ABORTED',
 ]);
 
 /** The one error type of the library: `code` is stable, `message` names the argument. */
@@ -42,7 +54,11 @@ export function fail(code: ErrorCode, message: string): never {
  * Re-types anything thrown (a native error with a `code`, a structured-clone of an error from a
  * worker, a plain Error) as a RingFlashAttnError, keeping its code when it has a known one.
  */
-export function asRingError(err: unknown, fallback: ErrorCode = 'E_WORKER', rank?: number): RingFlashAttnError {
+export function asRingError(
+  err: unknown,
+  fallback: ErrorCode = 'E_WORKER',
+  rank?: number,
+): RingFlashAttnError {
   if (err instanceof RingFlashAttnError) {
     if (rank !== undefined && err.rank === undefined) err.rank = rank;
     return err;

@@ -40,38 +40,76 @@ function bsh(t: DeviceTensor, name: string) {
 }
 
 function bhs(t: DeviceTensor, name: string) {
-  if (t.ndim !== 3 || t.dtype !== 'float32') fail('E_SHAPE', `${name} must be float32 (batch, heads, seqlen)`);
+  if (t.ndim !== 3 || t.dtype !== 'float32')
+    fail('E_SHAPE', `${name} must be float32 (batch, heads, seqlen)`);
   return t.kernelView(3);
 }
 
 function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
   return {
-    batch: q.shape[0], seqlen_q: q.shape[1], seqlen_k: k.shape[1], nheads: q.shape[2], nheads_k: k.shape[2],
-    head_dim: q.shape[3], softmax_scale: o.softmaxScale, causal: o.causal,
+    batch: q.shape[0],
+    seqlen_q: q.shape[1],
+    seqlen_k: k.shape[1],
+    nheads: q.shape[2],
+    nheads_k: k.shape[2],
+    head_dim: q.shape[3],
+    softmax_scale: o.softmaxScale,
+    causal: o.causal,
   };
 }
 
-export function fwdArgs(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, out: DeviceTensor, lse: DeviceTensor, o: FwdOptions) {
+export function fwdArgs(
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  out: DeviceTensor,
+  lse: DeviceTensor,
+  o: FwdOptions,
+) {
   const from = o.merge ? o.mergeFrom : undefined;
-  if (o.merge && !from && out.dtype !== 'float32') fail('E_ARG', 'flashFwd: merging into a 16-bit out needs mergeFrom (the running fp32 out)');
-  if (from && (from.dtype !== 'float32' || from.shape.join() !== out.shape.join())) fail('E_ARG', 'flashFwd: mergeFrom must be float32 and shaped like out');
+  if (o.merge && !from && out.dtype !== 'float32')
+    fail('E_ARG', 'flashFwd: merging into a 16-bit out needs mergeFrom (the running fp32 out)');
+  if (from && (from.dtype !== 'float32' || from.shape.join() !== out.shape.join()))
+    fail('E_ARG', 'flashFwd: mergeFrom must be float32 and shaped like out');
   return {
-    merge: o.merge === true, merge_src: from ? bsh(from, 'mergeFrom') : undefined,
-    shape: shape(q, k, o), dtype: DTYPE_CODE[q.dtype], seg: o.seg?.native,
-    q: bsh(q, 'q'), k: bsh(k, 'k'), v: bsh(v, 'v'), out: bsh(out, 'out'), out_dtype: DTYPE_CODE[out.dtype], lse: bhs(lse, 'lse'),
+    merge: o.merge === true,
+    merge_src: from ? bsh(from, 'mergeFrom') : undefined,
+    shape: shape(q, k, o),
+    dtype: DTYPE_CODE[q.dtype],
+    seg: o.seg?.native,
+    q: bsh(q, 'q'),
+    k: bsh(k, 'k'),
+    v: bsh(v, 'v'),
+    out: bsh(out, 'out'),
+    out_dtype: DTYPE_CODE[out.dtype],
+    lse: bhs(lse, 'lse'),
   };
 }
 
 export function bwdDotArgs(dout: DeviceTensor, out: DeviceTensor, dsum: DeviceTensor) {
   return {
-    batch: dout.shape[0], seqlen_q: dout.shape[1], nheads: dout.shape[2], head_dim: dout.shape[3],
-    dtype: DTYPE_CODE[dout.dtype], dout: bsh(dout, 'dout'), out: bsh(out, 'out'), out_dtype: DTYPE_CODE[out.dtype], dsum: bhs(dsum, 'dsum'),
+    batch: dout.shape[0],
+    seqlen_q: dout.shape[1],
+    nheads: dout.shape[2],
+    head_dim: dout.shape[3],
+    dtype: DTYPE_CODE[dout.dtype],
+    dout: bsh(dout, 'dout'),
+    out: bsh(out, 'out'),
+    out_dtype: DTYPE_CODE[out.dtype],
+    dsum: bhs(dsum, 'dsum'),
   };
 }
 
 export interface BwdTensors {
-  dout: DeviceTensor; q: DeviceTensor; k: DeviceTensor; v: DeviceTensor;
-  lse: DeviceTensor; dsum: DeviceTensor; dq: DeviceTensor; dk: DeviceTensor; dv: DeviceTensor;
+  dout: DeviceTensor;
+  q: DeviceTensor;
+  k: DeviceTensor;
+  v: DeviceTensor;
+  lse: DeviceTensor;
+  dsum: DeviceTensor;
+  dq: DeviceTensor;
+  dk: DeviceTensor;
+  dv: DeviceTensor;
 }
 
 /**
@@ -93,27 +131,54 @@ export interface BwdOptions extends AttnOptions {
 
 export function bwdArgs(t: BwdTensors, o: BwdOptions) {
   return {
-    shape: shape(t.q, t.k, o), dtype: DTYPE_CODE[t.q.dtype], seg: o.seg?.native,
-    q: bsh(t.q, 'q'), k: bsh(t.k, 'k'), v: bsh(t.v, 'v'), dout: bsh(t.dout, 'dout'),
-    lse: bhs(t.lse, 'lse'), dsum: bhs(t.dsum, 'dsum'),
-    dq: bsh(t.dq, 'dq'), dk: bsh(t.dk, 'dk'), dv: bsh(t.dv, 'dv'), accumulate: o.accumulate, overwrite_dkv: o.overwriteKv === true,
+    shape: shape(t.q, t.k, o),
+    dtype: DTYPE_CODE[t.q.dtype],
+    seg: o.seg?.native,
+    q: bsh(t.q, 'q'),
+    k: bsh(t.k, 'k'),
+    v: bsh(t.v, 'v'),
+    dout: bsh(t.dout, 'dout'),
+    lse: bhs(t.lse, 'lse'),
+    dsum: bhs(t.dsum, 'dsum'),
+    dq: bsh(t.dq, 'dq'),
+    dk: bsh(t.dk, 'dk'),
+    dv: bsh(t.dv, 'dv'),
+    accumulate: o.accumulate,
+    overwrite_dkv: o.overwriteKv === true,
     deterministic: o.deterministic,
   };
 }
 
-export function mergeArgs(out: DeviceTensor, lse: DeviceTensor, blockOut: DeviceTensor, blockLse: DeviceTensor) {
+export function mergeArgs(
+  out: DeviceTensor,
+  lse: DeviceTensor,
+  blockOut: DeviceTensor,
+  blockLse: DeviceTensor,
+) {
   return {
-    batch: out.shape[0], seqlen: out.shape[1], nheads: out.shape[2], head_dim: out.shape[3],
-    out: bsh(out, 'out'), lse: bhs(lse, 'lse'), block_out: bsh(blockOut, 'block_out'), block_lse: bhs(blockLse, 'block_lse'),
+    batch: out.shape[0],
+    seqlen: out.shape[1],
+    nheads: out.shape[2],
+    head_dim: out.shape[3],
+    out: bsh(out, 'out'),
+    lse: bhs(lse, 'lse'),
+    block_out: bsh(blockOut, 'block_out'),
+    block_lse: bhs(blockLse, 'block_lse'),
   };
 }
 
 export function copyArgs(dst: DeviceTensor, src: DeviceTensor) {
   if (dst.dtype !== src.dtype) fail('E_DTYPE', `copy: ${src.dtype} into ${dst.dtype}`);
-  if (dst.shape.join() !== src.shape.join()) fail('E_SHAPE', `copy: ${src.shape.join('x')} into ${dst.shape.join('x')}`);
+  if (dst.shape.join() !== src.shape.join())
+    fail('E_SHAPE', `copy: ${src.shape.join('x')} into ${dst.shape.join('x')}`);
   return {
-    batch: src.shape[0], seqlen: src.shape[1], heads: src.shape[2], head_dim: src.shape[3], dtype: DTYPE_CODE[src.dtype],
-    src: bsh(src, 'src'), dst: bsh(dst, 'dst'),
+    batch: src.shape[0],
+    seqlen: src.shape[1],
+    heads: src.shape[2],
+    head_dim: src.shape[3],
+    dtype: DTYPE_CODE[src.dtype],
+    src: bsh(src, 'src'),
+    dst: bsh(dst, 'dst'),
   };
 }
 

@@ -40,7 +40,13 @@ export interface NativeCpu extends NativeKernels {
 /** The launch planner of the CUDA kernels (native/launch_plan.h), exposed for tests. */
 export interface NativePlan {
   simulateLaunch(p: { work: number[]; sms: number; ctasPerSm: number }): number;
-  planFwdLaunch(p: { tileSteps: number[]; sms: number; residencies: number[]; maxSplits: number; mustSplit: boolean }): { whole: number; splits: number; ctasPerSm: number };
+  planFwdLaunch(p: {
+    tileSteps: number[];
+    sms: number;
+    residencies: number[];
+    maxSplits: number;
+    mustSplit: boolean;
+  }): { whole: number; splits: number; ctasPerSm: number };
   planBwdSplits(p: { keyTileSteps: number[]; ctasPerTile: number; sms: number; maxSplits: number }): number;
 }
 
@@ -57,9 +63,21 @@ export interface NativeAddon {
 /** Every function of a binding object, by name: the compiler checks the lists against the interfaces. */
 export type SurfaceKeys<T> = Record<keyof T, true>;
 const KERNEL_KEYS: SurfaceKeys<NativeKernels> = {
-  flashFwd: true, flashBwdDot: true, flashBwd: true, merge: true, cast: true, addF32: true, copyBsh: true,
+  flashFwd: true,
+  flashBwdDot: true,
+  flashBwd: true,
+  merge: true,
+  cast: true,
+  addF32: true,
+  copyBsh: true,
 };
-const CPU_KEYS: SurfaceKeys<NativeCpu> = { ...KERNEL_KEYS, mailSend: true, mailRecv: true, mailAbort: true, mailReset: true };
+const CPU_KEYS: SurfaceKeys<NativeCpu> = {
+  ...KERNEL_KEYS,
+  mailSend: true,
+  mailRecv: true,
+  mailAbort: true,
+  mailReset: true,
+};
 const PLAN_KEYS: SurfaceKeys<NativePlan> = { simulateLaunch: true, planFwdLaunch: true, planBwdSplits: true };
 
 /**
@@ -69,16 +87,24 @@ const PLAN_KEYS: SurfaceKeys<NativePlan> = { simulateLaunch: true, planFwdLaunch
  */
 export function missingFunctions(binding: unknown, name: string, keys: object): string[] {
   const b = (typeof binding === 'object' && binding !== null ? binding : {}) as Record<string, unknown>;
-  return Object.keys(keys).filter((k) => typeof b[k] !== 'function').map((k) => `${name}.${k}`);
+  return Object.keys(keys)
+    .filter((k) => typeof b[k] !== 'function')
+    .map((k) => `${name}.${k}`);
 }
 
 export function checkSurface(addon: unknown, file: string, extra: [string, object][] = []): void {
   const a = (typeof addon === 'object' && addon !== null ? addon : {}) as Record<string, unknown>;
-  const missing = [...missingFunctions(a.cpu, 'cpu', CPU_KEYS), ...missingFunctions(a.plan, 'plan', PLAN_KEYS)];
+  const missing = [
+    ...missingFunctions(a.cpu, 'cpu', CPU_KEYS),
+    ...missingFunctions(a.plan, 'plan', PLAN_KEYS),
+  ];
   for (const [name, keys] of extra) missing.push(...missingFunctions(a[name], name, keys));
   if (typeof a.cudaBuilt !== 'boolean') missing.push('cudaBuilt');
   if (missing.length) {
-    throw new RingFlashAttnError('E_DEVICE', `the native addon ${file} does not match this package (it lacks ${missing.join(', ')}): rebuild it with npm rebuild ring-flash-attn (npm run build:native in a clone)`);
+    throw new RingFlashAttnError(
+      'E_DEVICE',
+      `the native addon ${file} does not match this package (it lacks ${missing.join(', ')}): rebuild it with npm rebuild ring-flash-attn (npm run build:native in a clone)`,
+    );
   }
 }
 
@@ -94,14 +120,21 @@ function addonPath(): string {
   if (process.env.RFA_ADDON) {
     // A relative path is the user's, from the working directory (require would read it as a package name).
     const file = path.resolve(process.env.RFA_ADDON);
-    if (!fs.existsSync(file)) throw new RingFlashAttnError('E_DEVICE', `native addon not found: RFA_ADDON is ${process.env.RFA_ADDON}`);
+    if (!fs.existsSync(file))
+      throw new RingFlashAttnError(
+        'E_DEVICE',
+        `native addon not found: RFA_ADDON is ${process.env.RFA_ADDON}`,
+      );
     return file;
   }
   const root = packageRoot();
   try {
     return (require('node-gyp-build') as { resolve(dir: string): string }).resolve(root);
   } catch (e) {
-    throw new RingFlashAttnError('E_DEVICE', `native addon not found in ${root} (neither build/Release nor a prebuild for ${process.platform}-${process.arch}): build it with npm rebuild ring-flash-attn (npm run build:native in a clone) (${(e as Error).message.split('\n')[0]})`);
+    throw new RingFlashAttnError(
+      'E_DEVICE',
+      `native addon not found in ${root} (neither build/Release nor a prebuild for ${process.platform}-${process.arch}): build it with npm rebuild ring-flash-attn (npm run build:native in a clone) (${(e as Error).message.split('\n')[0]})`,
+    );
   }
 }
 
@@ -110,7 +143,11 @@ function packageRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   while (!fs.existsSync(path.join(dir, 'package.json'))) {
     const up = path.dirname(dir);
-    if (up === dir) throw new RingFlashAttnError('E_DEVICE', `native addon not found: no package.json above ${fileURLToPath(import.meta.url)}`);
+    if (up === dir)
+      throw new RingFlashAttnError(
+        'E_DEVICE',
+        `native addon not found: no package.json above ${fileURLToPath(import.meta.url)}`,
+      );
     dir = up;
   }
   return dir;

@@ -60,7 +60,15 @@ export interface ResolvedInit {
   onWorkerError: (error: RingFlashAttnError) => void;
 }
 
-const INIT_KEYS = new Set(['backend', 'world', 'devices', 'timeoutMs', 'callTimeoutMs', 'onWorkerError', 'transport']);
+const INIT_KEYS = new Set([
+  'backend',
+  'world',
+  'devices',
+  'timeoutMs',
+  'callTimeoutMs',
+  'onWorkerError',
+  'transport',
+]);
 /** setTimeout's and the native waits' limit (a signed 32-bit millisecond count). */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 /** The longest the other ranks of a failed call get to return before they are terminated. */
@@ -71,7 +79,10 @@ let runtimeCount = 0;
 /** A whole number of milliseconds in [min, 2^31 - 1]: what setTimeout and the native waits take. */
 export function checkTimeout(where: string, value: unknown, min: 0 | 1): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > MAX_TIMEOUT_MS)
-    fail('E_ARG', `${where} must be an integer number of milliseconds in [${min}, ${MAX_TIMEOUT_MS}], got ${typeof value === 'string' ? JSON.stringify(value) : describeValue(value)}`);
+    fail(
+      'E_ARG',
+      `${where} must be an integer number of milliseconds in [${min}, ${MAX_TIMEOUT_MS}], got ${typeof value === 'string' ? JSON.stringify(value) : describeValue(value)}`,
+    );
   return value;
 }
 
@@ -87,7 +98,10 @@ export function visibleGpuCount(): number {
  * benchmark/RESULTS.md), or when ranks share a GPU (NCCL refuses it);
  * else 'nccl', whose own transports do better than copies staged through host memory.
  */
-export function defaultTransport(devices: readonly number[], peerAccess: (device: number, peer: number) => boolean): Transport {
+export function defaultTransport(
+  devices: readonly number[],
+  peerAccess: (device: number, peer: number) => boolean,
+): Transport {
   const gpus = [...new Set(devices)];
   if (gpus.length < devices.length) return 'copy-engine';
   for (const a of gpus) for (const b of gpus) if (a !== b && !peerAccess(a, b)) return 'nccl';
@@ -99,11 +113,18 @@ function resolveOptions(opts: InitOptions): ResolvedInit {
   for (const k of Object.keys(opts)) if (!INIT_KEYS.has(k)) fail('E_ARG', `init: unknown option '${k}'`);
   const gpus = visibleGpuCount();
   const backend = opts.backend ?? (gpus > 0 ? 'cuda' : 'cpu');
-  if (backend !== 'cpu' && backend !== 'cuda') fail('E_ARG', `init: backend must be 'cuda' or 'cpu', got ${JSON.stringify(backend)}`);
+  if (backend !== 'cpu' && backend !== 'cuda')
+    fail('E_ARG', `init: backend must be 'cuda' or 'cpu', got ${JSON.stringify(backend)}`);
   if (backend === 'cuda' && gpus === 0)
-    fail('E_DEVICE', native().cudaBuilt ? 'init: backend cuda asked for, but no GPU is visible' : `init: backend cuda asked for, but the addon was built without CUDA (${native().cudaOmitted})`);
-  const world = opts.world ?? (backend === 'cuda' ? opts.devices?.length ?? gpus : 2);
-  if (!Number.isInteger(world) || world < 1 || world > 64) fail('E_ARG', `init: world must be an integer in [1, 64], got ${world}`);
+    fail(
+      'E_DEVICE',
+      native().cudaBuilt
+        ? 'init: backend cuda asked for, but no GPU is visible'
+        : `init: backend cuda asked for, but the addon was built without CUDA (${native().cudaOmitted})`,
+    );
+  const world = opts.world ?? (backend === 'cuda' ? (opts.devices?.length ?? gpus) : 2);
+  if (!Number.isInteger(world) || world < 1 || world > 64)
+    fail('E_ARG', `init: world must be an integer in [1, 64], got ${world}`);
   const devices = opts.devices ?? Array.from({ length: world }, (_, i) => (backend === 'cuda' ? i : 0));
   if (!Array.isArray(devices) || devices.length !== world)
     fail('E_ARG', `init: devices must list one device per rank (${world}), got ${JSON.stringify(devices)}`);
@@ -111,12 +132,19 @@ function resolveOptions(opts: InitOptions): ResolvedInit {
     fail('E_ARG', `init: transport must be 'nccl' or 'copy-engine', got ${JSON.stringify(opts.transport)}`);
   const sharedDevices = backend === 'cuda' && new Set(devices).size !== devices.length;
   if (backend === 'cuda') {
-    for (const d of devices) if (!Number.isInteger(d) || d < 0 || d >= gpus) fail('E_DEVICE', `init: device ${d} is not a visible GPU (0..${gpus - 1})`);
+    for (const d of devices)
+      if (!Number.isInteger(d) || d < 0 || d >= gpus)
+        fail('E_DEVICE', `init: device ${d} is not a visible GPU (0..${gpus - 1})`);
     if (sharedDevices && opts.transport === 'nccl')
-      fail('E_DEVICE', "init: ranks that share a GPU need transport 'copy-engine' (NCCL refuses two ranks on one GPU)");
+      fail(
+        'E_DEVICE',
+        "init: ranks that share a GPU need transport 'copy-engine' (NCCL refuses two ranks on one GPU)",
+      );
     for (const d of new Set(devices)) checkDeviceSupported(d);
   }
-  const transport: Transport = opts.transport ?? (backend === 'cuda' ? defaultTransport(devices, (a, b) => cudaNative().peerAccess(a, b)) : 'copy-engine');
+  const transport: Transport =
+    opts.transport ??
+    (backend === 'cuda' ? defaultTransport(devices, (a, b) => cudaNative().peerAccess(a, b)) : 'copy-engine');
   const timeoutMs = checkTimeout('init: timeoutMs', opts.timeoutMs ?? 60_000, 1);
   const callTimeoutMs = checkTimeout('init: callTimeoutMs', opts.callTimeoutMs ?? 600_000, 0);
   if (opts.onWorkerError !== undefined && typeof opts.onWorkerError !== 'function')
@@ -134,8 +162,11 @@ function resolveOptions(opts: InitOptions): ResolvedInit {
 function checkDeviceSupported(device: number): void {
   const d = cudaNative().deviceInfo(device);
   if (!d.ok)
-    fail('E_DEVICE', `init: GPU ${device} (${d.name}, compute capability ${d.major}.${d.minor}) cannot run this build's kernels ` +
-      `(${d.error}); supported: compute capability 8.0 and newer (sm_80, sm_86, sm_89 and sm_90a code, PTX for later GPUs)`);
+    fail(
+      'E_DEVICE',
+      `init: GPU ${device} (${d.name}, compute capability ${d.major}.${d.minor}) cannot run this build's kernels ` +
+        `(${d.error}); supported: compute capability 8.0 and newer (sm_80, sm_86, sm_89 and sm_90a code, PTX for later GPUs)`,
+    );
 }
 
 /** How one dispatched call is running: each rank's state, and how the call may be cut short. */
@@ -202,8 +233,13 @@ export class Runtime {
 
   private newPool(info: RankInfo): Piscina {
     const pool = new Piscina({
-      filename: fileURLToPath(new URL('./worker.js', import.meta.url)), workerData: info,
-      minThreads: 1, maxThreads: 1, concurrentTasksPerWorker: 1, idleTimeout: Number.MAX_SAFE_INTEGER, atomics: 'disabled',
+      filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
+      workerData: info,
+      minThreads: 1,
+      maxThreads: 1,
+      concurrentTasksPerWorker: 1,
+      idleTimeout: Number.MAX_SAFE_INTEGER,
+      atomics: 'disabled',
     });
     // A worker that dies while idle (process.exit in user code, a crash at start-up): piscina
     // starts another one; without a listener its 'error' event would end the host process.
@@ -214,7 +250,11 @@ export class Runtime {
   private workerFailedOutsideCall(rank: number, message: string, stack?: string): void {
     if (this.closed) return;
     this.stale.add(rank);
-    const e = new RingFlashAttnError('E_WORKER', `rank ${rank}'s worker threw outside any call (${message}); it is replaced before the next call`, { rank });
+    const e = new RingFlashAttnError(
+      'E_WORKER',
+      `rank ${rank}'s worker threw outside any call (${message}); it is replaced before the next call`,
+      { rank },
+    );
     if (stack) e.stack = stack;
     try {
       this.onWorkerError(e);
@@ -244,8 +284,19 @@ export class Runtime {
    * results in rank order; DeviceTensors in them arrive as ndarrays (HostResult) whose `dtype`
    * is the tensor's (bf16/f16 as Uint16Array bits).
    */
-  async spmd<T = unknown>(moduleUrl: string | URL, exportName: string, arg?: unknown, opts?: CallOptions): Promise<T[]> {
-    const results = await this.runEach(String(moduleUrl), exportName, Array.from({ length: this.world }, () => arg), undefined, opts);
+  async spmd<T = unknown>(
+    moduleUrl: string | URL,
+    exportName: string,
+    arg?: unknown,
+    opts?: CallOptions,
+  ): Promise<T[]> {
+    const results = await this.runEach(
+      String(moduleUrl),
+      exportName,
+      Array.from({ length: this.world }, () => arg),
+      undefined,
+      opts,
+    );
     return results.map(fromTransfer) as T[];
   }
 
@@ -254,14 +305,24 @@ export class Runtime {
    * order. If any rank fails, the communicators are aborted so no rank waits forever, and the
    * call rejects once every rank has returned or been terminated; the runtime stays usable.
    */
-  runEach(moduleUrl: string, exportName: string, args: readonly unknown[], ranks?: readonly number[], opts: CallOptions = {}): Promise<unknown[]> {
+  runEach(
+    moduleUrl: string,
+    exportName: string,
+    args: readonly unknown[],
+    ranks?: readonly number[],
+    opts: CallOptions = {},
+  ): Promise<unknown[]> {
     if (this.closed) return Promise.reject(new RingFlashAttnError('E_CLOSED', 'runtime is closed'));
     let timeoutMs: number;
     try {
-      if (opts === null || typeof opts !== 'object') fail('E_ARG', `call options must be an object, got ${opts === null ? 'null' : typeof opts}`);
+      if (opts === null || typeof opts !== 'object')
+        fail('E_ARG', `call options must be an object, got ${opts === null ? 'null' : typeof opts}`);
       timeoutMs = checkTimeout('timeoutMs', opts.timeoutMs ?? this.callTimeoutMs, 0);
       if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
-        fail('E_ARG', `signal must be an AbortSignal, got ${opts.signal === null ? 'null' : typeof opts.signal}`);
+        fail(
+          'E_ARG',
+          `signal must be an AbortSignal, got ${opts.signal === null ? 'null' : typeof opts.signal}`,
+        );
     } catch (e) {
       return Promise.reject(e);
     }
@@ -271,17 +332,42 @@ export class Runtime {
     return job;
   }
 
-  private async dispatch(moduleUrl: string, exportName: string, args: readonly unknown[], ranks: readonly number[],
-    timeoutMs: number, signal: AbortSignal | undefined): Promise<unknown[]> {
+  private async dispatch(
+    moduleUrl: string,
+    exportName: string,
+    args: readonly unknown[],
+    ranks: readonly number[],
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<unknown[]> {
     if (this.closed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
     if (signal?.aborted) throw aborted(exportName, signal);
     await this.replaceStaleWorkers();
-    const flight: Flight = { ranks, running: new Set(ranks), controllers: ranks.map(() => new AbortController()), terminated: [] };
+    const flight: Flight = {
+      ranks,
+      running: new Set(ranks),
+      controllers: ranks.map(() => new AbortController()),
+      terminated: [],
+    };
     this.flight = flight;
     let firstError: RingFlashAttnError | undefined;
     let grace: NodeJS.Timeout | undefined;
-    const deadline = timeoutMs > 0 ? setTimeout(() => this.cut(flight, (stuck) => new RingFlashAttnError('E_TIMEOUT',
-      `'${exportName}' timed out after ${timeoutMs} ms: ${rankList(stuck)} had not returned; terminated and replaced`, { rank: stuck[0] })), timeoutMs) : undefined;
+    const deadline =
+      timeoutMs > 0
+        ? setTimeout(
+            () =>
+              this.cut(
+                flight,
+                (stuck) =>
+                  new RingFlashAttnError(
+                    'E_TIMEOUT',
+                    `'${exportName}' timed out after ${timeoutMs} ms: ${rankList(stuck)} had not returned; terminated and replaced`,
+                    { rank: stuck[0] },
+                  ),
+              ),
+            timeoutMs,
+          )
+        : undefined;
     const onAbort = () => this.cut(flight, () => aborted(exportName, signal!));
     signal?.addEventListener('abort', onAbort, { once: true });
     const onFailure = (e: RingFlashAttnError) => {
@@ -291,29 +377,43 @@ export class Runtime {
       // The other ranks' waits are woken by the abort; one still running after the grace is
       // stuck in user code (or a kernel that will not end) and is terminated.
       const graceMs = Math.min(this.timeoutMs, FAILURE_GRACE_MS);
-      grace = setTimeout(() => this.cut(flight, (stuck) => new RingFlashAttnError('E_TIMEOUT',
-        `${rankList(stuck)} did not return within ${graceMs} ms after rank ${e.rank} failed (${e.code}: ${e.message}); terminated and replaced`,
-        { cause: e, rank: stuck[0] })), graceMs);
+      grace = setTimeout(
+        () =>
+          this.cut(
+            flight,
+            (stuck) =>
+              new RingFlashAttnError(
+                'E_TIMEOUT',
+                `${rankList(stuck)} did not return within ${graceMs} ms after rank ${e.rank} failed (${e.code}: ${e.message}); terminated and replaced`,
+                { cause: e, rank: stuck[0] },
+              ),
+          ),
+        graceMs,
+      );
     };
-    const settled = await Promise.all(ranks.map(async (rank, i) => {
-      const task: WorkerTask = { moduleUrl, exportName, arg: args[i] };
-      try {
-        const r = (await this.pools[rank]!.run(task, { signal: flight.controllers[i]!.signal })) as WorkerResult;
-        if (!r.ok) {
-          const e = new RingFlashAttnError(asRingError(r.error).code, r.error.message, { rank });
-          if (r.error.stack) e.stack = r.error.stack;
+    const settled = await Promise.all(
+      ranks.map(async (rank, i) => {
+        const task: WorkerTask = { moduleUrl, exportName, arg: args[i] };
+        try {
+          const r = (await this.pools[rank]!.run(task, {
+            signal: flight.controllers[i]!.signal,
+          })) as WorkerResult;
+          if (!r.ok) {
+            const e = new RingFlashAttnError(asRingError(r.error).code, r.error.message, { rank });
+            if (r.error.stack) e.stack = r.error.stack;
+            onFailure(e);
+            return { ok: false as const, error: e };
+          }
+          return { ok: true as const, value: r.value };
+        } catch (err) {
+          const e = flight.stop ?? asRingError(err, 'E_WORKER', rank);
           onFailure(e);
           return { ok: false as const, error: e };
+        } finally {
+          flight.running.delete(rank);
         }
-        return { ok: true as const, value: r.value };
-      } catch (err) {
-        const e = flight.stop ?? asRingError(err, 'E_WORKER', rank);
-        onFailure(e);
-        return { ok: false as const, error: e };
-      } finally {
-        flight.running.delete(rank);
-      }
-    }));
+      }),
+    );
     clearTimeout(deadline);
     clearTimeout(grace);
     signal?.removeEventListener('abort', onAbort);
@@ -323,14 +423,23 @@ export class Runtime {
     if (flight.stop) throw flight.stop;
     const failures = settled.filter((s) => !s.ok).map((s) => (s as { error: RingFlashAttnError }).error);
     // Every rank failed the same way (e.g. the same validation error): that error, as is.
-    if (failures.length === ranks.length && failures.every((f) => f.code === firstError!.code && !isAbort(f))) throw firstError;
+    if (failures.length === ranks.length && failures.every((f) => f.code === firstError!.code && !isAbort(f)))
+      throw firstError;
     // A device-level failure keeps its code (E_NCCL for a stuck collective, E_CUDA), and so does
     // a transfer between ranks whose local shapes differ (E_SHAPE); anything else a rank threw is
     // reported as that worker's failure.
-    const code = firstError.code === 'E_NCCL' || firstError.code === 'E_CUDA' || firstError.code === 'E_SHAPE' ? firstError.code : 'E_WORKER';
-    throw new RingFlashAttnError(code, `rank ${firstError.rank} failed (${firstError.code}): ${firstError.message}`, {
-      cause: firstError, rank: firstError.rank,
-    });
+    const code =
+      firstError.code === 'E_NCCL' || firstError.code === 'E_CUDA' || firstError.code === 'E_SHAPE'
+        ? firstError.code
+        : 'E_WORKER';
+    throw new RingFlashAttnError(
+      code,
+      `rank ${firstError.rank} failed (${firstError.code}): ${firstError.message}`,
+      {
+        cause: firstError,
+        rank: firstError.rank,
+      },
+    );
   }
 
   /**
@@ -381,7 +490,10 @@ export class Runtime {
     const waitMs = checkTimeout('close: timeoutMs', opts.timeoutMs ?? this.timeoutMs, 0);
     this.closed = true;
     if (!(await bounded(this.queue, waitMs)) && this.flight)
-      this.cut(this.flight, () => new RingFlashAttnError('E_CLOSED', 'runtime closed while the call was running'));
+      this.cut(
+        this.flight,
+        () => new RingFlashAttnError('E_CLOSED', 'runtime closed while the call was running'),
+      );
     await bounded(this.queue, this.timeoutMs);
     this.strays.close();
     await Promise.all(this.pools.map((p) => bounded(p.destroy(), this.timeoutMs)));
@@ -395,7 +507,9 @@ export class Runtime {
 
 function aborted(exportName: string, signal: AbortSignal): RingFlashAttnError {
   const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
-  return new RingFlashAttnError('E_ABORTED', `'${exportName}' was aborted (${reason})`, { cause: signal.reason });
+  return new RingFlashAttnError('E_ABORTED', `'${exportName}' was aborted (${reason})`, {
+    cause: signal.reason,
+  });
 }
 
 function rankList(ranks: readonly number[]): string {
@@ -405,9 +519,17 @@ function rankList(ranks: readonly number[]): string {
 /** Whether `p` settled within `ms` (it is left running otherwise). */
 async function bounded(p: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms); });
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
   try {
-    return await Promise.race([p.then(() => true, () => true), timeout]);
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => true,
+      ),
+      timeout,
+    ]);
   } finally {
     clearTimeout(timer);
   }

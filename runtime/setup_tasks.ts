@@ -16,7 +16,12 @@ export function warmup(ctx: RankContext): void {
   const one = be.zeros([1], 'float32');
   const all = be.empty([ctx.world], 'float32');
   comm.allGather(one, all).wait();
-  comm.sendRecv([{ peer: ringPeer(ctx.rank, 1, ctx.world), tensor: one }], [{ peer: ringPeer(ctx.rank, -1, ctx.world), tensor: all.narrow(0, 0, 1) }]).wait();
+  comm
+    .sendRecv(
+      [{ peer: ringPeer(ctx.rank, 1, ctx.world), tensor: one }],
+      [{ peer: ringPeer(ctx.rank, -1, ctx.world), tensor: all.narrow(0, 0, 1) }],
+    )
+    .wait();
   be.sync();
   one.dispose();
   all.dispose();

@@ -52,15 +52,20 @@ function showDims(xs: readonly unknown[]): string {
  * safe too, else E_SHAPE (`what` names the tensor, e.g. 'ring_flash_attn_func: q has shape').
  */
 export function numelOf(shape: readonly number[], what = 'shape'): number {
-  if (!Array.isArray(shape)) fail('E_SHAPE', `a shape must be an array of dimensions, got ${describeValue(shape)}`);
+  if (!Array.isArray(shape))
+    fail('E_SHAPE', `a shape must be an array of dimensions, got ${describeValue(shape)}`);
   let n = 1;
   for (let axis = 0; axis < shape.length; axis++) {
     const d: unknown = shape[axis];
     if (!Number.isSafeInteger(d) || (d as number) < 0)
-      fail('E_SHAPE', `${what} ${showDims(shape)}: dimension ${axis} is ${describeValue(d)}, expected a non-negative safe integer`);
+      fail(
+        'E_SHAPE',
+        `${what} ${showDims(shape)}: dimension ${axis} is ${describeValue(d)}, expected a non-negative safe integer`,
+      );
     n *= d as number;
   }
-  if (!Number.isSafeInteger(n)) fail('E_SHAPE', `${what} ${showDims(shape)}: its element count ${n} is not a safe integer`);
+  if (!Number.isSafeInteger(n))
+    fail('E_SHAPE', `${what} ${showDims(shape)}: its element count ${n} is not a safe integer`);
   return n;
 }
 
@@ -86,12 +91,20 @@ export interface HostView {
 
 function checkStride(where: string, stride: unknown, shape: readonly number[]): number[] {
   if (stride === undefined) return contiguousStrides(shape);
-  if (!Array.isArray(stride)) fail('E_SHAPE', `${where} stride must be an array of integers, got ${describeValue(stride)}`);
+  if (!Array.isArray(stride))
+    fail('E_SHAPE', `${where} stride must be an array of integers, got ${describeValue(stride)}`);
   if (stride.length !== shape.length)
-    fail('E_SHAPE', `${where} stride has ${stride.length} entries for the ${shape.length}-d shape ${showDims(shape)}: expected one integer per dimension`);
+    fail(
+      'E_SHAPE',
+      `${where} stride has ${stride.length} entries for the ${shape.length}-d shape ${showDims(shape)}: expected one integer per dimension`,
+    );
   for (let axis = 0; axis < stride.length; axis++) {
     const s: unknown = stride[axis];
-    if (!Number.isSafeInteger(s)) fail('E_SHAPE', `${where} stride ${showDims(stride)}: entry ${axis} is ${describeValue(s)}, expected an integer`);
+    if (!Number.isSafeInteger(s))
+      fail(
+        'E_SHAPE',
+        `${where} stride ${showDims(stride)}: entry ${axis} is ${describeValue(s)}, expected an integer`,
+      );
   }
   return stride as number[];
 }
@@ -112,16 +125,29 @@ export function checkHostView(where: string, x: HostViewLike, dataLength: number
     fail('E_SHAPE', `${where} offset must be a non-negative integer, got ${describeValue(offset)}`);
   const c = contiguousStrides(shape);
   const contiguous = shape.every((n, i) => n === 1 || stride[i] === c[i]);
-  const view: HostView = { shape: [...shape], stride: [...stride], offset: offset as number, numel, dense: contiguous && offset === 0 };
+  const view: HostView = {
+    shape: [...shape],
+    stride: [...stride],
+    offset: offset as number,
+    numel,
+    dense: contiguous && offset === 0,
+  };
   if (view.dense) {
     if (dataLength !== numel)
-      fail('E_SHAPE', `${where} has ${dataLength} data elements but shape ${showDims(shape)} holds ${numel}; a contiguous tensor with offset 0 must hold exactly its elements: pass a copy, or a view with an explicit offset/stride`);
+      fail(
+        'E_SHAPE',
+        `${where} has ${dataLength} data elements but shape ${showDims(shape)} holds ${numel}; a contiguous tensor with offset 0 must hold exactly its elements: pass a copy, or a view with an explicit offset/stride`,
+      );
     return view;
   }
   if (numel > MAX_HOST_ELEMENTS)
-    fail('E_SHAPE', `${where} has shape ${showDims(shape)}: its ${numel} elements are more than a host typed array holds (${MAX_HOST_ELEMENTS})`);
+    fail(
+      'E_SHAPE',
+      `${where} has shape ${showDims(shape)}: its ${numel} elements are more than a host typed array holds (${MAX_HOST_ELEMENTS})`,
+    );
   if (numel === 0) return view;
-  let lo = view.offset, hi = view.offset;
+  let lo = view.offset,
+    hi = view.offset;
   shape.forEach((n, i) => {
     const reach = (n - 1) * stride[i]!;
     if (reach < 0) lo += reach;
@@ -129,7 +155,8 @@ export function checkHostView(where: string, x: HostViewLike, dataLength: number
   });
   const desc = `${where} (shape ${showDims(shape)}, stride ${showDims(stride)}, offset ${view.offset})`;
   if (lo < 0) fail('E_SHAPE', `${desc} reaches data index ${lo}, below 0`);
-  if (hi >= dataLength) fail('E_SHAPE', `${desc} reaches data index ${hi}, but its data has ${dataLength} elements`);
+  if (hi >= dataLength)
+    fail('E_SHAPE', `${desc} reaches data index ${hi}, but its data has ${dataLength} elements`);
   return view;
 }
 
@@ -146,7 +173,9 @@ export function denseData<T extends TypedData>(data: T, view: HostView): T {
     return out;
   }
   // Innermost runs one at a time; the outer index advances like an odometer.
-  const last = shape.length - 1, run = shape[last]!, step = stride[last]!;
+  const last = shape.length - 1,
+    run = shape[last]!,
+    step = stride[last]!;
   const idx = new Array<number>(last).fill(0);
   let base = view.offset;
   for (let o = 0; o < numel; o += run) {
@@ -217,8 +246,12 @@ export class DeviceTensor {
     if (this.numel === 0) return { rows: 1, width: 0, pitch: 0 };
     // Axes of size 1 place nothing; the rest, innermost first, must be contiguous up to some
     // axis (the row) and collapse to one constant pitch above it.
-    const axes = this.shape.map((n, i) => ({ n, stride: this.strides[i]! })).filter((a) => a.n !== 1).reverse();
-    let width = 1, i = 0;
+    const axes = this.shape
+      .map((n, i) => ({ n, stride: this.strides[i]! }))
+      .filter((a) => a.n !== 1)
+      .reverse();
+    let width = 1,
+      i = 0;
     for (; i < axes.length && axes[i]!.stride === width; i++) width *= axes[i]!.n;
     if (i === axes.length) return { rows: 1, width, pitch: width };
     const pitch = axes[i]!.stride;
@@ -234,7 +267,8 @@ export class DeviceTensor {
   /** Drops axis `dim` at `index` (like x[:, index] for dim 1). */
   select(dim: number, index: number): DeviceTensor {
     this.checkDim(dim);
-    if (index < 0 || index >= this.shape[dim]!) fail('E_SHAPE', `select: index ${index} out of range for axis ${dim} of size ${this.shape[dim]}`);
+    if (index < 0 || index >= this.shape[dim]!)
+      fail('E_SHAPE', `select: index ${index} out of range for axis ${dim} of size ${this.shape[dim]}`);
     return new DeviceTensor(
       this.storage,
       this.shape.filter((_, i) => i !== dim),
@@ -247,7 +281,10 @@ export class DeviceTensor {
   narrow(dim: number, start: number, length: number): DeviceTensor {
     this.checkDim(dim);
     if (start < 0 || length < 0 || start + length > this.shape[dim]!)
-      fail('E_SHAPE', `narrow: [${start}, ${start + length}) out of range for axis ${dim} of size ${this.shape[dim]}`);
+      fail(
+        'E_SHAPE',
+        `narrow: [${start}, ${start + length}) out of range for axis ${dim} of size ${this.shape[dim]}`,
+      );
     const shape = [...this.shape];
     shape[dim] = length;
     return new DeviceTensor(this.storage, shape, this.strides, this.offset + start * this.strides[dim]!);
@@ -255,16 +292,22 @@ export class DeviceTensor {
 
   /** A new axis of size 1 at `dim` (like x.unsqueeze(dim)); packed varlen tensors become batch-1 views. */
   unsqueeze(dim: number): DeviceTensor {
-    if (!Number.isInteger(dim) || dim < 0 || dim > this.ndim) fail('E_SHAPE', `unsqueeze: axis ${dim} out of range for a ${this.ndim}-d tensor`);
+    if (!Number.isInteger(dim) || dim < 0 || dim > this.ndim)
+      fail('E_SHAPE', `unsqueeze: axis ${dim} out of range for a ${this.ndim}-d tensor`);
     const stride = dim < this.ndim ? this.shape[dim]! * this.strides[dim]! : 1;
-    return new DeviceTensor(this.storage, [...this.shape.slice(0, dim), 1, ...this.shape.slice(dim)],
-      [...this.strides.slice(0, dim), stride, ...this.strides.slice(dim)], this.offset);
+    return new DeviceTensor(
+      this.storage,
+      [...this.shape.slice(0, dim), 1, ...this.shape.slice(dim)],
+      [...this.strides.slice(0, dim), stride, ...this.strides.slice(dim)],
+      this.offset,
+    );
   }
 
   /** Same elements, new shape; only for contiguous tensors. */
   reshape(shape: readonly number[]): DeviceTensor {
     if (!this.isContiguous()) fail('E_SHAPE', 'reshape needs a contiguous tensor');
-    if (numelOf(shape) !== this.numel) fail('E_SHAPE', `reshape: ${this.shape.join('x')} cannot become ${shape.join('x')}`);
+    if (numelOf(shape) !== this.numel)
+      fail('E_SHAPE', `reshape: ${this.shape.join('x')} cannot become ${shape.join('x')}`);
     return new DeviceTensor(this.storage, shape, contiguousStrides(shape), this.offset);
   }
 
@@ -291,6 +334,7 @@ export class DeviceTensor {
   }
 
   private checkDim(dim: number): void {
-    if (!Number.isInteger(dim) || dim < 0 || dim >= this.ndim) fail('E_SHAPE', `axis ${dim} out of range for a ${this.ndim}-d tensor`);
+    if (!Number.isInteger(dim) || dim < 0 || dim >= this.ndim)
+      fail('E_SHAPE', `axis ${dim} out of range for a ${this.ndim}-d tensor`);
   }
 }

@@ -20,12 +20,18 @@ export function uncloneablePath(value: unknown, path: string, seen = new Set<obj
   if (typeof value === 'symbol') return `${path} is a symbol`;
   if (value === null || typeof value !== 'object' || seen.has(value)) return null;
   seen.add(value);
-  for (const [type, name] of [[Promise, 'a Promise'], [WeakMap, 'a WeakMap'], [WeakSet, 'a WeakSet'], [WeakRef, 'a WeakRef']] as const)
+  for (const [type, name] of [
+    [Promise, 'a Promise'],
+    [WeakMap, 'a WeakMap'],
+    [WeakSet, 'a WeakSet'],
+    [WeakRef, 'a WeakRef'],
+  ] as const)
     if (value instanceof type) return `${path} is ${name}`;
   if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return null;
   if (value instanceof Map) {
     for (const [k, v] of value) {
-      const bad = uncloneablePath(k, `${path} key`, seen) ?? uncloneablePath(v, `${path}.get(${String(k)})`, seen);
+      const bad =
+        uncloneablePath(k, `${path} key`, seen) ?? uncloneablePath(v, `${path}.get(${String(k)})`, seen);
       if (bad) return bad;
     }
     return null;

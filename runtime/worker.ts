@@ -51,7 +51,13 @@ async function context(): Promise<RankContext> {
 
 /** DeviceTensors in a result come back to the caller as tagged host { shape, dtype, data }. */
 function transferable(value: unknown, c: RankContext): unknown {
-  if (value instanceof DeviceTensor) return { [TENSOR_TAG]: true, shape: [...value.shape], dtype: value.dtype, data: c.backend.download(value) };
+  if (value instanceof DeviceTensor)
+    return {
+      [TENSOR_TAG]: true,
+      shape: [...value.shape],
+      dtype: value.dtype,
+      data: c.backend.download(value),
+    };
   if (Array.isArray(value)) return value.map((v) => transferable(v, c));
   if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, transferable(v, c)]));
@@ -64,7 +70,8 @@ export default async function run(task: WorkerTask): Promise<WorkerResult> {
     const c = await context();
     const mod = (await import(task.moduleUrl)) as Record<string, unknown>;
     const fn = mod[task.exportName];
-    if (typeof fn !== 'function') fail('E_ARG', `${task.moduleUrl} has no exported function '${task.exportName}'`);
+    if (typeof fn !== 'function')
+      fail('E_ARG', `${task.moduleUrl} has no exported function '${task.exportName}'`);
     const value = await (fn as (c: RankContext, arg: unknown) => unknown)(c, task.arg);
     c.backend.sync();
     const out = transferable(value, c);

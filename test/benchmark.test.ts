@@ -26,7 +26,9 @@ import { newestWorld4, RESULTS_DIR } from '../benchmark/result_files.js';
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
 const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
 const script = (name: string) => fileURLToPath(new URL(`../benchmark/${name}.js`, import.meta.url));
-const CLI = script('cli'), TABLE = script('readme_table'), KERNEL = script('kernel');
+const CLI = script('cli'),
+  TABLE = script('readme_table'),
+  KERNEL = script('kernel');
 
 // Every run of the benchmark here writes into OUT: a test run must leave benchmark/results (the
 // committed results) as it was, which the last test checks.
@@ -36,7 +38,11 @@ const resultsBefore = fs.existsSync(RESULTS_DIR) ? fs.readdirSync(RESULTS_DIR).s
 /** Runs a compiled benchmark script on the CPU side of things; results go to OUT unless --out says otherwise. */
 function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}) {
   const { RFA_PROGRESS, RFA_DEBUG, ...inherited } = process.env;
-  return spawnSync(process.execPath, [file, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...inherited, RFA_RESULTS_DIR: OUT, ...env } });
+  return spawnSync(process.execPath, [file, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...inherited, RFA_RESULTS_DIR: OUT, ...env },
+  });
 }
 
 /** A rejected command line: exit 2, one stderr line naming the flag and the value, nothing run. */
@@ -54,10 +60,28 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
   s(`${name}: all ranks agree on the warm-up length`, async () => {
     const rt = await init({ backend: 'cpu', world: 3, timeoutMs: 10_000 });
     try {
-      const task: BenchTask = { name, b: 1, s: 12, h: 2, hk: 2, d: 16, causal: true, dtype: 'float32', backward: true, iters: 1, maxRepeats: 8, settle: 0.03, seed: 1 };
+      const task: BenchTask = {
+        name,
+        b: 1,
+        s: 12,
+        h: 2,
+        hk: 2,
+        d: 16,
+        causal: true,
+        dtype: 'float32',
+        backward: true,
+        iters: 1,
+        maxRepeats: 8,
+        settle: 0.03,
+        seed: 1,
+      };
       for (let trial = 0; trial < 5; trial++) {
         const res = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-        assert.is(new Set(res.map((r) => r.warmupRepeats)).size, 1, `warm-up repeats per rank: ${res.map((r) => r.warmupRepeats)}`);
+        assert.is(
+          new Set(res.map((r) => r.warmupRepeats)).size,
+          1,
+          `warm-up repeats per rank: ${res.map((r) => r.warmupRepeats)}`,
+        );
         assert.ok(res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)));
       }
     } finally {
@@ -70,54 +94,128 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
 // in turn without R) with transfers skipped (benchmark/solo_comm.ts). On the CPU backend a real transfer to a
 // missing peer would wait until the timeout, so finishing quickly shows that no transfer was
 // attempted. Ranks 3 and 0: zigzag's two ends run their half blocks in opposite shapes.
-s('solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, forward and backward', async () => {
-  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-  try {
-    for (const rank of [3, 0])
-      for (const prefix of ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn'])
-        for (const suffix of ['', '_v2']) {
-          if (suffix && prefix !== 'ring_flash_attn') continue;
-          const name = `${prefix}_qkvpacked_func${suffix}`;
-          const task: BenchTask = { name, b: 1, s: 16, h: 2, hk: 2, d: 16, causal: true, dtype: 'float32', backward: true, iters: 1, maxRepeats: 2, settle: 1, seed: 1, solo: { world: 4, rank } };
-          const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-          assert.ok(res!.repeats.length === 5 && res!.repeats.every((t) => t > 0), `${name} as rank ${rank}`);
-        }
-  } finally {
-    await rt.close();
-  }
-});
+s(
+  'solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, forward and backward',
+  async () => {
+    const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
+    try {
+      for (const rank of [3, 0])
+        for (const prefix of ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn'])
+          for (const suffix of ['', '_v2']) {
+            if (suffix && prefix !== 'ring_flash_attn') continue;
+            const name = `${prefix}_qkvpacked_func${suffix}`;
+            const task: BenchTask = {
+              name,
+              b: 1,
+              s: 16,
+              h: 2,
+              hk: 2,
+              d: 16,
+              causal: true,
+              dtype: 'float32',
+              backward: true,
+              iters: 1,
+              maxRepeats: 2,
+              settle: 1,
+              seed: 1,
+              solo: { world: 4, rank },
+            };
+            const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
+            assert.ok(
+              res!.repeats.length === 5 && res!.repeats.every((t) => t > 0),
+              `${name} as rank ${rank}`,
+            );
+          }
+    } finally {
+      await rt.close();
+    }
+  },
+);
 
 // The CLI in solo mode without --solo-rank plays every rank in turn and reports each column's
 // slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row. stderr is no
 // terminal here: no progress bar, nothing on stderr at all.
 s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring column', () => {
-  const r = run(TABLE, ['--backend', 'cpu', '--solo', '4', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd']);
+  const r = run(TABLE, [
+    '--backend',
+    'cpu',
+    '--solo',
+    '4',
+    '--tokens',
+    '16',
+    '--iters',
+    '1',
+    '--max-repeats',
+    '2',
+    '--modes',
+    'fwd',
+  ]);
   assert.is(r.status, 0, r.stderr);
   assert.is(r.stderr, '');
   assert.match(r.stdout, /solo: each rank of 4 in turn \(the slowest reported\)/);
   const row = r.stdout.split('\n').find((l) => l.startsWith('| slowest solo rank |'));
   assert.ok(row, r.stdout);
-  const ranks = row!.split('|').slice(3, -1).map((x) => Number(x.trim()));
+  const ranks = row!
+    .split('|')
+    .slice(3, -1)
+    .map((x) => Number(x.trim()));
   assert.is(ranks.length, 4, row);
-  assert.ok(ranks.every((x) => Number.isInteger(x) && x >= 0 && x < 4), row);
-  rejected(run(TABLE, ['--backend', 'cpu', '--solo', '4', '--solo-rank', '4']), '--solo-rank 4: expected all or an integer in [0, 4)');
+  assert.ok(
+    ranks.every((x) => Number.isInteger(x) && x >= 0 && x < 4),
+    row,
+  );
+  rejected(
+    run(TABLE, ['--backend', 'cpu', '--solo', '4', '--solo-rank', '4']),
+    '--solo-rank 4: expected all or an integer in [0, 4)',
+  );
 });
 
-s('--columns times only the named ring columns next to theoretic; --columns, --cases and --modes name an unknown value', () => {
-  const r = run(CLI, ['bench', '--backend', 'cpu', '--solo', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd', '--columns', 'zigzag_ring', '--varlen', 'off']);
-  assert.is(r.status, 0, r.stderr);
-  const header = r.stdout.split('\n').find((l) => l.includes('theoretic flash_attn'));
-  assert.is(header, '|          | theoretic flash_attn | zigzag_ring |');
-  // Each names what it does not know, instead of timing nothing.
-  rejected(run(TABLE, ['--backend', 'cpu', '--columns', 'zigzag']), '--columns zigzag: unknown zigzag (one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn)');
-  rejected(run(TABLE, ['--backend', 'cpu', '--cases', '1']), '--cases 1: unknown 1 (indices 0..0 of the dense cases on cpu, or none)');
-  rejected(run(TABLE, ['--backend', 'cpu', '--modes', 'bwd']), '--modes bwd: unknown bwd (fwd, fwdbwd)');
-});
+s(
+  '--columns times only the named ring columns next to theoretic; --columns, --cases and --modes name an unknown value',
+  () => {
+    const r = run(CLI, [
+      'bench',
+      '--backend',
+      'cpu',
+      '--solo',
+      '2',
+      '--tokens',
+      '16',
+      '--iters',
+      '1',
+      '--max-repeats',
+      '2',
+      '--modes',
+      'fwd',
+      '--columns',
+      'zigzag_ring',
+      '--varlen',
+      'off',
+    ]);
+    assert.is(r.status, 0, r.stderr);
+    const header = r.stdout.split('\n').find((l) => l.includes('theoretic flash_attn'));
+    assert.is(header, '|          | theoretic flash_attn | zigzag_ring |');
+    // Each names what it does not know, instead of timing nothing.
+    rejected(
+      run(TABLE, ['--backend', 'cpu', '--columns', 'zigzag']),
+      '--columns zigzag: unknown zigzag (one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn)',
+    );
+    rejected(
+      run(TABLE, ['--backend', 'cpu', '--cases', '1']),
+      '--cases 1: unknown 1 (indices 0..0 of the dense cases on cpu, or none)',
+    );
+    rejected(run(TABLE, ['--backend', 'cpu', '--modes', 'bwd']), '--modes bwd: unknown bwd (fwd, fwdbwd)');
+  },
+);
 
 // The command line (benchmark/cli_flags.ts, cli_command.ts, cli.ts): --help prints usage and runs
 // nothing; every bad flag or value exits 2 with one line naming it, before any runtime starts.
 s('--help prints the usage, every flag on a line of its own with its default, and runs nothing', () => {
-  for (const [file, args] of [[TABLE, ['--help']], [CLI, ['bench', '--help']], [CLI, ['bench', '--iters', '2', '-h']]] as const) {
+  for (const [file, args] of [
+    [TABLE, ['--help']],
+    [CLI, ['bench', '--help']],
+    [CLI, ['bench', '--iters', '2', '-h']],
+  ] as const) {
     const r = run(file, [...args]);
     assert.is(r.status, 0, r.stderr);
     assert.is(r.stderr, '');
@@ -134,11 +232,15 @@ s('--help prints the usage, every flag on a line of its own with its default, an
   const kernel = run(KERNEL, ['--help']);
   assert.is(kernel.status, 0, kernel.stderr);
   assert.match(kernel.stdout, /^usage: ring-flash-attn bench:kernel \[flags\] \[SHAPE\]\n/);
-  assert.match(kernel.stdout, /\n {2}--shape TEXT +time only the shapes whose name contains TEXT .*\(default: every shape\)\n/);
+  assert.match(
+    kernel.stdout,
+    /\n {2}--shape TEXT +time only the shapes whose name contains TEXT .*\(default: every shape\)\n/,
+  );
   assert.match(kernel.stdout, /\n {2}--deterministic +time the deterministic backward/);
   const top = run(CLI, ['--help']);
   assert.is(top.status, 0, top.stderr);
-  for (const command of ['bench', 'bench:kernel', 'bench:targets', 'bench:chart']) assert.match(top.stdout, new RegExp(`\\n {2}${command} +\\S`), command);
+  for (const command of ['bench', 'bench:kernel', 'bench:targets', 'bench:chart'])
+    assert.match(top.stdout, new RegExp(`\\n {2}${command} +\\S`), command);
 });
 
 s('unknown flags and bad values exit 2 naming the flag and the value', () => {
@@ -158,7 +260,10 @@ s('unknown flags and bad values exit 2 naming the flag and the value', () => {
 });
 
 s('the bin: an unknown or missing command exits 2 naming it', () => {
-  rejected(run(CLI, ['benhc']), 'ring-flash-attn: unknown command benhc (one of bench, bench:kernel, bench:targets, bench:chart)');
+  rejected(
+    run(CLI, ['benhc']),
+    'ring-flash-attn: unknown command benhc (one of bench, bench:kernel, bench:targets, bench:chart)',
+  );
   rejected(run(CLI, []), 'missing the command');
   rejected(run(CLI, ['--backend', 'cpu', 'bench']), 'unknown flag --backend');
 });
@@ -179,14 +284,38 @@ s('a runtime error prints one line `ring-flash-attn bench: <code>: <message>` an
 s("varlen columns run the Python project's kind of cu_seqlens sets, forward and backward", async () => {
   const rt = await init({ backend: 'cpu', world: 2, timeoutMs: 10_000 });
   try {
-    for (const column of ['flash_attn_varlen', 'ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
+    for (const column of [
+      'flash_attn_varlen',
+      'ring_varlen',
+      'zigzag_ring_varlen',
+      'llama3',
+    ] as VarlenColumn[]) {
       const task: VarlenBenchTask = {
-        column, s: 16, h: 4, hk: 2, d: 16, dtype: 'float32', backward: true, iters: 4, maxRepeats: 2, settle: 1,
-        sets: [[0, 16], [0, 4, 12, 16], [0, 8, 16], [0, 6, 10, 14, 16]], headsKStride: 1, seed: 1,
+        column,
+        s: 16,
+        h: 4,
+        hk: 2,
+        d: 16,
+        dtype: 'float32',
+        backward: true,
+        iters: 4,
+        maxRepeats: 2,
+        settle: 1,
+        sets: [
+          [0, 16],
+          [0, 4, 12, 16],
+          [0, 8, 16],
+          [0, 6, 10, 14, 16],
+        ],
+        headsKStride: 1,
+        seed: 1,
       };
       const res = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
       assert.is(res.length, 2, column);
-      assert.ok(res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)), column);
+      assert.ok(
+        res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)),
+        column,
+      );
     }
   } finally {
     await rt.close();
@@ -203,8 +332,25 @@ s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward a
     for (const rank of [3, 0])
       for (const column of ['ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
         const task: VarlenBenchTask = {
-          column, s: 16, h: 4, hk: 2, d: 16, dtype: 'float32', backward: true, iters: 4, maxRepeats: 2, settle: 1,
-          sets: [[0, 16], [0, 4, 12, 16], [0, 8, 16], [0, 6, 10, 14, 16]], headsKStride: 1, seed: 1, solo: { world: 4, rank },
+          column,
+          s: 16,
+          h: 4,
+          hk: 2,
+          d: 16,
+          dtype: 'float32',
+          backward: true,
+          iters: 4,
+          maxRepeats: 2,
+          settle: 1,
+          sets: [
+            [0, 16],
+            [0, 4, 12, 16],
+            [0, 8, 16],
+            [0, 6, 10, 14, 16],
+          ],
+          headsKStride: 1,
+          seed: 1,
+          solo: { world: 4, rank },
         };
         const started = Date.now();
         const [res] = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
@@ -220,55 +366,88 @@ s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward a
 // world-4 report with every cell 10% above the Python project's and zigzag at 96% of theoretic.
 function report(over: Partial<Report> = {}, zigzagShare = 0.96): Report {
   const results: Report['results'] = [];
-  const cases = [['qkvpacked', 'Python-project qkvpacked (h=5, d=128)'], ['llama3', 'llama3-8B kvpacked (h=32, h_k=8, d=128)']] as const;
+  const cases = [
+    ['qkvpacked', 'Python-project qkvpacked (h=5, d=128)'],
+    ['llama3', 'llama3-8B kvpacked (h=32, h_k=8, d=128)'],
+  ] as const;
   for (const [shape, title] of cases)
     for (const mode of MODES) {
       const t = PYTHON_X4[shape][mode];
-      const theoretic = t[THEORETIC]! * 2;  // per rank, ÷ world (4) below
+      const theoretic = t[THEORETIC]! * 2; // per rank, ÷ world (4) below
       results.push({ case: title, mode, column: THEORETIC, iterPerSecPerRank: theoretic * 4 });
       for (const column of ['ring_attn', 'ring_attn_v2', 'stripe_attn'])
         results.push({ case: title, mode, column, iterPerSecPerRank: (t[column] ?? 1) * 1.1 });
       results.push({ case: title, mode, column: 'zigzag_ring', iterPerSecPerRank: theoretic * zigzagShare });
     }
-  results.push({ case: 'varlen llama3-8B kvpacked', mode: 'fwd', column: 'zigzag_ring_varlen', iterPerSecPerRank: 1 });
+  results.push({
+    case: 'varlen llama3-8B kvpacked',
+    mode: 'fwd',
+    column: 'zigzag_ring_varlen',
+    iterPerSecPerRank: 1,
+  });
   return { machine: '4× GPU (NVIDIA H200), nccl transfers', backend: 'cuda', world: 4, results, ...over };
 }
 
-s('issue targets: met on a passing world-4 GPU report, not met below the bar, on a solo run or at world 2', () => {
-  const pass = checkTargets(report());
-  assert.ok(pass.met, pass.lines.join('\n'));
-  assert.is(pass.lines.length, 17, 'one line per cell with a target, then the verdict');
-  assert.match(pass.lines.at(-1)!, /every target met/);
-  const low = checkTargets(report({}, 0.94));
-  assert.not.ok(low.met);
-  assert.ok(low.lines.some((l) => /zigzag_ring: .*94\.0% of theoretic BELOW 95%/.test(l)), low.lines.join('\n'));
-  const solo = checkTargets(report({ machine: 'solo: each rank of 4 in turn' }));
-  assert.not.ok(solo.met);
-  assert.match(solo.lines.at(-1)!, /solo run/);
-  assert.not.ok(checkTargets(report({ world: 2 })).met);
-  const partial = report();
-  partial.results = partial.results.filter((r) => !r.case.startsWith('llama3'));
-  assert.match(checkTargets(partial).lines.at(-1)!, /8 of 16 cells/);
-});
+s(
+  'issue targets: met on a passing world-4 GPU report, not met below the bar, on a solo run or at world 2',
+  () => {
+    const pass = checkTargets(report());
+    assert.ok(pass.met, pass.lines.join('\n'));
+    assert.is(pass.lines.length, 17, 'one line per cell with a target, then the verdict');
+    assert.match(pass.lines.at(-1)!, /every target met/);
+    const low = checkTargets(report({}, 0.94));
+    assert.not.ok(low.met);
+    assert.ok(
+      low.lines.some((l) => /zigzag_ring: .*94\.0% of theoretic BELOW 95%/.test(l)),
+      low.lines.join('\n'),
+    );
+    const solo = checkTargets(report({ machine: 'solo: each rank of 4 in turn' }));
+    assert.not.ok(solo.met);
+    assert.match(solo.lines.at(-1)!, /solo run/);
+    assert.not.ok(checkTargets(report({ world: 2 })).met);
+    const partial = report();
+    partial.results = partial.results.filter((r) => !r.case.startsWith('llama3'));
+    assert.match(checkTargets(partial).lines.at(-1)!, /8 of 16 cells/);
+  },
+);
 
-s("issue targets: a world-2 run's zigzag set beside Python's world-2 share; the newest world-4 file of either transport", () => {
-  // At world 2 the theoretic is the single-GPU rate ÷ 2; zigzag at 96% of it.
-  const w2 = report({ world: 2 });
-  for (const r of w2.results) if (r.column === 'theoretic flash_attn') r.iterPerSecPerRank /= 2;
-  const lines = checkTargets(w2).lines;
-  assert.ok(lines.some((l) => /qkvpacked fwd zigzag_ring: .*96\.0% of theoretic .*above Python's world-2 93\.6%/.test(l)), lines.join('\n'));
-  assert.ok(lines.some((l) => /llama3 fwd\+bwd zigzag_ring: .*not above Python's world-2 97\.9%/.test(l)), lines.join('\n'));
-  assert.not.ok(checkTargets(report()).lines.some((l) => /world-2/.test(l)), 'world 4 lines carry no world-2 comparison');
+s(
+  "issue targets: a world-2 run's zigzag set beside Python's world-2 share; the newest world-4 file of either transport",
+  () => {
+    // At world 2 the theoretic is the single-GPU rate ÷ 2; zigzag at 96% of it.
+    const w2 = report({ world: 2 });
+    for (const r of w2.results) if (r.column === 'theoretic flash_attn') r.iterPerSecPerRank /= 2;
+    const lines = checkTargets(w2).lines;
+    assert.ok(
+      lines.some((l) =>
+        /qkvpacked fwd zigzag_ring: .*96\.0% of theoretic .*above Python's world-2 93\.6%/.test(l),
+      ),
+      lines.join('\n'),
+    );
+    assert.ok(
+      lines.some((l) => /llama3 fwd\+bwd zigzag_ring: .*not above Python's world-2 97\.9%/.test(l)),
+      lines.join('\n'),
+    );
+    assert.not.ok(
+      checkTargets(report()).lines.some((l) => /world-2/.test(l)),
+      'world 4 lines carry no world-2 comparison',
+    );
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-targets-'));
-  try {
-    for (const f of ['2026-11-28-21-09-cuda-w4.json', '2026-11-29-12-00-cuda-w4-ce.json', '2026-11-29-13-00-cuda-w2-ce.json', '2026-11-29-14-00-cuda-solo4-ce.json'])
-      fs.writeFileSync(path.join(dir, f), '{}');
-    assert.is(path.basename(newestWorld4(dir)!), '2026-11-29-12-00-cuda-w4-ce.json');
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-targets-'));
+    try {
+      for (const f of [
+        '2026-11-28-21-09-cuda-w4.json',
+        '2026-11-29-12-00-cuda-w4-ce.json',
+        '2026-11-29-13-00-cuda-w2-ce.json',
+        '2026-11-29-14-00-cuda-solo4-ce.json',
+      ])
+        fs.writeFileSync(path.join(dir, f), '{}');
+      assert.is(path.basename(newestWorld4(dir)!), '2026-11-29-12-00-cuda-w4-ce.json');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
 
 // The charts (benchmark/chart.ts, report_charts.ts). A group's bars and legend live in its
 // <g class="group">; each bar's <g> carries its label.
@@ -285,24 +464,54 @@ const legendLabels = (g: string) => labels(g, /<text class="legend"[^>]*>([^<]+)
 s("the chart names the varlen group's bars with the varlen columns, each in its own colour", () => {
   const dense = ['theoretic flash_attn', 'ring_attn', 'ring_attn_v2', 'zigzag_ring', 'stripe_attn'];
   const varlen = ['theoretic flash_attn_varlen', 'ring_varlen', 'zigzag_ring_varlen', 'llama3_varlen'];
-  const rows = (title: string, columns: string[]) => columns.map((column, i) => ({ case: title, mode: 'fwd', column, iterPerSecPerRank: i === 0 ? 200 : 90 }));
-  const svg = tableChart({ machine: 'test', world: 2, results: [...rows('Python-project qkvpacked (h=5, d=128)', dense), ...rows('varlen llama3-8B kvpacked (h=32)', varlen)] });
+  const rows = (title: string, columns: string[]) =>
+    columns.map((column, i) => ({ case: title, mode: 'fwd', column, iterPerSecPerRank: i === 0 ? 200 : 90 }));
+  const svg = tableChart({
+    machine: 'test',
+    world: 2,
+    results: [
+      ...rows('Python-project qkvpacked (h=5, d=128)', dense),
+      ...rows('varlen llama3-8B kvpacked (h=32)', varlen),
+    ],
+  });
   const g = groupSvg(svg, 'varlen llama3-8B kvpacked fwd');
   assert.equal(barLabels(g), varlen);
   assert.equal(legendLabels(g), varlen);
-  assert.equal(legendLabels(groupSvg(svg, 'Python-project qkvpacked fwd')), dense, 'the dense group keeps its own columns');
+  assert.equal(
+    legendLabels(groupSvg(svg, 'Python-project qkvpacked fwd')),
+    dense,
+    'the dense group keeps its own columns',
+  );
   // A label's colour is the same on its bar and in its legend, and differs from every other label's.
-  const fill = (label: string) => new RegExp(`data-label="${label}">\\n<title>[^<]*</title>\\n<rect [^>]*fill="(#[0-9a-f]+)"`).exec(svg)?.[1];
+  const fill = (label: string) =>
+    new RegExp(`data-label="${label}">\\n<title>[^<]*</title>\\n<rect [^>]*fill="(#[0-9a-f]+)"`).exec(
+      svg,
+    )?.[1];
   const fills = [...dense, ...varlen].map(fill);
   assert.ok(fills.every(Boolean), String(fills));
   assert.is(new Set(fills).size, fills.length);
-  assert.ok(g.includes(`fill="${fill('zigzag_ring_varlen')}"/>\n<text class="legend" x="`) && /zigzag_ring_varlen<\/text>/.test(g));
+  assert.ok(
+    g.includes(`fill="${fill('zigzag_ring_varlen')}"/>\n<text class="legend" x="`) &&
+      /zigzag_ring_varlen<\/text>/.test(g),
+  );
 });
 
 s('a bar above the axis is drawn broken with its share written above it', () => {
-  const svg = barChart('t', 'sub', [{ title: 'g', bars: [{ label: 'theoretic flash_attn', percent: 100, note: '100.0' },
-    { label: 'zigzag_ring', percent: 131.4, note: '305.0' }, { label: 'stripe_attn', percent: 108.9, note: '300.4' }] }]);
-  const bar = (label: string) => svg.slice(svg.indexOf(`data-label="${label}"`), svg.indexOf('</g>', svg.indexOf(`data-label="${label}"`)));
+  const svg = barChart('t', 'sub', [
+    {
+      title: 'g',
+      bars: [
+        { label: 'theoretic flash_attn', percent: 100, note: '100.0' },
+        { label: 'zigzag_ring', percent: 131.4, note: '305.0' },
+        { label: 'stripe_attn', percent: 108.9, note: '300.4' },
+      ],
+    },
+  ]);
+  const bar = (label: string) =>
+    svg.slice(
+      svg.indexOf(`data-label="${label}"`),
+      svg.indexOf('</g>', svg.indexOf(`data-label="${label}"`)),
+    );
   assert.match(svg, /<g class="bar clipped" data-label="zigzag_ring">/);
   assert.is(bar('zigzag_ring').match(/class="break"/g)?.length, 2);
   assert.match(bar('zigzag_ring'), />↑131\.4%<\/text>/);
@@ -315,27 +524,59 @@ s("the companion chart sets each ring cell's share beside every share the Python
   const svg = pythonChart(report())!;
   const g = groupSvg(svg, 'zigzag_ring\nqkvpacked h=5 fwd');
   assert.equal(legendLabels(g), ['ours', 'Python 8×H800', 'Python 4×H200', 'Python world 2']);
-  const share = (cells: Partial<Record<string, number>>, column: string) => `${((100 * cells[column]!) / cells[THEORETIC]!).toFixed(1)}%`;
+  const share = (cells: Partial<Record<string, number>>, column: string) =>
+    `${((100 * cells[column]!) / cells[THEORETIC]!).toFixed(1)}%`;
   assert.ok(g.includes('<title>ours: 96.0%</title>'), g);
-  assert.ok(g.includes(`<title>Python 8×H800: ${share(PYTHON_README_H800.qkvpacked!.fwd!, 'zigzag_ring')}</title>`), g);
+  assert.ok(
+    g.includes(`<title>Python 8×H800: ${share(PYTHON_README_H800.qkvpacked!.fwd!, 'zigzag_ring')}</title>`),
+    g,
+  );
   assert.ok(g.includes(`<title>Python 4×H200: ${share(PYTHON_X4.qkvpacked.fwd, 'zigzag_ring')}</title>`), g);
   assert.ok(g.includes('<title>Python world 2: 93.6%</title>'), g);
   assert.equal(legendLabels(groupSvg(svg, 'ring_attn_v2\nqkvpacked h=5 fwd')), ['ours', 'Python 8×H800']);
-  assert.is(pythonChart({ machine: 'cpu', world: 2, results: [{ case: 'CPU backend, small (h=2, d=32)', mode: 'fwd', column: 'zigzag_ring', iterPerSecPerRank: 1 }] }), null);
+  assert.is(
+    pythonChart({
+      machine: 'cpu',
+      world: 2,
+      results: [
+        { case: 'CPU backend, small (h=2, d=32)', mode: 'fwd', column: 'zigzag_ring', iterPerSecPerRank: 1 },
+      ],
+    }),
+    null,
+  );
 });
 
 // Results go where --out (else RFA_RESULTS_DIR) says; the last test checks benchmark/results.
 s('--out DIR takes the result file and its chart; bench:chart redraws them there', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-out-'));
   try {
-    const r = run(CLI, ['bench', '--backend', 'cpu', '--world', '2', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd', '--columns', 'zigzag_ring', '--out', dir]);
+    const r = run(CLI, [
+      'bench',
+      '--backend',
+      'cpu',
+      '--world',
+      '2',
+      '--tokens',
+      '16',
+      '--iters',
+      '1',
+      '--max-repeats',
+      '2',
+      '--modes',
+      'fwd',
+      '--columns',
+      'zigzag_ring',
+      '--out',
+      dir,
+    ]);
     assert.is(r.status, 0, r.stderr);
     const files = fs.readdirSync(dir).sort();
     assert.is(files.length, 2, String(files));
     assert.match(files[0]!, /-cpu-w2\.json$/);
     assert.match(files[1]!, /-cpu-w2\.svg$/);
     assert.ok(r.stdout.includes(`results: ${path.join(dir, files[0]!)}`), r.stdout);
-    const json = path.join(dir, files[0]!), svg = path.join(dir, files[1]!);
+    const json = path.join(dir, files[0]!),
+      svg = path.join(dir, files[1]!);
     const drawn = fs.readFileSync(svg, 'utf8');
     fs.rmSync(svg);
     const redraw = run(CLI, ['bench:chart', json]);
@@ -348,7 +589,10 @@ s('--out DIR takes the result file and its chart; bench:chart redraws them there
 
 s('the runs of this suite left benchmark/results as it was', () => {
   const after = fs.existsSync(RESULTS_DIR) ? fs.readdirSync(RESULTS_DIR).sort() : [];
-  assert.equal(after.filter((f) => !resultsBefore.includes(f)), []);
+  assert.equal(
+    after.filter((f) => !resultsBefore.includes(f)),
+    [],
+  );
   fs.rmSync(OUT, { recursive: true, force: true });
 });
 

@@ -14,15 +14,29 @@ const [b, sq, sk, h, hk, d] = [2, 9, 13, 4, 2, 8];
 function setup(causal: boolean) {
   const be = new CpuBackend(10_000);
   const r = rng(11);
-  const host = { q: randn(r, b * sq * h * d), k: randn(r, b * sk * hk * d), v: randn(r, b * sk * hk * d), dout: randn(r, b * sq * h * d) };
+  const host = {
+    q: randn(r, b * sq * h * d),
+    k: randn(r, b * sk * hk * d),
+    v: randn(r, b * sk * hk * d),
+    dout: randn(r, b * sq * h * d),
+  };
   const up = (x: Float32Array, shape: number[]) => be.upload(x, shape, 'float32');
-  const q = up(host.q, [b, sq, h, d]), k = up(host.k, [b, sk, hk, d]), v = up(host.v, [b, sk, hk, d]), dout = up(host.dout, [b, sq, h, d]);
+  const q = up(host.q, [b, sq, h, d]),
+    k = up(host.k, [b, sk, hk, d]),
+    v = up(host.v, [b, sk, hk, d]),
+    dout = up(host.dout, [b, sq, h, d]);
   const o = { softmaxScale: 1 / Math.sqrt(d), causal, deterministic: false };
   const ref = referenceBackward({ ...host, b, sq, sk, h, hk, d, scale: o.softmaxScale, causal }, host.dout);
-  const out = be.empty([b, sq, h, d], 'float32'), lse = be.empty([b, h, sq], 'float32'), dsum = be.empty([b, h, sq], 'float32');
+  const out = be.empty([b, sq, h, d], 'float32'),
+    lse = be.empty([b, h, sq], 'float32'),
+    dsum = be.empty([b, h, sq], 'float32');
   be.flashFwd(q, k, v, out, lse, o);
   be.flashBwdDot(dout, out, dsum);
-  const grads = () => ({ dq: be.empty([b, sq, h, d], 'float32'), dk: be.empty([b, sk, hk, d], 'float32'), dv: be.empty([b, sk, hk, d], 'float32') });
+  const grads = () => ({
+    dq: be.empty([b, sq, h, d], 'float32'),
+    dk: be.empty([b, sk, hk, d], 'float32'),
+    dv: be.empty([b, sk, hk, d], 'float32'),
+  });
   return { be, r, o, ref, t: { dout, q, k, v, lse, dsum }, grads };
 }
 
@@ -30,7 +44,11 @@ for (const causal of [true, false]) {
   s(`${causal ? 'causal' : 'full'}: dq = before + block, dk/dv = block over NaN`, () => {
     const { be, r, o, ref, t } = setup(causal);
     const before = randn(r, b * sq * h * d);
-    const step = { dq: be.upload(before, [b, sq, h, d], 'float32'), dk: be.empty([b, sk, hk, d], 'float32'), dv: be.empty([b, sk, hk, d], 'float32') };
+    const step = {
+      dq: be.upload(before, [b, sq, h, d], 'float32'),
+      dk: be.empty([b, sk, hk, d], 'float32'),
+      dv: be.empty([b, sk, hk, d], 'float32'),
+    };
     be.fill(step.dk, NaN);
     be.fill(step.dv, NaN);
     be.flashBwd({ ...t, ...step }, { ...o, accumulate: true, overwriteKv: true });
@@ -50,9 +68,24 @@ s('varlen segments need dk/dv to accumulate: overwriteKv is E_ARG', () => {
   const seg = be.segments({ qStart: [0], qLen: [sq], kStart: [0], kLen: [sq] });
   const g = grads();
   const narrowB = (x: DeviceTensor) => x.narrow(0, 0, 1); // varlen calls are batch 1
-  const tt = { dout: narrowB(t.dout), q: narrowB(t.q), k: narrowB(t.k), v: narrowB(t.v), lse: narrowB(t.lse), dsum: narrowB(t.dsum) };
-  assert.throws(() => be.flashBwd({ ...tt, dq: narrowB(g.dq), dk: narrowB(g.dk), dv: narrowB(g.dv) }, { ...o, seg, accumulate: true, overwriteKv: true }),
-    (e: unknown) => (e as { code?: string }).code === 'E_ARG' && /varlen segments need accumulate/.test((e as Error).message));
+  const tt = {
+    dout: narrowB(t.dout),
+    q: narrowB(t.q),
+    k: narrowB(t.k),
+    v: narrowB(t.v),
+    lse: narrowB(t.lse),
+    dsum: narrowB(t.dsum),
+  };
+  assert.throws(
+    () =>
+      be.flashBwd(
+        { ...tt, dq: narrowB(g.dq), dk: narrowB(g.dk), dv: narrowB(g.dv) },
+        { ...o, seg, accumulate: true, overwriteKv: true },
+      ),
+    (e: unknown) =>
+      (e as { code?: string }).code === 'E_ARG' &&
+      /varlen segments need accumulate/.test((e as Error).message),
+  );
   seg.release();
 });
 

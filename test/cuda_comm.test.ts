@@ -14,7 +14,10 @@ import { expectError } from './helpers.js';
 
 const s = suite('cuda_comm');
 
-interface Call { fn: string; arg: unknown }
+interface Call {
+  fn: string;
+  arg: unknown;
+}
 type View = { data: bigint; offset: number; strides: number[] };
 type Xfer = { data: View; n: number; peer: number; rows?: number };
 
@@ -39,9 +42,21 @@ function fakeCuda(throwOn?: string) {
 }
 
 const tensor = (shape: number[], dtype: DType = 'float32', ptr = 0x10n) =>
-  new DeviceTensor({ data: ptr, dtype, numel: numelOf(shape), release() {} }, shape, contiguousStrides(shape));
+  new DeviceTensor(
+    { data: ptr, dtype, numel: numelOf(shape), release() {} },
+    shape,
+    contiguousStrides(shape),
+  );
 const comm = (rank: number, size: number, transport: Transport, cuda: NativeCuda) =>
-  new CudaComm(makeGroup(Array.from({ length: size }, (_, i) => i), rank, 'rt'), cuda, transport);
+  new CudaComm(
+    makeGroup(
+      Array.from({ length: size }, (_, i) => i),
+      rank,
+      'rt',
+    ),
+    cuda,
+    transport,
+  );
 
 s('copy engines: all-gather pulls every chunk from this rank round, sends to every member', () => {
   const f = fakeCuda();
@@ -49,9 +64,20 @@ s('copy engines: all-gather pulls every chunk from this rank round, sends to eve
   comm(2, 4, 'copy-engine', f.cuda).allGather(tensor([n]), tensor([4 * n], 'float32', 0x20n));
   const [p] = f.of('commSendRecv') as { sends: Xfer[]; recvs: Xfer[]; transport: string; rank: number }[];
   assert.is(p!.transport, 'copy-engine');
-  assert.equal(p!.sends.map((x) => x.peer), [0, 1, 2, 3]);
-  assert.equal(p!.recvs.map((x) => x.peer), [2, 3, 0, 1], 'own chunk first, then rank + 1 round');
-  assert.equal(p!.recvs.map((x) => x.data.offset), [2 * n, 3 * n, 0, n], "each member's chunk lands in its slot");
+  assert.equal(
+    p!.sends.map((x) => x.peer),
+    [0, 1, 2, 3],
+  );
+  assert.equal(
+    p!.recvs.map((x) => x.peer),
+    [2, 3, 0, 1],
+    'own chunk first, then rank + 1 round',
+  );
+  assert.equal(
+    p!.recvs.map((x) => x.data.offset),
+    [2 * n, 3 * n, 0, n],
+    "each member's chunk lands in its slot",
+  );
   assert.ok(p!.recvs.every((x) => x.n === n && x.data.data === 0x20n));
   assert.equal(f.of('commAllGather'), []);
 });
@@ -72,7 +98,10 @@ s('NCCL: all-gather and reduce-scatter are NCCL collectives, no scratch', () => 
 s('copy engines: the reduce-scatter slot holds one chunk and goes back once the compute stream waits', () => {
   const f = fakeCuda();
   const n = 5;
-  const pending = comm(0, 3, 'copy-engine', f.cuda).reduceScatter(tensor([3 * n]), tensor([n], 'float32', 0x30n));
+  const pending = comm(0, 3, 'copy-engine', f.cuda).reduceScatter(
+    tensor([3 * n]),
+    tensor([n], 'float32', 0x30n),
+  );
   assert.equal(f.of('alloc'), [n * 4], 'one chunk of fp32, not one per member');
   const [p] = f.of('commReduceScatter') as { transport: string; n: number; slot: View; recv: View }[];
   assert.is(p!.transport, 'copy-engine');
@@ -81,13 +110,20 @@ s('copy engines: the reduce-scatter slot holds one chunk and goes back once the 
   assert.equal(f.of('free'), [], 'not before the wait');
   pending.wait();
   pending.wait();
-  assert.equal(f.calls.slice(-2).map((c) => c.fn), ['waitEvent', 'free'], 'the compute stream waits, then the slot goes back');
+  assert.equal(
+    f.calls.slice(-2).map((c) => c.fn),
+    ['waitEvent', 'free'],
+    'the compute stream waits, then the slot goes back',
+  );
   assert.equal(f.of('free'), [p!.slot.data], 'once');
 });
 
 s('copy engines: a reduce-scatter the addon refuses still returns its slot', () => {
   const f = fakeCuda('commReduceScatter');
-  assert.throws(() => comm(1, 2, 'copy-engine', f.cuda).reduceScatter(tensor([8]), tensor([4])), /commReduceScatter failed/);
+  assert.throws(
+    () => comm(1, 2, 'copy-engine', f.cuda).reduceScatter(tensor([8]), tensor([4])),
+    /commReduceScatter failed/,
+  );
   assert.is(f.of('alloc').length, 1);
   assert.is(f.of('free').length, 1);
 });
@@ -95,19 +131,37 @@ s('copy engines: a reduce-scatter the addon refuses still returns its slot', () 
 s('reduce-scatter and all-gather check their shapes before any call (E_SHAPE)', async () => {
   const f = fakeCuda();
   const c = comm(0, 2, 'copy-engine', f.cuda);
-  await expectError(() => c.reduceScatter(tensor([7]), tensor([4])), 'E_SHAPE', /reduceScatter: float32 send must hold size × recv/);
-  await expectError(() => c.reduceScatter(tensor([8], 'bfloat16'), tensor([4])), 'E_SHAPE', /reduceScatter: float32 send/);
-  await expectError(() => c.allGather(tensor([4]), tensor([9])), 'E_SHAPE', /allGather: recv must hold size × send/);
+  await expectError(
+    () => c.reduceScatter(tensor([7]), tensor([4])),
+    'E_SHAPE',
+    /reduceScatter: float32 send must hold size × recv/,
+  );
+  await expectError(
+    () => c.reduceScatter(tensor([8], 'bfloat16'), tensor([4])),
+    'E_SHAPE',
+    /reduceScatter: float32 send/,
+  );
+  await expectError(
+    () => c.allGather(tensor([4]), tensor([9])),
+    'E_SHAPE',
+    /allGather: recv must hold size × send/,
+  );
   assert.equal(f.calls, []);
 });
 
 s('send/recv: k sliced from packed kv goes out in place over the copy engines (rows, pitch)', () => {
-  const kv = tensor([1, 6, 2, 2, 8], 'bfloat16');  // (b, s, 2, h_k, d)
+  const kv = tensor([1, 6, 2, 2, 8], 'bfloat16'); // (b, s, 2, h_k, d)
   const k = kv.select(2, 0);
   const f = fakeCuda();
-  comm(0, 2, 'copy-engine', f.cuda).sendRecv([{ tensor: k, peer: 1 }], [{ tensor: tensor([1, 6, 2, 8], 'bfloat16'), peer: 1 }]);
+  comm(0, 2, 'copy-engine', f.cuda).sendRecv(
+    [{ tensor: k, peer: 1 }],
+    [{ tensor: tensor([1, 6, 2, 8], 'bfloat16'), peer: 1 }],
+  );
   const [p] = f.of('commSendRecv') as { sends: Xfer[] }[];
-  assert.equal({ rows: p!.sends[0]!.rows, n: p!.sends[0]!.n, pitch: p!.sends[0]!.data.strides }, { rows: 6, n: 96, pitch: [32] });
+  assert.equal(
+    { rows: p!.sends[0]!.rows, n: p!.sends[0]!.n, pitch: p!.sends[0]!.data.strides },
+    { rows: 6, n: 96, pitch: [32] },
+  );
   assert.not.ok(comm(0, 2, 'nccl', f.cuda).sendable(k), 'NCCL needs it packed first');
 });
 

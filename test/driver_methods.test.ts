@@ -20,17 +20,36 @@ s.before(async () => {
 s.after(() => rt.close());
 
 const rand = rng(5);
-const t = (shape: number[]) => nd(randn(rand, shape.reduce((a, b) => a * b, 1)), shape);
+const t = (shape: number[]) =>
+  nd(
+    randn(
+      rand,
+      shape.reduce((a, b) => a * b, 1),
+    ),
+    shape,
+  );
 const methods = () => rt as unknown as Record<string, unknown>;
 const exports = api as unknown as Record<string, unknown>;
 
 s('every registry name is a method, and so is its camelCase alias (spelled as the SPMD alias)', () => {
   assert.ok(covers);
   const names = Object.keys(RING_FUNCTIONS);
-  const families = ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn', 'flash_attn', 'ring_flash_attn_varlen',
-    'zigzag_ring_flash_attn_varlen', 'llama3_flash_attn_varlen', 'flash_attn_varlen'];
-  const expected = [...families.flatMap((f) => [`${f}_func`, `${f}_kvpacked_func`, `${f}_qkvpacked_func`]),
-    'ring_flash_attn_func_v2', 'ring_flash_attn_kvpacked_func_v2', 'ring_flash_attn_qkvpacked_func_v2'];
+  const families = [
+    'ring_flash_attn',
+    'zigzag_ring_flash_attn',
+    'stripe_flash_attn',
+    'flash_attn',
+    'ring_flash_attn_varlen',
+    'zigzag_ring_flash_attn_varlen',
+    'llama3_flash_attn_varlen',
+    'flash_attn_varlen',
+  ];
+  const expected = [
+    ...families.flatMap((f) => [`${f}_func`, `${f}_kvpacked_func`, `${f}_qkvpacked_func`]),
+    'ring_flash_attn_func_v2',
+    'ring_flash_attn_kvpacked_func_v2',
+    'ring_flash_attn_qkvpacked_func_v2',
+  ];
   assert.equal([...names].sort(), expected.sort());
   for (const name of names) {
     assert.type(methods()[name], 'function', name);
@@ -42,11 +61,16 @@ s('every registry name is a method, and so is its camelCase alias (spelled as th
 
 s('methods are not own enumerable properties (a runtime spreads and logs as before)', () => {
   assert.not.ok(Object.keys(rt).includes('ring_flash_attn_func'));
-  assert.not.ok(Object.prototype.propertyIsEnumerable.call(Object.getPrototypeOf(rt), 'ring_flash_attn_func'));
+  assert.not.ok(
+    Object.prototype.propertyIsEnumerable.call(Object.getPrototypeOf(rt), 'ring_flash_attn_func'),
+  );
 });
 
-s('a dense method gives rt.call\'s result bit for bit, forward and backward', async () => {
-  const q = t([1, 8, 4, 16]), k = t([1, 8, 2, 16]), v = t([1, 8, 2, 16]), dout = t([1, 8, 4, 16]);
+s("a dense method gives rt.call's result bit for bit, forward and backward", async () => {
+  const q = t([1, 8, 4, 16]),
+    k = t([1, 8, 2, 16]),
+    v = t([1, 8, 2, 16]),
+    dout = t([1, 8, 4, 16]);
   const a = await rt.zigzag_ring_flash_attn_func(q, k, v, { causal: true });
   const b = await rt.call('zigzag_ring_flash_attn_func', q, k, v, { causal: true });
   const c = await rt.zigzagRingFlashAttnFunc(q, k, v, 0, null, true);
@@ -59,7 +83,7 @@ s('a dense method gives rt.call\'s result bit for bit, forward and backward', as
   await Promise.all([a.dispose(), b.dispose(), c.dispose()]);
 });
 
-s('a packed varlen method gives rt.call\'s result', async () => {
+s("a packed varlen method gives rt.call's result", async () => {
   const qkv = t([16, 3, 2, 8]);
   const cu = Int32Array.from([0, 4, 16]);
   const a = await rt.ringFlashAttnVarlenQkvpackedFunc(qkv, cu, 12, { causal: true });
@@ -72,9 +96,17 @@ s('a packed varlen method gives rt.call\'s result', async () => {
 
 s('methods raise the typed errors rt.call raises', async () => {
   const loose = methods().ring_flash_attn_func as (...args: unknown[]) => Promise<unknown>;
-  await expectError(() => loose.call(rt, t([1, 8, 4, 16])), 'E_ARG', /^ring_flash_attn_func: expected 3 tensor argument\(s\) \(q, k, v\), got 1$/);
+  await expectError(
+    () => loose.call(rt, t([1, 8, 4, 16])),
+    'E_ARG',
+    /^ring_flash_attn_func: expected 3 tensor argument\(s\) \(q, k, v\), got 1$/,
+  );
   const q = t([1, 8, 4, 16]);
-  await expectError(() => rt.stripe_flash_attn_func(q, q, q, { window_size: [2, 2] }), 'E_UNSUPPORTED', /window_size other than \(-1, -1\)/);
+  await expectError(
+    () => rt.stripe_flash_attn_func(q, q, q, { window_size: [2, 2] }),
+    'E_UNSUPPORTED',
+    /window_size other than \(-1, -1\)/,
+  );
 });
 
 s.run();

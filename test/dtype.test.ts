@@ -26,7 +26,8 @@ s('float16: normal, subnormal, overflow', () => {
 
 s('roundThrough changes values by at most half an ulp of the dtype', () => {
   const x = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 10);
-  const b = roundThrough(x, 'bfloat16'), h = roundThrough(x, 'float16');
+  const b = roundThrough(x, 'bfloat16'),
+    h = roundThrough(x, 'float16');
   for (let i = 0; i < x.length; i++) {
     assert.ok(Math.abs(b[i]! - x[i]!) <= Math.abs(x[i]!) * 2 ** -8 + 1e-30);
     assert.ok(Math.abs(h[i]! - x[i]!) <= Math.abs(x[i]!) * 2 ** -11 + 2 ** -25);

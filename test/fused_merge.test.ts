@@ -15,8 +15,21 @@ function setup() {
   const be = new CpuBackend(10_000);
   const r = rng(7);
   // bf16 inputs: a 16-bit out must have the inputs' dtype.
-  const up = (shape: number[]) => be.upload(fromFloat32(randn(r, shape.reduce((x, y) => x * y, 1)), 'bfloat16'), shape, 'bfloat16');
-  const q = up([b, sq, h, d]), k = up([b, sk, h, d]), v = up([b, sk, h, d]);
+  const up = (shape: number[]) =>
+    be.upload(
+      fromFloat32(
+        randn(
+          r,
+          shape.reduce((x, y) => x * y, 1),
+        ),
+        'bfloat16',
+      ),
+      shape,
+      'bfloat16',
+    );
+  const q = up([b, sq, h, d]),
+    k = up([b, sk, h, d]),
+    v = up([b, sk, h, d]);
   const opts = { softmaxScale: 1 / Math.sqrt(d), causal: false };
   const whole = { out: be.empty([b, sq, h, d], 'float32'), lse: be.empty([b, h, sq], 'float32') };
   be.flashFwd(q, k, v, whole.out, whole.lse, opts);
@@ -25,17 +38,25 @@ function setup() {
 
 s('merge onto the first key half equals attention over all keys (in place and into bf16)', () => {
   const { be, q, k, v, opts, whole, half } = setup();
-  const out = be.empty([b, sq, h, d], 'float32'), lse = be.empty([b, h, sq], 'float32');
+  const out = be.empty([b, sq, h, d], 'float32'),
+    lse = be.empty([b, h, sq], 'float32');
   be.flashFwd(q, k.narrow(1, 0, half), v.narrow(1, 0, half), out, lse, opts);
   const lse2 = be.empty([b, h, sq], 'float32');
   be.copy(lse2.unsqueeze(0), lse.unsqueeze(0));
   const final = be.empty([b, sq, h, d], 'bfloat16');
-  be.flashFwd(q, k.narrow(1, half, half), v.narrow(1, half, half), final, lse2, { ...opts, merge: true, mergeFrom: out });
+  be.flashFwd(q, k.narrow(1, half, half), v.narrow(1, half, half), final, lse2, {
+    ...opts,
+    merge: true,
+    mergeFrom: out,
+  });
   be.flashFwd(q, k.narrow(1, half, half), v.narrow(1, half, half), out, lse, { ...opts, merge: true });
   const ref = be.download(whole.out) as Float32Array;
   assert.ok(relL2(be.download(out) as Float32Array, ref) < 1e-6, 'in place');
   assert.ok(relL2(be.download(lse) as Float32Array, be.download(whole.lse) as Float32Array) < 1e-6, 'lse');
-  assert.ok(relL2(be.download(lse2) as Float32Array, be.download(whole.lse) as Float32Array) < 1e-6, 'lse (mergeFrom)');
+  assert.ok(
+    relL2(be.download(lse2) as Float32Array, be.download(whole.lse) as Float32Array) < 1e-6,
+    'lse (mergeFrom)',
+  );
   const bf = be.download(be.cast(final, 'float32')) as Float32Array;
   assert.ok(relL2(bf, ref) < 5e-3, `bf16 final out: ${relL2(bf, ref)}`);
 });
@@ -43,12 +64,30 @@ s('merge onto the first key half equals attention over all keys (in place and in
 s('merging into a 16-bit out needs mergeFrom, which must be float32 and shaped like out', () => {
   const { be, q, k, v, opts } = setup();
   const lse = be.empty([b, h, sq], 'float32');
-  const isArg = (re: RegExp) => (e: unknown) => e instanceof RingFlashAttnError && e.code === 'E_ARG' && re.test(e.message);
-  assert.throws(() => be.flashFwd(q, k, v, be.empty([b, sq, h, d], 'bfloat16'), lse, { ...opts, merge: true }), isArg(/needs mergeFrom/));
-  assert.throws(() => be.flashFwd(q, k, v, be.empty([b, sq, h, d], 'bfloat16'), lse, { ...opts, merge: true, mergeFrom: be.empty([b, sq, h, d], 'bfloat16') }),
-    isArg(/mergeFrom must be float32/));
-  assert.throws(() => be.flashFwd(q, k, v, be.empty([b, sq, h, d], 'bfloat16'), lse, { ...opts, merge: true, mergeFrom: be.empty([b, sq - 1, h, d], 'float32') }),
-    isArg(/shaped like out/));
+  const isArg = (re: RegExp) => (e: unknown) =>
+    e instanceof RingFlashAttnError && e.code === 'E_ARG' && re.test(e.message);
+  assert.throws(
+    () => be.flashFwd(q, k, v, be.empty([b, sq, h, d], 'bfloat16'), lse, { ...opts, merge: true }),
+    isArg(/needs mergeFrom/),
+  );
+  assert.throws(
+    () =>
+      be.flashFwd(q, k, v, be.empty([b, sq, h, d], 'bfloat16'), lse, {
+        ...opts,
+        merge: true,
+        mergeFrom: be.empty([b, sq, h, d], 'bfloat16'),
+      }),
+    isArg(/mergeFrom must be float32/),
+  );
+  assert.throws(
+    () =>
+      be.flashFwd(q, k, v, be.empty([b, sq, h, d], 'bfloat16'), lse, {
+        ...opts,
+        merge: true,
+        mergeFrom: be.empty([b, sq - 1, h, d], 'float32'),
+      }),
+    isArg(/shaped like out/),
+  );
 });
 
 s.run();

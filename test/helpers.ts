@@ -22,9 +22,11 @@ export function nd(data: Float32Array, shape: number[]) {
 /** ‖x − ref‖ / ‖ref‖ (finite inputs; NaN anywhere gives NaN). */
 export function relL2(x: ArrayLike<number>, ref: ArrayLike<number>): number {
   if (x.length !== ref.length) throw new Error(`relL2: length ${x.length} vs ${ref.length}`);
-  let num = 0, den = 0;
+  let num = 0,
+    den = 0;
   for (let i = 0; i < x.length; i++) {
-    const a = x[i]!, r = ref[i]!;
+    const a = x[i]!,
+      r = ref[i]!;
     if (!Number.isFinite(r) && a === r) continue; // matching infinities (lse of empty rows)
     num += (a - r) ** 2;
     den += r * r;
@@ -35,7 +37,8 @@ export function relL2(x: ArrayLike<number>, ref: ArrayLike<number>): number {
 export function maxAbs(x: ArrayLike<number>, ref: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < x.length; i++) {
-    const a = x[i]!, r = ref[i]!;
+    const a = x[i]!,
+      r = ref[i]!;
     if (!Number.isFinite(r) && a === r) continue;
     m = Math.max(m, Math.abs(a - r));
     if (Number.isNaN(a)) return NaN;
@@ -55,23 +58,35 @@ export function pack(parts: Float32Array[], b: number, s: number, h: number, d: 
   for (let bi = 0; bi < b; bi++)
     for (let i = 0; i < s; i++)
       parts.forEach((p, j) => {
-        const src = ((bi * s + i) * h) * d;
-        out.set(p.subarray(src, src + h * d), (((bi * s + i) * n + j) * h) * d);
+        const src = (bi * s + i) * h * d;
+        out.set(p.subarray(src, src + h * d), ((bi * s + i) * n + j) * h * d);
       });
   return out;
 }
 
 /** Inverse of pack: part j of a (b, s, n, h, d) tensor. */
-export function unpack(x: ArrayLike<number>, j: number, n: number, b: number, s: number, h: number, d: number): Float64Array {
+export function unpack(
+  x: ArrayLike<number>,
+  j: number,
+  n: number,
+  b: number,
+  s: number,
+  h: number,
+  d: number,
+): Float64Array {
   const out = new Float64Array(b * s * h * d);
   for (let bi = 0; bi < b; bi++)
     for (let i = 0; i < s; i++)
-      for (let c = 0; c < h * d; c++) out[((bi * s + i) * h) * d + c] = x[(((bi * s + i) * n + j) * h) * d + c]!;
+      for (let c = 0; c < h * d; c++) out[(bi * s + i) * h * d + c] = x[((bi * s + i) * n + j) * h * d + c]!;
   return out;
 }
 
 /** Awaits `run` and asserts a RingFlashAttnError with `code` and a message matching `fragment`. */
-export async function expectError(run: () => Promise<unknown> | unknown, code: string, fragment: RegExp): Promise<void> {
+export async function expectError(
+  run: () => Promise<unknown> | unknown,
+  code: string,
+  fragment: RegExp,
+): Promise<void> {
   try {
     await run();
   } catch (e) {
@@ -100,6 +115,8 @@ export class Runtimes {
 /** What fixtures' sendPackedKv receives from rank `from`: its k (j = 1) or v (j = 2) rows, contiguous. */
 export function packedKvSlice(from: number, j: 1 | 2): Float32Array {
   const out: number[] = [];
-  for (let b = 0; b < 2; b++) for (let s = 0; s < 5; s++) for (let i = 0; i < 8; i++) out.push(from * 1000 + ((b * 5 + s) * 3 + j) * 8 + i);
+  for (let b = 0; b < 2; b++)
+    for (let s = 0; s < 5; s++)
+      for (let i = 0; i < 8; i++) out.push(from * 1000 + ((b * 5 + s) * 3 + j) * 8 + i);
   return Float32Array.from(out);
 }

@@ -7,7 +7,7 @@ import { native } from '../runtime/native.js';
 
 const s = suite('launch plan');
 const plan = () => native().plan;
-const SMS = 132;  // H200
+const SMS = 132; // H200
 
 /** Key tiles (64 keys) of each 64-row query tile in the forward's launch order: heaviest first, heads inner. */
 function fwdTileSteps(nq: number, nk: number, heads: number, causal: boolean): number[] {
@@ -21,7 +21,9 @@ function fwdTileSteps(nq: number, nk: number, heads: number, causal: boolean): n
 
 /** Query steps (64 rows x query heads per kv head) of each 128-key tile of the backward, in launch order. */
 function bwdKeyTileSteps(nq: number, nk: number, heads: number, headsK: number, causal: boolean): number[] {
-  const group = heads / headsK, mTotal = Math.ceil(nq / 64), diag = nk - nq;
+  const group = heads / headsK,
+    mTotal = Math.ceil(nq / 64),
+    diag = nk - nq;
   return Array.from({ length: Math.ceil(nk / 128) }, (_, n) => {
     const firstRow = causal ? Math.max(0, n * 128 - diag) : 0;
     return firstRow < nq ? group * (mTotal - Math.floor(firstRow / 64)) : 0;
@@ -31,15 +33,16 @@ function bwdKeyTileSteps(nq: number, nk: number, heads: number, headsK: number, 
 const close = (a: number, b: number) => assert.ok(Math.abs(a - b) < 1e-9 * Math.max(1, b), `${a} != ${b}`);
 
 s('simulation: full waves, lone tails, shared SMs', () => {
-  const sim = (work: number[], ctasPerSm: number, sms = SMS) => plan().simulateLaunch({ work, sms, ctasPerSm });
+  const sim = (work: number[], ctasPerSm: number, sms = SMS) =>
+    plan().simulateLaunch({ work, sms, ctasPerSm });
   close(sim(Array(2 * SMS).fill(10), 2), 20); // two per SM share throughput 1.0
   close(sim(Array(3 * SMS).fill(11), 3), 30); // three share 1.1
-  close(sim(Array(SMS + 1).fill(10), 1), 2 * 10 / 0.6); // one per SM runs at 0.6; the 133rd waits for a slot
+  close(sim(Array(SMS + 1).fill(10), 1), (2 * 10) / 0.6); // one per SM runs at 0.6; the 133rd waits for a slot
   close(sim([10, 20], 2, 1), 20 + 10 / 0.6); // both at 0.5 until the first ends, then the second alone
   close(sim([5, 5], 1, 1), 10 / 0.6); // launch order on one slot
   close(sim([], 2), 0);
   // New CTAs spread over the SMs freed at one moment: a wave of 3 per SM, then 132 CTAs one per SM.
-  close(sim(Array(3 * SMS + SMS).fill(6), 3), 6 * 3 / 1.1 + 6 / 0.6);
+  close(sim(Array(3 * SMS + SMS).fill(6), 3), (6 * 3) / 1.1 + 6 / 0.6);
 });
 
 s('forward plans: the measured fastest of every timed alternative', () => {
@@ -61,7 +64,12 @@ s('forward plans: the measured fastest of every timed alternative', () => {
 
 s('backward splits: the measured fastest at every swept shape', () => {
   const pick = (nq: number, nk: number, heads: number, headsK: number, causal: boolean) =>
-    plan().planBwdSplits({ keyTileSteps: bwdKeyTileSteps(nq, nk, heads, headsK, causal), ctasPerTile: headsK, sms: SMS, maxSplits: 8 });
+    plan().planBwdSplits({
+      keyTileSteps: bwdKeyTileSteps(nq, nk, heads, headsK, causal),
+      ctasPerTile: headsK,
+      sms: SMS,
+      maxSplits: 8,
+    });
   assert.is(pick(8192, 8192, 5, 5, true), 2);
   assert.is(pick(8192, 8192, 32, 8, true), 2);
   assert.is(pick(8192, 8192, 5, 5, false), 2);
@@ -74,9 +82,11 @@ s('backward splits: the measured fastest at every swept shape', () => {
 
 s('every plan is launchable: whole in range, splits in range, a residency that was offered', () => {
   let seed = 7;
-  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
   for (let trial = 0; trial < 200; trial++) {
-    const tiles = 1 + rand(1500), sms = 1 + rand(200), maxSplits = 1 + rand(8);
+    const tiles = 1 + rand(1500),
+      sms = 1 + rand(200),
+      maxSplits = 1 + rand(8);
     const residencies = [[2], [3], [2, 3]][rand(3)]!;
     const tileSteps = Array.from({ length: tiles }, () => rand(300));
     const mustSplit = maxSplits > 1 && rand(4) === 0;
@@ -107,10 +117,29 @@ s('bad input is an E_ARG error naming the argument', () => {
   expectArg(() => plan().simulateLaunch({ work: [1], sms: 0, ctasPerSm: 1 }), /sms/);
   expectArg(() => plan().simulateLaunch({ work: [1], sms: 4, ctasPerSm: 4 }), /ctas_per_sm/);
   expectArg(() => plan().simulateLaunch({ work: [-1], sms: 4, ctasPerSm: 1 }), /'work'/);
-  expectArg(() => plan().simulateLaunch({ work: 'x' as unknown as number[], sms: 4, ctasPerSm: 1 }), /'work'/);
-  expectArg(() => plan().planFwdLaunch({ tileSteps: [1], sms: 4, residencies: [], maxSplits: 8, mustSplit: false }), /residency/);
-  expectArg(() => plan().planFwdLaunch({ tileSteps: [2 ** 40], sms: 4, residencies: [2], maxSplits: 8, mustSplit: false }), /'tileSteps'/);
-  expectArg(() => plan().planBwdSplits({ keyTileSteps: [1], ctasPerTile: 0, sms: 4, maxSplits: 8 }), /ctas_per_tile/);
+  expectArg(
+    () => plan().simulateLaunch({ work: 'x' as unknown as number[], sms: 4, ctasPerSm: 1 }),
+    /'work'/,
+  );
+  expectArg(
+    () => plan().planFwdLaunch({ tileSteps: [1], sms: 4, residencies: [], maxSplits: 8, mustSplit: false }),
+    /residency/,
+  );
+  expectArg(
+    () =>
+      plan().planFwdLaunch({
+        tileSteps: [2 ** 40],
+        sms: 4,
+        residencies: [2],
+        maxSplits: 8,
+        mustSplit: false,
+      }),
+    /'tileSteps'/,
+  );
+  expectArg(
+    () => plan().planBwdSplits({ keyTileSteps: [1], ctasPerTile: 0, sms: 4, maxSplits: 8 }),
+    /ctas_per_tile/,
+  );
 });
 
 s.run();

@@ -16,7 +16,10 @@ import { native } from '../runtime/native.js';
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-package-'));
 const tsc = path.join(repo, 'node_modules', '.bin', 'tsc');
-const pkg = JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8')) as { name: string; version: string };
+const pkg = JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8')) as {
+  name: string;
+  version: string;
+};
 /** The addon this tree built (build/Release), shipped as the package's prebuild. */
 const builtAddon = path.join(repo, 'build', 'Release', 'ring_flash_attn.node');
 const prebuildFile = `prebuilds/${process.platform}-${process.arch}/ring_flash_attn.napi${process.platform === 'linux' ? '.glibc' : ''}.node`;
@@ -40,15 +43,37 @@ function baseEnv(): NodeJS.ProcessEnv {
     if (!(k.startsWith('npm_') && !k.startsWith('npm_config_')) && k !== 'INIT_CWD') env[k] = v;
   // A forced source build would defeat the prebuild under test; the sanitizer runs
   // (test/sanitize.sh) preload their runtime into node, and packaging is not what they check.
-  for (const k of ['npm_config_build_from_source', 'RFA_BUILD_FROM_SOURCE', 'RFA_ADDON', 'LD_PRELOAD', 'ASAN_OPTIONS', 'TSAN_OPTIONS']) delete env[k];
+  for (const k of [
+    'npm_config_build_from_source',
+    'RFA_BUILD_FROM_SOURCE',
+    'RFA_ADDON',
+    'LD_PRELOAD',
+    'ASAN_OPTIONS',
+    'TSAN_OPTIONS',
+  ])
+    delete env[k];
   return env;
 }
 
-function run(what: string, cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }): SpawnSyncReturns<string> {
+function run(
+  what: string,
+  cmd: string,
+  args: string[],
+  opts: { cwd: string; env?: NodeJS.ProcessEnv },
+): SpawnSyncReturns<string> {
   const t0 = Date.now();
-  const r = spawnSync(cmd, args, { cwd: opts.cwd, env: opts.env ?? baseEnv(), encoding: 'utf8', maxBuffer: 64 << 20, timeout: 5 * 60_000 });
+  const r = spawnSync(cmd, args, {
+    cwd: opts.cwd,
+    env: opts.env ?? baseEnv(),
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+    timeout: 5 * 60_000,
+  });
   console.log(`  ${what}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  if (r.status !== 0) assert.unreachable(`${what} failed (exit ${r.status ?? r.signal}${r.error ? `, ${r.error.message}` : ''}):\n${r.stdout}\n${r.stderr}`);
+  if (r.status !== 0)
+    assert.unreachable(
+      `${what} failed (exit ${r.status ?? r.signal}${r.error ? `, ${r.error.message}` : ''}):\n${r.stdout}\n${r.stderr}`,
+    );
   return r;
 }
 
@@ -70,7 +95,15 @@ function writeJson(file: string, value: unknown): void {
 function consumerTsconfig(dir: string, files: string[], noEmit: boolean): string {
   const file = path.join(dir, 'tsconfig.json');
   writeJson(file, {
-    compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, types: ['node'], noEmit, outDir: '.' },
+    compilerOptions: {
+      target: 'ES2022',
+      module: 'NodeNext',
+      moduleResolution: 'NodeNext',
+      strict: true,
+      types: ['node'],
+      noEmit,
+      outDir: '.',
+    },
     files,
   });
   return file;
@@ -81,27 +114,64 @@ let packed: string[] = [];
 let consumer = '';
 
 s('npm pack ships dist (without tests), the native sources and a prebuilt addon', () => {
-  assert.ok(fs.existsSync(builtAddon), `${builtAddon} is missing: build the addon first (npm run build:native)`);
+  assert.ok(
+    fs.existsSync(builtAddon),
+    `${builtAddon} is missing: build the addon first (npm run build:native)`,
+  );
   const stage = path.join(tmp, 'stage');
   fs.mkdirSync(stage);
   for (const f of ['package.json', '.gitignore', 'tsconfig.json', 'README.md', 'CMakeLists.txt', 'index.ts'])
     fs.copyFileSync(path.join(repo, f), path.join(stage, f));
   for (const d of ['api', 'runtime', 'compat', 'native', 'test', 'benchmark'])
-    fs.cpSync(path.join(repo, d), path.join(stage, d), { recursive: true, filter: (src) => !src.startsWith(path.join(repo, 'benchmark', 'results')) });
+    fs.cpSync(path.join(repo, d), path.join(stage, d), {
+      recursive: true,
+      filter: (src) => !src.startsWith(path.join(repo, 'benchmark', 'results')),
+    });
   fs.symlinkSync(path.join(repo, 'node_modules'), path.join(stage, 'node_modules'));
-  const env = { ...baseEnv(), RFA_PREBUILD_ADDON: builtAddon, ...(native().cudaBuilt ? {} : { RFA_CUDA: 'OFF' }) };
-  const r = run('npm pack (prepack, prepare)', process.execPath, [npmCli(), 'pack', '--json', '--pack-destination', tmp], { cwd: stage, env });
+  const env = {
+    ...baseEnv(),
+    RFA_PREBUILD_ADDON: builtAddon,
+    ...(native().cudaBuilt ? {} : { RFA_CUDA: 'OFF' }),
+  };
+  const r = run(
+    'npm pack (prepack, prepare)',
+    process.execPath,
+    [npmCli(), 'pack', '--json', '--pack-destination', tmp],
+    { cwd: stage, env },
+  );
   const json = r.stdout.slice(r.stdout.search(/^\[$/m));
-  const [info] = JSON.parse(json) as { filename: string; size: number; unpackedSize: number; files: { path: string }[] }[];
+  const [info] = JSON.parse(json) as {
+    filename: string;
+    size: number;
+    unpackedSize: number;
+    files: { path: string }[];
+  }[];
   tarball = path.join(tmp, info!.filename);
   packed = info!.files.map((f) => f.path).sort();
-  console.log(`  tarball: ${packed.length} files, ${(info!.size / 2 ** 20).toFixed(1)} MiB (${(info!.unpackedSize / 2 ** 20).toFixed(1)} MiB unpacked)`);
+  console.log(
+    `  tarball: ${packed.length} files, ${(info!.size / 2 ** 20).toFixed(1)} MiB (${(info!.unpackedSize / 2 ** 20).toFixed(1)} MiB unpacked)`,
+  );
 
-  for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/runtime/worker.js', 'dist/benchmark/cli.js', 'native/install.mjs',
-    'CMakeLists.txt', 'native/bindings/addon.cc', 'native/cpu/flash_cpu.cc', 'native/cuda/flash_fwd.cu', 'native/cuda/flash_wgmma.cuh', 'README.md', prebuildFile])
+  for (const f of [
+    'dist/index.js',
+    'dist/index.d.ts',
+    'dist/runtime/worker.js',
+    'dist/benchmark/cli.js',
+    'native/install.mjs',
+    'CMakeLists.txt',
+    'native/bindings/addon.cc',
+    'native/cpu/flash_cpu.cc',
+    'native/cuda/flash_fwd.cu',
+    'native/cuda/flash_wgmma.cuh',
+    'README.md',
+    prebuildFile,
+  ])
     assert.ok(packed.includes(f), `${f} is not in the tarball`);
-  const allowed = /^(dist\/.*\.(js|d\.ts)|native\/.*\.(h|cc|cu|cuh)|native\/install\.mjs|prebuilds\/.*\.node|CMakeLists\.txt|README\.md|package\.json)$/;
-  const stray = packed.filter((f) => !allowed.test(f) || f.startsWith('dist/test/') || f.startsWith('native/cuda/harness/'));
+  const allowed =
+    /^(dist\/.*\.(js|d\.ts)|native\/.*\.(h|cc|cu|cuh)|native\/install\.mjs|prebuilds\/.*\.node|CMakeLists\.txt|README\.md|package\.json)$/;
+  const stray = packed.filter(
+    (f) => !allowed.test(f) || f.startsWith('dist/test/') || f.startsWith('native/cuda/harness/'),
+  );
   assert.equal(stray, [], 'files outside the allowlist');
 });
 
@@ -110,14 +180,34 @@ s('the tarball installs into an empty project without cmake or nvcc, taking the 
   consumer = path.join(tmp, 'consumer');
   fs.mkdirSync(consumer);
   writeJson(path.join(consumer, 'package.json'), { name: 'consumer', private: true, type: 'module' });
-  const typesNode = (JSON.parse(fs.readFileSync(path.join(repo, 'node_modules/@types/node/package.json'), 'utf8')) as { version: string }).version;
+  const typesNode = (
+    JSON.parse(fs.readFileSync(path.join(repo, 'node_modules/@types/node/package.json'), 'utf8')) as {
+      version: string;
+    }
+  ).version;
   const env = { ...baseEnv(), PATH: bareBin() };
-  const r = run('npm install (tarball, from the npm cache)', process.execPath,
-    [npmCli(), 'install', tarball, `@types/node@${typesNode}`, '--prefer-offline', '--no-audit', '--no-fund', '--foreground-scripts'], { cwd: consumer, env });
+  const r = run(
+    'npm install (tarball, from the npm cache)',
+    process.execPath,
+    [
+      npmCli(),
+      'install',
+      tarball,
+      `@types/node@${typesNode}`,
+      '--prefer-offline',
+      '--no-audit',
+      '--no-fund',
+      '--foreground-scripts',
+    ],
+    { cwd: consumer, env },
+  );
   const installed = path.join(consumer, 'node_modules', pkg.name);
   assert.match(r.stdout, 'ring-flash-attn: using the prebuilt addon');
   assert.not.match(r.stdout, 'building from source');
-  assert.not.ok(fs.existsSync(path.join(installed, 'build')), 'the install compiled the addon (build/ exists)');
+  assert.not.ok(
+    fs.existsSync(path.join(installed, 'build')),
+    'the install compiled the addon (build/ exists)',
+  );
   assert.ok(fs.existsSync(path.join(installed, prebuildFile)));
 });
 
@@ -133,7 +223,9 @@ s('an ESM import runs a CPU ring call that matches a naive reference', () => {
 s('the shipped types pass tsc --strict in a consumer', () => {
   assert.ok(consumer, 'the install did not run');
   fs.writeFileSync(path.join(consumer, 'consumer.ts'), CONSUMER_TS);
-  run('tsc --strict (consumer.ts)', tsc, ['-p', consumerTsconfig(consumer, ['consumer.ts'], true)], { cwd: consumer });
+  run('tsc --strict (consumer.ts)', tsc, ['-p', consumerTsconfig(consumer, ['consumer.ts'], true)], {
+    cwd: consumer,
+  });
 });
 
 s("the README's quick start runs as written", () => {
@@ -148,14 +240,20 @@ s("the README's quick start runs as written", () => {
   run('tsc (README blocks)', tsc, ['-p', consumerTsconfig(dir, sources, false)], { cwd: dir });
   for (const [file, expected] of blocks.output) {
     assert.ok(blocks.code.has(file), `output of ${file}, but no such block`);
-    const r = run(`node ${file.replace(/\.ts$/, '.js')}`, process.execPath, [file.replace(/\.ts$/, '.js')], { cwd: dir });
+    const r = run(`node ${file.replace(/\.ts$/, '.js')}`, process.execPath, [file.replace(/\.ts$/, '.js')], {
+      cwd: dir,
+    });
     assert.fixture(r.stdout.trim(), expected.trim());
   }
 });
 
 s('typedoc builds the API reference without errors', () => {
-  const r = run('typedoc', path.join(repo, 'node_modules', '.bin', 'typedoc'),
-    ['--out', path.join(tmp, 'docs'), '--tsconfig', 'tsconfig.json', 'index.ts'], { cwd: repo });
+  const r = run(
+    'typedoc',
+    path.join(repo, 'node_modules', '.bin', 'typedoc'),
+    ['--out', path.join(tmp, 'docs'), '--tsconfig', 'tsconfig.json', 'index.ts'],
+    { cwd: repo },
+  );
   assert.match(`${r.stdout}${r.stderr}`, /Found 0 errors/);
 });
 
@@ -168,7 +266,8 @@ s.run();
  * name.ts; a fenced block after `<!-- output of name.ts -->` is what running it prints.
  */
 function readmeBlocks(md: string): { code: Map<string, string>; output: Map<string, string> } {
-  const code = new Map<string, string>(), output = new Map<string, string>();
+  const code = new Map<string, string>(),
+    output = new Map<string, string>();
   const re = /<!-- (runs in CI:|output of) ([\w.-]+) -->\s*```\w*\n([\s\S]*?)```/g;
   for (const m of md.matchAll(re)) (m[1] === 'runs in CI:' ? code : output).set(m[2]!, m[3]!);
   return { code, output };

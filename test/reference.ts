@@ -6,7 +6,12 @@ export interface RefInput {
   q: Float64Array | Float32Array;
   k: Float64Array | Float32Array;
   v: Float64Array | Float32Array;
-  b: number; sq: number; sk: number; h: number; hk: number; d: number;
+  b: number;
+  sq: number;
+  sk: number;
+  h: number;
+  hk: number;
+  d: number;
   scale: number;
   causal: boolean;
 }
@@ -16,11 +21,18 @@ export interface RefOutput {
   lse: Float64Array; // (b, h, sq)
 }
 
-const at = (s: number, h: number, d: number) => (bi: number, i: number, hi: number) => ((bi * s + i) * h + hi) * d;
+const at = (s: number, h: number, d: number) => (bi: number, i: number, hi: number) =>
+  ((bi * s + i) * h + hi) * d;
 
-function probs(x: RefInput, bi: number, hi: number, i: number): { p: Float64Array; lse: number; last: number } {
+function probs(
+  x: RefInput,
+  bi: number,
+  hi: number,
+  i: number,
+): { p: Float64Array; lse: number; last: number } {
   const { d, sq, sk, h, hk } = x;
-  const qa = at(sq, h, d), ka = at(sk, hk, d);
+  const qa = at(sq, h, d),
+    ka = at(sk, hk, d);
   const kh = Math.floor(hi / (h / hk));
   const last = x.causal ? Math.min(sk - 1, i + sk - sq) : sk - 1;
   const p = new Float64Array(sk);
@@ -41,7 +53,8 @@ export function referenceForward(x: RefInput): RefOutput {
   const { b, sq, sk, h, hk, d } = x;
   const out = new Float64Array(b * sq * h * d);
   const lse = new Float64Array(b * h * sq);
-  const qa = at(sq, h, d), ka = at(sk, hk, d);
+  const qa = at(sq, h, d),
+    ka = at(sk, hk, d);
   for (let bi = 0; bi < b; bi++)
     for (let hi = 0; hi < h; hi++) {
       const kh = Math.floor(hi / (h / hk));
@@ -55,13 +68,17 @@ export function referenceForward(x: RefInput): RefOutput {
   return { out, lse };
 }
 
-export function referenceBackward(x: RefInput, dout: Float64Array | Float32Array): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
+export function referenceBackward(
+  x: RefInput,
+  dout: Float64Array | Float32Array,
+): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
   const { b, sq, sk, h, hk, d } = x;
   const { out } = referenceForward(x);
   const dq = new Float64Array(b * sq * h * d);
   const dk = new Float64Array(b * sk * hk * d);
   const dv = new Float64Array(b * sk * hk * d);
-  const qa = at(sq, h, d), ka = at(sk, hk, d);
+  const qa = at(sq, h, d),
+    ka = at(sk, hk, d);
   for (let bi = 0; bi < b; bi++)
     for (let hi = 0; hi < h; hi++) {
       const kh = Math.floor(hi / (h / hk));

@@ -16,61 +16,178 @@ s.after(() => rts.close());
 
 const scale = (sets: number[][], world: number) => sets.map((cu) => cu.map((x) => x * world));
 // The Python project's sets for 64 tokens per rank (it uses 8192): every sequence is a multiple of world.
-const PYTHON_SETS = [[0, 64], [0, 2, 60, 64], [0, 32, 64], [0, 24, 49, 62, 63, 64]];
+const PYTHON_SETS = [
+  [0, 64],
+  [0, 2, 60, 64],
+  [0, 32, 64],
+  [0, 24, 49, 62, 63, 64],
+];
 
-addVarlenCases(s, rts, {
-  func: 'ring_flash_attn_varlen_func', kvpacked: 'ring_flash_attn_varlen_kvpacked_func', qkvpacked: 'ring_flash_attn_varlen_qkvpacked_func',
-}, {
-  pythonSets: (world) => scale(PYTHON_SETS, world),
-  oneChunk: (world) => scale([[0, 1, 2, 3, 4, 5, 6]], world)[0]!,
-  shared: [0, 64, 320, 512],
-});
+addVarlenCases(
+  s,
+  rts,
+  {
+    func: 'ring_flash_attn_varlen_func',
+    kvpacked: 'ring_flash_attn_varlen_kvpacked_func',
+    qkvpacked: 'ring_flash_attn_varlen_qkvpacked_func',
+  },
+  {
+    pythonSets: (world) => scale(PYTHON_SETS, world),
+    oneChunk: (world) => scale([[0, 1, 2, 3, 4, 5, 6]], world)[0]!,
+    shared: [0, 64, 320, 512],
+  },
+);
 
 s('SPMD: local shards, local cu_seqlens and positional arguments, as the Python test calls it', async () => {
   const [world, h, d] = [4, 2, 16];
   const cu = [0, 8, 28, 32, 48];
   const T = cu[cu.length - 1]!;
   const rand = rng(21);
-  const q = randn(rand, T * h * d), k = randn(rand, T * h * d), v = randn(rand, T * h * d), dout = randn(rand, T * h * d);
+  const q = randn(rand, T * h * d),
+    k = randn(rand, T * h * d),
+    v = randn(rand, T * h * d),
+    dout = randn(rand, T * h * d);
   const qkv = pack([q, k, v], 1, T, h, d);
   const rows = Array.from({ length: world }, (_, r) => localRows(cu, world, r, false));
   const localCu = Int32Array.from(cu, (x) => x / world);
-  const res = (await (await rts.get(world)).spmd(USER, 'callVarlen', {
+  const res = (await (
+    await rts.get(world)
+  ).spmd(USER, 'callVarlen', {
     name: 'ring_flash_attn_varlen_qkvpacked_func',
     tensors: rows.map((r) => [{ data: pickRows(qkv, 3 * h * d, r), shape: [r.length, 3, h, d] }]),
     args: rows.map(() => [localCu, maxSeqlenOf(cu) / world, 0, null, true, [-1, -1], null, false, true]),
     dout: rows.map((r) => ({ data: pickRows(dout, h * d, r), shape: [r.length, h, d] })),
-  })) as { out: { data: Float32Array }; lse: { data: Float32Array; shape: number[] }; grads: { data: Float32Array }[] }[];
+  })) as {
+    out: { data: Float32Array };
+    lse: { data: Float32Array; shape: number[] };
+    grads: { data: Float32Array }[];
+  }[];
   const ref = varlenReference({ q, k, v, cu, h, hk: h, d, scale: 1 / Math.sqrt(d), causal: true }, dout);
   assert.equal(res[0]!.lse.shape, [h, T / world]);
-  assert.ok(relL2(placeRows(res.map((r) => r.out.data), h * d, rows, T), ref.out) < 1e-5);
+  assert.ok(
+    relL2(
+      placeRows(
+        res.map((r) => r.out.data),
+        h * d,
+        rows,
+        T,
+      ),
+      ref.out,
+    ) < 1e-5,
+  );
   const lse = new Float64Array(h * T);
-  res.forEach((r, rank) => rows[rank]!.forEach((row, i) => { for (let hi = 0; hi < h; hi++) lse[hi * T + row] = r.lse.data[hi * (T / world) + i]!; }));
+  res.forEach((r, rank) =>
+    rows[rank]!.forEach((row, i) => {
+      for (let hi = 0; hi < h; hi++) lse[hi * T + row] = r.lse.data[hi * (T / world) + i]!;
+    }),
+  );
   assert.ok(relL2(lse, ref.lse) < 1e-5);
-  const dqkv = placeRows(res.map((r) => r.grads[0]!.data), 3 * h * d, rows, T);
+  const dqkv = placeRows(
+    res.map((r) => r.grads[0]!.data),
+    3 * h * d,
+    rows,
+    T,
+  );
   assert.ok(relL2(unpack(dqkv, 0, 3, 1, T, h, d), ref.dq) < 1e-5);
   assert.ok(relL2(unpack(dqkv, 2, 3, 1, T, h, d), ref.dv) < 1e-5);
 });
 
 const F = 'ring_flash_attn_varlen_func';
-const t = (shape: number[]) => nd(randn(rng(3), shape.reduce((a, b) => a * b, 1)), shape);
+const t = (shape: number[]) =>
+  nd(
+    randn(
+      rng(3),
+      shape.reduce((a, b) => a * b, 1),
+    ),
+    shape,
+  );
 const [q, k] = [t([16, 4, 8]), t([16, 2, 8])];
 const cu16 = Int32Array.from([0, 8, 16]);
-const bad: [string, (call: (...a: unknown[]) => Promise<DriverResult>) => Promise<unknown>, string, RegExp][] = [
-  ['cu_seqlens of float32', (c) => c(F, q, k, k, Float32Array.from([0, 8, 16]), 8), 'E_DTYPE', /cu_seqlens must be int32 \(an Int32Array or an int32 ndarray\), got Float32Array/],
-  ['cu_seqlens as a plain array', (c) => c(F, q, k, k, [0, 8, 16], 8), 'E_DTYPE', /cu_seqlens must be int32.*got Array/],
+const bad: [
+  string,
+  (call: (...a: unknown[]) => Promise<DriverResult>) => Promise<unknown>,
+  string,
+  RegExp,
+][] = [
+  [
+    'cu_seqlens of float32',
+    (c) => c(F, q, k, k, Float32Array.from([0, 8, 16]), 8),
+    'E_DTYPE',
+    /cu_seqlens must be int32 \(an Int32Array or an int32 ndarray\), got Float32Array/,
+  ],
+  [
+    'cu_seqlens as a plain array',
+    (c) => c(F, q, k, k, [0, 8, 16], 8),
+    'E_DTYPE',
+    /cu_seqlens must be int32.*got Array/,
+  ],
   ['cu_seqlens missing', (c) => c(F, q, k, k, { causal: true }), 'E_ARG', /cu_seqlens is required/],
-  ['cu_seqlens not starting at 0', (c) => c(F, q, k, k, Int32Array.from([2, 8, 16]), 8), 'E_ARG', /cu_seqlens must start at 0, got 2/],
-  ['cu_seqlens decreasing', (c) => c(F, q, k, k, Int32Array.from([0, 10, 8, 16]), 8), 'E_ARG', /cu_seqlens must be non-decreasing, got 8 after 10 at index 2/],
-  ['cu_seqlens not ending at the total', (c) => c(F, q, k, k, Int32Array.from([0, 8, 12]), 8), 'E_SHAPE', /cu_seqlens must end at the total tokens of q \(16\), got 12/],
-  ['cu_seqlens with one entry', (c) => c(F, q, k, k, Int32Array.from([0]), 8), 'E_SHAPE', /cu_seqlens must hold at least 2 entries/],
-  ['a sequence not divisible by world', (c) => c(F, q, k, k, Int32Array.from([0, 5, 16]), 11), 'E_SHAPE', /sequence 0 of cu_seqlens has length 5, which must be a multiple of 2 \(world\)/],
-  ['max_seqlen below the longest sequence', (c) => c(F, q, k, k, Int32Array.from([0, 4, 16]), 8), 'E_ARG', /max_seqlen \(8\) must cover the longest sequence of cu_seqlens \(12\)/],
-  ['max_seqlen missing', (c) => c(F, q, k, k, cu16), 'E_ARG', /max_seqlen must be a non-negative integer, got nothing/],
-  ['q of rank 4', (c) => c(F, t([1, 16, 4, 8]), k, k, cu16, 8), 'E_SHAPE', /q must be 3-d, got shape \(1, 16, 4, 8\)/],
-  ['k total differs from q', (c) => c(F, q, t([8, 2, 8]), t([8, 2, 8]), cu16, 8), 'E_SHAPE', /k total_tokens 8 != q total_tokens 16/],
-  ['kv axis 1 not 2', (c) => c('ring_flash_attn_varlen_kvpacked_func', q, t([16, 3, 2, 8]), cu16, 8), 'E_SHAPE', /kv axis 1 must be 2 \(k, v\), got 3/],
-  ['unknown option', (c) => c(F, q, k, k, cu16, 8, { cu_seqlen: cu16 }), 'E_ARG', /unknown option 'cu_seqlen'/],
+  [
+    'cu_seqlens not starting at 0',
+    (c) => c(F, q, k, k, Int32Array.from([2, 8, 16]), 8),
+    'E_ARG',
+    /cu_seqlens must start at 0, got 2/,
+  ],
+  [
+    'cu_seqlens decreasing',
+    (c) => c(F, q, k, k, Int32Array.from([0, 10, 8, 16]), 8),
+    'E_ARG',
+    /cu_seqlens must be non-decreasing, got 8 after 10 at index 2/,
+  ],
+  [
+    'cu_seqlens not ending at the total',
+    (c) => c(F, q, k, k, Int32Array.from([0, 8, 12]), 8),
+    'E_SHAPE',
+    /cu_seqlens must end at the total tokens of q \(16\), got 12/,
+  ],
+  [
+    'cu_seqlens with one entry',
+    (c) => c(F, q, k, k, Int32Array.from([0]), 8),
+    'E_SHAPE',
+    /cu_seqlens must hold at least 2 entries/,
+  ],
+  [
+    'a sequence not divisible by world',
+    (c) => c(F, q, k, k, Int32Array.from([0, 5, 16]), 11),
+    'E_SHAPE',
+    /sequence 0 of cu_seqlens has length 5, which must be a multiple of 2 \(world\)/,
+  ],
+  [
+    'max_seqlen below the longest sequence',
+    (c) => c(F, q, k, k, Int32Array.from([0, 4, 16]), 8),
+    'E_ARG',
+    /max_seqlen \(8\) must cover the longest sequence of cu_seqlens \(12\)/,
+  ],
+  [
+    'max_seqlen missing',
+    (c) => c(F, q, k, k, cu16),
+    'E_ARG',
+    /max_seqlen must be a non-negative integer, got nothing/,
+  ],
+  [
+    'q of rank 4',
+    (c) => c(F, t([1, 16, 4, 8]), k, k, cu16, 8),
+    'E_SHAPE',
+    /q must be 3-d, got shape \(1, 16, 4, 8\)/,
+  ],
+  [
+    'k total differs from q',
+    (c) => c(F, q, t([8, 2, 8]), t([8, 2, 8]), cu16, 8),
+    'E_SHAPE',
+    /k total_tokens 8 != q total_tokens 16/,
+  ],
+  [
+    'kv axis 1 not 2',
+    (c) => c('ring_flash_attn_varlen_kvpacked_func', q, t([16, 3, 2, 8]), cu16, 8),
+    'E_SHAPE',
+    /kv axis 1 must be 2 \(k, v\), got 3/,
+  ],
+  [
+    'unknown option',
+    (c) => c(F, q, k, k, cu16, 8, { cu_seqlen: cu16 }),
+    'E_ARG',
+    /unknown option 'cu_seqlen'/,
+  ],
 ];
 for (const [name, run, code, re] of bad) {
   s(`driver: ${name} â†’ ${code}`, async () => {
@@ -91,9 +208,18 @@ s('SPMD: local k total differing from q, and a local cu_seqlens past the shard â
   const rt = await rts.get(2);
   const x = { data: new Float32Array(8 * 2 * 8).fill(0.5), shape: [8, 2, 8] };
   const y = { data: new Float32Array(6 * 2 * 8).fill(0.5), shape: [6, 2, 8] };
-  const call = (tensors: typeof x[], args: unknown[]) => rt.spmd(USER, 'callVarlen', { name: F, tensors: [tensors, tensors], args: [args, args] });
-  await expectError(() => call([x, y, y], [Int32Array.from([0, 8]), 8]), 'E_SHAPE', /k total_tokens 6 != q total_tokens 8/);
-  await expectError(() => call([x, x, x], [Int32Array.from([0, 4, 12]), 8]), 'E_SHAPE', /cu_seqlens must end at the total tokens of q \(8\), got 12/);
+  const call = (tensors: (typeof x)[], args: unknown[]) =>
+    rt.spmd(USER, 'callVarlen', { name: F, tensors: [tensors, tensors], args: [args, args] });
+  await expectError(
+    () => call([x, y, y], [Int32Array.from([0, 8]), 8]),
+    'E_SHAPE',
+    /k total_tokens 6 != q total_tokens 8/,
+  );
+  await expectError(
+    () => call([x, x, x], [Int32Array.from([0, 4, 12]), 8]),
+    'E_SHAPE',
+    /cu_seqlens must end at the total tokens of q \(8\), got 12/,
+  );
 });
 
 s.run();

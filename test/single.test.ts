@@ -9,10 +9,25 @@ import { referenceBackward, referenceForward } from './reference.js';
 
 const s = suite('flash_attn (single device)');
 let rt: RingRuntime;
-s.before(async () => { rt = await init({ backend: 'cpu', world: 2 }); });
-s.after(async () => { await rt.close(); });
+s.before(async () => {
+  rt = await init({ backend: 'cpu', world: 2 });
+});
+s.after(async () => {
+  await rt.close();
+});
 
-interface C { b: number; sq: number; sk: number; h: number; hk: number; d: number; causal: boolean; dtype: DType; tol: number; gtol: number }
+interface C {
+  b: number;
+  sq: number;
+  sk: number;
+  h: number;
+  hk: number;
+  d: number;
+  causal: boolean;
+  dtype: DType;
+  tol: number;
+  gtol: number;
+}
 
 const cases: C[] = [
   { b: 2, sq: 13, sk: 13, h: 4, hk: 1, d: 32, causal: true, dtype: 'float32', tol: 1e-5, gtol: 1e-5 },
@@ -24,35 +39,75 @@ const cases: C[] = [
 ];
 
 cases.forEach((c, i) => {
-  s(`flash_attn_func sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`, async () => {
-    const rand = rng(400 + i);
-    const q = randn(rand, c.b * c.sq * c.h * c.d), k = randn(rand, c.b * c.sk * c.hk * c.d), v = randn(rand, c.b * c.sk * c.hk * c.d);
-    const dout = randn(rand, c.b * c.sq * c.h * c.d);
-    const r = await rt.call('flash_attn_func', nd(q, [c.b, c.sq, c.h, c.d]), nd(k, [c.b, c.sk, c.hk, c.d]), nd(v, [c.b, c.sk, c.hk, c.d]),
-      { causal: c.causal, dtype: c.dtype });
-    const g = await r.backward(nd(dout, [c.b, c.sq, c.h, c.d])) as { dq: { data: Float32Array }; dk: { data: Float32Array }; dv: { data: Float32Array } };
-    await r.dispose();
-    const x = { q, k, v, b: c.b, sq: c.sq, sk: c.sk, h: c.h, hk: c.hk, d: c.d, scale: 1 / Math.sqrt(c.d), causal: c.causal };
-    const ref = referenceForward(x);
-    const refG = referenceBackward(x, c.dtype === 'float32' ? dout : rounded(dout, c.dtype));
-    assert.ok(relL2(r.out.data, ref.out) <= c.tol, `out ${relL2(r.out.data, ref.out)}`);
-    assert.ok(relL2(r.lse.data, ref.lse) <= c.tol, `lse ${relL2(r.lse.data, ref.lse)}`);
-    assert.ok(maxAbs(r.lse.data, ref.lse) < 1e-1 && !Number.isNaN(maxAbs(r.lse.data, ref.lse)), 'lse (including -inf rows)');
-    for (const [name, got, want] of [['dq', g.dq.data, refG.dq], ['dk', g.dk.data, refG.dk], ['dv', g.dv.data, refG.dv]] as const)
-      assert.ok(relL2(got, want) <= c.gtol, `${name} ${relL2(got, want)}`);
-  });
+  s(
+    `flash_attn_func sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`,
+    async () => {
+      const rand = rng(400 + i);
+      const q = randn(rand, c.b * c.sq * c.h * c.d),
+        k = randn(rand, c.b * c.sk * c.hk * c.d),
+        v = randn(rand, c.b * c.sk * c.hk * c.d);
+      const dout = randn(rand, c.b * c.sq * c.h * c.d);
+      const r = await rt.call(
+        'flash_attn_func',
+        nd(q, [c.b, c.sq, c.h, c.d]),
+        nd(k, [c.b, c.sk, c.hk, c.d]),
+        nd(v, [c.b, c.sk, c.hk, c.d]),
+        { causal: c.causal, dtype: c.dtype },
+      );
+      const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as {
+        dq: { data: Float32Array };
+        dk: { data: Float32Array };
+        dv: { data: Float32Array };
+      };
+      await r.dispose();
+      const x = {
+        q,
+        k,
+        v,
+        b: c.b,
+        sq: c.sq,
+        sk: c.sk,
+        h: c.h,
+        hk: c.hk,
+        d: c.d,
+        scale: 1 / Math.sqrt(c.d),
+        causal: c.causal,
+      };
+      const ref = referenceForward(x);
+      const refG = referenceBackward(x, c.dtype === 'float32' ? dout : rounded(dout, c.dtype));
+      assert.ok(relL2(r.out.data, ref.out) <= c.tol, `out ${relL2(r.out.data, ref.out)}`);
+      assert.ok(relL2(r.lse.data, ref.lse) <= c.tol, `lse ${relL2(r.lse.data, ref.lse)}`);
+      assert.ok(
+        maxAbs(r.lse.data, ref.lse) < 1e-1 && !Number.isNaN(maxAbs(r.lse.data, ref.lse)),
+        'lse (including -inf rows)',
+      );
+      for (const [name, got, want] of [
+        ['dq', g.dq.data, refG.dq],
+        ['dk', g.dk.data, refG.dk],
+        ['dv', g.dv.data, refG.dv],
+      ] as const)
+        assert.ok(relL2(got, want) <= c.gtol, `${name} ${relL2(got, want)}`);
+    },
+  );
 });
 
 s('rows that see no key: out 0, lse -inf, zero dq', async () => {
   const [sq, sk, h, d] = [6, 2, 1, 8];
   const rand = rng(3);
-  const q = randn(rand, sq * h * d), k = randn(rand, sk * h * d);
-  const r = await rt.call('flash_attn_func', nd(q, [1, sq, h, d]), nd(k, [1, sk, h, d]), nd(k, [1, sk, h, d]), { causal: true });
+  const q = randn(rand, sq * h * d),
+    k = randn(rand, sk * h * d);
+  const r = await rt.call(
+    'flash_attn_func',
+    nd(q, [1, sq, h, d]),
+    nd(k, [1, sk, h, d]),
+    nd(k, [1, sk, h, d]),
+    { causal: true },
+  );
   for (let i = 0; i < sq - sk; i++) {
     assert.is(r.lse.data[i], -Infinity);
     for (let c = 0; c < d; c++) assert.is(r.out.data[i * h * d + c], 0);
   }
-  const g = await r.backward(nd(randn(rand, sq * h * d), [1, sq, h, d])) as { dq: { data: Float32Array } };
+  const g = (await r.backward(nd(randn(rand, sq * h * d), [1, sq, h, d]))) as { dq: { data: Float32Array } };
   for (let i = 0; i < (sq - sk) * h * d; i++) assert.is(g.dq.data[i], 0);
   await r.dispose();
 });
@@ -60,23 +115,41 @@ s('rows that see no key: out 0, lse -inf, zero dq', async () => {
 s('kvpacked and qkvpacked agree with the unpacked call', async () => {
   const [b, sq, h, d] = [1, 10, 2, 32];
   const rand = rng(8);
-  const q = randn(rand, b * sq * h * d), k = randn(rand, b * sq * h * d), v = randn(rand, b * sq * h * d);
+  const q = randn(rand, b * sq * h * d),
+    k = randn(rand, b * sq * h * d),
+    v = randn(rand, b * sq * h * d);
   const shape = [b, sq, h, d];
   const base = await rt.call('flash_attn_func', nd(q, shape), nd(k, shape), nd(v, shape), { causal: true });
-  const kv = await rt.call('flash_attn_kvpacked_func', nd(q, shape), nd(pack([k, v], b, sq, h, d), [b, sq, 2, h, d]), { causal: true });
-  const qkv = await rt.call('flash_attn_qkvpacked_func', nd(pack([q, k, v], b, sq, h, d), [b, sq, 3, h, d]), 0, null, true);
+  const kv = await rt.call(
+    'flash_attn_kvpacked_func',
+    nd(q, shape),
+    nd(pack([k, v], b, sq, h, d), [b, sq, 2, h, d]),
+    { causal: true },
+  );
+  const qkv = await rt.call(
+    'flash_attn_qkvpacked_func',
+    nd(pack([q, k, v], b, sq, h, d), [b, sq, 3, h, d]),
+    0,
+    null,
+    true,
+  );
   assert.ok(relL2(kv.out.data, base.out.data) < 1e-7);
   assert.ok(relL2(qkv.out.data, base.out.data) < 1e-7);
   const dout = nd(randn(rand, b * sq * h * d), shape);
-  const g0 = await base.backward(dout) as { dk: { data: Float32Array } };
-  const g1 = await qkv.backward(dout) as { dqkv: { data: Float32Array } };
+  const g0 = (await base.backward(dout)) as { dk: { data: Float32Array } };
+  const g1 = (await qkv.backward(dout)) as { dqkv: { data: Float32Array } };
   assert.ok(relL2(unpack(g1.dqkv.data, 1, 3, b, sq, h, d), g0.dk.data) < 1e-7);
   await Promise.all([base.dispose(), kv.dispose(), qkv.dispose()]);
 });
 
 s('unsupported flash-attn options raise E_UNSUPPORTED naming the option', async () => {
   const x = nd(new Float32Array(64).fill(0.1), [1, 4, 2, 8]);
-  for (const [opts, re] of [[{ dropout_p: 0.5 }, /dropout_p/], [{ window_size: [2, 0] }, /window_size/], [{ softcap: 1 }, /softcap/], [{ alibi_slopes: [1, 1] }, /alibi_slopes/]] as const) {
+  for (const [opts, re] of [
+    [{ dropout_p: 0.5 }, /dropout_p/],
+    [{ window_size: [2, 0] }, /window_size/],
+    [{ softcap: 1 }, /softcap/],
+    [{ alibi_slopes: [1, 1] }, /alibi_slopes/],
+  ] as const) {
     try {
       await rt.call('flash_attn_func', x, x, x, opts);
       assert.unreachable();

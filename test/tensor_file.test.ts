@@ -7,7 +7,15 @@ import os from 'node:os';
 import path from 'node:path';
 import ndarray from 'ndarray';
 import { Packr } from 'msgpackr';
-import { crc32c, decode, encode, load, save, type LoadedTensor, type SavableTensor } from '../compat/tensor_file.js';
+import {
+  crc32c,
+  decode,
+  encode,
+  load,
+  save,
+  type LoadedTensor,
+  type SavableTensor,
+} from '../compat/tensor_file.js';
 import { RingFlashAttnError } from '../runtime/errors.js';
 import { fromFloat32 } from '../runtime/dtype.js';
 import { nd, randn, rng } from './helpers.js';
@@ -46,14 +54,17 @@ function tmpFile(): { file: string; cleanup: () => void } {
   return { file: path.join(dir, 't.msgpack'), cleanup: () => fs.rmSync(dir, { recursive: true }) };
 }
 
-s('crc32c is CRC-32C: the check value of "123456789" is 0xe3069283, and it matches a bitwise reference', () => {
-  const check = new TextEncoder().encode('123456789');
-  assert.is(crc32c(check), 0xe3069283);
-  assert.is(refCrc32c(check), 0xe3069283);
-  const bytes = new Uint8Array(randn(rng(7), 257).buffer);
-  assert.is(crc32c(bytes), refCrc32c(bytes));
-  assert.is(crc32c(new Uint8Array(0)), 0);
-});
+s(
+  'crc32c is CRC-32C: the check value of "123456789" is 0xe3069283, and it matches a bitwise reference',
+  () => {
+    const check = new TextEncoder().encode('123456789');
+    assert.is(crc32c(check), 0xe3069283);
+    assert.is(refCrc32c(check), 0xe3069283);
+    const bytes = new Uint8Array(randn(rng(7), 257).buffer);
+    assert.is(crc32c(bytes), refCrc32c(bytes));
+    assert.is(crc32c(new Uint8Array(0)), 0);
+  },
+);
 
 s('tensor files round-trip every dtype and strided views', async () => {
   const { file, cleanup } = tmpFile();
@@ -65,8 +76,8 @@ s('tensor files round-trip every dtype and strided views', async () => {
     f64: { data: Float64Array.from(x), shape: [6, 4] },
     cu_seqlens: { data: Int32Array.from([0, 3, 8]), shape: [3] },
     transposed: nd(x, [4, 6]).transpose(1, 0),
-    offset: nd(x, [24]).lo(20),                     // contiguous, offset 20
-    reversed: nd(x, [4, 6]).step(-1, 2),            // negative stride, offset at the last row
+    offset: nd(x, [24]).lo(20), // contiguous, offset 20
+    reversed: nd(x, [4, 6]).step(-1, 2), // negative stride, offset at the last row
     window: nd(x, [2, 3, 4]).hi(2, 2, 3).lo(1, 1, 1).transpose(2, 0, 1),
     empty: { data: new Float32Array(0), shape: [0, 5] },
   };
@@ -82,7 +93,8 @@ s('tensor files round-trip every dtype and strided views', async () => {
   assert.is(back.f16!.dtype, 'float16');
   assert.instance(back.f64!.data, Float64Array);
   assert.equal(Array.from(back.cu_seqlens!.data), [0, 3, 8]);
-  for (const key of ['transposed', 'offset', 'reversed', 'window'] as const) sameElements(key, back[key]!, tensors[key]);
+  for (const key of ['transposed', 'offset', 'reversed', 'window'] as const)
+    sameElements(key, back[key]!, tensors[key]);
   assert.equal(back.transposed!.shape, [6, 4]);
   assert.is(back.transposed!.get(2, 1), x[1 * 6 + 2]);
   assert.equal(back.reversed!.shape, [4, 3]);
@@ -108,13 +120,18 @@ s('version 2 layout: plain msgpack, a crc32c per tensor, the file crc32c as the 
   const doc = plain.unpack(bytes) as Record<string, unknown>;
   assert.equal(Object.keys(doc), ['format', 'version', 'tensors', 'crc32c']);
   assert.equal(doc, {
-    format: 'ring-flash-attn/tensors', version: 2,
+    format: 'ring-flash-attn/tensors',
+    version: 2,
     tensors: { a: { dtype: 'float32', shape: [2], data: Buffer.from(data), crc32c: 0x28c0c9b1 } },
     crc32c: refCrc32c(bytes.subarray(0, bytes.length - 4)),
   });
   assert.is(refCrc32c(data), 0x28c0c9b1);
   const end = bytes.length;
-  assert.equal(Array.from(bytes.subarray(end - 12, end - 4)), [0xa6, ...new TextEncoder().encode('crc32c'), 0xce]);
+  assert.equal(Array.from(bytes.subarray(end - 12, end - 4)), [
+    0xa6,
+    ...new TextEncoder().encode('crc32c'),
+    0xce,
+  ]);
   assert.is(new DataView(bytes.buffer, bytes.byteOffset).getUint32(end - 4), doc.crc32c);
 });
 
@@ -136,16 +153,19 @@ s('a version 1 file written before checksums existed still loads', async () => {
 
 function flipFuzz(bytes: Uint8Array, flips: number, seed: number) {
   const rand = rng(seed);
-  const loaded: string[] = [], otherErrors: string[] = [];
+  const loaded: string[] = [],
+    otherErrors: string[] = [];
   for (let i = 0; i < flips; i++) {
-    const at = Math.floor(rand() * bytes.length), xor = 1 + Math.floor(rand() * 255);
+    const at = Math.floor(rand() * bytes.length),
+      xor = 1 + Math.floor(rand() * 255);
     const bad = Uint8Array.from(bytes);
     bad[at]! ^= xor;
     try {
       decode(bad);
       loaded.push(`byte ${at} ^ 0x${xor.toString(16)}`);
     } catch (e) {
-      if (!(e instanceof RingFlashAttnError) || e.code !== 'E_FORMAT') otherErrors.push(`byte ${at}: ${String(e)}`);
+      if (!(e instanceof RingFlashAttnError) || e.code !== 'E_FORMAT')
+        otherErrors.push(`byte ${at}: ${String(e)}`);
     }
   }
   return { loaded, otherErrors };
@@ -165,25 +185,37 @@ s('5,000 seeded byte flips of a version 2 file: every one raises E_FORMAT, none 
 });
 
 s('a corrupted tensor names itself and both checksums; a changed shape fails the file checksum', () => {
-  const bytes = encode({ a: { data: Float32Array.from([1, 2]), shape: [2] }, e: { data: new Float32Array(0), shape: [0, 5] } });
+  const bytes = encode({
+    a: { data: Float32Array.from([1, 2]), shape: [2] },
+    e: { data: new Float32Array(0), shape: [0, 5] },
+  });
   const dataAt = indexOf(bytes, [0xc4, 0x08]) + 2; // bin8 header of a's 8 data bytes
   const bad = Uint8Array.from(bytes);
   bad[dataAt] = 0x01;
-  throwsExactly(() => decode(bad, 'x.msgpack'), 'E_FORMAT',
-    "load: x.msgpack: tensor 'a' fails its checksum: stored crc32c 0x28c0c9b1, computed 0x61fcb496");
+  throwsExactly(
+    () => decode(bad, 'x.msgpack'),
+    'E_FORMAT',
+    "load: x.msgpack: tensor 'a' fails its checksum: stored crc32c 0x28c0c9b1, computed 0x61fcb496",
+  );
   // An empty tensor's shape (0, 5) -> (0, 7) leaves every tensor's data as it was.
   const shape = Uint8Array.from(bytes);
   shape[indexOf(bytes, [0x92, 0x00, 0x05]) + 2] = 0x07;
   const stored = new DataView(bytes.buffer, bytes.byteOffset).getUint32(bytes.length - 4);
   const computed = refCrc32c(shape.subarray(0, shape.length - 4));
   const hex = (v: number) => `0x${v.toString(16).padStart(8, '0')}`;
-  throwsExactly(() => decode(shape, 'x.msgpack'), 'E_FORMAT',
-    `load: x.msgpack: the file fails its checksum (names, dtypes or shapes changed): stored crc32c ${hex(stored)}, computed ${hex(computed)}`);
+  throwsExactly(
+    () => decode(shape, 'x.msgpack'),
+    'E_FORMAT',
+    `load: x.msgpack: the file fails its checksum (names, dtypes or shapes changed): stored crc32c ${hex(stored)}, computed ${hex(computed)}`,
+  );
   // A version 2 file whose version byte became 1 keeps its checksum fields, which version 1 lacks.
   const v1 = Uint8Array.from(bytes);
   v1[indexOf(bytes, [0xa7, ...new TextEncoder().encode('version'), 0x02]) + 8] = 0x01;
-  throwsExactly(() => decode(v1, 'x.msgpack'), 'E_FORMAT',
-    "load: x.msgpack: the file has an unexpected field 'crc32c' (version 1 has format, version, tensors)");
+  throwsExactly(
+    () => decode(v1, 'x.msgpack'),
+    'E_FORMAT',
+    "load: x.msgpack: the file has an unexpected field 'crc32c' (version 1 has format, version, tensors)",
+  );
 });
 
 function indexOf(bytes: Uint8Array, seq: number[]): number {
@@ -194,37 +226,85 @@ function indexOf(bytes: Uint8Array, seq: number[]): number {
 
 s('a version that is not 1 or 2 is named with its type: the string "1" is not the number 1', () => {
   const doc = (version: unknown) => plain.pack({ format: 'ring-flash-attn/tensors', version, tensors: {} });
-  throwsExactly(() => decode(doc('1'), 'f'), 'E_FORMAT', `load: f: field 'version' is the string "1"; this reader knows 1 or 2`);
-  throwsExactly(() => decode(doc(9), 'f'), 'E_FORMAT', "load: f: field 'version' is the number 9; this reader knows 1 or 2");
-  throwsExactly(() => decode(plain.pack({ format: 'ring-flash-attn/tensors', tensors: {} }), 'f'), 'E_FORMAT',
-    "load: f: field 'version' is missing; this reader knows 1 or 2");
+  throwsExactly(
+    () => decode(doc('1'), 'f'),
+    'E_FORMAT',
+    `load: f: field 'version' is the string "1"; this reader knows 1 or 2`,
+  );
+  throwsExactly(
+    () => decode(doc(9), 'f'),
+    'E_FORMAT',
+    "load: f: field 'version' is the number 9; this reader knows 1 or 2",
+  );
+  throwsExactly(
+    () => decode(plain.pack({ format: 'ring-flash-attn/tensors', tensors: {} }), 'f'),
+    'E_FORMAT',
+    "load: f: field 'version' is missing; this reader knows 1 or 2",
+  );
 });
 
 s('corrupt, truncated and unknown-dtype files give E_FORMAT', async () => {
   const good = encode({ a: nd(randn(rng(2), 10), [10]) });
   const p = new Packr({ useRecords: false });
   const v1 = (tensors: unknown) => p.pack({ format: 'ring-flash-attn/tensors', version: 1, tensors });
-  throwsExactly(() => decode(good.subarray(0, good.length - 7), 'f'), 'E_FORMAT', /^load: f: not a msgpack document \(.+\)$/);
-  throwsExactly(() => decode(new Uint8Array([0xc1, 0x00, 0x13]), 'f'), 'E_FORMAT', /^load: f: not a msgpack document \(.+\)$/);
-  throwsExactly(() => decode(v1({ a: { dtype: 'complex64', shape: [1], data: Buffer.alloc(8) } }), 'f'), 'E_FORMAT', `load: f: tensor 'a' has unknown dtype "complex64"`);
-  throwsExactly(() => decode(v1({ a: { dtype: 'float32', shape: [3], data: Buffer.alloc(8) } }), 'f'), 'E_FORMAT', "load: f: tensor 'a' holds 8 bytes, float32 (3) needs 12");
-  throwsExactly(() => decode(v1({ a: { dtype: 'float32', shape: [-1], data: Buffer.alloc(0) } }), 'f'), 'E_FORMAT', "load: f: tensor 'a' has an invalid shape");
-  throwsExactly(() => decode(v1({ a: { dtype: 'float32', shape: [1], data: Buffer.alloc(4), crc32c: 0 } }), 'f'), 'E_FORMAT',
-    "load: f: tensor 'a' has an unexpected field 'crc32c' (version 1 has dtype, shape, data)");
-  throwsExactly(() => decode(p.pack({ hello: 'world' }), 'f'), 'E_FORMAT', 'load: f: not a ring-flash-attn/tensors file');
-  throwsExactly(() => decode(v1([]), 'f'), 'E_FORMAT', "load: f: field 'tensors' is an array, expected a map");
-  await load('/nonexistent/x').then(() => assert.unreachable(), (e) => assert.is(e.code, 'E_ARG'));
+  throwsExactly(
+    () => decode(good.subarray(0, good.length - 7), 'f'),
+    'E_FORMAT',
+    /^load: f: not a msgpack document \(.+\)$/,
+  );
+  throwsExactly(
+    () => decode(new Uint8Array([0xc1, 0x00, 0x13]), 'f'),
+    'E_FORMAT',
+    /^load: f: not a msgpack document \(.+\)$/,
+  );
+  throwsExactly(
+    () => decode(v1({ a: { dtype: 'complex64', shape: [1], data: Buffer.alloc(8) } }), 'f'),
+    'E_FORMAT',
+    `load: f: tensor 'a' has unknown dtype "complex64"`,
+  );
+  throwsExactly(
+    () => decode(v1({ a: { dtype: 'float32', shape: [3], data: Buffer.alloc(8) } }), 'f'),
+    'E_FORMAT',
+    "load: f: tensor 'a' holds 8 bytes, float32 (3) needs 12",
+  );
+  throwsExactly(
+    () => decode(v1({ a: { dtype: 'float32', shape: [-1], data: Buffer.alloc(0) } }), 'f'),
+    'E_FORMAT',
+    "load: f: tensor 'a' has an invalid shape",
+  );
+  throwsExactly(
+    () => decode(v1({ a: { dtype: 'float32', shape: [1], data: Buffer.alloc(4), crc32c: 0 } }), 'f'),
+    'E_FORMAT',
+    "load: f: tensor 'a' has an unexpected field 'crc32c' (version 1 has dtype, shape, data)",
+  );
+  throwsExactly(
+    () => decode(p.pack({ hello: 'world' }), 'f'),
+    'E_FORMAT',
+    'load: f: not a ring-flash-attn/tensors file',
+  );
+  throwsExactly(
+    () => decode(v1([]), 'f'),
+    'E_FORMAT',
+    "load: f: field 'tensors' is an array, expected a map",
+  );
+  await load('/nonexistent/x').then(
+    () => assert.unreachable(),
+    (e) => assert.is(e.code, 'E_ARG'),
+  );
 });
 
 /** save() must throw `code`/`message` for `tensor` and leave no file behind. */
 async function saveRefuses(tensor: unknown, code: string, message: string) {
   const { file, cleanup } = tmpFile();
   try {
-    await save(file, { t: tensor as SavableTensor }).then(() => assert.unreachable(`expected ${code}`), (e) => {
-      assert.instance(e, RingFlashAttnError, String(e));
-      assert.is(e.code, code, e.message);
-      assert.is(e.message, message);
-    });
+    await save(file, { t: tensor as SavableTensor }).then(
+      () => assert.unreachable(`expected ${code}`),
+      (e) => {
+        assert.instance(e, RingFlashAttnError, String(e));
+        assert.is(e.code, code, e.message);
+        assert.is(e.message, message);
+      },
+    );
     assert.not.ok(fs.existsSync(file), 'a file was written');
   } finally {
     cleanup();
@@ -232,26 +312,72 @@ async function saveRefuses(tensor: unknown, code: string, message: string) {
 }
 
 s('save() refuses data that does not fill its shape, before writing anything', async () => {
-  await saveRefuses({ data: new Float32Array(5), shape: [2, 3] }, 'E_SHAPE', "save: tensor 't' has 5 elements, its shape (2, 3) needs 6");
-  await saveRefuses({ data: new Float32Array(7), shape: [2, 3] }, 'E_SHAPE', "save: tensor 't' has 7 elements, its shape (2, 3) needs 6");
+  await saveRefuses(
+    { data: new Float32Array(5), shape: [2, 3] },
+    'E_SHAPE',
+    "save: tensor 't' has 5 elements, its shape (2, 3) needs 6",
+  );
+  await saveRefuses(
+    { data: new Float32Array(7), shape: [2, 3] },
+    'E_SHAPE',
+    "save: tensor 't' has 7 elements, its shape (2, 3) needs 6",
+  );
   // An ndarray over too little data: ndarray() does not check, so save() must.
-  await saveRefuses(ndarray(new Float32Array(5), [2, 3]), 'E_SHAPE', "save: tensor 't' (shape (2, 3), stride (3, 1), offset 0) reaches data index 5, but its data has 5 elements");
-  await saveRefuses(ndarray(new Float32Array(4), [2], [1], 3), 'E_SHAPE', "save: tensor 't' (shape (2), stride (1), offset 3) reaches data index 4, but its data has 4 elements");
-  await saveRefuses(ndarray(new Float32Array(6), [3], [-2], 3), 'E_SHAPE', "save: tensor 't' (shape (3), stride (-2), offset 3) reaches data index -1, below 0");
-  await saveRefuses(ndarray(new Float32Array(6), [2, 3], [3, 1.5]), 'E_ARG', "save: tensor 't' has stride (3, 1.5) for shape (2, 3): expected 2 safe integers");
+  await saveRefuses(
+    ndarray(new Float32Array(5), [2, 3]),
+    'E_SHAPE',
+    "save: tensor 't' (shape (2, 3), stride (3, 1), offset 0) reaches data index 5, but its data has 5 elements",
+  );
+  await saveRefuses(
+    ndarray(new Float32Array(4), [2], [1], 3),
+    'E_SHAPE',
+    "save: tensor 't' (shape (2), stride (1), offset 3) reaches data index 4, but its data has 4 elements",
+  );
+  await saveRefuses(
+    ndarray(new Float32Array(6), [3], [-2], 3),
+    'E_SHAPE',
+    "save: tensor 't' (shape (3), stride (-2), offset 3) reaches data index -1, below 0",
+  );
+  await saveRefuses(
+    ndarray(new Float32Array(6), [2, 3], [3, 1.5]),
+    'E_ARG',
+    "save: tensor 't' has stride (3, 1.5) for shape (2, 3): expected 2 safe integers",
+  );
 });
 
 s('save() refuses shapes that are not non-negative safe integers or whose product is not safe', async () => {
-  await saveRefuses({ data: new Float32Array(1), shape: [-1, -1] }, 'E_SHAPE', "save: tensor 't' has shape (-1, -1): dimension 0 is the number -1, expected a non-negative safe integer");
-  await saveRefuses({ data: new Float32Array(5), shape: [2.5, 2] }, 'E_SHAPE', "save: tensor 't' has shape (2.5, 2): dimension 0 is the number 2.5, expected a non-negative safe integer");
-  await saveRefuses({ data: new Float32Array(3), shape: [3, '1'] }, 'E_SHAPE', `save: tensor 't' has shape (3, 1): dimension 1 is the string "1", expected a non-negative safe integer`);
-  await saveRefuses({ data: new Float32Array(0), shape: [2 ** 30, 2 ** 30, 2 ** 30] }, 'E_SHAPE',
-    "save: tensor 't' has shape (1073741824, 1073741824, 1073741824): its element count 1.2379400392853803e+27 exceeds 9007199254740991");
-  await saveRefuses({ data: [1, 2], shape: [2] }, 'E_DTYPE', "save: tensor 't' has unsupported data (Float32Array, Float64Array, Int32Array or Uint16Array)");
+  await saveRefuses(
+    { data: new Float32Array(1), shape: [-1, -1] },
+    'E_SHAPE',
+    "save: tensor 't' has shape (-1, -1): dimension 0 is the number -1, expected a non-negative safe integer",
+  );
+  await saveRefuses(
+    { data: new Float32Array(5), shape: [2.5, 2] },
+    'E_SHAPE',
+    "save: tensor 't' has shape (2.5, 2): dimension 0 is the number 2.5, expected a non-negative safe integer",
+  );
+  await saveRefuses(
+    { data: new Float32Array(3), shape: [3, '1'] },
+    'E_SHAPE',
+    `save: tensor 't' has shape (3, 1): dimension 1 is the string "1", expected a non-negative safe integer`,
+  );
+  await saveRefuses(
+    { data: new Float32Array(0), shape: [2 ** 30, 2 ** 30, 2 ** 30] },
+    'E_SHAPE',
+    "save: tensor 't' has shape (1073741824, 1073741824, 1073741824): its element count 1.2379400392853803e+27 exceeds 9007199254740991",
+  );
+  await saveRefuses(
+    { data: [1, 2], shape: [2] },
+    'E_DTYPE',
+    "save: tensor 't' has unsupported data (Float32Array, Float64Array, Int32Array or Uint16Array)",
+  );
   await saveRefuses({ shape: [2] }, 'E_ARG', "save: tensor 't' must be an ndarray or { data, shape }");
   // Zero-size views need no data at all, whatever their stride and offset.
   const { file, cleanup } = tmpFile();
-  await save(file, { z: { data: new Float32Array(0), shape: [2 ** 30, 2 ** 30, 0] }, v: ndarray(new Float32Array(0), [0, 4]) });
+  await save(file, {
+    z: { data: new Float32Array(0), shape: [2 ** 30, 2 ** 30, 0] },
+    v: ndarray(new Float32Array(0), [0, 4]),
+  });
   assert.equal((await load(file)).z!.shape, [2 ** 30, 2 ** 30, 0]);
   cleanup();
 });

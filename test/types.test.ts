@@ -4,7 +4,11 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { DeviceTensor, RingRuntime } from '../index.js';
 import {
-  flash_attn_func, llama3_flash_attn_varlen_func, ring_flash_attn_func, ring_flash_attn_qkvpacked_func, ring_flash_attn_varlen_func,
+  flash_attn_func,
+  llama3_flash_attn_varlen_func,
+  ring_flash_attn_func,
+  ring_flash_attn_qkvpacked_func,
+  ring_flash_attn_varlen_func,
   zigzag_ring_flash_attn_kvpacked_func,
 } from '../index.js';
 import { nd } from './helpers.js';
@@ -38,7 +42,11 @@ export async function methodCalls(rt: RingRuntime, cu: Int32Array) {
   const r = await rt.zigzag_ring_flash_attn_func(x, x, x, { causal: true, timeoutMs: 1000 });
   (await r.backward(x)).dk.data satisfies Float32Array;
   (await (await rt.ringFlashAttnQkvpackedFuncV2(packed, 0, null, true)).backward(x)).dqkv satisfies unknown;
-  (await (await rt.llama3_flash_attn_varlen_kvpacked_func(x, packed, cu, 8, { heads_k_stride: 1 })).backward(x)).dkv satisfies unknown;
+  (
+    await (
+      await rt.llama3_flash_attn_varlen_kvpacked_func(x, packed, cu, 8, { heads_k_stride: 1 })
+    ).backward(x)
+  ).dkv satisfies unknown;
   await rt.flashAttnVarlenFunc(x, x, x, cu, cu, 8, 8, 0, null, true);
   await rt.flash_attn_varlen_qkvpacked_func(packed, cu, 8);
   // @ts-expect-error  unpacked functions return dq/dk/dv, not dqkv
@@ -59,7 +67,13 @@ export async function methodCalls(rt: RingRuntime, cu: Int32Array) {
   await rt.call('zigzag_ring_flash_attn_varlen_func', x, x, x, cu, 8, { causal: true });
 }
 
-export function spmdCalls(q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, kv: DeviceTensor, qkv: DeviceTensor) {
+export function spmdCalls(
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  kv: DeviceTensor,
+  qkv: DeviceTensor,
+) {
   ring_flash_attn_func(q, k, v, 0, null, true);
   ring_flash_attn_func(q, k, v, { causal: true, group: [0, 1] });
   ring_flash_attn_qkvpacked_func(qkv, { causal: true });

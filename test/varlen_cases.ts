@@ -52,42 +52,93 @@ export type VarlenInputs = ReturnType<typeof varlenInputs>;
 export function varlenInputs(c: VarlenCase, seed: number) {
   const rand = rng(seed);
   const T = c.cu[c.cu.length - 1]!;
-  const q = randn(rand, T * c.h * c.d), k = randn(rand, T * c.hk * c.d), v = randn(rand, T * c.hk * c.d);
+  const q = randn(rand, T * c.h * c.d),
+    k = randn(rand, T * c.hk * c.d),
+    v = randn(rand, T * c.hk * c.d);
   return { T, q, k, v, dout: randn(rand, T * c.h * c.d) };
 }
 
 /** Runs one case in driver mode, forward and backward. */
-export async function callVarlen(rt: RingRuntime, names: VarlenNames, c: VarlenCase, inputs: VarlenInputs): Promise<VarlenOutputs> {
+export async function callVarlen(
+  rt: RingRuntime,
+  names: VarlenNames,
+  c: VarlenCase,
+  inputs: VarlenInputs,
+): Promise<VarlenOutputs> {
   const { T, q, k, v, dout } = inputs;
   const opts: Record<string, unknown> = { causal: c.causal, dtype: c.dtype ?? 'float32', ...c.options };
   if (c.scale !== undefined) opts.softmax_scale = c.scale;
-  const cu = Int32Array.from(c.cu), max = maxSeqlenOf(c.cu);
+  const cu = Int32Array.from(c.cu),
+    max = maxSeqlenOf(c.cu);
   let r;
-  if (c.packing === 'func') r = await rt.call(names.func, nd(q, [T, c.h, c.d]), nd(k, [T, c.hk, c.d]), nd(v, [T, c.hk, c.d]), cu, max, opts);
-  else if (c.packing === 'kvpacked') r = await rt.call(names.kvpacked, nd(q, [T, c.h, c.d]), nd(pack([k, v], 1, T, c.hk, c.d), [T, 2, c.hk, c.d]), cu, max, opts);
-  else r = await rt.call(names.qkvpacked, nd(pack([q, k, v], 1, T, c.h, c.d), [T, 3, c.h, c.d]), cu, max, opts);
+  if (c.packing === 'func')
+    r = await rt.call(
+      names.func,
+      nd(q, [T, c.h, c.d]),
+      nd(k, [T, c.hk, c.d]),
+      nd(v, [T, c.hk, c.d]),
+      cu,
+      max,
+      opts,
+    );
+  else if (c.packing === 'kvpacked')
+    r = await rt.call(
+      names.kvpacked,
+      nd(q, [T, c.h, c.d]),
+      nd(pack([k, v], 1, T, c.hk, c.d), [T, 2, c.hk, c.d]),
+      cu,
+      max,
+      opts,
+    );
+  else
+    r = await rt.call(names.qkvpacked, nd(pack([q, k, v], 1, T, c.h, c.d), [T, 3, c.h, c.d]), cu, max, opts);
   const g: DriverGrads = await r.backward(nd(dout, [T, c.h, c.d]));
   await r.dispose();
   assert.equal(r.out.shape, [T, c.h, c.d]);
   assert.equal(r.lse.shape, [c.h, T]);
   const { out, lse } = { out: r.out.data, lse: r.lse.data };
   if ('dk' in g) return { out, lse, dq: g.dq.data, dk: g.dk.data, dv: g.dv.data };
-  if ('dkv' in g) return { out, lse, dq: g.dq.data, dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d), dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d) };
-  return { out, lse, dq: unpack(g.dqkv.data, 0, 3, 1, T, c.h, c.d), dk: unpack(g.dqkv.data, 1, 3, 1, T, c.h, c.d), dv: unpack(g.dqkv.data, 2, 3, 1, T, c.h, c.d) };
+  if ('dkv' in g)
+    return {
+      out,
+      lse,
+      dq: g.dq.data,
+      dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d),
+      dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d),
+    };
+  return {
+    out,
+    lse,
+    dq: unpack(g.dqkv.data, 0, 3, 1, T, c.h, c.d),
+    dk: unpack(g.dqkv.data, 1, 3, 1, T, c.h, c.d),
+    dv: unpack(g.dqkv.data, 2, 3, 1, T, c.h, c.d),
+  };
 }
 
 /** Runs one case in driver mode; relative L2 errors of out, lse and the grads against the fp64 reference. */
-export async function runVarlenCase(rt: RingRuntime, names: VarlenNames, c: VarlenCase, seed: number): Promise<CaseResult> {
+export async function runVarlenCase(
+  rt: RingRuntime,
+  names: VarlenNames,
+  c: VarlenCase,
+  seed: number,
+): Promise<CaseResult> {
   const inputs = varlenInputs(c, seed);
   const r = await callVarlen(rt, names, c, inputs);
   const { q, k, v, dout } = inputs;
   const dtype = c.dtype ?? 'float32';
   const ref = memoReference(JSON.stringify({ ...c, world: undefined, options: undefined, seed, dtype }), () =>
-    varlenReference({ q, k, v, cu: c.cu, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal },
-      dtype === 'float32' ? dout : rounded(dout, dtype)));
+    varlenReference(
+      { q, k, v, cu: c.cu, h: c.h, hk: c.hk, d: c.d, scale: c.scale ?? 1 / Math.sqrt(c.d), causal: c.causal },
+      dtype === 'float32' ? dout : rounded(dout, dtype),
+    ),
+  );
   return {
-    out: relL2(r.out, ref.out), lse: relL2(r.lse, ref.lse), maxOut: maxAbs(r.out, ref.out),
-    dq: relL2(r.dq, ref.dq), dk: relL2(r.dk, ref.dk), dv: relL2(r.dv, ref.dv),
+    out: relL2(r.out, ref.out),
+    lse: relL2(r.lse, ref.lse),
+    maxOut: maxAbs(r.out, ref.out),
+    dq: relL2(r.dq, ref.dq),
+    dk: relL2(r.dk, ref.dk),
+    dv: relL2(r.dv, ref.dv),
   };
 }
 
@@ -119,19 +170,56 @@ export interface VarlenSets {
  * The accuracy matrix: worlds 1, 2, 3, 4, 8; causal and not; GQA; head dims 32/64/128; all three
  * packings; every set of the Python project's; one-chunk sequences; an empty sequence; bf16 error flat in world.
  */
-export function addVarlenCases(s: Test, rts: Runtimes, names: VarlenNames, sets: VarlenSets, options?: Record<string, unknown>): void {
+export function addVarlenCases(
+  s: Test,
+  rts: Runtimes,
+  names: VarlenNames,
+  sets: VarlenSets,
+  options?: Record<string, unknown>,
+): void {
   const cases: VarlenCase[] = [];
   const base = { h: 4, hk: 2, d: 32, packing: 'func' as const, options };
   [1, 2, 3, 4, 8].forEach((world, wi) => {
-    for (const causal of [true, false]) cases.push({ ...base, world, causal, cu: sets.pythonSets(world)[(2 * wi + Number(!causal)) % 4]! });
+    for (const causal of [true, false])
+      cases.push({ ...base, world, causal, cu: sets.pythonSets(world)[(2 * wi + Number(!causal)) % 4]! });
   });
-  for (const world of [2, 8]) sets.pythonSets(world).forEach((cu) => cases.push({ ...base, world, causal: true, cu }));
+  for (const world of [2, 8])
+    sets.pythonSets(world).forEach((cu) => cases.push({ ...base, world, causal: true, cu }));
   for (const packing of ['kvpacked', 'qkvpacked'] as const)
     for (const world of [2, 3])
-      cases.push({ world, cu: sets.pythonSets(world)[world]!, h: 3, hk: packing === 'qkvpacked' ? 3 : 1, d: 64, causal: world === 2, packing, options });
-  cases.push({ world: 4, cu: sets.pythonSets(4)[3]!, h: 2, hk: 2, d: 128, causal: true, packing: 'func', scale: 0.3, options });
-  for (const causal of [true, false]) cases.push({ world: 4, cu: sets.oneChunk(4), h: 2, hk: 1, d: 16, causal, packing: 'func', options });
-  cases.push({ world: 2, cu: [0, 16, 16, 40, 64], h: 2, hk: 2, d: 16, causal: true, packing: 'func', options }); // an empty sequence
+      cases.push({
+        world,
+        cu: sets.pythonSets(world)[world]!,
+        h: 3,
+        hk: packing === 'qkvpacked' ? 3 : 1,
+        d: 64,
+        causal: world === 2,
+        packing,
+        options,
+      });
+  cases.push({
+    world: 4,
+    cu: sets.pythonSets(4)[3]!,
+    h: 2,
+    hk: 2,
+    d: 128,
+    causal: true,
+    packing: 'func',
+    scale: 0.3,
+    options,
+  });
+  for (const causal of [true, false])
+    cases.push({ world: 4, cu: sets.oneChunk(4), h: 2, hk: 1, d: 16, causal, packing: 'func', options });
+  cases.push({
+    world: 2,
+    cu: [0, 16, 16, 40, 64],
+    h: 2,
+    hk: 2,
+    d: 16,
+    causal: true,
+    packing: 'func',
+    options,
+  }); // an empty sequence
 
   cases.forEach((c, i) => {
     s(`float32 matches fp64 reference: ${label(c)}`, async () => {
@@ -142,14 +230,31 @@ export function addVarlenCases(s: Test, rts: Runtimes, names: VarlenNames, sets:
   s('bfloat16: the error stays at the single-device error for every world', async () => {
     const errs: Record<number, CaseResult> = {};
     for (const world of [1, 2, 4, 8])
-      errs[world] = await runVarlenCase(await rts.get(world), names,
-        { world, cu: sets.shared, h: 2, hk: 2, d: 64, causal: true, packing: 'func', dtype: 'bfloat16', options }, 88);
+      errs[world] = await runVarlenCase(
+        await rts.get(world),
+        names,
+        {
+          world,
+          cu: sets.shared,
+          h: 2,
+          hk: 2,
+          d: 64,
+          causal: true,
+          packing: 'func',
+          dtype: 'bfloat16',
+          options,
+        },
+        88,
+      );
     const one = errs[1]!;
     assert.ok(one.out < 1e-2 && one.dq < 2e-2, `single-device bf16 error out ${one.out} dq ${one.dq}`);
     for (const world of [2, 4, 8]) {
       const e = errs[world]!;
       for (const k of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-        assert.ok(e[k] <= 1.1 * one[k] + 1e-6, `world ${world} ${k}: ${e[k].toExponential(3)} vs single-device ${one[k].toExponential(3)}`);
+        assert.ok(
+          e[k] <= 1.1 * one[k] + 1e-6,
+          `world ${world} ${k}: ${e[k].toExponential(3)} vs single-device ${one[k].toExponential(3)}`,
+        );
     }
   });
 }
@@ -160,7 +265,8 @@ export function localRows(cu: readonly number[], world: number, rank: number, zi
   const rows: number[] = [];
   for (let i = 0; i + 1 < cu.length; i++) {
     const n = (cu[i + 1]! - cu[i]!) / parts;
-    for (const c of zigzag ? [rank, parts - 1 - rank] : [rank]) for (let j = 0; j < n; j++) rows.push(cu[i]! + c * n + j);
+    for (const c of zigzag ? [rank, parts - 1 - rank] : [rank])
+      for (let j = 0; j < n; j++) rows.push(cu[i]! + c * n + j);
   }
   return rows;
 }
@@ -173,11 +279,17 @@ export function pickRows(x: Float32Array, width: number, rows: readonly number[]
 }
 
 /** Scatters every rank's rows back into a (total, ...) tensor. */
-export function placeRows(parts: readonly ArrayLike<number>[], width: number, rows: readonly (readonly number[])[], total: number): Float64Array {
+export function placeRows(
+  parts: readonly ArrayLike<number>[],
+  width: number,
+  rows: readonly (readonly number[])[],
+  total: number,
+): Float64Array {
   const out = new Float64Array(total * width);
-  parts.forEach((p, rank) => rows[rank]!.forEach((r, i) => {
-    for (let c = 0; c < width; c++) out[r * width + c] = p[i * width + c]!;
-  }));
+  parts.forEach((p, rank) =>
+    rows[rank]!.forEach((r, i) => {
+      for (let c = 0; c < width; c++) out[r * width + c] = p[i * width + c]!;
+    }),
+  );
   return out;
 }
-

@@ -8,7 +8,9 @@ export interface VarlenRefInput {
   v: Float32Array;
   /** Global cu_seqlens. */
   cu: readonly number[];
-  h: number; hk: number; d: number;
+  h: number;
+  hk: number;
+  d: number;
   scale: number;
   causal: boolean;
 }
@@ -25,14 +27,29 @@ export function varlenReference(x: VarlenRefInput, dout: Float32Array): VarlenRe
   const { cu, h, hk, d } = x;
   const total = cu[cu.length - 1]!;
   const r: VarlenRef = {
-    out: new Float64Array(total * h * d), lse: new Float64Array(h * total),
-    dq: new Float64Array(total * h * d), dk: new Float64Array(total * hk * d), dv: new Float64Array(total * hk * d),
+    out: new Float64Array(total * h * d),
+    lse: new Float64Array(h * total),
+    dq: new Float64Array(total * h * d),
+    dk: new Float64Array(total * hk * d),
+    dv: new Float64Array(total * hk * d),
   };
   for (let i = 0; i + 1 < cu.length; i++) {
     const [a, len] = [cu[i]!, cu[i + 1]! - cu[i]!];
     if (len === 0) continue;
     const rows = (t: Float32Array, heads: number) => t.subarray(a * heads * d, (a + len) * heads * d);
-    const seq = { q: rows(x.q, h), k: rows(x.k, hk), v: rows(x.v, hk), b: 1, sq: len, sk: len, h, hk, d, scale: x.scale, causal: x.causal };
+    const seq = {
+      q: rows(x.q, h),
+      k: rows(x.k, hk),
+      v: rows(x.v, hk),
+      b: 1,
+      sq: len,
+      sk: len,
+      h,
+      hk,
+      d,
+      scale: x.scale,
+      causal: x.causal,
+    };
     const f = referenceForward(seq);
     const g = referenceBackward(seq, rows(dout, h));
     r.out.set(f.out, a * h * d);

@@ -12,8 +12,18 @@ import { toComputeDtype, toDense, toNdarray, type DenseHost } from './host.js';
 import { placeRows, takeRows } from './layouts.js';
 import { RING_FUNCTION_NAMES, ringFunction, TENSOR_COUNT, type Packing } from './registry.js';
 import type {
-  CuSeqlens, DriverFlashArgs, DriverKwargs, DriverRingArgs, FlashPositional, KvPackedName, PythonArgs, QkvPackedName, RingName,
-  RingPositional, UnpackedName, VarlenName,
+  CuSeqlens,
+  DriverFlashArgs,
+  DriverKwargs,
+  DriverRingArgs,
+  FlashPositional,
+  KvPackedName,
+  PythonArgs,
+  QkvPackedName,
+  RingName,
+  RingPositional,
+  UnpackedName,
+  VarlenName,
 } from '../types.js';
 import { checkHostShapes, TENSOR_NAMES } from '../validate.js';
 
@@ -30,7 +40,13 @@ export type DriverGrads = FuncGrads | KvPackedGrads | QkvPackedGrads;
 /** A full-sequence host tensor: an ndarray (or { data, shape }) over Float32Array, or bf16/f16 bits with a dtype. */
 export type HostTensor =
   | { data: Float32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number }
-  | { data: Uint16Array; shape: readonly number[]; stride?: readonly number[]; offset?: number; dtype: 'bfloat16' | 'float16' };
+  | {
+      data: Uint16Array;
+      shape: readonly number[];
+      stride?: readonly number[];
+      offset?: number;
+      dtype: 'bfloat16' | 'float16';
+    };
 
 export interface DriverResult<G extends DriverGrads = DriverGrads> {
   /** (batch, seqlen, nheads, head_dim) (varlen: (total, nheads, head_dim)), float32 values of the output. */
@@ -43,40 +59,89 @@ export interface DriverResult<G extends DriverGrads = DriverGrads> {
   dispose(): Promise<void>;
 }
 
-const GRAD_NAMES: Record<Packing, string[]> = { func: ['dq', 'dk', 'dv'], kvpacked: ['dq', 'dkv'], qkvpacked: ['dqkv'] };
+const GRAD_NAMES: Record<Packing, string[]> = {
+  func: ['dq', 'dk', 'dv'],
+  kvpacked: ['dq', 'dkv'],
+  qkvpacked: ['dqkv'],
+};
 
-type Func<A extends unknown[]> = (q: HostTensor, k: HostTensor, v: HostTensor, ...rest: A) => Promise<DriverResult<FuncGrads>>;
-type KvPacked<A extends unknown[]> = (q: HostTensor, kv: HostTensor, ...rest: A) => Promise<DriverResult<KvPackedGrads>>;
+type Func<A extends unknown[]> = (
+  q: HostTensor,
+  k: HostTensor,
+  v: HostTensor,
+  ...rest: A
+) => Promise<DriverResult<FuncGrads>>;
+type KvPacked<A extends unknown[]> = (
+  q: HostTensor,
+  kv: HostTensor,
+  ...rest: A
+) => Promise<DriverResult<KvPackedGrads>>;
 type QkvPacked<A extends unknown[]> = (qkv: HostTensor, ...rest: A) => Promise<DriverResult<QkvPackedGrads>>;
-type Packings<P extends string, F, K, Q> = { [N in `${P}_func`]: F } & { [N in `${P}_kvpacked_func`]: K } & { [N in `${P}_qkvpacked_func`]: Q };
+type Packings<P extends string, F, K, Q> = { [N in `${P}_func`]: F } & { [N in `${P}_kvpacked_func`]: K } & {
+  [N in `${P}_qkvpacked_func`]: Q;
+};
 
 /** Driver mode's varlen tail: the GLOBAL cu_seqlens and max_seqlen, then the ring functions' (llama3 too). */
-type DriverVarlenArgs = PythonArgs<[cu_seqlens: CuSeqlens, max_seqlen: number, ...RingPositional],
-  DriverKwargs & { cu_seqlens?: CuSeqlens; max_seqlen?: number; heads_k_stride?: number }>;
+type DriverVarlenArgs = PythonArgs<
+  [cu_seqlens: CuSeqlens, max_seqlen: number, ...RingPositional],
+  DriverKwargs & { cu_seqlens?: CuSeqlens; max_seqlen?: number; heads_k_stride?: number }
+>;
 type FlashVarlenKw = Omit<DriverKwargs, 'group'>;
-type FlashVarlenArgs = PythonArgs<[cu_seqlens_q: CuSeqlens, cu_seqlens_k: CuSeqlens, max_seqlen_q: number, max_seqlen_k: number, ...FlashPositional],
-  FlashVarlenKw & { cu_seqlens_q?: CuSeqlens; cu_seqlens_k?: CuSeqlens; max_seqlen_q?: number; max_seqlen_k?: number }>;
-type FlashVarlenQkvArgs = PythonArgs<[cu_seqlens: CuSeqlens, max_seqlen: number, ...FlashPositional], FlashVarlenKw & { cu_seqlens?: CuSeqlens; max_seqlen?: number }>;
+type FlashVarlenArgs = PythonArgs<
+  [
+    cu_seqlens_q: CuSeqlens,
+    cu_seqlens_k: CuSeqlens,
+    max_seqlen_q: number,
+    max_seqlen_k: number,
+    ...FlashPositional,
+  ],
+  FlashVarlenKw & {
+    cu_seqlens_q?: CuSeqlens;
+    cu_seqlens_k?: CuSeqlens;
+    max_seqlen_q?: number;
+    max_seqlen_k?: number;
+  }
+>;
+type FlashVarlenQkvArgs = PythonArgs<
+  [cu_seqlens: CuSeqlens, max_seqlen: number, ...FlashPositional],
+  FlashVarlenKw & { cu_seqlens?: CuSeqlens; max_seqlen?: number }
+>;
 
 /** Every function of the registry by its Python name, with driver mode's parameter list. */
-export type DriverFunctions =
-  & { [N in Extract<UnpackedName, RingName>]: Func<DriverRingArgs> }
-  & { [N in Extract<KvPackedName, RingName>]: KvPacked<DriverRingArgs> }
-  & { [N in Extract<QkvPackedName, RingName>]: QkvPacked<DriverRingArgs> }
-  & Packings<'flash_attn', Func<DriverFlashArgs>, KvPacked<DriverFlashArgs>, QkvPacked<DriverFlashArgs>>
-  & Packings<'flash_attn_varlen', Func<FlashVarlenArgs>, KvPacked<FlashVarlenArgs>, QkvPacked<FlashVarlenQkvArgs>>
-  & Packings<'ring_flash_attn_varlen' | 'zigzag_ring_flash_attn_varlen' | 'llama3_flash_attn_varlen',
-    Func<DriverVarlenArgs>, KvPacked<DriverVarlenArgs>, QkvPacked<DriverVarlenArgs>>;
+export type DriverFunctions = { [N in Extract<UnpackedName, RingName>]: Func<DriverRingArgs> } & {
+  [N in Extract<KvPackedName, RingName>]: KvPacked<DriverRingArgs>;
+} & { [N in Extract<QkvPackedName, RingName>]: QkvPacked<DriverRingArgs> } & Packings<
+    'flash_attn',
+    Func<DriverFlashArgs>,
+    KvPacked<DriverFlashArgs>,
+    QkvPacked<DriverFlashArgs>
+  > &
+  Packings<
+    'flash_attn_varlen',
+    Func<FlashVarlenArgs>,
+    KvPacked<FlashVarlenArgs>,
+    QkvPacked<FlashVarlenQkvArgs>
+  > &
+  Packings<
+    'ring_flash_attn_varlen' | 'zigzag_ring_flash_attn_varlen' | 'llama3_flash_attn_varlen',
+    Func<DriverVarlenArgs>,
+    KvPacked<DriverVarlenArgs>,
+    QkvPacked<DriverVarlenArgs>
+  >;
 export type DriverFunctionName = keyof DriverFunctions;
 
 /** ring_flash_attn_func_v2 → ringFlashAttnFuncV2, as the SPMD functions' aliases are spelled. */
-export type CamelCase<S extends string> = S extends `${infer H}_${infer T}` ? `${H}${Capitalize<CamelCase<T>>}` : S;
+export type CamelCase<S extends string> = S extends `${infer H}_${infer T}`
+  ? `${H}${Capitalize<CamelCase<T>>}`
+  : S;
 export function camelCase(name: string): string {
   return name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
 /** `rt.zigzag_ring_flash_attn_func(q, k, v, opts)` and `rt.zigzagRingFlashAttnFunc(...)`: rt.call by name. */
-export type DriverMethods = DriverFunctions & { [N in DriverFunctionName as CamelCase<N>]: DriverFunctions[N] };
+export type DriverMethods = DriverFunctions & {
+  [N in DriverFunctionName as CamelCase<N>]: DriverFunctions[N];
+};
 
 /** A Runtime that also runs the ring functions in driver mode, by `call(name, ...)` or as methods. */
 export interface RingRuntime extends DriverMethods {}
@@ -95,7 +160,10 @@ export class RingRuntime extends Runtime {
    * (default bfloat16 on cuda, float32 on cpu for float32 data), and `timeoutMs` / `signal`
    * (CallOptions: the call's deadline and cancellation, for its backward and dispose too).
    */
-  call<N extends DriverFunctionName>(name: N, ...args: Parameters<DriverFunctions[N]>): ReturnType<DriverFunctions[N]>;
+  call<N extends DriverFunctionName>(
+    name: N,
+    ...args: Parameters<DriverFunctions[N]>
+  ): ReturnType<DriverFunctions[N]>;
   /**
    * The varlen families are also taken loosely (checked at run time): full packed tensors
    * (total, h, d) or packings, the GLOBAL cu_seqlens (Int32Array or int32 ndarray) and max_seqlen,
@@ -109,17 +177,35 @@ export class RingRuntime extends Runtime {
     const entry = ringFunction(name);
     const sharding = entry.sharding;
     const nt = TENSOR_COUNT[entry.packing];
-    if (args.length < nt) fail('E_ARG', `${name}: expected ${nt} tensor argument(s) (${TENSOR_NAMES[entry.packing].join(', ')}), got ${args.length}`);
+    if (args.length < nt)
+      fail(
+        'E_ARG',
+        `${name}: expected ${nt} tensor argument(s) (${TENSOR_NAMES[entry.packing].join(', ')}), got ${args.length}`,
+      );
     const rest = args.slice(nt);
-    const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, ['dtype', 'timeoutMs', 'signal', ...(sharding.options ?? [])]);
+    const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, [
+      'dtype',
+      'timeoutMs',
+      'signal',
+      ...(sharding.options ?? []),
+    ]);
     // The call's deadline and cancellation (CallOptions) cover its forward, backward and dispose.
-    const callOpts: CallOptions = { timeoutMs: kw.timeoutMs as number | undefined, signal: kw.signal as AbortSignal | undefined };
+    const callOpts: CallOptions = {
+      timeoutMs: kw.timeoutMs as number | undefined,
+      signal: kw.signal as AbortSignal | undefined,
+    };
     const ranks = sharding.single ? [0] : this.groupRanks(name, kw.group);
     const world = ranks.length;
     const inputs = args.slice(0, nt).map((x, i) => toDense(name, TENSOR_NAMES[entry.packing][i]!, x));
     const dtype = computeDtype(name, kw.dtype, this.backend === 'cuda' ? 'bfloat16' : inputs[0]!.dtype);
     const axis = sharding.seqAxis;
-    checkHostShapes(name, entry.packing, inputs.map((t) => t.shape), !sharding.single, axis === 0);
+    checkHostShapes(
+      name,
+      entry.packing,
+      inputs.map((t) => t.shape),
+      !sharding.single,
+      axis === 0,
+    );
     const total = inputs[0]!.shape[axis]!;
     const plan = sharding.plan(name, total, kw, world);
     const { dtype: _drop, group: _g, timeoutMs: _t, signal: _s, ...kwargs } = kw;
@@ -141,41 +227,76 @@ export class RingRuntime extends Runtime {
     // What the ranks cannot receive fails here, named, rather than as a clone error in transit.
     const unsendable = uncloneablePath(rankKwargs[0], 'options');
     if (unsendable) fail('E_ARG', `${name}: ${unsendable}, which cannot be sent to the ranks`);
-    const tasks: ForwardTask[] = ranks.map((_, i) => ({ callId, name, kwargs: rankKwargs[i]!, tensors: dense.map((t) => cut(t, i)) }));
-    const results = (await this.runEach(TASKS, 'forward', tasks, ranks, callOpts)) as { out: HostShard; lse: HostShard }[];
+    const tasks: ForwardTask[] = ranks.map((_, i) => ({
+      callId,
+      name,
+      kwargs: rankKwargs[i]!,
+      tensors: dense.map((t) => cut(t, i)),
+    }));
+    const results = (await this.runEach(TASKS, 'forward', tasks, ranks, callOpts)) as {
+      out: HostShard;
+      lse: HostShard;
+    }[];
     // lse is (b, h, s) dense and (h, total) varlen: its sequence axis is the last.
-    const out = join(results.map((r) => r.out), axis);
-    const lse = join(results.map((r) => r.lse), results[0]!.lse.shape.length - 1);
+    const out = join(
+      results.map((r) => r.out),
+      axis,
+    );
+    const lse = join(
+      results.map((r) => r.lse),
+      results[0]!.lse.shape.length - 1,
+    );
     let disposed = false;
     return {
-      out, lse,
+      out,
+      lse,
       backward: async (doutArg: HostTensor) => {
         if (disposed) fail('E_ARG', `${name}: backward after dispose()`);
         const dout = toComputeDtype(toDense(`${name} backward`, 'dout', doutArg), dtype);
         if (dout.shape.join() !== out.shape.join())
-          fail('E_SHAPE', `${name} backward: dout shape (${dout.shape.join(', ')}) != out shape (${out.shape.join(', ')})`);
+          fail(
+            'E_SHAPE',
+            `${name} backward: dout shape (${dout.shape.join(', ')}) != out shape (${out.shape.join(', ')})`,
+          );
         const douts = ranks.map((_, i) => ({ callId, dout: cut(dout, i) }));
         const grads = (await this.runEach(TASKS, 'backward', douts, ranks, callOpts)) as HostShard[][];
         const named: Record<string, Nd> = {};
         GRAD_NAMES[entry.packing].forEach((g, j) => {
-          named[g] = join(grads.map((r) => r[j]!), axis);
+          named[g] = join(
+            grads.map((r) => r[j]!),
+            axis,
+          );
         });
         return named as DriverGrads;
       },
       dispose: async () => {
         if (disposed || this.isClosed) return;
         disposed = true;
-        await this.runEach(TASKS, 'dispose', ranks.map(() => ({ callId })), ranks, { timeoutMs: callOpts.timeoutMs });
+        await this.runEach(
+          TASKS,
+          'dispose',
+          ranks.map(() => ({ callId })),
+          ranks,
+          { timeoutMs: callOpts.timeoutMs },
+        );
       },
     };
   }
 
   private groupRanks(name: string, group: unknown): number[] {
     if (group == null) return Array.from({ length: this.world }, (_, i) => i);
-    if (!Array.isArray(group)) fail('E_ARG', `${name}: in driver mode group must be a list of ranks, got ${describeValue(group)}`);
+    if (!Array.isArray(group))
+      fail('E_ARG', `${name}: in driver mode group must be a list of ranks, got ${describeValue(group)}`);
     const ranks = [...new Set(group as unknown[])];
-    if (ranks.length !== group.length || ranks.length === 0 || ranks.some((r) => !Number.isInteger(r) || (r as number) < 0 || (r as number) >= this.world))
-      fail('E_ARG', `${name}: group must list distinct ranks in [0, ${this.world}), got [${group.map(describeValue).join(', ')}]`);
+    if (
+      ranks.length !== group.length ||
+      ranks.length === 0 ||
+      ranks.some((r) => !Number.isInteger(r) || (r as number) < 0 || (r as number) >= this.world)
+    )
+      fail(
+        'E_ARG',
+        `${name}: group must list distinct ranks in [0, ${this.world}), got [${group.map(describeValue).join(', ')}]`,
+      );
     return (ranks as number[]).sort((a, b) => a - b);
   }
 }
@@ -183,14 +304,19 @@ export class RingRuntime extends Runtime {
 /** The compute dtype option; `fallback` when it is not given. */
 function computeDtype(fn: string, value: unknown, fallback: DType): DType {
   if (value === undefined) return fallback;
-  if (typeof value !== 'string') fail('E_DTYPE', `${fn}: dtype must be one of ${DTYPES.join(', ')}, got ${describeValue(value)}`);
+  if (typeof value !== 'string')
+    fail('E_DTYPE', `${fn}: dtype must be one of ${DTYPES.join(', ')}, got ${describeValue(value)}`);
   return checkDType(value, `${fn}: dtype`);
 }
 
 // The typed methods: each registry name (and its camelCase alias) calls rt.call with that name.
 for (const name of RING_FUNCTION_NAMES) {
   for (const key of new Set([name, camelCase(name)])) {
-    const method = { [key](this: RingRuntime, ...args: unknown[]) { return this.call(name as VarlenName, ...args); } }[key]!;
+    const method = {
+      [key](this: RingRuntime, ...args: unknown[]) {
+        return this.call(name as VarlenName, ...args);
+      },
+    }[key]!;
     Object.defineProperty(RingRuntime.prototype, key, { value: method, writable: true, configurable: true });
   }
 }

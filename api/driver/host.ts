@@ -30,7 +30,10 @@ function hostDtype(where: string, h: HostLike): DType {
       fail('E_DTYPE', `${where}.dtype of Uint16Array data must be bfloat16 or float16, got ${shownTag(tag)}`);
     return tag;
   }
-  fail('E_DTYPE', `${where} data must be a Float32Array, or a Uint16Array of bfloat16/float16 bits, got ${describeValue(h.data)}`);
+  fail(
+    'E_DTYPE',
+    `${where} data must be a Float32Array, or a Uint16Array of bfloat16/float16 bits, got ${describeValue(h.data)}`,
+  );
 }
 
 /**
@@ -55,6 +58,10 @@ export function toComputeDtype(t: DenseHost, dtype: DType): DenseHost {
 }
 
 /** A Float32 ndarray of any host result. */
-export function toNdarray(t: { data: HostData; shape: readonly number[]; dtype: DType }): ndarray.NdArray<Float32Array> {
+export function toNdarray(t: {
+  data: HostData;
+  shape: readonly number[];
+  dtype: DType;
+}): ndarray.NdArray<Float32Array> {
   return ndarray(toFloat32(t.data, t.dtype), [...t.shape]);
 }

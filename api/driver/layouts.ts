@@ -31,7 +31,10 @@ export function layoutPositions(layout: LayoutName, seqlen: number, rank: number
 export function checkDivisible(layout: LayoutName, seqlen: number, world: number): void {
   const parts = layout === 'zigzag' ? 2 * world : world;
   if (!Number.isInteger(seqlen) || seqlen < parts || seqlen % parts !== 0)
-    fail('E_SHAPE', `${layout} layout: seqlen ${seqlen} must be a positive multiple of ${layout === 'zigzag' ? '2·world' : 'world'} (${parts})`);
+    fail(
+      'E_SHAPE',
+      `${layout} layout: seqlen ${seqlen} must be a positive multiple of ${layout === 'zigzag' ? '2·world' : 'world'} (${parts})`,
+    );
 }
 
 export interface Dense<T extends Float32Array | Uint16Array> {
@@ -42,7 +45,11 @@ export interface Dense<T extends Float32Array | Uint16Array> {
 const prod = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
 
 /** Rows `positions` along `axis` of a C-order tensor, copied in that order. */
-export function takeRows<T extends Float32Array | Uint16Array>(t: Dense<T>, axis: number, positions: readonly number[]): Dense<T> {
+export function takeRows<T extends Float32Array | Uint16Array>(
+  t: Dense<T>,
+  axis: number,
+  positions: readonly number[],
+): Dense<T> {
   const outer = prod(t.shape.slice(0, axis));
   const len = t.shape[axis]!;
   const inner = prod(t.shape.slice(axis + 1));
@@ -58,7 +65,12 @@ export function takeRows<T extends Float32Array | Uint16Array>(t: Dense<T>, axis
 }
 
 /** Inverse of takeRows over every shard: the rows of shards[i] go to positions[i], `total` rows in all. */
-export function placeRows<T extends Float32Array | Uint16Array>(shards: readonly Dense<T>[], axis: number, positions: readonly (readonly number[])[], total: number): Dense<T> {
+export function placeRows<T extends Float32Array | Uint16Array>(
+  shards: readonly Dense<T>[],
+  axis: number,
+  positions: readonly (readonly number[])[],
+  total: number,
+): Dense<T> {
   const first = shards[0]!;
   const shape = [...first.shape];
   shape[axis] = total;
@@ -77,13 +89,28 @@ export function placeRows<T extends Float32Array | Uint16Array>(shards: readonly
 }
 
 /** The shard of a full tensor (C order) that `rank` holds, cutting the sequence `axis`. */
-export function shard<T extends Float32Array | Uint16Array>(layout: LayoutName, t: Dense<T>, axis: number, rank: number, world: number): Dense<T> {
+export function shard<T extends Float32Array | Uint16Array>(
+  layout: LayoutName,
+  t: Dense<T>,
+  axis: number,
+  rank: number,
+  world: number,
+): Dense<T> {
   return takeRows(t, axis, layoutPositions(layout, t.shape[axis]!, rank, world));
 }
 
 /** Reassembles full tensors from every rank's shard (inverse of shard). */
-export function gather<T extends Float32Array | Uint16Array>(layout: LayoutName, shards: readonly Dense<T>[], axis: number): Dense<T> {
+export function gather<T extends Float32Array | Uint16Array>(
+  layout: LayoutName,
+  shards: readonly Dense<T>[],
+  axis: number,
+): Dense<T> {
   const world = shards.length;
   const total = shards[0]!.shape[axis]! * world;
-  return placeRows(shards, axis, shards.map((_, r) => layoutPositions(layout, total, r, world)), total);
+  return placeRows(
+    shards,
+    axis,
+    shards.map((_, r) => layoutPositions(layout, total, r, world)),
+    total,
+  );
 }

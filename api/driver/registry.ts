@@ -41,7 +41,13 @@ function register(variant: RingVariant<any>, mod: Record<string, unknown>, shard
     const name = `${variant.name}_${packing === 'func' ? '' : `${packing}_`}func${suffix}`;
     const fn = mod[name];
     if (typeof fn !== 'function') throw new Error(`registry: ${name} is not exported`);
-    entries[name] = { fn: fn as RegistryEntry['fn'], packing, layout: variant.layout, sharding, positional: (packing === 'qkvpacked' && variant.qkvPositional) || variant.positional || ATTN_POSITIONAL };
+    entries[name] = {
+      fn: fn as RegistryEntry['fn'],
+      packing,
+      layout: variant.layout,
+      sharding,
+      positional: (packing === 'qkvpacked' && variant.qkvPositional) || variant.positional || ATTN_POSITIONAL,
+    };
   }
 }
 
@@ -63,6 +69,7 @@ export const RING_FUNCTION_NAMES: readonly string[] = Object.freeze(Object.keys(
 /** The entry of `name`, looked up among the registry's own names only; E_ARG for any other value. */
 export function ringFunction(name: unknown): RegistryEntry {
   if (typeof name !== 'string') fail('E_ARG', `function name must be a string, got ${describeValue(name)}`);
-  if (!Object.hasOwn(entries, name)) fail('E_ARG', `unknown function '${name}'; known: ${RING_FUNCTION_NAMES.join(', ')}`);
+  if (!Object.hasOwn(entries, name))
+    fail('E_ARG', `unknown function '${name}'; known: ${RING_FUNCTION_NAMES.join(', ')}`);
   return entries[name]!;
 }

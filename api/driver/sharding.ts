@@ -39,12 +39,14 @@ export function layoutSharding(layout: LayoutName): Sharding {
 }
 
 export const SINGLE_SHARDING: Sharding = {
-  single: true, seqAxis: 1,
+  single: true,
+  seqAxis: 1,
   plan: () => ({ positions: () => null, kwargs: NO_KWARGS }),
 };
 
 /** flash_attn_varlen_*: the whole packed tensors and their cu_seqlens, on rank 0. */
 export const SINGLE_VARLEN_SHARDING: Sharding = {
-  single: true, seqAxis: 0,
+  single: true,
+  seqAxis: 0,
   plan: () => ({ positions: () => null, kwargs: NO_KWARGS }),
 };

@@ -32,7 +32,11 @@ export function varlenPositions(cu: Int32Array, rank: number, world: number, zig
 }
 
 /** The global cu_seqlens and max_seqlen of a driver call, checked against `total` tokens. */
-function globalCuSeqlens(fn: string, total: number, kw: Record<string, unknown>): { cu: Int32Array; max: number } {
+function globalCuSeqlens(
+  fn: string,
+  total: number,
+  kw: Record<string, unknown>,
+): { cu: Int32Array; max: number } {
   if (kw.cu_seqlens === undefined) fail('E_ARG', `${fn}: cu_seqlens is required`);
   const cu = checkCuSeqlens(fn, 'cu_seqlens', kw.cu_seqlens, total, 'the total tokens of q');
   return { cu, max: checkMaxSeqlen(fn, 'max_seqlen', kw.max_seqlen, cu, 'cu_seqlens') };
@@ -40,7 +44,8 @@ function globalCuSeqlens(fn: string, total: number, kw: Record<string, unknown>)
 
 function perSequence(zigzag: boolean): Sharding {
   return {
-    seqAxis: 0, consumes: ['cu_seqlens', 'max_seqlen'],
+    seqAxis: 0,
+    consumes: ['cu_seqlens', 'max_seqlen'],
     plan(fn, total, kw, world) {
       const { cu, max } = globalCuSeqlens(fn, total, kw);
       const parts = zigzag ? 2 * world : world;
@@ -59,10 +64,14 @@ export const ZIGZAG_VARLEN_SHARDING = perSequence(true);
 
 /** Driver mode calls llama3 like ring varlen (global cu_seqlens, max_seqlen), heads_k_stride a keyword (default 1). */
 export const LLAMA3_SHARDING: Sharding = {
-  seqAxis: 0, positional: VARLEN_POSITIONAL, options: ['heads_k_stride'], consumes: ['cu_seqlens', 'max_seqlen', 'heads_k_stride'],
+  seqAxis: 0,
+  positional: VARLEN_POSITIONAL,
+  options: ['heads_k_stride'],
+  consumes: ['cu_seqlens', 'max_seqlen', 'heads_k_stride'],
   plan(fn, total, kw, world) {
     const { cu } = globalCuSeqlens(fn, total, kw);
-    if (total % world !== 0) fail('E_SHAPE', `${fn}: the total tokens (${total}) must be a multiple of world (${world})`);
+    if (total % world !== 0)
+      fail('E_SHAPE', `${fn}: the total tokens (${total}) must be a multiple of world (${world})`);
     const perRank = total / world;
     const causal = kw.causal === true;
     return {
@@ -70,8 +79,12 @@ export const LLAMA3_SHARDING: Sharding = {
       kwargs: (rank) => {
         const [cuQ, cuK, maxQ, maxK, slice] = llama3_flash_attn_prepare_cu_seqlens(cu, causal, rank, world);
         return {
-          cu_seqlens_q: cuQ, cu_seqlens_k: cuK, max_seqlen_q: maxQ, max_seqlen_k: maxK,
-          heads_k_stride: kw.heads_k_stride ?? 1, local_k_slice: slice,
+          cu_seqlens_q: cuQ,
+          cu_seqlens_k: cuK,
+          max_seqlen_q: maxQ,
+          max_seqlen_k: maxK,
+          heads_k_stride: kw.heads_k_stride ?? 1,
+          local_k_slice: slice,
         };
       },
     };

@@ -27,7 +27,10 @@ export function emptyKv(backend: Backend, like: DeviceTensor, dtype: DType = lik
 
 /** The two messages that move a K/V pair to or from `peer`: k, then v. */
 export function kvOps(peer: number, kv: KvPair): P2POp[] {
-  return [{ peer, tensor: kv.k }, { peer, tensor: kv.v }];
+  return [
+    { peer, tensor: kv.k },
+    { peer, tensor: kv.v },
+  ];
 }
 
 /**
@@ -35,7 +38,12 @@ export function kvOps(peer: number, kv: KvPair): P2POp[] {
  * else a contiguous copy (`copy`, the caller disposes it; NCCL needs one for k/v sliced from a
  * packed tensor). Skipping the copy saves two copy kernels at the head of every ring call.
  */
-export function sendableKv(backend: Backend, comm: Comm, k: DeviceTensor, v: DeviceTensor): { kv: KvPair; copy: KvBuffer | null } {
+export function sendableKv(
+  backend: Backend,
+  comm: Comm,
+  k: DeviceTensor,
+  v: DeviceTensor,
+): { kv: KvPair; copy: KvBuffer | null } {
   if (comm.sendable(k) && comm.sendable(v)) return { kv: { k, v }, copy: null };
   const copy = emptyKv(backend, k);
   backend.copy(copy.k, k);

@@ -35,7 +35,12 @@ export interface BlockPlan {
 export type PlanFn = (step: number, group: Group, seqlen: number, o: RingOptions) => BlockPlan | null;
 
 function passAlong(backend: Backend, group: Group, cur: KvPair, next: KvPair): Pending {
-  return backend.comm(group).sendRecv(kvOps(ringPeer(group.rank, 1, group.size), cur), kvOps(ringPeer(group.rank, -1, group.size), next));
+  return backend
+    .comm(group)
+    .sendRecv(
+      kvOps(ringPeer(group.rank, 1, group.size), cur),
+      kvOps(ringPeer(group.rank, -1, group.size), next),
+    );
 }
 
 /**
@@ -43,7 +48,12 @@ function passAlong(backend: Backend, group: Group, cur: KvPair, next: KvPair): P
  * (the rank's own k and v, read in place where the comm can). A packing copy, when one is made,
  * becomes the first buffer: its send has completed before step 1 receives into it.
  */
-function kvRing(backend: Backend, group: Group, k: DeviceTensor, v: DeviceTensor): { bufs: KvBuffer[]; first: Pending } {
+function kvRing(
+  backend: Backend,
+  group: Group,
+  k: DeviceTensor,
+  v: DeviceTensor,
+): { bufs: KvBuffer[]; first: Pending } {
   const { kv, copy } = sendableKv(backend, backend.comm(group), k, v);
   const bufs = [copy ?? emptyKv(backend, k), emptyKv(backend, k)];
   return { bufs, first: passAlong(backend, group, kv, bufs[1]!) };
@@ -51,9 +61,18 @@ function kvRing(backend: Backend, group: Group, k: DeviceTensor, v: DeviceTensor
 
 /** Whether `r` is every one of `n` rows. */
 const allRows = (r: Rows, n: number) => r.start === 0 && r.length === n;
-const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) => (allRows(r, t.shape[axis]!) ? t : t.narrow(axis, r.start, r.length));
+const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) =>
+  allRows(r, t.shape[axis]!) ? t : t.narrow(axis, r.start, r.length);
 
-export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
+export function passAlongForward(
+  plan: PlanFn,
+  backend: Backend,
+  group: Group,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  o: RingOptions,
+): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   const W = group.size;
   const out = backend.empty([b, s, h, d], 'float32');
@@ -61,7 +80,8 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
   const tables = new SegmentTables(backend);
   const attn = (p: BlockPlan) => ({ softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg) });
   const own = plan(0, group, s, o);
-  if (!own || own.q.length !== s || (own.seg && !coversQueries(own.seg, s))) throw new Error('pass-along plan: step 0 must cover every query row');
+  if (!own || own.q.length !== s || (own.seg && !coversQueries(own.seg, s)))
+    throw new Error('pass-along plan: step 0 must cover every query row');
   // The first transfer goes out before the own block is computed, so it overlaps that block
   // (issued after it, it waited for the whole block and then sat exposed before step 1).
   const ring = W > 1 ? kvRing(backend, group, k, v) : null;
@@ -84,8 +104,14 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
     // merged rows straight into the final out in q's dtype, which saves a cast pass over out.
     const last = step === W - 1 && q.dtype !== 'float32' && (!p.seg || coversQueries(p.seg, p.q.length));
     if (last) final = backend.empty(q.shape, q.dtype);
-    backend.flashFwd(rowsOf(q, p.q), rowsOf(cur.k, p.kv), rowsOf(cur.v, p.kv), rowsOf(final ?? out, p.q), rowsOf(lse, p.q, 2),
-      { ...attn(p), merge: true, mergeFrom: final ? rowsOf(out, p.q) : undefined });
+    backend.flashFwd(
+      rowsOf(q, p.q),
+      rowsOf(cur.k, p.kv),
+      rowsOf(cur.v, p.kv),
+      rowsOf(final ?? out, p.q),
+      rowsOf(lse, p.q, 2),
+      { ...attn(p), merge: true, mergeFrom: final ? rowsOf(out, p.q) : undefined },
+    );
     if (final) castRowsOutside(backend, out, final, p.q);
   }
   tables.release();
@@ -96,12 +122,24 @@ export function passAlongForward(plan: PlanFn, backend: Backend, group: Group, q
 /** Casts the rows of `src` outside `rows` into `dst` (the rows the last step did not see are final already). */
 function castRowsOutside(backend: Backend, src: DeviceTensor, dst: DeviceTensor, rows: Rows): void {
   const s = src.shape[1]!;
-  for (const r of [{ start: 0, length: rows.start }, { start: rows.start + rows.length, length: s - rows.start - rows.length }])
+  for (const r of [
+    { start: 0, length: rows.start },
+    { start: rows.start + rows.length, length: s - rows.start - rows.length },
+  ])
     if (r.length > 0) backend.castInto(rowsOf(dst, r), rowsOf(src, r));
 }
 
-export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-  fwd: RingForward, o: RingOptions): RingGrads {
+export function passAlongBackward(
+  plan: PlanFn,
+  backend: Backend,
+  group: Group,
+  dout: DeviceTensor,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  fwd: RingForward,
+  o: RingOptions,
+): RingGrads {
   const [b, s, h] = q.shape as [number, number, number, number];
   const W = group.size;
   const dq = backend.zeros(q.shape, 'float32');
@@ -113,11 +151,27 @@ export function passAlongBackward(plan: PlanFn, backend: Backend, group: Group, 
   // spans, so it adds onto zeros.
   const blockGrads = (p: BlockPlan, cur: KvPair, into: KvBuffer) => {
     if (p.seg) backend.fill(into.buf, 0);
-    backend.flashBwd({
-      dout: rowsOf(dout, p.q), q: rowsOf(q, p.q), k: rowsOf(cur.k, p.kv), v: rowsOf(cur.v, p.kv),
-      lse: rowsOf(fwd.lse, p.q, 2), dsum: rowsOf(dsum, p.q, 2),
-      dq: rowsOf(dq, p.q), dk: rowsOf(into.k, p.kv), dv: rowsOf(into.v, p.kv),
-    }, { softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg), accumulate: true, overwriteKv: !p.seg, deterministic: o.deterministic });
+    backend.flashBwd(
+      {
+        dout: rowsOf(dout, p.q),
+        q: rowsOf(q, p.q),
+        k: rowsOf(cur.k, p.kv),
+        v: rowsOf(cur.v, p.kv),
+        lse: rowsOf(fwd.lse, p.q, 2),
+        dsum: rowsOf(dsum, p.q, 2),
+        dq: rowsOf(dq, p.q),
+        dk: rowsOf(into.k, p.kv),
+        dv: rowsOf(into.v, p.kv),
+      },
+      {
+        softmaxScale: o.softmaxScale,
+        causal: p.causal,
+        seg: tables.get(p.seg),
+        accumulate: true,
+        overwriteKv: !p.seg,
+        deterministic: o.deterministic,
+      },
+    );
   };
   // The rows of a block's gradients that hold something: a dense plan's key rows, or all of them.
   const written = (p: BlockPlan): Rows => (p.seg ? { start: 0, length: s } : p.kv);
@@ -178,16 +232,23 @@ function addRows(backend: Backend, dst: KvBuffer, src: KvBuffer, r: Rows): void 
   const [b, s] = dst.k.shape as [number, number];
   if (allRows(r, s)) return backend.add(dst.buf, src.buf);
   for (const key of ['k', 'v'] as const)
-    for (let i = 0; i < b; i++) backend.add(dst[key].select(0, i).narrow(0, r.start, r.length), src[key].select(0, i).narrow(0, r.start, r.length));
+    for (let i = 0; i < b; i++)
+      backend.add(
+        dst[key].select(0, i).narrow(0, r.start, r.length),
+        src[key].select(0, i).narrow(0, r.start, r.length),
+      );
 }
 
 /**
  * The forward and backward of a pass-along variant. `planFor` runs once per call, so a plan can
  * build its segment specs once (SegmentTables uploads each distinct spec once per call).
  */
-export function passAlongRing<O extends RingOptions>(planFor: (o: O, group: Group) => PlanFn): Pick<RingVariant<O>, 'forward' | 'backward'> {
+export function passAlongRing<O extends RingOptions>(
+  planFor: (o: O, group: Group) => PlanFn,
+): Pick<RingVariant<O>, 'forward' | 'backward'> {
   return {
     forward: (backend, group, q, k, v, o) => passAlongForward(planFor(o, group), backend, group, q, k, v, o),
-    backward: (backend, group, dout, q, k, v, fwd, o) => passAlongBackward(planFor(o, group), backend, group, dout, q, k, v, fwd, o),
+    backward: (backend, group, dout, q, k, v, fwd, o) =>
+      passAlongBackward(planFor(o, group), backend, group, dout, q, k, v, fwd, o),
   };
 }

@@ -20,7 +20,14 @@ function schedule(group: Group, causal: boolean) {
   };
 }
 
-export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: RingOptions): RingForward {
+export function ringForward(
+  backend: Backend,
+  group: Group,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  o: RingOptions,
+): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   const comm = backend.comm(group);
   const plan = schedule(group, o.causal);
@@ -30,16 +37,22 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
   const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
   const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
 
-  const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
-    plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
-    plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
-  );
+  const transfer = (step: number): Pending =>
+    step >= W
+      ? DONE
+      : comm.sendRecv(
+          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
+          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
+        );
   // The last block this rank uses writes the final out in q's dtype (every block covers all
   // rows), which saves a cast pass over out; a causal rank 0 uses only its own block.
   const lastStep = o.causal ? group.rank : W - 1;
   const final = q.dtype !== 'float32' ? backend.empty(q.shape, q.dtype) : null;
   let pending = transfer(1);
-  backend.flashFwd(q, k, v, lastStep === 0 && final ? final : out, lse, { softmaxScale: o.softmaxScale, causal: o.causal });
+  backend.flashFwd(q, k, v, lastStep === 0 && final ? final : out, lse, {
+    softmaxScale: o.softmaxScale,
+    causal: o.causal,
+  });
   for (let step = 1; step < W; step++) {
     pending.wait();
     pending = transfer(step + 1);
@@ -47,15 +60,28 @@ export function ringForward(backend: Backend, group: Group, q: DeviceTensor, k: 
     const kv = recv[step % 2]!;
     // The kernel merges the block into the running out/lse (update_out_and_lse, fused).
     const toFinal = step === lastStep && final !== null;
-    backend.flashFwd(q, kv.k, kv.v, toFinal ? final : out, lse, { softmaxScale: o.softmaxScale, causal: false, merge: true, mergeFrom: toFinal ? out : undefined });
+    backend.flashFwd(q, kv.k, kv.v, toFinal ? final : out, lse, {
+      softmaxScale: o.softmaxScale,
+      causal: false,
+      merge: true,
+      mergeFrom: toFinal ? out : undefined,
+    });
   }
   pending.wait();
   disposeAll(local?.copy, ...recv, final ? out : undefined);
   return { out: final ?? out, lse };
 }
 
-export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-  fwd: RingForward, o: RingOptions): RingGrads {
+export function ringBackward(
+  backend: Backend,
+  group: Group,
+  dout: DeviceTensor,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  fwd: RingForward,
+  o: RingOptions,
+): RingGrads {
   const [b, s, h] = q.shape as [number, number, number, number];
   const comm = backend.comm(group);
   const plan = schedule(group, o.causal);
@@ -69,31 +95,47 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
   const dkvOut: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   const dkvIn: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   // dq accumulates over the steps; every step's dK/dV (all key rows) is written into its own buffer.
-  const attn = { softmaxScale: o.softmaxScale, accumulate: true, overwriteKv: true, deterministic: o.deterministic };
+  const attn = {
+    softmaxScale: o.softmaxScale,
+    accumulate: true,
+    overwriteKv: true,
+    deterministic: o.deterministic,
+  };
 
-  const transfer = (step: number): Pending => step >= W ? DONE : comm.sendRecv(
-    plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
-    plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
-  );
+  const transfer = (step: number): Pending =>
+    step >= W
+      ? DONE
+      : comm.sendRecv(
+          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
+          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
+        );
   // dK/dV of step s go back to the block's owner r−s; ours come from r+s.
-  const returnGrads = (step: number): Pending => comm.sendRecv(
-    plan.uses(step) ? [{ peer: plan.src(step), tensor: dkvOut[step % 2]!.buf }] : [],
-    plan.feeds(step) ? [{ peer: plan.dst(step), tensor: dkvIn[step % 2]!.buf }] : [],
-  );
+  const returnGrads = (step: number): Pending =>
+    comm.sendRecv(
+      plan.uses(step) ? [{ peer: plan.src(step), tensor: dkvOut[step % 2]!.buf }] : [],
+      plan.feeds(step) ? [{ peer: plan.dst(step), tensor: dkvIn[step % 2]!.buf }] : [],
+    );
   const collect = (step: number, p: Pending) => {
     p.wait();
     if (plan.feeds(step)) backend.add(own.buf, dkvIn[step % 2]!.buf);
   };
 
   let pending = transfer(1);
-  backend.flashBwd({ dout, q, k, v, lse: fwd.lse, dsum, dq, dk: own.k, dv: own.v }, { ...attn, causal: o.causal });
+  backend.flashBwd(
+    { dout, q, k, v, lse: fwd.lse, dsum, dq, dk: own.k, dv: own.v },
+    { ...attn, causal: o.causal },
+  );
   let returning: Pending | undefined;
   for (let step = 1; step < W; step++) {
     pending.wait();
     pending = transfer(step + 1);
     if (plan.uses(step)) {
-      const kv = recv[step % 2]!, dkv = dkvOut[step % 2]!;
-      backend.flashBwd({ dout, q, k: kv.k, v: kv.v, lse: fwd.lse, dsum, dq, dk: dkv.k, dv: dkv.v }, { ...attn, causal: false });
+      const kv = recv[step % 2]!,
+        dkv = dkvOut[step % 2]!;
+      backend.flashBwd(
+        { dout, q, k: kv.k, v: kv.v, lse: fwd.lse, dsum, dq, dk: dkv.k, dv: dkv.v },
+        { ...attn, causal: false },
+      );
     }
     const sent = returnGrads(step);
     if (returning) collect(step - 1, returning);
@@ -105,7 +147,12 @@ export function ringBackward(backend: Backend, group: Group, dout: DeviceTensor,
   return { dq, dk: own.k, dv: own.v };
 }
 
-export const ringVariant: RingVariant = { name: 'ring_flash_attn', layout: 'contiguous', forward: ringForward, backward: ringBackward };
+export const ringVariant: RingVariant = {
+  name: 'ring_flash_attn',
+  layout: 'contiguous',
+  forward: ringForward,
+  backward: ringBackward,
+};
 
 const family = attnFamily(ringVariant);
 

@@ -12,7 +12,9 @@ export function ringV2Plan(step: number, group: Group, seqlen: number, o: RingOp
 }
 
 export const ringV2Variant: RingVariant = {
-  name: 'ring_flash_attn', suffix: '_v2', layout: 'contiguous',
+  name: 'ring_flash_attn',
+  suffix: '_v2',
+  layout: 'contiguous',
   ...passAlongRing(() => ringV2Plan),
 };
 

@@ -15,7 +15,8 @@ export function stripePlan(step: number, group: Group, seqlen: number, o: RingOp
 }
 
 export const stripeVariant: RingVariant = {
-  name: 'stripe_flash_attn', layout: 'stripe',
+  name: 'stripe_flash_attn',
+  layout: 'stripe',
   ...passAlongRing(() => stripePlan),
 };
 

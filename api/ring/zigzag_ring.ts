@@ -20,12 +20,18 @@ export function zigzagPlan(step: number, group: Group, seqlen: number, o: RingOp
 
 function checkZigzag(fn: string, q: DeviceTensor, k: DeviceTensor): void {
   const s = q.shape[1]!;
-  if (s % 2 !== 0) fail('E_SHAPE', `${fn}: the local seqlen (${s}) must be even: each rank holds two equal chunks (full seqlen divisible by 2·world)`);
+  if (s % 2 !== 0)
+    fail(
+      'E_SHAPE',
+      `${fn}: the local seqlen (${s}) must be even: each rank holds two equal chunks (full seqlen divisible by 2·world)`,
+    );
   if (k.shape[1] !== s) fail('E_SHAPE', `${fn}: k seqlen ${k.shape[1]} != q seqlen ${s}`);
 }
 
 export const zigzagVariant: RingVariant = {
-  name: 'zigzag_ring_flash_attn', layout: 'zigzag', check: checkZigzag,
+  name: 'zigzag_ring_flash_attn',
+  layout: 'zigzag',
+  check: checkZigzag,
   ...passAlongRing(() => zigzagPlan),
 };
 

@@ -9,7 +9,12 @@ import type { Group, Pending } from '../../runtime/comm.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { disposeAll, type KvPair } from '../ring/kv_buffer.js';
 
-const both = (a: Pending, b: Pending): Pending => ({ wait: () => { a.wait(); b.wait(); } });
+const both = (a: Pending, b: Pending): Pending => ({
+  wait: () => {
+    a.wait();
+    b.wait();
+  },
+});
 
 /** All-gathers K/V of every head group in turn: next() returns group i's (1, world·s, stride, d) K and V. */
 export class HeadGroupGather {
@@ -20,20 +25,32 @@ export class HeadGroupGather {
   private pending: Pending;
   private index = 0;
 
-  constructor(private readonly backend: Backend, private readonly group: Group, private readonly k: DeviceTensor,
-    private readonly v: DeviceTensor, private readonly stride: number) {
+  constructor(
+    private readonly backend: Backend,
+    private readonly group: Group,
+    private readonly k: DeviceTensor,
+    private readonly v: DeviceTensor,
+    private readonly stride: number,
+  ) {
     const [, s, hk, d] = k.shape as [number, number, number, number];
     this.groups = hk / stride;
-    const pair = (rows: number) => ({ k: backend.empty([1, rows, stride, d], k.dtype), v: backend.empty([1, rows, stride, d], k.dtype) });
+    const pair = (rows: number) => ({
+      k: backend.empty([1, rows, stride, d], k.dtype),
+      v: backend.empty([1, rows, stride, d], k.dtype),
+    });
     this.recv = [pair(group.size * s), pair(group.size * s)];
-    const comm = backend.comm(group), first = this.slice(0);
+    const comm = backend.comm(group),
+      first = this.slice(0);
     this.send = comm.sendable(first.k) && comm.sendable(first.v) ? null : [pair(s), pair(s)];
     this.pending = this.issue(0);
   }
 
   /** Head group i of this rank's K/V, as views. */
   private slice(i: number): KvPair {
-    return { k: this.k.narrow(2, i * this.stride, this.stride), v: this.v.narrow(2, i * this.stride, this.stride) };
+    return {
+      k: this.k.narrow(2, i * this.stride, this.stride),
+      v: this.v.narrow(2, i * this.stride, this.stride),
+    };
   }
 
   private issue(i: number): Pending {
@@ -44,7 +61,8 @@ export class HeadGroupGather {
       this.backend.copy(copy.v, src.v);
       src = copy;
     }
-    const comm = this.backend.comm(this.group), dst = this.recv[i % 2]!;
+    const comm = this.backend.comm(this.group),
+      dst = this.recv[i % 2]!;
     return both(comm.allGather(src.k, dst.k), comm.allGather(src.v, dst.v));
   }
 
@@ -70,11 +88,19 @@ export class HeadGroupReduce {
   private readonly recv: KvPair[] | null;
   private readonly inFlight: ({ group: number; pending: Pending } | null)[] = [null, null];
 
-  constructor(private readonly backend: Backend, private readonly group: Group, k: DeviceTensor, private readonly stride: number) {
+  constructor(
+    private readonly backend: Backend,
+    private readonly group: Group,
+    k: DeviceTensor,
+    private readonly stride: number,
+  ) {
     const [, s, hk, d] = k.shape as [number, number, number, number];
     this.dk = backend.empty([1, s, hk, d], 'float32');
     this.dv = backend.empty([1, s, hk, d], 'float32');
-    const pair = (rows: number) => ({ k: backend.empty([1, rows, stride, d], 'float32'), v: backend.empty([1, rows, stride, d], 'float32') });
+    const pair = (rows: number) => ({
+      k: backend.empty([1, rows, stride, d], 'float32'),
+      v: backend.empty([1, rows, stride, d], 'float32'),
+    });
     this.acc = [pair(group.size * s), pair(group.size * s)];
     this.recv = stride === hk ? null : [pair(s), pair(s)];
   }
@@ -90,9 +116,14 @@ export class HeadGroupReduce {
 
   /** Issues the reduce-scatter of head group i's accumulators. */
   scatter(i: number): void {
-    const slot = i % 2, comm = this.backend.comm(this.group), a = this.acc[slot]!;
+    const slot = i % 2,
+      comm = this.backend.comm(this.group),
+      a = this.acc[slot]!;
     const dst: KvPair = this.recv ? this.recv[slot]! : { k: this.dk, v: this.dv };
-    this.inFlight[slot] = { group: i, pending: both(comm.reduceScatter(a.k, dst.k), comm.reduceScatter(a.v, dst.v)) };
+    this.inFlight[slot] = {
+      group: i,
+      pending: both(comm.reduceScatter(a.k, dst.k), comm.reduceScatter(a.v, dst.v)),
+    };
   }
 
   private complete(slot: number): void {
@@ -107,7 +138,9 @@ export class HeadGroupReduce {
 
   /** Completes every scatter (oldest first) and returns the grads of this rank's keys. */
   finish(): KvPair {
-    const order = [0, 1].filter((s) => this.inFlight[s]).sort((a, b) => this.inFlight[a]!.group - this.inFlight[b]!.group);
+    const order = [0, 1]
+      .filter((s) => this.inFlight[s])
+      .sort((a, b) => this.inFlight[a]!.group - this.inFlight[b]!.group);
     for (const slot of order) this.complete(slot);
     for (const p of [...this.acc, ...(this.recv ?? [])]) disposeAll(p.k, p.v);
     return { k: this.dk, v: this.dv };

@@ -28,14 +28,21 @@ export interface Llama3Options extends RingOptions {
 }
 
 export const LLAMA3_POSITIONAL = [
-  'cu_seqlens_q', 'cu_seqlens_k', 'max_seqlen_q', 'max_seqlen_k', 'heads_k_stride', 'local_k_slice', ...ATTN_POSITIONAL,
+  'cu_seqlens_q',
+  'cu_seqlens_k',
+  'max_seqlen_q',
+  'max_seqlen_k',
+  'heads_k_stride',
+  'local_k_slice',
+  ...ATTN_POSITIONAL,
 ] as const;
 
 const PREPARE = 'llama3_flash_attn_prepare_cu_seqlens';
 
 /** First index i with a[i] >= x (torch.searchsorted, left side). */
 function searchsorted(a: Int32Array, x: number): number {
-  let lo = 0, hi = a.length;
+  let lo = 0,
+    hi = a.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
     if (a[mid]! < x) lo = mid + 1;
@@ -44,23 +51,34 @@ function searchsorted(a: Int32Array, x: number): number {
   return lo;
 }
 
-
 /**
  * llama3_flash_attn_prepare_cu_seqlens(cu_seqlens, causal, rank, world_size): for the GLOBAL
  * cu_seqlens, rank's [cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, local_k_slice].
  * q is the rank's contiguous 1/world of the tokens; k starts at the beginning of its first
  * sequence and ends with its queries (causal) or at the end of its last sequence (not causal).
  */
-export function llama3_flash_attn_prepare_cu_seqlens(cu_seqlens: unknown, causal: boolean, rank: number, world_size: number): [Int32Array, Int32Array, number, number, KSlice] {
+export function llama3_flash_attn_prepare_cu_seqlens(
+  cu_seqlens: unknown,
+  causal: boolean,
+  rank: number,
+  world_size: number,
+): [Int32Array, Int32Array, number, number, KSlice] {
   const cu = checkCuSeqlens(PREPARE, 'cu_seqlens', cu_seqlens, null, '');
-  if (typeof causal !== 'boolean') fail('E_ARG', `${PREPARE}: causal must be a boolean, got ${describeValue(causal)}`);
-  if (!Number.isInteger(world_size) || world_size < 1) fail('E_ARG', `${PREPARE}: world_size must be a positive integer, got ${world_size}`);
-  if (!Number.isInteger(rank) || rank < 0 || rank >= world_size) fail('E_ARG', `${PREPARE}: rank ${rank} out of range [0, ${world_size})`);
+  if (typeof causal !== 'boolean')
+    fail('E_ARG', `${PREPARE}: causal must be a boolean, got ${describeValue(causal)}`);
+  if (!Number.isInteger(world_size) || world_size < 1)
+    fail('E_ARG', `${PREPARE}: world_size must be a positive integer, got ${world_size}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= world_size)
+    fail('E_ARG', `${PREPARE}: rank ${rank} out of range [0, ${world_size})`);
   const total = cu[cu.length - 1]!;
   if (total < 1 || total % world_size !== 0)
-    fail('E_SHAPE', `${PREPARE}: the total tokens (${total}) must be a positive multiple of world_size (${world_size})`);
+    fail(
+      'E_SHAPE',
+      `${PREPARE}: the total tokens (${total}) must be a positive multiple of world_size (${world_size})`,
+    );
   const perRank = total / world_size;
-  const first = rank * perRank, last = (rank + 1) * perRank;
+  const first = rank * perRank,
+    last = (rank + 1) * perRank;
   let left = searchsorted(cu, first);
   const right = searchsorted(cu, last);
   if (cu[left] !== first) left -= 1; // the rank starts inside sequence `left`
@@ -68,7 +86,8 @@ export function llama3_flash_attn_prepare_cu_seqlens(cu_seqlens: unknown, causal
   cuQ[0] = 0;
   cuQ[cuQ.length - 1] = perRank;
   const cuK = cu.slice(left, right + 1);
-  const sliceLeft = cu[left]!, sliceRight = causal ? last : cu[right]!;
+  const sliceLeft = cu[left]!,
+    sliceRight = causal ? last : cu[right]!;
   cuK[cuK.length - 1] = sliceRight;
   for (let i = 0; i < cuK.length; i++) cuK[i] -= sliceLeft;
   return [cuQ, cuK, maxSeqLength(cuQ), maxSeqLength(cuK), { start: sliceLeft, stop: sliceRight }];
@@ -85,26 +104,65 @@ function showSlice(x: unknown): string {
 
 function checkSlice(fn: string, x: unknown, gathered: number): KSlice {
   const s = x as Partial<KSlice> | null | undefined;
-  const ok = !!s && typeof s === 'object' && Number.isInteger(s.start) && Number.isInteger(s.stop)
-    && s.start! >= 0 && s.start! <= s.stop! && s.stop! <= gathered;
-  if (!ok) fail('E_ARG', `${fn}: local_k_slice must be { start, stop } within the ${gathered} gathered keys, got ${showSlice(x)}`);
+  const ok =
+    !!s &&
+    typeof s === 'object' &&
+    Number.isInteger(s.start) &&
+    Number.isInteger(s.stop) &&
+    s.start! >= 0 &&
+    s.start! <= s.stop! &&
+    s.stop! <= gathered;
+  if (!ok)
+    fail(
+      'E_ARG',
+      `${fn}: local_k_slice must be { start, stop } within the ${gathered} gathered keys, got ${showSlice(x)}`,
+    );
   return { start: s!.start!, stop: s!.stop! };
 }
 
-function readLlama3(fn: string, kw: Record<string, unknown>, q: DeviceTensor, k: DeviceTensor, base: RingOptions, group: Group): Llama3Options {
+function readLlama3(
+  fn: string,
+  kw: Record<string, unknown>,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  base: RingOptions,
+  group: Group,
+): Llama3Options {
   for (const name of ['cu_seqlens_q', 'cu_seqlens_k', 'heads_k_stride', 'local_k_slice'])
     if (kw[name] === undefined) fail('E_ARG', `${fn}: ${name} is required`);
   const hk = k.shape[1]!;
   const stride = kw.heads_k_stride;
   if (typeof stride !== 'number' || !Number.isInteger(stride) || stride < 1 || hk % stride !== 0)
-    fail('E_ARG', `${fn}: heads_k_stride must be a positive integer dividing nheads_k (${hk}), got ${describeValue(stride)}`);
+    fail(
+      'E_ARG',
+      `${fn}: heads_k_stride must be a positive integer dividing nheads_k (${hk}), got ${describeValue(stride)}`,
+    );
   const localKSlice = checkSlice(fn, kw.local_k_slice, k.shape[0]! * group.size);
-  const cuSeqlensQ = checkCuSeqlens(fn, 'cu_seqlens_q', kw.cu_seqlens_q, q.shape[0]!, 'the total tokens of q');
-  const cuSeqlensK = checkCuSeqlens(fn, 'cu_seqlens_k', kw.cu_seqlens_k, localKSlice.stop - localKSlice.start, 'the length of local_k_slice');
+  const cuSeqlensQ = checkCuSeqlens(
+    fn,
+    'cu_seqlens_q',
+    kw.cu_seqlens_q,
+    q.shape[0]!,
+    'the total tokens of q',
+  );
+  const cuSeqlensK = checkCuSeqlens(
+    fn,
+    'cu_seqlens_k',
+    kw.cu_seqlens_k,
+    localKSlice.stop - localKSlice.start,
+    'the length of local_k_slice',
+  );
   if (cuSeqlensK.length !== cuSeqlensQ.length)
-    fail('E_ARG', `${fn}: cu_seqlens_q and cu_seqlens_k must describe the same sequences, got ${cuSeqlensQ.length - 1} and ${cuSeqlensK.length - 1}`);
+    fail(
+      'E_ARG',
+      `${fn}: cu_seqlens_q and cu_seqlens_k must describe the same sequences, got ${cuSeqlensQ.length - 1} and ${cuSeqlensK.length - 1}`,
+    );
   return {
-    ...base, cuSeqlensQ, cuSeqlensK, headsKStride: stride, localKSlice,
+    ...base,
+    cuSeqlensQ,
+    cuSeqlensK,
+    headsKStride: stride,
+    localKSlice,
     maxSeqlenQ: checkMaxSeqlen(fn, 'max_seqlen_q', kw.max_seqlen_q, cuSeqlensQ, 'cu_seqlens_q'),
     maxSeqlenK: checkMaxSeqlen(fn, 'max_seqlen_k', kw.max_seqlen_k, cuSeqlensK, 'cu_seqlens_k'),
   };
@@ -124,7 +182,14 @@ function groupViews(q: DeviceTensor, k: DeviceTensor, o: Llama3Options, i: numbe
 /** One table for every head group: q sequences against their key slices. */
 const specOf = (o: Llama3Options) => segmentSpec(spansOf(o.cuSeqlensQ), spansOf(o.cuSeqlensK));
 
-export function llama3Forward(backend: Backend, group: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: Llama3Options): RingForward {
+export function llama3Forward(
+  backend: Backend,
+  group: Group,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  o: Llama3Options,
+): RingForward {
   const [, s, h, d] = q.shape as [number, number, number, number];
   const out = backend.empty([1, s, h, d], 'float32');
   const lse = backend.empty([1, h, s], 'float32');
@@ -141,25 +206,48 @@ export function llama3Forward(backend: Backend, group: Group, q: DeviceTensor, k
   return { out, lse };
 }
 
-export function llama3Backward(backend: Backend, group: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-  fwd: RingForward, o: Llama3Options): RingGrads {
+export function llama3Backward(
+  backend: Backend,
+  group: Group,
+  dout: DeviceTensor,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  fwd: RingForward,
+  o: Llama3Options,
+): RingGrads {
   const [, s, h] = q.shape as [number, number, number, number];
   const dq = backend.zeros(q.shape, 'float32');
   const dsum = backend.empty([1, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
   const seg = backend.segments(specOf(o));
-  const attn = { softmaxScale: o.softmaxScale, causal: o.causal, seg, accumulate: true, deterministic: o.deterministic };
+  const attn = {
+    softmaxScale: o.softmaxScale,
+    causal: o.causal,
+    seg,
+    accumulate: true,
+    deterministic: o.deterministic,
+  };
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   const reduce = new HeadGroupReduce(backend, group, k, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {
     const kv = gather.next();
     const dkv = reduce.acquire(i);
     const g = groupViews(q, k, o, i);
-    backend.flashBwd({
-      dout: g.heads(dout), q: g.heads(q), k: g.keys(kv.k), v: g.keys(kv.v),
-      lse: g.lseHeads(fwd.lse), dsum: g.lseHeads(dsum),
-      dq: g.heads(dq), dk: g.keys(dkv.k), dv: g.keys(dkv.v),
-    }, attn);
+    backend.flashBwd(
+      {
+        dout: g.heads(dout),
+        q: g.heads(q),
+        k: g.keys(kv.k),
+        v: g.keys(kv.v),
+        lse: g.lseHeads(fwd.lse),
+        dsum: g.lseHeads(dsum),
+        dq: g.heads(dq),
+        dk: g.keys(dkv.k),
+        dv: g.keys(dkv.v),
+      },
+      attn,
+    );
     reduce.scatter(i);
   }
   const { k: dk, v: dv } = reduce.finish();
@@ -170,8 +258,11 @@ export function llama3Backward(backend: Backend, group: Group, dout: DeviceTenso
 }
 
 export const llama3Variant: RingVariant<Llama3Options> = {
-  name: 'llama3_flash_attn_varlen', layout: 'llama3', positional: LLAMA3_POSITIONAL,
-  forward: llama3Forward, backward: llama3Backward,
+  name: 'llama3_flash_attn_varlen',
+  layout: 'llama3',
+  positional: LLAMA3_POSITIONAL,
+  forward: llama3Forward,
+  backward: llama3Backward,
 };
 
 const family = varlenFamily<Llama3Options, Llama3Args>(llama3Variant, readLlama3);

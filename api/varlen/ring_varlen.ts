@@ -20,7 +20,9 @@ export function ringVarlenPlan(o: VarlenOptions, group: Group): PlanFn {
 }
 
 export const ringVarlenVariant: RingVariant<VarlenOptions> = {
-  name: 'ring_flash_attn_varlen', layout: 'varlen', positional: VARLEN_POSITIONAL,
+  name: 'ring_flash_attn_varlen',
+  layout: 'varlen',
+  positional: VARLEN_POSITIONAL,
   ...passAlongRing(ringVarlenPlan),
 };
 

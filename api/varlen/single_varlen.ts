@@ -17,62 +17,118 @@ import { segmentSpec, SegmentTables, spansOf, type SegmentSpec } from './segment
 import { checkQkv } from '../validate.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
 
-export const FLASH_VARLEN_POSITIONAL = ['cu_seqlens_q', 'cu_seqlens_k', 'max_seqlen_q', 'max_seqlen_k', ...FLASH_POSITIONAL] as const;
+export const FLASH_VARLEN_POSITIONAL = [
+  'cu_seqlens_q',
+  'cu_seqlens_k',
+  'max_seqlen_q',
+  'max_seqlen_k',
+  ...FLASH_POSITIONAL,
+] as const;
 export const FLASH_VARLEN_QKV_POSITIONAL = ['cu_seqlens', 'max_seqlen', ...FLASH_POSITIONAL] as const;
 
 interface SingleVarlenOptions extends RingOptions {
   seg: SegmentSpec;
 }
 
-function singleVarlenForward(backend: Backend, _g: Group, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, o: SingleVarlenOptions): RingForward {
+function singleVarlenForward(
+  backend: Backend,
+  _g: Group,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  o: SingleVarlenOptions,
+): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   // Final, as in singleForward: written in q's dtype (cu_seqlens cover every row, so the kernel
   // writes every row: zeros where a row sees no key).
   const out = backend.empty([b, s, h, d], q.dtype);
   const lse = backend.empty([b, h, s], 'float32');
   const tables = new SegmentTables(backend);
-  backend.flashFwd(q, k, v, out, lse, { softmaxScale: o.softmaxScale, causal: o.causal, seg: tables.get(o.seg) });
+  backend.flashFwd(q, k, v, out, lse, {
+    softmaxScale: o.softmaxScale,
+    causal: o.causal,
+    seg: tables.get(o.seg),
+  });
   tables.release();
   return { out, lse };
 }
 
-function singleVarlenBackward(backend: Backend, _g: Group, dout: DeviceTensor, q: DeviceTensor, k: DeviceTensor, v: DeviceTensor,
-  fwd: RingForward, o: SingleVarlenOptions): RingGrads {
+function singleVarlenBackward(
+  backend: Backend,
+  _g: Group,
+  dout: DeviceTensor,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  v: DeviceTensor,
+  fwd: RingForward,
+  o: SingleVarlenOptions,
+): RingGrads {
   const [b, s, h] = q.shape as [number, number, number, number];
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
   // Kernels with segments accumulate; keys outside every sequence keep their zero gradient.
-  const dq = backend.zeros(q.shape, 'float32'), dk = backend.zeros(k.shape, 'float32'), dv = backend.zeros(v.shape, 'float32');
+  const dq = backend.zeros(q.shape, 'float32'),
+    dk = backend.zeros(k.shape, 'float32'),
+    dv = backend.zeros(v.shape, 'float32');
   const tables = new SegmentTables(backend);
-  backend.flashBwd({ dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv }, { softmaxScale: o.softmaxScale, causal: o.causal, seg: tables.get(o.seg), accumulate: true, deterministic: o.deterministic });
+  backend.flashBwd(
+    { dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv },
+    {
+      softmaxScale: o.softmaxScale,
+      causal: o.causal,
+      seg: tables.get(o.seg),
+      accumulate: true,
+      deterministic: o.deterministic,
+    },
+  );
   tables.release();
   dsum.dispose();
   return { dq, dk, dv };
 }
 
 export const singleVarlenVariant: RingVariant<SingleVarlenOptions> = {
-  name: 'flash_attn_varlen', layout: 'single', positional: FLASH_VARLEN_POSITIONAL, qkvPositional: FLASH_VARLEN_QKV_POSITIONAL,
-  forward: singleVarlenForward, backward: singleVarlenBackward,
+  name: 'flash_attn_varlen',
+  layout: 'single',
+  positional: FLASH_VARLEN_POSITIONAL,
+  qkvPositional: FLASH_VARLEN_QKV_POSITIONAL,
+  forward: singleVarlenForward,
+  backward: singleVarlenBackward,
 };
 
-const family = makeFamily<SingleVarlenOptions, unknown[]>(singleVarlenVariant, VARLEN_FRAME, (fn, rest, q, k, v) => {
-  // The qkvpacked form shares one cu_seqlens between q and k, as in flash-attn.
-  const packed = fn.includes('_qkvpacked_');
-  const a = parseAttnArgs(fn, rest, packed ? singleVarlenVariant.qkvPositional : singleVarlenVariant.positional);
-  checkQkv(fn, q, k, v);
-  const [cuQName, cuKName, maxQName, maxKName] = packed
-    ? ['cu_seqlens', 'cu_seqlens', 'max_seqlen', 'max_seqlen'] : ['cu_seqlens_q', 'cu_seqlens_k', 'max_seqlen_q', 'max_seqlen_k'];
-  if (a.kw[cuQName] === undefined) fail('E_ARG', `${fn}: ${cuQName} is required`);
-  if (a.kw[cuKName] === undefined) fail('E_ARG', `${fn}: ${cuKName} is required`);
-  const cuQ = checkCuSeqlens(fn, cuQName, a.kw[cuQName], q.shape[0]!, 'the total tokens of q');
-  const cuK = checkCuSeqlens(fn, cuKName, a.kw[cuKName], k.shape[0]!, 'the total tokens of k');
-  if (cuQ.length !== cuK.length) fail('E_ARG', `${fn}: ${cuQName} and ${cuKName} describe ${cuQ.length - 1} and ${cuK.length - 1} sequences`);
-  checkMaxSeqlen(fn, maxQName, a.kw[maxQName], cuQ, cuQName);
-  checkMaxSeqlen(fn, maxKName, a.kw[maxKName], cuK, cuKName);
-  const ctx = currentContext();
-  const o: SingleVarlenOptions = { ...ringOptions(a, q.shape[2]!), seg: segmentSpec(spansOf(cuQ), spansOf(cuK)) };
-  return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs };
-});
+const family = makeFamily<SingleVarlenOptions, unknown[]>(
+  singleVarlenVariant,
+  VARLEN_FRAME,
+  (fn, rest, q, k, v) => {
+    // The qkvpacked form shares one cu_seqlens between q and k, as in flash-attn.
+    const packed = fn.includes('_qkvpacked_');
+    const a = parseAttnArgs(
+      fn,
+      rest,
+      packed ? singleVarlenVariant.qkvPositional : singleVarlenVariant.positional,
+    );
+    checkQkv(fn, q, k, v);
+    const [cuQName, cuKName, maxQName, maxKName] = packed
+      ? ['cu_seqlens', 'cu_seqlens', 'max_seqlen', 'max_seqlen']
+      : ['cu_seqlens_q', 'cu_seqlens_k', 'max_seqlen_q', 'max_seqlen_k'];
+    if (a.kw[cuQName] === undefined) fail('E_ARG', `${fn}: ${cuQName} is required`);
+    if (a.kw[cuKName] === undefined) fail('E_ARG', `${fn}: ${cuKName} is required`);
+    const cuQ = checkCuSeqlens(fn, cuQName, a.kw[cuQName], q.shape[0]!, 'the total tokens of q');
+    const cuK = checkCuSeqlens(fn, cuKName, a.kw[cuKName], k.shape[0]!, 'the total tokens of k');
+    if (cuQ.length !== cuK.length)
+      fail(
+        'E_ARG',
+        `${fn}: ${cuQName} and ${cuKName} describe ${cuQ.length - 1} and ${cuK.length - 1} sequences`,
+      );
+    checkMaxSeqlen(fn, maxQName, a.kw[maxQName], cuQ, cuQName);
+    checkMaxSeqlen(fn, maxKName, a.kw[maxKName], cuK, cuKName);
+    const ctx = currentContext();
+    const o: SingleVarlenOptions = {
+      ...ringOptions(a, q.shape[2]!),
+      seg: segmentSpec(spansOf(cuQ), spansOf(cuK)),
+    };
+    return { o, group: ctx.newGroup([ctx.rank]), returnAttnProbs: a.returnAttnProbs };
+  },
+);
 
 /** flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...) on this device only. */
 export const flash_attn_varlen_func = family.func;

@@ -24,9 +24,19 @@ export interface VarlenOptions extends RingOptions {
  * Reads a family's varlen arguments from the keyword record (`kw`, positional ones included);
  * q and k are the public (total, h, d) tensors. Throws E_ARG/E_SHAPE/E_DTYPE naming the argument.
  */
-export type ReadVarlen<O extends RingOptions> = (fn: string, kw: Record<string, unknown>, q: DeviceTensor, k: DeviceTensor, base: RingOptions, group: Group) => O;
+export type ReadVarlen<O extends RingOptions> = (
+  fn: string,
+  kw: Record<string, unknown>,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  base: RingOptions,
+  group: Group,
+) => O;
 
-export function varlenFamily<O extends RingOptions, R extends unknown[]>(variant: RingVariant<O>, read: ReadVarlen<O>): AttnFamily<R> {
+export function varlenFamily<O extends RingOptions, R extends unknown[]>(
+  variant: RingVariant<O>,
+  read: ReadVarlen<O>,
+): AttnFamily<R> {
   const positional = variant.positional ?? VARLEN_POSITIONAL;
   return makeFamily<O, R>(variant, VARLEN_FRAME, (fn, rest, q, k, v) => {
     const a = parseAttnArgs(fn, rest, positional);
@@ -38,8 +48,18 @@ export function varlenFamily<O extends RingOptions, R extends unknown[]>(variant
 }
 
 /** cu_seqlens and max_seqlen of the ring and zigzag varlen functions (local to this rank). */
-export function readCuSeqlens(fn: string, kw: Record<string, unknown>, q: DeviceTensor, k: DeviceTensor, base: RingOptions): VarlenOptions {
-  if (k.shape[0] !== q.shape[0]) fail('E_SHAPE', `${fn}: k total_tokens ${k.shape[0]} != q total_tokens ${q.shape[0]} (q and k share cu_seqlens)`);
+export function readCuSeqlens(
+  fn: string,
+  kw: Record<string, unknown>,
+  q: DeviceTensor,
+  k: DeviceTensor,
+  base: RingOptions,
+): VarlenOptions {
+  if (k.shape[0] !== q.shape[0])
+    fail(
+      'E_SHAPE',
+      `${fn}: k total_tokens ${k.shape[0]} != q total_tokens ${q.shape[0]} (q and k share cu_seqlens)`,
+    );
   if (kw.cu_seqlens === undefined) fail('E_ARG', `${fn}: cu_seqlens is required`);
   const cuSeqlens = checkCuSeqlens(fn, 'cu_seqlens', kw.cu_seqlens, q.shape[0]!, 'the total tokens of q');
   const maxSeqlen = checkMaxSeqlen(fn, 'max_seqlen', kw.max_seqlen, cuSeqlens, 'cu_seqlens');

@@ -18,7 +18,12 @@ export function zigzagVarlenPlan(o: VarlenOptions, group: Group): PlanFn {
   const whole = segmentSpec(seqs, seqs);
   const own: BlockPlan = { q: all, kv: all, causal: o.causal, seg: whole };
   if (!o.causal) return () => own;
-  const earlier: BlockPlan = { q: all, kv: all, causal: false, seg: segmentSpec(seqs, halves(seqs, 'front')) };
+  const earlier: BlockPlan = {
+    q: all,
+    kv: all,
+    causal: false,
+    seg: segmentSpec(seqs, halves(seqs, 'front')),
+  };
   const later: BlockPlan = { q: all, kv: all, causal: false, seg: segmentSpec(halves(seqs, 'back'), seqs) };
   return (step) => (step === 0 ? own : step <= group.rank ? earlier : later);
 }
@@ -28,7 +33,10 @@ function checkZigzagVarlen(fn: string, _q: DeviceTensor, _k: DeviceTensor, o: Va
 }
 
 export const zigzagVarlenVariant: RingVariant<VarlenOptions> = {
-  name: 'zigzag_ring_flash_attn_varlen', layout: 'zigzag_varlen', positional: VARLEN_POSITIONAL, check: checkZigzagVarlen,
+  name: 'zigzag_ring_flash_attn_varlen',
+  layout: 'zigzag_varlen',
+  positional: VARLEN_POSITIONAL,
+  check: checkZigzagVarlen,
   ...passAlongRing(zigzagVarlenPlan),
 };
 

@@ -5,7 +5,7 @@
 import { ring_flash_attn_func, type DeviceTensor, type RankContext } from '../../index.js';
 
 export interface LayerDims {
-  seqlen: number;   // per rank
+  seqlen: number; // per rank
   dModel: number;
   heads: number;
   kvHeads: number;
@@ -22,12 +22,20 @@ export interface Weights {
 export interface StepArg {
   dims: LayerDims;
   weights: Weights;
-  x: Float32Array[];      // per rank: (seqlen, dModel)
+  x: Float32Array[]; // per rank: (seqlen, dModel)
   target: Float32Array[]; // per rank: (seqlen, dModel)
 }
 
 /** c (m, n) = a (m, k) · b (k, n), or with a transposed: aᵀ (m, k) where a is (k, m). */
-function matmul(a: Float32Array, b: Float32Array, m: number, k: number, n: number, transA = false, transB = false): Float32Array {
+function matmul(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  transA = false,
+  transB = false,
+): Float32Array {
   const c = new Float32Array(m * n);
   for (let i = 0; i < m; i++)
     for (let p = 0; p < k; p++) {
@@ -40,7 +48,9 @@ function matmul(a: Float32Array, b: Float32Array, m: number, k: number, n: numbe
 
 export function trainStep(ctx: RankContext, a: StepArg) {
   const { seqlen: s, dModel: dm, heads: h, kvHeads: hk, headDim: d } = a.dims;
-  const x = a.x[ctx.rank]!, target = a.target[ctx.rank]!, w = a.weights;
+  const x = a.x[ctx.rank]!,
+    target = a.target[ctx.rank]!,
+    w = a.weights;
   const host = (t: DeviceTensor) => ctx.backend.download(t) as Float32Array;
   const q = ctx.tensor({ data: matmul(x, w.wq, s, dm, h * d), shape: [1, s, h, d] }, 'float32', true);
   const k = ctx.tensor({ data: matmul(x, w.wk, s, dm, hk * d), shape: [1, s, hk, d] }, 'float32', true);
@@ -54,7 +64,10 @@ export function trainStep(ctx: RankContext, a: StepArg) {
     loss += 0.5 * r * r;
     return r;
   });
-  const dout = ctx.tensor({ data: matmul(dy, w.wo, s, dm, h * d, false, true), shape: [1, s, h, d] }, 'float32');
+  const dout = ctx.tensor(
+    { data: matmul(dy, w.wo, s, dm, h * d, false, true), shape: [1, s, h, d] },
+    'float32',
+  );
   out.backward(dout);
   const grads: Weights = {
     wq: matmul(x, host(q.grad!), dm, s, h * d, true),

@@ -42,7 +42,8 @@ Napi::Value MailRecv(const Napi::CallbackInfo& info) {
     const int64_t n = get_i64(o, "n");
     const int eb = int(get_i64(o, "elem_bytes"));
     cpu::mailbox_recv(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
-                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o), int(get_i64(o, "timeout_ms")));
+                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o),
+                      int(get_i64(o, "timeout_ms")));
     return info.Env().Undefined();
   });
 }
@@ -56,14 +57,19 @@ Napi::Value MailAbort(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value MailReset(const Napi::CallbackInfo& info) {
-  return guarded(info, [&] { cpu::mailbox_reset(arg_string(info, 0, "scope")); return info.Env().Undefined(); });
+  return guarded(info, [&] {
+    cpu::mailbox_reset(arg_string(info, 0, "scope"));
+    return info.Env().Undefined();
+  });
 }
 
 }  // namespace
 
 void register_cpu(Napi::Env env, Napi::Object exports) {
   std::vector<Entry> entries = KernelBindings<CpuKernels>::entries();
-  entries.insert(entries.end(), {{"mailSend", MailSend}, {"mailRecv", MailRecv}, {"mailAbort", MailAbort}, {"mailReset", MailReset}});
+  entries.insert(
+      entries.end(),
+      {{"mailSend", MailSend}, {"mailRecv", MailRecv}, {"mailAbort", MailAbort}, {"mailReset", MailReset}});
   export_functions(env, exports, "cpu", entries);
 }
 

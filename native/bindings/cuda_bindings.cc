@@ -96,8 +96,8 @@ cuda::NcclComm& comm_for(WorkerState& s, const Napi::Object& o) {
   CommEntry& e = s.comms[key];
   if (!e.comm || e.generation != gen || e.comm->aborted()) {
     e.comm.reset();
-    e.comm = std::make_unique<cuda::NcclComm>(scope, shared_unique_id(key + "#" + std::to_string(gen)), nranks, rank,
-                                              s.device, s.timeout_ms);
+    e.comm = std::make_unique<cuda::NcclComm>(scope, shared_unique_id(key + "#" + std::to_string(gen)),
+                                              nranks, rank, s.device, s.timeout_ms);
     e.generation = gen;
   }
   return *e.comm;
@@ -145,13 +145,18 @@ std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
     const int peer = int(get_i64(t, "peer"));
     const int64_t rows = t.Has("rows") ? get_i64(t, "rows") : 1;
     if (rows <= 1) {
-      out.push_back({flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n), get_label(t)});
+      out.push_back(
+          {flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n), get_label(t)});
       continue;
     }
-    if (n % rows) RFA_THROW("E_ARG", std::string(key) + ": " + std::to_string(n) + " elements are not " + std::to_string(rows) + " equal rows");
+    if (n % rows)
+      RFA_THROW("E_ARG", std::string(key) + ": " + std::to_string(n) + " elements are not " +
+                             std::to_string(rows) + " equal rows");
     RawView r = raw_view(get_obj(t, "data"), 1, dtype_bytes(dt), "data");
     const int64_t width = n / rows, pitch = r.strides[0];
-    if (pitch < width) RFA_THROW("E_ARG", std::string(key) + ": row pitch " + std::to_string(pitch) + " below the row length " + std::to_string(width));
+    if (pitch < width)
+      RFA_THROW("E_ARG", std::string(key) + ": row pitch " + std::to_string(pitch) +
+                             " below the row length " + std::to_string(width));
     const int64_t ext[2] = {rows, width};
     r.strides[1] = 1;
     check_extent(r, ext, 2, "data");
@@ -235,7 +240,9 @@ RFA_NAPI(Free) {
 RFA_NAPI(Upload) {
   RFA_BODY({
     Napi::TypedArray src = info[1].As<Napi::TypedArray>();
-    state(info.Env()).ctx->h2d(bigint_ptr(info[0]), static_cast<char*>(src.ArrayBuffer().Data()) + src.ByteOffset(), src.ByteLength());
+    state(info.Env())
+        .ctx->h2d(bigint_ptr(info[0]), static_cast<char*>(src.ArrayBuffer().Data()) + src.ByteOffset(),
+                  src.ByteLength());
     return info.Env().Undefined();
   });
 }
@@ -243,7 +250,9 @@ RFA_NAPI(Upload) {
 RFA_NAPI(Download) {
   RFA_BODY({
     Napi::TypedArray dst = info[1].As<Napi::TypedArray>();
-    state(info.Env()).ctx->d2h(static_cast<char*>(dst.ArrayBuffer().Data()) + dst.ByteOffset(), bigint_ptr(info[0]), dst.ByteLength());
+    state(info.Env())
+        .ctx->d2h(static_cast<char*>(dst.ArrayBuffer().Data()) + dst.ByteOffset(), bigint_ptr(info[0]),
+                  dst.ByteLength());
     return info.Env().Undefined();
   });
 }
@@ -254,7 +263,8 @@ RFA_NAPI(Fill) {
     Napi::Object o = arg_object(info, 0);
     const int64_t n = get_i64(o, "n");
     const DType dt = get_dtype(o, "dtype");
-    cuda::fill(flat_view(o, "dst", n, dtype_bytes(dt)), dt, n, float(get_f64(o, "value")), compute(info.Env()));
+    cuda::fill(flat_view(o, "dst", n, dtype_bytes(dt)), dt, n, float(get_f64(o, "value")),
+               compute(info.Env()));
     return info.Env().Undefined();
   });
 }
@@ -262,7 +272,8 @@ RFA_NAPI(Fill) {
 // Runs a kernel entry that takes (params, stream, scratch) on the compute stream. Kernel
 // temporaries come from this worker's caching allocator, so they count in peak memory.
 template <class Params>
-void with_scratch(Napi::Env env, const Params& p, void (*launch)(const Params&, cudaStream_t, const cuda::Scratch&)) {
+void with_scratch(Napi::Env env, const Params& p,
+                  void (*launch)(const Params&, cudaStream_t, const cuda::Scratch&)) {
   cuda::DeviceContext* ctx = state(env).ctx.get();
   const cuda::Scratch scratch{[ctx](size_t n) { return ctx->alloc(n); }, [ctx](void* p) { ctx->release(p); }};
   launch(p, ctx->compute(), scratch);
@@ -271,7 +282,9 @@ void with_scratch(Napi::Env env, const Params& p, void (*launch)(const Params&, 
 // The kernels as kernel_bindings.h calls them: queued on this worker's compute stream.
 struct CudaKernels {
   static void flash_fwd(Napi::Env env, const FlashFwdParams& p) { with_scratch(env, p, cuda::flash_fwd); }
-  static void flash_bwd_dot(Napi::Env env, const FlashBwdDotParams& p) { cuda::flash_bwd_dot(p, compute(env)); }
+  static void flash_bwd_dot(Napi::Env env, const FlashBwdDotParams& p) {
+    cuda::flash_bwd_dot(p, compute(env));
+  }
   static void flash_bwd(Napi::Env env, const FlashBwdParams& p) { with_scratch(env, p, cuda::flash_bwd); }
   static void merge(Napi::Env env, const MergeParams& p) { cuda::merge(p, compute(env)); }
   static void cast(Napi::Env env, const CastArgs& a) {
@@ -294,11 +307,12 @@ struct PeerSend {
 };
 
 template <class Receive>
-void copy_engine_exchange(WorkerState& s, const std::string& key, int rank, const std::vector<PeerSend>& sends,
-                          Receive&& receive) {
+void copy_engine_exchange(WorkerState& s, const std::string& key, int rank,
+                          const std::vector<PeerSend>& sends, Receive&& receive) {
   cudaStream_t stream = s.ctx->comm();
   std::vector<cuda::PeerTicket> tickets;
-  for (auto& x : sends) tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region, s.device, stream));
+  for (auto& x : sends)
+    tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region, s.device, stream));
   receive(stream);
   for (auto& t : tickets) cuda::peer_finish_send(key, t, stream, s.timeout_ms);
 }
@@ -309,7 +323,8 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
   for (auto& x : sends) posts.push_back({x.peer, x.region()});
   copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
     for (auto& x : recvs)
-      cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), x.label, s.device, stream, s.timeout_ms);
+      cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), x.label, s.device, stream,
+                      s.timeout_ms);
   });
 }
 
@@ -319,14 +334,16 @@ void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, con
 // read by every other member at once. One scratch slot of n floats (`slot`, the caller's until the
 // compute stream has waited for the returned event). All on the comm stream, so the sums overlap
 // the compute stream's work as NCCL's do, and the scratch is one chunk, not nranks.
-void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank, int nranks, const float* send,
-                                float* recv, float* slot, int64_t n) {
+void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank, int nranks,
+                                const float* send, float* recv, float* slot, int64_t n) {
   const size_t bytes = size_t(n) * sizeof(float);
   std::vector<PeerSend> posts;
   for (int j = 0; j < nranks; ++j)
     if (j != rank) posts.push_back({j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes, ""}});
   copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
-    if (n > 0) RFA_CUDA_CHECK(cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
+    if (n > 0)
+      RFA_CUDA_CHECK(
+          cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
     for (int i = 1; i < nranks; ++i) {
       const int j = (rank + i) % nranks;
       cuda::peer_recv(key, j, rank, slot, bytes, "", s.device, stream, s.timeout_ms);
@@ -350,9 +367,11 @@ RFA_NAPI(CommSendRecv) {
       copy_engine_send_recv(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")), sends, recvs);
       return Napi::Number::New(info.Env(), record_comm_event(s));
     }
-    if (transport != "nccl") RFA_THROW("E_ARG", "transport must be 'nccl' or 'copy-engine', got '" + transport + "'");
+    if (transport != "nccl")
+      RFA_THROW("E_ARG", "transport must be 'nccl' or 'copy-engine', got '" + transport + "'");
     for (auto& x : sends)
-      if (x.rows > 1) RFA_THROW("E_ARG", "NCCL sends contiguous buffers only (strided rows need transport 'copy-engine')");
+      if (x.rows > 1)
+        RFA_THROW("E_ARG", "NCCL sends contiguous buffers only (strided rows need transport 'copy-engine')");
     cuda::NcclComm& c = comm_for(s, o);
     s.ctx->comm_waits_for_compute();
     c.group_start();
@@ -382,14 +401,17 @@ Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
       if (dt != DType::f32) RFA_THROW("E_ARG", "reduce-scatter over the copy engines sums float32 only");
       float* slot = static_cast<float*>(flat_view(o, "slot", n, 4));
       s.ctx->comm_waits_for_compute();
-      copy_engine_reduce_scatter(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")), int(get_i64(o, "nranks")),
-                                 static_cast<const float*>(send), static_cast<float*>(recv), slot, n);
+      copy_engine_reduce_scatter(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")),
+                                 int(get_i64(o, "nranks")), static_cast<const float*>(send),
+                                 static_cast<float*>(recv), slot, n);
       return Napi::Number::New(info.Env(), record_comm_event(s));
     }
     cuda::NcclComm& c = comm_for(s, o);
     s.ctx->comm_waits_for_compute();
-    if (gather) c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
-    else c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
+    if (gather)
+      c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
+    else
+      c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
     return Napi::Number::New(info.Env(), record_comm_event(s));
   });
 }
@@ -418,7 +440,8 @@ RFA_NAPI(Sync) {
     const int timeout_ms = info[0].As<Napi::Number>().Int32Value();
     s.ctx->synchronize(timeout_ms, [&s] {
       for (auto& kv : s.comms)  // communicators of an earlier generation were aborted and replaced
-        if (kv.second.comm && kv.second.generation == generation(scope_of(kv.first))) kv.second.comm->check_async_error();
+        if (kv.second.comm && kv.second.generation == generation(scope_of(kv.first)))
+          kv.second.comm->check_async_error();
     });
     return info.Env().Undefined();
   });
@@ -448,7 +471,8 @@ RFA_NAPI(TimerElapsed) {
     WorkerState& s = state(info.Env());
     const auto start = s.timer_marks.find(info[0].As<Napi::Number>().Int32Value());
     const auto stop = s.timer_marks.find(info[1].As<Napi::Number>().Int32Value());
-    if (start == s.timer_marks.end() || stop == s.timer_marks.end() || start == stop) RFA_THROW("E_ARG", "unknown timer mark");
+    if (start == s.timer_marks.end() || stop == s.timer_marks.end() || start == stop)
+      RFA_THROW("E_ARG", "unknown timer mark");
     const cudaEvent_t ev[2] = {start->second, stop->second};
     s.timer_marks.erase(start);
     s.timer_marks.erase(stop);
@@ -461,10 +485,21 @@ RFA_NAPI(TimerElapsed) {
   });
 }
 
-RFA_NAPI(PeakBytes) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->peak_bytes())); }); }
-RFA_NAPI(ResetPeak) { RFA_BODY({ state(info.Env()).ctx->reset_peak(); return info.Env().Undefined(); }); }
-RFA_NAPI(BytesInUse) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_in_use())); }); }
-RFA_NAPI(BytesReserved) { RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_reserved())); }); }
+RFA_NAPI(PeakBytes) {
+  RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->peak_bytes())); });
+}
+RFA_NAPI(ResetPeak) {
+  RFA_BODY({
+    state(info.Env()).ctx->reset_peak();
+    return info.Env().Undefined();
+  });
+}
+RFA_NAPI(BytesInUse) {
+  RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_in_use())); });
+}
+RFA_NAPI(BytesReserved) {
+  RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_reserved())); });
+}
 
 // (scope, reason), callable from any thread (the main thread on a rank failure): aborts every
 // communicator of the runtime `scope`.
@@ -484,7 +519,8 @@ RFA_NAPI(ResetAll) {
     const std::string scope = arg_string(info, 0, "scope");
     {
       std::lock_guard<std::mutex> lock(g_ids_mu);
-      for (auto it = g_ids->begin(); it != g_ids->end();) it = scope_of(it->first) == scope ? g_ids->erase(it) : std::next(it);
+      for (auto it = g_ids->begin(); it != g_ids->end();)
+        it = scope_of(it->first) == scope ? g_ids->erase(it) : std::next(it);
       ++(*g_generation)[scope];
     }
     cuda::nccl_clear_abort(scope);
@@ -497,14 +533,29 @@ RFA_NAPI(ResetAll) {
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
   std::vector<Entry> entries = KernelBindings<CudaKernels>::entries();
-  entries.insert(entries.end(),
-                 {{"deviceCount", DeviceCount}, {"deviceInfo", DeviceInfo}, {"peerAccess", PeerAccess}, {"init", Init},
-                  {"alloc", Alloc}, {"free", Free}, {"upload", Upload}, {"uploadBytes", Upload}, {"download", Download},
-                  {"fill", Fill}, {"commSendRecv", CommSendRecv}, {"commAllGather", CommAllGather},
-                  {"commReduceScatter", CommReduceScatter}, {"waitEvent", WaitEvent}, {"sync", Sync},
-                  {"timerMark", TimerMark}, {"timerElapsed", TimerElapsed}, {"peakBytes", PeakBytes},
-                  {"resetPeak", ResetPeak}, {"bytesInUse", BytesInUse}, {"bytesReserved", BytesReserved},
-                  {"abortAll", AbortAll}, {"resetAll", ResetAll}});
+  entries.insert(entries.end(), {{"deviceCount", DeviceCount},
+                                 {"deviceInfo", DeviceInfo},
+                                 {"peerAccess", PeerAccess},
+                                 {"init", Init},
+                                 {"alloc", Alloc},
+                                 {"free", Free},
+                                 {"upload", Upload},
+                                 {"uploadBytes", Upload},
+                                 {"download", Download},
+                                 {"fill", Fill},
+                                 {"commSendRecv", CommSendRecv},
+                                 {"commAllGather", CommAllGather},
+                                 {"commReduceScatter", CommReduceScatter},
+                                 {"waitEvent", WaitEvent},
+                                 {"sync", Sync},
+                                 {"timerMark", TimerMark},
+                                 {"timerElapsed", TimerElapsed},
+                                 {"peakBytes", PeakBytes},
+                                 {"resetPeak", ResetPeak},
+                                 {"bytesInUse", BytesInUse},
+                                 {"bytesReserved", BytesReserved},
+                                 {"abortAll", AbortAll},
+                                 {"resetAll", ResetAll}});
   export_functions(env, exports, "cuda", entries);
 }
 

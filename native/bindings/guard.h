@@ -38,7 +38,8 @@ inline Napi::Object arg_object(const Napi::CallbackInfo& info, size_t i) {
 }
 
 inline std::string arg_string(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (info.Length() <= i || !info[i].IsString()) RFA_THROW("E_ARG", std::string("expected a string argument '") + name + "'");
+  if (info.Length() <= i || !info[i].IsString())
+    RFA_THROW("E_ARG", std::string("expected a string argument '") + name + "'");
   return info[i].As<Napi::String>().Utf8Value();
 }
 

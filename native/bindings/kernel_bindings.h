@@ -39,7 +39,8 @@ struct AddArgs {
 
 inline AddArgs add_args(const Napi::Object& o) {
   const int64_t n = get_i64(o, "n");
-  return {static_cast<float*>(flat_view(o, "dst", n, 4)), static_cast<const float*>(flat_view(o, "src", n, 4)), n};
+  return {static_cast<float*>(flat_view(o, "dst", n, 4)),
+          static_cast<const float*>(flat_view(o, "src", n, 4)), n};
 }
 
 template <class Backend>

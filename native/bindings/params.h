@@ -1,5 +1,6 @@
 // Builds the kernel parameter structs of attn_params.h from the JS objects that
-// runtime/kernel_args.ts writes. Shared by the CPU and CUDA bindings, so both backends read arguments identically.
+// runtime/kernel_args.ts writes. Shared by the CPU and CUDA bindings, so both backends read arguments
+// identically.
 #pragma once
 #include "bindings/views.h"
 
@@ -57,12 +58,14 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   p.k = bsh_view<const void>(o, "k", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.k_stride);
   p.v = bsh_view<const void>(o, "v", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.v_stride);
   p.out_dtype = out_dtype(o, p.dtype);
-  p.out = bsh_view<void>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, dtype_bytes(p.out_dtype), &p.o_stride);
+  p.out = bsh_view<void>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, dtype_bytes(p.out_dtype),
+                         &p.o_stride);
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
   p.seg = segments(o);
   p.merge = get_bool(o, "merge");  // absent: false
   if (!o.Get("merge_src").IsUndefined())
-    p.merge_src = bsh_view<const float>(o, "merge_src", s.batch, s.seqlen_q, s.nheads, s.head_dim, 4, &p.src_stride);
+    p.merge_src =
+        bsh_view<const float>(o, "merge_src", s.batch, s.seqlen_q, s.nheads, s.head_dim, 4, &p.src_stride);
   return p;
 }
 
@@ -76,7 +79,8 @@ inline FlashBwdDotParams bwd_dot_params(const Napi::Object& o) {
   p.dout = bsh_view<const void>(o, "dout", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.dtype),
                                 &p.dout_stride);
   p.out_dtype = out_dtype(o, p.dtype);
-  p.out = bsh_view<const void>(o, "out", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.out_dtype), &p.o_stride);
+  p.out = bsh_view<const void>(o, "out", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.out_dtype),
+                               &p.o_stride);
   p.dsum = bhs_view(o, "dsum", p.batch, p.nheads, p.seqlen_q, &p.dsum_stride);
   return p;
 }
@@ -111,7 +115,8 @@ inline MergeParams merge_params(const Napi::Object& o) {
   p.head_dim = int32_t(get_i64(o, "head_dim"));
   p.out = bsh_view<float>(o, "out", p.batch, p.seqlen, p.nheads, p.head_dim, 4, &p.o_stride);
   p.lse = bhs_view(o, "lse", p.batch, p.nheads, p.seqlen, &p.lse_stride);
-  p.block_out = bsh_view<const float>(o, "block_out", p.batch, p.seqlen, p.nheads, p.head_dim, 4, &p.block_o_stride);
+  p.block_out =
+      bsh_view<const float>(o, "block_out", p.batch, p.seqlen, p.nheads, p.head_dim, 4, &p.block_o_stride);
   p.block_lse = bhs_view(o, "block_lse", p.batch, p.nheads, p.seqlen, &p.block_lse_stride);
   return p;
 }

@@ -34,7 +34,8 @@ std::vector<T> number_list(const Napi::Object& o, const char* key) {
 Napi::Value SimulateLaunch(const Napi::CallbackInfo& info) {
   return guarded(info, [&] {
     Napi::Object o = arg_object(info, 0);
-    const double t = simulate_launch(number_list<double>(o, "work"), int(get_i64(o, "sms")), int(get_i64(o, "ctasPerSm")));
+    const double t =
+        simulate_launch(number_list<double>(o, "work"), int(get_i64(o, "sms")), int(get_i64(o, "ctasPerSm")));
     return Napi::Number::New(info.Env(), t);
   });
 }
@@ -43,8 +44,9 @@ Napi::Value SimulateLaunch(const Napi::CallbackInfo& info) {
 Napi::Value PlanFwdLaunch(const Napi::CallbackInfo& info) {
   return guarded(info, [&] {
     Napi::Object o = arg_object(info, 0);
-    const FwdPlan p = plan_fwd_launch(number_list<int>(o, "tileSteps"), int(get_i64(o, "sms")), number_list<int>(o, "residencies"),
-                                      int(get_i64(o, "maxSplits")), get_bool(o, "mustSplit"));
+    const FwdPlan p = plan_fwd_launch(number_list<int>(o, "tileSteps"), int(get_i64(o, "sms")),
+                                      number_list<int>(o, "residencies"), int(get_i64(o, "maxSplits")),
+                                      get_bool(o, "mustSplit"));
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("whole", p.whole);
     r.Set("splits", p.splits);
@@ -57,8 +59,8 @@ Napi::Value PlanFwdLaunch(const Napi::CallbackInfo& info) {
 Napi::Value PlanBwdSplits(const Napi::CallbackInfo& info) {
   return guarded(info, [&] {
     Napi::Object o = arg_object(info, 0);
-    const int s = plan_bwd_splits(number_list<int>(o, "keyTileSteps"), int(get_i64(o, "ctasPerTile")), int(get_i64(o, "sms")),
-                                  int(get_i64(o, "maxSplits")));
+    const int s = plan_bwd_splits(number_list<int>(o, "keyTileSteps"), int(get_i64(o, "ctasPerTile")),
+                                  int(get_i64(o, "sms")), int(get_i64(o, "maxSplits")));
     return Napi::Number::New(info.Env(), s);
   });
 }
@@ -67,7 +69,9 @@ Napi::Value PlanBwdSplits(const Napi::CallbackInfo& info) {
 
 void register_plan(Napi::Env env, Napi::Object exports) {
   export_functions(env, exports, "plan",
-                   {{"simulateLaunch", SimulateLaunch}, {"planFwdLaunch", PlanFwdLaunch}, {"planBwdSplits", PlanBwdSplits}});
+                   {{"simulateLaunch", SimulateLaunch},
+                    {"planFwdLaunch", PlanFwdLaunch},
+                    {"planBwdSplits", PlanBwdSplits}});
 }
 
 }  // namespace rfa::napi

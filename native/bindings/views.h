@@ -49,10 +49,10 @@ inline DType get_dtype(const Napi::Object& o, const char* key) {
 }
 
 struct RawView {
-  char* base = nullptr;     // first element of the view
+  char* base = nullptr;  // first element of the view
   int64_t strides[4] = {0, 0, 0, 0};
   bool host = false;
-  int64_t host_elems = 0;   // elements available from base (host views)
+  int64_t host_elems = 0;  // elements available from base (host views)
 };
 
 // Resolves a view; `elem_bytes` must match the typed array's element size for host views.

@@ -22,8 +22,8 @@ inline int64_t bhs_index(const BhsStrides& s, int64_t b, int64_t h, int64_t row)
 }
 
 // Loads rows [row0, row0 + rows) of head h of a (b, s, h, d) view into a dense float matrix.
-void load_rows(const void* base, DType t, const BshStrides& s, int64_t b, int64_t h, int row0, int rows, int d,
-               std::vector<float>& dst) {
+void load_rows(const void* base, DType t, const BshStrides& s, int64_t b, int64_t h, int row0, int rows,
+               int d, std::vector<float>& dst) {
   dst.resize(size_t(rows) * d);
   for (int i = 0; i < rows; ++i) {
     int64_t off = bsh_index(s, b, row0 + i, h);
@@ -66,7 +66,8 @@ void for_each_span(const AttnShape& sh, const Segments& seg, F&& f) {
   if (seg.num_seqs == 0) {
     for (int64_t b = 0; b < sh.batch; ++b) f(Span{b, 0, sh.seqlen_q, 0, sh.seqlen_k});
   } else {
-    for (int i = 0; i < seg.num_seqs; ++i) f(Span{0, seg.q_start[i], seg.q_len[i], seg.k_start[i], seg.k_len[i]});
+    for (int i = 0; i < seg.num_seqs; ++i)
+      f(Span{0, seg.q_start[i], seg.q_len[i], seg.k_start[i], seg.k_len[i]});
   }
 }
 
@@ -93,7 +94,8 @@ void flash_fwd(const FlashFwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
-  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32 || p.merge_src, "flash_fwd: merging into a 16-bit out needs merge_src");
+  RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32 || p.merge_src,
+                "flash_fwd: merging into a 16-bit out needs merge_src");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
   std::vector<float> K, V, Q, row(static_cast<size_t>(d)), running(static_cast<size_t>(d));
   std::vector<double> scores, acc(static_cast<size_t>(d));
@@ -128,13 +130,15 @@ void flash_fwd(const FlashFwdParams& p) {
           const double row_lse = last < 0 ? kNegInf : row_max + std::log(sum);
           if (p.merge) {  // rounded to fp32 first, as a separate block result would be
             for (int c = 0; c < d; ++c) row[size_t(c)] = last < 0 ? 0.f : float(acc[c] / sum);
-            const float* src = p.merge_src ? p.merge_src + bsh_index(p.src_stride, sp.b, sp.q0 + i, h) : static_cast<const float*>(p.out) + o;
+            const float* src = p.merge_src ? p.merge_src + bsh_index(p.src_stride, sp.b, sp.q0 + i, h)
+                                           : static_cast<const float*>(p.out) + o;
             std::copy(src, src + d, running.begin());
             merge_row(running.data(), lse, row.data(), float(row_lse), d);
             for (int c = 0; c < d; ++c) store_elem(p.out, o + c, p.out_dtype, running[size_t(c)]);
             continue;
           }
-          for (int c = 0; c < d; ++c) store_elem(p.out, o + c, p.out_dtype, last < 0 ? 0.f : float(acc[c] / sum));
+          for (int c = 0; c < d; ++c)
+            store_elem(p.out, o + c, p.out_dtype, last < 0 ? 0.f : float(acc[c] / sum));
           lse = float(row_lse);
         }
       }
@@ -159,8 +163,10 @@ void flash_bwd_dot(const FlashBwdDotParams& p) {
 void flash_bwd(const FlashBwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
-  RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv, "flash_bwd: null tensor");
-  RFA_CHECK_ARG(p.seg.num_seqs == 0 || p.accumulate_dkv(), "flash_bwd: varlen segments need accumulate (dq, dk and dv)");
+  RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv,
+                "flash_bwd: null tensor");
+  RFA_CHECK_ARG(p.seg.num_seqs == 0 || p.accumulate_dkv(),
+                "flash_bwd: varlen segments need accumulate (dq, dk and dv)");
   const int d = sh.head_dim, group = sh.nheads / sh.nheads_k;
   std::vector<float> K, V, Q, dO;
   std::vector<double> dK, dV, dQrow(static_cast<size_t>(d));
@@ -220,8 +226,8 @@ void merge(const MergeParams& p) {
     for (int h = 0; h < p.nheads; ++h)
       for (int i = 0; i < p.seqlen; ++i)
         merge_row(p.out + bsh_index(p.o_stride, b, i, h), p.lse[bhs_index(p.lse_stride, b, h, i)],
-                  p.block_out + bsh_index(p.block_o_stride, b, i, h), p.block_lse[bhs_index(p.block_lse_stride, b, h, i)],
-                  p.head_dim);
+                  p.block_out + bsh_index(p.block_o_stride, b, i, h),
+                  p.block_lse[bhs_index(p.block_lse_stride, b, h, i)], p.head_dim);
 }
 
 void cast(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n) {

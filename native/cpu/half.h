@@ -33,7 +33,10 @@ inline float f16_to_float(uint16_t h) {
       bits = sign;
     } else {  // subnormal: normalise
       int e = -1;
-      do { ++e; mant <<= 1; } while ((mant & 0x400) == 0);
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400) == 0);
       bits = sign | uint32_t(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
     }
   } else if (exp == 0x1f) {
@@ -53,7 +56,7 @@ inline uint16_t float_to_f16(float f) {
   uint32_t absbits = bits & 0x7fffffff;
   if (absbits >= 0x7f800000) return sign | 0x7c00 | (absbits > 0x7f800000 ? 0x200 : 0);
   if (absbits >= 0x477ff000) return sign | 0x7c00;  // rounds to >= 65520: overflow to inf
-  if (absbits < 0x38800000) {  // result is subnormal (or zero) in f16
+  if (absbits < 0x38800000) {                       // result is subnormal (or zero) in f16
     float a;
     std::memcpy(&a, &absbits, 4);
     // multiply into the subnormal grid; nearbyint rounds to nearest even
@@ -66,17 +69,26 @@ inline uint16_t float_to_f16(float f) {
 
 inline float load_elem(const void* base, int64_t i, DType t) {
   switch (t) {
-    case DType::f32: return static_cast<const float*>(base)[i];
-    case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-    default: return f16_to_float(static_cast<const uint16_t*>(base)[i]);
+    case DType::f32:
+      return static_cast<const float*>(base)[i];
+    case DType::bf16:
+      return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+    default:
+      return f16_to_float(static_cast<const uint16_t*>(base)[i]);
   }
 }
 
 inline void store_elem(void* base, int64_t i, DType t, float x) {
   switch (t) {
-    case DType::f32: static_cast<float*>(base)[i] = x; break;
-    case DType::bf16: static_cast<uint16_t*>(base)[i] = float_to_bf16(x); break;
-    default: static_cast<uint16_t*>(base)[i] = float_to_f16(x); break;
+    case DType::f32:
+      static_cast<float*>(base)[i] = x;
+      break;
+    case DType::bf16:
+      static_cast<uint16_t*>(base)[i] = float_to_bf16(x);
+      break;
+    default:
+      static_cast<uint16_t*>(base)[i] = float_to_f16(x);
+      break;
   }
 }
 

@@ -23,19 +23,21 @@ Mailboxes& boxes() {
 
 }  // namespace
 
-void mailbox_send(const std::string& comm, int src, int dst, const void* data, size_t bytes, const std::string& label) {
+void mailbox_send(const std::string& comm, int src, int dst, const void* data, size_t bytes,
+                  const std::string& label) {
   Message msg{std::vector<char>(bytes), label};
   if (bytes) std::memcpy(msg.bytes.data(), data, bytes);
   boxes().post({comm, src, dst}, std::move(msg));
 }
 
-void mailbox_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label,
-                  int timeout_ms) {
+void mailbox_recv(const std::string& comm, int src, int dst, void* data, size_t bytes,
+                  const std::string& label, int timeout_ms) {
   Message msg;
   if (!boxes().take({comm, src, dst}, timeout_ms, msg))
     RFA_THROW("E_WORKER", "rank " + std::to_string(dst) + " timed out after " + std::to_string(timeout_ms) +
                               " ms waiting for a message from rank " + std::to_string(src));
-  if (msg.bytes.size() != bytes) RFA_THROW("E_SHAPE", shape_mismatch(src, msg.label, msg.bytes.size(), dst, label, bytes));
+  if (msg.bytes.size() != bytes)
+    RFA_THROW("E_SHAPE", shape_mismatch(src, msg.label, msg.bytes.size(), dst, label, bytes));
   if (bytes) std::memcpy(data, msg.bytes.data(), bytes);
 }
 

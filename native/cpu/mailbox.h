@@ -9,11 +9,12 @@
 namespace rfa::cpu {
 
 // `label` describes the sent tensor (shape and dtype) for the receiver's error message.
-void mailbox_send(const std::string& comm, int src, int dst, const void* data, size_t bytes, const std::string& label);
+void mailbox_send(const std::string& comm, int src, int dst, const void* data, size_t bytes,
+                  const std::string& label);
 // Throws E_WORKER when aborted or timed out, E_SHAPE when the message size differs from `bytes`
 // (naming both labels: ranks that passed local tensors of different shapes).
-void mailbox_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label,
-                  int timeout_ms);
+void mailbox_recv(const std::string& comm, int src, int dst, void* data, size_t bytes,
+                  const std::string& label, int timeout_ms);
 // Wakes every blocked receive of the runtime `scope` with an E_WORKER error carrying `reason`;
 // its later receives fail too until mailbox_reset(scope).
 void mailbox_abort(const std::string& scope, const std::string& reason);

@@ -115,22 +115,27 @@ void DeviceContext::synchronize(int timeout_ms, const std::function<void()>& pol
   for (;;) {
     cudaError_t a = cudaStreamQuery(compute_), b = cudaStreamQuery(comm_);
     if (a == cudaSuccess && b == cudaSuccess) return;
-    if (a != cudaErrorNotReady && a != cudaSuccess) RFA_THROW("E_CUDA", std::string("compute stream: ") + cudaGetErrorString(a));
-    if (b != cudaErrorNotReady && b != cudaSuccess) RFA_THROW("E_CUDA", std::string("comm stream: ") + cudaGetErrorString(b));
+    if (a != cudaErrorNotReady && a != cudaSuccess)
+      RFA_THROW("E_CUDA", std::string("compute stream: ") + cudaGetErrorString(a));
+    if (b != cudaErrorNotReady && b != cudaSuccess)
+      RFA_THROW("E_CUDA", std::string("comm stream: ") + cudaGetErrorString(b));
     if (poll) poll();
     if (clock::now() > deadline) {
       // A busy comm stream means a collective that never completed: report it as NCCL's.
       const bool comm_stuck = b == cudaErrorNotReady;
-      RFA_THROW(comm_stuck ? "E_NCCL" : "E_CUDA",
-                std::string(comm_stuck ? "communication stuck: " : "") + "timed out after " + std::to_string(timeout_ms) +
-                    " ms waiting for the GPU (device " + std::to_string(device_) + ")");
+      RFA_THROW(comm_stuck ? "E_NCCL" : "E_CUDA", std::string(comm_stuck ? "communication stuck: " : "") +
+                                                      "timed out after " + std::to_string(timeout_ms) +
+                                                      " ms waiting for the GPU (device " +
+                                                      std::to_string(device_) + ")");
     }
     // Spin (yielding) for the first 20 ms so the wait ends within microseconds of the GPU; a
     // growing sleep would overshoot by up to its last interval per sync, which a short timing loop
     // reads as slower kernels (measured: benchmark/RESULTS.md). Long waits (collectives, big
     // kernels) then sleep 200 us at a time.
-    if (clock::now() - start < std::chrono::milliseconds(20)) std::this_thread::yield();
-    else std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (clock::now() - start < std::chrono::milliseconds(20))
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
 }
 

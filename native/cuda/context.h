@@ -62,7 +62,7 @@ class DeviceContext {
   // block of a size, so the more earlier work has left cached, the slower a ring runs (FIFO
   // against LIFO: benchmark/RESULTS.md).
   std::map<size_t, std::vector<void*>> free_;
-  std::map<void*, size_t> live_;          // block -> size class
+  std::map<void*, size_t> live_;  // block -> size class
   size_t in_use_ = 0, cached_ = 0, peak_ = 0;
 };
 

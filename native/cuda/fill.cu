@@ -9,7 +9,9 @@ namespace rfa::cuda {
 namespace {
 
 __global__ void fill_f32_kernel(float* dst, int64_t n, float value) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) dst[i] = value;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = value;
 }
 
 }  // namespace
@@ -24,7 +26,8 @@ void fill(void* dst, DType dtype, int64_t n, float value, cudaStream_t stream) {
     if (dtype != DType::f32) RFA_THROW("E_DTYPE", "fill: non-zero values need a float32 tensor");
     constexpr int kThreads = 256;
     const int64_t blocks = (n + kThreads - 1) / kThreads;
-    fill_f32_kernel<<<int(blocks < 4096 ? blocks : 4096), kThreads, 0, stream>>>(static_cast<float*>(dst), n, value);
+    fill_f32_kernel<<<int(blocks < 4096 ? blocks : 4096), kThreads, 0, stream>>>(static_cast<float*>(dst), n,
+                                                                                 value);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) RFA_THROW("E_CUDA", std::string("fill: ") + cudaGetErrorString(err));

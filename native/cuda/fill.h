@@ -16,7 +16,7 @@ struct KernelImage {
   bool ok = false;
   int binary_version = 0;  // the SASS target picked for the device (e.g. 90), 0 when JIT from PTX
   int ptx_version = 0;
-  std::string error;       // cudaFuncGetAttributes' error when !ok
+  std::string error;  // cudaFuncGetAttributes' error when !ok
 };
 KernelImage kernel_image(int dev);
-}
+}  // namespace rfa::cuda

@@ -17,15 +17,20 @@ namespace {
 
 // NCCL's C ABI, declared here (nccl.h values): results, data types, reduction ops.
 using ncclComm_t = void*;
-struct ncclUniqueId { char internal[128]; };
+struct ncclUniqueId {
+  char internal[128];
+};
 constexpr int kSuccess = 0;
 constexpr int kInProgress = 7;
 constexpr int kSum = 0;
 int nccl_type(DType t) {
   switch (t) {
-    case DType::f32: return 7;   // ncclFloat32
-    case DType::bf16: return 9;  // ncclBfloat16
-    default: return 6;           // ncclFloat16
+    case DType::f32:
+      return 7;  // ncclFloat32
+    case DType::bf16:
+      return 9;  // ncclBfloat16
+    default:
+      return 6;  // ncclFloat16
   }
 }
 
@@ -93,10 +98,11 @@ Api& api() {
     }
     bool ok = bind(*x, x->GetUniqueId, "ncclGetUniqueId") && bind(*x, x->CommInitRank, "ncclCommInitRank") &&
               bind(*x, x->CommDestroy, "ncclCommDestroy") && bind(*x, x->CommAbort, "ncclCommAbort") &&
-              bind(*x, x->CommGetAsyncError, "ncclCommGetAsyncError") && bind(*x, x->GetErrorString, "ncclGetErrorString") &&
+              bind(*x, x->CommGetAsyncError, "ncclCommGetAsyncError") &&
+              bind(*x, x->GetErrorString, "ncclGetErrorString") &&
               bind(*x, x->GroupStart, "ncclGroupStart") && bind(*x, x->GroupEnd, "ncclGroupEnd") &&
-              bind(*x, x->Send, "ncclSend") && bind(*x, x->Recv, "ncclRecv") && bind(*x, x->AllGather, "ncclAllGather") &&
-              bind(*x, x->ReduceScatter, "ncclReduceScatter");
+              bind(*x, x->Send, "ncclSend") && bind(*x, x->Recv, "ncclRecv") &&
+              bind(*x, x->AllGather, "ncclAllGather") && bind(*x, x->ReduceScatter, "ncclReduceScatter");
     if (!ok) {
       dlclose(x->lib);
       x->lib = nullptr;
@@ -108,14 +114,16 @@ Api& api() {
 }
 
 void check(int r, const char* what) {
-  if (r != kSuccess && r != kInProgress) RFA_THROW("E_NCCL", std::string(what) + ": " + api().GetErrorString(r));
+  if (r != kSuccess && r != kInProgress)
+    RFA_THROW("E_NCCL", std::string(what) + ": " + api().GetErrorString(r));
 }
 
 // Every live communicator, for nccl_abort_all; and the abort epoch that fails pending inits.
 std::mutex g_mu;
 std::set<NcclComm*>* g_comms = new std::set<NcclComm*>();
-std::map<std::string, std::string>* g_aborted = new std::map<std::string, std::string>();  // scope -> first reason
-std::atomic<int> g_aborts_running{0};  // ncclCommAbort calls still in flight
+std::map<std::string, std::string>* g_aborted =
+    new std::map<std::string, std::string>();  // scope -> first reason
+std::atomic<int> g_aborts_running{0};          // ncclCommAbort calls still in flight
 
 }  // namespace
 
@@ -162,7 +170,8 @@ void nccl_clear_abort(const std::string& scope, int timeout_ms) {
   g_aborted->erase(scope);
 }
 
-NcclComm::NcclComm(const std::string& scope, const NcclId& id, int nranks, int rank, int device, int timeout_ms)
+NcclComm::NcclComm(const std::string& scope, const NcclId& id, int nranks, int rank, int device,
+                   int timeout_ms)
     : scope_(scope), nranks_(nranks), rank_(rank) {
   Api& a = api();
   // ncclCommInitRank blocks until every member joined; run it on a helper thread so this
@@ -234,11 +243,12 @@ void NcclComm::check_async_error() {
   if (aborted_) RFA_THROW("E_WORKER", "communicator aborted: " + abort_reason_);
   int err = kSuccess;
   check(api().CommGetAsyncError(comm_, &err), "ncclCommGetAsyncError");
-  if (err != kSuccess && err != kInProgress) RFA_THROW("E_NCCL", std::string("asynchronous NCCL error: ") + api().GetErrorString(err));
+  if (err != kSuccess && err != kInProgress)
+    RFA_THROW("E_NCCL", std::string("asynchronous NCCL error: ") + api().GetErrorString(err));
 }
 
-#define RFA_LIVE_COMM()                                                                     \
-  std::lock_guard<std::mutex> lock(mu_);                                                     \
+#define RFA_LIVE_COMM()                  \
+  std::lock_guard<std::mutex> lock(mu_); \
   if (aborted_) RFA_THROW("E_WORKER", "communicator aborted: " + abort_reason_)
 
 void NcclComm::group_start() { check(api().GroupStart(), "ncclGroupStart"); }

@@ -44,7 +44,8 @@ class NcclComm {
   void send(const void* buf, size_t count, DType dtype, int peer, cudaStream_t stream);
   void recv(void* buf, size_t count, DType dtype, int peer, cudaStream_t stream);
   void all_gather(const void* send, void* recv, size_t count_per_rank, DType dtype, cudaStream_t stream);
-  void reduce_scatter(const void* send, void* recv, size_t recv_count, DType dtype, cudaStream_t stream);  // sum
+  void reduce_scatter(const void* send, void* recv, size_t recv_count, DType dtype,
+                      cudaStream_t stream);  // sum
   // Throws if the communicator was aborted or NCCL reports an asynchronous error.
   void check_async_error();
   bool aborted() const;

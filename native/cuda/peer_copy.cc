@@ -51,8 +51,10 @@ void enable_peer_access(int device, int peer) {
   RFA_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peer));
   if (!can) return;
   const cudaError_t err = cudaDeviceEnablePeerAccess(peer, 0);
-  if (err == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
-  else RFA_CUDA_CHECK(err);
+  if (err == cudaErrorPeerAccessAlreadyEnabled)
+    cudaGetLastError();
+  else
+    RFA_CUDA_CHECK(err);
 }
 
 // A copy of `from`'s rows, back to back, into `dst`. The peer form names both devices, so, like
@@ -81,11 +83,12 @@ PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerR
   return slot;
 }
 
-void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label, int device,
-               cudaStream_t stream, int timeout_ms) {
+void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label,
+               int device, cudaStream_t stream, int timeout_ms) {
   PeerTicket slot;
   if (!registry().take({comm, src, dst}, timeout_ms, slot))
-    throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " + std::to_string(src) + ")");
+    throw_stuck(timeout_ms, "(rank " + std::to_string(dst) + " waiting for a send from rank " +
+                                std::to_string(src) + ")");
   // A mismatch still completes the handshake (done = ready), so the sender is not left waiting.
   const PeerRegion& from = slot->src;
   const bool size_ok = from.bytes() == bytes;
@@ -108,7 +111,8 @@ void peer_recv(const std::string& comm, int src, int dst, void* data, size_t byt
   if (!size_ok) RFA_THROW("E_SHAPE", shape_mismatch(src, from.label, from.bytes(), dst, label, bytes));
 }
 
-void peer_finish_send(const std::string& comm, const PeerTicket& ticket, cudaStream_t stream, int timeout_ms) {
+void peer_finish_send(const std::string& comm, const PeerTicket& ticket, cudaStream_t stream,
+                      int timeout_ms) {
   if (!registry().wait_until(Registry::scope_of(comm), timeout_ms, [&] { return ticket->copied; }))
     throw_stuck(timeout_ms, "(a send was never received)");
   RFA_CUDA_CHECK(cudaStreamWaitEvent(stream, ticket->done, 0));

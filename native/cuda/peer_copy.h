@@ -46,8 +46,8 @@ PeerTicket peer_post_send(const std::string& comm, int src, int dst, const PeerR
                           cudaStream_t stream);
 // Blocks until the matching send is posted (E_WORKER on abort, E_NCCL on timeout, E_SHAPE on a
 // size mismatch, naming both labels), then queues the copy on `stream` (the receiver's comm stream).
-void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label, int device,
-               cudaStream_t stream, int timeout_ms);
+void peer_recv(const std::string& comm, int src, int dst, void* data, size_t bytes, const std::string& label,
+               int device, cudaStream_t stream, int timeout_ms);
 // Blocks until the receiver has queued the copy, then makes `stream` wait for it.
 void peer_finish_send(const std::string& comm, const PeerTicket& ticket, cudaStream_t stream, int timeout_ms);
 

@@ -17,32 +17,81 @@ const gpus = visibleGpuCount();
 const s = suite('cuda backend');
 if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
 
-interface K { b: number; sq: number; sk: number; h: number; hk: number; d: number; causal: boolean; dtype: DType }
+interface K {
+  b: number;
+  sq: number;
+  sk: number;
+  h: number;
+  hk: number;
+  d: number;
+  causal: boolean;
+  dtype: DType;
+}
 
 /** Relative L2 errors of one flash_attn_func call (or ring call) against fp64 on the rounded inputs. */
-async function errors(rt: RingRuntime, name: UnpackedName, c: K, seed: number, extra: Record<string, unknown> = {}) {
+async function errors(
+  rt: RingRuntime,
+  name: UnpackedName,
+  c: K,
+  seed: number,
+  extra: Record<string, unknown> = {},
+) {
   const rand = rng(seed);
-  const q = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype), k = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype);
-  const v = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype), dout = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype);
+  const q = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype),
+    k = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype);
+  const v = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype),
+    dout = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype);
   const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<DriverResult<FuncGrads>>;
-  const r = await call(name, nd(q, [c.b, c.sq, c.h, c.d]), nd(k, [c.b, c.sk, c.hk, c.d]), nd(v, [c.b, c.sk, c.hk, c.d]),
-    { causal: c.causal, dtype: c.dtype, ...extra });
-  const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as { dq: { data: Float32Array }; dk: { data: Float32Array }; dv: { data: Float32Array } };
+  const r = await call(
+    name,
+    nd(q, [c.b, c.sq, c.h, c.d]),
+    nd(k, [c.b, c.sk, c.hk, c.d]),
+    nd(v, [c.b, c.sk, c.hk, c.d]),
+    { causal: c.causal, dtype: c.dtype, ...extra },
+  );
+  const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as {
+    dq: { data: Float32Array };
+    dk: { data: Float32Array };
+    dv: { data: Float32Array };
+  };
   await r.dispose();
-  const x = { q, k, v, b: c.b, sq: c.sq, sk: c.sk, h: c.h, hk: c.hk, d: c.d, scale: 1 / Math.sqrt(c.d), causal: c.causal };
-  const { ref, refG } = memoReference(JSON.stringify({ ...c, seed }), () => ({ ref: referenceForward(x), refG: referenceBackward(x, dout) }));
+  const x = {
+    q,
+    k,
+    v,
+    b: c.b,
+    sq: c.sq,
+    sk: c.sk,
+    h: c.h,
+    hk: c.hk,
+    d: c.d,
+    scale: 1 / Math.sqrt(c.d),
+    causal: c.causal,
+  };
+  const { ref, refG } = memoReference(JSON.stringify({ ...c, seed }), () => ({
+    ref: referenceForward(x),
+    refG: referenceBackward(x, dout),
+  }));
   return {
-    out: relL2(r.out.data, ref.out), lse: relL2(r.lse.data, ref.lse),
-    dq: relL2(g.dq.data, refG.dq), dk: relL2(g.dk.data, refG.dk), dv: relL2(g.dv.data, refG.dv),
+    out: relL2(r.out.data, ref.out),
+    lse: relL2(r.lse.data, ref.lse),
+    dq: relL2(g.dq.data, refG.dq),
+    dk: relL2(g.dk.data, refG.dk),
+    dv: relL2(g.dv.data, refG.dv),
   };
 }
 
-const label = (c: K) => `b=${c.b} sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`;
+const label = (c: K) =>
+  `b=${c.b} sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`;
 
 if (gpus > 0) {
   let rt1: RingRuntime;
-  s.before(async () => { rt1 = await init({ backend: 'cuda', world: 1 }); });
-  s.after(async () => { await rt1.close(); });
+  s.before(async () => {
+    rt1 = await init({ backend: 'cuda', world: 1 });
+  });
+  s.after(async () => {
+    await rt1.close();
+  });
 
   const kernelCases: K[] = [
     { b: 2, sq: 300, sk: 300, h: 4, hk: 4, d: 128, causal: true, dtype: 'bfloat16' },
@@ -68,20 +117,33 @@ if (gpus > 0) {
     assert.ok(e.out <= 5e-3);
   });
 
-  s('the caching allocator reuses the block released last (a ring call sees the same blocks every call)', async () => {
-    const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
-    assert.equal(await rt1.spmd(USER, 'allocatorReuse'), [{ lastReleasedFirst: true, thenTheOther: true }]);
-  });
+  s(
+    'the caching allocator reuses the block released last (a ring call sees the same blocks every call)',
+    async () => {
+      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+      assert.equal(await rt1.spmd(USER, 'allocatorReuse'), [{ lastReleasedFirst: true, thenTheOther: true }]);
+    },
+  );
 
   // The benchmark's timing (Backend.startTimer): CUDA events inside the host-clock region they
   // are read in, so never longer than it, and the work fills most of it.
-  s('the device timer reads CUDA events: within the host clock around the same work, most of it', async () => {
-    const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
-    const [{ device, host, idle }] = (await rt1.spmd(USER, 'deviceTimer')) as { device: number; host: number; idle: number }[];
-    assert.ok(device > 0 && device <= host + 1e-4, `device ${device} s, host ${host} s`);
-    assert.ok(device >= 0.7 * host, `device ${device} s is far below the host's ${host} s: the events miss the work`);
-    assert.ok(idle >= 0 && idle < 1e-3, `a timer around no work read ${idle} s`);
-  });
+  s(
+    'the device timer reads CUDA events: within the host clock around the same work, most of it',
+    async () => {
+      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+      const [{ device, host, idle }] = (await rt1.spmd(USER, 'deviceTimer')) as {
+        device: number;
+        host: number;
+        idle: number;
+      }[];
+      assert.ok(device > 0 && device <= host + 1e-4, `device ${device} s, host ${host} s`);
+      assert.ok(
+        device >= 0.7 * host,
+        `device ${device} s is far below the host's ${host} s: the events miss the work`,
+      );
+      assert.ok(idle >= 0 && idle < 1e-3, `a timer around no work read ${idle} s`);
+    },
+  );
 
   // deterministic=True: the backward adds dq's parts in key-tile order (a causal grid is never
   // split), so two passes give the same bits, one device or a ring (whose own adds are in step
@@ -89,18 +151,31 @@ if (gpus > 0) {
   s('deterministic=True: two backward passes give the same bits, on one GPU and in a ring', async () => {
     const rand = rng(5);
     const [S, H, HK, D] = [2048, 8, 2, 128];
-    const q = randn(rand, S * H * D), k = randn(rand, S * HK * D), v = randn(rand, S * HK * D), dout = randn(rand, S * H * D);
+    const q = randn(rand, S * H * D),
+      k = randn(rand, S * HK * D),
+      v = randn(rand, S * HK * D),
+      dout = randn(rand, S * H * D);
     const grads = async (rt: RingRuntime, fn: UnpackedName, deterministic: boolean) => {
       const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<DriverResult<FuncGrads>>;
-      const r = await call(fn, nd(q, [1, S, H, D]), nd(k, [1, S, HK, D]), nd(v, [1, S, HK, D]), { causal: true, deterministic });
+      const r = await call(fn, nd(q, [1, S, H, D]), nd(k, [1, S, HK, D]), nd(v, [1, S, HK, D]), {
+        causal: true,
+        deterministic,
+      });
       const g = await r.backward(nd(dout, [1, S, H, D]));
       await r.dispose();
       return [g.dq.data, g.dk.data, g.dv.data];
     };
     const rt2 = await init(placements(2, gpus)[0]!.opts);
     try {
-      for (const [rt, fn] of [[rt1, 'flash_attn_func'], [rt2, 'zigzag_ring_flash_attn_func']] as const) {
-        const [a, b, loose] = [await grads(rt, fn, true), await grads(rt, fn, true), await grads(rt, fn, false)];
+      for (const [rt, fn] of [
+        [rt1, 'flash_attn_func'],
+        [rt2, 'zigzag_ring_flash_attn_func'],
+      ] as const) {
+        const [a, b, loose] = [
+          await grads(rt, fn, true),
+          await grads(rt, fn, true),
+          await grads(rt, fn, false),
+        ];
         ['dq', 'dk', 'dv'].forEach((name, i) => {
           const first = a[i]!.findIndex((x, j) => !Object.is(x, b[i]![j]));
           assert.is(first, -1, `${fn} ${name}: element ${first} differs between two deterministic passes`);
@@ -114,7 +189,11 @@ if (gpus > 0) {
   });
 
   s("ranks sharing a GPU: transport 'nccl' is refused with E_DEVICE", async () => {
-    await expectError(() => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }), 'E_DEVICE', /copy-engine/);
+    await expectError(
+      () => init({ backend: 'cuda', world: 2, devices: [0, 0], transport: 'nccl' }),
+      'E_DEVICE',
+      /copy-engine/,
+    );
   });
 
   s('the default transport: copy engines on one GPU, on two what peer access says', async () => {
@@ -136,31 +215,54 @@ if (gpus > 0) {
 
   for (const { label: where, opts } of [2, 4].flatMap((w) => placements(w, gpus))) {
     const world = opts.world!;
-    const variants: UnpackedName[] = ['ring_flash_attn_func', 'ring_flash_attn_func_v2', 'zigzag_ring_flash_attn_func', 'stripe_flash_attn_func'];
-    s(`${where}: every ring's error stays within 1.1x the single-device kernel's${world === 4 ? ' (and on a sub-group)' : ''}`, async () => {
-      const rt = await init(opts);
-      try {
-        for (const causal of [true, false]) {
-          const c: K = { b: 1, sq: world * 192, sk: world * 192, h: 4, hk: 2, d: 128, causal, dtype: 'bfloat16' };
-          const base = await errors(rt1, 'flash_attn_func', c, 31);
-          for (const name of variants) {
-            const e = await errors(rt, name, c, 31);
-            for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-              assert.ok(e[key] <= 1.1 * base[key] + 1e-5, `${name} ${causal ? 'causal' : 'full'} ${key}: ring ${e[key].toExponential(3)} vs single ${base[key].toExponential(3)}`);
+    const variants: UnpackedName[] = [
+      'ring_flash_attn_func',
+      'ring_flash_attn_func_v2',
+      'zigzag_ring_flash_attn_func',
+      'stripe_flash_attn_func',
+    ];
+    s(
+      `${where}: every ring's error stays within 1.1x the single-device kernel's${world === 4 ? ' (and on a sub-group)' : ''}`,
+      async () => {
+        const rt = await init(opts);
+        try {
+          for (const causal of [true, false]) {
+            const c: K = {
+              b: 1,
+              sq: world * 192,
+              sk: world * 192,
+              h: 4,
+              hk: 2,
+              d: 128,
+              causal,
+              dtype: 'bfloat16',
+            };
+            const base = await errors(rt1, 'flash_attn_func', c, 31);
+            for (const name of variants) {
+              const e = await errors(rt, name, c, 31);
+              for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
+                assert.ok(
+                  e[key] <= 1.1 * base[key] + 1e-5,
+                  `${name} ${causal ? 'causal' : 'full'} ${key}: ring ${e[key].toExponential(3)} vs single ${base[key].toExponential(3)}`,
+                );
+            }
           }
+          if (world === 4) {
+            // A ring over a sub-group (its own communicator) while ranks 0 and 2 sit out.
+            const c: K = { b: 1, sq: 384, sk: 384, h: 4, hk: 2, d: 128, causal: true, dtype: 'bfloat16' };
+            const base = await errors(rt1, 'flash_attn_func', c, 32);
+            const e = await errors(rt, 'zigzag_ring_flash_attn_func', c, 32, { group: [1, 3] });
+            for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
+              assert.ok(
+                e[key] <= 1.1 * base[key] + 1e-5,
+                `group [1, 3] ${key}: ring ${e[key].toExponential(3)} vs single ${base[key].toExponential(3)}`,
+              );
+          }
+        } finally {
+          await rt.close();
         }
-        if (world === 4) {
-          // A ring over a sub-group (its own communicator) while ranks 0 and 2 sit out.
-          const c: K = { b: 1, sq: 384, sk: 384, h: 4, hk: 2, d: 128, causal: true, dtype: 'bfloat16' };
-          const base = await errors(rt1, 'flash_attn_func', c, 32);
-          const e = await errors(rt, 'zigzag_ring_flash_attn_func', c, 32, { group: [1, 3] });
-          for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-            assert.ok(e[key] <= 1.1 * base[key] + 1e-5, `group [1, 3] ${key}: ring ${e[key].toExponential(3)} vs single ${base[key].toExponential(3)}`);
-        }
-      } finally {
-        await rt.close();
-      }
-    });
+      },
+    );
   }
 
   for (const { label: where, opts } of placements(Math.max(2, Math.min(gpus, 4)), gpus)) {
@@ -169,24 +271,63 @@ if (gpus > 0) {
       const rt = await init(opts);
       const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
       try {
-        const S = world * 128, [b, h, d] = [1, 2, 64];
+        const S = world * 128,
+          [b, h, d] = [1, 2, 64];
         const rand = rng(5);
-        const full = { q: rounded(randn(rand, S * h * d), 'bfloat16'), k: rounded(randn(rand, S * h * d), 'bfloat16'), v: rounded(randn(rand, S * h * d), 'bfloat16'), dout: rounded(randn(rand, S * h * d), 'bfloat16') };
+        const full = {
+          q: rounded(randn(rand, S * h * d), 'bfloat16'),
+          k: rounded(randn(rand, S * h * d), 'bfloat16'),
+          v: rounded(randn(rand, S * h * d), 'bfloat16'),
+          dout: rounded(randn(rand, S * h * d), 'bfloat16'),
+        };
         const n = S / world;
-        const cut = (x: Float32Array) => Array.from({ length: world }, (_, r) => ({ data: x.slice(r * n * h * d, (r + 1) * n * h * d), shape: [b, n, h, d] }));
-        const res = (await rt.spmd(USER, 'ringStep', { q: cut(full.q), k: cut(full.k), v: cut(full.v), dout: cut(full.dout), causal: true, dtype: 'bfloat16' })) as { out: { data: Uint16Array; dtype: DType } }[];
-        const ref = referenceForward({ ...full, b, sq: S, sk: S, h, hk: h, d, scale: 1 / Math.sqrt(d), causal: true });
+        const cut = (x: Float32Array) =>
+          Array.from({ length: world }, (_, r) => ({
+            data: x.slice(r * n * h * d, (r + 1) * n * h * d),
+            shape: [b, n, h, d],
+          }));
+        const res = (await rt.spmd(USER, 'ringStep', {
+          q: cut(full.q),
+          k: cut(full.k),
+          v: cut(full.v),
+          dout: cut(full.dout),
+          causal: true,
+          dtype: 'bfloat16',
+        })) as { out: { data: Uint16Array; dtype: DType } }[];
+        const ref = referenceForward({
+          ...full,
+          b,
+          sq: S,
+          sk: S,
+          h,
+          hk: h,
+          d,
+          scale: 1 / Math.sqrt(d),
+          causal: true,
+        });
         const { toFloat32 } = await import('../../runtime/dtype.js');
         const out = new Float32Array(S * h * d);
         res.forEach((r, i) => out.set(toFloat32(r.out.data, r.out.dtype), i * n * h * d));
         assert.ok(relL2(out, ref.out) < 5e-3, `spmd out ${relL2(out, ref.out)}`);
 
         // k and v sliced from packed qkv: read in place over the copy engines (a 2-D copy), through a packing copy over NCCL.
-        const kv = (await rt.spmd(USER, 'sendPackedKv')) as { inPlace: boolean; k: { data: Float32Array }; v: { data: Float32Array } }[];
+        const kv = (await rt.spmd(USER, 'sendPackedKv')) as {
+          inPlace: boolean;
+          k: { data: Float32Array };
+          v: { data: Float32Array };
+        }[];
         kv.forEach((g, r) => {
           assert.is(g.inPlace, opts.transport === 'copy-engine', `rank ${r} read in place`);
-          assert.equal(Array.from(g.k.data), Array.from(packedKvSlice((r + world - 1) % world, 1)), `rank ${r} k`);
-          assert.equal(Array.from(g.v.data), Array.from(packedKvSlice((r + world - 1) % world, 2)), `rank ${r} v`);
+          assert.equal(
+            Array.from(g.k.data),
+            Array.from(packedKvSlice((r + world - 1) % world, 1)),
+            `rank ${r} k`,
+          );
+          assert.equal(
+            Array.from(g.v.data),
+            Array.from(packedKvSlice((r + world - 1) % world, 2)),
+            `rank ${r} v`,
+          );
         });
 
         const t0 = Date.now();
@@ -198,21 +339,28 @@ if (gpus > 0) {
       }
     });
 
-    s(`${where}: a rank that never returns is terminated at the call's deadline (E_TIMEOUT), its GPU worker replaced, the next call works`, async () => {
-      const rt = await init({ ...opts, callTimeoutMs: 0 });
-      const FAULTS = new URL('../fixtures/fault_user.js', import.meta.url).href;
-      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
-      try {
-        for (let round = 0; round < 3; round++) {
-          const t0 = Date.now();
-          await expectError(() => rt.spmd(FAULTS, 'hangOn', { rank: 1 }, { timeoutMs: 2000 }), 'E_TIMEOUT', /rank 1 had not returned/);
-          assert.ok(Date.now() - t0 < 15_000, `took ${Date.now() - t0} ms`);
-          assert.equal(await rt.spmd(USER, 'failMidRing', { failRank: -1 }), Array(opts.world!).fill(true));
+    s(
+      `${where}: a rank that never returns is terminated at the call's deadline (E_TIMEOUT), its GPU worker replaced, the next call works`,
+      async () => {
+        const rt = await init({ ...opts, callTimeoutMs: 0 });
+        const FAULTS = new URL('../fixtures/fault_user.js', import.meta.url).href;
+        const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+        try {
+          for (let round = 0; round < 3; round++) {
+            const t0 = Date.now();
+            await expectError(
+              () => rt.spmd(FAULTS, 'hangOn', { rank: 1 }, { timeoutMs: 2000 }),
+              'E_TIMEOUT',
+              /rank 1 had not returned/,
+            );
+            assert.ok(Date.now() - t0 < 15_000, `took ${Date.now() - t0} ms`);
+            assert.equal(await rt.spmd(USER, 'failMidRing', { failRank: -1 }), Array(opts.world!).fill(true));
+          }
+        } finally {
+          await rt.close();
         }
-      } finally {
-        await rt.close();
-      }
-    });
+      },
+    );
 
     s(`${where}: two runtimes on the same GPUs stay independent while one of them fails`, async () => {
       const [a, b] = [await init(opts), await init(opts)];
@@ -220,10 +368,19 @@ if (gpus > 0) {
       try {
         for (let round = 0; round < 5; round++) {
           const failing = (async () => {
-            for (let i = 0; i < 3; i++) await expectError(() => a.spmd(USER, 'failMidRing', { failRank: 1 }), 'E_WORKER', /planned failure on rank 1/);
+            for (let i = 0; i < 3; i++)
+              await expectError(
+                () => a.spmd(USER, 'failMidRing', { failRank: 1 }),
+                'E_WORKER',
+                /planned failure on rank 1/,
+              );
           })();
           const good = (async () => {
-            for (let i = 0; i < 3; i++) assert.equal(await b.spmd(USER, 'failMidRing', { failRank: -1 }), Array(opts.world!).fill(true));
+            for (let i = 0; i < 3; i++)
+              assert.equal(
+                await b.spmd(USER, 'failMidRing', { failRank: -1 }),
+                Array(opts.world!).fill(true),
+              );
           })();
           await Promise.all([failing, good]);
         }
@@ -233,19 +390,26 @@ if (gpus > 0) {
       }
     });
 
-    s(`${where}: a rank that never joins the ring: its peers time out with E_NCCL, the next call works`, async () => {
-      const timeoutMs = 8000;
-      const rt = await init({ ...opts, timeoutMs });
-      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
-      try {
-        const t0 = Date.now();
-        await expectError(() => rt.spmd(USER, 'skipRing', { skipRank: 1 }), 'E_NCCL', /timed out after 8000 ms/);
-        assert.ok(Date.now() - t0 < 3 * timeoutMs, `timeout took ${Date.now() - t0} ms`);
-        assert.equal(await rt.spmd(USER, 'skipRing', { skipRank: -1 }), Array(opts.world!).fill(true));
-      } finally {
-        await rt.close();
-      }
-    });
+    s(
+      `${where}: a rank that never joins the ring: its peers time out with E_NCCL, the next call works`,
+      async () => {
+        const timeoutMs = 8000;
+        const rt = await init({ ...opts, timeoutMs });
+        const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+        try {
+          const t0 = Date.now();
+          await expectError(
+            () => rt.spmd(USER, 'skipRing', { skipRank: 1 }),
+            'E_NCCL',
+            /timed out after 8000 ms/,
+          );
+          assert.ok(Date.now() - t0 < 3 * timeoutMs, `timeout took ${Date.now() - t0} ms`);
+          assert.equal(await rt.spmd(USER, 'skipRing', { skipRank: -1 }), Array(opts.world!).fill(true));
+        } finally {
+          await rt.close();
+        }
+      },
+    );
   }
 }
 

@@ -9,7 +9,14 @@ import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
 import { runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
 import { PYTHON_CU_SEQLENS_SETS } from '../../benchmark/bench_varlen_rank.js';
 import { relL2 } from '../helpers.js';
-import { callVarlen, runVarlenCase, varlenInputs, type VarlenCase, type VarlenInputs, type VarlenNames } from '../varlen_cases.js';
+import {
+  callVarlen,
+  runVarlenCase,
+  varlenInputs,
+  type VarlenCase,
+  type VarlenInputs,
+  type VarlenNames,
+} from '../varlen_cases.js';
 import { placements } from './placements.js';
 
 const gpus = visibleGpuCount();
@@ -17,20 +24,38 @@ const s = suite('cuda backend: packed forms and varlen families');
 if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
 
 const names = (prefix: string, suffix = ''): VariantNames =>
-  ({ func: `${prefix}_func${suffix}`, kvpacked: `${prefix}_kvpacked_func${suffix}`, qkvpacked: `${prefix}_qkvpacked_func${suffix}` }) as VariantNames;
+  ({
+    func: `${prefix}_func${suffix}`,
+    kvpacked: `${prefix}_kvpacked_func${suffix}`,
+    qkvpacked: `${prefix}_qkvpacked_func${suffix}`,
+  }) as VariantNames;
 const varlenNames = (prefix: string): VarlenNames =>
-  ({ func: `${prefix}_func`, kvpacked: `${prefix}_kvpacked_func`, qkvpacked: `${prefix}_qkvpacked_func` }) as VarlenNames;
+  ({
+    func: `${prefix}_func`,
+    kvpacked: `${prefix}_kvpacked_func`,
+    qkvpacked: `${prefix}_qkvpacked_func`,
+  }) as VarlenNames;
 
 function within(ring: CaseResult, single: CaseResult, what: string): void {
   for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-    assert.ok(ring[key] <= 1.1 * single[key] + 1e-5, `${what} ${key}: ring ${ring[key].toExponential(3)} vs single ${single[key].toExponential(3)}`);
-  assert.ok(single.out <= 5e-3 && single.dq <= 1e-2, `${what}: single-device error out ${single.out}, dq ${single.dq}`);
+    assert.ok(
+      ring[key] <= 1.1 * single[key] + 1e-5,
+      `${what} ${key}: ring ${ring[key].toExponential(3)} vs single ${single[key].toExponential(3)}`,
+    );
+  assert.ok(
+    single.out <= 5e-3 && single.dq <= 1e-2,
+    `${what}: single-device error out ${single.out}, dq ${single.dq}`,
+  );
 }
 
 if (gpus > 0) {
   let rt1: RingRuntime;
-  s.before(async () => { rt1 = await init({ backend: 'cuda', world: 1 }); });
-  s.after(async () => { await rt1.close(); });
+  s.before(async () => {
+    rt1 = await init({ backend: 'cuda', world: 1 });
+  });
+  s.after(async () => {
+    await rt1.close();
+  });
 
   for (const { label: where, opts } of [2, 4].flatMap((w) => placements(w, gpus))) {
     const world = opts.world!;
@@ -38,9 +63,24 @@ if (gpus > 0) {
       const rt = await init(opts);
       try {
         for (const packing of ['kvpacked', 'qkvpacked'] as const) {
-          const c: Case = { world, b: 1, seqPerRank: 128, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
+          const c: Case = {
+            world,
+            b: 1,
+            seqPerRank: 128,
+            h: 4,
+            hk: packing === 'qkvpacked' ? 4 : 2,
+            d: 128,
+            causal: true,
+            packing,
+            dtype: 'bfloat16',
+          };
           const single = await runCase(rt1, names('flash_attn'), c, 61);
-          for (const [prefix, suffix] of [['ring_flash_attn', ''], ['ring_flash_attn', '_v2'], ['zigzag_ring_flash_attn', ''], ['stripe_flash_attn', '']] as const)
+          for (const [prefix, suffix] of [
+            ['ring_flash_attn', ''],
+            ['ring_flash_attn', '_v2'],
+            ['zigzag_ring_flash_attn', ''],
+            ['stripe_flash_attn', ''],
+          ] as const)
             within(await runCase(rt, names(prefix, suffix), c, 61), single, `${prefix}${suffix} ${packing}`);
         }
       } finally {
@@ -54,9 +94,22 @@ if (gpus > 0) {
         // Lengths divisible by 2·world (zigzag), total divisible by world (llama3).
         const u = 2 * world;
         const cu = [0, 32 * u, 128 * u, 192 * u];
-        for (const [prefix, packing] of [['ring_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'func'],
-          ['llama3_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'qkvpacked']] as const) {
-          const c: VarlenCase = { world, cu, h: 4, hk: packing === 'qkvpacked' ? 4 : 2, d: 128, causal: true, packing, dtype: 'bfloat16' };
+        for (const [prefix, packing] of [
+          ['ring_flash_attn_varlen', 'func'],
+          ['zigzag_ring_flash_attn_varlen', 'func'],
+          ['llama3_flash_attn_varlen', 'func'],
+          ['zigzag_ring_flash_attn_varlen', 'qkvpacked'],
+        ] as const) {
+          const c: VarlenCase = {
+            world,
+            cu,
+            h: 4,
+            hk: packing === 'qkvpacked' ? 4 : 2,
+            d: 128,
+            causal: true,
+            packing,
+            dtype: 'bfloat16',
+          };
           const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
           within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
         }
@@ -70,35 +123,59 @@ if (gpus > 0) {
     // same inputs, same packing.
     // Both round out and the grads to bf16 once, so they differ by rounding (a few 1e-3);
     // a block computed against the wrong keys or dropped would differ by O(1).
-    s(`${where}: the Python project's cu_seqlens sets at 8192 tokens per rank agree with one GPU`, async () => {
-      const rt = await init(opts);
-      // Every set has 8192·world tokens: one draw of inputs per head layout serves all four
-      // (drawing 25M normals takes seconds).
-      const drawn = new Map<string, VarlenInputs>();
-      const inputsFor = (c: VarlenCase) => {
-        const key = `${c.h}/${c.hk}`;
-        if (!drawn.has(key)) drawn.set(key, varlenInputs(c, 81));
-        return drawn.get(key)!;
-      };
-      try {
-        for (const set of PYTHON_CU_SEQLENS_SETS) {
-          const cu = set.map((x) => x * world);
-          for (const [prefix, packing] of [['ring_flash_attn_varlen', 'func'], ['zigzag_ring_flash_attn_varlen', 'kvpacked'],
-            ['llama3_flash_attn_varlen', 'qkvpacked']] as const) {
-            const c: VarlenCase = { world, cu, h: 2, hk: packing === 'qkvpacked' ? 2 : 1, d: 128, causal: true, packing, dtype: 'bfloat16' };
-            const inputs = inputsFor(c);
-            const ring = await callVarlen(rt, varlenNames(prefix), c, inputs);
-            const single = await callVarlen(rt1, varlenNames(prefix), { ...c, world: 1 }, inputs);
-            for (const [key, tol] of [['out', 5e-3], ['lse', 1e-4], ['dq', 1e-2], ['dk', 1e-2], ['dv', 1e-2]] as const) {
-              const e = relL2(ring[key], single[key]);
-              assert.ok(e <= tol, `${prefix} ${packing} cu=[${cu.join(',')}] ${key}: ring vs one GPU ${e.toExponential(2)} > ${tol}`);
+    s(
+      `${where}: the Python project's cu_seqlens sets at 8192 tokens per rank agree with one GPU`,
+      async () => {
+        const rt = await init(opts);
+        // Every set has 8192·world tokens: one draw of inputs per head layout serves all four
+        // (drawing 25M normals takes seconds).
+        const drawn = new Map<string, VarlenInputs>();
+        const inputsFor = (c: VarlenCase) => {
+          const key = `${c.h}/${c.hk}`;
+          if (!drawn.has(key)) drawn.set(key, varlenInputs(c, 81));
+          return drawn.get(key)!;
+        };
+        try {
+          for (const set of PYTHON_CU_SEQLENS_SETS) {
+            const cu = set.map((x) => x * world);
+            for (const [prefix, packing] of [
+              ['ring_flash_attn_varlen', 'func'],
+              ['zigzag_ring_flash_attn_varlen', 'kvpacked'],
+              ['llama3_flash_attn_varlen', 'qkvpacked'],
+            ] as const) {
+              const c: VarlenCase = {
+                world,
+                cu,
+                h: 2,
+                hk: packing === 'qkvpacked' ? 2 : 1,
+                d: 128,
+                causal: true,
+                packing,
+                dtype: 'bfloat16',
+              };
+              const inputs = inputsFor(c);
+              const ring = await callVarlen(rt, varlenNames(prefix), c, inputs);
+              const single = await callVarlen(rt1, varlenNames(prefix), { ...c, world: 1 }, inputs);
+              for (const [key, tol] of [
+                ['out', 5e-3],
+                ['lse', 1e-4],
+                ['dq', 1e-2],
+                ['dk', 1e-2],
+                ['dv', 1e-2],
+              ] as const) {
+                const e = relL2(ring[key], single[key]);
+                assert.ok(
+                  e <= tol,
+                  `${prefix} ${packing} cu=[${cu.join(',')}] ${key}: ring vs one GPU ${e.toExponential(2)} > ${tol}`,
+                );
+              }
             }
           }
+        } finally {
+          await rt.close();
         }
-      } finally {
-        await rt.close();
-      }
-    });
+      },
+    );
   }
 }
 

@@ -13,9 +13,15 @@ export function placements(world: number, gpus: number): Placement[] {
   if (gpus === 0) return [];
   if (gpus < world) {
     const devices = Array.from({ length: world }, (_, r) => r % gpus);
-    return [{ label: `world ${world} on ${gpus} GPU(s), devices [${devices.join(', ')}] (copy-engine)`, opts: { backend: 'cuda', world, devices, transport: 'copy-engine' } }];
+    return [
+      {
+        label: `world ${world} on ${gpus} GPU(s), devices [${devices.join(', ')}] (copy-engine)`,
+        opts: { backend: 'cuda', world, devices, transport: 'copy-engine' },
+      },
+    ];
   }
   return (['nccl', 'copy-engine'] as const).map((transport) => ({
-    label: `world ${world} (${transport})`, opts: { backend: 'cuda', world, transport },
+    label: `world ${world} (${transport})`,
+    opts: { backend: 'cuda', world, transport },
   }));
 }
