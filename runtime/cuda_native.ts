@@ -1,5 +1,5 @@
 import { fail } from './errors.js';
-import { missingFunctions, native, type NativeKernels, type SurfaceKeys } from './native.js';
+import { KERNEL_KEYS, missingFunctions, native, type NativeKernels, type SurfaceKeys } from './native.js';
 
 export interface DeviceInfo {
   name: string;
@@ -47,13 +47,7 @@ export interface NativeCuda extends NativeKernels {
 }
 
 const CUDA_KEYS: SurfaceKeys<NativeCuda> = {
-  flashFwd: true,
-  flashBwdDot: true,
-  flashBwd: true,
-  merge: true,
-  cast: true,
-  addF32: true,
-  copyBsh: true,
+  ...KERNEL_KEYS,
   deviceCount: true,
   peerAccess: true,
   init: true,

@@ -62,7 +62,7 @@ export interface NativeAddon {
 
 /** Every function of a binding object, by name: the compiler checks the lists against the interfaces. */
 export type SurfaceKeys<T> = Record<keyof T, true>;
-const KERNEL_KEYS: SurfaceKeys<NativeKernels> = {
+export const KERNEL_KEYS: SurfaceKeys<NativeKernels> = {
   flashFwd: true,
   flashBwdDot: true,
   flashBwd: true,
