@@ -27,6 +27,16 @@ export {
   llama3FlashAttnVarlenKvpackedFunc,
   llama3FlashAttnVarlenQkvpackedFunc,
 } from './varlen/llama3.js';
+export {
+  zigzag_llama3_flash_attn_prepare_cu_seqlens,
+  zigzag_llama3_flash_attn_varlen_func,
+  zigzag_llama3_flash_attn_varlen_kvpacked_func,
+  zigzag_llama3_flash_attn_varlen_qkvpacked_func,
+  zigzagLlama3FlashAttnPrepareCuSeqlens,
+  zigzagLlama3FlashAttnVarlenFunc,
+  zigzagLlama3FlashAttnVarlenKvpackedFunc,
+  zigzagLlama3FlashAttnVarlenQkvpackedFunc,
+} from './varlen/zigzag_llama3.js';
 export { layoutPositions, shard, gather, LAYOUTS, type LayoutName } from './driver/layouts.js';
 export type { AttnKwargs } from './args.js';
 export type { AttnResult } from './wrappers.js';

@@ -70,7 +70,8 @@ export type VarlenName =
   | Packings<'flash_attn_varlen'>
   | Packings<'ring_flash_attn_varlen'>
   | Packings<'zigzag_ring_flash_attn_varlen'>
-  | Packings<'llama3_flash_attn_varlen'>;
+  | Packings<'llama3_flash_attn_varlen'>
+  | Packings<'zigzag_llama3_flash_attn_varlen'>;
 
 /** cu_seqlens: an Int32Array, or a 1-d int32 ndarray. */
 export type CuSeqlens =
@@ -106,3 +107,13 @@ export type Llama3Kwargs = AttnKwargs & {
   local_k_slice?: KSlice;
 };
 export type Llama3Args = PythonArgs<Llama3Positional, Llama3Kwargs>;
+
+/** Positional arguments of zigzag_llama3_flash_attn_varlen_func after the tensors. */
+export type ZigzagLlama3Positional = [
+  cu_seqlens: CuSeqlens,
+  max_seqlen: number,
+  heads_k_stride: number,
+  ...RingPositional,
+];
+export type ZigzagLlama3Kwargs = VarlenKwargs & { heads_k_stride?: number };
+export type ZigzagLlama3Args = PythonArgs<ZigzagLlama3Positional, ZigzagLlama3Kwargs>;

@@ -101,6 +101,16 @@ export function zigzag_varlen_extract_local(
   return extractVarlen('zigzag_varlen_extract_local', true, value, cu_seqlens, rank, world_size);
 }
 
+/** This rank's rows for zigzag_llama3_flash_attn_varlen_*: the zigzag varlen layout (chunks rank and 2·world_size−1−rank). */
+export function zigzag_llama3_extract_local(
+  value: unknown,
+  cu_seqlens: unknown,
+  rank: number,
+  world_size: number,
+): HostNd {
+  return extractVarlen('zigzag_llama3_extract_local', true, value, cu_seqlens, rank, world_size);
+}
+
 /**
  * update_out_and_lse(out, lse, block_out, block_lse) inside SPMD code: merges a block's attention
  * result into the running one in fp32 with the stable form

@@ -5,6 +5,7 @@ export {
   stripe_extract_local,
   varlen_extract_local,
   zigzag_varlen_extract_local,
+  zigzag_llama3_extract_local,
   update_out_and_lse,
 } from './helpers.js';
 export {

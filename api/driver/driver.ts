@@ -81,7 +81,7 @@ type Packings<P extends string, F, K, Q> = { [N in `${P}_func`]: F } & { [N in `
   [N in `${P}_qkvpacked_func`]: Q;
 };
 
-/** Driver mode's varlen tail: the GLOBAL cu_seqlens and max_seqlen, then the ring functions' (llama3 too). */
+/** Driver mode's varlen tail: the GLOBAL cu_seqlens and max_seqlen, then the ring functions' (llama3 and zigzag llama3 too). */
 type DriverVarlenArgs = PythonArgs<
   [cu_seqlens: CuSeqlens, max_seqlen: number, ...RingPositional],
   DriverKwargs & { cu_seqlens?: CuSeqlens; max_seqlen?: number; heads_k_stride?: number }
@@ -123,7 +123,10 @@ export type DriverFunctions = { [N in Extract<UnpackedName, RingName>]: Func<Dri
     QkvPacked<FlashVarlenQkvArgs>
   > &
   Packings<
-    'ring_flash_attn_varlen' | 'zigzag_ring_flash_attn_varlen' | 'llama3_flash_attn_varlen',
+    | 'ring_flash_attn_varlen'
+    | 'zigzag_ring_flash_attn_varlen'
+    | 'llama3_flash_attn_varlen'
+    | 'zigzag_llama3_flash_attn_varlen',
     Func<DriverVarlenArgs>,
     KvPacked<DriverVarlenArgs>,
     QkvPacked<DriverVarlenArgs>

@@ -11,9 +11,15 @@ import { layoutSharding, SINGLE_SHARDING, SINGLE_VARLEN_SHARDING, type Sharding 
 import * as single from '../single.js';
 import * as singleVarlen from '../varlen/single_varlen.js';
 import * as stripe from '../ring/stripe.js';
-import { LLAMA3_SHARDING, RING_VARLEN_SHARDING, ZIGZAG_VARLEN_SHARDING } from './varlen_sharding.js';
+import {
+  LLAMA3_SHARDING,
+  RING_VARLEN_SHARDING,
+  ZIGZAG_LLAMA3_SHARDING,
+  ZIGZAG_VARLEN_SHARDING,
+} from './varlen_sharding.js';
 import * as zigzag from '../ring/zigzag_ring.js';
 import * as zigzagVarlen from '../varlen/zigzag_ring_varlen.js';
+import * as zigzagLlama3 from '../varlen/zigzag_llama3.js';
 import type { RingVariant } from '../variant.js';
 
 export type Packing = 'func' | 'kvpacked' | 'qkvpacked';
@@ -59,6 +65,7 @@ register(single.singleVariant, single, SINGLE_SHARDING);
 register(ringVarlen.ringVarlenVariant, ringVarlen, RING_VARLEN_SHARDING);
 register(zigzagVarlen.zigzagVarlenVariant, zigzagVarlen, ZIGZAG_VARLEN_SHARDING);
 register(llama3.llama3Variant, llama3, LLAMA3_SHARDING);
+register(zigzagLlama3.zigzagLlama3Variant, zigzagLlama3, ZIGZAG_LLAMA3_SHARDING);
 register(singleVarlen.singleVarlenVariant, singleVarlen, SINGLE_VARLEN_SHARDING);
 
 export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = Object.freeze(entries);

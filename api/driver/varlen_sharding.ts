@@ -4,6 +4,7 @@
 //   zigzag varlen: chunks r and 2·world−1−r of 2·world of every sequence; cu_seqlens / world
 //   llama3:        the r-th contiguous 1/world of the tokens; its cu_seqlens_q/k, max_seqlens and
 //                  local_k_slice from llama3_flash_attn_prepare_cu_seqlens, heads_k_stride an option
+//   zigzag llama3: the zigzag varlen rows and arguments, heads_k_stride an option
 import { fail } from '../../runtime/errors.js';
 import { checkCuSeqlens, checkMaxSeqlen, checkSeqDivisible } from '../varlen/cu_seqlens.js';
 import { llama3_flash_attn_prepare_cu_seqlens } from '../varlen/llama3.js';
@@ -61,6 +62,13 @@ function perSequence(zigzag: boolean): Sharding {
 
 export const RING_VARLEN_SHARDING = perSequence(false);
 export const ZIGZAG_VARLEN_SHARDING = perSequence(true);
+
+/** Driver mode calls zigzag llama3 like zigzag varlen, heads_k_stride a keyword (default 1). */
+export const ZIGZAG_LLAMA3_SHARDING: Sharding = {
+  ...ZIGZAG_VARLEN_SHARDING,
+  positional: VARLEN_POSITIONAL,
+  options: ['heads_k_stride'],
+};
 
 /** Driver mode calls llama3 like ring varlen (global cu_seqlens, max_seqlen), heads_k_stride a keyword (default 1). */
 export const LLAMA3_SHARDING: Sharding = {
