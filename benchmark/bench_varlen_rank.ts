@@ -9,6 +9,7 @@ import {
   llama3_flash_attn_prepare_cu_seqlens,
   llama3_flash_attn_varlen_kvpacked_func,
 } from '../api/varlen/llama3.js';
+import { zigzag_llama3_flash_attn_varlen_kvpacked_func } from '../api/varlen/zigzag_llama3.js';
 import { ring_flash_attn_varlen_kvpacked_func } from '../api/varlen/ring_varlen.js';
 import { flash_attn_varlen_kvpacked_func } from '../api/varlen/single_varlen.js';
 import { zigzag_ring_flash_attn_varlen_kvpacked_func } from '../api/varlen/zigzag_ring_varlen.js';
@@ -28,10 +29,9 @@ export const PYTHON_CU_SEQLENS_SETS = [
   [0, 4096, 8192],
   [0, 3104, 6304, 7904, 8064, 8192],
 ];
-/** @deprecated The former name, still imported by test/gpu/cuda_families.test.ts. */
-export const SEED_SETS = PYTHON_CU_SEQLENS_SETS;
 
-export type VarlenColumn = 'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_varlen' | 'llama3';
+export type VarlenColumn =
+  'flash_attn_varlen' | 'ring_varlen' | 'zigzag_ring_varlen' | 'llama3' | 'zigzag_llama3';
 
 export interface VarlenBenchTask extends TimingPlan {
   column: VarlenColumn;
@@ -87,6 +87,9 @@ function callsFor(
             opts,
           ) as DeviceTensor;
       }
+      case 'zigzag_llama3':
+        return () =>
+          zigzag_llama3_flash_attn_varlen_kvpacked_func(q, kv, cu, max, t.headsKStride, opts) as DeviceTensor;
     }
   });
 }

@@ -37,6 +37,7 @@ export const VARLEN_COLUMNS: readonly { label: string; column: VarlenColumn }[] 
   { label: 'ring_varlen', column: 'ring_varlen' },
   { label: 'zigzag_ring_varlen', column: 'zigzag_ring_varlen' },
   { label: 'llama3_varlen', column: 'llama3' },
+  { label: 'zigzag_llama3_varlen', column: 'zigzag_llama3' },
 ];
 
 const PYTHON_SHAPE_TITLE = 'Python-project qkvpacked';
