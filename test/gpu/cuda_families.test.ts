@@ -88,35 +88,40 @@ if (gpus > 0) {
       }
     });
 
-    s(`${where}: ring, zigzag and llama3 varlen against the same family on one GPU`, async () => {
-      const rt = await init(opts);
-      try {
-        // Lengths divisible by 2·world (zigzag), total divisible by world (llama3).
-        const u = 2 * world;
-        const cu = [0, 32 * u, 128 * u, 192 * u];
-        for (const [prefix, packing] of [
-          ['ring_flash_attn_varlen', 'func'],
-          ['zigzag_ring_flash_attn_varlen', 'func'],
-          ['llama3_flash_attn_varlen', 'func'],
-          ['zigzag_ring_flash_attn_varlen', 'qkvpacked'],
-        ] as const) {
-          const c: VarlenCase = {
-            world,
-            cu,
-            h: 4,
-            hk: packing === 'qkvpacked' ? 4 : 2,
-            d: 128,
-            causal: true,
-            packing,
-            dtype: 'bfloat16',
-          };
-          const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
-          within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
+    s(
+      `${where}: ring, zigzag, llama3 and zigzag llama3 varlen against the same family on one GPU`,
+      async () => {
+        const rt = await init(opts);
+        try {
+          // Lengths divisible by 2·world (zigzag), total divisible by world (llama3).
+          const u = 2 * world;
+          const cu = [0, 32 * u, 128 * u, 192 * u];
+          for (const [prefix, packing] of [
+            ['ring_flash_attn_varlen', 'func'],
+            ['zigzag_ring_flash_attn_varlen', 'func'],
+            ['llama3_flash_attn_varlen', 'func'],
+            ['zigzag_ring_flash_attn_varlen', 'qkvpacked'],
+            ['zigzag_llama3_flash_attn_varlen', 'func'],
+            ['zigzag_llama3_flash_attn_varlen', 'kvpacked'],
+          ] as const) {
+            const c: VarlenCase = {
+              world,
+              cu,
+              h: 4,
+              hk: packing === 'qkvpacked' ? 4 : 2,
+              d: 128,
+              causal: true,
+              packing,
+              dtype: 'bfloat16',
+            };
+            const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
+            within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
+          }
+        } finally {
+          await rt.close();
         }
-      } finally {
-        await rt.close();
-      }
-    });
+      },
+    );
 
     // The Python project's own cu_seqlens sets at its size, 8192 tokens per rank (too long for the
     // fp64 reference): every family against itself at world 1 (one kernel call per head group),
@@ -142,6 +147,7 @@ if (gpus > 0) {
               ['ring_flash_attn_varlen', 'func'],
               ['zigzag_ring_flash_attn_varlen', 'kvpacked'],
               ['llama3_flash_attn_varlen', 'qkvpacked'],
+              ['zigzag_llama3_flash_attn_varlen', 'kvpacked'],
             ] as const) {
               const c: VarlenCase = {
                 world,
