@@ -45,9 +45,14 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scra
 // launch shape, 0 one CTA per query tile, 1 split tiles wherever it applies, -1 the cost model.
 void force_fwd_schedule(int mode);
 // For the kernel harness only, likewise: the head_dim 128 forward kernel, 0 mma.sync, 1 wgmma at
-// two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), -1 wgmma where it
-// can run, residency chosen per launch.
+// two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), 3 the Hopper
+// forward of native/cuda/fwd/ wherever it covers the call (head_dim 64 and 128, dense; elsewhere as
+// -1), 4 wgmma where it can run with the residency chosen per launch (never the Hopper forward),
+// -1 the Hopper forward where it covers the call with a tile for every SM, else as 4.
 void force_fwd_kernel(int mode);
+// For the kernel harness only, likewise: the Hopper forward's persistent grid at most `ctas`
+// CTAs (so that small problems run many tiles per CTA); <= 0 one per SM.
+void force_fwd_ctas(int ctas);
 // For the kernel harness only, likewise: dense launches keep the first `whole` query tiles whole
 // and cut the rest into `splits` key ranges; whole < 0 goes back to the cost model.
 void force_fwd_plan(int whole, int splits);
@@ -61,7 +66,7 @@ void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);
 void merge(const MergeParams& p, cudaStream_t stream);
 void cast(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream);
 void add_f32(float* dst, const float* src, int64_t n, cudaStream_t stream);
-void copy_bsh(const void* src, BshStrides src_stride, void* dst, BshStrides dst_stride, int32_t batch, int32_t seqlen,
-              int32_t heads, int32_t head_dim, DType dtype, cudaStream_t stream);
+void copy_bsh(const void* src, BshStrides src_stride, void* dst, BshStrides dst_stride, int32_t batch,
+              int32_t seqlen, int32_t heads, int32_t head_dim, DType dtype, cudaStream_t stream);
 
 }  // namespace rfa::cuda

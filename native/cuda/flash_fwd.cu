@@ -30,6 +30,8 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 #include "cuda/flash_wgmma.cuh"
+#include "cuda/fwd/epilogue.cuh"
+#include "cuda/fwd/launch.h"
 #include "launch_plan.h"
 
 namespace rfa::cuda {
@@ -69,8 +71,8 @@ __host__ __device__ __forceinline__ int key_tiles(int nq, int nk, int m0, bool c
 // Scores of keys past the span and (causal) right of the diagonal become -inf. Element e of
 // n-tile nt of m-tile mt is row row0 + 16 mt + 8 (e / 2), key key0 + 8 nt + e % 2.
 template <class Tr, bool kCausal>
-__device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4], int row0, int key0,
-                                            int nk, int diag) {
+__device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4], int row0,
+                                            int key0, int nk, int diag) {
 #pragma unroll
   for (int mt = 0; mt < Tr::kMTilesPerWarp; ++mt)
 #pragma unroll
@@ -88,8 +90,8 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
 template <class Tr>
 __device__ __forceinline__ void online_softmax(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
                                                float (&acc_o)[Tr::kMTilesPerWarp][Tr::kOTiles][4],
-                                               float (&row_max)[Tr::kMTilesPerWarp][2], float (&row_sum)[Tr::kMTilesPerWarp][2],
-                                               float scale_log2) {
+                                               float (&row_max)[Tr::kMTilesPerWarp][2],
+                                               float (&row_sum)[Tr::kMTilesPerWarp][2], float scale_log2) {
   constexpr int kMT = Tr::kMTilesPerWarp, kST = Tr::kSTiles, kOT = Tr::kOTiles;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
@@ -122,70 +124,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[Tr::kMTilesPerWarp][Tr
     }
 }
 
-// Where a tile's rows of out and lse go: the caller's tensors (out in fp32 or, for a final
-// single-device result, 16-bit), or a split piece's fp32 partial slot.
-struct OutSite {
-  void* out;  // element (row r, column c) at out + r * o_row + c, in fp32 or 16-bit units
-  int64_t o_row;
-  bool out16;
-  float* lse;
-  int64_t lse_row;
-  // Stores n (1 or 2) adjacent columns: x0, x1 in fp32, or `pair` (two packed 16-bit values, low
-  // half first) in 16 bits.
-  __device__ __forceinline__ void store(int r, int c, float x0, float x1, uint32_t pair, int n) const {
-    const int64_t at = int64_t(r) * o_row + c;
-    if (out16) {
-      static_cast<uint16_t*>(out)[at] = uint16_t(pair);
-      if (n == 2) static_cast<uint16_t*>(out)[at + 1] = uint16_t(pair >> 16);
-    } else {
-      static_cast<float*>(out)[at] = x0;
-      if (n == 2) static_cast<float*>(out)[at + 1] = x1;
-    }
-  }
-};
-
-__device__ __forceinline__ OutSite out_site(const FlashFwdParams& p, const Span& sp, int m0, int h) {
-  const bool out16 = p.out_dtype != DType::f32;
-  const int64_t at = sp.b * p.o_stride.batch + int64_t(sp.q0 + m0) * p.o_stride.row + h * p.o_stride.head;
-  void* o = out16 ? static_cast<void*>(static_cast<uint16_t*>(p.out) + at) : static_cast<void*>(static_cast<float*>(p.out) + at);
-  return OutSite{o, p.o_stride.row, out16,
-                 p.lse + sp.b * p.lse_stride.batch + h * p.lse_stride.head + int64_t(sp.q0 + m0) * p.lse_stride.row,
-                 p.lse_stride.row};
-}
-
-// p.merge: where a tile's running fp32 out is read (p.merge_src; out itself when in place).
-__device__ __forceinline__ bool in_place(const FlashFwdParams& p) { return p.merge_src == p.out; }
-
-struct RunningOut {
-  const float* base;
-  int64_t row;
-  __device__ __forceinline__ float2 load2(int r, int c) const {
-    return *reinterpret_cast<const float2*>(base + int64_t(r) * row + c);
-  }
-};
-
-__device__ __forceinline__ RunningOut running_out(const FlashFwdParams& p, const Span& sp, int m0, int h) {
-  // flash_fwd sets merge_src to out when merging in place (a select here cost the main loop spills).
-  return RunningOut{p.merge_src + sp.b * p.src_stride.batch + int64_t(sp.q0 + m0) * p.src_stride.row + h * p.src_stride.head,
-                    p.src_stride.row};
-}
-
 template <class Tr>
 __device__ __forceinline__ OutSite part_site(const FwdGrid& grid, int slot) {
   return OutSite{grid.part_out + int64_t(slot) * Tr::kBlockM * Tr::kHeadDim, Tr::kHeadDim, false,
                  grid.part_lse + int64_t(slot) * Tr::kBlockM, 1};
-}
-
-// p.merge: a row's new (out, lse) is the running one plus this block's. Weights of the two
-// sides and the merged lse (the running side may have seen no key yet: lse -inf).
-struct MergeWeights {
-  float old_w, new_w, lse;
-};
-__device__ __forceinline__ MergeWeights merge_weights(float lse_old, float lse_blk) {
-  if (lse_old == -INFINITY) return {0.f, 1.f, lse_blk};
-  const float mx = fmaxf(lse_old, lse_blk);
-  const float lse = mx + logf(expf(lse_old - mx) + expf(lse_blk - mx));
-  return {expf(lse_old - lse), expf(lse_blk - lse), lse};
 }
 
 // A CTA's work: query tile (m_block, j) in heavy-first order, whole (piece < 0: the result is
@@ -199,11 +141,13 @@ struct TileJob {
 __device__ __forceinline__ TileJob tile_job(const FwdGrid& grid, int heads) {
   const int H = heads * grid.num_spans, b = int(blockIdx.x);
   const int tile = b < grid.whole ? b : grid.whole + (b - grid.whole) / grid.splits;
-  return TileJob{grid.num_m_blocks - 1 - tile / H, tile % H, b < grid.whole ? -1 : (b - grid.whole) % grid.splits};
+  return TileJob{grid.num_m_blocks - 1 - tile / H, tile % H,
+                 b < grid.whole ? -1 : (b - grid.whole) % grid.splits};
 }
 
 template <class Tr, typename T>
-__device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job,
+__device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const FwdGrid& grid,
+                                                const TileJob& job,
                                                 const float (&acc_o)[Tr::kMTilesPerWarp][Tr::kOTiles][4],
                                                 const float (&row_max)[Tr::kMTilesPerWarp][2],
                                                 const float (&row_sum)[Tr::kMTilesPerWarp][2]) {
@@ -239,7 +183,7 @@ __device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const F
       const float lse_blk = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
       // A row the block adds nothing to keeps its running values (copied when out is elsewhere).
       if (merge && lse_blk == -INFINITY && in_place(p)) continue;
-      const MergeWeights w = !merge ? MergeWeights{0.f, 1.f, lse_blk}
+      const MergeWeights w = !merge                 ? MergeWeights{0.f, 1.f, lse_blk}
                              : lse_blk == -INFINITY ? MergeWeights{1.f, 0.f, lse_old[mt][hi]}
                                                     : merge_weights(lse_old[mt][hi], lse_blk);
       const float inv = sum > 0.f ? w.new_w / sum : 0.f;
@@ -271,7 +215,8 @@ struct TileRows {
 };
 
 template <class Tr, bool kCausal>
-__device__ __forceinline__ TileRows tile_rows(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
+__device__ __forceinline__ TileRows tile_rows(const FlashFwdParams& p, const FwdGrid& grid,
+                                              const TileJob& job) {
   const int heads = p.shape.nheads;
   TileRows tr;
   tr.h = job.j % heads;
@@ -292,8 +237,10 @@ __device__ __forceinline__ TileRows tile_rows(const FlashFwdParams& p, const Fwd
 // A tile (or piece) no row of which sees a key: out = 0, lse = -inf; merged, that adds nothing to
 // the running result, which is kept (copied when out is elsewhere).
 template <class Tr, typename T>
-__device__ void write_keyless_tile(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job, const TileRows& tr) {
-  const OutSite o = job.piece < 0 ? out_site(p, tr.sp, tr.m0, tr.h) : part_site<Tr>(grid, int(blockIdx.x) - grid.whole);
+__device__ void write_keyless_tile(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job,
+                                   const TileRows& tr) {
+  const OutSite o =
+      job.piece < 0 ? out_site(p, tr.sp, tr.m0, tr.h) : part_site<Tr>(grid, int(blockIdx.x) - grid.whole);
   if (job.piece < 0 && p.merge) {
     if (in_place(p)) return;
     const RunningOut prev = running_out(p, tr.sp, tr.m0, tr.h);
@@ -304,12 +251,14 @@ __device__ void write_keyless_tile(const FlashFwdParams& p, const FwdGrid& grid,
     }
     return;
   }
-  for (int i = threadIdx.x; i < tr.rows_valid * Tr::kHeadDim; i += Tr::kThreads) o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
+  for (int i = threadIdx.x; i < tr.rows_valid * Tr::kHeadDim; i += Tr::kThreads)
+    o.store(i / Tr::kHeadDim, i % Tr::kHeadDim, 0.f, 0.f, 0u, 1);
   for (int r = threadIdx.x; r < tr.rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
 }
 
 template <class Tr, typename T, bool kCausal>
-__device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
+__device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGrid& grid,
+                                            const TileJob& job) {
   using Mma = MmaType<T>;
   constexpr int kMT = Tr::kMTilesPerWarp, kST = Tr::kSTiles, kOT = Tr::kOTiles, kPitch = Tr::kPitch;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -321,7 +270,8 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
   if (tr.m0 >= tr.sp.nq) return;
   if (tr.it_begin == tr.it_end) return write_keyless_tile<Tr, T>(p, grid, job, tr);
   const Span& sp = tr.sp;
-  const int h = tr.h, m0 = tr.m0, rows_valid = tr.rows_valid, diag = tr.diag, it_begin = tr.it_begin, it_end = tr.it_end;
+  const int h = tr.h, m0 = tr.m0, rows_valid = tr.rows_valid, diag = tr.diag, it_begin = tr.it_begin,
+            it_end = tr.it_end;
   const T* gQ = bsh_ptr<T>(p.q, p.q_stride, sp.b, sp.q0 + m0, h);
   const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0, tr.hk);
   const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0, tr.hk);
@@ -434,7 +384,8 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
 // S = Q K^T (8 x m64n64k16, Q and K from swizzled shared tiles), softmax in registers, O += P V
 // (4 x m64n128k16, P from registers, V MN-major), left in flight into the next step.
 template <class Tr, typename T, bool kCausal>
-__device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
+__device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const FwdGrid& grid,
+                                                  const TileJob& job) {
 #ifdef RFA_WGMMA_ENABLED
   using Mma = MmaType<T>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -451,13 +402,13 @@ __device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const
   const T* gV = bsh_ptr<T>(p.v, p.v_stride, sp.b, sp.k0, tr.hk);
   auto load_kv = [&](int it, int i) {  // key tile `it`, the i-th of this CTA, into its stages
     const int n0 = it * Tr::kBlockN;
-    load_tile_sw128<Tr::kBlockN, Tr::kThreads>(sK + (i % Tr::kKStages) * Tr::kTile, gK + int64_t(n0) * p.k_stride.row,
-                                               p.k_stride.row, sp.nk - n0);
-    load_tile_sw128<Tr::kBlockN, Tr::kThreads>(sV + (i % Tr::kVStages) * Tr::kTile, gV + int64_t(n0) * p.v_stride.row,
-                                               p.v_stride.row, sp.nk - n0);
+    load_tile_sw128<Tr::kBlockN, Tr::kThreads>(sK + (i % Tr::kKStages) * Tr::kTile,
+                                               gK + int64_t(n0) * p.k_stride.row, p.k_stride.row, sp.nk - n0);
+    load_tile_sw128<Tr::kBlockN, Tr::kThreads>(sV + (i % Tr::kVStages) * Tr::kTile,
+                                               gV + int64_t(n0) * p.v_stride.row, p.v_stride.row, sp.nk - n0);
   };
-  load_tile_sw128<Tr::kBlockM, Tr::kThreads>(sQ, bsh_ptr<T>(p.q, p.q_stride, sp.b, sp.q0 + tr.m0, tr.h), p.q_stride.row,
-                                             tr.rows_valid);
+  load_tile_sw128<Tr::kBlockM, Tr::kThreads>(sQ, bsh_ptr<T>(p.q, p.q_stride, sp.b, sp.q0 + tr.m0, tr.h),
+                                             p.q_stride.row, tr.rows_valid);
   load_kv(tr.it_begin, 0);
   cp_async_commit();
 
@@ -510,7 +461,8 @@ __device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const
     }
 
     const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > tr.m0 + tr.diag);
-    if (needs_mask) mask_scores<Tr, kCausal>(s, tr.m0 + warp * Tr::kRowsPerWarp + g, n0 + 2 * t, sp.nk, tr.diag);
+    if (needs_mask)
+      mask_scores<Tr, kCausal>(s, tr.m0 + warp * Tr::kRowsPerWarp + g, n0 + 2 * t, sp.nk, tr.diag);
     online_softmax<Tr>(s, acc_o, row_max, row_sum, grid.scale_log2);
 
     // P as 16-bit A fragments: k-step kk = keys 16kk..16kk+15 = n-tiles 2kk, 2kk+1.
@@ -524,7 +476,8 @@ __device__ __forceinline__ void attend_tile_wgmma(const FlashFwdParams& p, const
     }
     wgmma_fence();  // the softmax rewrote the accumulator
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, 128, 1>(o, pa[kk], dV + (i % Tr::kVStages) * kTileStep + kk * 128, 1);
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 128, 1>(o, pa[kk], dV + (i % Tr::kVStages) * kTileStep + kk * 128, 1);
     wgmma_commit();
   }
   wgmma_wait<0>();
@@ -543,9 +496,10 @@ template <class Tr, typename T>
 __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const TileJob& job) {
   static_assert(Tr::kThreads >= Tr::kBlockM, "one thread per row works out the weights");
   extern __shared__ __align__(16) unsigned char smem[];
-  float* piece_w = reinterpret_cast<float*>(smem);     // [kMaxSplits][kBlockM]: exp(lse_k - lse)
-  float* new_w = piece_w + kMaxSplits * Tr::kBlockM;  // [kBlockM]: weight of the merged block (0: row untouched)
-  float* old_w = new_w + Tr::kBlockM;                  // [kBlockM]: weight of the running out
+  float* piece_w = reinterpret_cast<float*>(smem);  // [kMaxSplits][kBlockM]: exp(lse_k - lse)
+  float* new_w =
+      piece_w + kMaxSplits * Tr::kBlockM;  // [kBlockM]: weight of the merged block (0: row untouched)
+  float* old_w = new_w + Tr::kBlockM;      // [kBlockM]: weight of the running out
   const int heads = p.shape.nheads, h = job.j % heads;
   const Span sp = span_of(p.shape, p.seg, job.j / heads);
   const int m0 = job.m_block * Tr::kBlockM, rows_valid = min(Tr::kBlockM, sp.nq - m0);
@@ -568,7 +522,8 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
       lse = mx + logf(sum);
     }
 #pragma unroll
-    for (int k = 0; k < kMaxSplits; ++k) piece_w[k * Tr::kBlockM + r] = lse == -INFINITY ? 0.f : expf(l[k] - lse);
+    for (int k = 0; k < kMaxSplits; ++k)
+      piece_w[k * Tr::kBlockM + r] = lse == -INFINITY ? 0.f : expf(l[k] - lse);
     MergeWeights w{0.f, 1.f, lse};
     if (p.merge) {  // no piece saw a key: the row keeps its running values
       const float lse_old = o.lse[int64_t(r) * o.lse_row];
@@ -608,7 +563,8 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
     for (int e = e0; e < e0 + kBatch; ++e) {
       const int i = e * Tr::kThreads + threadIdx.x, row = i / kQuads, c = i % kQuads * 4;
       const bool load = row < rows_valid && old_w[row] != 0.f;
-      const float2 a = load ? running.load2(row, c) : make_float2(0.f, 0.f), b = load ? running.load2(row, c + 2) : make_float2(0.f, 0.f);
+      const float2 a = load ? running.load2(row, c) : make_float2(0.f, 0.f),
+                   b = load ? running.load2(row, c + 2) : make_float2(0.f, 0.f);
       prev[e - e0] = make_float4(a.x, a.y, b.x, b.y);
     }
 #pragma unroll
@@ -627,7 +583,8 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
 }
 
 template <class Tr, typename T, bool kCausal>
-__global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm) flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm)
+    flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
   if constexpr (Tr::kWgmma)
     attend_tile_wgmma<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
   else
@@ -638,16 +595,17 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm) flash_fwd_kernel
   __threadfence();  // this piece's partial is visible before its arrival is counted
   __syncthreads();
   if (threadIdx.x == 0)
-    last_piece = atomicAdd(&grid.arrivals[(int(blockIdx.x) - grid.whole) / grid.splits], 1) == grid.splits - 1;
+    last_piece =
+        atomicAdd(&grid.arrivals[(int(blockIdx.x) - grid.whole) / grid.splits], 1) == grid.splits - 1;
   __syncthreads();
   if (!last_piece) return;
   __threadfence();
   merge_pieces<Tr, T>(p, grid, tile_job(grid, p.shape.nheads));
 }
 
-int g_forced_schedule = -1;  // force_fwd_schedule
+int g_forced_schedule = -1;                    // force_fwd_schedule
 int g_forced_whole = -1, g_forced_splits = 0;  // force_fwd_plan
-int g_forced_kernel = -1;  // force_fwd_kernel
+int g_forced_kernel = -1;                      // force_fwd_kernel
 
 // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
 // fallback, where its body is empty) take the mma.sync kernel.
@@ -659,19 +617,23 @@ bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 // run one CTA per tile, three per SM where the kernel can and the grid fills a wave of them.
 // Plans are cached per shape and thread (the simulation is too slow to run for every ring step).
 template <class Tr>
-FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varlen, const std::vector<int>& residencies) {
+FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varlen,
+                 const std::vector<int>& residencies) {
   const int64_t per_m = int64_t(sh.nheads) * num_spans;  // tiles per query-tile row
   const int64_t tiles = num_m_blocks * per_m;
   const int sms = current_device().sms;
   const int unplanned_r = residencies.size() == 1 ? residencies[0] : tiles >= 3 * int64_t(sms) ? 3 : 2;
   const FwdPlan per_tile{int(std::min<int64_t>(tiles, INT32_MAX)), 1, unplanned_r};
   if (varlen || g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
-  if (g_forced_whole >= 0) return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits, unplanned_r};
-  if (tiles >= 16 * int64_t(sms) && g_forced_schedule != 1) return per_tile;  // many waves: quantisation costs little
+  if (g_forced_whole >= 0)
+    return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits, unplanned_r};
+  if (tiles >= 16 * int64_t(sms) && g_forced_schedule != 1)
+    return per_tile;  // many waves: quantisation costs little
   using Key = std::array<int64_t, 9>;
   static thread_local std::map<Key, FwdPlan> cache;
-  const Key key{num_m_blocks, per_m, sh.seqlen_q, sh.seqlen_k, sh.causal, sms, g_forced_schedule,
-                residencies.size() == 1 ? residencies[0] : 0, Tr::kBlockM};
+  const Key key{num_m_blocks, per_m, sh.seqlen_q,       sh.seqlen_k,
+                sh.causal,    sms,   g_forced_schedule, residencies.size() == 1 ? residencies[0] : 0,
+                Tr::kBlockM};
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   std::vector<int> steps(static_cast<size_t>(tiles));
   for (int64_t i = 0; i < tiles; ++i) {  // heavy-first order, as tile_job
@@ -684,9 +646,17 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varl
 }
 
 template <class Tr, typename T, bool kCausal>
-void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s, const Scratch& scratch) {
+void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s,
+                const Scratch& scratch) {
   constexpr int kHeadDim = Tr::kHeadDim;
-  FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM, num_spans, p.shape.softmax_scale * kLog2e, 0, 1, nullptr, nullptr, nullptr};
+  FwdGrid grid{(max_q + Tr::kBlockM - 1) / Tr::kBlockM,
+               num_spans,
+               p.shape.softmax_scale * kLog2e,
+               0,
+               1,
+               nullptr,
+               nullptr,
+               nullptr};
   const int64_t tiles = int64_t(grid.num_m_blocks) * p.shape.nheads * num_spans;
   const int64_t blocks = plan.whole + (tiles - plan.whole) * plan.splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
@@ -695,7 +665,8 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan
   if (plan.whole < tiles) {
     const int64_t split_tiles = tiles - plan.whole, pieces = split_tiles * plan.splits;
     const size_t part_floats = size_t(pieces) * Tr::kBlockM * (kHeadDim + 1);
-    grid.part_out = static_cast<float*>(part.get(part_floats * sizeof(float) + size_t(split_tiles) * sizeof(int)));
+    grid.part_out =
+        static_cast<float*>(part.get(part_floats * sizeof(float) + size_t(split_tiles) * sizeof(int)));
     grid.part_lse = grid.part_out + size_t(pieces) * Tr::kBlockM * kHeadDim;
     grid.arrivals = reinterpret_cast<int*>(grid.part_out + part_floats);
     RFA_CUDA_CHECK(cudaMemsetAsync(grid.arrivals, 0, size_t(split_tiles) * sizeof(int), s));
@@ -708,7 +679,8 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan
 }
 
 template <class Tr, typename T>
-void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s, const Scratch& scratch) {
+void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s,
+                     const Scratch& scratch) {
   if (p.shape.causal)
     launch_fwd<Tr, T, true>(p, num_spans, max_q, plan, s, scratch);
   else
@@ -726,9 +698,11 @@ void dispatch_mma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_
 
 // The wgmma kernel at two or three CTAs per SM, as the plan says (force_fwd_kernel may fix it).
 template <typename T>
-void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s,
+                    const Scratch& scratch) {
   using Tr = FwdWgTraits<2>;  // the tile shape of both builds
-  static_assert(FwdWgTraits<3>::kBlockM == Tr::kBlockM && FwdWgTraits<3>::kBlockN == Tr::kBlockN, "one plan for both residencies");
+  static_assert(FwdWgTraits<3>::kBlockM == Tr::kBlockM && FwdWgTraits<3>::kBlockN == Tr::kBlockN,
+                "one plan for both residencies");
   const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
   static const std::vector<int> both{2, 3}, two{2}, three{3};  // no allocation per launch
   const std::vector<int>& residencies = g_forced_kernel == 1 ? two : g_forced_kernel == 2 ? three : both;
@@ -737,11 +711,23 @@ void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStrea
   dispatch_causal<FwdWgTraits<2>, T>(p, num_spans, max_q, plan, s, scratch);
 }
 
+// The Hopper forward (fwd/) where it covers the call and (unless forced) its grid has a tile for
+// every SM; smaller grids leave SMs idle there, where the split plan of the kernels here fills them.
+bool use_hopper_fwd(const FlashFwdParams& p) {
+  if ((g_forced_kernel != -1 && g_forced_kernel != 3) || !current_device().sm90 || !hopper_fwd_covers(p))
+    return false;
+  return g_forced_kernel == 3 || hopper_fwd_tiles(p) >= current_device().sms;
+}
+
 template <typename T>
-void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s,
+                       const Scratch& scratch) {
+  if (use_hopper_fwd(p) && flash_fwd_hopper(p, s, scratch)) return;
   switch (p.shape.head_dim) {
-    case 32: return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
-    case 64: return dispatch_mma<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
+    case 32:
+      return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
+    case 64:
+      return dispatch_mma<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
     default:
       if (use_wgmma_fwd()) return dispatch_wgmma<T>(p, num_spans, max_q, s, scratch);
       return dispatch_mma<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch);
@@ -770,7 +756,8 @@ void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scra
   const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;
   if (num_spans == 0 || max_q == 0) return;
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
-  RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype, "flash_fwd: out must be float32 or the dtype of q");
+  RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype,
+                "flash_fwd: out must be float32 or the dtype of q");
   check_view16("flash_fwd", "q", p.q, p.q_stride);
   check_view16("flash_fwd", "k", p.k, p.k_stride);
   check_view16("flash_fwd", "v", p.v, p.v_stride);

@@ -38,10 +38,10 @@ struct FwdTraits {
   static constexpr int kBlockM = kRowsPerWarp * kWarps;  // query rows per CTA
   static constexpr int kBlockN = 64;                     // key rows per K/V tile
   static constexpr int kPitch = padded_pitch(kHeadDim);
-  static constexpr int kSTiles = kBlockN / kMmaN;     // n-tiles of S per m-tile
-  static constexpr int kOTiles = kHeadDim / kMmaN;    // n-tiles of O per m-tile
-  static constexpr int kDSteps = kHeadDim / kMmaK;    // k-steps of Q K^T
-  static constexpr int kNSteps = kBlockN / kMmaK;     // k-steps of P V
+  static constexpr int kSTiles = kBlockN / kMmaN;                          // n-tiles of S per m-tile
+  static constexpr int kOTiles = kHeadDim / kMmaN;                         // n-tiles of O per m-tile
+  static constexpr int kDSteps = kHeadDim / kMmaK;                         // k-steps of Q K^T
+  static constexpr int kNSteps = kBlockN / kMmaK;                          // k-steps of P V
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kPitch * 2;  // Q, K, V (16-bit)
   static constexpr bool kWgmma = false;
   static constexpr int kCtasPerSm = 2;
@@ -80,11 +80,57 @@ struct FwdWgTraits {
   static constexpr int kCtasPerSm = kCtas;
   static constexpr int kKStages = kCtas == 3 ? 1 : 2, kVStages = kCtas == 3 ? 2 : 3;
   static constexpr int kTile = 64 * kHeadDim;  // 16-bit elements of a Q, K or V tile
-  static constexpr int kSmemBytes = (1 + kKStages + kVStages) * kTile * 2 + 1024;  // + 1024-byte alignment slack
+  static constexpr int kSmemBytes =
+      (1 + kKStages + kVStages) * kTile * 2 + 1024;  // + 1024-byte alignment slack
   static constexpr bool kWgmma = true;
   static_assert(kCtas == 2 || kCtas == 3, "two or three CTAs per SM");
   static_assert(kBlockM == 64 && kBlockN == 64, "one m64 warpgroup MMA per tile; n64 scores");
   static_assert(kCtas * (kSmemBytes + 1024) <= 228 * 1024, "the CTAs of an SM must fit in shared memory");
+};
+
+// The Hopper forward in the FlashAttention-3 structure (native/cuda/fwd/, sm_90a). A persistent
+// CTA of three warpgroups: warpgroup 0 is the producer (one thread issues every TMA copy, its
+// registers handed to the others with setmaxnreg), warpgroups 1 and 2 are consumers that own
+// query rows 0..63 and 64..127 of a kBlockM = 128 tile and share its K/V tiles. K and V stream
+// through kStages shared stages, each guarded by a full (TMA bytes) and an empty (consumer warps)
+// mbarrier. Per key tile a consumer issues S = Q K^T (m64 x kBlockN, Q and K from 128-byte
+// swizzled tiles) together with the previous tile's O += P V (P from registers) and runs its
+// softmax under the P V; the two consumers take turns issuing (ping-pong), so one's softmax runs
+// under the other's MMAs.
+template <int kHeadDim_>
+struct FwdHopperTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWgThreads = 4 * kWarpSize;
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = (kConsumers + 1) * kWgThreads;
+  static constexpr int kBlockM = 64 * kConsumers;
+  // Wide key tiles make each consumer's turn long enough to hide the other's softmax; head_dim
+  // 192 and 256 narrow them so that O (head_dim / 2 fp32 per thread) and S still fit in registers
+  // and two stages still fit in shared memory.
+  static constexpr int kBlockN = kHeadDim <= 128 ? 128 : kHeadDim <= 192 ? 96 : 80;
+  static constexpr int kStages = 2;
+  static constexpr int kColBlock = 64;                     // columns of one 128-byte swizzle atom row
+  static constexpr int kColBlocks = kHeadDim / kColBlock;  // TMA boxes per tile
+  static constexpr int kSTiles = kBlockN / kMmaN;          // 8-key n-tiles of S per thread
+  static constexpr int kOTiles = kHeadDim / kMmaN;         // 8-column n-tiles of O per thread
+  static constexpr int kQKSteps = kHeadDim / kMmaK;        // k-steps of S = Q K^T
+  static constexpr int kPVSteps = kBlockN / kMmaK;         // k-steps of O += P V
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKVBytes = kBlockN * kHeadDim * 2;  // one K or one V stage
+  static constexpr int kBarrierBytes = 256;
+  static constexpr int kSmemBytes =
+      kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + 1024;  // + alignment slack
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+
+  static_assert(kHeadDim % kColBlock == 0, "tiles are whole 64-column swizzle atoms (128-byte rows)");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256,
+                "key tiles are whole k-steps of P V and one TMA box tall");
+  static_assert((kBlockN * 128) % 1024 == 0, "every stage starts on a 1024-byte swizzle boundary");
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
+  static_assert(kProducerRegs * kWgThreads + kConsumerRegs * kConsumers * kWgThreads <= 64 * 1024,
+                "the warpgroups' register budgets must fit the register file");
+  static_assert(kHeadDim / 2 + kBlockN / 2 + kBlockN / 4 <= 200,
+                "O and S accumulators and the packed P must fit a consumer's registers");
 };
 
 template <int kHeadDim_>
@@ -104,9 +150,9 @@ struct BwdTraits {
   // The query tile is processed in chunks of kQChunk queries: S^T and dP^T of one chunk (2 x 16 x
   // kQChunk fp32) beside dK and dV fit in 255 registers without spilling.
   static constexpr int kQChunk = 32;
-  static constexpr int kQTiles = kQChunk / kMmaN;         // n-tiles of S^T per warp and chunk
-  static constexpr int kMSteps = kQChunk / kMmaK;         // k-steps of P^T dO per chunk
-  static constexpr int kDTiles = kHeadDim / kMmaN;        // n-tiles of dK/dV per warp
+  static constexpr int kQTiles = kQChunk / kMmaN;   // n-tiles of S^T per warp and chunk
+  static constexpr int kMSteps = kQChunk / kMmaK;   // k-steps of P^T dO per chunk
+  static constexpr int kDTiles = kHeadDim / kMmaN;  // n-tiles of dK/dV per warp
   static constexpr int kDSteps = kHeadDim / kMmaK;
   static constexpr int kStages = 2;  // Q/dO/lse/dsum double buffer: the next step's loads overlap this one
   // dQ (kBlockM x head_dim) = dS K: warps tile it kDqWarpsM x kDqWarpsD.
@@ -140,7 +186,8 @@ struct Span {
 
 // Element (batch b, row, head) of a (batch, seqlen, heads, head_dim) 16-bit input view.
 template <typename T>
-__device__ __forceinline__ const T* bsh_ptr(const void* base, const BshStrides& s, int64_t b, int64_t row, int64_t head) {
+__device__ __forceinline__ const T* bsh_ptr(const void* base, const BshStrides& s, int64_t b, int64_t row,
+                                            int64_t head) {
   return static_cast<const T*>(base) + b * s.batch + row * s.row + head * s.head;
 }
 
@@ -198,7 +245,8 @@ inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const S
     RFA_THROW("E_UNSUPPORTED", f + ": head_dim " + std::to_string(sh.head_dim) +
                                    " is not supported by the cuda kernels (32, 64, 128)");
   if (dtype != DType::bf16 && dtype != DType::f16)
-    RFA_THROW("E_UNSUPPORTED", f + ": float32 q/k/v are not supported by the cuda kernels (bfloat16, float16)");
+    RFA_THROW("E_UNSUPPORTED",
+              f + ": float32 q/k/v are not supported by the cuda kernels (bfloat16, float16)");
   // The running max is taken over raw scores and -inf masks are scaled: that needs scale > 0.
   RFA_CHECK_ARG(sh.softmax_scale > 0.f && sh.softmax_scale < 3.0e38f,
                 f + ": softmax_scale must be positive and finite, got " + std::to_string(sh.softmax_scale));
@@ -215,8 +263,10 @@ inline void check_view16(const char* fn, const char* name, const void* ptr, cons
   const bool aligned = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.batch % kChunkElems == 0 &&
                        st.row % kChunkElems == 0 && st.head % kChunkElems == 0;
   if (!aligned)
-    RFA_THROW("E_UNSUPPORTED", std::string(fn) + ": " + name +
-                                   " must be 16-byte aligned (base address and batch/row/head strides multiples of 8 elements)");
+    RFA_THROW(
+        "E_UNSUPPORTED",
+        std::string(fn) + ": " + name +
+            " must be 16-byte aligned (base address and batch/row/head strides multiples of 8 elements)");
 }
 
 }  // namespace rfa::cuda

@@ -6,8 +6,8 @@
 // error |x - ref| / |ref| and max-abs for out, lse, dsum, dq, dk, dv (for accumulate: of the
 // increment), and checks that elements outside the views were not touched. Then merge, cast,
 // add and copy checks, argument errors, and timings (CUDA events, median of kTimedRuns).
-// --no-timing skips the timings; --bench=K runs only the K-th timing shape, without checks (for
-// profilers, e.g. ncu -k regex:flash_bwd -c 1 flash_check --bench=1).
+// --no-timing skips the timings, --no-checks the checks; --bench=K runs only the K-th timing shape, without
+// checks (for profilers, e.g. ncu -k regex:flash_bwd -c 1 flash_check --bench=1).
 //
 // FLOP counted for the timings: causal fwd 2*b*h*s^2*d, full 4*b*h*s^2*d, bwd 2.5x fwd. Each
 // kernel version's checks and timings: benchmark/RESULTS.md.
@@ -33,13 +33,13 @@ using namespace rfa;
 using harness::Problem;
 using harness::Reference;
 
-#define CHECK_CUDA(x)                                                                           \
-  do {                                                                                          \
-    const cudaError_t e_ = (x);                                                                 \
-    if (e_ != cudaSuccess) {                                                                    \
+#define CHECK_CUDA(x)                                                                          \
+  do {                                                                                         \
+    const cudaError_t e_ = (x);                                                                \
+    if (e_ != cudaSuccess) {                                                                   \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                             \
-    }                                                                                           \
+      std::exit(2);                                                                            \
+    }                                                                                          \
   } while (0)
 
 namespace {
@@ -71,7 +71,9 @@ struct Buffer {
   DType dtype;
   size_t n;
   void* dev = nullptr;
-  Buffer(DType t, size_t count) : dtype(t), n(count) { CHECK_CUDA(cudaMalloc(&dev, std::max<size_t>(n, 1) * dtype_bytes(t))); }
+  Buffer(DType t, size_t count) : dtype(t), n(count) {
+    CHECK_CUDA(cudaMalloc(&dev, std::max<size_t>(n, 1) * dtype_bytes(t)));
+  }
   ~Buffer() { cudaFree(dev); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -82,7 +84,8 @@ struct Buffer {
       CHECK_CUDA(cudaMemcpy(dev, h.data(), n * 4, cudaMemcpyHostToDevice));
     } else {
       std::vector<uint16_t> h(n);
-      for (size_t i = 0; i < n; ++i) h[i] = dtype == DType::bf16 ? cpu::float_to_bf16(float(x[i])) : cpu::float_to_f16(float(x[i]));
+      for (size_t i = 0; i < n; ++i)
+        h[i] = dtype == DType::bf16 ? cpu::float_to_bf16(float(x[i])) : cpu::float_to_f16(float(x[i]));
       CHECK_CUDA(cudaMemcpy(dev, h.data(), n * 2, cudaMemcpyHostToDevice));
     }
   }
@@ -95,12 +98,15 @@ struct Buffer {
     } else {
       std::vector<uint16_t> h(n);
       CHECK_CUDA(cudaMemcpy(h.data(), dev, n * 2, cudaMemcpyDeviceToHost));
-      for (size_t i = 0; i < n; ++i) x[i] = dtype == DType::bf16 ? cpu::bf16_to_float(h[i]) : cpu::f16_to_float(h[i]);
+      for (size_t i = 0; i < n; ++i)
+        x[i] = dtype == DType::bf16 ? cpu::bf16_to_float(h[i]) : cpu::f16_to_float(h[i]);
     }
     return x;
   }
   template <typename T = void>
-  T* at(int64_t offset) const { return reinterpret_cast<T*>(static_cast<char*>(dev) + offset * dtype_bytes(dtype)); }
+  T* at(int64_t offset) const {
+    return reinterpret_cast<T*>(static_cast<char*>(dev) + offset * dtype_bytes(dtype));
+  }
 };
 
 // Rounds to the buffer's dtype, so that the reference sees exactly what the kernels read.
@@ -151,7 +157,8 @@ std::vector<double> gather_bsh(const std::vector<double>& buf, const BshView& v,
 struct Expect {
   std::vector<double> value, incr;
   std::vector<char> tag;
-  explicit Expect(const std::vector<double>& before) : value(before), incr(before.size(), 0.0), tag(before.size(), 0) {}
+  explicit Expect(const std::vector<double>& before)
+      : value(before), incr(before.size(), 0.0), tag(before.size(), 0) {}
   void set(int64_t i, double ref, bool accumulate, char t) {
     value[i] = accumulate ? value[i] + ref : ref;
     incr[i] = ref;
@@ -159,18 +166,19 @@ struct Expect {
   }
 };
 
-void expect_bsh(Expect& e, const BshView& v, const std::vector<double>& ref, const std::vector<char>& covered, int b,
-                int s, int h, int d, bool accumulate, char tag = 1) {
+void expect_bsh(Expect& e, const BshView& v, const std::vector<double>& ref, const std::vector<char>& covered,
+                int b, int s, int h, int d, bool accumulate, char tag = 1) {
   for (int bb = 0; bb < b; ++bb)
     for (int i = 0; i < s; ++i) {
       if (!covered[size_t(bb) * s + i]) continue;
       for (int hh = 0; hh < h; ++hh)
-        for (int c = 0; c < d; ++c) e.set(v.at(bb, i, hh) + c, ref[((size_t(bb) * s + i) * h + hh) * d + c], accumulate, tag);
+        for (int c = 0; c < d; ++c)
+          e.set(v.at(bb, i, hh) + c, ref[((size_t(bb) * s + i) * h + hh) * d + c], accumulate, tag);
     }
 }
 
-void expect_bhs(Expect& e, const BhsView& v, const std::vector<double>& ref, const std::vector<char>& covered, int b,
-                int h, int s) {
+void expect_bhs(Expect& e, const BhsView& v, const std::vector<double>& ref, const std::vector<char>& covered,
+                int b, int h, int s) {
   for (int bb = 0; bb < b; ++bb)
     for (int hh = 0; hh < h; ++hh)
       for (int i = 0; i < s; ++i)
@@ -237,8 +245,9 @@ struct Config {
   int d;
   bool causal;
   int b, sq, sk, h, hk;
-  bool strided = false;     // q/k/v slices of a packed (b, s, 3, h, d) tensor; out, dout, lse, dsum, grads views too
-  bool accumulate = false;  // bwd adds into existing dq/dk/dv
+  bool strided =
+      false;  // q/k/v slices of a packed (b, s, 3, h, d) tensor; out, dout, lse, dsum, grads views too
+  bool accumulate = false;     // bwd adds into existing dq/dk/dv
   bool overwrite_dkv = false;  // with accumulate: dq adds, dk/dv are written (their old values are NaN)
   std::vector<std::array<int, 4>> segs;  // varlen spans (batch 1)
   // Backward in the deterministic mode, run twice from the same start: the grads must match bit
@@ -268,7 +277,8 @@ void device_segments(const Config& c, Segments& seg, std::vector<std::unique_ptr
   }
   seg.num_seqs = n;
   seg.q_start = arrays[0], seg.q_len = arrays[1], seg.k_start = arrays[2], seg.k_len = arrays[3];
-  for (auto& s : c.segs) seg.max_seqlen_q = std::max(seg.max_seqlen_q, s[1]), seg.max_seqlen_k = std::max(seg.max_seqlen_k, s[3]);
+  for (auto& s : c.segs)
+    seg.max_seqlen_q = std::max(seg.max_seqlen_q, s[1]), seg.max_seqlen_k = std::max(seg.max_seqlen_k, s[3]);
 }
 
 void run_attention(const Config& c, std::mt19937_64& gen) {
@@ -295,10 +305,11 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   const BhsView lv = bhs_padded(c.sq, c.h, pad);
   const size_t n_qkv = st ? 3 * nq : 0, n_o = st ? 2 * nq : nq, n_l = size_t(c.b) * c.h * (c.sq + pad);
 
-  Buffer qkv(c.dtype, std::max<size_t>(n_qkv, 1)), qb(c.dtype, st ? 1 : nq), kb(c.dtype, st ? 1 : nk), vb(c.dtype, st ? 1 : nk);
+  Buffer qkv(c.dtype, std::max<size_t>(n_qkv, 1)), qb(c.dtype, st ? 1 : nq), kb(c.dtype, st ? 1 : nk),
+      vb(c.dtype, st ? 1 : nk);
   Buffer dout(c.dtype, n_o), out(DType::f32, n_o), lse(DType::f32, n_l), dsum(DType::f32, n_l);
-  Buffer dqkv(DType::f32, std::max<size_t>(n_qkv, 1)), dqb(DType::f32, st ? 1 : nq), dkb(DType::f32, st ? 1 : nk),
-      dvb(DType::f32, st ? 1 : nk);
+  Buffer dqkv(DType::f32, std::max<size_t>(n_qkv, 1)), dqb(DType::f32, st ? 1 : nq),
+      dkb(DType::f32, st ? 1 : nk), dvb(DType::f32, st ? 1 : nk);
   const Buffer& q_buf = st ? qkv : qb;
   const Buffer& k_buf = st ? qkv : kb;
   const Buffer& v_buf = st ? qkv : vb;
@@ -313,7 +324,8 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
     qkv.upload(h_q);
     h_k = h_v = h_q;
   } else {
-    h_q = random_values(gen, nq, c.dtype, 1.5), h_k = random_values(gen, nk, c.dtype, 1.0), h_v = random_values(gen, nk, c.dtype, 1.0);
+    h_q = random_values(gen, nq, c.dtype, 1.5), h_k = random_values(gen, nk, c.dtype, 1.0),
+    h_v = random_values(gen, nk, c.dtype, 1.0);
     qb.upload(h_q), kb.upload(h_k), vb.upload(h_v);
   }
   const std::vector<double> h_dout = random_values(gen, n_o, c.dtype, 1.0);
@@ -371,7 +383,8 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
 
   FlashBwdParams bp;
   bp.shape = fp.shape, bp.dtype = c.dtype, bp.seg = fp.seg;
-  bp.q = fp.q, bp.q_stride = fp.q_stride, bp.k = fp.k, bp.k_stride = fp.k_stride, bp.v = fp.v, bp.v_stride = fp.v_stride;
+  bp.q = fp.q, bp.q_stride = fp.q_stride, bp.k = fp.k, bp.k_stride = fp.k_stride, bp.v = fp.v,
+  bp.v_stride = fp.v_stride;
   bp.dout = dp.dout, bp.dout_stride = dp.dout_stride;
   bp.lse = fp.lse, bp.lse_stride = fp.lse_stride, bp.dsum = dp.dsum, bp.dsum_stride = dp.dsum_stride;
   bp.dq = dq_buf.at<float>(qv.off), bp.dq_stride = qv.st;
@@ -389,8 +402,9 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   });
   if (!launched) return;
 
-  const Reference ref = harness::reference(pb, gather_bsh(h_q, qv, c.b, c.sq, c.h, d), gather_bsh(h_k, kv, c.b, c.sk, c.hk, d),
-                                           gather_bsh(h_v, vv, c.b, c.sk, c.hk, d), gather_bsh(h_dout, ov, c.b, c.sq, c.h, d));
+  const Reference ref =
+      harness::reference(pb, gather_bsh(h_q, qv, c.b, c.sq, c.h, d), gather_bsh(h_k, kv, c.b, c.sk, c.hk, d),
+                         gather_bsh(h_v, vv, c.b, c.sk, c.hk, d), gather_bsh(h_dout, ov, c.b, c.sq, c.h, d));
   const auto& qc = ref.q_covered;
   const auto& kc = ref.k_covered;
   Expect e_out(nan_o), e_lse(nan_l), e_dsum(nan_l), e_dq(before_dq), e_dk(before_dk), e_dv(before_dv);
@@ -419,17 +433,20 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   const bool dkv_added = c.accumulate && !c.overwrite_dkv;
   expect_bsh(e_dk_in, kv, ref.dk, kc, c.b, c.sk, c.hk, d, dkv_added, st ? 2 : 1);
   expect_bsh(e_dv_in, vv, ref.dv, kc, c.b, c.sk, c.hk, d, dkv_added, st ? 3 : 1);
-  const std::vector<double> got_dq = dq_buf.download(), got_dk = dk_buf.download(), got_dv = dv_buf.download();
+  const std::vector<double> got_dq = dq_buf.download(), got_dk = dk_buf.download(),
+                            got_dv = dv_buf.download();
   if (c.deterministic || c.rerun) {
     // The same backward again from the same dq/dk/dv.
     reset_grads();
     if (!ran("bwd rerun", [&] { cuda::flash_bwd(bp, 0, scratch()); })) return;
-    const bool same = same_bits(dq_buf.download(), got_dq) && same_bits(dk_buf.download(), got_dk) && same_bits(dv_buf.download(), got_dv);
+    const bool same = same_bits(dq_buf.download(), got_dq) && same_bits(dk_buf.download(), got_dk) &&
+                      same_bits(dv_buf.download(), got_dv);
     if (c.deterministic && !same) {
       std::printf("FAIL  %-46s deterministic backward: a second run gave other bits\n", c.name.c_str());
       ++g_failures;
     } else {
-      std::printf("INFO  %-46s rerun of the backward: %s bits\n", c.name.c_str(), same ? "the same" : "other");
+      std::printf("INFO  %-46s rerun of the backward: %s bits\n", c.name.c_str(),
+                  same ? "the same" : "other");
     }
   }
 
@@ -450,27 +467,31 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
   const int b = 2, s = 300, s1 = 150, h = 4, hk = 2, d = 128;
   const DType dt = DType::bf16;
   Problem pb;
-  pb.b = b, pb.sq = pb.sk = s, pb.h = h, pb.hk = hk, pb.d = d, pb.scale = 1.0 / std::sqrt(double(d)), pb.causal = true;
+  pb.b = b, pb.sq = pb.sk = s, pb.h = h, pb.hk = hk, pb.d = d, pb.scale = 1.0 / std::sqrt(double(d)),
+  pb.causal = true;
   const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * s * hk * d, nl = size_t(b) * h * s;
-  Buffer q(dt, nq), k(dt, nk), v(dt, nk), out_run(DType::f32, nq), lse_run(DType::f32, nl), out_blk(DType::f32, nq),
-      lse_blk(DType::f32, nl), out_a(DType::f32, nq), lse_a(DType::f32, nl), out2(DType::f32, nq), lse2(DType::f32, nl),
-      out3(DType::f32, nq), lse3(DType::f32, nl), out4(DType::f32, nq), lse4(DType::f32, nl), out5(DType::f32, nq),
-      lse5(DType::f32, nl), out5_final(dt, nq);
-  const auto h_q = random_values(gen, nq, dt, 1.5), h_k = random_values(gen, nk, dt, 1.0), h_v = random_values(gen, nk, dt, 1.0);
+  Buffer q(dt, nq), k(dt, nk), v(dt, nk), out_run(DType::f32, nq), lse_run(DType::f32, nl),
+      out_blk(DType::f32, nq), lse_blk(DType::f32, nl), out_a(DType::f32, nq), lse_a(DType::f32, nl),
+      out2(DType::f32, nq), lse2(DType::f32, nl), out3(DType::f32, nq), lse3(DType::f32, nl),
+      out4(DType::f32, nq), lse4(DType::f32, nl), out5(DType::f32, nq), lse5(DType::f32, nl),
+      out5_final(dt, nq);
+  const auto h_q = random_values(gen, nq, dt, 1.5), h_k = random_values(gen, nk, dt, 1.0),
+             h_v = random_values(gen, nk, dt, 1.0);
   q.upload(h_q), k.upload(h_k), v.upload(h_v);
   for (Buffer* x : {&out_run, &lse_run, &out_blk, &lse_blk}) x->upload(std::vector<double>(x->n, kNaN));
   out2.upload(std::vector<double>(nq, 0.0)), lse2.upload(std::vector<double>(nl, -kInf));
   out3.upload(std::vector<double>(nq, kNaN)), lse3.upload(std::vector<double>(nl, kNaN));
   out4.upload(std::vector<double>(nq, 0.0)), lse4.upload(std::vector<double>(nl, -kInf));
-  out5.upload(std::vector<double>(nq, kNaN)), lse5.upload(std::vector<double>(nl, kNaN)), out5_final.upload(std::vector<double>(nq, kNaN));
+  out5.upload(std::vector<double>(nq, kNaN)), lse5.upload(std::vector<double>(nl, kNaN)),
+      out5_final.upload(std::vector<double>(nq, kNaN));
 
   const BshStrides qs{int64_t(s) * h * d, int64_t(h) * d, d}, ks{int64_t(s) * hk * d, int64_t(hk) * d, d};
   const BhsStrides ls{int64_t(h) * s, s, 1};
   // out/lse of queries [q0, q0 + nq) against keys [k0, k0 + nk), written at rows q0 of (o, l).
   // fused_merge: merge into the running (o, l); with `from`, the running out is read there and
   // the merged rows go to o (which may be 16-bit).
-  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l, bool fused_merge = false,
-                 const Buffer* from = nullptr) {
+  auto fwd = [&](int q0, int nqr, int k0, int nkr, bool causal, Buffer& o, Buffer& l,
+                 bool fused_merge = false, const Buffer* from = nullptr) {
     FlashFwdParams p;
     p.merge = fused_merge;
     if (from) p.merge_src = from->at<float>(q0 * qs.row), p.src_stride = qs;
@@ -487,7 +508,8 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
     MergeParams p;
     p.batch = b, p.seqlen = s, p.nheads = h, p.head_dim = d;
     p.out = o.at<float>(0), p.o_stride = qs, p.lse = l.at<float>(0), p.lse_stride = ls;
-    p.block_out = ob.at<float>(0), p.block_o_stride = qs, p.block_lse = lb.at<float>(0), p.block_lse_stride = ls;
+    p.block_out = ob.at<float>(0), p.block_o_stride = qs, p.block_lse = lb.at<float>(0),
+    p.block_lse_stride = ls;
     cuda::merge(p, 0);
   };
   try {
@@ -528,7 +550,8 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
   expect_bsh(e_out, ov, ref.out, ref.q_covered, b, s, h, d, false);
   expect_bhs(e_lse, lv, ref.lse, ref.q_covered, b, h, s);
   report("merge bf16 d128 causal halves b2 s300 h4/2" + tag,
-         {{"out", compare(out_run.download(), e_out)}, {"lse", compare(lse_run.download(), e_lse)}}, {5e-3, 5e-3});
+         {{"out", compare(out_run.download(), e_out)}, {"lse", compare(lse_run.download(), e_lse)}},
+         {5e-3, 5e-3});
   report("merge into empty (-inf) running result" + tag,
          {{"out", compare(out2.download(), e_out)}, {"lse", compare(lse2.download(), e_lse)}}, {5e-3, 5e-3});
   report("fused merge (flash_fwd merge) causal halves" + tag,
@@ -536,7 +559,8 @@ void run_merge(std::mt19937_64& gen, const std::string& tag) {
   report("fused merge from an empty running result" + tag,
          {{"out", compare(out4.download(), e_out)}, {"lse", compare(lse4.download(), e_lse)}}, {5e-3, 5e-3});
   report("fused merge into a bf16 final out (merge_src)" + tag,
-         {{"out", compare(out5_final.download(), e_out)}, {"lse", compare(lse5.download(), e_lse)}}, {5e-3, 5e-3});
+         {{"out", compare(out5_final.download(), e_out)}, {"lse", compare(lse5.download(), e_lse)}},
+         {5e-3, 5e-3});
 }
 
 // ---- cast, add_f32, copy_bsh: exact ----------------------------------------------------------
@@ -574,7 +598,8 @@ void run_casts(std::mt19937_64& gen) {
   std::normal_distribution<double> nd;
   std::vector<double> x(n);
   for (auto& v : x) v = float(nd(gen) * std::pow(10.0, mag(gen)));
-  const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 65504.0, 65519.0, 65520.0, 1e-7, -3e-8, 1.0 / 3, 1e38};
+  const double specials[] = {0.0,     -0.0,    kInf, -kInf, kNaN,    65504.0,
+                             65519.0, 65520.0, 1e-7, -3e-8, 1.0 / 3, 1e38};
   for (size_t i = 0; i < sizeof specials / sizeof *specials; ++i) x[i * 997] = specials[i];
   const DType types[] = {DType::f32, DType::bf16, DType::f16};
   const char* names[] = {"f32", "bf16", "f16"};
@@ -599,8 +624,8 @@ void run_casts(std::mt19937_64& gen) {
         bad = -1;
         std::printf("      cast threw %s: %s\n", e.code.c_str(), e.what());
       }
-      std::printf("%s  cast %s -> %s (%zu elements, offset %d): %ld mismatches\n", bad == 0 ? "PASS" : "FAIL", names[si],
-                  names[di], n - off, off, bad);
+      std::printf("%s  cast %s -> %s (%zu elements, offset %d): %ld mismatches\n", bad == 0 ? "PASS" : "FAIL",
+                  names[si], names[di], n - off, off, bad);
       if (bad) ++g_failures;
     }
 
@@ -615,7 +640,8 @@ void run_casts(std::mt19937_64& gen) {
       const double want = i < size_t(off) ? ha[i] : double(float(ha[i]) + float(hb[i]));
       if (got[i] != want) ++bad;
     }
-    std::printf("%s  add_f32 (%zu elements, offset %d): %ld mismatches\n", bad == 0 ? "PASS" : "FAIL", n - off, off, bad);
+    std::printf("%s  add_f32 (%zu elements, offset %d): %ld mismatches\n", bad == 0 ? "PASS" : "FAIL",
+                n - off, off, bad);
     if (bad) ++g_failures;
   }
 }
@@ -644,7 +670,10 @@ void run_copy(std::mt19937_64& gen, DType dt, int d) {
         for (int c = 0; c < d; ++c) in_k[kv.at(bb, i, hh) + c] = 1;
   for (size_t i = 0; i < np; ++i) bad += in_k[i] ? gb[i] != hp[i] : !std::isnan(gb[i]);
   std::printf("%s  copy_bsh %s d%d packed k -> dense -> packed: %ld mismatches\n", bad == 0 ? "PASS" : "FAIL",
-              dt == DType::f32 ? "f32" : dt == DType::bf16 ? "bf16" : "f16", d, bad);
+              dt == DType::f32    ? "f32"
+              : dt == DType::bf16 ? "bf16"
+                                  : "f16",
+              d, bad);
   if (bad) ++g_failures;
 }
 
@@ -675,9 +704,12 @@ void run_errors() {
     p.out = o.at<float>(0), p.o_stride = st, p.lse = o.at<float>(0), p.lse_stride = BhsStrides{8LL * h, 8, 1};
     return p;
   };
-  expect_throw("flash_fwd head_dim 96", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(96, 2, 2, DType::bf16), 0, scratch()); });
-  expect_throw("flash_fwd float32 inputs", "E_UNSUPPORTED", [&] { cuda::flash_fwd(params(64, 2, 2, DType::f32), 0, scratch()); });
-  expect_throw("flash_fwd nheads 3, nheads_k 2", "E_ARG", [&] { cuda::flash_fwd(params(64, 3, 2, DType::bf16), 0, scratch()); });
+  expect_throw("flash_fwd head_dim 96", "E_UNSUPPORTED",
+               [&] { cuda::flash_fwd(params(96, 2, 2, DType::bf16), 0, scratch()); });
+  expect_throw("flash_fwd float32 inputs", "E_UNSUPPORTED",
+               [&] { cuda::flash_fwd(params(64, 2, 2, DType::f32), 0, scratch()); });
+  expect_throw("flash_fwd nheads 3, nheads_k 2", "E_ARG",
+               [&] { cuda::flash_fwd(params(64, 3, 2, DType::bf16), 0, scratch()); });
   expect_throw("flash_fwd null q", "E_ARG", [&] {
     auto p = params(64, 2, 2, DType::bf16);
     p.q = nullptr;
@@ -716,12 +748,13 @@ float median_ms(const std::function<void()>& f) {
 }
 
 // sk: key length (0: as s), e.g. the zigzag ring's half blocks (8192 queries x 4096 keys).
-void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal, int sk = 0, bool sweeps = false) {
+void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal, int sk = 0,
+           bool sweeps = false) {
   const DType dt = DType::bf16;
   if (sk == 0) sk = s;
   const size_t nq = size_t(b) * s * h * d, nk = size_t(b) * sk * hk * d, nl = size_t(b) * h * s;
-  Buffer q(dt, nq), k(dt, nk), v(dt, nk), dout(dt, nq), out(DType::f32, nq), lse(DType::f32, nl), dsum(DType::f32, nl),
-      dq(DType::f32, nq), dk(DType::f32, nk), dv(DType::f32, nk);
+  Buffer q(dt, nq), k(dt, nk), v(dt, nk), dout(dt, nq), out(DType::f32, nq), lse(DType::f32, nl),
+      dsum(DType::f32, nl), dq(DType::f32, nq), dk(DType::f32, nk), dv(DType::f32, nk);
   q.upload(random_values(gen, nq, dt, 1.0)), k.upload(random_values(gen, nk, dt, 1.0));
   v.upload(random_values(gen, nk, dt, 1.0)), dout.upload(random_values(gen, nq, dt, 1.0));
   const BshStrides qs{int64_t(s) * h * d, int64_t(h) * d, d}, ks{int64_t(sk) * hk * d, int64_t(hk) * d, d};
@@ -733,18 +766,24 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   fp.out = out.at<float>(0), fp.o_stride = qs, fp.lse = lse.at<float>(0), fp.lse_stride = ls;
   FlashBwdDotParams dp;
   dp.batch = b, dp.seqlen_q = s, dp.nheads = h, dp.head_dim = d, dp.dtype = dt;
-  dp.dout = dout.dev, dp.dout_stride = qs, dp.out = fp.out, dp.o_stride = qs, dp.dsum = dsum.at<float>(0), dp.dsum_stride = ls;
+  dp.dout = dout.dev, dp.dout_stride = qs, dp.out = fp.out, dp.o_stride = qs, dp.dsum = dsum.at<float>(0),
+  dp.dsum_stride = ls;
   FlashBwdParams bp;
   bp.shape = fp.shape, bp.dtype = dt;
   bp.q = q.dev, bp.k = k.dev, bp.v = v.dev, bp.q_stride = qs, bp.k_stride = ks, bp.v_stride = ks;
-  bp.dout = dout.dev, bp.dout_stride = qs, bp.lse = fp.lse, bp.lse_stride = ls, bp.dsum = dp.dsum, bp.dsum_stride = ls;
-  bp.dq = dq.at<float>(0), bp.dk = dk.at<float>(0), bp.dv = dv.at<float>(0), bp.dq_stride = qs, bp.dk_stride = ks,
-  bp.dv_stride = ks;
+  bp.dout = dout.dev, bp.dout_stride = qs, bp.lse = fp.lse, bp.lse_stride = ls, bp.dsum = dp.dsum,
+  bp.dsum_stride = ls;
+  bp.dq = dq.at<float>(0), bp.dk = dk.at<float>(0), bp.dv = dv.at<float>(0), bp.dq_stride = qs,
+  bp.dk_stride = ks, bp.dv_stride = ks;
 
   const double fwd_flop = (causal ? 2.0 : 4.0) * b * h * double(s) * sk * d;
   const float t_fwd = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
   cuda::force_fwd_kernel(0);  // the mma.sync forward, for comparison
   const float t_fwd_mma = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+  cuda::force_fwd_kernel(3);  // the Hopper forward wherever it covers the shape
+  const float t_fwd_hopper = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+  cuda::force_fwd_kernel(4);  // the FlashAttention-2 style wgmma forward with its split plan
+  const float t_fwd_wg = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
   cuda::force_fwd_kernel(-1);
   // A ring step: the same block merged into the running fp32 out/lse (they hold the last result).
   FlashFwdParams mp = fp;
@@ -774,12 +813,16 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   });
   CHECK_CUDA(cudaGetLastError());
   char shape[96];
-  std::snprintf(shape, sizeof shape, "b%d s%d/%d h%d/%d d%d %s bf16", b, s, sk, h, hk, d, causal ? "causal" : "full");
+  std::snprintf(shape, sizeof shape, "b%d s%d/%d h%d/%d d%d %s bf16", b, s, sk, h, hk, d,
+                causal ? "causal" : "full");
   auto line = [&](const char* what, float ms, double flop) {
-    std::printf("TIME  %-32s %-8s %8.3f ms %8.1f iter/s %7.1f TFLOP/s\n", shape, what, ms, 1e3 / ms, flop / (ms * 1e-3) / 1e12);
+    std::printf("TIME  %-32s %-8s %8.3f ms %8.1f iter/s %7.1f TFLOP/s\n", shape, what, ms, 1e3 / ms,
+                flop / (ms * 1e-3) / 1e12);
   };
   line("fwd", t_fwd, fwd_flop);
   line("fwd-mma", t_fwd_mma, fwd_flop);
+  line("fwd-fa3", t_fwd_hopper, fwd_flop);
+  line("fwd-fa2wg", t_fwd_wg, fwd_flop);
   line("fwd-merge", t_merge, fwd_flop);
   line("bwd", t_bwd, 2.5 * fwd_flop);
   line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
@@ -798,7 +841,11 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
       line(what, bwd_ms(bpa), 2.5 * fwd_flop);
     }
     cuda::force_bwd_splits(-1);
-    const int sms = [] { int n = 0; cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0); return n; }();
+    const int sms = [] {
+      int n = 0;
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0);
+      return n;
+    }();
     const int tiles = (s + 63) / 64 * h * b;
     for (int kernel : {1, 2}) {
       cuda::force_fwd_kernel(kernel);
@@ -823,15 +870,22 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
 int main(int argc, char** argv) {
   bool timing = true;
   int only_bench = -1;  // --bench=K: only the K-th timing shape and its launch-plan sweeps, no checks
+  bool checks = true;   // --no-checks: the timings only
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--no-timing")) timing = false;
-    else if (!std::strncmp(argv[i], "--seed=", 7)) seed = std::strtoull(argv[i] + 7, nullptr, 10);
-    else if (!std::strncmp(argv[i], "--bench=", 8)) only_bench = std::atoi(argv[i] + 8);
+    if (!std::strcmp(argv[i], "--no-timing"))
+      timing = false;
+    else if (!std::strncmp(argv[i], "--seed=", 7))
+      seed = std::strtoull(argv[i] + 7, nullptr, 10);
+    else if (!std::strncmp(argv[i], "--bench=", 8))
+      only_bench = std::atoi(argv[i] + 8);
+    else if (!std::strcmp(argv[i], "--no-checks"))
+      checks = false;
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs; seed %llu\n", prop.name, prop.multiProcessorCount, (unsigned long long)seed);
+  std::printf("device: %s, %d SMs; seed %llu\n", prop.name, prop.multiProcessorCount,
+              (unsigned long long)seed);
   std::mt19937_64 gen(seed);
 
   const DType bf = DType::bf16, f16 = DType::f16;
@@ -856,7 +910,8 @@ int main(int argc, char** argv) {
       {"fp16 d128 causal b1 s1000 h8/2 gqa", f16, 128, true, 1, 1000, 1000, 8, 2},
   };
   Config varlen{"bf16 d128 causal varlen 3 segs accumulate", bf, 128, true, 1, 400, 400, 4, 2, false, true};
-  varlen.segs = {{0, 100, 0, 120}, {100, 1, 120, 1}, {101, 250, 121, 250}};  // rows past 351/371 in no segment
+  varlen.segs = {
+      {0, 100, 0, 120}, {100, 1, 120, 1}, {101, 250, 121, 250}};  // rows past 351/371 in no segment
   configs.push_back(varlen);
   Config varlen64{"fp16 d64 full varlen 2 segs accumulate", f16, 64, false, 1, 300, 260, 4, 4, false, true};
   varlen64.segs = {{0, 150, 0, 60}, {150, 150, 60, 200}};
@@ -867,29 +922,39 @@ int main(int argc, char** argv) {
     bool causal;
     int sk;  // 0: s
   };
-  const Shape shapes[] = {{1, 8192, 5, 5, 128, true, 0},
-                          {1, 8192, 32, 8, 128, true, 0},
-                          {1, 8192, 5, 5, 128, false, 0},
-                          {1, 65536, 5, 5, 128, true, 0},
-                          {1, 8192, 5, 5, 128, false, 4096},   // zigzag ring half blocks, the Python project's shape
-                          {1, 4096, 5, 5, 128, false, 8192},
-                          {1, 8192, 32, 8, 128, false, 4096},  // the same, llama3-8B heads
-                          {1, 4096, 32, 8, 128, false, 8192}};
+  const Shape shapes[] = {
+      {1, 8192, 5, 5, 128, true, 0},      {1, 8192, 32, 8, 128, true, 0},
+      {1, 8192, 5, 5, 128, false, 0},     {1, 65536, 5, 5, 128, true, 0},
+      {1, 8192, 5, 5, 128, false, 4096},  // zigzag ring half blocks, the Python project's shape
+      {1, 4096, 5, 5, 128, false, 8192},  {1, 8192, 32, 8, 128, false, 4096},  // the same, llama3-8B heads
+      {1, 4096, 32, 8, 128, false, 8192}, {1, 8192, 16, 16, 64, true, 0},
+      {1, 8192, 16, 16, 64, false, 0}};
   constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
   if (only_bench >= 0) {
     const Shape& sh = shapes[only_bench % kShapes];
     bench(gen, sh.b, sh.s, sh.h, sh.hk, sh.d, sh.causal, sh.sk, true);
     return 0;
   }
+  if (!checks) {
+    for (const Shape& sh : shapes) bench(gen, sh.b, sh.s, sh.h, sh.hk, sh.d, sh.causal, sh.sk);
+    return 0;
+  }
 
   // Every config under every forward kernel (head_dim 128 on sm_90a: wgmma at two and at three
   // CTAs per SM, and mma.sync; otherwise mma.sync each time) and both launch shapes (the cost
   // model picks one per shape).
-  for (int kernel : {1, 2, 0})
+  // The Hopper forward (kernel 3) runs once on a grid of one CTA per SM and once on 7 CTAs, where
+  // every CTA walks many tiles.
+  for (int kernel : {3, 1, 2, 0})
     for (int mode : {0, 1}) {
       cuda::force_fwd_kernel(kernel);
-      cuda::force_fwd_schedule(mode);
-      const std::string tag = std::string(kernel == 1 ? " [wgmma x2" : kernel == 2 ? " [wgmma x3" : " [mma") + (mode ? ", split]" : ", per tile]");
+      cuda::force_fwd_schedule(kernel == 3 ? -1 : mode);
+      cuda::force_fwd_ctas(kernel == 3 && mode == 1 ? 7 : 0);
+      const std::string tag = kernel == 3 ? std::string(mode ? " [hopper, 7 ctas]" : " [hopper]")
+                                          : std::string(kernel == 1   ? " [wgmma x2"
+                                                        : kernel == 2 ? " [wgmma x3"
+                                                                      : " [mma") +
+                                                (mode ? ", split]" : ", per tile]");
       for (Config c : configs) {
         c.name += tag;
         run_attention(c, gen);
@@ -898,11 +963,14 @@ int main(int argc, char** argv) {
     }
   cuda::force_fwd_kernel(-1);
   cuda::force_fwd_schedule(-1);
+  cuda::force_fwd_ctas(0);
   // A ring step's block gradients: dq accumulates, dk/dv land in a fresh (unfilled, NaN) buffer.
   // Unsplit, every key tile's CTA writes its rows; split, the atomics must start from zeros.
   for (int splits : {1, 3})
-    for (Config c : {Config{"bf16 d128 causal b2 s1000 h4/2 acc dq, write dkv", bf, 128, true, 2, 1000, 1000, 4, 2, false, true},
-                     Config{"fp16 d64 full sq300 sk700 h2 acc dq, write dkv", f16, 64, false, 1, 300, 700, 2, 2, false, true}}) {
+    for (Config c : {Config{"bf16 d128 causal b2 s1000 h4/2 acc dq, write dkv", bf, 128, true, 2, 1000, 1000,
+                            4, 2, false, true},
+                     Config{"fp16 d64 full sq300 sk700 h2 acc dq, write dkv", f16, 64, false, 1, 300, 700, 2,
+                            2, false, true}}) {
       cuda::force_bwd_splits(splits);
       c.overwrite_dkv = true;
       c.name += " [bwd splits " + std::to_string(splits) + "]";

@@ -1,0 +1,147 @@
+// The Hopper forward kernel (FwdHopperTraits, fwd/mainloop_wgmma.cuh) and its launch: tensor maps
+// of q, k and v for the TMA loads, a persistent grid of one CTA per SM (or per tile, when fewer).
+// The driver's cuTensorMapEncodeTiled is reached through the runtime's entry-point query, so the
+// addon needs no link against the driver library.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <string>
+
+#include "cuda/check.h"
+#include "cuda/fwd/launch.h"
+#include "cuda/fwd/mainloop_wgmma.cuh"
+
+namespace rfa::cuda {
+namespace {
+
+int g_forced_ctas = 0;  // force_fwd_ctas
+
+template <class Tr, typename T, bool kCausal>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    flash_fwd_hopper_kernel(const FlashFwdParams p, const FwdTileGrid grid,
+                            const __grid_constant__ CUtensorMap map_q,
+                            const __grid_constant__ CUtensorMap map_k,
+                            const __grid_constant__ CUtensorMap map_v) {
+#ifdef RFA_WGMMA_ENABLED
+  extern __shared__ __align__(16) unsigned char smem[];
+  const FwdHopperSmem<Tr> sm{smem +
+                             ((1024 - (smem_u32(smem) & 1023)) & 1023)};  // swizzle atoms: 1024-aligned
+  if (threadIdx.x == 0) {
+    sm.bars().init();
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const int wg = threadIdx.x / Tr::kWgThreads;
+  if (wg == 0) {
+    warpgroup_reg_dealloc<Tr::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v);
+      fwd_produce<Tr>(p, grid, sm, &map_q, &map_k, &map_v);
+    }
+  } else {
+    warpgroup_reg_alloc<Tr::kConsumerRegs>();
+    fwd_consume<Tr, T, kCausal>(p, grid, sm, wg - 1);
+  }
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    RFA_CUDA_CHECK(
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    return found == cudaDriverEntryPointSuccess ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f)
+                                                : nullptr;
+  }();
+  return fn;
+}
+
+// A (batch, rows, heads, head_dim) 16-bit view as a 4-d tensor map read in boxes of 64 columns x
+// box_rows rows, 128-byte swizzled (the layout flash_wgmma.cuh's descriptors read). Strides of
+// axes of extent 1 are never followed; they only have to be valid.
+bool encode_view(CUtensorMap* map, const void* base, DType dtype, int head_dim, int rows, int heads,
+                 int batch, const BshStrides& st, int box_rows) {
+  const auto encode = encode_tiled();
+  if (!encode) return false;
+  auto stride_bytes = [](int64_t stride, int extent) {
+    return uint64_t(extent == 1 && stride <= 0 ? 16 : stride * 2);
+  };
+  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batch)};
+  const cuuint64_t strides[3] = {stride_bytes(st.row, rows), stride_bytes(st.head, heads),
+                                 stride_bytes(st.batch, batch)};
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1}, unit[4] = {1, 1, 1, 1};
+  const CUresult r = encode(
+      map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+template <class Tr>
+int64_t tiles_of(const FlashFwdParams& p) {
+  return int64_t((p.shape.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * p.shape.nheads * p.shape.batch;
+}
+
+template <class Tr, typename T, bool kCausal>
+bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  const AttnShape& sh = p.shape;
+  CUtensorMap map_q, map_k, map_v;
+  if (!encode_view(&map_q, p.q, p.dtype, Tr::kHeadDim, sh.seqlen_q, sh.nheads, sh.batch, p.q_stride,
+                   Tr::kBlockM) ||
+      !encode_view(&map_k, p.k, p.dtype, Tr::kHeadDim, sh.seqlen_k, sh.nheads_k, sh.batch, p.k_stride,
+                   Tr::kBlockN) ||
+      !encode_view(&map_v, p.v, p.dtype, Tr::kHeadDim, sh.seqlen_k, sh.nheads_k, sh.batch, p.v_stride,
+                   Tr::kBlockN))
+    return false;
+  const int64_t tiles = tiles_of<Tr>(p);
+  if (tiles > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
+  ScratchBlock counter(scratch);
+  FwdTileGrid grid{(sh.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, sh.nheads, int(tiles),
+                   static_cast<int*>(counter.get(sizeof(int)))};
+  RFA_CUDA_CHECK(cudaMemsetAsync(grid.next_tile, 0, sizeof(int), s));
+  const int ctas = int(std::min<int64_t>(tiles, g_forced_ctas > 0 ? g_forced_ctas : current_device().sms));
+  auto kernel = flash_fwd_hopper_kernel<Tr, T, kCausal>;
+  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  kernel<<<unsigned(ctas), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v);
+  RFA_CHECK_LAUNCH("flash_fwd_hopper_kernel");
+  return true;
+}
+
+template <class Tr, typename T>
+bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  return p.shape.causal ? launch<Tr, T, true>(p, s, scratch) : launch<Tr, T, false>(p, s, scratch);
+}
+
+template <typename T>
+bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  switch (p.shape.head_dim) {
+    case 64:
+      return dispatch_causal<FwdHopperTraits<64>, T>(p, s, scratch);
+    case 128:
+      return dispatch_causal<FwdHopperTraits<128>, T>(p, s, scratch);
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void force_fwd_ctas(int ctas) { g_forced_ctas = ctas; }
+
+bool hopper_fwd_covers(const FlashFwdParams& p) {
+  const int d = p.shape.head_dim;
+  return p.seg.num_seqs == 0 && p.shape.seqlen_k > 0 && p.shape.seqlen_q > 0 && p.shape.batch > 0 &&
+         (d == 64 || d == 128);
+}
+
+int64_t hopper_fwd_tiles(const FlashFwdParams& p) { return tiles_of<FwdHopperTraits<128>>(p); }
+
+bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  if (!hopper_fwd_covers(p)) return false;
+  return p.dtype == DType::bf16 ? dispatch_head_dim<__nv_bfloat16>(p, s, scratch)
+                                : dispatch_head_dim<__half>(p, s, scratch);
+}
+
+}  // namespace rfa::cuda

@@ -1,0 +1,19 @@
+// Launch of the Hopper forward (native/cuda/fwd/, sm_90a): FlashAttention-3 structure, TMA loads,
+// warp-specialised warpgroups, persistent CTAs. flash_fwd.cu dispatches to it.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "attn_params.h"
+#include "cuda/attn_kernels.h"
+
+namespace rfa::cuda {
+
+// Whether the Hopper forward covers the call: dense batches (no varlen segments), at least one
+// key, head_dim 64 or 128. The device must run sm_90a code (the caller checks).
+bool hopper_fwd_covers(const FlashFwdParams& p);
+// Query tiles of the Hopper forward's grid (kBlockM rows, every head and batch entry).
+int64_t hopper_fwd_tiles(const FlashFwdParams& p);
+// Queues the call; false (nothing queued) when the driver declines a tensor map of the views.
+bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch);
+
+}  // namespace rfa::cuda
