@@ -108,6 +108,23 @@ s('causal work is the same on every rank (and llama3-like keys never run past th
   }
 });
 
+s('each backward table has disjoint key ranges (the CUDA backward owns a key row in one segment)', () => {
+  const local = Int32Array.from([0, 8, 8, 20, 24]);
+  for (const world of [1, 2, 4])
+    for (let rank = 0; rank < world; rank++)
+      for (const causal of [true, false])
+        for (const which of ['front', 'back'] as const) {
+          const spec = zigzagLlama3Spec(local, world, rank, causal, which);
+          const spans = spec.kStart.map((a, i) => [a, a + spec.kLen[i]!] as const).filter(([a, b]) => b > a);
+          spans.forEach(([, end], i) =>
+            assert.ok(
+              i + 1 >= spans.length || end <= spans[i + 1]![0],
+              `world ${world} rank ${rank} ${which}`,
+            ),
+          );
+        }
+});
+
 s('SPMD: zigzag shards with cu_seqlens from the prepare helper, GQA, heads_k_stride 1', async () => {
   const [world, h, hk, d] = [3, 4, 2, 16];
   const cu = [0, 12, 18, 54, 60];

@@ -4,8 +4,9 @@
 // rank attends to the same number of keys (llama3's contiguous split leaves the last rank the
 // most work). The gathered keys arrive rank-major; one permutation puts each sequence's chunks
 // back in order, after which a query chunk c of sequence i sees one contiguous key range (chunks
-// 0..c, causal bottom-right) and the whole local call is one segment table. Backward permutes the
-// fp32 dK/dV back to rank-major before the reduce-scatter returns them to their owners.
+// 0..c, causal bottom-right): the forward is one segment table, the backward two (one per local
+// chunk). Backward permutes the fp32 dK/dV back to rank-major before the reduce-scatter returns
+// them to their owners.
 import type { Backend } from '../../runtime/backend.js';
 import type { Group } from '../../runtime/comm.js';
 import { fail } from '../../runtime/errors.js';
@@ -112,28 +113,32 @@ export function chunkMoves(cuSeqlens: Int32Array, world: number): ChunkMove[] {
 }
 
 /**
- * The call's one table: each local chunk (global chunk c of its sequence) against the keys it
- * sees in sequence order, chunks 0..c when causal (bottom-right aligned: its own chunk is the
- * last), the whole sequence otherwise.
+ * The local chunks against the keys they see in sequence order: chunks 0..c for global chunk c
+ * when causal (bottom-right aligned: its own chunk is the last), the whole sequence otherwise.
+ * `which` picks every sequence's first local chunk, its second, or both (the forward's one table).
+ * The backward runs the two halves as separate calls: within one, key ranges of different
+ * segments are disjoint, which the CUDA backward needs (it owns each key row in one segment).
  */
 export function zigzagLlama3Spec(
   cuSeqlens: Int32Array,
   world: number,
   rank: number,
   causal: boolean,
+  which: 'both' | 'front' | 'back' = 'both',
 ): SegmentSpec {
   const q = { start: [] as number[], len: [] as number[] };
   const k = { start: [] as number[], len: [] as number[] };
+  const halves = which === 'both' ? [0, 1] : which === 'front' ? [0] : [1];
   for (let i = 0; i + 1 < cuSeqlens.length; i++) {
     const start = cuSeqlens[i]!,
       half = (cuSeqlens[i + 1]! - start) / 2;
-    const chunks = [rank, 2 * world - 1 - rank];
-    chunks.forEach((c, j) => {
+    for (const j of halves) {
+      const c = j === 0 ? rank : 2 * world - 1 - rank;
       q.start.push(start + j * half);
       q.len.push(half);
       k.start.push(world * start);
       k.len.push((causal ? c + 1 : 2 * world) * half);
-    });
+    }
   }
   return segmentSpec(q, k);
 }
@@ -210,15 +215,9 @@ export function zigzagLlama3Backward(
   const dq = backend.zeros(q.shape, 'float32');
   const dsum = backend.empty([1, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
-  const seg = backend.segments(zigzagLlama3Spec(o.cuSeqlens, W, group.rank, o.causal));
-  // Accumulate: key rows no local query sees (later chunks, under a causal mask) stay zero.
-  const attn = {
-    softmaxScale: o.softmaxScale,
-    causal: o.causal,
-    seg,
-    accumulate: true,
-    deterministic: o.deterministic,
-  };
+  const segs = (['front', 'back'] as const).map((which) =>
+    backend.segments(zigzagLlama3Spec(o.cuSeqlens, W, group.rank, o.causal, which)),
+  );
   const moves = chunkMoves(o.cuSeqlens, W);
   const ordered = orderedPair(backend, k, W * s, o.headsKStride);
   const dOrdered = orderedPair(backend, k, W * s, o.headsKStride, 'float32');
@@ -229,27 +228,36 @@ export function zigzagLlama3Backward(
     backend.fill(dOrdered.k, 0);
     backend.fill(dOrdered.v, 0);
     const g = headViews(q, k, o.headsKStride, i);
-    backend.flashBwd(
-      {
-        dout: g.heads(dout),
-        q: g.heads(q),
-        k: ordered.k,
-        v: ordered.v,
-        lse: g.lseHeads(fwd.lse),
-        dsum: g.lseHeads(dsum),
-        dq: g.heads(dq),
-        dk: dOrdered.k,
-        dv: dOrdered.v,
-      },
-      attn,
-    );
+    // Accumulate: key rows no local query sees (later chunks, under a causal mask) stay zero,
+    // and the second half's call adds onto the first's.
+    for (const seg of segs)
+      backend.flashBwd(
+        {
+          dout: g.heads(dout),
+          q: g.heads(q),
+          k: ordered.k,
+          v: ordered.v,
+          lse: g.lseHeads(fwd.lse),
+          dsum: g.lseHeads(dsum),
+          dq: g.heads(dq),
+          dk: dOrdered.k,
+          dv: dOrdered.v,
+        },
+        {
+          softmaxScale: o.softmaxScale,
+          causal: o.causal,
+          seg,
+          accumulate: true,
+          deterministic: o.deterministic,
+        },
+      );
     permute(backend, moves, dOrdered, reduce.acquire(i), true);
     reduce.scatter(i);
   }
   const { k: dk, v: dv } = reduce.finish();
   gather.dispose();
   disposeAll(ordered.k, ordered.v, dOrdered.k, dOrdered.v);
-  seg.release();
+  for (const seg of segs) seg.release();
   dsum.dispose();
   return { dq, dk, dv };
 }
