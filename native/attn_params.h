@@ -56,6 +56,40 @@ struct Segments {
   int32_t max_seqlen_k = 0;          // max of k_len
 };
 
+// The score hooks of flash-attn (window_size, softcap, alibi_slopes, dropout_p) and the global
+// positions they read. Value-initialized, every hook is off and the kernels behave as without it.
+// For query row i and key row j of a span (a batch entry, or a varlen segment) with positions
+// qp and kp, the score is
+//   s = scale * q.k;  s = softcap * tanh(s / softcap) when softcap > 0;  s += alibi bias;
+// and the key is visible iff  kp >= qp + diag - window_left  (window_left >= 0),
+// kp <= qp + diag + window_right (window_right >= 0), and kp <= qp + diag (shape.causal).
+// The ALiBi bias is -slope * |qp + diag - kp|, or slope * kp where the mask is purely causal
+// (window_left < 0 and, with causal, right 0): flash-attn's form, equal after softmax, so its lse
+// is comparable. Dropout keeps P_ij with probability 1 - dropout_p (then scaled by 1 / (1 -
+// dropout_p)); the draw of an element is Philox4x32-10 keyed on the seed, with counter
+// (kt / 4, qt, head, batch) and word kt % 4, kept iff that word >= floor(dropout_p * 2^32): qt
+// and kt are qp and kp (dense), or the packed token indices seq_tok[segment] + qp / kp (varlen
+// with positions; row indices without). The same element draws the same bits in any ring.
+struct ScoreMods {
+  // Global positions within the row's sequence, increasing over a span. Null: qp = row - span
+  // start, kp likewise, and diag = the span's key count - its query count (single device).
+  const int32_t* q_pos = nullptr;  // (seqlen_q)
+  const int32_t* k_pos = nullptr;  // (seqlen_k)
+  int32_t diag = 0;                // with positions: the sequence's seqlen_k - seqlen_q
+  const int32_t* seq_tok =
+      nullptr;                // (num_seqs) varlen with positions: packed index of each sequence's start
+  int32_t window_left = -1;   // -1: unbounded
+  int32_t window_right = -1;  // -1: unbounded (causal implies 0)
+  float softcap = 0.f;        // 0: off
+  const float* alibi_slopes = nullptr;  // fp32 (batch, nheads) or (nheads); varlen: (num_seqs, nheads)
+  int64_t alibi_batch_stride = 0;       // 0: the same slopes for every batch entry
+  int32_t head0 = 0;      // the global index of the call's first query head (a call over a slice of heads)
+  float dropout_p = 0.f;  // 0: off
+  uint64_t dropout_seed = 0;
+
+  bool positional() const { return q_pos != nullptr; }
+};
+
 // out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16,
 // or, for a single-device call whose result is final, straight in the dtype of q (out_dtype).
 struct FlashFwdParams {
@@ -80,6 +114,7 @@ struct FlashFwdParams {
   bool merge = false;
   const float* merge_src = nullptr;
   BshStrides src_stride;  // (batch, seqlen_q, nheads, head_dim) fp32
+  ScoreMods mods;         // the option hooks; off by default
 };
 
 // dsum = rowsum(dout * out): the softmax-backward term D_i, computed once per backward call with
@@ -128,7 +163,8 @@ struct FlashBwdParams {
   // The same bits on every run: dq's parts from the key tiles are added in key-tile order (each
   // CTA waits for its turn per query tile), and a split key tile's dK/dV in split order; slower.
   bool deterministic = false;
-  Segments seg;  // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
+  Segments seg;    // varlen; num_seqs == 0 for dense batches (with segments, dq, dk and dv must accumulate)
+  ScoreMods mods;  // the same hooks as the forward's: the backward recomputes P with them
 #ifdef __CUDACC__
   __host__ __device__
 #endif

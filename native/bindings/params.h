@@ -40,6 +40,45 @@ inline Segments segments(const Napi::Object& o) {
   return s;
 }
 
+// Optional { mods: { q_pos, k_pos, diag, seq_tok, window_left, window_right, softcap, alibi_slopes,
+// alibi_batch_stride, dropout_p, dropout_seed_lo, dropout_seed_hi } }; absent fields are off.
+inline ScoreMods score_mods(const Napi::Object& o, const AttnShape& sh, const Segments& seg) {
+  ScoreMods m;
+  Napi::Value v = o.Get("mods");
+  if (v.IsUndefined() || v.IsNull()) return m;
+  if (!v.IsObject()) RFA_THROW("E_ARG", "mods must be an object");
+  Napi::Object mo = v.As<Napi::Object>();
+  const auto has = [&](const char* key) { return !mo.Get(key).IsUndefined(); };
+  if (has("q_pos")) {
+    m.q_pos = static_cast<const int32_t*>(flat_view(mo, "q_pos", sh.seqlen_q, 4));
+    m.k_pos = static_cast<const int32_t*>(flat_view(mo, "k_pos", sh.seqlen_k, 4));
+    m.diag = int32_t(get_i64(mo, "diag"));
+    if (seg.num_seqs > 0) m.seq_tok = static_cast<const int32_t*>(flat_view(mo, "seq_tok", seg.num_seqs, 4));
+  }
+  if (has("window_left")) m.window_left = int32_t(get_i64(mo, "window_left"));
+  if (has("window_right")) m.window_right = int32_t(get_i64(mo, "window_right"));
+  if (m.window_left < -1 || m.window_right < -1) RFA_THROW("E_ARG", "window sides must be >= -1");
+  if (has("softcap")) m.softcap = float(get_f64(mo, "softcap"));
+  if (!(m.softcap >= 0.f)) RFA_THROW("E_ARG", "softcap must be >= 0");
+  if (has("head0")) m.head0 = int32_t(get_i64(mo, "head0"));
+  if (m.head0 < 0) RFA_THROW("E_ARG", "head0 must be >= 0");
+  if (has("alibi_slopes")) {
+    m.alibi_batch_stride = get_i64(mo, "alibi_batch_stride");
+    const int64_t heads = int64_t(m.head0) + sh.nheads;
+    if (m.alibi_batch_stride != 0 && m.alibi_batch_stride < heads)
+      RFA_THROW("E_SHAPE", "alibi_batch_stride must be 0 or cover every head");
+    const int64_t batches = seg.num_seqs > 0 ? seg.num_seqs : sh.batch;
+    const int64_t n = m.alibi_batch_stride ? batches * m.alibi_batch_stride : heads;
+    m.alibi_slopes = static_cast<const float*>(flat_view(mo, "alibi_slopes", n, 4));
+  }
+  if (has("dropout_p")) m.dropout_p = float(get_f64(mo, "dropout_p"));
+  if (!(m.dropout_p >= 0.f && m.dropout_p < 1.f)) RFA_THROW("E_ARG", "dropout_p must be in [0, 1)");
+  if (m.dropout_p > 0.f)
+    m.dropout_seed =
+        uint64_t(get_i64(mo, "dropout_seed_lo")) | (uint64_t(get_i64(mo, "dropout_seed_hi")) << 32);
+  return m;
+}
+
 // Optional out_dtype (default float32): the attention output may also be in the inputs' dtype.
 inline DType out_dtype(const Napi::Object& o, DType inputs) {
   if (o.Get("out_dtype").IsUndefined()) return DType::f32;
@@ -62,6 +101,7 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
                          &p.o_stride);
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
   p.seg = segments(o);
+  p.mods = score_mods(o, s, p.seg);
   p.merge = get_bool(o, "merge");  // absent: false
   if (!o.Get("merge_src").IsUndefined())
     p.merge_src =
@@ -104,6 +144,7 @@ inline FlashBwdParams bwd_params(const Napi::Object& o) {
   p.deterministic = get_bool(o, "deterministic");  // absent: false
   p.overwrite_dkv = get_bool(o, "overwrite_dkv");
   p.seg = segments(o);
+  p.mods = score_mods(o, s, p.seg);
   return p;
 }
 

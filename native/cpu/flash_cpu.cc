@@ -8,6 +8,7 @@
 
 #include "cpu/half.h"
 #include "error.h"
+#include "philox.h"
 
 namespace rfa::cpu {
 namespace {
@@ -31,14 +32,6 @@ void load_rows(const void* base, DType t, const BshStrides& s, int64_t b, int64_
   }
 }
 
-// Last key (inclusive, segment-relative) that query row i may see; flash-attn 2.x bottom-right
-// causal alignment within a segment of len_q queries and len_k keys.
-inline int last_key(bool causal, int len_q, int len_k, int i) {
-  if (!causal) return len_k - 1;
-  int last = i + len_k - len_q;
-  return last < len_k - 1 ? last : len_k - 1;
-}
-
 void check_shape(const AttnShape& sh, const Segments& seg) {
   RFA_CHECK_ARG(sh.batch >= 0 && sh.seqlen_q >= 0 && sh.seqlen_k >= 0, "negative dimension");
   RFA_CHECK_ARG(sh.nheads > 0 && sh.nheads_k > 0 && sh.nheads % sh.nheads_k == 0,
@@ -55,21 +48,99 @@ void check_shape(const AttnShape& sh, const Segments& seg) {
   }
 }
 
+void check_mods(const ScoreMods& m, const Segments& seg) {
+  RFA_CHECK_ARG((m.q_pos == nullptr) == (m.k_pos == nullptr), "positions need both q_pos and k_pos");
+  RFA_CHECK_ARG(!(m.positional() && seg.num_seqs > 0 && m.dropout_p > 0.f) || m.seq_tok,
+                "varlen dropout with positions needs seq_tok");
+}
+
 // One unit of work: batch b, query rows [q0, q0+nq), key rows [k0, k0+nk).
 struct Span {
   int64_t b;
   int q0, nq, k0, nk;
+  bool varlen;
+  int seg;  // segment index (varlen)
 };
 
 template <typename F>
 void for_each_span(const AttnShape& sh, const Segments& seg, F&& f) {
   if (seg.num_seqs == 0) {
-    for (int64_t b = 0; b < sh.batch; ++b) f(Span{b, 0, sh.seqlen_q, 0, sh.seqlen_k});
+    for (int64_t b = 0; b < sh.batch; ++b) f(Span{b, 0, sh.seqlen_q, 0, sh.seqlen_k, false, 0});
   } else {
     for (int i = 0; i < seg.num_seqs; ++i)
-      f(Span{0, seg.q_start[i], seg.q_len[i], seg.k_start[i], seg.k_len[i]});
+      f(Span{0, seg.q_start[i], seg.q_len[i], seg.k_start[i], seg.k_len[i], true, i});
   }
 }
+
+// The score hooks (attn_params.h ScoreMods) for one span: which keys a query row sees, the
+// modified score, and the dropout factor of an element.
+class Scorer {
+ public:
+  Scorer(const AttnShape& sh, const ScoreMods& m, const Span& sp, int seg_index) : sh_(sh), m_(m), sp_(sp) {
+    diag_ = m.positional() ? m.diag : sp.nk - sp.nq;
+    right_ = sh.causal ? 0 : m.window_right;
+    // flash-attn's causal ALiBi form, slope * kp, where the mask is purely causal.
+    alibi_causal_ = m.window_left < 0 && right_ == 0;
+    keep_scale_ = 1.0 / (1.0 - double(m.dropout_p));
+    threshold_ = dropout_threshold(m.dropout_p);
+    tok_base_ = m.positional() && m.seq_tok ? m.seq_tok[seg_index] : 0;
+  }
+
+  int qpos(int i) const { return m_.positional() ? m_.q_pos[sp_.q0 + i] : i; }
+  int kpos(int j) const { return m_.positional() ? m_.k_pos[sp_.k0 + j] : j; }
+
+  bool visible(int qp, int kp) const {
+    const int64_t centre = int64_t(qp) + diag_;
+    if (m_.window_left >= 0 && kp < centre - m_.window_left) return false;
+    if (right_ >= 0 && kp > centre + right_) return false;
+    return true;
+  }
+
+  // The score of raw dot product q.k; *dscore gets d(score)/d(dot) (softcap's tanh'), scale included.
+  double score(double dot, int h, int qp, int kp, double* dscore) const {
+    double s = dot * sh_.softmax_scale;
+    *dscore = sh_.softmax_scale;
+    if (m_.softcap > 0.f) {
+      const double t = std::tanh(s / m_.softcap);
+      s = m_.softcap * t;
+      *dscore = sh_.softmax_scale * (1.0 - t * t);
+    }
+    if (m_.alibi_slopes) {
+      const double slope =
+          m_.alibi_slopes[(sp_.varlen ? sp_.seg : sp_.b) * m_.alibi_batch_stride + m_.head0 + h];
+      s += alibi_causal_ ? slope * kp : -slope * std::fabs(double(qp) + diag_ - kp);
+    }
+    return s;
+  }
+
+  // The dropout factor of P at (h, qp, kp): 0 or 1 / (1 - p); 1 without dropout.
+  double keep(int h, int qp, int kp, int i, int j) const {
+    if (m_.dropout_p <= 0.f) return 1.0;
+    uint32_t qt, kt, batch;
+    if (sp_.varlen) {  // packed token indices, so that a sequence's draws do not depend on its shard
+      batch = 0;
+      qt = m_.positional() ? uint32_t(tok_base_ + qp) : uint32_t(sp_.q0 + i);
+      kt = m_.positional() ? uint32_t(tok_base_ + kp) : uint32_t(sp_.k0 + j);
+    } else {
+      batch = uint32_t(sp_.b);
+      qt = uint32_t(qp);
+      kt = uint32_t(kp);
+    }
+    return dropout_bits(m_.dropout_seed, batch, uint32_t(m_.head0 + h), qt, kt) >= threshold_ ? keep_scale_
+                                                                                              : 0.0;
+  }
+
+ private:
+  const AttnShape& sh_;
+  const ScoreMods& m_;
+  Span sp_;
+  int64_t diag_;
+  int right_;
+  bool alibi_causal_;
+  double keep_scale_;
+  uint32_t threshold_;
+  int32_t tok_base_;
+};
 
 // update_out_and_lse for one row: o[0, d) and lse hold the running result, (ob, lb) a block's.
 void merge_row(float* o, float& lse, const float* ob, double lb, int d) {
@@ -93,6 +164,7 @@ void merge_row(float* o, float& lse, const float* ob, double lb, int d) {
 void flash_fwd(const FlashFwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
+  check_mods(p.mods, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.out && p.lse, "flash_fwd: null tensor");
   RFA_CHECK_ARG(!p.merge || p.out_dtype == DType::f32 || p.merge_src,
                 "flash_fwd: merging into a 16-bit out needs merge_src");
@@ -100,6 +172,7 @@ void flash_fwd(const FlashFwdParams& p) {
   std::vector<float> K, V, Q, row(static_cast<size_t>(d)), running(static_cast<size_t>(d));
   std::vector<double> scores, acc(static_cast<size_t>(d));
   for_each_span(sh, p.seg, [&](const Span& sp) {
+    const Scorer sc(sh, p.mods, sp, sp.seg);
     scores.resize(size_t(sp.nk));
     for (int hk = 0; hk < sh.nheads_k; ++hk) {
       load_rows(p.k, p.dtype, p.k_stride, sp.b, hk, sp.k0, sp.nk, d, K);
@@ -108,28 +181,36 @@ void flash_fwd(const FlashFwdParams& p) {
         load_rows(p.q, p.dtype, p.q_stride, sp.b, h, sp.q0, sp.nq, d, Q);
         for (int i = 0; i < sp.nq; ++i) {
           const float* q = &Q[size_t(i) * d];
-          const int last = last_key(sh.causal, sp.nq, sp.nk, i);
-          double row_max = kNegInf;
-          for (int j = 0; j <= last; ++j) {
+          const int qp = sc.qpos(i);
+          double row_max = kNegInf, unused;
+          for (int j = 0; j < sp.nk; ++j) {
+            if (!sc.visible(qp, sc.kpos(j))) {
+              scores[j] = kNegInf;
+              continue;
+            }
             const float* k = &K[size_t(j) * d];
             double dot = 0;
             for (int c = 0; c < d; ++c) dot += double(q[c]) * k[c];
-            scores[j] = dot * sh.softmax_scale;
+            scores[j] = sc.score(dot, h, qp, sc.kpos(j), &unused);
             if (scores[j] > row_max) row_max = scores[j];
           }
+          const bool empty = row_max == kNegInf;
           std::fill(acc.begin(), acc.end(), 0.0);
           double sum = 0;
-          for (int j = 0; j <= last; ++j) {
-            double e = std::exp(scores[j] - row_max);
+          for (int j = 0; j < sp.nk && !empty; ++j) {
+            if (scores[j] == kNegInf) continue;
+            const double e = std::exp(scores[j] - row_max);
             sum += e;
+            const double w = e * sc.keep(h, qp, sc.kpos(j), i, j);  // lse is of the undropped P
+            if (w == 0.0) continue;
             const float* v = &V[size_t(j) * d];
-            for (int c = 0; c < d; ++c) acc[c] += e * v[c];
+            for (int c = 0; c < d; ++c) acc[c] += w * v[c];
           }
           const int64_t o = bsh_index(p.o_stride, sp.b, sp.q0 + i, h);
           float& lse = p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)];
-          const double row_lse = last < 0 ? kNegInf : row_max + std::log(sum);
+          const double row_lse = empty ? kNegInf : row_max + std::log(sum);
           if (p.merge) {  // rounded to fp32 first, as a separate block result would be
-            for (int c = 0; c < d; ++c) row[size_t(c)] = last < 0 ? 0.f : float(acc[c] / sum);
+            for (int c = 0; c < d; ++c) row[size_t(c)] = empty ? 0.f : float(acc[c] / sum);
             const float* src = p.merge_src ? p.merge_src + bsh_index(p.src_stride, sp.b, sp.q0 + i, h)
                                            : static_cast<const float*>(p.out) + o;
             std::copy(src, src + d, running.begin());
@@ -138,7 +219,7 @@ void flash_fwd(const FlashFwdParams& p) {
             continue;
           }
           for (int c = 0; c < d; ++c)
-            store_elem(p.out, o + c, p.out_dtype, last < 0 ? 0.f : float(acc[c] / sum));
+            store_elem(p.out, o + c, p.out_dtype, empty ? 0.f : float(acc[c] / sum));
           lse = float(row_lse);
         }
       }
@@ -163,6 +244,7 @@ void flash_bwd_dot(const FlashBwdDotParams& p) {
 void flash_bwd(const FlashBwdParams& p) {
   const AttnShape& sh = p.shape;
   check_shape(sh, p.seg);
+  check_mods(p.mods, p.seg);
   RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv,
                 "flash_bwd: null tensor");
   RFA_CHECK_ARG(p.seg.num_seqs == 0 || p.accumulate_dkv(),
@@ -171,6 +253,7 @@ void flash_bwd(const FlashBwdParams& p) {
   std::vector<float> K, V, Q, dO;
   std::vector<double> dK, dV, dQrow(static_cast<size_t>(d));
   for_each_span(sh, p.seg, [&](const Span& sp) {
+    const Scorer sc(sh, p.mods, sp, sp.seg);
     for (int hk = 0; hk < sh.nheads_k; ++hk) {
       load_rows(p.k, p.dtype, p.k_stride, sp.b, hk, sp.k0, sp.nk, d, K);
       load_rows(p.v, p.dtype, p.v_stride, sp.b, hk, sp.k0, sp.nk, d, V);
@@ -185,8 +268,11 @@ void flash_bwd(const FlashBwdParams& p) {
           const double lse = p.lse[bhs_index(p.lse_stride, sp.b, h, sp.q0 + i)];
           const double dsum = p.dsum[bhs_index(p.dsum_stride, sp.b, h, sp.q0 + i)];
           std::fill(dQrow.begin(), dQrow.end(), 0.0);
-          const int last = std::isinf(lse) && lse < 0 ? -1 : last_key(sh.causal, sp.nq, sp.nk, i);
-          for (int j = 0; j <= last; ++j) {
+          const int qp = sc.qpos(i);
+          const int nk = std::isinf(lse) && lse < 0 ? 0 : sp.nk;  // the row saw no key
+          for (int j = 0; j < nk; ++j) {
+            const int kp = sc.kpos(j);
+            if (!sc.visible(qp, kp)) continue;
             const float* k = &K[size_t(j) * d];
             const float* v = &V[size_t(j) * d];
             double dot = 0, dp = 0;
@@ -194,12 +280,17 @@ void flash_bwd(const FlashBwdParams& p) {
               dot += double(q[c]) * k[c];
               dp += double(dout[c]) * v[c];
             }
-            const double prob = std::exp(dot * sh.softmax_scale - lse);
-            const double ds = prob * (dp - dsum) * sh.softmax_scale;  // scale folded into dS
+            double dscore;
+            const double prob = std::exp(sc.score(dot, h, qp, kp, &dscore) - lse);
+            // Dropout: O = (P * Z) V with Z in {0, 1/(1-p)}, so dV = (P Z)^T dO, dP = Z (dO V^T), and
+            // dsum = rowsum(dO * O) is already of the dropped O.
+            const double z = sc.keep(h, qp, kp, i, j);
+            const double ds = prob * (z * dp - dsum) * dscore;  // d(score)/d(dot) folded into dS
+            const double pz = prob * z;
             double* dv = &dV[size_t(j) * d];
             double* dk = &dK[size_t(j) * d];
             for (int c = 0; c < d; ++c) {
-              dv[c] += prob * dout[c];
+              dv[c] += pz * dout[c];
               dk[c] += ds * q[c];
               dQrow[c] += ds * k[c];
             }
