@@ -1,6 +1,7 @@
 // `ring-flash-attn bench:kernel` (`node dist/benchmark/kernel.js`): our single-GPU kernel at
-// the shapes of the kernel-speed issue (bf16, head dim 128, batch 1; causal and not), forward and
-// forward+backward iter/s and TFLOP/s, each checked in the same run against fp64 on a sample of
+// the shapes of the kernel-speed issue (bf16, batch 1, head dim 128, and 64 and 256 at s=8192
+// h=16; causal and not), forward and forward+backward iter/s and TFLOP/s (the forward alone where
+// the backward has no kernel for the head dim), each checked in the same run against fp64 on a sample of
 // rows (a fast wrong kernel is worth nothing). FLOP: causal forward 2·b·h·s²·d (half of
 // 4·b·h·s²·d), backward 2.5×.
 import { init } from '../index.js';
@@ -13,11 +14,17 @@ interface Shape {
   s: number;
   h: number;
   hk: number;
+  /** head dim; 128 when absent */
+  d?: number;
+  /** the backward has no kernel for this head dim: time the forward alone */
+  forwardOnly?: boolean;
 }
 const SHAPES: Shape[] = [
   { name: 's=8192 h=5', s: 8192, h: 5, hk: 5 },
   { name: 's=8192 h=32 h_k=8', s: 8192, h: 32, hk: 8 },
   { name: 's=65536 h=5', s: 65536, h: 5, hk: 5 },
+  { name: 's=8192 h=16 d=64', s: 8192, h: 16, hk: 16, d: 64 },
+  { name: 's=8192 h=16 d=256', s: 8192, h: 16, hk: 16, d: 256, forwardOnly: true },
 ];
 
 /** fp64 attention of the last `rows` query rows of head 0 (batch 0). */
@@ -67,7 +74,6 @@ async function kernelTable(only: string | undefined, deterministic: boolean) {
   const shapes = SHAPES.filter((x) => !only || x.name.includes(only));
   if (!shapes.length) throw bad('--shape', only!, `matches none of ${SHAPES.map((x) => x.name).join('; ')}`);
   const rt = await init({ backend: 'cuda', world: 1 });
-  const d = 128;
   if (deterministic) console.log('backward: deterministic (dQ parts added in key-tile order)\n');
   console.log(
     '| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |',
@@ -76,6 +82,7 @@ async function kernelTable(only: string | undefined, deterministic: boolean) {
   try {
     for (const sh of shapes)
       for (const causal of [true, false]) {
+        const d = sh.d ?? 128;
         const iters = sh.s > 10000 ? 2 : 10;
         const task: KernelTask = {
           b: 1,
@@ -87,6 +94,7 @@ async function kernelTable(only: string | undefined, deterministic: boolean) {
           iters,
           repeats: 5,
           deterministic,
+          forwardOnly: sh.forwardOnly === true,
         };
         const [r] = (await rt.runEach(
           new URL('./kernel_rank.js', import.meta.url).href,
@@ -109,8 +117,11 @@ async function kernelTable(only: string | undefined, deterministic: boolean) {
           lseErr = Math.max(lseErr, Math.abs(r.sample.lse[row] - ref.lse[row]!));
         }
         const err = Math.sqrt(num / den);
+        const fwdbwd = r.fwdbwd
+          ? `${(1 / r.fwdbwd.median).toFixed(1)} | ${((3.5 * flop) / r.fwdbwd.median / 1e12).toFixed(1)}`
+          : '— | —';
         console.log(
-          `| ${sh.name} | ${causal} | ${(1 / r.fwd.median).toFixed(1)} | ${(flop / r.fwd.median / 1e12).toFixed(1)} | ${(1 / r.fwdbwd.median).toFixed(1)} | ${((3.5 * flop) / r.fwdbwd.median / 1e12).toFixed(1)} | ${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`,
+          `| ${sh.name} | ${causal} | ${(1 / r.fwd.median).toFixed(1)} | ${(flop / r.fwd.median / 1e12).toFixed(1)} | ${fwdbwd} | ${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`,
         );
       }
   } finally {

@@ -19,6 +19,8 @@ export interface KernelTask {
   repeats: number;
   /** flash-attn's deterministic backward (ours: dq's parts added in key-tile order). */
   deterministic?: boolean;
+  /** time the forward alone (head dims the backward has no kernel for); fwdbwd is then null */
+  forwardOnly?: boolean;
 }
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
@@ -65,7 +67,7 @@ export function run(ctx: RankContext, t: KernelTask) {
     return { median: median(secs), min: Math.min(...secs), max: Math.max(...secs) };
   };
   const fwd = time(false);
-  const fwdbwd = time(true);
+  const fwdbwd = t.forwardOnly ? null : time(true);
   // Accuracy sample: the last rows (they see the most keys under causal) of head 0, batch 0.
   const [out, lse] = flash_attn_func(q, k, v, { causal: t.causal, return_attn_probs: true }) as [
     DeviceTensor,

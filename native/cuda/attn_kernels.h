@@ -11,9 +11,12 @@
 
 namespace rfa::cuda {
 
-// Tensor-core FlashAttention-2 style kernels; bf16/f16 inputs, head_dim 32, 64 or 128. Forward and
-// backward: wgmma (Hopper) for head_dim 128 on sm_90, mma.sync m16n8k16 otherwise. The forward
-// splits query tiles into key pieces for under-filled grids and may merge into a running out/lse.
+// Tensor-core attention kernels; bf16/f16 inputs, head_dim 32, 64 or 128 (the forward on Hopper
+// also 192 and 256, dense batches). Forward on sm_90: the FlashAttention-3 structure of
+// native/cuda/fwd/ for dense head_dim 64..256 on grids of a tile per SM or more; otherwise, and
+// for the backward, FlashAttention-2 style kernels: wgmma (Hopper) for head_dim 128 on sm_90,
+// mma.sync m16n8k16 elsewhere, the forward splitting query tiles into key pieces for under-filled
+// grids. Every forward may merge into a running out/lse.
 
 // Device memory for a call's temporaries (flash_fwd's split partials). `release` runs as soon as
 // the launches that use the block are queued on the call's stream: the allocator must hand it
@@ -46,13 +49,17 @@ void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scra
 void force_fwd_schedule(int mode);
 // For the kernel harness only, likewise: the head_dim 128 forward kernel, 0 mma.sync, 1 wgmma at
 // two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), 3 the Hopper
-// forward of native/cuda/fwd/ wherever it covers the call (head_dim 64 and 128, dense; elsewhere as
+// forward of native/cuda/fwd/ wherever it covers the call (head_dim 64 to 256, dense; elsewhere as
 // -1), 4 wgmma where it can run with the residency chosen per launch (never the Hopper forward),
 // -1 the Hopper forward where it covers the call with a tile for every SM, else as 4.
 void force_fwd_kernel(int mode);
 // For the kernel harness only, likewise: the Hopper forward's persistent grid at most `ctas`
 // CTAs (so that small problems run many tiles per CTA); <= 0 one per SM.
 void force_fwd_ctas(int ctas);
+// For the kernel harness only, likewise: tile variants of the Hopper forward (head_dim 64 and 128),
+// 0 128-key tiles in two stages, 1 128-key tiles in more stages, 2 the widest key tiles (192 for
+// head_dim 64, 176 for 128); -1 the launch's own choice.
+void force_fwd_variant(int variant);
 // For the kernel harness only, likewise: dense launches keep the first `whole` query tiles whole
 // and cut the rest into `splits` key ranges; whole < 0 goes back to the cost model.
 void force_fwd_plan(int whole, int splits);

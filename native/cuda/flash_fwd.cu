@@ -722,6 +722,12 @@ bool use_hopper_fwd(const FlashFwdParams& p) {
 template <typename T>
 void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s,
                        const Scratch& scratch) {
+  if (p.shape.head_dim > 128) {  // the Hopper forward's alone
+    if (flash_fwd_hopper(p, s, scratch)) return;
+    RFA_THROW("E_UNSUPPORTED",
+              "flash_fwd: head_dim " + std::to_string(p.shape.head_dim) +
+                  ": the driver declined a tensor map of q, k or v (a stride it cannot take)");
+  }
   if (use_hopper_fwd(p) && flash_fwd_hopper(p, s, scratch)) return;
   switch (p.shape.head_dim) {
     case 32:
@@ -750,7 +756,7 @@ void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scra
     p.merge_src = static_cast<const float*>(p.out), p.src_stride = p.o_stride;
   }
   const AttnShape& sh = p.shape;
-  check_attn("flash_fwd", sh, p.dtype, p.seg);
+  check_attn("flash_fwd", sh, p.dtype, p.seg, current_device().sm90 && p.seg.num_seqs == 0);
   const bool varlen = p.seg.num_seqs > 0;
   const int num_spans = varlen ? p.seg.num_seqs : sh.batch;
   const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;

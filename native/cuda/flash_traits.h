@@ -97,18 +97,24 @@ struct FwdWgTraits {
 // swizzled tiles) together with the previous tile's O += P V (P from registers) and runs its
 // softmax under the P V; the two consumers take turns issuing (ping-pong), so one's softmax runs
 // under the other's MMAs.
-template <int kHeadDim_>
+// kBlockN_ / kStages_ (0: the defaults below) exist for the harness's variants.
+template <int kHeadDim_, int kBlockN_ = 0, int kStages_ = 0>
 struct FwdHopperTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kWgThreads = 4 * kWarpSize;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = (kConsumers + 1) * kWgThreads;
   static constexpr int kBlockM = 64 * kConsumers;
-  // Wide key tiles make each consumer's turn long enough to hide the other's softmax; head_dim
-  // 192 and 256 narrow them so that O (head_dim / 2 fp32 per thread) and S still fit in registers
-  // and two stages still fit in shared memory.
-  static constexpr int kBlockN = kHeadDim <= 128 ? 128 : kHeadDim <= 192 ? 96 : 80;
-  static constexpr int kStages = 2;
+  // Wide key tiles make each consumer's turn long enough to hide the other's softmax (head_dim 64
+  // has the shortest turns per key, so the widest tiles); head_dim 192 and 256 narrow them so
+  // that O (head_dim / 2 fp32 per thread) and S still fit in registers and two stages still fit
+  // in shared memory.
+  static constexpr int kBlockN = kBlockN_          ? kBlockN_
+                                 : kHeadDim <= 64  ? 192
+                                 : kHeadDim <= 128 ? 128
+                                 : kHeadDim <= 192 ? 96
+                                                   : 80;
+  static constexpr int kStages = kStages_ ? kStages_ : kHeadDim <= 64 ? 3 : 2;
   static constexpr int kColBlock = 64;                     // columns of one 128-byte swizzle atom row
   static constexpr int kColBlocks = kHeadDim / kColBlock;  // TMA boxes per tile
   static constexpr int kSTiles = kBlockN / kMmaN;          // 8-key n-tiles of S per thread
@@ -235,15 +241,18 @@ inline DeviceFacts current_device() {
 }
 
 // Shape, dtype, head_dim and segments; `fn` names the entry point in messages.
-inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const Segments& seg) {
+// `wide`: head_dim 192 and 256 too (the Hopper forward's, dense batches on sm_90 only).
+inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const Segments& seg,
+                       bool wide = false) {
   const std::string f(fn);
   RFA_CHECK_ARG(sh.batch >= 0 && sh.seqlen_q >= 0 && sh.seqlen_k >= 0, f + ": negative dimension");
   RFA_CHECK_ARG(sh.nheads > 0 && sh.nheads_k > 0 && sh.nheads % sh.nheads_k == 0,
                 f + ": nheads (" + std::to_string(sh.nheads) + ") must be a positive multiple of nheads_k (" +
                     std::to_string(sh.nheads_k) + ")");
-  if (!head_dim_supported(sh.head_dim))
+  if (!head_dim_supported(sh.head_dim) && !(wide && (sh.head_dim == 192 || sh.head_dim == 256)))
     RFA_THROW("E_UNSUPPORTED", f + ": head_dim " + std::to_string(sh.head_dim) +
-                                   " is not supported by the cuda kernels (32, 64, 128)");
+                                   " is not supported by the cuda kernels (32, 64, 128" +
+                                   (wide ? ", and 192, 256 for dense batches on Hopper)" : ")"));
   if (dtype != DType::bf16 && dtype != DType::f16)
     RFA_THROW("E_UNSUPPORTED",
               f + ": float32 q/k/v are not supported by the cuda kernels (bfloat16, float16)");

@@ -15,7 +15,8 @@
 namespace rfa::cuda {
 namespace {
 
-int g_forced_ctas = 0;  // force_fwd_ctas
+int g_forced_ctas = 0;      // force_fwd_ctas
+int g_forced_variant = -1;  // force_fwd_variant
 
 template <class Tr, typename T, bool kCausal>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
@@ -114,13 +115,29 @@ bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scr
   return p.shape.causal ? launch<Tr, T, true>(p, s, scratch) : launch<Tr, T, false>(p, s, scratch);
 }
 
+// Tile shapes per head_dim. Head_dim 128 without a causal mask takes 176-key tiles on grids of
+// under three waves, where the fewer, longer turns measured faster; full grids (more heads) ran
+// faster on 128-key tiles. The harness forces the others (force_fwd_variant).
 template <typename T>
 bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  const int variant = g_forced_variant >= 0 ? g_forced_variant
+                      : p.shape.head_dim == 128 && !p.shape.causal &&
+                              tiles_of<FwdHopperTraits<128>>(p) < 3 * current_device().sms
+                          ? 2
+                          : -1;
   switch (p.shape.head_dim) {
     case 64:
+      if (variant == 0) return dispatch_causal<FwdHopperTraits<64, 128, 2>, T>(p, s, scratch);
+      if (variant == 1) return dispatch_causal<FwdHopperTraits<64, 128, 4>, T>(p, s, scratch);
       return dispatch_causal<FwdHopperTraits<64>, T>(p, s, scratch);
     case 128:
+      if (variant == 1) return dispatch_causal<FwdHopperTraits<128, 128, 3>, T>(p, s, scratch);
+      if (variant == 2) return dispatch_causal<FwdHopperTraits<128, 176, 2>, T>(p, s, scratch);
       return dispatch_causal<FwdHopperTraits<128>, T>(p, s, scratch);
+    case 192:
+      return dispatch_causal<FwdHopperTraits<192>, T>(p, s, scratch);
+    case 256:
+      return dispatch_causal<FwdHopperTraits<256>, T>(p, s, scratch);
     default:
       return false;
   }
@@ -129,11 +146,12 @@ bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& s
 }  // namespace
 
 void force_fwd_ctas(int ctas) { g_forced_ctas = ctas; }
+void force_fwd_variant(int variant) { g_forced_variant = variant; }
 
 bool hopper_fwd_covers(const FlashFwdParams& p) {
   const int d = p.shape.head_dim;
   return p.seg.num_seqs == 0 && p.shape.seqlen_k > 0 && p.shape.seqlen_q > 0 && p.shape.batch > 0 &&
-         (d == 64 || d == 128);
+         (d == 64 || d == 128 || d == 192 || d == 256);
 }
 
 int64_t hopper_fwd_tiles(const FlashFwdParams& p) { return tiles_of<FwdHopperTraits<128>>(p); }

@@ -9,7 +9,7 @@
 namespace rfa::cuda {
 
 // Whether the Hopper forward covers the call: dense batches (no varlen segments), at least one
-// key, head_dim 64 or 128. The device must run sm_90a code (the caller checks).
+// key, head_dim 64, 128, 192 or 256. The device must run sm_90a code (the caller checks).
 bool hopper_fwd_covers(const FlashFwdParams& p);
 // Query tiles of the Hopper forward's grid (kBlockM rows, every head and batch entry).
 int64_t hopper_fwd_tiles(const FlashFwdParams& p);

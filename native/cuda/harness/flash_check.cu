@@ -254,6 +254,7 @@ struct Config {
   // for bit. `rerun` reruns a default-mode config too, only to report whether its bits moved.
   bool deterministic = false;
   bool rerun = false;
+  bool fwd_only = false;  // head dims only the forward has: out and lse are checked
 };
 
 // Equal element for element, NaN matching NaN (poisoned rows outside every span stay NaN).
@@ -394,8 +395,9 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   bp.overwrite_dkv = c.overwrite_dkv;
   bp.deterministic = c.deterministic;
 
-  const bool launched = ran("fwd+bwd", [&] {
+  const bool launched = ran(c.fwd_only ? "fwd" : "fwd+bwd", [&] {
     cuda::flash_fwd(fp, 0, scratch());
+    if (c.fwd_only) return;
     // With varlen, rows outside every span keep their poison; dsum there is not needed.
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0, scratch());
@@ -410,6 +412,13 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   Expect e_out(nan_o), e_lse(nan_l), e_dsum(nan_l), e_dq(before_dq), e_dk(before_dk), e_dv(before_dv);
   expect_bsh(e_out, ov, ref.out, qc, c.b, c.sq, c.h, d, false);
   expect_bhs(e_lse, lv, ref.lse, qc, c.b, c.h, c.sq);
+  const bool bf = c.dtype == DType::bf16;
+  const double fwd_bound = bf ? 5e-3 : 2.5e-3, grad_bound = bf ? 1e-2 : 5e-3;
+  if (c.fwd_only) {
+    report(c.name, {{"out", compare(out.download(), e_out)}, {"lse", compare(lse.download(), e_lse)}},
+           {fwd_bound, fwd_bound});
+    return;
+  }
   // bwd_dot knows no spans: rows outside them read poisoned out and stay NaN, as e_dsum expects.
   expect_bhs(e_dsum, lv, ref.dsum, qc, c.b, c.h, c.sq);
   // dsum is a sum of products of both signs: its error is judged against the size of its terms,
@@ -450,8 +459,6 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
     }
   }
 
-  const bool bf = c.dtype == DType::bf16;
-  const double fwd_bound = bf ? 5e-3 : 2.5e-3, grad_bound = bf ? 1e-2 : 5e-3;
   report(c.name,
          {{"out", compare(out.download(), e_out)},
           {"lse", compare(lse.download(), e_lse)},
@@ -782,6 +789,13 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   const float t_fwd_mma = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
   cuda::force_fwd_kernel(3);  // the Hopper forward wherever it covers the shape
   const float t_fwd_hopper = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+  float t_variant[3] = {0.f, 0.f, 0.f};  // the Hopper forward's tile variants (force_fwd_variant)
+  if (d <= 128)
+    for (int v = 0; v <= 2; ++v) {
+      cuda::force_fwd_variant(v);
+      t_variant[v] = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
+    }
+  cuda::force_fwd_variant(-1);
   cuda::force_fwd_kernel(4);  // the FlashAttention-2 style wgmma forward with its split plan
   const float t_fwd_wg = median_ms([&] { cuda::flash_fwd(fp, 0, scratch()); });
   cuda::force_fwd_kernel(-1);
@@ -796,17 +810,18 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
       cuda::flash_bwd(params, 0, scratch());
     });
   };
-  const float t_bwd = bwd_ms(bp);
+  const bool bwd = d <= 128;  // wider head dims have a forward only
+  const float t_bwd = bwd ? bwd_ms(bp) : 0.f;
   // A ring step's backward: dK/dV added onto what they hold.
   FlashBwdParams bpa = bp;
   bpa.accumulate = true;
-  const float t_bwd_acc = bwd_ms(bpa);
+  const float t_bwd_acc = bwd ? bwd_ms(bpa) : 0.f;
   // The deterministic mode (dQ in key-tile order); on the large shapes its grid runs in several
   // waves, where a tile waits on tiles launched before it.
   FlashBwdParams bpd = bp;
   bpd.deterministic = true;
-  const float t_bwd_det = bwd_ms(bpd);
-  const float t_all = median_ms([&] {
+  const float t_bwd_det = bwd ? bwd_ms(bpd) : 0.f;
+  const float t_all = !bwd ? 0.f : median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
     cuda::flash_bwd(bp, 0, scratch());
@@ -823,11 +838,16 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   line("fwd-mma", t_fwd_mma, fwd_flop);
   line("fwd-fa3", t_fwd_hopper, fwd_flop);
   line("fwd-fa2wg", t_fwd_wg, fwd_flop);
+  if (d <= 128)
+    line("fwd-fa3v0", t_variant[0], fwd_flop), line("fwd-fa3v1", t_variant[1], fwd_flop),
+        line("fwd-fa3v2", t_variant[2], fwd_flop);
   line("fwd-merge", t_merge, fwd_flop);
-  line("bwd", t_bwd, 2.5 * fwd_flop);
-  line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
-  line("bwd-det", t_bwd_det, 2.5 * fwd_flop);
-  line("fwd+bwd", t_all, 3.5 * fwd_flop);
+  if (bwd) {
+    line("bwd", t_bwd, 2.5 * fwd_flop);
+    line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
+    line("bwd-det", t_bwd_det, 2.5 * fwd_flop);
+    line("fwd+bwd", t_all, 3.5 * fwd_flop);
+  }
   // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
   // ring-step backward at each split count (against `bwd-acc`), and the ring-step forward under
   // forced launch plans (against `fwd-merge`), wgmma at two and three CTAs per SM: one CTA per
@@ -916,6 +936,16 @@ int main(int argc, char** argv) {
   Config varlen64{"fp16 d64 full varlen 2 segs accumulate", f16, 64, false, 1, 300, 260, 4, 4, false, true};
   varlen64.segs = {{0, 150, 0, 60}, {150, 150, 60, 200}};
   configs.push_back(varlen64);
+  for (Config c :
+       {Config{"bf16 d256 causal b2 s1000 h4/2 gqa", bf, 256, true, 2, 1000, 1000, 4, 2},
+        Config{"fp16 d256 full sq300 sk77 h2/1 mqa", f16, 256, false, 1, 300, 77, 2, 1},
+        Config{"bf16 d256 causal sq300 sk77 h2 (keyless rows)", bf, 256, true, 1, 300, 77, 2, 2},
+        Config{"bf16 d256 full b1 s300 h2 packed qkv views", bf, 256, false, 1, 300, 300, 2, 2, true},
+        Config{"bf16 d192 causal sq77 sk300 h4/1 mqa", bf, 192, true, 1, 77, 300, 4, 1},
+        Config{"fp16 d192 full b2 s500 h2", f16, 192, false, 2, 500, 500, 2, 2}}) {
+    c.fwd_only = true;
+    configs.push_back(c);
+  }
 
   struct Shape {
     int b, s, h, hk, d;
@@ -928,7 +958,8 @@ int main(int argc, char** argv) {
       {1, 8192, 5, 5, 128, false, 4096},  // zigzag ring half blocks, the Python project's shape
       {1, 4096, 5, 5, 128, false, 8192},  {1, 8192, 32, 8, 128, false, 4096},  // the same, llama3-8B heads
       {1, 4096, 32, 8, 128, false, 8192}, {1, 8192, 16, 16, 64, true, 0},
-      {1, 8192, 16, 16, 64, false, 0}};
+      {1, 8192, 16, 16, 64, false, 0},    {1, 8192, 16, 16, 256, true, 0},
+      {1, 8192, 16, 16, 256, false, 0},   {1, 8192, 16, 16, 192, true, 0}};
   constexpr int kShapes = sizeof(shapes) / sizeof(shapes[0]);
   if (only_bench >= 0) {
     const Shape& sh = shapes[only_bench % kShapes];
@@ -961,6 +992,19 @@ int main(int argc, char** argv) {
       }
       run_merge(gen, tag);
     }
+  // The Hopper forward's tile variants, on 7 CTAs.
+  for (int variant : {0, 1, 2}) {
+    cuda::force_fwd_kernel(3);
+    cuda::force_fwd_ctas(7);
+    cuda::force_fwd_variant(variant);
+    const std::string tag = " [hopper v" + std::to_string(variant) + ", 7 ctas]";
+    for (Config c : configs) {
+      c.name += tag;
+      run_attention(c, gen);
+    }
+    run_merge(gen, tag);
+  }
+  cuda::force_fwd_variant(-1);
   cuda::force_fwd_kernel(-1);
   cuda::force_fwd_schedule(-1);
   cuda::force_fwd_ctas(0);
