@@ -4,7 +4,8 @@
 # SDPA's cuDNN and FlashAttention-2 at the same shapes on the same GPU. Build here first
 # (bash native/cuda/harness/build.sh; ../shared/device/pack for the anchors), then on the device:
 #   bash native/cuda/harness/device_run.sh        (CHECK=0 skips the checks, TIMING=0 the timings,
-#                                                   ANCHOR=0 the SDPA anchors; logs go to $OUT)
+#                                                   ANCHOR=0 the SDPA anchors, ANCHOR_SHAPES="s=8192 h=5,..."
+#                                                   picks its shapes; logs go to $OUT)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 bin=build/harness/flash_check
@@ -21,5 +22,5 @@ if [ "${TIMING:-1}" = 1 ]; then
   timeout ${TIMING_TIMEOUT:-240} $bin --no-checks --seed=2 ${TIMING_ARGS:-} 2>&1 | grep -E "^TIME" | tee "$OUT/timing.log"
 fi
 if [ "${ANCHOR:-1}" = 1 ] && [ -f .device/anchors/sdpa_anchor.py ]; then
-  timeout ${ANCHOR_TIMEOUT:-240} python3 .device/anchors/sdpa_anchor.py ${ANCHOR_ARGS:-} 2>&1 | tee "$OUT/anchor.log" | tail -3
+  timeout ${ANCHOR_TIMEOUT:-240} python3 .device/anchors/sdpa_anchor.py ${ANCHOR_SHAPES:+"--shapes=$ANCHOR_SHAPES"} 2>&1 | tee "$OUT/anchor.log" | tail -3
 fi
