@@ -11,6 +11,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'bench:kernel': async () => (await import('./kernel.js')).kernelCommand,
   'bench:targets': async () => (await import('./issue_targets.js')).targetsCommand,
   'bench:chart': async () => (await import('./render_chart.js')).chartCommand,
+  launch: async () => (await import('./launch.js')).launchCommand,
 };
 
 async function overview(): Promise<string> {

@@ -15,6 +15,9 @@ export interface RankInfo {
   runtimeId: string;
   /** How the cuda backend communicates (see InitOptions.transport). */
   transport: Transport;
+  /** Global rank of the first rank this process runs; this process runs [rank0, rank0 + localWorld). */
+  rank0: number;
+  localWorld: number;
 }
 
 /** A host tensor the way callers hand it over: an ndarray-like object. */

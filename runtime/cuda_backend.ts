@@ -99,7 +99,7 @@ export class CudaBackend extends Backend {
   }
 
   protected newComm(group: Group): Comm {
-    return new CudaComm(group, this.kernels, this.info.transport);
+    return new CudaComm(group, this.kernels, this.info.transport, this.info);
   }
 
   peakBytes(): number {

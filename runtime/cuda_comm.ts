@@ -13,21 +13,51 @@ import * as args from './kernel_args.js';
 import type { NativeCuda } from './cuda_native.js';
 import type { DeviceTensor } from './tensor.js';
 
+/** The global ranks this process runs: [rank0, rank0 + localWorld). */
+export interface Locality {
+  rank0: number;
+  localWorld: number;
+}
+
 /**
- * Communication of one group over NCCL or the copy engines (`transport`). NCCL: a communicator
- * created lazily on first use by every member (they share the NCCL unique id through the addon's
- * process-wide registry). Copy engines: every operation is a set of point-to-point pulls
- * (native/cuda/peer_copy.h), collectives included, so NCCL is never loaded. Each operation is
- * enqueued on the comm stream after the compute stream's queued work and records an event;
- * `wait()` makes the compute stream wait for that event, so transfers overlap the compute
- * issued between them.
+ * Communication of one group, by distance (native/cuda/transport.h): between two ranks of this
+ * process over `transport` (the copy engines, or NCCL where the GPUs cannot read each other's
+ * memory), between processes over NCCL. The ring order stays the order of global ranks, so in a
+ * runtime of several processes only the hops across a process boundary take NCCL; a collective
+ * takes NCCL as soon as its group spans processes. NCCL: a communicator created lazily on first
+ * use by every member (the unique id comes from the addon's registry, or from process 0 through
+ * the rendezvous). Copy engines: point-to-point pulls (native/cuda/peer_copy.h). Each operation
+ * is enqueued on the comm stream after the compute stream's queued work and records an event;
+ * `wait()` makes the compute stream wait for it, so transfers overlap the compute issued between
+ * them.
  */
 export class CudaComm implements Comm {
+  /** Whether some member runs in another process. */
+  private readonly spans: boolean;
+
   constructor(
     readonly group: Group,
     private readonly cuda: NativeCuda,
     private readonly transport: Transport,
-  ) {}
+    private readonly locality: Locality = { rank0: 0, localWorld: Infinity },
+  ) {
+    this.spans = group.ranks.some((r) => !this.isLocal(r));
+  }
+
+  private isLocal(globalRank: number): boolean {
+    const { rank0, localWorld } = this.locality;
+    return globalRank >= rank0 && globalRank < rank0 + localWorld;
+  }
+
+  /** The transport to group member `peer`. */
+  private via(peer: number): Transport {
+    return this.isLocal(this.group.ranks[peer]!) ? this.transport : 'nccl';
+  }
+
+  /** The transport of a collective: NCCL once the group spans processes. */
+  private get collective(): Transport {
+    return this.spans ? 'nccl' : this.transport;
+  }
 
   private op(t: DeviceTensor, peer: number) {
     return {
@@ -41,7 +71,7 @@ export class CudaComm implements Comm {
 
   /** A send: over the copy engines strided rows are read in place (one 2-D copy of `rows` rows, `pitch` apart). */
   private sendOp(t: DeviceTensor, peer: number) {
-    const layout = this.transport === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
+    const layout = this.via(peer) === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
     if (!layout) return this.op(t, peer);
     return {
       data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] },
@@ -60,81 +90,64 @@ export class CudaComm implements Comm {
   }
 
   sendable(t: DeviceTensor): boolean {
-    return readsInPlace(this.transport, t);
+    return readsInPlace(this.spans ? 'nccl' : this.transport, t);
   }
 
-  /** Chunk `index` of `n` elements of a contiguous view (a rank's slot of a collective buffer). */
-  private chunk(
-    view: { data: unknown; offset: number; strides: number[] },
-    index: number,
-    n: number,
-    dtype: number,
-    peer: number,
-    label = '',
-  ) {
-    return { data: { ...view, offset: view.offset + index * n }, n, dtype, peer, label };
-  }
-
-  /** `after` runs once, on the first wait(), once the compute stream waits for the transfer. */
-  private pending(event: number, after?: () => void): Pending {
+  /** `after` runs once, on the first wait(), once the compute stream waits for the transfers. */
+  private pending(events: number[], after?: () => void): Pending {
     let done = false;
     return {
       wait: () => {
         if (done) return;
         done = true;
-        this.cuda.waitEvent(event);
+        for (const e of events) this.cuda.waitEvent(e);
         after?.();
       },
     };
   }
 
-  private get id() {
-    return { key: this.group.key, nranks: this.group.size, rank: this.group.rank, transport: this.transport };
-  }
-
-  private get members(): number[] {
-    return Array.from({ length: this.group.size }, (_, j) => j);
+  private id(transport: Transport) {
+    return { key: this.group.key, nranks: this.group.size, rank: this.group.rank, transport };
   }
 
   /**
-   * The members from this rank round: rank, rank + 1, ..., rank - 1. Pulled in this order, each
-   * member's memory is read by one peer at a time, where member order would have every rank read
-   * member 0 first (on NVSwitch a GPU's outbound bandwidth is shared by its readers). The
-   * reduce-scatter sums in the same order (native copy_engine_reduce_scatter), fixed per rank.
+   * NCCL's share of the operations first: once connected (the runtime's warm-up ring), NCCL only
+   * enqueues, while a copy-engine send waits for its reader, so no rank can wait in a copy for a
+   * peer that waits in NCCL for it.
    */
-  private get rotatedMembers(): number[] {
-    return this.members.map((i) => (this.group.rank + i) % this.group.size);
-  }
-
   sendRecv(sends: readonly P2POp[], recvs: readonly P2POp[]): Pending {
-    return this.pending(
-      this.cuda.commSendRecv({
-        ...this.id,
-        sends: sends.map((s) => this.sendOp(s.tensor, s.peer)),
-        recvs: recvs.map((r) => this.op(r.tensor, r.peer)),
-      }),
-    );
+    const events: number[] = [];
+    const kinds: Transport[] = ['nccl', 'copy-engine'];
+    for (const kind of kinds) {
+      const mine = (ops: readonly P2POp[]) => ops.filter((o) => this.via(o.peer) === kind);
+      const [s, r] = [mine(sends), mine(recvs)];
+      if (s.length === 0 && r.length === 0) continue;
+      events.push(
+        this.cuda.commSendRecv({
+          ...this.id(kind),
+          sends: s.map((o) => this.sendOp(o.tensor, o.peer)),
+          recvs: r.map((o) => this.op(o.tensor, o.peer)),
+        }),
+      );
+    }
+    return this.pending(events);
   }
 
   allGather(send: DeviceTensor, recv: DeviceTensor): Pending {
     if (recv.numel !== send.numel * this.group.size || recv.dtype !== send.dtype)
       fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
     const n = send.numel,
-      dtype = DTYPE_CODE[send.dtype],
-      dst = args.flat(recv, 'recv');
-    if (this.transport === 'copy-engine')
-      // Every member pulls every member's chunk, its own included (a send to itself), in rotated
-      // order (rotatedMembers) so that no member's memory is read by all the others at once.
-      return this.pending(
-        this.cuda.commSendRecv({
-          ...this.id,
-          sends: this.members.map((j) => this.sendOp(send, j)),
-          recvs: this.rotatedMembers.map((j) => this.chunk(dst, j, n, dtype, j, transferLabel(send))),
-        }),
-      );
-    return this.pending(
-      this.cuda.commAllGather({ ...this.id, send: args.flat(send, 'send'), recv: dst, n, dtype }),
-    );
+      dtype = DTYPE_CODE[send.dtype];
+    return this.pending([
+      this.cuda.commAllGather({
+        ...this.id(this.collective),
+        send: args.flat(send, 'send'),
+        recv: args.flat(recv, 'recv'),
+        n,
+        dtype,
+        label: transferLabel(send),
+      }),
+    ]);
   }
 
   reduceScatter(send: DeviceTensor, recv: DeviceTensor): Pending {
@@ -144,8 +157,10 @@ export class CudaComm implements Comm {
       dtype = DTYPE_CODE.float32,
       src = args.flat(send, 'send'),
       dst = args.flat(recv, 'recv');
-    if (this.transport !== 'copy-engine')
-      return this.pending(this.cuda.commReduceScatter({ ...this.id, send: src, recv: dst, n, dtype }));
+    if (this.collective !== 'copy-engine')
+      return this.pending([
+        this.cuda.commReduceScatter({ ...this.id(this.collective), send: src, recv: dst, n, dtype }),
+      ]);
     // Over the copy engines the addon pulls each member's chunk for us through one slot and sums
     // them into recv on the comm stream, from this rank round (fp32, an order fixed per rank).
     // The slot goes back once the compute stream waits for the sums (the allocator's rule).
@@ -153,7 +168,7 @@ export class CudaComm implements Comm {
     let event: number;
     try {
       event = this.cuda.commReduceScatter({
-        ...this.id,
+        ...this.id('copy-engine'),
         send: src,
         recv: dst,
         n,
@@ -164,6 +179,6 @@ export class CudaComm implements Comm {
       this.cuda.free(slot);
       throw e;
     }
-    return this.pending(event, () => this.cuda.free(slot));
+    return this.pending([event], () => this.cuda.free(slot));
   }
 }

@@ -44,6 +44,13 @@ export interface NativeCuda extends NativeKernels {
   resetAll(scope: string): void;
   /** Which GPU `device` is and whether this build has kernels it can run. */
   deviceInfo(device: number): DeviceInfo;
+  /** A fresh NCCL unique id (128 bytes): process 0 of a runtime that spans processes makes it. */
+  ncclUniqueId(): Uint8Array;
+  /**
+   * The id the world communicator of `scope` (ranks 0..world-1) joins, handed out by process 0;
+   * the scope's NCCL communicators then span processes and cannot be remade after a failure.
+   */
+  ncclRegisterWorldId(scope: string, world: number, id: Uint8Array): void;
 }
 
 const CUDA_KEYS: SurfaceKeys<NativeCuda> = {
@@ -71,6 +78,8 @@ const CUDA_KEYS: SurfaceKeys<NativeCuda> = {
   abortAll: true,
   resetAll: true,
   deviceInfo: true,
+  ncclUniqueId: true,
+  ncclRegisterWorldId: true,
 };
 let checked: NativeCuda | undefined;
 

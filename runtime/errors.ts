@@ -13,7 +13,8 @@ export type ErrorCode =
   | 'E_MEMORY'
   | 'E_NATIVE'
   | 'E_TIMEOUT'
-  | 'E_ABORTED';
+  | 'E_ABORTED'
+  | 'E_RENDEZVOUS';
 
 const CODES = new Set<string>([
   'E_SHAPE',
@@ -30,6 +31,7 @@ const CODES = new Set<string>([
   'E_NATIVE',
   'E_TIMEOUT',
   'E_ABORTED',
+  'E_RENDEZVOUS',
 ]);
 
 /** The one error type of the library: `code` is stable, `message` names the argument. */

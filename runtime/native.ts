@@ -35,6 +35,24 @@ export interface NativeCpu extends NativeKernels {
   /** scope: the runtime id (the part of its communicator keys before '/'). */
   mailAbort(scope: string, reason: string): void;
   mailReset(scope: string): void;
+  /** Opens this process's listener of a runtime that spans processes (port 0: any); returns the port. */
+  netListen(scope: string, port: number): number;
+  /** Starts connecting to the runtime's other processes (native/cpu/net_mailbox.h); returns at once. */
+  netConnect(p: { scope: string; self: number; timeout_ms: number; procs: NetProcess[] }): void;
+  /** Whether every connection is up; E_RENDEZVOUS once one failed or the timeout passed. */
+  netPoll(scope: string): boolean;
+  /** The runtime begins call number `call`, the same on every process. */
+  netBeginCall(scope: string, call: number): void;
+  netClose(scope: string): void;
+}
+
+/** A process of a runtime that spans processes, as the CPU mailbox connects to it. */
+export interface NetProcess {
+  host: string;
+  port: number;
+  first_rank: number;
+  ranks: number;
+  name: string;
 }
 
 /** The launch planner of the CUDA kernels (native/launch_plan.h), exposed for tests. */
@@ -77,6 +95,11 @@ const CPU_KEYS: SurfaceKeys<NativeCpu> = {
   mailRecv: true,
   mailAbort: true,
   mailReset: true,
+  netListen: true,
+  netConnect: true,
+  netPoll: true,
+  netBeginCall: true,
+  netClose: true,
 };
 const PLAN_KEYS: SurfaceKeys<NativePlan> = { simulateLaunch: true, planFwdLaunch: true, planBwdSplits: true };
 

@@ -8,6 +8,14 @@ import { RingFlashAttnError, asRingError, fail } from './errors.js';
 import { cudaNative } from './cuda_native.js';
 import { native } from './native.js';
 import { describeValue } from './tensor.js';
+import {
+  barrier,
+  join,
+  resolveRendezvous,
+  type Joined,
+  type RendezvousOptions,
+  type ResolvedRendezvous,
+} from './rendezvous.js';
 import { fromTransfer, workerErrorChannel, type StrayError } from './transfer.js';
 import type { WorkerResult, WorkerTask } from './worker.js';
 
@@ -43,6 +51,25 @@ export interface InitOptions {
    * defaultTransport. Ranks that share a GPU must use 'copy-engine' (NCCL refuses two ranks on one GPU).
    */
   transport?: Transport;
+  /**
+   * Joins a runtime that spans processes (and machines): the store of process 0 at host:port
+   * (`'host:port'` takes process and processes from RANK and WORLD_SIZE). Default: the launcher's
+   * variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, as torchrun sets them) when WORLD_SIZE
+   * is above 1; false: this process alone, whatever the environment says.
+   */
+  rendezvous?: RendezvousOptions | string | false;
+  /**
+   * Ranks this process runs, in a runtime that spans processes (default: `devices`' length, else
+   * 1: one GPU per process, GPU LOCAL_RANK, as torchrun starts them). Without a rendezvous it is
+   * the same as `world`.
+   */
+  localWorld?: number;
+  /**
+   * Global rank of this process's first rank, when the caller knows it: checked against the
+   * rendezvous (the processes before this one run that many ranks). `world` is checked the same
+   * way against the total.
+   */
+  rank0?: number;
 }
 
 /** Per call: a deadline and a cancellation, as Node's APIs take them. */
@@ -55,7 +82,11 @@ export interface CallOptions {
 
 /** What init's options resolve to. */
 export interface ResolvedInit {
+  /** This process's ranks; with a rendezvous, numbered 0.. until it assigns their global ranks. */
   ranks: RankInfo[];
+  rendezvous?: ResolvedRendezvous;
+  /** world and rank0 as the options gave them, for the rendezvous to check. */
+  expect?: { world?: number; rank0?: number };
   callTimeoutMs: number;
   onWorkerError: (error: RingFlashAttnError) => void;
 }
@@ -68,6 +99,9 @@ const INIT_KEYS = new Set([
   'callTimeoutMs',
   'onWorkerError',
   'transport',
+  'rendezvous',
+  'localWorld',
+  'rank0',
 ]);
 /** setTimeout's and the native waits' limit (a signed 32-bit millisecond count). */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
@@ -122,10 +156,45 @@ function resolveOptions(opts: InitOptions): ResolvedInit {
         ? 'init: backend cuda asked for, but no GPU is visible'
         : `init: backend cuda asked for, but the addon was built without CUDA (${native().cudaOmitted})`,
     );
-  const world = opts.world ?? (backend === 'cuda' ? (opts.devices?.length ?? gpus) : 2);
+  const rendezvous = resolveRendezvous(opts.rendezvous);
+  for (const key of ['localWorld', 'rank0'] as const) {
+    const v = opts[key];
+    if (v !== undefined && (!Number.isInteger(v) || v < (key === 'rank0' ? 0 : 1)))
+      fail(
+        'E_ARG',
+        `init: ${key} must be ${key === 'rank0' ? 'a non-negative' : 'a positive'} integer, got ${describeValue(v)}`,
+      );
+  }
+  if (rendezvous && opts.world !== undefined && (!Number.isInteger(opts.world) || opts.world < 1))
+    fail(
+      'E_ARG',
+      `init: world must be an integer >= 1 (the ranks of every process), got ${describeValue(opts.world)}`,
+    );
+  if (!rendezvous && opts.rank0 !== undefined && opts.rank0 !== 0)
+    fail('E_ARG', `init: rank0 ${opts.rank0} needs a rendezvous (a runtime of one process starts at rank 0)`);
+  if (
+    !rendezvous &&
+    opts.localWorld !== undefined &&
+    opts.world !== undefined &&
+    opts.localWorld !== opts.world
+  )
+    fail(
+      'E_ARG',
+      `init: localWorld ${opts.localWorld} differs from world ${opts.world} in a runtime of one process`,
+    );
+  // With a rendezvous, this process runs `world` of the runtime's ranks ("local"); torchrun's
+  // convention is one GPU per process, the GPU LOCAL_RANK.
+  const localRank = Number(process.env.LOCAL_RANK ?? 0);
+  const world = rendezvous
+    ? (opts.localWorld ?? opts.devices?.length ?? 1)
+    : (opts.world ?? opts.localWorld ?? (backend === 'cuda' ? (opts.devices?.length ?? gpus) : 2));
   if (!Number.isInteger(world) || world < 1 || world > 64)
     fail('E_ARG', `init: world must be an integer in [1, 64], got ${world}`);
-  const devices = opts.devices ?? Array.from({ length: world }, (_, i) => (backend === 'cuda' ? i : 0));
+  const devices =
+    opts.devices ??
+    Array.from({ length: world }, (_, i) =>
+      backend !== 'cuda' ? 0 : rendezvous && world === 1 && Number.isInteger(localRank) ? localRank : i,
+    );
   if (!Array.isArray(devices) || devices.length !== world)
     fail('E_ARG', `init: devices must list one device per rank (${world}), got ${JSON.stringify(devices)}`);
   if (opts.transport !== undefined && opts.transport !== 'nccl' && opts.transport !== 'copy-engine')
@@ -152,7 +221,19 @@ function resolveOptions(opts: InitOptions): ResolvedInit {
   // Unique in the process, across threads too: the scope of this runtime's communicators, aborts and resets.
   const runtimeId = `rt${threadId}.${++runtimeCount}`;
   return {
-    ranks: devices.map((device, rank) => ({ backend, rank, world, device, timeoutMs, runtimeId, transport })),
+    ranks: devices.map((device, rank) => ({
+      backend,
+      rank,
+      world,
+      device,
+      timeoutMs,
+      runtimeId,
+      transport,
+      rank0: 0,
+      localWorld: world,
+    })),
+    rendezvous,
+    expect: { world: opts.world, rank0: opts.rank0 },
     callTimeoutMs,
     onWorkerError: opts.onWorkerError ?? ((e) => console.error(`ring-flash-attn: ${e.message}`)),
   };
@@ -194,17 +275,25 @@ interface Flight {
  */
 export class Runtime {
   readonly backend: 'cpu' | 'cuda';
-  readonly world: number;
+  /** GPU of each of this process's ranks. */
   readonly devices: readonly number[];
   /** How the ranks communicate on GPUs (InitOptions.transport, resolved; the cpu backend ignores it). */
   readonly transport: Transport;
-  private readonly ranks: RankInfo[];
-  private readonly scope: string;
+  private ranks: RankInfo[];
+  private scope: string;
+  /** The runtime's processes, when it spans more than this one (set by the rendezvous). */
+  private joined: Joined | undefined;
+  private pendingRendezvous: ResolvedRendezvous | undefined;
+  private readonly expect: ResolvedInit['expect'];
+  /** Calls dispatched so far: every process of a runtime numbers its calls alike. */
+  private calls = 0;
+  /** Why a runtime that spans processes cannot run any more calls (a process is gone). */
+  private broken: string | undefined;
   private readonly timeoutMs: number;
   private readonly callTimeoutMs: number;
   private readonly onWorkerError: (error: RingFlashAttnError) => void;
-  private pools: Piscina[];
-  private readonly strays: BroadcastChannel;
+  private pools: Piscina[] = [];
+  private strays: BroadcastChannel | undefined;
   /** Ranks whose worker threw outside a call: replaced before the next call. */
   private readonly stale = new Set<number>();
   private queue: Promise<unknown> = Promise.resolve();
@@ -215,14 +304,44 @@ export class Runtime {
     this.ranks = init.ranks;
     const first = init.ranks[0]!;
     this.backend = first.backend;
-    this.world = init.ranks.length;
     this.devices = init.ranks.map((r) => r.device);
     this.transport = first.transport;
     this.scope = first.runtimeId;
     this.timeoutMs = first.timeoutMs;
     this.callTimeoutMs = init.callTimeoutMs;
     this.onWorkerError = init.onWorkerError;
-    this.pools = init.ranks.map((info) => this.newPool(info));
+    this.expect = init.expect;
+    // A runtime that spans processes starts its workers once the rendezvous has numbered its ranks.
+    if (init.rendezvous) this.pendingRendezvous = init.rendezvous;
+    else this.start();
+  }
+
+  /** Ranks of the whole runtime, every process's. */
+  get world(): number {
+    return this.ranks[0]!.world;
+  }
+
+  /** Global rank of this process's first rank (0 unless the runtime spans processes). */
+  get rank0(): number {
+    return this.ranks[0]!.rank0;
+  }
+
+  /** The global ranks this process runs: rt.spmd runs on these and returns their results, in order. */
+  get localRanks(): number[] {
+    return this.ranks.map((r) => r.rank);
+  }
+
+  /** How many processes the runtime spans (1 without a rendezvous). */
+  get processes(): number {
+    return this.joined?.procs.length ?? 1;
+  }
+
+  private pool(rank: number): Piscina | undefined {
+    return this.pools[rank - this.rank0];
+  }
+
+  private start(): void {
+    this.pools = this.ranks.map((info) => this.newPool(info));
     this.strays = workerErrorChannel(this.scope);
     this.strays.unref();
     this.strays.onmessage = (ev) => {
@@ -269,10 +388,110 @@ export class Runtime {
     return rt;
   }
 
-  /** On GPUs, joins the world communicator on every rank before any user call. */
+  /** Joins the other processes (if any), then on GPUs the world communicator on every rank before any user call. */
   protected async warmup(): Promise<void> {
+    if (this.pendingRendezvous) await this.rendezvous(this.pendingRendezvous);
     if (this.backend !== 'cuda') return;
     await this.spmd(new URL('./setup_tasks.js', import.meta.url).href, 'warmup');
+  }
+
+  private async rendezvous(r: ResolvedRendezvous): Promise<void> {
+    this.pendingRendezvous = undefined;
+    const cpu = native().cpu;
+    let listening: string | undefined;
+    const j = await join(r, {
+      ranks: this.ranks.length,
+      backend: this.backend,
+      listen:
+        this.backend === 'cpu'
+          ? (scope) => {
+              listening = scope;
+              return cpu.netListen(scope, 0);
+            }
+          : undefined,
+      share: this.backend === 'cuda' ? () => shareNcclId() : undefined,
+    });
+    try {
+      const rank0 = j.firstRanks[j.self]!;
+      const mismatch =
+        this.expect?.world !== undefined && this.expect.world !== j.world
+          ? `init asked for world ${this.expect.world}, the processes run ${j.world} ranks`
+          : this.expect?.rank0 !== undefined && this.expect.rank0 !== rank0
+            ? `init asked for rank0 ${this.expect.rank0}, the processes before this one run ${rank0} ranks`
+            : undefined;
+      if (mismatch)
+        fail(
+          'E_RENDEZVOUS',
+          `rendezvous at ${j.store.address}: ${mismatch} (${j.procs.map((p, i) => `process ${i}: ${p.ranks}`).join(', ')})`,
+        );
+      this.ranks = this.ranks.map((info, i) => ({
+        ...info,
+        rank: rank0 + i,
+        world: j.world,
+        rank0,
+        runtimeId: j.scope,
+      }));
+      this.scope = j.scope;
+      this.joined = j;
+      await j.store.hello(
+        `process ${j.self} (${rankList(this.localRanks)}, ${j.procs[j.self]!.name})`,
+        r.timeoutMs,
+      );
+      if (this.backend === 'cpu') {
+        cpu.netConnect({
+          scope: j.scope,
+          self: j.self,
+          timeout_ms: r.timeoutMs,
+          procs: j.procs.map((p, i) => ({
+            host: p.host,
+            port: p.port,
+            first_rank: j.firstRanks[i]!,
+            ranks: p.ranks,
+            name: p.name,
+          })),
+        });
+        while (!cpu.netPoll(j.scope)) await new Promise((done) => setTimeout(done, 5));
+      } else registerNcclId(j.scope, j.world, j.shared);
+      await barrier(j, r, 'ready', 'connect to the others');
+      this.watchFailures(j);
+    } catch (e) {
+      if (listening) cpu.netClose(listening);
+      j.store.close();
+      j.server?.close();
+      this.joined = undefined;
+      this.closed = true;
+      throw e;
+    }
+    this.start();
+  }
+
+  /**
+   * A process that dies, or a failure the other processes must share (NCCL communicators spanning
+   * processes cannot be remade), reaches every process through the store's key `failed`; so does
+   * the loss of the store itself (process 0 died). Their calls in flight abort and later calls fail.
+   */
+  private watchFailures(j: Joined): void {
+    j.store
+      .get('failed', 0, () => '')
+      .then(
+        (why) => this.peerFailed(why),
+        (e: Error) =>
+          j.store.closedInOrder
+            ? this.peerFailed('process 0 closed its runtime', false)
+            : this.peerFailed(
+                `the store of process 0 at ${j.store.address} is gone (${e.message}): process 0 exited or was killed`,
+              ),
+      );
+  }
+
+  /**
+   * Later calls fail with `why`; with `abort`, so does the call in flight (a process that closed
+   * its runtime in order has finished every call, and this one may still be finishing the last).
+   */
+  private peerFailed(why: string, abort = true): void {
+    if (this.closed || this.broken) return;
+    this.broken = why;
+    if (abort) abortCommunicators(this.scope, why);
   }
 
   protected static resolve(opts: InitOptions): ResolvedInit {
@@ -293,7 +512,7 @@ export class Runtime {
     const results = await this.runEach(
       String(moduleUrl),
       exportName,
-      Array.from({ length: this.world }, () => arg),
+      this.ranks.map(() => arg),
       undefined,
       opts,
     );
@@ -315,6 +534,13 @@ export class Runtime {
     if (this.closed) return Promise.reject(new RingFlashAttnError('E_CLOSED', 'runtime is closed'));
     let timeoutMs: number;
     try {
+      if (ranks !== undefined && this.joined)
+        fail(
+          'E_ARG',
+          `driver mode (rt.call and the rt.<function> methods) shards full tensors over the ranks of one process, ` +
+            `and this runtime spans ${this.processes} processes (this one runs ${rankList(this.localRanks)} of ${this.world}): ` +
+            `call the functions inside rt.spmd, each rank with its shard`,
+        );
       if (opts === null || typeof opts !== 'object')
         fail('E_ARG', `call options must be an object, got ${opts === null ? 'null' : typeof opts}`);
       timeoutMs = checkTimeout('timeoutMs', opts.timeoutMs ?? this.callTimeoutMs, 0);
@@ -326,7 +552,7 @@ export class Runtime {
     } catch (e) {
       return Promise.reject(e);
     }
-    const on = ranks ?? Array.from({ length: this.world }, (_, i) => i);
+    const on = ranks ?? this.localRanks;
     const job = this.queue.then(() => this.dispatch(moduleUrl, exportName, args, on, timeoutMs, opts.signal));
     this.queue = job.catch(() => undefined);
     return job;
@@ -342,7 +568,14 @@ export class Runtime {
   ): Promise<unknown[]> {
     if (this.closed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
     if (signal?.aborted) throw aborted(exportName, signal);
+    if (this.broken)
+      throw new RingFlashAttnError(
+        'E_WORKER',
+        `this runtime spans ${this.processes} processes and can run no more calls: ${this.broken}`,
+      );
     await this.replaceStaleWorkers();
+    this.calls++;
+    if (this.joined && this.backend === 'cpu') native().cpu.netBeginCall(this.scope, this.calls);
     const flight: Flight = {
       ranks,
       running: new Set(ranks),
@@ -373,7 +606,16 @@ export class Runtime {
     const onFailure = (e: RingFlashAttnError) => {
       if (firstError) return;
       firstError = e;
-      abortCommunicators(this.scope, `rank ${e.rank ?? '?'} failed: ${e.message}`);
+      const reason = `rank ${e.rank ?? '?'} failed: ${e.message}`;
+      abortCommunicators(this.scope, reason);
+      // NCCL communicators spanning processes cannot be remade: every process must stop.
+      if (this.joined && this.backend === 'cuda' && !this.broken) {
+        this.broken = reason;
+        const j = this.joined;
+        j.store
+          .set('failed', `process ${j.self} (${j.procs[j.self]!.name}): ${reason}`, this.timeoutMs)
+          .catch(() => undefined);
+      }
       // The other ranks' waits are woken by the abort; one still running after the grace is
       // stuck in user code (or a kernel that will not end) and is terminated.
       const graceMs = Math.min(this.timeoutMs, FAILURE_GRACE_MS);
@@ -395,7 +637,7 @@ export class Runtime {
       ranks.map(async (rank, i) => {
         const task: WorkerTask = { moduleUrl, exportName, arg: args[i] };
         try {
-          const r = (await this.pools[rank]!.run(task, {
+          const r = (await this.pool(rank)!.run(task, {
             signal: flight.controllers[i]!.signal,
           })) as WorkerResult;
           if (!r.ok) {
@@ -452,7 +694,7 @@ export class Runtime {
     flight.stop = why(stuck);
     abortCommunicators(this.scope, flight.stop.message);
     for (const r of stuck) {
-      const worker = this.pools[r]?.threads[0];
+      const worker = this.pool(r)?.threads[0];
       if (worker) flight.terminated.push(worker);
       flight.controllers[flight.ranks.indexOf(r)]!.abort(flight.stop);
     }
@@ -472,8 +714,9 @@ export class Runtime {
     const ranks = [...this.stale];
     this.stale.clear();
     for (const r of ranks) {
-      const old = this.pools[r]!;
-      this.pools[r] = this.newPool(this.ranks[r]!);
+      const i = r - this.rank0;
+      const old = this.pools[i]!;
+      this.pools[i] = this.newPool(this.ranks[i]!);
       await bounded(old.destroy(), this.timeoutMs);
     }
     // A replaced rank's communicators are gone: every rank makes fresh ones.
@@ -495,14 +738,30 @@ export class Runtime {
         () => new RingFlashAttnError('E_CLOSED', 'runtime closed while the call was running'),
       );
     await bounded(this.queue, this.timeoutMs);
-    this.strays.close();
+    this.strays?.close();
     await Promise.all(this.pools.map((p) => bounded(p.destroy(), this.timeoutMs)));
     this.pools = [];
+    if (this.joined) {
+      if (this.backend === 'cpu') native().cpu.netClose(this.scope);
+      await this.joined.store.bye(this.timeoutMs).catch(() => undefined);
+      this.joined.store.close();
+      this.joined.server?.close();
+    }
   }
 
   get isClosed(): boolean {
     return this.closed;
   }
+}
+
+/** Process 0's NCCL unique id, for every process of a runtime on GPUs (base64). */
+function shareNcclId(): string {
+  return Buffer.from(cudaNative().ncclUniqueId()).toString('base64');
+}
+
+/** The world communicator of `scope` joins the id process 0 handed out. */
+function registerNcclId(scope: string, world: number, id: string): void {
+  cudaNative().ncclRegisterWorldId(scope, world, new Uint8Array(Buffer.from(id, 'base64')));
 }
 
 function aborted(exportName: string, signal: AbortSignal): RingFlashAttnError {

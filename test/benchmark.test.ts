@@ -262,7 +262,7 @@ s('unknown flags and bad values exit 2 naming the flag and the value', () => {
 s('the bin: an unknown or missing command exits 2 naming it', () => {
   rejected(
     run(CLI, ['benhc']),
-    'ring-flash-attn: unknown command benhc (one of bench, bench:kernel, bench:targets, bench:chart)',
+    'ring-flash-attn: unknown command benhc (one of bench, bench:kernel, bench:targets, bench:chart, launch)',
   );
   rejected(run(CLI, []), 'missing the command');
   rejected(run(CLI, ['--backend', 'cpu', 'bench']), 'unknown flag --backend');

@@ -58,28 +58,88 @@ const comm = (rank: number, size: number, transport: Transport, cuda: NativeCuda
     transport,
   );
 
-s('copy engines: all-gather pulls every chunk from this rank round, sends to every member', () => {
+s('copy engines: all-gather is one collective of the copy-engine transport, labelled', () => {
   const f = fakeCuda();
   const n = 6;
   comm(2, 4, 'copy-engine', f.cuda).allGather(tensor([n]), tensor([4 * n], 'float32', 0x20n));
-  const [p] = f.of('commSendRecv') as { sends: Xfer[]; recvs: Xfer[]; transport: string; rank: number }[];
-  assert.is(p!.transport, 'copy-engine');
+  const [p] = f.of('commAllGather') as {
+    transport: string;
+    rank: number;
+    n: number;
+    recv: View;
+    label: string;
+  }[];
   assert.equal(
-    p!.sends.map((x) => x.peer),
-    [0, 1, 2, 3],
+    { transport: p!.transport, rank: p!.rank, n: p!.n, recv: p!.recv.data, label: p!.label },
+    { transport: 'copy-engine', rank: 2, n, recv: 0x20n, label: '(6) float32' },
   );
+  assert.equal(f.of('commSendRecv'), []);
+});
+
+/** Rank `rank` of a world of `world` ranks, this process running [rank0, rank0 + localWorld). */
+const spanning = (rank: number, world: number, rank0: number, localWorld: number, cuda: NativeCuda) =>
+  new CudaComm(
+    makeGroup(
+      Array.from({ length: world }, (_, i) => i),
+      rank,
+      'mp',
+    ),
+    cuda,
+    'copy-engine',
+    { rank0, localWorld },
+  );
+
+s(
+  'across processes: a ring hop to another process takes NCCL, one within the process the copy engines, NCCL first',
+  () => {
+    const f = fakeCuda();
+    // World 4 as 2 processes × 2 ranks; rank 1 sends to rank 2 (the other process), receives from rank 0 (this one).
+    const pending = spanning(1, 4, 0, 2, f.cuda).sendRecv(
+      [{ tensor: tensor([4]), peer: 2 }],
+      [{ tensor: tensor([4], 'float32', 0x40n), peer: 0 }],
+    );
+    const ops = f.of('commSendRecv') as { transport: string; sends: Xfer[]; recvs: Xfer[] }[];
+    assert.equal(
+      ops.map((o) => [o.transport, o.sends.map((x) => x.peer), o.recvs.map((x) => x.peer)]),
+      [
+        ['nccl', [2], []],
+        ['copy-engine', [], [0]],
+      ],
+    );
+    pending.wait();
+    assert.is(f.of('waitEvent').length, 2, 'the compute stream waits for both');
+    // Rank 0's hops: from rank 3 (the other process) and to rank 1: NCCL receives, copy-engine sends.
+    const g = fakeCuda();
+    spanning(0, 4, 0, 2, g.cuda).sendRecv(
+      [{ tensor: tensor([4]), peer: 1 }],
+      [{ tensor: tensor([4]), peer: 3 }],
+    );
+    assert.equal(
+      (g.of('commSendRecv') as { transport: string }[]).map((o) => o.transport),
+      ['nccl', 'copy-engine'],
+    );
+  },
+);
+
+s('across processes: collectives take NCCL, strided sends are packed first', () => {
+  const f = fakeCuda();
+  const c = spanning(3, 4, 2, 2, f.cuda);
+  c.allGather(tensor([4]), tensor([16]));
+  c.reduceScatter(tensor([16]), tensor([4])).wait();
   assert.equal(
-    p!.recvs.map((x) => x.peer),
-    [2, 3, 0, 1],
-    'own chunk first, then rank + 1 round',
+    [...f.of('commAllGather'), ...f.of('commReduceScatter')].map(
+      (p) => (p as { transport: string }).transport,
+    ),
+    ['nccl', 'nccl'],
   );
-  assert.equal(
-    p!.recvs.map((x) => x.data.offset),
-    [2 * n, 3 * n, 0, n],
-    "each member's chunk lands in its slot",
-  );
-  assert.ok(p!.recvs.every((x) => x.n === n && x.data.data === 0x20n));
-  assert.equal(f.of('commAllGather'), []);
+  assert.equal(f.of('alloc'), [], 'NCCL needs no scratch slot');
+  const k = tensor([1, 6, 2, 2, 8], 'bfloat16').select(2, 0);
+  assert.not.ok(c.sendable(k));
+  // A group of this process's ranks only stays on the copy engines.
+  const local = new CudaComm(makeGroup([2, 3], 3, 'mp'), f.cuda, 'copy-engine', { rank0: 2, localWorld: 2 });
+  assert.ok(local.sendable(k));
+  local.allGather(tensor([4]), tensor([8]));
+  assert.is((f.of('commAllGather')[1] as { transport: string }).transport, 'copy-engine');
 });
 
 s('NCCL: all-gather and reduce-scatter are NCCL collectives, no scratch', () => {

@@ -4,6 +4,7 @@
 
 #include "cpu/flash_cpu.h"
 #include "cpu/mailbox.h"
+#include "cpu/net_mailbox.h"
 #include "bindings/guard.h"
 #include "bindings/params.h"
 
@@ -63,13 +64,71 @@ Napi::Value MailReset(const Napi::CallbackInfo& info) {
   });
 }
 
+// (scope, port) -> the port this process listens on for the other processes of the runtime.
+Napi::Value NetListen(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    if (info.Length() < 2 || !info[1].IsNumber()) RFA_THROW("E_ARG", "expected a number argument 'port'");
+    const int port = cpu::net_listen(arg_string(info, 0, "scope"), info[1].As<Napi::Number>().Int32Value());
+    return Napi::Number::New(info.Env(), port);
+  });
+}
+
+// { scope, self, timeout_ms, procs: [{ host, port, first_rank, ranks, name }] }
+Napi::Value NetConnect(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    Napi::Object o = arg_object(info, 0);
+    Napi::Value v = o.Get("procs");
+    if (!v.IsArray()) RFA_THROW("E_ARG", "procs must be an array");
+    Napi::Array a = v.As<Napi::Array>();
+    std::vector<cpu::NetProcess> procs;
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!a.Get(i).IsObject()) RFA_THROW("E_ARG", "procs[" + std::to_string(i) + "] must be an object");
+      Napi::Object p = a.Get(i).As<Napi::Object>();
+      procs.push_back({p.Get("host").ToString().Utf8Value(), int(get_i64(p, "port")),
+                       int(get_i64(p, "first_rank")), int(get_i64(p, "ranks")),
+                       p.Get("name").ToString().Utf8Value()});
+    }
+    cpu::net_connect(o.Get("scope").ToString().Utf8Value(), int(get_i64(o, "self")), procs,
+                     int(get_i64(o, "timeout_ms")));
+    return info.Env().Undefined();
+  });
+}
+
+// (scope) -> whether every connection of net_connect is up.
+Napi::Value NetPoll(const Napi::CallbackInfo& info) {
+  return guarded(info,
+                 [&] { return Napi::Boolean::New(info.Env(), cpu::net_poll(arg_string(info, 0, "scope"))); });
+}
+
+// (scope, call): the runtime begins its call number `call` (the same on every process).
+Napi::Value NetBeginCall(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    if (info.Length() < 2 || !info[1].IsNumber()) RFA_THROW("E_ARG", "expected a number argument 'call'");
+    cpu::net_begin_call(arg_string(info, 0, "scope"), uint64_t(info[1].As<Napi::Number>().Int64Value()));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value NetClose(const Napi::CallbackInfo& info) {
+  return guarded(info, [&] {
+    cpu::net_close(arg_string(info, 0, "scope"));
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void register_cpu(Napi::Env env, Napi::Object exports) {
   std::vector<Entry> entries = KernelBindings<CpuKernels>::entries();
-  entries.insert(
-      entries.end(),
-      {{"mailSend", MailSend}, {"mailRecv", MailRecv}, {"mailAbort", MailAbort}, {"mailReset", MailReset}});
+  entries.insert(entries.end(), {{"mailSend", MailSend},
+                                 {"mailRecv", MailRecv},
+                                 {"mailAbort", MailAbort},
+                                 {"mailReset", MailReset},
+                                 {"netListen", NetListen},
+                                 {"netConnect", NetConnect},
+                                 {"netPoll", NetPoll},
+                                 {"netBeginCall", NetBeginCall},
+                                 {"netClose", NetClose}});
   export_functions(env, exports, "cpu", entries);
 }
 

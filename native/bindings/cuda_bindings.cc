@@ -3,7 +3,9 @@
 // NCCL unique ids are shared between the workers of the process through a registry keyed by
 // group and generation, so members of a group can create its communicator without the main
 // thread. After a failure the main thread aborts every communicator and bumps the generation,
-// and the next use creates fresh ones.
+// and the next use creates fresh ones. A runtime that spans processes gets its world id from
+// process 0 (ncclRegisterWorldId). The communication entries parse their arguments and forward
+// them to a cuda::Transport (cuda/transport.h).
 #include "bindings/bindings.h"
 #ifdef RFA_WITH_CUDA
 #include <cuda_runtime.h>
@@ -22,6 +24,7 @@
 #include "cuda/fill.h"
 #include "cuda/nccl.h"
 #include "cuda/peer_copy.h"
+#include "cuda/transport.h"
 #include "bindings/kernel_bindings.h"
 #include "bindings/guard.h"
 #include "bindings/params.h"
@@ -33,6 +36,14 @@ namespace {
 std::mutex g_ids_mu;
 std::map<std::string, cuda::NcclId>* g_ids = new std::map<std::string, cuda::NcclId>();
 std::map<std::string, uint64_t>* g_generation = new std::map<std::string, uint64_t>();
+// Runtimes that span processes: scope -> the key of their world group and the NCCL id process 0
+// handed out through the rendezvous store. Their communicators cannot be remade here (the other
+// processes hold the id), so a failure ends them for good.
+struct SpanningWorld {
+  std::string key;
+  cuda::NcclId id;
+};
+std::map<std::string, SpanningWorld>* g_spanning = new std::map<std::string, SpanningWorld>();
 
 std::string scope_of(const std::string& key) { return key.substr(0, key.find('/')); }
 
@@ -42,12 +53,26 @@ uint64_t generation(const std::string& scope) {
   return it == g_generation->end() ? 0 : it->second;
 }
 
-cuda::NcclId shared_unique_id(const std::string& key) {
+cuda::NcclId shared_unique_id(const std::string& key, uint64_t gen) {
   std::lock_guard<std::mutex> lock(g_ids_mu);
-  auto it = g_ids->find(key);
+  const auto span = g_spanning->find(scope_of(key));
+  if (span != g_spanning->end()) {
+    if (key != span->second.key)
+      RFA_THROW("E_UNSUPPORTED",
+                "group " + key.substr(key.find('/') + 1) +
+                    ": NCCL sub-groups of a runtime that spans processes are not supported; ring "
+                    "over the world group (or over the copy engines within one process)");
+    if (gen != 0)
+      RFA_THROW("E_NCCL",
+                "the NCCL communicator spanning the processes was aborted after a failure, and NCCL cannot "
+                "rejoin it from one process: restart every process of the runtime");
+    return span->second.id;
+  }
+  const std::string keyed = key + "#" + std::to_string(gen);
+  auto it = g_ids->find(keyed);
   if (it != g_ids->end()) return it->second;
   auto id = cuda::nccl_unique_id();
-  (*g_ids)[key] = id;
+  (*g_ids)[keyed] = id;
   return id;
 }
 
@@ -96,8 +121,8 @@ cuda::NcclComm& comm_for(WorkerState& s, const Napi::Object& o) {
   CommEntry& e = s.comms[key];
   if (!e.comm || e.generation != gen || e.comm->aborted()) {
     e.comm.reset();
-    e.comm = std::make_unique<cuda::NcclComm>(scope, shared_unique_id(key + "#" + std::to_string(gen)),
-                                              nranks, rank, s.device, s.timeout_ms);
+    e.comm = std::make_unique<cuda::NcclComm>(scope, shared_unique_id(key, gen), nranks, rank, s.device,
+                                              s.timeout_ms);
     e.generation = gen;
   }
   return *e.comm;
@@ -117,19 +142,7 @@ int record_comm_event(WorkerState& s) {
   return id;
 }
 
-// n elements as `rows` rows of n / rows, `pitch` elements apart (one row of pitch n: contiguous).
-struct Xfer {
-  void* ptr;
-  size_t n;
-  DType dtype;
-  int peer;
-  size_t rows, pitch;
-  std::string label;
-  cuda::PeerRegion region() const {
-    const size_t eb = dtype_bytes(dtype);
-    return {ptr, n / rows * eb, rows, pitch * eb, label};
-  }
-};
+using Xfer = cuda::Transfer;
 
 // { data, n, dtype, peer, rows?, label? }: with rows > 1, data.strides[0] is the pitch between
 // rows; label describes the tensor for error messages.
@@ -297,63 +310,20 @@ struct CudaKernels {
   }
 };
 
-// The frame of every copy-engine operation (peer_copy.h): this rank's sends are posted first, so
-// no two ranks can wait on each other's receives; then `receive(stream)` queues the pulls on the
-// comm stream; then each send is finished (the comm stream waits until its reader has copied it).
-// Ranks are group-local, as in NCCL.
-struct PeerSend {
-  int peer;
-  cuda::PeerRegion region;
-};
-
-template <class Receive>
-void copy_engine_exchange(WorkerState& s, const std::string& key, int rank,
-                          const std::vector<PeerSend>& sends, Receive&& receive) {
-  cudaStream_t stream = s.ctx->comm();
-  std::vector<cuda::PeerTicket> tickets;
-  for (auto& x : sends)
-    tickets.push_back(cuda::peer_post_send(key, rank, x.peer, x.region, s.device, stream));
-  receive(stream);
-  for (auto& t : tickets) cuda::peer_finish_send(key, t, stream, s.timeout_ms);
+// The transport of one operation, as runtime/cuda_comm.ts chose it for this pair of ranks:
+// { key, nranks, rank, transport: 'nccl' | 'copy-engine' }.
+std::unique_ptr<cuda::Transport> transport_for(WorkerState& s, const Napi::Object& o) {
+  const std::string transport = o.Get("transport").ToString().Utf8Value();
+  if (transport == "copy-engine")
+    return std::make_unique<cuda::CopyEngineTransport>(o.Get("key").ToString().Utf8Value(),
+                                                       int(get_i64(o, "rank")), int(get_i64(o, "nranks")),
+                                                       s.device, s.ctx->comm(), s.timeout_ms);
+  if (transport == "nccl") return std::make_unique<cuda::NcclTransport>(comm_for(s, o), s.ctx->comm());
+  RFA_THROW("E_ARG", "transport must be 'nccl' or 'copy-engine', got '" + transport + "'");
 }
 
-void copy_engine_send_recv(WorkerState& s, const std::string& key, int rank, const std::vector<Xfer>& sends,
-                           const std::vector<Xfer>& recvs) {
-  std::vector<PeerSend> posts;
-  for (auto& x : sends) posts.push_back({x.peer, x.region()});
-  copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
-    for (auto& x : recvs)
-      cuda::peer_recv(key, x.peer, rank, x.ptr, x.n * dtype_bytes(x.dtype), x.label, s.device, stream,
-                      s.timeout_ms);
-  });
-}
-
-// A float32 reduce-scatter through the copy engines: this rank's own chunk is copied into `recv`,
-// then member j's chunk for this rank is pulled and added, for j = rank + 1, ..., rank - 1 (mod
-// nranks): an order fixed per rank, so the bits repeat, and rotated, so that no member's memory is
-// read by every other member at once. One scratch slot of n floats (`slot`, the caller's until the
-// compute stream has waited for the returned event). All on the comm stream, so the sums overlap
-// the compute stream's work as NCCL's do, and the scratch is one chunk, not nranks.
-void copy_engine_reduce_scatter(WorkerState& s, const std::string& key, int rank, int nranks,
-                                const float* send, float* recv, float* slot, int64_t n) {
-  const size_t bytes = size_t(n) * sizeof(float);
-  std::vector<PeerSend> posts;
-  for (int j = 0; j < nranks; ++j)
-    if (j != rank) posts.push_back({j, cuda::PeerRegion{send + int64_t(j) * n, bytes, 1, bytes, ""}});
-  copy_engine_exchange(s, key, rank, posts, [&](cudaStream_t stream) {
-    if (n > 0)
-      RFA_CUDA_CHECK(
-          cudaMemcpyAsync(recv, send + int64_t(rank) * n, bytes, cudaMemcpyDeviceToDevice, stream));
-    for (int i = 1; i < nranks; ++i) {
-      const int j = (rank + i) % nranks;
-      cuda::peer_recv(key, j, rank, slot, bytes, "", s.device, stream, s.timeout_ms);
-      if (n > 0) cuda::add_f32(recv, slot, n, stream);
-    }
-  });
-}
-
-// { key, nranks, rank, transport: 'nccl' | 'copy-engine', sends: [{data, n, dtype, peer}],
-//   recvs: [...] } → event id
+// { key, nranks, rank, transport, sends: [{data, n, dtype, peer, rows?, label?}], recvs: [...] }
+// → event id
 RFA_NAPI(CommSendRecv) {
   RFA_BODY({
     Napi::Object o = arg_object(info, 0);
@@ -361,31 +331,17 @@ RFA_NAPI(CommSendRecv) {
     auto sends = transfers(o, "sends"), recvs = transfers(o, "recvs");
     for (auto& x : recvs)
       if (x.rows > 1) RFA_THROW("E_ARG", "receive buffers must be contiguous");
-    const std::string transport = o.Get("transport").ToString().Utf8Value();
-    if (transport == "copy-engine") {
-      s.ctx->comm_waits_for_compute();
-      copy_engine_send_recv(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")), sends, recvs);
-      return Napi::Number::New(info.Env(), record_comm_event(s));
-    }
-    if (transport != "nccl")
-      RFA_THROW("E_ARG", "transport must be 'nccl' or 'copy-engine', got '" + transport + "'");
-    for (auto& x : sends)
-      if (x.rows > 1)
-        RFA_THROW("E_ARG", "NCCL sends contiguous buffers only (strided rows need transport 'copy-engine')");
-    cuda::NcclComm& c = comm_for(s, o);
+    auto t = transport_for(s, o);
     s.ctx->comm_waits_for_compute();
-    c.group_start();
-    for (auto& x : sends) c.send(x.ptr, x.n, x.dtype, x.peer, s.ctx->comm());
-    for (auto& x : recvs) c.recv(x.ptr, x.n, x.dtype, x.peer, s.ctx->comm());
-    c.group_end();
+    t->send_recv(sends, recvs);
     return Napi::Number::New(info.Env(), record_comm_event(s));
   });
 }
 
-// A collective of one group: { key, nranks, rank, send, recv, n, dtype }, where n counts the
-// per-rank side (all-gather: send; reduce-scatter: recv); the other side holds nranks · n.
-// Queued on the comm stream after the compute stream's work; returns the event id for WaitEvent.
-// A reduce-scatter with transport 'copy-engine' (float32 only) also takes `slot` (n floats).
+// A collective of one group: { key, nranks, rank, transport, send, recv, n, dtype, label? }, where n
+// counts the per-rank side (all-gather: send; reduce-scatter: recv); the other side holds
+// nranks · n. A reduce-scatter sums float32 and takes `slot` (n floats) for the copy engines.
+// Returns the event id for WaitEvent.
 enum class Collective { kAllGather, kReduceScatter };
 
 Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
@@ -397,21 +353,16 @@ Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
     const bool gather = kind == Collective::kAllGather;
     void* send = flat_view(o, "send", gather ? n : all, dtype_bytes(dt));
     void* recv = flat_view(o, "recv", gather ? all : n, dtype_bytes(dt));
-    if (!gather && o.Get("transport").ToString().Utf8Value() == "copy-engine") {
-      if (dt != DType::f32) RFA_THROW("E_ARG", "reduce-scatter over the copy engines sums float32 only");
-      float* slot = static_cast<float*>(flat_view(o, "slot", n, 4));
-      s.ctx->comm_waits_for_compute();
-      copy_engine_reduce_scatter(s, o.Get("key").ToString().Utf8Value(), int(get_i64(o, "rank")),
-                                 int(get_i64(o, "nranks")), static_cast<const float*>(send),
-                                 static_cast<float*>(recv), slot, n);
-      return Napi::Number::New(info.Env(), record_comm_event(s));
-    }
-    cuda::NcclComm& c = comm_for(s, o);
+    if (!gather && dt != DType::f32) RFA_THROW("E_ARG", "reduce-scatter sums float32 only");
+    float* slot = !gather && o.Has("slot") ? static_cast<float*>(flat_view(o, "slot", n, 4)) : nullptr;
+    auto t = transport_for(s, o);
+    if (!gather && !slot && dynamic_cast<cuda::CopyEngineTransport*>(t.get()))
+      RFA_THROW("E_ARG", "a reduce-scatter over the copy engines needs a slot of n floats");
     s.ctx->comm_waits_for_compute();
     if (gather)
-      c.all_gather(send, recv, size_t(n), dt, s.ctx->comm());
+      t->all_gather(send, recv, size_t(n), dt, get_label(o));
     else
-      c.reduce_scatter(send, recv, size_t(n), dt, s.ctx->comm());
+      t->reduce_scatter(static_cast<const float*>(send), static_cast<float*>(recv), size_t(n), slot);
     return Napi::Number::New(info.Env(), record_comm_event(s));
   });
 }
@@ -501,6 +452,36 @@ RFA_NAPI(BytesReserved) {
   RFA_BODY({ return Napi::Number::New(info.Env(), double(state(info.Env()).ctx->bytes_reserved())); });
 }
 
+// () -> a fresh NCCL unique id (128 bytes), for process 0 of a runtime that spans processes.
+RFA_NAPI(NcclUniqueId) {
+  RFA_BODY({
+    const cuda::NcclId id = cuda::nccl_unique_id();
+    Napi::Uint8Array out = Napi::Uint8Array::New(info.Env(), id.size());
+    std::copy(id.begin(), id.end(), out.Data());
+    return out;
+  });
+}
+
+// (scope, world, id): the world group of `scope` (ranks 0..world-1) joins `id` on every process.
+RFA_NAPI(NcclRegisterWorldId) {
+  RFA_BODY({
+    const std::string scope = arg_string(info, 0, "scope");
+    if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsTypedArray())
+      RFA_THROW("E_ARG", "expected (scope, world, id: Uint8Array)");
+    const int world = info[1].As<Napi::Number>().Int32Value();
+    Napi::TypedArray t = info[2].As<Napi::TypedArray>();
+    cuda::NcclId id;
+    if (t.ByteLength() != id.size()) RFA_THROW("E_ARG", "an NCCL unique id has 128 bytes");
+    const char* bytes = static_cast<const char*>(t.ArrayBuffer().Data()) + t.ByteOffset();
+    std::copy(bytes, bytes + id.size(), id.begin());
+    std::string key = scope + "/g";  // runtime/comm.ts makeGroup's key of ranks 0..world-1
+    for (int r = 0; r < world; ++r) key += (r ? "." : "") + std::to_string(r);
+    std::lock_guard<std::mutex> lock(g_ids_mu);
+    (*g_spanning)[scope] = {key, id};
+    return info.Env().Undefined();
+  });
+}
+
 // (scope, reason), callable from any thread (the main thread on a rank failure): aborts every
 // communicator of the runtime `scope`.
 RFA_NAPI(AbortAll) {
@@ -554,6 +535,8 @@ void register_cuda(Napi::Env env, Napi::Object exports) {
                                  {"resetPeak", ResetPeak},
                                  {"bytesInUse", BytesInUse},
                                  {"bytesReserved", BytesReserved},
+                                 {"ncclUniqueId", NcclUniqueId},
+                                 {"ncclRegisterWorldId", NcclRegisterWorldId},
                                  {"abortAll", AbortAll},
                                  {"resetAll", ResetAll}});
   export_functions(env, exports, "cuda", entries);

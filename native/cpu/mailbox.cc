@@ -5,6 +5,7 @@
 
 #include "error.h"
 #include "keyed_queues.h"
+#include "cpu/net_mailbox.h"
 
 namespace rfa::cpu {
 namespace {
@@ -25,6 +26,7 @@ Mailboxes& boxes() {
 
 void mailbox_send(const std::string& comm, int src, int dst, const void* data, size_t bytes,
                   const std::string& label) {
+  if (net_remote(comm, dst)) return net_send(comm, src, dst, data, bytes, label);
   Message msg{std::vector<char>(bytes), label};
   if (bytes) std::memcpy(msg.bytes.data(), data, bytes);
   boxes().post({comm, src, dst}, std::move(msg));
@@ -41,7 +43,16 @@ void mailbox_recv(const std::string& comm, int src, int dst, void* data, size_t 
   if (bytes) std::memcpy(data, msg.bytes.data(), bytes);
 }
 
-void mailbox_abort(const std::string& scope, const std::string& reason) { boxes().abort(scope, reason); }
+void mailbox_abort(const std::string& scope, const std::string& reason) {
+  boxes().abort(scope, reason);
+  net_abort_peers(scope, reason);
+}
+
+void mailbox_deliver(const std::string& comm, int src, int dst, std::vector<char> bytes, std::string label) {
+  boxes().post({comm, src, dst}, Message{std::move(bytes), std::move(label)});
+}
+
+void mailbox_abort_here(const std::string& scope, const std::string& reason) { boxes().abort(scope, reason); }
 
 void mailbox_reset(const std::string& scope) { boxes().reset(scope); }
 

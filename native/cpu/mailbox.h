@@ -2,9 +2,11 @@
 // threads, with NCCL's matching rule (messages between one ordered pair of ranks of one
 // communicator arrive in the order they were sent). Sends copy and return at once; receives
 // block until the matching message arrives, the mailboxes are aborted, or the timeout passes.
+// A runtime that spans processes sends to the ranks of other processes over net_mailbox.h.
 #pragma once
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace rfa::cpu {
 
@@ -20,5 +22,11 @@ void mailbox_recv(const std::string& comm, int src, int dst, void* data, size_t 
 void mailbox_abort(const std::string& scope, const std::string& reason);
 // Drops the scope's undelivered messages and clears its abort (call once none of its ranks is inside a ring).
 void mailbox_reset(const std::string& scope);
+
+// For net_mailbox.cc: a message that came from another process, into this process's mailbox of
+// (comm, src, dst) (E_WORKER when the scope is aborted); and an abort that came from another
+// process, applied here only.
+void mailbox_deliver(const std::string& comm, int src, int dst, std::vector<char> bytes, std::string label);
+void mailbox_abort_here(const std::string& scope, const std::string& reason);
 
 }  // namespace rfa::cpu

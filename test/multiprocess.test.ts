@@ -1,0 +1,359 @@
+// One ring over several processes (the CPU backend's TCP mailbox between them): every ring
+// family at world 4 as 2 processes × 2 ranks and as 4 × 1, started by the launcher, against
+// the same ranks in one process, bit for bit; then the faults: a process killed mid-call, a rank
+// failing in one process, a peer that never arrives, a store that never answers, a port already
+// taken, driver mode across processes, and the launcher stopping the rest when one dies.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { init } from '../api/index.js';
+import { expectError } from './helpers.js';
+
+const s = suite('multiprocess');
+const here = path.dirname(fileURLToPath(import.meta.url));
+const CHILD = path.join(here, 'fixtures', 'multiprocess_child.js');
+const LAUNCHER = path.join(here, '..', 'benchmark', 'cli.js');
+const USER = new URL('./fixtures/multiprocess_user.js', import.meta.url);
+const SEQ_PER_RANK = 8;
+
+type Encoded = { b64: string };
+type ChildReport = {
+  localRanks?: number[];
+  world?: number;
+  processes?: number;
+  initMs?: number;
+  callMs?: number;
+  results?: Record<string, Record<string, Encoded>>[];
+  error?: { code: string; message: string };
+  after?: 'ok' | { code: string };
+  driver?: 'ok' | { code: string; message: string };
+  initError?: { code: string; message: string };
+  ms?: number;
+};
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-mp-'));
+}
+
+function exited(child: ChildProcess): Promise<{ code: number | null; signal: string | null }> {
+  if (child.exitCode !== null || child.signalCode !== null)
+    return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+}
+
+/** Runs `job` on `nproc` processes through `ring-flash-attn launch`; resolves to each process's report. */
+async function launch(
+  nproc: number,
+  job: object,
+): Promise<{ reports: ChildReport[]; code: number | null; stderr: string }> {
+  const out = tmpDir();
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    [LAUNCHER, 'launch', '--nproc', String(nproc), '--master', `127.0.0.1:${port}`, CHILD],
+    { env: { ...process.env, MP_CHILD: JSON.stringify({ ...job, out }) }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  child.stdout!.resume();
+  const { code } = await exited(child);
+  const reports = Array.from({ length: nproc }, (_, p) => {
+    const f = path.join(out, `proc${p}.json`);
+    return fs.existsSync(f) ? (JSON.parse(fs.readFileSync(f, 'utf8')) as ChildReport) : {};
+  });
+  fs.rmSync(out, { recursive: true, force: true });
+  return { reports, code, stderr };
+}
+
+/** Starts the processes directly (no launcher), so the test can kill one of them. */
+function startProcesses(nproc: number, port: number, job: object, out: string): ChildProcess[] {
+  return Array.from({ length: nproc }, (_, p) =>
+    spawn(process.execPath, [CHILD], {
+      env: {
+        ...process.env,
+        RANK: String(p),
+        WORLD_SIZE: String(nproc),
+        MASTER_ADDR: '127.0.0.1',
+        MASTER_PORT: String(port),
+        MP_CHILD: JSON.stringify({ ...job, out }),
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    }),
+  );
+}
+
+async function waitForFile(file: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fs.existsSync(file)) {
+    if (Date.now() > deadline) throw new Error(`${file} did not appear within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+let reference: Record<string, Record<string, Uint8Array>>[] | undefined;
+
+/** The families at world 4 in one process, as bytes per rank. */
+async function singleProcess(): Promise<Record<string, Record<string, Uint8Array>>[]> {
+  if (reference) return reference;
+  const rt = await init({ backend: 'cpu', world: 4, rendezvous: false });
+  const results = await rt.spmd<Record<string, Record<string, { data: Float32Array }>>>(USER, 'families', {
+    seqPerRank: SEQ_PER_RANK,
+  });
+  await rt.close();
+  reference = results.map((r) =>
+    Object.fromEntries(
+      Object.entries(r).map(([fam, outs]) => [
+        fam,
+        Object.fromEntries(
+          Object.entries(outs).map(([k, v]) => {
+            const data = (v as unknown as { data: Float32Array }).data ?? (v as unknown as Float32Array);
+            return [k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)];
+          }),
+        ),
+      ]),
+    ),
+  );
+  return reference;
+}
+
+async function sameAsOneProcess(nproc: number, localWorld: number): Promise<void> {
+  const ref = await singleProcess();
+  const t0 = Date.now();
+  const { reports, code, stderr } = await launch(nproc, {
+    localWorld,
+    exportName: 'families',
+    arg: { seqPerRank: SEQ_PER_RANK },
+  });
+  assert.is(code, 0, stderr);
+  let checked = 0;
+  for (const [p, r] of reports.entries()) {
+    assert.ok(r.results, JSON.stringify(r.error ?? r.initError ?? r));
+    assert.equal(
+      r.localRanks,
+      Array.from({ length: localWorld }, (_, i) => p * localWorld + i),
+    );
+    assert.is(r.world, 4);
+    assert.is(r.processes, nproc);
+    // Driver mode cannot shard over processes: a clear E_ARG, and the runtime goes on.
+    assert.is((r.driver as { code: string }).code, 'E_ARG');
+    assert.match((r.driver as { message: string }).message, /spans \d processes .* rt\.spmd/);
+    for (const [i, fams] of r.results!.entries()) {
+      const rank = p * localWorld + i;
+      assert.equal(Object.keys(fams).sort(), Object.keys(ref[rank]!).sort());
+      for (const [fam, outs] of Object.entries(fams))
+        for (const [k, enc] of Object.entries(outs)) {
+          const got = Buffer.from(enc.b64, 'base64');
+          const want = ref[rank]![fam]![k]!;
+          assert.ok(
+            want.length > 0 && Buffer.compare(got, Buffer.from(want)) === 0,
+            `rank ${rank} ${fam} ${k} differs`,
+          );
+          checked++;
+        }
+    }
+  }
+  assert.ok(checked >= 4 * 7 * 4, `compared ${checked} outputs`);
+  const calls = reports.map((r) => r.callMs!).join(', ');
+  console.log(
+    `  ${nproc} processes × ${localWorld}: launch to exit ${Date.now() - t0} ms, the call ${calls} ms`,
+  );
+}
+
+s('every ring family at world 4 as 2 processes × 2 ranks matches one process bit for bit', async () => {
+  await sameAsOneProcess(2, 2);
+});
+
+s('every ring family at world 4 as 4 processes × 1 rank matches one process bit for bit', async () => {
+  await sameAsOneProcess(4, 1);
+});
+
+s('a process killed mid-call: the others fail with E_WORKER within seconds, naming it', async () => {
+  const out = tmpDir();
+  const port = await freePort();
+  // Rank 3 (process 1) sleeps inside the call while rank 0 (process 0) waits for it in a ring receive.
+  const job = { localWorld: 2, exportName: 'slowRing', arg: { sleepRank: 3, ms: 60_000 }, timeoutMs: 30_000 };
+  const [p0, p1] = startProcesses(2, port, job, out);
+  try {
+    await waitForFile(path.join(out, 'proc0.json.ready'), 20_000);
+    await waitForFile(path.join(out, 'proc1.json.ready'), 20_000);
+    await new Promise((r) => setTimeout(r, 300)); // both are inside the call now
+    const killed = Date.now();
+    p1!.kill('SIGKILL');
+    await waitForFile(path.join(out, 'proc0.json'), 10_000);
+    const took = Date.now() - killed;
+    const r = JSON.parse(fs.readFileSync(path.join(out, 'proc0.json'), 'utf8')) as ChildReport;
+    assert.is(r.error?.code, 'E_WORKER', JSON.stringify(r));
+    assert.match(
+      r.error!.message,
+      /connection to process 1 \(ranks 2\.\.3, .* pid \d+\) is gone|process 1 \(ranks 2, 3, .* pid \d+\) left the runtime without closing it/,
+    );
+    // The world is broken for good: the next call fails at once too, it does not hang.
+    assert.equal(r.after, { code: 'E_WORKER' });
+    assert.ok(took < 5_000, `took ${took} ms`);
+    console.log(`  killed process 1: process 0 failed ${took} ms later`);
+    await exited(p0!);
+  } finally {
+    p0!.kill('SIGKILL');
+    p1!.kill('SIGKILL');
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
+s('a rank that fails in one process fails the call on every process, and the next call works', async () => {
+  const t0 = Date.now();
+  const { reports } = await launch(2, {
+    localWorld: 2,
+    exportName: 'failOn',
+    arg: { rank: 3 },
+    timeoutMs: 30_000,
+  });
+  for (const r of reports) {
+    assert.is(r.error?.code, 'E_WORKER', JSON.stringify(r));
+    assert.match(r.error!.message, /rank 3/);
+    assert.is(r.after, 'ok');
+  }
+  // Process 0's ranks learn of it from process 1's abort, not from their 30 s timeout.
+  assert.match(reports[0]!.error!.message, /in process 1/);
+  assert.ok(Math.max(...reports.map((r) => r.callMs!)) < 5_000, JSON.stringify(reports.map((r) => r.callMs)));
+  console.log(
+    `  failing rank: ${Date.now() - t0} ms for both processes, the calls ${reports.map((r) => r.callMs).join(', ')} ms`,
+  );
+});
+
+s('a peer that never arrives: E_RENDEZVOUS after the timeout, naming the address', async () => {
+  const port = await freePort();
+  const t0 = Date.now();
+  await expectError(
+    () => init({ backend: 'cpu', rendezvous: { port, process: 0, processes: 2, timeoutMs: 1000 } }),
+    'E_RENDEZVOUS',
+    new RegExp(`rendezvous at 127\\.0\\.0\\.1:${port}: process 1 of 2 did not arrive within 1000 ms`),
+  );
+  const took = Date.now() - t0;
+  assert.ok(took >= 1000 && took < 3000, `took ${took} ms`);
+  // The port is free again: a runtime of one process in two is not left holding it.
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) =>
+    server.once('error', reject).listen(port, '127.0.0.1', resolve),
+  );
+  server.close();
+});
+
+s('a store that never answers: E_RENDEZVOUS after the timeout, naming the address', async () => {
+  const port = await freePort();
+  await expectError(
+    () => init({ backend: 'cpu', rendezvous: { port, process: 1, processes: 2, timeoutMs: 500 } }),
+    'E_RENDEZVOUS',
+    new RegExp(`no store answered at 127\\.0\\.0\\.1:${port} within 500 ms \\(ECONNREFUSED\\)`),
+  );
+});
+
+s('a port already taken: E_RENDEZVOUS saying so', async () => {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  try {
+    await expectError(
+      () => init({ backend: 'cpu', rendezvous: { port, process: 0, processes: 2, timeoutMs: 1000 } }),
+      'E_RENDEZVOUS',
+      new RegExp(`cannot host the store on 127\\.0\\.0\\.1:${port}: port ${port} is already taken`),
+    );
+  } finally {
+    server.close();
+  }
+});
+
+s('bad rendezvous options and environment are E_ARG naming them', async () => {
+  await expectError(
+    () => init({ backend: 'cpu', rendezvous: { port: 70000, process: 0, processes: 2 } }),
+    'E_ARG',
+    /rendezvous\.port must be an integer in \[1, 65535\], got 70000/,
+  );
+  await expectError(
+    () => init({ backend: 'cpu', rendezvous: { port: 1234, process: 2, processes: 2 } }),
+    'E_ARG',
+    /rendezvous\.process must be an integer in \[0, 2\), got 2/,
+  );
+  await expectError(() => init({ backend: 'cpu', rendezvous: 'nohost' }), 'E_ARG', /'host:port'/);
+  await expectError(() => init({ backend: 'cpu', rank0: 2 }), 'E_ARG', /rank0 2 needs a rendezvous/);
+  const env = { ...process.env };
+  try {
+    Object.assign(process.env, { WORLD_SIZE: '2', RANK: 'x' });
+    await expectError(
+      () => init({ backend: 'cpu' }),
+      'E_ARG',
+      /RANK must be a non-negative integer, got 'x'/,
+    );
+  } finally {
+    process.env = env;
+  }
+});
+
+s('the launcher stops the others and fails when one process dies', async () => {
+  const dir = tmpDir();
+  const script = path.join(dir, 'script.mjs');
+  fs.writeFileSync(
+    script,
+    `import fs from 'node:fs';
+     fs.writeFileSync(${JSON.stringify(dir)} + '/env' + process.env.RANK, JSON.stringify(process.env));
+     if (process.env.RANK === '1') setTimeout(() => process.exit(3), 200); else setInterval(() => {}, 1000);`,
+  );
+  const port = await freePort();
+  const t0 = Date.now();
+  const child = spawn(
+    process.execPath,
+    [LAUNCHER, 'launch', '--nproc', '2', '--master', `127.0.0.1:${port}`, script],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const { code } = await exited(child);
+  const took = Date.now() - t0;
+  assert.is(code, 1);
+  assert.match(
+    stderr,
+    /launch: E_WORKER: process 1 \(pid \d+\) exited with code 3; the other processes of this node were stopped/,
+  );
+  assert.ok(took < 5_000, `took ${took} ms`);
+  const env0 = JSON.parse(fs.readFileSync(path.join(dir, 'env0'), 'utf8')) as Record<string, string>;
+  assert.equal(
+    [env0.RANK, env0.WORLD_SIZE, env0.LOCAL_RANK, env0.LOCAL_WORLD_SIZE, env0.MASTER_ADDR, env0.MASTER_PORT],
+    ['0', '2', '0', '2', '127.0.0.1', String(port)],
+  );
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+s('launch flags are checked before anything starts', async () => {
+  const run = (...args: string[]) =>
+    new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, [LAUNCHER, 'launch', ...args], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      c.stderr!.on('data', (d) => (stderr += d));
+      c.once('exit', (code) => resolve({ code, stderr }));
+    });
+  let r = await run('x.js');
+  assert.is(r.code, 2);
+  assert.match(r.stderr, /--nproc is required/);
+  r = await run('--nproc', '2', '--nnodes', '2', 'x.js');
+  assert.match(r.stderr, /--master ADDR:PORT is required with --nnodes above 1/);
+  r = await run('--nproc', '2', '--master', 'host', 'x.js');
+  assert.match(r.stderr, /--master host: expected HOST:PORT/);
+});
+
+s.run();
