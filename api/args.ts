@@ -2,7 +2,9 @@
 // options object standing for keyword arguments; both may be mixed (positional first).
 import type { Group } from '../runtime/comm.js';
 import { fail } from '../runtime/errors.js';
-import { DeviceTensor, describeValue } from '../runtime/tensor.js';
+import { currentContext } from '../runtime/context.js';
+import { checkHostView, denseData, DeviceTensor, describeValue } from '../runtime/tensor.js';
+import type { AlibiSlopesArg } from './types.js';
 import type { RingOptions } from './variant.js';
 
 /** Keyword arguments of the ring functions (Python spelling). */
@@ -12,7 +14,10 @@ export interface AttnKwargs {
   causal?: boolean;
   window_size?: readonly [number, number] | null;
   softcap?: number;
-  alibi_slopes?: unknown;
+  /** fp32 slopes, (nheads) or (batch, nheads): a Float32Array, number[], float32 ndarray or DeviceTensor. */
+  alibi_slopes?: AlibiSlopesArg | null;
+  /** The dropout mask's seed (a non-negative safe integer); without it each call draws a fresh one. */
+  dropout_seed?: number | null;
   deterministic?: boolean;
   return_attn_probs?: boolean;
   /** A group from ctx.newGroup(ranks), or the ranks themselves. */
@@ -46,6 +51,13 @@ export const FLASH_POSITIONAL = [
 export interface AttnArgs {
   softmaxScale: number | null;
   causal: boolean;
+  /** flash-attn's window_size as given ([-1, -1]: no window). */
+  window: readonly [number, number];
+  softcap: number;
+  alibi: AlibiSlopes | null;
+  dropoutP: number;
+  /** null: a fresh seed per call (api/wrappers.ts draws it). */
+  dropoutSeed: number | null;
   returnAttnProbs: boolean;
   deterministic: boolean;
   group: Group | readonly number[] | null;
@@ -60,7 +72,51 @@ export function ringOptions(a: AttnArgs, headDim: number): RingOptions {
     softmaxScale: a.softmaxScale ?? 1 / Math.sqrt(headDim),
     causal: a.causal,
     deterministic: a.deterministic,
+    // As flash-attn: causal is the window's right side 0.
+    window: [a.window[0], a.causal ? 0 : a.window[1]],
+    softcap: a.softcap,
+    alibi: a.alibi,
+    dropoutP: a.dropoutP,
+    dropoutSeed: a.dropoutSeed ?? undefined,
   };
+}
+
+/** ALiBi slopes on the host, C order: shape (nheads) or (batch, nheads). */
+export interface AlibiSlopes {
+  values: Float32Array;
+  shape: readonly number[];
+}
+
+/**
+ * alibi_slopes as flash-attn takes them: fp32, (nheads) or (batch, nheads). Host arrays (a
+ * Float32Array, number[], float32 ndarray) or a float32 DeviceTensor, whose values are read back.
+ */
+function parseAlibi(fn: string, x: unknown): AlibiSlopes | null {
+  if (x === null || x === undefined) return null;
+  let values: Float32Array, shape: readonly number[];
+  if (x instanceof DeviceTensor) {
+    if (x.dtype !== 'float32') fail('E_DTYPE', `${fn}: alibi_slopes must be float32, got ${x.dtype}`);
+    values = currentContext().backend.download(x) as Float32Array;
+    shape = x.shape;
+  } else if (x instanceof Float32Array) [values, shape] = [x.slice(), [x.length]];
+  else if (Array.isArray(x) && x.every((v) => typeof v === 'number' && Number.isFinite(v)))
+    [values, shape] = [Float32Array.from(x as number[]), [x.length]];
+  else if (typeof x === 'object' && (x as { data?: unknown }).data instanceof Float32Array) {
+    const nd = x as { data: Float32Array; shape: readonly number[] };
+    const view = checkHostView(`${fn}: alibi_slopes`, nd as never, nd.data.length);
+    [values, shape] = [Float32Array.from(denseData(nd.data, view)), view.shape];
+  } else
+    fail(
+      'E_DTYPE',
+      `${fn}: alibi_slopes must be float32 (a Float32Array, a list of numbers, a float32 ndarray or DeviceTensor), got ${describeValue(x)}`,
+    );
+  if (shape.length !== 1 && shape.length !== 2)
+    fail(
+      'E_SHAPE',
+      `${fn}: alibi_slopes must be (nheads) or (batch, nheads), got shape (${shape.join(', ')})`,
+    );
+  if (!values.every(Number.isFinite)) fail('E_ARG', `${fn}: alibi_slopes must be finite`);
+  return { values, shape: [...shape] };
 }
 
 function isPlainObject(x: unknown): x is Record<string, unknown> {
@@ -125,13 +181,24 @@ export function parseAttnArgs(
   positional: readonly string[] = ATTN_POSITIONAL,
   extraKeys: readonly string[] = [],
 ): AttnArgs & { kw: Record<string, unknown> } {
-  const keys = new Set<string>([...ATTN_POSITIONAL, ...FLASH_POSITIONAL, ...positional, ...extraKeys]);
+  const keys = new Set<string>([
+    ...ATTN_POSITIONAL,
+    ...FLASH_POSITIONAL,
+    ...positional,
+    ...extraKeys,
+    'dropout_seed',
+  ]);
   if (!positional.includes('group')) keys.delete('group');
   const kw = collectKwargs(fn, rest, positional, keys);
   const dropout = kw.dropout_p ?? 0;
   if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1))
     fail('E_ARG', `${fn}: dropout_p must be a number in [0, 1), got ${describeValue(dropout)}`);
-  if (dropout > 0) fail('E_UNSUPPORTED', `${fn}: dropout_p > 0 is not supported (got ${dropout})`);
+  const seed = kw.dropout_seed ?? null;
+  if (seed !== null && !(typeof seed === 'number' && Number.isSafeInteger(seed) && seed >= 0))
+    fail(
+      'E_ARG',
+      `${fn}: dropout_seed must be a non-negative safe integer or null, got ${describeValue(seed)}`,
+    );
   const scale = kw.softmax_scale ?? null;
   if (scale !== null && (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0))
     fail(
@@ -147,14 +214,15 @@ export function parseAttnArgs(
       'E_ARG',
       `${fn}: window_size must be a pair of integers, got ${Array.isArray(window) ? `(${window.map(describeValue).join(', ')})` : describeValue(window)}`,
     );
-  if (window[0] !== -1 || window[1] !== -1)
+  if (window.some((w) => w < -1 || w > 2 ** 31 - 1))
     fail(
-      'E_UNSUPPORTED',
-      `${fn}: window_size other than (-1, -1) is not supported (got (${window.join(', ')}))`,
+      'E_ARG',
+      `${fn}: window_size sides must be in [-1, 2^31 - 1] (-1: unbounded), got (${window.join(', ')})`,
     );
   const softcap = kw.softcap ?? 0;
-  if (softcap !== 0) fail('E_UNSUPPORTED', `${fn}: softcap is not supported (got ${describeValue(softcap)})`);
-  if (kw.alibi_slopes != null) fail('E_UNSUPPORTED', `${fn}: alibi_slopes is not supported`);
+  if (typeof softcap !== 'number' || !Number.isFinite(softcap) || softcap < 0)
+    fail('E_ARG', `${fn}: softcap must be a finite number >= 0, got ${describeValue(softcap)}`);
+  const alibi = parseAlibi(fn, kw.alibi_slopes);
   const deterministic = kw.deterministic ?? false;
   if (typeof deterministic !== 'boolean')
     fail('E_ARG', `${fn}: deterministic must be a boolean, got ${describeValue(deterministic)}`);
@@ -167,5 +235,17 @@ export function parseAttnArgs(
       'E_ARG',
       `${fn}: group must come from ctx.newGroup(ranks) or be a list of ranks, got ${describeValue(group)}`,
     );
-  return { softmaxScale: scale as number | null, causal, returnAttnProbs: ret, deterministic, group, kw };
+  return {
+    softmaxScale: scale as number | null,
+    causal,
+    window: [window[0], window[1]] as const,
+    softcap,
+    alibi,
+    dropoutP: dropout,
+    dropoutSeed: seed as number | null,
+    returnAttnProbs: ret,
+    deterministic,
+    group,
+    kw,
+  };
 }

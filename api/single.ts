@@ -5,6 +5,7 @@ import type { Backend } from '../runtime/backend.js';
 import type { Group } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import { FLASH_POSITIONAL } from './args.js';
+import { CallHooks } from './hooks.js';
 import { attnFamily } from './wrappers.js';
 import type { FlashArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
@@ -22,7 +23,10 @@ export function singleForward(
   // does, and the backward's rowsum(dout * out) reads that same out.
   const out = backend.empty([b, s, h, d], q.dtype);
   const lse = backend.empty([b, h, s], 'float32');
-  backend.flashFwd(q, k, v, out, lse, o);
+  // One device: every option's positions are the rows themselves (bottom-right aligned).
+  const hooks = new CallHooks(backend, o);
+  backend.flashFwd(q, k, v, out, lse, { ...o, hooks: hooks.local() });
+  hooks.release();
   return { out, lse };
 }
 
@@ -42,7 +46,12 @@ export function singleBackward(
   const dq = backend.empty(q.shape, 'float32');
   const dk = backend.empty(k.shape, 'float32');
   const dv = backend.empty(v.shape, 'float32');
-  backend.flashBwd({ dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv }, { ...o, accumulate: false });
+  const hooks = new CallHooks(backend, o);
+  backend.flashBwd(
+    { dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv },
+    { ...o, hooks: hooks.local(), accumulate: false },
+  );
+  hooks.release();
   dsum.dispose();
   return { dq, dk, dv };
 }

@@ -2,7 +2,15 @@
 // after the tensors, in order, optionally followed by (or replaced with) a keyword object.
 import type { Group } from '../runtime/comm.js';
 import type { DType } from '../runtime/dtype.js';
+import type { DeviceTensor } from '../runtime/tensor.js';
 import type { AttnKwargs } from './args.js';
+
+/** alibi_slopes: fp32, (nheads) or (batch, nheads). */
+export type AlibiSlopesArg =
+  | Float32Array
+  | readonly number[]
+  | DeviceTensor
+  | { data: Float32Array; shape: readonly number[]; stride?: readonly number[]; offset?: number };
 
 /** Every prefix of a tuple, the empty one included: the optional positional arguments. */
 export type Prefixes<T extends readonly unknown[]> = T extends readonly [...infer H, unknown]
@@ -15,7 +23,7 @@ export type RingPositional = [
   softmax_scale: number | null,
   causal: boolean,
   window_size: readonly [number, number] | null,
-  alibi_slopes: null,
+  alibi_slopes: AlibiSlopesArg | null,
   deterministic: boolean,
   return_attn_probs: boolean,
   group: Group | readonly number[] | null,
@@ -28,7 +36,7 @@ export type FlashPositional = [
   causal: boolean,
   window_size: readonly [number, number] | null,
   softcap: number,
-  alibi_slopes: null,
+  alibi_slopes: AlibiSlopesArg | null,
   deterministic: boolean,
   return_attn_probs: boolean,
 ];

@@ -1,12 +1,24 @@
 import type { Backend } from '../runtime/backend.js';
 import type { Group } from '../runtime/comm.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
+import type { AlibiSlopes } from './args.js';
 
 export interface RingOptions {
   softmaxScale: number;
   causal: boolean;
   /** Backward kernels that give the same bits every run (flash-attn's `deterministic`). */
   deterministic: boolean;
+  /**
+   * flash-attn's window_size (left, right) by global positions, -1 unbounded; causal has right 0.
+   * Absent: no window. The options below are absent when off too.
+   */
+  window?: readonly [number, number];
+  /** > 0: scores become softcap · tanh(score / softcap). */
+  softcap?: number;
+  alibi?: AlibiSlopes | null;
+  dropoutP?: number;
+  /** Required with dropoutP > 0 by the time a variant runs (api/wrappers.ts fills it in). */
+  dropoutSeed?: number;
 }
 
 /**

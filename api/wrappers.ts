@@ -10,6 +10,7 @@ import { fail } from '../runtime/errors.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { parseAttnArgs, ringOptions, type AttnArgs } from './args.js';
 import { checkQkv, checkTensor } from './validate.js';
+import { checkBackendSupports, optionsSet } from './hooks.js';
 import type { RingArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
@@ -107,13 +108,66 @@ interface FamilyDef<O extends RingOptions> {
   parse: ParseArgs<O>;
 }
 
+/** Calls per group so far: the fresh dropout seeds of SPMD ranks, which must agree without talking. */
+const seedCounters = new Map<string, number>();
+
+/**
+ * A dropout seed for a call that gave none: the same on every rank of `group` (ranks issue their
+ * calls in the same order), different for each call. A 53-bit mix of the group and the count.
+ */
+function freshSeed(group: Group): number {
+  const n = (seedCounters.get(group.key) ?? 0) + 1;
+  seedCounters.set(group.key, n);
+  let h1 = 0x9e3779b9 ^ n,
+    h2 = 0x85ebca6b ^ Math.imul(n, 0x27d4eb2f);
+  for (const ch of group.key) {
+    const c = ch.charCodeAt(0);
+    h1 = Math.imul(h1 ^ c, 0x01000193);
+    h2 = Math.imul(h2 ^ c, 0x5bd1e995);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 0x85ebca6b) ^ Math.imul(h2 ^ (h2 >>> 13), 0xc2b2ae35);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 0xc2b2ae35) ^ h1;
+  return (h2 >>> 0) * 2 ** 21 + (h1 >>> 11);
+}
+
+/** alibi_slopes must be (nheads) or (batch, nheads) of the call; a ring over varlen shards takes one slope per head. */
+function checkAlibi(fn: string, layout: RingVariant['layout'], q: DeviceTensor, o: RingOptions): void {
+  const a = o.alibi;
+  if (!a) return;
+  const [b, , h] = q.shape as [number, number, number];
+  const varlen = layout === 'varlen' || layout === 'zigzag_varlen' || layout === 'llama3';
+  const seqs = (o as { seg?: { qStart: unknown[] } }).seg?.qStart.length;
+  const batch = seqs ?? b;
+  if (a.shape.length === 2 && varlen)
+    fail(
+      'E_UNSUPPORTED',
+      `${fn}: alibi_slopes of shape (batch, nheads) with a varlen ring is not supported; give one slope per head (nheads)`,
+    );
+  const want = a.shape.length === 2 ? [batch, h] : [h];
+  if (a.shape.join() !== want.join())
+    fail('E_SHAPE', `${fn}: alibi_slopes must be (${h}) or (${batch}, ${h}), got (${a.shape.join(', ')})`);
+}
+
+/** Families whose kernel calls do not carry the option hooks yet (their gathered keys are permuted). */
+const WITHOUT_HOOKS = new Set(['zigzag_llama3_flash_attn_varlen']);
+
 function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, c: Call): AttnResult {
   const a = parse(c.fn, c.rest, c.q, c.k, c.v);
   const backend = currentContext().backend;
   const [q, k, v] = [c.q, c.k, c.v].map(frame.toKernel) as [DeviceTensor, DeviceTensor, DeviceTensor];
   variant.check?.(c.fn, q, k, a.o, a.group);
+  checkBackendSupports(c.fn, backend, a.o);
+  const set = optionsSet(a.o);
+  if (WITHOUT_HOOKS.has(variant.name) && set.length > 0)
+    fail(
+      'E_UNSUPPORTED',
+      `${c.fn}: ${set.join(', ')} with zigzag llama3 ${set.length > 1 ? 'are' : 'is'} not supported yet`,
+    );
+  checkAlibi(c.fn, variant.layout, q, a.o);
+  if ((a.o.dropoutP ?? 0) > 0 && a.o.dropoutSeed === undefined) a.o.dropoutSeed = freshSeed(a.group);
   const fwd: RingForward = variant.forward(backend, a.group, q, k, v, a.o);
   const out = toDtype(backend, frame.toPublic(fwd.out), c.q);
+  if ((a.o.dropoutP ?? 0) > 0) out.dropoutSeed = a.o.dropoutSeed!;
   out.gradFn = (dout: DeviceTensor) => {
     checkTensor(`${c.fn} backward`, 'dout', dout, frame.ndim, frame.layouts.q);
     if (dout.shape.join() !== c.q.shape.join())

@@ -184,6 +184,29 @@ export abstract class Backend {
   }
 
   /**
+   * Global positions of a kernel call's rows (native/attn_params.h ScoreMods): `q` and `k` one
+   * per query and key row of the call's tensors, increasing over each span; `diag` the global
+   * seqlen_k - seqlen_q; `seqTok` (varlen) the packed index of each segment's sequence start.
+   */
+  positions(t: {
+    q: Int32Array;
+    k: Int32Array;
+    diag: number;
+    seqTok?: readonly number[];
+  }): args.PositionTable {
+    const nt = t.seqTok?.length ?? 0;
+    const packed = new Int32Array(t.q.length + t.k.length + nt);
+    packed.set(t.q, 0);
+    packed.set(t.k, t.q.length);
+    if (t.seqTok) packed.set(t.seqTok, t.q.length + t.k.length);
+    const buf = this.uploadInt32(packed);
+    const view = (offset: number) => ({ data: buf.data, offset, strides: [1] });
+    const native: Record<string, unknown> = { q_pos: view(0), k_pos: view(t.q.length), diag: t.diag };
+    if (t.seqTok) native.seq_tok = view(t.q.length + t.k.length);
+    return { native, release: () => buf.release() };
+  }
+
+  /**
    * out, lse (fp32) = attention of q against k/v (see native/attn_params.h); with `merge`, the
    * result is merged into the running out/lse (update_out_and_lse, fused into the kernel).
    */
@@ -195,7 +218,31 @@ export abstract class Backend {
     lse: DeviceTensor,
     o: args.FwdOptions,
   ): void {
+    this.checkHooks(o.hooks);
     this.kernels.flashFwd(args.fwdArgs(q, k, v, out, lse, o));
+  }
+
+  /**
+   * The CUDA kernels read no score hooks yet: a call that carries any fails rather than
+   * computing plain attention (api/hooks.ts refuses the options by name before this).
+   */
+  private checkHooks(h: args.ScoreHooks | undefined): void {
+    if (this.name !== 'cuda' || !h) return;
+    const on = [
+      h.windowLeft !== undefined && h.windowLeft >= 0 ? 'window' : '',
+      h.windowRight !== undefined && h.windowRight >= 0 && !(h.windowLeft! < 0 && h.windowRight === 0)
+        ? 'window'
+        : '',
+      h.softcap ? 'softcap' : '',
+      h.alibi ? 'alibi_slopes' : '',
+      h.dropoutP ? 'dropout' : '',
+      h.positions ? 'positions' : '',
+    ].filter(Boolean);
+    if (on.length > 0)
+      fail(
+        'E_UNSUPPORTED',
+        `flash kernels: ${[...new Set(on)].join(', ')} not supported on the CUDA backend yet`,
+      );
   }
 
   /** dsum = rowsum(dout * out), once per backward with the global out. */
@@ -204,6 +251,7 @@ export abstract class Backend {
   }
 
   flashBwd(t: args.BwdTensors, o: args.BwdOptions): void {
+    this.checkHooks(o.hooks);
     this.kernels.flashBwd(args.bwdArgs(t, o));
   }
 

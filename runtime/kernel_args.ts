@@ -9,6 +9,35 @@ export interface AttnOptions {
   causal: boolean;
   /** Packed variable-length sequences (native/attn_params.h Segments); batch must be 1. */
   seg?: SegmentTable;
+  /** The option hooks (window, softcap, ALiBi, dropout) and the rows' global positions; absent: off. */
+  hooks?: ScoreHooks;
+}
+
+/** native/attn_params.h ScoreMods: absent fields are off. */
+export interface ScoreHooks {
+  /** flash-attn's window_size sides; -1 unbounded. */
+  windowLeft?: number;
+  windowRight?: number;
+  softcap?: number;
+  /** fp32 slopes, contiguous: (nheads), or (batch, nheads) with `batchStride` nheads (0: per head only). */
+  alibi?: { slopes: DeviceTensor; batchStride: number };
+  /** The global index of the call's first query head, for a call over a slice of the heads. */
+  headOffset?: number;
+  dropoutP?: number;
+  /** A non-negative safe integer. */
+  dropoutSeed?: number;
+  /** Global positions of the call's query and key rows (Backend.positions); absent: local rows. */
+  positions?: PositionTable;
+}
+
+/**
+ * Global positions of a kernel call's rows in the backend's memory, made by Backend.positions();
+ * release() when the call's work is done.
+ */
+export interface PositionTable {
+  /** Native view object: q_pos, k_pos (int32), diag and, for varlen, seq_tok. */
+  readonly native: object;
+  release(): void;
 }
 
 /**
@@ -58,6 +87,31 @@ function shape(q: DeviceTensor, k: DeviceTensor, o: AttnOptions) {
   };
 }
 
+const TWO_32 = 4294967296;
+
+function modsArgs(h: ScoreHooks | undefined) {
+  if (!h) return undefined;
+  const mods: Record<string, unknown> = { ...h.positions?.native };
+  if (h.windowLeft !== undefined) mods.window_left = h.windowLeft;
+  if (h.windowRight !== undefined) mods.window_right = h.windowRight;
+  if (h.softcap) mods.softcap = h.softcap;
+  if (h.alibi) {
+    if (h.alibi.slopes.dtype !== 'float32') fail('E_DTYPE', 'alibi slopes must be float32');
+    mods.alibi_slopes = flat(h.alibi.slopes, 'alibi_slopes');
+    mods.alibi_batch_stride = h.alibi.batchStride;
+  }
+  if (h.headOffset) mods.head0 = h.headOffset;
+  if (h.dropoutP) {
+    const seed = h.dropoutSeed;
+    if (seed === undefined || !Number.isSafeInteger(seed) || seed < 0)
+      fail('E_ARG', 'dropout needs a non-negative safe integer seed');
+    mods.dropout_p = h.dropoutP;
+    mods.dropout_seed_lo = seed % TWO_32;
+    mods.dropout_seed_hi = Math.floor(seed / TWO_32);
+  }
+  return mods;
+}
+
 export function fwdArgs(
   q: DeviceTensor,
   k: DeviceTensor,
@@ -77,6 +131,7 @@ export function fwdArgs(
     shape: shape(q, k, o),
     dtype: DTYPE_CODE[q.dtype],
     seg: o.seg?.native,
+    mods: modsArgs(o.hooks),
     q: bsh(q, 'q'),
     k: bsh(k, 'k'),
     v: bsh(v, 'v'),
@@ -134,6 +189,7 @@ export function bwdArgs(t: BwdTensors, o: BwdOptions) {
     shape: shape(t.q, t.k, o),
     dtype: DTYPE_CODE[t.q.dtype],
     seg: o.seg?.native,
+    mods: modsArgs(o.hooks),
     q: bsh(t.q, 'q'),
     k: bsh(t.k, 'k'),
     v: bsh(t.v, 'v'),

@@ -212,6 +212,8 @@ export class DeviceTensor {
   gradFn: GradFn | null = null;
   /** Frees what the output keeps for backward (called once, by dispose). */
   releaseSaved: (() => void) | null = null;
+  /** An attention output computed with dropout: the seed of its mask (the call's dropout_seed, or the fresh one it drew). */
+  dropoutSeed: number | null = null;
 
   constructor(
     readonly storage: Storage,

@@ -103,9 +103,9 @@ s('methods raise the typed errors rt.call raises', async () => {
   );
   const q = t([1, 8, 4, 16]);
   await expectError(
-    () => rt.stripe_flash_attn_func(q, q, q, { window_size: [2, 2] }),
-    'E_UNSUPPORTED',
-    /window_size other than \(-1, -1\)/,
+    () => rt.stripe_flash_attn_func(q, q, q, { window_size: [2, -3] }),
+    'E_ARG',
+    /^stripe_flash_attn_func: window_size sides must be in \[-1, 2\^31 - 1\] \(-1: unbounded\), got \(2, -3\)$/,
   );
 });
 

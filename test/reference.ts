@@ -1,7 +1,12 @@
 // An independent fp64 attention, forward and backward, written naively from the definitions:
-//   S = scale · Q Kᵀ (masked: causal bottom-right aligned), P = softmax(S), O = P V, lse = log Σ exp S
-//   dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)), dQ = scale · dS K, dK = scale · dSᵀ Q
+//   S = scale · Q Kᵀ, then softcap · tanh(S / softcap), plus the ALiBi bias; masked by causality
+//   and the window, bottom-right aligned (query i sees key j iff i + sk − sq − left ≤ j ≤ i + sk − sq + right)
+//   P = softmax(S), lse = log Σ exp S, O = (P ∘ Z) V with Z the dropout factors (0 or 1/(1 − p))
+//   dV = (P ∘ Z)ᵀ dO, dP = dO Vᵀ, dS = P ∘ (Z ∘ dP − rowsum(dO ∘ O)) ∘ S′, dQ = dS K, dK = dSᵀ Q
+// with S′ the derivative of the score in q·k (scale, and softcap's 1 − tanh²).
 // Tensors are dense C-order (b, s, h, d); k/v have h_k heads (GQA: head h uses h / (h / h_k)).
+import { dropoutKeeps } from './philox_reference.js';
+
 export interface RefInput {
   q: Float64Array | Float32Array;
   k: Float64Array | Float32Array;
@@ -14,6 +19,16 @@ export interface RefInput {
   d: number;
   scale: number;
   causal: boolean;
+  /** flash-attn's window_size; -1 unbounded (causal makes right 0). */
+  window?: readonly [number, number];
+  softcap?: number;
+  /** (h) or (b, h) slopes, C order. */
+  alibi?: { slopes: ArrayLike<number>; perBatch: boolean };
+  /**
+   * Dropout with the kernels' generator: element (b, h, i, j) of a dense call; a packed varlen
+   * sequence draws as batch 0 at token indices qTok + i and kTok + j.
+   */
+  dropout?: { p: number; seed: number; qTok?: number; kTok?: number; seqIndex?: number };
 }
 
 export interface RefOutput {
@@ -24,29 +39,61 @@ export interface RefOutput {
 const at = (s: number, h: number, d: number) => (bi: number, i: number, hi: number) =>
   ((bi * s + i) * h + hi) * d;
 
-function probs(
-  x: RefInput,
-  bi: number,
-  hi: number,
-  i: number,
-): { p: Float64Array; lse: number; last: number } {
+interface RowProbs {
+  p: Float64Array; // softmax over the visible keys, 0 elsewhere
+  z: Float64Array; // dropout factor per key
+  ds: Float64Array; // d(score)/d(q·k) per key
+  lse: number;
+}
+
+function probs(x: RefInput, bi: number, hi: number, i: number): RowProbs {
   const { d, sq, sk, h, hk } = x;
   const qa = at(sq, h, d),
     ka = at(sk, hk, d);
   const kh = Math.floor(hi / (h / hk));
-  const last = x.causal ? Math.min(sk - 1, i + sk - sq) : sk - 1;
-  const p = new Float64Array(sk);
+  const diag = sk - sq;
+  const left = x.window?.[0] ?? -1;
+  const right = x.causal ? 0 : (x.window?.[1] ?? -1);
+  const sees = (j: number) => (left < 0 || j >= i + diag - left) && (right < 0 || j <= i + diag + right);
+  const slope = x.alibi ? Number(x.alibi.slopes[(x.alibi.perBatch ? bi * h : 0) + hi]) : 0;
+  const p = new Float64Array(sk).fill(-Infinity);
+  const ds = new Float64Array(sk);
   let max = -Infinity;
-  for (let j = 0; j <= last; j++) {
+  for (let j = 0; j < sk; j++) {
+    if (!sees(j)) continue;
     let dot = 0;
     for (let c = 0; c < d; c++) dot += x.q[qa(bi, i, hi) + c]! * x.k[ka(bi, j, kh) + c]!;
-    p[j] = dot * x.scale;
-    max = Math.max(max, p[j]!);
+    let s = dot * x.scale;
+    ds[j] = x.scale;
+    if (x.softcap) {
+      const t = Math.tanh(s / x.softcap);
+      s = x.softcap * t;
+      ds[j] = x.scale * (1 - t * t);
+    }
+    // flash-attn's causal form of the bias (slope · j) where the mask is purely causal.
+    if (x.alibi) s += left < 0 && right === 0 ? slope * j : -slope * Math.abs(i + diag - j);
+    p[j] = s;
+    max = Math.max(max, s);
   }
   let sum = 0;
-  for (let j = 0; j <= last; j++) sum += Math.exp(p[j]! - max);
-  for (let j = 0; j <= last; j++) p[j] = Math.exp(p[j]! - max) / sum;
-  return { p, lse: last < 0 ? -Infinity : max + Math.log(sum), last };
+  for (let j = 0; j < sk; j++) if (p[j]! > -Infinity) sum += Math.exp(p[j]! - max);
+  for (let j = 0; j < sk; j++) p[j] = p[j]! > -Infinity ? Math.exp(p[j]! - max) / sum : 0;
+  const z = new Float64Array(sk).fill(1);
+  const dr = x.dropout;
+  if (dr && dr.p > 0) {
+    const varlen = dr.qTok !== undefined;
+    const keep = dropoutKeeps(
+      dr.seed,
+      dr.p,
+      varlen ? 0 : bi,
+      hi,
+      varlen ? dr.qTok! + i : i,
+      varlen ? dr.kTok! : 0,
+      sk,
+    );
+    for (let j = 0; j < sk; j++) z[j] = keep[j] ? 1 / (1 - Math.fround(dr.p)) : 0;
+  }
+  return { p, z, ds, lse: max === -Infinity ? -Infinity : max + Math.log(sum) };
 }
 
 export function referenceForward(x: RefInput): RefOutput {
@@ -61,8 +108,10 @@ export function referenceForward(x: RefInput): RefOutput {
       for (let i = 0; i < sq; i++) {
         const r = probs(x, bi, hi, i);
         lse[(bi * h + hi) * sq + i] = r.lse;
-        for (let j = 0; j <= r.last; j++)
-          for (let c = 0; c < d; c++) out[qa(bi, i, hi) + c]! += r.p[j]! * x.v[ka(bi, j, kh) + c]!;
+        for (let j = 0; j < sk; j++) {
+          const w = r.p[j]! * r.z[j]!;
+          if (w !== 0) for (let c = 0; c < d; c++) out[qa(bi, i, hi) + c]! += w * x.v[ka(bi, j, kh) + c]!;
+        }
       }
     }
   return { out, lse };
@@ -87,13 +136,15 @@ export function referenceBackward(
         const qi = qa(bi, i, hi);
         let D = 0;
         for (let c = 0; c < d; c++) D += dout[qi + c]! * out[qi + c]!;
-        for (let j = 0; j <= r.last; j++) {
+        for (let j = 0; j < sk; j++) {
+          if (r.p[j] === 0) continue;
           const kj = ka(bi, j, kh);
           let dp = 0;
           for (let c = 0; c < d; c++) dp += dout[qi + c]! * x.v[kj + c]!;
-          const ds = r.p[j]! * (dp - D) * x.scale;
+          const ds = r.p[j]! * (r.z[j]! * dp - D) * r.ds[j]!;
+          const pz = r.p[j]! * r.z[j]!;
           for (let c = 0; c < d; c++) {
-            dv[kj + c]! += r.p[j]! * dout[qi + c]!;
+            dv[kj + c]! += pz * dout[qi + c]!;
             dq[qi + c]! += ds * x.k[kj + c]!;
             dk[kj + c]! += ds * x.q[qi + c]!;
           }

@@ -1,6 +1,6 @@
 // The fp64 reference (test/reference.ts) applied per packed sequence: tensors (total, h, d),
 // lse (h, total). Attention never crosses a sequence boundary; causal is per sequence.
-import { referenceBackward, referenceForward } from './reference.js';
+import { referenceBackward, referenceForward, type RefInput } from './reference.js';
 
 export interface VarlenRefInput {
   q: Float32Array;
@@ -13,6 +13,12 @@ export interface VarlenRefInput {
   d: number;
   scale: number;
   causal: boolean;
+  window?: readonly [number, number];
+  softcap?: number;
+  /** One slope per head (h), or per sequence and head (num_seqs, h). */
+  alibi?: { slopes: ArrayLike<number>; perBatch: boolean };
+  /** Dropout draws at packed token indices (the sequence's own rows). */
+  dropout?: { p: number; seed: number };
 }
 
 export interface VarlenRef {
@@ -37,7 +43,15 @@ export function varlenReference(x: VarlenRefInput, dout: Float32Array): VarlenRe
     const [a, len] = [cu[i]!, cu[i + 1]! - cu[i]!];
     if (len === 0) continue;
     const rows = (t: Float32Array, heads: number) => t.subarray(a * heads * d, (a + len) * heads * d);
-    const seq = {
+    const alibi = x.alibi && {
+      slopes: x.alibi.perBatch ? Array.from(x.alibi.slopes).slice(i * h, (i + 1) * h) : x.alibi.slopes,
+      perBatch: false,
+    };
+    const seq: RefInput = {
+      window: x.window,
+      softcap: x.softcap,
+      alibi,
+      dropout: x.dropout && { ...x.dropout, qTok: a, kTok: a },
       q: rows(x.q, h),
       k: rows(x.k, hk),
       v: rows(x.v, hk),

@@ -1,5 +1,6 @@
 // Driver mode: the main thread takes FULL-sequence host tensors, shards them the way the
 // variant needs, runs every rank, and gathers full-layout results.
+import { randomInt } from 'node:crypto';
 import type ndarray from 'ndarray';
 import { checkDType, DTYPES, type DType } from '../../runtime/dtype.js';
 import { RingFlashAttnError, fail } from '../../runtime/errors.js';
@@ -57,6 +58,8 @@ export interface DriverResult<G extends DriverGrads = DriverGrads> {
   backward(dout: HostTensor): Promise<G>;
   /** Frees the saved tensors on every rank. */
   dispose(): Promise<void>;
+  /** With dropout_p > 0: the seed of the call's dropout mask (its dropout_seed, or the fresh one drawn for it). */
+  dropoutSeed?: number;
 }
 
 const GRAD_NAMES: Record<Packing, string[]> = {
@@ -186,7 +189,7 @@ export class RingRuntime extends Runtime {
         `${name}: expected ${nt} tensor argument(s) (${TENSOR_NAMES[entry.packing].join(', ')}), got ${args.length}`,
       );
     const rest = args.slice(nt);
-    const { kw } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, [
+    const { kw, alibi, dropoutP } = parseAttnArgs(name, rest, sharding.positional ?? entry.positional, [
       'dtype',
       'timeoutMs',
       'signal',
@@ -214,6 +217,9 @@ export class RingRuntime extends Runtime {
     const { dtype: _drop, group: _g, timeoutMs: _t, signal: _s, ...kwargs } = kw;
     for (const key of sharding.consumes ?? []) delete kwargs[key];
     if (kw.group != null) kwargs.group = ranks;
+    // The ranks get the slopes as a plain float32 ndarray, and one seed for all of them.
+    if (alibi) kwargs.alibi_slopes = { data: alibi.values, shape: [...alibi.shape] };
+    if (dropoutP > 0 && kwargs.dropout_seed == null) kwargs.dropout_seed = randomInt(2 ** 48 - 1);
     const dense = inputs.map((t) => toComputeDtype(t, dtype));
     const positions = ranks.map((_, i) => plan.positions(i));
     const cut = (t: DenseHost, i: number): HostShard => {
@@ -253,6 +259,7 @@ export class RingRuntime extends Runtime {
     return {
       out,
       lse,
+      ...(dropoutP > 0 ? { dropoutSeed: kwargs.dropout_seed as number } : {}),
       backward: async (doutArg: HostTensor) => {
         if (disposed) fail('E_ARG', `${name}: backward after dispose()`);
         const dout = toComputeDtype(toDense(`${name} backward`, 'dout', doutArg), dtype);

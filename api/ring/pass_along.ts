@@ -11,6 +11,8 @@ import { ringPeer, type Group, type Pending } from '../../runtime/comm.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer, type KvPair } from './kv_buffer.js';
 import { coversQueries, SegmentTables, type SegmentSpec } from '../varlen/segments.js';
+import { isPositional } from '../hooks.js';
+import { positionalBackward, positionalForward, type PositionalLayout } from './positional_ring.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
 
 /** Rows [start, start + length) of the sequence axis. */
@@ -78,7 +80,13 @@ export function passAlongForward(
   const out = backend.empty([b, s, h, d], 'float32');
   const lse = backend.empty([b, h, s], 'float32');
   const tables = new SegmentTables(backend);
-  const attn = (p: BlockPlan) => ({ softmaxScale: o.softmaxScale, causal: p.causal, seg: tables.get(p.seg) });
+  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const attn = (p: BlockPlan) => ({
+    softmaxScale: o.softmaxScale,
+    causal: p.causal,
+    seg: tables.get(p.seg),
+    hooks,
+  });
   const own = plan(0, group, s, o);
   if (!own || own.q.length !== s || (own.seg && !coversQueries(own.seg, s)))
     throw new Error('pass-along plan: step 0 must cover every query row');
@@ -167,6 +175,7 @@ export function passAlongBackward(
         softmaxScale: o.softmaxScale,
         causal: p.causal,
         seg: tables.get(p.seg),
+        hooks: o.softcap ? { softcap: o.softcap } : undefined,
         accumulate: true,
         overwriteKv: !p.seg,
         deterministic: o.deterministic,
@@ -241,14 +250,22 @@ function addRows(backend: Backend, dst: KvBuffer, src: KvBuffer, r: Rows): void 
 
 /**
  * The forward and backward of a pass-along variant. `planFor` runs once per call, so a plan can
- * build its segment specs once (SegmentTables uploads each distinct spec once per call).
+ * build its segment specs once (SegmentTables uploads each distinct spec once per call). Calls
+ * whose options read global positions run the positional ring over `layoutFor`'s shard layout
+ * instead (api/ring/positional_ring.ts).
  */
 export function passAlongRing<O extends RingOptions>(
   planFor: (o: O, group: Group) => PlanFn,
+  layoutFor: (o: O, group: Group, seqlen: number) => PositionalLayout,
 ): Pick<RingVariant<O>, 'forward' | 'backward'> {
   return {
-    forward: (backend, group, q, k, v, o) => passAlongForward(planFor(o, group), backend, group, q, k, v, o),
+    forward: (backend, group, q, k, v, o) =>
+      isPositional(o)
+        ? positionalForward(layoutFor(o, group, q.shape[1]!), backend, group, q, k, v, o)
+        : passAlongForward(planFor(o, group), backend, group, q, k, v, o),
     backward: (backend, group, dout, q, k, v, fwd, o) =>
-      passAlongBackward(planFor(o, group), backend, group, dout, q, k, v, fwd, o),
+      isPositional(o)
+        ? positionalBackward(layoutFor(o, group, q.shape[1]!), backend, group, dout, q, k, v, fwd, o)
+        : passAlongBackward(planFor(o, group), backend, group, dout, q, k, v, fwd, o),
   };
 }

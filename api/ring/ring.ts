@@ -8,6 +8,9 @@ import type { DeviceTensor } from '../../runtime/tensor.js';
 import { attnFamily } from '../wrappers.js';
 import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer } from './kv_buffer.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import { isPositional } from '../hooks.js';
+import { positionalBackward, positionalForward } from './positional_ring.js';
+import { contiguousPieces } from './positions.js';
 
 /** Which steps move data: rank r uses the block of r−s; rank r+s uses ours. */
 function schedule(group: Group, causal: boolean) {
@@ -49,9 +52,11 @@ export function ringForward(
   const lastStep = o.causal ? group.rank : W - 1;
   const final = q.dtype !== 'float32' ? backend.empty(q.shape, q.dtype) : null;
   let pending = transfer(1);
+  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
   backend.flashFwd(q, k, v, lastStep === 0 && final ? final : out, lse, {
     softmaxScale: o.softmaxScale,
     causal: o.causal,
+    hooks,
   });
   for (let step = 1; step < W; step++) {
     pending.wait();
@@ -63,6 +68,7 @@ export function ringForward(
     backend.flashFwd(q, kv.k, kv.v, toFinal ? final : out, lse, {
       softmaxScale: o.softmaxScale,
       causal: false,
+      hooks,
       merge: true,
       mergeFrom: toFinal ? out : undefined,
     });
@@ -97,6 +103,7 @@ export function ringBackward(
   // dq accumulates over the steps; every step's dK/dV (all key rows) is written into its own buffer.
   const attn = {
     softmaxScale: o.softmaxScale,
+    hooks: o.softcap ? { softcap: o.softcap } : undefined,
     accumulate: true,
     overwriteKv: true,
     deterministic: o.deterministic,
@@ -147,11 +154,21 @@ export function ringBackward(
   return { dq, dk: own.k, dv: own.v };
 }
 
+const layoutOf = (s: number) => ({ pieces: contiguousPieces(s) });
+
 export const ringVariant: RingVariant = {
   name: 'ring_flash_attn',
   layout: 'contiguous',
-  forward: ringForward,
-  backward: ringBackward,
+  // Options that read global positions take the positional ring: the same direct exchange, with
+  // each step narrowed to what a window lets the local queries see.
+  forward: (backend, group, q, k, v, o) =>
+    isPositional(o)
+      ? positionalForward(layoutOf(q.shape[1]!), backend, group, q, k, v, o)
+      : ringForward(backend, group, q, k, v, o),
+  backward: (backend, group, dout, q, k, v, fwd, o) =>
+    isPositional(o)
+      ? positionalBackward(layoutOf(q.shape[1]!), backend, group, dout, q, k, v, fwd, o)
+      : ringBackward(backend, group, dout, q, k, v, fwd, o),
 };
 
 const family = attnFamily(ringVariant);

@@ -3,6 +3,7 @@
 import type { Group } from '../../runtime/comm.js';
 import { attnFamily } from '../wrappers.js';
 import { passAlongRing, type BlockPlan } from './pass_along.js';
+import { contiguousPieces } from './positions.js';
 import type { RingOptions, RingVariant } from '../variant.js';
 
 export function ringV2Plan(step: number, group: Group, seqlen: number, o: RingOptions): BlockPlan | null {
@@ -15,7 +16,10 @@ export const ringV2Variant: RingVariant = {
   name: 'ring_flash_attn',
   suffix: '_v2',
   layout: 'contiguous',
-  ...passAlongRing(() => ringV2Plan),
+  ...passAlongRing(
+    () => ringV2Plan,
+    (_o, _g, s) => ({ pieces: contiguousPieces(s) }),
+  ),
 };
 
 const family = attnFamily(ringV2Variant);

@@ -5,6 +5,7 @@
 import type { Group } from '../../runtime/comm.js';
 import { attnFamily } from '../wrappers.js';
 import { passAlongRing, type BlockPlan } from './pass_along.js';
+import { stripePieces } from './positions.js';
 import type { RingOptions, RingVariant } from '../variant.js';
 
 export function stripePlan(step: number, group: Group, seqlen: number, o: RingOptions): BlockPlan | null {
@@ -17,7 +18,10 @@ export function stripePlan(step: number, group: Group, seqlen: number, o: RingOp
 export const stripeVariant: RingVariant = {
   name: 'stripe_flash_attn',
   layout: 'stripe',
-  ...passAlongRing(() => stripePlan),
+  ...passAlongRing(
+    () => stripePlan,
+    (_o, g, s) => ({ pieces: stripePieces(s, g.size) }),
+  ),
 };
 
 const family = attnFamily(stripeVariant);

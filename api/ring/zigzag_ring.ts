@@ -7,6 +7,7 @@ import { fail } from '../../runtime/errors.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { attnFamily } from '../wrappers.js';
 import { passAlongRing, type BlockPlan } from './pass_along.js';
+import { zigzagPieces } from './positions.js';
 import type { RingOptions, RingVariant } from '../variant.js';
 
 export function zigzagPlan(step: number, group: Group, seqlen: number, o: RingOptions): BlockPlan | null {
@@ -32,7 +33,10 @@ export const zigzagVariant: RingVariant = {
   name: 'zigzag_ring_flash_attn',
   layout: 'zigzag',
   check: checkZigzag,
-  ...passAlongRing(() => zigzagPlan),
+  ...passAlongRing(
+    () => zigzagPlan,
+    (_o, g, s) => ({ pieces: zigzagPieces(s, g.size) }),
+  ),
 };
 
 const family = attnFamily(zigzagVariant);

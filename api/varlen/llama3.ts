@@ -14,6 +14,8 @@ import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
 import { segmentSpec, spansOf } from './segments.js';
 import type { KSlice, Llama3Args } from '../types.js';
 import { varlenFamily } from './wrappers.js';
+import { CallHooks, isPositional } from '../hooks.js';
+import type { ScoreHooks } from '../../runtime/kernel_args.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
 
 export interface Llama3Options extends RingOptions {
@@ -176,11 +178,36 @@ function groupViews(q: DeviceTensor, k: DeviceTensor, o: Llama3Options, i: numbe
     heads: (t: DeviceTensor) => t.narrow(2, i * perGroup, perGroup),
     lseHeads: (t: DeviceTensor) => t.narrow(1, i * perGroup, perGroup),
     keys: (t: DeviceTensor) => t.narrow(1, start, stop - start),
+    // ALiBi slopes and dropout draws are by the global head index.
+    hooks: (h: ScoreHooks | undefined) => (h ? { ...h, headOffset: i * perGroup } : undefined),
   };
 }
 
 /** One table for every head group: q sequences against their key slices. */
 const specOf = (o: Llama3Options) => segmentSpec(spansOf(o.cuSeqlensQ), spansOf(o.cuSeqlensK));
+
+/**
+ * The hooks of this rank's calls. With options that read positions: query row i is packed token
+ * rank·s + i and the gathered key row j is token start + j, each sequence starting at token
+ * start + cu_seqlens_k[t] (its keys begin with the sequence).
+ */
+function hooksOf(backend: Backend, group: Group, s: number, o: Llama3Options) {
+  const hooks = new CallHooks(backend, o);
+  if (!isPositional(o)) return { hooks, at: o.softcap ? { softcap: o.softcap } : undefined };
+  const { cuSeqlensQ: cuQ, cuSeqlensK: cuK } = o;
+  const first = group.rank * s,
+    base = o.localKSlice.start;
+  const q = new Int32Array(s),
+    k = new Int32Array(o.localKSlice.stop - base);
+  const seqTok: number[] = [];
+  for (let t = 0; t + 1 < cuQ.length; t++) {
+    const start = base + cuK[t]!;
+    seqTok.push(start);
+    for (let i = cuQ[t]!; i < cuQ[t + 1]!; i++) q[i] = first + i - start;
+    for (let j = cuK[t]!; j < cuK[t + 1]!; j++) k[j] = j - cuK[t]!;
+  }
+  return { hooks, at: hooks.at({ q, k, diag: 0, seqTok }) };
+}
 
 export function llama3Forward(
   backend: Backend,
@@ -194,14 +221,19 @@ export function llama3Forward(
   const out = backend.empty([1, s, h, d], 'float32');
   const lse = backend.empty([1, h, s], 'float32');
   const seg = backend.segments(specOf(o));
+  const hk = hooksOf(backend, group, s, o);
   const attn = { softmaxScale: o.softmaxScale, causal: o.causal, seg };
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {
     const kv = gather.next();
     const g = groupViews(q, k, o, i);
-    backend.flashFwd(g.heads(q), g.keys(kv.k), g.keys(kv.v), g.heads(out), g.lseHeads(lse), attn);
+    backend.flashFwd(g.heads(q), g.keys(kv.k), g.keys(kv.v), g.heads(out), g.lseHeads(lse), {
+      ...attn,
+      hooks: g.hooks(hk.at),
+    });
   }
   gather.dispose();
+  hk.hooks.release();
   seg.release();
   return { out, lse };
 }
@@ -221,6 +253,7 @@ export function llama3Backward(
   const dsum = backend.empty([1, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
   const seg = backend.segments(specOf(o));
+  const hk = hooksOf(backend, group, s, o);
   const attn = {
     softmaxScale: o.softmaxScale,
     causal: o.causal,
@@ -246,12 +279,13 @@ export function llama3Backward(
         dk: g.keys(dkv.k),
         dv: g.keys(dkv.v),
       },
-      attn,
+      { ...attn, hooks: g.hooks(hk.at) },
     );
     reduce.scatter(i);
   }
   const { k: dk, v: dv } = reduce.finish();
   gather.dispose();
+  hk.hooks.release();
   seg.release();
   dsum.dispose();
   return { dq, dk, dv };

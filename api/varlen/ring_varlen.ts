@@ -5,6 +5,7 @@
 // earlier ranks; later ranks' blocks are skipped.
 import type { Group } from '../../runtime/comm.js';
 import { passAlongRing, type BlockPlan, type PlanFn } from '../ring/pass_along.js';
+import { varlenPieces } from '../ring/positions.js';
 import { segmentSpec, spansOf } from './segments.js';
 import type { VarlenArgs } from '../types.js';
 import { readCuSeqlens, varlenFamily, VARLEN_POSITIONAL, type VarlenOptions } from './wrappers.js';
@@ -23,7 +24,10 @@ export const ringVarlenVariant: RingVariant<VarlenOptions> = {
   name: 'ring_flash_attn_varlen',
   layout: 'varlen',
   positional: VARLEN_POSITIONAL,
-  ...passAlongRing(ringVarlenPlan),
+  ...passAlongRing(ringVarlenPlan, (o, g) => ({
+    pieces: varlenPieces(o.cuSeqlens),
+    seqTok: Array.from(o.cuSeqlens.subarray(0, -1), (x) => x * g.size),
+  })),
 };
 
 const family = varlenFamily<VarlenOptions, VarlenArgs>(ringVarlenVariant, readCuSeqlens);

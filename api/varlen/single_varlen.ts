@@ -15,6 +15,7 @@ import { checkCuSeqlens, checkMaxSeqlen } from './cu_seqlens.js';
 import { makeFamily, VARLEN_FRAME } from '../wrappers.js';
 import { segmentSpec, SegmentTables, spansOf, type SegmentSpec } from './segments.js';
 import { checkQkv } from '../validate.js';
+import { CallHooks } from '../hooks.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
 
 export const FLASH_VARLEN_POSITIONAL = [
@@ -44,11 +45,14 @@ function singleVarlenForward(
   const out = backend.empty([b, s, h, d], q.dtype);
   const lse = backend.empty([b, h, s], 'float32');
   const tables = new SegmentTables(backend);
+  const hooks = new CallHooks(backend, o);
   backend.flashFwd(q, k, v, out, lse, {
     softmaxScale: o.softmaxScale,
     causal: o.causal,
     seg: tables.get(o.seg),
+    hooks: hooks.local(),
   });
+  hooks.release();
   tables.release();
   return { out, lse };
 }
@@ -71,16 +75,19 @@ function singleVarlenBackward(
     dk = backend.zeros(k.shape, 'float32'),
     dv = backend.zeros(v.shape, 'float32');
   const tables = new SegmentTables(backend);
+  const hooks = new CallHooks(backend, o);
   backend.flashBwd(
     { dout, q, k, v, lse: fwd.lse, dsum, dq, dk, dv },
     {
       softmaxScale: o.softmaxScale,
       causal: o.causal,
       seg: tables.get(o.seg),
+      hooks: hooks.local(),
       accumulate: true,
       deterministic: o.deterministic,
     },
   );
+  hooks.release();
   tables.release();
   dsum.dispose();
   return { dq, dk, dv };

@@ -7,6 +7,7 @@ import type { Group } from '../../runtime/comm.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { checkSeqDivisible } from './cu_seqlens.js';
 import { passAlongRing, type BlockPlan, type PlanFn } from '../ring/pass_along.js';
+import { zigzagVarlenPieces } from '../ring/positions.js';
 import { halves, segmentSpec, spansOf } from './segments.js';
 import type { VarlenArgs } from '../types.js';
 import { readCuSeqlens, varlenFamily, VARLEN_POSITIONAL, type VarlenOptions } from './wrappers.js';
@@ -37,7 +38,10 @@ export const zigzagVarlenVariant: RingVariant<VarlenOptions> = {
   layout: 'zigzag_varlen',
   positional: VARLEN_POSITIONAL,
   check: checkZigzagVarlen,
-  ...passAlongRing(zigzagVarlenPlan),
+  ...passAlongRing(zigzagVarlenPlan, (o, g) => ({
+    pieces: zigzagVarlenPieces(o.cuSeqlens, g.size),
+    seqTok: Array.from(o.cuSeqlens.subarray(0, -1), (x) => x * g.size),
+  })),
 };
 
 const family = varlenFamily<VarlenOptions, VarlenArgs>(zigzagVarlenVariant, readCuSeqlens);
