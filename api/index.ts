@@ -18,6 +18,22 @@ export * from './varlen/single_varlen.js';
 export * from './varlen/ring_varlen.js';
 export * from './varlen/zigzag_ring_varlen.js';
 export {
+  ulysses_attn_func,
+  ulysses_attn_kvpacked_func,
+  ulysses_attn_qkvpacked_func,
+  ulyssesAttnFunc,
+  ulyssesAttnKvpackedFunc,
+  ulyssesAttnQkvpackedFunc,
+} from './usp/ulysses.js';
+export {
+  usp_attn_func,
+  usp_attn_kvpacked_func,
+  usp_attn_qkvpacked_func,
+  uspAttnFunc,
+  uspAttnKvpackedFunc,
+  uspAttnQkvpackedFunc,
+} from './usp/usp.js';
+export {
   llama3_flash_attn_prepare_cu_seqlens,
   llama3_flash_attn_varlen_func,
   llama3_flash_attn_varlen_kvpacked_func,

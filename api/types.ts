@@ -125,3 +125,16 @@ export type ZigzagLlama3Positional = [
 ];
 export type ZigzagLlama3Kwargs = VarlenKwargs & { heads_k_stride?: number };
 export type ZigzagLlama3Args = PythonArgs<ZigzagLlama3Positional, ZigzagLlama3Kwargs>;
+
+/** The ring variant of usp_attn_func's ring groups (api/usp). */
+export type RingImpl = 'zigzag' | 'ring' | 'stripe';
+/** usp_attn_func's keywords: the grid's degrees (ulysses × ring = the group size) and its ring variant ('basic' and 'strip' are yunchang's spellings). */
+export type UspKwargs = AttnKwargs & {
+  ulysses?: number;
+  ring?: number;
+  ring_impl?: RingImpl | 'basic' | 'strip';
+};
+export type UspArgs = PythonArgs<RingPositional, UspKwargs>;
+export type DriverUspArgs = PythonArgs<RingPositional, DriverKwargs & UspKwargs>;
+/** The Ulysses families: ulysses_attn_* (head parallel) and usp_attn_* (Ulysses × ring). */
+export type UspName = Packings<'ulysses_attn'> | Packings<'usp_attn'>;

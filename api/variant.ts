@@ -28,6 +28,8 @@ export interface RingOptions {
 export interface RingForward {
   out: DeviceTensor; // (b, s, h, d) fp32 or q's dtype
   lse: DeviceTensor; // (b, h, s) fp32
+  /** Frees what the variant keeps beyond out and lse for its backward (the Ulysses families' re-sharded inputs). */
+  release?(): void;
 }
 
 /** Backward result: gradients of the local shards, fp32 or already in the input's dtype. */
@@ -48,8 +50,12 @@ export interface RingVariant<O extends RingOptions = RingOptions> {
   readonly name: string;
   /** Suffix after the packing in public names ('_v2' for ring_flash_attn_func_v2). */
   readonly suffix?: string;
-  /** How the variant's shards are cut (driver mode's Sharding is in api/driver/registry.ts); 'single' is one device, no ring. */
-  readonly layout: 'contiguous' | 'zigzag' | 'stripe' | 'single' | 'varlen' | 'zigzag_varlen' | 'llama3';
+  /**
+   * How the variant's shards are cut (driver mode's Sharding is in api/driver/registry.ts); 'single' is one device, no
+   * ring; 'usp' is the ring variant's layout over the ring ranks, cut contiguously over each Ulysses group.
+   */
+  readonly layout:
+    'contiguous' | 'zigzag' | 'stripe' | 'single' | 'varlen' | 'zigzag_varlen' | 'llama3' | 'usp';
   /** Python positional order after the tensors (default: the ring functions' order). */
   readonly positional?: readonly string[];
   /** The qkvpacked form's order where it differs (flash_attn_varlen_qkvpacked_func shares one cu_seqlens). */

@@ -193,6 +193,7 @@ function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, 
   out.releaseSaved = () => {
     if (fwd.out.storage !== out.storage) fwd.out.dispose();
     if (!a.returnAttnProbs) fwd.lse.dispose();
+    fwd.release?.();
   };
   return a.returnAttnProbs ? [out, frame.toPublic(fwd.lse), null] : out;
 }

@@ -1,14 +1,41 @@
 // Helpers Python users of ring-flash-attention reach for, with their Python names.
 import ndarray from 'ndarray';
-import { shard, type LayoutName } from '../api/driver/layouts.js';
+import {
+  RING_IMPL_LAYOUT,
+  shard,
+  takeRows,
+  uspPositions,
+  type Dense,
+  type LayoutName,
+} from '../api/driver/layouts.js';
+import { uspDegrees } from '../api/usp/grid.js';
+import type { RingImpl } from '../api/types.js';
 import { currentContext } from '../runtime/context.js';
 import { fail } from '../runtime/errors.js';
-import type { DeviceTensor } from '../runtime/tensor.js';
+import { describeValue, type DeviceTensor } from '../runtime/tensor.js';
 import { toDense } from '../api/driver/host.js';
 import { checkCuSeqlens, checkSeqDivisible } from '../api/varlen/cu_seqlens.js';
 import { varlenPositions } from '../api/driver/varlen_sharding.js';
 
 type HostNd = ndarray.NdArray<Float32Array | Uint16Array>;
+
+function checkExtract(fn: string, value: unknown, rank: number, worldSize: number, dim: number) {
+  const t = toDense(fn, 'value', value);
+  if (!Number.isInteger(dim) || dim < 0 || dim >= t.shape.length)
+    fail('E_ARG', `${fn}: dim ${dim} out of range for a ${t.shape.length}-d tensor`);
+  if (!Number.isInteger(worldSize) || worldSize < 1)
+    fail('E_ARG', `${fn}: world_size must be a positive integer, got ${worldSize}`);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize)
+    fail('E_ARG', `${fn}: rank ${rank} out of range [0, ${worldSize})`);
+  return t;
+}
+
+/** A host ndarray over `s`, carrying a 16-bit dtype where there is one. */
+function hostNd(s: Dense<Float32Array | Uint16Array>, dtype: string): HostNd {
+  const out = ndarray(s.data, [...s.shape]) as HostNd;
+  if (dtype !== 'float32') Object.defineProperty(out, 'dtype', { value: dtype, enumerable: true });
+  return out;
+}
 
 function extract(
   layout: LayoutName,
@@ -18,17 +45,8 @@ function extract(
   worldSize: number,
   dim: number,
 ): HostNd {
-  const t = toDense(fn, 'value', value);
-  if (!Number.isInteger(dim) || dim < 0 || dim >= t.shape.length)
-    fail('E_ARG', `${fn}: dim ${dim} out of range for a ${t.shape.length}-d tensor`);
-  if (!Number.isInteger(worldSize) || worldSize < 1)
-    fail('E_ARG', `${fn}: world_size must be a positive integer, got ${worldSize}`);
-  if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize)
-    fail('E_ARG', `${fn}: rank ${rank} out of range [0, ${worldSize})`);
-  const s = shard(layout, t, dim, rank, worldSize);
-  const out = ndarray(s.data, [...s.shape]) as HostNd;
-  if (t.dtype !== 'float32') Object.defineProperty(out, 'dtype', { value: t.dtype, enumerable: true });
-  return out;
+  const t = checkExtract(fn, value, rank, worldSize, dim);
+  return hostNd(shard(layout, t, dim, rank, worldSize), t.dtype);
 }
 
 /** This rank's contiguous chunk of `value` along `dim` (test_ring_flash_attn_func's extract_local). */
@@ -44,6 +62,29 @@ export function zigzag_extract_local(value: unknown, rank: number, world_size: n
 /** Positions rank, rank + world_size, ... (the stripe layout). */
 export function stripe_extract_local(value: unknown, rank: number, world_size: number, dim = 1): HostNd {
   return extract('stripe', 'stripe_extract_local', value, rank, world_size, dim);
+}
+
+/**
+ * This rank's shard for usp_attn_* (yunchang's extract helpers with rd = ring, ud = ulysses): the
+ * sequence dealt over the ring ranks ring_impl's way (zigzag, contiguous for 'ring', stripe), and
+ * ring shard rank / ulysses cut contiguously into `ulysses` pieces, piece rank mod ulysses.
+ */
+export function usp_extract_local(
+  value: unknown,
+  rank: number,
+  world_size: number,
+  degrees: { ulysses?: number; ring?: number; ring_impl?: RingImpl | 'basic' | 'strip' } = {},
+  dim = 1,
+): HostNd {
+  const fn = 'usp_extract_local';
+  if (degrees === null || typeof degrees !== 'object')
+    fail('E_ARG', `${fn}: degrees must be { ulysses, ring, ring_impl }, got ${describeValue(degrees)}`);
+  const extra = Object.keys(degrees).filter((k) => !['ulysses', 'ring', 'ring_impl'].includes(k));
+  if (extra.length) fail('E_ARG', `${fn}: unknown option '${extra[0]}'`);
+  const t = checkExtract(fn, value, rank, world_size, dim);
+  const { ulysses, ring, ringImpl } = uspDegrees(fn, degrees, world_size);
+  const layout = RING_IMPL_LAYOUT[ringImpl];
+  return hostNd(takeRows(t, dim, uspPositions(layout, t.shape[dim]!, rank, ulysses, ring)), t.dtype);
 }
 
 function extractVarlen(

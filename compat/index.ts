@@ -6,6 +6,7 @@ export {
   varlen_extract_local,
   zigzag_varlen_extract_local,
   zigzag_llama3_extract_local,
+  usp_extract_local,
   update_out_and_lse,
 } from './helpers.js';
 export {

@@ -5,12 +5,12 @@ import * as assert from 'uvu/assert';
 import * as api from '../index.js';
 import { init, RING_FUNCTIONS, type RingRuntime } from '../index.js';
 import { camelCase, type DriverFunctionName } from '../api/driver/driver.js';
-import type { DenseName, VarlenName } from '../api/types.js';
+import type { DenseName, UspName, VarlenName } from '../api/types.js';
 import { expectError, nd, randn, rng } from './helpers.js';
 
 // The method table covers exactly the registry's names (a compile-time check).
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-const covers: Same<DriverFunctionName, DenseName | VarlenName> = true;
+const covers: Same<DriverFunctionName, DenseName | VarlenName | UspName> = true;
 
 const s = suite('driver methods');
 let rt: RingRuntime;
@@ -42,7 +42,10 @@ s('every registry name is a method, and so is its camelCase alias (spelled as th
     'ring_flash_attn_varlen',
     'zigzag_ring_flash_attn_varlen',
     'llama3_flash_attn_varlen',
+    'zigzag_llama3_flash_attn_varlen',
     'flash_attn_varlen',
+    'ulysses_attn',
+    'usp_attn',
   ];
   const expected = [
     ...families.flatMap((f) => [`${f}_func`, `${f}_kvpacked_func`, `${f}_qkvpacked_func`]),

@@ -4,14 +4,14 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
-import type { KvPackedName, QkvPackedName, RingName, UnpackedName } from '../api/types.js';
+import type { KvPackedName, QkvPackedName, RingName, UnpackedName, UspName } from '../api/types.js';
 import { maxAbs, nd, pack, randn, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
 import { memoReference, referenceBackward, referenceForward } from './reference.js';
 
 export interface VariantNames {
-  func: Extract<UnpackedName, RingName>;
-  kvpacked: Extract<KvPackedName, RingName>;
-  qkvpacked: Extract<QkvPackedName, RingName>;
+  func: Extract<UnpackedName, RingName> | Extract<UspName, `${string}_attn_func`>;
+  kvpacked: Extract<KvPackedName, RingName> | Extract<UspName, `${string}_kvpacked_func`>;
+  qkvpacked: Extract<QkvPackedName, RingName> | Extract<UspName, `${string}_qkvpacked_func`>;
 }
 
 export interface Case {
@@ -25,6 +25,8 @@ export interface Case {
   packing: 'func' | 'kvpacked' | 'qkvpacked';
   dtype?: DType;
   scale?: number;
+  /** The family's own keywords (usp_attn_func's ulysses, ring, ring_impl). */
+  kwargs?: Record<string, unknown>;
 }
 
 export interface CaseResult {
@@ -50,7 +52,7 @@ export async function runCase(
     k = randn(rand, c.b * s * c.hk * c.d),
     v = randn(rand, c.b * s * c.hk * c.d);
   const dout = randn(rand, c.b * s * c.h * c.d);
-  const opts: Record<string, unknown> = { causal: c.causal, dtype };
+  const opts: Record<string, unknown> = { ...c.kwargs, causal: c.causal, dtype };
   if (c.scale !== undefined) opts.softmax_scale = c.scale;
   let r;
   if (c.packing === 'func')
@@ -86,10 +88,13 @@ export async function runCase(
     scale: c.scale ?? 1 / Math.sqrt(c.d),
     causal: c.causal,
   };
-  const { ref, refG } = memoReference(JSON.stringify({ ...c, world: undefined, s, seed, dtype }), () => ({
-    ref: referenceForward(x),
-    refG: referenceBackward(x, dtype === 'float32' ? dout : rounded(dout, dtype)),
-  }));
+  const { ref, refG } = memoReference(
+    JSON.stringify({ ...c, world: undefined, kwargs: undefined, s, seed, dtype }),
+    () => ({
+      ref: referenceForward(x),
+      refG: referenceBackward(x, dtype === 'float32' ? dout : rounded(dout, dtype)),
+    }),
+  );
   let dq: ArrayLike<number>, dk: ArrayLike<number>, dv: ArrayLike<number>;
   if ('dk' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: g.dk.data, dv: g.dv.data });
   else if ('dkv' in g)

@@ -17,6 +17,7 @@ import type {
   DriverFlashArgs,
   DriverKwargs,
   DriverRingArgs,
+  DriverUspArgs,
   FlashPositional,
   KvPackedName,
   PythonArgs,
@@ -133,7 +134,9 @@ export type DriverFunctions = { [N in Extract<UnpackedName, RingName>]: Func<Dri
     Func<DriverVarlenArgs>,
     KvPacked<DriverVarlenArgs>,
     QkvPacked<DriverVarlenArgs>
-  >;
+  > &
+  Packings<'ulysses_attn', Func<DriverRingArgs>, KvPacked<DriverRingArgs>, QkvPacked<DriverRingArgs>> &
+  Packings<'usp_attn', Func<DriverUspArgs>, KvPacked<DriverUspArgs>, QkvPacked<DriverUspArgs>>;
 export type DriverFunctionName = keyof DriverFunctions;
 
 /** ring_flash_attn_func_v2 → ringFlashAttnFuncV2, as the SPMD functions' aliases are spelled. */

@@ -1,6 +1,7 @@
 // How a full sequence is split over the ranks of a ring. A layout is the list of global
 // sequence positions each rank holds, in local order; shard and gather follow from it.
 import { fail } from '../../runtime/errors.js';
+import type { RingImpl } from '../types.js';
 
 export type LayoutName = 'contiguous' | 'zigzag' | 'stripe';
 
@@ -34,6 +35,49 @@ export function checkDivisible(layout: LayoutName, seqlen: number, world: number
     fail(
       'E_SHAPE',
       `${layout} layout: seqlen ${seqlen} must be a positive multiple of ${layout === 'zigzag' ? '2·world' : 'world'} (${parts})`,
+    );
+}
+
+/** The layout each ring variant of usp_attn_* deals the sequence over its ring ranks with. */
+export const RING_IMPL_LAYOUT: Record<RingImpl, LayoutName> = {
+  zigzag: 'zigzag',
+  ring: 'contiguous',
+  stripe: 'stripe',
+};
+
+/**
+ * usp_attn_*: positions of `rank` = ring_index · ulysses + ulysses_index, in local order: the ring
+ * shard of ring_index in `ringLayout` (a ring of one holds the whole sequence, in order), cut
+ * into `ulysses` contiguous pieces, piece ulysses_index.
+ */
+export function uspPositions(
+  ringLayout: LayoutName,
+  seqlen: number,
+  rank: number,
+  ulysses: number,
+  ring: number,
+): number[] {
+  checkUspDivisible(ringLayout, seqlen, ulysses, ring);
+  const shard =
+    ring === 1
+      ? Array.from({ length: seqlen }, (_, i) => i)
+      : layoutPositions(ringLayout, seqlen, Math.floor(rank / ulysses), ring);
+  const n = shard.length / ulysses,
+    u = rank % ulysses;
+  return shard.slice(u * n, (u + 1) * n);
+}
+
+export function checkUspDivisible(
+  ringLayout: LayoutName,
+  seqlen: number,
+  ulysses: number,
+  ring: number,
+): void {
+  if (ring > 1) checkDivisible(ringLayout, seqlen, ring);
+  if (!Number.isInteger(seqlen) || seqlen < 1 || (seqlen / ring) % ulysses !== 0)
+    fail(
+      'E_SHAPE',
+      `usp layout: seqlen ${seqlen} must be a positive multiple of ring × ulysses (${ring} × ${ulysses}): each ring shard is cut into ulysses equal pieces`,
     );
 }
 

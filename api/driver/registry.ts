@@ -7,10 +7,18 @@ import * as llama3 from '../varlen/llama3.js';
 import * as ring from '../ring/ring.js';
 import * as ringV2 from '../ring/ring_v2.js';
 import * as ringVarlen from '../varlen/ring_varlen.js';
-import { layoutSharding, SINGLE_SHARDING, SINGLE_VARLEN_SHARDING, type Sharding } from './sharding.js';
+import {
+  layoutSharding,
+  SINGLE_SHARDING,
+  SINGLE_VARLEN_SHARDING,
+  USP_SHARDING,
+  type Sharding,
+} from './sharding.js';
 import * as single from '../single.js';
 import * as singleVarlen from '../varlen/single_varlen.js';
 import * as stripe from '../ring/stripe.js';
+import * as ulysses from '../usp/ulysses.js';
+import * as usp from '../usp/usp.js';
 import {
   LLAMA3_SHARDING,
   RING_VARLEN_SHARDING,
@@ -67,6 +75,8 @@ register(zigzagVarlen.zigzagVarlenVariant, zigzagVarlen, ZIGZAG_VARLEN_SHARDING)
 register(llama3.llama3Variant, llama3, LLAMA3_SHARDING);
 register(zigzagLlama3.zigzagLlama3Variant, zigzagLlama3, ZIGZAG_LLAMA3_SHARDING);
 register(singleVarlen.singleVarlenVariant, singleVarlen, SINGLE_VARLEN_SHARDING);
+register(ulysses.ulyssesVariant, ulysses, layoutSharding('contiguous'));
+register(usp.uspVariant, usp, USP_SHARDING);
 
 export const RING_FUNCTIONS: Readonly<Record<string, RegistryEntry>> = Object.freeze(entries);
 

@@ -2,7 +2,16 @@
 // registry entry has one: the dense layouts cut the sequence axis of (b, s, h, d); the varlen
 // shardings (api/driver/varlen_sharding.ts) cut the token axis of packed (total, h, d) tensors per
 // sequence and hand every rank the arguments that describe its piece (its cu_seqlens, ...).
-import { checkDivisible, layoutPositions, type LayoutName } from './layouts.js';
+import { USP_KEYS } from '../usp/usp.js';
+import { uspDegrees } from '../usp/grid.js';
+import {
+  checkDivisible,
+  checkUspDivisible,
+  layoutPositions,
+  RING_IMPL_LAYOUT,
+  uspPositions,
+  type LayoutName,
+} from './layouts.js';
 
 export interface ShardPlan {
   /** Global rows (along the sequence axis) of `rank`'s shard, in local order; null: the whole tensors. */
@@ -37,6 +46,18 @@ export function layoutSharding(layout: LayoutName): Sharding {
     },
   };
 }
+
+/** usp_attn_*: the grid's degrees and ring variant are the call's own keywords; every rank gets them too. */
+export const USP_SHARDING: Sharding = {
+  seqAxis: 1,
+  options: USP_KEYS,
+  plan(fn, total, kw, world) {
+    const { ulysses, ring, ringImpl } = uspDegrees(fn, kw, world);
+    const layout = RING_IMPL_LAYOUT[ringImpl];
+    checkUspDivisible(layout, total, ulysses, ring);
+    return { positions: (rank) => uspPositions(layout, total, rank, ulysses, ring), kwargs: NO_KWARGS };
+  },
+};
 
 export const SINGLE_SHARDING: Sharding = {
   single: true,

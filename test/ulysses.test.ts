@@ -1,0 +1,166 @@
+// ulysses_attn_*: head parallelism by two all-to-alls around the single-device kernel, against
+// the fp64 reference on the full sequence (driver mode), in SPMD mode on extract_local shards, and
+// its shape errors.
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { extract_local } from '../index.js';
+import { expectError, nd, randn, relL2, rng, Runtimes } from './helpers.js';
+import { referenceBackward, referenceForward } from './reference.js';
+import { F32_TOL, runCase, type Case } from './ring_cases.js';
+
+process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN
+
+const USER = new URL('./fixtures/varlen_user.js', import.meta.url).href;
+const NAMES = {
+  func: 'ulysses_attn_func',
+  kvpacked: 'ulysses_attn_kvpacked_func',
+  qkvpacked: 'ulysses_attn_qkvpacked_func',
+} as const;
+
+const s = suite('ulysses_attn');
+const rts = new Runtimes();
+s.after(() => rts.close());
+
+const cases: Case[] = [];
+for (const world of [1, 2, 3, 4, 6, 8])
+  for (const causal of [true, false])
+    cases.push({ world, b: 2, seqPerRank: 3, h: 2 * world, hk: world, d: 16, causal, packing: 'func' });
+cases.push({ world: 4, b: 1, seqPerRank: 5, h: 4, hk: 4, d: 32, causal: true, packing: 'kvpacked' });
+cases.push({
+  world: 2,
+  b: 1,
+  seqPerRank: 7,
+  h: 6,
+  hk: 6,
+  d: 64,
+  causal: false,
+  packing: 'qkvpacked',
+  scale: 0.2,
+});
+cases.push({ world: 3, b: 1, seqPerRank: 4, h: 6, hk: 3, d: 16, causal: true, packing: 'kvpacked' });
+
+const label = (c: Case) =>
+  `world=${c.world} ${c.packing} b=${c.b} s=${c.world * c.seqPerRank} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'}`;
+
+cases.forEach((c, i) => {
+  s(`float32 matches fp64 reference: ${label(c)}`, async () => {
+    const e = await runCase(await rts.get(c.world), NAMES, c, 500 + i);
+    for (const [k, v] of Object.entries(e)) {
+      if (k === 'maxOut') continue;
+      assert.ok(v <= F32_TOL, `${k} rel L2 ${v.toExponential(2)} > ${F32_TOL}`);
+    }
+    assert.ok(e.maxOut <= 1e-5, `out max abs ${e.maxOut}`);
+  });
+});
+
+s(
+  'bfloat16: the error stays at the single-device error (the all-to-alls move values, they do not round them again)',
+  async () => {
+    const c: Case = {
+      world: 4,
+      b: 1,
+      seqPerRank: 16,
+      h: 4,
+      hk: 4,
+      d: 64,
+      causal: true,
+      packing: 'func',
+      dtype: 'bfloat16',
+    };
+    const single = await runCase(
+      await rts.get(1),
+      { ...NAMES, func: 'ulysses_attn_func' },
+      { ...c, world: 1, seqPerRank: 64 },
+      91,
+    );
+    const e = await runCase(await rts.get(4), NAMES, c, 91);
+    assert.ok(
+      single.out < 1e-2 && single.dq < 2e-2,
+      `single-device bf16 error out ${single.out} dq ${single.dq}`,
+    );
+    for (const k of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
+      assert.ok(
+        e[k] <= 1.1 * single[k] + 1e-6,
+        `${k}: ${e[k].toExponential(3)} vs one device ${single[k].toExponential(3)}`,
+      );
+  },
+);
+
+s('SPMD: extract_local shards, positional arguments, GQA, backward', async () => {
+  const [world, b, S, h, hk, d] = [4, 1, 16, 8, 4, 16];
+  const rand = rng(17);
+  const q = randn(rand, b * S * h * d),
+    k = randn(rand, b * S * hk * d),
+    v = randn(rand, b * S * hk * d),
+    dout = randn(rand, b * S * h * d);
+  const local = (x: Float32Array, heads: number, r: number) => {
+    const t = extract_local(nd(x, [b, S, heads, d]), r, world);
+    return { data: t.data as Float32Array, shape: [...t.shape] };
+  };
+  const ranks = Array.from({ length: world }, (_, r) => r);
+  const res = (await (
+    await rts.get(world)
+  ).spmd(USER, 'callVarlen', {
+    name: 'ulysses_attn_func',
+    tensors: ranks.map((r) => [local(q, h, r), local(k, hk, r), local(v, hk, r)]),
+    args: ranks.map(() => [0, null, true]),
+    dout: ranks.map((r) => local(dout, h, r)),
+  })) as { out: { data: Float32Array }; grads: { data: Float32Array }[] }[];
+  const x = { q, k, v, b, sq: S, sk: S, h, hk, d, scale: 1 / Math.sqrt(d), causal: true };
+  const ref = referenceForward(x),
+    refG = referenceBackward(x, dout);
+  // Contiguous shards of b = 1: concatenating the ranks' pieces is the full sequence.
+  const cat = (parts: Float32Array[]) => Float32Array.from(parts.flatMap((p) => Array.from(p)));
+  assert.ok(relL2(cat(res.map((r) => r.out.data)), ref.out) < F32_TOL, 'out');
+  assert.ok(relL2(cat(res.map((r) => r.grads[0]!.data)), refG.dq) < F32_TOL, 'dq');
+  assert.ok(relL2(cat(res.map((r) => r.grads[1]!.data)), refG.dk) < F32_TOL, 'dk');
+  assert.ok(relL2(cat(res.map((r) => r.grads[2]!.data)), refG.dv) < F32_TOL, 'dv');
+});
+
+s('ulysses_attn_func is usp_attn_func with a ring of one, bit for bit', async () => {
+  const rt = await rts.get(4);
+  const rand = rng(3);
+  const q = nd(randn(rand, 16 * 4 * 16), [1, 16, 4, 16]),
+    k = nd(randn(rand, 16 * 4 * 16), [1, 16, 4, 16]),
+    v = nd(randn(rand, 16 * 4 * 16), [1, 16, 4, 16]);
+  const a = await rt.ulysses_attn_func(q, k, v, { causal: true });
+  const b = await rt.usp_attn_func(q, k, v, { causal: true, ulysses: 4, ring: 1 });
+  assert.equal(a.out.data, b.out.data);
+  assert.equal(a.lse.data, b.lse.data);
+  const ga = await a.backward(q),
+    gb = await b.backward(q);
+  assert.equal(ga.dq.data, gb.dq.data);
+  assert.equal(ga.dk.data, gb.dk.data);
+  await a.dispose();
+  await b.dispose();
+});
+
+s(
+  'head counts not divisible by the group size → E_SHAPE naming them; usp keywords are not options here',
+  async () => {
+    const rt = await rts.get(4);
+    const t = (h: number) => nd(randn(rng(1), 8 * h * 16), [1, 8, h, 16]);
+    await expectError(
+      () => rt.ulysses_attn_func(t(6), t(2), t(2)),
+      'E_SHAPE',
+      /ulysses_attn_func: nheads \(6\) must be divisible by the Ulysses degree \(4\)/,
+    );
+    await expectError(
+      () => rt.ulysses_attn_func(t(8), t(2), t(2)),
+      'E_SHAPE',
+      /ulysses_attn_func: nheads_k \(2\) must be divisible by the Ulysses degree \(4\)/,
+    );
+    await expectError(
+      () => rt.call('ulysses_attn_func', t(4), t(4), t(4), { ulysses: 2 } as never),
+      'E_ARG',
+      /unknown option 'ulysses'/,
+    );
+    await expectError(
+      () => rt.ulysses_attn_func(t(4), t(4), t(4), { window_size: [2, 0] }),
+      'E_UNSUPPORTED',
+      /window_size/,
+    );
+  },
+);
+
+s.run();
