@@ -3,7 +3,15 @@
 // the runtime starts; the defaults that depend on the backend are applied here too.
 import type { DType } from '../runtime/dtype.js';
 import type { Transport } from '../runtime/pool.js';
-import { COLUMNS, denseCases, RING_COLUMNS, type DenseCase, type Mode } from './cases.js';
+import {
+  COLUMNS,
+  DEFAULT_COLUMNS,
+  denseCases,
+  RING_COLUMNS,
+  type Column,
+  type DenseCase,
+  type Mode,
+} from './cases.js';
 import { bad, choice, decimal, integer, list, text, UsageError, type FlagValues } from './cli_flags.js';
 import { resultsDir } from './result_files.js';
 
@@ -66,8 +74,14 @@ export const BENCH_FLAGS = {
   columns: {
     value: 'LIST',
     help: `ring columns to time, of ${RING_COLUMNS.join(',')} (theoretic always runs: the percentages need it)`,
-    default: 'all',
+    default: DEFAULT_COLUMNS.slice(1).join(','),
     parse: list(RING_COLUMNS, `one of ${RING_COLUMNS.join(', ')}`),
+  },
+  ulysses: {
+    value: 'U',
+    help: 'the Ulysses degree of the usp_* columns (a divisor of the world; the ring takes the rest)',
+    default: 'the largest divisor below the world that divides the heads',
+    parse: integer({ min: 1 }),
   },
   modes: {
     value: 'LIST',
@@ -119,7 +133,9 @@ export interface BenchOptions {
   tokens: number;
   cases: DenseCase[];
   modes: Mode[];
-  columns: (typeof COLUMNS)[number][];
+  columns: Column[];
+  /** --ulysses: the usp columns' Ulysses degree; null picks one per case (cases.ts ulyssesDegree). */
+  ulysses: number | null;
   varlen: boolean;
   iters: number;
   maxRepeats: number;
@@ -158,7 +174,15 @@ export function benchOptions(v: FlagValues<typeof BENCH_FLAGS>, gpus: number): B
       picked.join(','),
       `unknown ${unknown.join(', ')} (indices 0..${all.length - 1} of the dense cases on ${backend}, or none)`,
     );
-  const onlyColumns = v.columns;
+  const onlyColumns: readonly string[] = v.columns ?? DEFAULT_COLUMNS;
+  if (v.ulysses !== undefined) {
+    if (world % v.ulysses !== 0)
+      throw bad('--ulysses', String(v.ulysses), `expected a divisor of the world (${world})`);
+    if (!onlyColumns.some((c) => c.startsWith('usp_')))
+      throw new UsageError(
+        `--ulysses ${v.ulysses} needs a usp column (--columns usp_zigzag, usp_ring or usp_stripe)`,
+      );
+  }
   return {
     backend,
     onGpu,
@@ -172,9 +196,8 @@ export function benchOptions(v: FlagValues<typeof BENCH_FLAGS>, gpus: number): B
     tokens,
     cases: all.filter((_, i) => picked.includes(String(i))),
     modes: v.modes ?? ['fwd', 'fwdbwd'],
-    columns: COLUMNS.filter(
-      (c, i) => i === 0 || !onlyColumns || (onlyColumns as readonly string[]).includes(c.label),
-    ),
+    columns: COLUMNS.filter((c, i) => i === 0 || onlyColumns.includes(c.label)),
+    ulysses: v.ulysses ?? null,
     varlen: (v.varlen ?? 'on') === 'on',
     iters: v.iters ?? (onGpu ? 20 : 4),
     maxRepeats: v['max-repeats'] ?? 8,

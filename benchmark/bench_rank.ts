@@ -4,6 +4,9 @@
 // (NCCL sets each peer pair up on first use, so a cold pass is far slower). Returns the timings;
 // the main thread makes the table. timeCalls is shared with the varlen table (bench_varlen_rank.ts).
 import { RING_FUNCTIONS } from '../api/driver/registry.js';
+import type { RingImpl } from '../api/types.js';
+import { uspGrid } from '../api/usp/grid.js';
+import type { Group } from '../runtime/comm.js';
 import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
@@ -24,6 +27,8 @@ export interface BenchTask extends TimingPlan {
   seed: number;
   /** Run ring functions as this one rank of a larger ring, without transfers (solo_comm.ts). */
   solo?: SoloRank;
+  /** The Ulysses columns' grid; ringImpl null for ulysses_attn (a ring of one, no keywords). */
+  usp?: { ulysses: number; ring: number; ringImpl: RingImpl | null };
 }
 
 export interface BenchResult {
@@ -60,18 +65,28 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
     t.dtype,
   );
   // The single-device column has no ring rank to play.
-  const timing = asSoloRank(ctx, entry.layout === 'single' ? undefined : t.solo, (group) =>
-    timeCalls(
-      ctx,
-      () => {
-        const out = entry.fn(
-          ...inputs,
-          group ? { causal: t.causal, group } : { causal: t.causal },
-        ) as DeviceTensor;
-        finishCall(out, t.backward ? dout : null, inputs);
-      },
-      t,
-    ),
+  const u = t.usp;
+  const grid = u?.ringImpl ? { ulysses: u.ulysses, ring: u.ring, ring_impl: u.ringImpl } : {};
+  // A solo Ulysses rank also plays its two sub-groups (api/usp/grid.ts), whose transfers are skipped alike.
+  const subGroups = u
+    ? (g: Group) => Object.values(uspGrid(g, u.ulysses, u.ring)).filter((x) => x !== g)
+    : undefined;
+  const timing = asSoloRank(
+    ctx,
+    entry.layout === 'single' ? undefined : t.solo,
+    (group) =>
+      timeCalls(
+        ctx,
+        () => {
+          const out = entry.fn(
+            ...inputs,
+            group ? { causal: t.causal, group, ...grid } : { causal: t.causal, ...grid },
+          ) as DeviceTensor;
+          finishCall(out, t.backward ? dout : null, inputs);
+        },
+        t,
+      ),
+    subGroups,
   );
   for (const x of [...inputs, dout]) x.dispose();
   return { rank: ctx.rank, ...timing, peakBytes: ctx.backend.peakBytes() };

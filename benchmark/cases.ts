@@ -1,5 +1,6 @@
 // What the README table measures: its cases (shapes), columns and modes, and how a result
 // file's case titles map back to shapes.
+import type { RingImpl } from '../api/types.js';
 import type { VarlenColumn } from './bench_varlen_rank.js';
 import { PYTHON_CU_SEQLENS_SETS } from './bench_varlen_rank.js';
 
@@ -22,15 +23,59 @@ export interface DenseCase {
 /** The label of the single-GPU column; the percentages are of it. */
 export const THEORETIC = 'theoretic flash_attn';
 
-export const COLUMNS = [
+/**
+ * A dense column: the function `${prefix}_<packing>_func${suffix}`. The Ulysses columns carry
+ * their grid: `ulysses` is the pure head-parallel one (ulysses = world), a `ringImpl` column is
+ * usp_attn with that ring variant on the table's Ulysses × ring grid (bench_flags.ts --ulysses).
+ */
+export interface Column {
+  readonly label: string;
+  readonly prefix: string;
+  readonly suffix: string;
+  readonly usp?: { readonly ringImpl: RingImpl | null };
+}
+
+export const COLUMNS: readonly Column[] = [
   { label: THEORETIC, prefix: 'flash_attn', suffix: '' },
   { label: 'ring_attn', prefix: 'ring_flash_attn', suffix: '' },
   { label: 'ring_attn_v2', prefix: 'ring_flash_attn', suffix: '_v2' },
   { label: 'zigzag_ring', prefix: 'zigzag_ring_flash_attn', suffix: '' },
   { label: 'stripe_attn', prefix: 'stripe_flash_attn', suffix: '' },
-] as const;
+  { label: 'ulysses', prefix: 'ulysses_attn', suffix: '', usp: { ringImpl: null } },
+  { label: 'usp_zigzag', prefix: 'usp_attn', suffix: '', usp: { ringImpl: 'zigzag' } },
+  { label: 'usp_ring', prefix: 'usp_attn', suffix: '', usp: { ringImpl: 'ring' } },
+  { label: 'usp_stripe', prefix: 'usp_attn', suffix: '', usp: { ringImpl: 'stripe' } },
+];
 
+/** Every column --columns can name. */
 export const RING_COLUMNS = COLUMNS.slice(1).map((c) => c.label);
+/** The columns of the Python project's table, timed when --columns is not given; the Ulysses ones are asked for by name. */
+export const DEFAULT_COLUMNS = COLUMNS.filter((c) => !c.usp).map((c) => c.label);
+
+/**
+ * The Ulysses degree of a Ulysses column for `world` ranks and a case's heads, or why the column
+ * cannot run: `ulysses` is the whole world; a usp column takes `asked` (--ulysses), else the
+ * largest proper divisor of the world that divides both head counts (a ring of at least two).
+ */
+export function ulyssesDegree(
+  col: Column,
+  world: number,
+  h: number,
+  hk: number,
+  asked: number | null,
+): { ulysses: number; ring: number } | { skip: string } {
+  if (!col.usp) throw new Error(`${col.label} is not a Ulysses column`);
+  const fits = (u: number) => h % u === 0 && hk % u === 0;
+  let u: number;
+  if (col.usp.ringImpl === null) u = world;
+  else if (asked !== null) u = asked;
+  else {
+    u = 1;
+    for (let d = 1; d < world; d++) if (world % d === 0 && fits(d)) u = d;
+  }
+  if (!fits(u)) return { skip: `ulysses ${u} does not divide the heads (h=${h}, h_k=${hk})` };
+  return { ulysses: u, ring: world / u };
+}
 
 export const VARLEN_COLUMNS: readonly { label: string; column: VarlenColumn }[] = [
   { label: 'theoretic flash_attn_varlen', column: 'flash_attn_varlen' },

@@ -25,7 +25,7 @@ import { init, visibleGpuCount } from '../index.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
 import type { VarlenBenchTask } from './bench_varlen_rank.js';
 import { BENCH_FLAGS, benchOptions, type BenchOptions } from './bench_flags.js';
-import { varlenCase, VARLEN_COLUMNS, type Mode } from './cases.js';
+import { ulyssesDegree, varlenCase, VARLEN_COLUMNS, type Mode } from './cases.js';
 import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
 import { Progress } from './progress.js';
 import { pythonChart, tableChart, type ResultRow } from './report_charts.js';
@@ -33,6 +33,10 @@ import { chartFiles, displayPath, resultStamp } from './result_files.js';
 
 interface Cell {
   label: string;
+  /** Why the column did not run on this case (a Ulysses degree the heads do not take); its figures are then absent. */
+  skipped?: string;
+  /** A Ulysses column's grid, "2 × 2". */
+  grid?: string;
   iterPerSec: number;
   spread: number;
   tflops: number;
@@ -128,19 +132,28 @@ async function readmeTable(o: BenchOptions): Promise<void> {
   };
   const print = (title: string, mode: Mode, row: Cell[]) => {
     const theoretic = row[0]!.iterPerSec;
+    // A skipped cell shows a dash in every figure row.
+    const fig = (r: Cell, text: string) => (r.skipped ? '—' : text);
     const lines = [
       `\n## ${title}, ${mode === 'fwd' ? 'forward' : 'forward + backward'}\n`,
       `|          | ${row.map((r) => r.label).join(' | ')} |`,
       `| -------- | ${row.map(() => '---').join(' | ')} |`,
-      `| iter/sec | ${row.map((r, i) => (i === 0 ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}` : r.iterPerSec.toFixed(1))).join(' | ')} |`,
+      `| iter/sec | ${row.map((r, i) => (i === 0 ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}` : fig(r, r.iterPerSec.toFixed(1)))).join(' | ')} |`,
       `|          | | ${row
         .slice(1)
-        .map((r) => `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`)
+        .map((r) => fig(r, `${((100 * r.iterPerSec) / theoretic).toFixed(1)}%`))
         .join(' | ')} |`,
-      `| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => (onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`,
-      `| spread (max−min)/median | ${row.map((r) => `${(100 * r.spread).toFixed(1)}%`).join(' | ')} |`,
-      `| peak memory per rank (MiB) | ${row.map((r) => (r.peakGiB * 1024).toFixed(1)).join(' | ')} |`,
+      `| ${onGpu ? 'TFLOP/s per GPU' : 'GFLOP/s per rank'} | ${row.map((r) => fig(r, onGpu ? r.tflops.toFixed(1) : (r.tflops * 1000).toFixed(2))).join(' | ')} |`,
+      `| spread (max−min)/median | ${row.map((r) => fig(r, `${(100 * r.spread).toFixed(1)}%`)).join(' | ')} |`,
+      `| peak memory per rank (MiB) | ${row.map((r) => fig(r, (r.peakGiB * 1024).toFixed(1))).join(' | ')} |`,
     ];
+    if (row.some((r) => r.grid || r.skipped))
+      lines.push(
+        `| ulysses × ring | | ${row
+          .slice(1)
+          .map((r) => r.grid ?? (r.skipped ? `not run: ${r.skipped}` : ''))
+          .join(' | ')} |`,
+      );
     if (solo && soloRanks.length > 1)
       lines.push(
         `| slowest solo rank | | ${row
@@ -157,6 +170,22 @@ async function readmeTable(o: BenchOptions): Promise<void> {
         for (const col of o.columns) {
           progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
           const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
+          let usp: BenchTask['usp'];
+          if (col.usp) {
+            const g = ulyssesDegree(col, world, c.h, c.hk, o.ulysses);
+            if ('skip' in g) {
+              row.push({
+                label: col.label,
+                skipped: g.skip,
+                iterPerSec: 0,
+                spread: 0,
+                tflops: 0,
+                peakGiB: 0,
+              });
+              continue;
+            }
+            usp = { ...g, ringImpl: col.usp.ringImpl };
+          }
           const task: BenchTask = {
             name,
             b: c.b,
@@ -169,12 +198,22 @@ async function readmeTable(o: BenchOptions): Promise<void> {
             backward: mode === 'fwdbwd',
             ...timing,
             seed: 1,
+            ...(usp ? { usp } : {}),
           };
           const single = col.prefix === 'flash_attn';
           // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
           const S = single ? c.s : c.s * world;
           const flop = ((2 * c.b * c.h * S * S * c.d) / (single ? 1 : world)) * (mode === 'fwdbwd' ? 3.5 : 1);
-          row.push(await measure(col.label, denseModule, task, flop, single, { case: c.title, mode, name }));
+          const cell = await measure(col.label, denseModule, task, flop, single, {
+            case: c.title,
+            mode,
+            name,
+          });
+          if (usp) {
+            cell.grid = `${usp.ulysses} × ${usp.ring}`;
+            report[report.length - 1]!.grid = { ulysses: usp.ulysses, ring: usp.ring };
+          }
+          row.push(cell);
         }
         print(c.title, mode, row);
       }

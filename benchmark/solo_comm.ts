@@ -81,20 +81,24 @@ export function soloComm(group: Group, loopback: boolean, real: Comm): Comm {
 /**
  * Runs `body` as solo rank `solo` of its ring: with the solo group, whose communicator stands in
  * for the rank's own until `body` returns; without `solo`, with no group (the rank's world).
+ * `subGroups` names the groups a call makes from the solo group (the Ulysses families' grid):
+ * their communicators are solo ones too.
  */
 export function asSoloRank<T>(
   ctx: RankContext,
   solo: SoloRank | undefined,
   body: (group: Group | null) => T,
+  subGroups?: (group: Group) => Group[],
 ): T {
   if (!solo) return body(null);
   const group = soloGroup(ctx, solo);
-  const restore = ctx.backend.substituteComm(
-    soloComm(group, solo.loopback ?? false, ctx.backend.comm(ctx.group)),
+  const real = ctx.backend.comm(ctx.group);
+  const restores = [group, ...(subGroups?.(group) ?? [])].map((g) =>
+    ctx.backend.substituteComm(soloComm(g, solo.loopback ?? false, real)),
   );
   try {
     return body(group);
   } finally {
-    restore();
+    for (const restore of restores.reverse()) restore();
   }
 }

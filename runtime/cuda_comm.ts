@@ -70,8 +70,8 @@ export class CudaComm implements Comm {
   }
 
   /** A send: over the copy engines strided rows are read in place (one 2-D copy of `rows` rows, `pitch` apart). */
-  private sendOp(t: DeviceTensor, peer: number) {
-    const layout = this.via(peer) === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
+  private sendOp(t: DeviceTensor, peer: number, via: Transport = this.via(peer)) {
+    const layout = via === 'copy-engine' && !t.isContiguous() ? t.rowLayout() : null;
     if (!layout) return this.op(t, peer);
     return {
       data: { data: t.storage.data, offset: t.offset, strides: [layout.pitch] },
@@ -136,16 +136,11 @@ export class CudaComm implements Comm {
   allGather(send: DeviceTensor, recv: DeviceTensor): Pending {
     if (recv.numel !== send.numel * this.group.size || recv.dtype !== send.dtype)
       fail('E_SHAPE', 'allGather: recv must hold size × send elements of the same dtype');
-    const n = send.numel,
-      dtype = DTYPE_CODE[send.dtype];
     return this.pending([
       this.cuda.commAllGather({
         ...this.id(this.collective),
-        send: args.flat(send, 'send'),
+        send: this.sendOp(send, this.group.rank, this.collective),
         recv: args.flat(recv, 'recv'),
-        n,
-        dtype,
-        label: transferLabel(send),
       }),
     ]);
   }

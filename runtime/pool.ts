@@ -204,6 +204,11 @@ function resolveOptions(opts: InitOptions): ResolvedInit {
     for (const d of devices)
       if (!Number.isInteger(d) || d < 0 || d >= gpus)
         fail('E_DEVICE', `init: device ${d} is not a visible GPU (0..${gpus - 1})`);
+    if (sharedDevices && rendezvous)
+      fail(
+        'E_DEVICE',
+        'init: ranks that share a GPU cannot join a runtime that spans processes (its NCCL communicator refuses two ranks on one GPU)',
+      );
     if (sharedDevices && opts.transport === 'nccl')
       fail(
         'E_DEVICE',

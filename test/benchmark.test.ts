@@ -132,6 +132,90 @@ s(
   },
 );
 
+// A solo Ulysses rank makes its grid's two sub-groups from the solo group: their transfers are
+// skipped too (a real one would wait for a missing peer until the timeout).
+s('solo mode runs the Ulysses columns as rank 3 and as rank 0 of 4, every sub-group solo', async () => {
+  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
+  try {
+    for (const rank of [3, 0])
+      for (const usp of [
+        { ulysses: 4, ring: 1, ringImpl: null },
+        ...(['zigzag', 'ring', 'stripe'] as const).map((ringImpl) => ({ ulysses: 2, ring: 2, ringImpl })),
+      ]) {
+        const name = usp.ringImpl ? 'usp_attn_qkvpacked_func' : 'ulysses_attn_qkvpacked_func';
+        const task: BenchTask = {
+          name,
+          b: 1,
+          s: 16,
+          h: 4,
+          hk: 4,
+          d: 16,
+          causal: true,
+          dtype: 'float32',
+          backward: true,
+          iters: 1,
+          maxRepeats: 2,
+          settle: 1,
+          seed: 1,
+          solo: { world: 4, rank },
+          usp,
+        };
+        const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
+        assert.ok(
+          res!.repeats.length === 5 && res!.repeats.every((t) => t > 0),
+          `${name} ${usp.ringImpl} as rank ${rank}`,
+        );
+      }
+  } finally {
+    await rt.close();
+  }
+});
+
+s(
+  '--columns usp_zigzag,ulysses: the grid row; a Ulysses degree the heads do not take leaves its cell out',
+  () => {
+    const r = run(TABLE, [
+      '--backend',
+      'cpu',
+      '--solo',
+      '4',
+      '--tokens',
+      '16',
+      '--iters',
+      '1',
+      '--max-repeats',
+      '2',
+      '--modes',
+      'fwd',
+      '--columns',
+      'usp_zigzag,ulysses',
+      '--varlen',
+      'off',
+    ]);
+    assert.is(r.status, 0, r.stderr);
+    const lines = r.stdout.split('\n');
+    assert.ok(lines.includes('|          | theoretic flash_attn | ulysses | usp_zigzag |'), r.stdout);
+    // The CPU case has 2 heads: the world's 4 Ulysses ranks cannot split them; usp takes 2 × 2.
+    assert.ok(
+      lines.includes(
+        '| ulysses × ring | | not run: ulysses 4 does not divide the heads (h=2, h_k=2) | 2 × 2 |',
+      ),
+      r.stdout,
+    );
+    const iter = lines.find((l) => l.startsWith('| iter/sec |'))!.split('|');
+    assert.is(iter[3]!.trim(), '—');
+    assert.ok(Number(iter[4]) > 0, iter.join('|'));
+    rejected(
+      run(TABLE, ['--backend', 'cpu', '--world', '4', '--columns', 'usp_ring', '--ulysses', '3']),
+      '--ulysses 3: expected a divisor of the world (4)',
+    );
+    rejected(
+      run(TABLE, ['--backend', 'cpu', '--world', '4', '--ulysses', '2']),
+      '--ulysses 2 needs a usp column',
+    );
+  },
+);
+
 // The CLI in solo mode without --solo-rank plays every rank in turn and reports each column's
 // slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row. stderr is no
 // terminal here: no progress bar, nothing on stderr at all.
@@ -198,7 +282,7 @@ s(
     // Each names what it does not know, instead of timing nothing.
     rejected(
       run(TABLE, ['--backend', 'cpu', '--columns', 'zigzag']),
-      '--columns zigzag: unknown zigzag (one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn)',
+      '--columns zigzag: unknown zigzag (one of ring_attn, ring_attn_v2, zigzag_ring, stripe_attn, ulysses, usp_zigzag, usp_ring, usp_stripe)',
     );
     rejected(
       run(TABLE, ['--backend', 'cpu', '--cases', '1']),

@@ -58,23 +58,33 @@ const comm = (rank: number, size: number, transport: Transport, cuda: NativeCuda
     transport,
   );
 
-s('copy engines: all-gather is one collective of the copy-engine transport, labelled', () => {
-  const f = fakeCuda();
-  const n = 6;
-  comm(2, 4, 'copy-engine', f.cuda).allGather(tensor([n]), tensor([4 * n], 'float32', 0x20n));
-  const [p] = f.of('commAllGather') as {
-    transport: string;
-    rank: number;
-    n: number;
-    recv: View;
-    label: string;
-  }[];
-  assert.equal(
-    { transport: p!.transport, rank: p!.rank, n: p!.n, recv: p!.recv.data, label: p!.label },
-    { transport: 'copy-engine', rank: 2, n, recv: 0x20n, label: '(6) float32' },
-  );
-  assert.equal(f.of('commSendRecv'), []);
-});
+s(
+  'copy engines: all-gather is one collective of the copy-engine transport; a head slice goes out in place',
+  () => {
+    const f = fakeCuda();
+    const n = 6;
+    comm(2, 4, 'copy-engine', f.cuda).allGather(tensor([n]), tensor([4 * n], 'float32', 0x20n));
+    const [p] = f.of('commAllGather') as {
+      transport: string;
+      rank: number;
+      send: Xfer & { label: string };
+      recv: View;
+    }[];
+    assert.equal(
+      { transport: p!.transport, rank: p!.rank, n: p!.send.n, recv: p!.recv.data, label: p!.send.label },
+      { transport: 'copy-engine', rank: 2, n, recv: 0x20n, label: '(6) float32' },
+    );
+    assert.equal(f.of('commSendRecv'), []);
+    // llama3 gathers one KV head group of (1, s, h_k, d) at a time: rows of stride·d, h_k·d apart.
+    const heads = tensor([1, 5, 4, 8], 'bfloat16').narrow(2, 2, 2);
+    comm(0, 2, 'copy-engine', f.cuda).allGather(heads, tensor([2 * 5 * 2 * 8], 'bfloat16'));
+    const [, q] = f.of('commAllGather') as { send: Xfer }[];
+    assert.equal(
+      { rows: q!.send.rows, n: q!.send.n, pitch: q!.send.data.strides },
+      { rows: 5, n: 80, pitch: [32] },
+    );
+  },
+);
 
 /** Rank `rank` of a world of `world` ranks, this process running [rank0, rank0 + localWorld). */
 const spanning = (rank: number, world: number, rank0: number, localWorld: number, cuda: NativeCuda) =>

@@ -146,34 +146,35 @@ using Xfer = cuda::Transfer;
 
 // { data, n, dtype, peer, rows?, label? }: with rows > 1, data.strides[0] is the pitch between
 // rows; label describes the tensor for error messages.
+Xfer transfer(const Napi::Object& t, const std::string& key) {
+  const int64_t n = get_i64(t, "n");
+  const DType dt = get_dtype(t, "dtype");
+  const int peer = t.Has("peer") ? int(get_i64(t, "peer")) : 0;
+  const int64_t rows = t.Has("rows") ? get_i64(t, "rows") : 1;
+  if (rows <= 1)
+    return {flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n), get_label(t)};
+  if (n % rows)
+    RFA_THROW("E_ARG",
+              key + ": " + std::to_string(n) + " elements are not " + std::to_string(rows) + " equal rows");
+  RawView r = raw_view(get_obj(t, "data"), 1, dtype_bytes(dt), "data");
+  const int64_t width = n / rows, pitch = r.strides[0];
+  if (pitch < width)
+    RFA_THROW("E_ARG", key + ": row pitch " + std::to_string(pitch) + " below the row length " +
+                           std::to_string(width));
+  const int64_t ext[2] = {rows, width};
+  r.strides[1] = 1;
+  check_extent(r, ext, 2, "data");
+  return {r.base, size_t(n), dt, peer, size_t(rows), size_t(pitch), get_label(t)};
+}
+
 std::vector<Xfer> transfers(const Napi::Object& o, const char* key) {
   std::vector<Xfer> out;
   Napi::Value v = o.Get(key);
   if (!v.IsArray()) RFA_THROW("E_ARG", std::string(key) + " must be an array");
   Napi::Array a = v.As<Napi::Array>();
   for (uint32_t i = 0; i < a.Length(); ++i) {
-    Napi::Object t = a.Get(i).As<Napi::Object>();
-    const int64_t n = get_i64(t, "n");
-    const DType dt = get_dtype(t, "dtype");
-    const int peer = int(get_i64(t, "peer"));
-    const int64_t rows = t.Has("rows") ? get_i64(t, "rows") : 1;
-    if (rows <= 1) {
-      out.push_back(
-          {flat_view(t, "data", n, dtype_bytes(dt)), size_t(n), dt, peer, 1, size_t(n), get_label(t)});
-      continue;
-    }
-    if (n % rows)
-      RFA_THROW("E_ARG", std::string(key) + ": " + std::to_string(n) + " elements are not " +
-                             std::to_string(rows) + " equal rows");
-    RawView r = raw_view(get_obj(t, "data"), 1, dtype_bytes(dt), "data");
-    const int64_t width = n / rows, pitch = r.strides[0];
-    if (pitch < width)
-      RFA_THROW("E_ARG", std::string(key) + ": row pitch " + std::to_string(pitch) +
-                             " below the row length " + std::to_string(width));
-    const int64_t ext[2] = {rows, width};
-    r.strides[1] = 1;
-    check_extent(r, ext, 2, "data");
-    out.push_back({r.base, size_t(n), dt, peer, size_t(rows), size_t(pitch), get_label(t)});
+    if (!a.Get(i).IsObject()) RFA_THROW("E_ARG", std::string(key) + " must hold objects");
+    out.push_back(transfer(a.Get(i).As<Napi::Object>(), key));
   }
   return out;
 }
@@ -338,31 +339,35 @@ RFA_NAPI(CommSendRecv) {
   });
 }
 
-// A collective of one group: { key, nranks, rank, transport, send, recv, n, dtype, label? }, where n
-// counts the per-rank side (all-gather: send; reduce-scatter: recv); the other side holds
-// nranks · n. A reduce-scatter sums float32 and takes `slot` (n floats) for the copy engines.
-// Returns the event id for WaitEvent.
+// All-gather: { key, nranks, rank, transport, send: { data, n, dtype, rows?, label? }, recv }: recv
+// (nranks · n) gets every member's send, which may be strided rows over the copy engines.
+// Reduce-scatter: { key, nranks, rank, transport, send, recv, n, dtype: float32, slot? }: recv (n)
+// gets this member's slice of the sum of every member's send (nranks · n); the copy engines pull
+// through `slot` (n floats). Both return the event id for WaitEvent.
 enum class Collective { kAllGather, kReduceScatter };
 
 Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
   return guarded(info, [&]() -> Napi::Value {
     Napi::Object o = arg_object(info, 0);
     WorkerState& s = state(info.Env());
-    const int64_t n = get_i64(o, "n"), all = n * get_i64(o, "nranks");
-    const DType dt = get_dtype(o, "dtype");
-    const bool gather = kind == Collective::kAllGather;
-    void* send = flat_view(o, "send", gather ? n : all, dtype_bytes(dt));
-    void* recv = flat_view(o, "recv", gather ? all : n, dtype_bytes(dt));
-    if (!gather && dt != DType::f32) RFA_THROW("E_ARG", "reduce-scatter sums float32 only");
-    float* slot = !gather && o.Has("slot") ? static_cast<float*>(flat_view(o, "slot", n, 4)) : nullptr;
     auto t = transport_for(s, o);
-    if (!gather && !slot && dynamic_cast<cuda::CopyEngineTransport*>(t.get()))
+    const int64_t nranks = get_i64(o, "nranks");
+    if (kind == Collective::kAllGather) {
+      const Xfer send = transfer(get_obj(o, "send"), "send");
+      void* recv = flat_view(o, "recv", int64_t(send.n) * nranks, dtype_bytes(send.dtype));
+      s.ctx->comm_waits_for_compute();
+      t->all_gather(send, recv);
+      return Napi::Number::New(info.Env(), record_comm_event(s));
+    }
+    const int64_t n = get_i64(o, "n");
+    if (get_dtype(o, "dtype") != DType::f32) RFA_THROW("E_ARG", "reduce-scatter sums float32 only");
+    const float* send = static_cast<const float*>(flat_view(o, "send", n * nranks, 4));
+    float* recv = static_cast<float*>(flat_view(o, "recv", n, 4));
+    float* slot = o.Has("slot") ? static_cast<float*>(flat_view(o, "slot", n, 4)) : nullptr;
+    if (!slot && dynamic_cast<cuda::CopyEngineTransport*>(t.get()))
       RFA_THROW("E_ARG", "a reduce-scatter over the copy engines needs a slot of n floats");
     s.ctx->comm_waits_for_compute();
-    if (gather)
-      t->all_gather(send, recv, size_t(n), dt, get_label(o));
-    else
-      t->reduce_scatter(static_cast<const float*>(send), static_cast<float*>(recv), size_t(n), slot);
+    t->reduce_scatter(send, recv, size_t(n), slot);
     return Napi::Number::New(info.Env(), record_comm_event(s));
   });
 }

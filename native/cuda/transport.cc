@@ -34,15 +34,14 @@ void CopyEngineTransport::send_recv(const std::vector<Transfer>& sends, const st
 // Every member pulls every member's chunk, its own included (a send to itself), from this rank
 // round: rank, rank + 1, ..., rank - 1. Pulled in member order, every rank would read member 0
 // first (on NVSwitch a GPU's outbound bandwidth is shared by its readers).
-void CopyEngineTransport::all_gather(const void* send, void* recv, size_t n, DType dtype,
-                                     const std::string& label) {
-  const size_t bytes = n * dtype_bytes(dtype);
+void CopyEngineTransport::all_gather(const Transfer& send, void* recv) {
+  const PeerRegion region = send.region();
   std::vector<Post> posts;
-  for (int j = 0; j < nranks_; ++j) posts.push_back({j, PeerRegion{send, bytes, 1, bytes, label}});
+  for (int j = 0; j < nranks_; ++j) posts.push_back({j, region});
   exchange(posts, [&] {
     for (int i = 0; i < nranks_; ++i) {
       const int j = (rank_ + i) % nranks_;
-      pull(j, static_cast<char*>(recv) + size_t(j) * bytes, bytes, label);
+      pull(j, static_cast<char*>(recv) + size_t(j) * region.bytes(), region.bytes(), send.label);
     }
   });
 }
@@ -78,8 +77,10 @@ void NcclTransport::send_recv(const std::vector<Transfer>& sends, const std::vec
   comm_.group_end();
 }
 
-void NcclTransport::all_gather(const void* send, void* recv, size_t n, DType dtype, const std::string&) {
-  comm_.all_gather(send, recv, n, dtype, stream_);
+void NcclTransport::all_gather(const Transfer& send, void* recv) {
+  if (send.rows > 1)
+    RFA_THROW("E_ARG", "NCCL gathers contiguous buffers only (strided rows need the copy engines)");
+  comm_.all_gather(send.ptr, recv, send.n, send.dtype, stream_);
 }
 
 void NcclTransport::reduce_scatter(const float* send, float* recv, size_t n, float*) {

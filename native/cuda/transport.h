@@ -35,9 +35,9 @@ class Transport {
   virtual ~Transport() = default;
   // All sends and receives as one group.
   virtual void send_recv(const std::vector<Transfer>& sends, const std::vector<Transfer>& recvs) = 0;
-  // recv (nranks · n elements, member-major) gets every member's n elements of `send`; `label`
-  // describes `send` for the error message of a size mismatch.
-  virtual void all_gather(const void* send, void* recv, size_t n, DType dtype, const std::string& label) = 0;
+  // recv (nranks · send.n elements, member-major) gets every member's `send`; the copy engines
+  // read strided rows in place, NCCL takes contiguous buffers only.
+  virtual void all_gather(const Transfer& send, void* recv) = 0;
   // recv (n floats) gets this member's slice of the float32 sum of every member's `send`
   // (nranks · n). `slot` is n floats of scratch the copy engines pull through (NCCL: unused).
   virtual void reduce_scatter(const float* send, float* recv, size_t n, float* slot) = 0;
@@ -55,7 +55,7 @@ class CopyEngineTransport final : public Transport {
         stream_(stream),
         timeout_ms_(timeout_ms) {}
   void send_recv(const std::vector<Transfer>& sends, const std::vector<Transfer>& recvs) override;
-  void all_gather(const void* send, void* recv, size_t n, DType dtype, const std::string& label) override;
+  void all_gather(const Transfer& send, void* recv) override;
   void reduce_scatter(const float* send, float* recv, size_t n, float* slot) override;
 
  private:
@@ -79,7 +79,7 @@ class NcclTransport final : public Transport {
  public:
   NcclTransport(NcclComm& comm, cudaStream_t stream) : comm_(comm), stream_(stream) {}
   void send_recv(const std::vector<Transfer>& sends, const std::vector<Transfer>& recvs) override;
-  void all_gather(const void* send, void* recv, size_t n, DType dtype, const std::string& label) override;
+  void all_gather(const Transfer& send, void* recv) override;
   void reduce_scatter(const float* send, float* recv, size_t n, float* slot) override;
 
  private:
