@@ -704,24 +704,52 @@ async function countAll(
   };
 }
 
-s('a causal window moves a fraction of the ring bytes (measured on CPU at world 8)', async () => {
+s('a window moves a fraction of the ring bytes (measured on CPU at world 8)', async () => {
   const world = 8,
     sPer = 16;
   const rt = await runtimes.get(world);
   const lines: string[] = [];
-  for (const fn of [
+  const families = [
     'ring_flash_attn_func',
     'ring_flash_attn_func_v2',
     'zigzag_ring_flash_attn_func',
     'stripe_flash_attn_func',
-  ]) {
+  ];
+  for (const fn of families) {
     const full = await countAll(rt, fn, world, sPer, { causal: true });
-    const win = await countAll(rt, fn, world, sPer, { causal: true, window_size: [sPer, 0] });
-    lines.push(`${fn}: ${full.bytes} -> ${win.bytes} bytes, ${full.calls} -> ${win.calls} kernel calls`);
-    if (fn !== 'stripe_flash_attn_func') assert.ok(win.bytes < full.bytes / 2, lines[lines.length - 1]);
+    const shard = await countAll(rt, fn, world, sPer, { causal: true, window_size: [sPer, 0] });
+    const small = await countAll(rt, fn, world, sPer, { causal: true, window_size: [4, 0] });
+    lines.push(
+      `${fn}: causal ${full.bytes} B / ${full.calls} kernel calls; window (${sPer}, 0) ${shard.bytes} B / ${shard.calls}; window (4, 0) ${small.bytes} B / ${small.calls}`,
+    );
+    const line = lines[lines.length - 1]!;
+    assert.ok(small.bytes <= shard.bytes && shard.bytes <= full.bytes, line);
+    if (fn !== 'stripe_flash_attn_func') {
+      assert.ok(shard.bytes < full.bytes / 2, line);
+      assert.ok(small.bytes < shard.bytes / 2, line);
+    }
   }
-  console.log(`window (${sPer}, 0) at world ${world}, s=${world * sPer}:\n  ${lines.join('\n  ')}`);
+  console.log(`world ${world}, s=${world * sPer}, b=1, h=2, d=8, float32:\n  ${lines.join('\n  ')}`);
 });
+
+s(
+  'windows narrower than a shard: only the rows some query sees travel, and the result is exact',
+  async () => {
+    for (const world of [2, 4, 8]) {
+      const rt = await runtimes.get(world);
+      for (const { family } of DENSE)
+        for (const kw of [{ causal: true, window_size: [3, 0] }, { window_size: [2, 2] }]) {
+          const opt = { name: JSON.stringify(kw), kw };
+          const { errs } = await denseCase(rt, family, opt, { b: 2, s: world * 8, hk: 1, d: 8, seed: 140 });
+          try {
+            check(errs);
+          } catch (e) {
+            throw new Error(`${family} world ${world} ${opt.name}: ${(e as Error).message}`);
+          }
+        }
+    }
+  },
+);
 
 s('on the CUDA backend each option raises E_UNSUPPORTED naming it and the backend', () => {
   const cuda = { name: 'cuda' } as Backend;

@@ -1,18 +1,18 @@
 // The ring of calls whose scores read global positions (window_size, alibi_slopes, dropout_p),
 // for every dense and varlen ring family with its own shard layout (api/ring/positions.ts).
-// Each rank fetches, straight from its owner, exactly the K/V blocks some local query sees, and
-// computes only the rectangles of them that are visible; a step no local query reaches moves
-// nothing and computes nothing, so a window's traffic shrinks with it. As in ring.ts, the
-// transfer for step s+1 is issued before block s is computed, and backward sends each block's
-// fp32 dK/dV straight back to its owner. Every rank derives every other rank's plan, so both
+// Each rank fetches, straight from its owner, exactly the key rows of each block that some local
+// query sees, and computes only the rectangles of them that are visible; a step no local query
+// reaches moves nothing and computes nothing, so a window's traffic shrinks with it. As in
+// ring.ts, the transfer for step s+1 is issued before block s is computed, and backward sends the
+// fp32 dK/dV of those rows straight back to their owner. Every rank derives every other rank's plan, so both
 // sides of a transfer agree on whether it happens.
 import type { Backend } from '../../runtime/backend.js';
-import { DONE, ringPeer, type Group, type Pending } from '../../runtime/comm.js';
+import { ringPeer, type Comm, type Group, type Pending } from '../../runtime/comm.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { CallHooks, type RowPositions } from '../hooks.js';
 import { SegmentTables, type SegmentSpec } from '../varlen/segments.js';
 import type { RingForward, RingGrads, RingOptions } from '../variant.js';
-import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer } from './kv_buffer.js';
+import { disposeAll, emptyKv, kvOps, kvViews, sendableKv, type KvBuffer, type KvPair } from './kv_buffer.js';
 import type { Rows } from './pass_along.js';
 import { blockRects, positionsOf, type Mask, type PiecesOf } from './positions.js';
 
@@ -81,25 +81,89 @@ export function blockCalls(
 const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) =>
   r.start === 0 && r.length === t.shape[axis] ? t : t.narrow(axis, r.start, r.length);
 
-/** Which steps move data and what each computes, for this rank. */
+/**
+ * What a rank needs of a block: `rows`, the key rows some call reads (only they travel), and the
+ * calls with their key rows counted from `rows.start` (they run on the received rows).
+ */
+interface BlockNeed {
+  rows: Rows;
+  calls: BlockCall[];
+}
+
+function needOf(calls: BlockCall[], total: number): BlockNeed | null {
+  if (calls.length === 0) return null;
+  let lo = Infinity,
+    hi = -Infinity;
+  for (const c of calls) {
+    const spans = c.seg
+      ? c.seg.kStart.map((x, i) => [x, x + c.seg!.kLen[i]!] as const)
+      : [[c.kv.start, c.kv.start + c.kv.length] as const];
+    for (const [a, e] of spans) [lo, hi] = [Math.min(lo, a), Math.max(hi, e)];
+  }
+  const rows = { start: lo, length: hi - lo };
+  if (rows.start === 0 && rows.length === total) return { rows, calls };
+  return {
+    rows,
+    calls: calls.map((c) =>
+      c.seg
+        ? {
+            ...c,
+            kv: { start: 0, length: rows.length },
+            seg: { ...c.seg, kStart: c.seg.kStart.map((x) => x - lo) },
+            pos: { ...c.pos, k: c.pos.k.subarray(lo, hi) },
+          }
+        : { ...c, kv: { start: c.kv.start - lo, length: c.kv.length } },
+    ),
+  };
+}
+
+/** Which steps move data, which rows, and what each computes, for this rank. */
 function schedule(layout: PositionalLayout, group: Group, rows: number, o: RingOptions) {
   const { rank, size } = group;
   const m = maskOf(o);
-  const memo = new Map<string, BlockCall[]>();
-  const calls = (qRank: number, kRank: number) => {
+  const memo = new Map<string, BlockNeed | null>();
+  const need = (qRank: number, kRank: number) => {
     const key = `${qRank}/${kRank}`;
-    let c = memo.get(key);
-    if (!c) memo.set(key, (c = blockCalls(layout, qRank, kRank, rows, m)));
-    return c;
+    if (!memo.has(key)) memo.set(key, needOf(blockCalls(layout, qRank, kRank, rows, m), rows));
+    return memo.get(key)!;
   };
   return {
-    /** Our queries' calls against the block of rank r−step. */
-    calls: (step: number) => calls(rank, ringPeer(rank, -step, size)),
-    uses: (step: number) => calls(rank, ringPeer(rank, -step, size)).length > 0,
-    feeds: (step: number) => calls(ringPeer(rank, step, size), rank).length > 0,
+    /** What our queries need of the block of rank r−step; null: nothing. */
+    uses: (step: number) => need(rank, ringPeer(rank, -step, size)),
+    /** What rank r+step needs of our block; null: nothing. */
+    feeds: (step: number) => need(ringPeer(rank, step, size), rank),
     src: (step: number) => ringPeer(rank, -step, size),
     dst: (step: number) => ringPeer(rank, step, size),
   };
+}
+
+/** A K/V buffer of `rows` key rows shaped like `k` otherwise. */
+function rowsKv(backend: Backend, k: DeviceTensor, rows: number, dtype = k.dtype): KvBuffer {
+  const [b, , hk, d] = k.shape as [number, number, number, number];
+  return kvViews(backend.empty([2, b, rows, hk, d], dtype));
+}
+
+/**
+ * The transfer of step `step`: our key rows that rank r+step needs go to it, and the rows we
+ * need of rank r−step's block arrive into a new buffer (returned, with what to free once sent).
+ */
+function kvTransfer(
+  backend: Backend,
+  comm: Comm,
+  plan: ReturnType<typeof schedule>,
+  step: number,
+  k: DeviceTensor,
+  v: DeviceTensor,
+): { pending: Pending; recv: KvBuffer | null; sent: KvBuffer | null } {
+  const out = plan.feeds(step),
+    inn = plan.uses(step);
+  const send = out ? sendableKv(backend, comm, rowsOf(k, out.rows), rowsOf(v, out.rows)) : null;
+  const recv = inn ? rowsKv(backend, k, inn.rows.length) : null;
+  const pending = comm.sendRecv(
+    send ? kvOps(plan.dst(step), send.kv) : [],
+    recv ? kvOps(plan.src(step), recv) : [],
+  );
+  return { pending, recv, sent: send?.copy ?? null };
 }
 
 export function positionalForward(
@@ -120,23 +184,8 @@ export function positionalForward(
   const lse = backend.full([b, h, s], 'float32', -Infinity);
   const hooks = new CallHooks(backend, o);
   const tables = new SegmentTables(backend);
-  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
-  const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
-  const transfer = (step: number): Pending =>
-    step >= W
-      ? DONE
-      : comm.sendRecv(
-          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
-          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
-        );
-  let pending = transfer(1);
-  for (let step = 0; step < W; step++) {
-    if (step > 0) {
-      pending.wait();
-      pending = transfer(step + 1);
-    }
-    const kv = step === 0 ? { k, v } : recv[step % 2]!;
-    for (const c of plan.calls(step))
+  const attend = (need: BlockNeed, kv: KvPair) => {
+    for (const c of need.calls)
       backend.flashFwd(
         rowsOf(q, c.q),
         rowsOf(kv.k, c.kv),
@@ -151,12 +200,30 @@ export function positionalForward(
           merge: true,
         },
       );
+  };
+  let next = W > 1 ? kvTransfer(backend, comm, plan, 1, k, v) : null;
+  const own = plan.uses(0);
+  if (own) attend(own, { k: rowsOf(k, own.rows), v: rowsOf(v, own.rows) });
+  for (let step = 1; step < W; step++) {
+    const cur = next!;
+    cur.pending.wait();
+    next = step + 1 < W ? kvTransfer(backend, comm, plan, step + 1, k, v) : null;
+    const need = plan.uses(step);
+    if (need) attend(need, cur.recv!);
+    disposeAll(cur.recv, cur.sent);
   }
-  pending.wait();
   hooks.release();
   tables.release();
-  disposeAll(local?.copy, ...recv);
   return { out, lse };
+}
+
+/** dst rows `r` += src (all of its rows), over two fp32 K/V buffers: one add per batch entry. */
+function addRowsInto(backend: Backend, dst: KvBuffer, src: KvBuffer, r: Rows): void {
+  const [b, s] = dst.k.shape as [number, number];
+  if (r.start === 0 && r.length === s) return backend.add(dst.buf, src.buf);
+  for (const key of ['k', 'v'] as const)
+    for (let i = 0; i < b; i++)
+      backend.add(dst[key].select(0, i).narrow(0, r.start, r.length), src[key].select(0, i));
 }
 
 export function positionalBackward(
@@ -181,13 +248,9 @@ export function positionalBackward(
   backend.flashBwdDot(dout, fwd.out, dsum);
   const hooks = new CallHooks(backend, o);
   const tables = new SegmentTables(backend);
-  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
-  const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
-  const dkvOut: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
-  const dkvIn: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   // A block's rectangles may share key rows: all of them add onto a zeroed gradient buffer.
-  const blockGrads = (step: number, kv: { k: DeviceTensor; v: DeviceTensor }, into: KvBuffer) => {
-    for (const c of plan.calls(step))
+  const blockGrads = (need: BlockNeed, kv: KvPair, into: KvPair) => {
+    for (const c of need.calls)
       backend.flashBwd(
         {
           dout: rowsOf(dout, c.q),
@@ -210,42 +273,47 @@ export function positionalBackward(
         },
       );
   };
-  const transfer = (step: number): Pending =>
-    step >= W
-      ? DONE
-      : comm.sendRecv(
-          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
-          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
-        );
-  // dK/dV of step s go back to the block's owner r−s; ours come from r+s.
-  const returnGrads = (step: number): Pending =>
-    comm.sendRecv(
-      plan.uses(step) ? [{ peer: plan.src(step), tensor: dkvOut[step % 2]!.buf }] : [],
-      plan.feeds(step) ? [{ peer: plan.dst(step), tensor: dkvIn[step % 2]!.buf }] : [],
+  // dK/dV of the rows we used of step s's block go back to its owner r−s; ours come from r+s.
+  const returnGrads = (step: number, grads: KvBuffer | null) => {
+    const theirs = plan.feeds(step);
+    const back = theirs ? rowsKv(backend, k, theirs.rows.length, 'float32') : null;
+    const pending = comm.sendRecv(
+      grads ? [{ peer: plan.src(step), tensor: grads.buf }] : [],
+      back ? [{ peer: plan.dst(step), tensor: back.buf }] : [],
     );
-  const collect = (step: number, p: Pending) => {
-    p.wait();
-    if (plan.feeds(step)) backend.add(own.buf, dkvIn[step % 2]!.buf);
+    return { pending, grads, back, rows: theirs?.rows };
   };
-  let pending = transfer(1);
-  blockGrads(0, { k, v }, own);
-  let returning: Pending | undefined;
+  const collect = (r: ReturnType<typeof returnGrads>) => {
+    r.pending.wait();
+    if (r.back) addRowsInto(backend, own, r.back, r.rows!);
+    disposeAll(r.grads, r.back);
+  };
+  let next = W > 1 ? kvTransfer(backend, comm, plan, 1, k, v) : null;
+  const mine = plan.uses(0);
+  if (mine) {
+    const rows = (t: DeviceTensor) => rowsOf(t, mine.rows);
+    blockGrads(mine, { k: rows(k), v: rows(v) }, { k: rows(own.k), v: rows(own.v) });
+  }
+  let returning: ReturnType<typeof returnGrads> | undefined;
   for (let step = 1; step < W; step++) {
-    pending.wait();
-    pending = transfer(step + 1);
-    if (plan.uses(step)) {
-      const dkv = dkvOut[step % 2]!;
-      backend.fill(dkv.buf, 0);
-      blockGrads(step, recv[step % 2]!, dkv);
+    const cur = next!;
+    cur.pending.wait();
+    next = step + 1 < W ? kvTransfer(backend, comm, plan, step + 1, k, v) : null;
+    const need = plan.uses(step);
+    let grads: KvBuffer | null = null;
+    if (need) {
+      grads = rowsKv(backend, k, need.rows.length, 'float32');
+      backend.fill(grads.buf, 0);
+      blockGrads(need, cur.recv!, grads);
     }
-    const sent = returnGrads(step);
-    if (returning) collect(step - 1, returning);
+    disposeAll(cur.recv, cur.sent);
+    const sent = returnGrads(step, grads);
+    if (returning) collect(returning);
     returning = sent;
   }
-  pending.wait();
-  if (returning) collect(W - 1, returning);
+  if (returning) collect(returning);
   hooks.release();
   tables.release();
-  disposeAll(dsum, local?.copy, ...recv, ...dkvOut, ...dkvIn);
+  disposeAll(dsum);
   return { dq, dk: own.k, dv: own.v };
 }
