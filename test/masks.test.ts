@@ -18,6 +18,7 @@ import {
   type PiecesOf,
 } from '../api/ring/positions.js';
 import type { Backend } from '../runtime/backend.js';
+import { CpuBackend } from '../runtime/cpu_backend.js';
 import { RingFlashAttnError } from '../runtime/errors.js';
 import type { Counts, CountTask } from './fixtures/masks_user.js';
 import { maxSeqlenOf, callVarlen, varlenInputs, type VarlenCase } from './varlen_cases.js';
@@ -750,6 +751,49 @@ s(
     }
   },
 );
+
+s('alibi_slopes as a float32 DeviceTensor in SPMD code equals the host array', async () => {
+  const rt = await runtimes.get(2);
+  const [b, sl, d] = [1, 8, 8];
+  const same = await rt.spmd<boolean>(FIXTURE, 'alibiAsTensor', {
+    q: randn(rng(9), b * sl * H * d),
+    shape: [b, sl, H, d],
+    slopes: [0.5, 0.125],
+  });
+  assert.equal(same, [true, true]);
+});
+
+s('a CUDA backend given kernel hooks fails before launching anything', () => {
+  const launched: string[] = [];
+  const fake = Object.setPrototypeOf(
+    { name: 'cuda', kernels: { flashFwd: () => launched.push('fwd'), flashBwd: () => launched.push('bwd') } },
+    Object.getPrototypeOf(CpuBackend.prototype) as object,
+  ) as Backend;
+  const o = { softmaxScale: 1, causal: false };
+  for (const [hooks, re] of [
+    [{ softcap: 2 }, /softcap not supported on the CUDA backend/],
+    [{ windowLeft: 4, windowRight: 0 }, /window not supported on the CUDA backend/],
+    [{ dropoutP: 0.5, dropoutSeed: 1 }, /dropout not supported on the CUDA backend/],
+  ] as const) {
+    try {
+      fake.flashFwd(null as never, null as never, null as never, null as never, null as never, {
+        ...o,
+        hooks,
+      });
+      assert.unreachable();
+    } catch (e) {
+      assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED');
+      assert.match((e as Error).message, re);
+    }
+    try {
+      fake.flashBwd(null as never, { ...o, hooks, accumulate: false, deterministic: false });
+      assert.unreachable();
+    } catch (e) {
+      assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED');
+    }
+  }
+  assert.equal(launched, []);
+});
 
 s('on the CUDA backend each option raises E_UNSUPPORTED naming it and the backend', () => {
   const cuda = { name: 'cuda' } as Backend;
