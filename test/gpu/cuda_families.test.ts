@@ -1,7 +1,7 @@
-// GPU suite, second part: the packed (kv, qkv) forms of every dense ring and the varlen families
-// on CUDA, each against the single-device result on the same inputs (the ring's error must stay
-// within 1.1x of it). Skips, and says so, without a GPU; with fewer GPUs than ranks the ranks
-// share GPU 0 (test/gpu/placements.ts).
+// GPU suite, second part: the packed (kv, qkv) forms of every dense ring, the Ulysses families
+// and the varlen families on CUDA, each against the single-device result on the same inputs (the
+// ring's error must stay within 1.1x of it). Skips, and says so, without a GPU; with fewer GPUs
+// than ranks the ranks share GPU 0 (test/gpu/placements.ts).
 process.env.RFA_POISON = '1';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -83,6 +83,50 @@ if (gpus > 0) {
             ['stripe_flash_attn', ''],
           ] as const)
             within(await runCase(rt, names(prefix, suffix), c, 61), single, `${prefix}${suffix} ${packing}`);
+        }
+      } finally {
+        await rt.close();
+      }
+    });
+
+    // Ulysses × ring: every factorisation of the world with each ring variant, against the
+    // single-device kernel on the same inputs (the all-to-alls move bf16 values without rounding
+    // them again; the ring keeps its fp32 merge).
+    s(`${where}: ulysses and usp (every grid, each ring variant) within 1.1x of one GPU`, async () => {
+      const rt = await init(opts);
+      try {
+        const grids: { ulysses: number; ring: number; ring_impl?: string }[] = [];
+        for (let u = 1; u <= world; u++) {
+          if (world % u !== 0) continue;
+          if (u === world) grids.push({ ulysses: u, ring: 1 });
+          else
+            for (const ring_impl of ['zigzag', 'ring', 'stripe'])
+              grids.push({ ulysses: u, ring: world / u, ring_impl });
+        }
+        for (const [packing, causal] of [
+          ['func', true],
+          ['kvpacked', false],
+          ['qkvpacked', true],
+        ] as const) {
+          const c: Case = {
+            world,
+            b: 1,
+            seqPerRank: 128,
+            h: 2 * world,
+            hk: packing === 'qkvpacked' ? 2 * world : world,
+            d: 128,
+            causal,
+            packing,
+            dtype: 'bfloat16',
+          };
+          const single = await runCase(rt1, names('flash_attn'), c, 67);
+          within(await runCase(rt, names('ulysses_attn'), c, 67), single, `ulysses_attn ${packing}`);
+          for (const g of grids)
+            within(
+              await runCase(rt, names('usp_attn'), { ...c, kwargs: g }, 67),
+              single,
+              `usp_attn ${g.ulysses}x${g.ring} ${g.ring_impl ?? ''} ${packing}`,
+            );
         }
       } finally {
         await rt.close();
