@@ -15,6 +15,7 @@ import { segmentSpec, spansOf } from './segments.js';
 import type { KSlice, Llama3Args } from '../types.js';
 import { varlenFamily } from './wrappers.js';
 import { CallHooks, isPositional } from '../hooks.js';
+import { maskOf } from '../ring/positional_ring.js';
 import type { ScoreHooks } from '../../runtime/kernel_args.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
 
@@ -187,26 +188,35 @@ function groupViews(q: DeviceTensor, k: DeviceTensor, o: Llama3Options, i: numbe
 const specOf = (o: Llama3Options) => segmentSpec(spansOf(o.cuSeqlensQ), spansOf(o.cuSeqlensK));
 
 /**
- * The hooks of this rank's calls. With options that read positions: query row i is packed token
- * rank·s + i and the gathered key row j is token start + j, each sequence starting at token
- * start + cu_seqlens_k[t] (its keys begin with the sequence).
+ * The hooks and the segment table of this rank's calls. With options that read positions: query
+ * row i is packed token rank·s + i and the gathered key row j is token start + j, each sequence
+ * starting at token start + cu_seqlens_k[t] (its keys begin with the sequence); with a window,
+ * each sequence's key span shrinks to the keys its local queries can reach.
  */
-function hooksOf(backend: Backend, group: Group, s: number, o: Llama3Options) {
+function callsOf(backend: Backend, group: Group, s: number, o: Llama3Options) {
   const hooks = new CallHooks(backend, o);
-  if (!isPositional(o)) return { hooks, at: o.softcap ? { softcap: o.softcap } : undefined };
+  const spec = specOf(o);
+  if (!isPositional(o)) return { hooks, at: o.softcap ? { softcap: o.softcap } : undefined, spec };
   const { cuSeqlensQ: cuQ, cuSeqlensK: cuK } = o;
   const first = group.rank * s,
     base = o.localKSlice.start;
   const q = new Int32Array(s),
     k = new Int32Array(o.localKSlice.stop - base);
   const seqTok: number[] = [];
+  const { left, right } = maskOf(o);
   for (let t = 0; t + 1 < cuQ.length; t++) {
     const start = base + cuK[t]!;
     seqTok.push(start);
     for (let i = cuQ[t]!; i < cuQ[t + 1]!; i++) q[i] = first + i - start;
     for (let j = cuK[t]!; j < cuK[t + 1]!; j++) k[j] = j - cuK[t]!;
+    const len = cuK[t + 1]! - cuK[t]!;
+    if (cuQ[t + 1]! === cuQ[t]! || len === 0) continue;
+    const lo = left < 0 ? 0 : Math.max(0, q[cuQ[t]!]! - left);
+    const hi = right < 0 ? len - 1 : Math.min(len - 1, q[cuQ[t + 1]! - 1]! + right);
+    spec.kStart[t] = cuK[t]! + lo;
+    spec.kLen[t] = Math.max(0, hi - lo + 1);
   }
-  return { hooks, at: hooks.at({ q, k, diag: 0, seqTok }) };
+  return { hooks, at: hooks.at({ q, k, diag: 0, seqTok }), spec };
 }
 
 export function llama3Forward(
@@ -220,8 +230,8 @@ export function llama3Forward(
   const [, s, h, d] = q.shape as [number, number, number, number];
   const out = backend.empty([1, s, h, d], 'float32');
   const lse = backend.empty([1, h, s], 'float32');
-  const seg = backend.segments(specOf(o));
-  const hk = hooksOf(backend, group, s, o);
+  const hk = callsOf(backend, group, s, o);
+  const seg = backend.segments(hk.spec);
   const attn = { softmaxScale: o.softmaxScale, causal: o.causal, seg };
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {
@@ -252,8 +262,8 @@ export function llama3Backward(
   const dq = backend.zeros(q.shape, 'float32');
   const dsum = backend.empty([1, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
-  const seg = backend.segments(specOf(o));
-  const hk = hooksOf(backend, group, s, o);
+  const hk = callsOf(backend, group, s, o);
+  const seg = backend.segments(hk.spec);
   const attn = {
     softmaxScale: o.softmaxScale,
     causal: o.causal,
