@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init } from '../api/index.js';
+import { join } from '../runtime/rendezvous.js';
 import { expectError } from './helpers.js';
 
 const s = suite('multiprocess');
@@ -273,6 +274,55 @@ s('a port already taken: E_RENDEZVOUS saying so', async () => {
   } finally {
     server.close();
   }
+});
+
+s("the rendezvous numbers ranks across processes and hands out process 0's id", async () => {
+  const port = await freePort();
+  const r = (p: number) => ({ host: '127.0.0.1', port, process: p, processes: 3, timeoutMs: 5000 });
+  // Three processes of 2, 1 and 3 ranks, arriving in reverse order.
+  const joined = await Promise.all(
+    [2, 1, 0].map((p) => join(r(p), { ranks: [2, 1, 3][p]!, backend: 'cuda', share: () => `id-of-${p}` })),
+  );
+  for (const j of joined.reverse()) {
+    assert.equal(j.firstRanks, [0, 2, 3]);
+    assert.is(j.world, 6);
+    assert.is(j.shared, 'id-of-0');
+    assert.is(j.scope, joined[0]!.scope);
+  }
+  for (const j of joined) j.store.close();
+  joined[0]!.server!.close();
+  // Processes that disagree on the backend fail at once, naming both.
+  const port2 = await freePort();
+  const r2 = (p: number) => ({ ...r(p), port: port2, processes: 2 });
+  const results = await Promise.allSettled([
+    join(r2(0), { ranks: 1, backend: 'cpu', listen: () => 1 }),
+    join(r2(1), { ranks: 1, backend: 'cuda' }),
+  ]);
+  const bad = results.find((x) => x.status === 'rejected') as PromiseRejectedResult;
+  assert.match(
+    String(bad.reason.message),
+    /process \d \(.*\) runs backend (cpu|cuda), process \d runs (cuda|cpu); every process must use the same backend/,
+  );
+  for (const x of results) if (x.status === 'fulfilled') (x.value.store.close(), x.value.server?.close());
+});
+
+s('world and rank0 given to init are checked against what the processes run', async () => {
+  const { reports } = await launch(2, {
+    localWorld: 2,
+    world: 5,
+    exportName: 'slowRing',
+    arg: { sleepRank: -1, ms: 0 },
+  });
+  // Process 0 says why; process 1 says the same, unless process 0 has closed the store by then.
+  for (const r of reports) assert.is(r.initError?.code, 'E_RENDEZVOUS', JSON.stringify(r));
+  assert.match(
+    reports[0]!.initError!.message,
+    /init asked for world 5, the processes run 4 ranks \(process 0: 2, process 1: 2\)/,
+  );
+  assert.match(
+    reports[1]!.initError!.message,
+    /init asked for world 5|store at 127\.0\.0\.1:\d+ closed the connection/,
+  );
 });
 
 s('bad rendezvous options and environment are E_ARG naming them', async () => {
