@@ -7,3 +7,4 @@ export { RankContext } from './runtime/context.js';
 export type { Group } from './runtime/comm.js';
 export type { DType } from './runtime/dtype.js';
 export { visibleGpuCount, type InitOptions, type Transport } from './runtime/pool.js';
+export type { RendezvousOptions } from './runtime/rendezvous.js';
