@@ -136,7 +136,7 @@ s('ulysses_attn_func is usp_attn_func with a ring of one, bit for bit', async ()
 });
 
 s(
-  'head counts not divisible by the group size → E_SHAPE naming them; usp keywords are not options here',
+  'head counts not divisible by the group size → E_SHAPE naming them; usp keywords are not options here; dropout → E_UNSUPPORTED',
   async () => {
     const rt = await rts.get(4);
     const t = (h: number) => nd(randn(rng(1), 8 * h * 16), [1, 8, h, 16]);
@@ -156,9 +156,9 @@ s(
       /unknown option 'ulysses'/,
     );
     await expectError(
-      () => rt.ulysses_attn_func(t(4), t(4), t(4), { window_size: [2, 0] }),
+      () => rt.ulysses_attn_func(t(4), t(4), t(4), { dropout_p: 0.5 }),
       'E_UNSUPPORTED',
-      /window_size/,
+      /ulysses_attn_func: dropout_p > 0 is not supported by the Ulysses families yet/,
     );
   },
 );

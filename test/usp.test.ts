@@ -340,9 +340,14 @@ s('bad grids → E_ARG, head counts the Ulysses degree does not divide → E_SHA
     /usp layout: seqlen 6 must be a positive multiple of ring × ulysses \(2 × 2\)/,
   );
   await expectError(
-    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, alibi_slopes: [1, 1, 1, 1] as never }),
+    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, dropout_p: 0.1 }),
     'E_UNSUPPORTED',
-    /alibi_slopes/,
+    /usp_attn_func: dropout_p > 0 is not supported by the Ulysses families yet/,
+  );
+  await expectError(
+    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, alibi_slopes: [1, 1, 1, 1] }),
+    'E_UNSUPPORTED',
+    /usp_attn_func: alibi_slopes is not supported by the Ulysses families yet/,
   );
   await expectError(() => usp_extract_local(q, 0, 4, { ulysses: 3 }), 'E_ARG', /ulysses \(3\) must divide/);
   await expectError(
@@ -350,6 +355,69 @@ s('bad grids → E_ARG, head counts the Ulysses degree does not divide → E_SHA
     'E_ARG',
     /usp_extract_local: unknown option 'ulyses'/,
   );
+});
+
+// window_size and softcap reach the ring variant as they are: every grid of 4 with each ring
+// variant against the fp64 masked reference.
+s('window_size and softcap on every grid of 4', async () => {
+  const rt = await rts.get(4);
+  const [b, S, h, hk, d] = [2, 16, 8, 4, 8];
+  const options: { name: string; kw: Record<string, unknown> }[] = [
+    { name: 'causal window (5, 0)', kw: { causal: true, window_size: [5, 0] } },
+    { name: 'window (3, 6)', kw: { window_size: [3, 6] } },
+    { name: 'softcap 0.8', kw: { causal: true, softcap: 0.8 } },
+  ];
+  const rand = rng(61);
+  const q = randn(rand, b * S * h * d),
+    k = randn(rand, b * S * hk * d),
+    v = randn(rand, b * S * hk * d),
+    dout = randn(rand, b * S * h * d);
+  for (const opt of options) {
+    const x = {
+      q,
+      k,
+      v,
+      b,
+      sq: S,
+      sk: S,
+      h,
+      hk,
+      d,
+      scale: 1 / Math.sqrt(d),
+      causal: opt.kw.causal === true,
+      window: opt.kw.window_size as [number, number] | undefined,
+      softcap: opt.kw.softcap as number | undefined,
+    };
+    const ref = referenceForward(x),
+      refG = referenceBackward(x, dout);
+    for (const [ulysses, ring] of [
+      [1, 4],
+      [2, 2],
+      [4, 1],
+    ] as const)
+      for (const ring_impl of ring === 1 ? (['ring'] as const) : IMPLS) {
+        const what = `${opt.name} ${ulysses}×${ring} ${ring_impl}`;
+        const r = await rt.usp_attn_func(nd(q, [b, S, h, d]), nd(k, [b, S, hk, d]), nd(v, [b, S, hk, d]), {
+          ...opt.kw,
+          ulysses,
+          ring,
+          ring_impl,
+        });
+        const g = await r.backward(nd(dout, [b, S, h, d]));
+        await r.dispose();
+        const finite = (a: ArrayLike<number>) => Array.from(a, (y) => (y === -Infinity ? 0 : y));
+        for (const [key, got, want] of [
+          ['out', r.out.data, ref.out],
+          ['lse', finite(r.lse.data), finite(ref.lse)],
+          ['dq', g.dq.data, refG.dq],
+          ['dk', g.dk.data, refG.dk],
+          ['dv', g.dv.data, refG.dv],
+        ] as const) {
+          const e = relL2(got, want);
+          assert.ok(e <= F32_TOL, `${what} ${key}: rel L2 ${e.toExponential(2)}`);
+        }
+      }
+  }
 });
 
 s('SPMD: an odd zigzag ring shard → E_SHAPE on every rank, before any transfer', async () => {

@@ -7,7 +7,8 @@
 // inputs kept from the forward, and dq/dk/dv come back to sequence pieces. Ulysses needs no
 // layout of its own: the global sequence is dealt over the ring ranks the ring variant's way and
 // each ring shard is cut contiguously over its Ulysses members, so the gathered shard is exactly
-// the ring variant's shard.
+// the ring variant's shard. window_size and softcap reach the ring as they are: its positions are
+// global ones, the gathered shard being the ring variant's.
 import type { Backend } from '../../runtime/backend.js';
 import type { Group } from '../../runtime/comm.js';
 import { fail } from '../../runtime/errors.js';
@@ -127,17 +128,21 @@ export function uspBackward(
   return grads;
 }
 
-/** Options the Ulysses all-to-all cannot carry yet: score modifiers and dropout index heads and positions of the unsharded call. */
-function rejectScoreMods(fn: string, kw: Record<string, unknown>): void {
-  const w = kw.window_size;
-  const unsupported: [string, boolean][] = [
-    ['dropout_p', typeof kw.dropout_p === 'number' && kw.dropout_p > 0],
-    ['window_size', Array.isArray(w) && (w[0] !== -1 || w[1] !== -1)],
-    ['softcap', typeof kw.softcap === 'number' && kw.softcap !== 0],
-    ['alibi_slopes', kw.alibi_slopes != null],
-  ];
-  for (const [name, given] of unsupported)
-    if (given) fail('E_UNSUPPORTED', `${fn}: ${name} is not supported by the Ulysses families yet`);
+/**
+ * ALiBi slopes and dropout draws go by the global head, which a ring over a Ulysses rank's heads
+ * would read as its local one: refused until the ring variants take a head offset. window_size
+ * and softcap need none (positions within the gathered shard are the ring variant's own).
+ */
+function rejectHeadOptions(fn: string, o: RingOptions): void {
+  for (const [name, given] of [
+    ['alibi_slopes', !!o.alibi],
+    ['dropout_p > 0', (o.dropoutP ?? 0) > 0],
+  ] as const)
+    if (given)
+      fail(
+        'E_UNSUPPORTED',
+        `${fn}: ${name} is not supported by the Ulysses families yet (it is keyed on the global head)`,
+      );
 }
 
 /**
@@ -156,9 +161,9 @@ export function uspParse(
         'E_SHAPE',
         `${fn}: k seqlen ${k.shape[1]} != q seqlen ${q.shape[1]} (ring shards hold equal lengths)`,
       );
-    rejectScoreMods(fn, a.kw);
     const group = resolveGroup(fn, a.group);
     const o: UspOptions = { ...ringOptions(a, q.shape[3]!), ...degrees(fn, a.kw, group.size) };
+    rejectHeadOptions(fn, o);
     return { o, group, returnAttnProbs: a.returnAttnProbs };
   };
 }
