@@ -51,7 +51,9 @@ void force_fwd_schedule(int mode);
 // two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), 3 the Hopper
 // forward of native/cuda/fwd/ wherever it covers the call (head_dim 64 to 256, dense; elsewhere as
 // -1), 4 wgmma where it can run with the residency chosen per launch (never the Hopper forward),
-// -1 the Hopper forward where it covers the call with a tile for every SM, else as 4.
+// 5 as 3 and varlen segments on the Hopper forward too (head_dim <= 128; for the harness's
+// --hopper-varlen until it has run on a GPU), -1 the Hopper forward where it covers the call with
+// a tile for every SM, else as 4.
 void force_fwd_kernel(int mode);
 // For the kernel harness only, likewise: the Hopper forward's persistent grid at most `ctas`
 // CTAs (so that small problems run many tiles per CTA); <= 0 one per SM.

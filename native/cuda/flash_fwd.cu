@@ -713,10 +713,13 @@ void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStrea
 
 // The Hopper forward (fwd/) where it covers the call and (unless forced) its grid has a tile for
 // every SM; smaller grids leave SMs idle there, where the split plan of the kernels here fills them.
+// Varlen calls reach it only when forced (force_fwd_kernel(5)) until the harness has run them there.
 bool use_hopper_fwd(const FlashFwdParams& p) {
-  if ((g_forced_kernel != -1 && g_forced_kernel != 3) || !current_device().sm90 || !hopper_fwd_covers(p))
+  const bool forced = g_forced_kernel == 3 || g_forced_kernel == 5;
+  if ((g_forced_kernel != -1 && !forced) || !current_device().sm90 ||
+      !hopper_fwd_covers(p, g_forced_kernel == 5))
     return false;
-  return g_forced_kernel == 3 || hopper_fwd_tiles(p) >= current_device().sms;
+  return forced || hopper_fwd_tiles(p) >= current_device().sms;
 }
 
 template <typename T>
@@ -728,7 +731,7 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
               "flash_fwd: head_dim " + std::to_string(p.shape.head_dim) +
                   ": the driver declined a tensor map of q, k or v (a stride it cannot take)");
   }
-  if (use_hopper_fwd(p) && flash_fwd_hopper(p, s, scratch)) return;
+  if (use_hopper_fwd(p) && flash_fwd_hopper(p, s, scratch, g_forced_kernel == 5)) return;
   switch (p.shape.head_dim) {
     case 32:
       return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);

@@ -18,7 +18,7 @@ namespace {
 int g_forced_ctas = 0;      // force_fwd_ctas
 int g_forced_variant = -1;  // force_fwd_variant
 
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kVarlen>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_fwd_hopper_kernel(const FlashFwdParams p, const FwdTileGrid grid,
                             const __grid_constant__ CUtensorMap map_q,
@@ -38,11 +38,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v);
-      fwd_produce<Tr>(p, grid, sm, &map_q, &map_k, &map_v);
+      fwd_produce<Tr, kVarlen>(p, grid, sm, &map_q, &map_k, &map_v);
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    fwd_consume<Tr, T, kCausal>(p, grid, sm, wg - 1);
+    fwd_consume<Tr, T, kCausal, kVarlen>(p, grid, sm, wg - 1);
   }
 #endif
 }
@@ -80,12 +80,18 @@ bool encode_view(CUtensorMap* map, const void* base, DType dtype, int head_dim, 
   return r == CUDA_SUCCESS;
 }
 
+// Query tiles per (head, span) and spans: batch entries, or varlen segments (as long as the
+// longest; the shorter ones' extra tiles are skipped).
+template <class Tr>
+int m_blocks_of(const FlashFwdParams& p) {
+  return ((p.seg.num_seqs > 0 ? p.seg.max_seqlen_q : p.shape.seqlen_q) + Tr::kBlockM - 1) / Tr::kBlockM;
+}
 template <class Tr>
 int64_t tiles_of(const FlashFwdParams& p) {
-  return int64_t((p.shape.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM) * p.shape.nheads * p.shape.batch;
+  return int64_t(m_blocks_of<Tr>(p)) * p.shape.nheads * (p.seg.num_seqs > 0 ? p.seg.num_seqs : p.shape.batch);
 }
 
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kVarlen>
 bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
   const AttnShape& sh = p.shape;
   CUtensorMap map_q, map_k, map_v;
@@ -99,20 +105,20 @@ bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
   const int64_t tiles = tiles_of<Tr>(p);
   if (tiles > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_fwd: too many query tiles for one launch");
   ScratchBlock counter(scratch);
-  FwdTileGrid grid{(sh.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM, sh.nheads, int(tiles),
-                   static_cast<int*>(counter.get(sizeof(int)))};
+  FwdTileGrid grid{m_blocks_of<Tr>(p), sh.nheads, int(tiles), static_cast<int*>(counter.get(sizeof(int)))};
   RFA_CUDA_CHECK(cudaMemsetAsync(grid.next_tile, 0, sizeof(int), s));
   const int ctas = int(std::min<int64_t>(tiles, g_forced_ctas > 0 ? g_forced_ctas : current_device().sms));
-  auto kernel = flash_fwd_hopper_kernel<Tr, T, kCausal>;
+  auto kernel = flash_fwd_hopper_kernel<Tr, T, kCausal, kVarlen>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(ctas), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v);
   RFA_CHECK_LAUNCH("flash_fwd_hopper_kernel");
   return true;
 }
 
-template <class Tr, typename T>
+template <class Tr, typename T, bool kVarlen = false>
 bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
-  return p.shape.causal ? launch<Tr, T, true>(p, s, scratch) : launch<Tr, T, false>(p, s, scratch);
+  return p.shape.causal ? launch<Tr, T, true, kVarlen>(p, s, scratch)
+                        : launch<Tr, T, false, kVarlen>(p, s, scratch);
 }
 
 // Tile shapes per head_dim. Head_dim 128 without a causal mask takes 176-key tiles on grids of
@@ -125,6 +131,11 @@ bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& s
                               tiles_of<FwdHopperTraits<128>>(p) < 3 * current_device().sms
                           ? 2
                           : -1;
+  if (p.seg.num_seqs > 0) {  // varlen: the default tiles only
+    if (p.shape.head_dim == 64) return dispatch_causal<FwdHopperTraits<64>, T, true>(p, s, scratch);
+    if (p.shape.head_dim == 128) return dispatch_causal<FwdHopperTraits<128>, T, true>(p, s, scratch);
+    return false;
+  }
   switch (p.shape.head_dim) {
     case 64:
       if (variant == 0) return dispatch_causal<FwdHopperTraits<64, 128, 2>, T>(p, s, scratch);
@@ -148,16 +159,16 @@ bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& s
 void force_fwd_ctas(int ctas) { g_forced_ctas = ctas; }
 void force_fwd_variant(int variant) { g_forced_variant = variant; }
 
-bool hopper_fwd_covers(const FlashFwdParams& p) {
+bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen) {
   const int d = p.shape.head_dim;
-  return p.seg.num_seqs == 0 && p.shape.seqlen_k > 0 && p.shape.seqlen_q > 0 && p.shape.batch > 0 &&
-         (d == 64 || d == 128 || d == 192 || d == 256);
+  return (p.seg.num_seqs == 0 || (varlen && d <= 128)) && p.shape.seqlen_k > 0 && p.shape.seqlen_q > 0 &&
+         p.shape.batch > 0 && (d == 64 || d == 128 || d == 192 || d == 256);
 }
 
 int64_t hopper_fwd_tiles(const FlashFwdParams& p) { return tiles_of<FwdHopperTraits<128>>(p); }
 
-bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
-  if (!hopper_fwd_covers(p)) return false;
+bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch, bool varlen) {
+  if (!hopper_fwd_covers(p, varlen)) return false;
   return p.dtype == DType::bf16 ? dispatch_head_dim<__nv_bfloat16>(p, s, scratch)
                                 : dispatch_head_dim<__half>(p, s, scratch);
 }

@@ -8,12 +8,14 @@
 
 namespace rfa::cuda {
 
-// Whether the Hopper forward covers the call: dense batches (no varlen segments), at least one
-// key, head_dim 64, 128, 192 or 256. The device must run sm_90a code (the caller checks).
-bool hopper_fwd_covers(const FlashFwdParams& p);
+// Whether the Hopper forward covers the call: dense batches (with `varlen`, varlen segments too
+// at head_dim <= 128; not yet run on a GPU, so only the harness asks for it), at least one key,
+// head_dim 64, 128, 192 or 256. The device must run sm_90a code (the caller checks).
+bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen = false);
 // Query tiles of the Hopper forward's grid (kBlockM rows, every head and batch entry).
 int64_t hopper_fwd_tiles(const FlashFwdParams& p);
 // Queues the call; false (nothing queued) when the driver declines a tensor map of the views.
-bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch);
+bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch,
+                      bool varlen = false);
 
 }  // namespace rfa::cuda

@@ -66,7 +66,8 @@ struct FwdHopperSmem {
 
 // The producer (one thread): for each tile of the CTA, post it to the consumers, then load Q
 // (once the previous tile's last S has read it) and every K/V tile it sees into the stages.
-template <class Tr>
+// kVarlen: spans are varlen segments (p.seg); dense launches compile without any of it.
+template <class Tr, bool kVarlen>
 __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTileGrid& grid,
                                             const FwdHopperSmem<Tr>& sm, const CUtensorMap* map_q,
                                             const CUtensorMap* map_k, const CUtensorMap* map_v) {
@@ -80,14 +81,18 @@ __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTi
     if (t < 0) return;
     tile = int(gridDim.x) + atomicAdd(grid.next_tile, 1);  // in flight while this tile's loads issue
     const FwdTile ft = fwd_tile(grid, t);
+    const Span sp =
+        kVarlen ? span_of(p.shape, p.seg, ft.b) : Span{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
     const int m0 = ft.m_block * Tr::kBlockM, hk = ft.h / group;
-    const int n_tiles = hopper_key_tiles<Tr>(p.shape.seqlen_q, p.shape.seqlen_k, m0, p.shape.causal);
+    if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles
+    const int n_tiles = hopper_key_tiles<Tr>(sp.nq, sp.nk, m0, p.shape.causal);
     if (n_tiles == 0) continue;
     mbar_wait(&bars.q_empty, (q_loads++ & 1) ^ 1);
     mbar_arrive_expect_tx(&bars.q_full, Tr::kQBytes);
 #pragma unroll
     for (int cb = 0; cb < Tr::kColBlocks; ++cb)
-      tma_load_4d(sm.q() + cb * Tr::kBlockM * 128, map_q, &bars.q_full, cb * Tr::kColBlock, m0, ft.h, ft.b);
+      tma_load_4d(sm.q() + cb * Tr::kBlockM * 128, map_q, &bars.q_full, cb * Tr::kColBlock, sp.q0 + m0, ft.h,
+                  int(sp.b));
     for (int it = 0; it < n_tiles; ++it, ++kv) {
       const int stage = kv % Tr::kStages;
       const uint32_t parity = ((kv / Tr::kStages) & 1) ^ 1;
@@ -96,13 +101,13 @@ __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTi
 #pragma unroll
       for (int cb = 0; cb < Tr::kColBlocks; ++cb)
         tma_load_4d(sm.k(stage) + cb * Tr::kBlockN * 128, map_k, &bars.k_full[stage], cb * Tr::kColBlock,
-                    it * Tr::kBlockN, hk, ft.b);
+                    sp.k0 + it * Tr::kBlockN, hk, int(sp.b));
       mbar_wait(&bars.v_empty[stage], parity);
       mbar_arrive_expect_tx(&bars.v_full[stage], Tr::kKVBytes);
 #pragma unroll
       for (int cb = 0; cb < Tr::kColBlocks; ++cb)
         tma_load_4d(sm.v(stage) + cb * Tr::kBlockN * 128, map_v, &bars.v_full[stage], cb * Tr::kColBlock,
-                    it * Tr::kBlockN, hk, ft.b);
+                    sp.k0 + it * Tr::kBlockN, hk, int(sp.b));
     }
   }
 }
@@ -146,7 +151,7 @@ __device__ __forceinline__ void hopper_softmax(float (&s)[kST][4], float (&row_m
 }
 
 // A consumer warpgroup (wg 0 or 1: rows 64 wg .. 64 wg + 63 of every tile) over the CTA's tiles.
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kVarlen>
 __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTileGrid& grid,
                                             const FwdHopperSmem<Tr>& sm, int wg) {
   using Mma = MmaType<T>;
@@ -207,9 +212,30 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
     const int tile = bars.mailbox.take(k);
     if (tile < 0) break;
     const FwdTile ft = fwd_tile(grid, tile);
-    const Span sp{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
+    const Span sp =
+        kVarlen ? span_of(p.shape, p.seg, ft.b) : Span{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
     const int m0 = ft.m_block * Tr::kBlockM, diag = sp.nk - sp.nq;
+    if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles: no rows, no turns
     const int n_tiles = hopper_key_tiles<Tr>(sp.nq, sp.nk, m0, kCausal);
+    // Varlen: the last key tile's TMA box runs past the segment into rows of the packed tensor
+    // that may hold anything, NaN too, and P = 0 there does not cancel a NaN in P V. Consumer 1
+    // zeroes those V rows while it holds its turn on that tile, which ends before either consumer
+    // issues that tile's P V (dense boxes stop at the tensor's end, where TMA fills zeros).
+    const int v_tail = kVarlen && n_tiles * kN > sp.nk ? sp.nk - (n_tiles - 1) * kN : kN;
+    auto zero_v_tail = [&](int it) {
+      if constexpr (kVarlen) {
+        if (wg != 1 || it != n_tiles - 1 || v_tail == kN) return;
+        const int j = kv + it, stage = j % Tr::kStages;
+        mbar_wait(&bars.v_full[stage], (j / Tr::kStages) & 1);
+        const int chunks = (kN - v_tail) * 8;  // 16-byte chunks per 64-column block
+        for (int i = threadIdx.x % Tr::kWgThreads; i < chunks * Tr::kColBlocks; i += Tr::kWgThreads) {
+          const int cb = i / chunks, r = v_tail + (i % chunks) / 8, ch = i % 8;
+          *reinterpret_cast<uint4*>(sm.v(stage) + cb * kN * 128 + r * 128 + ch * 16) =
+              make_uint4(0u, 0u, 0u, 0u);
+        }
+        fence_proxy_async();  // the zeros, before the turn's end, are visible to the tensor cores
+      }
+    };
 #pragma unroll
     for (int i = 0; i < kOT * 4; ++i) o[i] = 0.f;
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, corr[2];
@@ -233,6 +259,7 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
       turn_begin();
       wgmma_fence();
       issue_s(st0);
+      zero_v_tail(0);
       turn_end();
       wgmma_wait<0>();
       fence_regs(sf);
@@ -249,6 +276,7 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
         wgmma_fence();
         issue_s(st);
         issue_pv(st_prev);
+        zero_v_tail(it);
         turn_end();
         wgmma_wait<1>();  // S_it; P_{it-1} V_{it-1} may still run
         fence_regs(sf);

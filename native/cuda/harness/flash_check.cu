@@ -255,6 +255,7 @@ struct Config {
   bool deterministic = false;
   bool rerun = false;
   bool fwd_only = false;  // head dims only the forward has: out and lse are checked
+  bool nan_gaps = false;  // varlen: K/V rows outside every segment hold NaN (kernels must not read them)
 };
 
 // Equal element for element, NaN matching NaN (poisoned rows outside every span stay NaN).
@@ -328,6 +329,16 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
     h_q = random_values(gen, nq, c.dtype, 1.5), h_k = random_values(gen, nk, c.dtype, 1.0),
     h_v = random_values(gen, nk, c.dtype, 1.0);
     qb.upload(h_q), kb.upload(h_k), vb.upload(h_v);
+    if (c.nan_gaps) {
+      std::vector<char> covered(size_t(c.sk), 0);
+      for (const auto& sg : c.segs)
+        for (int j = 0; j < sg[3]; ++j) covered[size_t(sg[2]) + j] = 1;
+      for (int j = 0; j < c.sk; ++j)
+        if (!covered[size_t(j)])
+          for (int hh = 0; hh < c.hk; ++hh)
+            for (int x = 0; x < d; ++x) h_k[kv.at(0, j, hh) + x] = h_v[vv.at(0, j, hh) + x] = kNaN;
+      kb.upload(h_k), vb.upload(h_v);
+    }
   }
   const std::vector<double> h_dout = random_values(gen, n_o, c.dtype, 1.0);
   dout.upload(h_dout);
@@ -891,6 +902,9 @@ int main(int argc, char** argv) {
   bool timing = true;
   int only_bench = -1;  // --bench=K: only the K-th timing shape and its launch-plan sweeps, no checks
   bool checks = true;   // --no-checks: the timings only
+  // --hopper-varlen: only the varlen configs, on the Hopper forward (force_fwd_kernel(5)) and, for
+  // comparison, the kernels varlen calls take today
+  bool hopper_varlen = false;
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -901,6 +915,8 @@ int main(int argc, char** argv) {
       only_bench = std::atoi(argv[i] + 8);
     else if (!std::strcmp(argv[i], "--no-checks"))
       checks = false;
+    else if (!std::strcmp(argv[i], "--hopper-varlen"))
+      hopper_varlen = true;
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -969,6 +985,33 @@ int main(int argc, char** argv) {
   if (!checks) {
     for (const Shape& sh : shapes) bench(gen, sh.b, sh.s, sh.h, sh.hk, sh.d, sh.causal, sh.sk);
     return 0;
+  }
+  if (hopper_varlen) {
+    std::vector<Config> var;
+    for (const Config& c : configs)
+      if (!c.segs.empty()) var.push_back(c);
+    // Segments whose last key tiles run into gaps of NaN rows and into the next segment.
+    Config gaps{"bf16 d128 causal varlen NaN gaps", bf, 128, true, 1, 520, 600, 4, 2, false, true};
+    gaps.segs = {{0, 150, 0, 170}, {200, 300, 230, 260}, {500, 20, 590, 0}};
+    gaps.nan_gaps = true;
+    Config gaps64{"fp16 d64 full varlen NaN gaps", f16, 64, false, 1, 400, 700, 4, 4, false, true};
+    gaps64.segs = {{0, 130, 0, 300}, {130, 260, 350, 129}};
+    gaps64.nan_gaps = true;
+    var.push_back(gaps), var.push_back(gaps64);
+    for (int kernel : {5, -1})
+      for (int ctas : {0, 7}) {
+        cuda::force_fwd_kernel(kernel);
+        cuda::force_fwd_ctas(ctas);
+        for (Config c : var) {
+          c.name += kernel == 5 ? (ctas ? " [hopper varlen, 7 ctas]" : " [hopper varlen]") : " [today's]";
+          run_attention(c, gen);
+        }
+        if (kernel < 0) break;
+      }
+    cuda::force_fwd_kernel(-1);
+    cuda::force_fwd_ctas(0);
+    std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
+    return g_failures ? 1 : 0;
   }
 
   // Every config under every forward kernel (head_dim 128 on sm_90a: wgmma at two and at three
