@@ -257,25 +257,53 @@ int connect_to(const NetProcess& p, const std::chrono::steady_clock::time_point 
   }
 }
 
-}  // namespace
-
-int net_listen(const std::string& scope, int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) RFA_THROW("E_RENDEZVOUS", "cannot open a socket for the CPU mailbox: " + errno_text());
-  const int one = 1;
+// A listener on every interface, IPv6 and IPv4 alike where the host has IPv6 (a process may
+// reach the store, and so be reached, by either), else IPv4 only.
+int open_listener(int port, std::string* error) {
+  const int one = 1, zero = 0;
+  int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+  if (fd >= 0) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    sockaddr_in6 addr{};
+    addr.sin6_family = AF_INET6;
+    addr.sin6_addr = in6addr_any;
+    addr.sin6_port = htons(uint16_t(port));
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 && ::listen(fd, 64) == 0) return fd;
+    ::close(fd);
+  }
+  fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    *error = errno_text();
+    return -1;
+  }
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_ANY);
   addr.sin_port = htons(uint16_t(port));
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 64) != 0) {
-    const std::string why = errno_text();
-    ::close(fd);
-    RFA_THROW("E_RENDEZVOUS",
-              "cannot listen for the CPU mailbox on port " + std::to_string(port) + ": " + why);
-  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 && ::listen(fd, 64) == 0) return fd;
+  *error = errno_text();
+  ::close(fd);
+  return -1;
+}
+
+int local_port(int fd) {
+  sockaddr_storage addr{};
   socklen_t len = sizeof addr;
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  return addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
+                                    : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+}
+
+}  // namespace
+
+int net_listen(const std::string& scope, int port) {
+  std::string error;
+  const int fd = open_listener(port, &error);
+  if (fd < 0)
+    RFA_THROW("E_RENDEZVOUS",
+              "cannot listen for the CPU mailbox on port " + std::to_string(port) + ": " + error);
   auto net = std::make_shared<Net>();
   net->scope = scope;
   net->listen_fd = fd;
@@ -285,7 +313,7 @@ int net_listen(const std::string& scope, int port) {
     RFA_THROW("E_ARG", "the runtime " + scope + " already has a CPU mailbox listener");
   }
   (*g_nets)[scope] = net;
-  return ntohs(addr.sin_port);
+  return local_port(fd);
 }
 
 void net_connect(const std::string& scope, int self, const std::vector<NetProcess>& procs, int timeout_ms) {
