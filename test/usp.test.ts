@@ -1,4 +1,4 @@
-// usp_attn_*: Ulysses × ring. Every factorisation of worlds 2, 3, 4, 6 and 8 with each ring
+// usp_attn_*: Ulysses × ring. Every factorisation of worlds 2 to 8 with each ring
 // variant, causal and not, GQA, against the fp64 reference on the full sequence (driver mode);
 // SPMD calls on usp_extract_local shards, over a sub-group too; usp_extract_local against
 // yunchang's definition; and the argument errors.
@@ -29,7 +29,7 @@ const factorisations = (world: number) =>
     .map((u) => ({ ulysses: u, ring: world / u }));
 
 const cases: Case[] = [];
-for (const world of [2, 3, 4, 6, 8])
+for (const world of [2, 3, 4, 5, 6, 7, 8])
   for (const { ulysses, ring } of factorisations(world))
     // A ring of one is the same call whatever ring_impl says.
     for (const ring_impl of ring === 1 ? (['zigzag'] as const) : IMPLS)
