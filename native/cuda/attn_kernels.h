@@ -43,33 +43,51 @@ class ScratchBlock {
   void* ptr_ = nullptr;
 };
 
-void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch);
-// For the kernel harness only (the addon never calls it; not thread-safe): force the forward's
-// launch shape, 0 one CTA per query tile, 1 split tiles wherever it applies, -1 the cost model.
-void force_fwd_schedule(int mode);
-// For the kernel harness only, likewise: the head_dim 128 forward kernel, 0 mma.sync, 1 wgmma at
-// two CTAs per SM, 2 wgmma at three (1 and 2 where the device runs sm_90a code), 3 the Hopper
-// forward of native/cuda/fwd/ wherever it covers the call (head_dim 64 to 256, dense; elsewhere as
-// -1), 4 wgmma where it can run with the residency chosen per launch (never the Hopper forward),
-// 5 as 3 and varlen segments on the Hopper forward too (head_dim <= 128; for the harness's
-// --hopper-varlen until it has run on a GPU), -1 the Hopper forward where it covers the call with
-// a tile for every SM, else as 4.
-void force_fwd_kernel(int mode);
-// For the kernel harness only, likewise: the Hopper forward's persistent grid at most `ctas`
-// CTAs (so that small problems run many tiles per CTA); <= 0 one per SM.
-void force_fwd_ctas(int ctas);
-// For the kernel harness only, likewise: tile variants of the Hopper forward (head_dim 64 and 128),
-// 0 128-key tiles in two stages, 1 128-key tiles in more stages, 2 the widest key tiles (192 for
-// head_dim 64, 176 for 128); -1 the launch's own choice.
-void force_fwd_variant(int variant);
-// For the kernel harness only, likewise: dense launches keep the first `whole` query tiles whole
-// and cut the rest into `splits` key ranges; whole < 0 goes back to the cost model.
-void force_fwd_plan(int whole, int splits);
+// Test knobs of the launchers, for the kernel harness (the addon passes none): every default
+// leaves the choice to the launchers and their cost models.
+struct LaunchOverrides {
+  // Forward kernel: 0 mma.sync; 1 / 2 the FlashAttention-2 style wgmma kernel at two / three CTAs
+  // per SM (head_dim 128 where the device runs sm_90a code); 3 the Hopper forward of
+  // native/cuda/fwd/ wherever it covers the call (head_dim 64 to 256, dense; elsewhere as -1);
+  // 4 the FlashAttention-2 style wgmma kernel at the residency chosen per launch (never the Hopper
+  // forward); 5 as 3 with varlen segments on the Hopper forward too (head_dim <= 128; for the
+  // harness's --hopper-varlen until it has run on a GPU); -1 the Hopper forward where it covers
+  // the call with a tile for every SM, else as 4.
+  int fwd_kernel = -1;
+  // The FlashAttention-2 style forward's launch shape: 0 one CTA per query tile, 1 split tiles
+  // wherever it applies, -1 the cost model.
+  int fwd_schedule = -1;
+  // Its dense launches keep the first `fwd_whole` query tiles whole and cut the rest into
+  // `fwd_splits` (1..8) key ranges; fwd_whole < 0: the cost model.
+  int fwd_whole = -1, fwd_splits = 0;
+  // The Hopper forward's persistent grid at most `fwd_ctas` CTAs (so that small problems run many
+  // tiles per CTA); <= 0 one per SM.
+  int fwd_ctas = 0;
+  // The Hopper forward's tile variant (head_dim 64 and 128): 0 128-key tiles in two stages, 1
+  // 128-key tiles in more stages, 2 the widest key tiles (192 for head_dim 64, 176 for 128); -1 the
+  // launch's own choice.
+  int fwd_variant = -1;
+  // The backward's query splits per key tile (1..8), -1 the cost model (plan_splits). Varlen
+  // launches never split.
+  int bwd_splits = -1;
+};
+
+void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch,
+               const LaunchOverrides& o);
 // `scratch` holds the deterministic mode's turn counters.
+void flash_bwd(const FlashBwdParams& p, cudaStream_t stream, const Scratch& scratch,
+               const LaunchOverrides& o);
+// The calls without overrides take the process-wide ones that the force_* functions set (kernel
+// harness only; not thread-safe); the addon never sets them, so they stay at the defaults.
+void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch);
 void flash_bwd(const FlashBwdParams& p, cudaStream_t stream, const Scratch& scratch);
-// For the kernel harness only, likewise: the backward's query splits per key tile (1..8), -1 the
-// cost model (plan_splits). Varlen launches never split.
-void force_bwd_splits(int splits);
+LaunchOverrides& process_overrides();
+inline void force_fwd_schedule(int mode) { process_overrides().fwd_schedule = mode; }
+inline void force_fwd_kernel(int mode) { process_overrides().fwd_kernel = mode; }
+inline void force_fwd_ctas(int ctas) { process_overrides().fwd_ctas = ctas; }
+inline void force_fwd_variant(int variant) { process_overrides().fwd_variant = variant; }
+void force_fwd_plan(int whole, int splits);  // checks the range of `splits`
+inline void force_bwd_splits(int splits) { process_overrides().bwd_splits = splits; }
 
 void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);
 void merge(const MergeParams& p, cudaStream_t stream);

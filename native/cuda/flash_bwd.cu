@@ -822,13 +822,11 @@ void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaSt
 // on 132 SMs, 1.2 waves) leaves most SMs idle in its last wave. plan_bwd_splits (launch_plan.h)
 // runs each count through the launch simulation; here only the query steps each key tile sees.
 // Cached per shape and thread (a ring step calls this every time).
-int g_forced_splits = -1;  // force_bwd_splits
-
 template <class Tr>
-int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
+int plan_splits(const FlashBwdParams& p, int num_n_blocks, const LaunchOverrides& o) {
   const AttnShape& sh = p.shape;
   if (p.seg.num_seqs > 0 || sh.batch == 0 || sh.seqlen_q == 0) return 1;
-  if (g_forced_splits > 0) return g_forced_splits;
+  if (o.bwd_splits > 0) return o.bwd_splits;
   // Deterministic mode: a causal key tile's splits start at other query tiles than its neighbours',
   // which breaks the lockstep of the dQ turns (step_at): split causal grids ran slower than
   // unsplit ones. Without the mask the splits pay as in the default mode, e.g. on the zigzag
@@ -856,9 +854,10 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks) {
 // Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call
 // does not accumulate them; the deterministic mode's turn counters start at zero in `turns`.
 template <class Tr>
-BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
+BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns,
+                  const LaunchOverrides& o) {
   grid.num_n_blocks = (max_k + Tr::kBlockN - 1) / Tr::kBlockN;
-  grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks);
+  grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks, o);
   if (p.deterministic) {
     grid.num_m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
     const size_t dq_count = size_t(grid.num_spans) * p.shape.nheads * grid.num_m_blocks;
@@ -877,11 +876,12 @@ BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, c
 }
 
 template <int kHeadDim, typename T>
-void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
+void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns,
+                     const LaunchOverrides& o) {
   // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
   // fallback, where its body is empty) take the mma.sync kernel.
   if (kHeadDim == 128 && current_device().sm90) {
-    grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns);
+    grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns, o);
     const bool c = p.shape.causal, d = p.deterministic;
     if (c && d) launch_bwd_wgmma<T, true, true>(p, grid, s);
     else if (c) launch_bwd_wgmma<T, true, false>(p, grid, s);
@@ -889,7 +889,7 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
     else launch_bwd_wgmma<T, false, false>(p, grid, s);
     return;
   }
-  grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns);
+  grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns, o);
   if (p.shape.causal)
     launch_bwd<kHeadDim, T, true>(p, grid, s);
   else
@@ -897,11 +897,12 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
 }
 
 template <typename T>
-void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns) {
+void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns,
+                       const LaunchOverrides& o) {
   switch (p.shape.head_dim) {
-    case 32: return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns);
-    case 64: return dispatch_causal<64, T>(p, grid, max_q, max_k, s, turns);
-    default: return dispatch_causal<128, T>(p, grid, max_q, max_k, s, turns);
+    case 32: return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns, o);
+    case 64: return dispatch_causal<64, T>(p, grid, max_q, max_k, s, turns, o);
+    default: return dispatch_causal<128, T>(p, grid, max_q, max_k, s, turns, o);
   }
 }
 
@@ -911,9 +912,11 @@ bool fp32_pairs_aligned(const float* x, const BshStrides& st) {
 
 }  // namespace
 
-void force_bwd_splits(int splits) { g_forced_splits = splits; }
-
 void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  flash_bwd(p, s, scratch, process_overrides());
+}
+
+void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch, const LaunchOverrides& o) {
   const AttnShape& sh = p.shape;
   check_attn("flash_bwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;
@@ -935,9 +938,9 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) 
                      fp32_pairs_aligned(p.dk, p.dk_stride) && fp32_pairs_aligned(p.dv, p.dv_stride)};
   ScratchBlock turns(scratch);  // deterministic mode only; released once the launch is queued
   if (p.dtype == DType::bf16)
-    dispatch_head_dim<__nv_bfloat16>(p, grid, max_q, max_k, s, turns);
+    dispatch_head_dim<__nv_bfloat16>(p, grid, max_q, max_k, s, turns, o);
   else
-    dispatch_head_dim<__half>(p, grid, max_q, max_k, s, turns);
+    dispatch_head_dim<__half>(p, grid, max_q, max_k, s, turns, o);
 }
 
 }  // namespace rfa::cuda

@@ -603,13 +603,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm)
   merge_pieces<Tr, T>(p, grid, tile_job(grid, p.shape.nheads));
 }
 
-int g_forced_schedule = -1;                    // force_fwd_schedule
-int g_forced_whole = -1, g_forced_splits = 0;  // force_fwd_plan
-int g_forced_kernel = -1;                      // force_fwd_kernel
-
 // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
 // fallback, where its body is empty) take the mma.sync kernel.
-bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
+bool use_wgmma_fwd(const LaunchOverrides& o) { return o.fwd_kernel != 0 && current_device().sm90; }
 
 // How to launch a call (FwdGrid's `whole` and `splits`, and the wgmma kernel's CTAs per SM; see
 // launch_plan.h), for a kernel with the tile shape of Tr that can run at `residencies`. Dense
@@ -618,21 +614,20 @@ bool use_wgmma_fwd() { return g_forced_kernel != 0 && current_device().sm90; }
 // Plans are cached per shape and thread (the simulation is too slow to run for every ring step).
 template <class Tr>
 FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varlen,
-                 const std::vector<int>& residencies) {
+                 const std::vector<int>& residencies, const LaunchOverrides& o) {
   const int64_t per_m = int64_t(sh.nheads) * num_spans;  // tiles per query-tile row
   const int64_t tiles = num_m_blocks * per_m;
   const int sms = current_device().sms;
   const int unplanned_r = residencies.size() == 1 ? residencies[0] : tiles >= 3 * int64_t(sms) ? 3 : 2;
   const FwdPlan per_tile{int(std::min<int64_t>(tiles, INT32_MAX)), 1, unplanned_r};
-  if (varlen || g_forced_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
-  if (g_forced_whole >= 0)
-    return FwdPlan{int(std::min<int64_t>(g_forced_whole, tiles)), g_forced_splits, unplanned_r};
-  if (tiles >= 16 * int64_t(sms) && g_forced_schedule != 1)
+  if (varlen || o.fwd_schedule == 0 || sh.batch == 0 || sh.seqlen_k == 0) return per_tile;
+  if (o.fwd_whole >= 0) return FwdPlan{int(std::min<int64_t>(o.fwd_whole, tiles)), o.fwd_splits, unplanned_r};
+  if (tiles >= 16 * int64_t(sms) && o.fwd_schedule != 1)
     return per_tile;  // many waves: quantisation costs little
   using Key = std::array<int64_t, 9>;
   static thread_local std::map<Key, FwdPlan> cache;
-  const Key key{num_m_blocks, per_m, sh.seqlen_q,       sh.seqlen_k,
-                sh.causal,    sms,   g_forced_schedule, residencies.size() == 1 ? residencies[0] : 0,
+  const Key key{num_m_blocks, per_m, sh.seqlen_q,    sh.seqlen_k,
+                sh.causal,    sms,   o.fwd_schedule, residencies.size() == 1 ? residencies[0] : 0,
                 Tr::kBlockM};
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   std::vector<int> steps(static_cast<size_t>(tiles));
@@ -640,7 +635,7 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varl
     const int m = num_m_blocks - 1 - int(i / per_m);
     steps[size_t(i)] = key_tiles<Tr>(sh.seqlen_q, sh.seqlen_k, m * Tr::kBlockM, sh.causal);
   }
-  const FwdPlan plan = plan_fwd_launch(steps, sms, residencies, kMaxSplits, g_forced_schedule == 1);
+  const FwdPlan plan = plan_fwd_launch(steps, sms, residencies, kMaxSplits, o.fwd_schedule == 1);
   cache.emplace(key, plan);
   return plan;
 }
@@ -689,24 +684,25 @@ void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, const Fw
 
 // The mma.sync kernels at their one residency.
 template <class Tr, typename T>
-void dispatch_mma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch) {
+void dispatch_mma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch,
+                  const LaunchOverrides& o) {
   static const std::vector<int> residencies{Tr::kCtasPerSm};  // per instantiation: no allocation per launch
   const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies);
+  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies, o);
   dispatch_causal<Tr, T>(p, num_spans, max_q, plan, s, scratch);
 }
 
 // The wgmma kernel at two or three CTAs per SM, as the plan says (force_fwd_kernel may fix it).
 template <typename T>
-void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s,
-                    const Scratch& scratch) {
+void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch,
+                    const LaunchOverrides& o) {
   using Tr = FwdWgTraits<2>;  // the tile shape of both builds
   static_assert(FwdWgTraits<3>::kBlockM == Tr::kBlockM && FwdWgTraits<3>::kBlockN == Tr::kBlockN,
                 "one plan for both residencies");
   const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
   static const std::vector<int> both{2, 3}, two{2}, three{3};  // no allocation per launch
-  const std::vector<int>& residencies = g_forced_kernel == 1 ? two : g_forced_kernel == 2 ? three : both;
-  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies);
+  const std::vector<int>& residencies = o.fwd_kernel == 1 ? two : o.fwd_kernel == 2 ? three : both;
+  const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies, o);
   if (plan.ctas_per_sm == 3) return dispatch_causal<FwdWgTraits<3>, T>(p, num_spans, max_q, plan, s, scratch);
   dispatch_causal<FwdWgTraits<2>, T>(p, num_spans, max_q, plan, s, scratch);
 }
@@ -714,45 +710,54 @@ void dispatch_wgmma(const FlashFwdParams& p, int num_spans, int max_q, cudaStrea
 // The Hopper forward (fwd/) where it covers the call and (unless forced) its grid has a tile for
 // every SM; smaller grids leave SMs idle there, where the split plan of the kernels here fills them.
 // Varlen calls reach it only when forced (force_fwd_kernel(5)) until the harness has run them there.
-bool use_hopper_fwd(const FlashFwdParams& p) {
-  const bool forced = g_forced_kernel == 3 || g_forced_kernel == 5;
-  if ((g_forced_kernel != -1 && !forced) || !current_device().sm90 ||
-      !hopper_fwd_covers(p, g_forced_kernel == 5))
+bool use_hopper_fwd(const FlashFwdParams& p, const LaunchOverrides& o) {
+  const bool forced = o.fwd_kernel == 3 || o.fwd_kernel == 5;
+  if ((o.fwd_kernel != -1 && !forced) || !current_device().sm90 || !hopper_fwd_covers(p, o.fwd_kernel == 5))
     return false;
   return forced || hopper_fwd_tiles(p) >= current_device().sms;
 }
 
 template <typename T>
 void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s,
-                       const Scratch& scratch) {
+                       const Scratch& scratch, const LaunchOverrides& o) {
   if (p.shape.head_dim > 128) {  // the Hopper forward's alone
-    if (flash_fwd_hopper(p, s, scratch)) return;
+    if (flash_fwd_hopper(p, s, scratch, o)) return;
     RFA_THROW("E_UNSUPPORTED",
               "flash_fwd: head_dim " + std::to_string(p.shape.head_dim) +
                   ": the driver declined a tensor map of q, k or v (a stride it cannot take)");
   }
-  if (use_hopper_fwd(p) && flash_fwd_hopper(p, s, scratch, g_forced_kernel == 5)) return;
+  if (use_hopper_fwd(p, o) && flash_fwd_hopper(p, s, scratch, o)) return;
   switch (p.shape.head_dim) {
     case 32:
-      return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch);
+      return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch, o);
     case 64:
-      return dispatch_mma<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch);
+      return dispatch_mma<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch, o);
     default:
-      if (use_wgmma_fwd()) return dispatch_wgmma<T>(p, num_spans, max_q, s, scratch);
-      return dispatch_mma<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch);
+      if (use_wgmma_fwd(o)) return dispatch_wgmma<T>(p, num_spans, max_q, s, scratch, o);
+      return dispatch_mma<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch, o);
   }
 }
 
 }  // namespace
 
-void force_fwd_schedule(int mode) { g_forced_schedule = mode; }
-void force_fwd_kernel(int mode) { g_forced_kernel = mode; }
-void force_fwd_plan(int whole, int splits) {
-  RFA_CHECK_ARG(whole < 0 || (splits >= 1 && splits <= kMaxSplits), "force_fwd_plan: splits out of range");
-  g_forced_whole = whole, g_forced_splits = splits;
+LaunchOverrides& process_overrides() {
+  static LaunchOverrides o;
+  return o;
 }
 
-void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scratch) {
+void force_fwd_plan(int whole, int splits) {
+  RFA_CHECK_ARG(whole < 0 || (splits >= 1 && splits <= kMaxSplits), "force_fwd_plan: splits out of range");
+  process_overrides().fwd_whole = whole, process_overrides().fwd_splits = splits;
+}
+
+void flash_fwd(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+  flash_fwd(p, s, scratch, process_overrides());
+}
+
+void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scratch,
+               const LaunchOverrides& o) {
+  RFA_CHECK_ARG(o.fwd_whole < 0 || (o.fwd_splits >= 1 && o.fwd_splits <= kMaxSplits),
+                "flash_fwd: overrides: fwd_splits out of range");
   FlashFwdParams p = params;
   if (p.merge && !p.merge_src) {  // in place: the kernels always read the running out at merge_src
     RFA_CHECK_ARG(p.out_dtype == DType::f32, "flash_fwd: merging into a 16-bit out needs merge_src");
@@ -771,9 +776,9 @@ void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scra
   check_view16("flash_fwd", "k", p.k, p.k_stride);
   check_view16("flash_fwd", "v", p.v, p.v_stride);
   if (p.dtype == DType::bf16)
-    dispatch_head_dim<__nv_bfloat16>(p, num_spans, max_q, s, scratch);
+    dispatch_head_dim<__nv_bfloat16>(p, num_spans, max_q, s, scratch, o);
   else
-    dispatch_head_dim<__half>(p, num_spans, max_q, s, scratch);
+    dispatch_head_dim<__half>(p, num_spans, max_q, s, scratch, o);
 }
 
 }  // namespace rfa::cuda

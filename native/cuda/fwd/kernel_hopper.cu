@@ -15,9 +15,6 @@
 namespace rfa::cuda {
 namespace {
 
-int g_forced_ctas = 0;      // force_fwd_ctas
-int g_forced_variant = -1;  // force_fwd_variant
-
 template <class Tr, typename T, bool kCausal, bool kVarlen>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_fwd_hopper_kernel(const FlashFwdParams p, const FwdTileGrid grid,
@@ -92,7 +89,7 @@ int64_t tiles_of(const FlashFwdParams& p) {
 }
 
 template <class Tr, typename T, bool kCausal, bool kVarlen>
-bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
+bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch, const LaunchOverrides& o) {
   const AttnShape& sh = p.shape;
   CUtensorMap map_q, map_k, map_v;
   if (!encode_view(&map_q, p.q, p.dtype, Tr::kHeadDim, sh.seqlen_q, sh.nheads, sh.batch, p.q_stride,
@@ -107,7 +104,7 @@ bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
   ScratchBlock counter(scratch);
   FwdTileGrid grid{m_blocks_of<Tr>(p), sh.nheads, int(tiles), static_cast<int*>(counter.get(sizeof(int)))};
   RFA_CUDA_CHECK(cudaMemsetAsync(grid.next_tile, 0, sizeof(int), s));
-  const int ctas = int(std::min<int64_t>(tiles, g_forced_ctas > 0 ? g_forced_ctas : current_device().sms));
+  const int ctas = int(std::min<int64_t>(tiles, o.fwd_ctas > 0 ? o.fwd_ctas : current_device().sms));
   auto kernel = flash_fwd_hopper_kernel<Tr, T, kCausal, kVarlen>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(ctas), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v);
@@ -116,48 +113,47 @@ bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
 }
 
 template <class Tr, typename T, bool kVarlen = false>
-bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
-  return p.shape.causal ? launch<Tr, T, true, kVarlen>(p, s, scratch)
-                        : launch<Tr, T, false, kVarlen>(p, s, scratch);
+bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch,
+                     const LaunchOverrides& o) {
+  return p.shape.causal ? launch<Tr, T, true, kVarlen>(p, s, scratch, o)
+                        : launch<Tr, T, false, kVarlen>(p, s, scratch, o);
 }
 
 // Tile shapes per head_dim. Head_dim 128 without a causal mask takes 176-key tiles on grids of
 // under three waves, where the fewer, longer turns measured faster; full grids (more heads) ran
 // faster on 128-key tiles. The harness forces the others (force_fwd_variant).
 template <typename T>
-bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch) {
-  const int variant = g_forced_variant >= 0 ? g_forced_variant
+bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch,
+                       const LaunchOverrides& o) {
+  const int variant = o.fwd_variant >= 0 ? o.fwd_variant
                       : p.shape.head_dim == 128 && !p.shape.causal &&
                               tiles_of<FwdHopperTraits<128>>(p) < 3 * current_device().sms
                           ? 2
                           : -1;
   if (p.seg.num_seqs > 0) {  // varlen: the default tiles only
-    if (p.shape.head_dim == 64) return dispatch_causal<FwdHopperTraits<64>, T, true>(p, s, scratch);
-    if (p.shape.head_dim == 128) return dispatch_causal<FwdHopperTraits<128>, T, true>(p, s, scratch);
+    if (p.shape.head_dim == 64) return dispatch_causal<FwdHopperTraits<64>, T, true>(p, s, scratch, o);
+    if (p.shape.head_dim == 128) return dispatch_causal<FwdHopperTraits<128>, T, true>(p, s, scratch, o);
     return false;
   }
   switch (p.shape.head_dim) {
     case 64:
-      if (variant == 0) return dispatch_causal<FwdHopperTraits<64, 128, 2>, T>(p, s, scratch);
-      if (variant == 1) return dispatch_causal<FwdHopperTraits<64, 128, 4>, T>(p, s, scratch);
-      return dispatch_causal<FwdHopperTraits<64>, T>(p, s, scratch);
+      if (variant == 0) return dispatch_causal<FwdHopperTraits<64, 128, 2>, T>(p, s, scratch, o);
+      if (variant == 1) return dispatch_causal<FwdHopperTraits<64, 128, 4>, T>(p, s, scratch, o);
+      return dispatch_causal<FwdHopperTraits<64>, T>(p, s, scratch, o);
     case 128:
-      if (variant == 1) return dispatch_causal<FwdHopperTraits<128, 128, 3>, T>(p, s, scratch);
-      if (variant == 2) return dispatch_causal<FwdHopperTraits<128, 176, 2>, T>(p, s, scratch);
-      return dispatch_causal<FwdHopperTraits<128>, T>(p, s, scratch);
+      if (variant == 1) return dispatch_causal<FwdHopperTraits<128, 128, 3>, T>(p, s, scratch, o);
+      if (variant == 2) return dispatch_causal<FwdHopperTraits<128, 176, 2>, T>(p, s, scratch, o);
+      return dispatch_causal<FwdHopperTraits<128>, T>(p, s, scratch, o);
     case 192:
-      return dispatch_causal<FwdHopperTraits<192>, T>(p, s, scratch);
+      return dispatch_causal<FwdHopperTraits<192>, T>(p, s, scratch, o);
     case 256:
-      return dispatch_causal<FwdHopperTraits<256>, T>(p, s, scratch);
+      return dispatch_causal<FwdHopperTraits<256>, T>(p, s, scratch, o);
     default:
       return false;
   }
 }
 
 }  // namespace
-
-void force_fwd_ctas(int ctas) { g_forced_ctas = ctas; }
-void force_fwd_variant(int variant) { g_forced_variant = variant; }
 
 bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen) {
   const int d = p.shape.head_dim;
@@ -167,10 +163,11 @@ bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen) {
 
 int64_t hopper_fwd_tiles(const FlashFwdParams& p) { return tiles_of<FwdHopperTraits<128>>(p); }
 
-bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch, bool varlen) {
-  if (!hopper_fwd_covers(p, varlen)) return false;
-  return p.dtype == DType::bf16 ? dispatch_head_dim<__nv_bfloat16>(p, s, scratch)
-                                : dispatch_head_dim<__half>(p, s, scratch);
+bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch,
+                      const LaunchOverrides& o) {
+  if (!hopper_fwd_covers(p, o.fwd_kernel == 5)) return false;
+  return p.dtype == DType::bf16 ? dispatch_head_dim<__nv_bfloat16>(p, s, scratch, o)
+                                : dispatch_head_dim<__half>(p, s, scratch, o);
 }
 
 }  // namespace rfa::cuda

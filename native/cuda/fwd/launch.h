@@ -14,8 +14,10 @@ namespace rfa::cuda {
 bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen = false);
 // Query tiles of the Hopper forward's grid (kBlockM rows, every head and batch entry).
 int64_t hopper_fwd_tiles(const FlashFwdParams& p);
-// Queues the call; false (nothing queued) when the driver declines a tensor map of the views.
+// Queues the call; false (nothing queued) when it does not cover the call or the driver declines
+// a tensor map of the views. Varlen calls only with o.fwd_kernel == 5; o.fwd_ctas and
+// o.fwd_variant shape the launch.
 bool flash_fwd_hopper(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch,
-                      bool varlen = false);
+                      const LaunchOverrides& o);
 
 }  // namespace rfa::cuda
