@@ -77,6 +77,7 @@ export class CallHooks {
       h.alibi = { slopes: this.slopes, batchStride: shape.length === 2 ? shape[1]! : 0 };
     }
     if (o.dropoutP) [h.dropoutP, h.dropoutSeed] = [o.dropoutP, o.dropoutSeed];
+    if (o.headOffset) h.headOffset = o.headOffset;
     return h;
   }
 

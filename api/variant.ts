@@ -19,6 +19,8 @@ export interface RingOptions {
   dropoutP?: number;
   /** Required with dropoutP > 0 by the time a variant runs (api/wrappers.ts fills it in). */
   dropoutSeed?: number;
+  /** The global index of the first local query head (Ulysses splits the heads): ALiBi and dropout index by it. */
+  headOffset?: number;
 }
 
 /**

@@ -293,6 +293,28 @@ for (const { family, unit } of DENSE)
     }
   });
 
+s('ulysses and usp (Ulysses × ring): every option, slopes and dropout by the global head', async () => {
+  const runs: [number, string, Record<string, unknown>][] = [
+    [2, 'ulysses_attn_func', {}],
+    ...(['zigzag', 'ring', 'stripe'] as const).map(
+      (ring_impl) =>
+        [4, 'usp_attn_func', { ulysses: 2, ring: 2, ring_impl }] as [number, string, Record<string, unknown>],
+    ),
+  ];
+  for (const [world, fn, grid] of runs) {
+    const rt = await runtimes.get(world);
+    for (const [i, opt] of OPTIONS.entries()) {
+      const o = { ...opt, kw: { ...opt.kw, ...grid } };
+      const { errs } = await denseCase(rt, fn, o, { b: 2, s: world * 4, hk: 2, d: 8, seed: 160 + i });
+      try {
+        check(errs);
+      } catch (e) {
+        throw new Error(`${fn} ${JSON.stringify(grid)} ${opt.name}: ${(e as Error).message}`);
+      }
+    }
+  }
+});
+
 s(
   'flash_attn_func: every option, q and k of equal and of different lengths (bottom-right aligned)',
   async () => {

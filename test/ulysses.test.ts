@@ -155,10 +155,11 @@ s(
       'E_ARG',
       /unknown option 'ulysses'/,
     );
+    // dropout works here (test/masks.test.ts); a malformed seed is a typed error.
     await expectError(
-      () => rt.ulysses_attn_func(t(4), t(4), t(4), { dropout_p: 0.5 }),
-      'E_UNSUPPORTED',
-      /ulysses_attn_func: dropout_p > 0 is not supported by the Ulysses families yet/,
+      () => rt.ulysses_attn_func(t(4), t(4), t(4), { dropout_p: 0.5, dropout_seed: -1 }),
+      'E_ARG',
+      /ulysses_attn_func: dropout_seed must be a non-negative safe integer/,
     );
   },
 );

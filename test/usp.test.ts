@@ -339,15 +339,16 @@ s('bad grids → E_ARG, head counts the Ulysses degree does not divide → E_SHA
     'E_SHAPE',
     /usp layout: seqlen 6 must be a positive multiple of ring × ulysses \(2 × 2\)/,
   );
+  // dropout and ALiBi work here (test/masks.test.ts); their malformed forms are typed errors.
   await expectError(
-    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, dropout_p: 0.1 }),
-    'E_UNSUPPORTED',
-    /usp_attn_func: dropout_p > 0 is not supported by the Ulysses families yet/,
+    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, dropout_p: 1 }),
+    'E_ARG',
+    /usp_attn_func: dropout_p must be a number in \[0, 1\)/,
   );
   await expectError(
-    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, alibi_slopes: [1, 1, 1, 1] }),
-    'E_UNSUPPORTED',
-    /usp_attn_func: alibi_slopes is not supported by the Ulysses families yet/,
+    () => rt.usp_attn_func(q, kv, kv, { ulysses: 2, alibi_slopes: [1, 1, 1, 1, 1, 1, 1] }),
+    'E_SHAPE',
+    /usp_attn_func: alibi_slopes must be \(\d+\) or \(\d+, \d+\), got \(7\)/,
   );
   await expectError(() => usp_extract_local(q, 0, 4, { ulysses: 3 }), 'E_ARG', /ulysses \(3\) must divide/);
   await expectError(

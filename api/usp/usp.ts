@@ -64,6 +64,11 @@ export function checkUsp(fn: string, q: DeviceTensor, k: DeviceTensor, o: UspOpt
     );
 }
 
+/** The ring sees this member's slice of the heads: ALiBi slopes and dropout draws go by the global head. */
+function ownHeads(o: UspOptions, ulysses: Group, q: DeviceTensor): UspOptions {
+  return { ...o, headOffset: ulysses.rank * (q.shape[2]! / ulysses.size) };
+}
+
 export function uspForward(
   backend: Backend,
   group: Group,
@@ -80,7 +85,7 @@ export function uspForward(
     DeviceTensor,
     DeviceTensor,
   ];
-  const fwd = ring.forward(backend, grid.ring, qh, kh, vh, o);
+  const fwd = ring.forward(backend, grid.ring, qh, kh, vh, ownHeads(o, grid.ulysses, q));
   // out travels in q's dtype: the caller would round it there anyway, and it is half the bytes.
   const outHeads = fwd.out.dtype === q.dtype ? fwd.out : backend.cast(fwd.out, q.dtype);
   const out = headsToSeq(backend, grid.ulysses, outHeads);
@@ -114,7 +119,7 @@ export function uspBackward(
   const h = (fwd as UspForward).heads;
   if (!h) throw new Error('usp backward: the forward kept no re-sharded inputs');
   const doutHeads = seqToHeads(backend, grid.ulysses, dout);
-  const g = ring.backward(backend, grid.ring, doutHeads, h.q, h.k, h.v, h.fwd, o);
+  const g = ring.backward(backend, grid.ring, doutHeads, h.q, h.k, h.v, h.fwd, ownHeads(o, grid.ulysses, q));
   doutHeads.dispose();
   // Grads travel in their input's dtype, where the caller would cast them anyway.
   const back = (t: DeviceTensor, like: DeviceTensor) => {
@@ -126,23 +131,6 @@ export function uspBackward(
   const grads = { dq: back(g.dq, q), dk: back(g.dk, k), dv: back(g.dv, v) };
   disposeAll(g.dq, g.dk, g.dv); // dk and dv may share one buffer: a release is idempotent
   return grads;
-}
-
-/**
- * ALiBi slopes and dropout draws go by the global head, which a ring over a Ulysses rank's heads
- * would read as its local one: refused until the ring variants take a head offset. window_size
- * and softcap need none (positions within the gathered shard are the ring variant's own).
- */
-function rejectHeadOptions(fn: string, o: RingOptions): void {
-  for (const [name, given] of [
-    ['alibi_slopes', !!o.alibi],
-    ['dropout_p > 0', (o.dropoutP ?? 0) > 0],
-  ] as const)
-    if (given)
-      fail(
-        'E_UNSUPPORTED',
-        `${fn}: ${name} is not supported by the Ulysses families yet (it is keyed on the global head)`,
-      );
 }
 
 /**
@@ -163,7 +151,6 @@ export function uspParse(
       );
     const group = resolveGroup(fn, a.group);
     const o: UspOptions = { ...ringOptions(a, q.shape[3]!), ...degrees(fn, a.kw, group.size) };
-    rejectHeadOptions(fn, o);
     return { o, group, returnAttnProbs: a.returnAttnProbs };
   };
 }

@@ -180,7 +180,8 @@ function groupViews(q: DeviceTensor, k: DeviceTensor, o: Llama3Options, i: numbe
     lseHeads: (t: DeviceTensor) => t.narrow(1, i * perGroup, perGroup),
     keys: (t: DeviceTensor) => t.narrow(1, start, stop - start),
     // ALiBi slopes and dropout draws are by the global head index.
-    hooks: (h: ScoreHooks | undefined) => (h ? { ...h, headOffset: i * perGroup } : undefined),
+    hooks: (h: ScoreHooks | undefined) =>
+      h ? { ...h, headOffset: (h.headOffset ?? 0) + i * perGroup } : undefined,
   };
 }
 
