@@ -52,7 +52,7 @@ struct BwdGrid {
   // steps are cut into num_splits even ranges, one CTA each, and dK/dV are added with atomics
   // (onto zeros when not accumulating), so that a grid of few key tiles still fills every SM.
   int num_splits;
-  bool dkv_pairs;    // dk and dv allow float2 atomics
+  bool dkv_pairs;  // dk and dv allow float2 atomics
   // Deterministic mode: per (span, query head, query tile) the number of key tiles that have added
   // their dQ part, zeroed before the launch; key tile n adds its part once the count reaches n, so
   // every dQ element sums its parts in key-tile order. Null otherwise.
@@ -65,7 +65,8 @@ struct BwdGrid {
 
 // Zeroes a strided fp32 (b, s, h, d) view: dq before its atomics when not accumulating.
 __global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, int64_t n) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
+       e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = e % d, hh = (e / d) % h, i = (e / (int64_t(d) * h)) % s, b = e / (int64_t(d) * h * s);
     x[b * st.batch + i * st.row + hh * st.head + c] = 0.f;
   }
@@ -129,8 +130,10 @@ __device__ __forceinline__ void step_at(const BwdWork& w, int i, int& h, int& mt
 }
 
 // The deterministic mode's turn counter of query head h, query tile mt (null otherwise).
-__device__ __forceinline__ int* dq_turn(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w, int h, int mt) {
-  return grid.dq_turns ? grid.dq_turns + (int64_t(w.span_id) * p.shape.nheads + h) * grid.num_m_blocks + mt : nullptr;
+__device__ __forceinline__ int* dq_turn(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w, int h,
+                                        int mt) {
+  return grid.dq_turns ? grid.dq_turns + (int64_t(w.span_id) * p.shape.nheads + h) * grid.num_m_blocks + mt
+                       : nullptr;
 }
 
 // Adds (x, y) to p[0], p[1]: one 8-byte atomic where `pair` says p is 8-byte aligned and the GPU
@@ -163,8 +166,9 @@ __device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float 
 // kTiles mma C fragments, tile i at [4i, 4i + 4): rows (keys) key_lo and key_lo + 8, columns
 // 8i + 2t and 8i + 2t + 1.
 template <int kTiles>
-__device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid& grid, const Span& sp, int hk, int key_lo,
-                                          int t, const float* acc_dk, const float* acc_dv) {
+__device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid& grid, const Span& sp,
+                                          int hk, int key_lo, int t, const float* acc_dk,
+                                          const float* acc_dv) {
   const float scale = p.shape.softmax_scale;
   float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
   float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
@@ -198,8 +202,8 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
     }
 #pragma unroll
     for (int i = 0; i < kTiles; ++i)
-      store_dkv(dk + i * kMmaN, dv + i * kMmaN, acc_dk[4 * i + 2 * hi] * scale, acc_dk[4 * i + 2 * hi + 1] * scale,
-                acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid);
+      store_dkv(dk + i * kMmaN, dv + i * kMmaN, acc_dk[4 * i + 2 * hi] * scale,
+                acc_dk[4 * i + 2 * hi + 1] * scale, acc_dv[4 * i + 2 * hi], acc_dv[4 * i + 2 * hi + 1], grid);
   }
 }
 
@@ -223,7 +227,9 @@ __device__ __forceinline__ void wait_turn(const int* turn, int mine) {
 // reached after its dQ atomics: the release is cumulative over what the barrier ordered before it
 // (CUTLASS's semaphores do the same), so only thread 0 waits for the fence.
 __device__ __forceinline__ void pass_turn_after_barrier(int* turn, int next) {
-  if (threadIdx.x == 0) asm volatile("fence.acq_rel.gpu;\n\tst.relaxed.gpu.global.b32 [%0], %1;" :: "l"(turn), "r"(next) : "memory");
+  if (threadIdx.x == 0)
+    asm volatile("fence.acq_rel.gpu;\n\tst.relaxed.gpu.global.b32 [%0], %1;" ::"l"(turn), "r"(next)
+                 : "memory");
 }
 
 // After this CTA's dQ atomics of the tile.
@@ -237,10 +243,12 @@ __device__ __forceinline__ void pass_turn(int* turn, int next) {
 // share only passes the turn on. Called by every thread of the CTA (the turns' barriers). kMaybeDet
 // false: the default mode for certain (the wgmma kernel's default instance keeps its registers).
 template <int kTiles, bool kMaybeDet>
-__device__ __forceinline__ void write_dkv_in_turn(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w, int key_lo,
-                                                  int t, const float* acc_dk, const float* acc_dv, int block_n) {
+__device__ __forceinline__ void write_dkv_in_turn(const FlashBwdParams& p, const BwdGrid& grid,
+                                                  const BwdWork& w, int key_lo, int t, const float* acc_dk,
+                                                  const float* acc_dv, int block_n) {
   if (!kMaybeDet || !grid.dkv_turns) return write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv);
-  int* turn = grid.dkv_turns + (int64_t(w.span_id) * p.shape.nheads_k + w.hk) * grid.num_n_blocks + w.n0 / block_n;
+  int* turn =
+      grid.dkv_turns + (int64_t(w.span_id) * p.shape.nheads_k + w.hk) * grid.num_n_blocks + w.n0 / block_n;
   wait_turn(turn, w.split);
   if (w.steps > 0) write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv);
   pass_turn(turn, w.split + 1);
@@ -269,13 +277,14 @@ __device__ __forceinline__ void gemm_rows_x_rows(float (&acc)[kBRows / kMmaN][4]
 // acc (16 x head_dim) += X (16 x kQChunk, fp32 C fragments, packed to 16-bit A fragments) x sB
 // (kQChunk x head_dim, transposed ldmatrix): dV += P^T dO and dK += dS^T Q.
 template <class Tr, typename T>
-__device__ __forceinline__ void gemm_regs_x_tile(float (&acc)[Tr::kDTiles][4], const float (&x)[Tr::kQTiles][4],
-                                                 const T* sB, int bt_off) {
+__device__ __forceinline__ void gemm_regs_x_tile(float (&acc)[Tr::kDTiles][4],
+                                                 const float (&x)[Tr::kQTiles][4], const T* sB, int bt_off) {
   using Mma = MmaType<T>;
 #pragma unroll
   for (int kk = 0; kk < Tr::kMSteps; ++kk) {
     const uint32_t a[4] = {Mma::pack(x[2 * kk][0], x[2 * kk][1]), Mma::pack(x[2 * kk][2], x[2 * kk][3]),
-                           Mma::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]), Mma::pack(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+                           Mma::pack(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                           Mma::pack(x[2 * kk + 1][2], x[2 * kk + 1][3])};
 #pragma unroll
     for (int dp = 0; dp < Tr::kDTiles / 2; ++dp) {
       uint32_t b[4];
@@ -287,17 +296,19 @@ __device__ __forceinline__ void gemm_regs_x_tile(float (&acc)[Tr::kDTiles][4], c
 }
 
 template <class Tr, typename T, bool kCausal>
-__global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashBwdParams p, const BwdGrid grid) {
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    flash_bwd_kernel(const FlashBwdParams p, const BwdGrid grid) {
   using Mma = MmaType<T>;
   constexpr int kPitch = Tr::kPitch, kQT = Tr::kQTiles, kDT = Tr::kDTiles;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + Tr::kBlockN * kPitch;
-  T* sQ = sV + Tr::kBlockN * kPitch;               // [kStages][kBlockM][kPitch]
-  T* sdO = sQ + Tr::kStages * Tr::kBlockM * kPitch;  // [kStages][kBlockM][kPitch]
-  T* sdS = sdO + Tr::kStages * Tr::kBlockM * kPitch; // [kBlockN][kPitchDs], dS^T
-  float* sLse = reinterpret_cast<float*>(sdS + Tr::kBlockN * Tr::kPitchDs);  // [kStages][kBlockM], lse * log2(e)
-  float* sDsum = sLse + Tr::kStages * Tr::kBlockM;                           // [kStages][kBlockM]
+  T* sQ = sV + Tr::kBlockN * kPitch;                  // [kStages][kBlockM][kPitch]
+  T* sdO = sQ + Tr::kStages * Tr::kBlockM * kPitch;   // [kStages][kBlockM][kPitch]
+  T* sdS = sdO + Tr::kStages * Tr::kBlockM * kPitch;  // [kBlockN][kPitchDs], dS^T
+  float* sLse =
+      reinterpret_cast<float*>(sdS + Tr::kBlockN * Tr::kPitchDs);  // [kStages][kBlockM], lse * log2(e)
+  float* sDsum = sLse + Tr::kStages * Tr::kBlockM;                 // [kStages][kBlockM]
 
   const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal>(p, grid);
   if (!w.active) return;
@@ -306,8 +317,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
   const int step0 = w.step0, steps = w.steps;
   // Step i's query head and query tile (the walk's order: step_at).
   auto walk = [&](int i, int& h, int& mt) {
-    if (grid.dq_turns) step_at<true>(w, i, h, mt);
-    else step_at<false>(w, i, h, mt);
+    if (grid.dq_turns)
+      step_at<true>(w, i, h, mt);
+    else
+      step_at<false>(w, i, h, mt);
   };
 
   const T* gK = bsh_ptr<T>(p.k, p.k_stride, sp.b, sp.k0 + n0, hk);
@@ -325,18 +338,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
     const int rows = min(Tr::kBlockM, sp.nq - m0);
     const int64_t row0 = sp.q0 + m0;
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
-        sQ + stage * Tr::kBlockM * kPitch,
-        bsh_ptr<T>(p.q, p.q_stride, sp.b, row0, h),
-        p.q_stride.row, rows);
+        sQ + stage * Tr::kBlockM * kPitch, bsh_ptr<T>(p.q, p.q_stride, sp.b, row0, h), p.q_stride.row, rows);
     load_tile_async<Tr::kBlockM, Tr::kHeadDim, kPitch, Tr::kThreads>(
-        sdO + stage * Tr::kBlockM * kPitch,
-        bsh_ptr<T>(p.dout, p.dout_stride, sp.b, row0, h),
+        sdO + stage * Tr::kBlockM * kPitch, bsh_ptr<T>(p.dout, p.dout_stride, sp.b, row0, h),
         p.dout_stride.row, rows);
     if (threadIdx.x < Tr::kBlockM) {
       const int r = threadIdx.x;
       float lse = INFINITY, dsum = 0.f;
       if (r < rows) {
-        const float l = p.lse[sp.b * p.lse_stride.batch + h * p.lse_stride.head + (row0 + r) * p.lse_stride.row];
+        const float l =
+            p.lse[sp.b * p.lse_stride.batch + h * p.lse_stride.head + (row0 + r) * p.lse_stride.row];
         lse = l == -INFINITY ? INFINITY : l * kLog2e;
         dsum = p.dsum[sp.b * p.dsum_stride.batch + h * p.dsum_stride.head + (row0 + r) * p.dsum_stride.row];
       }
@@ -415,7 +426,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 #pragma unroll
       for (int nt = 0; nt < kQT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dst[nt][e] = pt[nt][e] * (dst[nt][e] - dsum[q0 + nt * kMmaN + 2 * t + (e & 1)]);
+        for (int e = 0; e < 4; ++e)
+          dst[nt][e] = pt[nt][e] * (dst[nt][e] - dsum[q0 + nt * kMmaN + 2 * t + (e & 1)]);
 
       // dK += dS^T Q (the softmax scale is applied once, in the epilogue)
       gemm_regs_x_tile<Tr, T>(acc_dk, dst, sQs + q0 * kPitch, bt_off);
@@ -425,7 +437,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 #pragma unroll
       for (int nt = 0; nt < kQT; ++nt) {
         *reinterpret_cast<uint32_t*>(ds_row + nt * kMmaN) = Mma::pack(dst[nt][0], dst[nt][1]);
-        *reinterpret_cast<uint32_t*>(ds_row + 8 * Tr::kPitchDs + nt * kMmaN) = Mma::pack(dst[nt][2], dst[nt][3]);
+        *reinterpret_cast<uint32_t*>(ds_row + 8 * Tr::kPitchDs + nt * kMmaN) =
+            Mma::pack(dst[nt][2], dst[nt][3]);
       }
     }
     __syncthreads();
@@ -493,32 +506,35 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) flash_bwd_kernel(const FlashB
 struct BwdWgTraits {
   static constexpr int kHeadDim = 128;
   static constexpr int kThreads = 256;
-  static constexpr int kBlockN = 128;  // keys per CTA: two warpgroups of 64
-  static constexpr int kBlockM = 64;   // query rows per step
-  static constexpr int kStages = 2;    // Q/dO/lse/dsum double buffer
+  static constexpr int kBlockN = 128;                // keys per CTA: two warpgroups of 64
+  static constexpr int kBlockM = 64;                 // query rows per step
+  static constexpr int kStages = 2;                  // Q/dO/lse/dsum double buffer
   static constexpr int kTileN = kBlockN * kHeadDim;  // 16-bit elements of the K (V) tile
   static constexpr int kTileM = kBlockM * kHeadDim;  // 16-bit elements of one Q (dO) stage
   static constexpr int kTileDs = kBlockN * kBlockM;  // 16-bit elements of one dS^T buffer
   static constexpr int kSmem16 = 2 * kTileN + 2 * kStages * kTileM + 2 * kTileDs;
-  static constexpr int kSmemBytes = kSmem16 * 2 + 2 * kStages * kBlockM * 4 + 1024;  // + lse/dsum, + alignment slack
+  static constexpr int kSmemBytes =
+      kSmem16 * 2 + 2 * kStages * kBlockM * 4 + 1024;  // + lse/dsum, + alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
 
 // kDet: the deterministic mode (grid.dq_turns set), a template parameter so that the
 // default instance keeps its code and registers.
 template <typename T, bool kCausal, bool kDet>
-__global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {
+__global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
+    flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {
 #ifdef RFA_WGMMA_ENABLED
   using Tr = BwdWgTraits;
   using Mma = MmaType<T>;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
-  T* sK = reinterpret_cast<T*>(smem);      // [2][kBN][64], swizzled
-  T* sV = sK + Tr::kTileN;                 // [2][kBN][64]
-  T* sQ = sV + Tr::kTileN;                 // [kStages][2][kBM][64]
-  T* sdO = sQ + Tr::kStages * Tr::kTileM;  // [kStages][2][kBM][64]
-  T* sdS = sdO + Tr::kStages * Tr::kTileM; // dS^T [2][kBN][kBM]
+  unsigned char* smem =
+      smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);   // swizzle atoms: 1024-aligned
+  T* sK = reinterpret_cast<T*>(smem);                             // [2][kBN][64], swizzled
+  T* sV = sK + Tr::kTileN;                                        // [2][kBN][64]
+  T* sQ = sV + Tr::kTileN;                                        // [kStages][2][kBM][64]
+  T* sdO = sQ + Tr::kStages * Tr::kTileM;                         // [kStages][2][kBM][64]
+  T* sdS = sdO + Tr::kStages * Tr::kTileM;                        // dS^T [2][kBN][kBM]
   float* sLse = reinterpret_cast<float*>(sdS + 2 * Tr::kTileDs);  // [kStages][kBM], lse * log2(e)
   float* sDsum = sLse + Tr::kStages * kBM;                        // [kStages][kBM]
 
@@ -537,14 +553,10 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   auto load_tiles = [&](int h, int m0, int stage) {
     const int rows = min(kBM, sp.nq - m0);
     const int64_t row0 = sp.q0 + m0;
+    load_tile_sw128<kBM, Tr::kThreads>(sQ + stage * Tr::kTileM, bsh_ptr<T>(p.q, p.q_stride, sp.b, row0, h),
+                                       p.q_stride.row, rows);
     load_tile_sw128<kBM, Tr::kThreads>(
-        sQ + stage * Tr::kTileM,
-        bsh_ptr<T>(p.q, p.q_stride, sp.b, row0, h),
-        p.q_stride.row, rows);
-    load_tile_sw128<kBM, Tr::kThreads>(
-        sdO + stage * Tr::kTileM,
-        bsh_ptr<T>(p.dout, p.dout_stride, sp.b, row0, h),
-        p.dout_stride.row, rows);
+        sdO + stage * Tr::kTileM, bsh_ptr<T>(p.dout, p.dout_stride, sp.b, row0, h), p.dout_stride.row, rows);
   };
   // Their lse and dsum rows, read into registers by threads < kBM (one row each) a step ahead and
   // stored at the end of the step, so that no warp waits on these loads. lse becomes lse * log2(e),
@@ -596,14 +608,14 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   // K-major (S^T, dP^T): k-step kk moves 32 bytes within a 128-byte row, and to the second column
   // half after four. MN-major (dV, dK, dQ): a k-step is 16 rows = 2048 bytes.
   const uint32_t smem0 = smem_u32(smem);
-  const uint64_t dK = gmma_desc(smem0 + wg * 64 * 128, 16);                      // rows 64wg.. of K
-  const uint64_t dV = gmma_desc(smem0 + Tr::kTileN * 2 + wg * 64 * 128, 16);     // rows 64wg.. of V
-  const uint64_t dQk = gmma_desc(smem0 + 4 * Tr::kTileN, 16);                    // Q stage 0, K-major
+  const uint64_t dK = gmma_desc(smem0 + wg * 64 * 128, 16);                   // rows 64wg.. of K
+  const uint64_t dV = gmma_desc(smem0 + Tr::kTileN * 2 + wg * 64 * 128, 16);  // rows 64wg.. of V
+  const uint64_t dQk = gmma_desc(smem0 + 4 * Tr::kTileN, 16);                 // Q stage 0, K-major
   const uint64_t ddOk = gmma_desc(smem0 + 4 * Tr::kTileN + 2 * Tr::kStages * Tr::kTileM, 16);
-  const uint64_t dQm = gmma_desc(smem0 + 4 * Tr::kTileN, kBM * 128);             // Q stage 0, MN-major
+  const uint64_t dQm = gmma_desc(smem0 + 4 * Tr::kTileN, kBM * 128);  // Q stage 0, MN-major
   const uint64_t ddOm = gmma_desc(smem0 + 4 * Tr::kTileN + 2 * Tr::kStages * Tr::kTileM, kBM * 128);
-  const uint64_t ddS = gmma_desc(smem_u32(sdS), 16);                             // dS^T buffer 0
-  const uint64_t dKq = gmma_desc(smem0 + wg * kBN * 128, 16);                    // column half wg of K
+  const uint64_t ddS = gmma_desc(smem_u32(sdS), 16);           // dS^T buffer 0
+  const uint64_t dKq = gmma_desc(smem0 + wg * kBN * 128, 16);  // column half wg of K
   constexpr uint32_t kStageStep = Tr::kTileM * 2 / 16, kDsStep = Tr::kTileDs * 2 / 16;
   auto koff = [](int kk, int rows) { return uint32_t(((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4); };
 
@@ -616,7 +628,8 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
   auto issue_dq = [&](int buf) {  // dQ = dS K: A = dS (queries x keys) from dS^T, B = K, both MN-major
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_ss<T, 64, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
     wgmma_commit();
   };
   auto add_dq = [&](int h, int m0) {
@@ -696,7 +709,8 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
 #pragma unroll
       for (int i = 0; i < 8; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
+        for (int e = 0; e < 4; ++e)
+          s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
       if (needs_mask) {
 #pragma unroll
         for (int i = 0; i < 8; ++i)
@@ -738,9 +752,11 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
     issue_dq(buf ^ 1);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, 128, 1>(acc_dv, pa[kk], ddOm + stage * kStageStep + kk * 128, 1);
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 128, 1>(acc_dv, pa[kk], ddOm + stage * kStageStep + kk * 128, 1);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, 128, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 128, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
     wgmma_commit();
 
     // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled.
@@ -750,10 +766,11 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1) flash_bwd_wgmma_kern
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
         const int r = warp * 16 + g + hi * 8;
-        *reinterpret_cast<uint32_t*>(ds_tile + r * 128 + ((i ^ (r % 8)) * 16) + t * 4) = da[i / 2][(i % 2) * 2 + hi];
+        *reinterpret_cast<uint32_t*>(ds_tile + r * 128 + ((i ^ (r % 8)) * 16) + t * 4) =
+            da[i / 2][(i % 2) * 2 + hi];
       }
     if (st + 1 < steps) store_stats(stage ^ 1);  // stage ^ 1 was last read in step st-1
-    wgmma_wait<1>();  // dQ of step st-1: add it while dV and dK run
+    wgmma_wait<1>();                             // dQ of step st-1: add it while dV and dK run
     fence_regs(dq);
     if (st > 0) add_dq_in_turn(prv_h, prv_m0);
     wgmma_wait<0>();
@@ -805,12 +822,14 @@ void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t
   RFA_CHECK_LAUNCH("flash_bwd_wgmma_kernel");
 }
 
-void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaStream_t stream, const char* what) {
+void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaStream_t stream,
+              const char* what) {
   const int64_t n = int64_t(b) * s * h * d;
   if (n == 0) return;
   // A contiguous view is one memset; the kernel (64-bit index arithmetic per element) is for
   // strided views only (packed gradients).
-  if (st.head == d && st.row == int64_t(h) * d && (b == 1 || st.batch == int64_t(s) * h * d)) return fill(x, DType::f32, n, 0.f, stream);
+  if (st.head == d && st.row == int64_t(h) * d && (b == 1 || st.batch == int64_t(s) * h * d))
+    return fill(x, DType::f32, n, 0.f, stream);
   const int threads = 256;
   const int64_t want = (n + threads - 1) / threads;
   zero_bsh_kernel<<<unsigned(want < 8192 ? want : 8192), threads, 0, stream>>>(x, st, s, h, d, n);
@@ -854,14 +873,15 @@ int plan_splits(const FlashBwdParams& p, int num_n_blocks, const LaunchOverrides
 // Sizes the grid for the kernel with traits Tr; a split adds its dK/dV onto zeros when the call
 // does not accumulate them; the deterministic mode's turn counters start at zero in `turns`.
 template <class Tr>
-BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns,
-                  const LaunchOverrides& o) {
+BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s,
+                  ScratchBlock& turns, const LaunchOverrides& o) {
   grid.num_n_blocks = (max_k + Tr::kBlockN - 1) / Tr::kBlockN;
   grid.num_splits = plan_splits<Tr>(p, grid.num_n_blocks, o);
   if (p.deterministic) {
     grid.num_m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
     const size_t dq_count = size_t(grid.num_spans) * p.shape.nheads * grid.num_m_blocks;
-    const size_t dkv_count = grid.num_splits > 1 ? size_t(grid.num_spans) * p.shape.nheads_k * grid.num_n_blocks : 0;
+    const size_t dkv_count =
+        grid.num_splits > 1 ? size_t(grid.num_spans) * p.shape.nheads_k * grid.num_n_blocks : 0;
     const size_t bytes = (dq_count + dkv_count) * sizeof(int);
     grid.dq_turns = static_cast<int*>(turns.get(bytes));
     if (dkv_count) grid.dkv_turns = grid.dq_turns + dq_count;
@@ -876,17 +896,21 @@ BwdGrid size_grid(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, c
 }
 
 template <int kHeadDim, typename T>
-void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns,
-                     const LaunchOverrides& o) {
+void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s,
+                     ScratchBlock& turns, const LaunchOverrides& o) {
   // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
   // fallback, where its body is empty) take the mma.sync kernel.
   if (kHeadDim == 128 && current_device().sm90) {
     grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns, o);
     const bool c = p.shape.causal, d = p.deterministic;
-    if (c && d) launch_bwd_wgmma<T, true, true>(p, grid, s);
-    else if (c) launch_bwd_wgmma<T, true, false>(p, grid, s);
-    else if (d) launch_bwd_wgmma<T, false, true>(p, grid, s);
-    else launch_bwd_wgmma<T, false, false>(p, grid, s);
+    if (c && d)
+      launch_bwd_wgmma<T, true, true>(p, grid, s);
+    else if (c)
+      launch_bwd_wgmma<T, true, false>(p, grid, s);
+    else if (d)
+      launch_bwd_wgmma<T, false, true>(p, grid, s);
+    else
+      launch_bwd_wgmma<T, false, false>(p, grid, s);
     return;
   }
   grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns, o);
@@ -897,12 +921,15 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
 }
 
 template <typename T>
-void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, int max_k, cudaStream_t s, ScratchBlock& turns,
-                       const LaunchOverrides& o) {
+void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, int max_k, cudaStream_t s,
+                       ScratchBlock& turns, const LaunchOverrides& o) {
   switch (p.shape.head_dim) {
-    case 32: return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns, o);
-    case 64: return dispatch_causal<64, T>(p, grid, max_q, max_k, s, turns, o);
-    default: return dispatch_causal<128, T>(p, grid, max_q, max_k, s, turns, o);
+    case 32:
+      return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns, o);
+    case 64:
+      return dispatch_causal<64, T>(p, grid, max_q, max_k, s, turns, o);
+    default:
+      return dispatch_causal<128, T>(p, grid, max_q, max_k, s, turns, o);
   }
 }
 
@@ -925,16 +952,22 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch, 
   const int max_q = varlen ? p.seg.max_seqlen_q : sh.seqlen_q;
   const int max_k = varlen ? p.seg.max_seqlen_k : sh.seqlen_k;
   if (num_spans == 0) return;
-  RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv, "flash_bwd: null tensor");
+  RFA_CHECK_ARG(p.q && p.k && p.v && p.dout && p.lse && p.dsum && p.dq && p.dk && p.dv,
+                "flash_bwd: null tensor");
   check_view16("flash_bwd", "q", p.q, p.q_stride);
   check_view16("flash_bwd", "k", p.k, p.k_stride);
   check_view16("flash_bwd", "v", p.v, p.v_stride);
   check_view16("flash_bwd", "dout", p.dout, p.dout_stride);
 
   // dq receives atomics from every key tile: start from zero.
-  if (!p.accumulate && max_q > 0) zero_bsh(p.dq, p.dq_stride, sh.batch, sh.seqlen_q, sh.nheads, sh.head_dim, s, "zero_bsh_kernel (dq)");
+  if (!p.accumulate && max_q > 0)
+    zero_bsh(p.dq, p.dq_stride, sh.batch, sh.seqlen_q, sh.nheads, sh.head_dim, s, "zero_bsh_kernel (dq)");
   if (max_k == 0) return;
-  const BwdGrid grid{0, num_spans, sh.softmax_scale * kLog2e, fp32_pairs_aligned(p.dq, p.dq_stride), 1,
+  const BwdGrid grid{0,
+                     num_spans,
+                     sh.softmax_scale * kLog2e,
+                     fp32_pairs_aligned(p.dq, p.dq_stride),
+                     1,
                      fp32_pairs_aligned(p.dk, p.dk_stride) && fp32_pairs_aligned(p.dv, p.dv_stride)};
   ScratchBlock turns(scratch);  // deterministic mode only; released once the launch is queued
   if (p.dtype == DType::bf16)

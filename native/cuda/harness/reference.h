@@ -39,7 +39,9 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
   r.q_covered.assign(size_t(pb.b) * pb.sq, 0);
   r.k_covered.assign(size_t(pb.b) * pb.sk, 0);
 
-  struct Span { int b, q0, nq, k0, nk; };
+  struct Span {
+    int b, q0, nq, k0, nk;
+  };
   std::vector<Span> spans;
   if (pb.segs.empty())
     for (int b = 0; b < pb.b; ++b) spans.push_back({b, 0, pb.sq, 0, pb.sk});
