@@ -364,8 +364,6 @@ Napi::Value run_collective(const Napi::CallbackInfo& info, Collective kind) {
     const float* send = static_cast<const float*>(flat_view(o, "send", n * nranks, 4));
     float* recv = static_cast<float*>(flat_view(o, "recv", n, 4));
     float* slot = o.Has("slot") ? static_cast<float*>(flat_view(o, "slot", n, 4)) : nullptr;
-    if (!slot && dynamic_cast<cuda::CopyEngineTransport*>(t.get()))
-      RFA_THROW("E_ARG", "a reduce-scatter over the copy engines needs a slot of n floats");
     s.ctx->comm_waits_for_compute();
     t->reduce_scatter(send, recv, size_t(n), slot);
     return Napi::Number::New(info.Env(), record_comm_event(s));

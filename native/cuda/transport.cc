@@ -52,6 +52,7 @@ void CopyEngineTransport::all_gather(const Transfer& send, void* recv) {
 // the comm stream, so the sums overlap the compute stream's work as NCCL's do, and the scratch is
 // one chunk, not nranks.
 void CopyEngineTransport::reduce_scatter(const float* send, float* recv, size_t n, float* slot) {
+  if (!slot) RFA_THROW("E_ARG", "a reduce-scatter over the copy engines needs a slot of n floats");
   const size_t bytes = n * sizeof(float);
   std::vector<Post> posts;
   for (int j = 0; j < nranks_; ++j)
