@@ -387,6 +387,35 @@ s('the launcher stops the others and fails when one process dies', async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+s('the launcher forwards SIGTERM to every process and exits non-zero', async () => {
+  const dir = tmpDir();
+  const script = path.join(dir, 'script.mjs');
+  // Each process says it is up, then waits; on SIGTERM it writes down that it got it and exits.
+  fs.writeFileSync(
+    script,
+    `import fs from 'node:fs';
+     process.on('SIGTERM', () => { fs.writeFileSync(${JSON.stringify(dir)} + '/term' + process.env.RANK, ''); process.exit(0); });
+     fs.writeFileSync(${JSON.stringify(dir)} + '/up' + process.env.RANK, '');
+     setInterval(() => {}, 1000);`,
+  );
+  const child = spawn(process.execPath, [LAUNCHER, 'launch', '--nproc', '2', script], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  await waitForFile(path.join(dir, 'up0'), 10_000);
+  await waitForFile(path.join(dir, 'up1'), 10_000);
+  child.kill('SIGTERM');
+  const { code } = await exited(child);
+  assert.is(code, 1);
+  assert.match(stderr, /the launcher got SIGTERM/);
+  assert.ok(
+    fs.existsSync(path.join(dir, 'term0')) && fs.existsSync(path.join(dir, 'term1')),
+    'both got SIGTERM',
+  );
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 s('launch flags are checked before anything starts', async () => {
   const run = (...args: string[]) =>
     new Promise<{ code: number | null; stderr: string }>((resolve) => {
