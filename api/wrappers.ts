@@ -10,7 +10,7 @@ import { fail } from '../runtime/errors.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { parseAttnArgs, ringOptions, type AttnArgs } from './args.js';
 import { checkQkv, checkTensor } from './validate.js';
-import { checkBackendSupports, optionsSet } from './hooks.js';
+import { checkBackendSupports } from './hooks.js';
 import type { RingArgs } from './types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
 
@@ -148,21 +148,12 @@ function checkAlibi(fn: string, layout: RingVariant['layout'], q: DeviceTensor, 
     fail('E_SHAPE', `${fn}: alibi_slopes must be (${h}) or (${batch}, ${h}), got (${a.shape.join(', ')})`);
 }
 
-/** Families whose kernel calls do not carry the option hooks yet (their gathered keys are permuted). */
-const WITHOUT_HOOKS = new Set(['zigzag_llama3_flash_attn_varlen']);
-
 function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, c: Call): AttnResult {
   const a = parse(c.fn, c.rest, c.q, c.k, c.v);
   const backend = currentContext().backend;
   const [q, k, v] = [c.q, c.k, c.v].map(frame.toKernel) as [DeviceTensor, DeviceTensor, DeviceTensor];
   variant.check?.(c.fn, q, k, a.o, a.group);
   checkBackendSupports(c.fn, backend, a.o);
-  const set = optionsSet(a.o);
-  if (WITHOUT_HOOKS.has(variant.name) && set.length > 0)
-    fail(
-      'E_UNSUPPORTED',
-      `${c.fn}: ${set.join(', ')} with zigzag llama3 ${set.length > 1 ? 'are' : 'is'} not supported yet`,
-    );
   checkAlibi(c.fn, variant.layout, q, a.o);
   if ((a.o.dropoutP ?? 0) > 0 && a.o.dropoutSeed === undefined) a.o.dropoutSeed = freshSeed(a.group);
   const fwd: RingForward = variant.forward(backend, a.group, q, k, v, a.o);

@@ -402,6 +402,7 @@ const VARLEN = [
   'ring_flash_attn_varlen_func',
   'zigzag_ring_flash_attn_varlen_func',
   'llama3_flash_attn_varlen_func',
+  'zigzag_llama3_flash_attn_varlen_func',
 ] as const;
 
 /** flash_attn_varlen_func's call: q and k share the sequences. */
@@ -664,36 +665,6 @@ s('bfloat16 with every option: the ring error stays at the single-device error (
     );
   }
 });
-
-s(
-  'zigzag llama3 has no option hooks yet: each option raises E_UNSUPPORTED naming the combination',
-  async () => {
-    const rt = await runtimes.get(2);
-    const x = nd(new Float32Array(16 * H * 8).fill(0.1), [16, H, 8]);
-    for (const [kw, name] of [
-      [{ window_size: [2, 0] }, 'window_size'],
-      [{ softcap: 1 }, 'softcap'],
-      [{ alibi_slopes: [0.1, 0.2] }, 'alibi_slopes'],
-      [{ dropout_p: 0.1 }, 'dropout_p'],
-    ] as const) {
-      try {
-        await rt.call(
-          'zigzag_llama3_flash_attn_varlen_func' as never,
-          x,
-          x,
-          x,
-          Int32Array.from([0, 8, 16]),
-          8,
-          { causal: true, ...kw },
-        );
-        assert.unreachable();
-      } catch (e) {
-        assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED', (e as Error).message);
-        assert.match((e as Error).message, new RegExp(`${name} with zigzag llama3 is not supported`));
-      }
-    }
-  },
-);
 
 // ---------------------------------------------------------------------------------------------
 // What a window saves, and the CUDA backend

@@ -14,6 +14,8 @@ import { describeValue, type DeviceTensor } from '../../runtime/tensor.js';
 import { ATTN_POSITIONAL } from '../args.js';
 import type { KvPair } from '../ring/kv_buffer.js';
 import { disposeAll } from '../ring/kv_buffer.js';
+import type { ScoreHooks } from '../../runtime/kernel_args.js';
+import { CallHooks, isPositional } from '../hooks.js';
 import type { ZigzagLlama3Args } from '../types.js';
 import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
 import { checkCuSeqlens, checkSeqDivisible, maxSeqLength } from './cu_seqlens.js';
@@ -143,6 +145,48 @@ export function zigzagLlama3Spec(
   return segmentSpec(q, k);
 }
 
+/**
+ * The option hooks of this rank's calls, one per segment table (`which` as zigzagLlama3Spec), by
+ * head group. With options that read positions: local query row j of sequence i (start L, half c)
+ * sits at r·c + j in its first chunk and (2W−1−r)·c + j − c in its second; an ordered key row sits
+ * at its offset from the sequence's start W·L, which is also its packed token base.
+ */
+function hooksOf(backend: Backend, group: Group, s: number, o: ZigzagLlama3Options) {
+  const hooks = new CallHooks(backend, o);
+  const W = group.size,
+    r = group.rank,
+    cu = o.cuSeqlens;
+  const table = new Map<string, ScoreHooks | undefined>();
+  const positional = isPositional(o);
+  let q: Int32Array | null = null,
+    k: Int32Array | null = null;
+  if (positional) {
+    q = new Int32Array(s);
+    k = new Int32Array(W * s);
+    for (let i = 0; i + 1 < cu.length; i++) {
+      const L = cu[i]!,
+        c = (cu[i + 1]! - L) / 2;
+      for (let j = 0; j < c; j++) {
+        q[L + j] = r * c + j;
+        q[L + c + j] = (2 * W - 1 - r) * c + j;
+      }
+      for (let j = 0; j < 2 * W * c; j++) k[W * L + j] = j;
+    }
+  }
+  const at = (which: 'both' | 'front' | 'back', headOffset: number): ScoreHooks | undefined => {
+    if (!positional) return o.softcap ? { softcap: o.softcap } : undefined;
+    let h = table.get(which);
+    if (!h) {
+      const seqTok: number[] = [];
+      for (let i = 0; i + 1 < cu.length; i++)
+        for (let n = which === 'both' ? 2 : 1; n > 0; n--) seqTok.push(W * cu[i]!);
+      table.set(which, (h = hooks.at({ q: q!, k: k!, diag: 0, seqTok })));
+    }
+    return { ...h, headOffset: (o.headOffset ?? 0) + headOffset };
+  };
+  return { at, release: () => hooks.release() };
+}
+
 /** Copies a head group's gathered K/V (rank-major) into sequence order, or back (`toGathered`). */
 function permute(backend: Backend, moves: ChunkMove[], from: KvPair, to: KvPair, toGathered: boolean): void {
   for (const m of moves) {
@@ -158,6 +202,7 @@ function headViews(q: DeviceTensor, k: DeviceTensor, stride: number, i: number) 
   return {
     heads: (t: DeviceTensor) => t.narrow(2, i * perGroup, perGroup),
     lseHeads: (t: DeviceTensor) => t.narrow(1, i * perGroup, perGroup),
+    firstHead: i * perGroup,
   };
 }
 
@@ -186,16 +231,21 @@ export function zigzagLlama3Forward(
   const lse = backend.empty([1, h, s], 'float32');
   const seg = backend.segments(zigzagLlama3Spec(o.cuSeqlens, W, group.rank, o.causal));
   const attn = { softmaxScale: o.softmaxScale, causal: o.causal, seg };
+  const hooks = hooksOf(backend, group, s, o);
   const moves = chunkMoves(o.cuSeqlens, W);
   const ordered = orderedPair(backend, k, W * s, o.headsKStride);
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {
     permute(backend, moves, gather.next(), ordered, false);
     const g = headViews(q, k, o.headsKStride, i);
-    backend.flashFwd(g.heads(q), ordered.k, ordered.v, g.heads(out), g.lseHeads(lse), attn);
+    backend.flashFwd(g.heads(q), ordered.k, ordered.v, g.heads(out), g.lseHeads(lse), {
+      ...attn,
+      hooks: hooks.at('both', g.firstHead),
+    });
   }
   gather.dispose();
   disposeAll(ordered.k, ordered.v);
+  hooks.release();
   seg.release();
   return { out, lse };
 }
@@ -215,9 +265,11 @@ export function zigzagLlama3Backward(
   const dq = backend.zeros(q.shape, 'float32');
   const dsum = backend.empty([1, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
-  const segs = (['front', 'back'] as const).map((which) =>
+  const halves = ['front', 'back'] as const;
+  const segs = halves.map((which) =>
     backend.segments(zigzagLlama3Spec(o.cuSeqlens, W, group.rank, o.causal, which)),
   );
+  const hooks = hooksOf(backend, group, s, o);
   const moves = chunkMoves(o.cuSeqlens, W);
   const ordered = orderedPair(backend, k, W * s, o.headsKStride);
   const dOrdered = orderedPair(backend, k, W * s, o.headsKStride, 'float32');
@@ -230,7 +282,7 @@ export function zigzagLlama3Backward(
     const g = headViews(q, k, o.headsKStride, i);
     // Accumulate: key rows no local query sees (later chunks, under a causal mask) stay zero,
     // and the second half's call adds onto the first's.
-    for (const seg of segs)
+    segs.forEach((seg, n) =>
       backend.flashBwd(
         {
           dout: g.heads(dout),
@@ -247,10 +299,12 @@ export function zigzagLlama3Backward(
           softmaxScale: o.softmaxScale,
           causal: o.causal,
           seg,
+          hooks: hooks.at(halves[n]!, g.firstHead),
           accumulate: true,
           deterministic: o.deterministic,
         },
-      );
+      ),
+    );
     permute(backend, moves, dOrdered, reduce.acquire(i), true);
     reduce.scatter(i);
   }
@@ -258,6 +312,7 @@ export function zigzagLlama3Backward(
   gather.dispose();
   disposeAll(ordered.k, ordered.v, dOrdered.k, dOrdered.v);
   for (const seg of segs) seg.release();
+  hooks.release();
   dsum.dispose();
   return { dq, dk, dv };
 }
