@@ -88,6 +88,11 @@ struct ScoreMods {
   uint64_t dropout_seed = 0;
 
   bool positional() const { return q_pos != nullptr; }
+  // Whether any hook is on (global positions count: they move the causal diagonal).
+  bool any() const {
+    return positional() || window_left >= 0 || window_right >= 0 || softcap != 0.f || alibi_slopes ||
+           dropout_p != 0.f;
+  }
 };
 
 // out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16,

@@ -944,6 +944,10 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) 
 }
 
 void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch, const LaunchOverrides& o) {
+  if (p.mods.any())  // as in flash_fwd: never run as if the hooks were off
+    RFA_THROW("E_UNSUPPORTED",
+              "flash_bwd: window_size, softcap, alibi_slopes, dropout_p and global positions are not in the "
+              "CUDA kernels yet (the CPU backend has them)");
   const AttnShape& sh = p.shape;
   check_attn("flash_bwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;

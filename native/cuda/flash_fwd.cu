@@ -758,6 +758,12 @@ void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scra
                const LaunchOverrides& o) {
   RFA_CHECK_ARG(o.fwd_whole < 0 || (o.fwd_splits >= 1 && o.fwd_splits <= kMaxSplits),
                 "flash_fwd: overrides: fwd_splits out of range");
+  // The TypeScript layer refuses these options on CUDA first; a call that still carries one must
+  // not run as if it had none.
+  if (params.mods.any())
+    RFA_THROW("E_UNSUPPORTED",
+              "flash_fwd: window_size, softcap, alibi_slopes, dropout_p and global positions are not in the "
+              "CUDA kernels yet (the CPU backend has them)");
   FlashFwdParams p = params;
   if (p.merge && !p.merge_src) {  // in place: the kernels always read the running out at merge_src
     RFA_CHECK_ARG(p.out_dtype == DType::f32, "flash_fwd: merging into a 16-bit out needs merge_src");

@@ -738,6 +738,23 @@ void run_errors() {
     p.k = x.at(3);
     cuda::flash_fwd(p, 0, scratch());
   });
+  // The option hooks are not in the CUDA kernels: a call carrying one is refused, never run without it.
+  expect_throw("flash_fwd softcap", "E_UNSUPPORTED", [&] {
+    auto p = params(64, 2, 2, DType::bf16);
+    p.mods.softcap = 30.f;
+    cuda::flash_fwd(p, 0, scratch());
+  });
+  expect_throw("flash_fwd window", "E_UNSUPPORTED", [&] {
+    auto p = params(64, 2, 2, DType::bf16);
+    p.mods.window_left = 4;
+    cuda::flash_fwd(p, 0, scratch());
+  });
+  expect_throw("flash_bwd dropout", "E_UNSUPPORTED", [&] {
+    FlashBwdParams p;
+    p.shape = AttnShape{1, 8, 8, 2, 2, 64, 0.1f, false};
+    p.mods.dropout_p = 0.1f;
+    cuda::flash_bwd(p, 0, scratch());
+  });
   expect_throw("flash_bwd head_dim 256", "E_UNSUPPORTED", [&] {
     FlashBwdParams p;
     p.shape = AttnShape{1, 8, 8, 2, 2, 256, 0.1f, false};
