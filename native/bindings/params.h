@@ -87,8 +87,9 @@ inline DType out_dtype(const Napi::Object& o, DType inputs) {
   return t;
 }
 
-inline FlashFwdParams fwd_params(const Napi::Object& o) {
-  FlashFwdParams p;
+// The fields forward and backward share: shape, dtype, and the q, k, v views.
+template <class Params>
+void attn_inputs(const Napi::Object& o, Params& p) {
   p.shape = attn_shape(o);
   p.dtype = get_dtype(o, "dtype");
   const AttnShape& s = p.shape;
@@ -96,6 +97,12 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   p.q = bsh_view<const void>(o, "q", s.batch, s.seqlen_q, s.nheads, s.head_dim, eb, &p.q_stride);
   p.k = bsh_view<const void>(o, "k", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.k_stride);
   p.v = bsh_view<const void>(o, "v", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.v_stride);
+}
+
+inline FlashFwdParams fwd_params(const Napi::Object& o) {
+  FlashFwdParams p;
+  attn_inputs(o, p);
+  const AttnShape& s = p.shape;
   p.out_dtype = out_dtype(o, p.dtype);
   p.out = bsh_view<void>(o, "out", s.batch, s.seqlen_q, s.nheads, s.head_dim, dtype_bytes(p.out_dtype),
                          &p.o_stride);
@@ -127,13 +134,9 @@ inline FlashBwdDotParams bwd_dot_params(const Napi::Object& o) {
 
 inline FlashBwdParams bwd_params(const Napi::Object& o) {
   FlashBwdParams p;
-  p.shape = attn_shape(o);
-  p.dtype = get_dtype(o, "dtype");
+  attn_inputs(o, p);
   const AttnShape& s = p.shape;
   const int eb = dtype_bytes(p.dtype);
-  p.q = bsh_view<const void>(o, "q", s.batch, s.seqlen_q, s.nheads, s.head_dim, eb, &p.q_stride);
-  p.k = bsh_view<const void>(o, "k", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.k_stride);
-  p.v = bsh_view<const void>(o, "v", s.batch, s.seqlen_k, s.nheads_k, s.head_dim, eb, &p.v_stride);
   p.dout = bsh_view<const void>(o, "dout", s.batch, s.seqlen_q, s.nheads, s.head_dim, eb, &p.dout_stride);
   p.lse = bhs_view(o, "lse", s.batch, s.nheads, s.seqlen_q, &p.lse_stride);
   p.dsum = bhs_view(o, "dsum", s.batch, s.nheads, s.seqlen_q, &p.dsum_stride);
