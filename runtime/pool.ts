@@ -1,3 +1,4 @@
+import { Packr } from 'msgpackr';
 import { Piscina } from 'piscina';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
@@ -294,6 +295,10 @@ export class Runtime {
   private calls = 0;
   /** Why a runtime that spans processes cannot run any more calls (a process is gone). */
   private broken: string | undefined;
+  /** Driver-mode calls process 0 has handed to the other processes (each numbers them alike). */
+  private drives = 0;
+  /** Waits on other processes' driver-mode results, failed when the runtime breaks. */
+  private readonly onBroken = new Set<(why: string) => void>();
   private readonly timeoutMs: number;
   private readonly callTimeoutMs: number;
   private readonly onWorkerError: (error: RingFlashAttnError) => void;
@@ -496,6 +501,7 @@ export class Runtime {
   private peerFailed(why: string, abort = true): void {
     if (this.closed || this.broken) return;
     this.broken = why;
+    for (const stop of this.onBroken) stop(why);
     if (abort) abortCommunicators(this.scope, why);
   }
 
@@ -539,12 +545,12 @@ export class Runtime {
     if (this.closed) return Promise.reject(new RingFlashAttnError('E_CLOSED', 'runtime is closed'));
     let timeoutMs: number;
     try {
-      if (ranks !== undefined && this.joined)
+      if (ranks !== undefined && this.joined && this.joined.self !== 0)
         fail(
           'E_ARG',
-          `driver mode (rt.call and the rt.<function> methods) shards full tensors over the ranks of one process, ` +
-            `and this runtime spans ${this.processes} processes (this one runs ${rankList(this.localRanks)} of ${this.world}): ` +
-            `call the functions inside rt.spmd, each rank with its shard`,
+          `driver mode (rt.call and the rt.<function> methods) runs on the process of rank 0, and this is process ` +
+            `${this.joined.self} of ${this.processes} (${rankList(this.localRanks)} of ${this.world}): call rt.serve() here ` +
+            `while process 0 drives, or call the functions inside rt.spmd, each rank with its shard`,
         );
       if (opts === null || typeof opts !== 'object')
         fail('E_ARG', `call options must be an object, got ${opts === null ? 'null' : typeof opts}`);
@@ -558,9 +564,160 @@ export class Runtime {
       return Promise.reject(e);
     }
     const on = ranks ?? this.localRanks;
-    const job = this.queue.then(() => this.dispatch(moduleUrl, exportName, args, on, timeoutMs, opts.signal));
+    const job = this.queue.then(() =>
+      ranks !== undefined && this.joined
+        ? this.drive(moduleUrl, exportName, args, ranks, timeoutMs, opts.signal)
+        : this.dispatch(moduleUrl, exportName, args, on, timeoutMs, opts.signal),
+    );
     this.queue = job.catch(() => undefined);
     return job;
+  }
+
+  /**
+   * Driver mode across processes, on process 0: every other process gets its ranks' tasks through
+   * the store (each one, even one with no rank in the call, so that every process numbers its
+   * calls alike), runs them in rt.serve() and hands the results back the same way; this
+   * process's ranks run here. Resolves to the results in the order of `ranks`.
+   */
+  private async drive(
+    moduleUrl: string,
+    exportName: string,
+    args: readonly unknown[],
+    ranks: readonly number[],
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<unknown[]> {
+    const j = this.joined!;
+    if (this.broken)
+      throw new RingFlashAttnError(
+        'E_WORKER',
+        `this runtime spans ${this.processes} processes and can run no more calls: ${this.broken}`,
+      );
+    const n = ++this.drives;
+    const processOf = (rank: number) => j.firstRanks.filter((first) => first <= rank).length - 1;
+    const mine = (q: number) => ranks.map((r, i) => [r, i] as const).filter(([r]) => processOf(r) === q);
+    const others = j.procs.map((_, q) => q).filter((q) => q !== j.self);
+    const url = portableUrl(moduleUrl);
+    await Promise.all(
+      others.map((q) =>
+        j.store.set(
+          `drive/${q}/${n}`,
+          encode({
+            moduleUrl: url,
+            exportName,
+            timeoutMs,
+            ranks: mine(q).map(([r]) => r),
+            args: mine(q).map(([, i]) => args[i]),
+          }),
+          this.timeoutMs,
+        ),
+      ),
+    );
+    let stop: ((why: string) => void) | undefined;
+    const broken = new Promise<never>((_, reject) => {
+      stop = (why) =>
+        reject(new RingFlashAttnError('E_WORKER', `driver mode across processes stopped: ${why}`));
+    });
+    broken.catch(() => undefined);
+    this.onBroken.add(stop!);
+    try {
+      const local = mine(j.self);
+      const [here, ...there] = await Promise.allSettled([
+        this.dispatch(
+          moduleUrl,
+          exportName,
+          local.map(([, i]) => args[i]),
+          local.map(([r]) => r),
+          timeoutMs,
+          signal,
+        ),
+        ...others.map((q) =>
+          Promise.race([j.store.take(`driven/${q}/${n}`, 0, () => ''), broken]).then((raw) => ({
+            q,
+            reply: decode(raw) as DriveReply,
+          })),
+        ),
+      ]);
+      if (here!.status === 'rejected') throw here!.reason;
+      const out: unknown[] = new Array(ranks.length);
+      local.forEach(([, i], k) => (out[i] = (here!.value as unknown[])[k]));
+      for (const t of there) {
+        if (t.status === 'rejected') throw t.reason;
+        const { q, reply } = t.value;
+        if (reply.error)
+          throw new RingFlashAttnError(
+            asRingError(reply.error).code,
+            `process ${q} (${j.procs[q]!.name}): ${reply.error.message}`,
+            {
+              rank: reply.error.rank,
+            },
+          );
+        mine(q).forEach(([, i], k) => (out[i] = reply.values![k]));
+      }
+      return out;
+    } finally {
+      this.onBroken.delete(stop!);
+    }
+  }
+
+  /**
+   * On every process but rank 0's, in a runtime that spans processes: runs the driver-mode calls
+   * of process 0 (rt.call there) on this process's ranks, until process 0 closes its runtime or
+   * this one closes. Rejects with E_WORKER when process 0 is gone.
+   */
+  async serve(): Promise<void> {
+    const j = this.joined;
+    if (!j)
+      fail(
+        'E_ARG',
+        'rt.serve() runs the driver-mode calls of process 0 in a runtime that spans processes; this one does not',
+      );
+    if (j.self === 0) fail('E_ARG', 'rt.serve(): process 0 drives (rt.call); the other processes serve');
+    j.store.keepAlive(true);
+    try {
+      await this.serveCalls(j);
+    } finally {
+      j.store.keepAlive(false);
+    }
+  }
+
+  private async serveCalls(j: Joined): Promise<void> {
+    for (let n = 1; ; n++) {
+      let raw: string;
+      try {
+        raw = await j.store.take(`drive/${j.self}/${n}`, 0, () => '');
+      } catch (e) {
+        if (this.closed || j.store.closedInOrder) return;
+        throw new RingFlashAttnError(
+          'E_WORKER',
+          `rt.serve(): the store of process 0 is gone (${(e as Error).message}): process 0 exited or was killed`,
+        );
+      }
+      const task = decode(raw) as DriveTask;
+      if (task.stop) return;
+      let reply: DriveReply;
+      try {
+        const values = await new Promise<unknown[]>((resolve, reject) => {
+          const job = this.queue.then(() =>
+            this.dispatch(
+              localUrl(task.moduleUrl!),
+              task.exportName!,
+              task.args!,
+              task.ranks!,
+              task.timeoutMs!,
+              undefined,
+            ),
+          );
+          this.queue = job.catch(() => undefined);
+          job.then(resolve, reject);
+        });
+        reply = { values };
+      } catch (e) {
+        const err = asRingError(e);
+        reply = { error: { code: err.code, message: err.message, rank: err.rank } };
+      }
+      await j.store.set(`driven/${j.self}/${n}`, encode(reply), this.timeoutMs);
+    }
   }
 
   private async dispatch(
@@ -747,6 +904,18 @@ export class Runtime {
     await Promise.all(this.pools.map((p) => bounded(p.destroy(), this.timeoutMs)));
     this.pools = [];
     if (this.joined) {
+      const j = this.joined;
+      // The other processes' rt.serve() end with process 0's runtime.
+      if (j.self === 0)
+        await Promise.all(
+          j.procs.map((_, q) =>
+            q === 0
+              ? undefined
+              : j.store
+                  .set(`drive/${q}/${this.drives + 1}`, encode({ stop: true }), this.timeoutMs)
+                  .catch(() => undefined),
+          ),
+        );
       if (this.backend === 'cpu') native().cpu.netClose(this.scope);
       await this.joined.store.bye(this.timeoutMs).catch(() => undefined);
       this.joined.store.close();
@@ -758,6 +927,32 @@ export class Runtime {
     return this.closed;
   }
 }
+
+/** A driver-mode task for another process, and its answer (runtime/store.ts carries both). */
+interface DriveTask {
+  stop?: boolean;
+  moduleUrl?: string;
+  exportName?: string;
+  timeoutMs?: number;
+  ranks?: number[];
+  args?: unknown[];
+}
+interface DriveReply {
+  values?: unknown[];
+  error?: { code: string; message: string; rank?: number };
+}
+
+// Typed arrays keep their types (the shards are Float32Array, Uint16Array and Int32Array).
+const packr = new Packr({ moreTypes: true });
+const encode = (x: unknown) => packr.pack(x).toString('base64');
+const decode = (s: string) => packr.unpack(Buffer.from(s, 'base64'));
+
+/** This package's dist/ folder: a module inside it is named relative to it, since other machines may install the package elsewhere. */
+const PACKAGE_DIST = new URL('../', import.meta.url).href;
+const portableUrl = (url: string) =>
+  url.startsWith(PACKAGE_DIST) ? `package:${url.slice(PACKAGE_DIST.length)}` : url;
+const localUrl = (url: string) =>
+  url.startsWith('package:') ? new URL(url.slice('package:'.length), PACKAGE_DIST).href : url;
 
 /** Process 0's NCCL unique id, for every process of a runtime on GPUs (base64). */
 function shareNcclId(): string {

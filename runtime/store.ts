@@ -10,6 +10,7 @@ import { RingFlashAttnError } from './errors.js';
 type Op =
   | { op: 'set'; key: string; value: string }
   | { op: 'get'; key: string }
+  | { op: 'take'; key: string }
   | { op: 'hello'; name: string }
   | { op: 'bye' };
 type Request = Op & { id: number };
@@ -106,11 +107,16 @@ export class StoreServer {
       } else if (req.op === 'set') {
         this.set(req.key, req.value);
         reply({ id: req.id });
-      } else if (req.op === 'get') {
+      } else if (req.op === 'get' || req.op === 'take') {
+        // take: a get that removes the value, for keys read once (driver mode's tasks and results).
         const value = this.values.get(req.key);
-        if (value !== undefined) return reply({ id: req.id, value });
+        if (value !== undefined) {
+          if (req.op === 'take') this.values.delete(req.key);
+          return reply({ id: req.id, value });
+        }
         const fn = (v: string) => {
           mine.delete(entry);
+          if (req.op === 'take') this.values.delete(req.key);
           reply({ id: req.id, value: v });
         };
         const entry: [string, (value: string) => void] = [req.key, fn];
@@ -158,6 +164,15 @@ export class StoreClient {
       p?.resolve(r);
     });
     socket.unref();
+  }
+
+  /**
+   * Whether the connection keeps the process alive: off by default (a runtime's own workers do
+   * that), on while rt.serve() waits for process 0's next call.
+   */
+  keepAlive(on: boolean): void {
+    if (on) this.socket.ref();
+    else this.socket.unref();
   }
 
   /** The address this machine reaches the store from: where the other processes can reach it too. */
@@ -260,6 +275,12 @@ export class StoreClient {
   /** The value of `key` once some process has set it; `missing` words the error after timeoutMs (0: none). */
   async get(key: string, timeoutMs: number, missing: () => string): Promise<string> {
     const r = await this.request({ op: 'get', key }, timeoutMs, missing);
+    return r.value!;
+  }
+
+  /** get, and the store forgets the value: for a key that one process reads once. */
+  async take(key: string, timeoutMs: number, missing: () => string): Promise<string> {
+    const r = await this.request({ op: 'take', key }, timeoutMs, missing);
     return r.value!;
   }
 
