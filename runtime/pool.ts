@@ -1,4 +1,3 @@
-import { Packr } from 'msgpackr';
 import { Piscina } from 'piscina';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
@@ -9,14 +8,8 @@ import { RingFlashAttnError, asRingError, fail } from './errors.js';
 import { cudaNative } from './cuda_native.js';
 import { native } from './native.js';
 import { describeValue } from './tensor.js';
-import {
-  barrier,
-  join,
-  resolveRendezvous,
-  type Joined,
-  type RendezvousOptions,
-  type ResolvedRendezvous,
-} from './rendezvous.js';
+import { Processes } from './processes.js';
+import { resolveRendezvous, type RendezvousOptions, type ResolvedRendezvous } from './rendezvous.js';
 import { fromTransfer, workerErrorChannel, type StrayError } from './transfer.js';
 import type { WorkerResult, WorkerTask } from './worker.js';
 
@@ -287,18 +280,12 @@ export class Runtime {
   readonly transport: Transport;
   private ranks: RankInfo[];
   private scope: string;
-  /** The runtime's processes, when it spans more than this one (set by the rendezvous). */
-  private joined: Joined | undefined;
+  /** The runtime's other processes, when it spans more than this one (set by the rendezvous). */
+  private procs: Processes | undefined;
   private pendingRendezvous: ResolvedRendezvous | undefined;
   private readonly expect: ResolvedInit['expect'];
   /** Calls dispatched so far: every process of a runtime numbers its calls alike. */
   private calls = 0;
-  /** Why a runtime that spans processes cannot run any more calls (a process is gone). */
-  private broken: string | undefined;
-  /** Driver-mode calls process 0 has handed to the other processes (each numbers them alike). */
-  private drives = 0;
-  /** Waits on other processes' driver-mode results, failed when the runtime breaks. */
-  private readonly onBroken = new Set<(why: string) => void>();
   private readonly timeoutMs: number;
   private readonly callTimeoutMs: number;
   private readonly onWorkerError: (error: RingFlashAttnError) => void;
@@ -343,7 +330,7 @@ export class Runtime {
 
   /** How many processes the runtime spans (1 without a rendezvous). */
   get processes(): number {
-    return this.joined?.procs.length ?? 1;
+    return this.procs?.count ?? 1;
   }
 
   private pool(rank: number): Piscina | undefined {
@@ -407,102 +394,22 @@ export class Runtime {
 
   private async rendezvous(r: ResolvedRendezvous): Promise<void> {
     this.pendingRendezvous = undefined;
-    const cpu = native().cpu;
-    let listening: string | undefined;
-    const j = await join(r, {
-      ranks: this.ranks.length,
-      backend: this.backend,
-      listen:
-        this.backend === 'cpu'
-          ? (scope) => {
-              listening = scope;
-              return cpu.netListen(scope, 0);
-            }
-          : undefined,
-      share: this.backend === 'cuda' ? () => shareNcclId() : undefined,
-    });
     try {
-      const rank0 = j.firstRanks[j.self]!;
-      const mismatch =
-        this.expect?.world !== undefined && this.expect.world !== j.world
-          ? `init asked for world ${this.expect.world}, the processes run ${j.world} ranks`
-          : this.expect?.rank0 !== undefined && this.expect.rank0 !== rank0
-            ? `init asked for rank0 ${this.expect.rank0}, the processes before this one run ${rank0} ranks`
-            : undefined;
-      if (mismatch)
-        fail(
-          'E_RENDEZVOUS',
-          `rendezvous at ${j.store.address}: ${mismatch} (${j.procs.map((p, i) => `process ${i}: ${p.ranks}`).join(', ')})`,
-        );
-      this.ranks = this.ranks.map((info, i) => ({
-        ...info,
-        rank: rank0 + i,
-        world: j.world,
-        rank0,
-        runtimeId: j.scope,
-      }));
-      this.scope = j.scope;
-      this.joined = j;
-      await j.store.hello(
-        `process ${j.self} (${rankList(this.localRanks)}, ${j.procs[j.self]!.name})`,
-        r.timeoutMs,
-      );
-      if (this.backend === 'cpu') {
-        cpu.netConnect({
-          scope: j.scope,
-          self: j.self,
-          timeout_ms: r.timeoutMs,
-          procs: j.procs.map((p, i) => ({
-            host: p.host,
-            port: p.port,
-            first_rank: j.firstRanks[i]!,
-            ranks: p.ranks,
-            name: p.name,
-          })),
-        });
-        while (!cpu.netPoll(j.scope)) await new Promise((done) => setTimeout(done, 5));
-      } else registerNcclId(j.scope, j.world, j.shared);
-      await barrier(j, r, 'ready', 'connect to the others');
-      this.watchFailures(j);
+      this.procs = await Processes.join(r, {
+        ranks: this.ranks.length,
+        backend: this.backend,
+        expect: this.expect,
+        abort: abortCommunicators,
+        describe: rankList,
+      });
     } catch (e) {
-      if (listening) cpu.netClose(listening);
-      j.store.close();
-      j.server?.close();
-      this.joined = undefined;
       this.closed = true;
       throw e;
     }
+    const { rank0, world, scope } = this.procs;
+    this.ranks = this.ranks.map((info, i) => ({ ...info, rank: rank0 + i, world, rank0, runtimeId: scope }));
+    this.scope = scope;
     this.start();
-  }
-
-  /**
-   * A process that dies, or a failure the other processes must share (NCCL communicators spanning
-   * processes cannot be remade), reaches every process through the store's key `failed`; so does
-   * the loss of the store itself (process 0 died). Their calls in flight abort and later calls fail.
-   */
-  private watchFailures(j: Joined): void {
-    j.store
-      .get('failed', 0, () => '')
-      .then(
-        (why) => this.peerFailed(why),
-        (e: Error) =>
-          j.store.closedInOrder
-            ? this.peerFailed('process 0 closed its runtime', false)
-            : this.peerFailed(
-                `the store of process 0 at ${j.store.address} is gone (${e.message}): process 0 exited or was killed`,
-              ),
-      );
-  }
-
-  /**
-   * Later calls fail with `why`; with `abort`, so does the call in flight (a process that closed
-   * its runtime in order has finished every call, and this one may still be finishing the last).
-   */
-  private peerFailed(why: string, abort = true): void {
-    if (this.closed || this.broken) return;
-    this.broken = why;
-    for (const stop of this.onBroken) stop(why);
-    if (abort) abortCommunicators(this.scope, why);
   }
 
   protected static resolve(opts: InitOptions): ResolvedInit {
@@ -545,11 +452,11 @@ export class Runtime {
     if (this.closed) return Promise.reject(new RingFlashAttnError('E_CLOSED', 'runtime is closed'));
     let timeoutMs: number;
     try {
-      if (ranks !== undefined && this.joined && this.joined.self !== 0)
+      if (ranks !== undefined && this.procs && this.procs.self !== 0)
         fail(
           'E_ARG',
           `driver mode (rt.call and the rt.<function> methods) runs on the process of rank 0, and this is process ` +
-            `${this.joined.self} of ${this.processes} (${rankList(this.localRanks)} of ${this.world}): call rt.serve() here ` +
+            `${this.procs.self} of ${this.processes} (${rankList(this.localRanks)} of ${this.world}): call rt.serve() here ` +
             `while process 0 drives, or call the functions inside rt.spmd, each rank with its shard`,
         );
       if (opts === null || typeof opts !== 'object')
@@ -564,100 +471,21 @@ export class Runtime {
       return Promise.reject(e);
     }
     const on = ranks ?? this.localRanks;
-    const job = this.queue.then(() =>
-      ranks !== undefined && this.joined
-        ? this.drive(moduleUrl, exportName, args, ranks, timeoutMs, opts.signal)
+    const procs = this.procs;
+    return this.enqueue(() =>
+      ranks !== undefined && procs
+        ? procs.drive(moduleUrl, exportName, args, ranks, timeoutMs, (a, r) =>
+            this.dispatch(moduleUrl, exportName, a, r, timeoutMs, opts.signal),
+          )
         : this.dispatch(moduleUrl, exportName, args, on, timeoutMs, opts.signal),
     );
-    this.queue = job.catch(() => undefined);
-    return job;
   }
 
-  /**
-   * Driver mode across processes, on process 0: every other process gets its ranks' tasks through
-   * the store (each one, even one with no rank in the call, so that every process numbers its
-   * calls alike), runs them in rt.serve() and hands the results back the same way; this
-   * process's ranks run here. Resolves to the results in the order of `ranks`.
-   */
-  private async drive(
-    moduleUrl: string,
-    exportName: string,
-    args: readonly unknown[],
-    ranks: readonly number[],
-    timeoutMs: number,
-    signal: AbortSignal | undefined,
-  ): Promise<unknown[]> {
-    const j = this.joined!;
-    if (this.broken)
-      throw new RingFlashAttnError(
-        'E_WORKER',
-        `this runtime spans ${this.processes} processes and can run no more calls: ${this.broken}`,
-      );
-    const n = ++this.drives;
-    const processOf = (rank: number) => j.firstRanks.filter((first) => first <= rank).length - 1;
-    const mine = (q: number) => ranks.map((r, i) => [r, i] as const).filter(([r]) => processOf(r) === q);
-    const others = j.procs.map((_, q) => q).filter((q) => q !== j.self);
-    const url = portableUrl(moduleUrl);
-    await Promise.all(
-      others.map((q) =>
-        j.store.set(
-          `drive/${q}/${n}`,
-          encode({
-            moduleUrl: url,
-            exportName,
-            timeoutMs,
-            ranks: mine(q).map(([r]) => r),
-            args: mine(q).map(([, i]) => args[i]),
-          }),
-          this.timeoutMs,
-        ),
-      ),
-    );
-    let stop: ((why: string) => void) | undefined;
-    const broken = new Promise<never>((_, reject) => {
-      stop = (why) =>
-        reject(new RingFlashAttnError('E_WORKER', `driver mode across processes stopped: ${why}`));
-    });
-    broken.catch(() => undefined);
-    this.onBroken.add(stop!);
-    try {
-      const local = mine(j.self);
-      const [here, ...there] = await Promise.allSettled([
-        this.dispatch(
-          moduleUrl,
-          exportName,
-          local.map(([, i]) => args[i]),
-          local.map(([r]) => r),
-          timeoutMs,
-          signal,
-        ),
-        ...others.map((q) =>
-          Promise.race([j.store.take(`driven/${q}/${n}`, 0, () => ''), broken]).then((raw) => ({
-            q,
-            reply: decode(raw) as DriveReply,
-          })),
-        ),
-      ]);
-      if (here!.status === 'rejected') throw here!.reason;
-      const out: unknown[] = new Array(ranks.length);
-      local.forEach(([, i], k) => (out[i] = (here!.value as unknown[])[k]));
-      for (const t of there) {
-        if (t.status === 'rejected') throw t.reason;
-        const { q, reply } = t.value;
-        if (reply.error)
-          throw new RingFlashAttnError(
-            asRingError(reply.error).code,
-            `process ${q} (${j.procs[q]!.name}): ${reply.error.message}`,
-            {
-              rank: reply.error.rank,
-            },
-          );
-        mine(q).forEach(([, i], k) => (out[i] = reply.values![k]));
-      }
-      return out;
-    } finally {
-      this.onBroken.delete(stop!);
-    }
+  /** Runs `job` once every call queued before it has settled. */
+  private enqueue<T>(job: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(job);
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   /**
@@ -666,58 +494,14 @@ export class Runtime {
    * this one closes. Rejects with E_WORKER when process 0 is gone.
    */
   async serve(): Promise<void> {
-    const j = this.joined;
-    if (!j)
+    if (!this.procs)
       fail(
         'E_ARG',
         'rt.serve() runs the driver-mode calls of process 0 in a runtime that spans processes; this one does not',
       );
-    if (j.self === 0) fail('E_ARG', 'rt.serve(): process 0 drives (rt.call); the other processes serve');
-    j.store.keepAlive(true);
-    try {
-      await this.serveCalls(j);
-    } finally {
-      j.store.keepAlive(false);
-    }
-  }
-
-  private async serveCalls(j: Joined): Promise<void> {
-    for (let n = 1; ; n++) {
-      let raw: string;
-      try {
-        raw = await j.store.take(`drive/${j.self}/${n}`, 0, () => '');
-      } catch (e) {
-        if (this.closed || j.store.closedInOrder) return;
-        throw new RingFlashAttnError(
-          'E_WORKER',
-          `rt.serve(): the store of process 0 is gone (${(e as Error).message}): process 0 exited or was killed`,
-        );
-      }
-      const task = decode(raw) as DriveTask;
-      if (task.stop) return;
-      let reply: DriveReply;
-      try {
-        const values = await new Promise<unknown[]>((resolve, reject) => {
-          const job = this.queue.then(() =>
-            this.dispatch(
-              localUrl(task.moduleUrl!),
-              task.exportName!,
-              task.args!,
-              task.ranks!,
-              task.timeoutMs!,
-              undefined,
-            ),
-          );
-          this.queue = job.catch(() => undefined);
-          job.then(resolve, reject);
-        });
-        reply = { values };
-      } catch (e) {
-        const err = asRingError(e);
-        reply = { error: { code: err.code, message: err.message, rank: err.rank } };
-      }
-      await j.store.set(`driven/${j.self}/${n}`, encode(reply), this.timeoutMs);
-    }
+    await this.procs.serve((moduleUrl, exportName, args, ranks, timeoutMs) =>
+      this.enqueue(() => this.dispatch(moduleUrl, exportName, args, ranks, timeoutMs, undefined)),
+    );
   }
 
   private async dispatch(
@@ -730,14 +514,10 @@ export class Runtime {
   ): Promise<unknown[]> {
     if (this.closed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
     if (signal?.aborted) throw aborted(exportName, signal);
-    if (this.broken)
-      throw new RingFlashAttnError(
-        'E_WORKER',
-        `this runtime spans ${this.processes} processes and can run no more calls: ${this.broken}`,
-      );
+    if (this.procs?.broken) throw this.procs.brokenError();
     await this.replaceStaleWorkers();
     this.calls++;
-    if (this.joined && this.backend === 'cpu') native().cpu.netBeginCall(this.scope, this.calls);
+    this.procs?.beginCall(this.calls);
     const flight: Flight = {
       ranks,
       running: new Set(ranks),
@@ -771,13 +551,7 @@ export class Runtime {
       const reason = `rank ${e.rank ?? '?'} failed: ${e.message}`;
       abortCommunicators(this.scope, reason);
       // NCCL communicators spanning processes cannot be remade: every process must stop.
-      if (this.joined && this.backend === 'cuda' && !this.broken) {
-        this.broken = reason;
-        const j = this.joined;
-        j.store
-          .set('failed', `process ${j.self} (${j.procs[j.self]!.name}): ${reason}`, this.timeoutMs)
-          .catch(() => undefined);
-      }
+      this.procs?.shareFailure(reason);
       // The other ranks' waits are woken by the abort; one still running after the grace is
       // stuck in user code (or a kernel that will not end) and is terminated.
       const graceMs = Math.min(this.timeoutMs, FAILURE_GRACE_MS);
@@ -903,65 +677,12 @@ export class Runtime {
     this.strays?.close();
     await Promise.all(this.pools.map((p) => bounded(p.destroy(), this.timeoutMs)));
     this.pools = [];
-    if (this.joined) {
-      const j = this.joined;
-      // The other processes' rt.serve() end with process 0's runtime.
-      if (j.self === 0)
-        await Promise.all(
-          j.procs.map((_, q) =>
-            q === 0
-              ? undefined
-              : j.store
-                  .set(`drive/${q}/${this.drives + 1}`, encode({ stop: true }), this.timeoutMs)
-                  .catch(() => undefined),
-          ),
-        );
-      if (this.backend === 'cpu') native().cpu.netClose(this.scope);
-      await this.joined.store.bye(this.timeoutMs).catch(() => undefined);
-      this.joined.store.close();
-      this.joined.server?.close();
-    }
+    await this.procs?.close();
   }
 
   get isClosed(): boolean {
     return this.closed;
   }
-}
-
-/** A driver-mode task for another process, and its answer (runtime/store.ts carries both). */
-interface DriveTask {
-  stop?: boolean;
-  moduleUrl?: string;
-  exportName?: string;
-  timeoutMs?: number;
-  ranks?: number[];
-  args?: unknown[];
-}
-interface DriveReply {
-  values?: unknown[];
-  error?: { code: string; message: string; rank?: number };
-}
-
-// Typed arrays keep their types (the shards are Float32Array, Uint16Array and Int32Array).
-const packr = new Packr({ moreTypes: true });
-const encode = (x: unknown) => packr.pack(x).toString('base64');
-const decode = (s: string) => packr.unpack(Buffer.from(s, 'base64'));
-
-/** This package's dist/ folder: a module inside it is named relative to it, since other machines may install the package elsewhere. */
-const PACKAGE_DIST = new URL('../', import.meta.url).href;
-const portableUrl = (url: string) =>
-  url.startsWith(PACKAGE_DIST) ? `package:${url.slice(PACKAGE_DIST.length)}` : url;
-const localUrl = (url: string) =>
-  url.startsWith('package:') ? new URL(url.slice('package:'.length), PACKAGE_DIST).href : url;
-
-/** Process 0's NCCL unique id, for every process of a runtime on GPUs (base64). */
-function shareNcclId(): string {
-  return Buffer.from(cudaNative().ncclUniqueId()).toString('base64');
-}
-
-/** The world communicator of `scope` joins the id process 0 handed out. */
-function registerNcclId(scope: string, world: number, id: string): void {
-  cudaNative().ncclRegisterWorldId(scope, world, new Uint8Array(Buffer.from(id, 'base64')));
 }
 
 function aborted(exportName: string, signal: AbortSignal): RingFlashAttnError {
