@@ -155,6 +155,7 @@ void read_loop(std::shared_ptr<Net> net, std::shared_ptr<Conn> conn, int peer) {
         (h.bytes && !read_full(fd, m.bytes.data(), h.bytes)))
       break;
     std::lock_guard<std::mutex> lock(g_mu);
+    if (net->closing) continue;  // this runtime is closed: nobody will take it
     if (h.kind == kMessage) {
       if (m.call == net->call)
         deliver_locked(*net, std::move(m));
