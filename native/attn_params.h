@@ -88,10 +88,11 @@ struct ScoreMods {
   uint64_t dropout_seed = 0;
 
   bool positional() const { return q_pos != nullptr; }
-  // Whether any hook is on (global positions count: they move the causal diagonal).
-  bool any() const {
-    return positional() || window_left >= 0 || window_right >= 0 || softcap != 0.f || alibi_slopes ||
-           dropout_p != 0.f;
+  // Whether any hook is on for a call with this causal flag (a causal call's window (-1, 0) is its
+  // causal mask, not a hook; global positions count: they move the causal diagonal).
+  bool any(bool causal) const {
+    const bool window = window_left >= 0 || (window_right >= 0 && !(causal && window_right == 0));
+    return positional() || window || softcap != 0.f || alibi_slopes || dropout_p != 0.f;
   }
 };
 

@@ -944,7 +944,7 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) 
 }
 
 void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch, const LaunchOverrides& o) {
-  if (p.mods.any())  // as in flash_fwd: never run as if the hooks were off
+  if (p.mods.any(p.shape.causal))  // as in flash_fwd: never run as if the hooks were off
     RFA_THROW("E_UNSUPPORTED",
               "flash_bwd: window_size, softcap, alibi_slopes, dropout_p and global positions are not in the "
               "CUDA kernels yet (the CPU backend has them)");

@@ -760,7 +760,7 @@ void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scra
                 "flash_fwd: overrides: fwd_splits out of range");
   // The TypeScript layer refuses these options on CUDA first; a call that still carries one must
   // not run as if it had none.
-  if (params.mods.any())
+  if (params.mods.any(params.shape.causal))
     RFA_THROW("E_UNSUPPORTED",
               "flash_fwd: window_size, softcap, alibi_slopes, dropout_p and global positions are not in the "
               "CUDA kernels yet (the CPU backend has them)");

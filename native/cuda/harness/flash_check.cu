@@ -739,6 +739,21 @@ void run_errors() {
     cuda::flash_fwd(p, 0, scratch());
   });
   // The option hooks are not in the CUDA kernels: a call carrying one is refused, never run without it.
+  {  // a causal call's window (-1, 0) is its mask, not a hook: it runs
+    auto p = params(64, 2, 2, DType::bf16);
+    p.shape.causal = true;
+    p.mods.window_right = 0;
+    std::string got = "ran";
+    try {
+      cuda::flash_fwd(p, 0, scratch());
+      CHECK_CUDA(cudaDeviceSynchronize());
+    } catch (const NativeError& e) {
+      got = e.code;
+    }
+    std::printf("%s  flash_fwd causal with window (-1, 0) -> %s\n", got == "ran" ? "PASS" : "FAIL",
+                got.c_str());
+    if (got != "ran") ++g_failures;
+  }
   expect_throw("flash_fwd softcap", "E_UNSUPPORTED", [&] {
     auto p = params(64, 2, 2, DType::bf16);
     p.mods.softcap = 30.f;
