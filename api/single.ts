@@ -1,23 +1,13 @@
 // flash_attn_*: one device, no ring: the kernel itself behind the same wrappers, used as the
 // benchmark's baseline and by code ported from flash-attn. q and k may differ in length (causal
 // is then bottom-right aligned, as in flash-attn 2.x).
-import type { Backend } from '../runtime/backend.js';
-import type { Group } from '../runtime/comm.js';
-import type { DeviceTensor } from '../runtime/tensor.js';
 import { FLASH_POSITIONAL } from './args.js';
 import { CallHooks } from './hooks.js';
 import { attnFamily } from './wrappers.js';
 import type { FlashArgs } from './types.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from './variant.js';
+import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from './variant.js';
 
-export function singleForward(
-  backend: Backend,
-  _g: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: RingOptions,
-): RingForward {
+export const singleForward: RingForwardFn<RingOptions> = (backend, _g, q, k, v, o) => {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   // The result is final (no merge follows): the kernel writes it in q's dtype, as FlashAttention
   // does, and the backward's rowsum(dout * out) reads that same out.
@@ -28,18 +18,9 @@ export function singleForward(
   backend.flashFwd(q, k, v, out, lse, { ...o, hooks: hooks.local() });
   hooks.release();
   return { out, lse };
-}
+};
 
-export function singleBackward(
-  backend: Backend,
-  _g: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: RingOptions,
-): RingGrads {
+export const singleBackward: RingBackwardFn<RingOptions> = (backend, _g, dout, q, k, v, fwd, o) => {
   const [b, s, h] = q.shape as [number, number, number, number];
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
@@ -54,7 +35,7 @@ export function singleBackward(
   hooks.release();
   dsum.dispose();
   return { dq, dk, dv };
-}
+};
 
 export const singleVariant: RingVariant = {
   name: 'flash_attn',

@@ -83,3 +83,7 @@ export interface RingVariant<O extends RingOptions = RingOptions> {
     o: O,
   ): RingGrads;
 }
+
+/** A variant's forward and backward as standalone functions (their parameters typed once, here). */
+export type RingForwardFn<O extends RingOptions = RingOptions> = RingVariant<O>['forward'];
+export type RingBackwardFn<O extends RingOptions = RingOptions> = RingVariant<O>['backward'];

@@ -2,12 +2,10 @@
 // K/V of rank r−s, which that rank sends directly (not passed along); a causal rank only needs
 // ranks ≤ r, so transfers nobody will use are skipped. The transfer for step s+1 is issued before
 // block s is computed. Backward sends each block's fp32 dK/dV straight back to its owner.
-import type { Backend } from '../../runtime/backend.js';
 import { DONE, ringPeer, type Group, type Pending } from '../../runtime/comm.js';
-import type { DeviceTensor } from '../../runtime/tensor.js';
 import { attnFamily } from '../wrappers.js';
 import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer } from './kv_buffer.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
 import { isPositional } from '../hooks.js';
 import { positionalBackward, positionalForward } from './positional_ring.js';
 import { contiguousPieces } from './positions.js';
@@ -23,14 +21,7 @@ function schedule(group: Group, causal: boolean) {
   };
 }
 
-export function ringForward(
-  backend: Backend,
-  group: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: RingOptions,
-): RingForward {
+export const ringForward: RingForwardFn<RingOptions> = (backend, group, q, k, v, o) => {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   const comm = backend.comm(group);
   const plan = schedule(group, o.causal);
@@ -76,18 +67,9 @@ export function ringForward(
   pending.wait();
   disposeAll(local?.copy, ...recv, final ? out : undefined);
   return { out: final ?? out, lse };
-}
+};
 
-export function ringBackward(
-  backend: Backend,
-  group: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: RingOptions,
-): RingGrads {
+export const ringBackward: RingBackwardFn<RingOptions> = (backend, group, dout, q, k, v, fwd, o) => {
   const [b, s, h] = q.shape as [number, number, number, number];
   const comm = backend.comm(group);
   const plan = schedule(group, o.causal);
@@ -152,7 +134,7 @@ export function ringBackward(
   if (returning) collect(W - 1, returning);
   disposeAll(dsum, local?.copy, ...recv, ...dkvOut, ...dkvIn);
   return { dq, dk: own.k, dv: own.v };
-}
+};
 
 const layoutOf = (s: number) => ({ pieces: contiguousPieces(s) });
 

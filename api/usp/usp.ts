@@ -21,7 +21,7 @@ import { zigzagVariant } from '../ring/zigzag_ring.js';
 import { singleVariant } from '../single.js';
 import type { RingImpl, UspArgs } from '../types.js';
 import { checkQkv } from '../validate.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import type { RingBackwardFn, RingForward, RingOptions, RingVariant } from '../variant.js';
 import { DENSE_FRAME, makeFamily, resolveGroup, type AttnFamily, type ParseArgs } from '../wrappers.js';
 import { headsToSeq, lseToSeq, seqToHeads } from './all_to_all.js';
 import { uspDegrees, uspGrid, type UspDegrees } from './grid.js';
@@ -103,16 +103,7 @@ export function uspForward(
   };
 }
 
-export function uspBackward(
-  backend: Backend,
-  group: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: UspOptions,
-): RingGrads {
+export const uspBackward: RingBackwardFn<UspOptions> = (backend, group, dout, q, k, v, fwd, o) => {
   const grid = uspGrid(group, o.ulysses, o.ring);
   const ring = ringOf(o);
   if (o.ulysses === 1) return ring.backward(backend, grid.ring, dout, q, k, v, fwd, o);
@@ -131,7 +122,7 @@ export function uspBackward(
   const grads = { dq: back(g.dq, q), dk: back(g.dk, k), dv: back(g.dv, v) };
   disposeAll(g.dq, g.dk, g.dv); // dk and dv may share one buffer: a release is idempotent
   return grads;
-}
+};
 
 /**
  * The arguments of a Ulysses family; `degrees` reads the grid from the keywords (usp) or fixes it

@@ -17,7 +17,7 @@ import { varlenFamily } from './wrappers.js';
 import { CallHooks, isPositional } from '../hooks.js';
 import { maskOf } from '../ring/positional_ring.js';
 import type { ScoreHooks } from '../../runtime/kernel_args.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
 
 export interface Llama3Options extends RingOptions {
   cuSeqlensQ: Int32Array;
@@ -220,14 +220,7 @@ function callsOf(backend: Backend, group: Group, s: number, o: Llama3Options) {
   return { hooks, at: hooks.at({ q, k, diag: 0, seqTok }), spec };
 }
 
-export function llama3Forward(
-  backend: Backend,
-  group: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: Llama3Options,
-): RingForward {
+export const llama3Forward: RingForwardFn<Llama3Options> = (backend, group, q, k, v, o) => {
   const [, s, h, d] = q.shape as [number, number, number, number];
   const out = backend.empty([1, s, h, d], 'float32');
   const lse = backend.empty([1, h, s], 'float32');
@@ -247,18 +240,9 @@ export function llama3Forward(
   hk.hooks.release();
   seg.release();
   return { out, lse };
-}
+};
 
-export function llama3Backward(
-  backend: Backend,
-  group: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: Llama3Options,
-): RingGrads {
+export const llama3Backward: RingBackwardFn<Llama3Options> = (backend, group, dout, q, k, v, fwd, o) => {
   const [, s, h] = q.shape as [number, number, number, number];
   const dq = backend.zeros(q.shape, 'float32');
   const dsum = backend.empty([1, h, s], 'float32');
@@ -300,7 +284,7 @@ export function llama3Backward(
   seg.release();
   dsum.dispose();
   return { dq, dk, dv };
-}
+};
 
 export const llama3Variant: RingVariant<Llama3Options> = {
   name: 'llama3_flash_attn_varlen',

@@ -5,18 +5,15 @@
 // then flash-attn's tail (dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
 // deterministic, return_attn_probs). q and k may hold different lengths per sequence (causal is
 // bottom-right aligned per sequence). The kernels see batch-1 views and one segment table.
-import type { Backend } from '../../runtime/backend.js';
-import type { Group } from '../../runtime/comm.js';
 import { currentContext } from '../../runtime/context.js';
 import { fail } from '../../runtime/errors.js';
-import type { DeviceTensor } from '../../runtime/tensor.js';
 import { FLASH_POSITIONAL, parseAttnArgs, ringOptions } from '../args.js';
 import { checkCuSeqlens, checkMaxSeqlen } from './cu_seqlens.js';
 import { makeFamily, VARLEN_FRAME } from '../wrappers.js';
 import { segmentSpec, SegmentTables, spansOf, type SegmentSpec } from './segments.js';
 import { checkQkv } from '../validate.js';
 import { CallHooks } from '../hooks.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
 
 export const FLASH_VARLEN_POSITIONAL = [
   'cu_seqlens_q',
@@ -31,14 +28,7 @@ interface SingleVarlenOptions extends RingOptions {
   seg: SegmentSpec;
 }
 
-function singleVarlenForward(
-  backend: Backend,
-  _g: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: SingleVarlenOptions,
-): RingForward {
+const singleVarlenForward: RingForwardFn<SingleVarlenOptions> = (backend, _g, q, k, v, o) => {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   // Final, as in singleForward: written in q's dtype (cu_seqlens cover every row, so the kernel
   // writes every row: zeros where a row sees no key).
@@ -55,18 +45,9 @@ function singleVarlenForward(
   hooks.release();
   tables.release();
   return { out, lse };
-}
+};
 
-function singleVarlenBackward(
-  backend: Backend,
-  _g: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: SingleVarlenOptions,
-): RingGrads {
+const singleVarlenBackward: RingBackwardFn<SingleVarlenOptions> = (backend, _g, dout, q, k, v, fwd, o) => {
   const [b, s, h] = q.shape as [number, number, number, number];
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
@@ -91,7 +72,7 @@ function singleVarlenBackward(
   tables.release();
   dsum.dispose();
   return { dq, dk, dv };
-}
+};
 
 export const singleVarlenVariant: RingVariant<SingleVarlenOptions> = {
   name: 'flash_attn_varlen',

@@ -17,7 +17,7 @@ import { disposeAll } from '../ring/kv_buffer.js';
 import type { ScoreHooks } from '../../runtime/kernel_args.js';
 import { CallHooks, isPositional } from '../hooks.js';
 import type { ZigzagLlama3Args } from '../types.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
 import { checkCuSeqlens, checkSeqDivisible, maxSeqLength } from './cu_seqlens.js';
 import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
 import { segmentSpec, type SegmentSpec } from './segments.js';
@@ -217,14 +217,7 @@ function orderedPair(
   return { k: backend.empty([1, rows, stride, d], dtype), v: backend.empty([1, rows, stride, d], dtype) };
 }
 
-export function zigzagLlama3Forward(
-  backend: Backend,
-  group: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: ZigzagLlama3Options,
-): RingForward {
+export const zigzagLlama3Forward: RingForwardFn<ZigzagLlama3Options> = (backend, group, q, k, v, o) => {
   const [, s, h, d] = q.shape as [number, number, number, number];
   const W = group.size;
   const out = backend.empty([1, s, h, d], 'float32');
@@ -248,18 +241,18 @@ export function zigzagLlama3Forward(
   hooks.release();
   seg.release();
   return { out, lse };
-}
+};
 
-export function zigzagLlama3Backward(
-  backend: Backend,
-  group: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: ZigzagLlama3Options,
-): RingGrads {
+export const zigzagLlama3Backward: RingBackwardFn<ZigzagLlama3Options> = (
+  backend,
+  group,
+  dout,
+  q,
+  k,
+  v,
+  fwd,
+  o,
+) => {
   const [, s, h] = q.shape as [number, number, number, number];
   const W = group.size;
   const dq = backend.zeros(q.shape, 'float32');
@@ -315,7 +308,7 @@ export function zigzagLlama3Backward(
   hooks.release();
   dsum.dispose();
   return { dq, dk, dv };
-}
+};
 
 export const zigzagLlama3Variant: RingVariant<ZigzagLlama3Options> = {
   name: 'zigzag_llama3_flash_attn_varlen',
