@@ -13,7 +13,14 @@ import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer, type KvPair } fr
 import { coversQueries, SegmentTables, type SegmentSpec } from '../varlen/segments.js';
 import { isPositional } from '../hooks.js';
 import { positionalBackward, positionalForward, type PositionalLayout } from './positional_ring.js';
-import type { RingForward, RingGrads, RingOptions, RingVariant } from '../variant.js';
+import type {
+  RingForward,
+  RingGrads,
+  RingOptions,
+  RingVariant,
+  RingBackwardFn,
+  RingForwardFn,
+} from '../variant.js';
 
 /** Rows [start, start + length) of the sequence axis. */
 export interface Rows {
@@ -68,12 +75,7 @@ const rowsOf = (t: DeviceTensor, r: Rows, axis = 1) =>
 
 export function passAlongForward(
   plan: PlanFn,
-  backend: Backend,
-  group: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: RingOptions,
+  ...[backend, group, q, k, v, o]: Parameters<RingForwardFn>
 ): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   const W = group.size;
@@ -139,14 +141,7 @@ function castRowsOutside(backend: Backend, src: DeviceTensor, dst: DeviceTensor,
 
 export function passAlongBackward(
   plan: PlanFn,
-  backend: Backend,
-  group: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: RingOptions,
+  ...[backend, group, dout, q, k, v, fwd, o]: Parameters<RingBackwardFn>
 ): RingGrads {
   const [b, s, h] = q.shape as [number, number, number, number];
   const W = group.size;

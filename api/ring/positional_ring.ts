@@ -11,7 +11,7 @@ import { ringPeer, type Comm, type Group, type Pending } from '../../runtime/com
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { CallHooks, type RowPositions } from '../hooks.js';
 import { SegmentTables, type SegmentSpec } from '../varlen/segments.js';
-import type { RingForward, RingGrads, RingOptions } from '../variant.js';
+import type { RingForward, RingGrads, RingOptions, RingBackwardFn, RingForwardFn } from '../variant.js';
 import { disposeAll, emptyKv, kvOps, kvViews, sendableKv, type KvBuffer, type KvPair } from './kv_buffer.js';
 import type { Rows } from './pass_along.js';
 import { blockRects, positionsOf, type Mask, type PiecesOf } from './positions.js';
@@ -168,12 +168,7 @@ function kvTransfer(
 
 export function positionalForward(
   layout: PositionalLayout,
-  backend: Backend,
-  group: Group,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  o: RingOptions,
+  ...[backend, group, q, k, v, o]: Parameters<RingForwardFn>
 ): RingForward {
   const [b, s, h, d] = q.shape as [number, number, number, number];
   const comm = backend.comm(group);
@@ -228,14 +223,7 @@ function addRowsInto(backend: Backend, dst: KvBuffer, src: KvBuffer, r: Rows): v
 
 export function positionalBackward(
   layout: PositionalLayout,
-  backend: Backend,
-  group: Group,
-  dout: DeviceTensor,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  v: DeviceTensor,
-  fwd: RingForward,
-  o: RingOptions,
+  ...[backend, group, dout, q, k, v, fwd, o]: Parameters<RingBackwardFn>
 ): RingGrads {
   const [b, s, h] = q.shape as [number, number, number, number];
   const comm = backend.comm(group);
