@@ -2,11 +2,11 @@
 // next group's gather in flight) over the zigzag varlen layout: every packed sequence is cut into
 // 2·world chunks and rank r holds chunks r and 2·world−1−r of each, so under a causal mask every
 // rank attends to the same number of keys (llama3's contiguous split leaves the last rank the
-// most work). The gathered keys arrive rank-major; one permutation puts each sequence's chunks
-// back in order, after which a query chunk c of sequence i sees one contiguous key range (chunks
-// 0..c, causal bottom-right): the forward is one segment table, the backward two (one per local
-// chunk). Backward permutes the fp32 dK/dV back to rank-major before the reduce-scatter returns
-// them to their owners.
+// most work). The gathered keys arrive rank-major, and each rank's block is computed as the
+// zigzag varlen ring's step that holds it would (blockSteps). Options that read global positions
+// take the other path: one permutation puts each sequence's chunks back in order, after which a
+// query chunk c of sequence i sees one contiguous key range (chunks 0..c, causal bottom-right);
+// its backward permutes the fp32 dK/dV back to rank-major before the reduce-scatter returns them.
 import type { Backend } from '../../runtime/backend.js';
 import type { Group } from '../../runtime/comm.js';
 import { fail } from '../../runtime/errors.js';
@@ -20,7 +20,8 @@ import type { ZigzagLlama3Args } from '../types.js';
 import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
 import { checkCuSeqlens, checkSeqDivisible, maxSeqLength } from './cu_seqlens.js';
 import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
-import { segmentSpec, type SegmentSpec } from './segments.js';
+import { segmentSpec, SegmentTables, type SegmentSpec } from './segments.js';
+import { zigzagVarlenPlan } from './zigzag_ring_varlen.js';
 import { readCuSeqlens, varlenFamily, type VarlenOptions } from './wrappers.js';
 
 export interface ZigzagLlama3Options extends VarlenOptions {
@@ -217,7 +218,104 @@ function orderedPair(
   return { k: backend.empty([1, rows, stride, d], dtype), v: backend.empty([1, rows, stride, d], dtype) };
 }
 
-export const zigzagLlama3Forward: RingForwardFn<ZigzagLlama3Options> = (backend, group, q, k, v, o) => {
+/**
+ * Without position-reading options the gathered keys need no reordering: rank j's block (rows
+ * j·s.., its two chunks of every sequence) is what a zigzag varlen ring would hold at step
+ * (r − j) mod W, so that step's block plan covers it, and the blocks merge through the lse as the
+ * ring's steps do. One kernel call per block replaces a copy per chunk and sequence.
+ */
+function blockSteps(o: ZigzagLlama3Options, group: Group, s: number) {
+  const plan = zigzagVarlenPlan(o, group);
+  const W = group.size,
+    r = group.rank;
+  // The own block first: its call writes every query row, the others merge into them.
+  return Array.from({ length: W }, (_, i) => {
+    const j = (r - i + W) % W;
+    return { rows: { start: j * s, length: s }, plan: plan(i, group, s, o)! };
+  });
+}
+
+const gatheredForward: RingForwardFn<ZigzagLlama3Options> = (backend, group, q, k, v, o) => {
+  const [, s, h, d] = q.shape as [number, number, number, number];
+  const out = backend.empty([1, s, h, d], 'float32');
+  const lse = backend.empty([1, h, s], 'float32');
+  const tables = new SegmentTables(backend);
+  const steps = blockSteps(o, group, s);
+  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
+  for (let i = 0; i < gather.groups; i++) {
+    const kv = gather.next();
+    const g = headViews(q, k, o.headsKStride, i);
+    steps.forEach(({ rows, plan }, n) =>
+      backend.flashFwd(
+        g.heads(q),
+        kv.k.narrow(1, rows.start, rows.length),
+        kv.v.narrow(1, rows.start, rows.length),
+        g.heads(out),
+        g.lseHeads(lse),
+        {
+          softmaxScale: o.softmaxScale,
+          causal: plan.causal,
+          seg: tables.get(plan.seg),
+          hooks,
+          merge: n > 0,
+        },
+      ),
+    );
+  }
+  gather.dispose();
+  tables.release();
+  return { out, lse };
+};
+
+const gatheredBackward: RingBackwardFn<ZigzagLlama3Options> = (backend, group, dout, q, k, v, fwd, o) => {
+  const [, s, h] = q.shape as [number, number, number, number];
+  const dq = backend.zeros(q.shape, 'float32');
+  const dsum = backend.empty([1, h, s], 'float32');
+  backend.flashBwdDot(dout, fwd.out, dsum);
+  const tables = new SegmentTables(backend);
+  const steps = blockSteps(o, group, s);
+  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
+  const reduce = new HeadGroupReduce(backend, group, k, o.headsKStride);
+  for (let i = 0; i < gather.groups; i++) {
+    const kv = gather.next();
+    const acc = reduce.acquire(i); // zeroed, rank-major like the gathered keys
+    const g = headViews(q, k, o.headsKStride, i);
+    for (const { rows, plan } of steps) {
+      const block = (t: DeviceTensor) => t.narrow(1, rows.start, rows.length);
+      backend.flashBwd(
+        {
+          dout: g.heads(dout),
+          q: g.heads(q),
+          k: block(kv.k),
+          v: block(kv.v),
+          lse: g.lseHeads(fwd.lse),
+          dsum: g.lseHeads(dsum),
+          dq: g.heads(dq),
+          dk: block(acc.k),
+          dv: block(acc.v),
+        },
+        {
+          softmaxScale: o.softmaxScale,
+          causal: plan.causal,
+          seg: tables.get(plan.seg),
+          hooks,
+          accumulate: true,
+          deterministic: o.deterministic,
+        },
+      );
+    }
+    reduce.scatter(i);
+  }
+  const { k: dk, v: dv } = reduce.finish();
+  gather.dispose();
+  tables.release();
+  dsum.dispose();
+  return { dq, dk, dv };
+};
+
+const orderedForward: RingForwardFn<ZigzagLlama3Options> = (backend, group, q, k, v, o) => {
   const [, s, h, d] = q.shape as [number, number, number, number];
   const W = group.size;
   const out = backend.empty([1, s, h, d], 'float32');
@@ -243,16 +341,7 @@ export const zigzagLlama3Forward: RingForwardFn<ZigzagLlama3Options> = (backend,
   return { out, lse };
 };
 
-export const zigzagLlama3Backward: RingBackwardFn<ZigzagLlama3Options> = (
-  backend,
-  group,
-  dout,
-  q,
-  k,
-  v,
-  fwd,
-  o,
-) => {
+const orderedBackward: RingBackwardFn<ZigzagLlama3Options> = (backend, group, dout, q, k, v, fwd, o) => {
   const [, s, h] = q.shape as [number, number, number, number];
   const W = group.size;
   const dq = backend.zeros(q.shape, 'float32');
@@ -309,6 +398,11 @@ export const zigzagLlama3Backward: RingBackwardFn<ZigzagLlama3Options> = (
   dsum.dispose();
   return { dq, dk, dv };
 };
+
+export const zigzagLlama3Forward: RingForwardFn<ZigzagLlama3Options> = (...a) =>
+  (isPositional(a[5]) ? orderedForward : gatheredForward)(...a);
+export const zigzagLlama3Backward: RingBackwardFn<ZigzagLlama3Options> = (...a) =>
+  (isPositional(a[7]) ? orderedBackward : gatheredBackward)(...a);
 
 export const zigzagLlama3Variant: RingVariant<ZigzagLlama3Options> = {
   name: 'zigzag_llama3_flash_attn_varlen',
