@@ -147,41 +147,35 @@ export function zigzagLlama3Spec(
 }
 
 /**
- * The option hooks of this rank's calls, one per segment table (`which` as zigzagLlama3Spec), by
- * head group. With options that read positions: local query row j of sequence i (start L, half c)
- * sits at r·c + j in its first chunk and (2W−1−r)·c + j − c in its second; an ordered key row sits
- * at its offset from the sequence's start W·L, which is also its packed token base.
+ * The option hooks of the ordered path's calls (options that read positions), one per segment
+ * table (`which` as zigzagLlama3Spec), by head group: local query row j of sequence i (start L,
+ * half c) sits at r·c + j in its first chunk and (2W−1−r)·c + j − c in its second; an ordered key
+ * row sits at its offset from the sequence's start W·L, which is also its packed token base.
  */
 function hooksOf(backend: Backend, group: Group, s: number, o: ZigzagLlama3Options) {
   const hooks = new CallHooks(backend, o);
   const W = group.size,
     r = group.rank,
     cu = o.cuSeqlens;
-  const table = new Map<string, ScoreHooks | undefined>();
-  const positional = isPositional(o);
-  let q: Int32Array | null = null,
-    k: Int32Array | null = null;
-  if (positional) {
-    q = new Int32Array(s);
+  const table = new Map<string, ScoreHooks>();
+  const q = new Int32Array(s),
     k = new Int32Array(W * s);
-    for (let i = 0; i + 1 < cu.length; i++) {
-      const L = cu[i]!,
-        c = (cu[i + 1]! - L) / 2;
-      for (let j = 0; j < c; j++) {
-        q[L + j] = r * c + j;
-        q[L + c + j] = (2 * W - 1 - r) * c + j;
-      }
-      for (let j = 0; j < 2 * W * c; j++) k[W * L + j] = j;
+  for (let i = 0; i + 1 < cu.length; i++) {
+    const L = cu[i]!,
+      c = (cu[i + 1]! - L) / 2;
+    for (let j = 0; j < c; j++) {
+      q[L + j] = r * c + j;
+      q[L + c + j] = (2 * W - 1 - r) * c + j;
     }
+    for (let j = 0; j < 2 * W * c; j++) k[W * L + j] = j;
   }
-  const at = (which: 'both' | 'front' | 'back', headOffset: number): ScoreHooks | undefined => {
-    if (!positional) return o.softcap ? { softcap: o.softcap } : undefined;
+  const at = (which: 'both' | 'front' | 'back', headOffset: number): ScoreHooks => {
     let h = table.get(which);
     if (!h) {
       const seqTok: number[] = [];
       for (let i = 0; i + 1 < cu.length; i++)
         for (let n = which === 'both' ? 2 : 1; n > 0; n--) seqTok.push(W * cu[i]!);
-      table.set(which, (h = hooks.at({ q: q!, k: k!, diag: 0, seqTok })));
+      table.set(which, (h = hooks.at({ q, k, diag: 0, seqTok })));
     }
     return { ...h, headOffset: (o.headOffset ?? 0) + headOffset };
   };
@@ -399,10 +393,18 @@ const orderedBackward: RingBackwardFn<ZigzagLlama3Options> = (backend, group, do
   return { dq, dk, dv };
 };
 
-export const zigzagLlama3Forward: RingForwardFn<ZigzagLlama3Options> = (...a) =>
-  (isPositional(a[5]) ? orderedForward : gatheredForward)(...a);
-export const zigzagLlama3Backward: RingBackwardFn<ZigzagLlama3Options> = (...a) =>
-  (isPositional(a[7]) ? orderedBackward : gatheredBackward)(...a);
+export const zigzagLlama3Forward: RingForwardFn<ZigzagLlama3Options> = (backend, group, q, k, v, o) =>
+  (isPositional(o) ? orderedForward : gatheredForward)(backend, group, q, k, v, o);
+export const zigzagLlama3Backward: RingBackwardFn<ZigzagLlama3Options> = (
+  backend,
+  group,
+  dout,
+  q,
+  k,
+  v,
+  fwd,
+  o,
+) => (isPositional(o) ? orderedBackward : gatheredBackward)(backend, group, dout, q, k, v, fwd, o);
 
 export const zigzagLlama3Variant: RingVariant<ZigzagLlama3Options> = {
   name: 'zigzag_llama3_flash_attn_varlen',
