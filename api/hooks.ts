@@ -94,3 +94,7 @@ export class CallHooks {
     this.tables.length = 0;
   }
 }
+
+/** The hooks of a call whose options read no positions: softcap alone, or none. */
+export const positionFreeHooks = (o: RingOptions): ScoreHooks | undefined =>
+  o.softcap ? { softcap: o.softcap } : undefined;

@@ -11,7 +11,7 @@ import { ringPeer, type Group, type Pending } from '../../runtime/comm.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
 import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer, type KvPair } from './kv_buffer.js';
 import { coversQueries, SegmentTables, type SegmentSpec } from '../varlen/segments.js';
-import { isPositional } from '../hooks.js';
+import { isPositional, positionFreeHooks } from '../hooks.js';
 import { positionalBackward, positionalForward, type PositionalLayout } from './positional_ring.js';
 import type {
   RingForward,
@@ -82,7 +82,7 @@ export function passAlongForward(
   const out = backend.empty([b, s, h, d], 'float32');
   const lse = backend.empty([b, h, s], 'float32');
   const tables = new SegmentTables(backend);
-  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const hooks = positionFreeHooks(o);
   const attn = (p: BlockPlan) => ({
     softmaxScale: o.softmaxScale,
     causal: p.causal,
@@ -170,7 +170,7 @@ export function passAlongBackward(
         softmaxScale: o.softmaxScale,
         causal: p.causal,
         seg: tables.get(p.seg),
-        hooks: o.softcap ? { softcap: o.softcap } : undefined,
+        hooks: positionFreeHooks(o),
         accumulate: true,
         overwriteKv: !p.seg,
         deterministic: o.deterministic,

@@ -6,7 +6,7 @@ import { DONE, ringPeer, type Group, type Pending } from '../../runtime/comm.js'
 import { attnFamily } from '../wrappers.js';
 import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer } from './kv_buffer.js';
 import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
-import { isPositional } from '../hooks.js';
+import { isPositional, positionFreeHooks } from '../hooks.js';
 import { positionalBackward, positionalForward } from './positional_ring.js';
 import { contiguousPieces } from './positions.js';
 
@@ -43,7 +43,7 @@ export const ringForward: RingForwardFn<RingOptions> = (backend, group, q, k, v,
   const lastStep = o.causal ? group.rank : W - 1;
   const final = q.dtype !== 'float32' ? backend.empty(q.shape, q.dtype) : null;
   let pending = transfer(1);
-  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const hooks = positionFreeHooks(o);
   backend.flashFwd(q, k, v, lastStep === 0 && final ? final : out, lse, {
     softmaxScale: o.softmaxScale,
     causal: o.causal,
@@ -85,7 +85,7 @@ export const ringBackward: RingBackwardFn<RingOptions> = (backend, group, dout, 
   // dq accumulates over the steps; every step's dK/dV (all key rows) is written into its own buffer.
   const attn = {
     softmaxScale: o.softmaxScale,
-    hooks: o.softcap ? { softcap: o.softcap } : undefined,
+    hooks: positionFreeHooks(o),
     accumulate: true,
     overwriteKv: true,
     deterministic: o.deterministic,

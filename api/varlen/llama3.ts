@@ -14,7 +14,7 @@ import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
 import { segmentSpec, spansOf } from './segments.js';
 import type { KSlice, Llama3Args } from '../types.js';
 import { varlenFamily } from './wrappers.js';
-import { CallHooks, isPositional } from '../hooks.js';
+import { CallHooks, isPositional, positionFreeHooks } from '../hooks.js';
 import { maskOf } from '../ring/positional_ring.js';
 import type { ScoreHooks } from '../../runtime/kernel_args.js';
 import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
@@ -197,7 +197,7 @@ const specOf = (o: Llama3Options) => segmentSpec(spansOf(o.cuSeqlensQ), spansOf(
 function callsOf(backend: Backend, group: Group, s: number, o: Llama3Options) {
   const hooks = new CallHooks(backend, o);
   const spec = specOf(o);
-  if (!isPositional(o)) return { hooks, at: o.softcap ? { softcap: o.softcap } : undefined, spec };
+  if (!isPositional(o)) return { hooks, at: positionFreeHooks(o), spec };
   const { cuSeqlensQ: cuQ, cuSeqlensK: cuK } = o;
   const first = group.rank * s,
     base = o.localKSlice.start;

@@ -15,7 +15,7 @@ import { ATTN_POSITIONAL } from '../args.js';
 import type { KvPair } from '../ring/kv_buffer.js';
 import { disposeAll } from '../ring/kv_buffer.js';
 import type { ScoreHooks } from '../../runtime/kernel_args.js';
-import { CallHooks, isPositional } from '../hooks.js';
+import { CallHooks, isPositional, positionFreeHooks } from '../hooks.js';
 import type { ZigzagLlama3Args } from '../types.js';
 import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
 import { checkCuSeqlens, checkSeqDivisible, maxSeqLength } from './cu_seqlens.js';
@@ -235,7 +235,7 @@ const gatheredForward: RingForwardFn<ZigzagLlama3Options> = (backend, group, q, 
   const lse = backend.empty([1, h, s], 'float32');
   const tables = new SegmentTables(backend);
   const steps = blockSteps(o, group, s);
-  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const hooks = positionFreeHooks(o);
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {
     const kv = gather.next();
@@ -269,7 +269,7 @@ const gatheredBackward: RingBackwardFn<ZigzagLlama3Options> = (backend, group, d
   backend.flashBwdDot(dout, fwd.out, dsum);
   const tables = new SegmentTables(backend);
   const steps = blockSteps(o, group, s);
-  const hooks = o.softcap ? { softcap: o.softcap } : undefined;
+  const hooks = positionFreeHooks(o);
   const gather = new HeadGroupGather(backend, group, k, v, o.headsKStride);
   const reduce = new HeadGroupReduce(backend, group, k, o.headsKStride);
   for (let i = 0; i < gather.groups; i++) {
