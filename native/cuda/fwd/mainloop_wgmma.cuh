@@ -87,27 +87,25 @@ __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTi
     if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles
     const int n_tiles = hopper_key_tiles<Tr>(sp.nq, sp.nk, m0, p.shape.causal);
     if (n_tiles == 0) continue;
-    mbar_wait(&bars.q_empty, (q_loads++ & 1) ^ 1);
-    mbar_arrive_expect_tx(&bars.q_full, Tr::kQBytes);
+    // Waits for the consumers to free `empty`, then loads `rows` rows from row0 of head `head`
+    // into dst, one 64-column block at a time, completing on `full`.
+    auto load = [&](auto* dst, int rows, const CUtensorMap* map, uint64_t* empty, uint64_t* full,
+                    uint32_t parity, uint32_t bytes, int row0, int head) {
+      mbar_wait(empty, parity);
+      mbar_arrive_expect_tx(full, bytes);
 #pragma unroll
-    for (int cb = 0; cb < Tr::kColBlocks; ++cb)
-      tma_load_4d(sm.q() + cb * Tr::kBlockM * 128, map_q, &bars.q_full, cb * Tr::kColBlock, sp.q0 + m0, ft.h,
-                  int(sp.b));
+      for (int cb = 0; cb < Tr::kColBlocks; ++cb)
+        tma_load_4d(dst + cb * rows * 128, map, full, cb * Tr::kColBlock, row0, head, int(sp.b));
+    };
+    load(sm.q(), Tr::kBlockM, map_q, &bars.q_empty, &bars.q_full, (q_loads++ & 1) ^ 1, Tr::kQBytes,
+         sp.q0 + m0, ft.h);
     for (int it = 0; it < n_tiles; ++it, ++kv) {
-      const int stage = kv % Tr::kStages;
+      const int stage = kv % Tr::kStages, row0 = sp.k0 + it * Tr::kBlockN;
       const uint32_t parity = ((kv / Tr::kStages) & 1) ^ 1;
-      mbar_wait(&bars.k_empty[stage], parity);
-      mbar_arrive_expect_tx(&bars.k_full[stage], Tr::kKVBytes);
-#pragma unroll
-      for (int cb = 0; cb < Tr::kColBlocks; ++cb)
-        tma_load_4d(sm.k(stage) + cb * Tr::kBlockN * 128, map_k, &bars.k_full[stage], cb * Tr::kColBlock,
-                    sp.k0 + it * Tr::kBlockN, hk, int(sp.b));
-      mbar_wait(&bars.v_empty[stage], parity);
-      mbar_arrive_expect_tx(&bars.v_full[stage], Tr::kKVBytes);
-#pragma unroll
-      for (int cb = 0; cb < Tr::kColBlocks; ++cb)
-        tma_load_4d(sm.v(stage) + cb * Tr::kBlockN * 128, map_v, &bars.v_full[stage], cb * Tr::kColBlock,
-                    sp.k0 + it * Tr::kBlockN, hk, int(sp.b));
+      load(sm.k(stage), Tr::kBlockN, map_k, &bars.k_empty[stage], &bars.k_full[stage], parity, Tr::kKVBytes,
+           row0, hk);
+      load(sm.v(stage), Tr::kBlockN, map_v, &bars.v_empty[stage], &bars.v_full[stage], parity, Tr::kKVBytes,
+           row0, hk);
     }
   }
 }
