@@ -397,11 +397,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll 1
     for (int q0 = 0; q0 < Tr::kBlockM; q0 += Tr::kQChunk) {
       // P^T = exp2(S^T * scale_log2 - lse_log2), S^T = K Q^T (16 keys x kQChunk queries per warp).
-      float pt[kQT][4];
-#pragma unroll
-      for (int nt = 0; nt < kQT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) pt[nt][e] = 0.f;
+      float pt[kQT][4] = {};
       gemm_rows_x_rows<Tr, T, Tr::kQChunk>(pt, sK, a_off, sQs + q0 * kPitch, b_off);
 #pragma unroll
       for (int nt = 0; nt < kQT; ++nt)
@@ -417,11 +413,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       gemm_regs_x_tile<Tr, T>(acc_dv, pt, sdOs + q0 * kPitch, bt_off);
 
       // dP^T = V dO^T, then dS^T = P^T (dP^T - dsum) in place.
-      float dst[kQT][4];
-#pragma unroll
-      for (int nt = 0; nt < kQT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dst[nt][e] = 0.f;
+      float dst[kQT][4] = {};
       gemm_rows_x_rows<Tr, T, Tr::kQChunk>(dst, sV, a_off, sdOs + q0 * kPitch, b_off);
 #pragma unroll
       for (int nt = 0; nt < kQT; ++nt)
