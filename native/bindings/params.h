@@ -116,19 +116,32 @@ inline FlashFwdParams fwd_params(const Napi::Object& o) {
   return p;
 }
 
+// The sizes of a (batch, seqlen, heads, head_dim) argument set whose seqlen and heads go by the
+// keys its struct names them, and views of its tensors by them.
+struct BshDims {
+  int32_t batch, seqlen, heads, head_dim;
+};
+inline BshDims bsh_dims(const Napi::Object& o, const char* seqlen_key, const char* heads_key) {
+  return {int32_t(get_i64(o, "batch")), int32_t(get_i64(o, seqlen_key)), int32_t(get_i64(o, heads_key)),
+          int32_t(get_i64(o, "head_dim"))};
+}
+template <typename T>
+T* bsh_view(const Napi::Object& o, const char* key, const BshDims& n, int elem_bytes, BshStrides* st) {
+  return bsh_view<T>(o, key, n.batch, n.seqlen, n.heads, n.head_dim, elem_bytes, st);
+}
+inline float* bhs_view(const Napi::Object& o, const char* key, const BshDims& n, BhsStrides* st) {
+  return bhs_view(o, key, n.batch, n.heads, n.seqlen, st);
+}
+
 inline FlashBwdDotParams bwd_dot_params(const Napi::Object& o) {
   FlashBwdDotParams p;
-  p.batch = int32_t(get_i64(o, "batch"));
-  p.seqlen_q = int32_t(get_i64(o, "seqlen_q"));
-  p.nheads = int32_t(get_i64(o, "nheads"));
-  p.head_dim = int32_t(get_i64(o, "head_dim"));
+  const BshDims n = bsh_dims(o, "seqlen_q", "nheads");
+  p.batch = n.batch, p.seqlen_q = n.seqlen, p.nheads = n.heads, p.head_dim = n.head_dim;
   p.dtype = get_dtype(o, "dtype");
-  p.dout = bsh_view<const void>(o, "dout", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.dtype),
-                                &p.dout_stride);
+  p.dout = bsh_view<const void>(o, "dout", n, dtype_bytes(p.dtype), &p.dout_stride);
   p.out_dtype = out_dtype(o, p.dtype);
-  p.out = bsh_view<const void>(o, "out", p.batch, p.seqlen_q, p.nheads, p.head_dim, dtype_bytes(p.out_dtype),
-                               &p.o_stride);
-  p.dsum = bhs_view(o, "dsum", p.batch, p.nheads, p.seqlen_q, &p.dsum_stride);
+  p.out = bsh_view<const void>(o, "out", n, dtype_bytes(p.out_dtype), &p.o_stride);
+  p.dsum = bhs_view(o, "dsum", n, &p.dsum_stride);
   return p;
 }
 
@@ -153,15 +166,12 @@ inline FlashBwdParams bwd_params(const Napi::Object& o) {
 
 inline MergeParams merge_params(const Napi::Object& o) {
   MergeParams p;
-  p.batch = int32_t(get_i64(o, "batch"));
-  p.seqlen = int32_t(get_i64(o, "seqlen"));
-  p.nheads = int32_t(get_i64(o, "nheads"));
-  p.head_dim = int32_t(get_i64(o, "head_dim"));
-  p.out = bsh_view<float>(o, "out", p.batch, p.seqlen, p.nheads, p.head_dim, 4, &p.o_stride);
-  p.lse = bhs_view(o, "lse", p.batch, p.nheads, p.seqlen, &p.lse_stride);
-  p.block_out =
-      bsh_view<const float>(o, "block_out", p.batch, p.seqlen, p.nheads, p.head_dim, 4, &p.block_o_stride);
-  p.block_lse = bhs_view(o, "block_lse", p.batch, p.nheads, p.seqlen, &p.block_lse_stride);
+  const BshDims n = bsh_dims(o, "seqlen", "nheads");
+  p.batch = n.batch, p.seqlen = n.seqlen, p.nheads = n.heads, p.head_dim = n.head_dim;
+  p.out = bsh_view<float>(o, "out", n, 4, &p.o_stride);
+  p.lse = bhs_view(o, "lse", n, &p.lse_stride);
+  p.block_out = bsh_view<const float>(o, "block_out", n, 4, &p.block_o_stride);
+  p.block_lse = bhs_view(o, "block_lse", n, &p.block_lse_stride);
   return p;
 }
 
@@ -177,14 +187,12 @@ struct CopyArgs {
 
 inline CopyArgs copy_args(const Napi::Object& o) {
   CopyArgs a;
-  a.batch = int32_t(get_i64(o, "batch"));
-  a.seqlen = int32_t(get_i64(o, "seqlen"));
-  a.heads = int32_t(get_i64(o, "heads"));
-  a.head_dim = int32_t(get_i64(o, "head_dim"));
+  const BshDims n = bsh_dims(o, "seqlen", "heads");
+  a.batch = n.batch, a.seqlen = n.seqlen, a.heads = n.heads, a.head_dim = n.head_dim;
   a.dtype = get_dtype(o, "dtype");
   const int eb = dtype_bytes(a.dtype);
-  a.src = bsh_view<const void>(o, "src", a.batch, a.seqlen, a.heads, a.head_dim, eb, &a.src_stride);
-  a.dst = bsh_view<void>(o, "dst", a.batch, a.seqlen, a.heads, a.head_dim, eb, &a.dst_stride);
+  a.src = bsh_view<const void>(o, "src", n, eb, &a.src_stride);
+  a.dst = bsh_view<void>(o, "dst", n, eb, &a.dst_stride);
   return a;
 }
 

@@ -151,58 +151,22 @@ __device__ __forceinline__ void attend_epilogue(const FlashFwdParams& p, const F
                                                 const float (&acc_o)[Tr::kMTilesPerWarp][Tr::kOTiles][4],
                                                 const float (&row_max)[Tr::kMTilesPerWarp][2],
                                                 const float (&row_sum)[Tr::kMTilesPerWarp][2]) {
-  using Mma = MmaType<T>;
   constexpr int kMT = Tr::kMTilesPerWarp, kOT = Tr::kOTiles;
   const int heads = p.shape.nheads, slot = job.piece < 0 ? -1 : int(blockIdx.x) - grid.whole;
   const Span sp = span_of(p.shape, p.seg, job.j / heads);
   const int m0 = job.m_block * Tr::kBlockM, rows_valid = min(Tr::kBlockM, sp.nq - m0);
-  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int warp_row0 = threadIdx.x / kWarpSize * Tr::kRowsPerWarp;
-  const float scale = p.shape.softmax_scale;
-  const bool merge = slot < 0 && p.merge;
-  const OutSite o = slot < 0 ? out_site(p, sp, m0, job.j % heads) : part_site<Tr>(grid, slot);
-  const RunningOut running = merge ? running_out(p, sp, m0, job.j % heads) : RunningOut{nullptr, 0};
+  // A piece of a split tile goes to its partial-result slot, merged later by the combine kernel.
+  const RowsSink sink = slot < 0 ? out_sink(p, sp, m0, job.j % heads)
+                                 : RowsSink{part_site<Tr>(grid, slot), RunningOut{nullptr, 0}, false, false};
   float lse_old[kMT][2];
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
-      lse_old[mt][hi] = merge && r < rows_valid ? o.lse[int64_t(r) * o.lse_row] : -INFINITY;
-    }
-  __syncwarp();  // every lane of a row's quad has read its running lse before lane 0 rewrites it
+  for (int mt = 0; mt < kMT; ++mt) read_lse_old(sink, rows_valid, warp_row0 + mt * kMmaM, lse_old[mt]);
+  __syncwarp();
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      float sum = row_sum[mt][hi];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int r = warp_row0 + mt * kMmaM + hi * 8 + g;
-      if (r >= rows_valid) continue;
-      const float lse_blk = sum > 0.f ? row_max[mt][hi] * scale + logf(sum) : -INFINITY;
-      // A row the block adds nothing to keeps its running values (copied when out is elsewhere).
-      if (merge && lse_blk == -INFINITY && in_place(p)) continue;
-      const MergeWeights w = !merge                 ? MergeWeights{0.f, 1.f, lse_blk}
-                             : lse_blk == -INFINITY ? MergeWeights{1.f, 0.f, lse_old[mt][hi]}
-                                                    : merge_weights(lse_old[mt][hi], lse_blk);
-      const float inv = sum > 0.f ? w.new_w / sum : 0.f;
-      // All of the row's running values are loaded before any store: in place, a store may alias
-      // a later load, so interleaved they would wait out one memory latency each (the merging
-      // forward was then markedly slower than the plain one; measured: benchmark/RESULTS.md).
-      float2 prev[kOT];
-#pragma unroll
-      for (int dt = 0; dt < kOT; ++dt)
-        prev[dt] = w.old_w != 0.f ? running.load2(r, dt * kMmaN + 2 * t) : make_float2(0.f, 0.f);
-#pragma unroll
-      for (int dt = 0; dt < kOT; ++dt) {
-        const int c = dt * kMmaN + 2 * t;
-        const float x0 = fmaf(w.old_w, prev[dt].x, acc_o[mt][dt][2 * hi] * inv);
-        const float x1 = fmaf(w.old_w, prev[dt].y, acc_o[mt][dt][2 * hi + 1] * inv);
-        o.store(r, c, x0, x1, Mma::pack(x0, x1), 2);
-      }
-      if (t == 0) o.lse[int64_t(r) * o.lse_row] = w.lse;
-    }
+    store_rows<kOT, T>(sink, p.shape.softmax_scale, rows_valid, warp_row0 + mt * kMmaM, lse_old[mt],
+                       acc_o[mt], row_max[mt], row_sum[mt]);
 }
 
 // What a CTA's tile job covers: query head h (kv head hk) of span sp, query rows [m0, m0 +

@@ -74,26 +74,39 @@ __device__ __forceinline__ MergeWeights merge_weights(float lse_old, float lse_b
   return {expf(lse_old - lse), expf(lse_blk - lse), lse};
 }
 
-// The final rows of one 16-row warp slice of a tile, from the accumulators of the mma C layout
-// (acc_o[dt][e]: rows g and g + 8 of the slice, columns 8 dt + 2t..+1) and the thread's running
-// row max and partial row sums: out = acc / sum and lse = max * scale + ln(sum), merged into the
-// running out/lse with p.merge. `r0` is the slice's first row within the tile at row m0 of span
-// sp; rows >= rows_valid are skipped. Rows that saw no key get out 0 and lse -inf (merged: the
-// running values are kept, copied when out is elsewhere).
-template <int kOT, typename T>
-__device__ __forceinline__ void store_warp_rows(const FlashFwdParams& p, const Span& sp, int h, int m0,
-                                                int rows_valid, int r0, const float (&acc_o)[kOT][4],
-                                                const float (&row_max)[2], const float (&row_sum)[2]) {
-  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
-  const OutSite o = out_site(p, sp, m0, h);
-  const RunningOut running = p.merge ? running_out(p, sp, m0, h) : RunningOut{nullptr, 0};
-  float lse_old[2];
+// Where a warp slice's rows go and how they merge: the output site, the running fp32 out it
+// merges with (merge), and whether that running out is the output itself (in place).
+struct RowsSink {
+  OutSite o;
+  RunningOut running;
+  bool merge, in_place;
+};
+
+// The running lse of a warp slice's rows g and g + 8 (r0: the slice's first row within the tile),
+// read by every lane of a row's quad before the slice's stores (__syncwarp between: lane 0
+// rewrites it); -inf without merging.
+__device__ __forceinline__ void read_lse_old(const RowsSink& sink, int rows_valid, int r0,
+                                             float (&lse_old)[2]) {
+  const int g = threadIdx.x % kWarpSize / 4;
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     const int r = r0 + hi * 8 + g;
-    lse_old[hi] = p.merge && r < rows_valid ? o.lse[int64_t(r) * o.lse_row] : -INFINITY;
+    lse_old[hi] = sink.merge && r < rows_valid ? sink.o.lse[int64_t(r) * sink.o.lse_row] : -INFINITY;
   }
-  __syncwarp();  // every lane of a row's quad has read its running lse before lane 0 rewrites it
+}
+
+// The final rows of one 16-row warp slice of a tile, from the accumulators of the mma C layout
+// (acc_o[dt][e]: rows g and g + 8 of the slice, columns 8 dt + 2t..+1) and the thread's running
+// row max and partial row sums: out = acc / sum and lse = max * scale + ln(sum), merged into the
+// running out/lse (read_lse_old's) with sink.merge. `r0` is the slice's first row within the
+// tile; rows >= rows_valid are skipped. Rows that saw no key get out 0 and lse -inf (merged: the
+// running values are kept, copied when out is elsewhere).
+template <int kOT, typename T>
+__device__ __forceinline__ void store_rows(const RowsSink& sink, float scale, int rows_valid, int r0,
+                                           const float (&lse_old)[2], const float (&acc_o)[kOT][4],
+                                           const float (&row_max)[2], const float (&row_sum)[2]) {
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const OutSite& o = sink.o;
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     float sum = row_sum[hi];
@@ -101,18 +114,20 @@ __device__ __forceinline__ void store_warp_rows(const FlashFwdParams& p, const S
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const int r = r0 + hi * 8 + g;
     if (r >= rows_valid) continue;
-    const float lse_blk = sum > 0.f ? row_max[hi] * p.shape.softmax_scale + logf(sum) : -INFINITY;
-    if (p.merge && lse_blk == -INFINITY && in_place(p)) continue;
-    const MergeWeights w = !p.merge               ? MergeWeights{0.f, 1.f, lse_blk}
+    const float lse_blk = sum > 0.f ? row_max[hi] * scale + logf(sum) : -INFINITY;
+    // A row the block adds nothing to keeps its running values (copied when out is elsewhere).
+    if (sink.merge && lse_blk == -INFINITY && sink.in_place) continue;
+    const MergeWeights w = !sink.merge            ? MergeWeights{0.f, 1.f, lse_blk}
                            : lse_blk == -INFINITY ? MergeWeights{1.f, 0.f, lse_old[hi]}
                                                   : merge_weights(lse_old[hi], lse_blk);
     const float inv = sum > 0.f ? w.new_w / sum : 0.f;
     // All of the row's running values are loaded before any store: in place, a store may alias
-    // a later load, so interleaved they would wait out one memory latency each.
+    // a later load, so interleaved they would wait out one memory latency each (measured:
+    // benchmark/RESULTS.md).
     float2 prev[kOT];
 #pragma unroll
     for (int dt = 0; dt < kOT; ++dt)
-      prev[dt] = w.old_w != 0.f ? running.load2(r, dt * kMmaN + 2 * t) : make_float2(0.f, 0.f);
+      prev[dt] = w.old_w != 0.f ? sink.running.load2(r, dt * kMmaN + 2 * t) : make_float2(0.f, 0.f);
 #pragma unroll
     for (int dt = 0; dt < kOT; ++dt) {
       const float x0 = fmaf(w.old_w, prev[dt].x, acc_o[dt][2 * hi] * inv);
@@ -121,6 +136,23 @@ __device__ __forceinline__ void store_warp_rows(const FlashFwdParams& p, const S
     }
     if (t == 0) o.lse[int64_t(r) * o.lse_row] = w.lse;
   }
+}
+
+// One warp slice's rows, read_lse_old and store_rows in one.
+template <int kOT, typename T>
+__device__ __forceinline__ void store_warp_rows(const RowsSink& sink, float scale, int rows_valid, int r0,
+                                                const float (&acc_o)[kOT][4], const float (&row_max)[2],
+                                                const float (&row_sum)[2]) {
+  float lse_old[2];
+  read_lse_old(sink, rows_valid, r0, lse_old);
+  __syncwarp();
+  store_rows<kOT, T>(sink, scale, rows_valid, r0, lse_old, acc_o, row_max, row_sum);
+}
+
+// The sink of a tile's rows at row m0 of span sp, head h: the output, merged with p.merge.
+__device__ __forceinline__ RowsSink out_sink(const FlashFwdParams& p, const Span& sp, int m0, int h) {
+  return RowsSink{out_site(p, sp, m0, h), p.merge ? running_out(p, sp, m0, h) : RunningOut{nullptr, 0},
+                  p.merge, in_place(p)};
 }
 
 }  // namespace rfa::cuda

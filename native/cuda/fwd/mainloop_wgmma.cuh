@@ -304,7 +304,8 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
       release(&bars.v_empty[last]);
       kv += n_tiles;
     }
-    store_warp_rows<kOT, T>(p, sp, ft.h, m0, min(Tr::kBlockM, sp.nq - m0), r0, acc_o, row_max, row_sum);
+    store_warp_rows<kOT, T>(out_sink(p, sp, m0, ft.h), p.shape.softmax_scale, min(Tr::kBlockM, sp.nq - m0),
+                            r0, acc_o, row_max, row_sum);
   }
   if (wg == 0) named_sync(kTurnBarrier, kPair);  // the turn consumer 1 passed on after its last
 }
