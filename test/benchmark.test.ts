@@ -56,25 +56,62 @@ function rejected(r: ReturnType<typeof run>, ...named: string[]) {
 
 const s = suite('benchmark');
 
+/** A dense rank task on tiny CPU shapes; `over` names what a test changes. */
+function denseTask(name: string, over: Partial<BenchTask> = {}): BenchTask {
+  return {
+    name,
+    b: 1,
+    s: 16,
+    h: 2,
+    hk: 2,
+    d: 16,
+    causal: true,
+    dtype: 'float32',
+    backward: true,
+    iters: 1,
+    maxRepeats: 2,
+    settle: 1,
+    seed: 1,
+    ...over,
+  };
+}
+
+/** A varlen rank task: the Python project's kind of four cu_seqlens sets, scaled to 16 tokens. */
+function varlenTask(column: VarlenColumn, over: Partial<VarlenBenchTask> = {}): VarlenBenchTask {
+  return {
+    column,
+    s: 16,
+    h: 4,
+    hk: 2,
+    d: 16,
+    dtype: 'float32',
+    backward: true,
+    iters: 4,
+    maxRepeats: 2,
+    settle: 1,
+    sets: [
+      [0, 16],
+      [0, 4, 12, 16],
+      [0, 8, 16],
+      [0, 6, 10, 14, 16],
+    ],
+    headsKStride: 1,
+    seed: 1,
+    ...over,
+  };
+}
+
+/** A rank's result: the last warm-up repeat and four more (bench_rank.ts), every time positive. */
+const timedFive = (r: BenchResult) => r.repeats.length === 5 && r.repeats.every((t) => t > 0);
+
+/** The flags of a quick CPU table: 16 tokens, one iteration, two repeats, forward only. */
+const QUICK = ['--backend', 'cpu', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd'];
+
 for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpacked_func']) {
   s(`${name}: all ranks agree on the warm-up length`, async () => {
     const rt = await init({ backend: 'cpu', world: 3, timeoutMs: 10_000 });
     try {
-      const task: BenchTask = {
-        name,
-        b: 1,
-        s: 12,
-        h: 2,
-        hk: 2,
-        d: 16,
-        causal: true,
-        dtype: 'float32',
-        backward: true,
-        iters: 1,
-        maxRepeats: 8,
-        settle: 0.03,
-        seed: 1,
-      };
+      const task = denseTask(name, { s: 12, maxRepeats: 8, settle: 0.03 });
       for (let trial = 0; trial < 5; trial++) {
         const res = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
         assert.is(
@@ -82,7 +119,7 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
           1,
           `warm-up repeats per rank: ${res.map((r) => r.warmupRepeats)}`,
         );
-        assert.ok(res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)));
+        assert.ok(res.every(timedFive));
       }
     } finally {
       await rt.close();
@@ -104,27 +141,9 @@ s(
           for (const suffix of ['', '_v2']) {
             if (suffix && prefix !== 'ring_flash_attn') continue;
             const name = `${prefix}_qkvpacked_func${suffix}`;
-            const task: BenchTask = {
-              name,
-              b: 1,
-              s: 16,
-              h: 2,
-              hk: 2,
-              d: 16,
-              causal: true,
-              dtype: 'float32',
-              backward: true,
-              iters: 1,
-              maxRepeats: 2,
-              settle: 1,
-              seed: 1,
-              solo: { world: 4, rank },
-            };
+            const task = denseTask(name, { solo: { world: 4, rank } });
             const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-            assert.ok(
-              res!.repeats.length === 5 && res!.repeats.every((t) => t > 0),
-              `${name} as rank ${rank}`,
-            );
+            assert.ok(timedFive(res!), `${name} as rank ${rank}`);
           }
     } finally {
       await rt.close();
@@ -143,28 +162,9 @@ s('solo mode runs the Ulysses columns as rank 3 and as rank 0 of 4, every sub-gr
         ...(['zigzag', 'ring', 'stripe'] as const).map((ringImpl) => ({ ulysses: 2, ring: 2, ringImpl })),
       ]) {
         const name = usp.ringImpl ? 'usp_attn_qkvpacked_func' : 'ulysses_attn_qkvpacked_func';
-        const task: BenchTask = {
-          name,
-          b: 1,
-          s: 16,
-          h: 4,
-          hk: 4,
-          d: 16,
-          causal: true,
-          dtype: 'float32',
-          backward: true,
-          iters: 1,
-          maxRepeats: 2,
-          settle: 1,
-          seed: 1,
-          solo: { world: 4, rank },
-          usp,
-        };
+        const task = denseTask(name, { h: 4, hk: 4, solo: { world: 4, rank }, usp });
         const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-        assert.ok(
-          res!.repeats.length === 5 && res!.repeats.every((t) => t > 0),
-          `${name} ${usp.ringImpl} as rank ${rank}`,
-        );
+        assert.ok(timedFive(res!), `${name} ${usp.ringImpl} as rank ${rank}`);
       }
   } finally {
     await rt.close();
@@ -174,24 +174,7 @@ s('solo mode runs the Ulysses columns as rank 3 and as rank 0 of 4, every sub-gr
 s(
   '--columns usp_zigzag,ulysses: the grid row; a Ulysses degree the heads do not take leaves its cell out',
   () => {
-    const r = run(TABLE, [
-      '--backend',
-      'cpu',
-      '--solo',
-      '4',
-      '--tokens',
-      '16',
-      '--iters',
-      '1',
-      '--max-repeats',
-      '2',
-      '--modes',
-      'fwd',
-      '--columns',
-      'usp_zigzag,ulysses',
-      '--varlen',
-      'off',
-    ]);
+    const r = run(TABLE, [...QUICK, '--solo', '4', '--columns', 'usp_zigzag,ulysses', '--varlen', 'off']);
     assert.is(r.status, 0, r.stderr);
     const lines = r.stdout.split('\n');
     assert.ok(lines.includes('|          | theoretic flash_attn | ulysses | usp_zigzag |'), r.stdout);
@@ -220,20 +203,7 @@ s(
 // slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row. stderr is no
 // terminal here: no progress bar, nothing on stderr at all.
 s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring column', () => {
-  const r = run(TABLE, [
-    '--backend',
-    'cpu',
-    '--solo',
-    '4',
-    '--tokens',
-    '16',
-    '--iters',
-    '1',
-    '--max-repeats',
-    '2',
-    '--modes',
-    'fwd',
-  ]);
+  const r = run(TABLE, [...QUICK, '--solo', '4']);
   assert.is(r.status, 0, r.stderr);
   assert.is(r.stderr, '');
   assert.match(r.stdout, /solo: each rank of 4 in turn \(the slowest reported\)/);
@@ -257,25 +227,7 @@ s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring col
 s(
   '--columns times only the named ring columns next to theoretic; --columns, --cases and --modes name an unknown value',
   () => {
-    const r = run(CLI, [
-      'bench',
-      '--backend',
-      'cpu',
-      '--solo',
-      '2',
-      '--tokens',
-      '16',
-      '--iters',
-      '1',
-      '--max-repeats',
-      '2',
-      '--modes',
-      'fwd',
-      '--columns',
-      'zigzag_ring',
-      '--varlen',
-      'off',
-    ]);
+    const r = run(CLI, ['bench', ...QUICK, '--solo', '2', '--columns', 'zigzag_ring', '--varlen', 'off']);
     assert.is(r.status, 0, r.stderr);
     const header = r.stdout.split('\n').find((l) => l.includes('theoretic flash_attn'));
     assert.is(header, '|          | theoretic flash_attn | zigzag_ring |');
@@ -374,32 +326,9 @@ s("varlen columns run the Python project's kind of cu_seqlens sets, forward and 
       'zigzag_ring_varlen',
       'llama3',
     ] as VarlenColumn[]) {
-      const task: VarlenBenchTask = {
-        column,
-        s: 16,
-        h: 4,
-        hk: 2,
-        d: 16,
-        dtype: 'float32',
-        backward: true,
-        iters: 4,
-        maxRepeats: 2,
-        settle: 1,
-        sets: [
-          [0, 16],
-          [0, 4, 12, 16],
-          [0, 8, 16],
-          [0, 6, 10, 14, 16],
-        ],
-        headsKStride: 1,
-        seed: 1,
-      };
-      const res = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
+      const res = (await rt.spmd(BENCH_VARLEN_RANK, 'run', varlenTask(column))) as BenchResult[];
       assert.is(res.length, 2, column);
-      assert.ok(
-        res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)),
-        column,
-      );
+      assert.ok(res.every(timedFive), column);
     }
   } finally {
     await rt.close();
@@ -415,30 +344,10 @@ s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward a
   try {
     for (const rank of [3, 0])
       for (const column of ['ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
-        const task: VarlenBenchTask = {
-          column,
-          s: 16,
-          h: 4,
-          hk: 2,
-          d: 16,
-          dtype: 'float32',
-          backward: true,
-          iters: 4,
-          maxRepeats: 2,
-          settle: 1,
-          sets: [
-            [0, 16],
-            [0, 4, 12, 16],
-            [0, 8, 16],
-            [0, 6, 10, 14, 16],
-          ],
-          headsKStride: 1,
-          seed: 1,
-          solo: { world: 4, rank },
-        };
+        const task = varlenTask(column, { solo: { world: 4, rank } });
         const started = Date.now();
         const [res] = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
-        assert.ok(res!.repeats.length === 5 && res!.repeats.every((t) => t > 0), `${column} as rank ${rank}`);
+        assert.ok(timedFive(res!), `${column} as rank ${rank}`);
         assert.ok(Date.now() - started < 5_000, `${column} as rank ${rank} took ${Date.now() - started} ms`);
       }
   } finally {
@@ -634,25 +543,7 @@ s("the companion chart sets each ring cell's share beside every share the Python
 s('--out DIR takes the result file and its chart; bench:chart redraws them there', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-out-'));
   try {
-    const r = run(CLI, [
-      'bench',
-      '--backend',
-      'cpu',
-      '--world',
-      '2',
-      '--tokens',
-      '16',
-      '--iters',
-      '1',
-      '--max-repeats',
-      '2',
-      '--modes',
-      'fwd',
-      '--columns',
-      'zigzag_ring',
-      '--out',
-      dir,
-    ]);
+    const r = run(CLI, ['bench', ...QUICK, '--world', '2', '--columns', 'zigzag_ring', '--out', dir]);
     assert.is(r.status, 0, r.stderr);
     const files = fs.readdirSync(dir).sort();
     assert.is(files.length, 2, String(files));

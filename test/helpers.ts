@@ -1,4 +1,5 @@
 import ndarray from 'ndarray';
+import { suite, type Test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { RingFlashAttnError } from '../runtime/errors.js';
 import { init, type RingRuntime } from '../api/index.js';
@@ -110,6 +111,18 @@ export class Runtimes {
   async close(): Promise<void> {
     for (const rt of this.byWorld.values()) await (await rt).close();
   }
+}
+
+/**
+ * A family's suite and its CPU runtimes, closed after the suite. Outputs are poisoned first: the
+ * workers start later and inherit it, so an element no kernel wrote reads NaN.
+ */
+export function poisonedSuite(name: string): { s: Test; rts: Runtimes } {
+  process.env.RFA_POISON = '1';
+  const s = suite(name);
+  const rts = new Runtimes();
+  s.after(() => rts.close());
+  return { s, rts };
 }
 
 /** What fixtures' sendPackedKv receives from rank `from`: its k (j = 1) or v (j = 2) rows, contiguous. */

@@ -33,8 +33,6 @@ export interface VarlenCase {
   options?: Record<string, unknown>;
 }
 
-/** One runtime per world, started on first use and closed by close(). */
-
 export const maxSeqlenOf = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
 
 /** What a varlen call gives back in driver mode: out, lse and the gradients of q, k and v, unpacked. */
@@ -49,7 +47,7 @@ export interface VarlenOutputs {
 export type VarlenInputs = ReturnType<typeof varlenInputs>;
 
 /** The random inputs of a case (fp32 values; a bf16 case rounds them on upload). */
-export function varlenInputs(c: VarlenCase, seed: number) {
+export function varlenInputs(c: Pick<VarlenCase, 'cu' | 'h' | 'hk' | 'd'>, seed: number) {
   const rand = rng(seed);
   const T = c.cu[c.cu.length - 1]!;
   const q = randn(rand, T * c.h * c.d),
@@ -165,6 +163,33 @@ export interface VarlenSets {
   /** One cu_seqlens every world of 1, 2, 4, 8 accepts (the bf16 comparison uses the same inputs at every world). */
   shared: number[];
 }
+
+/** One cu_seqlens every family takes at worlds 1, 2, 4 and 8. */
+export const SHARED_CU = [0, 64, 320, 512];
+
+/**
+ * A family's sets given for 64 tokens per rank and scaled by the world: the Python project's four
+ * (`python`, every length a multiple of the family's unit) and `oneChunk`.
+ */
+export function scaledSets(python: number[][], oneChunk: number[]): VarlenSets {
+  const scaled = (cu: number[], world: number) => cu.map((x) => x * world);
+  return {
+    pythonSets: (world) => python.map((cu) => scaled(cu, world)),
+    oneChunk: (world) => scaled(oneChunk, world),
+    shared: SHARED_CU,
+  };
+}
+
+/** The zigzag families' sets: every length even, so a multiple of 2·world once scaled. */
+export const ZIGZAG_SETS = scaledSets(
+  [
+    [0, 64],
+    [0, 2, 60, 64],
+    [0, 32, 64],
+    [0, 24, 50, 60, 62, 64],
+  ],
+  [0, 2, 4, 6, 8, 10, 12],
+);
 
 /**
  * The accuracy matrix: worlds 1, 2, 3, 4, 8; causal and not; GQA; head dims 32/64/128; all three
