@@ -5,7 +5,6 @@ import { llama3_flash_attn_prepare_cu_seqlens as prepare, RingFlashAttnError } f
 import { expectError, nd, pack, poisonedSuite, randn, relL2, rng, unpack } from './helpers.js';
 import {
   addVarlenCases,
-  assertF32,
   label,
   runVarlenCase,
   SHARED_CU,
@@ -13,6 +12,7 @@ import {
   type VarlenCase,
   type VarlenNames,
 } from './varlen_cases.js';
+import { assertF32 } from './ring_cases.js';
 import { varlenReference } from './varlen_reference.js';
 import { VARLEN_USER } from './varlen_spmd.js';
 

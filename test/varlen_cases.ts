@@ -2,13 +2,18 @@
 // packed tensors (total, h, d) with the GLOBAL cu_seqlens, against the fp64 reference applied per
 // sequence. Each family's test file adds these to its suite with its names and cu_seqlens sets.
 import type { Test } from 'uvu';
-import * as assert from 'uvu/assert';
-import type { DriverGrads, RingRuntime } from '../api/index.js';
-import { RingFlashAttnError } from '../runtime/errors.js';
+import type { RingRuntime } from '../api/index.js';
 import type { VarlenName } from '../api/types.js';
-import type { DType } from '../runtime/dtype.js';
-import { maxAbs, nd, pack, randn, relL2, rng, rounded, type Runtimes, unpack } from './helpers.js';
-import { F32_TOL, type CaseResult } from './ring_cases.js';
+import { maxAbs, randn, relL2, rng, rounded, type Runtimes } from './helpers.js';
+import {
+  assertBf16Single,
+  assertF32,
+  assertWithinSingle,
+  callPacked,
+  type CaseResult,
+  type HeadsCase,
+  type PackedOutputs,
+} from './ring_cases.js';
 import { memoReference } from './reference.js';
 import { varlenReference } from './varlen_reference.js';
 
@@ -18,31 +23,14 @@ export interface VarlenNames {
   qkvpacked: VarlenName;
 }
 
-export interface VarlenCase {
-  world: number;
+export interface VarlenCase extends HeadsCase {
   /** Global cu_seqlens. */
   cu: number[];
-  h: number;
-  hk: number;
-  d: number;
-  causal: boolean;
-  packing: 'func' | 'kvpacked' | 'qkvpacked';
-  dtype?: DType;
-  scale?: number;
   /** Extra driver options (llama3's heads_k_stride). */
   options?: Record<string, unknown>;
 }
 
 export const maxSeqlenOf = (cu: readonly number[]) => Math.max(...cu.slice(1).map((x, i) => x - cu[i]!));
-
-/** What a varlen call gives back in driver mode: out, lse and the gradients of q, k and v, unpacked. */
-export interface VarlenOutputs {
-  out: ArrayLike<number>;
-  lse: ArrayLike<number>;
-  dq: ArrayLike<number>;
-  dk: ArrayLike<number>;
-  dv: ArrayLike<number>;
-}
 
 export type VarlenInputs = ReturnType<typeof varlenInputs>;
 
@@ -62,55 +50,10 @@ export async function callVarlen(
   names: VarlenNames,
   c: VarlenCase,
   inputs: VarlenInputs,
-): Promise<VarlenOutputs> {
-  const { T, q, k, v, dout } = inputs;
+): Promise<PackedOutputs> {
   const opts: Record<string, unknown> = { causal: c.causal, dtype: c.dtype ?? 'float32', ...c.options };
   if (c.scale !== undefined) opts.softmax_scale = c.scale;
-  const cu = Int32Array.from(c.cu),
-    max = maxSeqlenOf(c.cu);
-  let r;
-  if (c.packing === 'func')
-    r = await rt.call(
-      names.func,
-      nd(q, [T, c.h, c.d]),
-      nd(k, [T, c.hk, c.d]),
-      nd(v, [T, c.hk, c.d]),
-      cu,
-      max,
-      opts,
-    );
-  else if (c.packing === 'kvpacked')
-    r = await rt.call(
-      names.kvpacked,
-      nd(q, [T, c.h, c.d]),
-      nd(pack([k, v], 1, T, c.hk, c.d), [T, 2, c.hk, c.d]),
-      cu,
-      max,
-      opts,
-    );
-  else
-    r = await rt.call(names.qkvpacked, nd(pack([q, k, v], 1, T, c.h, c.d), [T, 3, c.h, c.d]), cu, max, opts);
-  const g: DriverGrads = await r.backward(nd(dout, [T, c.h, c.d]));
-  await r.dispose();
-  assert.equal(r.out.shape, [T, c.h, c.d]);
-  assert.equal(r.lse.shape, [c.h, T]);
-  const { out, lse } = { out: r.out.data, lse: r.lse.data };
-  if ('dk' in g) return { out, lse, dq: g.dq.data, dk: g.dk.data, dv: g.dv.data };
-  if ('dkv' in g)
-    return {
-      out,
-      lse,
-      dq: g.dq.data,
-      dk: unpack(g.dkv.data, 0, 2, 1, T, c.hk, c.d),
-      dv: unpack(g.dkv.data, 1, 2, 1, T, c.hk, c.d),
-    };
-  return {
-    out,
-    lse,
-    dq: unpack(g.dqkv.data, 0, 3, 1, T, c.h, c.d),
-    dk: unpack(g.dqkv.data, 1, 3, 1, T, c.h, c.d),
-    dv: unpack(g.dqkv.data, 2, 3, 1, T, c.h, c.d),
-  };
+  return callPacked(rt, names, c, inputs, [inputs.T], [Int32Array.from(c.cu), maxSeqlenOf(c.cu)], opts);
 }
 
 /** Runs one case in driver mode; relative L2 errors of out, lse and the grads against the fp64 reference. */
@@ -143,15 +86,6 @@ export async function runVarlenCase(
 export function label(c: VarlenCase): string {
   const opts = c.options ? ` ${JSON.stringify(c.options)}` : '';
   return `world=${c.world} ${c.packing} cu=[${c.cu.join(',')}] h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype ?? 'float32'}${opts}`;
-}
-
-/** Asserts the float32 bound (relative L2 ≤ 1e-5 on every output, max abs on out). */
-export function assertF32(e: CaseResult): void {
-  for (const [k, v] of Object.entries(e)) {
-    if (k === 'maxOut') continue;
-    assert.ok(v <= F32_TOL, `${k} rel L2 ${v.toExponential(2)} > ${F32_TOL}`);
-  }
-  assert.ok(e.maxOut <= 1e-5, `out max abs ${e.maxOut}`);
 }
 
 /** A family's cu_seqlens: all global, already satisfying its divisibility at the given world. */
@@ -271,16 +205,8 @@ export function addVarlenCases(
         },
         88,
       );
-    const one = errs[1]!;
-    assert.ok(one.out < 1e-2 && one.dq < 2e-2, `single-device bf16 error out ${one.out} dq ${one.dq}`);
-    for (const world of [2, 4, 8]) {
-      const e = errs[world]!;
-      for (const k of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-        assert.ok(
-          e[k] <= 1.1 * one[k] + 1e-6,
-          `world ${world} ${k}: ${e[k].toExponential(3)} vs single-device ${one[k].toExponential(3)}`,
-        );
-    }
+    assertBf16Single(errs[1]!);
+    for (const world of [2, 4, 8]) assertWithinSingle(errs[world]!, errs[1]!, `world ${world}`);
   });
 }
 

@@ -11,7 +11,6 @@ import { chunkMoves, zigzagLlama3Spec } from '../api/varlen/zigzag_llama3.js';
 import { expectError, nd, poisonedSuite, randn, rng } from './helpers.js';
 import {
   addVarlenCases,
-  assertF32,
   label,
   localRows,
   runVarlenCase,
@@ -19,6 +18,7 @@ import {
   type VarlenCase,
   type VarlenNames,
 } from './varlen_cases.js';
+import { assertF32 } from './ring_cases.js';
 import { assertSpmdFunc, spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
 const { s, rts } = poisonedSuite('zigzag_llama3_flash_attn_varlen');

@@ -1,5 +1,4 @@
 // zigzag_ring_flash_attn_varlen_*: every sequence cut into 2·world chunks, zigzag per sequence.
-import * as assert from 'uvu/assert';
 import { expectError, nd, poisonedSuite, randn, rng } from './helpers.js';
 import { addVarlenCases, maxSeqlenOf, ZIGZAG_SETS } from './varlen_cases.js';
 import { assertSpmdFunc, spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
