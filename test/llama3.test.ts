@@ -2,7 +2,7 @@
 // group; and llama3_flash_attn_prepare_cu_seqlens against hand-computed values.
 import * as assert from 'uvu/assert';
 import { llama3_flash_attn_prepare_cu_seqlens as prepare, RingFlashAttnError } from '../index.js';
-import { expectError, nd, pack, poisonedSuite, randn, relL2, rng, unpack } from './helpers.js';
+import { expectError, familyNames, nd, pack, poisonedSuite, randn, relL2, rng, unpack } from './helpers.js';
 import {
   addVarlenCases,
   label,
@@ -18,11 +18,7 @@ import { VARLEN_USER } from './varlen_spmd.js';
 
 const { s, rts } = poisonedSuite('llama3_flash_attn_varlen');
 
-const NAMES: VarlenNames = {
-  func: 'llama3_flash_attn_varlen_func',
-  kvpacked: 'llama3_flash_attn_varlen_kvpacked_func',
-  qkvpacked: 'llama3_flash_attn_varlen_qkvpacked_func',
-};
+const NAMES: VarlenNames = familyNames('llama3_flash_attn_varlen');
 // The Python project's sets as fractions of the total: sequence boundaries fall anywhere, across ranks.
 const FRACTIONS = [
   [0, 1],

@@ -5,8 +5,8 @@ import * as assert from 'uvu/assert';
 import type { DriverResult, RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { KvPackedName, QkvPackedName, RingName, UnpackedName, UspName } from '../api/types.js';
-import { maxAbs, nd, pack, randn, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
-import { memoReference, referenceBackward, referenceForward } from './reference.js';
+import { denseInputs, maxAbs, nd, pack, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
+import { memoReference, referenceBackward, referenceForward, refInputOf } from './reference.js';
 
 export interface VariantNames {
   func: Extract<UnpackedName, RingName> | Extract<UspName, `${string}_attn_func`>;
@@ -126,31 +126,16 @@ export async function runCase(
   c: Case,
   seed: number,
 ): Promise<CaseResult> {
-  const rand = rng(seed);
   const s = c.world * c.seqPerRank;
   const dtype = c.dtype ?? 'float32';
-  const q = randn(rand, c.b * s * c.h * c.d),
-    k = randn(rand, c.b * s * c.hk * c.d),
-    v = randn(rand, c.b * s * c.hk * c.d);
-  const dout = randn(rand, c.b * s * c.h * c.d);
+  const dims = { b: c.b, sq: s, sk: s, h: c.h, hk: c.hk, d: c.d };
+  const { q, k, v, dout } = denseInputs(rng(seed), dims);
   const opts: Record<string, unknown> = { ...c.kwargs, causal: c.causal, dtype };
   if (c.scale !== undefined) opts.softmax_scale = c.scale;
   const r = await callPacked(rt, names, c, { q, k, v, dout }, [c.b, s], [], opts);
   // The reference sees the fp32 inputs: the error then includes rounding to the compute dtype,
   // which is what a user of that dtype gets.
-  const x = {
-    q,
-    k,
-    v,
-    b: c.b,
-    sq: s,
-    sk: s,
-    h: c.h,
-    hk: c.hk,
-    d: c.d,
-    scale: c.scale ?? 1 / Math.sqrt(c.d),
-    causal: c.causal,
-  };
+  const x = refInputOf({ ...dims, causal: c.causal }, { q, k, v }, c.scale);
   const { ref, refG } = memoReference(
     JSON.stringify({ ...c, world: undefined, kwargs: undefined, s, seed, dtype }),
     () => ({

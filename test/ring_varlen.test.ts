@@ -2,7 +2,7 @@
 import ndarray from 'ndarray';
 import * as assert from 'uvu/assert';
 import type { DriverResult } from '../index.js';
-import { expectError, nd, poisonedSuite, randn, relL2, rng, unpack } from './helpers.js';
+import { expectError, familyNames, poisonedSuite, randomNd, relL2, rng, unpack } from './helpers.js';
 import { addVarlenCases, maxSeqlenOf, scaledSets } from './varlen_cases.js';
 import { spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
@@ -12,11 +12,7 @@ const { s, rts } = poisonedSuite('ring_flash_attn_varlen');
 addVarlenCases(
   s,
   rts,
-  {
-    func: 'ring_flash_attn_varlen_func',
-    kvpacked: 'ring_flash_attn_varlen_kvpacked_func',
-    qkvpacked: 'ring_flash_attn_varlen_qkvpacked_func',
-  },
+  familyNames('ring_flash_attn_varlen'),
   scaledSets(
     [
       [0, 64],
@@ -65,14 +61,7 @@ s('SPMD: local shards, local cu_seqlens and positional arguments, as the Python 
 });
 
 const F = 'ring_flash_attn_varlen_func';
-const t = (shape: number[]) =>
-  nd(
-    randn(
-      rng(3),
-      shape.reduce((a, b) => a * b, 1),
-    ),
-    shape,
-  );
+const t = (shape: number[]) => randomNd(rng(3), shape);
 const [q, k] = [t([16, 4, 8]), t([16, 2, 8])];
 const cu16 = Int32Array.from([0, 8, 16]);
 const bad: [

@@ -2,19 +2,13 @@
 // per sequence (bottom-right causal per sequence), GQA, the three packings, bad cu_seqlens.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, RingFlashAttnError, type RingRuntime } from '../index.js';
-import { nd, pack, randn, relL2, rng } from './helpers.js';
+import { RingFlashAttnError } from '../index.js';
+import { nd, pack, randn, relL2, rng, suiteRuntime } from './helpers.js';
 import { referenceBackward, referenceForward } from './reference.js';
 
 process.env.RFA_POISON = '1';
 const s = suite('flash_attn_varlen (single device)');
-let rt: RingRuntime;
-s.before(async () => {
-  rt = await init({ backend: 'cpu', world: 2 });
-});
-s.after(async () => {
-  await rt.close();
-});
+const rt = suiteRuntime(s, { backend: 'cpu', world: 2 });
 
 /** fp64 reference per sequence: rows [cuQ[i], cuQ[i+1]) of q against rows [cuK[i], cuK[i+1]) of k. */
 function reference(
@@ -77,7 +71,7 @@ for (const causal of [true, false]) {
         k = randn(rand, 30 * hk * d),
         v = randn(rand, 30 * hk * d),
         dout = randn(rand, 20 * h * d);
-      const r = await rt.call(
+      const r = await rt().call(
         'flash_attn_varlen_func',
         nd(q, [20, h, d]),
         nd(k, [30, hk, d]),
@@ -116,7 +110,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
     k = randn(rand, 19 * h * d),
     v = randn(rand, 19 * h * d);
   const shape = [19, h, d];
-  const base = await rt.call(
+  const base = await rt().call(
     'flash_attn_varlen_func',
     nd(q, shape),
     nd(k, shape),
@@ -129,7 +123,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
     null,
     true,
   );
-  const qkv = await rt.call(
+  const qkv = await rt().call(
     'flash_attn_varlen_qkvpacked_func',
     nd(pack([q, k, v], 1, 19, h, d), [19, 3, h, d]),
     cu,
@@ -138,7 +132,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
     null,
     true,
   );
-  const kv = await rt.call(
+  const kv = await rt().call(
     'flash_attn_varlen_kvpacked_func',
     nd(q, shape),
     nd(pack([k, v], 1, 19, h, d), [19, 2, h, d]),
@@ -151,7 +145,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
 
 s('bad cu_seqlens and max_seqlen raise typed errors naming the argument', async () => {
   const x = nd(new Float32Array(8 * 2 * 16).fill(0.1), [8, 2, 16]);
-  const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<unknown>;
+  const call = rt().call.bind(rt()) as (n: string, ...a: unknown[]) => Promise<unknown>;
   const cases: [unknown[], string, RegExp][] = [
     [
       [Int32Array.from([0, 8]), Int32Array.from([0, 4, 8]), 8, 8],

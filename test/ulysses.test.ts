@@ -3,8 +3,8 @@
 // its shape errors.
 import * as assert from 'uvu/assert';
 import { extract_local } from '../index.js';
-import { expectError, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
-import { referenceBackward, referenceForward } from './reference.js';
+import { denseInputs, expectError, familyNames, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
+import { referenceBackward, referenceForward, refInputOf } from './reference.js';
 import {
   assertBf16Single,
   assertF32,
@@ -15,11 +15,7 @@ import {
 } from './ring_cases.js';
 import { VARLEN_USER } from './varlen_spmd.js';
 
-const NAMES = {
-  func: 'ulysses_attn_func',
-  kvpacked: 'ulysses_attn_kvpacked_func',
-  qkvpacked: 'ulysses_attn_qkvpacked_func',
-} as const;
+const NAMES = familyNames('ulysses_attn');
 
 const { s, rts } = poisonedSuite('ulysses_attn');
 
@@ -78,11 +74,8 @@ s(
 
 s('SPMD: extract_local shards, positional arguments, GQA, backward', async () => {
   const [world, b, S, h, hk, d] = [4, 1, 16, 8, 4, 16];
-  const rand = rng(17);
-  const q = randn(rand, b * S * h * d),
-    k = randn(rand, b * S * hk * d),
-    v = randn(rand, b * S * hk * d),
-    dout = randn(rand, b * S * h * d);
+  const dims = { b, sq: S, sk: S, h, hk, d };
+  const { q, k, v, dout } = denseInputs(rng(17), dims);
   const local = (x: Float32Array, heads: number, r: number) => {
     const t = extract_local(nd(x, [b, S, heads, d]), r, world);
     return { data: t.data as Float32Array, shape: [...t.shape] };
@@ -96,7 +89,7 @@ s('SPMD: extract_local shards, positional arguments, GQA, backward', async () =>
     args: ranks.map(() => [0, null, true]),
     dout: ranks.map((r) => local(dout, h, r)),
   })) as { out: { data: Float32Array }; grads: { data: Float32Array }[] }[];
-  const x = { q, k, v, b, sq: S, sk: S, h, hk, d, scale: 1 / Math.sqrt(d), causal: true };
+  const x = refInputOf({ ...dims, causal: true }, { q, k, v });
   const ref = referenceForward(x),
     refG = referenceBackward(x, dout);
   // Contiguous shards of b = 1: concatenating the ranks' pieces is the full sequence.

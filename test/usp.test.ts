@@ -4,8 +4,8 @@
 // yunchang's definition; and the argument errors.
 import * as assert from 'uvu/assert';
 import { usp_extract_local } from '../index.js';
-import { expectError, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
-import { referenceBackward, referenceForward } from './reference.js';
+import { denseInputs, expectError, familyNames, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
+import { referenceBackward, referenceForward, refInputOf } from './reference.js';
 import {
   assertBf16Single,
   assertF32,
@@ -16,11 +16,7 @@ import {
 } from './ring_cases.js';
 import { VARLEN_USER } from './varlen_spmd.js';
 
-const NAMES = {
-  func: 'usp_attn_func',
-  kvpacked: 'usp_attn_kvpacked_func',
-  qkvpacked: 'usp_attn_qkvpacked_func',
-} as const;
+const NAMES = familyNames('usp_attn');
 const IMPLS = ['zigzag', 'ring', 'stripe'] as const;
 
 const { s, rts } = poisonedSuite('usp_attn');
@@ -190,12 +186,9 @@ s("usp_extract_local deals the rows as yunchang's extract helpers do", () => {
 s('SPMD: usp_extract_local shards on a sub-group of ranks, kwargs with the group, backward', async () => {
   const [b, S, h, hk, d] = [1, 24, 4, 2, 16];
   const members = [1, 2, 4, 5]; // ranks of a world of 6: a 2 × 2 grid over them
-  const rand = rng(23);
-  const q = randn(rand, b * S * h * d),
-    k = randn(rand, b * S * hk * d),
-    v = randn(rand, b * S * hk * d),
-    dout = randn(rand, b * S * h * d);
-  const x = { q, k, v, b, sq: S, sk: S, h, hk, d, scale: 1 / Math.sqrt(d), causal: true };
+  const dims = { b, sq: S, sk: S, h, hk, d };
+  const { q, k, v, dout } = denseInputs(rng(23), dims);
+  const x = refInputOf({ ...dims, causal: true }, { q, k, v });
   const ref = referenceForward(x),
     refG = referenceBackward(x, dout);
   const rt = await rts.get(6);
@@ -358,11 +351,8 @@ s('window_size and softcap on every grid of 4', async () => {
     { name: 'window (3, 6)', kw: { window_size: [3, 6] } },
     { name: 'softcap 0.8', kw: { causal: true, softcap: 0.8 } },
   ];
-  const rand = rng(61);
-  const q = randn(rand, b * S * h * d),
-    k = randn(rand, b * S * hk * d),
-    v = randn(rand, b * S * hk * d),
-    dout = randn(rand, b * S * h * d);
+  const dims = { b, sq: S, sk: S, h, hk, d };
+  const { q, k, v, dout } = denseInputs(rng(61), dims);
   for (const opt of options) {
     const x = {
       q,

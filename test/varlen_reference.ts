@@ -1,8 +1,8 @@
 // The fp64 reference (test/reference.ts) applied per packed sequence: tensors (total, h, d),
 // lse (h, total). Attention never crosses a sequence boundary; causal is per sequence.
-import { referenceBackward, referenceForward, type RefInput } from './reference.js';
+import { referenceBackward, referenceForward, type RefInput, type RefScores } from './reference.js';
 
-export interface VarlenRefInput {
+export interface VarlenRefInput extends RefScores {
   q: Float32Array;
   k: Float32Array;
   v: Float32Array;
@@ -11,12 +11,6 @@ export interface VarlenRefInput {
   h: number;
   hk: number;
   d: number;
-  scale: number;
-  causal: boolean;
-  window?: readonly [number, number];
-  softcap?: number;
-  /** One slope per head (h), or per sequence and head (num_seqs, h). */
-  alibi?: { slopes: ArrayLike<number>; perBatch: boolean };
   /** Dropout draws at packed token indices (the sequence's own rows). */
   dropout?: { p: number; seed: number };
 }

@@ -69,44 +69,12 @@ export async function spmdVarlen(
 export function assertSpmdFunc(run: Awaited<ReturnType<typeof spmdVarlen>>, c: SpmdVarlenCase): void {
   const { res, ref, placed } = run;
   const [hd, hkd] = [c.h * c.d, c.hk * c.d];
-  assert.ok(
-    relL2(
-      placed(
-        res.map((r) => r.out.data),
-        hd,
-      ),
-      ref.out,
-    ) < 1e-5,
-    'out',
-  );
-  assert.ok(
-    relL2(
-      placed(
-        res.map((r) => r.grads[0]!.data),
-        hd,
-      ),
-      ref.dq,
-    ) < 1e-5,
-    'dq',
-  );
-  assert.ok(
-    relL2(
-      placed(
-        res.map((r) => r.grads[1]!.data),
-        hkd,
-      ),
-      ref.dk,
-    ) < 1e-5,
-    'dk',
-  );
-  assert.ok(
-    relL2(
-      placed(
-        res.map((r) => r.grads[2]!.data),
-        hkd,
-      ),
-      ref.dv,
-    ) < 1e-5,
-    'dv',
-  );
+  const outputs = [
+    ['out', hd, ref.out, (r: SpmdVarlenRank) => r.out.data],
+    ['dq', hd, ref.dq, (r: SpmdVarlenRank) => r.grads[0]!.data],
+    ['dk', hkd, ref.dk, (r: SpmdVarlenRank) => r.grads[1]!.data],
+    ['dv', hkd, ref.dv, (r: SpmdVarlenRank) => r.grads[2]!.data],
+  ] as const;
+  for (const [name, width, want, pick] of outputs)
+    assert.ok(relL2(placed(res.map(pick), width), want) < 1e-5, name);
 }

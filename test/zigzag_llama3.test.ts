@@ -8,7 +8,7 @@ import {
   zigzag_varlen_extract_local,
 } from '../index.js';
 import { chunkMoves, zigzagLlama3Spec } from '../api/varlen/zigzag_llama3.js';
-import { expectError, nd, poisonedSuite, randn, rng } from './helpers.js';
+import { expectError, familyNames, nd, poisonedSuite, randn, rng } from './helpers.js';
 import {
   addVarlenCases,
   label,
@@ -23,11 +23,7 @@ import { assertSpmdFunc, spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
 const { s, rts } = poisonedSuite('zigzag_llama3_flash_attn_varlen');
 
-const NAMES: VarlenNames = {
-  func: 'zigzag_llama3_flash_attn_varlen_func',
-  kvpacked: 'zigzag_llama3_flash_attn_varlen_kvpacked_func',
-  qkvpacked: 'zigzag_llama3_flash_attn_varlen_qkvpacked_func',
-};
+const NAMES: VarlenNames = familyNames('zigzag_llama3_flash_attn_varlen');
 addVarlenCases(s, rts, NAMES, ZIGZAG_SETS);
 
 const strideCases: VarlenCase[] = [];

@@ -1,20 +1,11 @@
 // zigzag_ring_flash_attn_varlen_*: every sequence cut into 2·world chunks, zigzag per sequence.
-import { expectError, nd, poisonedSuite, randn, rng } from './helpers.js';
+import { expectError, familyNames, nd, poisonedSuite, randn, rng } from './helpers.js';
 import { addVarlenCases, maxSeqlenOf, ZIGZAG_SETS } from './varlen_cases.js';
 import { assertSpmdFunc, spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
 const { s, rts } = poisonedSuite('zigzag_ring_flash_attn_varlen');
 
-addVarlenCases(
-  s,
-  rts,
-  {
-    func: 'zigzag_ring_flash_attn_varlen_func',
-    kvpacked: 'zigzag_ring_flash_attn_varlen_kvpacked_func',
-    qkvpacked: 'zigzag_ring_flash_attn_varlen_qkvpacked_func',
-  },
-  ZIGZAG_SETS,
-);
+addVarlenCases(s, rts, familyNames('zigzag_ring_flash_attn_varlen'), ZIGZAG_SETS);
 
 s('SPMD: zigzag shards per sequence, local cu_seqlens, GQA, as the Python test calls it', async () => {
   const c = { world: 3, cu: [0, 12, 18, 54, 60], h: 4, hk: 2, d: 16, zigzag: true };
