@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, visibleGpuCount } from '../index.js';
+import { init, visibleGpuCount, type RingRuntime } from '../index.js';
 import { BENCH_FLAGS } from '../benchmark/bench_flags.js';
 import { MODES, THEORETIC } from '../benchmark/cases.js';
 import type { ValueFlag } from '../benchmark/cli_flags.js';
@@ -104,13 +104,22 @@ function varlenTask(column: VarlenColumn, over: Partial<VarlenBenchTask> = {}): 
 /** A rank's result: the last warm-up repeat and four more (bench_rank.ts), every time positive. */
 const timedFive = (r: BenchResult) => r.repeats.length === 5 && r.repeats.every((t) => t > 0);
 
+/** Runs `body` on a CPU runtime of `world` ranks, closed after; a collective waits 10 s at most. */
+async function onCpu(world: number, body: (rt: RingRuntime) => Promise<void>): Promise<void> {
+  const rt = await init({ backend: 'cpu', world, timeoutMs: 10_000 });
+  try {
+    await body(rt);
+  } finally {
+    await rt.close();
+  }
+}
+
 /** The flags of a quick CPU table: 16 tokens, one iteration, two repeats, forward only. */
 const QUICK = ['--backend', 'cpu', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd'];
 
 for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpacked_func']) {
   s(`${name}: all ranks agree on the warm-up length`, async () => {
-    const rt = await init({ backend: 'cpu', world: 3, timeoutMs: 10_000 });
-    try {
+    await onCpu(3, async (rt) => {
       const task = denseTask(name, { s: 12, maxRepeats: 8, settle: 0.03 });
       for (let trial = 0; trial < 5; trial++) {
         const res = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
@@ -121,9 +130,7 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
         );
         assert.ok(res.every(timedFive));
       }
-    } finally {
-      await rt.close();
-    }
+    });
   });
 }
 
@@ -134,8 +141,7 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
 s(
   'solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, forward and backward',
   async () => {
-    const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-    try {
+    await onCpu(1, async (rt) => {
       for (const rank of [3, 0])
         for (const prefix of ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn'])
           for (const suffix of ['', '_v2']) {
@@ -145,17 +151,14 @@ s(
             const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
             assert.ok(timedFive(res!), `${name} as rank ${rank}`);
           }
-    } finally {
-      await rt.close();
-    }
+    });
   },
 );
 
 // A solo Ulysses rank makes its grid's two sub-groups from the solo group: their transfers are
 // skipped too (a real one would wait for a missing peer until the timeout).
 s('solo mode runs the Ulysses columns as rank 3 and as rank 0 of 4, every sub-group solo', async () => {
-  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-  try {
+  await onCpu(1, async (rt) => {
     for (const rank of [3, 0])
       for (const usp of [
         { ulysses: 4, ring: 1, ringImpl: null },
@@ -166,9 +169,7 @@ s('solo mode runs the Ulysses columns as rank 3 and as rank 0 of 4, every sub-gr
         const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
         assert.ok(timedFive(res!), `${name} ${usp.ringImpl} as rank ${rank}`);
       }
-  } finally {
-    await rt.close();
-  }
+  });
 });
 
 s(
@@ -318,8 +319,7 @@ s('a runtime error prints one line `ring-flash-attn bench: <code>: <message>` an
 
 // The varlen table's rank code: every column runs forward + backward over all four sets.
 s("varlen columns run the Python project's kind of cu_seqlens sets, forward and backward", async () => {
-  const rt = await init({ backend: 'cpu', world: 2, timeoutMs: 10_000 });
-  try {
+  await onCpu(2, async (rt) => {
     for (const column of [
       'flash_attn_varlen',
       'ring_varlen',
@@ -330,9 +330,7 @@ s("varlen columns run the Python project's kind of cu_seqlens sets, forward and 
       assert.is(res.length, 2, column);
       assert.ok(res.every(timedFive), column);
     }
-  } finally {
-    await rt.close();
-  }
+  });
 });
 
 // Solo varlen: the ring columns as one rank of 4 with transfers skipped, llama3 with its
@@ -340,8 +338,7 @@ s("varlen columns run the Python project's kind of cu_seqlens sets, forward and 
 // the 10 s timeout, so finishing shows none was attempted). llama3's rank 3 attends to the
 // longest key prefix, rank 0 to the shortest.
 s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward and backward', async () => {
-  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-  try {
+  await onCpu(1, async (rt) => {
     for (const rank of [3, 0])
       for (const column of ['ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
         const task = varlenTask(column, { solo: { world: 4, rank } });
@@ -350,9 +347,7 @@ s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward a
         assert.ok(timedFive(res!), `${column} as rank ${rank}`);
         assert.ok(Date.now() - started < 5_000, `${column} as rank ${rank} took ${Date.now() - started} ms`);
       }
-  } finally {
-    await rt.close();
-  }
+  });
 });
 
 // The README-table issue's bar, read off a result file (benchmark/issue_targets.ts): a synthetic
