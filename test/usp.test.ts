@@ -219,34 +219,14 @@ s('SPMD: usp_extract_local shards on a sub-group of ranks, kwargs with the group
       });
       return out;
     };
-    assert.ok(
-      relL2(
-        full((r) => r.out.data, h),
-        ref.out,
-      ) < F32_TOL,
-      `${ring_impl} out`,
-    );
-    assert.ok(
-      relL2(
-        full((r) => r.grads[0]!.data, h),
-        refG.dq,
-      ) < F32_TOL,
-      `${ring_impl} dq`,
-    );
-    assert.ok(
-      relL2(
-        full((r) => r.grads[1]!.data, hk),
-        refG.dk,
-      ) < F32_TOL,
-      `${ring_impl} dk`,
-    );
-    assert.ok(
-      relL2(
-        full((r) => r.grads[2]!.data, hk),
-        refG.dv,
-      ) < F32_TOL,
-      `${ring_impl} dv`,
-    );
+    const outputs = [
+      ['out', h, ref.out, (r: (typeof res)[number]) => r.out.data],
+      ['dq', h, refG.dq, (r: (typeof res)[number]) => r.grads[0]!.data],
+      ['dk', hk, refG.dk, (r: (typeof res)[number]) => r.grads[1]!.data],
+      ['dv', hk, refG.dv, (r: (typeof res)[number]) => r.grads[2]!.data],
+    ] as const;
+    for (const [name, heads, want, pick] of outputs)
+      assert.ok(relL2(full(pick, heads), want) < F32_TOL, `${ring_impl} ${name}`);
   }
 });
 

@@ -34,6 +34,18 @@ const names = (prefix: string, suffix = '') => {
 };
 const varlenNames = (prefix: string) => familyNames(prefix) as VarlenNames;
 
+/** A causal bf16 varlen case of head dim 128: GQA with h/2 key heads, except qkvpacked (h). */
+const bf16Varlen = (world: number, cu: number[], h: number, packing: VarlenCase['packing']): VarlenCase => ({
+  world,
+  cu,
+  h,
+  hk: packing === 'qkvpacked' ? h : h / 2,
+  d: 128,
+  causal: true,
+  packing,
+  dtype: 'bfloat16',
+});
+
 function within(ring: CaseResult, single: CaseResult, what: string): void {
   assertWithinSingle(ring, single, what, 1e-5);
   // The single-device run is itself bounded, so a family wrong at every world cannot pass.
@@ -137,16 +149,7 @@ if (gpus > 0) {
             ['zigzag_llama3_flash_attn_varlen', 'func'],
             ['zigzag_llama3_flash_attn_varlen', 'kvpacked'],
           ] as const) {
-            const c: VarlenCase = {
-              world,
-              cu,
-              h: 4,
-              hk: packing === 'qkvpacked' ? 4 : 2,
-              d: 128,
-              causal: true,
-              packing,
-              dtype: 'bfloat16',
-            };
+            const c = bf16Varlen(world, cu, 4, packing);
             const single = await runVarlenCase(rt1(), varlenNames(prefix), { ...c, world: 1 }, 71);
             within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
           }
@@ -182,16 +185,7 @@ if (gpus > 0) {
               ['llama3_flash_attn_varlen', 'qkvpacked'],
               ['zigzag_llama3_flash_attn_varlen', 'kvpacked'],
             ] as const) {
-              const c: VarlenCase = {
-                world,
-                cu,
-                h: 2,
-                hk: packing === 'qkvpacked' ? 2 : 1,
-                d: 128,
-                causal: true,
-                packing,
-                dtype: 'bfloat16',
-              };
+              const c = bf16Varlen(world, cu, 2, packing);
               const inputs = inputsFor(c);
               const ring = await callVarlen(rt, varlenNames(prefix), c, inputs);
               const single = await callVarlen(rt1(), varlenNames(prefix), { ...c, world: 1 }, inputs);
