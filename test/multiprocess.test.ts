@@ -17,6 +17,7 @@ import {
   freePort,
   launch,
   startLauncher,
+  writeScript,
   startProcesses,
   tmpDir,
   waitForFile,
@@ -317,11 +318,9 @@ s('bad rendezvous options and environment are E_ARG naming them', async () => {
 
 s('the launcher stops the others and fails when one process dies', async () => {
   const dir = tmpDir();
-  const script = path.join(dir, 'script.mjs');
-  fs.writeFileSync(
-    script,
-    `import fs from 'node:fs';
-     fs.writeFileSync(${JSON.stringify(dir)} + '/env' + process.env.RANK, JSON.stringify(process.env));
+  const script = writeScript(
+    dir,
+    `fs.writeFileSync(${JSON.stringify(dir)} + '/env' + process.env.RANK, JSON.stringify(process.env));
      if (process.env.RANK === '1') setTimeout(() => process.exit(3), 200); else setInterval(() => {}, 1000);`,
   );
   const port = await freePort();
@@ -345,12 +344,10 @@ s('the launcher stops the others and fails when one process dies', async () => {
 
 s('the launcher forwards SIGTERM to every process and exits non-zero', async () => {
   const dir = tmpDir();
-  const script = path.join(dir, 'script.mjs');
   // Each process says it is up, then waits; on SIGTERM it writes down that it got it and exits.
-  fs.writeFileSync(
-    script,
-    `import fs from 'node:fs';
-     process.on('SIGTERM', () => { fs.writeFileSync(${JSON.stringify(dir)} + '/term' + process.env.RANK, ''); process.exit(0); });
+  const script = writeScript(
+    dir,
+    `process.on('SIGTERM', () => { fs.writeFileSync(${JSON.stringify(dir)} + '/term' + process.env.RANK, ''); process.exit(0); });
      fs.writeFileSync(${JSON.stringify(dir)} + '/up' + process.env.RANK, '');
      setInterval(() => {}, 1000);`,
   );
