@@ -13,15 +13,40 @@ import type { DeviceTensor } from '../runtime/tensor.js';
 import { seededValues } from '../runtime/random.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
-export interface BenchTask extends TimingPlan {
-  name: string;
-  /** Local shard dims. */
+/** The dims of a dense call on one rank: q (b, s, h, d), k and v (b, s, hk, d). */
+export interface RankShape {
   b: number;
   s: number;
   h: number;
   hk: number;
   d: number;
   causal: boolean;
+}
+
+/** A tensor of `shape` holding seeded values: the same inputs on every run for one seed. */
+export function seededTensor(
+  ctx: RankContext,
+  shape: number[],
+  seed: number,
+  dtype: DType,
+  requiresGrad: boolean,
+): DeviceTensor {
+  return ctx.tensor(
+    {
+      data: seededValues(
+        shape.reduce((x, y) => x * y, 1),
+        seed,
+      ),
+      shape,
+    },
+    dtype,
+    requiresGrad,
+  );
+}
+
+/** A rank's task; the dims are those of its local shard. */
+export interface BenchTask extends TimingPlan, RankShape {
+  name: string;
   dtype: DType;
   backward: boolean;
   seed: number;
@@ -43,17 +68,7 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
   const entry = RING_FUNCTIONS[t.name];
   if (!entry) throw new Error(`unknown function ${t.name}`);
   const mk = (shape: number[], salt: number) =>
-    ctx.tensor(
-      {
-        data: seededValues(
-          shape.reduce((x, y) => x * y, 1),
-          t.seed * 31 + ctx.rank * 7 + salt,
-        ),
-        shape,
-      },
-      t.dtype,
-      t.backward,
-    );
+    seededTensor(ctx, shape, t.seed * 31 + ctx.rank * 7 + salt, t.dtype, t.backward);
   const inputs: DeviceTensor[] =
     entry.packing === 'qkvpacked'
       ? [mk([t.b, t.s, 3, t.h, t.d], 1)]

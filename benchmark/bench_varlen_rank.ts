@@ -18,8 +18,7 @@ import type { RankContext } from '../runtime/context.js';
 import type { DType } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
 import type { BenchResult, TimingPlan } from './bench_rank.js';
-import { finishCall, timeCalls } from './bench_rank.js';
-import { seededValues } from '../runtime/random.js';
+import { finishCall, seededTensor, timeCalls } from './bench_rank.js';
 import { asSoloRank, type SoloRank } from './solo_comm.js';
 
 /** The Python project's cu_seqlens sets for 8192 tokens per rank (benchmark_varlen_kvpacked_func.py). */
@@ -96,17 +95,7 @@ function callsFor(
 
 export function run(ctx: RankContext, t: VarlenBenchTask): BenchResult {
   const mk = (shape: number[], salt: number, grad: boolean) =>
-    ctx.tensor(
-      {
-        data: seededValues(
-          shape.reduce((x, y) => x * y, 1),
-          t.seed * 31 + ctx.rank * 7 + salt,
-        ),
-        shape,
-      },
-      t.dtype,
-      grad,
-    );
+    seededTensor(ctx, shape, t.seed * 31 + ctx.rank * 7 + salt, t.dtype, grad);
   const q = mk([t.s, t.h, t.d], 1, t.backward);
   const kv = mk([t.s, 2, t.hk, t.d], 2, t.backward);
   const dout = mk([t.s, t.h, t.d], 99, false);

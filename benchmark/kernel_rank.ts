@@ -5,16 +5,9 @@ import { flash_attn_func } from '../api/single.js';
 import type { RankContext } from '../runtime/context.js';
 import { toFloat32 } from '../runtime/dtype.js';
 import type { DeviceTensor } from '../runtime/tensor.js';
-import { finishCall } from './bench_rank.js';
-import { seededValues } from '../runtime/random.js';
+import { finishCall, seededTensor, type RankShape } from './bench_rank.js';
 
-export interface KernelTask {
-  b: number;
-  s: number;
-  h: number;
-  hk: number;
-  d: number;
-  causal: boolean;
+export interface KernelTask extends RankShape {
   iters: number;
   repeats: number;
   /** flash-attn's deterministic backward (ours: dq's parts added in key-tile order). */
@@ -27,25 +20,14 @@ const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.len
 
 export function run(ctx: RankContext, t: KernelTask) {
   const be = ctx.backend;
-  const q = ctx.tensor(
-    { data: seededValues(t.b * t.s * t.h * t.d, 1), shape: [t.b, t.s, t.h, t.d] },
-    'bfloat16',
-    true,
-  );
-  const k = ctx.tensor(
-    { data: seededValues(t.b * t.s * t.hk * t.d, 2), shape: [t.b, t.s, t.hk, t.d] },
-    'bfloat16',
-    true,
-  );
-  const v = ctx.tensor(
-    { data: seededValues(t.b * t.s * t.hk * t.d, 3), shape: [t.b, t.s, t.hk, t.d] },
-    'bfloat16',
-    true,
-  );
-  const dout = ctx.tensor(
-    { data: seededValues(t.b * t.s * t.h * t.d, 4), shape: [t.b, t.s, t.h, t.d] },
-    'bfloat16',
-  );
+  const [qShape, kvShape] = [
+    [t.b, t.s, t.h, t.d],
+    [t.b, t.s, t.hk, t.d],
+  ];
+  const q = seededTensor(ctx, qShape, 1, 'bfloat16', true),
+    k = seededTensor(ctx, kvShape, 2, 'bfloat16', true),
+    v = seededTensor(ctx, kvShape, 3, 'bfloat16', true),
+    dout = seededTensor(ctx, qShape, 4, 'bfloat16', false);
   const time = (backward: boolean) => {
     const once = () =>
       finishCall(

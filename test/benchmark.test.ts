@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, visibleGpuCount } from '../index.js';
+import { init, visibleGpuCount, type RingRuntime } from '../index.js';
 import { BENCH_FLAGS } from '../benchmark/bench_flags.js';
 import { MODES, THEORETIC } from '../benchmark/cases.js';
 import type { ValueFlag } from '../benchmark/cli_flags.js';
@@ -56,25 +56,71 @@ function rejected(r: ReturnType<typeof run>, ...named: string[]) {
 
 const s = suite('benchmark');
 
+/** A dense rank task on tiny CPU shapes; `over` names what a test changes. */
+function denseTask(name: string, over: Partial<BenchTask> = {}): BenchTask {
+  return {
+    name,
+    b: 1,
+    s: 16,
+    h: 2,
+    hk: 2,
+    d: 16,
+    causal: true,
+    dtype: 'float32',
+    backward: true,
+    iters: 1,
+    maxRepeats: 2,
+    settle: 1,
+    seed: 1,
+    ...over,
+  };
+}
+
+/** A varlen rank task: the Python project's kind of four cu_seqlens sets, scaled to 16 tokens. */
+function varlenTask(column: VarlenColumn, over: Partial<VarlenBenchTask> = {}): VarlenBenchTask {
+  return {
+    column,
+    s: 16,
+    h: 4,
+    hk: 2,
+    d: 16,
+    dtype: 'float32',
+    backward: true,
+    iters: 4,
+    maxRepeats: 2,
+    settle: 1,
+    sets: [
+      [0, 16],
+      [0, 4, 12, 16],
+      [0, 8, 16],
+      [0, 6, 10, 14, 16],
+    ],
+    headsKStride: 1,
+    seed: 1,
+    ...over,
+  };
+}
+
+/** A rank's result: the last warm-up repeat and four more (bench_rank.ts), every time positive. */
+const timedFive = (r: BenchResult) => r.repeats.length === 5 && r.repeats.every((t) => t > 0);
+
+/** Runs `body` on a CPU runtime of `world` ranks, closed after; a collective waits 10 s at most. */
+async function onCpu(world: number, body: (rt: RingRuntime) => Promise<void>): Promise<void> {
+  const rt = await init({ backend: 'cpu', world, timeoutMs: 10_000 });
+  try {
+    await body(rt);
+  } finally {
+    await rt.close();
+  }
+}
+
+/** The flags of a quick CPU table: 16 tokens, one iteration, two repeats, forward only. */
+const QUICK = ['--backend', 'cpu', '--tokens', '16', '--iters', '1', '--max-repeats', '2', '--modes', 'fwd'];
+
 for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpacked_func']) {
   s(`${name}: all ranks agree on the warm-up length`, async () => {
-    const rt = await init({ backend: 'cpu', world: 3, timeoutMs: 10_000 });
-    try {
-      const task: BenchTask = {
-        name,
-        b: 1,
-        s: 12,
-        h: 2,
-        hk: 2,
-        d: 16,
-        causal: true,
-        dtype: 'float32',
-        backward: true,
-        iters: 1,
-        maxRepeats: 8,
-        settle: 0.03,
-        seed: 1,
-      };
+    await onCpu(3, async (rt) => {
+      const task = denseTask(name, { s: 12, maxRepeats: 8, settle: 0.03 });
       for (let trial = 0; trial < 5; trial++) {
         const res = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
         assert.is(
@@ -82,11 +128,9 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
           1,
           `warm-up repeats per rank: ${res.map((r) => r.warmupRepeats)}`,
         );
-        assert.ok(res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)));
+        assert.ok(res.every(timedFive));
       }
-    } finally {
-      await rt.close();
-    }
+    });
   });
 }
 
@@ -97,101 +141,41 @@ for (const name of ['zigzag_ring_flash_attn_qkvpacked_func', 'flash_attn_qkvpack
 s(
   'solo mode runs every ring column as rank 3 and as rank 0 of 4 on one rank, forward and backward',
   async () => {
-    const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-    try {
+    await onCpu(1, async (rt) => {
       for (const rank of [3, 0])
         for (const prefix of ['ring_flash_attn', 'zigzag_ring_flash_attn', 'stripe_flash_attn'])
           for (const suffix of ['', '_v2']) {
             if (suffix && prefix !== 'ring_flash_attn') continue;
             const name = `${prefix}_qkvpacked_func${suffix}`;
-            const task: BenchTask = {
-              name,
-              b: 1,
-              s: 16,
-              h: 2,
-              hk: 2,
-              d: 16,
-              causal: true,
-              dtype: 'float32',
-              backward: true,
-              iters: 1,
-              maxRepeats: 2,
-              settle: 1,
-              seed: 1,
-              solo: { world: 4, rank },
-            };
+            const task = denseTask(name, { solo: { world: 4, rank } });
             const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-            assert.ok(
-              res!.repeats.length === 5 && res!.repeats.every((t) => t > 0),
-              `${name} as rank ${rank}`,
-            );
+            assert.ok(timedFive(res!), `${name} as rank ${rank}`);
           }
-    } finally {
-      await rt.close();
-    }
+    });
   },
 );
 
 // A solo Ulysses rank makes its grid's two sub-groups from the solo group: their transfers are
 // skipped too (a real one would wait for a missing peer until the timeout).
 s('solo mode runs the Ulysses columns as rank 3 and as rank 0 of 4, every sub-group solo', async () => {
-  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-  try {
+  await onCpu(1, async (rt) => {
     for (const rank of [3, 0])
       for (const usp of [
         { ulysses: 4, ring: 1, ringImpl: null },
         ...(['zigzag', 'ring', 'stripe'] as const).map((ringImpl) => ({ ulysses: 2, ring: 2, ringImpl })),
       ]) {
         const name = usp.ringImpl ? 'usp_attn_qkvpacked_func' : 'ulysses_attn_qkvpacked_func';
-        const task: BenchTask = {
-          name,
-          b: 1,
-          s: 16,
-          h: 4,
-          hk: 4,
-          d: 16,
-          causal: true,
-          dtype: 'float32',
-          backward: true,
-          iters: 1,
-          maxRepeats: 2,
-          settle: 1,
-          seed: 1,
-          solo: { world: 4, rank },
-          usp,
-        };
+        const task = denseTask(name, { h: 4, hk: 4, solo: { world: 4, rank }, usp });
         const [res] = (await rt.spmd(BENCH_RANK, 'run', task)) as BenchResult[];
-        assert.ok(
-          res!.repeats.length === 5 && res!.repeats.every((t) => t > 0),
-          `${name} ${usp.ringImpl} as rank ${rank}`,
-        );
+        assert.ok(timedFive(res!), `${name} ${usp.ringImpl} as rank ${rank}`);
       }
-  } finally {
-    await rt.close();
-  }
+  });
 });
 
 s(
   '--columns usp_zigzag,ulysses: the grid row; a Ulysses degree the heads do not take leaves its cell out',
   () => {
-    const r = run(TABLE, [
-      '--backend',
-      'cpu',
-      '--solo',
-      '4',
-      '--tokens',
-      '16',
-      '--iters',
-      '1',
-      '--max-repeats',
-      '2',
-      '--modes',
-      'fwd',
-      '--columns',
-      'usp_zigzag,ulysses',
-      '--varlen',
-      'off',
-    ]);
+    const r = run(TABLE, [...QUICK, '--solo', '4', '--columns', 'usp_zigzag,ulysses', '--varlen', 'off']);
     assert.is(r.status, 0, r.stderr);
     const lines = r.stdout.split('\n');
     assert.ok(lines.includes('|          | theoretic flash_attn | ulysses | usp_zigzag |'), r.stdout);
@@ -220,20 +204,7 @@ s(
 // slowest (a ring in lockstep runs at its slowest rank's pace), naming it in a row. stderr is no
 // terminal here: no progress bar, nothing on stderr at all.
 s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring column', () => {
-  const r = run(TABLE, [
-    '--backend',
-    'cpu',
-    '--solo',
-    '4',
-    '--tokens',
-    '16',
-    '--iters',
-    '1',
-    '--max-repeats',
-    '2',
-    '--modes',
-    'fwd',
-  ]);
+  const r = run(TABLE, [...QUICK, '--solo', '4']);
   assert.is(r.status, 0, r.stderr);
   assert.is(r.stderr, '');
   assert.match(r.stdout, /solo: each rank of 4 in turn \(the slowest reported\)/);
@@ -257,25 +228,7 @@ s('npm run bench -- --solo 4 plays ranks 0..3 and names the slowest per ring col
 s(
   '--columns times only the named ring columns next to theoretic; --columns, --cases and --modes name an unknown value',
   () => {
-    const r = run(CLI, [
-      'bench',
-      '--backend',
-      'cpu',
-      '--solo',
-      '2',
-      '--tokens',
-      '16',
-      '--iters',
-      '1',
-      '--max-repeats',
-      '2',
-      '--modes',
-      'fwd',
-      '--columns',
-      'zigzag_ring',
-      '--varlen',
-      'off',
-    ]);
+    const r = run(CLI, ['bench', ...QUICK, '--solo', '2', '--columns', 'zigzag_ring', '--varlen', 'off']);
     assert.is(r.status, 0, r.stderr);
     const header = r.stdout.split('\n').find((l) => l.includes('theoretic flash_attn'));
     assert.is(header, '|          | theoretic flash_attn | zigzag_ring |');
@@ -366,44 +319,18 @@ s('a runtime error prints one line `ring-flash-attn bench: <code>: <message>` an
 
 // The varlen table's rank code: every column runs forward + backward over all four sets.
 s("varlen columns run the Python project's kind of cu_seqlens sets, forward and backward", async () => {
-  const rt = await init({ backend: 'cpu', world: 2, timeoutMs: 10_000 });
-  try {
+  await onCpu(2, async (rt) => {
     for (const column of [
       'flash_attn_varlen',
       'ring_varlen',
       'zigzag_ring_varlen',
       'llama3',
     ] as VarlenColumn[]) {
-      const task: VarlenBenchTask = {
-        column,
-        s: 16,
-        h: 4,
-        hk: 2,
-        d: 16,
-        dtype: 'float32',
-        backward: true,
-        iters: 4,
-        maxRepeats: 2,
-        settle: 1,
-        sets: [
-          [0, 16],
-          [0, 4, 12, 16],
-          [0, 8, 16],
-          [0, 6, 10, 14, 16],
-        ],
-        headsKStride: 1,
-        seed: 1,
-      };
-      const res = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
+      const res = (await rt.spmd(BENCH_VARLEN_RANK, 'run', varlenTask(column))) as BenchResult[];
       assert.is(res.length, 2, column);
-      assert.ok(
-        res.every((r) => r.repeats.length === 5 && r.repeats.every((t) => t > 0)),
-        column,
-      );
+      assert.ok(res.every(timedFive), column);
     }
-  } finally {
-    await rt.close();
-  }
+  });
 });
 
 // Solo varlen: the ring columns as one rank of 4 with transfers skipped, llama3 with its
@@ -411,39 +338,16 @@ s("varlen columns run the Python project's kind of cu_seqlens sets, forward and 
 // the 10 s timeout, so finishing shows none was attempted). llama3's rank 3 attends to the
 // longest key prefix, rank 0 to the shortest.
 s('varlen columns run as solo ranks 3 and 0 of 4, collectives skipped, forward and backward', async () => {
-  const rt = await init({ backend: 'cpu', world: 1, timeoutMs: 10_000 });
-  try {
+  await onCpu(1, async (rt) => {
     for (const rank of [3, 0])
       for (const column of ['ring_varlen', 'zigzag_ring_varlen', 'llama3'] as VarlenColumn[]) {
-        const task: VarlenBenchTask = {
-          column,
-          s: 16,
-          h: 4,
-          hk: 2,
-          d: 16,
-          dtype: 'float32',
-          backward: true,
-          iters: 4,
-          maxRepeats: 2,
-          settle: 1,
-          sets: [
-            [0, 16],
-            [0, 4, 12, 16],
-            [0, 8, 16],
-            [0, 6, 10, 14, 16],
-          ],
-          headsKStride: 1,
-          seed: 1,
-          solo: { world: 4, rank },
-        };
+        const task = varlenTask(column, { solo: { world: 4, rank } });
         const started = Date.now();
         const [res] = (await rt.spmd(BENCH_VARLEN_RANK, 'run', task)) as BenchResult[];
-        assert.ok(res!.repeats.length === 5 && res!.repeats.every((t) => t > 0), `${column} as rank ${rank}`);
+        assert.ok(timedFive(res!), `${column} as rank ${rank}`);
         assert.ok(Date.now() - started < 5_000, `${column} as rank ${rank} took ${Date.now() - started} ms`);
       }
-  } finally {
-    await rt.close();
-  }
+  });
 });
 
 // The README-table issue's bar, read off a result file (benchmark/issue_targets.ts): a synthetic
@@ -634,25 +538,7 @@ s("the companion chart sets each ring cell's share beside every share the Python
 s('--out DIR takes the result file and its chart; bench:chart redraws them there', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-out-'));
   try {
-    const r = run(CLI, [
-      'bench',
-      '--backend',
-      'cpu',
-      '--world',
-      '2',
-      '--tokens',
-      '16',
-      '--iters',
-      '1',
-      '--max-repeats',
-      '2',
-      '--modes',
-      'fwd',
-      '--columns',
-      'zigzag_ring',
-      '--out',
-      dir,
-    ]);
+    const r = run(CLI, ['bench', ...QUICK, '--world', '2', '--columns', 'zigzag_ring', '--out', dir]);
     assert.is(r.status, 0, r.stderr);
     const files = fs.readdirSync(dir).sort();
     assert.is(files.length, 2, String(files));

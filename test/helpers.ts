@@ -1,7 +1,10 @@
 import ndarray from 'ndarray';
+import { suite, type Test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { RingFlashAttnError } from '../runtime/errors.js';
-import { init, type RingRuntime } from '../api/index.js';
+import { init, type DriverResult, type FuncGrads, type RingRuntime } from '../api/index.js';
+import type { InitOptions } from '../runtime/pool.js';
+import type { Dims } from './reference.js';
 import { roundThrough, type DType } from '../runtime/dtype.js';
 
 /** Deterministic uniform generator, so failures reproduce. */
@@ -17,6 +20,69 @@ export function randn(rand: () => number, n: number): Float32Array {
 
 export function nd(data: Float32Array, shape: number[]) {
   return ndarray(data, shape);
+}
+
+/** An ndarray of `shape` holding fresh random values. */
+export function randomNd(rand: () => number, shape: number[]) {
+  return nd(
+    randn(
+      rand,
+      shape.reduce((a, b) => a * b, 1),
+    ),
+    shape,
+  );
+}
+
+/** A runtime opened before the suite's first test and closed after its last; call the getter inside tests. */
+export function suiteRuntime(s: Test, options: InitOptions): () => RingRuntime {
+  let rt: RingRuntime | undefined;
+  s.before(async () => {
+    rt = await init(options);
+  });
+  s.after(async () => {
+    await rt?.close();
+  });
+  return () => rt!;
+}
+
+/** A family's three names: `${prefix}_func`, `${prefix}_kvpacked_func` and `${prefix}_qkvpacked_func`. */
+export function familyNames<P extends string>(prefix: P) {
+  return {
+    func: `${prefix}_func`,
+    kvpacked: `${prefix}_kvpacked_func`,
+    qkvpacked: `${prefix}_qkvpacked_func`,
+  } as const;
+}
+
+/** Random q, k, v and dout of a dense call of shape `c`, drawn in that order. */
+export function denseInputs(rand: () => number, c: Dims) {
+  return {
+    q: randn(rand, c.b * c.sq * c.h * c.d),
+    k: randn(rand, c.b * c.sk * c.hk * c.d),
+    v: randn(rand, c.b * c.sk * c.hk * c.d),
+    dout: randn(rand, c.b * c.sq * c.h * c.d),
+  };
+}
+
+/** Calls the q, k, v function `name` in driver mode, then backward with dout; the result is disposed. */
+export async function callFunc(
+  rt: RingRuntime,
+  name: string,
+  c: Dims,
+  t: { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array },
+  opts: Record<string, unknown>,
+) {
+  const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<DriverResult<FuncGrads>>;
+  const r = await call(
+    name,
+    nd(t.q, [c.b, c.sq, c.h, c.d]),
+    nd(t.k, [c.b, c.sk, c.hk, c.d]),
+    nd(t.v, [c.b, c.sk, c.hk, c.d]),
+    opts,
+  );
+  const g = await r.backward(nd(t.dout, [c.b, c.sq, c.h, c.d]));
+  await r.dispose();
+  return { out: r.out.data, lse: r.lse.data, dq: g.dq.data, dk: g.dk.data, dv: g.dv.data };
 }
 
 /** ‖x − ref‖ / ‖ref‖ (finite inputs; NaN anywhere gives NaN). */
@@ -110,6 +176,18 @@ export class Runtimes {
   async close(): Promise<void> {
     for (const rt of this.byWorld.values()) await (await rt).close();
   }
+}
+
+/**
+ * A family's suite and its CPU runtimes, closed after the suite. Outputs are poisoned first: the
+ * workers start later and inherit it, so an element no kernel wrote reads NaN.
+ */
+export function poisonedSuite(name: string): { s: Test; rts: Runtimes } {
+  process.env.RFA_POISON = '1';
+  const s = suite(name);
+  const rts = new Runtimes();
+  s.after(() => rts.close());
+  return { s, rts };
 }
 
 /** What fixtures' sendPackedKv receives from rank `from`: its k (j = 1) or v (j = 2) rows, contiguous. */

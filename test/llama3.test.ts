@@ -1,31 +1,24 @@
 // llama3_flash_attn_varlen_*: contiguous split of the packed tokens, K/V all-gathered per head
 // group; and llama3_flash_attn_prepare_cu_seqlens against hand-computed values.
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { llama3_flash_attn_prepare_cu_seqlens as prepare, RingFlashAttnError } from '../index.js';
-import { expectError, nd, pack, randn, relL2, rng, Runtimes, unpack } from './helpers.js';
+import { expectError, familyNames, nd, pack, poisonedSuite, randn, relL2, rng, unpack } from './helpers.js';
 import {
   addVarlenCases,
-  assertF32,
   label,
   runVarlenCase,
+  SHARED_CU,
+  varlenInputs,
   type VarlenCase,
   type VarlenNames,
 } from './varlen_cases.js';
+import { assertF32 } from './ring_cases.js';
 import { varlenReference } from './varlen_reference.js';
+import { VARLEN_USER } from './varlen_spmd.js';
 
-process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN
+const { s, rts } = poisonedSuite('llama3_flash_attn_varlen');
 
-const USER = new URL('./fixtures/varlen_user.js', import.meta.url).href;
-const s = suite('llama3_flash_attn_varlen');
-const rts = new Runtimes();
-s.after(() => rts.close());
-
-const NAMES: VarlenNames = {
-  func: 'llama3_flash_attn_varlen_func',
-  kvpacked: 'llama3_flash_attn_varlen_kvpacked_func',
-  qkvpacked: 'llama3_flash_attn_varlen_qkvpacked_func',
-};
+const NAMES: VarlenNames = familyNames('llama3_flash_attn_varlen');
 // The Python project's sets as fractions of the total: sequence boundaries fall anywhere, across ranks.
 const FRACTIONS = [
   [0, 1],
@@ -46,7 +39,7 @@ function shortSequences(world: number): number[] {
 addVarlenCases(s, rts, NAMES, {
   pythonSets,
   oneChunk: shortSequences,
-  shared: [0, 64, 320, 512],
+  shared: SHARED_CU,
 });
 
 const strideCases: VarlenCase[] = [];
@@ -161,15 +154,10 @@ s('prepare_cu_seqlens: bad arguments', () => {
 s('SPMD: every rank prepares its cu_seqlens, as test_llama3_flash_attn_varlen_func.py does', async () => {
   const [world, h, d] = [4, 4, 16];
   const cu = [0, 5, 27, 30, 48]; // total 48, 12 tokens per rank; boundaries inside ranks
-  const T = cu[cu.length - 1]!;
-  const rand = rng(41);
-  const q = randn(rand, T * h * d),
-    k = randn(rand, T * h * d),
-    v = randn(rand, T * h * d),
-    dout = randn(rand, T * h * d);
+  const { T, q, k, v, dout } = varlenInputs({ cu, h, hk: h, d }, 41);
   const res = (await (
     await rts.get(world)
-  ).spmd(USER, 'llama3Step', {
+  ).spmd(VARLEN_USER, 'llama3Step', {
     qkv: { data: pack([q, k, v], 1, T, h, d), shape: [T, 3, h, d] },
     dout: { data: dout, shape: [T, h, d] },
     cu,
@@ -250,7 +238,7 @@ s('SPMD: inconsistent prepared arguments', async () => {
   const cuQ = Int32Array.from([0, 3, 8]),
     cuK = Int32Array.from([0, 3, 8]);
   const call = (args: unknown[]) =>
-    rt.spmd(USER, 'callVarlen', { name: L, tensors: [tensors, tensors], args: [args, args] });
+    rt.spmd(VARLEN_USER, 'callVarlen', { name: L, tensors: [tensors, tensors], args: [args, args] });
   const slice = { start: 0, stop: 8 };
   await expectError(
     () => call([cuQ, Int32Array.from([0, 8]), 5, 8, 1, slice]),

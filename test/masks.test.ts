@@ -78,6 +78,15 @@ function check(errs: Record<string, number>, tol = F32_TOL): void {
     assert.ok(e <= tol, `${k} rel L2 ${e.toExponential(2)} > ${tol.toExponential(0)}`);
 }
 
+/** check(errs), its failure naming the case `what`. */
+function checkAs(what: string, errs: Record<string, number>): void {
+  try {
+    check(errs);
+  } catch (e) {
+    throw new Error(`${what}: ${(e as Error).message}`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The generator and the block plans
 
@@ -284,11 +293,7 @@ for (const { family, unit } of DENSE)
           d: 8,
           seed: 50 + i,
         });
-        try {
-          check(errs);
-        } catch (e) {
-          throw new Error(`world ${world} ${opt.name}: ${(e as Error).message}`);
-        }
+        checkAs(`world ${world} ${opt.name}`, errs);
       }
     }
   });
@@ -306,11 +311,7 @@ s('ulysses and usp (Ulysses × ring): every option, slopes and dropout by the gl
     for (const [i, opt] of OPTIONS.entries()) {
       const o = { ...opt, kw: { ...opt.kw, ...grid } };
       const { errs } = await denseCase(rt, fn, o, { b: 2, s: world * 4, hk: 2, d: 8, seed: 160 + i });
-      try {
-        check(errs);
-      } catch (e) {
-        throw new Error(`${fn} ${JSON.stringify(grid)} ${opt.name}: ${(e as Error).message}`);
-      }
+      checkAs(`${fn} ${JSON.stringify(grid)} ${opt.name}`, errs);
     }
   }
 });
@@ -333,11 +334,7 @@ s(
           d: 8,
           seed: 70 + i,
         });
-        try {
-          check(errs);
-        } catch (e) {
-          throw new Error(`${opt.name} sq=${sq} sk=${sk}: ${(e as Error).message}`);
-        }
+        checkAs(`${opt.name} sq=${sq} sk=${sk}`, errs);
       }
   },
 );
@@ -490,11 +487,7 @@ for (const fn of VARLEN)
             packing: 'func',
           };
           const errs = await varlenErrs(rt, fn, c, opt, 90 + i);
-          try {
-            check(errs);
-          } catch (e) {
-            throw new Error(`world ${world} ${opt.name}: ${(e as Error).message}`);
-          }
+          checkAs(`world ${world} ${opt.name}`, errs);
         }
       }
     },
@@ -505,11 +498,7 @@ s('flash_attn_varlen_func: every option, slopes per sequence included', async ()
   for (const [i, opt] of OPTIONS.entries()) {
     const c: VarlenCase = { world: 1, cu: [0, 7, 10, 19], h: H, hk: 1, d: 8, causal: false, packing: 'func' };
     const errs = await varlenErrs(rt, 'flash_attn_varlen_func', c, opt, 110 + i);
-    try {
-      check(errs);
-    } catch (e) {
-      throw new Error(`${opt.name}: ${(e as Error).message}`);
-    }
+    checkAs(`${opt.name}`, errs);
   }
 });
 
@@ -735,11 +724,7 @@ s(
         for (const kw of [{ causal: true, window_size: [3, 0] }, { window_size: [2, 2] }]) {
           const opt = { name: JSON.stringify(kw), kw };
           const { errs } = await denseCase(rt, family, opt, { b: 2, s: world * 8, hk: 1, d: 8, seed: 140 });
-          try {
-            check(errs);
-          } catch (e) {
-            throw new Error(`${family} world ${world} ${opt.name}: ${(e as Error).message}`);
-          }
+          checkAs(`${family} world ${world} ${opt.name}`, errs);
         }
     }
   },

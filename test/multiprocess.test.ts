@@ -3,7 +3,6 @@
 // the same ranks in one process, bit for bit; then the faults: a process killed mid-call, a rank
 // failing in one process, a peer that never arrives, a store that never answers, a port already
 // taken, driver mode across processes, and the launcher stopping the rest when one dies.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -17,7 +16,8 @@ import {
   exited,
   freePort,
   launch,
-  LAUNCHER,
+  startLauncher,
+  writeScript,
   startProcesses,
   tmpDir,
   waitForFile,
@@ -318,29 +318,19 @@ s('bad rendezvous options and environment are E_ARG naming them', async () => {
 
 s('the launcher stops the others and fails when one process dies', async () => {
   const dir = tmpDir();
-  const script = path.join(dir, 'script.mjs');
-  fs.writeFileSync(
-    script,
-    `import fs from 'node:fs';
-     fs.writeFileSync(${JSON.stringify(dir)} + '/env' + process.env.RANK, JSON.stringify(process.env));
+  const script = writeScript(
+    dir,
+    `fs.writeFileSync(${JSON.stringify(dir)} + '/env' + process.env.RANK, JSON.stringify(process.env));
      if (process.env.RANK === '1') setTimeout(() => process.exit(3), 200); else setInterval(() => {}, 1000);`,
   );
   const port = await freePort();
   const t0 = Date.now();
-  const child = spawn(
-    process.execPath,
-    [LAUNCHER, 'launch', '--nproc', '2', '--master', `127.0.0.1:${port}`, script],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
-  const { code } = await exited(child);
+  const launcher = startLauncher(['--nproc', '2', '--master', `127.0.0.1:${port}`, script]);
+  const { code } = await exited(launcher.child);
   const took = Date.now() - t0;
   assert.is(code, 1);
   assert.match(
-    stderr,
+    launcher.stderr(),
     /launch: E_WORKER: process 1 \(pid \d+\) exited with code 3; the other processes of this node were stopped/,
   );
   assert.ok(took < 5_000, `took ${took} ms`);
@@ -354,26 +344,20 @@ s('the launcher stops the others and fails when one process dies', async () => {
 
 s('the launcher forwards SIGTERM to every process and exits non-zero', async () => {
   const dir = tmpDir();
-  const script = path.join(dir, 'script.mjs');
   // Each process says it is up, then waits; on SIGTERM it writes down that it got it and exits.
-  fs.writeFileSync(
-    script,
-    `import fs from 'node:fs';
-     process.on('SIGTERM', () => { fs.writeFileSync(${JSON.stringify(dir)} + '/term' + process.env.RANK, ''); process.exit(0); });
+  const script = writeScript(
+    dir,
+    `process.on('SIGTERM', () => { fs.writeFileSync(${JSON.stringify(dir)} + '/term' + process.env.RANK, ''); process.exit(0); });
      fs.writeFileSync(${JSON.stringify(dir)} + '/up' + process.env.RANK, '');
      setInterval(() => {}, 1000);`,
   );
-  const child = spawn(process.execPath, [LAUNCHER, 'launch', '--nproc', '2', script], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
+  const launcher = startLauncher(['--nproc', '2', script]);
   await waitForFile(path.join(dir, 'up0'), 10_000);
   await waitForFile(path.join(dir, 'up1'), 10_000);
-  child.kill('SIGTERM');
-  const { code } = await exited(child);
+  launcher.child.kill('SIGTERM');
+  const { code } = await exited(launcher.child);
   assert.is(code, 1);
-  assert.match(stderr, /the launcher got SIGTERM/);
+  assert.match(launcher.stderr(), /the launcher got SIGTERM/);
   assert.ok(
     fs.existsSync(path.join(dir, 'term0')) && fs.existsSync(path.join(dir, 'term1')),
     'both got SIGTERM',
@@ -382,15 +366,11 @@ s('the launcher forwards SIGTERM to every process and exits non-zero', async () 
 });
 
 s('launch flags are checked before anything starts', async () => {
-  const run = (...args: string[]) =>
-    new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const c = spawn(process.execPath, [LAUNCHER, 'launch', ...args], {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let stderr = '';
-      c.stderr!.on('data', (d) => (stderr += d));
-      c.once('exit', (code) => resolve({ code, stderr }));
-    });
+  const run = async (...args: string[]) => {
+    const launcher = startLauncher(args);
+    const { code } = await exited(launcher.child);
+    return { code, stderr: launcher.stderr() };
+  };
   let r = await run('x.js');
   assert.is(r.code, 2);
   assert.match(r.stderr, /--nproc is required/);

@@ -44,6 +44,23 @@ export function exited(child: ChildProcess): Promise<{ code: number | null; sign
   return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 }
 
+/** Writes `body` (which may use `fs`) as the launched script dir/script.mjs; returns its path. */
+export function writeScript(dir: string, body: string): string {
+  const script = path.join(dir, 'script.mjs');
+  fs.writeFileSync(script, `import fs from 'node:fs';\n${body}`);
+  return script;
+}
+
+/** Starts `ring-flash-attn launch ...args`; `stderr()` is what it has written there so far. */
+export function startLauncher(args: string[]): { child: ChildProcess; stderr: () => string } {
+  const child = spawn(process.execPath, [LAUNCHER, 'launch', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  return { child, stderr: () => stderr };
+}
+
 /** Runs `job` on `nproc` processes through `ring-flash-attn launch`; resolves to each process's report. */
 export async function launch(
   nproc: number,

@@ -7,28 +7,46 @@
 // Tensors are dense C-order (b, s, h, d); k/v have h_k heads (GQA: head h uses h / (h / h_k)).
 import { dropoutKeeps } from './philox_reference.js';
 
-export interface RefInput {
-  q: Float64Array | Float32Array;
-  k: Float64Array | Float32Array;
-  v: Float64Array | Float32Array;
+/** The shape of a dense call: q (b, sq, h, d), k and v (b, sk, hk, d). */
+export interface Dims {
   b: number;
   sq: number;
   sk: number;
   h: number;
   hk: number;
   d: number;
+}
+
+/** What shapes the scores, dense or varlen. */
+export interface RefScores {
   scale: number;
   causal: boolean;
   /** flash-attn's window_size; -1 unbounded (causal makes right 0). */
   window?: readonly [number, number];
   softcap?: number;
-  /** (h) or (b, h) slopes, C order. */
+  /** (h) or (b, h) slopes, C order; varlen's b is the sequence. */
   alibi?: { slopes: ArrayLike<number>; perBatch: boolean };
+}
+
+export interface RefInput extends Dims, RefScores {
+  q: Float64Array | Float32Array;
+  k: Float64Array | Float32Array;
+  v: Float64Array | Float32Array;
   /**
    * Dropout with the kernels' generator: element (b, h, i, j) of a dense call; a packed varlen
    * sequence draws as batch 0 at token indices qTok + i and kTok + j.
    */
   dropout?: { p: number; seed: number; qTok?: number; kTok?: number; seqIndex?: number };
+}
+
+/** The input for q, k, v of a dense call of shape `c`, at the default scale 1/√d unless `scale` says. */
+export function refInputOf(
+  c: Dims & { causal: boolean },
+  t: { q: Float32Array; k: Float32Array; v: Float32Array },
+  scale = 1 / Math.sqrt(c.d),
+): RefInput {
+  const { b, sq, sk, h, hk, d, causal } = c;
+  return { q: t.q, k: t.k, v: t.v, b, sq, sk, h, hk, d, scale, causal };
 }
 
 export interface RefOutput {
@@ -96,24 +114,36 @@ function probs(x: RefInput, bi: number, hi: number, i: number): RowProbs {
   return { p, z, ds, lse: max === -Infinity ? -Infinity : max + Math.log(sum) };
 }
 
-export function referenceForward(x: RefInput): RefOutput {
+/**
+ * Visits every query row (batch bi, head hi, row i) with its probabilities, the offset of its q/out
+ * row, the offset of key j's k/v row for its head, and its lse index.
+ */
+function forEachRow(
+  x: RefInput,
+  visit: (r: RowProbs, qi: number, kAt: (j: number) => number, lseAt: number) => void,
+): void {
   const { b, sq, sk, h, hk, d } = x;
-  const out = new Float64Array(b * sq * h * d);
-  const lse = new Float64Array(b * h * sq);
   const qa = at(sq, h, d),
     ka = at(sk, hk, d);
   for (let bi = 0; bi < b; bi++)
     for (let hi = 0; hi < h; hi++) {
       const kh = Math.floor(hi / (h / hk));
-      for (let i = 0; i < sq; i++) {
-        const r = probs(x, bi, hi, i);
-        lse[(bi * h + hi) * sq + i] = r.lse;
-        for (let j = 0; j < sk; j++) {
-          const w = r.p[j]! * r.z[j]!;
-          if (w !== 0) for (let c = 0; c < d; c++) out[qa(bi, i, hi) + c]! += w * x.v[ka(bi, j, kh) + c]!;
-        }
-      }
+      for (let i = 0; i < sq; i++)
+        visit(probs(x, bi, hi, i), qa(bi, i, hi), (j) => ka(bi, j, kh), (bi * h + hi) * sq + i);
     }
+}
+
+export function referenceForward(x: RefInput): RefOutput {
+  const { b, sq, sk, h, d } = x;
+  const out = new Float64Array(b * sq * h * d);
+  const lse = new Float64Array(b * h * sq);
+  forEachRow(x, (r, qi, kAt, lseAt) => {
+    lse[lseAt] = r.lse;
+    for (let j = 0; j < sk; j++) {
+      const w = r.p[j]! * r.z[j]!;
+      if (w !== 0) for (let c = 0; c < d; c++) out[qi + c]! += w * x.v[kAt(j) + c]!;
+    }
+  });
   return { out, lse };
 }
 
@@ -126,31 +156,23 @@ export function referenceBackward(
   const dq = new Float64Array(b * sq * h * d);
   const dk = new Float64Array(b * sk * hk * d);
   const dv = new Float64Array(b * sk * hk * d);
-  const qa = at(sq, h, d),
-    ka = at(sk, hk, d);
-  for (let bi = 0; bi < b; bi++)
-    for (let hi = 0; hi < h; hi++) {
-      const kh = Math.floor(hi / (h / hk));
-      for (let i = 0; i < sq; i++) {
-        const r = probs(x, bi, hi, i);
-        const qi = qa(bi, i, hi);
-        let D = 0;
-        for (let c = 0; c < d; c++) D += dout[qi + c]! * out[qi + c]!;
-        for (let j = 0; j < sk; j++) {
-          if (r.p[j] === 0) continue;
-          const kj = ka(bi, j, kh);
-          let dp = 0;
-          for (let c = 0; c < d; c++) dp += dout[qi + c]! * x.v[kj + c]!;
-          const ds = r.p[j]! * (r.z[j]! * dp - D) * r.ds[j]!;
-          const pz = r.p[j]! * r.z[j]!;
-          for (let c = 0; c < d; c++) {
-            dv[kj + c]! += pz * dout[qi + c]!;
-            dq[qi + c]! += ds * x.k[kj + c]!;
-            dk[kj + c]! += ds * x.q[qi + c]!;
-          }
-        }
+  forEachRow(x, (r, qi, kAt) => {
+    let D = 0;
+    for (let c = 0; c < d; c++) D += dout[qi + c]! * out[qi + c]!;
+    for (let j = 0; j < sk; j++) {
+      if (r.p[j] === 0) continue;
+      const kj = kAt(j);
+      let dp = 0;
+      for (let c = 0; c < d; c++) dp += dout[qi + c]! * x.v[kj + c]!;
+      const ds = r.p[j]! * (r.z[j]! * dp - D) * r.ds[j]!;
+      const pz = r.p[j]! * r.z[j]!;
+      for (let c = 0; c < d; c++) {
+        dv[kj + c]! += pz * dout[qi + c]!;
+        dq[qi + c]! += ds * x.k[kj + c]!;
+        dk[kj + c]! += ds * x.q[qi + c]!;
       }
     }
+  });
   return { dq, dk, dv };
 }
 

@@ -2,11 +2,11 @@
 // zigzag, stripe): each variant's test file calls ringCases with its names and layout unit.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { RingRuntime } from '../api/index.js';
+import type { DriverResult, RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
 import type { KvPackedName, QkvPackedName, RingName, UnpackedName, UspName } from '../api/types.js';
-import { maxAbs, nd, pack, randn, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
-import { memoReference, referenceBackward, referenceForward } from './reference.js';
+import { denseInputs, maxAbs, nd, pack, relL2, rng, rounded, Runtimes, unpack } from './helpers.js';
+import { memoReference, referenceBackward, referenceForward, refInputOf } from './reference.js';
 
 export interface VariantNames {
   func: Extract<UnpackedName, RingName> | Extract<UspName, `${string}_attn_func`>;
@@ -14,10 +14,9 @@ export interface VariantNames {
   qkvpacked: Extract<QkvPackedName, RingName> | Extract<UspName, `${string}_qkvpacked_func`>;
 }
 
-export interface Case {
+/** What every accuracy case names besides its lengths: heads, head dim, mask, packing, dtype. */
+export interface HeadsCase {
   world: number;
-  b: number;
-  seqPerRank: number;
   h: number;
   hk: number;
   d: number;
@@ -25,6 +24,11 @@ export interface Case {
   packing: 'func' | 'kvpacked' | 'qkvpacked';
   dtype?: DType;
   scale?: number;
+}
+
+export interface Case extends HeadsCase {
+  b: number;
+  seqPerRank: number;
   /** The family's own keywords (usp_attn_func's ulysses, ring, ring_impl). */
   kwargs?: Record<string, unknown>;
 }
@@ -38,6 +42,83 @@ export interface CaseResult {
   maxOut: number;
 }
 
+/** The outputs whose errors a case bounds. */
+export const OUTPUTS = ['out', 'lse', 'dq', 'dk', 'dv'] as const;
+
+/** A driver call's outputs: out, lse and the grads of q, k and v, unpacked. */
+export interface PackedOutputs {
+  out: ArrayLike<number>;
+  lse: ArrayLike<number>;
+  dq: ArrayLike<number>;
+  dk: ArrayLike<number>;
+  dv: ArrayLike<number>;
+}
+
+/**
+ * Calls the function of `names` that takes `c.packing` on q, k, v of leading dims `lead` ([b, s],
+ * or [total] for varlen), then `extra` positional arguments and `opts`; runs backward with dout and
+ * asserts the shapes of out and lse.
+ */
+export async function callPacked(
+  rt: RingRuntime,
+  names: { func: string; kvpacked: string; qkvpacked: string },
+  c: HeadsCase,
+  t: { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array },
+  lead: number[],
+  extra: unknown[],
+  opts: Record<string, unknown>,
+): Promise<PackedOutputs> {
+  const call = rt.call.bind(rt) as (name: string, ...args: unknown[]) => Promise<DriverResult>;
+  const [b, s] = lead.length === 2 ? [lead[0]!, lead[1]!] : [1, lead[0]!];
+  const { h, hk, d } = c;
+  let r;
+  if (c.packing === 'func')
+    r = await call(
+      names.func,
+      nd(t.q, [...lead, h, d]),
+      nd(t.k, [...lead, hk, d]),
+      nd(t.v, [...lead, hk, d]),
+      ...extra,
+      opts,
+    );
+  else if (c.packing === 'kvpacked')
+    r = await call(
+      names.kvpacked,
+      nd(t.q, [...lead, h, d]),
+      nd(pack([t.k, t.v], b, s, hk, d), [...lead, 2, hk, d]),
+      ...extra,
+      opts,
+    );
+  else
+    r = await call(
+      names.qkvpacked,
+      nd(pack([t.q, t.k, t.v], b, s, h, d), [...lead, 3, h, d]),
+      ...extra,
+      opts,
+    );
+  const g = await r.backward(nd(t.dout, [...lead, h, d]));
+  await r.dispose();
+  assert.equal(r.out.shape, [...lead, h, d]);
+  assert.equal(r.lse.shape, lead.length === 2 ? [b, h, s] : [h, s]);
+  const [out, lse] = [r.out.data, r.lse.data];
+  if ('dk' in g) return { out, lse, dq: g.dq.data, dk: g.dk.data, dv: g.dv.data };
+  if ('dkv' in g)
+    return {
+      out,
+      lse,
+      dq: g.dq.data,
+      dk: unpack(g.dkv.data, 0, 2, b, s, hk, d),
+      dv: unpack(g.dkv.data, 1, 2, b, s, hk, d),
+    };
+  return {
+    out,
+    lse,
+    dq: unpack(g.dqkv.data, 0, 3, b, s, h, d),
+    dk: unpack(g.dqkv.data, 1, 3, b, s, h, d),
+    dv: unpack(g.dqkv.data, 2, 3, b, s, h, d),
+  };
+}
+
 /** Runs one case in driver mode and returns relative L2 errors against the fp64 reference. */
 export async function runCase(
   rt: RingRuntime,
@@ -45,49 +126,16 @@ export async function runCase(
   c: Case,
   seed: number,
 ): Promise<CaseResult> {
-  const rand = rng(seed);
   const s = c.world * c.seqPerRank;
   const dtype = c.dtype ?? 'float32';
-  const q = randn(rand, c.b * s * c.h * c.d),
-    k = randn(rand, c.b * s * c.hk * c.d),
-    v = randn(rand, c.b * s * c.hk * c.d);
-  const dout = randn(rand, c.b * s * c.h * c.d);
+  const dims = { b: c.b, sq: s, sk: s, h: c.h, hk: c.hk, d: c.d };
+  const { q, k, v, dout } = denseInputs(rng(seed), dims);
   const opts: Record<string, unknown> = { ...c.kwargs, causal: c.causal, dtype };
   if (c.scale !== undefined) opts.softmax_scale = c.scale;
-  let r;
-  if (c.packing === 'func')
-    r = await rt.call(
-      names.func,
-      nd(q, [c.b, s, c.h, c.d]),
-      nd(k, [c.b, s, c.hk, c.d]),
-      nd(v, [c.b, s, c.hk, c.d]),
-      opts,
-    );
-  else if (c.packing === 'kvpacked')
-    r = await rt.call(
-      names.kvpacked,
-      nd(q, [c.b, s, c.h, c.d]),
-      nd(pack([k, v], c.b, s, c.hk, c.d), [c.b, s, 2, c.hk, c.d]),
-      opts,
-    );
-  else r = await rt.call(names.qkvpacked, nd(pack([q, k, v], c.b, s, c.h, c.d), [c.b, s, 3, c.h, c.d]), opts);
-  const g = await r.backward(nd(dout, [c.b, s, c.h, c.d]));
-  await r.dispose();
+  const r = await callPacked(rt, names, c, { q, k, v, dout }, [c.b, s], [], opts);
   // The reference sees the fp32 inputs: the error then includes rounding to the compute dtype,
   // which is what a user of that dtype gets.
-  const x = {
-    q,
-    k,
-    v,
-    b: c.b,
-    sq: s,
-    sk: s,
-    h: c.h,
-    hk: c.hk,
-    d: c.d,
-    scale: c.scale ?? 1 / Math.sqrt(c.d),
-    causal: c.causal,
-  };
+  const x = refInputOf({ ...dims, causal: c.causal }, { q, k, v }, c.scale);
   const { ref, refG } = memoReference(
     JSON.stringify({ ...c, world: undefined, kwargs: undefined, s, seed, dtype }),
     () => ({
@@ -95,30 +143,40 @@ export async function runCase(
       refG: referenceBackward(x, dtype === 'float32' ? dout : rounded(dout, dtype)),
     }),
   );
-  let dq: ArrayLike<number>, dk: ArrayLike<number>, dv: ArrayLike<number>;
-  if ('dk' in g) ({ dq, dk, dv } = { dq: g.dq.data, dk: g.dk.data, dv: g.dv.data });
-  else if ('dkv' in g)
-    ({ dq, dk, dv } = {
-      dq: g.dq.data,
-      dk: unpack(g.dkv.data, 0, 2, c.b, s, c.hk, c.d),
-      dv: unpack(g.dkv.data, 1, 2, c.b, s, c.hk, c.d),
-    });
-  else
-    ({ dq, dk, dv } = {
-      dq: unpack(g.dqkv.data, 0, 3, c.b, s, c.h, c.d),
-      dk: unpack(g.dqkv.data, 1, 3, c.b, s, c.h, c.d),
-      dv: unpack(g.dqkv.data, 2, 3, c.b, s, c.h, c.d),
-    });
-  assert.equal(r.out.shape, [c.b, s, c.h, c.d]);
-  assert.equal(r.lse.shape, [c.b, c.h, s]);
   return {
-    out: relL2(r.out.data, ref.out),
-    lse: relL2(r.lse.data, ref.lse),
-    maxOut: maxAbs(r.out.data, ref.out),
-    dq: relL2(dq, refG.dq),
-    dk: relL2(dk, refG.dk),
-    dv: relL2(dv, refG.dv),
+    out: relL2(r.out, ref.out),
+    lse: relL2(r.lse, ref.lse),
+    maxOut: maxAbs(r.out, ref.out),
+    dq: relL2(r.dq, refG.dq),
+    dk: relL2(r.dk, refG.dk),
+    dv: relL2(r.dv, refG.dv),
   };
+}
+
+/** Asserts the float32 bound (relative L2 ≤ F32_TOL on every output, max abs on out). */
+export function assertF32(e: CaseResult): void {
+  for (const [k, v] of Object.entries(e)) {
+    if (k === 'maxOut') continue;
+    assert.ok(v <= F32_TOL, `${k} rel L2 ${v.toExponential(2)} > ${F32_TOL}`);
+  }
+  assert.ok(e.maxOut <= 1e-5, `out max abs ${e.maxOut}`);
+}
+
+/** Asserts a single-device bf16 run is itself bounded, so a family wrong at every world cannot pass. */
+export function assertBf16Single(single: CaseResult): void {
+  assert.ok(
+    single.out < 1e-2 && single.dq < 2e-2,
+    `single-device bf16 error out ${single.out} dq ${single.dq}`,
+  );
+}
+
+/** Asserts every output's error within 1.1× the single-device run's (plus `slack`): a ring adds no rounding of its own. */
+export function assertWithinSingle(e: CaseResult, single: CaseResult, what: string, slack = 1e-6): void {
+  for (const k of OUTPUTS)
+    assert.ok(
+      e[k] <= 1.1 * single[k] + slack,
+      `${what} ${k}: ${e[k].toExponential(3)} vs single-device ${single[k].toExponential(3)}`,
+    );
 }
 
 function label(c: Case): string {
@@ -179,12 +237,7 @@ export function ringCases(title: string, names: VariantNames, unit = 1): void {
 
   cases.forEach((c, i) => {
     s(`float32 matches fp64 reference: ${label(c)}`, async () => {
-      const e = await runCase(await rtFor(c.world), names, c, 1000 + i);
-      for (const [k, v] of Object.entries(e)) {
-        if (k === 'maxOut') continue;
-        assert.ok(v <= F32_TOL, `${k} rel L2 ${v.toExponential(2)} > ${F32_TOL}`);
-      }
-      assert.ok(e.maxOut <= 1e-5, `out max abs ${e.maxOut}`);
+      assertF32(await runCase(await rtFor(c.world), names, c, 1000 + i));
     });
   });
 
@@ -211,16 +264,9 @@ export function ringCases(title: string, names: VariantNames, unit = 1): void {
           },
           77,
         );
-      const base = errs[1]!;
-      assert.ok(base.out < 1e-2 && base.dq < 2e-2, `single-device bf16 error out ${base.out} dq ${base.dq}`);
-      for (const world of packing === 'func' ? [2, 4, 8] : [3]) {
-        const e = errs[world]!;
-        for (const k of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-          assert.ok(
-            e[k] <= 1.1 * base[k] + 1e-6,
-            `world ${world} ${k}: ${e[k].toExponential(3)} vs single-device ${base[k].toExponential(3)}`,
-          );
-      }
+      assertBf16Single(errs[1]!);
+      for (const world of packing === 'func' ? [2, 4, 8] : [3])
+        assertWithinSingle(errs[world]!, errs[1]!, `world ${world}`);
     });
   }
 

@@ -1,76 +1,46 @@
 // ring_flash_attn_varlen_*: every sequence split evenly over the ranks.
 import ndarray from 'ndarray';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { DriverResult } from '../index.js';
-import { expectError, nd, pack, randn, relL2, rng, Runtimes, unpack } from './helpers.js';
-import { addVarlenCases, localRows, maxSeqlenOf, pickRows, placeRows } from './varlen_cases.js';
-import { varlenReference } from './varlen_reference.js';
+import { expectError, familyNames, poisonedSuite, randomNd, relL2, rng, unpack } from './helpers.js';
+import { addVarlenCases, maxSeqlenOf, scaledSets } from './varlen_cases.js';
+import { spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
-process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN
+const { s, rts } = poisonedSuite('ring_flash_attn_varlen');
 
-const USER = new URL('./fixtures/varlen_user.js', import.meta.url).href;
-const s = suite('ring_flash_attn_varlen');
-const rts = new Runtimes();
-s.after(() => rts.close());
-
-const scale = (sets: number[][], world: number) => sets.map((cu) => cu.map((x) => x * world));
 // The Python project's sets for 64 tokens per rank (it uses 8192): every sequence is a multiple of world.
-const PYTHON_SETS = [
-  [0, 64],
-  [0, 2, 60, 64],
-  [0, 32, 64],
-  [0, 24, 49, 62, 63, 64],
-];
-
 addVarlenCases(
   s,
   rts,
-  {
-    func: 'ring_flash_attn_varlen_func',
-    kvpacked: 'ring_flash_attn_varlen_kvpacked_func',
-    qkvpacked: 'ring_flash_attn_varlen_qkvpacked_func',
-  },
-  {
-    pythonSets: (world) => scale(PYTHON_SETS, world),
-    oneChunk: (world) => scale([[0, 1, 2, 3, 4, 5, 6]], world)[0]!,
-    shared: [0, 64, 320, 512],
-  },
+  familyNames('ring_flash_attn_varlen'),
+  scaledSets(
+    [
+      [0, 64],
+      [0, 2, 60, 64],
+      [0, 32, 64],
+      [0, 24, 49, 62, 63, 64],
+    ],
+    [0, 1, 2, 3, 4, 5, 6],
+  ),
 );
 
 s('SPMD: local shards, local cu_seqlens and positional arguments, as the Python test calls it', async () => {
-  const [world, h, d] = [4, 2, 16];
-  const cu = [0, 8, 28, 32, 48];
-  const T = cu[cu.length - 1]!;
-  const rand = rng(21);
-  const q = randn(rand, T * h * d),
-    k = randn(rand, T * h * d),
-    v = randn(rand, T * h * d),
-    dout = randn(rand, T * h * d);
-  const qkv = pack([q, k, v], 1, T, h, d);
-  const rows = Array.from({ length: world }, (_, r) => localRows(cu, world, r, false));
+  const c = { world: 4, cu: [0, 8, 28, 32, 48], h: 2, hk: 2, d: 16, zigzag: false, qkvpacked: true };
+  const { world, cu, h, d } = c;
   const localCu = Int32Array.from(cu, (x) => x / world);
-  const res = (await (
-    await rts.get(world)
-  ).spmd(USER, 'callVarlen', {
-    name: 'ring_flash_attn_varlen_qkvpacked_func',
-    tensors: rows.map((r) => [{ data: pickRows(qkv, 3 * h * d, r), shape: [r.length, 3, h, d] }]),
-    args: rows.map(() => [localCu, maxSeqlenOf(cu) / world, 0, null, true, [-1, -1], null, false, true]),
-    dout: rows.map((r) => ({ data: pickRows(dout, h * d, r), shape: [r.length, h, d] })),
-  })) as {
-    out: { data: Float32Array };
-    lse: { data: Float32Array; shape: number[] };
-    grads: { data: Float32Array }[];
-  }[];
-  const ref = varlenReference({ q, k, v, cu, h, hk: h, d, scale: 1 / Math.sqrt(d), causal: true }, dout);
-  assert.equal(res[0]!.lse.shape, [h, T / world]);
+  const { T, res, ref, rows, placed } = await spmdVarlen(
+    await rts.get(world),
+    'ring_flash_attn_varlen_qkvpacked_func',
+    c,
+    21,
+    () => [localCu, maxSeqlenOf(cu) / world, 0, null, true, [-1, -1], null, false, true],
+  );
+  assert.equal(res[0]!.lse!.shape, [h, T / world]);
   assert.ok(
     relL2(
-      placeRows(
+      placed(
         res.map((r) => r.out.data),
         h * d,
-        rows,
-        T,
       ),
       ref.out,
     ) < 1e-5,
@@ -78,29 +48,20 @@ s('SPMD: local shards, local cu_seqlens and positional arguments, as the Python 
   const lse = new Float64Array(h * T);
   res.forEach((r, rank) =>
     rows[rank]!.forEach((row, i) => {
-      for (let hi = 0; hi < h; hi++) lse[hi * T + row] = r.lse.data[hi * (T / world) + i]!;
+      for (let hi = 0; hi < h; hi++) lse[hi * T + row] = r.lse!.data[hi * (T / world) + i]!;
     }),
   );
   assert.ok(relL2(lse, ref.lse) < 1e-5);
-  const dqkv = placeRows(
+  const dqkv = placed(
     res.map((r) => r.grads[0]!.data),
     3 * h * d,
-    rows,
-    T,
   );
   assert.ok(relL2(unpack(dqkv, 0, 3, 1, T, h, d), ref.dq) < 1e-5);
   assert.ok(relL2(unpack(dqkv, 2, 3, 1, T, h, d), ref.dv) < 1e-5);
 });
 
 const F = 'ring_flash_attn_varlen_func';
-const t = (shape: number[]) =>
-  nd(
-    randn(
-      rng(3),
-      shape.reduce((a, b) => a * b, 1),
-    ),
-    shape,
-  );
+const t = (shape: number[]) => randomNd(rng(3), shape);
 const [q, k] = [t([16, 4, 8]), t([16, 2, 8])];
 const cu16 = Int32Array.from([0, 8, 16]);
 const bad: [
@@ -209,7 +170,7 @@ s('SPMD: local k total differing from q, and a local cu_seqlens past the shard â
   const x = { data: new Float32Array(8 * 2 * 8).fill(0.5), shape: [8, 2, 8] };
   const y = { data: new Float32Array(6 * 2 * 8).fill(0.5), shape: [6, 2, 8] };
   const call = (tensors: (typeof x)[], args: unknown[]) =>
-    rt.spmd(USER, 'callVarlen', { name: F, tensors: [tensors, tensors], args: [args, args] });
+    rt.spmd(VARLEN_USER, 'callVarlen', { name: F, tensors: [tensors, tensors], args: [args, args] });
   await expectError(
     () => call([x, y, y], [Int32Array.from([0, 8]), 8]),
     'E_SHAPE',

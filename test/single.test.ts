@@ -2,27 +2,26 @@
 // seqlen_q != seqlen_k with bottom-right causal alignment and rows that see no key.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, type RingRuntime } from '../index.js';
 import type { DType } from '../runtime/dtype.js';
-import { maxAbs, nd, pack, randn, relL2, rng, rounded, unpack } from './helpers.js';
-import { referenceBackward, referenceForward } from './reference.js';
+import {
+  suiteRuntime,
+  callFunc,
+  denseInputs,
+  maxAbs,
+  nd,
+  pack,
+  randn,
+  relL2,
+  rng,
+  rounded,
+  unpack,
+} from './helpers.js';
+import { referenceBackward, referenceForward, refInputOf, type Dims } from './reference.js';
 
 const s = suite('flash_attn (single device)');
-let rt: RingRuntime;
-s.before(async () => {
-  rt = await init({ backend: 'cpu', world: 2 });
-});
-s.after(async () => {
-  await rt.close();
-});
+const rt = suiteRuntime(s, { backend: 'cpu', world: 2 });
 
-interface C {
-  b: number;
-  sq: number;
-  sk: number;
-  h: number;
-  hk: number;
-  d: number;
+interface C extends Dims {
   causal: boolean;
   dtype: DType;
   tol: number;
@@ -42,49 +41,21 @@ cases.forEach((c, i) => {
   s(
     `flash_attn_func sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`,
     async () => {
-      const rand = rng(400 + i);
-      const q = randn(rand, c.b * c.sq * c.h * c.d),
-        k = randn(rand, c.b * c.sk * c.hk * c.d),
-        v = randn(rand, c.b * c.sk * c.hk * c.d);
-      const dout = randn(rand, c.b * c.sq * c.h * c.d);
-      const r = await rt.call(
-        'flash_attn_func',
-        nd(q, [c.b, c.sq, c.h, c.d]),
-        nd(k, [c.b, c.sk, c.hk, c.d]),
-        nd(v, [c.b, c.sk, c.hk, c.d]),
-        { causal: c.causal, dtype: c.dtype },
-      );
-      const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as {
-        dq: { data: Float32Array };
-        dk: { data: Float32Array };
-        dv: { data: Float32Array };
-      };
-      await r.dispose();
-      const x = {
-        q,
-        k,
-        v,
-        b: c.b,
-        sq: c.sq,
-        sk: c.sk,
-        h: c.h,
-        hk: c.hk,
-        d: c.d,
-        scale: 1 / Math.sqrt(c.d),
-        causal: c.causal,
-      };
+      const inputs = denseInputs(rng(400 + i), c);
+      const r = await callFunc(rt(), 'flash_attn_func', c, inputs, { causal: c.causal, dtype: c.dtype });
+      const x = refInputOf(c, inputs);
       const ref = referenceForward(x);
-      const refG = referenceBackward(x, c.dtype === 'float32' ? dout : rounded(dout, c.dtype));
-      assert.ok(relL2(r.out.data, ref.out) <= c.tol, `out ${relL2(r.out.data, ref.out)}`);
-      assert.ok(relL2(r.lse.data, ref.lse) <= c.tol, `lse ${relL2(r.lse.data, ref.lse)}`);
+      const refG = referenceBackward(x, c.dtype === 'float32' ? inputs.dout : rounded(inputs.dout, c.dtype));
+      assert.ok(relL2(r.out, ref.out) <= c.tol, `out ${relL2(r.out, ref.out)}`);
+      assert.ok(relL2(r.lse, ref.lse) <= c.tol, `lse ${relL2(r.lse, ref.lse)}`);
       assert.ok(
-        maxAbs(r.lse.data, ref.lse) < 1e-1 && !Number.isNaN(maxAbs(r.lse.data, ref.lse)),
+        maxAbs(r.lse, ref.lse) < 1e-1 && !Number.isNaN(maxAbs(r.lse, ref.lse)),
         'lse (including -inf rows)',
       );
       for (const [name, got, want] of [
-        ['dq', g.dq.data, refG.dq],
-        ['dk', g.dk.data, refG.dk],
-        ['dv', g.dv.data, refG.dv],
+        ['dq', r.dq, refG.dq],
+        ['dk', r.dk, refG.dk],
+        ['dv', r.dv, refG.dv],
       ] as const)
         assert.ok(relL2(got, want) <= c.gtol, `${name} ${relL2(got, want)}`);
     },
@@ -96,7 +67,7 @@ s('rows that see no key: out 0, lse -inf, zero dq', async () => {
   const rand = rng(3);
   const q = randn(rand, sq * h * d),
     k = randn(rand, sk * h * d);
-  const r = await rt.call(
+  const r = await rt().call(
     'flash_attn_func',
     nd(q, [1, sq, h, d]),
     nd(k, [1, sk, h, d]),
@@ -119,14 +90,14 @@ s('kvpacked and qkvpacked agree with the unpacked call', async () => {
     k = randn(rand, b * sq * h * d),
     v = randn(rand, b * sq * h * d);
   const shape = [b, sq, h, d];
-  const base = await rt.call('flash_attn_func', nd(q, shape), nd(k, shape), nd(v, shape), { causal: true });
-  const kv = await rt.call(
+  const base = await rt().call('flash_attn_func', nd(q, shape), nd(k, shape), nd(v, shape), { causal: true });
+  const kv = await rt().call(
     'flash_attn_kvpacked_func',
     nd(q, shape),
     nd(pack([k, v], b, sq, h, d), [b, sq, 2, h, d]),
     { causal: true },
   );
-  const qkv = await rt.call(
+  const qkv = await rt().call(
     'flash_attn_qkvpacked_func',
     nd(pack([q, k, v], b, sq, h, d), [b, sq, 3, h, d]),
     0,
@@ -146,9 +117,9 @@ s('flash-attn options: softcap is positional after window_size, as in flash-attn
   const rand = rng(4);
   const x = nd(randn(rand, 64), [1, 4, 2, 8]),
     y = nd(randn(rand, 64), [1, 4, 2, 8]);
-  const byName = await rt.call('flash_attn_func', x, y, y, { causal: true, softcap: 0.5 });
-  const byPos = await rt.call('flash_attn_func', x, y, y, 0, null, true, [-1, -1], 0.5);
-  const plain = await rt.call('flash_attn_func', x, y, y, { causal: true });
+  const byName = await rt().call('flash_attn_func', x, y, y, { causal: true, softcap: 0.5 });
+  const byPos = await rt().call('flash_attn_func', x, y, y, 0, null, true, [-1, -1], 0.5);
+  const plain = await rt().call('flash_attn_func', x, y, y, { causal: true });
   assert.equal(Array.from(byPos.out.data), Array.from(byName.out.data));
   assert.ok(relL2(byName.out.data, plain.out.data) > 1e-3, 'softcap changed nothing');
   await Promise.all([byName.dispose(), byPos.dispose(), plain.dispose()]);

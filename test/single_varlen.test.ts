@@ -2,68 +2,13 @@
 // per sequence (bottom-right causal per sequence), GQA, the three packings, bad cu_seqlens.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, RingFlashAttnError, type RingRuntime } from '../index.js';
-import { nd, pack, randn, relL2, rng } from './helpers.js';
-import { referenceBackward, referenceForward } from './reference.js';
+import { RingFlashAttnError } from '../index.js';
+import { nd, pack, randn, relL2, rng, suiteRuntime } from './helpers.js';
+import { varlenReference } from './varlen_reference.js';
 
 process.env.RFA_POISON = '1';
 const s = suite('flash_attn_varlen (single device)');
-let rt: RingRuntime;
-s.before(async () => {
-  rt = await init({ backend: 'cpu', world: 2 });
-});
-s.after(async () => {
-  await rt.close();
-});
-
-/** fp64 reference per sequence: rows [cuQ[i], cuQ[i+1]) of q against rows [cuK[i], cuK[i+1]) of k. */
-function reference(
-  q: Float32Array,
-  k: Float32Array,
-  v: Float32Array,
-  dout: Float32Array,
-  cuQ: number[],
-  cuK: number[],
-  h: number,
-  hk: number,
-  d: number,
-  causal: boolean,
-) {
-  const tq = cuQ.at(-1)!,
-    tk = cuK.at(-1)!;
-  const r = {
-    out: new Float64Array(tq * h * d),
-    lse: new Float64Array(h * tq),
-    dq: new Float64Array(tq * h * d),
-    dk: new Float64Array(tk * hk * d),
-    dv: new Float64Array(tk * hk * d),
-  };
-  for (let i = 0; i + 1 < cuQ.length; i++) {
-    const [q0, sq, k0, sk] = [cuQ[i]!, cuQ[i + 1]! - cuQ[i]!, cuK[i]!, cuK[i + 1]! - cuK[i]!];
-    if (sq === 0) continue;
-    const x = {
-      q: q.subarray(q0 * h * d, (q0 + sq) * h * d),
-      k: k.subarray(k0 * hk * d, (k0 + sk) * hk * d),
-      v: v.subarray(k0 * hk * d, (k0 + sk) * hk * d),
-      b: 1,
-      sq,
-      sk,
-      h,
-      hk,
-      d,
-      scale: 1 / Math.sqrt(d),
-      causal,
-    };
-    const f = referenceForward(x),
-      g = referenceBackward(x, dout.subarray(q0 * h * d, (q0 + sq) * h * d));
-    r.out.set(f.out, q0 * h * d);
-    for (let hh = 0; hh < h; hh++) r.lse.set(f.lse.subarray(hh * sq, (hh + 1) * sq), hh * tq + q0);
-    r.dq.set(g.dq, q0 * h * d);
-    r.dk.set(g.dk, k0 * hk * d);
-    r.dv.set(g.dv, k0 * hk * d);
-  }
-  return r;
-}
+const rt = suiteRuntime(s, { backend: 'cpu', world: 2 });
 
 for (const causal of [true, false]) {
   s(
@@ -77,7 +22,7 @@ for (const causal of [true, false]) {
         k = randn(rand, 30 * hk * d),
         v = randn(rand, 30 * hk * d),
         dout = randn(rand, 20 * h * d);
-      const r = await rt.call(
+      const r = await rt().call(
         'flash_attn_varlen_func',
         nd(q, [20, h, d]),
         nd(k, [30, hk, d]),
@@ -94,7 +39,7 @@ for (const causal of [true, false]) {
         dv: { data: Float32Array };
       };
       await r.dispose();
-      const ref = reference(q, k, v, dout, cuQ, cuK, h, hk, d, causal);
+      const ref = varlenReference({ q, k, v, cu: cuQ, cuK, h, hk, d, scale: 1 / Math.sqrt(d), causal }, dout);
       assert.equal(r.lse.shape, [h, 20]);
       for (const [name, got, want] of [
         ['out', r.out.data, ref.out],
@@ -116,7 +61,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
     k = randn(rand, 19 * h * d),
     v = randn(rand, 19 * h * d);
   const shape = [19, h, d];
-  const base = await rt.call(
+  const base = await rt().call(
     'flash_attn_varlen_func',
     nd(q, shape),
     nd(k, shape),
@@ -129,7 +74,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
     null,
     true,
   );
-  const qkv = await rt.call(
+  const qkv = await rt().call(
     'flash_attn_varlen_qkvpacked_func',
     nd(pack([q, k, v], 1, 19, h, d), [19, 3, h, d]),
     cu,
@@ -138,7 +83,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
     null,
     true,
   );
-  const kv = await rt.call(
+  const kv = await rt().call(
     'flash_attn_varlen_kvpacked_func',
     nd(q, shape),
     nd(pack([k, v], 1, 19, h, d), [19, 2, h, d]),
@@ -151,7 +96,7 @@ s('flash_attn_varlen_qkvpacked_func (one cu_seqlens) and kvpacked agree with the
 
 s('bad cu_seqlens and max_seqlen raise typed errors naming the argument', async () => {
   const x = nd(new Float32Array(8 * 2 * 16).fill(0.1), [8, 2, 16]);
-  const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<unknown>;
+  const call = rt().call.bind(rt()) as (n: string, ...a: unknown[]) => Promise<unknown>;
   const cases: [unknown[], string, RegExp][] = [
     [
       [Int32Array.from([0, 8]), Int32Array.from([0, 4, 8]), 8, 8],

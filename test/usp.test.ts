@@ -2,26 +2,24 @@
 // variant, causal and not, GQA, against the fp64 reference on the full sequence (driver mode);
 // SPMD calls on usp_extract_local shards, over a sub-group too; usp_extract_local against
 // yunchang's definition; and the argument errors.
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { usp_extract_local } from '../index.js';
-import { expectError, nd, randn, relL2, rng, Runtimes } from './helpers.js';
-import { referenceBackward, referenceForward } from './reference.js';
-import { F32_TOL, runCase, type Case } from './ring_cases.js';
+import { denseInputs, expectError, familyNames, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
+import { referenceBackward, referenceForward, refInputOf } from './reference.js';
+import {
+  assertBf16Single,
+  assertF32,
+  assertWithinSingle,
+  F32_TOL,
+  runCase,
+  type Case,
+} from './ring_cases.js';
+import { VARLEN_USER } from './varlen_spmd.js';
 
-process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN
-
-const USER = new URL('./fixtures/varlen_user.js', import.meta.url).href;
-const NAMES = {
-  func: 'usp_attn_func',
-  kvpacked: 'usp_attn_kvpacked_func',
-  qkvpacked: 'usp_attn_qkvpacked_func',
-} as const;
+const NAMES = familyNames('usp_attn');
 const IMPLS = ['zigzag', 'ring', 'stripe'] as const;
 
-const s = suite('usp_attn');
-const rts = new Runtimes();
-s.after(() => rts.close());
+const { s, rts } = poisonedSuite('usp_attn');
 
 const factorisations = (world: number) =>
   Array.from({ length: world }, (_, i) => i + 1)
@@ -99,12 +97,7 @@ const label = (c: Case) => {
 
 cases.forEach((c, i) => {
   s(`float32 matches fp64 reference: ${label(c)}`, async () => {
-    const e = await runCase(await rts.get(c.world), NAMES, c, 700 + i);
-    for (const [k, v] of Object.entries(e)) {
-      if (k === 'maxOut') continue;
-      assert.ok(v <= F32_TOL, `${k} rel L2 ${v.toExponential(2)} > ${F32_TOL}`);
-    }
-    assert.ok(e.maxOut <= 1e-5, `out max abs ${e.maxOut}`);
+    assertF32(await runCase(await rts.get(c.world), NAMES, c, 700 + i));
   });
 });
 
@@ -130,10 +123,7 @@ s('bfloat16: the error of every 2 × 2 grid stays within 1.1× the single-device
     base,
     93,
   );
-  assert.ok(
-    single.out < 1e-2 && single.dq < 2e-2,
-    `single-device bf16 error out ${single.out} dq ${single.dq}`,
-  );
+  assertBf16Single(single);
   for (const ring_impl of IMPLS) {
     const e = await runCase(
       await rts.get(4),
@@ -141,11 +131,7 @@ s('bfloat16: the error of every 2 × 2 grid stays within 1.1× the single-device
       { ...base, world: 4, seqPerRank: 16, kwargs: { ulysses: 2, ring: 2, ring_impl } },
       93,
     );
-    for (const k of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-      assert.ok(
-        e[k] <= 1.1 * single[k] + 1e-6,
-        `${ring_impl} ${k}: ${e[k].toExponential(3)} vs one device ${single[k].toExponential(3)}`,
-      );
+    assertWithinSingle(e, single, ring_impl);
   }
 });
 
@@ -200,12 +186,9 @@ s("usp_extract_local deals the rows as yunchang's extract helpers do", () => {
 s('SPMD: usp_extract_local shards on a sub-group of ranks, kwargs with the group, backward', async () => {
   const [b, S, h, hk, d] = [1, 24, 4, 2, 16];
   const members = [1, 2, 4, 5]; // ranks of a world of 6: a 2 × 2 grid over them
-  const rand = rng(23);
-  const q = randn(rand, b * S * h * d),
-    k = randn(rand, b * S * hk * d),
-    v = randn(rand, b * S * hk * d),
-    dout = randn(rand, b * S * h * d);
-  const x = { q, k, v, b, sq: S, sk: S, h, hk, d, scale: 1 / Math.sqrt(d), causal: true };
+  const dims = { b, sq: S, sk: S, h, hk, d };
+  const { q, k, v, dout } = denseInputs(rng(23), dims);
+  const x = refInputOf({ ...dims, causal: true }, { q, k, v });
   const ref = referenceForward(x),
     refG = referenceBackward(x, dout);
   const rt = await rts.get(6);
@@ -219,7 +202,7 @@ s('SPMD: usp_extract_local shards on a sub-group of ranks, kwargs with the group
     };
     const ranks = Array.from({ length: 6 }, (_, r) => r);
     // Ranks outside the group attend alone (a group of one) so that every rank has a call.
-    const res = (await rt.spmd(USER, 'callVarlen', {
+    const res = (await rt.spmd(VARLEN_USER, 'callVarlen', {
       name: 'usp_attn_func',
       tensors: ranks.map((r) => [local(q, h, r), local(k, hk, r), local(v, hk, r)]),
       args: ranks.map((r) => [
@@ -236,34 +219,14 @@ s('SPMD: usp_extract_local shards on a sub-group of ranks, kwargs with the group
       });
       return out;
     };
-    assert.ok(
-      relL2(
-        full((r) => r.out.data, h),
-        ref.out,
-      ) < F32_TOL,
-      `${ring_impl} out`,
-    );
-    assert.ok(
-      relL2(
-        full((r) => r.grads[0]!.data, h),
-        refG.dq,
-      ) < F32_TOL,
-      `${ring_impl} dq`,
-    );
-    assert.ok(
-      relL2(
-        full((r) => r.grads[1]!.data, hk),
-        refG.dk,
-      ) < F32_TOL,
-      `${ring_impl} dk`,
-    );
-    assert.ok(
-      relL2(
-        full((r) => r.grads[2]!.data, hk),
-        refG.dv,
-      ) < F32_TOL,
-      `${ring_impl} dv`,
-    );
+    const outputs = [
+      ['out', h, ref.out, (r: (typeof res)[number]) => r.out.data],
+      ['dq', h, refG.dq, (r: (typeof res)[number]) => r.grads[0]!.data],
+      ['dk', hk, refG.dk, (r: (typeof res)[number]) => r.grads[1]!.data],
+      ['dv', hk, refG.dv, (r: (typeof res)[number]) => r.grads[2]!.data],
+    ] as const;
+    for (const [name, heads, want, pick] of outputs)
+      assert.ok(relL2(full(pick, heads), want) < F32_TOL, `${ring_impl} ${name}`);
   }
 });
 
@@ -368,11 +331,8 @@ s('window_size and softcap on every grid of 4', async () => {
     { name: 'window (3, 6)', kw: { window_size: [3, 6] } },
     { name: 'softcap 0.8', kw: { causal: true, softcap: 0.8 } },
   ];
-  const rand = rng(61);
-  const q = randn(rand, b * S * h * d),
-    k = randn(rand, b * S * hk * d),
-    v = randn(rand, b * S * hk * d),
-    dout = randn(rand, b * S * h * d);
+  const dims = { b, sq: S, sk: S, h, hk, d };
+  const { q, k, v, dout } = denseInputs(rng(61), dims);
   for (const opt of options) {
     const x = {
       q,
@@ -426,7 +386,7 @@ s('SPMD: an odd zigzag ring shard → E_SHAPE on every rank, before any transfer
   const shard = { data: new Float32Array(3 * 2 * 16).fill(0.5), shape: [1, 3, 2, 16] };
   await expectError(
     () =>
-      rt.spmd(USER, 'callVarlen', {
+      rt.spmd(VARLEN_USER, 'callVarlen', {
         name: 'usp_attn_func',
         tensors: [0, 1, 2, 3].map(() => [shard, shard, shard]),
         args: [0, 1, 2, 3].map(() => [{ causal: true, ulysses: 1, ring: 4 }]),

@@ -4,19 +4,12 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, RingFlashAttnError, type DriverResult, type RingRuntime } from '../index.js';
 import ndarray from 'ndarray';
-import { expectError, nd, randn, relL2, rng } from './helpers.js';
+import { expectError, randomNd, relL2, rng } from './helpers.js';
 
 const s = suite('validation');
 let rt: RingRuntime;
 const rand = rng(11);
-const t = (shape: number[]) =>
-  nd(
-    randn(
-      rand,
-      shape.reduce((a, b) => a * b, 1),
-    ),
-    shape,
-  );
+const t = (shape: number[]) => randomNd(rand, shape);
 const q = t([1, 8, 4, 16]),
   k = t([1, 8, 2, 16]),
   v = t([1, 8, 2, 16]);

@@ -1,7 +1,6 @@
 // zigzag_llama3_flash_attn_varlen_*: llama3's all-gather over the zigzag varlen layout, the
 // permutation of the gathered chunks, the segment table that balances causal work, and the
 // prepare and extract helpers.
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
   zigzag_llama3_extract_local,
@@ -9,54 +8,30 @@ import {
   zigzag_varlen_extract_local,
 } from '../index.js';
 import { chunkMoves, zigzagLlama3Spec } from '../api/varlen/zigzag_llama3.js';
-import { expectError, nd, randn, relL2, rng, Runtimes } from './helpers.js';
+import { expectError, familyNames, nd, poisonedSuite, randn, rng } from './helpers.js';
 import {
   addVarlenCases,
-  assertF32,
   label,
   localRows,
-  maxSeqlenOf,
-  pickRows,
-  placeRows,
   runVarlenCase,
+  ZIGZAG_SETS,
   type VarlenCase,
   type VarlenNames,
 } from './varlen_cases.js';
-import { varlenReference } from './varlen_reference.js';
+import { assertF32 } from './ring_cases.js';
+import { assertSpmdFunc, spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
-process.env.RFA_POISON = '1'; // workers start later and inherit it: unwritten elements read NaN
+const { s, rts } = poisonedSuite('zigzag_llama3_flash_attn_varlen');
 
-const USER = new URL('./fixtures/varlen_user.js', import.meta.url).href;
-const s = suite('zigzag_llama3_flash_attn_varlen');
-const rts = new Runtimes();
-s.after(() => rts.close());
-
-const NAMES: VarlenNames = {
-  func: 'zigzag_llama3_flash_attn_varlen_func',
-  kvpacked: 'zigzag_llama3_flash_attn_varlen_kvpacked_func',
-  qkvpacked: 'zigzag_llama3_flash_attn_varlen_qkvpacked_func',
-};
-const scale = (sets: number[][], world: number) => sets.map((cu) => cu.map((x) => x * world));
-// The Python project's sets for 64 tokens per rank, every length even: a multiple of 2·world once scaled.
-const PYTHON_SETS = [
-  [0, 64],
-  [0, 2, 60, 64],
-  [0, 32, 64],
-  [0, 24, 50, 60, 62, 64],
-];
-
-addVarlenCases(s, rts, NAMES, {
-  pythonSets: (world) => scale(PYTHON_SETS, world),
-  oneChunk: (world) => scale([[0, 2, 4, 6, 8, 10, 12]], world)[0]!,
-  shared: [0, 64, 320, 512],
-});
+const NAMES: VarlenNames = familyNames('zigzag_llama3_flash_attn_varlen');
+addVarlenCases(s, rts, NAMES, ZIGZAG_SETS);
 
 const strideCases: VarlenCase[] = [];
 for (const stride of [1, 2, 4])
   for (const world of [2, 3])
     strideCases.push({
       world,
-      cu: scale(PYTHON_SETS, world)[3]!,
+      cu: ZIGZAG_SETS.pythonSets(world)[3]!,
       h: 8,
       hk: 4,
       d: 16,
@@ -126,43 +101,12 @@ s('each backward table has disjoint key ranges (the CUDA backward owns a key row
 });
 
 s('SPMD: zigzag shards with cu_seqlens from the prepare helper, GQA, heads_k_stride 1', async () => {
-  const [world, h, hk, d] = [3, 4, 2, 16];
-  const cu = [0, 12, 18, 54, 60];
-  const T = cu[cu.length - 1]!;
-  const rand = rng(37);
-  const q = randn(rand, T * h * d),
-    k = randn(rand, T * hk * d),
-    v = randn(rand, T * hk * d),
-    dout = randn(rand, T * h * d);
-  const rows = Array.from({ length: world }, (_, r) => localRows(cu, world, r, true));
-  const args = rows.map((_, r) => {
-    const [localCu, max] = prepare(Int32Array.from(cu), true, r, world);
+  const c = { world: 3, cu: [0, 12, 18, 54, 60], h: 4, hk: 2, d: 16, zigzag: true };
+  const run = await spmdVarlen(await rts.get(c.world), NAMES.func, c, 37, (r) => {
+    const [localCu, max] = prepare(Int32Array.from(c.cu), true, r, c.world);
     return [localCu, max, 1, { causal: true }];
   });
-  const res = (await (
-    await rts.get(world)
-  ).spmd(USER, 'callVarlen', {
-    name: NAMES.func,
-    tensors: rows.map((r) => [
-      { data: pickRows(q, h * d, r), shape: [r.length, h, d] },
-      { data: pickRows(k, hk * d, r), shape: [r.length, hk, d] },
-      { data: pickRows(v, hk * d, r), shape: [r.length, hk, d] },
-    ]),
-    args,
-    dout: rows.map((r) => ({ data: pickRows(dout, h * d, r), shape: [r.length, h, d] })),
-  })) as { out: { data: Float32Array }; grads: { data: Float32Array }[] }[];
-  const ref = varlenReference({ q, k, v, cu, h, hk, d, scale: 1 / Math.sqrt(d), causal: true }, dout);
-  const placed = (i: number, width: number) =>
-    placeRows(
-      res.map((r) => (i < 0 ? r.out.data : r.grads[i]!.data)),
-      width,
-      rows,
-      T,
-    );
-  assert.ok(relL2(placed(-1, h * d), ref.out) < 1e-5, 'out');
-  assert.ok(relL2(placed(0, h * d), ref.dq) < 1e-5, 'dq');
-  assert.ok(relL2(placed(1, hk * d), ref.dk) < 1e-5, 'dk');
-  assert.ok(relL2(placed(2, hk * d), ref.dv) < 1e-5, 'dv');
+  assertSpmdFunc(run, c);
 });
 
 s('prepare_cu_seqlens: local cu_seqlens and max_seqlen, the same for every rank; bad arguments', async () => {
@@ -212,7 +156,7 @@ s('heads_k_stride that does not divide nheads_k → E_ARG; an odd local sequence
   const args = [Int32Array.from([0, 3, 8]), 5, 1, { causal: true }];
   await expectError(
     () =>
-      rt.spmd(USER, 'callVarlen', {
+      rt.spmd(VARLEN_USER, 'callVarlen', {
         name: NAMES.func,
         tensors: [
           [y, y, y],

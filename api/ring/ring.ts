@@ -2,7 +2,9 @@
 // K/V of rank r−s, which that rank sends directly (not passed along); a causal rank only needs
 // ranks ≤ r, so transfers nobody will use are skipped. The transfer for step s+1 is issued before
 // block s is computed. Backward sends each block's fp32 dK/dV straight back to its owner.
-import { DONE, ringPeer, type Group, type Pending } from '../../runtime/comm.js';
+import type { Backend } from '../../runtime/backend.js';
+import { DONE, ringPeer, type Comm, type Group, type Pending } from '../../runtime/comm.js';
+import type { DeviceTensor } from '../../runtime/tensor.js';
 import { attnFamily } from '../wrappers.js';
 import { disposeAll, emptyKv, kvOps, sendableKv, type KvBuffer } from './kv_buffer.js';
 import type { RingBackwardFn, RingForwardFn, RingOptions, RingVariant } from '../variant.js';
@@ -20,6 +22,24 @@ function schedule(group: Group, causal: boolean) {
     dst: (step: number) => ringPeer(rank, step, size),
   };
 }
+type Schedule = ReturnType<typeof schedule>;
+
+/**
+ * The K/V ring of a call: our K/V ready to send, two receive buffers (none alone), and the
+ * transfer of a step (ours to the rank that uses it, the block we use into recv[step % 2]).
+ */
+function kvRing(backend: Backend, comm: Comm, W: number, plan: Schedule, k: DeviceTensor, v: DeviceTensor) {
+  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
+  const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
+  const transfer = (step: number): Pending =>
+    step >= W
+      ? DONE
+      : comm.sendRecv(
+          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
+          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
+        );
+  return { local, recv, transfer };
+}
 
 export const ringForward: RingForwardFn<RingOptions> = (backend, group, q, k, v, o) => {
   const [b, s, h, d] = q.shape as [number, number, number, number];
@@ -28,16 +48,8 @@ export const ringForward: RingForwardFn<RingOptions> = (backend, group, q, k, v,
   const out = backend.empty([b, s, h, d], 'float32');
   const lse = backend.empty([b, h, s], 'float32');
   const W = group.size;
-  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
-  const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
+  const { local, recv, transfer } = kvRing(backend, comm, W, plan, k, v);
 
-  const transfer = (step: number): Pending =>
-    step >= W
-      ? DONE
-      : comm.sendRecv(
-          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
-          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
-        );
   // The last block this rank uses writes the final out in q's dtype (every block covers all
   // rows), which saves a cast pass over out; a causal rank 0 uses only its own block.
   const lastStep = o.causal ? group.rank : W - 1;
@@ -78,8 +90,7 @@ export const ringBackward: RingBackwardFn<RingOptions> = (backend, group, dout, 
   const own = emptyKv(backend, k, 'float32');
   const dsum = backend.empty([b, h, s], 'float32');
   backend.flashBwdDot(dout, fwd.out, dsum);
-  const local = W > 1 ? sendableKv(backend, comm, k, v) : undefined;
-  const recv: KvBuffer[] = W > 1 ? [emptyKv(backend, k), emptyKv(backend, k)] : [];
+  const { local, recv, transfer } = kvRing(backend, comm, W, plan, k, v);
   const dkvOut: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   const dkvIn: KvBuffer[] = W > 1 ? [emptyKv(backend, k, 'float32'), emptyKv(backend, k, 'float32')] : [];
   // dq accumulates over the steps; every step's dK/dV (all key rows) is written into its own buffer.
@@ -91,13 +102,6 @@ export const ringBackward: RingBackwardFn<RingOptions> = (backend, group, dout, 
     deterministic: o.deterministic,
   };
 
-  const transfer = (step: number): Pending =>
-    step >= W
-      ? DONE
-      : comm.sendRecv(
-          plan.feeds(step) ? kvOps(plan.dst(step), local!.kv) : [],
-          plan.uses(step) ? kvOps(plan.src(step), recv[step % 2]!) : [],
-        );
   // dK/dV of step s go back to the block's owner r−s; ours come from r+s.
   const returnGrads = (step: number): Pending =>
     comm.sendRecv(

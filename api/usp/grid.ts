@@ -73,27 +73,19 @@ export interface UspGrid {
 export function uspGrid(group: Group, ulysses: number, ring: number): UspGrid {
   const u = group.rank % ulysses,
     r = Math.floor(group.rank / ulysses);
-  const sub = (members: number[], tag: string): Group => ({
-    ranks: members.map((i) => group.ranks[i]!),
-    rank: members.indexOf(group.rank),
-    size: members.length,
-    key: `${group.key}/usp${ulysses}x${ring}${tag}`,
-  });
-  const range = (n: number, at: (i: number) => number) => Array.from({ length: n }, (_, i) => at(i));
+  // The sub-group of `n` members at(0..n-1), or the whole group where the other degree is 1.
+  const sub = (whole: boolean, n: number, at: (i: number) => number, tag: string): Group => {
+    if (whole) return group;
+    const members = Array.from({ length: n }, (_, i) => at(i));
+    return {
+      ranks: members.map((i) => group.ranks[i]!),
+      rank: members.indexOf(group.rank),
+      size: members.length,
+      key: `${group.key}/usp${ulysses}x${ring}${tag}`,
+    };
+  };
   return {
-    ulysses:
-      ring === 1
-        ? group
-        : sub(
-            range(ulysses, (i) => r * ulysses + i),
-            `u${r}`,
-          ),
-    ring:
-      ulysses === 1
-        ? group
-        : sub(
-            range(ring, (i) => i * ulysses + u),
-            `r${u}`,
-          ),
+    ulysses: sub(ring === 1, ulysses, (i) => r * ulysses + i, `u${r}`),
+    ring: sub(ulysses === 1, ring, (i) => i * ulysses + u, `r${u}`),
   };
 }

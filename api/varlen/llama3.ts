@@ -13,7 +13,7 @@ import { checkCuSeqlens, checkMaxSeqlen, maxSeqLength } from './cu_seqlens.js';
 import { HeadGroupGather, HeadGroupReduce } from './head_groups.js';
 import { segmentSpec, spansOf } from './segments.js';
 import type { KSlice, Llama3Args } from '../types.js';
-import { varlenFamily } from './wrappers.js';
+import { varlenFamily, type ReadVarlen } from './wrappers.js';
 import { CallHooks, isPositional, positionFreeHooks } from '../hooks.js';
 import { maskOf } from '../ring/positional_ring.js';
 import type { ScoreHooks } from '../../runtime/kernel_args.js';
@@ -123,14 +123,7 @@ function checkSlice(fn: string, x: unknown, gathered: number): KSlice {
   return { start: s!.start!, stop: s!.stop! };
 }
 
-function readLlama3(
-  fn: string,
-  kw: Record<string, unknown>,
-  q: DeviceTensor,
-  k: DeviceTensor,
-  base: RingOptions,
-  group: Group,
-): Llama3Options {
+const readLlama3: ReadVarlen<Llama3Options> = (fn, kw, q, k, base, group) => {
   for (const name of ['cu_seqlens_q', 'cu_seqlens_k', 'heads_k_stride', 'local_k_slice'])
     if (kw[name] === undefined) fail('E_ARG', `${fn}: ${name} is required`);
   const hk = k.shape[1]!;
@@ -169,7 +162,7 @@ function readLlama3(
     maxSeqlenQ: checkMaxSeqlen(fn, 'max_seqlen_q', kw.max_seqlen_q, cuSeqlensQ, 'cu_seqlens_q'),
     maxSeqlenK: checkMaxSeqlen(fn, 'max_seqlen_k', kw.max_seqlen_k, cuSeqlensK, 'cu_seqlens_k'),
   };
-}
+};
 
 /** The views of head group i: its query heads of a (1, s, h, d) or (1, h, s) tensor, and its rows of the gathered keys. */
 function groupViews(q: DeviceTensor, k: DeviceTensor, o: Llama3Options, i: number) {

@@ -5,25 +5,30 @@
 process.env.RFA_POISON = '1';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, visibleGpuCount, type DriverResult, type FuncGrads, type RingRuntime } from '../../index.js';
+import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
 import type { DType } from '../../runtime/dtype.js';
 import type { UnpackedName } from '../../api/types.js';
-import { expectError, nd, packedKvSlice, randn, relL2, rng, rounded } from '../helpers.js';
+import {
+  suiteRuntime,
+  callFunc,
+  denseInputs,
+  expectError,
+  nd,
+  packedKvSlice,
+  randn,
+  relL2,
+  rng,
+  rounded,
+} from '../helpers.js';
 import { placements } from './placements.js';
 import { cudaNative } from '../../runtime/cuda_native.js';
-import { memoReference, referenceBackward, referenceForward } from '../reference.js';
+import { memoReference, referenceBackward, referenceForward, refInputOf, type Dims } from '../reference.js';
 
 const gpus = visibleGpuCount();
 const s = suite('cuda backend');
 if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
 
-interface K {
-  b: number;
-  sq: number;
-  sk: number;
-  h: number;
-  hk: number;
-  d: number;
+interface K extends Dims {
   causal: boolean;
   dtype: DType;
 }
@@ -36,48 +41,25 @@ async function errors(
   seed: number,
   extra: Record<string, unknown> = {},
 ) {
-  const rand = rng(seed);
-  const q = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype),
-    k = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype);
-  const v = rounded(randn(rand, c.b * c.sk * c.hk * c.d), c.dtype),
-    dout = rounded(randn(rand, c.b * c.sq * c.h * c.d), c.dtype);
-  const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<DriverResult<FuncGrads>>;
-  const r = await call(
-    name,
-    nd(q, [c.b, c.sq, c.h, c.d]),
-    nd(k, [c.b, c.sk, c.hk, c.d]),
-    nd(v, [c.b, c.sk, c.hk, c.d]),
-    { causal: c.causal, dtype: c.dtype, ...extra },
-  );
-  const g = (await r.backward(nd(dout, [c.b, c.sq, c.h, c.d]))) as {
-    dq: { data: Float32Array };
-    dk: { data: Float32Array };
-    dv: { data: Float32Array };
+  const drawn = denseInputs(rng(seed), c);
+  const inputs = {
+    q: rounded(drawn.q, c.dtype),
+    k: rounded(drawn.k, c.dtype),
+    v: rounded(drawn.v, c.dtype),
+    dout: rounded(drawn.dout, c.dtype),
   };
-  await r.dispose();
-  const x = {
-    q,
-    k,
-    v,
-    b: c.b,
-    sq: c.sq,
-    sk: c.sk,
-    h: c.h,
-    hk: c.hk,
-    d: c.d,
-    scale: 1 / Math.sqrt(c.d),
-    causal: c.causal,
-  };
+  const r = await callFunc(rt, name, c, inputs, { causal: c.causal, dtype: c.dtype, ...extra });
+  const x = refInputOf(c, inputs);
   const { ref, refG } = memoReference(JSON.stringify({ ...c, seed }), () => ({
     ref: referenceForward(x),
-    refG: referenceBackward(x, dout),
+    refG: referenceBackward(x, inputs.dout),
   }));
   return {
-    out: relL2(r.out.data, ref.out),
-    lse: relL2(r.lse.data, ref.lse),
-    dq: relL2(g.dq.data, refG.dq),
-    dk: relL2(g.dk.data, refG.dk),
-    dv: relL2(g.dv.data, refG.dv),
+    out: relL2(r.out, ref.out),
+    lse: relL2(r.lse, ref.lse),
+    dq: relL2(r.dq, refG.dq),
+    dk: relL2(r.dk, refG.dk),
+    dv: relL2(r.dv, refG.dv),
   };
 }
 
@@ -85,13 +67,7 @@ const label = (c: K) =>
   `b=${c.b} sq=${c.sq} sk=${c.sk} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'} ${c.dtype}`;
 
 if (gpus > 0) {
-  let rt1: RingRuntime;
-  s.before(async () => {
-    rt1 = await init({ backend: 'cuda', world: 1 });
-  });
-  s.after(async () => {
-    await rt1.close();
-  });
+  const rt1 = suiteRuntime(s, { backend: 'cuda', world: 1 });
 
   const kernelCases: K[] = [
     { b: 2, sq: 300, sk: 300, h: 4, hk: 4, d: 128, causal: true, dtype: 'bfloat16' },
@@ -104,7 +80,7 @@ if (gpus > 0) {
   ];
   kernelCases.forEach((c, i) => {
     s(`kernel vs fp64: ${label(c)}`, async () => {
-      const e = await errors(rt1, 'flash_attn_func', c, 100 + i);
+      const e = await errors(rt1(), 'flash_attn_func', c, 100 + i);
       assert.ok(e.out <= 5e-3 && e.lse <= 5e-3, `out ${e.out}, lse ${e.lse}`);
       assert.ok(e.dq <= 1e-2 && e.dk <= 1e-2 && e.dv <= 1e-2, `dq ${e.dq}, dk ${e.dk}, dv ${e.dv}`);
     });
@@ -112,8 +88,8 @@ if (gpus > 0) {
 
   s('unsupported head_dim gives E_UNSUPPORTED, and the pool answers after', async () => {
     const x = nd(new Float32Array(8 * 2 * 48).fill(0.1), [1, 8, 2, 48]);
-    await expectError(() => rt1.call('flash_attn_func', x, x, x), 'E_UNSUPPORTED', /head_dim/);
-    const e = await errors(rt1, 'flash_attn_func', kernelCases[1]!, 7);
+    await expectError(() => rt1().call('flash_attn_func', x, x, x), 'E_UNSUPPORTED', /head_dim/);
+    const e = await errors(rt1(), 'flash_attn_func', kernelCases[1]!, 7);
     assert.ok(e.out <= 5e-3);
   });
 
@@ -121,7 +97,9 @@ if (gpus > 0) {
     'the caching allocator reuses the block released last (a ring call sees the same blocks every call)',
     async () => {
       const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
-      assert.equal(await rt1.spmd(USER, 'allocatorReuse'), [{ lastReleasedFirst: true, thenTheOther: true }]);
+      assert.equal(await rt1().spmd(USER, 'allocatorReuse'), [
+        { lastReleasedFirst: true, thenTheOther: true },
+      ]);
     },
   );
 
@@ -131,7 +109,7 @@ if (gpus > 0) {
     'the device timer reads CUDA events: within the host clock around the same work, most of it',
     async () => {
       const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
-      const [{ device, host, idle }] = (await rt1.spmd(USER, 'deviceTimer')) as {
+      const [{ device, host, idle }] = (await rt1().spmd(USER, 'deviceTimer')) as {
         device: number;
         host: number;
         idle: number;
@@ -151,24 +129,16 @@ if (gpus > 0) {
   s('deterministic=True: two backward passes give the same bits, on one GPU and in a ring', async () => {
     const rand = rng(5);
     const [S, H, HK, D] = [2048, 8, 2, 128];
-    const q = randn(rand, S * H * D),
-      k = randn(rand, S * HK * D),
-      v = randn(rand, S * HK * D),
-      dout = randn(rand, S * H * D);
+    const dims = { b: 1, sq: S, sk: S, h: H, hk: HK, d: D };
+    const inputs = denseInputs(rand, dims);
     const grads = async (rt: RingRuntime, fn: UnpackedName, deterministic: boolean) => {
-      const call = rt.call.bind(rt) as (n: string, ...a: unknown[]) => Promise<DriverResult<FuncGrads>>;
-      const r = await call(fn, nd(q, [1, S, H, D]), nd(k, [1, S, HK, D]), nd(v, [1, S, HK, D]), {
-        causal: true,
-        deterministic,
-      });
-      const g = await r.backward(nd(dout, [1, S, H, D]));
-      await r.dispose();
-      return [g.dq.data, g.dk.data, g.dv.data];
+      const g = await callFunc(rt, fn, dims, inputs, { causal: true, deterministic });
+      return [g.dq, g.dk, g.dv];
     };
     const rt2 = await init(placements(2, gpus)[0]!.opts);
     try {
       for (const [rt, fn] of [
-        [rt1, 'flash_attn_func'],
+        [rt1(), 'flash_attn_func'],
         [rt2, 'zigzag_ring_flash_attn_func'],
       ] as const) {
         const [a, b, loose] = [
@@ -197,7 +167,7 @@ if (gpus > 0) {
   });
 
   s('the default transport: copy engines on one GPU, on two what peer access says', async () => {
-    assert.is(rt1.transport, 'copy-engine');
+    assert.is(rt1().transport, 'copy-engine');
     // The peer-access query behind the default: never a throw, false for a device and itself or a
     // device that does not exist; on two GPUs the default follows what it says.
     const cuda = cudaNative();
@@ -237,7 +207,7 @@ if (gpus > 0) {
               causal,
               dtype: 'bfloat16',
             };
-            const base = await errors(rt1, 'flash_attn_func', c, 31);
+            const base = await errors(rt1(), 'flash_attn_func', c, 31);
             for (const name of variants) {
               const e = await errors(rt, name, c, 31);
               for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
@@ -250,7 +220,7 @@ if (gpus > 0) {
           if (world === 4) {
             // A ring over a sub-group (its own communicator) while ranks 0 and 2 sit out.
             const c: K = { b: 1, sq: 384, sk: 384, h: 4, hk: 2, d: 128, causal: true, dtype: 'bfloat16' };
-            const base = await errors(rt1, 'flash_attn_func', c, 32);
+            const base = await errors(rt1(), 'flash_attn_func', c, 32);
             const e = await errors(rt, 'zigzag_ring_flash_attn_func', c, 32, { group: [1, 3] });
             for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
               assert.ok(

@@ -5,10 +5,10 @@
 process.env.RFA_POISON = '1';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { init, visibleGpuCount, type RingRuntime } from '../../index.js';
-import { runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
+import { init, visibleGpuCount } from '../../index.js';
+import { assertWithinSingle, runCase, type Case, type CaseResult, type VariantNames } from '../ring_cases.js';
 import { PYTHON_CU_SEQLENS_SETS } from '../../benchmark/bench_varlen_rank.js';
-import { relL2 } from '../helpers.js';
+import { familyNames, relL2, suiteRuntime } from '../helpers.js';
 import {
   callVarlen,
   runVarlenCase,
@@ -23,25 +23,31 @@ const gpus = visibleGpuCount();
 const s = suite('cuda backend: packed forms and varlen families');
 if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
 
-const names = (prefix: string, suffix = ''): VariantNames =>
-  ({
-    func: `${prefix}_func${suffix}`,
-    kvpacked: `${prefix}_kvpacked_func${suffix}`,
-    qkvpacked: `${prefix}_qkvpacked_func${suffix}`,
-  }) as VariantNames;
-const varlenNames = (prefix: string): VarlenNames =>
-  ({
-    func: `${prefix}_func`,
-    kvpacked: `${prefix}_kvpacked_func`,
-    qkvpacked: `${prefix}_qkvpacked_func`,
-  }) as VarlenNames;
+/** Names are built from prefixes at run time here: the variants come from lists. */
+const names = (prefix: string, suffix = '') => {
+  const n = familyNames(prefix);
+  return {
+    func: n.func + suffix,
+    kvpacked: n.kvpacked + suffix,
+    qkvpacked: n.qkvpacked + suffix,
+  } as VariantNames;
+};
+const varlenNames = (prefix: string) => familyNames(prefix) as VarlenNames;
+
+/** A causal bf16 varlen case of head dim 128: GQA with h/2 key heads, except qkvpacked (h). */
+const bf16Varlen = (world: number, cu: number[], h: number, packing: VarlenCase['packing']): VarlenCase => ({
+  world,
+  cu,
+  h,
+  hk: packing === 'qkvpacked' ? h : h / 2,
+  d: 128,
+  causal: true,
+  packing,
+  dtype: 'bfloat16',
+});
 
 function within(ring: CaseResult, single: CaseResult, what: string): void {
-  for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const)
-    assert.ok(
-      ring[key] <= 1.1 * single[key] + 1e-5,
-      `${what} ${key}: ring ${ring[key].toExponential(3)} vs single ${single[key].toExponential(3)}`,
-    );
+  assertWithinSingle(ring, single, what, 1e-5);
   // The single-device run is itself bounded, so a family wrong at every world cannot pass.
   assert.ok(
     single.out <= 5e-3 && single.dq <= 1e-2 && single.dk <= 1e-2 && single.dv <= 1e-2,
@@ -50,13 +56,7 @@ function within(ring: CaseResult, single: CaseResult, what: string): void {
 }
 
 if (gpus > 0) {
-  let rt1: RingRuntime;
-  s.before(async () => {
-    rt1 = await init({ backend: 'cuda', world: 1 });
-  });
-  s.after(async () => {
-    await rt1.close();
-  });
+  const rt1 = suiteRuntime(s, { backend: 'cuda', world: 1 });
 
   for (const { label: where, opts } of [2, 4].flatMap((w) => placements(w, gpus))) {
     const world = opts.world!;
@@ -75,7 +75,7 @@ if (gpus > 0) {
             packing,
             dtype: 'bfloat16',
           };
-          const single = await runCase(rt1, names('flash_attn'), c, 61);
+          const single = await runCase(rt1(), names('flash_attn'), c, 61);
           for (const [prefix, suffix] of [
             ['ring_flash_attn', ''],
             ['ring_flash_attn', '_v2'],
@@ -119,7 +119,7 @@ if (gpus > 0) {
             packing,
             dtype: 'bfloat16',
           };
-          const single = await runCase(rt1, names('flash_attn'), c, 67);
+          const single = await runCase(rt1(), names('flash_attn'), c, 67);
           within(await runCase(rt, names('ulysses_attn'), c, 67), single, `ulysses_attn ${packing}`);
           for (const g of grids)
             within(
@@ -149,17 +149,8 @@ if (gpus > 0) {
             ['zigzag_llama3_flash_attn_varlen', 'func'],
             ['zigzag_llama3_flash_attn_varlen', 'kvpacked'],
           ] as const) {
-            const c: VarlenCase = {
-              world,
-              cu,
-              h: 4,
-              hk: packing === 'qkvpacked' ? 4 : 2,
-              d: 128,
-              causal: true,
-              packing,
-              dtype: 'bfloat16',
-            };
-            const single = await runVarlenCase(rt1, varlenNames(prefix), { ...c, world: 1 }, 71);
+            const c = bf16Varlen(world, cu, 4, packing);
+            const single = await runVarlenCase(rt1(), varlenNames(prefix), { ...c, world: 1 }, 71);
             within(await runVarlenCase(rt, varlenNames(prefix), c, 71), single, `${prefix} ${packing}`);
           }
         } finally {
@@ -194,19 +185,10 @@ if (gpus > 0) {
               ['llama3_flash_attn_varlen', 'qkvpacked'],
               ['zigzag_llama3_flash_attn_varlen', 'kvpacked'],
             ] as const) {
-              const c: VarlenCase = {
-                world,
-                cu,
-                h: 2,
-                hk: packing === 'qkvpacked' ? 2 : 1,
-                d: 128,
-                causal: true,
-                packing,
-                dtype: 'bfloat16',
-              };
+              const c = bf16Varlen(world, cu, 2, packing);
               const inputs = inputsFor(c);
               const ring = await callVarlen(rt, varlenNames(prefix), c, inputs);
-              const single = await callVarlen(rt1, varlenNames(prefix), { ...c, world: 1 }, inputs);
+              const single = await callVarlen(rt1(), varlenNames(prefix), { ...c, world: 1 }, inputs);
               for (const [key, tol] of [
                 ['out', 5e-3],
                 ['lse', 1e-4],
