@@ -20,8 +20,8 @@ import { callExport } from './task_call.js';
 /** Global rank of process 0's first rank, the relay. */
 export const RELAY_RANK = 0;
 
-/** 16-bit words of a result's header: the byte length of its skeleton, as two 32-bit halves. */
-const HEADER_WORDS = 4;
+/** 16-bit words of a result's header: the byte length of its skeleton, as a 32-bit count. */
+const HEADER_WORDS = 2;
 
 /**
  * The communicator of the driver's transfers. CPU: a mailbox of its own, so that no receive of a
@@ -72,7 +72,7 @@ function receivePayload(ctx: RankContext, comm: Comm, peer: number, p: Placehold
 function sendValue(ctx: RankContext, comm: Comm, peer: number, value: unknown): void {
   const { skeleton, payloads } = splitPayloads(value);
   const bytes = encodeSkeleton(skeleton);
-  sendWords(ctx, comm, peer, words(Uint32Array.of(bytes.byteLength, 0)));
+  sendWords(ctx, comm, peer, words(Uint32Array.of(bytes.byteLength)));
   sendWords(ctx, comm, peer, words(bytes));
   for (const p of payloads) sendWords(ctx, comm, peer, words(p));
 }
