@@ -474,8 +474,8 @@ export class Runtime {
     const procs = this.procs;
     return this.enqueue(() =>
       ranks !== undefined && procs
-        ? procs.drive(moduleUrl, exportName, args, ranks, timeoutMs, (a, r) =>
-            this.dispatch(moduleUrl, exportName, a, r, timeoutMs, opts.signal),
+        ? procs.drive(moduleUrl, exportName, args, ranks, timeoutMs, (url, exp, a, r, ms, name) =>
+            this.dispatch(url, exp, a, r, ms, opts.signal, name),
           )
         : this.dispatch(moduleUrl, exportName, args, on, timeoutMs, opts.signal),
     );
@@ -499,8 +499,8 @@ export class Runtime {
         'E_ARG',
         'rt.serve() runs the driver-mode calls of process 0 in a runtime that spans processes; this one does not',
       );
-    await this.procs.serve((moduleUrl, exportName, args, ranks, timeoutMs) =>
-      this.enqueue(() => this.dispatch(moduleUrl, exportName, args, ranks, timeoutMs, undefined)),
+    await this.procs.serve((moduleUrl, exportName, args, ranks, timeoutMs, name) =>
+      this.enqueue(() => this.dispatch(moduleUrl, exportName, args, ranks, timeoutMs, undefined, name)),
     );
   }
 
@@ -511,9 +511,10 @@ export class Runtime {
     ranks: readonly number[],
     timeoutMs: number,
     signal: AbortSignal | undefined,
+    name = exportName,
   ): Promise<unknown[]> {
     if (this.closed) throw new RingFlashAttnError('E_CLOSED', 'runtime is closed');
-    if (signal?.aborted) throw aborted(exportName, signal);
+    if (signal?.aborted) throw aborted(name, signal);
     if (this.procs?.broken) throw this.procs.brokenError();
     await this.replaceStaleWorkers();
     this.calls++;
@@ -536,14 +537,14 @@ export class Runtime {
                 (stuck) =>
                   new RingFlashAttnError(
                     'E_TIMEOUT',
-                    `'${exportName}' timed out after ${timeoutMs} ms: ${rankList(stuck)} had not returned; terminated and replaced`,
+                    `'${name}' timed out after ${timeoutMs} ms: ${rankList(stuck)} had not returned; terminated and replaced`,
                     { rank: stuck[0] },
                   ),
               ),
             timeoutMs,
           )
         : undefined;
-    const onAbort = () => this.cut(flight, () => aborted(exportName, signal!));
+    const onAbort = () => this.cut(flight, () => aborted(name, signal!));
     signal?.addEventListener('abort', onAbort, { once: true });
     const onFailure = (e: RingFlashAttnError) => {
       if (firstError) return;

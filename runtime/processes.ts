@@ -2,19 +2,24 @@
 // numbered the ranks: the CPU mailbox connections or the NCCL id, the store kept open for
 // failures every process must hear of, and driver mode across processes (process 0 drives with
 // rt.call, the others run its calls in rt.serve()).
-import { Packr } from 'msgpackr';
+import { RELAY_RANK, type RelayTask, type ServedTask } from './drive_tasks.js';
 import { cudaNative } from './cuda_native.js';
 import { RingFlashAttnError, asRingError, fail } from './errors.js';
 import { native } from './native.js';
+import { decodeSkeleton, encodeSkeleton, splitPayloads } from './payloads.js';
 import { barrier, join, type Joined, type ResolvedRendezvous } from './rendezvous.js';
 
-/** Runs a call on this process's ranks `ranks` (in that order) and resolves to their results. */
+/**
+ * Runs `exportName` of `moduleUrl` on this process's ranks `ranks` (in that order) and resolves to
+ * their results within the call deadline `timeoutMs`; `name` is the call's export as its errors name it.
+ */
 export type RunLocal = (
   moduleUrl: string,
   exportName: string,
   args: readonly unknown[],
   ranks: readonly number[],
   timeoutMs: number,
+  name: string,
 ) => Promise<unknown[]>;
 
 export interface JoinOptions {
@@ -28,7 +33,11 @@ export interface JoinOptions {
   describe: (ranks: number[]) => string;
 }
 
-/** A driver-mode task for another process, and its answer (the store carries both). */
+/**
+ * A driver-mode task for another process, and its answer: the store carries both, the tensors
+ * (each typed array of the ranks' arguments and results) travel over the communicator
+ * (drive_tasks.ts), so `args` holds each rank's argument with placeholders in their place.
+ */
 interface DriveTask {
   stop?: boolean;
   moduleUrl?: string;
@@ -38,14 +47,12 @@ interface DriveTask {
   args?: unknown[];
 }
 interface DriveReply {
-  values?: unknown[];
   error?: { code: string; message: string; rank?: number };
 }
 
-// Typed arrays keep their types (the shards are Float32Array, Uint16Array and Int32Array).
-const packr = new Packr({ moreTypes: true });
-const encode = (x: unknown) => packr.pack(x).toString('base64');
-const decode = (s: string) => packr.unpack(Buffer.from(s, 'base64')) as unknown;
+const DRIVE_TASKS = new URL('./drive_tasks.js', import.meta.url).href;
+const encode = (x: unknown) => Buffer.from(encodeSkeleton(x)).toString('base64');
+const decode = (s: string) => decodeSkeleton(Buffer.from(s, 'base64'));
 
 /** This package's dist/ folder: a module inside it travels by its path in the package, since other machines may install it elsewhere. */
 const PACKAGE_DIST = new URL('../', import.meta.url).href;
@@ -206,9 +213,11 @@ export class Processes {
   }
 
   /**
-   * Driver mode, on process 0: every other process gets its ranks' tasks (each one, even one with
-   * no rank in the call, so that every process numbers its calls alike), runs them in serve()
-   * and hands the results back through the store; this process's ranks run through `runLocal`.
+   * Driver mode, on process 0: every other process gets its ranks' tasks through the store (each
+   * one, even one with no rank in the call, so that every process numbers its calls alike), with
+   * each typed array of their arguments replaced by a placeholder; this process's first rank
+   * sends them the typed arrays over the communicator and takes their results back the same way
+   * (drive_tasks.ts), while the store carries only whether each process's ranks succeeded.
    * Resolves to the results in the order of `ranks`.
    */
   async drive(
@@ -217,7 +226,7 @@ export class Processes {
     args: readonly unknown[],
     ranks: readonly number[],
     timeoutMs: number,
-    runLocal: (args: readonly unknown[], ranks: readonly number[]) => Promise<unknown[]>,
+    runLocal: RunLocal,
   ): Promise<unknown[]> {
     if (this.broken) throw this.brokenError();
     const j = this.joined;
@@ -225,6 +234,8 @@ export class Processes {
     const processOf = (rank: number) => j.firstRanks.filter((first) => first <= rank).length - 1;
     const mine = (q: number) => ranks.map((r, i) => [r, i] as const).filter(([r]) => processOf(r) === q);
     const others = j.procs.map((_, q) => q).filter((q) => q !== j.self);
+    const remote = ranks.map((r, i) => [r, i] as const).filter(([r]) => processOf(r) !== j.self);
+    const split = new Map(remote.map(([r, i]) => [r, splitPayloads(args[i])]));
     const url = portableUrl(moduleUrl);
     await Promise.all(
       others.map((q) => {
@@ -233,7 +244,7 @@ export class Processes {
           exportName,
           timeoutMs,
           ranks: mine(q).map(([r]) => r),
-          args: mine(q).map(([, i]) => args[i]),
+          args: mine(q).map(([r]) => split.get(r)!.skeleton),
         };
         return j.store.set(`drive/${q}/${n}`, encode(task), this.timeoutMs);
       }),
@@ -246,32 +257,56 @@ export class Processes {
     broken.catch(() => undefined);
     this.onBroken.add(stop!);
     try {
-      const local = mine(j.self);
-      const [here, ...there] = await Promise.allSettled([
-        runLocal(
-          local.map(([, i]) => args[i]),
-          local.map(([r]) => r),
-        ),
+      // The relay runs in the call even where the call has none of its ranks.
+      const local: (readonly [number, number])[] = mine(j.self);
+      if (remote.length > 0 && !local.some(([r]) => r === RELAY_RANK)) local.unshift([RELAY_RANK, -1]);
+      const relayed = (r: number) => (r === RELAY_RANK ? remote : []);
+      const tasks: RelayTask[] = local.map(([r, i]) => ({
+        own: i < 0 ? undefined : { moduleUrl, exportName, arg: args[i] },
+        outgoing: relayed(r).map(([to]) => ({ rank: to, payloads: split.get(to)!.payloads })),
+        incoming: relayed(r).map(([from]) => from),
+      }));
+      const relayOnly = local.every(([, i]) => i < 0);
+      let localDone = false;
+      const here = runLocal(
+        DRIVE_TASKS,
+        'relay',
+        tasks,
+        local.map(([r]) => r),
+        timeoutMs,
+        exportName,
+      ).finally(() => (localDone = true));
+      const [ours, ...there] = await Promise.allSettled([
+        here,
         ...others.map((q) =>
-          Promise.race([j.store.take(`driven/${q}/${n}`, 0, () => ''), broken]).then((raw) => ({
-            q,
-            reply: decode(raw) as DriveReply,
-          })),
+          Promise.race([j.store.take(`driven/${q}/${n}`, 0, () => ''), broken]).then((raw) => {
+            const reply = decode(raw) as DriveReply;
+            // A process whose ranks failed before they could abort this one's (its call never began).
+            if (reply.error && !localDone)
+              this.abort(this.scope, `process ${q} (${j.procs[q]!.name}): ${reply.error.message}`);
+            return { q, reply };
+          }),
         ),
       ]);
-      if (here!.status === 'rejected') throw here!.reason;
+      const replyError = ({ q, reply }: { q: number; reply: DriveReply }) =>
+        new RingFlashAttnError(
+          asRingError(reply.error).code,
+          `process ${q} (${j.procs[q]!.name}): ${reply.error!.message}`,
+          { rank: reply.error!.rank },
+        );
+      const failed = there.find((t) => t.status === 'fulfilled' && t.value.reply.error);
+      // A relay with no part of its own failed because a served rank did: that rank's error says why.
+      if (ours!.status === 'rejected')
+        throw failed?.status === 'fulfilled' && relayOnly ? replyError(failed.value) : ours!.reason;
+      const results = ours!.value as { value: unknown; remote: unknown[] }[];
       const out: unknown[] = new Array(ranks.length);
-      local.forEach(([, i], k) => (out[i] = here!.value[k]));
+      local.forEach(([r, i], k) => {
+        if (i >= 0) out[i] = results[k]!.value;
+        if (r === RELAY_RANK) remote.forEach(([, at], m) => (out[at] = results[k]!.remote[m]));
+      });
       for (const t of there) {
         if (t.status === 'rejected') throw t.reason;
-        const { q, reply } = t.value;
-        if (reply.error)
-          throw new RingFlashAttnError(
-            asRingError(reply.error).code,
-            `process ${q} (${j.procs[q]!.name}): ${reply.error.message}`,
-            { rank: reply.error.rank },
-          );
-        mine(q).forEach(([, i], k) => (out[i] = reply.values![k]));
+        if (t.value.reply.error) throw replyError(t.value);
       }
       return out;
     } finally {
@@ -286,6 +321,11 @@ export class Processes {
   async serve(run: RunLocal): Promise<void> {
     const j = this.joined;
     if (j.self === 0) fail('E_ARG', 'rt.serve(): process 0 drives (rt.call); the other processes serve');
+    const gone = (e: unknown) =>
+      new RingFlashAttnError(
+        'E_WORKER',
+        `rt.serve(): the store of process 0 is gone (${(e as Error).message}): process 0 exited or was killed`,
+      );
     j.store.keepAlive(true);
     try {
       for (let n = 1; ; n++) {
@@ -294,29 +334,29 @@ export class Processes {
           raw = await j.store.take(`drive/${j.self}/${n}`, 0, () => '');
         } catch (e) {
           if (this.closed || j.store.closedInOrder) return;
-          throw new RingFlashAttnError(
-            'E_WORKER',
-            `rt.serve(): the store of process 0 is gone (${(e as Error).message}): process 0 exited or was killed`,
-          );
+          throw gone(e);
         }
         const task = decode(raw) as DriveTask;
         if (task.stop) return;
-        let reply: DriveReply;
+        let reply: DriveReply = {};
         try {
-          reply = {
-            values: await run(
-              localUrl(task.moduleUrl!),
-              task.exportName!,
-              task.args!,
-              task.ranks!,
-              task.timeoutMs!,
-            ),
-          };
+          const served: ServedTask[] = task.args!.map((skeleton) => ({
+            moduleUrl: localUrl(task.moduleUrl!),
+            exportName: task.exportName!,
+            skeleton,
+          }));
+          await run(DRIVE_TASKS, 'served', served, task.ranks!, task.timeoutMs!, task.exportName!);
         } catch (e) {
           const err = asRingError(e);
           reply = { error: { code: err.code, message: err.message, rank: err.rank } };
         }
-        await j.store.set(`driven/${j.self}/${n}`, encode(reply), this.timeoutMs);
+        // The store goes with process 0: a process 0 that died mid-call is E_WORKER, as in the wait above.
+        try {
+          await j.store.set(`driven/${j.self}/${n}`, encode(reply), this.timeoutMs);
+        } catch (e) {
+          if (this.closed || j.store.closedInOrder) return;
+          throw gone(e);
+        }
       }
     } finally {
       j.store.keepAlive(false);

@@ -36,6 +36,9 @@ function onLines(socket: net.Socket, handle: (msg: unknown) => void): void {
   });
 }
 
+/** Bytes the store clients of this process have written and read: what the store carries, for tests to count. */
+export const storeTraffic = { sent: 0, received: 0 };
+
 export function formatAddress(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -156,6 +159,7 @@ export class StoreClient {
       for (const p of this.pending.values()) p.reject(this.lost);
       this.pending.clear();
     });
+    socket.on('data', (chunk: string) => (storeTraffic.received += Buffer.byteLength(chunk)));
     onLines(socket, (msg) => {
       const r = msg as Reply;
       if (r.closing) this.closedInOrder = true;
@@ -243,7 +247,9 @@ export class StoreClient {
           reject(e);
         },
       });
-      this.socket.write(`${JSON.stringify({ ...req, id })}\n`);
+      const line = `${JSON.stringify({ ...req, id })}\n`;
+      storeTraffic.sent += Buffer.byteLength(line);
+      this.socket.write(line);
     });
   }
 

@@ -4,9 +4,9 @@
 import { workerData } from 'node:worker_threads';
 import { Backend } from './backend.js';
 import { RankContext, setCurrentContext, type RankInfo } from './context.js';
-import { asRingError, fail } from './errors.js';
-import { TENSOR_TAG, uncloneablePath, workerErrorChannel, type StrayError } from './transfer.js';
-import { DeviceTensor } from './tensor.js';
+import { asRingError } from './errors.js';
+import { callExport } from './task_call.js';
+import { workerErrorChannel, type StrayError } from './transfer.js';
 
 export interface WorkerTask {
   moduleUrl: string;
@@ -49,35 +49,11 @@ async function context(): Promise<RankContext> {
   return ctx;
 }
 
-/** DeviceTensors in a result come back to the caller as tagged host { shape, dtype, data }. */
-function transferable(value: unknown, c: RankContext): unknown {
-  if (value instanceof DeviceTensor)
-    return {
-      [TENSOR_TAG]: true,
-      shape: [...value.shape],
-      dtype: value.dtype,
-      data: c.backend.download(value),
-    };
-  if (Array.isArray(value)) return value.map((v) => transferable(v, c));
-  if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, transferable(v, c)]));
-  return value;
-}
-
 export default async function run(task: WorkerTask): Promise<WorkerResult> {
   const rank = info.rank;
   try {
     const c = await context();
-    const mod = (await import(task.moduleUrl)) as Record<string, unknown>;
-    const fn = mod[task.exportName];
-    if (typeof fn !== 'function')
-      fail('E_ARG', `${task.moduleUrl} has no exported function '${task.exportName}'`);
-    const value = await (fn as (c: RankContext, arg: unknown) => unknown)(c, task.arg);
-    c.backend.sync();
-    const out = transferable(value, c);
-    const bad = uncloneablePath(out, 'result');
-    if (bad) fail('E_ARG', `'${task.exportName}' returned a value the main thread cannot receive: ${bad}`);
-    return { ok: true, value: out };
+    return { ok: true, value: await callExport(c, task.moduleUrl, task.exportName, task.arg) };
   } catch (err) {
     ctx?.backend.abandonComms();
     const e = asRingError(err, 'E_WORKER', rank);

@@ -10,7 +10,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init } from '../api/index.js';
 import { join } from '../runtime/rendezvous.js';
-import { driverCalls } from './fixtures/multiprocess_driver.js';
+import { driverCalls, LARGE, largeDriverCall } from './fixtures/multiprocess_driver.js';
 import { expectError } from './helpers.js';
 import {
   exited,
@@ -124,7 +124,7 @@ s(
       const t0 = Date.now();
       const { reports, code, stderr } = await launch(nproc, { localWorld, exportName: 'drive', arg: null });
       assert.is(code, 0, stderr);
-      for (const r of reports.slice(1)) assert.is((r as { served?: string }).served, 'ok', JSON.stringify(r));
+      for (const r of reports.slice(1)) assert.is(r.served, 'ok', JSON.stringify(r));
       const got = reports[0]!.results as unknown as Record<string, Encoded>;
       assert.equal(Object.keys(got).sort(), Object.keys(want).sort());
       for (const [k, enc] of Object.entries(got)) {
@@ -144,6 +144,95 @@ s(
     }
   },
 );
+
+s(
+  'driver mode across processes: megabytes of tensors go over the communicator, the store carries kilobytes, bit for bit',
+  async () => {
+    const one = await init({ backend: 'cpu', world: 4, rendezvous: false });
+    const want = await largeDriverCall(one);
+    await one.close();
+    const { b, s: seq, h, hk, d } = LARGE;
+    // Half the world's inputs, outputs and gradients belong to the other processes' ranks.
+    const tensorBytes = (4 * (2 * b * seq * h * d + 2 * b * seq * hk * d) * 4 + b * h * seq * 4) / 2;
+    for (const [nproc, localWorld] of [
+      [2, 2],
+      [4, 1],
+    ] as const) {
+      const { reports, code, stderr } = await launch(nproc, {
+        localWorld,
+        exportName: 'driveLarge',
+        arg: null,
+      });
+      assert.is(code, 0, stderr);
+      for (const r of reports.slice(1)) assert.is(r.served, 'ok', JSON.stringify(r));
+      const got = reports[0]!.results as unknown as Record<string, Encoded>;
+      assert.equal(Object.keys(got).sort(), Object.keys(want).sort());
+      for (const [k, enc] of Object.entries(got)) {
+        const w = want[k]!;
+        assert.ok(
+          w.length > 0 &&
+            Buffer.compare(
+              Buffer.from(enc.b64, 'base64'),
+              Buffer.from(w.buffer, w.byteOffset, w.byteLength),
+            ) === 0,
+          `${k} differs`,
+        );
+      }
+      const store = reports[0]!.storeBytes!;
+      assert.ok(store > 0 && store < 64 * 1024, `the store carried ${store} bytes (tensors: ${tensorBytes})`);
+      console.log(
+        `  driver mode, ${nproc} processes × ${localWorld}: ${(tensorBytes / 2 ** 20).toFixed(1)} MiB of tensors, ${store} bytes through the store`,
+      );
+    }
+  },
+);
+
+/** Runs driveUntilFailure on 2 processes × 2 ranks and kills process `victim` once a call is done. */
+async function killMidDrive(victim: number): Promise<{ report: ChildReport; took: number }> {
+  const out = tmpDir();
+  const port = await freePort();
+  const procs = startProcesses(
+    2,
+    port,
+    { localWorld: 2, exportName: 'driveUntilFailure', arg: null, timeoutMs: 30_000 },
+    out,
+  );
+  const survivor = 1 - victim;
+  try {
+    await waitForFile(path.join(out, 'proc0.json.called'), 30_000);
+    const killed = Date.now();
+    procs[victim]!.kill('SIGKILL');
+    await waitForFile(path.join(out, `proc${survivor}.json`), 10_000);
+    const took = Date.now() - killed;
+    const report = JSON.parse(fs.readFileSync(path.join(out, `proc${survivor}.json`), 'utf8')) as ChildReport;
+    await exited(procs[survivor]!);
+    return { report, took };
+  } finally {
+    for (const p of procs) p.kill('SIGKILL');
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+}
+
+s('a serving process killed mid-drive: process 0 fails with E_WORKER within seconds, naming it', async () => {
+  const { report: r, took } = await killMidDrive(1);
+  assert.is(r.error?.code, 'E_WORKER', JSON.stringify(r));
+  assert.match(
+    r.error!.message,
+    /connection to process 1 \(ranks 2\.\.3, .* pid \d+\) is gone|process 1 \(ranks 2, 3, .* pid \d+\) left the runtime without closing it|could not send to rank \d in process 1/,
+    r.error!.message,
+  );
+  assert.equal(r.after, { code: 'E_WORKER' });
+  assert.ok(took < 5_000, `took ${took} ms`);
+  console.log(`  killed a serving process mid-drive: process 0 failed ${took} ms later`);
+});
+
+s('process 0 killed mid-drive: rt.serve() rejects with E_WORKER within seconds, naming it', async () => {
+  const { report: r, took } = await killMidDrive(0);
+  assert.is(r.serveError?.code, 'E_WORKER', JSON.stringify(r));
+  assert.match(r.serveError!.message, /process 0/, r.serveError!.message);
+  assert.ok(took < 5_000, `took ${took} ms`);
+  console.log(`  killed process 0 mid-drive: rt.serve() failed ${took} ms later`);
+});
 
 s('a process killed mid-call: the others fail with E_WORKER within seconds, naming it', async () => {
   const out = tmpDir();

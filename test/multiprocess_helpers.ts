@@ -22,6 +22,10 @@ export type ChildReport = {
   error?: { code: string; message: string };
   after?: 'ok' | { code: string };
   driver?: 'ok' | { code: string; message: string };
+  /** Driver mode: bytes this process's store connection carried, and a serving process's failure. */
+  storeBytes?: number;
+  served?: 'ok';
+  serveError?: { code: string; message: string };
   initError?: { code: string; message: string };
   ms?: number;
 };
