@@ -24,28 +24,31 @@ struct CpuKernels {
   }
 };
 
-// { comm, src, dst, data: view, n, elem_bytes }
-Napi::Value MailSend(const Napi::CallbackInfo& info) {
+// { comm, src, dst, data: view, n, elem_bytes, label? }: the mailbox's (comm, src, dst, data,
+// bytes, label) handed to `op`.
+template <class Op>
+Napi::Value mail_op(const Napi::CallbackInfo& info, Op op) {
   return guarded(info, [&] {
     Napi::Object o = arg_object(info, 0);
     const int64_t n = get_i64(o, "n");
     const int eb = int(get_i64(o, "elem_bytes"));
-    cpu::mailbox_send(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
-                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o));
+    op(o, o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
+       flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o));
     return info.Env().Undefined();
   });
 }
 
-// { comm, src, dst, data: view, n, elem_bytes, timeout_ms }
+Napi::Value MailSend(const Napi::CallbackInfo& info) {
+  return mail_op(info,
+                 [](const Napi::Object&, const std::string& comm, int src, int dst, void* data, size_t bytes,
+                    const std::string& label) { cpu::mailbox_send(comm, src, dst, data, bytes, label); });
+}
+
+// ... and timeout_ms
 Napi::Value MailRecv(const Napi::CallbackInfo& info) {
-  return guarded(info, [&] {
-    Napi::Object o = arg_object(info, 0);
-    const int64_t n = get_i64(o, "n");
-    const int eb = int(get_i64(o, "elem_bytes"));
-    cpu::mailbox_recv(o.Get("comm").ToString().Utf8Value(), int(get_i64(o, "src")), int(get_i64(o, "dst")),
-                      flat_view(o, "data", n, eb), size_t(n) * eb, get_label(o),
-                      int(get_i64(o, "timeout_ms")));
-    return info.Env().Undefined();
+  return mail_op(info, [](const Napi::Object& o, const std::string& comm, int src, int dst, void* data,
+                          size_t bytes, const std::string& label) {
+    cpu::mailbox_recv(comm, src, dst, data, bytes, label, int(get_i64(o, "timeout_ms")));
   });
 }
 

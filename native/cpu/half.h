@@ -8,16 +8,22 @@
 
 namespace rfa::cpu {
 
-inline float bf16_to_float(uint16_t h) {
-  uint32_t bits = uint32_t(h) << 16;
+// The bits of a float and back (std::bit_cast is C++20).
+inline uint32_t float_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return bits;
+}
+inline float bits_float(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
 }
 
+inline float bf16_to_float(uint16_t h) { return bits_float(uint32_t(h) << 16); }
+
 inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
+  const uint32_t bits = float_bits(f);
   if (std::isnan(f)) return uint16_t((bits >> 16) | 0x40);  // keep NaN a NaN
   uint32_t rounding = 0x7fff + ((bits >> 16) & 1);
   return uint16_t((bits + rounding) >> 16);
@@ -44,14 +50,11 @@ inline float f16_to_float(uint16_t h) {
   } else {
     bits = sign | (exp + 127 - 15) << 23 | (mant << 13);
   }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return bits_float(bits);
 }
 
 inline uint16_t float_to_f16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
+  const uint32_t bits = float_bits(f);
   uint16_t sign = uint16_t((bits >> 16) & 0x8000);
   uint32_t absbits = bits & 0x7fffffff;
   if (absbits >= 0x7f800000) return sign | 0x7c00 | (absbits > 0x7f800000 ? 0x200 : 0);
