@@ -103,6 +103,22 @@ async function sameAsOneProcess(nproc: number, localWorld: number): Promise<void
   );
 }
 
+/** Driver mode's results on process 0 (the others served without error) equal `want` bit for bit. */
+function assertDriven(reports: ChildReport[], want: Record<string, Float32Array>): void {
+  for (const r of reports.slice(1)) assert.is(r.served, 'ok', JSON.stringify(r));
+  const got = reports[0]!.results as unknown as Record<string, Encoded>;
+  assert.equal(Object.keys(got).sort(), Object.keys(want).sort());
+  for (const [k, enc] of Object.entries(got)) {
+    const w = want[k]!;
+    assert.ok(
+      w.length > 0 &&
+        Buffer.compare(Buffer.from(enc.b64, 'base64'), Buffer.from(w.buffer, w.byteOffset, w.byteLength)) ===
+          0,
+      `${k} differs`,
+    );
+  }
+}
+
 s('every ring family at world 4 as 2 processes × 2 ranks matches one process bit for bit', async () => {
   await sameAsOneProcess(2, 2);
 });
@@ -124,20 +140,7 @@ s(
       const t0 = Date.now();
       const { reports, code, stderr } = await launch(nproc, { localWorld, exportName: 'drive', arg: null });
       assert.is(code, 0, stderr);
-      for (const r of reports.slice(1)) assert.is(r.served, 'ok', JSON.stringify(r));
-      const got = reports[0]!.results as unknown as Record<string, Encoded>;
-      assert.equal(Object.keys(got).sort(), Object.keys(want).sort());
-      for (const [k, enc] of Object.entries(got)) {
-        const w = want[k]!;
-        assert.ok(
-          w.length > 0 &&
-            Buffer.compare(
-              Buffer.from(enc.b64, 'base64'),
-              Buffer.from(w.buffer, w.byteOffset, w.byteLength),
-            ) === 0,
-          `${k} differs`,
-        );
-      }
+      assertDriven(reports, want);
       console.log(
         `  driver mode, ${nproc} processes × ${localWorld}: launch to exit ${Date.now() - t0} ms, the calls ${reports[0]!.callMs} ms`,
       );
@@ -164,20 +167,7 @@ s(
         arg: null,
       });
       assert.is(code, 0, stderr);
-      for (const r of reports.slice(1)) assert.is(r.served, 'ok', JSON.stringify(r));
-      const got = reports[0]!.results as unknown as Record<string, Encoded>;
-      assert.equal(Object.keys(got).sort(), Object.keys(want).sort());
-      for (const [k, enc] of Object.entries(got)) {
-        const w = want[k]!;
-        assert.ok(
-          w.length > 0 &&
-            Buffer.compare(
-              Buffer.from(enc.b64, 'base64'),
-              Buffer.from(w.buffer, w.byteOffset, w.byteLength),
-            ) === 0,
-          `${k} differs`,
-        );
-      }
+      assertDriven(reports, want);
       const store = reports[0]!.storeBytes!;
       assert.ok(store > 0 && store < 64 * 1024, `the store carried ${store} bytes (tensors: ${tensorBytes})`);
       console.log(
