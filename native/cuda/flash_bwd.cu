@@ -792,26 +792,27 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
 #endif
 }
 
+// One CTA per (key tile, kv head, span, split) of a backward kernel with traits Tr.
+template <class Tr, class Kernel>
+void launch_key_tiles(Kernel kernel, const char* name, const FlashBwdParams& p, const BwdGrid& grid,
+                      cudaStream_t s) {
+  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans * grid.num_splits;
+  if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
+  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
+  RFA_CHECK_LAUNCH(name);
+}
+
 template <int kHeadDim, typename T, bool kCausal>
 void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   using Tr = BwdTraits<kHeadDim>;
-  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans * grid.num_splits;
-  if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
-  auto kernel = flash_bwd_kernel<Tr, T, kCausal>;
-  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
-  RFA_CHECK_LAUNCH("flash_bwd_kernel");
+  launch_key_tiles<Tr>(flash_bwd_kernel<Tr, T, kCausal>, "flash_bwd_kernel", p, grid, s);
 }
 
 template <typename T, bool kCausal, bool kDet>
 void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  using Tr = BwdWgTraits;
-  const int64_t blocks = int64_t(grid.num_n_blocks) * p.shape.nheads_k * grid.num_spans * grid.num_splits;
-  if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
-  auto kernel = flash_bwd_wgmma_kernel<T, kCausal, kDet>;
-  RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
-  RFA_CHECK_LAUNCH("flash_bwd_wgmma_kernel");
+  launch_key_tiles<BwdWgTraits>(flash_bwd_wgmma_kernel<T, kCausal, kDet>, "flash_bwd_wgmma_kernel", p, grid,
+                                s);
 }
 
 void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaStream_t stream,
