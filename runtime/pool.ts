@@ -528,20 +528,22 @@ export class Runtime {
     this.flight = flight;
     let firstError: RingFlashAttnError | undefined;
     let grace: NodeJS.Timeout | undefined;
+    // After ms, the ranks still running are terminated and replaced, the call failing with E_TIMEOUT.
+    const cutAfter = (ms: number, message: (stuck: number[]) => string, cause?: RingFlashAttnError) =>
+      setTimeout(
+        () =>
+          this.cut(
+            flight,
+            (stuck) => new RingFlashAttnError('E_TIMEOUT', message(stuck), { cause, rank: stuck[0] }),
+          ),
+        ms,
+      );
     const deadline =
       timeoutMs > 0
-        ? setTimeout(
-            () =>
-              this.cut(
-                flight,
-                (stuck) =>
-                  new RingFlashAttnError(
-                    'E_TIMEOUT',
-                    `'${name}' timed out after ${timeoutMs} ms: ${rankList(stuck)} had not returned; terminated and replaced`,
-                    { rank: stuck[0] },
-                  ),
-              ),
+        ? cutAfter(
             timeoutMs,
+            (stuck) =>
+              `'${name}' timed out after ${timeoutMs} ms: ${rankList(stuck)} had not returned; terminated and replaced`,
           )
         : undefined;
     const onAbort = () => this.cut(flight, () => aborted(name, signal!));
@@ -556,18 +558,11 @@ export class Runtime {
       // The other ranks' waits are woken by the abort; one still running after the grace is
       // stuck in user code (or a kernel that will not end) and is terminated.
       const graceMs = Math.min(this.timeoutMs, FAILURE_GRACE_MS);
-      grace = setTimeout(
-        () =>
-          this.cut(
-            flight,
-            (stuck) =>
-              new RingFlashAttnError(
-                'E_TIMEOUT',
-                `${rankList(stuck)} did not return within ${graceMs} ms after rank ${e.rank} failed (${e.code}: ${e.message}); terminated and replaced`,
-                { cause: e, rank: stuck[0] },
-              ),
-          ),
+      grace = cutAfter(
         graceMs,
+        (stuck) =>
+          `${rankList(stuck)} did not return within ${graceMs} ms after rank ${e.rank} failed (${e.code}: ${e.message}); terminated and replaced`,
+        e,
       );
     };
     const settled = await Promise.all(
