@@ -113,6 +113,13 @@ let tarball = '';
 let packed: string[] = [];
 let consumer = '';
 
+s('git tracks no node_modules (a committed link would replace the installed folder on checkout)', () => {
+  if (!fs.existsSync(path.join(repo, '.git'))) return; // an unpacked tarball: nothing to check
+  const r = spawnSync('git', ['ls-files', '--', 'node_modules'], { cwd: repo, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.is(r.stdout.trim(), '', `tracked: ${r.stdout.trim()}`);
+});
+
 s('npm pack ships dist (without tests), the native sources and a prebuilt addon', () => {
   assert.ok(
     fs.existsSync(builtAddon),
