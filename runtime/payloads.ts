@@ -3,6 +3,7 @@
 // its typed arrays, each replaced by a placeholder saying its type and length) and the typed
 // arrays themselves, and puts them back together on the other side.
 import { Packr } from 'msgpackr';
+import { mapTree, WALK } from './transfer.js';
 
 /** Marks a placeholder of a typed array in a skeleton. */
 const PAYLOAD_TAG = '__ringFlashAttnPayload';
@@ -35,32 +36,21 @@ function typeName(x: ArrayBufferView): TypeName | undefined {
   return (Object.keys(TYPES) as TypeName[]).find((t) => x instanceof TYPES[t]);
 }
 
-const isPlain = (x: object) => {
-  const proto = Object.getPrototypeOf(x) as unknown;
-  return proto === Object.prototype || proto === null;
-};
-
 /**
  * The skeleton of `value` and its typed arrays, in the order of their placeholders' indices.
  * Only arrays and plain objects are walked (what driver-mode tasks and results are made of).
  */
 export function splitPayloads(value: unknown): { skeleton: unknown; payloads: Payload[] } {
   const payloads: Payload[] = [];
-  const walk = (x: unknown): unknown => {
-    if (ArrayBuffer.isView(x)) {
-      const type = typeName(x);
-      if (!type) return x;
-      const p = x as Payload;
-      payloads.push(p);
-      const ph: Placeholder = { [PAYLOAD_TAG]: payloads.length - 1, type, length: p.length };
-      return ph;
-    }
-    if (Array.isArray(x)) return x.map(walk);
-    if (x && typeof x === 'object' && isPlain(x))
-      return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, walk(v)]));
-    return x;
-  };
-  return { skeleton: walk(value), payloads };
+  const skeleton = mapTree(value, (x) => {
+    const type = ArrayBuffer.isView(x) ? typeName(x) : undefined;
+    if (!type) return WALK;
+    const p = x as Payload;
+    payloads.push(p);
+    const ph: Placeholder = { [PAYLOAD_TAG]: payloads.length - 1, type, length: p.length };
+    return ph;
+  });
+  return { skeleton, payloads };
 }
 
 function isPlaceholder(x: unknown): x is Placeholder {
@@ -70,12 +60,7 @@ function isPlaceholder(x: unknown): x is Placeholder {
 /** The placeholders of a skeleton, by index: what the receiver allocates before the payloads arrive. */
 export function placeholders(skeleton: unknown): Placeholder[] {
   const found: Placeholder[] = [];
-  const walk = (x: unknown): void => {
-    if (isPlaceholder(x)) found[x[PAYLOAD_TAG]] = x;
-    else if (Array.isArray(x)) x.forEach(walk);
-    else if (x && typeof x === 'object' && isPlain(x)) Object.values(x).forEach(walk);
-  };
-  walk(skeleton);
+  mapTree(skeleton, (x) => (isPlaceholder(x) ? (found[x[PAYLOAD_TAG]] = x) : WALK));
   return found;
 }
 
@@ -86,14 +71,7 @@ export function allocate(p: Placeholder): Payload {
 
 /** The skeleton with each placeholder replaced by its payload. */
 export function joinPayloads(skeleton: unknown, payloads: readonly Payload[]): unknown {
-  const walk = (x: unknown): unknown => {
-    if (isPlaceholder(x)) return payloads[x[PAYLOAD_TAG]];
-    if (Array.isArray(x)) return x.map(walk);
-    if (x && typeof x === 'object' && isPlain(x))
-      return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, walk(v)]));
-    return x;
-  };
-  return walk(skeleton);
+  return mapTree(skeleton, (x) => (isPlaceholder(x) ? payloads[x[PAYLOAD_TAG]] : WALK));
 }
 
 // What is left in a skeleton (Maps, Sets, Dates) keeps its type across processes.

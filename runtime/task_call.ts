@@ -4,21 +4,15 @@
 import type { RankContext } from './context.js';
 import { fail } from './errors.js';
 import { DeviceTensor } from './tensor.js';
-import { TENSOR_TAG, uncloneablePath } from './transfer.js';
+import { mapTree, TENSOR_TAG, uncloneablePath, WALK } from './transfer.js';
 
 /** DeviceTensors in a result come back to the caller as tagged host { shape, dtype, data }. */
 export function transferable(value: unknown, c: RankContext): unknown {
-  if (value instanceof DeviceTensor)
-    return {
-      [TENSOR_TAG]: true,
-      shape: [...value.shape],
-      dtype: value.dtype,
-      data: c.backend.download(value),
-    };
-  if (Array.isArray(value)) return value.map((v) => transferable(v, c));
-  if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, transferable(v, c)]));
-  return value;
+  return mapTree(value, (x) =>
+    x instanceof DeviceTensor
+      ? { [TENSOR_TAG]: true, shape: [...x.shape], dtype: x.dtype, data: c.backend.download(x) }
+      : WALK,
+  );
 }
 
 /** Runs `exportName` of `moduleUrl` with (ctx, arg), waits for its device work, and returns its result as host data. */

@@ -50,17 +50,32 @@ export function uncloneablePath(value: unknown, path: string, seen = new Set<obj
   return null;
 }
 
+/** What a mapTree visitor returns to walk into a value instead of replacing it. */
+export const WALK: unique symbol = Symbol('walk');
+
+/**
+ * `value` with each part that `visit` replaces replaced; the parts it answers WALK for are walked
+ * into when they are arrays or plain objects (the shapes tasks and results are made of) and kept
+ * as they are otherwise.
+ */
+export function mapTree(value: unknown, visit: (x: unknown) => unknown): unknown {
+  const r = visit(value);
+  if (r !== WALK) return r;
+  if (Array.isArray(value)) return value.map((v) => mapTree(v, visit));
+  if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTree(v, visit)]));
+  return value;
+}
+
 /** Turns the tagged tensors of a worker's result into ndarrays; everything else stays as it came. */
 export function fromTransfer(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(fromTransfer);
-  if (!value || typeof value !== 'object' || Object.getPrototypeOf(value) !== Object.prototype) return value;
-  const v = value as Record<string, unknown>;
-  if (v[TENSOR_TAG] === true) {
+  return mapTree(value, (x) => {
+    const v = x as Record<string, unknown> | null;
+    if (!v || typeof v !== 'object' || v[TENSOR_TAG] !== true) return WALK;
     const nd = ndarray(v.data as HostData, v.shape as number[]);
     Object.defineProperty(nd, 'dtype', { value: v.dtype, enumerable: true });
     return nd as HostResult;
-  }
-  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, fromTransfer(x)]));
+  });
 }
 
 /** An error that escaped a task on a worker (StrayError), as the worker reports it. */
