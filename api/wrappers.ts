@@ -153,7 +153,7 @@ function attend<O extends RingOptions>({ variant, frame, parse }: FamilyDef<O>, 
   const backend = currentContext().backend;
   const [q, k, v] = [c.q, c.k, c.v].map(frame.toKernel) as [DeviceTensor, DeviceTensor, DeviceTensor];
   variant.check?.(c.fn, q, k, a.o, a.group);
-  checkBackendSupports(c.fn, backend, a.o);
+  checkBackendSupports(c.fn, backend, a.o, q.shape[q.shape.length - 1]!);
   checkAlibi(c.fn, variant.layout, q, a.o);
   if ((a.o.dropoutP ?? 0) > 0 && a.o.dropoutSeed === undefined) a.o.dropoutSeed = freshSeed(a.group);
   const fwd: RingForward = variant.forward(backend, a.group, q, k, v, a.o);

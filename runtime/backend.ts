@@ -218,31 +218,7 @@ export abstract class Backend {
     lse: DeviceTensor,
     o: args.FwdOptions,
   ): void {
-    this.checkHooks(o.hooks);
     this.kernels.flashFwd(args.fwdArgs(q, k, v, out, lse, o));
-  }
-
-  /**
-   * The CUDA kernels read no score hooks yet: a call that carries any fails rather than
-   * computing plain attention (api/hooks.ts refuses the options by name before this).
-   */
-  private checkHooks(h: args.ScoreHooks | undefined): void {
-    if (this.name !== 'cuda' || !h) return;
-    const on = [
-      h.windowLeft !== undefined && h.windowLeft >= 0 ? 'window' : '',
-      h.windowRight !== undefined && h.windowRight >= 0 && !(h.windowLeft! < 0 && h.windowRight === 0)
-        ? 'window'
-        : '',
-      h.softcap ? 'softcap' : '',
-      h.alibi ? 'alibi_slopes' : '',
-      h.dropoutP ? 'dropout' : '',
-      h.positions ? 'positions' : '',
-    ].filter(Boolean);
-    if (on.length > 0)
-      fail(
-        'E_UNSUPPORTED',
-        `flash kernels: ${[...new Set(on)].join(', ')} not supported on the CUDA backend yet`,
-      );
   }
 
   /** dsum = rowsum(dout * out), once per backward with the global out. */
@@ -251,7 +227,6 @@ export abstract class Backend {
   }
 
   flashBwd(t: args.BwdTensors, o: args.BwdOptions): void {
-    this.checkHooks(o.hooks);
     this.kernels.flashBwd(args.bwdArgs(t, o));
   }
 

@@ -3,7 +3,7 @@
 // on the CPU backend, forward and backward against the fp64 masked reference (test/reference.ts)
 // whose dropout uses the same generator written again (test/philox_reference.ts). Also: the
 // generator's known answers, the block plans of a window against a brute-force visibility check,
-// the dropout mask identical at world 1 and 8, the bytes a window saves, and the CUDA refusal.
+// the dropout mask identical at world 1 and 8, the bytes a window saves, and what the CUDA backend passes on or refuses.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { RingRuntime } from '../api/index.js';
@@ -741,39 +741,41 @@ s('alibi_slopes as a float32 DeviceTensor in SPMD code equals the host array', a
   assert.equal(same, [true, true]);
 });
 
-s('a CUDA backend given kernel hooks fails before launching anything', () => {
-  const launched: string[] = [];
-  const fake = Object.setPrototypeOf(
-    { name: 'cuda', kernels: { flashFwd: () => launched.push('fwd'), flashBwd: () => launched.push('bwd') } },
-    Object.getPrototypeOf(CpuBackend.prototype) as object,
-  ) as Backend;
-  const o = { softmaxScale: 1, causal: false };
-  for (const [hooks, re] of [
-    [{ softcap: 2 }, /softcap not supported on the CUDA backend/],
-    [{ windowLeft: 4, windowRight: 0 }, /window not supported on the CUDA backend/],
-    [{ dropoutP: 0.5, dropoutSeed: 1 }, /dropout not supported on the CUDA backend/],
-  ] as const) {
-    try {
-      fake.flashFwd(null as never, null as never, null as never, null as never, null as never, {
-        ...o,
-        hooks,
-      });
-      assert.unreachable();
-    } catch (e) {
-      assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED');
-      assert.match((e as Error).message, re);
-    }
-    try {
-      fake.flashBwd(null as never, { ...o, hooks, accumulate: false, deterministic: false });
-      assert.unreachable();
-    } catch (e) {
-      assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED');
-    }
-  }
-  assert.equal(launched, []);
+s('a CUDA backend passes the kernel hooks through to its kernels', () => {
+  const cpu = new CpuBackend(10_000);
+  const mods: [string, Record<string, unknown>][] = [];
+  const fake = Object.assign(Object.create(cpu) as Backend, {
+    name: 'cuda',
+    kernels: {
+      flashFwd: (a: { mods: Record<string, unknown> }) => mods.push(['fwd', a.mods]),
+      flashBwd: (a: { mods: Record<string, unknown> }) => mods.push(['bwd', a.mods]),
+    },
+  });
+  const t = (shape: number[]) => cpu.zeros(shape, 'bfloat16');
+  const [q, out, lse, dsum] = [
+    t([1, 8, 2, 64]),
+    t([1, 8, 2, 64]),
+    cpu.zeros([1, 2, 8], 'float32'),
+    cpu.zeros([1, 2, 8], 'float32'),
+  ];
+  const o = { softmaxScale: 1, causal: false, hooks: { softcap: 2, windowLeft: 4, windowRight: 0 } };
+  fake.flashFwd(q, q, q, out, lse, o);
+  const g = cpu.zeros([1, 8, 2, 64], 'float32');
+  fake.flashBwd(
+    { dout: q, q, k: q, v: q, lse, dsum, dq: g, dk: g, dv: g },
+    { ...o, accumulate: false, deterministic: false },
+  );
+  assert.equal(
+    mods.map(([k, m]) => [k, m.softcap, m.window_left, m.window_right]),
+    [
+      ['fwd', 2, 4, 0],
+      ['bwd', 2, 4, 0],
+    ],
+  );
+  for (const x of [q, out, lse, dsum, g]) x.dispose();
 });
 
-s('on the CUDA backend each option raises E_UNSUPPORTED naming it and the backend', () => {
+s('on the CUDA backend an option with head_dim > 128 raises E_UNSUPPORTED naming both', () => {
   const cuda = { name: 'cuda' } as Backend;
   const base = { softmaxScale: 1, causal: true, deterministic: false };
   for (const [o, name] of [
@@ -782,20 +784,21 @@ s('on the CUDA backend each option raises E_UNSUPPORTED naming it and the backen
     [{ alibi: { values: new Float32Array(2), shape: [2] } }, 'alibi_slopes'],
     [{ dropoutP: 0.1 }, 'dropout_p'],
   ] as const) {
+    checkBackendSupports('ring_flash_attn_func', cuda, { ...base, ...o } as never, 128);
     try {
-      checkBackendSupports('ring_flash_attn_func', cuda, { ...base, ...o } as never);
+      checkBackendSupports('ring_flash_attn_func', cuda, { ...base, ...o } as never, 256);
       assert.unreachable();
     } catch (e) {
       assert.is((e as RingFlashAttnError).code, 'E_UNSUPPORTED');
       assert.match(
         (e as Error).message,
-        new RegExp(`^ring_flash_attn_func: ${name} is not supported on the CUDA backend`),
+        new RegExp(`^ring_flash_attn_func: ${name} with head_dim 256 is not supported on the CUDA backend`),
       );
     }
   }
   // causal alone is no window; the CPU backend takes everything
-  checkBackendSupports('f', cuda, { ...base, window: [-1, 0] });
-  checkBackendSupports('f', { name: 'cpu' } as Backend, { ...base, softcap: 1, window: [2, 0] });
+  checkBackendSupports('f', cuda, { ...base, window: [-1, 0] }, 256);
+  checkBackendSupports('f', { name: 'cpu' } as Backend, { ...base, softcap: 1, window: [2, 0] }, 256);
 });
 
 s.run();

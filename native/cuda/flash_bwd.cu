@@ -38,6 +38,7 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/fill.h"
 #include "cuda/flash_traits.h"
+#include "cuda/score_hooks.cuh"
 #include "launch_plan.h"
 
 namespace rfa::cuda {
@@ -83,7 +84,7 @@ struct BwdWork {
   bool active;
 };
 
-template <int kBlockN, int kBlockM, bool kCausal>
+template <int kBlockN, int kBlockM, bool kCausal, bool kHooks = false>
 __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGrid& grid) {
   BwdWork w;
   const int heads_k = p.shape.nheads_k;
@@ -101,6 +102,13 @@ __device__ __forceinline__ BwdWork bwd_work(const FlashBwdParams& p, const BwdGr
   const int first_row = kCausal ? max(0, w.n0 - w.diag) : 0;
   w.m_begin = first_row / kBlockM;
   w.m_tiles = first_row < w.sp.nq ? (w.sp.nq + kBlockM - 1) / kBlockM - w.m_begin : 0;
+  if constexpr (kHooks) {  // only the query tiles whose windows reach this key tile
+    const SpanHooks hk = span_hooks(p.mods, p.shape, w.sp, w.span_id, w.hk * w.group, p.seg.num_seqs > 0);
+    int q_begin = 0, q_end = 0;
+    if (w.keys_valid > 0) hk.query_range(w.n0, w.keys_valid, w.sp.nq, &q_begin, &q_end);
+    w.m_begin = q_begin / kBlockM;
+    w.m_tiles = q_end > q_begin ? (q_end + kBlockM - 1) / kBlockM - w.m_begin : 0;
+  }
   const int all_steps = w.group * w.m_tiles;
   const int per_split_steps = (all_steps + grid.num_splits - 1) / grid.num_splits;
   w.step0 = min(all_steps, split * per_split_steps);
@@ -295,7 +303,8 @@ __device__ __forceinline__ void gemm_regs_x_tile(float (&acc)[Tr::kDTiles][4],
   }
 }
 
-template <class Tr, typename T, bool kCausal>
+// kHooks: the instance with the score hooks (score_hooks.cuh); the plain ones never pay for them.
+template <class Tr, typename T, bool kCausal, bool kHooks>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_bwd_kernel(const FlashBwdParams p, const BwdGrid grid) {
   using Mma = MmaType<T>;
@@ -310,7 +319,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       reinterpret_cast<float*>(sdS + Tr::kBlockN * Tr::kPitchDs);  // [kStages][kBlockM], lse * log2(e)
   float* sDsum = sLse + Tr::kStages * Tr::kBlockM;                 // [kStages][kBlockM]
 
-  const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal>(p, grid);
+  const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal, kHooks>(p, grid);
   if (!w.active) return;
   const Span sp = w.sp;
   const int hk = w.hk, n0 = w.n0, keys_valid = w.keys_valid, diag = w.diag;
@@ -399,27 +408,64 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       // P^T = exp2(S^T * scale_log2 - lse_log2), S^T = K Q^T (16 keys x kQChunk queries per warp).
       float pt[kQT][4] = {};
       gemm_rows_x_rows<Tr, T, Tr::kQChunk>(pt, sK, a_off, sQs + q0 * kPitch, b_off);
+      // The hook instance: pt becomes the dropped P^T (for dV), coef the softcap derivative times
+      // P^T, and keep_bits which elements survived dropout.
+      [[maybe_unused]] float coef[kQT][4];
+      [[maybe_unused]] uint32_t keep_bits = 0;
+      [[maybe_unused]] float keep_scale = 1.f;
+      if constexpr (kHooks) {
+        const SpanHooks hk = span_hooks(p.mods, p.shape, sp, w.span_id, h, p.seg.num_seqs > 0);
+        keep_scale = hk.keep_scale;
 #pragma unroll
-      for (int nt = 0; nt < kQT; ++nt)
+        for (int nt = 0; nt < kQT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = q0 + nt * kMmaN + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
-          float pr = fast_exp2(fmaf(pt[nt][e], grid.scale_log2, -lse[q]));
-          if (needs_mask && (key >= sp.nk || (kCausal && key > m0 + q + diag))) pr = 0.f;
-          pt[nt][e] = pr;
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int q = q0 + nt * kMmaN + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8, row = m0 + q;
+            float pr = 0.f, d = 0.f;
+            bool keep = true;
+            if (row < sp.nq && key < sp.nk) {
+              const int qp = hk.qpos(row), kp = hk.kpos(key);
+              if (hk.visible(qp, kp)) {
+                pr = fast_exp2(fmaf(hk.score(pt[nt][e], qp, kp, &d), grid.scale_log2, -lse[q]));
+                if (hk.dropout) keep = hk.kept(qp, kp);
+              }
+            }
+            const int bit = nt * 4 + e;
+            if (keep) keep_bits |= 1u << bit;
+            coef[nt][e] = d * pr;
+            pt[nt][e] = hk.dropout ? (keep ? pr * keep_scale : 0.f) : pr;
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int q = q0 + nt * kMmaN + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
+            float pr = fast_exp2(fmaf(pt[nt][e], grid.scale_log2, -lse[q]));
+            if (needs_mask && (key >= sp.nk || (kCausal && key > m0 + q + diag))) pr = 0.f;
+            pt[nt][e] = pr;
+          }
+      }
 
       // dV += P^T dO
       gemm_regs_x_tile<Tr, T>(acc_dv, pt, sdOs + q0 * kPitch, bt_off);
 
-      // dP^T = V dO^T, then dS^T = P^T (dP^T - dsum) in place.
+      // dP^T = V dO^T, then dS^T = P^T (dP^T - dsum) in place (hooked: coef (z dP^T - dsum), with z
+      // the dropout factor; dsum is rowsum(dO * O) of the dropped O).
       float dst[kQT][4] = {};
       gemm_rows_x_rows<Tr, T, Tr::kQChunk>(dst, sV, a_off, sdOs + q0 * kPitch, b_off);
 #pragma unroll
       for (int nt = 0; nt < kQT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          dst[nt][e] = pt[nt][e] * (dst[nt][e] - dsum[q0 + nt * kMmaN + 2 * t + (e & 1)]);
+        for (int e = 0; e < 4; ++e) {
+          const float ds = dsum[q0 + nt * kMmaN + 2 * t + (e & 1)];
+          if constexpr (kHooks) {
+            const float z = keep_bits >> (nt * 4 + e) & 1u ? keep_scale : 0.f;
+            dst[nt][e] = coef[nt][e] * fmaf(z, dst[nt][e], -ds);
+          } else {
+            dst[nt][e] = pt[nt][e] * (dst[nt][e] - ds);
+          }
+        }
 
       // dK += dS^T Q (the softmax scale is applied once, in the epilogue)
       gemm_regs_x_tile<Tr, T>(acc_dk, dst, sQs + q0 * kPitch, bt_off);
@@ -463,7 +509,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     const float scale = p.shape.softmax_scale;
     float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
     int* turn = dq_turn(p, grid, w, h, qt);
-    if (turn) wait_turn(turn, n0 / Tr::kBlockN);
+    // This key tile's turn on query tile qt: its place among the key tiles that visit qt (under a
+    // window the first of them need not be tile 0).
+    int my_turn = n0 / Tr::kBlockN;
+    if constexpr (kHooks)
+      if (turn) {
+        const SpanHooks hk = span_hooks(p.mods, p.shape, sp, w.span_id, h, p.seg.num_seqs > 0);
+        int k_begin = 0, k_end = 0;
+        hk.key_range(m0, min(Tr::kBlockM, sp.nq - m0), sp.nk, &k_begin, &k_end);
+        my_turn -= k_begin / Tr::kBlockN;
+      }
+    if (turn) wait_turn(turn, my_turn);
 #pragma unroll
     for (int mt = 0; mt < Tr::kDqMTiles; ++mt)
 #pragma unroll
@@ -477,7 +533,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
           atomic_add_pair(row + dt * kMmaN, x, y, grid.dq_pairs);
         }
       }
-    if (turn) pass_turn(turn, n0 / Tr::kBlockN + 1);
+    if (turn) pass_turn(turn, my_turn + 1);
   }
 
   cp_async_wait<0>();  // nothing may still be landing in shared memory when the CTA exits
@@ -803,10 +859,10 @@ void launch_key_tiles(Kernel kernel, const char* name, const FlashBwdParams& p, 
   RFA_CHECK_LAUNCH(name);
 }
 
-template <int kHeadDim, typename T, bool kCausal>
+template <int kHeadDim, typename T, bool kCausal, bool kHooks = false>
 void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   using Tr = BwdTraits<kHeadDim>;
-  launch_key_tiles<Tr>(flash_bwd_kernel<Tr, T, kCausal>, "flash_bwd_kernel", p, grid, s);
+  launch_key_tiles<Tr>(flash_bwd_kernel<Tr, T, kCausal, kHooks>, "flash_bwd_kernel", p, grid, s);
 }
 
 template <typename T, bool kCausal, bool kDet>
@@ -893,7 +949,9 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
                      ScratchBlock& turns, const LaunchOverrides& o) {
   // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
   // fallback, where its body is empty) take the mma.sync kernel.
-  if (kHeadDim == 128 && current_device().sm90) {
+  // The hook instance (mma.sync) masks causal calls itself (window right 0, global positions).
+  const bool hooks = p.mods.any(p.shape.causal);
+  if (kHeadDim == 128 && current_device().sm90 && !hooks) {
     grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns, o);
     const bool c = p.shape.causal, d = p.deterministic;
     if (c && d)
@@ -907,7 +965,9 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
     return;
   }
   grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns, o);
-  if (p.shape.causal)
+  if (hooks)
+    launch_bwd<kHeadDim, T, false, true>(p, grid, s);
+  else if (p.shape.causal)
     launch_bwd<kHeadDim, T, true>(p, grid, s);
   else
     launch_bwd<kHeadDim, T, false>(p, grid, s);
@@ -937,10 +997,7 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) 
 }
 
 void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch, const LaunchOverrides& o) {
-  if (p.mods.any(p.shape.causal))  // as in flash_fwd: never run as if the hooks were off
-    RFA_THROW("E_UNSUPPORTED",
-              "flash_bwd: window_size, softcap, alibi_slopes, dropout_p and global positions are not in the "
-              "CUDA kernels yet (the CPU backend has them)");
+  check_mods("flash_bwd", p.mods, p.seg);
   const AttnShape& sh = p.shape;
   check_attn("flash_bwd", sh, p.dtype, p.seg);
   const bool varlen = p.seg.num_seqs > 0;

@@ -30,6 +30,7 @@
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
 #include "cuda/flash_wgmma.cuh"
+#include "cuda/score_hooks.cuh"
 #include "cuda/fwd/epilogue.cuh"
 #include "cuda/fwd/launch.h"
 #include "launch_plan.h"
@@ -82,6 +83,50 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
         const int row = row0 + mt * kMmaM + (e >> 1) * 8, key = key0 + nt * kMmaN + (e & 1);
         if (key >= nk || (kCausal && key > row + diag)) s[mt][nt][e] = -INFINITY;
       }
+}
+
+// The hook instance's scores: each element through SpanHooks (window mask, softcap, ALiBi), keys
+// past the span -inf. Query rows past the span read the span's last position (never stored).
+template <class Tr>
+__device__ __forceinline__ void hook_scores(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
+                                            const SpanHooks& hk, int row0, int key0, int nq, int nk) {
+#pragma unroll
+  for (int mt = 0; mt < Tr::kMTilesPerWarp; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int qp = hk.qpos(min(row0 + mt * kMmaM + hi * 8, nq - 1));
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+        for (int e = 2 * hi; e < 2 * hi + 2; ++e) {
+          const int key = key0 + nt * kMmaN + (e & 1);
+          float& x = s[mt][nt][e];
+          const int kp = key < nk ? hk.kpos(key) : 0;
+          float unused;
+          x = key < nk && hk.visible(qp, kp) ? hk.score(x, qp, kp, &unused) : -INFINITY;
+        }
+    }
+}
+
+// Dropout on the probabilities that multiply V (the softmax sum keeps them all, as flash-attn's).
+template <class Tr>
+__device__ __forceinline__ void drop_probs(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
+                                           const SpanHooks& hk, int row0, int key0, int nq, int nk) {
+#pragma unroll
+  for (int mt = 0; mt < Tr::kMTilesPerWarp; ++mt)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int qp = hk.qpos(min(row0 + mt * kMmaM + hi * 8, nq - 1));
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt) {
+        const int key = key0 + nt * kMmaN;  // even: the pair key, key + 1
+        if (key >= nk) continue;            // probabilities past the span are 0 already
+        float z0, z1;
+        hk.keep2(qp, hk.kpos(key), hk.kpos(min(key + 1, nk - 1)), &z0, &z1);
+        s[mt][nt][2 * hi] *= z0;
+        s[mt][nt][2 * hi + 1] *= z1;
+      }
+    }
 }
 
 // Online softmax over one key tile: the rows' new running max, the accumulator and sum rescaled
@@ -178,7 +223,7 @@ struct TileRows {
   int it_begin, it_end;
 };
 
-template <class Tr, bool kCausal>
+template <class Tr, bool kCausal, bool kHooks = false>
 __device__ __forceinline__ TileRows tile_rows(const FlashFwdParams& p, const FwdGrid& grid,
                                               const TileJob& job) {
   const int heads = p.shape.nheads;
@@ -190,9 +235,16 @@ __device__ __forceinline__ TileRows tile_rows(const FlashFwdParams& p, const Fwd
   tr.rows_valid = min(Tr::kBlockM, tr.sp.nq - tr.m0);
   tr.diag = tr.sp.nk - tr.sp.nq;
   tr.it_begin = 0, tr.it_end = key_tiles<Tr>(tr.sp.nq, tr.sp.nk, tr.m0, kCausal);
+  if constexpr (kHooks) {  // only the key tiles that some row's window reaches
+    const SpanHooks hk = span_hooks(p.mods, p.shape, tr.sp, job.j / heads, tr.h, p.seg.num_seqs > 0);
+    int k_begin = 0, k_end = 0;
+    if (tr.rows_valid > 0) hk.key_range(tr.m0, tr.rows_valid, tr.sp.nk, &k_begin, &k_end);
+    tr.it_begin = k_begin / Tr::kBlockN;
+    tr.it_end = k_end > k_begin ? (k_end + Tr::kBlockN - 1) / Tr::kBlockN : tr.it_begin;
+  }
   if (job.piece >= 0) {
-    const int per = (tr.it_end + grid.splits - 1) / grid.splits;
-    tr.it_begin = min(tr.it_end, job.piece * per);
+    const int first = tr.it_begin, per = (tr.it_end - first + grid.splits - 1) / grid.splits;
+    tr.it_begin = min(tr.it_end, first + job.piece * per);
     tr.it_end = min(tr.it_end, tr.it_begin + per);
   }
   return tr;
@@ -220,7 +272,7 @@ __device__ void write_keyless_tile(const FlashFwdParams& p, const FwdGrid& grid,
   for (int r = threadIdx.x; r < tr.rows_valid; r += Tr::kThreads) o.lse[int64_t(r) * o.lse_row] = -INFINITY;
 }
 
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kHooks>
 __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGrid& grid,
                                             const TileJob& job) {
   using Mma = MmaType<T>;
@@ -230,7 +282,7 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
   T* sK = sQ + Tr::kBlockM * kPitch;
   T* sV = sK + Tr::kBlockN * kPitch;
 
-  const TileRows tr = tile_rows<Tr, kCausal>(p, grid, job);
+  const TileRows tr = tile_rows<Tr, kCausal, kHooks>(p, grid, job);
   if (tr.m0 >= tr.sp.nq) return;
   if (tr.it_begin == tr.it_end) return write_keyless_tile<Tr, T>(p, grid, job, tr);
   const Span& sp = tr.sp;
@@ -300,11 +352,17 @@ __device__ __forceinline__ void attend_tile(const FlashFwdParams& p, const FwdGr
       }
     }
 
-    // Masking is needed only on the tile that crosses the span end or the causal diagonal.
-    const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > m0 + diag);
-    if (needs_mask) mask_scores<Tr, kCausal>(s, m0 + warp_row0 + g, n0 + 2 * t, sp.nk, diag);
-
-    online_softmax<Tr>(s, acc_o, row_max, row_sum, grid.scale_log2);
+    if constexpr (kHooks) {
+      const SpanHooks hk = span_hooks(p.mods, p.shape, sp, job.j / p.shape.nheads, h, p.seg.num_seqs > 0);
+      hook_scores<Tr>(s, hk, m0 + warp_row0 + g, n0 + 2 * t, sp.nq, sp.nk);
+      online_softmax<Tr>(s, acc_o, row_max, row_sum, grid.scale_log2);
+      if (hk.dropout) drop_probs<Tr>(s, hk, m0 + warp_row0 + g, n0 + 2 * t, sp.nq, sp.nk);
+    } else {
+      // Masking is needed only on the tile that crosses the span end or the causal diagonal.
+      const bool needs_mask = n0 + Tr::kBlockN > sp.nk || (kCausal && n0 + Tr::kBlockN - 1 > m0 + diag);
+      if (needs_mask) mask_scores<Tr, kCausal>(s, m0 + warp_row0 + g, n0 + 2 * t, sp.nk, diag);
+      online_softmax<Tr>(s, acc_o, row_max, row_sum, grid.scale_log2);
+    }
 
     cp_async_wait<0>();
     __syncthreads();  // V tile `it` landed; every warp is done reading K tile `it`
@@ -546,13 +604,15 @@ __device__ void merge_pieces(const FlashFwdParams& p, const FwdGrid& grid, const
   }
 }
 
-template <class Tr, typename T, bool kCausal>
+// kHooks: the instance with the score hooks (mma.sync tiles only); the plain ones never pay for them.
+template <class Tr, typename T, bool kCausal, bool kHooks = false>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kCtasPerSm)
     flash_fwd_kernel(const FlashFwdParams p, const FwdGrid grid) {
+  static_assert(!(kHooks && Tr::kWgmma), "the hooks are in the mma.sync tiles only");
   if constexpr (Tr::kWgmma)
     attend_tile_wgmma<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
   else
-    attend_tile<Tr, T, kCausal>(p, grid, tile_job(grid, p.shape.nheads));
+    attend_tile<Tr, T, kCausal, kHooks>(p, grid, tile_job(grid, p.shape.nheads));
   if (int(blockIdx.x) < grid.whole) return;
   // A piece: count it in, and the last of its tile merges them all.
   __shared__ bool last_piece;
@@ -604,7 +664,7 @@ FwdPlan plan_fwd(const AttnShape& sh, int num_m_blocks, int num_spans, bool varl
   return plan;
 }
 
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kHooks = false>
 void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan& plan, cudaStream_t s,
                 const Scratch& scratch) {
   constexpr int kHeadDim = Tr::kHeadDim;
@@ -630,7 +690,7 @@ void launch_fwd(const FlashFwdParams& p, int num_spans, int max_q, const FwdPlan
     grid.arrivals = reinterpret_cast<int*>(grid.part_out + part_floats);
     RFA_CUDA_CHECK(cudaMemsetAsync(grid.arrivals, 0, size_t(split_tiles) * sizeof(int), s));
   }
-  auto kernel = flash_fwd_kernel<Tr, T, kCausal>;
+  auto kernel = flash_fwd_kernel<Tr, T, kCausal, kHooks>;
   // Above 48 KB a kernel's dynamic shared memory must be opted into (per device, so every call).
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid);
@@ -646,14 +706,18 @@ void dispatch_causal(const FlashFwdParams& p, int num_spans, int max_q, const Fw
     launch_fwd<Tr, T, false>(p, num_spans, max_q, plan, s, scratch);
 }
 
-// The mma.sync kernels at their one residency.
-template <class Tr, typename T>
+// The mma.sync kernels at their one residency. kHooks: the instance with the score hooks, which
+// masks causal calls itself (window right 0, in global positions where given).
+template <class Tr, typename T, bool kHooks = false>
 void dispatch_mma(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s, const Scratch& scratch,
                   const LaunchOverrides& o) {
   static const std::vector<int> residencies{Tr::kCtasPerSm};  // per instantiation: no allocation per launch
   const int m_blocks = (max_q + Tr::kBlockM - 1) / Tr::kBlockM;
   const FwdPlan plan = plan_fwd<Tr>(p.shape, m_blocks, num_spans, p.seg.num_seqs > 0, residencies, o);
-  dispatch_causal<Tr, T>(p, num_spans, max_q, plan, s, scratch);
+  if constexpr (kHooks)
+    launch_fwd<Tr, T, false, true>(p, num_spans, max_q, plan, s, scratch);
+  else
+    dispatch_causal<Tr, T>(p, num_spans, max_q, plan, s, scratch);
 }
 
 // The wgmma kernel at two or three CTAs per SM, as the plan says (force_fwd_kernel may fix it).
@@ -685,10 +749,25 @@ template <typename T>
 void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaStream_t s,
                        const Scratch& scratch, const LaunchOverrides& o) {
   if (p.shape.head_dim > 128) {  // the Hopper forward's alone
+    if (p.mods.any(p.shape.causal))
+      RFA_THROW("E_UNSUPPORTED",
+                "flash_fwd: window_size, softcap, alibi_slopes, dropout_p and global positions "
+                "need head_dim <= 128 on CUDA (head_dim " +
+                    std::to_string(p.shape.head_dim) + ")");
     if (flash_fwd_hopper(p, s, scratch, o)) return;
     RFA_THROW("E_UNSUPPORTED",
               "flash_fwd: head_dim " + std::to_string(p.shape.head_dim) +
                   ": the driver declined a tensor map of q, k or v (a stride it cannot take)");
+  }
+  if (p.mods.any(p.shape.causal)) {  // the mma.sync kernels' hook instances, on every device
+    switch (p.shape.head_dim) {
+      case 32:
+        return dispatch_mma<FwdTraits<32>, T, true>(p, num_spans, max_q, s, scratch, o);
+      case 64:
+        return dispatch_mma<FwdTraits<64>, T, true>(p, num_spans, max_q, s, scratch, o);
+      default:
+        return dispatch_mma<FwdTraits<128, 1>, T, true>(p, num_spans, max_q, s, scratch, o);
+    }
   }
   if (use_hopper_fwd(p, o) && flash_fwd_hopper(p, s, scratch, o)) return;
   switch (p.shape.head_dim) {
@@ -722,12 +801,7 @@ void flash_fwd(const FlashFwdParams& params, cudaStream_t s, const Scratch& scra
                const LaunchOverrides& o) {
   RFA_CHECK_ARG(o.fwd_whole < 0 || (o.fwd_splits >= 1 && o.fwd_splits <= kMaxSplits),
                 "flash_fwd: overrides: fwd_splits out of range");
-  // The TypeScript layer refuses these options on CUDA first; a call that still carries one must
-  // not run as if it had none.
-  if (params.mods.any(params.shape.causal))
-    RFA_THROW("E_UNSUPPORTED",
-              "flash_fwd: window_size, softcap, alibi_slopes, dropout_p and global positions are not in the "
-              "CUDA kernels yet (the CPU backend has them)");
+  check_mods("flash_fwd", params.mods, params.seg);
   FlashFwdParams p = params;
   if (p.merge && !p.merge_src) {  // in place: the kernels always read the running out at merge_src
     RFA_CHECK_ARG(p.out_dtype == DType::f32, "flash_fwd: merging into a 16-bit out needs merge_src");

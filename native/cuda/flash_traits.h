@@ -26,14 +26,15 @@ constexpr int kChunkElems = 8;                    // one 16-byte cp.async / ldma
 // different bank groups (no conflicts), while rows stay 16-byte aligned for cp.async.
 constexpr int padded_pitch(int cols) { return cols + kChunkElems; }
 
-template <int kHeadDim_>
+// kMTiles_: m-tiles per warp. Two: every K/V fragment loaded by ldmatrix feeds two mma's, which
+// halves shared-memory traffic per flop (one m-tile per warp would be bound by ldmatrix). One: the
+// d=128 instance with the score hooks, whose per-element work would not fit beside two.
+template <int kHeadDim_, int kMTiles_ = 2>
 struct FwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * kWarpSize;
-  // Each warp owns two 16-row m-tiles: every K/V fragment loaded by ldmatrix feeds two mma's,
-  // which halves shared-memory traffic per flop (one m-tile per warp would be bound by ldmatrix).
-  static constexpr int kMTilesPerWarp = 2;
+  static constexpr int kMTilesPerWarp = kMTiles_;
   static constexpr int kRowsPerWarp = kMTilesPerWarp * kMmaM;
   static constexpr int kBlockM = kRowsPerWarp * kWarps;  // query rows per CTA
   static constexpr int kBlockN = 64;                     // key rows per K/V tile
@@ -265,6 +266,16 @@ inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const S
   RFA_CHECK_ARG(seg.max_seqlen_q >= 0 && seg.max_seqlen_q <= sh.seqlen_q && seg.max_seqlen_k >= 0 &&
                     seg.max_seqlen_k <= sh.seqlen_k,
                 f + ": varlen: max_seqlen_q/k must lie in [0, seqlen_q/k]");
+}
+
+// The score hooks' arguments (the bindings check their types; this, what a kernel relies on).
+inline void check_mods(const char* fn, const ScoreMods& m, const Segments& seg) {
+  const std::string f(fn);
+  RFA_CHECK_ARG((m.q_pos == nullptr) == (m.k_pos == nullptr), f + ": positions need both q_pos and k_pos");
+  RFA_CHECK_ARG(m.softcap >= 0.f && m.softcap < 3.0e38f, f + ": softcap must be >= 0 and finite");
+  RFA_CHECK_ARG(m.dropout_p >= 0.f && m.dropout_p < 1.f, f + ": dropout_p must lie in [0, 1)");
+  RFA_CHECK_ARG(!(m.positional() && seg.num_seqs > 0 && m.dropout_p > 0.f) || m.seq_tok,
+                f + ": varlen dropout with positions needs seq_tok");
 }
 
 // A 16-bit (b, s, h, d) view read with 16-byte cp.async: base and strides must be 16-byte aligned.
