@@ -68,6 +68,15 @@ function bsh(t: DeviceTensor, name: string) {
   return t.kernelView(3);
 }
 
+/**
+ * A (batch, seqlen, heads, head_dim) tensor's sizes under the key names its kernel's struct reads
+ * (params.h bsh_dims): the structs spell the sequence and head counts differently.
+ */
+function bshDims<S extends string, H extends string>(t: DeviceTensor, seqlen: S, heads: H) {
+  const [batch, n, h, head_dim] = t.shape;
+  return { batch, [seqlen]: n, [heads]: h, head_dim } as Record<'batch' | S | H | 'head_dim', number>;
+}
+
 function bhs(t: DeviceTensor, name: string) {
   if (t.ndim !== 3 || t.dtype !== 'float32')
     fail('E_SHAPE', `${name} must be float32 (batch, heads, seqlen)`);
@@ -143,10 +152,7 @@ export function fwdArgs(
 
 export function bwdDotArgs(dout: DeviceTensor, out: DeviceTensor, dsum: DeviceTensor) {
   return {
-    batch: dout.shape[0],
-    seqlen_q: dout.shape[1],
-    nheads: dout.shape[2],
-    head_dim: dout.shape[3],
+    ...bshDims(dout, 'seqlen_q', 'nheads'),
     dtype: DTYPE_CODE[dout.dtype],
     dout: bsh(dout, 'dout'),
     out: bsh(out, 'out'),
@@ -212,10 +218,7 @@ export function mergeArgs(
   blockLse: DeviceTensor,
 ) {
   return {
-    batch: out.shape[0],
-    seqlen: out.shape[1],
-    nheads: out.shape[2],
-    head_dim: out.shape[3],
+    ...bshDims(out, 'seqlen', 'nheads'),
     out: bsh(out, 'out'),
     lse: bhs(lse, 'lse'),
     block_out: bsh(blockOut, 'block_out'),
@@ -228,10 +231,7 @@ export function copyArgs(dst: DeviceTensor, src: DeviceTensor) {
   if (dst.shape.join() !== src.shape.join())
     fail('E_SHAPE', `copy: ${src.shape.join('x')} into ${dst.shape.join('x')}`);
   return {
-    batch: src.shape[0],
-    seqlen: src.shape[1],
-    heads: src.shape[2],
-    head_dim: src.shape[3],
+    ...bshDims(src, 'seqlen', 'heads'),
     dtype: DTYPE_CODE[src.dtype],
     src: bsh(src, 'src'),
     dst: bsh(dst, 'dst'),

@@ -171,26 +171,29 @@ s('timeouts must be whole milliseconds in [1, 2^31 - 1] (0 allowed for deadlines
   await rt.close();
 });
 
-s('an SPMD result that cannot be cloned names where it cannot', async () => {
-  const rt = await init({ backend: 'cpu', world: 2 });
-  await expectError(
-    () => rt.spmd(USER, 'uncloneable'),
-    'E_ARG',
-    /'uncloneable' returned a value the main thread cannot receive: result\.fn is a function/,
-  );
-  await rt.close();
-});
-
-s('ranks whose SPMD shapes differ get E_SHAPE naming both shapes', async () => {
-  const rt = await init({ backend: 'cpu', world: 2 });
-  await expectError(
-    () => rt.spmd(USER, 'unequalShards'),
-    'E_SHAPE',
-    /ranks passed local tensors of different shapes: rank [01] sent a block of \(1, (8|16), 2, 16\) float32 \(\d+ bytes\), rank [01] expected \(1, (16|8), 2, 16\) float32/,
-  );
-  assert.equal((await rt.spmd(USER, 'sleep', { ms: 1 })).length, 2);
-  await rt.close();
-});
+// Results the main thread refuses: a typed error naming why, and the runtime serves the next call.
+const REFUSED_RESULTS = [
+  {
+    title: 'an SPMD result that cannot be cloned names where it cannot',
+    fn: 'uncloneable',
+    code: 'E_ARG',
+    message: /'uncloneable' returned a value the main thread cannot receive: result\.fn is a function/,
+  },
+  {
+    title: 'ranks whose SPMD shapes differ get E_SHAPE naming both shapes',
+    fn: 'unequalShards',
+    code: 'E_SHAPE',
+    message:
+      /ranks passed local tensors of different shapes: rank [01] sent a block of \(1, (8|16), 2, 16\) float32 \(\d+ bytes\), rank [01] expected \(1, (16|8), 2, 16\) float32/,
+  },
+];
+for (const { title, fn, code, message } of REFUSED_RESULTS)
+  s(title, async () => {
+    const rt = await init({ backend: 'cpu', world: 2 });
+    await expectError(() => rt.spmd(USER, fn), code, message);
+    assert.equal((await rt.spmd(USER, 'sleep', { ms: 1 })).length, 2);
+    await rt.close();
+  });
 
 s('two runtimes in one process stay independent while one of them fails, 100 rounds', async () => {
   const a = await init({ backend: 'cpu', world: 4 });

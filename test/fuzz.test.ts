@@ -24,38 +24,45 @@ const PATH = process.env.FUZZ_PATH;
 const CODES = new Set(['E_SHAPE', 'E_DTYPE', 'E_ARG', 'E_UNSUPPORTED']);
 const HANG_MS = 30_000;
 
-// ---- the functions, their sharding and their Python positional order ----
-const ATTN = [
-  'dropout_p',
-  'softmax_scale',
-  'causal',
-  'window_size',
-  'alibi_slopes',
-  'deterministic',
-  'return_attn_probs',
-  'group',
-];
-const FLASH = [
-  'dropout_p',
-  'softmax_scale',
-  'causal',
-  'window_size',
-  'softcap',
-  'alibi_slopes',
-  'deterministic',
-  'return_attn_probs',
-];
-const DEFAULTS: Record<string, unknown> = {
-  dropout_p: 0,
-  softmax_scale: null,
-  causal: false,
-  window_size: [-1, -1],
-  alibi_slopes: null,
-  deterministic: false,
-  return_attn_probs: false,
-  group: null,
-  softcap: 0,
+// ---- the functions, their sharding and their Python signatures ----
+// The signatures as the Python projects write them (ring_flash_attn's, flash-attn 2.x's), read by
+// parseSignature: the positional order and the defaults here stand apart from api/args.ts.
+const SIGNATURES = {
+  /** ring_flash_attn_func, and the v2, zigzag and stripe variants. */
+  ring: 'q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), alibi_slopes=None, deterministic=False, return_attn_probs=False, group=None',
+  /** ring_flash_attn_varlen_func and zigzag's; driver mode calls llama3 the same way. */
+  ringVarlen:
+    'q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), alibi_slopes=None, deterministic=False, return_attn_probs=False, group=None',
+  flash:
+    'q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False',
+  /** flash_attn_varlen_func without block_table (paged KV is not part of the port). */
+  flashVarlen:
+    'q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False',
+  flashVarlenQkv:
+    'qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False',
 };
+/** The tensor parameters: the packed forms take q, kv or qkv in place of q, k, v, the rest alike. */
+const TENSORS = new Set(['q', 'k', 'v', 'kv', 'qkv']);
+/** Python literal tokens in JSON: None, booleans, and tuples as arrays. */
+const PY_JSON: Record<string, string> = { None: 'null', False: 'false', True: 'true', '(': '[', ')': ']' };
+/** A signature's parameters after the tensors, and their defaults (Python literals as JSON). */
+function parseSignature(sig: string): { names: string[]; defaults: Record<string, unknown> } {
+  const names: string[] = [];
+  const defaults: Record<string, unknown> = {};
+  // Split at the commas outside parentheses, so that (-1, -1) stays one default.
+  for (const param of sig.split(/,\s*(?![^(]*\))/)) {
+    const [name, literal] = param.split('=') as [string, string | undefined];
+    if (TENSORS.has(name)) continue;
+    names.push(name);
+    if (literal !== undefined)
+      defaults[name] = JSON.parse(literal.replace(/None|False|True|[()]/g, (t) => PY_JSON[t]!));
+  }
+  return { names, defaults };
+}
+const PARSED = Object.fromEntries(
+  Object.entries(SIGNATURES).map(([key, sig]) => [key, parseSignature(sig)]),
+) as Record<keyof typeof SIGNATURES, ReturnType<typeof parseSignature>>;
+const DEFAULTS: Record<string, unknown> = Object.assign({}, ...Object.values(PARSED).map((p) => p.defaults));
 type Packing = 'func' | 'kvpacked' | 'qkvpacked';
 interface Family {
   prefix: string;
@@ -78,11 +85,9 @@ const FAMILIES: Family[] = [
 ];
 const fnName = (f: Family, p: Packing) => `${f.prefix}_${p === 'func' ? '' : `${p}_`}func${f.suffix ?? ''}`;
 function positionalOf(f: Family, p: Packing): string[] {
-  if (!f.varlen) return f.single ? FLASH : ATTN;
-  if (f.varlen !== 'single') return ['cu_seqlens', 'max_seqlen', ...ATTN];
-  return p === 'qkvpacked'
-    ? ['cu_seqlens', 'max_seqlen', ...FLASH]
-    : ['cu_seqlens_q', 'cu_seqlens_k', 'max_seqlen_q', 'max_seqlen_k', ...FLASH];
+  if (!f.varlen) return PARSED[f.single ? 'flash' : 'ring'].names;
+  if (f.varlen !== 'single') return PARSED.ringVarlen.names;
+  return PARSED[p === 'qkvpacked' ? 'flashVarlenQkv' : 'flashVarlen'].names;
 }
 
 // ---- value pools: ok (with what it means), or not ----

@@ -3,16 +3,7 @@
 import * as assert from 'uvu/assert';
 import { llama3_flash_attn_prepare_cu_seqlens as prepare, RingFlashAttnError } from '../index.js';
 import { expectError, familyNames, nd, pack, poisonedSuite, randn, relL2, rng, unpack } from './helpers.js';
-import {
-  addVarlenCases,
-  label,
-  runVarlenCase,
-  SHARED_CU,
-  varlenInputs,
-  type VarlenCase,
-  type VarlenNames,
-} from './varlen_cases.js';
-import { assertF32 } from './ring_cases.js';
+import { addStrideCases, addVarlenCases, SHARED_CU, varlenInputs, type VarlenNames } from './varlen_cases.js';
 import { varlenReference } from './varlen_reference.js';
 import { VARLEN_USER } from './varlen_spmd.js';
 
@@ -42,44 +33,28 @@ addVarlenCases(s, rts, NAMES, {
   shared: SHARED_CU,
 });
 
-const strideCases: VarlenCase[] = [];
-for (const stride of [1, 2, 4])
-  for (const world of [2, 3])
-    strideCases.push({
-      world,
-      cu: pythonSets(world)[3]!,
-      h: 8,
-      hk: 4,
-      d: 16,
-      causal: world === 2,
-      packing: 'func',
-      options: { heads_k_stride: stride },
-    });
-strideCases.push({
-  world: 4,
-  cu: pythonSets(4)[1]!,
-  h: 4,
-  hk: 2,
-  d: 32,
-  causal: true,
-  packing: 'kvpacked',
-  options: { heads_k_stride: 1 },
-});
-strideCases.push({
-  world: 4,
-  cu: pythonSets(4)[1]!,
-  h: 2,
-  hk: 2,
-  d: 32,
-  causal: false,
-  packing: 'qkvpacked',
-  options: { heads_k_stride: 2 },
-});
-strideCases.forEach((c, i) => {
-  s(`heads_k_stride: ${label(c)}`, async () => {
-    assertF32(await runVarlenCase(await rts.get(c.world), NAMES, c, 3000 + i));
-  });
-});
+addStrideCases(s, rts, NAMES, pythonSets, 3000, () => 'func', [
+  {
+    world: 4,
+    cu: pythonSets(4)[1]!,
+    h: 4,
+    hk: 2,
+    d: 32,
+    causal: true,
+    packing: 'kvpacked',
+    options: { heads_k_stride: 1 },
+  },
+  {
+    world: 4,
+    cu: pythonSets(4)[1]!,
+    h: 2,
+    hk: 2,
+    d: 32,
+    causal: false,
+    packing: 'qkvpacked',
+    options: { heads_k_stride: 2 },
+  },
+]);
 
 type Prepared = [number[], number[], number, number, { start: number; stop: number }];
 const run = (cu: number[], causal: boolean, rank: number, world: number): Prepared => {

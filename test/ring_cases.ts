@@ -1,6 +1,6 @@
 // Driver-mode accuracy cases shared by every dense ring variant's suite (ring, ring_v2,
 // zigzag, stripe): each variant's test file calls ringCases with its names and layout unit.
-import { suite } from 'uvu';
+import { suite, type Test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { DriverResult, RingRuntime } from '../api/index.js';
 import type { DType } from '../runtime/dtype.js';
@@ -25,6 +25,29 @@ export interface HeadsCase {
   dtype?: DType;
   scale?: number;
 }
+
+/** The dense and varlen matrices' packed cases: kvpacked (GQA) and qkvpacked on worlds 2 and 3. */
+export const PACKED_HEADS: readonly HeadsCase[] = (['kvpacked', 'qkvpacked'] as const).flatMap((packing) =>
+  [2, 3].map((world) => ({
+    world,
+    h: 3,
+    hk: packing === 'qkvpacked' ? 3 : 1,
+    d: 64,
+    causal: world === 2,
+    packing,
+  })),
+);
+
+/** The matrices' widest head dim, with a softmax scale of its own. */
+export const WIDE_HEADS: HeadsCase = {
+  world: 4,
+  h: 2,
+  hk: 2,
+  d: 128,
+  causal: true,
+  packing: 'func',
+  scale: 0.3,
+};
 
 export interface Case extends HeadsCase {
   b: number;
@@ -170,6 +193,26 @@ export function assertBf16Single(single: CaseResult): void {
   );
 }
 
+/**
+ * The single-device bf16 run a parallel case is held to: the same full sequence and inputs at
+ * world 1, asserted bounded itself.
+ */
+export async function bf16Single(
+  rts: Runtimes,
+  names: VariantNames,
+  c: Case,
+  seed: number,
+): Promise<CaseResult> {
+  const single = await runCase(
+    await rts.get(1),
+    names,
+    { ...c, world: 1, seqPerRank: c.world * c.seqPerRank, kwargs: undefined },
+    seed,
+  );
+  assertBf16Single(single);
+  return single;
+}
+
 /** Asserts every output's error within 1.1× the single-device run's (plus `slack`): a ring adds no rounding of its own. */
 export function assertWithinSingle(e: CaseResult, single: CaseResult, what: string, slack = 1e-6): void {
   for (const k of OUTPUTS)
@@ -186,6 +229,35 @@ function label(c: Case): string {
 /** float32 compute must match the fp64 reference to 1e-5 (relative L2) in every output. */
 export const F32_TOL = 1e-5;
 
+/** One test per case, `title: label`, asserting the float32 bound on what `run` measures for case i. */
+export function f32Tests<C>(
+  s: Test,
+  title: string,
+  cases: readonly C[],
+  caseLabel: (c: C) => string,
+  run: (c: C, i: number) => Promise<CaseResult>,
+): void {
+  cases.forEach((c, i) => {
+    s(`${title}: ${caseLabel(c)}`, async () => {
+      assertF32(await run(c, i));
+    });
+  });
+}
+
+/** The dense cases against the fp64 reference; case i draws its inputs from seed0 + i. */
+export function f32Cases(
+  s: Test,
+  rts: Runtimes,
+  names: VariantNames,
+  cases: readonly Case[],
+  seed0: number,
+  caseLabel: (c: Case) => string = label,
+): void {
+  f32Tests(s, 'float32 matches fp64 reference', cases, caseLabel, async (c, i) =>
+    runCase(await rts.get(c.world), names, c, seed0 + i),
+  );
+}
+
 /**
  * The accuracy matrix of the issue: worlds 1, 2, 3, 4, 8; causal and not; GQA; head dims
  * 32/64/128; lengths that are not powers of two; all three packings; bf16 error flat in world.
@@ -201,29 +273,8 @@ export function ringCases(title: string, names: VariantNames, unit = 1): void {
   for (const world of [1, 2, 3, 4, 8])
     for (const causal of [true, false])
       cases.push({ world, b: 2, seqPerRank: 5 * unit, h: 4, hk: 2, d: 32, causal, packing: 'func' });
-  for (const packing of ['kvpacked', 'qkvpacked'] as const)
-    for (const world of [2, 3])
-      cases.push({
-        world,
-        b: 1,
-        seqPerRank: 7 * unit,
-        h: 3,
-        hk: packing === 'qkvpacked' ? 3 : 1,
-        d: 64,
-        causal: world === 2,
-        packing,
-      });
-  cases.push({
-    world: 4,
-    b: 1,
-    seqPerRank: 3 * unit,
-    h: 2,
-    hk: 2,
-    d: 128,
-    causal: true,
-    packing: 'func',
-    scale: 0.3,
-  });
+  for (const heads of PACKED_HEADS) cases.push({ ...heads, b: 1, seqPerRank: 7 * unit });
+  cases.push({ ...WIDE_HEADS, b: 1, seqPerRank: 3 * unit });
   cases.push({
     world: 4,
     b: 1,
@@ -235,11 +286,7 @@ export function ringCases(title: string, names: VariantNames, unit = 1): void {
     packing: 'kvpacked',
   });
 
-  cases.forEach((c, i) => {
-    s(`float32 matches fp64 reference: ${label(c)}`, async () => {
-      assertF32(await runCase(await rtFor(c.world), names, c, 1000 + i));
-    });
-  });
+  f32Cases(s, runtimes, names, cases, 1000);
 
   // 16-bit rings hand back dK/dV in the input's dtype (the last hop travels cast) and the packed
   // wrappers stack fp32 dq with 16-bit dk/dv: every packing is checked.

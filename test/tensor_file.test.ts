@@ -293,85 +293,94 @@ s('corrupt, truncated and unknown-dtype files give E_FORMAT', async () => {
   );
 });
 
-/** save() must throw `code`/`message` for `tensor` and leave no file behind. */
-async function saveRefuses(tensor: unknown, code: string, message: string) {
-  const { file, cleanup } = tmpFile();
-  try {
-    await save(file, { t: tensor as SavableTensor }).then(
-      () => assert.unreachable(`expected ${code}`),
-      (e) => {
-        assert.instance(e, RingFlashAttnError, String(e));
-        assert.is(e.code, code, e.message);
-        assert.is(e.message, message);
-      },
-    );
-    assert.not.ok(fs.existsSync(file), 'a file was written');
-  } finally {
-    cleanup();
+/** A tensor save() must refuse, with the code and the exact message it throws. */
+type Refusal = [tensor: unknown, code: string, message: string];
+
+/** save() must throw each refusal's code and exact message for its tensor, and leave no file behind. */
+async function saveRefuses(refusals: readonly Refusal[]) {
+  for (const [tensor, code, message] of refusals) {
+    const { file, cleanup } = tmpFile();
+    try {
+      await save(file, { t: tensor as SavableTensor }).then(
+        () => assert.unreachable(`expected ${code}`),
+        (e) => {
+          assert.instance(e, RingFlashAttnError, String(e));
+          assert.is(e.code, code, e.message);
+          assert.is(e.message, message);
+        },
+      );
+      assert.not.ok(fs.existsSync(file), 'a file was written');
+    } finally {
+      cleanup();
+    }
   }
 }
 
 s('save() refuses data that does not fill its shape, before writing anything', async () => {
-  await saveRefuses(
-    { data: new Float32Array(5), shape: [2, 3] },
-    'E_SHAPE',
-    "save: tensor 't' has 5 elements, its shape (2, 3) needs 6",
-  );
-  await saveRefuses(
-    { data: new Float32Array(7), shape: [2, 3] },
-    'E_SHAPE',
-    "save: tensor 't' has 7 elements, its shape (2, 3) needs 6",
-  );
-  // An ndarray over too little data: ndarray() does not check, so save() must.
-  await saveRefuses(
-    ndarray(new Float32Array(5), [2, 3]),
-    'E_SHAPE',
-    "save: tensor 't' (shape (2, 3), stride (3, 1), offset 0) reaches data index 5, but its data has 5 elements",
-  );
-  await saveRefuses(
-    ndarray(new Float32Array(4), [2], [1], 3),
-    'E_SHAPE',
-    "save: tensor 't' (shape (2), stride (1), offset 3) reaches data index 4, but its data has 4 elements",
-  );
-  await saveRefuses(
-    ndarray(new Float32Array(6), [3], [-2], 3),
-    'E_SHAPE',
-    "save: tensor 't' (shape (3), stride (-2), offset 3) reaches data index -1, below 0",
-  );
-  await saveRefuses(
-    ndarray(new Float32Array(6), [2, 3], [3, 1.5]),
-    'E_ARG',
-    "save: tensor 't' has stride (3, 1.5) for shape (2, 3): expected 2 safe integers",
-  );
+  await saveRefuses([
+    [
+      { data: new Float32Array(5), shape: [2, 3] },
+      'E_SHAPE',
+      "save: tensor 't' has 5 elements, its shape (2, 3) needs 6",
+    ],
+    [
+      { data: new Float32Array(7), shape: [2, 3] },
+      'E_SHAPE',
+      "save: tensor 't' has 7 elements, its shape (2, 3) needs 6",
+    ],
+    // An ndarray over too little data: ndarray() does not check, so save() must.
+    [
+      ndarray(new Float32Array(5), [2, 3]),
+      'E_SHAPE',
+      "save: tensor 't' (shape (2, 3), stride (3, 1), offset 0) reaches data index 5, but its data has 5 elements",
+    ],
+    [
+      ndarray(new Float32Array(4), [2], [1], 3),
+      'E_SHAPE',
+      "save: tensor 't' (shape (2), stride (1), offset 3) reaches data index 4, but its data has 4 elements",
+    ],
+    [
+      ndarray(new Float32Array(6), [3], [-2], 3),
+      'E_SHAPE',
+      "save: tensor 't' (shape (3), stride (-2), offset 3) reaches data index -1, below 0",
+    ],
+    [
+      ndarray(new Float32Array(6), [2, 3], [3, 1.5]),
+      'E_ARG',
+      "save: tensor 't' has stride (3, 1.5) for shape (2, 3): expected 2 safe integers",
+    ],
+  ]);
 });
 
 s('save() refuses shapes that are not non-negative safe integers or whose product is not safe', async () => {
-  await saveRefuses(
-    { data: new Float32Array(1), shape: [-1, -1] },
-    'E_SHAPE',
-    "save: tensor 't' has shape (-1, -1): dimension 0 is the number -1, expected a non-negative safe integer",
-  );
-  await saveRefuses(
-    { data: new Float32Array(5), shape: [2.5, 2] },
-    'E_SHAPE',
-    "save: tensor 't' has shape (2.5, 2): dimension 0 is the number 2.5, expected a non-negative safe integer",
-  );
-  await saveRefuses(
-    { data: new Float32Array(3), shape: [3, '1'] },
-    'E_SHAPE',
-    `save: tensor 't' has shape (3, 1): dimension 1 is the string "1", expected a non-negative safe integer`,
-  );
-  await saveRefuses(
-    { data: new Float32Array(0), shape: [2 ** 30, 2 ** 30, 2 ** 30] },
-    'E_SHAPE',
-    "save: tensor 't' has shape (1073741824, 1073741824, 1073741824): its element count 1.2379400392853803e+27 exceeds 9007199254740991",
-  );
-  await saveRefuses(
-    { data: [1, 2], shape: [2] },
-    'E_DTYPE',
-    "save: tensor 't' has unsupported data (Float32Array, Float64Array, Int32Array or Uint16Array)",
-  );
-  await saveRefuses({ shape: [2] }, 'E_ARG', "save: tensor 't' must be an ndarray or { data, shape }");
+  await saveRefuses([
+    [
+      { data: new Float32Array(1), shape: [-1, -1] },
+      'E_SHAPE',
+      "save: tensor 't' has shape (-1, -1): dimension 0 is the number -1, expected a non-negative safe integer",
+    ],
+    [
+      { data: new Float32Array(5), shape: [2.5, 2] },
+      'E_SHAPE',
+      "save: tensor 't' has shape (2.5, 2): dimension 0 is the number 2.5, expected a non-negative safe integer",
+    ],
+    [
+      { data: new Float32Array(3), shape: [3, '1'] },
+      'E_SHAPE',
+      `save: tensor 't' has shape (3, 1): dimension 1 is the string "1", expected a non-negative safe integer`,
+    ],
+    [
+      { data: new Float32Array(0), shape: [2 ** 30, 2 ** 30, 2 ** 30] },
+      'E_SHAPE',
+      "save: tensor 't' has shape (1073741824, 1073741824, 1073741824): its element count 1.2379400392853803e+27 exceeds 9007199254740991",
+    ],
+    [
+      { data: [1, 2], shape: [2] },
+      'E_DTYPE',
+      "save: tensor 't' has unsupported data (Float32Array, Float64Array, Int32Array or Uint16Array)",
+    ],
+    [{ shape: [2] }, 'E_ARG', "save: tensor 't' must be an ndarray or { data, shape }"],
+  ]);
   // Zero-size views need no data at all, whatever their stride and offset.
   const { file, cleanup } = tmpFile();
   await save(file, {

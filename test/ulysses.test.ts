@@ -5,14 +5,7 @@ import * as assert from 'uvu/assert';
 import { extract_local } from '../index.js';
 import { denseInputs, expectError, familyNames, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
 import { referenceBackward, referenceForward, refInputOf } from './reference.js';
-import {
-  assertBf16Single,
-  assertF32,
-  assertWithinSingle,
-  F32_TOL,
-  runCase,
-  type Case,
-} from './ring_cases.js';
+import { bf16Single, assertWithinSingle, f32Cases, F32_TOL, runCase, type Case } from './ring_cases.js';
 import { VARLEN_USER } from './varlen_spmd.js';
 
 const NAMES = familyNames('ulysses_attn');
@@ -40,11 +33,7 @@ cases.push({ world: 3, b: 1, seqPerRank: 4, h: 6, hk: 3, d: 16, causal: true, pa
 const label = (c: Case) =>
   `world=${c.world} ${c.packing} b=${c.b} s=${c.world * c.seqPerRank} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'}`;
 
-cases.forEach((c, i) => {
-  s(`float32 matches fp64 reference: ${label(c)}`, async () => {
-    assertF32(await runCase(await rts.get(c.world), NAMES, c, 500 + i));
-  });
-});
+f32Cases(s, rts, NAMES, cases, 500, label);
 
 s(
   'bfloat16: the error stays at the single-device error (the all-to-alls move values, they do not round them again)',
@@ -60,15 +49,8 @@ s(
       packing: 'func',
       dtype: 'bfloat16',
     };
-    const single = await runCase(
-      await rts.get(1),
-      { ...NAMES, func: 'ulysses_attn_func' },
-      { ...c, world: 1, seqPerRank: 64 },
-      91,
-    );
-    const e = await runCase(await rts.get(4), NAMES, c, 91);
-    assertBf16Single(single);
-    assertWithinSingle(e, single, 'world 4');
+    const single = await bf16Single(rts, NAMES, c, 91);
+    assertWithinSingle(await runCase(await rts.get(4), NAMES, c, 91), single, 'world 4');
   },
 );
 

@@ -6,14 +6,7 @@ import * as assert from 'uvu/assert';
 import { usp_extract_local } from '../index.js';
 import { denseInputs, expectError, familyNames, nd, poisonedSuite, randn, relL2, rng } from './helpers.js';
 import { referenceBackward, referenceForward, refInputOf } from './reference.js';
-import {
-  assertBf16Single,
-  assertF32,
-  assertWithinSingle,
-  F32_TOL,
-  runCase,
-  type Case,
-} from './ring_cases.js';
+import { bf16Single, assertWithinSingle, f32Cases, F32_TOL, runCase, type Case } from './ring_cases.js';
 import { VARLEN_USER } from './varlen_spmd.js';
 
 const NAMES = familyNames('usp_attn');
@@ -95,17 +88,13 @@ const label = (c: Case) => {
   return `world=${c.world} ${k.ulysses ?? '?'}×${k.ring ?? '?'} ${k.ring_impl} ${c.packing} b=${c.b} s=${c.world * c.seqPerRank} h=${c.h}/${c.hk} d=${c.d} ${c.causal ? 'causal' : 'full'}`;
 };
 
-cases.forEach((c, i) => {
-  s(`float32 matches fp64 reference: ${label(c)}`, async () => {
-    assertF32(await runCase(await rts.get(c.world), NAMES, c, 700 + i));
-  });
-});
+f32Cases(s, rts, NAMES, cases, 700, label);
 
 s('bfloat16: the error of every 2 × 2 grid stays within 1.1× the single-device error', async () => {
-  const base: Case = {
-    world: 1,
+  const c: Case = {
+    world: 4,
     b: 1,
-    seqPerRank: 64,
+    seqPerRank: 16,
     h: 4,
     hk: 2,
     d: 64,
@@ -113,22 +102,12 @@ s('bfloat16: the error of every 2 × 2 grid stays within 1.1× the single-device
     packing: 'func',
     dtype: 'bfloat16',
   };
-  const single = await runCase(
-    await rts.get(1),
-    {
-      func: 'flash_attn_func',
-      kvpacked: 'flash_attn_kvpacked_func',
-      qkvpacked: 'flash_attn_qkvpacked_func',
-    } as never,
-    base,
-    93,
-  );
-  assertBf16Single(single);
+  const single = await bf16Single(rts, familyNames('flash_attn') as never, c, 93);
   for (const ring_impl of IMPLS) {
     const e = await runCase(
       await rts.get(4),
       NAMES,
-      { ...base, world: 4, seqPerRank: 16, kwargs: { ulysses: 2, ring: 2, ring_impl } },
+      { ...c, kwargs: { ulysses: 2, ring: 2, ring_impl } },
       93,
     );
     assertWithinSingle(e, single, ring_impl);

@@ -7,12 +7,14 @@ import type { VarlenName } from '../api/types.js';
 import { maxAbs, randn, relL2, rng, rounded, type Runtimes } from './helpers.js';
 import {
   assertBf16Single,
-  assertF32,
   assertWithinSingle,
   callPacked,
+  f32Tests,
   type CaseResult,
   type HeadsCase,
   type PackedOutputs,
+  PACKED_HEADS,
+  WIDE_HEADS,
 } from './ring_cases.js';
 import { memoReference } from './reference.js';
 import { varlenReference } from './varlen_reference.js';
@@ -144,29 +146,9 @@ export function addVarlenCases(
   });
   for (const world of [2, 8])
     sets.pythonSets(world).forEach((cu) => cases.push({ ...base, world, causal: true, cu }));
-  for (const packing of ['kvpacked', 'qkvpacked'] as const)
-    for (const world of [2, 3])
-      cases.push({
-        world,
-        cu: sets.pythonSets(world)[world]!,
-        h: 3,
-        hk: packing === 'qkvpacked' ? 3 : 1,
-        d: 64,
-        causal: world === 2,
-        packing,
-        options,
-      });
-  cases.push({
-    world: 4,
-    cu: sets.pythonSets(4)[3]!,
-    h: 2,
-    hk: 2,
-    d: 128,
-    causal: true,
-    packing: 'func',
-    scale: 0.3,
-    options,
-  });
+  for (const heads of PACKED_HEADS)
+    cases.push({ ...heads, cu: sets.pythonSets(heads.world)[heads.world]!, options });
+  cases.push({ ...WIDE_HEADS, cu: sets.pythonSets(4)[3]!, options });
   for (const causal of [true, false])
     cases.push({ world: 4, cu: sets.oneChunk(4), h: 2, hk: 1, d: 16, causal, packing: 'func', options });
   cases.push({
@@ -180,11 +162,9 @@ export function addVarlenCases(
     options,
   }); // an empty sequence
 
-  cases.forEach((c, i) => {
-    s(`float32 matches fp64 reference: ${label(c)}`, async () => {
-      assertF32(await runVarlenCase(await rts.get(c.world), names, c, 2000 + i));
-    });
-  });
+  f32Tests(s, 'float32 matches fp64 reference', cases, label, async (c, i) =>
+    runVarlenCase(await rts.get(c.world), names, c, 2000 + i),
+  );
 
   s('bfloat16: the error stays at the single-device error for every world', async () => {
     const errs: Record<number, CaseResult> = {};
@@ -208,6 +188,37 @@ export function addVarlenCases(
     assertBf16Single(errs[1]!);
     for (const world of [2, 4, 8]) assertWithinSingle(errs[world]!, errs[1]!, `world ${world}`);
   });
+}
+
+/**
+ * The llama3 families' heads_k_stride (K/V gathered that many heads at a time): strides 1, 2 and 4
+ * on worlds 2 and 3 over the last Python set, then `extra`; case i draws its inputs from seed0 + i.
+ */
+export function addStrideCases(
+  s: Test,
+  rts: Runtimes,
+  names: VarlenNames,
+  pythonSets: VarlenSets['pythonSets'],
+  seed0: number,
+  packingOf: (stride: number) => VarlenCase['packing'],
+  extra: readonly VarlenCase[] = [],
+): void {
+  const cases: VarlenCase[] = [];
+  for (const stride of [1, 2, 4])
+    for (const world of [2, 3])
+      cases.push({
+        world,
+        cu: pythonSets(world)[3]!,
+        h: 8,
+        hk: 4,
+        d: 16,
+        causal: world === 2,
+        packing: packingOf(stride),
+        options: { heads_k_stride: stride },
+      });
+  f32Tests(s, 'heads_k_stride', [...cases, ...extra], label, async (c, i) =>
+    runVarlenCase(await rts.get(c.world), names, c, seed0 + i),
+  );
 }
 
 /** Rows of every sequence that `rank` holds: chunk r of `world` (ring) or chunks r and 2·world−1−r of 2·world (zigzag). */

@@ -9,16 +9,7 @@ import {
 } from '../index.js';
 import { chunkMoves, zigzagLlama3Spec } from '../api/varlen/zigzag_llama3.js';
 import { expectError, familyNames, nd, poisonedSuite, randn, rng } from './helpers.js';
-import {
-  addVarlenCases,
-  label,
-  localRows,
-  runVarlenCase,
-  ZIGZAG_SETS,
-  type VarlenCase,
-  type VarlenNames,
-} from './varlen_cases.js';
-import { assertF32 } from './ring_cases.js';
+import { addStrideCases, addVarlenCases, localRows, ZIGZAG_SETS, type VarlenNames } from './varlen_cases.js';
 import { assertSpmdFunc, spmdVarlen, VARLEN_USER } from './varlen_spmd.js';
 
 const { s, rts } = poisonedSuite('zigzag_llama3_flash_attn_varlen');
@@ -26,24 +17,7 @@ const { s, rts } = poisonedSuite('zigzag_llama3_flash_attn_varlen');
 const NAMES: VarlenNames = familyNames('zigzag_llama3_flash_attn_varlen');
 addVarlenCases(s, rts, NAMES, ZIGZAG_SETS);
 
-const strideCases: VarlenCase[] = [];
-for (const stride of [1, 2, 4])
-  for (const world of [2, 3])
-    strideCases.push({
-      world,
-      cu: ZIGZAG_SETS.pythonSets(world)[3]!,
-      h: 8,
-      hk: 4,
-      d: 16,
-      causal: world === 2,
-      packing: stride === 2 ? 'kvpacked' : 'func',
-      options: { heads_k_stride: stride },
-    });
-strideCases.forEach((c, i) => {
-  s(`heads_k_stride: ${label(c)}`, async () => {
-    assertF32(await runVarlenCase(await rts.get(c.world), NAMES, c, 4000 + i));
-  });
-});
+addStrideCases(s, rts, NAMES, ZIGZAG_SETS.pythonSets, 4000, (stride) => (stride === 2 ? 'kvpacked' : 'func'));
 
 s('the permutation puts every gathered row in sequence order exactly once', () => {
   for (const world of [1, 2, 3, 8]) {

@@ -96,6 +96,16 @@ __global__ void bwd_dot_kernel(const FlashBwdDotParams p, int64_t rows) {
   }
 }
 
+// dout of type T; out either fp32 (the running out of a ring) or T itself.
+template <typename T>
+void launch_bwd_dot(const FlashBwdDotParams& p, int64_t rows, bool out32, cudaStream_t s) {
+  const unsigned blocks = blocks_for(rows * 32);
+  if (out32)
+    bwd_dot_kernel<T, float><<<blocks, kThreads, 0, s>>>(p, rows);
+  else
+    bwd_dot_kernel<T, T><<<blocks, kThreads, 0, s>>>(p, rows);
+}
+
 // ---- cast, add ------------------------------------------------------------------------------
 template <typename S, typename D>
 __global__ void cast_kernel(const S* src, D* dst, int64_t n) {
@@ -186,25 +196,18 @@ void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t s) {
   const int64_t rows = int64_t(p.batch) * p.seqlen_q * p.nheads;
   if (rows == 0) return;
   RFA_CHECK_ARG(p.dout && p.out && p.dsum, "flash_bwd_dot: null tensor");
-  const unsigned blocks = blocks_for(rows * 32);
   RFA_CHECK_ARG(p.out_dtype == DType::f32 || p.out_dtype == p.dtype,
                 "flash_bwd_dot: out must be float32 or the dtype of dout");
   const bool out32 = p.out_dtype == DType::f32;
   switch (p.dtype) {
     case DType::f32:
-      bwd_dot_kernel<float, float><<<blocks, kThreads, 0, s>>>(p, rows);
+      launch_bwd_dot<float>(p, rows, out32, s);
       break;
     case DType::bf16:
-      if (out32)
-        bwd_dot_kernel<__nv_bfloat16, float><<<blocks, kThreads, 0, s>>>(p, rows);
-      else
-        bwd_dot_kernel<__nv_bfloat16, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(p, rows);
+      launch_bwd_dot<__nv_bfloat16>(p, rows, out32, s);
       break;
     case DType::f16:
-      if (out32)
-        bwd_dot_kernel<__half, float><<<blocks, kThreads, 0, s>>>(p, rows);
-      else
-        bwd_dot_kernel<__half, __half><<<blocks, kThreads, 0, s>>>(p, rows);
+      launch_bwd_dot<__half>(p, rows, out32, s);
       break;
   }
   RFA_CHECK_LAUNCH("bwd_dot_kernel");
