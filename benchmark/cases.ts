@@ -7,6 +7,16 @@ import { PYTHON_CU_SEQLENS_SETS } from './bench_varlen_rank.js';
 export type Mode = 'fwd' | 'fwdbwd';
 export const MODES: readonly Mode[] = ['fwd', 'fwdbwd'];
 
+/**
+ * Query-key pairs a causal mask keeps over `S` tokens, each query seeing at most `left` keys
+ * before it (-1: all, counted as S²/2 as the FLOP convention does).
+ */
+export function causalPairs(S: number, left: number): number {
+  if (left < 0) return (S * S) / 2;
+  const m = Math.min(S, left + 1);
+  return (m * (m + 1)) / 2 + Math.max(0, S - left - 1) * (left + 1);
+}
+
 /** The dense shapes that have counterparts in the Python project's measurements. */
 export type Shape = 'qkvpacked' | 'llama3';
 

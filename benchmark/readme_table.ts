@@ -25,7 +25,14 @@ import { init, visibleGpuCount } from '../index.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
 import type { VarlenBenchTask } from './bench_varlen_rank.js';
 import { BENCH_FLAGS, benchOptions, GPU_TOKENS, type BenchOptions } from './bench_flags.js';
-import { ulyssesDegree, varlenCase, VARLEN_COLUMNS, type DenseCase, type Mode } from './cases.js';
+import {
+  causalPairs,
+  ulyssesDegree,
+  varlenCase,
+  VARLEN_COLUMNS,
+  type DenseCase,
+  type Mode,
+} from './cases.js';
 import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
 import { Progress } from './progress.js';
 import { unsupportedBy } from './unsupported.js';
@@ -51,16 +58,6 @@ interface Cell {
 
 /** The figures of a cell that did not run. */
 const NOT_RUN = { iterPerSec: 0, spread: 0, tflops: 0, peakGiB: 0, sentBytes: 0 };
-
-/**
- * Query-key pairs a causal mask keeps over `S` tokens, each query seeing at most `left` keys
- * before it (-1: all, counted as S²/2 as the FLOP convention does).
- */
-export function causalPairs(S: number, left: number): number {
-  if (left < 0) return (S * S) / 2;
-  const m = Math.min(S, left + 1);
-  return (m * (m + 1)) / 2 + Math.max(0, S - left - 1) * (left + 1);
-}
 
 /** Bytes in the unit that suits them. */
 function bytesText(n: number): string {
