@@ -30,12 +30,15 @@ const SHAPES: Shape[] = [
   { name: 's=8192 h=16 d=256', s: 8192, h: 16, hk: 16, d: 256, forwardOnly: true },
 ];
 
+/** The window of issue #26's kernel target: 4096 keys back, none ahead. */
+const WINDOW: [number, number] = [4096, 0];
+
 /** The attention options of --options, as flash-attn keywords for `h` heads. */
 const OPTIONS = {
   window: {
-    label: 'window (4096, 0)',
+    label: `window (${WINDOW.join(', ')})`,
     causalOnly: true,
-    mods: (): KernelMods => ({ window_size: [4096, 0] }),
+    mods: (): KernelMods => ({ window_size: [...WINDOW] }),
   },
   softcap: { label: 'softcap 30', causalOnly: false, mods: (): KernelMods => ({ softcap: 30 }) },
   // ALiBi's geometric slopes, one per head.
