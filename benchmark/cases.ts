@@ -155,13 +155,16 @@ export function varlenCase(onGpu: boolean) {
         hk: 2,
         d: 32,
         headsKStride: 1,
-        sets: [
-          [0, 128],
-          [0, 32, 96, 128],
-          [0, 64, 128],
-          [0, 48, 80, 112, 120, 128],
-        ],
+        sets: smallVarlenSets(128),
       };
+}
+
+/**
+ * The Python project's kind of cu_seqlens sets at `s` tokens per rank (a multiple of 16): one
+ * sequence; a short one between two long; two halves; uneven ones down to a sixteenth.
+ */
+export function smallVarlenSets(s: number): number[][] {
+  return [[16], [4, 12, 16], [8, 16], [6, 10, 14, 15, 16]].map((set) => [0, ...set.map((x) => (x * s) / 16)]);
 }
 
 /** The shape of a case title, or null for the cases without a Python counterpart (varlen, CPU). */

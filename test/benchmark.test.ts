@@ -13,7 +13,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, visibleGpuCount, type RingRuntime } from '../index.js';
 import { BENCH_FLAGS } from '../benchmark/bench_flags.js';
-import { MODES, THEORETIC } from '../benchmark/cases.js';
+import { MODES, smallVarlenSets, THEORETIC } from '../benchmark/cases.js';
 import type { ValueFlag } from '../benchmark/cli_flags.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
@@ -56,47 +56,25 @@ function rejected(r: ReturnType<typeof run>, ...named: string[]) {
 
 const s = suite('benchmark');
 
+/** What every rank task here shares: float32 forward + backward, a warm-up of two repeats at most. */
+const TINY = { d: 16, dtype: 'float32', backward: true, maxRepeats: 2, settle: 1, seed: 1 } as const;
+
 /** A dense rank task on tiny CPU shapes; `over` names what a test changes. */
 function denseTask(name: string, over: Partial<BenchTask> = {}): BenchTask {
-  return {
-    name,
-    b: 1,
-    s: 16,
-    h: 2,
-    hk: 2,
-    d: 16,
-    causal: true,
-    dtype: 'float32',
-    backward: true,
-    iters: 1,
-    maxRepeats: 2,
-    settle: 1,
-    seed: 1,
-    ...over,
-  };
+  return { ...TINY, name, b: 1, s: 16, h: 2, hk: 2, causal: true, iters: 1, ...over };
 }
 
-/** A varlen rank task: the Python project's kind of four cu_seqlens sets, scaled to 16 tokens. */
+/** A varlen rank task: the Python project's kind of four cu_seqlens sets, scaled to 32 tokens. */
 function varlenTask(column: VarlenColumn, over: Partial<VarlenBenchTask> = {}): VarlenBenchTask {
   return {
+    ...TINY,
     column,
-    s: 16,
+    s: 32,
     h: 4,
     hk: 2,
-    d: 16,
-    dtype: 'float32',
-    backward: true,
     iters: 4,
-    maxRepeats: 2,
-    settle: 1,
-    sets: [
-      [0, 16],
-      [0, 4, 12, 16],
-      [0, 8, 16],
-      [0, 6, 10, 14, 16],
-    ],
+    sets: smallVarlenSets(32),
     headsKStride: 1,
-    seed: 1,
     ...over,
   };
 }
