@@ -23,6 +23,19 @@ function caseList(raw: string, flag: string): string[] {
   return items.map((x) => (x === 'none' ? x : String(Number(x))));
 }
 
+/** `--window L` (the causal sliding window (L, 0)) or `--window L,R`; R of -1 is unbounded. */
+function windowSize(raw: string, flag: string): [number, number] {
+  const m = /^(\d+)(?:,(-1|\d+))?$/.exec(raw);
+  const sides = m ? [Number(m[1]), m[2] === undefined ? 0 : Number(m[2])] : [];
+  if (!m || sides.some((x) => x > 2 ** 31 - 1))
+    throw bad(flag, raw, 'expected L or L,R (L an integer >= 0, R an integer >= -1, -1: unbounded)');
+  return sides as [number, number];
+}
+
+/** Tokens per rank of the dense cases by backend; a CPU run scales --window by their ratio. */
+export const GPU_TOKENS = 8192,
+  CPU_TOKENS = 128;
+
 /** `--solo-rank`: `all` or a rank, checked against W later. */
 function soloRank(raw: string, flag: string): number | 'all' {
   return raw === 'all' ? 'all' : integer({ min: 0 })(raw, flag);
@@ -62,7 +75,7 @@ export const BENCH_FLAGS = {
   tokens: {
     value: 'N',
     help: 'tokens per rank of the dense cases (even: zigzag halves each shard)',
-    default: '8192 on cuda, 128 on cpu',
+    default: `${GPU_TOKENS} on cuda, ${CPU_TOKENS} on cpu`,
     parse: integer({ min: 2, even: true }),
   },
   cases: {
@@ -88,6 +101,12 @@ export const BENCH_FLAGS = {
     help: 'of fwd,fwdbwd',
     default: 'fwd,fwdbwd',
     parse: list(['fwd', 'fwdbwd'] as const),
+  },
+  window: {
+    value: 'L|L,R',
+    help: 'also run every dense case with window_size (L, R) (L alone: (L, 0)) and print its saving in time and bytes sent per rank; the cpu backend scales L and R by its tokens per rank over 8192',
+    default: 'no window table',
+    parse: windowSize,
   },
   varlen: { value: 'on|off', help: 'the varlen table', default: 'on', parse: choice(['on', 'off'] as const) },
   iters: {
@@ -136,6 +155,8 @@ export interface BenchOptions {
   columns: Column[];
   /** --ulysses: the usp columns' Ulysses degree; null picks one per case (cases.ts ulyssesDegree). */
   ulysses: number | null;
+  /** --window: the window asked for and the one run (scaled on the CPU backend), or null. */
+  window: { asked: [number, number]; used: [number, number] } | null;
   varlen: boolean;
   iters: number;
   maxRepeats: number;
@@ -164,7 +185,7 @@ export function benchOptions(v: FlagValues<typeof BENCH_FLAGS>, gpus: number): B
     throw new UsageError('--solo-transfers copy-engine needs --solo W on the cuda backend');
   if (v.transport !== undefined && !onGpu)
     throw new UsageError(`--transport ${v.transport}: only the cuda backend has transports`);
-  const tokens = v.tokens ?? (onGpu ? 8192 : 128);
+  const tokens = v.tokens ?? (onGpu ? GPU_TOKENS : CPU_TOKENS);
   const all = denseCases(onGpu, tokens);
   const picked = v.cases ?? all.map((_, i) => String(i));
   const unknown = picked.filter((x) => x !== 'none' && Number(x) >= all.length);
@@ -174,6 +195,12 @@ export function benchOptions(v: FlagValues<typeof BENCH_FLAGS>, gpus: number): B
       picked.join(','),
       `unknown ${unknown.join(', ')} (indices 0..${all.length - 1} of the dense cases on ${backend}, or none)`,
     );
+  if (v.window !== undefined && picked.includes('none'))
+    throw new UsageError(
+      `--window ${v.window.join(',')} needs a dense case (--cases none runs the varlen table alone)`,
+    );
+  // On the CPU the window keeps the share of the sequence it has at the GPU size.
+  const scaled = (w: number) => (w <= 0 || onGpu ? w : Math.max(1, Math.round((w * tokens) / GPU_TOKENS)));
   const onlyColumns: readonly string[] = v.columns ?? DEFAULT_COLUMNS;
   if (v.ulysses !== undefined) {
     if (world % v.ulysses !== 0)
@@ -198,6 +225,7 @@ export function benchOptions(v: FlagValues<typeof BENCH_FLAGS>, gpus: number): B
     modes: v.modes ?? ['fwd', 'fwdbwd'],
     columns: COLUMNS.filter((c, i) => i === 0 || onlyColumns.includes(c.label)),
     ulysses: v.ulysses ?? null,
+    window: v.window ? { asked: v.window, used: [scaled(v.window[0]), scaled(v.window[1])] } : null,
     varlen: (v.varlen ?? 'on') === 'on',
     iters: v.iters ?? (onGpu ? 20 : 4),
     maxRepeats: v['max-repeats'] ?? 8,

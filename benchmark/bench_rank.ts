@@ -54,6 +54,8 @@ export interface BenchTask extends TimingPlan, RankShape {
   solo?: SoloRank;
   /** The Ulysses columns' grid; ringImpl null for ulysses_attn (a ring of one, no keywords). */
   usp?: { ulysses: number; ring: number; ringImpl: RingImpl | null };
+  /** flash-attn's window_size, passed as given (bench --window). */
+  window?: readonly [number, number];
 }
 
 export interface BenchResult {
@@ -62,6 +64,8 @@ export interface BenchResult {
   repeats: number[];
   warmupRepeats: number;
   peakBytes: number;
+  /** Bytes this rank's point-to-point sends carried in one call (Backend.sentBytes). */
+  sentBytes: number;
 }
 
 export function run(ctx: RankContext, t: BenchTask): BenchResult {
@@ -81,7 +85,10 @@ export function run(ctx: RankContext, t: BenchTask): BenchResult {
   );
   // The single-device column has no ring rank to play.
   const u = t.usp;
-  const grid = u?.ringImpl ? { ulysses: u.ulysses, ring: u.ring, ring_impl: u.ringImpl } : {};
+  const grid = {
+    ...(u?.ringImpl ? { ulysses: u.ulysses, ring: u.ring, ring_impl: u.ringImpl } : {}),
+    ...(t.window ? { window_size: t.window } : {}),
+  };
   // A solo Ulysses rank also plays its two sub-groups (api/usp/grid.ts), whose transfers are skipped alike.
   const subGroups = u
     ? (g: Group) => Object.values(uspGrid(g, u.ulysses, u.ring)).filter((x) => x !== g)
@@ -138,22 +145,24 @@ export interface TimingPlan {
  * Times `once` (one call, forward or forward + backward): one cold call, then repeats of
  * `iters` calls (timed by Backend.startTimer: CUDA events on GPUs) until two consecutive repeats
  * agree (judged on the slowest rank, so every rank stops on the same repeat), then 4 more.
- * Returns this rank's seconds per repeat (the last warm-up repeat counts as the first) and the
- * number of warm-up repeats.
+ * Returns this rank's seconds per repeat (the last warm-up repeat counts as the first), the
+ * number of warm-up repeats and the bytes the cold call sent.
  */
 export function timeCalls(
   ctx: RankContext,
   once: () => void,
   t: TimingPlan,
-): { repeats: number[]; warmupRepeats: number } {
+): { repeats: number[]; warmupRepeats: number; sentBytes: number } {
   const repeat = () => {
     const stop = ctx.backend.startTimer();
     for (let i = 0; i < t.iters; i++) once();
     return stop();
   };
   ctx.backend.resetPeak();
+  const sentBefore = ctx.backend.sentBytes();
   once();
   ctx.backend.sync();
+  const sentBytes = ctx.backend.sentBytes() - sentBefore;
   // The warm-up decision must be the same on every rank: a rank that stopped one repeat early
   // would leave its peers waiting inside a collective. Each rank shares its repeat time and all
   // of them judge the slowest rank's times.
@@ -170,7 +179,7 @@ export function timeCalls(
   }
   const repeats = [mine];
   for (let i = 0; i < 4; i++) repeats.push(repeat());
-  return { repeats, warmupRepeats };
+  return { repeats, warmupRepeats, sentBytes };
 }
 
 /** Returns a function that all-gathers one number per rank and gives back the largest. */

@@ -7,6 +7,16 @@ import { PYTHON_CU_SEQLENS_SETS } from './bench_varlen_rank.js';
 export type Mode = 'fwd' | 'fwdbwd';
 export const MODES: readonly Mode[] = ['fwd', 'fwdbwd'];
 
+/**
+ * Query-key pairs a causal mask keeps over `S` tokens, each query seeing at most `left` keys
+ * before it (-1: all, counted as S²/2 as the FLOP convention does).
+ */
+export function causalPairs(S: number, left: number): number {
+  if (left < 0) return (S * S) / 2;
+  const m = Math.min(S, left + 1);
+  return (m * (m + 1)) / 2 + Math.max(0, S - left - 1) * (left + 1);
+}
+
 /** The dense shapes that have counterparts in the Python project's measurements. */
 export type Shape = 'qkvpacked' | 'llama3';
 
@@ -145,13 +155,16 @@ export function varlenCase(onGpu: boolean) {
         hk: 2,
         d: 32,
         headsKStride: 1,
-        sets: [
-          [0, 128],
-          [0, 32, 96, 128],
-          [0, 64, 128],
-          [0, 48, 80, 112, 120, 128],
-        ],
+        sets: smallVarlenSets(128),
       };
+}
+
+/**
+ * The Python project's kind of cu_seqlens sets at `s` tokens per rank (a multiple of 16): one
+ * sequence; a short one between two long; two halves; uneven ones down to a sixteenth.
+ */
+export function smallVarlenSets(s: number): number[][] {
+  return [[16], [4, 12, 16], [8, 16], [6, 10, 14, 15, 16]].map((set) => [0, ...set.map((x) => (x * s) / 16)]);
 }
 
 /** The shape of a case title, or null for the cases without a Python counterpart (varlen, CPU). */

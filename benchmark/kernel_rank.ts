@@ -14,6 +14,16 @@ export interface KernelTask extends RankShape {
   deterministic?: boolean;
   /** time the forward alone (head dims the backward has no kernel for); fwdbwd is then null */
   forwardOnly?: boolean;
+  /** flash-attn keyword arguments of an attention option (bench:kernel --options), passed as given */
+  mods?: KernelMods;
+}
+
+export interface KernelMods {
+  window_size?: [number, number];
+  softcap?: number;
+  alibi_slopes?: number[];
+  dropout_p?: number;
+  dropout_seed?: number;
 }
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
@@ -32,6 +42,7 @@ export function run(ctx: RankContext, t: KernelTask) {
     const once = () =>
       finishCall(
         flash_attn_func(q, k, v, {
+          ...t.mods,
           causal: t.causal,
           deterministic: t.deterministic === true,
         }) as DeviceTensor,
@@ -51,7 +62,7 @@ export function run(ctx: RankContext, t: KernelTask) {
   const fwd = time(false);
   const fwdbwd = t.forwardOnly ? null : time(true);
   // Accuracy sample: the last rows (they see the most keys under causal) of head 0, batch 0.
-  const [out, lse] = flash_attn_func(q, k, v, { causal: t.causal, return_attn_probs: true }) as [
+  const [out, lse] = flash_attn_func(q, k, v, { ...t.mods, causal: t.causal, return_attn_probs: true }) as [
     DeviceTensor,
     DeviceTensor,
     null,

@@ -24,10 +24,18 @@ import path from 'node:path';
 import { init, visibleGpuCount } from '../index.js';
 import type { BenchResult, BenchTask } from './bench_rank.js';
 import type { VarlenBenchTask } from './bench_varlen_rank.js';
-import { BENCH_FLAGS, benchOptions, type BenchOptions } from './bench_flags.js';
-import { ulyssesDegree, varlenCase, VARLEN_COLUMNS, type Mode } from './cases.js';
+import { BENCH_FLAGS, benchOptions, GPU_TOKENS, type BenchOptions } from './bench_flags.js';
+import {
+  causalPairs,
+  ulyssesDegree,
+  varlenCase,
+  VARLEN_COLUMNS,
+  type DenseCase,
+  type Mode,
+} from './cases.js';
 import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
 import { Progress } from './progress.js';
+import { unsupportedBy } from './unsupported.js';
 import { pythonChart, tableChart, type ResultRow } from './report_charts.js';
 import { chartFiles, displayPath, resultStamp } from './result_files.js';
 
@@ -42,6 +50,19 @@ interface Cell {
   tflops: number;
   peakGiB: number;
   slowestSoloRank?: number;
+  /** Mean over the ranks of the bytes one call sent from each. */
+  sentBytes: number;
+  /** The backend refused the call (E_UNSUPPORTED): its message; the figures are then absent. */
+  unsupported?: string;
+}
+
+/** The figures of a cell that did not run. */
+const NOT_RUN = { iterPerSec: 0, spread: 0, tflops: 0, peakGiB: 0, sentBytes: 0 };
+
+/** Bytes in the unit that suits them. */
+function bytesText(n: number): string {
+  const [unit, div] = n >= 2 ** 30 ? ['GiB', 2 ** 30] : n >= 2 ** 20 ? ['MiB', 2 ** 20] : ['KiB', 2 ** 10];
+  return `${(n / div).toFixed(1)} ${unit}`;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -66,12 +87,25 @@ async function readmeTable(o: BenchOptions): Promise<void> {
       ? `${world}× ${device}, ${transport} transfers`
       : `${device}, world ${world}`;
   const progress = new Progress(
-    o.modes.length * (o.cases.length * o.columns.length + (o.varlen ? VARLEN_COLUMNS.length : 0)),
+    o.modes.length *
+      (o.cases.length * o.columns.length * (o.window ? 2 : 1) + (o.varlen ? VARLEN_COLUMNS.length : 0)),
   );
   progress.print(
     `# ring-flash-attn README table — ${machine}, ${o.dtype}, causal, ${o.tokens} tokens per rank, ${new Date().toISOString().slice(0, 10)}`,
   );
+  const win = o.window;
+  const windowText = (w: readonly number[]) => `(${w.join(', ')})`;
+  if (win)
+    progress.print(
+      `# window_size ${windowText(win.used)} beside no window${
+        win.used.join() === win.asked.join()
+          ? ''
+          : ` (asked ${windowText(win.asked)}, scaled by ${o.tokens}/${GPU_TOKENS} tokens per rank to the CPU size: the same share of the ${o.tokens * world}-token sequence)`
+      }`,
+    );
   const report: (ResultRow & Record<string, unknown>)[] = [];
+  // The window's cells: apart from `report`, whose charts and targets are of the plain table.
+  const windowReport: Record<string, unknown>[] = [];
   const ranks = Array.from({ length: solo ? 1 : world }, (_, i) => i);
   const timing = { iters, maxRepeats: o.maxRepeats, settle: o.settle };
   // Runs one column on every rank (the theoretic column too: as in the Python project's
@@ -84,19 +118,28 @@ async function readmeTable(o: BenchOptions): Promise<void> {
     flopPerRank: number,
     single: boolean,
     extra: { case: string; mode: Mode; name: string },
+    into: Record<string, unknown>[] = report,
   ): Promise<Cell> => {
     const played = solo && !single ? soloRanks : [null];
     const res: BenchResult[] = [];
-    for (const r of played) {
-      const t = r === null ? task : { ...task, solo: { world, rank: r, loopback: o.loopback } };
-      res.push(
-        ...((await rt.runEach(
-          module,
-          'run',
-          ranks.map(() => t),
-          ranks,
-        )) as BenchResult[]),
-      );
+    try {
+      for (const r of played) {
+        const t = r === null ? task : { ...task, solo: { world, rank: r, loopback: o.loopback } };
+        res.push(
+          ...((await rt.runEach(
+            module,
+            'run',
+            ranks.map(() => t),
+            ranks,
+          )) as BenchResult[]),
+        );
+      }
+    } catch (e) {
+      // An option the backend does not take yet is a cell of the table, not the end of the run.
+      const why = unsupportedBy(e);
+      if (why === null) throw e;
+      into.push({ ...extra, column: label, unsupported: why });
+      return { ...NOT_RUN, label, unsupported: why };
     }
     // Ring steps synchronise the ranks: the slowest rank's rate is the ring's rate.
     const perRank = res.map((r) => iters / median(r.repeats));
@@ -110,7 +153,8 @@ async function readmeTable(o: BenchOptions): Promise<void> {
     );
     const spread = (Math.max(...all) - Math.min(...all)) / rate;
     const tflops = (flopPerRank * rate) / 1e12;
-    report.push({
+    const sentBytes = res.reduce((a, r) => a + r.sentBytes, 0) / res.length;
+    into.push({
       ...extra,
       column: label,
       iterPerSecPerRank: rate,
@@ -119,6 +163,7 @@ async function readmeTable(o: BenchOptions): Promise<void> {
       ...(slowestSoloRank !== undefined ? { soloRanks: played, slowestSoloRank } : {}),
       tflopsPerGpu: tflops,
       peakBytes: res.map((r) => r.peakBytes),
+      sentBytes: res.map((r) => r.sentBytes),
       warmupRepeats: res.map((r) => r.warmupRepeats),
     });
     return {
@@ -128,12 +173,13 @@ async function readmeTable(o: BenchOptions): Promise<void> {
       tflops,
       peakGiB: Math.max(...res.map((r) => r.peakBytes)) / 2 ** 30,
       slowestSoloRank,
+      sentBytes,
     };
   };
   const print = (title: string, mode: Mode, row: Cell[]) => {
     const theoretic = row[0]!.iterPerSec;
     // A skipped cell shows a dash in every figure row.
-    const fig = (r: Cell, text: string) => (r.skipped ? '—' : text);
+    const fig = (r: Cell, text: string) => (r.skipped ? '—' : r.unsupported ? 'E_UNSUPPORTED' : text);
     const lines = [
       `\n## ${title}, ${mode === 'fwd' ? 'forward' : 'forward + backward'}\n`,
       `|          | ${row.map((r) => r.label).join(' | ')} |`,
@@ -161,61 +207,107 @@ async function readmeTable(o: BenchOptions): Promise<void> {
           .map((r) => r.slowestSoloRank)
           .join(' | ')} |`,
       );
-    progress.print(lines.join('\n'));
+    progress.print(lines.join('\n') + refusals(row));
+  };
+  // The refused cells' messages, once each below their table.
+  const refusals = (row: Cell[]) =>
+    row
+      .filter((r) => r.unsupported)
+      .map((r) => `\n${r.label}: E_UNSUPPORTED: ${r.unsupported}`)
+      .join('');
+  // The window's row beside the plain one of the same case and mode: rates, their ratio, and the
+  // bytes each rank sent per call (the single-device column sends none).
+  const printWindow = (title: string, mode: Mode, plain: Cell[], windowed: Cell[]) => {
+    const w = windowText(win!.used);
+    const cells = (f: (p: Cell, x: Cell, i: number) => string) =>
+      windowed
+        .map((x, i) => {
+          const p = plain[i]!;
+          if (x.skipped || p.skipped) return '—';
+          if (x.unsupported || p.unsupported) return 'E_UNSUPPORTED';
+          return f(p, x, i);
+        })
+        .join(' | ');
+    const rate = (r: Cell, i: number) =>
+      i === 0
+        ? `${(r.iterPerSec * world).toFixed(1)}/${world}=${r.iterPerSec.toFixed(1)}`
+        : r.iterPerSec.toFixed(1);
+    const sent = (r: Cell, i: number) => (i === 0 ? '—' : bytesText(r.sentBytes));
+    const lines = [
+      `\n## ${title}, ${mode === 'fwd' ? 'forward' : 'forward + backward'}, window_size ${w} beside none\n`,
+      `|          | ${windowed.map((r) => r.label).join(' | ')} |`,
+      `| -------- | ${windowed.map(() => '---').join(' | ')} |`,
+      `| iter/sec, no window | ${cells((p, _, i) => rate(p, i))} |`,
+      `| iter/sec, window ${w} | ${cells((_, x, i) => rate(x, i))} |`,
+      `| speed-up (window ÷ none) | ${cells((p, x) => `${(x.iterPerSec / p.iterPerSec).toFixed(2)}×`)} |`,
+      `| sent per rank per call, no window | ${cells((p, _, i) => sent(p, i))} |`,
+      `| sent per rank per call, window ${w} | ${cells((_, x, i) => sent(x, i))} |`,
+      `| bytes saved | ${cells((p, x, i) => (i === 0 || p.sentBytes === 0 ? '—' : `${(100 * (1 - x.sentBytes / p.sentBytes)).toFixed(1)}%`))} |`,
+    ];
+    progress.print(lines.join('\n') + refusals(windowed));
+  };
+  // One row of a dense case: every column, with the window given or none.
+  const denseRow = async (c: DenseCase, mode: Mode, window: [number, number] | null) => {
+    const row: Cell[] = [];
+    for (const col of o.columns) {
+      progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}${window ? ' window' : ''}`);
+      const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
+      let usp: BenchTask['usp'];
+      if (col.usp) {
+        const g = ulyssesDegree(col, world, c.h, c.hk, o.ulysses);
+        if ('skip' in g) {
+          row.push({ ...NOT_RUN, label: col.label, skipped: g.skip });
+          continue;
+        }
+        usp = { ...g, ringImpl: col.usp.ringImpl };
+      }
+      const task: BenchTask = {
+        name,
+        b: c.b,
+        s: c.s,
+        h: c.h,
+        hk: c.hk,
+        d: c.d,
+        causal: true,
+        dtype: o.dtype,
+        backward: mode === 'fwdbwd',
+        ...timing,
+        seed: 1,
+        ...(usp ? { usp } : {}),
+        ...(window ? { window } : {}),
+      };
+      const single = col.prefix === 'flash_attn';
+      // FLOP per rank per call: 4·b·h·d per (query, key) pair the mask keeps, split over the
+      // world; causal over the full sequence that is 2·b·h·S²·d.
+      const S = single ? c.s : c.s * world;
+      const flop =
+        ((4 * c.b * c.h * c.d * causalPairs(S, window?.[0] ?? -1)) / (single ? 1 : world)) *
+        (mode === 'fwdbwd' ? 3.5 : 1);
+      const extra = { case: c.title, mode, name, ...(window ? { window } : {}) };
+      const cell = await measure(
+        col.label,
+        denseModule,
+        task,
+        flop,
+        single,
+        extra,
+        window ? windowReport : report,
+      );
+      if (usp && !cell.unsupported) {
+        cell.grid = `${usp.ulysses} × ${usp.ring}`;
+        const into = window ? windowReport : report;
+        into[into.length - 1]!.grid = { ulysses: usp.ulysses, ring: usp.ring };
+      }
+      row.push(cell);
+    }
+    return row;
   };
   try {
     for (const c of o.cases)
       for (const mode of o.modes) {
-        const row: Cell[] = [];
-        for (const col of o.columns) {
-          progress.step(`${c.title.split(' ')[0]} ${mode} ${col.label}`);
-          const name = `${col.prefix}_${c.packing}_func${col.suffix}`;
-          let usp: BenchTask['usp'];
-          if (col.usp) {
-            const g = ulyssesDegree(col, world, c.h, c.hk, o.ulysses);
-            if ('skip' in g) {
-              row.push({
-                label: col.label,
-                skipped: g.skip,
-                iterPerSec: 0,
-                spread: 0,
-                tflops: 0,
-                peakGiB: 0,
-              });
-              continue;
-            }
-            usp = { ...g, ringImpl: col.usp.ringImpl };
-          }
-          const task: BenchTask = {
-            name,
-            b: c.b,
-            s: c.s,
-            h: c.h,
-            hk: c.hk,
-            d: c.d,
-            causal: true,
-            dtype: o.dtype,
-            backward: mode === 'fwdbwd',
-            ...timing,
-            seed: 1,
-            ...(usp ? { usp } : {}),
-          };
-          const single = col.prefix === 'flash_attn';
-          // FLOP per rank per call: causal forward over the full sequence is 2·b·h·S²·d, split over the world.
-          const S = single ? c.s : c.s * world;
-          const flop = ((2 * c.b * c.h * S * S * c.d) / (single ? 1 : world)) * (mode === 'fwdbwd' ? 3.5 : 1);
-          const cell = await measure(col.label, denseModule, task, flop, single, {
-            case: c.title,
-            mode,
-            name,
-          });
-          if (usp) {
-            cell.grid = `${usp.ulysses} × ${usp.ring}`;
-            report[report.length - 1]!.grid = { ulysses: usp.ulysses, ring: usp.ring };
-          }
-          row.push(cell);
-        }
+        const row = await denseRow(c, mode, null);
         print(c.title, mode, row);
+        if (o.window) printWindow(c.title, mode, row, await denseRow(c, mode, o.window.used));
       }
     if (o.varlen)
       for (const mode of o.modes) {
@@ -279,6 +371,7 @@ async function readmeTable(o: BenchOptions): Promise<void> {
     tokens: o.tokens,
     iters,
     results: report,
+    ...(win ? { window: { asked: win.asked, used: win.used, results: windowReport } } : {}),
   };
   fs.writeFileSync(json, JSON.stringify(doc, null, 2));
   const charts = chartFiles(json);

@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { Comm, Group } from './comm.js';
-import { DTYPE_CODE, type DType, type HostData } from './dtype.js';
+import { DTYPE_CODE, dtypeBytes, type DType, type HostData } from './dtype.js';
 import { fail } from './errors.js';
 import * as args from './kernel_args.js';
 import type { NativeKernels } from './native.js';
@@ -18,6 +18,7 @@ export abstract class Backend {
   /** Native kernel entry points of this backend (same parameter objects on both). */
   protected abstract readonly kernels: NativeKernels;
   private readonly comms = new Map<string, Comm>();
+  private sent = 0;
 
   protected abstract allocStorage(numel: number, dtype: DType): Storage;
   /** Copies host data into a new contiguous tensor. */
@@ -43,8 +44,31 @@ export abstract class Backend {
   /** The communicator of `group`: made on first use (newComm) and kept per group key. */
   comm(group: Group): Comm {
     let c = this.comms.get(group.key);
-    if (!c) this.comms.set(group.key, (c = this.newComm(group)));
+    if (!c) this.comms.set(group.key, (c = this.counted(this.newComm(group))));
     return c;
+  }
+
+  /**
+   * Bytes this rank's point-to-point sends (Comm.sendRecv) have carried since the backend was
+   * made; collectives are not counted. Read it before and after a call for what the call moved.
+   */
+  sentBytes(): number {
+    return this.sent;
+  }
+
+  /** `c` with every sendRecv's send bytes added to sentBytes. */
+  private counted(c: Comm): Comm {
+    return {
+      group: c.group,
+      sendable: (t) => c.sendable(t),
+      sendRecv: (sends, recvs) => {
+        for (const s of sends) this.sent += s.tensor.numel * dtypeBytes(s.tensor.dtype);
+        return c.sendRecv(sends, recvs);
+      },
+      ...(c.abandon ? { abandon: () => c.abandon!() } : {}),
+      allGather: (send, recv) => c.allGather(send, recv),
+      reduceScatter: (send, recv) => c.reduceScatter(send, recv),
+    };
   }
 
   /** After a failed call: every communicator forgets what it had in flight (Comm.abandon). */
@@ -54,12 +78,13 @@ export abstract class Backend {
 
   /**
    * Until the returned function runs, comm() answers `stand.group` (by key) with `stand`: the solo
-   * benchmark's communicator, which plays the ring's missing peers.
+   * benchmark's communicator, which plays the ring's missing peers. Its sends count in
+   * sentBytes: a solo rank's are the bytes the real ring would move.
    */
   substituteComm(stand: Comm): () => void {
     const key = stand.group.key,
       prev = this.comms.get(key);
-    this.comms.set(key, stand);
+    this.comms.set(key, this.counted(stand));
     return () => {
       if (prev) this.comms.set(key, prev);
       else this.comms.delete(key);

@@ -12,8 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { init, visibleGpuCount, type RingRuntime } from '../index.js';
-import { BENCH_FLAGS } from '../benchmark/bench_flags.js';
-import { MODES, THEORETIC } from '../benchmark/cases.js';
+import { BENCH_FLAGS, benchOptions } from '../benchmark/bench_flags.js';
+import { MODES, smallVarlenSets, THEORETIC } from '../benchmark/cases.js';
 import type { ValueFlag } from '../benchmark/cli_flags.js';
 import type { BenchResult, BenchTask } from '../benchmark/bench_rank.js';
 import type { VarlenBenchTask, VarlenColumn } from '../benchmark/bench_varlen_rank.js';
@@ -22,6 +22,8 @@ import { checkTargets, type Report } from '../benchmark/issue_targets.js';
 import { PYTHON_README_H800, PYTHON_X4 } from '../benchmark/python_results.js';
 import { pythonChart, tableChart } from '../benchmark/report_charts.js';
 import { newestWorld4, RESULTS_DIR } from '../benchmark/result_files.js';
+import { unsupportedBy } from '../benchmark/unsupported.js';
+import { RingFlashAttnError } from '../runtime/errors.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
 const BENCH_VARLEN_RANK = new URL('../benchmark/bench_varlen_rank.js', import.meta.url).href;
@@ -56,47 +58,25 @@ function rejected(r: ReturnType<typeof run>, ...named: string[]) {
 
 const s = suite('benchmark');
 
+/** What every rank task here shares: float32 forward + backward, a warm-up of two repeats at most. */
+const TINY = { d: 16, dtype: 'float32', backward: true, maxRepeats: 2, settle: 1, seed: 1 } as const;
+
 /** A dense rank task on tiny CPU shapes; `over` names what a test changes. */
 function denseTask(name: string, over: Partial<BenchTask> = {}): BenchTask {
-  return {
-    name,
-    b: 1,
-    s: 16,
-    h: 2,
-    hk: 2,
-    d: 16,
-    causal: true,
-    dtype: 'float32',
-    backward: true,
-    iters: 1,
-    maxRepeats: 2,
-    settle: 1,
-    seed: 1,
-    ...over,
-  };
+  return { ...TINY, name, b: 1, s: 16, h: 2, hk: 2, causal: true, iters: 1, ...over };
 }
 
-/** A varlen rank task: the Python project's kind of four cu_seqlens sets, scaled to 16 tokens. */
+/** A varlen rank task: the Python project's kind of four cu_seqlens sets, scaled to 32 tokens. */
 function varlenTask(column: VarlenColumn, over: Partial<VarlenBenchTask> = {}): VarlenBenchTask {
   return {
+    ...TINY,
     column,
-    s: 16,
+    s: 32,
     h: 4,
     hk: 2,
-    d: 16,
-    dtype: 'float32',
-    backward: true,
     iters: 4,
-    maxRepeats: 2,
-    settle: 1,
-    sets: [
-      [0, 16],
-      [0, 4, 12, 16],
-      [0, 8, 16],
-      [0, 6, 10, 14, 16],
-    ],
+    sets: smallVarlenSets(32),
     headsKStride: 1,
-    seed: 1,
     ...over,
   };
 }
@@ -245,6 +225,73 @@ s(
   },
 );
 
+// --window (issue #26): the flag, its scaling to the CPU size, and the table beside the plain one.
+s('--window takes L or L,R; the cpu backend scales it by its tokens per rank over 8192', () => {
+  const parse = (raw: string) =>
+    (BENCH_FLAGS.window.parse as (r: string, f: string) => unknown)(raw, '--window');
+  assert.equal(parse('4096'), [4096, 0]);
+  assert.equal(parse('4096,-1'), [4096, -1]);
+  for (const raw of ['', '-1', '4096,', '4096,-2', '1,2,3', 'x', '4096,0.5'])
+    assert.throws(() => parse(raw), /--window .*expected L or L,R/, raw);
+  const cpu = benchOptions({ backend: 'cpu', window: [4096, 0] }, 0);
+  assert.equal(cpu.window, { asked: [4096, 0], used: [64, 0] });
+  assert.equal(benchOptions({ backend: 'cpu', tokens: 16, window: [4096, 2048] }, 0).window!.used, [8, 4]);
+  assert.equal(benchOptions({ backend: 'cuda', window: [4096, 0] }, 2).window!.used, [4096, 0]);
+  assert.is(benchOptions({ backend: 'cpu' }, 0).window, null);
+  rejected(
+    run(TABLE, ['--backend', 'cpu', '--window', '64', '--cases', 'none']),
+    '--window 64,0 needs a dense case',
+  );
+  rejected(run(TABLE, ['--backend', 'cpu', '--window', '64,x']), '--window 64,x: expected L or L,R');
+});
+
+s('--window prints the window table beside the plain one, and the rings send fewer bytes with it', () => {
+  const r = run(CLI, ['bench', ...QUICK, '--window', '4096', '--varlen', 'off']);
+  assert.is(r.status, 0, r.stderr);
+  assert.ok(
+    r.stdout.includes('# window_size (8, 0) beside no window (asked (4096, 0), scaled by 16/8192'),
+    r.stdout,
+  );
+  const lines = r.stdout.split('\n');
+  const title = lines.findIndex((l) => l.endsWith('forward, window_size (8, 0) beside none'));
+  assert.ok(title > 0, r.stdout);
+  const table = lines.slice(title + 2, title + 11);
+  assert.is(table[0], `|          | ${THEORETIC} | ring_attn | ring_attn_v2 | zigzag_ring | stripe_attn |`);
+  for (const row of ['iter/sec, no window', 'iter/sec, window (8, 0)', 'speed-up', 'bytes saved'])
+    assert.ok(
+      table.some((l) => l.startsWith(`| ${row}`)),
+      `${row} in\n${table.join('\n')}`,
+    );
+  const file = r.stdout.match(/results: (\S+\.json)/)![1]!;
+  const doc = JSON.parse(fs.readFileSync(path.resolve(file), 'utf8'));
+  assert.equal(doc.window.used, [8, 0]);
+  type Row = { column: string; sentBytes: number[]; unsupported?: string };
+  const mean = (row: Row) => row.sentBytes.reduce((a, b) => a + b, 0) / row.sentBytes.length;
+  const plain = new Map<string, Row>(doc.results.map((x: Row) => [x.column, x]));
+  for (const w of doc.window.results as Row[]) {
+    assert.is(w.unsupported, undefined, w.column);
+    const p = plain.get(w.column)!;
+    if (w.column === THEORETIC) assert.equal([mean(p), mean(w)], [0, 0], 'one device sends nothing');
+    else if (w.column === 'stripe_attn')
+      assert.ok(mean(w) <= mean(p), `${w.column}: ${mean(w)} vs ${mean(p)}`);
+    else
+      assert.ok(
+        mean(w) < mean(p) && mean(w) > 0,
+        `${w.column}: ${mean(w)} B with the window vs ${mean(p)} B`,
+      );
+  }
+});
+
+// A backend that refuses an option: its message, directly or through the rank failure it caused.
+s('unsupportedBy finds an E_UNSUPPORTED refusal, and only that', () => {
+  const refusal = new RingFlashAttnError('E_UNSUPPORTED', 'window_size is not supported');
+  assert.is(unsupportedBy(refusal), 'window_size is not supported');
+  const wrapped = new RingFlashAttnError('E_WORKER', 'rank 1 failed (E_UNSUPPORTED)', { cause: refusal });
+  assert.is(unsupportedBy(wrapped), 'window_size is not supported');
+  assert.is(unsupportedBy(new RingFlashAttnError('E_SHAPE', 'q')), null);
+  assert.is(unsupportedBy(new Error('E_UNSUPPORTED')), null);
+});
+
 // The command line (benchmark/cli_flags.ts, cli_command.ts, cli.ts): --help prints usage and runs
 // nothing; every bad flag or value exits 2 with one line naming it, before any runtime starts.
 s('--help prints the usage, every flag on a line of its own with its default, and runs nothing', () => {
@@ -292,6 +339,10 @@ s('unknown flags and bad values exit 2 naming the flag and the value', () => {
   rejected(run(CLI, ['bench', '--solo', '2', '--world', '2']), '--world 2 and --solo 2 exclude each other');
   rejected(run(CLI, ['bench', 'extra']), 'unexpected argument extra');
   rejected(run(KERNEL, ['--shape', 'h=7']), '--shape h=7: matches none of');
+  rejected(
+    run(KERNEL, ['--options', 'window,foo']),
+    '--options window,foo: unknown foo (window, softcap, alibi, dropout)',
+  );
   rejected(run(KERNEL, ['--deterministic=yes']), '--deterministic=yes: --deterministic takes no value');
   rejected(run(CLI, ['bench:targets', path.join(OUT, 'missing.json')]), 'missing.json: no such result file');
 });
