@@ -738,7 +738,8 @@ void run_errors() {
     p.k = x.at(3);
     cuda::flash_fwd(p, 0, scratch());
   });
-  // The option hooks are not in the CUDA kernels: a call carrying one is refused, never run without it.
+  // The option hooks run in the mma.sync kernels (test/gpu/masks.test.ts checks their results);
+  // what they cannot take is refused before launch.
   {  // a causal call's window (-1, 0) is its mask, not a hook: it runs
     auto p = params(64, 2, 2, DType::bf16);
     p.shape.causal = true;
@@ -754,20 +755,26 @@ void run_errors() {
                 got.c_str());
     if (got != "ran") ++g_failures;
   }
-  expect_throw("flash_fwd softcap", "E_UNSUPPORTED", [&] {
+  expect_throw("flash_fwd softcap at head_dim 256", "E_UNSUPPORTED", [&] {
     auto p = params(64, 2, 2, DType::bf16);
+    p.shape.head_dim = 256;  // refused before anything is read
     p.mods.softcap = 30.f;
     cuda::flash_fwd(p, 0, scratch());
   });
-  expect_throw("flash_fwd window", "E_UNSUPPORTED", [&] {
+  expect_throw("flash_fwd negative softcap", "E_ARG", [&] {
     auto p = params(64, 2, 2, DType::bf16);
-    p.mods.window_left = 4;
+    p.mods.softcap = -1.f;
     cuda::flash_fwd(p, 0, scratch());
   });
-  expect_throw("flash_bwd dropout", "E_UNSUPPORTED", [&] {
+  expect_throw("flash_fwd q positions without k positions", "E_ARG", [&] {
+    auto p = params(64, 2, 2, DType::bf16);
+    p.mods.q_pos = static_cast<const int32_t*>(static_cast<const void*>(x.at(0)));
+    cuda::flash_fwd(p, 0, scratch());
+  });
+  expect_throw("flash_bwd dropout_p 1", "E_ARG", [&] {
     FlashBwdParams p;
     p.shape = AttnShape{1, 8, 8, 2, 2, 64, 0.1f, false};
-    p.mods.dropout_p = 0.1f;
+    p.mods.dropout_p = 1.f;
     cuda::flash_bwd(p, 0, scratch());
   });
   expect_throw("flash_bwd head_dim 256", "E_UNSUPPORTED", [&] {
