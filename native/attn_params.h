@@ -94,6 +94,9 @@ struct ScoreMods {
     const bool window = window_left >= 0 || (window_right >= 0 && !(causal && window_right == 0));
     return positional() || window || softcap != 0.f || alibi_slopes || dropout_p != 0.f;
   }
+  // Whether the hooks only choose the keys a query sees (a window, global positions) and leave the
+  // scores as they are: the kernels' masks can take those.
+  bool masks_only() const { return softcap == 0.f && !alibi_slopes && dropout_p == 0.f; }
 };
 
 // out = softmax(scale * q k^T) v, written in fp32 so that ring merges never round through bf16,

@@ -567,8 +567,10 @@ struct BwdWgTraits {
 };
 
 // kDet: the deterministic mode (grid.dq_turns set), a template parameter so that the
-// default instance keeps its code and registers.
-template <typename T, bool kCausal, bool kDet>
+// default instance keeps its code and registers. kWindow: a sliding window and/or global positions
+// (ScoreMods::masks_only; the call's causal flag is the window's right edge 0), masked by the
+// score hooks' visibility on the tiles that are not wholly inside every row's window.
+template <typename T, bool kCausal, bool kDet, bool kWindow = false>
 __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
     flash_bwd_wgmma_kernel(const FlashBwdParams p, const BwdGrid grid) {
 #ifdef RFA_WGMMA_ENABLED
@@ -586,9 +588,12 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
   float* sLse = reinterpret_cast<float*>(sdS + 2 * Tr::kTileDs);  // [kStages][kBM], lse * log2(e)
   float* sDsum = sLse + Tr::kStages * kBM;                        // [kStages][kBM]
 
-  const BwdWork w = bwd_work<kBN, kBM, kCausal>(p, grid);
+  static_assert(!(kCausal && kWindow), "a window instance takes causal as its right edge");
+  const BwdWork w = bwd_work<kBN, kBM, kCausal, kWindow>(p, grid);
   if (!w.active) return;
   const Span sp = w.sp;
+  [[maybe_unused]] const SpanHooks hooks =
+      kWindow ? span_hooks(p.mods, p.shape, sp, w.span_id, w.hk * w.group, p.seg.num_seqs > 0) : SpanHooks{};
   const int hk = w.hk, n0 = w.n0, group = w.group, keys_valid = w.keys_valid, diag = w.diag;
   const int m_begin = w.m_begin, m_tiles = w.m_tiles, step0 = w.step0, steps = w.steps;
 
@@ -701,19 +706,28 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
   // is handed on by thread 0 after the next step's opening barrier, once that step's first MMAs
   // are issued (pass_pending), so its fence waits for the atomics while the tensor cores work.
   int* pending_turn = nullptr;
+  int pending_next = 0;
   auto add_dq_in_turn = [&](int h, int m0) {
     if constexpr (kDet) {
       int* turn = dq_turn(p, grid, w, h, m0 / kBM);
-      wait_turn(turn, n0 / kBN);
+      // This key tile's place among those that visit the query tile (under a window the first of
+      // them need not be tile 0).
+      int mine = n0 / kBN;
+      if constexpr (kWindow) {
+        int k_begin = 0, k_end = 0;
+        hooks.key_range(m0, min(kBM, sp.nq - m0), sp.nk, &k_begin, &k_end);
+        mine -= k_begin / kBN;
+      }
+      wait_turn(turn, mine);
       add_dq(h, m0);
-      pending_turn = turn;
+      pending_turn = turn, pending_next = mine + 1;
     } else {
       add_dq(h, m0);
     }
   };
   auto pass_pending = [&] {  // after a barrier that follows the pending turn's atomics
     if constexpr (kDet) {
-      if (pending_turn) pass_turn_after_barrier(pending_turn, n0 / kBN + 1);
+      if (pending_turn) pass_turn_after_barrier(pending_turn, pending_next);
       pending_turn = nullptr;
     }
   };
@@ -750,8 +764,13 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
     fence_regs(s);
 
     // P^T = exp2(S^T * scale_log2 - lse_log2), masked.
-    const bool needs_mask = n0 + kBN > sp.nk || (kCausal && n0 + kBN - 1 > m0 + diag);
-    if constexpr (kCausal) {
+    bool needs_mask = n0 + kBN > sp.nk || (kCausal && n0 + kBN - 1 > m0 + diag);
+    if constexpr (kWindow) {  // positions increase: the corners decide whether the tile is inside
+      const int q_hi = min(m0 + kBM, sp.nq) - 1, key_hi = n0 + keys_valid - 1;
+      needs_mask = needs_mask || !hooks.visible(hooks.qpos(q_hi), hooks.kpos(n0)) ||
+                   !hooks.visible(hooks.qpos(m0), hooks.kpos(key_hi));
+    }
+    if constexpr (kCausal || kWindow) {
       // Causal: exponentials first, then the mask in a CTA-uniform branch taken by diagonal tiles
       // only (fused into the loop below, the mask's predicates cost issue slots on every tile).
 #pragma unroll
@@ -765,7 +784,12 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int q = i * 8 + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
-            if (key >= sp.nk || key > m0 + q + diag) s[4 * i + e] = 0.f;
+            bool hidden = key >= sp.nk;
+            if constexpr (kWindow)
+              hidden = hidden || !hooks.visible(hooks.qpos(min(m0 + q, sp.nq - 1)), hooks.kpos(key));
+            else
+              hidden = hidden || key > m0 + q + diag;
+            if (hidden) s[4 * i + e] = 0.f;
           }
       }
     } else {
@@ -865,10 +889,10 @@ void launch_bwd(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   launch_key_tiles<Tr>(flash_bwd_kernel<Tr, T, kCausal, kHooks>, "flash_bwd_kernel", p, grid, s);
 }
 
-template <typename T, bool kCausal, bool kDet>
+template <typename T, bool kCausal, bool kDet, bool kWindow = false>
 void launch_bwd_wgmma(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  launch_key_tiles<BwdWgTraits>(flash_bwd_wgmma_kernel<T, kCausal, kDet>, "flash_bwd_wgmma_kernel", p, grid,
-                                s);
+  launch_key_tiles<BwdWgTraits>(flash_bwd_wgmma_kernel<T, kCausal, kDet, kWindow>, "flash_bwd_wgmma_kernel",
+                                p, grid, s);
 }
 
 void zero_bsh(float* x, const BshStrides& st, int b, int s, int h, int d, cudaStream_t stream,
@@ -949,12 +973,17 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
                      ScratchBlock& turns, const LaunchOverrides& o) {
   // The wgmma kernel exists as sm_90a machine code only: other devices (and the compute_90 PTX
   // fallback, where its body is empty) take the mma.sync kernel.
-  // The hook instance (mma.sync) masks causal calls itself (window right 0, global positions).
+  // The hook instances mask causal calls themselves (window right 0, global positions); the wgmma
+  // kernel's takes a window and positions alone.
   const bool hooks = p.mods.any(p.shape.causal);
-  if (kHeadDim == 128 && current_device().sm90 && !hooks) {
+  if (kHeadDim == 128 && current_device().sm90 && (!hooks || p.mods.masks_only())) {
     grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns, o);
     const bool c = p.shape.causal, d = p.deterministic;
-    if (c && d)
+    if (hooks && d)
+      launch_bwd_wgmma<T, false, true, true>(p, grid, s);
+    else if (hooks)
+      launch_bwd_wgmma<T, false, false, true>(p, grid, s);
+    else if (c && d)
       launch_bwd_wgmma<T, true, true>(p, grid, s);
     else if (c)
       launch_bwd_wgmma<T, true, false>(p, grid, s);

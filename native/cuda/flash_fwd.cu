@@ -759,7 +759,10 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
               "flash_fwd: head_dim " + std::to_string(p.shape.head_dim) +
                   ": the driver declined a tensor map of q, k or v (a stride it cannot take)");
   }
-  if (p.mods.any(p.shape.causal)) {  // the mma.sync kernels' hook instances, on every device
+  if (p.mods.any(p.shape.causal)) {
+    // A window and global positions alone: the Hopper forward's masks; else the mma.sync
+    // kernels' hook instances, on every device.
+    if (use_hopper_fwd(p, o) && flash_fwd_hopper(p, s, scratch, o)) return;
     switch (p.shape.head_dim) {
       case 32:
         return dispatch_mma<FwdTraits<32>, T, true>(p, num_spans, max_q, s, scratch, o);

@@ -10,7 +10,8 @@ namespace rfa::cuda {
 
 // Whether the Hopper forward covers the call: dense batches (with `varlen`, varlen segments too
 // at head_dim <= 128; not yet run on a GPU, so only the harness asks for it), at least one key,
-// head_dim 64, 128, 192 or 256. The device must run sm_90a code (the caller checks).
+// head_dim 64, 128, 192 or 256; of the score hooks, a window and global positions on dense calls
+// at head_dim 64 and 128. The device must run sm_90a code (the caller checks).
 bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen = false);
 // Query tiles of the Hopper forward's grid (kBlockM rows, every head and batch entry).
 int64_t hopper_fwd_tiles(const FlashFwdParams& p);

@@ -18,6 +18,7 @@
 #include "cuda/fwd/epilogue.cuh"
 #include "cuda/fwd/hopper_sync.cuh"
 #include "cuda/fwd/tile_scheduler.cuh"
+#include "cuda/score_hooks.cuh"
 
 namespace rfa::cuda {
 
@@ -39,13 +40,27 @@ struct FwdHopperBarriers {
   }
 };
 
-// Key tiles a 128-row query tile from row m0 of a span (nq queries, nk keys) sees: all of them,
-// or (causal, bottom-right) up to its last row's diagonal.
-template <class Tr>
-__host__ __device__ __forceinline__ int hopper_key_tiles(int nq, int nk, int m0, bool causal) {
-  int n_end = nk;
-  if (causal) n_end = min(n_end, m0 + Tr::kBlockM + nk - nq);
-  return n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0;
+// Key tiles [first, first + count) that a 128-row query tile from row m0 of span sp sees: all of
+// them; (kCausal, bottom-right) up to its last row's diagonal; (kWindow: a sliding window and/or
+// global positions, causal as the window's right edge 0) those that may hold a key of some row's
+// window, by the hooks' key_range (the tiles the backward's query_range agrees with).
+struct KeyTiles {
+  int first, count;
+};
+template <class Tr, bool kCausal, bool kWindow, bool kVarlen>
+__device__ __forceinline__ KeyTiles fwd_key_tiles(const FlashFwdParams& p, const Span& sp, const FwdTile& ft,
+                                                  int m0) {
+  if constexpr (kWindow) {
+    const SpanHooks hk = span_hooks(p.mods, p.shape, sp, ft.b, ft.h, kVarlen);
+    int k_begin = 0, k_end = 0;
+    hk.key_range(m0, min(Tr::kBlockM, sp.nq - m0), sp.nk, &k_begin, &k_end);
+    const int first = k_begin / Tr::kBlockN;
+    return {first, k_end > k_begin ? (k_end + Tr::kBlockN - 1) / Tr::kBlockN - first : 0};
+  } else {
+    int n_end = sp.nk;
+    if (kCausal) n_end = min(n_end, m0 + Tr::kBlockM + sp.nk - sp.nq);
+    return {0, n_end > 0 ? (n_end + Tr::kBlockN - 1) / Tr::kBlockN : 0};
+  }
 }
 
 template <class Tr>
@@ -67,7 +82,7 @@ struct FwdHopperSmem {
 // The producer (one thread): for each tile of the CTA, post it to the consumers, then load Q
 // (once the previous tile's last S has read it) and every K/V tile it sees into the stages.
 // kVarlen: spans are varlen segments (p.seg); dense launches compile without any of it.
-template <class Tr, bool kVarlen>
+template <class Tr, bool kCausal, bool kVarlen, bool kWindow>
 __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTileGrid& grid,
                                             const FwdHopperSmem<Tr>& sm, const CUtensorMap* map_q,
                                             const CUtensorMap* map_k, const CUtensorMap* map_v) {
@@ -85,8 +100,8 @@ __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTi
         kVarlen ? span_of(p.shape, p.seg, ft.b) : Span{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
     const int m0 = ft.m_block * Tr::kBlockM, hk = ft.h / group;
     if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles
-    const int n_tiles = hopper_key_tiles<Tr>(sp.nq, sp.nk, m0, p.shape.causal);
-    if (n_tiles == 0) continue;
+    const KeyTiles kt = fwd_key_tiles<Tr, kCausal, kWindow, kVarlen>(p, sp, ft, m0);
+    if (kt.count == 0) continue;
     // Waits for the consumers to free `empty`, then loads `rows` rows from row0 of head `head`
     // into dst, one 64-column block at a time, completing on `full`.
     auto load = [&](auto* dst, int rows, const CUtensorMap* map, uint64_t* empty, uint64_t* full,
@@ -99,8 +114,8 @@ __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTi
     };
     load(sm.q(), Tr::kBlockM, map_q, &bars.q_empty, &bars.q_full, (q_loads++ & 1) ^ 1, Tr::kQBytes,
          sp.q0 + m0, ft.h);
-    for (int it = 0; it < n_tiles; ++it, ++kv) {
-      const int stage = kv % Tr::kStages, row0 = sp.k0 + it * Tr::kBlockN;
+    for (int it = 0; it < kt.count; ++it, ++kv) {
+      const int stage = kv % Tr::kStages, row0 = sp.k0 + (kt.first + it) * Tr::kBlockN;
       const uint32_t parity = ((kv / Tr::kStages) & 1) ^ 1;
       load(sm.k(stage), Tr::kBlockN, map_k, &bars.k_empty[stage], &bars.k_full[stage], parity, Tr::kKVBytes,
            row0, hk);
@@ -149,7 +164,7 @@ __device__ __forceinline__ void hopper_softmax(float (&s)[kST][4], float (&row_m
 }
 
 // A consumer warpgroup (wg 0 or 1: rows 64 wg .. 64 wg + 63 of every tile) over the CTA's tiles.
-template <class Tr, typename T, bool kCausal, bool kVarlen>
+template <class Tr, typename T, bool kCausal, bool kVarlen, bool kWindow>
 __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTileGrid& grid,
                                             const FwdHopperSmem<Tr>& sm, int wg) {
   using Mma = MmaType<T>;
@@ -214,12 +229,15 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
         kVarlen ? span_of(p.shape, p.seg, ft.b) : Span{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
     const int m0 = ft.m_block * Tr::kBlockM, diag = sp.nk - sp.nq;
     if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles: no rows, no turns
-    const int n_tiles = hopper_key_tiles<Tr>(sp.nq, sp.nk, m0, kCausal);
+    const KeyTiles kt = fwd_key_tiles<Tr, kCausal, kWindow, kVarlen>(p, sp, ft, m0);
+    const int n_tiles = kt.count, n_end = (kt.first + n_tiles) * kN;
+    [[maybe_unused]] const SpanHooks hk =
+        kWindow ? span_hooks(p.mods, p.shape, sp, ft.b, ft.h, kVarlen) : SpanHooks{};
     // Varlen: the last key tile's TMA box runs past the segment into rows of the packed tensor
     // that may hold anything, NaN too, and P = 0 there does not cancel a NaN in P V. Consumer 1
     // zeroes those V rows while it holds its turn on that tile, which ends before either consumer
     // issues that tile's P V (dense boxes stop at the tensor's end, where TMA fills zeros).
-    const int v_tail = kVarlen && n_tiles * kN > sp.nk ? sp.nk - (n_tiles - 1) * kN : kN;
+    const int v_tail = kVarlen && n_end > sp.nk ? sp.nk - (n_end - kN) : kN;
     auto zero_v_tail = [&](int it) {
       if constexpr (kVarlen) {
         if (wg != 1 || it != n_tiles - 1 || v_tail == kN) return;
@@ -240,7 +258,28 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
     // Scores of keys past the span and (causal) right of a row's diagonal become -inf; only the
     // tiles that cross the span end or the diagonal of this warpgroup's first row need it.
     auto mask = [&](int it) {
-      const int n0 = it * kN;
+      const int n0 = (kt.first + it) * kN;
+      if constexpr (kWindow) {
+        // Keys outside a row's window too. Positions increase along rows and keys, so the tile is
+        // wholly visible to this warpgroup's rows when its first key lies in the window of their
+        // last row and its last key in that of their first.
+        const int lo = m0 + wg * 64, hi = min(lo + 63, sp.nq - 1), key_hi = n0 + kN - 1;
+        if (lo > hi) return;  // rows past the span are never stored
+        if (key_hi < sp.nk && hk.visible(hk.qpos(hi), hk.kpos(n0)) &&
+            hk.visible(hk.qpos(lo), hk.kpos(key_hi)))
+          return;
+        int qp[2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) qp[half] = hk.qpos(min(m0 + r0 + g + half * 8, sp.nq - 1));
+#pragma unroll
+        for (int nt = 0; nt < kST; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = n0 + nt * kMmaN + 2 * t + (e & 1);
+            if (key >= sp.nk || !hk.visible(qp[e >> 1], hk.kpos(key))) s[nt][e] = -INFINITY;
+          }
+        return;
+      }
       if (!(n0 + kN > sp.nk || (kCausal && n0 + kN - 1 > m0 + wg * 64 + diag))) return;
 #pragma unroll
       for (int nt = 0; nt < kST; ++nt)
