@@ -7,7 +7,8 @@
 // increment), and checks that elements outside the views were not touched. Then merge, cast,
 // add and copy checks, argument errors, and timings (CUDA events, median of kTimedRuns).
 // --no-timing skips the timings, --no-checks the checks; --bench=K runs only the K-th timing shape, without
-// checks (for profilers, e.g. ncu -k regex:flash_bwd -c 1 flash_check --bench=1).
+// checks (for profilers, e.g. ncu -k regex:flash_bwd -c 1 flash_check --bench=1); --windows runs only
+// the sliding-window checks.
 //
 // FLOP counted for the timings: causal fwd 2*b*h*s^2*d, full 4*b*h*s^2*d, bwd 2.5x fwd. Each
 // kernel version's checks and timings: benchmark/RESULTS.md.
@@ -256,7 +257,19 @@ struct Config {
   bool rerun = false;
   bool fwd_only = false;  // head dims only the forward has: out and lse are checked
   bool nan_gaps = false;  // varlen: K/V rows outside every segment hold NaN (kernels must not read them)
+  int window_left = -1, window_right = -1;  // window_size (-1: unbounded)
+  // Global positions of a zigzag ring's rank (sq == sk, even): queries hold chunks 1 and 6 of a
+  // sequence of 8 chunks of sq / 2 rows, keys chunks 0 and 7 (a step where the second query chunk
+  // sees no key at all under a causal window).
+  bool zigzag_positions = false;
 };
+
+// Positions of rows [0, n) holding chunks `first` and `second` of n / 2 rows each.
+std::vector<int> chunk_positions(int n, int first, int second) {
+  std::vector<int> pos(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) pos[size_t(i)] = i < n / 2 ? first * (n / 2) + i : second * (n / 2) + i - n / 2;
+  return pos;
+}
 
 // Equal element for element, NaN matching NaN (poisoned rows outside every span stay NaN).
 bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
@@ -291,6 +304,8 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   pb.scale = 1.0 / std::sqrt(double(d));
   pb.causal = c.causal;
   pb.segs = c.segs;
+  pb.left = c.window_left, pb.right = c.window_right;
+  if (c.zigzag_positions) pb.q_pos = chunk_positions(c.sq, 1, 6), pb.k_pos = chunk_positions(c.sk, 0, 7);
   if (st && (c.sq != c.sk || c.h != c.hk)) {
     std::printf("FAIL  %s: strided configs need sq == sk and h == hk\n", c.name.c_str());
     ++g_failures;
@@ -386,6 +401,16 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   fp.out = out.at<float>(ov.off), fp.o_stride = ov.st;
   fp.lse = lse.at<float>(lv.off), fp.lse_stride = lv.st;
   device_segments(c, fp.seg, seg_keep);
+  fp.mods.window_left = c.window_left, fp.mods.window_right = c.window_right;
+  if (c.zigzag_positions) {
+    for (const std::vector<int>* pos : {&pb.q_pos, &pb.k_pos}) {
+      seg_keep.push_back(std::make_unique<Buffer>(DType::f32, pos->size()));  // 4-byte elements
+      CHECK_CUDA(cudaMemcpy(seg_keep.back()->dev, pos->data(), pos->size() * 4, cudaMemcpyHostToDevice));
+    }
+    fp.mods.q_pos = static_cast<const int32_t*>(seg_keep[seg_keep.size() - 2]->dev);
+    fp.mods.k_pos = static_cast<const int32_t*>(seg_keep.back()->dev);
+    fp.mods.diag = pb.diag;
+  }
 
   FlashBwdDotParams dp;
   dp.batch = c.b, dp.seqlen_q = c.sq, dp.nheads = c.h, dp.head_dim = d, dp.dtype = c.dtype;
@@ -394,7 +419,7 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   dp.dsum = dsum.at<float>(lv.off), dp.dsum_stride = lv.st;
 
   FlashBwdParams bp;
-  bp.shape = fp.shape, bp.dtype = c.dtype, bp.seg = fp.seg;
+  bp.shape = fp.shape, bp.dtype = c.dtype, bp.seg = fp.seg, bp.mods = fp.mods;
   bp.q = fp.q, bp.q_stride = fp.q_stride, bp.k = fp.k, bp.k_stride = fp.k_stride, bp.v = fp.v,
   bp.v_stride = fp.v_stride;
   bp.dout = dp.dout, bp.dout_stride = dp.dout_stride;
@@ -935,6 +960,54 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   std::fflush(stdout);
 }
 
+// Sliding windows and global positions: on the Hopper forward (one CTA per SM and 7 CTAs) and the
+// mma.sync hook instance; the backward takes its default kernel (head_dim 128 on sm_90a: the
+// wgmma kernel's window instance), deterministic too.
+// Varlen spans take the mma.sync hook forward and the same backward. --windows runs these alone.
+void run_windows(std::mt19937_64& gen, const Config& varlen) {
+  const DType bf = DType::bf16, f16 = DType::f16;
+  Config causal{"bf16 d128 causal window (300, 0) b2 s1000 h4/2", bf, 128, true, 2, 1000, 1000, 4, 2};
+  causal.window_left = 300;
+  Config both{"fp16 d128 window (200, 150) sq700 sk900 h4", f16, 128, false, 1, 700, 900, 4, 4};
+  both.window_left = 200, both.window_right = 150;
+  Config d64{"bf16 d64 causal window (130, 0) s1000 h8/2", bf, 64, true, 1, 1000, 1000, 8, 2};
+  d64.window_left = 130;
+  Config zig{"bf16 d128 causal window (400, 0) zigzag positions s640 h4/2", bf, 128, true, 1, 640, 640, 4, 2};
+  zig.window_left = 400, zig.zigzag_positions = true;
+  Config zig_full{"fp16 d128 window (250, 250) zigzag positions s640 h2", f16, 128, false, 1, 640, 640, 2, 2};
+  zig_full.window_left = zig_full.window_right = 250, zig_full.zigzag_positions = true;
+  Config right{
+      "bf16 d64 window (-1, 90) sq300 sk500 h2 accumulate", bf, 64, false, 1, 300, 500, 2, 2, false, true};
+  right.window_right = 90;
+  const std::vector<Config> windows{causal, both, d64, zig, zig_full, right};
+  for (int kernel : {3, 0})
+    for (int ctas : {0, 7}) {
+      if (kernel == 0 && ctas) continue;
+      cuda::force_fwd_kernel(kernel);
+      cuda::force_fwd_ctas(ctas);
+      for (Config c : windows) {
+        c.name += kernel == 0 ? " [mma hooks]" : ctas ? " [hopper, 7 ctas]" : " [hopper]";
+        run_attention(c, gen);
+      }
+    }
+  cuda::force_fwd_kernel(-1);
+  cuda::force_fwd_ctas(0);
+  Config seg_causal = varlen, seg_both = varlen;
+  seg_causal.name = "bf16 d128 causal window (60, 0) varlen 3 segs accumulate", seg_causal.window_left = 60;
+  seg_both.name = "bf16 d128 window (50, 120) varlen 3 segs accumulate", seg_both.causal = false;
+  seg_both.window_left = 50, seg_both.window_right = 120;
+  for (const Config& c : {seg_causal, seg_both}) run_attention(c, gen);
+  for (const Config& base : {causal, zig, d64, seg_causal})
+    for (int splits : {1, 3}) {
+      Config c = base;
+      c.deterministic = true;
+      cuda::force_bwd_splits(splits);
+      c.name += splits > 1 ? " [deterministic, bwd splits 3]" : " [deterministic]";
+      run_attention(c, gen);
+    }
+  cuda::force_bwd_splits(-1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -944,6 +1017,7 @@ int main(int argc, char** argv) {
   // --hopper-varlen: only the varlen configs, on the Hopper forward (force_fwd_kernel(5)) and, for
   // comparison, the kernels varlen calls take today
   bool hopper_varlen = false;
+  bool windows_only = false;  // --windows: only the sliding-window and global-position checks
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -956,6 +1030,8 @@ int main(int argc, char** argv) {
       checks = false;
     else if (!std::strcmp(argv[i], "--hopper-varlen"))
       hopper_varlen = true;
+    else if (!std::strcmp(argv[i], "--windows"))
+      windows_only = true;
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -1024,6 +1100,11 @@ int main(int argc, char** argv) {
   if (!checks) {
     for (const Shape& sh : shapes) bench(gen, sh.b, sh.s, sh.h, sh.hk, sh.d, sh.causal, sh.sk);
     return 0;
+  }
+  if (windows_only) {
+    run_windows(gen, varlen);
+    std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
+    return g_failures ? 1 : 0;
   }
   if (hopper_varlen) {
     std::vector<Config> var;
@@ -1129,6 +1210,7 @@ int main(int argc, char** argv) {
     }
     cuda::force_bwd_splits(-1);
   }
+  run_windows(gen, varlen);
   run_casts(gen);
   run_copy(gen, DType::bf16, 64);
   run_copy(gen, DType::f32, 5);

@@ -1,6 +1,7 @@
 // Naive fp64 attention on the CPU, the reference of flash_check.cu: forward (out, lse), dsum and
-// the gradients, with bottom-right causal alignment, GQA and varlen spans. Written from the
-// formulas in attn_params.h, independent of the kernels; dense row-major inputs.
+// the gradients, with bottom-right causal alignment, sliding windows over global positions, GQA and
+// varlen spans. Written from the formulas in attn_params.h, independent of the kernels; dense
+// row-major inputs.
 #pragma once
 #include <algorithm>
 #include <array>
@@ -18,6 +19,12 @@ struct Problem {
   bool causal = false;
   // Varlen spans {q_start, q_len, k_start, k_len} (batch 1); empty: every batch entry is one span.
   std::vector<std::array<int, 4>> segs;
+  // Window (flash-attn's window_size; -1 unbounded; causal makes right 0) around a query's diagonal
+  // key position qp + diag. Positions of the rows (dense calls), or empty: row indices, with diag
+  // the span's nk - nq.
+  int left = -1, right = -1;
+  std::vector<int> q_pos, k_pos;
+  int diag = 0;
 };
 
 // Dense layouts: q, dout, out, dq (b, sq, h, d); k, v, dk, dv (b, sk, hk, d); lse, dsum (b, h, sq).
@@ -55,37 +62,52 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
   auto ki = [&](int b, int j, int h) { return ((size_t(b) * pb.sk + j) * pb.hk + h) * d; };
   auto li = [&](int b, int h, int i) { return (size_t(b) * pb.h + h) * pb.sq + i; };
 
+  // Whether query i of span s sees its key j.
+  const int right = pb.causal ? 0 : pb.right;
+  auto sees = [&](const Span& s, int i, int j) {
+    const bool pos = !pb.q_pos.empty();
+    const int centre = (pos ? pb.q_pos[size_t(i)] : i) + (pos ? pb.diag : s.nk - s.nq);
+    const int kp = pos ? pb.k_pos[size_t(j)] : j;
+    return !(pb.left >= 0 && kp < centre - pb.left) && !(right >= 0 && kp > centre + right);
+  };
+
   // One task per (span, kv head): it owns dk/dv rows of that head, and dq/out rows of its group.
   std::atomic<int> next{0};
   const int tasks = int(spans.size()) * pb.hk;
   auto worker = [&]() {
     std::vector<double> prob, dp;
+    std::vector<char> seen;
     for (int task; (task = next++) < tasks;) {
       const Span& s = spans[task / pb.hk];
       const int hk = task % pb.hk;
       prob.resize(size_t(s.nk));
+      seen.resize(size_t(s.nk));
       dp.resize(size_t(s.nk));
       for (int h = hk * group; h < (hk + 1) * group; ++h)
         for (int i = 0; i < s.nq; ++i) {
           const int qr = s.q0 + i;
-          const int last = pb.causal ? std::min(s.nk - 1, i + s.nk - s.nq) : s.nk - 1;
           const double* qv = &q[qi(s.b, qr, h)];
           double mx = -std::numeric_limits<double>::infinity();
-          for (int j = 0; j <= last; ++j) {
+          bool any = false;
+          for (int j = 0; j < s.nk; ++j) {
+            if (!(seen[j] = sees(s, i, j))) continue;
+            any = true;
             const double* kv = &k[ki(s.b, s.k0 + j, hk)];
             double dot = 0;
             for (int c = 0; c < d; ++c) dot += qv[c] * kv[c];
             prob[j] = dot * pb.scale;
             mx = std::max(mx, prob[j]);
           }
-          if (last < 0) {  // the row sees no key: out 0, lse -inf, no gradient
+          if (!any) {  // the row sees no key: out 0, lse -inf, no gradient
             r.lse[li(s.b, h, qr)] = -std::numeric_limits<double>::infinity();
             continue;
           }
           double sum = 0;
-          for (int j = 0; j <= last; ++j) sum += (prob[j] = std::exp(prob[j] - mx));
+          for (int j = 0; j < s.nk; ++j)
+            if (seen[j]) sum += (prob[j] = std::exp(prob[j] - mx));
           double* o = &r.out[qi(s.b, qr, h)];
-          for (int j = 0; j <= last; ++j) {
+          for (int j = 0; j < s.nk; ++j) {
+            if (!seen[j]) continue;
             prob[j] /= sum;
             const double* vv = &v[ki(s.b, s.k0 + j, hk)];
             for (int c = 0; c < d; ++c) o[c] += prob[j] * vv[c];
@@ -96,7 +118,8 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
           for (int c = 0; c < d; ++c) dsum += dov[c] * o[c];
           r.dsum[li(s.b, h, qr)] = dsum;
           double* dqv = &r.dq[qi(s.b, qr, h)];
-          for (int j = 0; j <= last; ++j) {
+          for (int j = 0; j < s.nk; ++j) {
+            if (!seen[j]) continue;
             const double* kv = &k[ki(s.b, s.k0 + j, hk)];
             const double* vv = &v[ki(s.b, s.k0 + j, hk)];
             double dpj = 0;
