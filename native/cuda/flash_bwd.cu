@@ -765,11 +765,8 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
 
     // P^T = exp2(S^T * scale_log2 - lse_log2), masked.
     bool needs_mask = n0 + kBN > sp.nk || (kCausal && n0 + kBN - 1 > m0 + diag);
-    if constexpr (kWindow) {  // positions increase: the corners decide whether the tile is inside
-      const int q_hi = min(m0 + kBM, sp.nq) - 1, key_hi = n0 + keys_valid - 1;
-      needs_mask = needs_mask || !hooks.visible(hooks.qpos(q_hi), hooks.kpos(n0)) ||
-                   !hooks.visible(hooks.qpos(m0), hooks.kpos(key_hi));
-    }
+    if constexpr (kWindow)
+      needs_mask = needs_mask || !hooks.sees_whole(m0, min(m0 + kBM, sp.nq) - 1, n0, n0 + keys_valid - 1);
     if constexpr (kCausal || kWindow) {
       // Causal: exponentials first, then the mask in a CTA-uniform branch taken by diagonal tiles
       // only (fused into the loop below, the mask's predicates cost issue slots on every tile).

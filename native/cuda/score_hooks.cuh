@@ -38,6 +38,13 @@ struct SpanHooks {
     return !(left >= 0 && kp < centre - left) && !(right >= 0 && kp > centre + right);
   }
 
+  // Whether every query row of [q_lo, q_hi] sees every key row of [k_lo, k_hi], so a tile needs no
+  // mask: positions increase, so the corners decide (the first key in the last row's window, the
+  // last key in the first row's).
+  __device__ __forceinline__ bool sees_whole(int q_lo, int q_hi, int k_lo, int k_hi) const {
+    return visible(qpos(q_hi), kpos(k_lo)) && visible(qpos(q_lo), kpos(k_hi));
+  }
+
   // The hooked score of raw dot product q.k, in units of the raw dot (score / scale), so that the
   // kernels' softmax, lse and scale_log2 stay as they are. *dscore gets d(score)/d(dot) over the
   // scale: softcap's 1 - tanh^2, else 1.

@@ -260,14 +260,10 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
     auto mask = [&](int it) {
       const int n0 = (kt.first + it) * kN;
       if constexpr (kWindow) {
-        // Keys outside a row's window too. Positions increase along rows and keys, so the tile is
-        // wholly visible to this warpgroup's rows when its first key lies in the window of their
-        // last row and its last key in that of their first.
+        // Keys outside a row's window too, unless this warpgroup's rows see the whole tile.
         const int lo = m0 + wg * 64, hi = min(lo + 63, sp.nq - 1), key_hi = n0 + kN - 1;
         if (lo > hi) return;  // rows past the span are never stored
-        if (key_hi < sp.nk && hk.visible(hk.qpos(hi), hk.kpos(n0)) &&
-            hk.visible(hk.qpos(lo), hk.kpos(key_hi)))
-          return;
+        if (key_hi < sp.nk && hk.sees_whole(lo, hi, n0, key_hi)) return;
         int qp[2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) qp[half] = hk.qpos(min(m0 + r0 + g + half * 8, sp.nq - 1));
