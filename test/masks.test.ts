@@ -4,6 +4,8 @@
 // whose dropout uses the same generator written again (test/philox_reference.ts). Also: the
 // generator's known answers, the block plans of a window against a brute-force visibility check,
 // the dropout mask identical at world 1 and 8, the bytes a window saves, and what the CUDA backend passes on or refuses.
+import fc from 'fast-check';
+import { performance } from 'node:perf_hooks';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { RingRuntime } from '../api/index.js';
@@ -13,8 +15,11 @@ import {
   contiguousPieces,
   stripePieces,
   varlenPieces,
+  visibleRect,
   zigzagPieces,
   zigzagVarlenPieces,
+  type Mask,
+  type Piece,
   type PiecesOf,
 } from '../api/ring/positions.js';
 import type { Backend } from '../runtime/backend.js';
@@ -122,6 +127,61 @@ s(
                   );
             }
         }
+  },
+);
+
+/** visibleRect by its definition: every query row of `qp` against every key of `kp`. */
+function scannedRect(qp: Piece, kp: Piece, m: Mask) {
+  let [i0, i1, j0, j1] = [-1, -1, Infinity, -Infinity];
+  for (let i = 0; i < qp.len; i++)
+    for (let j = 0; j < kp.len; j++) {
+      const d = kp.pos + kp.step * j - (qp.pos + qp.step * i);
+      if ((m.left >= 0 && d < -m.left) || (m.right >= 0 && d > m.right)) continue;
+      if (i0 < 0) i0 = i;
+      i1 = i;
+      [j0, j1] = [Math.min(j0, j), Math.max(j1, j)];
+    }
+  if (i0 < 0) return null;
+  return { q: { start: qp.row + i0, length: i1 - i0 + 1 }, kv: { start: kp.row + j0, length: j1 - j0 + 1 } };
+}
+
+s('visibleRect equals the scan of every query and key pair, for strided pieces and any window', () => {
+  const piece = (row: number) =>
+    fc.record({
+      row: fc.constant(row),
+      len: fc.integer({ min: 1, max: 40 }),
+      pos: fc.integer({ min: 0, max: 200 }),
+      step: fc.integer({ min: 1, max: 9 }),
+      seq: fc.constant(0),
+      part: fc.constant(0),
+    });
+  const side = fc.integer({ min: -1, max: 60 });
+  fc.assert(
+    fc.property(piece(3), piece(5), side, side, (qp, kp, left, right) => {
+      const m = { left, right };
+      assert.equal(visibleRect(qp, kp, m), scannedRect(qp, kp, m), JSON.stringify({ qp, kp, m }));
+    }),
+    { numRuns: 3000, seed: 26 },
+  );
+});
+
+s(
+  "visibleRect's cost does not grow with the rows: pieces of 2^28 rows take well under a millisecond each",
+  () => {
+    const n = 2 ** 28;
+    const t0 = performance.now();
+    for (const [qStep, kStep, m] of [
+      [1, 1, { left: 4096, right: 0 }],
+      [8, 8, { left: 4096, right: 0 }],
+      [8, 8, { left: 5, right: 1 }],
+      [3, 7, { left: -1, right: 0 }],
+    ] as const) {
+      const qp = { row: 0, len: n, pos: 5, step: qStep, seq: 0, part: 0 };
+      const kp = { row: 0, len: n, pos: 1 << 20, step: kStep, seq: 0, part: 0 };
+      assert.ok(visibleRect(qp, kp, m) !== null);
+    }
+    const ms = performance.now() - t0;
+    assert.ok(ms < 50, `four rectangles of 2^28-row pieces took ${ms.toFixed(1)} ms`);
   },
 );
 

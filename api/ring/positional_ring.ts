@@ -6,6 +6,7 @@
 // ring.ts, the transfer for step s+1 is issued before block s is computed, and backward sends the
 // fp32 dK/dV of those rows straight back to their owner. Every rank derives every other rank's plan, so both
 // sides of a transfer agree on whether it happens.
+import { LRUCache } from 'lru-cache';
 import type { Backend } from '../../runtime/backend.js';
 import { ringPeer, type Comm, type Group, type Pending } from '../../runtime/comm.js';
 import type { DeviceTensor } from '../../runtime/tensor.js';
@@ -117,24 +118,53 @@ function needOf(calls: BlockCall[], total: number): BlockNeed | null {
   };
 }
 
-/** Which steps move data, which rows, and what each computes, for this rank. */
-function schedule(layout: PositionalLayout, group: Group, rows: number, o: RingOptions) {
+/** Which steps move data, which rows, and what each computes, for one rank. */
+interface Schedule {
+  /** What our queries need of the block of rank r−step; null: nothing. */
+  uses(step: number): BlockNeed | null;
+  /** The rows of our block that rank r+step needs; null: none. */
+  feeds(step: number): Rows | null;
+  src(step: number): number;
+  dst(step: number): number;
+  /** What its position tables hold on the host. */
+  bytes: number;
+}
+
+/** The hull of the key rows of `rects` (the rows that travel); null when there are none. */
+function keyRowsOf(rects: readonly { kv: Rows }[]): Rows | null {
+  if (rects.length === 0) return null;
+  const lo = Math.min(...rects.map((r) => r.kv.start));
+  const hi = Math.max(...rects.map((r) => r.kv.start + r.kv.length));
+  return { start: lo, length: hi - lo };
+}
+
+function buildSchedule(layout: PositionalLayout, group: Group, rows: number, m: Mask): Schedule {
   const { rank, size } = group;
+  const src = (step: number) => ringPeer(rank, -step, size);
+  const dst = (step: number) => ringPeer(rank, step, size);
+  const steps = Array.from({ length: size }, (_, step) => step);
+  const uses = steps.map((step) => needOf(blockCalls(layout, rank, src(step), rows, m), rows));
+  const feeds = steps.map((step) => keyRowsOf(blockRects(layout.pieces, dst(step), rank, m)));
+  let bytes = 0;
+  for (const c of uses.flatMap((u) => u?.calls ?? [])) bytes += c.pos.q.byteLength + c.pos.k.byteLength;
+  return { uses: (step) => uses[step]!, feeds: (step) => feeds[step]!, src, dst, bytes };
+}
+
+/**
+ * Schedules of recent calls: a training loop repeats a few shapes, and a schedule's position
+ * tables cost a pass over every row to build. Bounded by those tables' bytes.
+ */
+const schedules = new LRUCache<string, Schedule>({
+  maxSize: 32 << 20,
+  sizeCalculation: (sch) => Math.max(1, sch.bytes),
+});
+
+function schedule(layout: PositionalLayout, group: Group, rows: number, o: RingOptions): Schedule {
   const m = maskOf(o);
-  const memo = new Map<string, BlockNeed | null>();
-  const need = (qRank: number, kRank: number) => {
-    const key = `${qRank}/${kRank}`;
-    if (!memo.has(key)) memo.set(key, needOf(blockCalls(layout, qRank, kRank, rows, m), rows));
-    return memo.get(key)!;
-  };
-  return {
-    /** What our queries need of the block of rank r−step; null: nothing. */
-    uses: (step: number) => need(rank, ringPeer(rank, -step, size)),
-    /** What rank r+step needs of our block; null: nothing. */
-    feeds: (step: number) => need(ringPeer(rank, step, size), rank),
-    src: (step: number) => ringPeer(rank, -step, size),
-    dst: (step: number) => ringPeer(rank, step, size),
-  };
+  const key = `${layout.pieces.key}|${group.rank}/${group.size}|${rows}|${m.left},${m.right}`;
+  let sch = schedules.get(key);
+  if (!sch) schedules.set(key, (sch = buildSchedule(layout, group, rows, m)));
+  return sch;
 }
 
 /** A K/V buffer of `rows` key rows shaped like `k` otherwise. */
@@ -150,14 +180,14 @@ function rowsKv(backend: Backend, k: DeviceTensor, rows: number, dtype = k.dtype
 function kvTransfer(
   backend: Backend,
   comm: Comm,
-  plan: ReturnType<typeof schedule>,
+  plan: Schedule,
   step: number,
   k: DeviceTensor,
   v: DeviceTensor,
 ): { pending: Pending; recv: KvBuffer | null; sent: KvBuffer | null } {
   const out = plan.feeds(step),
     inn = plan.uses(step);
-  const send = out ? sendableKv(backend, comm, rowsOf(k, out.rows), rowsOf(v, out.rows)) : null;
+  const send = out ? sendableKv(backend, comm, rowsOf(k, out), rowsOf(v, out)) : null;
   const recv = inn ? rowsKv(backend, k, inn.rows.length) : null;
   const pending = comm.sendRecv(
     send ? kvOps(plan.dst(step), send.kv) : [],
@@ -264,12 +294,12 @@ export function positionalBackward(
   // dK/dV of the rows we used of step s's block go back to its owner r−s; ours come from r+s.
   const returnGrads = (step: number, grads: KvBuffer | null) => {
     const theirs = plan.feeds(step);
-    const back = theirs ? rowsKv(backend, k, theirs.rows.length, 'float32') : null;
+    const back = theirs ? rowsKv(backend, k, theirs.length, 'float32') : null;
     const pending = comm.sendRecv(
       grads ? [{ peer: plan.src(step), tensor: grads.buf }] : [],
       back ? [{ peer: plan.dst(step), tensor: back.buf }] : [],
     );
-    return { pending, grads, back, rows: theirs?.rows };
+    return { pending, grads, back, rows: theirs };
   };
   const collect = (r: ReturnType<typeof returnGrads>) => {
     r.pending.wait();

@@ -17,8 +17,16 @@ export interface Piece {
   part: number;
 }
 
-/** The pieces of rank `rank`'s rows; every rank's layout has the same rows (equal shards). */
-export type PiecesOf = (rank: number) => Piece[];
+/**
+ * The pieces of rank `rank`'s rows; every rank's layout has the same rows (equal shards). `key`
+ * names the layout and its sizes, so plans made for it can be kept for the next call.
+ */
+export interface PiecesOf {
+  (rank: number): Piece[];
+  readonly key: string;
+}
+
+const keyed = (key: string, of: (rank: number) => Piece[]): PiecesOf => Object.assign(of, { key });
 
 /** flash-attn's window (left, right) by position, -1 unbounded; causal is right 0. */
 export interface Mask {
@@ -36,38 +44,42 @@ export interface Rect {
 }
 
 export function contiguousPieces(seqlen: number): PiecesOf {
-  return (rank) => [{ row: 0, len: seqlen, pos: rank * seqlen, step: 1, seq: 0, part: 0 }];
+  return keyed(`contiguous/${seqlen}`, (rank) => [
+    { row: 0, len: seqlen, pos: rank * seqlen, step: 1, seq: 0, part: 0 },
+  ]);
 }
 
 /** Chunks rank and 2·world−1−rank of 2·world (zigzag). */
 export function zigzagPieces(seqlen: number, world: number): PiecesOf {
   const c = seqlen / 2;
-  return (rank) => [
+  return keyed(`zigzag/${seqlen}/${world}`, (rank) => [
     { row: 0, len: c, pos: rank * c, step: 1, seq: 0, part: 0 },
     { row: c, len: c, pos: (2 * world - 1 - rank) * c, step: 1, seq: 0, part: 1 },
-  ];
+  ]);
 }
 
 /** Token i on rank i mod world (stripe). */
 export function stripePieces(seqlen: number, world: number): PiecesOf {
-  return (rank) => [{ row: 0, len: seqlen, pos: rank, step: world, seq: 0, part: 0 }];
+  return keyed(`stripe/${seqlen}/${world}`, (rank) => [
+    { row: 0, len: seqlen, pos: rank, step: world, seq: 0, part: 0 },
+  ]);
 }
 
 /** Ring varlen: rank r holds the r-th 1/world of every sequence of the local cu_seqlens. */
 export function varlenPieces(cu: Int32Array): PiecesOf {
-  return (rank) => {
+  return keyed(`varlen/${cu.join(',')}`, (rank) => {
     const out: Piece[] = [];
     for (let i = 0; i + 1 < cu.length; i++) {
       const len = cu[i + 1]! - cu[i]!;
       if (len > 0) out.push({ row: cu[i]!, len, pos: rank * len, step: 1, seq: i, part: 0 });
     }
     return out;
-  };
+  });
 }
 
 /** Zigzag varlen: per sequence, chunks rank and 2·world−1−rank of 2·world. */
 export function zigzagVarlenPieces(cu: Int32Array, world: number): PiecesOf {
-  return (rank) => {
+  return keyed(`zigzag_varlen/${cu.join(',')}/${world}`, (rank) => {
     const out: Piece[] = [];
     for (let i = 0; i + 1 < cu.length; i++) {
       const c = (cu[i + 1]! - cu[i]!) / 2;
@@ -76,34 +88,36 @@ export function zigzagVarlenPieces(cu: Int32Array, world: number): PiecesOf {
       out.push({ row: cu[i]! + c, len: c, pos: (2 * world - 1 - rank) * c, step: 1, seq: i, part: 1 });
     }
     return out;
-  };
+  });
 }
 
 /**
  * The rows of `qp` that see some key of `kp`, and the keys they see, as one rectangle (rows
  * inside it may see nothing of the block; the kernel masks them); null when none sees any.
+ * Query i sees keys jlo(i)..jhi(i), both nondecreasing in i, so the rectangle runs from the
+ * first visible row's jlo to the last one's jhi. A row is visible when its window reaches the
+ * block at all (rows ia..ib, from the two ends) and holds a key of the block's lattice, which
+ * repeats every kp.step rows or fewer: the first and last visible rows lie within kp.step of
+ * ia and ib, so the cost does not grow with the rows.
  */
 export function visibleRect(qp: Piece, kp: Piece, m: Mask): { q: Rows; kv: Rows } | null {
+  const pos = (i: number) => qp.pos + qp.step * i;
+  const jlo = (i: number) => (m.left < 0 ? 0 : Math.max(0, Math.ceil((pos(i) - m.left - kp.pos) / kp.step)));
+  const jhi = (i: number) =>
+    m.right < 0 ? kp.len - 1 : Math.min(kp.len - 1, Math.floor((pos(i) + m.right - kp.pos) / kp.step));
+  const lastKey = kp.pos + kp.step * (kp.len - 1);
+  const ia = m.right < 0 ? 0 : Math.max(0, Math.ceil((kp.pos - m.right - qp.pos) / qp.step));
+  const ib =
+    m.left < 0 ? qp.len - 1 : Math.min(qp.len - 1, Math.floor((lastKey + m.left - qp.pos) / qp.step));
+  const sees = (i: number) => jlo(i) <= jhi(i);
   let i0 = -1,
-    i1 = -1,
-    j0 = Infinity,
-    j1 = -Infinity;
-  for (let i = 0; i < qp.len; i++) {
-    const p = qp.pos + qp.step * i;
-    const lo = m.left < 0 ? -Infinity : p - m.left;
-    const hi = m.right < 0 ? Infinity : p + m.right;
-    const jlo = Math.max(0, Math.ceil((lo - kp.pos) / kp.step));
-    const jhi = Math.min(kp.len - 1, Math.floor((hi - kp.pos) / kp.step));
-    if (jlo > jhi) continue;
-    if (i0 < 0) i0 = i;
-    i1 = i;
-    j0 = Math.min(j0, jlo);
-    j1 = Math.max(j1, jhi);
-  }
+    i1 = -1;
+  for (let i = ia; i <= Math.min(ib, ia + kp.step - 1) && i0 < 0; i++) if (sees(i)) i0 = i;
   if (i0 < 0) return null;
+  for (let i = ib; i >= Math.max(i0, ib - kp.step + 1) && i1 < 0; i--) if (sees(i)) i1 = i;
   return {
     q: { start: qp.row + i0, length: i1 - i0 + 1 },
-    kv: { start: kp.row + j0, length: j1 - j0 + 1 },
+    kv: { start: kp.row + jlo(i0), length: jhi(i1) - jlo(i0) + 1 },
   };
 }
 

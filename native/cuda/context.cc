@@ -1,6 +1,7 @@
 #include "cuda/context.h"
 
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 
@@ -23,6 +24,10 @@ DeviceContext::~DeviceContext() {
   for (auto& kv : free_)
     for (void* p : kv.second) cudaFree(p);
   for (auto& kv : live_) cudaFree(kv.first);
+  for (StageSlot& slot : stage_) {
+    cudaFreeHost(slot.host);
+    cudaEventDestroy(slot.read);
+  }
   cudaEventDestroy(compute_done_);
   cudaEventDestroy(comm_done_);
   cudaStreamDestroy(compute_);
@@ -96,8 +101,36 @@ void DeviceContext::compute_waits_for_comm() {
   RFA_CUDA_CHECK(cudaStreamWaitEvent(compute_, comm_done_, 0));
 }
 
+DeviceContext::StageSlot& DeviceContext::free_stage_slot() {
+  for (size_t i = 0; i < stage_.size(); ++i) {
+    StageSlot& slot = stage_[(next_stage_ + i) % stage_.size()];
+    const cudaError_t state = cudaEventQuery(slot.read);
+    if (state == cudaErrorNotReady) continue;
+    RFA_CUDA_CHECK(state);
+    next_stage_ = (next_stage_ + i + 1) % stage_.size();
+    return slot;
+  }
+  StageSlot slot;
+  RFA_CUDA_CHECK(cudaHostAlloc(&slot.host, kStageBytes, cudaHostAllocDefault));
+  if (const cudaError_t err = cudaEventCreateWithFlags(&slot.read, cudaEventDisableTiming);
+      err != cudaSuccess) {
+    cudaFreeHost(slot.host);
+    RFA_CUDA_CHECK(err);
+  }
+  stage_.push_back(slot);
+  next_stage_ = 0;
+  return stage_.back();
+}
+
 void DeviceContext::h2d(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  if (bytes <= kStageBytes) {
+    StageSlot& slot = free_stage_slot();
+    std::memcpy(slot.host, src, bytes);
+    RFA_CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, compute_));
+    RFA_CUDA_CHECK(cudaEventRecord(slot.read, compute_));
+    return;
+  }
   RFA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, compute_));
   RFA_CUDA_CHECK(cudaStreamSynchronize(compute_));
 }

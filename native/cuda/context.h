@@ -36,9 +36,13 @@ class DeviceContext {
   void comm_waits_for_compute();
   void compute_waits_for_comm();
 
-  // Synchronous copies through the compute stream (pageable host memory).
+  // Copies through the compute stream from and to pageable host memory; `src` may be reused as
+  // soon as h2d returns. An h2d of up to kStageBytes goes through a pinned staging slot and does
+  // not wait for the stream: the position and segment tables a ring uploads before each of its
+  // kernel calls must not drain the queue ahead of them. Larger ones, and every d2h, wait.
   void h2d(void* dst, const void* src, size_t bytes);
   void d2h(void* dst, const void* src, size_t bytes);
+  static constexpr size_t kStageBytes = size_t(256) << 10;
 
   // Waits for both streams without blocking forever: polls, calls `poll` each round (it may
   // throw, e.g. on an NCCL error or abort); after timeout_ms throws E_NCCL when the comm stream
@@ -64,6 +68,17 @@ class DeviceContext {
   std::map<size_t, std::vector<void*>> free_;
   std::map<void*, size_t> live_;  // block -> size class
   size_t in_use_ = 0, cached_ = 0, peak_ = 0;
+  // Pinned slots for small h2d copies, used in turn. A slot is rewritten only once the copy that
+  // last read it (its event) has run; when none has, a new slot is added rather than waiting, so
+  // an upload never blocks on a stream that a stuck transfer holds (the next bounded wait
+  // reports that).
+  struct StageSlot {
+    void* host = nullptr;
+    cudaEvent_t read = nullptr;
+  };
+  std::vector<StageSlot> stage_;
+  size_t next_stage_ = 0;
+  StageSlot& free_stage_slot();
 };
 
 }  // namespace rfa::cuda

@@ -103,6 +103,22 @@ if (gpus > 0) {
     },
   );
 
+  // A positional ring (window, ALiBi, dropout) uploads a position table before each kernel call:
+  // an upload that waited for the queue would leave the GPU idle while the host prepares the next call.
+  s('a small upload does not wait for the work queued before it, and lands intact', async () => {
+    const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+    const [{ upload, queued, intact }] = (await rt1().spmd(USER, 'uploadBehindQueue')) as {
+      upload: number;
+      queued: number;
+      intact: boolean[];
+    }[];
+    assert.equal(intact, [true, true]);
+    assert.ok(
+      upload < 0.2 * queued,
+      `the position table's upload took ${upload} s on the host behind ${queued} s of queued work`,
+    );
+  });
+
   // The benchmark's timing (Backend.startTimer): CUDA events inside the host-clock region they
   // are read in, so never longer than it, and the work fills most of it.
   s(
