@@ -27,8 +27,9 @@ export function optionsSet(o: RingOptions): string[] {
 }
 
 /**
- * The CUDA kernels take every option through their mma.sync hook instances, which cover head_dim
- * up to 128: a wider call with an option fails before launch, named. `fn` is the public function.
+ * The CUDA kernels take every option through their hook instances (the Hopper forward's and the
+ * mma.sync kernels'), which cover head_dim up to 128: a wider call with an option fails before
+ * launch, named. `fn` is the public function.
  */
 export function checkBackendSupports(fn: string, backend: Backend, o: RingOptions, headDim: number): void {
   if (backend.name !== 'cuda' || headDim <= 128) return;

@@ -760,8 +760,8 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
                   ": the driver declined a tensor map of q, k or v (a stride it cannot take)");
   }
   if (p.mods.any(p.shape.causal)) {
-    // A window and global positions alone: the Hopper forward's masks; else the mma.sync
-    // kernels' hook instances, on every device.
+    // The Hopper forward's hook instance where it covers the call (dense, head_dim 64 and 128);
+    // else the mma.sync kernels' hook instances, on every device.
     if (use_hopper_fwd(p, o) && flash_fwd_hopper(p, s, scratch, o)) return;
     switch (p.shape.head_dim) {
       case 32:

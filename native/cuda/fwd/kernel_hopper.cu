@@ -15,7 +15,7 @@
 namespace rfa::cuda {
 namespace {
 
-template <class Tr, typename T, bool kCausal, bool kVarlen, bool kWindow>
+template <class Tr, typename T, bool kCausal, bool kVarlen, int kHooks>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_fwd_hopper_kernel(const FlashFwdParams p, const FwdTileGrid grid,
                             const __grid_constant__ CUtensorMap map_q,
@@ -35,11 +35,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x == 0) {
       tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v);
-      fwd_produce<Tr, kCausal, kVarlen, kWindow>(p, grid, sm, &map_q, &map_k, &map_v);
+      fwd_produce<Tr, kCausal, kVarlen, kHooks>(p, grid, sm, &map_q, &map_k, &map_v);
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    fwd_consume<Tr, T, kCausal, kVarlen, kWindow>(p, grid, sm, wg - 1);
+    fwd_consume<Tr, T, kCausal, kVarlen, kHooks>(p, grid, sm, wg - 1);
   }
 #endif
 }
@@ -88,7 +88,7 @@ int64_t tiles_of(const FlashFwdParams& p) {
   return int64_t(m_blocks_of<Tr>(p)) * p.shape.nheads * (p.seg.num_seqs > 0 ? p.seg.num_seqs : p.shape.batch);
 }
 
-template <class Tr, typename T, bool kCausal, bool kVarlen, bool kWindow = false>
+template <class Tr, typename T, bool kCausal, bool kVarlen, int kHooks = kNoHooks>
 bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch, const LaunchOverrides& o) {
   const AttnShape& sh = p.shape;
   CUtensorMap map_q, map_k, map_v;
@@ -105,7 +105,7 @@ bool launch(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch, con
   FwdTileGrid grid{m_blocks_of<Tr>(p), sh.nheads, int(tiles), static_cast<int*>(counter.get(sizeof(int)))};
   RFA_CUDA_CHECK(cudaMemsetAsync(grid.next_tile, 0, sizeof(int), s));
   const int ctas = int(std::min<int64_t>(tiles, o.fwd_ctas > 0 ? o.fwd_ctas : current_device().sms));
-  auto kernel = flash_fwd_hopper_kernel<Tr, T, kCausal, kVarlen, kWindow>;
+  auto kernel = flash_fwd_hopper_kernel<Tr, T, kCausal, kVarlen, kHooks>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(ctas), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v);
   RFA_CHECK_LAUNCH("flash_fwd_hopper_kernel");
@@ -125,9 +125,16 @@ bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scr
 template <typename T>
 bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch,
                        const LaunchOverrides& o) {
-  if (p.mods.any(p.shape.causal)) {  // a window or global positions (hopper_fwd_covers): default tiles
-    if (p.shape.head_dim == 64) return launch<FwdHopperTraits<64>, T, false, false, true>(p, s, scratch, o);
-    return launch<FwdHopperTraits<128>, T, false, false, true>(p, s, scratch, o);
+  if (p.mods.any(p.shape.causal)) {  // the score hooks (hopper_fwd_covers): default tiles
+    if (p.mods.masks_only())
+      return p.shape.head_dim == 64
+                 ? launch<FwdHopperTraits<64>, T, false, false, kMaskHooks>(p, s, scratch, o)
+                 : launch<FwdHopperTraits<128>, T, false, false, kMaskHooks>(p, s, scratch, o);
+    // Narrower key tiles than the defaults: the hooks' state and temporaries need the registers
+    // (ptxas spills of each choice in benchmark/RESULTS.md).
+    return p.shape.head_dim == 64
+               ? launch<FwdHopperTraits<64, 128, 3>, T, false, false, kScoreHooks>(p, s, scratch, o)
+               : launch<FwdHopperTraits<128, 96, 2>, T, false, false, kScoreHooks>(p, s, scratch, o);
   }
   const int variant = o.fwd_variant >= 0 ? o.fwd_variant
                       : p.shape.head_dim == 128 && !p.shape.causal &&
@@ -161,9 +168,8 @@ bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& s
 
 bool hopper_fwd_covers(const FlashFwdParams& p, bool varlen) {
   const int d = p.shape.head_dim;
-  // Of the score hooks, a window and global positions (dense, head_dim 64 and 128), as masks.
-  const bool hooks_taken =
-      !p.mods.any(p.shape.causal) || (p.mods.masks_only() && p.seg.num_seqs == 0 && (d == 64 || d == 128));
+  // The score hooks: dense calls at head_dim 64 and 128 (the kMaskHooks and kScoreHooks instances).
+  const bool hooks_taken = !p.mods.any(p.shape.causal) || (p.seg.num_seqs == 0 && (d == 64 || d == 128));
   return hooks_taken && (p.seg.num_seqs == 0 || (varlen && d <= 128)) && p.shape.seqlen_k > 0 &&
          p.shape.seqlen_q > 0 && p.shape.batch > 0 && (d == 64 || d == 128 || d == 192 || d == 256);
 }

@@ -22,6 +22,11 @@
 
 namespace rfa::cuda {
 
+// Which score hooks an instance compiles: none; the masks of a window and global positions
+// (ScoreMods::masks_only); or every hook, softcap, ALiBi and dropout too. Compiling every hook
+// into the masks' instance would cost a window alone registers (spills), so it has its own.
+enum FwdHooks : int { kNoHooks = 0, kMaskHooks = 1, kScoreHooks = 2 };
+
 // The CTA's shared memory past the tiles (Q, then kStages K stages, then kStages V stages; each a
 // [kColBlocks][rows][64] 128-byte swizzled tile).
 template <int kStages>
@@ -41,16 +46,16 @@ struct FwdHopperBarriers {
 };
 
 // Key tiles [first, first + count) that a 128-row query tile from row m0 of span sp sees: all of
-// them; (kCausal, bottom-right) up to its last row's diagonal; (kWindow: a sliding window and/or
-// global positions, causal as the window's right edge 0) those that may hold a key of some row's
-// window, by the hooks' key_range (the tiles the backward's query_range agrees with).
+// them; (kCausal, bottom-right) up to its last row's diagonal; (kHooks: the score hooks, causal as
+// the window's right edge 0) those that may hold a key of some row's window, by the hooks'
+// key_range (the tiles the backward's query_range agrees with).
 struct KeyTiles {
   int first, count;
 };
-template <class Tr, bool kCausal, bool kWindow, bool kVarlen>
+template <class Tr, bool kCausal, int kHooks, bool kVarlen>
 __device__ __forceinline__ KeyTiles fwd_key_tiles(const FlashFwdParams& p, const Span& sp, const FwdTile& ft,
                                                   int m0) {
-  if constexpr (kWindow) {
+  if constexpr (kHooks != kNoHooks) {
     const SpanHooks hk = span_hooks(p.mods, p.shape, sp, ft.b, ft.h, kVarlen);
     int k_begin = 0, k_end = 0;
     hk.key_range(m0, min(Tr::kBlockM, sp.nq - m0), sp.nk, &k_begin, &k_end);
@@ -82,7 +87,7 @@ struct FwdHopperSmem {
 // The producer (one thread): for each tile of the CTA, post it to the consumers, then load Q
 // (once the previous tile's last S has read it) and every K/V tile it sees into the stages.
 // kVarlen: spans are varlen segments (p.seg); dense launches compile without any of it.
-template <class Tr, bool kCausal, bool kVarlen, bool kWindow>
+template <class Tr, bool kCausal, bool kVarlen, int kHooks>
 __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTileGrid& grid,
                                             const FwdHopperSmem<Tr>& sm, const CUtensorMap* map_q,
                                             const CUtensorMap* map_k, const CUtensorMap* map_v) {
@@ -100,7 +105,7 @@ __device__ __forceinline__ void fwd_produce(const FlashFwdParams& p, const FwdTi
         kVarlen ? span_of(p.shape, p.seg, ft.b) : Span{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
     const int m0 = ft.m_block * Tr::kBlockM, hk = ft.h / group;
     if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles
-    const KeyTiles kt = fwd_key_tiles<Tr, kCausal, kWindow, kVarlen>(p, sp, ft, m0);
+    const KeyTiles kt = fwd_key_tiles<Tr, kCausal, kHooks, kVarlen>(p, sp, ft, m0);
     if (kt.count == 0) continue;
     // Waits for the consumers to free `empty`, then loads `rows` rows from row0 of head `head`
     // into dst, one 64-column block at a time, completing on `full`.
@@ -164,7 +169,7 @@ __device__ __forceinline__ void hopper_softmax(float (&s)[kST][4], float (&row_m
 }
 
 // A consumer warpgroup (wg 0 or 1: rows 64 wg .. 64 wg + 63 of every tile) over the CTA's tiles.
-template <class Tr, typename T, bool kCausal, bool kVarlen, bool kWindow>
+template <class Tr, typename T, bool kCausal, bool kVarlen, int kHooks>
 __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTileGrid& grid,
                                             const FwdHopperSmem<Tr>& sm, int wg) {
   using Mma = MmaType<T>;
@@ -229,10 +234,17 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
         kVarlen ? span_of(p.shape, p.seg, ft.b) : Span{ft.b, 0, p.shape.seqlen_q, 0, p.shape.seqlen_k};
     const int m0 = ft.m_block * Tr::kBlockM, diag = sp.nk - sp.nq;
     if (kVarlen && m0 >= sp.nq) continue;  // a segment with fewer query tiles: no rows, no turns
-    const KeyTiles kt = fwd_key_tiles<Tr, kCausal, kWindow, kVarlen>(p, sp, ft, m0);
+    const KeyTiles kt = fwd_key_tiles<Tr, kCausal, kHooks, kVarlen>(p, sp, ft, m0);
     const int n_tiles = kt.count, n_end = (kt.first + n_tiles) * kN;
     [[maybe_unused]] const SpanHooks hk =
-        kWindow ? span_hooks(p.mods, p.shape, sp, ft.b, ft.h, kVarlen) : SpanHooks{};
+        kHooks != kNoHooks ? span_hooks(p.mods, p.shape, sp, ft.b, ft.h, kVarlen) : SpanHooks{};
+    // The hooks' inputs of this thread's two rows: their positions (rows past the span read its
+    // last one; they are never stored), and whether scores change (softcap, ALiBi).
+    [[maybe_unused]] int qp[2] = {0, 0};
+    if constexpr (kHooks != kNoHooks)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) qp[half] = hk.qpos(min(m0 + r0 + g + half * 8, sp.nq - 1));
+    [[maybe_unused]] const bool scored = kHooks == kScoreHooks && (hk.softcap > 0.f || hk.slope != 0.f);
     // Varlen: the last key tile's TMA box runs past the segment into rows of the packed tensor
     // that may hold anything, NaN too, and P = 0 there does not cancel a NaN in P V. Consumer 1
     // zeroes those V rows while it holds its turn on that tile, which ends before either consumer
@@ -255,18 +267,45 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
 #pragma unroll
     for (int i = 0; i < kOT * 4; ++i) o[i] = 0.f;
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, corr[2];
+    // Softcap and ALiBi (SpanHooks::score) over one tile of raw scores, before its mask: the
+    // options' tests are uniform and sit outside the element loops, which are then a multiply, a
+    // tanh and a multiply (softcap) and one FFMA (ALiBi) per score.
+    [[maybe_unused]] auto score_tile = [&](int n0) {
+      if (hk.softcap > 0.f) {
+        const float a = hk.scale * hk.inv_softcap, b = hk.softcap * hk.inv_scale;
+#pragma unroll
+        for (int nt = 0; nt < kST; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nt][e] = b * tanhf(a * s[nt][e]);
+      }
+      if (hk.slope == 0.f) return;
+      const float c = hk.slope * hk.inv_scale;
+      auto bias = [&](auto kpos_of) {
+#pragma unroll
+        for (int nt = 0; nt < kST; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float kp = float(kpos_of(min(n0 + nt * kMmaN + 2 * t + (e & 1), sp.nk - 1)));
+            s[nt][e] += hk.alibi_causal ? c * kp : -c * fabsf(float(qp[e >> 1] + hk.diag) - kp);
+          }
+      };
+      if (hk.k_pos)
+        bias([&](int j) { return hk.k_pos[j]; });
+      else
+        bias([](int j) { return j; });
+    };
     // Scores of keys past the span and (causal) right of a row's diagonal become -inf; only the
     // tiles that cross the span end or the diagonal of this warpgroup's first row need it.
     auto mask = [&](int it) {
       const int n0 = (kt.first + it) * kN;
-      if constexpr (kWindow) {
-        // Keys outside a row's window too, unless this warpgroup's rows see the whole tile.
+      if constexpr (kHooks != kNoHooks) {
+        // Softcap and ALiBi on every tile; keys outside a row's window -inf, unless this
+        // warpgroup's rows see the whole tile.
         const int lo = m0 + wg * 64, hi = min(lo + 63, sp.nq - 1), key_hi = n0 + kN - 1;
         if (lo > hi) return;  // rows past the span are never stored
+        if constexpr (kHooks == kScoreHooks)
+          if (scored) score_tile(n0);
         if (key_hi < sp.nk && hk.sees_whole(lo, hi, n0, key_hi)) return;
-        int qp[2];
-#pragma unroll
-        for (int half = 0; half < 2; ++half) qp[half] = hk.qpos(min(m0 + r0 + g + half * 8, sp.nq - 1));
 #pragma unroll
         for (int nt = 0; nt < kST; ++nt)
 #pragma unroll
@@ -285,6 +324,26 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
           if (key >= sp.nk || (kCausal && key > row + diag)) s[nt][e] = -INFINITY;
         }
     };
+    // Dropout on the probabilities that multiply V, after the softmax (its row sums keep them
+    // all, as flash-attn's do). Keys 2t and 2t + 1 of an n-tile are neighbours: one Philox draw.
+    auto drop = [&](int it) {
+      if constexpr (kHooks == kScoreHooks) {
+        if (!hk.dropout) return;
+        const int n0 = (kt.first + it) * kN;
+#pragma unroll
+        for (int nt = 0; nt < kST; ++nt) {
+          const int key = n0 + nt * kMmaN + 2 * t;
+          if (key >= sp.nk) continue;  // probabilities past the span are 0 already
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            float z0, z1;
+            hk.keep2(qp[half], hk.kpos(key), hk.kpos(min(key + 1, sp.nk - 1)), &z0, &z1);
+            s[nt][2 * half] *= z0;
+            s[nt][2 * half + 1] *= z1;
+          }
+        }
+      }
+    };
     if (n_tiles > 0) {
       mbar_wait(&bars.q_full, q_loads++ & 1);
       const int st0 = kv % Tr::kStages;
@@ -300,6 +359,7 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
       if (n_tiles == 1) release(&bars.q_empty);
       mask(0);
       hopper_softmax<kST>(s, row_max, row_sum, corr, scale_log2);
+      drop(0);
       pack_p();
       for (int it = 1; it < n_tiles; ++it) {
         const int j = kv + it, st = j % Tr::kStages, st_prev = (j - 1) % Tr::kStages;
@@ -317,6 +377,7 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
         if (it == n_tiles - 1) release(&bars.q_empty);
         mask(it);
         hopper_softmax<kST>(s, row_max, row_sum, corr, scale_log2);
+        drop(it);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs_u32(pa);

@@ -8,7 +8,7 @@
 // add and copy checks, argument errors, and timings (CUDA events, median of kTimedRuns).
 // --no-timing skips the timings, --no-checks the checks; --bench=K runs only the K-th timing shape, without
 // checks (for profilers, e.g. ncu -k regex:flash_bwd -c 1 flash_check --bench=1); --windows runs only
-// the sliding-window checks.
+// the score-hook checks (windows, positions, softcap, ALiBi, dropout).
 //
 // FLOP counted for the timings: causal fwd 2*b*h*s^2*d, full 4*b*h*s^2*d, bwd 2.5x fwd. Each
 // kernel version's checks and timings: benchmark/RESULTS.md.
@@ -262,6 +262,9 @@ struct Config {
   // sequence of 8 chunks of sq / 2 rows, keys chunks 0 and 7 (a step where the second query chunk
   // sees no key at all under a causal window).
   bool zigzag_positions = false;
+  float softcap = 0.f;    // 0: off
+  bool alibi = false;     // ALiBi slopes 2^(-(h + 1) / 2) per head
+  float dropout_p = 0.f;  // 0: off (drawn with seed 0x5eed)
 };
 
 // Positions of rows [0, n) holding chunks `first` and `second` of n / 2 rows each.
@@ -306,6 +309,10 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
   pb.segs = c.segs;
   pb.left = c.window_left, pb.right = c.window_right;
   if (c.zigzag_positions) pb.q_pos = chunk_positions(c.sq, 1, 6), pb.k_pos = chunk_positions(c.sk, 0, 7);
+  pb.softcap = c.softcap;
+  if (c.alibi)
+    for (int h = 0; h < c.h; ++h) pb.slopes.push_back(float(std::exp2(-(h + 1) / 2.0)));
+  pb.dropout_p = c.dropout_p, pb.dropout_seed = 0x5eed;
   if (st && (c.sq != c.sk || c.h != c.hk)) {
     std::printf("FAIL  %s: strided configs need sq == sk and h == hk\n", c.name.c_str());
     ++g_failures;
@@ -411,6 +418,14 @@ void run_attention(const Config& c, std::mt19937_64& gen) {
     fp.mods.k_pos = static_cast<const int32_t*>(seg_keep.back()->dev);
     fp.mods.diag = pb.diag;
   }
+  fp.mods.softcap = c.softcap;
+  if (c.alibi) {
+    seg_keep.push_back(std::make_unique<Buffer>(DType::f32, pb.slopes.size()));
+    CHECK_CUDA(
+        cudaMemcpy(seg_keep.back()->dev, pb.slopes.data(), pb.slopes.size() * 4, cudaMemcpyHostToDevice));
+    fp.mods.alibi_slopes = static_cast<const float*>(seg_keep.back()->dev);
+  }
+  fp.mods.dropout_p = c.dropout_p, fp.mods.dropout_seed = pb.dropout_seed;
 
   FlashBwdDotParams dp;
   dp.batch = c.b, dp.seqlen_q = c.sq, dp.nheads = c.h, dp.head_dim = d, dp.dtype = c.dtype;
@@ -960,9 +975,10 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   std::fflush(stdout);
 }
 
-// Sliding windows and global positions: on the Hopper forward (one CTA per SM and 7 CTAs) and the
-// mma.sync hook instance; the backward takes its default kernel (head_dim 128 on sm_90a: the
-// wgmma kernel's window instance), deterministic too.
+// The score hooks (sliding windows, global positions, softcap, ALiBi, dropout): on the Hopper
+// forward (one CTA per SM and 7 CTAs) and the mma.sync hook instance; the backward takes its
+// default kernel (a window at head_dim 128 on sm_90a: the wgmma kernel's window instance; the
+// other hooks: the mma.sync hook instance), deterministic too.
 // Varlen spans take the mma.sync hook forward and the same backward. --windows runs these alone.
 void run_windows(std::mt19937_64& gen, const Config& varlen) {
   const DType bf = DType::bf16, f16 = DType::f16;
@@ -979,7 +995,29 @@ void run_windows(std::mt19937_64& gen, const Config& varlen) {
   Config right{
       "bf16 d64 window (-1, 90) sq300 sk500 h2 accumulate", bf, 64, false, 1, 300, 500, 2, 2, false, true};
   right.window_right = 90;
-  const std::vector<Config> windows{causal, both, d64, zig, zig_full, right};
+  Config softcap{"bf16 d128 causal softcap 5 b2 s600 h4/2", bf, 128, true, 2, 600, 600, 4, 2};
+  softcap.softcap = 5.f;
+  Config alibi{"fp16 d64 alibi sq300 sk500 h4", f16, 64, false, 1, 300, 500, 4, 4};
+  alibi.alibi = true;
+  Config alibi_causal{
+      "bf16 d128 causal alibi s500 h4/2 accumulate", bf, 128, true, 1, 500, 500, 4, 2, false, true};
+  alibi_causal.alibi = true;
+  Config mixed{"bf16 d128 causal window (200, 0) softcap 5 alibi zigzag positions s640 h4/2",
+               bf,
+               128,
+               true,
+               1,
+               640,
+               640,
+               4,
+               2};
+  mixed.window_left = 200, mixed.softcap = 5.f, mixed.alibi = true, mixed.zigzag_positions = true;
+  Config dropout{"bf16 d128 causal dropout 0.2 b2 s500 h4", bf, 128, true, 2, 500, 500, 4, 4};
+  dropout.dropout_p = 0.2f;
+  Config dropout_window{"fp16 d64 dropout 0.1 window (100, 100) s400 h2", f16, 64, false, 1, 400, 400, 2, 2};
+  dropout_window.dropout_p = 0.1f, dropout_window.window_left = dropout_window.window_right = 100;
+  const std::vector<Config> windows{causal,  both,  d64,          zig,   zig_full, right,
+                                    softcap, alibi, alibi_causal, mixed, dropout,  dropout_window};
   for (int kernel : {3, 0})
     for (int ctas : {0, 7}) {
       if (kernel == 0 && ctas) continue;

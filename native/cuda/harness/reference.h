@@ -1,7 +1,7 @@
 // Naive fp64 attention on the CPU, the reference of flash_check.cu: forward (out, lse), dsum and
-// the gradients, with bottom-right causal alignment, sliding windows over global positions, GQA and
-// varlen spans. Written from the formulas in attn_params.h, independent of the kernels; dense
-// row-major inputs.
+// the gradients, with bottom-right causal alignment, sliding windows over global positions,
+// softcap, ALiBi, dropout (the Philox draw of philox.h), GQA and varlen spans. Written from the
+// formulas in attn_params.h, independent of the kernels; dense row-major inputs.
 #pragma once
 #include <algorithm>
 #include <array>
@@ -10,6 +10,8 @@
 #include <limits>
 #include <thread>
 #include <vector>
+
+#include "philox.h"
 
 namespace rfa::harness {
 
@@ -25,6 +27,14 @@ struct Problem {
   int left = -1, right = -1;
   std::vector<int> q_pos, k_pos;
   int diag = 0;
+  // Scores: softcap * tanh(s / softcap) (0: off), then + the ALiBi bias of slopes[h] (empty: off):
+  // slope * kp where the mask is purely causal (flash-attn's form), else -slope * |qp + diag - kp|.
+  double softcap = 0;
+  std::vector<float> slopes;
+  // Dropout (dense): element (qp, kp) of (batch, head) is kept when its draw is at least the
+  // threshold, and then scaled by 1 / (1 - p); the softmax sums keep every element.
+  float dropout_p = 0;
+  uint64_t dropout_seed = 0;
 };
 
 // Dense layouts: q, dout, out, dq (b, sq, h, d); k, v, dk, dv (b, sk, hk, d); lse, dsum (b, h, sq).
@@ -64,18 +74,44 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
 
   // Whether query i of span s sees its key j.
   const int right = pb.causal ? 0 : pb.right;
+  const bool pos = !pb.q_pos.empty();
+  auto qpos = [&](int i) { return pos ? pb.q_pos[size_t(i)] : i; };
+  auto kpos = [&](int j) { return pos ? pb.k_pos[size_t(j)] : j; };
+  auto diag_of = [&](const Span& s) { return pos ? pb.diag : s.nk - s.nq; };
   auto sees = [&](const Span& s, int i, int j) {
-    const bool pos = !pb.q_pos.empty();
-    const int centre = (pos ? pb.q_pos[size_t(i)] : i) + (pos ? pb.diag : s.nk - s.nq);
-    const int kp = pos ? pb.k_pos[size_t(j)] : j;
+    const int centre = qpos(i) + diag_of(s), kp = kpos(j);
     return !(pb.left >= 0 && kp < centre - pb.left) && !(right >= 0 && kp > centre + right);
+  };
+  // The score of dot product q.k and d(score)/d(dot).
+  const bool alibi_causal = pb.left < 0 && right == 0;
+  auto score = [&](const Span& s, int h, int i, int j, double dot, double* dscore) {
+    double x = dot * pb.scale;
+    *dscore = pb.scale;
+    if (pb.softcap > 0) {
+      const double t = std::tanh(x / pb.softcap);
+      x = pb.softcap * t;
+      *dscore = pb.scale * (1 - t * t);
+    }
+    if (!pb.slopes.empty()) {
+      const double slope = pb.slopes[size_t(h)], kp = kpos(j);
+      x += alibi_causal ? slope * kp : -slope * std::fabs(double(qpos(i)) + diag_of(s) - kp);
+    }
+    return x;
+  };
+  // The dropout factor of element (i, j) of head h: 0, or 1 / (1 - p).
+  const uint32_t threshold = dropout_threshold(pb.dropout_p);
+  auto keep = [&](const Span& s, int h, int i, int j) {
+    if (pb.dropout_p == 0) return 1.0;
+    const uint32_t bits =
+        dropout_bits(pb.dropout_seed, uint32_t(s.b), uint32_t(h), uint32_t(qpos(i)), uint32_t(kpos(j)));
+    return bits >= threshold ? 1.0 / (1.0 - double(pb.dropout_p)) : 0.0;
   };
 
   // One task per (span, kv head): it owns dk/dv rows of that head, and dq/out rows of its group.
   std::atomic<int> next{0};
   const int tasks = int(spans.size()) * pb.hk;
   auto worker = [&]() {
-    std::vector<double> prob, dp;
+    std::vector<double> prob, dp, dsc, z;
     std::vector<char> seen;
     for (int task; (task = next++) < tasks;) {
       const Span& s = spans[task / pb.hk];
@@ -83,6 +119,8 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
       prob.resize(size_t(s.nk));
       seen.resize(size_t(s.nk));
       dp.resize(size_t(s.nk));
+      dsc.resize(size_t(s.nk));
+      z.resize(size_t(s.nk));
       for (int h = hk * group; h < (hk + 1) * group; ++h)
         for (int i = 0; i < s.nq; ++i) {
           const int qr = s.q0 + i;
@@ -95,7 +133,8 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
             const double* kv = &k[ki(s.b, s.k0 + j, hk)];
             double dot = 0;
             for (int c = 0; c < d; ++c) dot += qv[c] * kv[c];
-            prob[j] = dot * pb.scale;
+            prob[j] = score(s, h, i, j, dot, &dsc[j]);
+            z[j] = keep(s, h, i, j);
             mx = std::max(mx, prob[j]);
           }
           if (!any) {  // the row sees no key: out 0, lse -inf, no gradient
@@ -110,7 +149,7 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
             if (!seen[j]) continue;
             prob[j] /= sum;
             const double* vv = &v[ki(s.b, s.k0 + j, hk)];
-            for (int c = 0; c < d; ++c) o[c] += prob[j] * vv[c];
+            for (int c = 0; c < d; ++c) o[c] += prob[j] * z[j] * vv[c];
           }
           r.lse[li(s.b, h, qr)] = mx + std::log(sum);
           const double* dov = &dout[qi(s.b, qr, h)];
@@ -124,13 +163,13 @@ inline Reference reference(const Problem& pb, const std::vector<double>& q, cons
             const double* vv = &v[ki(s.b, s.k0 + j, hk)];
             double dpj = 0;
             for (int c = 0; c < d; ++c) dpj += dov[c] * vv[c];
-            const double ds = prob[j] * (dpj - dsum) * pb.scale;
+            const double ds = prob[j] * (z[j] * dpj - dsum) * dsc[j];
             double* dkv = &r.dk[ki(s.b, s.k0 + j, hk)];
             double* dvv = &r.dv[ki(s.b, s.k0 + j, hk)];
             for (int c = 0; c < d; ++c) {
               dqv[c] += ds * kv[c];
               dkv[c] += ds * qv[c];
-              dvv[c] += prob[j] * dov[c];
+              dvv[c] += prob[j] * z[j] * dov[c];
             }
           }
         }
