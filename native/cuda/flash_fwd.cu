@@ -85,48 +85,50 @@ __device__ __forceinline__ void mask_scores(float (&s)[Tr::kMTilesPerWarp][Tr::k
       }
 }
 
-// The hook instance's scores: each element through SpanHooks (window mask, softcap, ALiBi), keys
-// past the span -inf. Query rows past the span read the span's last position (never stored).
-template <class Tr>
-__device__ __forceinline__ void hook_scores(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
-                                            const SpanHooks& hk, int row0, int key0, int nq, int nk) {
+// Calls f(mt, hi, qp) for each query row a thread holds: half hi of m-tile mt of the mma C
+// layout, at position qp (rows past the span read the span's last position; they are never stored).
+template <class Tr, class F>
+__device__ __forceinline__ void for_each_row(const SpanHooks& hk, int row0, int nq, F&& f) {
 #pragma unroll
   for (int mt = 0; mt < Tr::kMTilesPerWarp; ++mt)
 #pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      const int qp = hk.qpos(min(row0 + mt * kMmaM + hi * 8, nq - 1));
+    for (int hi = 0; hi < 2; ++hi) f(mt, hi, hk.qpos(min(row0 + mt * kMmaM + hi * 8, nq - 1)));
+}
+
+// The hook instance's scores: each element through SpanHooks (window mask, softcap, ALiBi), keys
+// past the span -inf.
+template <class Tr>
+__device__ __forceinline__ void hook_scores(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
+                                            const SpanHooks& hk, int row0, int key0, int nq, int nk) {
+  for_each_row<Tr>(hk, row0, nq, [&](int mt, int hi, int qp) {
 #pragma unroll
-      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+    for (int nt = 0; nt < Tr::kSTiles; ++nt)
 #pragma unroll
-        for (int e = 2 * hi; e < 2 * hi + 2; ++e) {
-          const int key = key0 + nt * kMmaN + (e & 1);
-          float& x = s[mt][nt][e];
-          const int kp = key < nk ? hk.kpos(key) : 0;
-          float unused;
-          x = key < nk && hk.visible(qp, kp) ? hk.score(x, qp, kp, &unused) : -INFINITY;
-        }
-    }
+      for (int e = 2 * hi; e < 2 * hi + 2; ++e) {
+        const int key = key0 + nt * kMmaN + (e & 1);
+        float& x = s[mt][nt][e];
+        const int kp = key < nk ? hk.kpos(key) : 0;
+        float unused;
+        x = key < nk && hk.visible(qp, kp) ? hk.score(x, qp, kp, &unused) : -INFINITY;
+      }
+  });
 }
 
 // Dropout on the probabilities that multiply V (the softmax sum keeps them all, as flash-attn's).
 template <class Tr>
 __device__ __forceinline__ void drop_probs(float (&s)[Tr::kMTilesPerWarp][Tr::kSTiles][4],
                                            const SpanHooks& hk, int row0, int key0, int nq, int nk) {
+  for_each_row<Tr>(hk, row0, nq, [&](int mt, int hi, int qp) {
 #pragma unroll
-  for (int mt = 0; mt < Tr::kMTilesPerWarp; ++mt)
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      const int qp = hk.qpos(min(row0 + mt * kMmaM + hi * 8, nq - 1));
-#pragma unroll
-      for (int nt = 0; nt < Tr::kSTiles; ++nt) {
-        const int key = key0 + nt * kMmaN;  // even: the pair key, key + 1
-        if (key >= nk) continue;            // probabilities past the span are 0 already
-        float z0, z1;
-        hk.keep2(qp, hk.kpos(key), hk.kpos(min(key + 1, nk - 1)), &z0, &z1);
-        s[mt][nt][2 * hi] *= z0;
-        s[mt][nt][2 * hi + 1] *= z1;
-      }
+    for (int nt = 0; nt < Tr::kSTiles; ++nt) {
+      const int key = key0 + nt * kMmaN;  // even: the pair key, key + 1
+      if (key >= nk) continue;            // probabilities past the span are 0 already
+      float z0, z1;
+      hk.keep2(qp, hk.kpos(key), hk.kpos(min(key + 1, nk - 1)), &z0, &z1);
+      s[mt][nt][2 * hi] *= z0;
+      s[mt][nt][2 * hi + 1] *= z1;
     }
+  });
 }
 
 // Online softmax over one key tile: the rows' new running max, the accumulator and sum rescaled

@@ -22,6 +22,7 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -266,6 +267,48 @@ struct Config {
   bool alibi = false;     // ALiBi slopes 2^(-(h + 1) / 2) per head
   float dropout_p = 0.f;  // 0: off (drawn with seed 0x5eed)
 };
+
+// A config from its name, which states every field set here: bf16 or fp16, dN (head_dim), causal
+// (else full), bN (batch, 1 if absent), sN or sqN skN, hN or hN/M (query/key heads), "packed"
+// (q/k/v views of one packed tensor) and "accumulate". Other words describe the case; the
+// fields past these are set by the caller.
+Config spec(const std::string& name) {
+  Config c{name, DType::bf16, 0, false, 1, 0, 0, 0, 0};
+  bool dtype = false;
+  std::istringstream words(name);
+  for (std::string w; words >> w;) {
+    int a = 0, b = 0;
+    char rest = 0;
+    const char* x = w.c_str();
+    if (w == "bf16" || w == "fp16")
+      c.dtype = w == "bf16" ? DType::bf16 : DType::f16, dtype = true;
+    else if (w == "causal")
+      c.causal = true;
+    else if (w == "packed")
+      c.strided = true;
+    else if (w == "accumulate")
+      c.accumulate = true;
+    else if (std::sscanf(x, "h%d/%d%c", &a, &b, &rest) == 2)
+      c.h = a, c.hk = b;
+    else if (std::sscanf(x, "h%d%c", &a, &rest) == 1)
+      c.h = c.hk = a;
+    else if (std::sscanf(x, "sq%d%c", &a, &rest) == 1)
+      c.sq = a;
+    else if (std::sscanf(x, "sk%d%c", &a, &rest) == 1)
+      c.sk = a;
+    else if (std::sscanf(x, "s%d%c", &a, &rest) == 1)
+      c.sq = c.sk = a;
+    else if (std::sscanf(x, "d%d%c", &a, &rest) == 1)
+      c.d = a;
+    else if (std::sscanf(x, "b%d%c", &a, &rest) == 1)
+      c.b = a;
+  }
+  if (!dtype || c.d <= 0 || c.sq <= 0 || c.sk <= 0 || c.h <= 0 || c.hk <= 0) {
+    std::fprintf(stderr, "flash_check: config \"%s\" does not name its dtype, dN, s and h\n", name.c_str());
+    std::exit(2);
+  }
+  return c;
+}
 
 // Positions of rows [0, n) holding chunks `first` and `second` of n / 2 rows each.
 std::vector<int> chunk_positions(int n, int first, int second) {
@@ -981,40 +1024,29 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
 // other hooks: the mma.sync hook instance), deterministic too.
 // Varlen spans take the mma.sync hook forward and the same backward. --windows runs these alone.
 void run_windows(std::mt19937_64& gen, const Config& varlen) {
-  const DType bf = DType::bf16, f16 = DType::f16;
-  Config causal{"bf16 d128 causal window (300, 0) b2 s1000 h4/2", bf, 128, true, 2, 1000, 1000, 4, 2};
+  Config causal = spec("bf16 d128 causal window (300, 0) b2 s1000 h4/2");
   causal.window_left = 300;
-  Config both{"fp16 d128 window (200, 150) sq700 sk900 h4", f16, 128, false, 1, 700, 900, 4, 4};
+  Config both = spec("fp16 d128 window (200, 150) sq700 sk900 h4");
   both.window_left = 200, both.window_right = 150;
-  Config d64{"bf16 d64 causal window (130, 0) s1000 h8/2", bf, 64, true, 1, 1000, 1000, 8, 2};
+  Config d64 = spec("bf16 d64 causal window (130, 0) s1000 h8/2");
   d64.window_left = 130;
-  Config zig{"bf16 d128 causal window (400, 0) zigzag positions s640 h4/2", bf, 128, true, 1, 640, 640, 4, 2};
+  Config zig = spec("bf16 d128 causal window (400, 0) zigzag positions s640 h4/2");
   zig.window_left = 400, zig.zigzag_positions = true;
-  Config zig_full{"fp16 d128 window (250, 250) zigzag positions s640 h2", f16, 128, false, 1, 640, 640, 2, 2};
+  Config zig_full = spec("fp16 d128 window (250, 250) zigzag positions s640 h2");
   zig_full.window_left = zig_full.window_right = 250, zig_full.zigzag_positions = true;
-  Config right{
-      "bf16 d64 window (-1, 90) sq300 sk500 h2 accumulate", bf, 64, false, 1, 300, 500, 2, 2, false, true};
+  Config right = spec("bf16 d64 window (-1, 90) sq300 sk500 h2 accumulate");
   right.window_right = 90;
-  Config softcap{"bf16 d128 causal softcap 5 b2 s600 h4/2", bf, 128, true, 2, 600, 600, 4, 2};
+  Config softcap = spec("bf16 d128 causal softcap 5 b2 s600 h4/2");
   softcap.softcap = 5.f;
-  Config alibi{"fp16 d64 alibi sq300 sk500 h4", f16, 64, false, 1, 300, 500, 4, 4};
+  Config alibi = spec("fp16 d64 alibi sq300 sk500 h4");
   alibi.alibi = true;
-  Config alibi_causal{
-      "bf16 d128 causal alibi s500 h4/2 accumulate", bf, 128, true, 1, 500, 500, 4, 2, false, true};
+  Config alibi_causal = spec("bf16 d128 causal alibi s500 h4/2 accumulate");
   alibi_causal.alibi = true;
-  Config mixed{"bf16 d128 causal window (200, 0) softcap 5 alibi zigzag positions s640 h4/2",
-               bf,
-               128,
-               true,
-               1,
-               640,
-               640,
-               4,
-               2};
+  Config mixed = spec("bf16 d128 causal window (200, 0) softcap 5 alibi zigzag positions s640 h4/2");
   mixed.window_left = 200, mixed.softcap = 5.f, mixed.alibi = true, mixed.zigzag_positions = true;
-  Config dropout{"bf16 d128 causal dropout 0.2 b2 s500 h4", bf, 128, true, 2, 500, 500, 4, 4};
+  Config dropout = spec("bf16 d128 causal dropout 0.2 b2 s500 h4");
   dropout.dropout_p = 0.2f;
-  Config dropout_window{"fp16 d64 dropout 0.1 window (100, 100) s400 h2", f16, 64, false, 1, 400, 400, 2, 2};
+  Config dropout_window = spec("fp16 d64 dropout 0.1 window (100, 100) s400 h2");
   dropout_window.dropout_p = 0.1f, dropout_window.window_left = dropout_window.window_right = 100;
   const std::vector<Config> windows{causal,  both,  d64,          zig,   zig_full, right,
                                     softcap, alibi, alibi_causal, mixed, dropout,  dropout_window};
@@ -1077,41 +1109,37 @@ int main(int argc, char** argv) {
               (unsigned long long)seed);
   std::mt19937_64 gen(seed);
 
-  const DType bf = DType::bf16, f16 = DType::f16;
   std::vector<Config> configs = {
-      {"bf16 d128 causal b2 s1000 h4", bf, 128, true, 2, 1000, 1000, 4, 4},
-      {"bf16 d128 full b2 s200 h8", bf, 128, false, 2, 200, 200, 8, 8},
-      {"fp16 d128 causal b2 s200 h8/2 gqa", f16, 128, true, 2, 200, 200, 8, 2},
-      {"bf16 d64 causal b1 s77 h8/2 gqa", bf, 64, true, 1, 77, 77, 8, 2},
-      {"fp16 d64 full b2 sq1 sk77 h4/1 mqa", f16, 64, false, 2, 1, 77, 4, 1},
-      {"bf16 d128 causal sq300 sk77 h8/2 (keyless rows)", bf, 128, true, 1, 300, 77, 8, 2},
-      {"fp16 d128 causal sq77 sk300 h2/1 mqa", f16, 128, true, 1, 77, 300, 2, 1},
-      {"bf16 d128 full sq200 sk1000 h4/2", bf, 128, false, 1, 200, 1000, 4, 2},
-      {"bf16 d128 causal b2 s200 h4 packed qkv views", bf, 128, true, 2, 200, 200, 4, 4, true},
-      {"fp16 d128 full b1 s512 h8 packed accumulate", f16, 128, false, 1, 512, 512, 8, 8, true, true},
-      {"fp16 d64 full b1 sq1000 sk200 h8 accumulate", f16, 64, false, 1, 1000, 200, 8, 8, false, true},
-      {"bf16 d64 causal b2 s1000 h8/1 mqa accumulate", bf, 64, true, 2, 1000, 1000, 8, 1, false, true},
-      {"bf16 d64 full b2 s128 h2 (whole tiles)", bf, 64, false, 2, 128, 128, 2, 2},
-      {"bf16 d32 causal b1 s129 h2", bf, 32, true, 1, 129, 129, 2, 2},
-      {"fp16 d32 full b3 sq64 sk1 h2", f16, 32, false, 3, 64, 1, 2, 2},
-      {"bf16 d128 causal s1 h4", bf, 128, true, 1, 1, 1, 4, 4},
-      {"bf16 d64 causal sq1 sk1000 h4", bf, 64, true, 1, 1, 1000, 4, 4},
-      {"fp16 d128 causal b1 s1000 h8/2 gqa", f16, 128, true, 1, 1000, 1000, 8, 2},
+      spec("bf16 d128 causal b2 s1000 h4"),
+      spec("bf16 d128 full b2 s200 h8"),
+      spec("fp16 d128 causal b2 s200 h8/2 gqa"),
+      spec("bf16 d64 causal b1 s77 h8/2 gqa"),
+      spec("fp16 d64 full b2 sq1 sk77 h4/1 mqa"),
+      spec("bf16 d128 causal sq300 sk77 h8/2 (keyless rows)"),
+      spec("fp16 d128 causal sq77 sk300 h2/1 mqa"),
+      spec("bf16 d128 full sq200 sk1000 h4/2"),
+      spec("bf16 d128 causal b2 s200 h4 packed qkv views"),
+      spec("fp16 d128 full b1 s512 h8 packed accumulate"),
+      spec("fp16 d64 full b1 sq1000 sk200 h8 accumulate"),
+      spec("bf16 d64 causal b2 s1000 h8/1 mqa accumulate"),
+      spec("bf16 d64 full b2 s128 h2 (whole tiles)"),
+      spec("bf16 d32 causal b1 s129 h2"),
+      spec("fp16 d32 full b3 sq64 sk1 h2"),
+      spec("bf16 d128 causal s1 h4"),
+      spec("bf16 d64 causal sq1 sk1000 h4"),
+      spec("fp16 d128 causal b1 s1000 h8/2 gqa"),
   };
-  Config varlen{"bf16 d128 causal varlen 3 segs accumulate", bf, 128, true, 1, 400, 400, 4, 2, false, true};
+  Config varlen = spec("bf16 d128 causal varlen 3 segs sq400 sk400 h4/2 accumulate");
   varlen.segs = {
       {0, 100, 0, 120}, {100, 1, 120, 1}, {101, 250, 121, 250}};  // rows past 351/371 in no segment
   configs.push_back(varlen);
-  Config varlen64{"fp16 d64 full varlen 2 segs accumulate", f16, 64, false, 1, 300, 260, 4, 4, false, true};
+  Config varlen64 = spec("fp16 d64 full varlen 2 segs sq300 sk260 h4 accumulate");
   varlen64.segs = {{0, 150, 0, 60}, {150, 150, 60, 200}};
   configs.push_back(varlen64);
-  for (Config c :
-       {Config{"bf16 d256 causal b2 s1000 h4/2 gqa", bf, 256, true, 2, 1000, 1000, 4, 2},
-        Config{"fp16 d256 full sq300 sk77 h2/1 mqa", f16, 256, false, 1, 300, 77, 2, 1},
-        Config{"bf16 d256 causal sq300 sk77 h2 (keyless rows)", bf, 256, true, 1, 300, 77, 2, 2},
-        Config{"bf16 d256 full b1 s300 h2 packed qkv views", bf, 256, false, 1, 300, 300, 2, 2, true},
-        Config{"bf16 d192 causal sq77 sk300 h4/1 mqa", bf, 192, true, 1, 77, 300, 4, 1},
-        Config{"fp16 d192 full b2 s500 h2", f16, 192, false, 2, 500, 500, 2, 2}}) {
+  for (Config c : {spec("bf16 d256 causal b2 s1000 h4/2 gqa"), spec("fp16 d256 full sq300 sk77 h2/1 mqa"),
+                   spec("bf16 d256 causal sq300 sk77 h2 (keyless rows)"),
+                   spec("bf16 d256 full b1 s300 h2 packed qkv views"),
+                   spec("bf16 d192 causal sq77 sk300 h4/1 mqa"), spec("fp16 d192 full b2 s500 h2")}) {
     c.fwd_only = true;
     configs.push_back(c);
   }
@@ -1149,10 +1177,10 @@ int main(int argc, char** argv) {
     for (const Config& c : configs)
       if (!c.segs.empty()) var.push_back(c);
     // Segments whose last key tiles run into gaps of NaN rows and into the next segment.
-    Config gaps{"bf16 d128 causal varlen NaN gaps", bf, 128, true, 1, 520, 600, 4, 2, false, true};
+    Config gaps = spec("bf16 d128 causal varlen NaN gaps sq520 sk600 h4/2 accumulate");
     gaps.segs = {{0, 150, 0, 170}, {200, 300, 230, 260}, {500, 20, 590, 0}};
     gaps.nan_gaps = true;
-    Config gaps64{"fp16 d64 full varlen NaN gaps", f16, 64, false, 1, 400, 700, 4, 4, false, true};
+    Config gaps64 = spec("fp16 d64 full varlen NaN gaps sq400 sk700 h4 accumulate");
     gaps64.segs = {{0, 130, 0, 300}, {130, 260, 350, 129}};
     gaps64.nan_gaps = true;
     var.push_back(gaps), var.push_back(gaps64);
@@ -1212,10 +1240,8 @@ int main(int argc, char** argv) {
   // A ring step's block gradients: dq accumulates, dk/dv land in a fresh (unfilled, NaN) buffer.
   // Unsplit, every key tile's CTA writes its rows; split, the atomics must start from zeros.
   for (int splits : {1, 3})
-    for (Config c : {Config{"bf16 d128 causal b2 s1000 h4/2 acc dq, write dkv", bf, 128, true, 2, 1000, 1000,
-                            4, 2, false, true},
-                     Config{"fp16 d64 full sq300 sk700 h2 acc dq, write dkv", f16, 64, false, 1, 300, 700, 2,
-                            2, false, true}}) {
+    for (Config c : {spec("bf16 d128 causal b2 s1000 h4/2 accumulate dq, write dkv"),
+                     spec("fp16 d64 full sq300 sk700 h2 accumulate dq, write dkv")}) {
       cuda::force_bwd_splits(splits);
       c.overwrite_dkv = true;
       c.name += " [bwd splits " + std::to_string(splits) + "]";
@@ -1225,10 +1251,10 @@ int main(int argc, char** argv) {
   // Deterministic backward: dq's parts added in key-tile order. The same configs without it show
   // whether the atomics' order moves the bits (INFO lines); many key tiles per query tile do.
   {
-    Config dense{"bf16 d128 causal b1 s2048 h8/2 gqa", bf, 128, true, 1, 2048, 2048, 8, 2};
-    Config acc{"fp16 d64 full sq300 sk700 h2 accumulate", f16, 64, false, 1, 300, 700, 2, 2, false, true};
-    Config odd{"bf16 d32 causal b2 s1000 h4/2", bf, 32, true, 2, 1000, 1000, 4, 2};
-    Config keyless{"bf16 d128 causal sq300 sk77 h8/2 (keyless rows)", bf, 128, true, 1, 300, 77, 8, 2};
+    Config dense = spec("bf16 d128 causal b1 s2048 h8/2 gqa");
+    Config acc = spec("fp16 d64 full sq300 sk700 h2 accumulate");
+    Config odd = spec("bf16 d32 causal b2 s1000 h4/2");
+    Config keyless = spec("bf16 d128 causal sq300 sk77 h8/2 (keyless rows)");
     Config seg = varlen;
     for (const Config& base : {dense, acc, odd, keyless, seg})
       for (bool det : {true, false}) {
