@@ -65,6 +65,16 @@ struct SpanHooks {
     return dropout_bits(seed, batch, head, uint32_t(q_tok0 + qp), uint32_t(k_tok0 + kp)) >= threshold;
   }
 
+  // The Philox draw of query qp for the block of four key tokens that holds key kp: its words
+  // are the draws of keys 4 (kt / 4) .. 4 (kt / 4) + 3.
+  __device__ __forceinline__ Philox4 draw4(int qp, int kp) const {
+    return philox4x32_10(Philox4{uint32_t(k_tok0 + kp) >> 2, uint32_t(q_tok0 + qp), head, batch},
+                         uint32_t(seed), uint32_t(seed >> 32));
+  }
+  __device__ __forceinline__ float keep_factor(uint32_t bits) const {
+    return bits >= threshold ? keep_scale : 0.f;
+  }
+
   // The dropout factors of keys kp0 and kp1 of query qp: 0 or 1 / (1 - p). Keys of one block of
   // four tokens share a Philox counter, so a pair of neighbours costs one draw.
   __device__ __forceinline__ void keep2(int qp, int kp0, int kp1, float* z0, float* z1) const {

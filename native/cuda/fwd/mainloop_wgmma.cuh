@@ -326,10 +326,30 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
     };
     // Dropout on the probabilities that multiply V, after the softmax (its row sums keep them
     // all, as flash-attn's do). Keys 2t and 2t + 1 of an n-tile are neighbours: one Philox draw.
+    // With local key positions (aligned to the draws' blocks of four), lanes t and t ^ 1 hold the
+    // two halves of one block in both of their rows: each draws for one row and hands the other
+    // lane the two words it needs, one draw per n-tile instead of two.
     auto drop = [&](int it) {
       if constexpr (kHooks == kScoreHooks) {
         if (!hk.dropout) return;
         const int n0 = (kt.first + it) * kN;
+        if (!hk.k_pos && (hk.k_tok0 & 3) == 0) {
+          const int mine = t & 1;  // the row half this lane draws for; lane ^ 1 draws the other
+#pragma unroll
+          for (int nt = 0; nt < kST; ++nt) {
+            const int key = n0 + nt * kMmaN + 2 * t;
+            const Philox4 r = hk.draw4(qp[mine], key);
+            const uint32_t own0 = mine ? r.z : r.x, own1 = mine ? r.w : r.y;
+            const uint32_t got0 = __shfl_xor_sync(0xffffffffu, mine ? r.x : r.z, 1);
+            const uint32_t got1 = __shfl_xor_sync(0xffffffffu, mine ? r.y : r.w, 1);
+            if (key >= sp.nk) continue;  // probabilities past the span are 0 already
+            s[nt][2 * mine] *= hk.keep_factor(own0);
+            s[nt][2 * mine + 1] *= hk.keep_factor(own1);
+            s[nt][2 - 2 * mine] *= hk.keep_factor(got0);
+            s[nt][3 - 2 * mine] *= hk.keep_factor(got1);
+          }
+          return;
+        }
 #pragma unroll
         for (int nt = 0; nt < kST; ++nt) {
           const int key = n0 + nt * kMmaN + 2 * t;
