@@ -78,14 +78,14 @@ struct SpanHooks {
   // The dropout factors of keys kp0 and kp1 of query qp: 0 or 1 / (1 - p). Keys of one block of
   // four tokens share a Philox counter, so a pair of neighbours costs one draw.
   __device__ __forceinline__ void keep2(int qp, int kp0, int kp1, float* z0, float* z1) const {
-    const uint32_t qt = uint32_t(q_tok0 + qp), kt0 = uint32_t(k_tok0 + kp0), kt1 = uint32_t(k_tok0 + kp1);
-    const Philox4 r = philox4x32_10(Philox4{kt0 >> 2, qt, head, batch}, uint32_t(seed), uint32_t(seed >> 32));
+    const uint32_t kt0 = uint32_t(k_tok0 + kp0), kt1 = uint32_t(k_tok0 + kp1);
+    const Philox4 r = draw4(qp, kp0);
     auto word = [&](uint32_t kt) {
       return (kt & 3u) == 0 ? r.x : (kt & 3u) == 1 ? r.y : (kt & 3u) == 2 ? r.z : r.w;
     };
-    *z0 = word(kt0) >= threshold ? keep_scale : 0.f;
-    const uint32_t b1 = (kt1 >> 2) == (kt0 >> 2) ? word(kt1) : dropout_bits(seed, batch, head, qt, kt1);
-    *z1 = b1 >= threshold ? keep_scale : 0.f;
+    *z0 = keep_factor(word(kt0));
+    *z1 = keep_factor((kt1 >> 2) == (kt0 >> 2) ? word(kt1)
+                                               : dropout_bits(seed, batch, head, uint32_t(q_tok0 + qp), kt1));
   }
 
   // First index in [0, n) whose position is >= pos (positions increase over a span).

@@ -125,8 +125,8 @@ bool dispatch_causal(const FlashFwdParams& p, cudaStream_t s, const Scratch& scr
 template <typename T>
 bool dispatch_head_dim(const FlashFwdParams& p, cudaStream_t s, const Scratch& scratch,
                        const LaunchOverrides& o) {
-  if (p.mods.any(p.shape.causal)) {  // the score hooks (hopper_fwd_covers): default tiles
-    if (p.mods.masks_only())
+  if (p.mods.any(p.shape.causal)) {  // the score hooks (hopper_fwd_covers), dense
+    if (p.mods.masks_only())         // the default tiles
       return p.shape.head_dim == 64
                  ? launch<FwdHopperTraits<64>, T, false, false, kMaskHooks>(p, s, scratch, o)
                  : launch<FwdHopperTraits<128>, T, false, false, kMaskHooks>(p, s, scratch, o);

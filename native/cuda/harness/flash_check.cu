@@ -265,7 +265,7 @@ struct Config {
   bool zigzag_positions = false;
   float softcap = 0.f;    // 0: off
   bool alibi = false;     // ALiBi slopes 2^(-(h + 1) / 2) per head
-  float dropout_p = 0.f;  // 0: off (drawn with seed 0x5eed)
+  float dropout_p = 0.f;  // 0: off (its draws keyed on dropout_seed 0x5eed)
 };
 
 // A config from its name, which states every field set here: bf16 or fp16, dN (head_dim), causal
@@ -273,6 +273,19 @@ struct Config {
 // (q/k/v views of one packed tensor) and "accumulate". Other words describe the case; the
 // fields past these are set by the caller.
 Config spec(const std::string& name) {
+  // Words of one or two numbers: the fields they set (a second field takes the second number, or
+  // the only one), in the order tried ("sq" before "s").
+  struct NumberWord {
+    const char* format;
+    int count;
+    int Config::*first;
+    int Config::*second;
+  };
+  static const NumberWord numbers[] = {
+      {"h%d/%d%c", 2, &Config::h, &Config::hk}, {"h%d%c", 1, &Config::h, &Config::hk},
+      {"sq%d%c", 1, &Config::sq, nullptr},      {"sk%d%c", 1, &Config::sk, nullptr},
+      {"s%d%c", 1, &Config::sq, &Config::sk},   {"d%d%c", 1, &Config::d, nullptr},
+      {"b%d%c", 1, &Config::b, nullptr}};
   Config c{name, DType::bf16, 0, false, 1, 0, 0, 0, 0};
   bool dtype = false;
   std::istringstream words(name);
@@ -288,20 +301,14 @@ Config spec(const std::string& name) {
       c.strided = true;
     else if (w == "accumulate")
       c.accumulate = true;
-    else if (std::sscanf(x, "h%d/%d%c", &a, &b, &rest) == 2)
-      c.h = a, c.hk = b;
-    else if (std::sscanf(x, "h%d%c", &a, &rest) == 1)
-      c.h = c.hk = a;
-    else if (std::sscanf(x, "sq%d%c", &a, &rest) == 1)
-      c.sq = a;
-    else if (std::sscanf(x, "sk%d%c", &a, &rest) == 1)
-      c.sk = a;
-    else if (std::sscanf(x, "s%d%c", &a, &rest) == 1)
-      c.sq = c.sk = a;
-    else if (std::sscanf(x, "d%d%c", &a, &rest) == 1)
-      c.d = a;
-    else if (std::sscanf(x, "b%d%c", &a, &rest) == 1)
-      c.b = a;
+    else
+      for (const NumberWord& n : numbers)  // the first format that takes the whole word
+        if ((n.count == 2 ? std::sscanf(x, n.format, &a, &b, &rest) : std::sscanf(x, n.format, &a, &rest)) ==
+            n.count) {
+          c.*n.first = a;
+          if (n.second) c.*n.second = n.count == 2 ? b : a;
+          break;
+        }
   }
   if (!dtype || c.d <= 0 || c.sq <= 0 || c.sk <= 0 || c.h <= 0 || c.hk <= 0) {
     std::fprintf(stderr, "flash_check: config \"%s\" does not name its dtype, dN, s and h\n", name.c_str());
