@@ -70,6 +70,9 @@ struct LaunchOverrides {
   // The backward's query splits per key tile (1..8), -1 the cost model (plan_splits). Varlen
   // launches never split.
   int bwd_splits = -1;
+  // Backward kernel: -1 the Hopper backward of native/cuda/bwd/ where it covers the call (head_dim
+  // 128 on sm_90a, dense, the default mode), else as 1; 1 the FlashAttention-2 style kernels.
+  int bwd_kernel = -1;
 };
 
 void flash_fwd(const FlashFwdParams& p, cudaStream_t stream, const Scratch& scratch,
@@ -88,6 +91,7 @@ inline void force_fwd_ctas(int ctas) { process_overrides().fwd_ctas = ctas; }
 inline void force_fwd_variant(int variant) { process_overrides().fwd_variant = variant; }
 void force_fwd_plan(int whole, int splits);  // checks the range of `splits`
 inline void force_bwd_splits(int splits) { process_overrides().bwd_splits = splits; }
+inline void force_bwd_kernel(int mode) { process_overrides().bwd_kernel = mode; }
 
 void flash_bwd_dot(const FlashBwdDotParams& p, cudaStream_t stream);
 void merge(const MergeParams& p, cudaStream_t stream);

@@ -184,6 +184,41 @@ struct BwdTraits {
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
 
+// The Hopper backward (native/cuda/bwd/, sm_90a), head_dim 128: one CTA per key tile of kBlockN
+// keys, three warpgroups. A producer warp loads K and V once and then Q, dO, lse and dsum of each
+// query tile into kStages stages (TMA, mbarriers); a second warp of that warpgroup adds each
+// step's dQ tile from shared memory onto dq with bulk reductions; two consumer warpgroups own 64
+// keys each and keep their dK, dV in registers. dS^T (both halves) goes through shared memory for
+// dQ = dS K; the dQ tile is padded per row (kDqPitch) so that the consumers' fragment stores do
+// not conflict on banks.
+struct BwdHopperTraits {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kWgThreads = 4 * kWarpSize;
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = (kConsumers + 1) * kWgThreads;
+  static constexpr int kBlockN = 64 * kConsumers;  // keys per CTA
+  static constexpr int kBlockM = 64;               // query rows per step
+  static constexpr int kStages = 2;
+  static constexpr int kColBlocks = kHeadDim / 64;  // 128-byte swizzle atoms (TMA boxes) per row
+  static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // one Q (dO) stage
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // one dS^T buffer (two alternate)
+  static constexpr int kDqPitch = kHeadDim * 4 + 32;      // bytes per row of the fp32 dQ tile
+  static constexpr int kOffV = kKVBytes, kOffQ = 2 * kKVBytes, kOffDout = kOffQ + kStages * kQBytes;
+  static constexpr int kOffDs = kOffDout + kStages * kQBytes, kOffDq = kOffDs + 2 * kDsBytes;
+  static constexpr int kOffLse = kOffDq + kBlockM * kDqPitch, kOffDsum = kOffLse + kStages * kBlockM * 4;
+  static constexpr int kOffBars = kOffDsum + kStages * kBlockM * 4;
+  static constexpr int kSmemBytes = kOffBars + 256 + 1024;  // + barriers, + alignment slack
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+
+  static_assert(kOffQ % 1024 == 0 && kOffDout % 1024 == 0 && kOffDs % 1024 == 0 && kQBytes % 1024 == 0,
+                "every swizzled tile starts on a 1024-byte boundary");
+  static_assert(kDqPitch % 16 == 0 && kOffDq % 16 == 0, "bulk copies read 16-byte aligned rows");
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
+  static_assert(kProducerRegs * kWgThreads + kConsumerRegs * kConsumers * kWgThreads <= 64 * 1024,
+                "the warpgroups' register budgets must fit the register file");
+};
+
 // The rows one CTA's (batch entry or varlen segment) attention covers: batch entry b, query rows
 // [q0, q0 + nq) and key rows [k0, k0 + nk). Causal alignment is bottom-right within the span.
 struct Span {

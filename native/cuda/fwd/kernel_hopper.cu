@@ -1,9 +1,6 @@
 // The Hopper forward kernel (FwdHopperTraits, fwd/mainloop_wgmma.cuh) and its launch: tensor maps
 // of q, k and v for the TMA loads, a persistent grid of one CTA per SM (or per tile, when fewer).
-// The driver's cuTensorMapEncodeTiled is reached through the runtime's entry-point query, so the
-// addon needs no link against the driver library.
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <string>
@@ -11,6 +8,7 @@
 #include "cuda/check.h"
 #include "cuda/fwd/launch.h"
 #include "cuda/fwd/mainloop_wgmma.cuh"
+#include "cuda/tensor_map.h"
 
 namespace rfa::cuda {
 namespace {
@@ -42,39 +40,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     fwd_consume<Tr, T, kCausal, kVarlen, kHooks>(p, grid, sm, wg - 1);
   }
 #endif
-}
-
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    RFA_CUDA_CHECK(
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
-    return found == cudaDriverEntryPointSuccess ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f)
-                                                : nullptr;
-  }();
-  return fn;
-}
-
-// A (batch, rows, heads, head_dim) 16-bit view as a 4-d tensor map read in boxes of 64 columns x
-// box_rows rows, 128-byte swizzled (the layout flash_wgmma.cuh's descriptors read). Strides of
-// axes of extent 1 are never followed; they only have to be valid.
-bool encode_view(CUtensorMap* map, const void* base, DType dtype, int head_dim, int rows, int heads,
-                 int batch, const BshStrides& st, int box_rows) {
-  const auto encode = encode_tiled();
-  if (!encode) return false;
-  auto stride_bytes = [](int64_t stride, int extent) {
-    return uint64_t(extent == 1 && stride <= 0 ? 16 : stride * 2);
-  };
-  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batch)};
-  const cuuint64_t strides[3] = {stride_bytes(st.row, rows), stride_bytes(st.head, heads),
-                                 stride_bytes(st.batch, batch)};
-  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1}, unit[4] = {1, 1, 1, 1};
-  const CUresult r = encode(
-      map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
-      const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
 }
 
 // Query tiles per (head, span) and spans: batch entries, or varlen segments (as long as the

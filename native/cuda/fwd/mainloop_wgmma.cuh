@@ -16,7 +16,7 @@
 #include "cuda/flash_traits.h"
 #include "cuda/flash_wgmma.cuh"
 #include "cuda/fwd/epilogue.cuh"
-#include "cuda/fwd/hopper_sync.cuh"
+#include "cuda/hopper_sync.cuh"
 #include "cuda/fwd/tile_scheduler.cuh"
 #include "cuda/score_hooks.cuh"
 

@@ -10,7 +10,7 @@
 
 #include "attn_params.h"
 #include "cuda/flash_traits.h"
-#include "cuda/fwd/hopper_sync.cuh"
+#include "cuda/hopper_sync.cuh"
 
 namespace rfa::cuda {
 

@@ -14,7 +14,7 @@ nvcc -O3 --use_fast_math -std=c++17 --expt-relaxed-constexpr \
   -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
   -Xptxas -v -I"$root/native" -o "$out/flash_check" \
   "$root/native/cuda/harness/flash_check.cu" "$root/native/cuda/flash_fwd.cu" "$root/native/cuda/fwd/kernel_hopper.cu" \
-  "$root/native/cuda/flash_bwd.cu" "$root/native/launch_plan.cc" "$root/native/cuda/elementwise.cu" "$root/native/cuda/fill.cu" 2> "$out/ptxas.log" \
+  "$root/native/cuda/flash_bwd.cu" "$root/native/cuda/bwd/kernel_hopper.cu" "$root/native/cuda/tensor_map.cc" "$root/native/launch_plan.cc" "$root/native/cuda/elementwise.cu" "$root/native/cuda/fill.cu" 2> "$out/ptxas.log" \
   || { cat "$out/ptxas.log"; exit 1; }
 grep -E "error|warning" "$out/ptxas.log" || true
 if [[ $run == 1 ]]; then exec "$out/flash_check" "$@"; fi

@@ -961,6 +961,9 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   FlashBwdParams bpd = bp;
   bpd.deterministic = true;
   const float t_bwd_det = bwd ? bwd_ms(bpd) : 0.f;
+  cuda::force_bwd_kernel(1);  // the FlashAttention-2 style backward, for comparison
+  const float t_bwd_fa2 = bwd ? bwd_ms(bp) : 0.f;
+  cuda::force_bwd_kernel(-1);
   const float t_all = !bwd ? 0.f : median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
     cuda::flash_bwd_dot(dp, 0);
@@ -986,6 +989,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     line("bwd", t_bwd, 2.5 * fwd_flop);
     line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
     line("bwd-det", t_bwd_det, 2.5 * fwd_flop);
+    line("bwd-fa2wg", t_bwd_fa2, 2.5 * fwd_flop);
     line("fwd+bwd", t_all, 3.5 * fwd_flop);
   }
   // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
@@ -1095,6 +1099,7 @@ int main(int argc, char** argv) {
   // comparison, the kernels varlen calls take today
   bool hopper_varlen = false;
   bool windows_only = false;  // --windows: only the sliding-window and global-position checks
+  bool bwd_only = false;      // --bwd: only the backward's checks, on each backward kernel
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -1109,6 +1114,8 @@ int main(int argc, char** argv) {
       hopper_varlen = true;
     else if (!std::strcmp(argv[i], "--windows"))
       windows_only = true;
+    else if (!std::strcmp(argv[i], "--bwd"))
+      bwd_only = true;
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -1179,6 +1186,23 @@ int main(int argc, char** argv) {
     std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
     return g_failures ? 1 : 0;
   }
+  if (bwd_only) {
+    for (int kernel : {-1, 1}) {
+      cuda::force_bwd_kernel(kernel);
+      for (int splits : {-1, 3}) {
+        cuda::force_bwd_splits(splits);
+        for (Config c : configs) {
+          if (c.fwd_only) continue;
+          c.name += std::string(kernel < 0 ? " [default bwd" : " [fa2 bwd") + (splits > 0 ? ", splits 3]" : "]");
+          run_attention(c, gen);
+        }
+      }
+    }
+    cuda::force_bwd_kernel(-1);
+    cuda::force_bwd_splits(-1);
+    std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
+    return g_failures ? 1 : 0;
+  }
   if (hopper_varlen) {
     std::vector<Config> var;
     for (const Config& c : configs)
@@ -1228,6 +1252,17 @@ int main(int argc, char** argv) {
       }
       run_merge(gen, tag);
     }
+  // The backward's kernels: the default (the Hopper backward where it covers the call) ran above;
+  // the FlashAttention-2 style ones here, on the default forward.
+  cuda::force_fwd_kernel(-1);
+  cuda::force_fwd_schedule(-1);
+  cuda::force_fwd_ctas(0);
+  cuda::force_bwd_kernel(1);
+  for (Config c : configs) {
+    c.name += " [fa2 bwd]";
+    run_attention(c, gen);
+  }
+  cuda::force_bwd_kernel(-1);
   // The Hopper forward's tile variants, on 7 CTAs.
   for (int variant : {0, 1, 2}) {
     cuda::force_fwd_kernel(3);

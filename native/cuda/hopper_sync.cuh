@@ -79,6 +79,35 @@ __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
 #endif
 }
 
+// Bulk reduction (sm_90): adds `bytes` (a multiple of 16; both addresses 16-byte aligned) of fp32
+// from shared memory onto global memory, each element atomically, as one async bulk operation of
+// the calling thread's bulk group. Commit, then wait: `read` once the shared source may be
+// rewritten, plain once the additions are done.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gdst, const void* ssrc, uint32_t bytes) {
+#ifdef RFA_SM90_ASYNC
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gdst),
+               "r"(smem_u32(ssrc)), "r"(bytes)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#ifdef RFA_SM90_ASYNC
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+#ifdef RFA_SM90_ASYNC
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+#ifdef RFA_SM90_ASYNC
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads: sync waits for all of
 // them, arrive counts in without waiting.
 __device__ __forceinline__ void named_sync(int id, int threads) {

@@ -1,0 +1,312 @@
+// The Hopper backward's roles (BwdHopperTraits, sm_90a): the producer warp's loads, the dQ warp's
+// bulk reductions, and a consumer warpgroup's wgmma pipeline over its key tile's query steps.
+//
+// Per step (query head h, query tile of 64 rows) a consumer warpgroup, for its 64 keys:
+//   S^T = K Q^T and dP^T = V dO^T (both operands from shared memory), issued back to back;
+//   P^T = exp2(S^T scale_log2 - lse_log2) under dP^T; dS^T = P^T (dP^T - dsum);
+//   dV += P^T dO and dK += dS^T Q (A from registers) while dS^T is stored to shared memory;
+//   once both halves of dS^T are there (named barrier), dQ = dS K for its 64 of the 128 columns,
+//   stored to the shared dQ tile. (Left in flight into the next step, under its S^T, the dQ
+//   accumulators cross the loop's back edge, and ptxas then serialises every wgmma: C7514.)
+// The dQ warp adds the tile onto dq (fp32) with one bulk reduction per row, so no CTA serialises
+// on atomics; the tile is handed over through two named barriers (full, empty).
+#pragma once
+#include <cstdint>
+
+#include "attn_params.h"
+#include "cuda/bwd/work.cuh"
+#include "cuda/flash_traits.h"
+#include "cuda/flash_wgmma.cuh"
+#include "cuda/hopper_sync.cuh"
+
+namespace rfa::cuda {
+
+struct BwdHopperBarriers {
+  uint64_t kv_full;
+  // Q with its lse rows, dO with its dsum rows: the lane that issues the copies announces their
+  // bytes, and every lane of the producer warp arrives once its stats rows are stored.
+  uint64_t q_full[BwdHopperTraits::kStages], do_full[BwdHopperTraits::kStages];
+  uint64_t stage_empty[BwdHopperTraits::kStages];  // every consumer warp, once dV and dK have read it
+  static constexpr int kStatArrivals = 1 + kWarpSize;
+  static constexpr int kConsumerWarps = BwdHopperTraits::kConsumers * 4;
+  __device__ __forceinline__ void init() {
+    mbar_init(&kv_full, 1);
+    for (int i = 0; i < BwdHopperTraits::kStages; ++i) {
+      mbar_init(&q_full[i], kStatArrivals), mbar_init(&do_full[i], kStatArrivals);
+      mbar_init(&stage_empty[i], kConsumerWarps);
+    }
+  }
+};
+
+// Named barriers (0 is __syncthreads): both halves of dS^T stored; the dQ tile written by the
+// consumers (full) and read by the dQ warp's reductions (empty).
+enum BwdNamedBarrier : int { kBwdDsReady = 1, kBwdDqFull = 2, kBwdDqEmpty = 3 };
+constexpr int kBwdConsumerThreads = BwdHopperTraits::kConsumers * BwdHopperTraits::kWgThreads;
+constexpr int kBwdDqThreads = kBwdConsumerThreads + kWarpSize;
+
+struct BwdHopperSmem {
+  using Tr = BwdHopperTraits;
+  unsigned char* base;  // 1024-byte aligned
+  __device__ __forceinline__ unsigned char* k() const { return base; }
+  __device__ __forceinline__ unsigned char* v() const { return base + Tr::kOffV; }
+  __device__ __forceinline__ unsigned char* q(int stage) const { return base + Tr::kOffQ + stage * Tr::kQBytes; }
+  __device__ __forceinline__ unsigned char* dout(int stage) const {
+    return base + Tr::kOffDout + stage * Tr::kQBytes;
+  }
+  __device__ __forceinline__ unsigned char* ds(int buf) const { return base + Tr::kOffDs + buf * Tr::kDsBytes; }
+  __device__ __forceinline__ unsigned char* dq() const { return base + Tr::kOffDq; }
+  __device__ __forceinline__ float* lse(int stage) const {
+    return reinterpret_cast<float*>(base + Tr::kOffLse) + stage * Tr::kBlockM;
+  }
+  __device__ __forceinline__ float* dsum(int stage) const {
+    return reinterpret_cast<float*>(base + Tr::kOffDsum) + stage * Tr::kBlockM;
+  }
+  __device__ __forceinline__ BwdHopperBarriers& bars() const {
+    return *reinterpret_cast<BwdHopperBarriers*>(base + Tr::kOffBars);
+  }
+};
+
+// The default walk of step_at: query tiles ascending within a head, then the next head.
+__device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
+  if (++mt == w.m_begin + w.m_tiles) mt = w.m_begin, ++h;
+}
+
+// The producer warp: K and V once, then per step Q and dO by TMA (lane 0) and their lse and dsum
+// rows by every lane (lse as lse * log2(e), +inf for rows without keys or past the span, so that
+// their probabilities are 0).
+__device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWork& w, const BwdHopperSmem& sm,
+                                            const CUtensorMap* map_q, const CUtensorMap* map_k,
+                                            const CUtensorMap* map_v, const CUtensorMap* map_do) {
+  using Tr = BwdHopperTraits;
+  if (w.steps == 0) return;
+  BwdHopperBarriers& bars = sm.bars();
+  const Span& sp = w.sp;
+  const int lane = threadIdx.x % kWarpSize, b = int(sp.b);
+  if (lane == 0) {
+    mbar_arrive_expect_tx(&bars.kv_full, 2 * Tr::kKVBytes);
+#pragma unroll
+    for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
+      tma_load_4d(sm.k() + cb * Tr::kBlockN * 128, map_k, &bars.kv_full, cb * 64, sp.k0 + w.n0, w.hk, b);
+      tma_load_4d(sm.v() + cb * Tr::kBlockN * 128, map_v, &bars.kv_full, cb * 64, sp.k0 + w.n0, w.hk, b);
+    }
+  }
+  // One stats row per lane and pass: `src` at query row (span row) q of head h.
+  auto stage_stats = [&](float* dst, const float* src, const BhsStrides& st, int h, int m0, bool is_lse) {
+#pragma unroll
+    for (int r = lane; r < Tr::kBlockM; r += kWarpSize) {
+      float x = is_lse ? INFINITY : 0.f;
+      if (m0 + r < sp.nq) {
+        x = src[sp.b * st.batch + h * st.head + int64_t(sp.q0 + m0 + r) * st.row];
+        if (is_lse) x = x == -INFINITY ? INFINITY : x * kLog2e;
+      }
+      dst[r] = x;
+    }
+  };
+  int h, mt;
+  step_at<false>(w, w.step0, h, mt);
+  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+    const int stage = st % Tr::kStages, m0 = mt * Tr::kBlockM;
+    mbar_wait(&bars.stage_empty[stage], ((st / Tr::kStages) & 1) ^ 1);
+    if (lane == 0) {
+      mbar_arrive_expect_tx(&bars.q_full[stage], Tr::kQBytes);
+      mbar_arrive_expect_tx(&bars.do_full[stage], Tr::kQBytes);
+#pragma unroll
+      for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
+        tma_load_4d(sm.q(stage) + cb * Tr::kBlockM * 128, map_q, &bars.q_full[stage], cb * 64, sp.q0 + m0, h, b);
+        tma_load_4d(sm.dout(stage) + cb * Tr::kBlockM * 128, map_do, &bars.do_full[stage], cb * 64, sp.q0 + m0,
+                    h, b);
+      }
+    }
+    stage_stats(sm.lse(stage), p.lse, p.lse_stride, h, m0, true);
+    mbar_arrive(&bars.q_full[stage]);
+    stage_stats(sm.dsum(stage), p.dsum, p.dsum_stride, h, m0, false);
+    mbar_arrive(&bars.do_full[stage]);
+  }
+}
+
+// The dQ warp: per step, once the consumers have written the tile, one bulk reduction per valid
+// row onto dq (already scaled), then the tile is handed back once the reductions have read it.
+__device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdWork& w, const BwdHopperSmem& sm) {
+  using Tr = BwdHopperTraits;
+  if (w.steps == 0) return;
+  const Span& sp = w.sp;
+  const int lane = threadIdx.x % kWarpSize;
+  named_arrive(kBwdDqEmpty, kBwdDqThreads);  // the tile starts free
+  int h, mt;
+  step_at<false>(w, w.step0, h, mt);
+  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+    named_sync(kBwdDqFull, kBwdDqThreads);
+    float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
+#pragma unroll
+    for (int r = lane; r < Tr::kBlockM; r += kWarpSize) {
+      const int q = mt * Tr::kBlockM + r;
+      if (q < sp.nq)
+        bulk_reduce_add_f32(gdq + int64_t(sp.q0 + q) * p.dq_stride.row, sm.dq() + r * Tr::kDqPitch,
+                            Tr::kHeadDim * 4);
+    }
+    bulk_commit();
+    bulk_wait_read<0>();
+    __syncwarp();
+    if (st + 1 < w.steps) named_arrive(kBwdDqEmpty, kBwdDqThreads);
+  }
+  bulk_wait<0>();
+}
+
+// A consumer warpgroup (wg 0 or 1: keys 64 wg .. 64 wg + 63 of the tile); warp `cwarp` (0..7 over
+// both) owns keys 16 cwarp + g and + 8, as in the FlashAttention-2 style kernels, so the masks and
+// the dK/dV epilogue (write_dkv) are theirs.
+template <typename T, bool kCausal>
+__device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w,
+                                            const BwdHopperSmem& sm, int cwarp) {
+  using Tr = BwdHopperTraits;
+  using Mma = MmaType<T>;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN;
+  BwdHopperBarriers& bars = sm.bars();
+  const Span& sp = w.sp;
+  const int lane = threadIdx.x % kWarpSize;
+  // The warpgroup index as lane 0's value: warp-uniform to the compiler, so the descriptor
+  // arithmetic stays in uniform registers.
+  const int wg = __shfl_sync(0xffffffffu, cwarp / 4, 0), wq = cwarp % 4;
+  const int g = lane / 4, t = lane % 4;
+  const int key_lo = w.n0 + cwarp * 16 + g;  // this lane's keys: key_lo and key_lo + 8
+
+  // Matrix descriptors; a k-step adds a constant (bytes >> 4) to the start address field.
+  // K-major (S^T, dP^T): k-step kk moves 32 bytes within a 128-byte row, to the second column
+  // block after four. MN-major (dV, dK, dQ): a k-step is 16 rows = 2048 bytes.
+  const uint32_t smem0 = smem_u32(sm.base);
+  const uint64_t dK = gmma_desc(smem0 + wg * 64 * 128, 16);              // rows 64 wg.. of K
+  const uint64_t dV = gmma_desc(smem0 + Tr::kOffV + wg * 64 * 128, 16);  // rows 64 wg.. of V
+  const uint64_t dQk = gmma_desc(smem0 + Tr::kOffQ, 16);
+  const uint64_t ddOk = gmma_desc(smem0 + Tr::kOffDout, 16);
+  const uint64_t dQm = gmma_desc(smem0 + Tr::kOffQ, kBM * 128);
+  const uint64_t ddOm = gmma_desc(smem0 + Tr::kOffDout, kBM * 128);
+  const uint64_t ddS = gmma_desc(smem0 + Tr::kOffDs, 16);
+  const uint64_t dKq = gmma_desc(smem0 + wg * kBN * 128, 16);  // column block wg of K
+  constexpr uint32_t kStageStep = Tr::kQBytes / 16, kDsStep = Tr::kDsBytes / 16;
+  auto koff = [](int kk, int rows) { return uint32_t(((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4); };
+
+  float acc_dk[64], acc_dv[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc_dk[i] = acc_dv[i] = 0.f;
+
+  // dQ of a step (this warpgroup's 64 columns): rows 16 wq + g (+ 8), columns 64 wg + 8i + 2t (+ 1),
+  // scaled, into the shared tile once the dQ warp has read the previous one.
+  float dq[32];
+  auto store_dq = [&] {
+    const float scale = p.shape.softmax_scale;
+    named_sync(kBwdDqEmpty, kBwdDqThreads);
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      float* row = reinterpret_cast<float*>(sm.dq() + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) + wg * 64 + 2 * t;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        *reinterpret_cast<float2*>(row + i * 8) =
+            make_float2(dq[4 * i + 2 * hi] * scale, dq[4 * i + 2 * hi + 1] * scale);
+    }
+    fence_proxy_async();  // st.shared -> the bulk reductions' (async proxy) reads
+    named_arrive(kBwdDqFull, kBwdDqThreads);
+  };
+
+  if (w.steps > 0) mbar_wait(&bars.kv_full, 0);
+  int h, mt;
+  step_at<false>(w, w.step0, h, mt);
+  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+    const int stage = st % Tr::kStages, buf = st % 2;
+    const uint32_t parity = (st / Tr::kStages) & 1;
+    const int m0 = mt * kBM;
+
+    // S^T = K Q^T and dP^T = V dO^T (64 keys x 64 queries per warpgroup).
+    float s[32], dp[32];
+    mbar_wait(&bars.q_full[stage], parity);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 0, 0>(s, dK + koff(kk, kBN), dQk + stage * kStageStep + koff(kk, kBM), kk);
+    wgmma_commit();
+    mbar_wait(&bars.do_full[stage], parity);
+    wgmma_fence();  // dp was last read by the previous step's dS^T
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 0, 0>(dp, dV + koff(kk, kBN), ddOk + stage * kStageStep + koff(kk, kBM), kk);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(s);
+
+    // P^T, masked: exponentials first, then the mask in a CTA-uniform branch that only the tiles
+    // crossing the diagonal or the keys' end take.
+    const float* lse = sm.lse(stage);
+    const float* dsum = sm.dsum(stage);
+    const bool needs_mask = w.n0 + kBN > sp.nk || (kCausal && w.n0 + kBN - 1 > m0 + w.diag);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
+    if (needs_mask) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = m0 + i * 8 + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
+          if (key >= sp.nk || (kCausal && key > q + w.diag)) s[4 * i + e] = 0.f;
+        }
+    }
+    wgmma_wait<0>();
+    fence_regs(dp);
+    // dS^T = P^T (dP^T - dsum); both become 16-bit A fragments, k-step kk = queries 16kk..16kk+15.
+    uint32_t pa[4][4], da[4][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      float ds[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[e] = s[4 * i + e] * (dp[4 * i + e] - dsum[i * 8 + 2 * t + (e & 1)]);
+      pa[i / 2][(i % 2) * 2] = Mma::pack(s[4 * i], s[4 * i + 1]);
+      pa[i / 2][(i % 2) * 2 + 1] = Mma::pack(s[4 * i + 2], s[4 * i + 3]);
+      da[i / 2][(i % 2) * 2] = Mma::pack(ds[0], ds[1]);
+      da[i / 2][(i % 2) * 2 + 1] = Mma::pack(ds[2], ds[3]);
+    }
+
+    // dV += P^T dO and dK += dS^T Q (the softmax scale is applied in the epilogue).
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 128, 1>(acc_dv, pa[kk], ddOm + stage * kStageStep + kk * 128, 1);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 128, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
+    wgmma_commit();
+
+    // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled. The
+    // buffer was last read by the dQ of step st - 2, which both warpgroups waited for before the
+    // barrier of step st - 1.
+    unsigned char* ds_tile = sm.ds(buf);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const int r = cwarp * 16 + g + hi * 8;
+        *reinterpret_cast<uint32_t*>(ds_tile + r * 128 + ((i ^ (r % 8)) * 16) + t * 4) =
+            da[i / 2][(i % 2) * 2 + hi];
+      }
+    fence_proxy_async();
+    named_sync(kBwdDsReady, kBwdConsumerThreads);
+
+    // dQ = dS K: A = dS (queries x keys) read from dS^T, B = K, both MN-major.
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<T, 64, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
+    wgmma_commit();
+    wgmma_wait<1>();  // dV and dK: the stage is free
+    fence_regs(acc_dv);
+    fence_regs(acc_dk);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&bars.stage_empty[stage]);
+    wgmma_wait<0>();
+    fence_regs(dq);
+    store_dq();
+  }
+  write_dkv_in_turn<16, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN);
+}
+
+}  // namespace rfa::cuda
