@@ -5,6 +5,9 @@
 // rows (a fast wrong kernel is worth nothing). FLOP: causal forward 2·b·h·s²·d (half of
 // 4·b·h·s²·d), backward 2.5×. `--options` adds a row per attention option under each plain one,
 // with its rate as a ratio of the plain row's: what the option costs (or, for a window, saves).
+// `--anchor FILE` reads the JSON lines of .device/anchors/sdpa_anchor.py, run in the same device
+// call, and adds cuDNN's iter/s and ours ÷ cuDNN to each plain row.
+import { readFileSync } from 'node:fs';
 import { init } from '../index.js';
 import { causalPairs } from './cases.js';
 import { exitWith, isMain, runCommand, type Command } from './cli_command.js';
@@ -130,6 +133,12 @@ const KERNEL_FLAGS = {
     parse: text(),
   },
   deterministic: { help: 'time the deterministic backward (dQ parts added in key-tile order)' },
+  anchor: {
+    value: 'FILE',
+    help: "sdpa_anchor.py's output (JSON lines): adds cuDNN's iter/s and ours ÷ cuDNN to the plain rows",
+    default: 'no anchor columns',
+    parse: text(),
+  },
   options: {
     value: 'LIST',
     help: `also time attention options beside the plain kernel, each row with its ratio to the plain row of its shape, of ${OPTION_NAMES.join(',')} (${OPTION_NAMES.map((n) => OPTIONS[n].label + (OPTIONS[n].causalOnly ? ', causal rows only' : '')).join('; ')})`,
@@ -138,18 +147,57 @@ const KERNEL_FLAGS = {
   },
 };
 
-async function kernelTable(only: string | undefined, deterministic: boolean, options: OptionName[]) {
+/** cuDNN's iter/s per `shape|causal|mode` from sdpa_anchor.py's JSON lines (other lines skipped). */
+export function readAnchor(file: string): Map<string, number> {
+  const rates = new Map<string, number>();
+  let raw: string;
+  try {
+    raw = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw bad('--anchor', file, `expected a readable file (${(e as Error).message})`);
+  }
+  for (const line of raw.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const row = JSON.parse(line);
+    if (row.backend === 'CUDNN_ATTENTION' && typeof row.iters_per_s === 'number')
+      rates.set(`${row.shape}|${row.causal}|${row.mode}`, row.iters_per_s);
+  }
+  if (!rates.size) throw bad('--anchor', file, 'expected JSON lines of sdpa_anchor.py with cuDNN rows');
+  return rates;
+}
+
+/** ` cuDNN it/s | ours ÷ cuDNN |` for one cell, dashes where the anchor has no row. */
+function anchorCells(anchor: Map<string, number>, key: string, ours: number | null): string {
+  const theirs = anchor.get(key);
+  if (theirs === undefined || ours === null) return ` ${theirs?.toFixed(1) ?? '—'} | — |`;
+  return ` ${theirs.toFixed(1)} | ${(ours / theirs).toFixed(2)}× |`;
+}
+
+async function kernelTable(
+  only: string | undefined,
+  deterministic: boolean,
+  options: OptionName[],
+  anchor: Map<string, number> | null,
+) {
   const shapes = SHAPES.filter((x) => !only || x.name.includes(only));
   if (!shapes.length) throw bad('--shape', only!, `matches none of ${SHAPES.map((x) => x.name).join('; ')}`);
   const rt = await init({ backend: 'cuda', world: 1 });
   if (deterministic) console.log('backward: deterministic (dQ parts added in key-tile order)\n');
   const ratios = options.length > 0;
-  console.log(
-    ratios
-      ? '| shape | causal | option | fwd it/s | fwd TFLOP/s | fwd ÷ plain | fwd+bwd it/s | fwd+bwd TFLOP/s | fwd+bwd ÷ plain | out rel err (sample) | lse max err |'
-      : '| shape | causal | fwd it/s | fwd TFLOP/s | fwd+bwd it/s | fwd+bwd TFLOP/s | out rel err (sample) | lse max err |',
-  );
-  console.log(ratios ? '|---|---|---|---|---|---|---|---|---|---|---|' : '|---|---|---|---|---|---|---|---|');
+  const fwdHead = ratios ? 'fwd it/s | fwd TFLOP/s | fwd ÷ plain' : 'fwd it/s | fwd TFLOP/s';
+  const bwdHead = ratios ? 'fwd+bwd it/s | fwd+bwd TFLOP/s | fwd+bwd ÷ plain' : 'fwd+bwd it/s | fwd+bwd TFLOP/s';
+  const cols = [
+    'shape',
+    'causal',
+    ...(ratios ? ['option'] : []),
+    fwdHead,
+    ...(anchor ? ['cuDNN fwd it/s | fwd ÷ cuDNN'] : []),
+    bwdHead,
+    ...(anchor ? ['cuDNN fwd+bwd it/s | fwd+bwd ÷ cuDNN'] : []),
+    'out rel err (sample) | lse max err',
+  ];
+  console.log(`| ${cols.join(' | ')} |`);
+  console.log(`|${'---|'.repeat(cols.join(' | ').split(' | ').length)}`);
   try {
     for (const sh of shapes)
       for (const causal of [true, false]) {
@@ -208,8 +256,10 @@ async function kernelTable(only: string | undefined, deterministic: boolean, opt
                 const { err, lseErr } = sampleErrors(r, sh.s, d, causal, mods);
                 return `${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`;
               })();
+          const vs = (mode: string, ours: number | null) =>
+            anchor ? anchorCells(label === 'none' ? anchor : new Map(), `${sh.name}|${causal}|${mode}`, ours) : '';
           console.log(
-            `${head} ${rate.fwd.toFixed(1)} | ${(flop / r.fwd.median / 1e12).toFixed(1)} |${ratio(rate.fwd, plain.fwd)} ${fwdbwd}${ratio(rate.fwdbwd, plain.fwdbwd)} ${check}`,
+            `${head} ${rate.fwd.toFixed(1)} | ${(flop / r.fwd.median / 1e12).toFixed(1)} |${ratio(rate.fwd, plain.fwd)}${vs('fwd', rate.fwd)} ${fwdbwd}${ratio(rate.fwdbwd, plain.fwdbwd)}${vs('fwdbwd', rate.fwdbwd)} ${check}`,
           );
         }
       }
@@ -233,7 +283,12 @@ export const kernelCommand: Command<typeof KERNEL_FLAGS> = {
   run: (v, [shape]) => {
     if (shape !== undefined && v.shape !== undefined)
       throw new UsageError(`${shape} and --shape ${v.shape}: give the shape once`);
-    return kernelTable(v.shape ?? shape, v.deterministic === true, v.options ?? []);
+    return kernelTable(
+      v.shape ?? shape,
+      v.deterministic === true,
+      v.options ?? [],
+      v.anchor !== undefined ? readAnchor(v.anchor) : null,
+    );
   },
 };
 

@@ -23,6 +23,7 @@ import { PYTHON_README_H800, PYTHON_X4 } from '../benchmark/python_results.js';
 import { pythonChart, tableChart } from '../benchmark/report_charts.js';
 import { newestWorld4, RESULTS_DIR } from '../benchmark/result_files.js';
 import { unsupportedBy } from '../benchmark/unsupported.js';
+import { readAnchor } from '../benchmark/kernel.js';
 import { RingFlashAttnError } from '../runtime/errors.js';
 
 const BENCH_RANK = new URL('../benchmark/bench_rank.js', import.meta.url).href;
@@ -321,6 +322,7 @@ s('--help prints the usage, every flag on a line of its own with its default, an
     /\n {2}--shape TEXT +time only the shapes whose name contains TEXT .*\(default: every shape\)\n/,
   );
   assert.match(kernel.stdout, /\n {2}--deterministic +time the deterministic backward/);
+  assert.match(kernel.stdout, /\n {2}--anchor FILE +sdpa_anchor\.py's output/);
   const top = run(CLI, ['--help']);
   assert.is(top.status, 0, top.stderr);
   for (const command of ['bench', 'bench:kernel', 'bench:targets', 'bench:chart'])
@@ -344,7 +346,36 @@ s('unknown flags and bad values exit 2 naming the flag and the value', () => {
     '--options window,foo: unknown foo (window, softcap, alibi, dropout)',
   );
   rejected(run(KERNEL, ['--deterministic=yes']), '--deterministic=yes: --deterministic takes no value');
+  rejected(run(KERNEL, ['--anchor', path.join(OUT, 'no-anchor.log')]), 'no-anchor.log: expected a readable file');
   rejected(run(CLI, ['bench:targets', path.join(OUT, 'missing.json')]), 'missing.json: no such result file');
+});
+
+// bench:kernel --anchor reads sdpa_anchor.py's JSON lines: cuDNN's rows by shape, mask and mode;
+// other backends and lines that are not JSON (the script's tail) are skipped.
+s('bench:kernel --anchor keeps the cuDNN rows of the anchor log', () => {
+  const file = path.join(OUT, 'anchor.log');
+  const row = (backend: string, causal: boolean, mode: string, rate: number) =>
+    JSON.stringify({ shape: 's=8192 h=5', causal, backend, mode, ms: 1000 / rate, iters_per_s: rate });
+  fs.writeFileSync(
+    file,
+    [
+      row('CUDNN_ATTENTION', true, 'fwd', 4857.6),
+      row('FLASH_ATTENTION', true, 'fwd', 2388.3),
+      row('CUDNN_ATTENTION', false, 'fwdbwd', 808.3),
+      'matmul ceiling follows',
+      '{"matmul_bf16_tflops": 708.4}',
+    ].join('\n'),
+  );
+  const rates = readAnchor(file);
+  assert.equal(
+    [...rates.entries()],
+    [
+      ['s=8192 h=5|true|fwd', 4857.6],
+      ['s=8192 h=5|false|fwdbwd', 808.3],
+    ],
+  );
+  fs.writeFileSync(file, row('FLASH_ATTENTION', true, 'fwd', 2388.3));
+  assert.throws(() => readAnchor(file), /--anchor .*anchor\.log: expected JSON lines of sdpa_anchor\.py/);
 });
 
 s('the bin: an unknown or missing command exits 2 naming it', () => {
