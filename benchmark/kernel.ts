@@ -185,7 +185,9 @@ async function kernelTable(
   if (deterministic) console.log('backward: deterministic (dQ parts added in key-tile order)\n');
   const ratios = options.length > 0;
   const fwdHead = ratios ? 'fwd it/s | fwd TFLOP/s | fwd ÷ plain' : 'fwd it/s | fwd TFLOP/s';
-  const bwdHead = ratios ? 'fwd+bwd it/s | fwd+bwd TFLOP/s | fwd+bwd ÷ plain' : 'fwd+bwd it/s | fwd+bwd TFLOP/s';
+  const bwdHead = ratios
+    ? 'fwd+bwd it/s | fwd+bwd TFLOP/s | fwd+bwd ÷ plain'
+    : 'fwd+bwd it/s | fwd+bwd TFLOP/s';
   const cols = [
     'shape',
     'causal',
@@ -257,7 +259,9 @@ async function kernelTable(
                 return `${err.toExponential(2)}${err < 5e-3 ? '' : ' FAIL'} | ${lseErr.toExponential(2)} |`;
               })();
           const vs = (mode: string, ours: number | null) =>
-            anchor ? anchorCells(label === 'none' ? anchor : new Map(), `${sh.name}|${causal}|${mode}`, ours) : '';
+            anchor
+              ? anchorCells(label === 'none' ? anchor : new Map(), `${sh.name}|${causal}|${mode}`, ours)
+              : '';
           console.log(
             `${head} ${rate.fwd.toFixed(1)} | ${(flop / r.fwd.median / 1e12).toFixed(1)} |${ratio(rate.fwd, plain.fwd)}${vs('fwd', rate.fwd)} ${fwdbwd}${ratio(rate.fwdbwd, plain.fwdbwd)}${vs('fwdbwd', rate.fwdbwd)} ${check}`,
           );

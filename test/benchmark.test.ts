@@ -346,7 +346,10 @@ s('unknown flags and bad values exit 2 naming the flag and the value', () => {
     '--options window,foo: unknown foo (window, softcap, alibi, dropout)',
   );
   rejected(run(KERNEL, ['--deterministic=yes']), '--deterministic=yes: --deterministic takes no value');
-  rejected(run(KERNEL, ['--anchor', path.join(OUT, 'no-anchor.log')]), 'no-anchor.log: expected a readable file');
+  rejected(
+    run(KERNEL, ['--anchor', path.join(OUT, 'no-anchor.log')]),
+    'no-anchor.log: expected a readable file',
+  );
   rejected(run(CLI, ['bench:targets', path.join(OUT, 'missing.json')]), 'missing.json: no such result file');
 });
 

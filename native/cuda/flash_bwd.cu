@@ -768,8 +768,9 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
   const bool hooks = p.mods.any(p.shape.causal);
   if (kHeadDim == 128 && current_device().sm90 && (!hooks || p.mods.masks_only())) {
     grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns, o);
-    static_assert(BwdHopperTraits::kBlockN == BwdWgTraits::kBlockN && BwdHopperTraits::kBlockM == BwdWgTraits::kBlockM,
-                  "the Hopper backward runs on the grid sized for the wgmma kernel");
+    static_assert(
+        BwdHopperTraits::kBlockN == BwdWgTraits::kBlockN && BwdHopperTraits::kBlockM == BwdWgTraits::kBlockM,
+        "the Hopper backward runs on the grid sized for the wgmma kernel");
     if (o.bwd_kernel != 1 && flash_bwd_hopper(p, grid, s)) return;
     const bool c = p.shape.causal, d = p.deterministic;
     if (hooks && d)

@@ -25,8 +25,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
 }  // namespace
 
 // Strides of axes of extent 1 are never followed; they only have to be valid.
-bool encode_view(CUtensorMap* map, const void* base, DType dtype, int head_dim, int rows, int heads, int batch,
-                 const BshStrides& st, int box_rows) {
+bool encode_view(CUtensorMap* map, const void* base, DType dtype, int head_dim, int rows, int heads,
+                 int batch, const BshStrides& st, int box_rows) {
   const auto encode = encode_tiled();
   if (!encode) return false;
   auto stride_bytes = [](int64_t stride, int extent) {

@@ -13,8 +13,10 @@ namespace {
 
 template <typename T, bool kCausal>
 __global__ void __launch_bounds__(BwdHopperTraits::kThreads, 1)
-    flash_bwd_hopper_kernel(const FlashBwdParams p, const BwdGrid grid, const __grid_constant__ CUtensorMap map_q,
-                            const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v,
+    flash_bwd_hopper_kernel(const FlashBwdParams p, const BwdGrid grid,
+                            const __grid_constant__ CUtensorMap map_q,
+                            const __grid_constant__ CUtensorMap map_k,
+                            const __grid_constant__ CUtensorMap map_v,
                             const __grid_constant__ CUtensorMap map_do) {
 #ifdef RFA_WGMMA_ENABLED
   using Tr = BwdHopperTraits;
@@ -32,7 +34,8 @@ __global__ void __launch_bounds__(BwdHopperTraits::kThreads, 1)
     warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (warp == 0) {
       if (threadIdx.x == 0)
-        tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v), tma_prefetch_map(&map_do);
+        tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v),
+            tma_prefetch_map(&map_do);
       bwd_produce(p, w, sm, &map_q, &map_k, &map_v, &map_do);
     } else if (warp == 1) {
       bwd_write_dq(p, w, sm);
@@ -86,7 +89,8 @@ bool hopper_bwd_covers(const FlashBwdParams& p) {
 
 bool flash_bwd_hopper(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   if (!hopper_bwd_covers(p)) return false;
-  return p.dtype == DType::bf16 ? dispatch_causal<__nv_bfloat16>(p, grid, s) : dispatch_causal<__half>(p, grid, s);
+  return p.dtype == DType::bf16 ? dispatch_causal<__nv_bfloat16>(p, grid, s)
+                                : dispatch_causal<__half>(p, grid, s);
 }
 
 }  // namespace rfa::cuda

@@ -49,11 +49,15 @@ struct BwdHopperSmem {
   unsigned char* base;  // 1024-byte aligned
   __device__ __forceinline__ unsigned char* k() const { return base; }
   __device__ __forceinline__ unsigned char* v() const { return base + Tr::kOffV; }
-  __device__ __forceinline__ unsigned char* q(int stage) const { return base + Tr::kOffQ + stage * Tr::kQBytes; }
+  __device__ __forceinline__ unsigned char* q(int stage) const {
+    return base + Tr::kOffQ + stage * Tr::kQBytes;
+  }
   __device__ __forceinline__ unsigned char* dout(int stage) const {
     return base + Tr::kOffDout + stage * Tr::kQBytes;
   }
-  __device__ __forceinline__ unsigned char* ds(int buf) const { return base + Tr::kOffDs + buf * Tr::kDsBytes; }
+  __device__ __forceinline__ unsigned char* ds(int buf) const {
+    return base + Tr::kOffDs + buf * Tr::kDsBytes;
+  }
   __device__ __forceinline__ unsigned char* dq() const { return base + Tr::kOffDq; }
   __device__ __forceinline__ float* lse(int stage) const {
     return reinterpret_cast<float*>(base + Tr::kOffLse) + stage * Tr::kBlockM;
@@ -74,9 +78,10 @@ __device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
 // The producer warp: K and V once, then per step Q and dO by TMA (lane 0) and their lse and dsum
 // rows by every lane (lse as lse * log2(e), +inf for rows without keys or past the span, so that
 // their probabilities are 0).
-__device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWork& w, const BwdHopperSmem& sm,
-                                            const CUtensorMap* map_q, const CUtensorMap* map_k,
-                                            const CUtensorMap* map_v, const CUtensorMap* map_do) {
+__device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWork& w,
+                                            const BwdHopperSmem& sm, const CUtensorMap* map_q,
+                                            const CUtensorMap* map_k, const CUtensorMap* map_v,
+                                            const CUtensorMap* map_do) {
   using Tr = BwdHopperTraits;
   if (w.steps == 0) return;
   BwdHopperBarriers& bars = sm.bars();
@@ -112,9 +117,10 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
       mbar_arrive_expect_tx(&bars.do_full[stage], Tr::kQBytes);
 #pragma unroll
       for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
-        tma_load_4d(sm.q(stage) + cb * Tr::kBlockM * 128, map_q, &bars.q_full[stage], cb * 64, sp.q0 + m0, h, b);
-        tma_load_4d(sm.dout(stage) + cb * Tr::kBlockM * 128, map_do, &bars.do_full[stage], cb * 64, sp.q0 + m0,
-                    h, b);
+        tma_load_4d(sm.q(stage) + cb * Tr::kBlockM * 128, map_q, &bars.q_full[stage], cb * 64, sp.q0 + m0, h,
+                    b);
+        tma_load_4d(sm.dout(stage) + cb * Tr::kBlockM * 128, map_do, &bars.do_full[stage], cb * 64,
+                    sp.q0 + m0, h, b);
       }
     }
     stage_stats(sm.lse(stage), p.lse, p.lse_stride, h, m0, true);
@@ -126,7 +132,8 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
 
 // The dQ warp: per step, once the consumers have written the tile, one bulk reduction per valid
 // row onto dq (already scaled), then the tile is handed back once the reductions have read it.
-__device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdWork& w, const BwdHopperSmem& sm) {
+__device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdWork& w,
+                                             const BwdHopperSmem& sm) {
   using Tr = BwdHopperTraits;
   if (w.steps == 0) return;
   const Span& sp = w.sp;
@@ -197,7 +204,8 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     named_sync(kBwdDqEmpty, kBwdDqThreads);
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
-      float* row = reinterpret_cast<float*>(sm.dq() + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) + wg * 64 + 2 * t;
+      float* row =
+          reinterpret_cast<float*>(sm.dq() + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) + wg * 64 + 2 * t;
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         *reinterpret_cast<float2*>(row + i * 8) =

@@ -1193,7 +1193,8 @@ int main(int argc, char** argv) {
         cuda::force_bwd_splits(splits);
         for (Config c : configs) {
           if (c.fwd_only) continue;
-          c.name += std::string(kernel < 0 ? " [default bwd" : " [fa2 bwd") + (splits > 0 ? ", splits 3]" : "]");
+          c.name +=
+              std::string(kernel < 0 ? " [default bwd" : " [fa2 bwd") + (splits > 0 ? ", splits 3]" : "]");
           run_attention(c, gen);
         }
       }
