@@ -184,6 +184,23 @@ struct BwdTraits {
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
 
+// The FlashAttention-2 style backward on warpgroup MMAs (bwd/mainloop_fa2_wgmma.cuh, sm_90a):
+// two warpgroups of 64 keys each, 64-row query steps, Q/dO/lse/dsum double buffered.
+struct BwdWgTraits {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kThreads = 256;
+  static constexpr int kBlockN = 128;                // keys per CTA: two warpgroups of 64
+  static constexpr int kBlockM = 64;                 // query rows per step
+  static constexpr int kStages = 2;                  // Q/dO/lse/dsum double buffer
+  static constexpr int kTileN = kBlockN * kHeadDim;  // 16-bit elements of the K (V) tile
+  static constexpr int kTileM = kBlockM * kHeadDim;  // 16-bit elements of one Q (dO) stage
+  static constexpr int kTileDs = kBlockN * kBlockM;  // 16-bit elements of one dS^T buffer
+  static constexpr int kSmem16 = 2 * kTileN + 2 * kStages * kTileM + 2 * kTileDs;
+  static constexpr int kSmemBytes =
+      kSmem16 * 2 + 2 * kStages * kBlockM * 4 + 1024;  // + lse/dsum, + alignment slack
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
+};
+
 // The Hopper backward (native/cuda/bwd/, sm_90a), head_dim 128: one CTA per key tile of kBlockN
 // keys, three warpgroups. A producer warp loads K and V once and then Q, dO, lse and dsum of each
 // query tile into kStages stages (TMA, mbarriers); a second warp of that warpgroup adds each
