@@ -3,14 +3,13 @@
 // Hopper backward (bwd/mainloop_wgmma.cuh) does not cover. Included by flash_bwd.cu only.
 //
 // Two warpgroups of 64 keys each (warp w still owns keys 16w..16w+15, so the masks, the epilogue
-// and the register layouts match the mma.sync kernel's, bwd/mainloop_mma.cuh). Per query tile of 64 rows each warpgroup
-// issues S^T = K Q^T and dP^T = V dO^T (m64n64k16, both operands K-major from shared memory),
-// forms P^T and dS^T in registers, then dV += P^T dO and dK += dS^T Q (m64n128k16, A from
-// registers, B MN-major from shared memory) while dS^T is stored to shared memory. dQ of a step
-// needs the dS^T of both warpgroups, so it runs one step later, after the barrier that opens the
-// next step: warpgroup w issues dQ[:, 64w..64w+63] = dS K (m64n64k16, both operands MN-major)
-// before that step's dV/dK and adds it to global memory with fp32 atomics while they run. One
-// barrier per step; dS^T alternates two buffers.
+// and the register layouts match the mma.sync kernel's, bwd/mainloop_mma.cuh). Per query tile of 64 rows each
+// warpgroup issues S^T = K Q^T and dP^T = V dO^T (m64n64k16, both operands K-major from shared memory), forms
+// P^T and dS^T in registers, then dV += P^T dO and dK += dS^T Q (m64n128k16, A from registers, B MN-major
+// from shared memory) while dS^T is stored to shared memory. dQ of a step needs the dS^T of both warpgroups,
+// so it runs one step later, after the barrier that opens the next step: warpgroup w issues dQ[:,
+// 64w..64w+63] = dS K (m64n64k16, both operands MN-major) before that step's dV/dK and adds it to global
+// memory with fp32 atomics while they run. One barrier per step; dS^T alternates two buffers.
 #pragma once
 #include <cstdint>
 
