@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
-# (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh),
-# (with KERNEL=1) the single-GPU kernel table (KERNEL_ARGS: its flags, e.g. "--shape h=5 --deterministic"), (with BENCH=1) the README table per transport, (with SOLO="2 4")
+# (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh;
+# HARNESS_ARGS: its flags, e.g. --bwd), (with KERNEL=1) the single-GPU kernel table beside
+# sdpa_anchor.py's cuDNN rows when .device/anchors has it (KERNEL_ARGS: its flags, e.g. "--shape
+# h=5 --deterministic"; ANCHOR=0 leaves the anchor out), (with BENCH=1) the README table per transport, (with SOLO="2 4")
 # the README table of each world played rank by rank on GPU 0, transfers skipped (slowest rank per column),
 # (with MMA=1) the GPU suites again on the mma.sync kernels every non-Hopper GPU runs (RFA_KERNELS=mma),
 # (with SANITIZE="memcheck racecheck") the harness's checks under compute-sanitizer, (with SOAK=N) N
@@ -32,10 +34,16 @@ echo "HMMA instructions: $(grep -c HMMA <<<"$sass"), HGMMA: $(grep -c HGMMA <<<"
 echo "--- python reads tensor files"
 node dist/test/python/write_tensor_file.js /tmp/rfa_tensors.msgpack && python3 test/python/read_tensor_file.py /tmp/rfa_tensors.msgpack | tee "$OUT/python_read.txt"
 if [ "${HARNESS:-0}" = 1 ]; then
-  echo "--- harness"; timeout ${HARNESS_TIMEOUT:-120} build/harness/flash_check 2>&1 | tee "$OUT/harness.log" | grep -E "FAIL|ALL PASSED|TIME"
+  echo "--- harness"; timeout ${HARNESS_TIMEOUT:-120} build/harness/flash_check ${HARNESS_ARGS:-} 2>&1 | tee "$OUT/harness.log" | grep -E "FAIL|ALL PASSED|TIME"
 fi
 if [ "${KERNEL:-0}" = 1 ]; then
-  echo "--- kernel"; timeout ${KERNEL_TIMEOUT:-240} node dist/benchmark/kernel.js ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernel.log"
+  # cuDNN and FlashAttention-2 (PyTorch SDPA) on the same GPU just before, for ours ÷ cuDNN.
+  anchor=()
+  if [ "${ANCHOR:-1}" = 1 ] && [ -f .device/anchors/sdpa_anchor.py ]; then
+    echo "--- sdpa anchor"
+    timeout ${ANCHOR_TIMEOUT:-200} python3 .device/anchors/sdpa_anchor.py > "$OUT/anchor.log" 2>&1 && anchor=(--anchor "$OUT/anchor.log")
+  fi
+  echo "--- kernel"; timeout ${KERNEL_TIMEOUT:-240} node dist/benchmark/kernel.js ${anchor[@]+"${anchor[@]}"} ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernel.log"
 fi
 # BENCH=1 runs the README table once per transport in TRANSPORTS (default: both).
 if [ "${BENCH:-0}" = 1 ]; then

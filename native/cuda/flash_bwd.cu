@@ -60,6 +60,13 @@ __global__ void zero_bsh_kernel(float* x, BshStrides st, int s, int h, int d, in
   }
 }
 
+// The Hopper backward runs on the grids sized for the FlashAttention-2 style kernels.
+static_assert(BwdHopperTraits<128>::kBlockN == BwdWgTraits::kBlockN &&
+                  BwdHopperTraits<128>::kBlockM == BwdWgTraits::kBlockM &&
+                  BwdHopperTraits<64>::kBlockN == BwdTraits<64>::kBlockN &&
+                  BwdHopperTraits<64>::kBlockM == BwdTraits<64>::kBlockM,
+              "the Hopper backward's tiles are those of the grid it runs on");
+
 // One CTA per (key tile, kv head, span, split) of a backward kernel with traits Tr.
 template <class Tr, class Kernel>
 void launch_key_tiles(Kernel kernel, const char* name, const FlashBwdParams& p, const BwdGrid& grid,
@@ -166,10 +173,7 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
   const bool hooks = p.mods.any(p.shape.causal);
   if (kHeadDim == 128 && current_device().sm90 && (!hooks || p.mods.masks_only())) {
     grid = size_grid<BwdWgTraits>(p, grid, max_q, max_k, s, turns, o);
-    static_assert(
-        BwdHopperTraits::kBlockN == BwdWgTraits::kBlockN && BwdHopperTraits::kBlockM == BwdWgTraits::kBlockM,
-        "the Hopper backward runs on the grid sized for the wgmma kernel");
-    if (o.bwd_kernel != 1 && flash_bwd_hopper(p, grid, s)) return;
+    if (o.bwd_kernel != 1 && flash_bwd_hopper(p, grid, s, o)) return;
     const bool c = p.shape.causal, d = p.deterministic;
     if (hooks && d)
       launch_bwd_wgmma<T, false, true, true>(p, grid, s);
@@ -186,6 +190,7 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
     return;
   }
   grid = size_grid<BwdTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns, o);
+  if (kHeadDim == 64 && o.bwd_kernel == 2 && current_device().sm90 && flash_bwd_hopper(p, grid, s, o)) return;
   if (hooks)
     launch_bwd<kHeadDim, T, false, true>(p, grid, s);
   else if (p.shape.causal)

@@ -201,15 +201,21 @@ struct BwdWgTraits {
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit in shared memory");
 };
 
-// The Hopper backward (native/cuda/bwd/, sm_90a), head_dim 128: one CTA per key tile of kBlockN
-// keys, three warpgroups. A producer warp loads K and V once and then Q, dO, lse and dsum of each
-// query tile into kStages stages (TMA, mbarriers); a second warp of that warpgroup adds each
-// step's dQ tile from shared memory onto dq with bulk reductions; two consumer warpgroups own 64
-// keys each and keep their dK, dV in registers. dS^T (both halves) goes through shared memory for
-// dQ = dS K; the dQ tile is padded per row (kDqPitch) so that the consumers' fragment stores do
-// not conflict on banks.
+// The Hopper backward (native/cuda/bwd/, sm_90a), head_dim 64 and 128: one CTA per key tile of
+// kBlockN keys, three warpgroups. A producer warp loads K and V once and then Q, dO, lse and dsum
+// of each query tile into kStages stages (TMA, mbarriers); dQ warps of that warpgroup add each
+// step's dQ tiles from shared memory onto dq with bulk reductions; two consumer warpgroups own 64
+// keys each and keep their dK, dV in registers. dS^T goes through shared memory for dQ = dS K:
+// at head_dim 128 each consumer computes its half of dQ's columns from both consumers' dS^T (one
+// barrier between them per step, dS^T in two alternating buffers); at head_dim 64 (kOwnDq) each
+// computes every column from its own keys into its own tile, so the consumers never wait for each
+// other and dq receives two reductions per step (measured slower at head_dim 128, where it must
+// also wait for dV and dK to free registers: benchmark/RESULTS.md). dQ tiles are padded per row
+// (kDqPitch) so that the consumers' fragment stores do not conflict on banks.
+template <int kHeadDim_>
 struct BwdHopperTraits {
-  static constexpr int kHeadDim = 128;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kOwnDq = kHeadDim == 64;
   static constexpr int kWgThreads = 4 * kWarpSize;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = (kConsumers + 1) * kWgThreads;
@@ -217,17 +223,23 @@ struct BwdHopperTraits {
   static constexpr int kBlockM = 64;               // query rows per step
   static constexpr int kStages = 2;
   static constexpr int kColBlocks = kHeadDim / 64;  // 128-byte swizzle atoms (TMA boxes) per row
+  static constexpr int kKSteps = kHeadDim / 16;     // k-steps of S^T = K Q^T and dP^T = V dO^T
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // one Q (dO) stage
-  static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // one dS^T buffer (two alternate)
-  static constexpr int kDqPitch = kHeadDim * 4 + 32;      // bytes per row of the fp32 dQ tile
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // one dS^T buffer
+  static constexpr int kDsBuffers = kOwnDq ? 1 : 2;
+  static constexpr int kDqTiles = kOwnDq ? kConsumers : 1;
+  static constexpr int kDqCols = kOwnDq ? kHeadDim : kHeadDim / kConsumers;  // per consumer
+  static constexpr int kDqPitch = kHeadDim * 4 + 32;  // bytes per row of an fp32 dQ tile
+  static constexpr int kDqTileBytes = kBlockM * kDqPitch;
   static constexpr int kOffV = kKVBytes, kOffQ = 2 * kKVBytes, kOffDout = kOffQ + kStages * kQBytes;
-  static constexpr int kOffDs = kOffDout + kStages * kQBytes, kOffDq = kOffDs + 2 * kDsBytes;
-  static constexpr int kOffLse = kOffDq + kBlockM * kDqPitch, kOffDsum = kOffLse + kStages * kBlockM * 4;
+  static constexpr int kOffDs = kOffDout + kStages * kQBytes, kOffDq = kOffDs + kDsBuffers * kDsBytes;
+  static constexpr int kOffLse = kOffDq + kDqTiles * kDqTileBytes, kOffDsum = kOffLse + kStages * kBlockM * 4;
   static constexpr int kOffBars = kOffDsum + kStages * kBlockM * 4;
   static constexpr int kSmemBytes = kOffBars + 256 + 1024;  // + barriers, + alignment slack
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128: dK and dV of 64 keys in registers");
   static_assert(kOffQ % 1024 == 0 && kOffDout % 1024 == 0 && kOffDs % 1024 == 0 && kQBytes % 1024 == 0,
                 "every swizzled tile starts on a 1024-byte boundary");
   static_assert(kDqPitch % 16 == 0 && kOffDq % 16 == 0, "bulk copies read 16-byte aligned rows");

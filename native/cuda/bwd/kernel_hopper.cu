@@ -11,17 +11,17 @@
 namespace rfa::cuda {
 namespace {
 
-template <typename T, bool kCausal>
-__global__ void __launch_bounds__(BwdHopperTraits::kThreads, 1)
+template <class Tr, typename T, bool kCausal>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_bwd_hopper_kernel(const FlashBwdParams p, const BwdGrid grid,
                             const __grid_constant__ CUtensorMap map_q,
                             const __grid_constant__ CUtensorMap map_k,
                             const __grid_constant__ CUtensorMap map_v,
                             const __grid_constant__ CUtensorMap map_do) {
 #ifdef RFA_WGMMA_ENABLED
-  using Tr = BwdHopperTraits;
   extern __shared__ __align__(16) unsigned char smem[];
-  const BwdHopperSmem sm{smem + ((1024 - (smem_u32(smem) & 1023)) & 1023)};  // swizzle atoms: 1024-aligned
+  const BwdHopperSmem<Tr> sm{smem +
+                             ((1024 - (smem_u32(smem) & 1023)) & 1023)};  // swizzle atoms: 1024-aligned
   const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal>(p, grid);
   if (!w.active) return;
   if (threadIdx.x == 0) {
@@ -36,13 +36,13 @@ __global__ void __launch_bounds__(BwdHopperTraits::kThreads, 1)
       if (threadIdx.x == 0)
         tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v),
             tma_prefetch_map(&map_do);
-      bwd_produce(p, w, sm, &map_q, &map_k, &map_v, &map_do);
-    } else if (warp == 1) {
-      bwd_write_dq(p, w, sm);
+      bwd_produce<Tr>(p, w, sm, &map_q, &map_k, &map_v, &map_do);
+    } else if (warp <= Tr::kDqTiles) {
+      bwd_write_dq<Tr>(p, w, sm, warp - 1);
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    bwd_consume<T, kCausal>(p, grid, w, sm, warp - 4);
+    bwd_consume<Tr, T, kCausal>(p, grid, w, sm, warp - 4);
   }
 #endif
 }
@@ -51,9 +51,8 @@ bool aligned16(const float* x, const BshStrides& st) {
   return reinterpret_cast<uintptr_t>(x) % 16 == 0 && st.batch % 4 == 0 && st.row % 4 == 0 && st.head % 4 == 0;
 }
 
-template <typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal>
 bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  using Tr = BwdHopperTraits;
   const AttnShape& sh = p.shape;
   CUtensorMap map_q, map_k, map_v, map_do;
   if (!encode_view(&map_q, p.q, p.dtype, Tr::kHeadDim, sh.seqlen_q, sh.nheads, sh.batch, p.q_stride,
@@ -67,30 +66,38 @@ bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
     return false;
   const int64_t blocks = int64_t(grid.num_n_blocks) * sh.nheads_k * grid.num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
-  auto kernel = flash_bwd_hopper_kernel<T, kCausal>;
+  auto kernel = flash_bwd_hopper_kernel<Tr, T, kCausal>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v, map_do);
   RFA_CHECK_LAUNCH("flash_bwd_hopper_kernel");
   return true;
 }
 
-template <typename T>
+template <class Tr, typename T>
 bool dispatch_causal(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  return p.shape.causal ? launch<T, true>(p, grid, s) : launch<T, false>(p, grid, s);
+  return p.shape.causal ? launch<Tr, T, true>(p, grid, s) : launch<Tr, T, false>(p, grid, s);
+}
+
+template <typename T>
+bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
+  return p.shape.head_dim == 64 ? dispatch_causal<BwdHopperTraits<64>, T>(p, grid, s)
+                                : dispatch_causal<BwdHopperTraits<128>, T>(p, grid, s);
 }
 
 }  // namespace
 
-bool hopper_bwd_covers(const FlashBwdParams& p) {
-  return p.shape.head_dim == BwdHopperTraits::kHeadDim && !p.deterministic && p.seg.num_seqs == 0 &&
+bool hopper_bwd_covers(const FlashBwdParams& p, bool head_dim_64) {
+  const int d = p.shape.head_dim;
+  return (d == 128 || (d == 64 && head_dim_64)) && !p.deterministic && p.seg.num_seqs == 0 &&
          !p.mods.any(p.shape.causal) && p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
          aligned16(p.dq, p.dq_stride);
 }
 
-bool flash_bwd_hopper(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  if (!hopper_bwd_covers(p)) return false;
-  return p.dtype == DType::bf16 ? dispatch_causal<__nv_bfloat16>(p, grid, s)
-                                : dispatch_causal<__half>(p, grid, s);
+bool flash_bwd_hopper(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s,
+                      const LaunchOverrides& o) {
+  if (!hopper_bwd_covers(p, o.bwd_kernel == 2)) return false;
+  return p.dtype == DType::bf16 ? dispatch_head_dim<__nv_bfloat16>(p, grid, s)
+                                : dispatch_head_dim<__half>(p, grid, s);
 }
 
 }  // namespace rfa::cuda

@@ -5,11 +5,12 @@
 //   S^T = K Q^T and dP^T = V dO^T (both operands from shared memory), issued back to back;
 //   P^T = exp2(S^T scale_log2 - lse_log2) under dP^T; dS^T = P^T (dP^T - dsum);
 //   dV += P^T dO and dK += dS^T Q (A from registers) while dS^T is stored to shared memory;
-//   once both halves of dS^T are there (named barrier), dQ = dS K for its 64 of the 128 columns,
-//   stored to the shared dQ tile. (Left in flight into the next step, under its S^T, the dQ
+//   once the dS^T that its dQ reads is there (named barrier), dQ = dS K (BwdHopperTraits::kOwnDq:
+//   every column from its own keys, else its half of the columns from both consumers' keys),
+//   stored to a shared dQ tile. (Left in flight into the next step, under its S^T, the dQ
 //   accumulators cross the loop's back edge, and ptxas then serialises every wgmma: C7514.)
-// The dQ warp adds the tile onto dq (fp32) with one bulk reduction per row, so no CTA serialises
-// on atomics; the tile is handed over through two named barriers (full, empty).
+// A dQ warp per tile adds it onto dq (fp32) with one bulk reduction per row, so no CTA serialises
+// on atomics; a tile is handed over through two named barriers (full, empty).
 #pragma once
 #include <cstdint>
 
@@ -21,31 +22,38 @@
 
 namespace rfa::cuda {
 
+template <class Tr>
 struct BwdHopperBarriers {
   uint64_t kv_full;
   // Q with its lse rows, dO with its dsum rows: the lane that issues the copies announces their
   // bytes, and every lane of the producer warp arrives once its stats rows are stored.
-  uint64_t q_full[BwdHopperTraits::kStages], do_full[BwdHopperTraits::kStages];
-  uint64_t stage_empty[BwdHopperTraits::kStages];  // every consumer warp, once dV and dK have read it
+  uint64_t q_full[Tr::kStages], do_full[Tr::kStages];
+  uint64_t stage_empty[Tr::kStages];  // every consumer warp, once dV and dK have read it
   static constexpr int kStatArrivals = 1 + kWarpSize;
-  static constexpr int kConsumerWarps = BwdHopperTraits::kConsumers * 4;
+  static constexpr int kConsumerWarps = Tr::kConsumers * 4;
   __device__ __forceinline__ void init() {
     mbar_init(&kv_full, 1);
-    for (int i = 0; i < BwdHopperTraits::kStages; ++i) {
+    for (int i = 0; i < Tr::kStages; ++i) {
       mbar_init(&q_full[i], kStatArrivals), mbar_init(&do_full[i], kStatArrivals);
       mbar_init(&stage_empty[i], kConsumerWarps);
     }
   }
 };
 
-// Named barriers (0 is __syncthreads): both halves of dS^T stored; the dQ tile written by the
-// consumers (full) and read by the dQ warp's reductions (empty).
-enum BwdNamedBarrier : int { kBwdDsReady = 1, kBwdDqFull = 2, kBwdDqEmpty = 3 };
-constexpr int kBwdConsumerThreads = BwdHopperTraits::kConsumers * BwdHopperTraits::kWgThreads;
-constexpr int kBwdDqThreads = kBwdConsumerThreads + kWarpSize;
+// Named barriers (0 is __syncthreads): the dS^T that a consumer's dQ reads is stored (both
+// consumers', or with kOwnDq its own); dQ tile `tile` written by its consumers (full) and read by
+// its dQ warp's reductions (empty).
+template <class Tr>
+struct BwdNamedBarriers {
+  static constexpr int kDsThreads = Tr::kOwnDq ? Tr::kWgThreads : Tr::kConsumers * Tr::kWgThreads;
+  static constexpr int kDqThreads = Tr::kConsumers * Tr::kWgThreads / Tr::kDqTiles + kWarpSize;
+  static __device__ __forceinline__ int ds_ready(int wg) { return Tr::kOwnDq ? 1 + wg : 1; }
+  static __device__ __forceinline__ int dq_full(int tile) { return Tr::kOwnDq ? 3 + tile : 2; }
+  static __device__ __forceinline__ int dq_empty(int tile) { return Tr::kOwnDq ? 5 + tile : 3; }
+};
 
+template <class Tr>
 struct BwdHopperSmem {
-  using Tr = BwdHopperTraits;
   unsigned char* base;  // 1024-byte aligned
   __device__ __forceinline__ unsigned char* k() const { return base; }
   __device__ __forceinline__ unsigned char* v() const { return base + Tr::kOffV; }
@@ -58,15 +66,17 @@ struct BwdHopperSmem {
   __device__ __forceinline__ unsigned char* ds(int buf) const {
     return base + Tr::kOffDs + buf * Tr::kDsBytes;
   }
-  __device__ __forceinline__ unsigned char* dq() const { return base + Tr::kOffDq; }
+  __device__ __forceinline__ unsigned char* dq(int tile) const {
+    return base + Tr::kOffDq + tile * Tr::kDqTileBytes;
+  }
   __device__ __forceinline__ float* lse(int stage) const {
     return reinterpret_cast<float*>(base + Tr::kOffLse) + stage * Tr::kBlockM;
   }
   __device__ __forceinline__ float* dsum(int stage) const {
     return reinterpret_cast<float*>(base + Tr::kOffDsum) + stage * Tr::kBlockM;
   }
-  __device__ __forceinline__ BwdHopperBarriers& bars() const {
-    return *reinterpret_cast<BwdHopperBarriers*>(base + Tr::kOffBars);
+  __device__ __forceinline__ BwdHopperBarriers<Tr>& bars() const {
+    return *reinterpret_cast<BwdHopperBarriers<Tr>*>(base + Tr::kOffBars);
   }
 };
 
@@ -78,13 +88,13 @@ __device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
 // The producer warp: K and V once, then per step Q and dO by TMA (lane 0) and their lse and dsum
 // rows by every lane (lse as lse * log2(e), +inf for rows without keys or past the span, so that
 // their probabilities are 0).
+template <class Tr>
 __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWork& w,
-                                            const BwdHopperSmem& sm, const CUtensorMap* map_q,
+                                            const BwdHopperSmem<Tr>& sm, const CUtensorMap* map_q,
                                             const CUtensorMap* map_k, const CUtensorMap* map_v,
                                             const CUtensorMap* map_do) {
-  using Tr = BwdHopperTraits;
   if (w.steps == 0) return;
-  BwdHopperBarriers& bars = sm.bars();
+  BwdHopperBarriers<Tr>& bars = sm.bars();
   const Span& sp = w.sp;
   const int lane = threadIdx.x % kWarpSize, b = int(sp.b);
   if (lane == 0) {
@@ -130,31 +140,33 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
   }
 }
 
-// The dQ warp: per step, once the consumers have written the tile, one bulk reduction per valid
-// row onto dq (already scaled), then the tile is handed back once the reductions have read it.
+// The dQ warp of tile `tile`: per step, once its consumers have written the tile, one bulk
+// reduction per valid row onto dq (already scaled), then the tile is handed back once the
+// reductions have read it.
+template <class Tr>
 __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdWork& w,
-                                             const BwdHopperSmem& sm) {
-  using Tr = BwdHopperTraits;
+                                             const BwdHopperSmem<Tr>& sm, int tile) {
+  using Nb = BwdNamedBarriers<Tr>;
   if (w.steps == 0) return;
   const Span& sp = w.sp;
   const int lane = threadIdx.x % kWarpSize;
-  named_arrive(kBwdDqEmpty, kBwdDqThreads);  // the tile starts free
+  named_arrive(Nb::dq_empty(tile), Nb::kDqThreads);  // the tile starts free
   int h, mt;
   step_at<false>(w, w.step0, h, mt);
   for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
-    named_sync(kBwdDqFull, kBwdDqThreads);
+    named_sync(Nb::dq_full(tile), Nb::kDqThreads);
     float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
 #pragma unroll
     for (int r = lane; r < Tr::kBlockM; r += kWarpSize) {
       const int q = mt * Tr::kBlockM + r;
       if (q < sp.nq)
-        bulk_reduce_add_f32(gdq + int64_t(sp.q0 + q) * p.dq_stride.row, sm.dq() + r * Tr::kDqPitch,
+        bulk_reduce_add_f32(gdq + int64_t(sp.q0 + q) * p.dq_stride.row, sm.dq(tile) + r * Tr::kDqPitch,
                             Tr::kHeadDim * 4);
     }
     bulk_commit();
     bulk_wait_read<0>();
     __syncwarp();
-    if (st + 1 < w.steps) named_arrive(kBwdDqEmpty, kBwdDqThreads);
+    if (st + 1 < w.steps) named_arrive(Nb::dq_empty(tile), Nb::kDqThreads);
   }
   bulk_wait<0>();
 }
@@ -162,13 +174,14 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdW
 // A consumer warpgroup (wg 0 or 1: keys 64 wg .. 64 wg + 63 of the tile); warp `cwarp` (0..7 over
 // both) owns keys 16 cwarp + g and + 8, as in the FlashAttention-2 style kernels, so the masks and
 // the dK/dV epilogue (write_dkv) are theirs.
-template <typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal>
 __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w,
-                                            const BwdHopperSmem& sm, int cwarp) {
-  using Tr = BwdHopperTraits;
+                                            const BwdHopperSmem<Tr>& sm, int cwarp) {
   using Mma = MmaType<T>;
-  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN;
-  BwdHopperBarriers& bars = sm.bars();
+  using Nb = BwdNamedBarriers<Tr>;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim;
+  constexpr bool kOwn = Tr::kOwnDq;
+  BwdHopperBarriers<Tr>& bars = sm.bars();
   const Span& sp = w.sp;
   const int lane = threadIdx.x % kWarpSize;
   // The warpgroup index as lane 0's value: warp-uniform to the compiler, so the descriptor
@@ -176,10 +189,12 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
   const int wg = __shfl_sync(0xffffffffu, cwarp / 4, 0), wq = cwarp % 4;
   const int g = lane / 4, t = lane % 4;
   const int key_lo = w.n0 + cwarp * 16 + g;  // this lane's keys: key_lo and key_lo + 8
+  const int dq_tile = kOwn ? wg : 0;
 
   // Matrix descriptors; a k-step adds a constant (bytes >> 4) to the start address field.
   // K-major (S^T, dP^T): k-step kk moves 32 bytes within a 128-byte row, to the second column
-  // block after four. MN-major (dV, dK, dQ): a k-step is 16 rows = 2048 bytes.
+  // block after four. MN-major (dV, dK, dQ): a k-step is 16 rows = 2048 bytes, LBO the distance
+  // between column blocks.
   const uint32_t smem0 = smem_u32(sm.base);
   const uint64_t dK = gmma_desc(smem0 + wg * 64 * 128, 16);              // rows 64 wg.. of K
   const uint64_t dV = gmma_desc(smem0 + Tr::kOffV + wg * 64 * 128, 16);  // rows 64 wg.. of V
@@ -188,38 +203,40 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
   const uint64_t dQm = gmma_desc(smem0 + Tr::kOffQ, kBM * 128);
   const uint64_t ddOm = gmma_desc(smem0 + Tr::kOffDout, kBM * 128);
   const uint64_t ddS = gmma_desc(smem0 + Tr::kOffDs, 16);
-  const uint64_t dKq = gmma_desc(smem0 + wg * kBN * 128, 16);  // column block wg of K
+  // dQ's B: kOwn, rows 64 wg.. of K (every column); else column block wg of K (every row).
+  const uint64_t dKq =
+      kOwn ? gmma_desc(smem0 + wg * 64 * 128, kBN * 128) : gmma_desc(smem0 + wg * kBN * 128, 16);
   constexpr uint32_t kStageStep = Tr::kQBytes / 16, kDsStep = Tr::kDsBytes / 16;
   auto koff = [](int kk, int rows) { return uint32_t(((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4); };
 
-  float acc_dk[64], acc_dv[64];
+  float acc_dk[kD / 2], acc_dv[kD / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc_dk[i] = acc_dv[i] = 0.f;
+  for (int i = 0; i < kD / 2; ++i) acc_dk[i] = acc_dv[i] = 0.f;
 
-  // dQ of a step (this warpgroup's 64 columns): rows 16 wq + g (+ 8), columns 64 wg + 8i + 2t (+ 1),
-  // scaled, into the shared tile once the dQ warp has read the previous one.
-  float dq[32];
+  // dQ of a step (Tr::kDqCols columns from c0: 0 with kOwn, else 64 wg): rows 16 wq + g (+ 8),
+  // columns c0 + 8i + 2t (+ 1), scaled, into its tile once the dQ warp has read the previous one.
+  float dq[Tr::kDqCols / 2];
   auto store_dq = [&] {
     const float scale = p.shape.softmax_scale;
-    named_sync(kBwdDqEmpty, kBwdDqThreads);
+    named_sync(Nb::dq_empty(dq_tile), Nb::kDqThreads);
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
-      float* row =
-          reinterpret_cast<float*>(sm.dq() + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) + wg * 64 + 2 * t;
+      float* row = reinterpret_cast<float*>(sm.dq(dq_tile) + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) +
+                   (kOwn ? 0 : wg * Tr::kDqCols) + 2 * t;
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
+      for (int i = 0; i < Tr::kDqCols / 8; ++i)
         *reinterpret_cast<float2*>(row + i * 8) =
             make_float2(dq[4 * i + 2 * hi] * scale, dq[4 * i + 2 * hi + 1] * scale);
     }
     fence_proxy_async();  // st.shared -> the bulk reductions' (async proxy) reads
-    named_arrive(kBwdDqFull, kBwdDqThreads);
+    named_arrive(Nb::dq_full(dq_tile), Nb::kDqThreads);
   };
 
   if (w.steps > 0) mbar_wait(&bars.kv_full, 0);
   int h, mt;
   step_at<false>(w, w.step0, h, mt);
   for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
-    const int stage = st % Tr::kStages, buf = st % 2;
+    const int stage = st % Tr::kStages, buf = st % Tr::kDsBuffers;
     const uint32_t parity = (st / Tr::kStages) & 1;
     const int m0 = mt * kBM;
 
@@ -228,13 +245,13 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     mbar_wait(&bars.q_full[stage], parity);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
+    for (int kk = 0; kk < Tr::kKSteps; ++kk)
       wgmma_ss<T, 64, 0, 0>(s, dK + koff(kk, kBN), dQk + stage * kStageStep + koff(kk, kBM), kk);
     wgmma_commit();
     mbar_wait(&bars.do_full[stage], parity);
     wgmma_fence();  // dp was last read by the previous step's dS^T
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
+    for (int kk = 0; kk < Tr::kKSteps; ++kk)
       wgmma_ss<T, 64, 0, 0>(dp, dV + koff(kk, kBN), ddOk + stage * kStageStep + koff(kk, kBM), kk);
     wgmma_commit();
     wgmma_wait<1>();
@@ -278,15 +295,14 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      wgmma_rs<T, 128, 1>(acc_dv, pa[kk], ddOm + stage * kStageStep + kk * 128, 1);
+      wgmma_rs<T, kD, 1>(acc_dv, pa[kk], ddOm + stage * kStageStep + kk * 128, 1);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_rs<T, 128, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, kD, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
     wgmma_commit();
 
-    // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled. The
-    // buffer was last read by the dQ of step st - 2, which both warpgroups waited for before the
-    // barrier of step st - 1.
+    // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled. Its
+    // rows were last read by the dQ of step st - kDsBuffers, which every warpgroup that reads them
+    // waited for before the barrier of step st - 1 (kOwn: before these stores).
     unsigned char* ds_tile = sm.ds(buf);
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -297,13 +313,20 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
             da[i / 2][(i % 2) * 2 + hi];
       }
     fence_proxy_async();
-    named_sync(kBwdDsReady, kBwdConsumerThreads);
+    named_sync(Nb::ds_ready(wg), Nb::kDsThreads);
 
-    // dQ = dS K: A = dS (queries x keys) read from dS^T, B = K, both MN-major.
+    // dQ = dS K: A = dS (queries x keys) read from dS^T, B = K, both MN-major; over every key of
+    // the tile, or (kOwn) over this warpgroup's 64.
     wgmma_fence();
+    if constexpr (kOwn) {
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-      wgmma_ss<T, 64, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss<T, Tr::kDqCols, 1, 1>(dq, ddS + buf * kDsStep + (4 * wg + kk) * 128, dKq + kk * 128, kk);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+        wgmma_ss<T, Tr::kDqCols, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
+    }
     wgmma_commit();
     wgmma_wait<1>();  // dV and dK: the stage is free
     fence_regs(acc_dv);
@@ -314,7 +337,7 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     fence_regs(dq);
     store_dq();
   }
-  write_dkv_in_turn<16, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN);
+  write_dkv_in_turn<kD / 8, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN);
 }
 
 }  // namespace rfa::cuda

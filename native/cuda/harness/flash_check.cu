@@ -963,6 +963,8 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   const float t_bwd_det = bwd ? bwd_ms(bpd) : 0.f;
   cuda::force_bwd_kernel(1);  // the FlashAttention-2 style backward, for comparison
   const float t_bwd_fa2 = bwd ? bwd_ms(bp) : 0.f;
+  cuda::force_bwd_kernel(2);  // the Hopper backward where it covers the call, head_dim 64 included
+  const float t_bwd_hopper = bwd ? bwd_ms(bp) : 0.f;
   cuda::force_bwd_kernel(-1);
   const float t_all = !bwd ? 0.f : median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
@@ -990,6 +992,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     line("bwd-acc", t_bwd_acc, 2.5 * fwd_flop);
     line("bwd-det", t_bwd_det, 2.5 * fwd_flop);
     line("bwd-fa2wg", t_bwd_fa2, 2.5 * fwd_flop);
+    line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
     line("fwd+bwd", t_all, 3.5 * fwd_flop);
   }
   // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
@@ -1099,7 +1102,8 @@ int main(int argc, char** argv) {
   // comparison, the kernels varlen calls take today
   bool hopper_varlen = false;
   bool windows_only = false;  // --windows: only the sliding-window and global-position checks
-  bool bwd_only = false;      // --bwd: only the backward's checks, on each backward kernel
+  bool bwd_only = false;      // --bwd: only the backward's checks, on each backward kernel (the Hopper
+                              // backward at head_dim 64 too, force_bwd_kernel(2))
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -1187,14 +1191,16 @@ int main(int argc, char** argv) {
     return g_failures ? 1 : 0;
   }
   if (bwd_only) {
-    for (int kernel : {-1, 1}) {
+    for (int kernel : {2, -1, 1}) {
       cuda::force_bwd_kernel(kernel);
       for (int splits : {-1, 3}) {
         cuda::force_bwd_splits(splits);
         for (Config c : configs) {
           if (c.fwd_only) continue;
-          c.name +=
-              std::string(kernel < 0 ? " [default bwd" : " [fa2 bwd") + (splits > 0 ? ", splits 3]" : "]");
+          c.name += std::string(kernel == 2  ? " [hopper bwd, d64 too"
+                                : kernel < 0 ? " [default bwd"
+                                             : " [fa2 bwd") +
+                    (splits > 0 ? ", splits 3]" : "]");
           run_attention(c, gen);
         }
       }
