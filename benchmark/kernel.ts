@@ -157,9 +157,13 @@ export function readAnchor(file: string): Map<string, number> {
     throw bad('--anchor', file, `expected a readable file (${(e as Error).message})`);
   }
   for (const line of raw.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    const row = JSON.parse(line);
-    if (row.backend === 'CUDNN_ATTENTION' && typeof row.iters_per_s === 'number')
+    let row;
+    try {
+      row = JSON.parse(line);
+    } catch {
+      continue; // the script's other output (warnings, a traceback)
+    }
+    if (row?.backend === 'CUDNN_ATTENTION' && typeof row.iters_per_s === 'number')
       rates.set(`${row.shape}|${row.causal}|${row.mode}`, row.iters_per_s);
   }
   if (!rates.size) throw bad('--anchor', file, 'expected JSON lines of sdpa_anchor.py with cuDNN rows');

@@ -354,7 +354,7 @@ s('unknown flags and bad values exit 2 naming the flag and the value', () => {
 });
 
 // bench:kernel --anchor reads sdpa_anchor.py's JSON lines: cuDNN's rows by shape, mask and mode;
-// other backends and lines that are not JSON (the script's tail) are skipped.
+// other backends and lines that are not JSON (the script's tail, a cut line) are skipped.
 s('bench:kernel --anchor keeps the cuDNN rows of the anchor log', () => {
   const file = path.join(OUT, 'anchor.log');
   const row = (backend: string, causal: boolean, mode: string, rate: number) =>
@@ -366,6 +366,7 @@ s('bench:kernel --anchor keeps the cuDNN rows of the anchor log', () => {
       row('FLASH_ATTENTION', true, 'fwd', 2388.3),
       row('CUDNN_ATTENTION', false, 'fwdbwd', 808.3),
       'matmul ceiling follows',
+      '{"shape": "s=8192 h=5", "truncated',
       '{"matmul_bf16_tflops": 708.4}',
     ].join('\n'),
   );

@@ -1,4 +1,4 @@
-// The Hopper backward's roles (BwdHopperTraits, sm_90a): the producer warp's loads, the dQ warp's
+// The Hopper backward's roles (BwdHopperTraits, sm_90a): the producer warp's loads, the dQ warps'
 // bulk reductions, and a consumer warpgroup's wgmma pipeline over its key tile's query steps.
 //
 // Per step (query head h, query tile of 64 rows) a consumer warpgroup, for its 64 keys:
