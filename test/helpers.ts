@@ -158,7 +158,7 @@ export async function expectError(
   } catch (e) {
     assert.instance(e, RingFlashAttnError, String(e));
     assert.is((e as RingFlashAttnError).code, code, (e as Error).message);
-    assert.match((e as Error).message, fragment);
+    assert.match((e as Error).message, fragment, `${(e as Error).message}\ndoes not match ${fragment}`);
     return;
   }
   assert.unreachable(`expected ${code}`);

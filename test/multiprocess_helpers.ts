@@ -38,6 +38,26 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * A port on 127.0.0.1 that refuses connections and that the OS never hands out for port 0 (it is
+ * below the ephemeral range), so no store of another test can come to listen there while a test
+ * waits on it, as a port from freePort() can.
+ */
+export async function refusedPort(): Promise<number> {
+  for (let port = 1; port < 1024; port++) {
+    const refused = await new Promise<boolean>((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+    });
+    if (refused) return port;
+  }
+  throw new Error('refusedPort: every port below 1024 on 127.0.0.1 accepts connections');
+}
+
 export function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'rfa-mp-'));
 }
