@@ -72,8 +72,8 @@ struct LaunchOverrides {
   int bwd_splits = -1;
   // Backward kernel: -1 the Hopper backward of native/cuda/bwd/ where it covers the call (head_dim
   // 128 on sm_90a, dense, the default mode), else as 1; 1 the FlashAttention-2 style kernels; 2 as
-  // -1 with head_dim 64 on the Hopper backward too (for the harness's --bwd until it has run on a
-  // GPU).
+  // -1 with head_dim 64 and varlen segments on the Hopper backward too (for the harness's --bwd
+  // until they have run on a GPU).
   int bwd_kernel = -1;
 };
 

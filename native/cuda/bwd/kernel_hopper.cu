@@ -11,7 +11,7 @@
 namespace rfa::cuda {
 namespace {
 
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kVarlen>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_bwd_hopper_kernel(const FlashBwdParams p, const BwdGrid grid,
                             const __grid_constant__ CUtensorMap map_q,
@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   if (!w.active) return;
   if (threadIdx.x == 0) {
     sm.bars().init();
+    if constexpr (kVarlen) sm.tails().init();
     mbar_fence_init();
   }
   __syncthreads();
@@ -36,13 +37,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       if (threadIdx.x == 0)
         tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v),
             tma_prefetch_map(&map_do);
-      bwd_produce<Tr>(p, w, sm, &map_q, &map_k, &map_v, &map_do);
+      bwd_produce<Tr, kVarlen>(p, w, sm, &map_q, &map_k, &map_v, &map_do);
     } else if (warp <= Tr::kDqTiles) {
       bwd_write_dq<Tr>(p, w, sm, warp - 1);
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    bwd_consume<Tr, T, kCausal>(p, grid, w, sm, warp - 4);
+    bwd_consume<Tr, T, kCausal, kVarlen>(p, grid, w, sm, warp - 4);
   }
 #endif
 }
@@ -51,7 +52,7 @@ bool aligned16(const float* x, const BshStrides& st) {
   return reinterpret_cast<uintptr_t>(x) % 16 == 0 && st.batch % 4 == 0 && st.row % 4 == 0 && st.head % 4 == 0;
 }
 
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kVarlen>
 bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   const AttnShape& sh = p.shape;
   CUtensorMap map_q, map_k, map_v, map_do;
@@ -66,7 +67,7 @@ bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
     return false;
   const int64_t blocks = int64_t(grid.num_n_blocks) * sh.nheads_k * grid.num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
-  auto kernel = flash_bwd_hopper_kernel<Tr, T, kCausal>;
+  auto kernel = flash_bwd_hopper_kernel<Tr, T, kCausal, kVarlen>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v, map_do);
   RFA_CHECK_LAUNCH("flash_bwd_hopper_kernel");
@@ -75,7 +76,9 @@ bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
 
 template <class Tr, typename T>
 bool dispatch_causal(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  return p.shape.causal ? launch<Tr, T, true>(p, grid, s) : launch<Tr, T, false>(p, grid, s);
+  if (p.seg.num_seqs > 0)
+    return p.shape.causal ? launch<Tr, T, true, true>(p, grid, s) : launch<Tr, T, false, true>(p, grid, s);
+  return p.shape.causal ? launch<Tr, T, true, false>(p, grid, s) : launch<Tr, T, false, false>(p, grid, s);
 }
 
 template <typename T>
@@ -86,9 +89,9 @@ bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_
 
 }  // namespace
 
-bool hopper_bwd_covers(const FlashBwdParams& p, bool head_dim_64) {
+bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun) {
   const int d = p.shape.head_dim;
-  return (d == 128 || (d == 64 && head_dim_64)) && !p.deterministic && p.seg.num_seqs == 0 &&
+  return (d == 128 || (d == 64 && unrun)) && !p.deterministic && (p.seg.num_seqs == 0 || unrun) &&
          !p.mods.any(p.shape.causal) && p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
          aligned16(p.dq, p.dq_stride);
 }

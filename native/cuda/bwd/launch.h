@@ -9,11 +9,12 @@
 
 namespace rfa::cuda {
 
-// Whether the Hopper backward covers the call: dense batches, head_dim 128 (and 64 with
-// `head_dim_64`: not yet run on a GPU, so only LaunchOverrides::bwd_kernel 2 asks for it), no
-// score hooks, the default (atomic) mode, and a dq whose rows the bulk reductions can address
-// (16-byte aligned base and strides). The device must run sm_90a code (the caller checks).
-bool hopper_bwd_covers(const FlashBwdParams& p, bool head_dim_64 = false);
+// Whether the Hopper backward covers the call: batches, head_dim 128, no score hooks, the
+// default (atomic) mode, and a dq whose rows the bulk reductions can address (16-byte aligned base
+// and strides); with `unrun` also head_dim 64 and varlen segments, not yet run on a GPU, so that
+// only LaunchOverrides::bwd_kernel 2 asks for them. The device must run sm_90a code (the caller
+// checks).
+bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun = false);
 // Queues the call on `grid` (sized for 128-key tiles of 64-row steps, as BwdWgTraits); false
 // (nothing queued) when it does not cover the call (o.bwd_kernel) or the driver declines a
 // tensor map.

@@ -40,6 +40,18 @@ struct BwdHopperBarriers {
   }
 };
 
+// Varlen spans only: a tile's rows past its span hold the next segment's rows or gaps, which may
+// hold NaN (P = 0 does not cancel NaN in the MMAs). The producer warp zeroes them once their copy
+// has landed and then arrives here; the consumers wait on these after the full barriers.
+template <class Tr>
+struct BwdTailBarriers {
+  uint64_t kv_ready, q_ready[Tr::kStages], do_ready[Tr::kStages];
+  __device__ __forceinline__ void init() {
+    mbar_init(&kv_ready, 1);
+    for (int i = 0; i < Tr::kStages; ++i) mbar_init(&q_ready[i], 1), mbar_init(&do_ready[i], 1);
+  }
+};
+
 // Named barriers (0 is __syncthreads): the dS^T that a consumer's dQ reads is stored (both
 // consumers', or with kOwnDq its own); dQ tile `tile` written by its consumers (full) and read by
 // its dQ warp's reductions (empty).
@@ -78,7 +90,25 @@ struct BwdHopperSmem {
   __device__ __forceinline__ BwdHopperBarriers<Tr>& bars() const {
     return *reinterpret_cast<BwdHopperBarriers<Tr>*>(base + Tr::kOffBars);
   }
+  static constexpr int kTailsOffset = 128;  // within the 256 barrier bytes
+  static_assert(sizeof(BwdHopperBarriers<Tr>) <= kTailsOffset && sizeof(BwdTailBarriers<Tr>) <= 128,
+                "both barrier sets fit the traits' 256 bytes");
+  __device__ __forceinline__ BwdTailBarriers<Tr>& tails() const {
+    return *reinterpret_cast<BwdTailBarriers<Tr>*>(base + Tr::kOffBars + kTailsOffset);
+  }
 };
+
+// Rows [from, rows) of a [kColBlocks][rows][64] 16-bit swizzled tile, zeroed by the calling warp
+// in 16-byte chunks: whole 128-byte rows, so the swizzle (a permutation within a row) is moot.
+template <class Tr>
+__device__ __forceinline__ void zero_tile_rows(unsigned char* tile, int rows, int from) {
+  const int per_block = (rows - from) * 8;
+  for (int i = threadIdx.x % kWarpSize; i < per_block * Tr::kColBlocks; i += kWarpSize) {
+    const int cb = i / per_block, c = i % per_block;
+    *reinterpret_cast<uint4*>(tile + cb * rows * 128 + (from + c / 8) * 128 + (c % 8) * 16) =
+        make_uint4(0, 0, 0, 0);
+  }
+}
 
 // The default walk of step_at: query tiles ascending within a head, then the next head.
 __device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
@@ -87,8 +117,9 @@ __device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
 
 // The producer warp: K and V once, then per step Q and dO by TMA (lane 0) and their lse and dsum
 // rows by every lane (lse as lse * log2(e), +inf for rows without keys or past the span, so that
-// their probabilities are 0).
-template <class Tr>
+// their probabilities are 0). kVarlen: spans are varlen segments, and the rows of a tile past its
+// span are zeroed (BwdTailBarriers).
+template <class Tr, bool kVarlen>
 __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWork& w,
                                             const BwdHopperSmem<Tr>& sm, const CUtensorMap* map_q,
                                             const CUtensorMap* map_k, const CUtensorMap* map_v,
@@ -104,6 +135,16 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
       tma_load_4d(sm.k() + cb * Tr::kBlockN * 128, map_k, &bars.kv_full, cb * 64, sp.k0 + w.n0, w.hk, b);
       tma_load_4d(sm.v() + cb * Tr::kBlockN * 128, map_v, &bars.kv_full, cb * 64, sp.k0 + w.n0, w.hk, b);
     }
+  }
+  if constexpr (kVarlen) {
+    if (w.keys_valid < Tr::kBlockN) {
+      mbar_wait(&bars.kv_full, 0);
+      zero_tile_rows<Tr>(sm.k(), Tr::kBlockN, w.keys_valid);
+      zero_tile_rows<Tr>(sm.v(), Tr::kBlockN, w.keys_valid);
+      fence_proxy_async();  // st.shared -> the consumers' wgmma (async proxy) reads
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&sm.tails().kv_ready);
   }
   // One stats row per lane and pass: `src` at query row (span row) q of head h.
   auto stage_stats = [&](float* dst, const float* src, const BhsStrides& st, int h, int m0, bool is_lse) {
@@ -137,6 +178,19 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
     mbar_arrive(&bars.q_full[stage]);
     stage_stats(sm.dsum(stage), p.dsum, p.dsum_stride, h, m0, false);
     mbar_arrive(&bars.do_full[stage]);
+    if constexpr (kVarlen) {
+      const int rows = min(Tr::kBlockM, sp.nq - m0);
+      if (rows < Tr::kBlockM) {
+        const uint32_t parity = (st / Tr::kStages) & 1;
+        mbar_wait(&bars.q_full[stage], parity);
+        zero_tile_rows<Tr>(sm.q(stage), Tr::kBlockM, rows);
+        mbar_wait(&bars.do_full[stage], parity);
+        zero_tile_rows<Tr>(sm.dout(stage), Tr::kBlockM, rows);
+        fence_proxy_async();
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&sm.tails().q_ready[stage]), mbar_arrive(&sm.tails().do_ready[stage]);
+    }
   }
 }
 
@@ -174,7 +228,7 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdW
 // A consumer warpgroup (wg 0 or 1: keys 64 wg .. 64 wg + 63 of the tile); warp `cwarp` (0..7 over
 // both) owns keys 16 cwarp + g and + 8, as in the FlashAttention-2 style kernels, so the masks and
 // the dK/dV epilogue (write_dkv) are theirs.
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, bool kVarlen>
 __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w,
                                             const BwdHopperSmem<Tr>& sm, int cwarp) {
   using Mma = MmaType<T>;
@@ -232,7 +286,10 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     named_arrive(Nb::dq_full(dq_tile), Nb::kDqThreads);
   };
 
-  if (w.steps > 0) mbar_wait(&bars.kv_full, 0);
+  if (w.steps > 0) {
+    mbar_wait(&bars.kv_full, 0);
+    if constexpr (kVarlen) mbar_wait(&sm.tails().kv_ready, 0);
+  }
   int h, mt;
   step_at<false>(w, w.step0, h, mt);
   for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
@@ -243,12 +300,14 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     // S^T = K Q^T and dP^T = V dO^T (64 keys x 64 queries per warpgroup).
     float s[32], dp[32];
     mbar_wait(&bars.q_full[stage], parity);
+    if constexpr (kVarlen) mbar_wait(&sm.tails().q_ready[stage], parity);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < Tr::kKSteps; ++kk)
       wgmma_ss<T, 64, 0, 0>(s, dK + koff(kk, kBN), dQk + stage * kStageStep + koff(kk, kBM), kk);
     wgmma_commit();
     mbar_wait(&bars.do_full[stage], parity);
+    if constexpr (kVarlen) mbar_wait(&sm.tails().do_ready[stage], parity);
     wgmma_fence();  // dp was last read by the previous step's dS^T
 #pragma unroll
     for (int kk = 0; kk < Tr::kKSteps; ++kk)

@@ -1103,7 +1103,7 @@ int main(int argc, char** argv) {
   bool hopper_varlen = false;
   bool windows_only = false;  // --windows: only the sliding-window and global-position checks
   bool bwd_only = false;      // --bwd: only the backward's checks, on each backward kernel (the Hopper
-                              // backward at head_dim 64 too, force_bwd_kernel(2))
+                              // backward at head_dim 64 and on varlen segments too, force_bwd_kernel(2))
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -1190,13 +1190,23 @@ int main(int argc, char** argv) {
     std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
     return g_failures ? 1 : 0;
   }
+  // Segments whose last key tiles run into gaps of NaN rows and into the next segment.
+  Config gaps = spec("bf16 d128 causal varlen NaN gaps sq520 sk600 h4/2 accumulate");
+  gaps.segs = {{0, 150, 0, 170}, {200, 300, 230, 260}, {500, 20, 590, 0}};
+  gaps.nan_gaps = true;
+  Config gaps64 = spec("fp16 d64 full varlen NaN gaps sq400 sk700 h4 accumulate");
+  gaps64.segs = {{0, 130, 0, 300}, {130, 260, 350, 129}};
+  gaps64.nan_gaps = true;
   if (bwd_only) {
+    std::vector<Config> with_bwd;
+    for (const Config& c : configs)
+      if (!c.fwd_only) with_bwd.push_back(c);
+    with_bwd.push_back(gaps), with_bwd.push_back(gaps64);
     for (int kernel : {2, -1, 1}) {
       cuda::force_bwd_kernel(kernel);
       for (int splits : {-1, 3}) {
         cuda::force_bwd_splits(splits);
-        for (Config c : configs) {
-          if (c.fwd_only) continue;
+        for (Config c : with_bwd) {
           c.name += std::string(kernel == 2  ? " [hopper bwd, d64 too"
                                 : kernel < 0 ? " [default bwd"
                                              : " [fa2 bwd") +
@@ -1214,13 +1224,6 @@ int main(int argc, char** argv) {
     std::vector<Config> var;
     for (const Config& c : configs)
       if (!c.segs.empty()) var.push_back(c);
-    // Segments whose last key tiles run into gaps of NaN rows and into the next segment.
-    Config gaps = spec("bf16 d128 causal varlen NaN gaps sq520 sk600 h4/2 accumulate");
-    gaps.segs = {{0, 150, 0, 170}, {200, 300, 230, 260}, {500, 20, 590, 0}};
-    gaps.nan_gaps = true;
-    Config gaps64 = spec("fp16 d64 full varlen NaN gaps sq400 sk700 h4 accumulate");
-    gaps64.segs = {{0, 130, 0, 300}, {130, 260, 350, 129}};
-    gaps64.nan_gaps = true;
     var.push_back(gaps), var.push_back(gaps64);
     for (int kernel : {5, -1})
       for (int ctas : {0, 7}) {
