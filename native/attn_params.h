@@ -19,6 +19,14 @@ struct BshStrides {
   int64_t head = 0;
 };
 
+// Whether every row of a (batch, seqlen, heads, head_dim) view at `base` with strides `st`, in
+// elements of `elem_bytes`, starts on a multiple of `vec` elements in memory: what a kernel needs
+// to read or write `vec` consecutive elements as one aligned vector (or bulk copy).
+inline bool rows_aligned(const void* base, const BshStrides& st, int64_t vec, int64_t elem_bytes) {
+  return reinterpret_cast<uintptr_t>(base) % uintptr_t(vec * elem_bytes) == 0 && st.batch % vec == 0 &&
+         st.row % vec == 0 && st.head % vec == 0;
+}
+
 // Strides of a (batch, heads, seqlen) fp32 row-statistics tensor (lse, dsum).
 struct BhsStrides {
   int64_t batch = 0;

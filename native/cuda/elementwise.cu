@@ -256,10 +256,7 @@ void copy_bsh(const void* src, BshStrides ss, void* dst, BshStrides ds, int32_t 
   RFA_CHECK_ARG(src && dst, "copy_bsh: null tensor");
   const int64_t esz = dtype_bytes(dtype);
   const int64_t per16 = 16 / esz;  // elements per 16-byte unit
-  auto strides_fit = [per16](BshStrides st) {
-    return st.batch % per16 == 0 && st.row % per16 == 0 && st.head % per16 == 0;
-  };
-  if (aligned16(src) && aligned16(dst) && head_dim % per16 == 0 && strides_fit(ss) && strides_fit(ds))
+  if (head_dim % per16 == 0 && rows_aligned(src, ss, per16, esz) && rows_aligned(dst, ds, per16, esz))
     launch_copy<uint4>(src, ss, dst, ds, batch, seqlen, heads, int(head_dim / per16), per16, s);
   else if (esz == 4)
     launch_copy<float>(src, ss, dst, ds, batch, seqlen, heads, head_dim, 1, s);

@@ -212,10 +212,6 @@ void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, 
   }
 }
 
-bool fp32_pairs_aligned(const float* x, const BshStrides& st) {
-  return reinterpret_cast<uintptr_t>(x) % 8 == 0 && st.batch % 2 == 0 && st.row % 2 == 0 && st.head % 2 == 0;
-}
-
 }  // namespace
 
 void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch) {
@@ -246,9 +242,9 @@ void flash_bwd(const FlashBwdParams& p, cudaStream_t s, const Scratch& scratch, 
   const BwdGrid grid{0,
                      num_spans,
                      sh.softmax_scale * kLog2e,
-                     fp32_pairs_aligned(p.dq, p.dq_stride),
+                     rows_aligned(p.dq, p.dq_stride, 2, 4),
                      1,
-                     fp32_pairs_aligned(p.dk, p.dk_stride) && fp32_pairs_aligned(p.dv, p.dv_stride)};
+                     rows_aligned(p.dk, p.dk_stride, 2, 4) && rows_aligned(p.dv, p.dv_stride, 2, 4)};
   ScratchBlock turns(scratch);  // deterministic mode only; released once the launch is queued
   if (p.dtype == DType::bf16)
     dispatch_head_dim<__nv_bfloat16>(p, grid, max_q, max_k, s, turns, o);

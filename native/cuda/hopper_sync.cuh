@@ -108,6 +108,31 @@ __device__ __forceinline__ void bulk_wait() {
 #endif
 }
 
+// Thread 0 initialises the CTA's mbarrier sets (each one's `init()`) and makes them visible to
+// the async proxy; past the CTA barrier every thread may use them.
+template <class... Bars>
+__device__ __forceinline__ void init_barriers(Bars&... bars) {
+  if (threadIdx.x == 0) {
+    (bars.init(), ...);
+    mbar_fence_init();
+  }
+  __syncthreads();
+}
+
+// Rows [from, rows) of a [kColBlocks][rows][64] 16-bit tile in the TMA boxes' 128-byte swizzled
+// layout, zeroed by `threads` threads (this one is `tid`) in 16-byte chunks: whole rows, so the
+// swizzle, a permutation within a row, does not matter.
+template <int kColBlocks>
+__device__ __forceinline__ void zero_tile_rows(unsigned char* tile, int rows, int from, int tid,
+                                               int threads) {
+  const int per_block = (rows - from) * 8;
+  for (int i = tid; i < per_block * kColBlocks; i += threads) {
+    const int cb = i / per_block, c = i % per_block;
+    *reinterpret_cast<uint4*>(tile + cb * rows * 128 + (from + c / 8) * 128 + (c % 8) * 16) =
+        make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads: sync waits for all of
 // them, arrive counts in without waiting.
 __device__ __forceinline__ void named_sync(int id, int threads) {

@@ -24,12 +24,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
                              ((1024 - (smem_u32(smem) & 1023)) & 1023)};  // swizzle atoms: 1024-aligned
   const BwdWork w = bwd_work<Tr::kBlockN, Tr::kBlockM, kCausal>(p, grid);
   if (!w.active) return;
-  if (threadIdx.x == 0) {
-    sm.bars().init();
-    if constexpr (kVarlen) sm.tails().init();
-    mbar_fence_init();
-  }
-  __syncthreads();
+  if constexpr (kVarlen)
+    init_barriers(sm.bars(), sm.tails());
+  else
+    init_barriers(sm.bars());
   const int wg = threadIdx.x / Tr::kWgThreads, warp = threadIdx.x / kWarpSize;
   if (wg == 0) {
     warpgroup_reg_dealloc<Tr::kProducerRegs>();
@@ -46,10 +44,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     bwd_consume<Tr, T, kCausal, kVarlen>(p, grid, w, sm, warp - 4);
   }
 #endif
-}
-
-bool aligned16(const float* x, const BshStrides& st) {
-  return reinterpret_cast<uintptr_t>(x) % 16 == 0 && st.batch % 4 == 0 && st.row % 4 == 0 && st.head % 4 == 0;
 }
 
 template <class Tr, typename T, bool kCausal, bool kVarlen>
@@ -93,7 +87,7 @@ bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun) {
   const int d = p.shape.head_dim;
   return (d == 128 || (d == 64 && unrun)) && !p.deterministic && (p.seg.num_seqs == 0 || unrun) &&
          !p.mods.any(p.shape.causal) && p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
-         aligned16(p.dq, p.dq_stride);
+         rows_aligned(p.dq, p.dq_stride, 4, 4);
 }
 
 bool flash_bwd_hopper(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s,

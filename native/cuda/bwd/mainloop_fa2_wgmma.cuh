@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
   };
   auto store_stats = [&](int stage) {
     if (threadIdx.x < kBM) {
-      sLse[stage * kBM + threadIdx.x] = row_lse == -INFINITY ? INFINITY : row_lse * kLog2e;
+      sLse[stage * kBM + threadIdx.x] = lse_log2(row_lse);
       sDsum[stage * kBM + threadIdx.x] = row_dsum;
     }
   };

@@ -105,9 +105,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       const int r = threadIdx.x;
       float lse = INFINITY, dsum = 0.f;
       if (r < rows) {
-        const float l =
-            p.lse[sp.b * p.lse_stride.batch + h * p.lse_stride.head + (row0 + r) * p.lse_stride.row];
-        lse = l == -INFINITY ? INFINITY : l * kLog2e;
+        lse = lse_log2(
+            p.lse[sp.b * p.lse_stride.batch + h * p.lse_stride.head + (row0 + r) * p.lse_stride.row]);
         dsum = p.dsum[sp.b * p.dsum_stride.batch + h * p.dsum_stride.head + (row0 + r) * p.dsum_stride.row];
       }
       sLse[stage * Tr::kBlockM + r] = lse;

@@ -98,18 +98,6 @@ struct BwdHopperSmem {
   }
 };
 
-// Rows [from, rows) of a [kColBlocks][rows][64] 16-bit swizzled tile, zeroed by the calling warp
-// in 16-byte chunks: whole 128-byte rows, so the swizzle (a permutation within a row) is moot.
-template <class Tr>
-__device__ __forceinline__ void zero_tile_rows(unsigned char* tile, int rows, int from) {
-  const int per_block = (rows - from) * 8;
-  for (int i = threadIdx.x % kWarpSize; i < per_block * Tr::kColBlocks; i += kWarpSize) {
-    const int cb = i / per_block, c = i % per_block;
-    *reinterpret_cast<uint4*>(tile + cb * rows * 128 + (from + c / 8) * 128 + (c % 8) * 16) =
-        make_uint4(0, 0, 0, 0);
-  }
-}
-
 // The default walk of step_at: query tiles ascending within a head, then the next head.
 __device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
   if (++mt == w.m_begin + w.m_tiles) mt = w.m_begin, ++h;
@@ -139,8 +127,8 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
   if constexpr (kVarlen) {
     if (w.keys_valid < Tr::kBlockN) {
       mbar_wait(&bars.kv_full, 0);
-      zero_tile_rows<Tr>(sm.k(), Tr::kBlockN, w.keys_valid);
-      zero_tile_rows<Tr>(sm.v(), Tr::kBlockN, w.keys_valid);
+      zero_tile_rows<Tr::kColBlocks>(sm.k(), Tr::kBlockN, w.keys_valid, lane, kWarpSize);
+      zero_tile_rows<Tr::kColBlocks>(sm.v(), Tr::kBlockN, w.keys_valid, lane, kWarpSize);
       fence_proxy_async();  // st.shared -> the consumers' wgmma (async proxy) reads
     }
     __syncwarp();
@@ -153,7 +141,7 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
       float x = is_lse ? INFINITY : 0.f;
       if (m0 + r < sp.nq) {
         x = src[sp.b * st.batch + h * st.head + int64_t(sp.q0 + m0 + r) * st.row];
-        if (is_lse) x = x == -INFINITY ? INFINITY : x * kLog2e;
+        if (is_lse) x = lse_log2(x);
       }
       dst[r] = x;
     }
@@ -183,9 +171,9 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
       if (rows < Tr::kBlockM) {
         const uint32_t parity = (st / Tr::kStages) & 1;
         mbar_wait(&bars.q_full[stage], parity);
-        zero_tile_rows<Tr>(sm.q(stage), Tr::kBlockM, rows);
+        zero_tile_rows<Tr::kColBlocks>(sm.q(stage), Tr::kBlockM, rows, lane, kWarpSize);
         mbar_wait(&bars.do_full[stage], parity);
-        zero_tile_rows<Tr>(sm.dout(stage), Tr::kBlockM, rows);
+        zero_tile_rows<Tr::kColBlocks>(sm.dout(stage), Tr::kBlockM, rows, lane, kWarpSize);
         fence_proxy_async();
       }
       __syncwarp();

@@ -32,6 +32,10 @@ struct BwdGrid {
   int* dkv_turns = nullptr;
 };
 
+// A row's lse as the backward's exponentials take it, exp2(s * scale_log2 - lse_log2): times
+// log2(e), and +inf for a row that saw no key (lse = -inf), so that its probabilities are 0.
+__device__ __forceinline__ float lse_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
+
 // What a backward CTA works on: key tile [n0, n0 + kBlockN) of kv head hk in span sp, and its
 // share [step0, step0 + steps) of the (query head, query tile) steps, head-major over the
 // m_tiles query tiles from m_begin (kBlockM rows each) that see any of its keys. Key tiles go in

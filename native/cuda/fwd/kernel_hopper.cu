@@ -23,11 +23,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem[];
   const FwdHopperSmem<Tr> sm{smem +
                              ((1024 - (smem_u32(smem) & 1023)) & 1023)};  // swizzle atoms: 1024-aligned
-  if (threadIdx.x == 0) {
-    sm.bars().init();
-    mbar_fence_init();
-  }
-  __syncthreads();
+  init_barriers(sm.bars());
   const int wg = threadIdx.x / Tr::kWgThreads;
   if (wg == 0) {
     warpgroup_reg_dealloc<Tr::kProducerRegs>();

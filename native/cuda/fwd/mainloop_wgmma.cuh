@@ -255,12 +255,7 @@ __device__ __forceinline__ void fwd_consume(const FlashFwdParams& p, const FwdTi
         if (wg != 1 || it != n_tiles - 1 || v_tail == kN) return;
         const int j = kv + it, stage = j % Tr::kStages;
         mbar_wait(&bars.v_full[stage], (j / Tr::kStages) & 1);
-        const int chunks = (kN - v_tail) * 8;  // 16-byte chunks per 64-column block
-        for (int i = threadIdx.x % Tr::kWgThreads; i < chunks * Tr::kColBlocks; i += Tr::kWgThreads) {
-          const int cb = i / chunks, r = v_tail + (i % chunks) / 8, ch = i % 8;
-          *reinterpret_cast<uint4*>(sm.v(stage) + cb * kN * 128 + r * 128 + ch * 16) =
-              make_uint4(0u, 0u, 0u, 0u);
-        }
+        zero_tile_rows<Tr::kColBlocks>(sm.v(stage), kN, v_tail, threadIdx.x % Tr::kWgThreads, Tr::kWgThreads);
         fence_proxy_async();  // the zeros, before the turn's end, are visible to the tensor cores
       }
     };
