@@ -24,6 +24,9 @@ import { placements } from './placements.js';
 import { cudaNative } from '../../runtime/cuda_native.js';
 import { memoReference, referenceBackward, referenceForward, refInputOf, type Dims } from '../reference.js';
 
+/** The rank functions these tests run on the GPU runtime (test/fixtures/spmd_user.ts). */
+const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
+
 const gpus = visibleGpuCount();
 const s = suite('cuda backend');
 if (gpus === 0) console.log('SKIPPED: no GPU visible, the cuda backend is not exercised');
@@ -96,7 +99,6 @@ if (gpus > 0) {
   s(
     'the caching allocator reuses the block released last (a ring call sees the same blocks every call)',
     async () => {
-      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
       assert.equal(await rt1().spmd(USER, 'allocatorReuse'), [
         { lastReleasedFirst: true, thenTheOther: true },
       ]);
@@ -106,7 +108,6 @@ if (gpus > 0) {
   // A positional ring (window, ALiBi, dropout) uploads a position table before each kernel call:
   // an upload that waited for the queue would leave the GPU idle while the host prepares the next call.
   s('a small upload does not wait for the work queued before it, and lands intact', async () => {
-    const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
     const [{ upload, queued, intact }] = (await rt1().spmd(USER, 'uploadBehindQueue')) as {
       upload: number;
       queued: number;
@@ -124,7 +125,6 @@ if (gpus > 0) {
   s(
     'the device timer reads CUDA events: within the host clock around the same work, most of it',
     async () => {
-      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
       const [{ device, host, idle }] = (await rt1().spmd(USER, 'deviceTimer')) as {
         device: number;
         host: number;
@@ -255,7 +255,6 @@ if (gpus > 0) {
     s(`${where}: SPMD training step and fault isolation`, async () => {
       const world = opts.world!;
       const rt = await init(opts);
-      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
       try {
         const S = world * 128,
           [b, h, d] = [1, 2, 64];
@@ -330,7 +329,6 @@ if (gpus > 0) {
       async () => {
         const rt = await init({ ...opts, callTimeoutMs: 0 });
         const FAULTS = new URL('../fixtures/fault_user.js', import.meta.url).href;
-        const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
         try {
           for (let round = 0; round < 3; round++) {
             const t0 = Date.now();
@@ -350,7 +348,6 @@ if (gpus > 0) {
 
     s(`${where}: two runtimes on the same GPUs stay independent while one of them fails`, async () => {
       const [a, b] = [await init(opts), await init(opts)];
-      const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
       try {
         for (let round = 0; round < 5; round++) {
           const failing = (async () => {
@@ -381,7 +378,6 @@ if (gpus > 0) {
       async () => {
         const timeoutMs = 8000;
         const rt = await init({ ...opts, timeoutMs });
-        const USER = new URL('../fixtures/spmd_user.js', import.meta.url).href;
         try {
           const t0 = Date.now();
           await expectError(
