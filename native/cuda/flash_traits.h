@@ -212,25 +212,34 @@ struct BwdWgTraits {
 // other and dq receives two reductions per step (measured slower at head_dim 128, where it must
 // also wait for dV and dK to free registers: benchmark/RESULTS.md). dQ tiles are padded per row
 // (kDqPitch) so that the consumers' fragment stores do not conflict on banks.
+//
+// head_dim 256 (kWide, bwd/mainloop_wgmma_wide.cuh): dK and dV of 64 keys would take 256
+// registers a thread, so both consumers work on the same 64 keys and split the columns instead:
+// each keeps dK, dV and computes dQ for 128 of them. S^T and dP^T are split by queries (32 each),
+// and P^T and dS^T go through shared memory (buffers 0 and 1) for the MMAs that read every query.
+// Each consumer's dQ columns have their own tile and dQ warp. Q and dO stages take 32 KB each,
+// so there is one.
 template <int kHeadDim_>
 struct BwdHopperTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kOwnDq = kHeadDim == 64;
+  static constexpr bool kWide = kHeadDim == 256;
   static constexpr int kWgThreads = 4 * kWarpSize;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = (kConsumers + 1) * kWgThreads;
-  static constexpr int kBlockN = 64 * kConsumers;  // keys per CTA
-  static constexpr int kBlockM = 64;               // query rows per step
-  static constexpr int kStages = 2;
+  static constexpr int kBlockN = kWide ? 64 : 64 * kConsumers;  // keys per CTA
+  static constexpr int kBlockM = 64;                            // query rows per step
+  static constexpr int kStages = kWide ? 1 : 2;
   static constexpr int kColBlocks = kHeadDim / 64;  // 128-byte swizzle atoms (TMA boxes) per row
   static constexpr int kKSteps = kHeadDim / 16;     // k-steps of S^T = K Q^T and dP^T = V dO^T
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;  // one Q (dO) stage
-  static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // one dS^T buffer
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // one dS^T (kWide: or P^T) buffer
   static constexpr int kDsBuffers = kOwnDq ? 1 : 2;
-  static constexpr int kDqTiles = kOwnDq ? kConsumers : 1;
+  static constexpr int kDqTiles = kOwnDq || kWide ? kConsumers : 1;
   static constexpr int kDqCols = kOwnDq ? kHeadDim : kHeadDim / kConsumers;  // per consumer
-  static constexpr int kDqPitch = kHeadDim * 4 + 32;  // bytes per row of an fp32 dQ tile
+  static constexpr int kDqTileCols = kWide ? kDqCols : kHeadDim;             // kWide: tile i's from i kDqCols
+  static constexpr int kDqPitch = kDqTileCols * 4 + 32;  // bytes per row of an fp32 dQ tile
   static constexpr int kDqTileBytes = kBlockM * kDqPitch;
   static constexpr int kOffV = kKVBytes, kOffQ = 2 * kKVBytes, kOffDout = kOffQ + kStages * kQBytes;
   static constexpr int kOffDs = kOffDout + kStages * kQBytes, kOffDq = kOffDs + kDsBuffers * kDsBytes;
@@ -239,7 +248,8 @@ struct BwdHopperTraits {
   static constexpr int kSmemBytes = kOffBars + 256 + 1024;  // + barriers, + alignment slack
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128: dK and dV of 64 keys in registers");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "head_dim 64 or 128 (dK and dV of 64 keys in registers) or 256 (half their columns)");
   static_assert(kOffQ % 1024 == 0 && kOffDout % 1024 == 0 && kOffDs % 1024 == 0 && kQBytes % 1024 == 0,
                 "every swizzled tile starts on a 1024-byte boundary");
   static_assert(kDqPitch % 16 == 0 && kOffDq % 16 == 0, "bulk copies read 16-byte aligned rows");

@@ -75,6 +75,7 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 // constraints by eights.
 #define RFA_DECADE(T) \
   "%" #T "0,%" #T "1,%" #T "2,%" #T "3,%" #T "4,%" #T "5,%" #T "6,%" #T "7,%" #T "8,%" #T "9"
+#define RFA_REGS16 RFA_DECADE() ",%10,%11,%12,%13,%14,%15"
 #define RFA_REGS30 RFA_DECADE() "," RFA_DECADE(1) "," RFA_DECADE(2) ","
 #define RFA_REGS60 RFA_REGS30 RFA_DECADE(3) "," RFA_DECADE(4) "," RFA_DECADE(5) ","
 #define RFA_REGS90 RFA_REGS60 RFA_DECADE(6) "," RFA_DECADE(7) "," RFA_DECADE(8) ","
@@ -89,7 +90,8 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #define RFA_ACC8(B)                                                                           \
   "+f"(d[B]), "+f"(d[B + 1]), "+f"(d[B + 2]), "+f"(d[B + 3]), "+f"(d[B + 4]), "+f"(d[B + 5]), \
       "+f"(d[B + 6]), "+f"(d[B + 7])
-#define RFA_ACC32 RFA_ACC8(0), RFA_ACC8(8), RFA_ACC8(16), RFA_ACC8(24)
+#define RFA_ACC16 RFA_ACC8(0), RFA_ACC8(8)
+#define RFA_ACC32 RFA_ACC16, RFA_ACC8(16), RFA_ACC8(24)
 #define RFA_ACC40 RFA_ACC32, RFA_ACC8(32)
 #define RFA_ACC48 RFA_ACC40, RFA_ACC8(40)
 #define RFA_ACC64 RFA_ACC48, RFA_ACC8(48), RFA_ACC8(56)
@@ -109,7 +111,7 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 
 template <int N>
 constexpr bool wgmma_ss_shape() {
-  return N == 64 || N == 80 || N == 96 || N == 128 || N == 176 || N == 192;
+  return N == 32 || N == 64 || N == 80 || N == 96 || N == 128 || N == 176 || N == 192;
 }
 template <int N>
 constexpr bool wgmma_rs_shape() {
@@ -122,6 +124,7 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_
   static_assert(wgmma_ss_shape<N>(), "an m64nNk16 shape instantiated below");
 #ifdef RFA_WGMMA_ENABLED
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  RFA_WGMMA_CASE(SS, 32, 16, 16, 17, 18, 19, 20)
   RFA_WGMMA_CASE(SS, 64, 32, 32, 33, 34, 35, 36)
   RFA_WGMMA_CASE(SS, 80, 40, 40, 41, 42, 43, 44)
   RFA_WGMMA_CASE(SS, 96, 48, 48, 49, 50, 51, 52)
@@ -150,6 +153,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 #undef RFA_WGMMA_SS_ASM
 #undef RFA_WGMMA_RS_ASM
 #undef RFA_DECADE
+#undef RFA_REGS16
 #undef RFA_REGS30
 #undef RFA_REGS60
 #undef RFA_REGS90
@@ -161,6 +165,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 #undef RFA_REGS96
 #undef RFA_REGS128
 #undef RFA_ACC8
+#undef RFA_ACC16
 #undef RFA_ACC32
 #undef RFA_ACC40
 #undef RFA_ACC48

@@ -1,10 +1,12 @@
-// The Hopper backward kernel (BwdHopperTraits, bwd/mainloop_wgmma.cuh) and its launch: tensor maps
+// The Hopper backward kernel (BwdHopperTraits, bwd/mainloop_wgmma.cuh and, at head_dim 256,
+// bwd/mainloop_wgmma_wide.cuh) and its launch: tensor maps
 // of q, k, v and dout, one CTA per (key tile, kv head, batch entry, split) as the FlashAttention-2
 // style kernels.
 #include <cuda.h>
 
 #include "cuda/bwd/launch.h"
 #include "cuda/bwd/mainloop_wgmma.cuh"
+#include "cuda/bwd/mainloop_wgmma_wide.cuh"
 #include "cuda/check.h"
 #include "cuda/tensor_map.h"
 
@@ -41,7 +43,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    bwd_consume<Tr, T, kCausal, kVarlen>(p, grid, w, sm, warp - 4);
+    if constexpr (Tr::kWide)
+      bwd_consume_wide<Tr, T, kCausal>(p, grid, w, sm, warp - 4);
+    else
+      bwd_consume<Tr, T, kCausal, kVarlen>(p, grid, w, sm, warp - 4);
   }
 #endif
 }
@@ -70,23 +75,32 @@ bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
 
 template <class Tr, typename T>
 bool dispatch_causal(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  if (p.seg.num_seqs > 0)
-    return p.shape.causal ? launch<Tr, T, true, true>(p, grid, s) : launch<Tr, T, false, true>(p, grid, s);
+  if constexpr (!Tr::kWide) {  // kWide: dense batches only (hopper_bwd_covers)
+    if (p.seg.num_seqs > 0)
+      return p.shape.causal ? launch<Tr, T, true, true>(p, grid, s) : launch<Tr, T, false, true>(p, grid, s);
+  }
   return p.shape.causal ? launch<Tr, T, true, false>(p, grid, s) : launch<Tr, T, false, false>(p, grid, s);
 }
 
 template <typename T>
 bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
-  return p.shape.head_dim == 64 ? dispatch_causal<BwdHopperTraits<64>, T>(p, grid, s)
-                                : dispatch_causal<BwdHopperTraits<128>, T>(p, grid, s);
+  switch (p.shape.head_dim) {
+    case 64:
+      return dispatch_causal<BwdHopperTraits<64>, T>(p, grid, s);
+    case 256:
+      return dispatch_causal<BwdHopperTraits<256>, T>(p, grid, s);
+    default:
+      return dispatch_causal<BwdHopperTraits<128>, T>(p, grid, s);
+  }
 }
 
 }  // namespace
 
 bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun) {
   const int d = p.shape.head_dim;
-  return (d == 128 || (d == 64 && unrun)) && !p.deterministic && (p.seg.num_seqs == 0 || unrun) &&
-         !p.mods.any(p.shape.causal) && p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
+  const bool dims = d == 128 || (unrun && (d == 64 || (d == 256 && p.seg.num_seqs == 0)));
+  return dims && !p.deterministic && (p.seg.num_seqs == 0 || unrun) && !p.mods.any(p.shape.causal) &&
+         p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
          rows_aligned(p.dq, p.dq_stride, 4, 4);
 }
 

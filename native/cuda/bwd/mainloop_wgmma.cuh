@@ -53,15 +53,18 @@ struct BwdTailBarriers {
 };
 
 // Named barriers (0 is __syncthreads): the dS^T that a consumer's dQ reads is stored (both
-// consumers', or with kOwnDq its own); dQ tile `tile` written by its consumers (full) and read by
-// its dQ warp's reductions (empty).
+// consumers', or with kOwnDq its own; kWide: P^T and dS^T of both); kWide only: both consumers
+// have read the previous step's P^T and dS^T (ds_free); dQ tile `tile` written by its consumers
+// (full) and read by its dQ warp's reductions (empty).
 template <class Tr>
 struct BwdNamedBarriers {
+  static constexpr bool kTilePerConsumer = Tr::kDqTiles == Tr::kConsumers;
   static constexpr int kDsThreads = Tr::kOwnDq ? Tr::kWgThreads : Tr::kConsumers * Tr::kWgThreads;
   static constexpr int kDqThreads = Tr::kConsumers * Tr::kWgThreads / Tr::kDqTiles + kWarpSize;
   static __device__ __forceinline__ int ds_ready(int wg) { return Tr::kOwnDq ? 1 + wg : 1; }
-  static __device__ __forceinline__ int dq_full(int tile) { return Tr::kOwnDq ? 3 + tile : 2; }
-  static __device__ __forceinline__ int dq_empty(int tile) { return Tr::kOwnDq ? 5 + tile : 3; }
+  static constexpr int kDsFree = 2;
+  static __device__ __forceinline__ int dq_full(int tile) { return kTilePerConsumer ? 3 + tile : 2; }
+  static __device__ __forceinline__ int dq_empty(int tile) { return kTilePerConsumer ? 5 + tile : 3; }
 };
 
 template <class Tr>
@@ -183,8 +186,8 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
 }
 
 // The dQ warp of tile `tile`: per step, once its consumers have written the tile, one bulk
-// reduction per valid row onto dq (already scaled), then the tile is handed back once the
-// reductions have read it.
+// reduction per valid row onto dq (already scaled; kWide: onto its kDqCols columns), then the tile
+// is handed back once the reductions have read it.
 template <class Tr>
 __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdWork& w,
                                              const BwdHopperSmem<Tr>& sm, int tile) {
@@ -197,13 +200,14 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdW
   step_at<false>(w, w.step0, h, mt);
   for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
     named_sync(Nb::dq_full(tile), Nb::kDqThreads);
-    float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head;
+    float* gdq =
+        p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head + (Tr::kWide ? tile * Tr::kDqCols : 0);
 #pragma unroll
     for (int r = lane; r < Tr::kBlockM; r += kWarpSize) {
       const int q = mt * Tr::kBlockM + r;
       if (q < sp.nq)
         bulk_reduce_add_f32(gdq + int64_t(sp.q0 + q) * p.dq_stride.row, sm.dq(tile) + r * Tr::kDqPitch,
-                            Tr::kHeadDim * 4);
+                            Tr::kDqTileCols * 4);
     }
     bulk_commit();
     bulk_wait_read<0>();

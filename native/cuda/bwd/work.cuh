@@ -135,11 +135,11 @@ __device__ __forceinline__ void store_dkv(float* dk, float* dv, float k0, float 
 
 // Epilogue of both kernels: this warp's 16 keys of dK (scaled) and dV. The accumulators are
 // kTiles mma C fragments, tile i at [4i, 4i + 4): rows (keys) key_lo and key_lo + 8, columns
-// 8i + 2t and 8i + 2t + 1.
+// col0 + 8i + 2t and col0 + 8i + 2t + 1.
 template <int kTiles>
 __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid& grid, const Span& sp,
-                                          int hk, int key_lo, int t, const float* acc_dk,
-                                          const float* acc_dv) {
+                                          int hk, int key_lo, int t, const float* acc_dk, const float* acc_dv,
+                                          int col0 = 0) {
   const float scale = p.shape.softmax_scale;
   float* gdk = p.dk + sp.b * p.dk_stride.batch + hk * p.dk_stride.head;
   float* gdv = p.dv + sp.b * p.dv_stride.batch + hk * p.dv_stride.head;
@@ -147,8 +147,8 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
   for (int hi = 0; hi < 2; ++hi) {
     const int key = key_lo + hi * 8;
     if (key >= sp.nk) continue;
-    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + 2 * t;
-    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + 2 * t;
+    float* dk = gdk + int64_t(sp.k0 + key) * p.dk_stride.row + col0 + 2 * t;
+    float* dv = gdv + int64_t(sp.k0 + key) * p.dv_stride.row + col0 + 2 * t;
     if (grid.num_splits == 1 && p.accumulate_dkv()) {
       // Adding onto dK/dV (every ring step does): the old values of kBatch tiles are loaded before
       // their stores. Interleaved, a store may alias the next load, so each load waited out a
@@ -216,12 +216,13 @@ __device__ __forceinline__ void pass_turn(int* turn, int next) {
 template <int kTiles, bool kMaybeDet>
 __device__ __forceinline__ void write_dkv_in_turn(const FlashBwdParams& p, const BwdGrid& grid,
                                                   const BwdWork& w, int key_lo, int t, const float* acc_dk,
-                                                  const float* acc_dv, int block_n) {
-  if (!kMaybeDet || !grid.dkv_turns) return write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv);
+                                                  const float* acc_dv, int block_n, int col0 = 0) {
+  if (!kMaybeDet || !grid.dkv_turns)
+    return write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv, col0);
   int* turn =
       grid.dkv_turns + (int64_t(w.span_id) * p.shape.nheads_k + w.hk) * grid.num_n_blocks + w.n0 / block_n;
   wait_turn(turn, w.split);
-  if (w.steps > 0) write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv);
+  if (w.steps > 0) write_dkv<kTiles>(p, grid, w.sp, w.hk, key_lo, t, acc_dk, acc_dv, col0);
   pass_turn(turn, w.split + 1);
 }
 

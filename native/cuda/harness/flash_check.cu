@@ -872,6 +872,26 @@ void run_errors() {
     p.shape = AttnShape{1, 8, 8, 2, 2, 256, 0.1f, false};
     cuda::flash_bwd(p, 0, scratch());
   });
+  // With the Hopper backward asked for (force_bwd_kernel(2)), what it does not cover at head_dim
+  // 256 and 192 is still refused by name, before any tensor is read.
+  cuda::force_bwd_kernel(2);
+  struct Refused {
+    const char* name;
+    int d;
+    bool deterministic;
+    float softcap;
+  };
+  for (const Refused& r : {Refused{"flash_bwd head_dim 256 deterministic [hopper bwd]", 256, true, 0.f},
+                           Refused{"flash_bwd head_dim 256 softcap [hopper bwd]", 256, false, 30.f},
+                           Refused{"flash_bwd head_dim 192 [hopper bwd]", 192, false, 0.f}})
+    expect_throw(r.name, "E_UNSUPPORTED", [&] {
+      FlashBwdParams p;
+      p.shape = AttnShape{1, 8, 8, 2, 2, r.d, 0.1f, false};
+      p.deterministic = r.deterministic;
+      p.mods.softcap = r.softcap;
+      cuda::flash_bwd(p, 0, scratch());
+    });
+  cuda::force_bwd_kernel(-1);
 }
 
 // ---- timing ------------------------------------------------------------------------------------
@@ -950,7 +970,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
       cuda::flash_bwd(params, 0, scratch());
     });
   };
-  const bool bwd = d <= 128;  // wider head dims have a forward only
+  const bool bwd = d <= 128;  // wider head dims: the Hopper backward's at 256 only (bwd-fa3)
   const float t_bwd = bwd ? bwd_ms(bp) : 0.f;
   // A ring step's backward: dK/dV added onto what they hold.
   FlashBwdParams bpa = bp;
@@ -964,7 +984,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   cuda::force_bwd_kernel(1);  // the FlashAttention-2 style backward, for comparison
   const float t_bwd_fa2 = bwd ? bwd_ms(bp) : 0.f;
   cuda::force_bwd_kernel(2);  // the Hopper backward where it covers the call, head_dim 64 included
-  const float t_bwd_hopper = bwd ? bwd_ms(bp) : 0.f;
+  const float t_bwd_hopper = bwd || d == 256 ? bwd_ms(bp) : 0.f;
   cuda::force_bwd_kernel(-1);
   const float t_all = !bwd ? 0.f : median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
@@ -994,6 +1014,8 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     line("bwd-fa2wg", t_bwd_fa2, 2.5 * fwd_flop);
     line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
     line("fwd+bwd", t_all, 3.5 * fwd_flop);
+  } else if (d == 256) {
+    line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
   }
   // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
   // ring-step backward at each split count (against `bwd-acc`), and the ring-step forward under
@@ -1103,7 +1125,8 @@ int main(int argc, char** argv) {
   bool hopper_varlen = false;
   bool windows_only = false;  // --windows: only the sliding-window and global-position checks
   bool bwd_only = false;      // --bwd: only the backward's checks, on each backward kernel (the Hopper
-                              // backward at head_dim 64 and on varlen segments too, force_bwd_kernel(2))
+                              // backward at head_dim 64 and 256 and on varlen segments too,
+                              // force_bwd_kernel(2))
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -1198,16 +1221,23 @@ int main(int argc, char** argv) {
   gaps64.segs = {{0, 130, 0, 300}, {130, 260, 350, 129}};
   gaps64.nan_gaps = true;
   if (bwd_only) {
-    std::vector<Config> with_bwd;
-    for (const Config& c : configs)
-      if (!c.fwd_only) with_bwd.push_back(c);
+    std::vector<Config> with_bwd, wide;  // wide: head_dim 256, whose backward only kernel 2 has
+    for (Config c : configs) {
+      if (!c.fwd_only)
+        with_bwd.push_back(c);
+      else if (c.d == 256)
+        c.fwd_only = false, wide.push_back(c);
+    }
     with_bwd.push_back(gaps), with_bwd.push_back(gaps64);
+    wide.push_back(spec("fp16 d256 causal b1 s700 h4/1 mqa accumulate"));
     for (int kernel : {2, -1, 1}) {
       cuda::force_bwd_kernel(kernel);
+      std::vector<Config> run = with_bwd;
+      if (kernel == 2) run.insert(run.end(), wide.begin(), wide.end());
       for (int splits : {-1, 3}) {
         cuda::force_bwd_splits(splits);
-        for (Config c : with_bwd) {
-          c.name += std::string(kernel == 2  ? " [hopper bwd, d64 too"
+        for (Config c : run) {
+          c.name += std::string(kernel == 2  ? " [hopper bwd, d64, d256 too"
                                 : kernel < 0 ? " [default bwd"
                                              : " [fa2 bwd") +
                     (splits > 0 ? ", splits 3]" : "]");
