@@ -24,7 +24,7 @@
 // head_dim 128 on sm_90a, dense, the default mode), flash_bwd_wgmma_kernel (mainloop_fa2_wgmma.cuh:
 // the same algorithm as below on warpgroup MMAs with cp.async loads and dQ atomics; head_dim 128
 // on sm_90a for what the Hopper backward does not cover) and flash_bwd_kernel (mainloop_mma.cuh:
-// mma.sync m16n8k16 + ldmatrix; head_dim 32 and 64, and every head_dim on other devices). This
+// mma.sync m16n8k16 + ldmatrix; head_dim 32, 64 and 96, and every head_dim on other devices). This
 // file sizes their grids and dispatches.
 //
 // Each version's timings (native/cuda/harness/flash_check.cu; bwd = bwd_dot + bwd, FLOP = 2.5x
@@ -212,7 +212,7 @@ void check_wide(const FlashBwdParams& p, const LaunchOverrides& o) {
   if (p.deterministic)
     RFA_THROW("E_UNSUPPORTED", what + ": the deterministic mode needs head_dim <= 128 on CUDA");
   if (d != 256 || o.bwd_kernel != 2)
-    RFA_THROW("E_UNSUPPORTED", what + ": the CUDA backward covers head_dim 32, 64 and 128");
+    RFA_THROW("E_UNSUPPORTED", what + ": the CUDA backward covers head_dim 32, 64, 96 and 128");
 }
 
 template <typename T>
@@ -236,6 +236,8 @@ void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, 
       return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns, o);
     case 64:
       return dispatch_causal<64, T>(p, grid, max_q, max_k, s, turns, o);
+    case 96:
+      return dispatch_causal<96, T>(p, grid, max_q, max_k, s, turns, o);
     default:
       return dispatch_causal<128, T>(p, grid, max_q, max_k, s, turns, o);
   }

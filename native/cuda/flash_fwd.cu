@@ -211,6 +211,8 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
         return dispatch_mma<FwdTraits<32>, T, true>(p, num_spans, max_q, s, scratch, o);
       case 64:
         return dispatch_mma<FwdTraits<64>, T, true>(p, num_spans, max_q, s, scratch, o);
+      case 96:
+        return dispatch_mma<FwdTraits<96>, T, true>(p, num_spans, max_q, s, scratch, o);
       default:
         return dispatch_mma<FwdTraits<128, 1>, T, true>(p, num_spans, max_q, s, scratch, o);
     }
@@ -221,6 +223,8 @@ void dispatch_head_dim(const FlashFwdParams& p, int num_spans, int max_q, cudaSt
       return dispatch_mma<FwdTraits<32>, T>(p, num_spans, max_q, s, scratch, o);
     case 64:
       return dispatch_mma<FwdTraits<64>, T>(p, num_spans, max_q, s, scratch, o);
+    case 96:
+      return dispatch_mma<FwdTraits<96>, T>(p, num_spans, max_q, s, scratch, o);
     default:
       if (use_wgmma_fwd(o)) return dispatch_wgmma<T>(p, num_spans, max_q, s, scratch, o);
       return dispatch_mma<FwdTraits<128>, T>(p, num_spans, max_q, s, scratch, o);

@@ -163,7 +163,7 @@ struct BwdTraits {
   static constexpr int kDSteps = kHeadDim / kMmaK;
   static constexpr int kStages = 2;  // Q/dO/lse/dsum double buffer: the next step's loads overlap this one
   // dQ (kBlockM x head_dim) = dS K: warps tile it kDqWarpsM x kDqWarpsD.
-  static constexpr int kDqWarpsD = kHeadDim >= 64 ? 4 : 2;
+  static constexpr int kDqWarpsD = kHeadDim % 64 == 0 ? 4 : 2;  // whole 16-column pairs each
   static constexpr int kDqWarpsM = kWarps / kDqWarpsD;
   static constexpr int kDqRows = kBlockM / kDqWarpsM;
   static constexpr int kDqMTiles = kDqRows / kMmaM;
@@ -282,7 +282,7 @@ __device__ __forceinline__ Span span_of(const AttnShape& sh, const Segments& seg
 // ---- Host-side checks shared by flash_fwd and flash_bwd (what the kernels above require) ----
 namespace rfa::cuda {
 
-inline bool head_dim_supported(int d) { return d == 32 || d == 64 || d == 128; }
+inline bool head_dim_supported(int d) { return d == 32 || d == 64 || d == 96 || d == 128; }
 
 // What the launchers plan with about the calling thread's current device: SM count (grid
 // splits) and whether it runs sm_90a code (the wgmma kernels). Read once per device; worker
@@ -326,7 +326,7 @@ inline void check_attn(const char* fn, const AttnShape& sh, DType dtype, const S
                     std::to_string(sh.nheads_k) + ")");
   if (!head_dim_supported(sh.head_dim) && !(wide && (sh.head_dim == 192 || sh.head_dim == 256)))
     RFA_THROW("E_UNSUPPORTED", f + ": head_dim " + std::to_string(sh.head_dim) +
-                                   " is not supported by the cuda kernels (32, 64, 128" +
+                                   " is not supported by the cuda kernels (32, 64, 96, 128" +
                                    (wide ? ", and 192, 256 for dense batches on Hopper)" : ")"));
   if (dtype != DType::bf16 && dtype != DType::f16)
     RFA_THROW("E_UNSUPPORTED",

@@ -80,6 +80,8 @@ if (gpus > 0) {
     { b: 2, sq: 1, sk: 1000, h: 2, hk: 1, d: 128, causal: false, dtype: 'bfloat16' },
     { b: 1, sq: 1000, sk: 1000, h: 2, hk: 2, d: 64, causal: false, dtype: 'float16' },
     { b: 1, sq: 512, sk: 512, h: 4, hk: 2, d: 128, causal: false, dtype: 'bfloat16' },
+    { b: 1, sq: 300, sk: 300, h: 4, hk: 2, d: 96, causal: true, dtype: 'bfloat16' },
+    { b: 2, sq: 77, sk: 200, h: 2, hk: 1, d: 96, causal: false, dtype: 'float16' },
   ];
   kernelCases.forEach((c, i) => {
     s(`kernel vs fp64: ${label(c)}`, async () => {

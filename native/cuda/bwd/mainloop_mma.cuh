@@ -1,5 +1,5 @@
 // The backward's FlashAttention-2 style mainloop on mma.sync m16n8k16 + ldmatrix (BwdTraits):
-// head_dim 32, 64 and 128 on every device; the algorithm is in flash_bwd.cu's opening comment.
+// head_dim 32, 64, 96 and 128 on every device; the algorithm is in flash_bwd.cu's opening comment.
 // Included by flash_bwd.cu only.
 #pragma once
 #include <cstdint>

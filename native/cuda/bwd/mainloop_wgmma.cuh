@@ -217,6 +217,21 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdW
   bulk_wait<0>();
 }
 
+// The end of a consumer's step, its MMAs committed as two groups (dV and dK, then dQ): once dV and
+// dK have read the stage, every warp hands it back to the producer; once dQ is done, `store_dq`.
+template <int kDkv, int kDq, class StoreDq>
+__device__ __forceinline__ void end_step(float (&acc_dv)[kDkv], float (&acc_dk)[kDkv], float (&dq)[kDq],
+                                         uint64_t* stage_empty, int lane, StoreDq& store_dq) {
+  wgmma_wait<1>();
+  fence_regs(acc_dv);
+  fence_regs(acc_dk);
+  __syncwarp();
+  if (lane == 0) mbar_arrive(stage_empty);
+  wgmma_wait<0>();
+  fence_regs(dq);
+  store_dq();
+}
+
 // A consumer warpgroup (wg 0 or 1: keys 64 wg .. 64 wg + 63 of the tile); warp `cwarp` (0..7 over
 // both) owns keys 16 cwarp + g and + 8, as in the FlashAttention-2 style kernels, so the masks and
 // the dK/dV epilogue (write_dkv) are theirs.
@@ -379,14 +394,7 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
         wgmma_ss<T, Tr::kDqCols, 1, 1>(dq, ddS + buf * kDsStep + kk * 128, dKq + kk * 128, kk);
     }
     wgmma_commit();
-    wgmma_wait<1>();  // dV and dK: the stage is free
-    fence_regs(acc_dv);
-    fence_regs(acc_dk);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&bars.stage_empty[stage]);
-    wgmma_wait<0>();
-    fence_regs(dq);
-    store_dq();
+    end_step(acc_dv, acc_dk, dq, &bars.stage_empty[stage], lane, store_dq);
   }
   write_dkv_in_turn<kD / 8, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN);
 }

@@ -90,20 +90,18 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
     const uint32_t parity = (st / Tr::kStages) & 1;
     const int m0 = mt * kBM;
 
-    // S^T and dP^T of this consumer's queries, over every column.
+    // S^T = K Q_c^T and dP^T = V dO_c^T, over every column, each once its stage has landed.
     float s[kQ / 2], dp[kQ / 2];
-    mbar_wait(&bars.q_full[stage], parity);
-    wgmma_fence();
+    auto scores = [&](float(&acc)[kQ / 2], uint64_t* full, uint64_t da, uint64_t db) {
+      mbar_wait(full, parity);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < Tr::kKSteps; ++kk)
-      wgmma_ss<T, kQ, 0, 0>(s, dK + koff(kk, kBN), dQk + stage * kStageStep + koff(kk, kBM), kk);
-    wgmma_commit();
-    mbar_wait(&bars.do_full[stage], parity);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < Tr::kKSteps; ++kk)
-      wgmma_ss<T, kQ, 0, 0>(dp, dV + koff(kk, kBN), ddOk + stage * kStageStep + koff(kk, kBM), kk);
-    wgmma_commit();
+      for (int kk = 0; kk < Tr::kKSteps; ++kk)
+        wgmma_ss<T, kQ, 0, 0>(acc, da + koff(kk, kBN), db + stage * kStageStep + koff(kk, kBM), kk);
+      wgmma_commit();
+    };
+    scores(s, &bars.q_full[stage], dK, dQk);
+    scores(dp, &bars.do_full[stage], dV, ddOk);
     wgmma_wait<1>();
     fence_regs(s);
 
@@ -163,14 +161,7 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) wgmma_ss<T, kCols, 1, 1>(dq, dDst + kk * 128, dKm + kk * 128, kk);
     wgmma_commit();
-    wgmma_wait<1>();  // dV and dK: the stage is free
-    fence_regs(acc_dv);
-    fence_regs(acc_dk);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&bars.stage_empty[stage]);
-    wgmma_wait<0>();
-    fence_regs(dq);
-    store_dq();
+    end_step(acc_dv, acc_dk, dq, &bars.stage_empty[stage], lane, store_dq);
   }
   write_dkv_in_turn<kCols / 8, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN, wg * kCols);
 }

@@ -1084,8 +1084,10 @@ void run_windows(std::mt19937_64& gen, const Config& varlen) {
   dropout.dropout_p = 0.2f;
   Config dropout_window = spec("fp16 d64 dropout 0.1 window (100, 100) s400 h2");
   dropout_window.dropout_p = 0.1f, dropout_window.window_left = dropout_window.window_right = 100;
-  const std::vector<Config> windows{causal,  both,  d64,          zig,   zig_full, right,
-                                    softcap, alibi, alibi_causal, mixed, dropout,  dropout_window};
+  Config d96 = spec("bf16 d96 causal window (150, 0) softcap 5 s500 h4/2");  // the mma.sync hooks only
+  d96.window_left = 150, d96.softcap = 5.f;
+  const std::vector<Config> windows{causal, both,         d64,   zig,     zig_full,       right, softcap,
+                                    alibi,  alibi_causal, mixed, dropout, dropout_window, d96};
   for (int kernel : {3, 0})
     for (int ctas : {0, 7}) {
       if (kernel == 0 && ctas) continue;
@@ -1165,6 +1167,8 @@ int main(int argc, char** argv) {
       spec("bf16 d64 causal b2 s1000 h8/1 mqa accumulate"),
       spec("bf16 d64 full b2 s128 h2 (whole tiles)"),
       spec("bf16 d32 causal b1 s129 h2"),
+      spec("bf16 d96 causal b2 s300 h4/2 gqa"),
+      spec("fp16 d96 full b1 sq77 sk200 h2/1 mqa accumulate"),
       spec("fp16 d32 full b3 sq64 sk1 h2"),
       spec("bf16 d128 causal s1 h4"),
       spec("bf16 d64 causal sq1 sk1000 h4"),
