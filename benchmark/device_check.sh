@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, SASS check, Python reading our tensor files, and
 # (with HARNESS=1) the kernel harness (build it here first: bash native/cuda/harness/build.sh;
-# HARNESS_ARGS: its flags, e.g. --bwd), (with KERNEL=1) the single-GPU kernel table beside
+# HARNESS_ARGS: its flags, e.g. --bwd, several runs split by '|'), (with KERNEL=1) the single-GPU kernel table beside
 # sdpa_anchor.py's cuDNN rows when .device/anchors has it (KERNEL_ARGS: its flags, e.g. "--shape
 # h=5 --deterministic"; ANCHOR=0 leaves the anchor out), (with BENCH=1) the README table per transport, (with SOLO="2 4")
 # the README table of each world played rank by rank on GPU 0, transfers skipped (slowest rank per column),
@@ -34,7 +34,12 @@ echo "HMMA instructions: $(grep -c HMMA <<<"$sass"), HGMMA: $(grep -c HGMMA <<<"
 echo "--- python reads tensor files"
 node dist/test/python/write_tensor_file.js /tmp/rfa_tensors.msgpack && python3 test/python/read_tensor_file.py /tmp/rfa_tensors.msgpack | tee "$OUT/python_read.txt"
 if [ "${HARNESS:-0}" = 1 ]; then
-  echo "--- harness"; timeout ${HARNESS_TIMEOUT:-120} build/harness/flash_check ${HARNESS_ARGS:-} 2>&1 | tee "$OUT/harness.log" | grep -E "FAIL|ALL PASSED|TIME"
+  # HARNESS_ARGS may hold several runs, split by '|' (e.g. "--bwd --seed=1|--no-checks").
+  IFS='|' read -ra harness_runs <<< "${HARNESS_ARGS:-}"; [ ${#harness_runs[@]} = 0 ] && harness_runs=("")
+  for i in "${!harness_runs[@]}"; do
+    echo "--- harness ${harness_runs[$i]}"
+    timeout ${HARNESS_TIMEOUT:-120} build/harness/flash_check ${harness_runs[$i]} 2>&1 | tee "$OUT/harness-$i.log" | grep -E "FAIL|ALL PASSED|TIME"
+  done
 fi
 if [ "${KERNEL:-0}" = 1 ]; then
   # cuDNN and FlashAttention-2 (PyTorch SDPA) on the same GPU just before, for ours ÷ cuDNN.
@@ -61,7 +66,7 @@ echo "=== summary"; grep -sE "passed|failed" "$OUT/test_gpu.log" | tail -2; grep
 for tool in ${SANITIZE:-}; do grep -hE "^exit|ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-$tool.log" | tail -3; done
 [ -f "$OUT/soak.log" ] && grep -E "^soak" "$OUT/soak.log"
 cat "$OUT/sass.txt"; grep -c PASS "$OUT/python_read.txt" 2>/dev/null
-[ -f "$OUT/harness.log" ] && grep -E "FAILED|ALL PASSED" "$OUT/harness.log"
+grep -sE "FAILED|ALL PASSED" "$OUT"/harness-*.log
 [ -f "$OUT/kernel.log" ] && grep "^|" "$OUT/kernel.log"
 for f in "$OUT"/bench-*.log; do [ -f "$f" ] && { echo "$f"; grep -E "^# |^## |^\| iter|^\|          \| \|" "$f"; }; done
 for f in "$OUT"/targets-*.txt; do [ -f "$f" ] && { echo "$f"; grep -E "BELOW|verdict" "$f"; }; done

@@ -13,7 +13,7 @@
 namespace rfa::cuda {
 namespace {
 
-template <class Tr, typename T, bool kCausal, bool kVarlen>
+template <class Tr, typename T, bool kCausal, bool kVarlen, bool kDet = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     flash_bwd_hopper_kernel(const FlashBwdParams p, const BwdGrid grid,
                             const __grid_constant__ CUtensorMap map_q,
@@ -37,21 +37,21 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       if (threadIdx.x == 0)
         tma_prefetch_map(&map_q), tma_prefetch_map(&map_k), tma_prefetch_map(&map_v),
             tma_prefetch_map(&map_do);
-      bwd_produce<Tr, kVarlen>(p, w, sm, &map_q, &map_k, &map_v, &map_do);
+      bwd_produce<Tr, kVarlen, kDet>(p, w, sm, &map_q, &map_k, &map_v, &map_do);
     } else if (warp <= Tr::kDqTiles) {
-      bwd_write_dq<Tr>(p, w, sm, warp - 1);
+      bwd_write_dq<Tr, kDet>(p, grid, w, sm, warp - 1);
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
     if constexpr (Tr::kWide)
       bwd_consume_wide<Tr, T, kCausal>(p, grid, w, sm, warp - 4);
     else
-      bwd_consume<Tr, T, kCausal, kVarlen>(p, grid, w, sm, warp - 4);
+      bwd_consume<Tr, T, kCausal, kVarlen, kDet>(p, grid, w, sm, warp - 4);
   }
 #endif
 }
 
-template <class Tr, typename T, bool kCausal, bool kVarlen>
+template <class Tr, typename T, bool kCausal, bool kVarlen, bool kDet = false>
 bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
   const AttnShape& sh = p.shape;
   CUtensorMap map_q, map_k, map_v, map_do;
@@ -66,7 +66,7 @@ bool launch(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s) {
     return false;
   const int64_t blocks = int64_t(grid.num_n_blocks) * sh.nheads_k * grid.num_spans * grid.num_splits;
   if (blocks > INT32_MAX) RFA_THROW("E_UNSUPPORTED", "flash_bwd: too many key tiles for one launch");
-  auto kernel = flash_bwd_hopper_kernel<Tr, T, kCausal, kVarlen>;
+  auto kernel = flash_bwd_hopper_kernel<Tr, T, kCausal, kVarlen, kDet>;
   RFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   kernel<<<unsigned(blocks), Tr::kThreads, Tr::kSmemBytes, s>>>(p, grid, map_q, map_k, map_v, map_do);
   RFA_CHECK_LAUNCH("flash_bwd_hopper_kernel");
@@ -78,6 +78,11 @@ bool dispatch_causal(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t 
   if constexpr (!Tr::kWide) {  // kWide: dense batches only (hopper_bwd_covers)
     if (p.seg.num_seqs > 0)
       return p.shape.causal ? launch<Tr, T, true, true>(p, grid, s) : launch<Tr, T, false, true>(p, grid, s);
+  }
+  if constexpr (Tr::kDqTiles == 1) {  // the deterministic mode: head_dim 128, dense, unsplit
+    if (p.deterministic)
+      return p.shape.causal ? launch<Tr, T, true, false, true>(p, grid, s)
+                            : launch<Tr, T, false, false, true>(p, grid, s);
   }
   return p.shape.causal ? launch<Tr, T, true, false>(p, grid, s) : launch<Tr, T, false, false>(p, grid, s);
 }
@@ -99,14 +104,16 @@ bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_
 bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun) {
   const int d = p.shape.head_dim;
   const bool dims = d == 128 || (unrun && (d == 64 || (d == 256 && p.seg.num_seqs == 0)));
-  return dims && !p.deterministic && (p.seg.num_seqs == 0 || unrun) && !p.mods.any(p.shape.causal) &&
+  const bool det = unrun && d == 128 && p.seg.num_seqs == 0;  // the dQ turns of one dQ warp
+  return dims && (!p.deterministic || det) && (p.seg.num_seqs == 0 || unrun) && !p.mods.any(p.shape.causal) &&
          p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
          rows_aligned(p.dq, p.dq_stride, 4, 4);
 }
 
 bool flash_bwd_hopper(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t s,
                       const LaunchOverrides& o) {
-  if (!hopper_bwd_covers(p, o.bwd_kernel == 2)) return false;
+  // The deterministic mode's splits add dK/dV in turns that take the whole CTA (write_dkv_in_turn).
+  if (!hopper_bwd_covers(p, o.bwd_kernel == 2) || (p.deterministic && grid.num_splits > 1)) return false;
   return p.dtype == DType::bf16 ? dispatch_head_dim<__nv_bfloat16>(p, grid, s)
                                 : dispatch_head_dim<__half>(p, grid, s);
 }

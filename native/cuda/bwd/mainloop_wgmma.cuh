@@ -101,16 +101,22 @@ struct BwdHopperSmem {
   }
 };
 
-// The default walk of step_at: query tiles ascending within a head, then the next head.
+// The step after (h, mt) in step_at<kDet>'s walk. Default: query tiles ascending within a head,
+// then the next head; kDet: every query head of the group, then the query tile below.
+template <bool kDet>
 __device__ __forceinline__ void next_step(const BwdWork& w, int& h, int& mt) {
-  if (++mt == w.m_begin + w.m_tiles) mt = w.m_begin, ++h;
+  if constexpr (kDet) {
+    if (++h == w.hk * w.group + w.group) h = w.hk * w.group, --mt;
+  } else {
+    if (++mt == w.m_begin + w.m_tiles) mt = w.m_begin, ++h;
+  }
 }
 
 // The producer warp: K and V once, then per step Q and dO by TMA (lane 0) and their lse and dsum
 // rows by every lane (lse as lse * log2(e), +inf for rows without keys or past the span, so that
 // their probabilities are 0). kVarlen: spans are varlen segments, and the rows of a tile past its
-// span are zeroed (BwdTailBarriers).
-template <class Tr, bool kVarlen>
+// span are zeroed (BwdTailBarriers). kDet: the deterministic mode's walk (step_at<true>).
+template <class Tr, bool kVarlen, bool kDet>
 __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWork& w,
                                             const BwdHopperSmem<Tr>& sm, const CUtensorMap* map_q,
                                             const CUtensorMap* map_k, const CUtensorMap* map_v,
@@ -150,8 +156,8 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
     }
   };
   int h, mt;
-  step_at<false>(w, w.step0, h, mt);
-  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+  step_at<kDet>(w, w.step0, h, mt);
+  for (int st = 0; st < w.steps; ++st, next_step<kDet>(w, h, mt)) {
     const int stage = st % Tr::kStages, m0 = mt * Tr::kBlockM;
     mbar_wait(&bars.stage_empty[stage], ((st / Tr::kStages) & 1) ^ 1);
     if (lane == 0) {
@@ -187,19 +193,24 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
 
 // The dQ warp of tile `tile`: per step, once its consumers have written the tile, one bulk
 // reduction per valid row onto dq (already scaled; kWide: onto its kDqCols columns), then the tile
-// is handed back once the reductions have read it.
-template <class Tr>
-__device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdWork& w,
+// is handed back once the reductions have read it. kDet (one dQ tile a step): the reductions go
+// in this key tile's turn (BwdGrid::dq_turns), which passes on once they are done.
+template <class Tr, bool kDet>
+__device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w,
                                              const BwdHopperSmem<Tr>& sm, int tile) {
+  static_assert(!kDet || Tr::kDqTiles == 1, "one dQ tile a step, or its two would race");
   using Nb = BwdNamedBarriers<Tr>;
   if (w.steps == 0) return;
   const Span& sp = w.sp;
   const int lane = threadIdx.x % kWarpSize;
   named_arrive(Nb::dq_empty(tile), Nb::kDqThreads);  // the tile starts free
+  const int mine = w.n0 / Tr::kBlockN;               // kDet: this key tile's turn
   int h, mt;
-  step_at<false>(w, w.step0, h, mt);
-  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+  step_at<kDet>(w, w.step0, h, mt);
+  for (int st = 0; st < w.steps; ++st, next_step<kDet>(w, h, mt)) {
     named_sync(Nb::dq_full(tile), Nb::kDqThreads);
+    int* turn = nullptr;
+    if constexpr (kDet) turn = dq_turn(p, grid, w, h, mt), wait_turn_warp(turn, mine);
     float* gdq =
         p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head + (Tr::kWide ? tile * Tr::kDqCols : 0);
 #pragma unroll
@@ -210,8 +221,13 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdW
                             Tr::kDqTileCols * 4);
     }
     bulk_commit();
-    bulk_wait_read<0>();
-    __syncwarp();
+    if constexpr (kDet) {
+      bulk_wait<0>();  // the additions are done: the turn may pass
+      pass_turn_warp(turn, mine + 1);
+    } else {
+      bulk_wait_read<0>();
+      __syncwarp();
+    }
     if (st + 1 < w.steps) named_arrive(Nb::dq_empty(tile), Nb::kDqThreads);
   }
   bulk_wait<0>();
@@ -234,8 +250,9 @@ __device__ __forceinline__ void end_step(float (&acc_dv)[kDkv], float (&acc_dk)[
 
 // A consumer warpgroup (wg 0 or 1: keys 64 wg .. 64 wg + 63 of the tile); warp `cwarp` (0..7 over
 // both) owns keys 16 cwarp + g and + 8, as in the FlashAttention-2 style kernels, so the masks and
-// the dK/dV epilogue (write_dkv) are theirs.
-template <class Tr, typename T, bool kCausal, bool kVarlen>
+// the dK/dV epilogue (write_dkv) are theirs. kDet: the deterministic mode's walk; the turns are
+// the dQ warp's.
+template <class Tr, typename T, bool kCausal, bool kVarlen, bool kDet>
 __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w,
                                             const BwdHopperSmem<Tr>& sm, int cwarp) {
   using Mma = MmaType<T>;
@@ -298,8 +315,8 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     if constexpr (kVarlen) mbar_wait(&sm.tails().kv_ready, 0);
   }
   int h, mt;
-  step_at<false>(w, w.step0, h, mt);
-  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+  step_at<kDet>(w, w.step0, h, mt);
+  for (int st = 0; st < w.steps; ++st, next_step<kDet>(w, h, mt)) {
     const int stage = st % Tr::kStages, buf = st % Tr::kDsBuffers;
     const uint32_t parity = (st / Tr::kStages) & 1;
     const int m0 = mt * kBM;

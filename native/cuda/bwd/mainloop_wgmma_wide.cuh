@@ -85,7 +85,7 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
   if (w.steps > 0) mbar_wait(&bars.kv_full, 0);
   int h, mt;
   step_at<false>(w, w.step0, h, mt);
-  for (int st = 0; st < w.steps; ++st, next_step(w, h, mt)) {
+  for (int st = 0; st < w.steps; ++st, next_step<false>(w, h, mt)) {
     const int stage = st % Tr::kStages;
     const uint32_t parity = (st / Tr::kStages) & 1;
     const int m0 = mt * kBM;

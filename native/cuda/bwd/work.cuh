@@ -178,19 +178,27 @@ __device__ __forceinline__ void write_dkv(const FlashBwdParams& p, const BwdGrid
   }
 }
 
+// Spins (acquire loads) until `turn` reaches `mine`.
+__device__ __forceinline__ void poll_turn(const int* turn, int mine) {
+  int now;
+  while (true) {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(now) : "l"(turn) : "memory");
+    if (now == mine) break;
+    __nanosleep(64);
+  }
+}
+
+// Sets `turn` to `next` with release semantics (a gpu-scope fence, then the store).
+__device__ __forceinline__ void release_turn(int* turn, int next) {
+  asm volatile("fence.acq_rel.gpu;\n\tst.relaxed.gpu.global.b32 [%0], %1;" ::"l"(turn), "r"(next) : "memory");
+}
+
 // Deterministic dQ (BwdGrid::dq_turns): the whole CTA waits until `turn` reaches `mine`. Only key
 // tiles of lower index, hence of lower blockIdx and launched earlier, are waited for, so the
 // wait cannot deadlock. Thread 0 polls with acquire loads; the barrier passes the order on to
 // every thread's atomics that follow.
 __device__ __forceinline__ void wait_turn(const int* turn, int mine) {
-  if (threadIdx.x == 0) {
-    int now;
-    while (true) {
-      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(now) : "l"(turn) : "memory");
-      if (now == mine) break;
-      __nanosleep(64);
-    }
-  }
+  if (threadIdx.x == 0) poll_turn(turn, mine);
   __syncthreads();
 }
 
@@ -198,15 +206,36 @@ __device__ __forceinline__ void wait_turn(const int* turn, int mine) {
 // reached after its dQ atomics: the release is cumulative over what the barrier ordered before it
 // (CUTLASS's semaphores do the same), so only thread 0 waits for the fence.
 __device__ __forceinline__ void pass_turn_after_barrier(int* turn, int next) {
-  if (threadIdx.x == 0)
-    asm volatile("fence.acq_rel.gpu;\n\tst.relaxed.gpu.global.b32 [%0], %1;" ::"l"(turn), "r"(next)
-                 : "memory");
+  if (threadIdx.x == 0) release_turn(turn, next);
 }
 
 // After this CTA's dQ atomics of the tile.
 __device__ __forceinline__ void pass_turn(int* turn, int next) {
   __syncthreads();
   pass_turn_after_barrier(turn, next);
+}
+
+// Orders this thread's global accesses of the generic proxy (the turns' loads and stores) with
+// those of the async proxy (bulk reductions), both ways.
+__device__ __forceinline__ void fence_proxy_async_global() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+#endif
+}
+
+// The turns of one warp whose lanes add by bulk reductions (the Hopper backward's dQ warp): lane
+// 0 polls, and every lane's reductions follow the acquire through the warp barrier and the proxy
+// fence.
+__device__ __forceinline__ void wait_turn_warp(const int* turn, int mine) {
+  if (threadIdx.x % kWarpSize == 0) poll_turn(turn, mine);
+  __syncwarp();
+  fence_proxy_async_global();
+}
+// Once every lane's reductions are done (cp.async.bulk.wait_group 0): lane 0 releases the turn.
+__device__ __forceinline__ void pass_turn_warp(int* turn, int next) {
+  fence_proxy_async_global();
+  __syncwarp();
+  if (threadIdx.x % kWarpSize == 0) release_turn(turn, next);
 }
 
 // write_dkv, in the deterministic mode's split order: split s adds its dK/dV once splits 0..s-1

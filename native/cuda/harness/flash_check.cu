@@ -985,6 +985,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   const float t_bwd_fa2 = bwd ? bwd_ms(bp) : 0.f;
   cuda::force_bwd_kernel(2);  // the Hopper backward where it covers the call, head_dim 64 included
   const float t_bwd_hopper = bwd || d == 256 ? bwd_ms(bp) : 0.f;
+  const float t_bwd_det_hopper = bwd ? bwd_ms(bpd) : 0.f;  // at head_dim 128 the Hopper backward's
   cuda::force_bwd_kernel(-1);
   const float t_all = !bwd ? 0.f : median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
@@ -1013,6 +1014,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     line("bwd-det", t_bwd_det, 2.5 * fwd_flop);
     line("bwd-fa2wg", t_bwd_fa2, 2.5 * fwd_flop);
     line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
+    line("bwd-det-fa3", t_bwd_det_hopper, 2.5 * fwd_flop);
     line("fwd+bwd", t_all, 3.5 * fwd_flop);
   } else if (d == 256) {
     line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
@@ -1127,8 +1129,8 @@ int main(int argc, char** argv) {
   bool hopper_varlen = false;
   bool windows_only = false;  // --windows: only the sliding-window and global-position checks
   bool bwd_only = false;      // --bwd: only the backward's checks, on each backward kernel (the Hopper
-                              // backward at head_dim 64 and 256 and on varlen segments too,
-                              // force_bwd_kernel(2))
+                              // backward at head_dim 64 and 256, on varlen segments and in the
+                              // deterministic mode too, force_bwd_kernel(2))
   uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--no-timing"))
@@ -1234,6 +1236,15 @@ int main(int argc, char** argv) {
     }
     with_bwd.push_back(gaps), with_bwd.push_back(gaps64);
     wide.push_back(spec("fp16 d256 causal b1 s700 h4/1 mqa accumulate"));
+    // The deterministic mode (bits compared over two runs): kernel 2 takes it on the Hopper backward
+    // at head_dim 128 when unsplit; 16 key tiles a query tile in the first.
+    for (Config c :
+         {spec("bf16 d128 causal b1 s2048 h8/2 gqa"), spec("fp16 d128 full b2 sq300 sk900 h4 accumulate"),
+          spec("bf16 d128 causal sq300 sk77 h8/2 (keyless rows)")}) {
+      c.deterministic = true;
+      c.name += " deterministic";
+      with_bwd.push_back(c);
+    }
     for (int kernel : {2, -1, 1}) {
       cuda::force_bwd_kernel(kernel);
       std::vector<Config> run = with_bwd;
