@@ -12,7 +12,7 @@
 namespace rfa::cuda {
 
 // Tensor-core attention kernels; bf16/f16 inputs, head_dim 32, 64, 96 or 128 (the forward on
-// Hopper also 192 and 256, dense batches; the Hopper backward at 256 is behind
+// Hopper also 192 and 256, dense batches; the Hopper backward there is behind
 // LaunchOverrides::bwd_kernel 2 until it has run). Forward on sm_90: the FlashAttention-3 structure of
 // native/cuda/fwd/ for dense head_dim 64..256 on grids of a tile per SM or more; otherwise, and
 // for the backward, FlashAttention-2 style kernels: wgmma (Hopper) for head_dim 128 on sm_90,

@@ -199,9 +199,9 @@ void dispatch_causal(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k
     launch_bwd<kHeadDim, T, false>(p, grid, s);
 }
 
-// head_dim 192 and 256 (check_attn lets them through on sm_90 for batches): the Hopper backward at
-// 256 only, and only where LaunchOverrides::bwd_kernel 2 asks for it until it has run on a GPU.
-// Refused before any tensor is looked at.
+// head_dim 192 and 256 (check_attn lets them through on sm_90 for batches): the Hopper backward's,
+// only where LaunchOverrides::bwd_kernel 2 asks for it until it has run on a GPU. Refused before
+// any tensor is looked at.
 void check_wide(const FlashBwdParams& p, const LaunchOverrides& o) {
   const int d = p.shape.head_dim;
   const std::string what = "flash_bwd: head_dim " + std::to_string(d);
@@ -211,18 +211,18 @@ void check_wide(const FlashBwdParams& p, const LaunchOverrides& o) {
                                    "need head_dim <= 128 on CUDA");
   if (p.deterministic)
     RFA_THROW("E_UNSUPPORTED", what + ": the deterministic mode needs head_dim <= 128 on CUDA");
-  if (d != 256 || o.bwd_kernel != 2)
+  if (o.bwd_kernel != 2)
     RFA_THROW("E_UNSUPPORTED", what + ": the CUDA backward covers head_dim 32, 64, 96 and 128");
 }
 
-template <typename T>
+template <int kHeadDim, typename T>
 void dispatch_wide(const FlashBwdParams& p, BwdGrid grid, int max_q, int max_k, cudaStream_t s,
                    ScratchBlock& turns, const LaunchOverrides& o) {
-  grid = size_grid<BwdHopperTraits<256>>(p, grid, max_q, max_k, s, turns, o);
+  grid = size_grid<BwdHopperTraits<kHeadDim>>(p, grid, max_q, max_k, s, turns, o);
   if (!flash_bwd_hopper(p, grid, s, o))
-    RFA_THROW("E_UNSUPPORTED",
-              "flash_bwd: head_dim 256: the driver declined a tensor map of q, k, v or dout, "
-              "or dq's rows are not 16-byte aligned");
+    RFA_THROW("E_UNSUPPORTED", "flash_bwd: head_dim " + std::to_string(kHeadDim) +
+                                   ": the driver declined a tensor map of q, k, v or dout, or dq's rows are "
+                                   "not 16-byte aligned");
 }
 
 template <typename T>
@@ -230,8 +230,9 @@ void dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, int max_q, 
                        ScratchBlock& turns, const LaunchOverrides& o) {
   switch (p.shape.head_dim) {
     case 192:
+      return dispatch_wide<192, T>(p, grid, max_q, max_k, s, turns, o);
     case 256:
-      return dispatch_wide<T>(p, grid, max_q, max_k, s, turns, o);
+      return dispatch_wide<256, T>(p, grid, max_q, max_k, s, turns, o);
     case 32:
       return dispatch_causal<32, T>(p, grid, max_q, max_k, s, turns, o);
     case 64:

@@ -213,23 +213,24 @@ struct BwdWgTraits {
 // also wait for dV and dK to free registers: benchmark/RESULTS.md). dQ tiles are padded per row
 // (kDqPitch) so that the consumers' fragment stores do not conflict on banks.
 //
-// head_dim 256 (kWide, bwd/mainloop_wgmma_wide.cuh): dK and dV of 64 keys would take 256
-// registers a thread, so both consumers work on the same 64 keys and split the columns instead:
-// each keeps dK, dV and computes dQ for 128 of them. S^T and dP^T are split by queries (32 each),
-// and P^T and dS^T go through shared memory (buffers 0 and 1) for the MMAs that read every query.
-// Each consumer's dQ columns have their own tile and dQ warp. Q and dO stages take 32 KB each,
-// so there is one.
+// head_dim 192 and 256 (kWide, bwd/mainloop_wgmma_wide.cuh): dK and dV of 64 keys would take
+// up to 256 registers a thread, so both consumers work on the same 64 keys and split the columns
+// instead: consumer 0 keeps dK, dV and computes dQ for columns 0..127, consumer 1 for the rest
+// (64 at head_dim 192: the operands' column blocks are 64 wide). S^T and dP^T are split by
+// queries (32 each), and P^T and dS^T go through shared memory (buffers 0 and 1) for the MMAs that
+// read every query. Each consumer's dQ columns have their own tile and dQ warp. At head_dim 256 a
+// Q or dO stage takes 32 KB, so there is one.
 template <int kHeadDim_>
 struct BwdHopperTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kOwnDq = kHeadDim == 64;
-  static constexpr bool kWide = kHeadDim == 256;
+  static constexpr bool kWide = kHeadDim > 128;
   static constexpr int kWgThreads = 4 * kWarpSize;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = (kConsumers + 1) * kWgThreads;
   static constexpr int kBlockN = kWide ? 64 : 64 * kConsumers;  // keys per CTA
   static constexpr int kBlockM = 64;                            // query rows per step
-  static constexpr int kStages = kWide ? 1 : 2;
+  static constexpr int kStages = kHeadDim == 256 ? 1 : 2;
   static constexpr int kColBlocks = kHeadDim / 64;  // 128-byte swizzle atoms (TMA boxes) per row
   static constexpr int kKSteps = kHeadDim / 16;     // k-steps of S^T = K Q^T and dP^T = V dO^T
   static constexpr int kKVBytes = kBlockN * kHeadDim * 2;
@@ -237,19 +238,29 @@ struct BwdHopperTraits {
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // one dS^T (kWide: or P^T) buffer
   static constexpr int kDsBuffers = kOwnDq ? 1 : 2;
   static constexpr int kDqTiles = kOwnDq || kWide ? kConsumers : 1;
-  static constexpr int kDqCols = kOwnDq ? kHeadDim : kHeadDim / kConsumers;  // per consumer
-  static constexpr int kDqTileCols = kWide ? kDqCols : kHeadDim;             // kWide: tile i's from i kDqCols
-  static constexpr int kDqPitch = kDqTileCols * 4 + 32;  // bytes per row of an fp32 dQ tile
+  static constexpr int kDqCols = kOwnDq ? kHeadDim : kHeadDim / kConsumers;  // per consumer (not kWide)
+  // dQ tile `tile`: its columns (kWide: from 128 tile, consumer `tile`'s; else every column) and
+  // its bytes per row, padded so that the consumers' fragment stores do not conflict on banks.
+  static constexpr int dq_tile_cols(int tile) {
+    return kWide ? (tile == 0 ? 128 : kHeadDim - 128) : kHeadDim;
+  }
+  static constexpr int dq_tile_col0(int tile) { return kWide ? 128 * tile : 0; }
+  static constexpr int dq_pitch(int tile) { return dq_tile_cols(tile) * 4 + 32; }
+  static constexpr int kDqPitch = dq_pitch(0);
   static constexpr int kDqTileBytes = kBlockM * kDqPitch;
+  static constexpr int dq_tile_offset(int tile) {
+    return kWide ? (tile ? kDqTileBytes : 0) : tile * kDqTileBytes;
+  }
   static constexpr int kOffV = kKVBytes, kOffQ = 2 * kKVBytes, kOffDout = kOffQ + kStages * kQBytes;
   static constexpr int kOffDs = kOffDout + kStages * kQBytes, kOffDq = kOffDs + kDsBuffers * kDsBytes;
-  static constexpr int kOffLse = kOffDq + kDqTiles * kDqTileBytes, kOffDsum = kOffLse + kStages * kBlockM * 4;
+  static constexpr int kOffLse = kOffDq + dq_tile_offset(kDqTiles - 1) + kBlockM * dq_pitch(kDqTiles - 1);
+  static constexpr int kOffDsum = kOffLse + kStages * kBlockM * 4;
   static constexpr int kOffBars = kOffDsum + kStages * kBlockM * 4;
   static constexpr int kSmemBytes = kOffBars + 256 + 1024;  // + barriers, + alignment slack
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 
-  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
-                "head_dim 64 or 128 (dK and dV of 64 keys in registers) or 256 (half their columns)");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 192 || kHeadDim == 256,
+                "head_dim 64 or 128 (dK and dV of 64 keys in registers), 192 or 256 (split columns)");
   static_assert(kOffQ % 1024 == 0 && kOffDout % 1024 == 0 && kOffDs % 1024 == 0 && kQBytes % 1024 == 0,
                 "every swizzled tile starts on a 1024-byte boundary");
   static_assert(kDqPitch % 16 == 0 && kOffDq % 16 == 0, "bulk copies read 16-byte aligned rows");

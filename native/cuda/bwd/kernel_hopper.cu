@@ -1,5 +1,5 @@
-// The Hopper backward kernel (BwdHopperTraits, bwd/mainloop_wgmma.cuh and, at head_dim 256,
-// bwd/mainloop_wgmma_wide.cuh) and its launch: tensor maps
+// The Hopper backward kernel (BwdHopperTraits, bwd/mainloop_wgmma.cuh and, at head_dim 192 and
+// 256, bwd/mainloop_wgmma_wide.cuh) and its launch: tensor maps
 // of q, k, v and dout, one CTA per (key tile, kv head, batch entry, split) as the FlashAttention-2
 // style kernels.
 #include <cuda.h>
@@ -43,9 +43,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   } else {
     warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    if constexpr (Tr::kWide)
-      bwd_consume_wide<Tr, T, kCausal>(p, grid, w, sm, warp - 4);
-    else
+    if constexpr (Tr::kWide) {
+      constexpr int kCols0 = Tr::dq_tile_cols(0), kCols1 = Tr::dq_tile_cols(1);
+      if (kCols0 == kCols1 || warp < 8)
+        bwd_consume_wide<Tr, T, kCausal, kCols0>(p, grid, w, sm, warp - 4);
+      else
+        bwd_consume_wide<Tr, T, kCausal, kCols1>(p, grid, w, sm, warp - 4);
+    } else
       bwd_consume<Tr, T, kCausal, kVarlen, kDet>(p, grid, w, sm, warp - 4);
   }
 #endif
@@ -92,6 +96,8 @@ bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_
   switch (p.shape.head_dim) {
     case 64:
       return dispatch_causal<BwdHopperTraits<64>, T>(p, grid, s);
+    case 192:
+      return dispatch_causal<BwdHopperTraits<192>, T>(p, grid, s);
     case 256:
       return dispatch_causal<BwdHopperTraits<256>, T>(p, grid, s);
     default:
@@ -103,7 +109,7 @@ bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_
 
 bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun) {
   const int d = p.shape.head_dim;
-  const bool dims = d == 128 || (unrun && (d == 64 || (d == 256 && p.seg.num_seqs == 0)));
+  const bool dims = d == 128 || (unrun && (d == 64 || (d > 128 && p.seg.num_seqs == 0)));
   const bool det = unrun && d == 128 && p.seg.num_seqs == 0;  // the dQ turns of one dQ warp
   return dims && (!p.deterministic || det) && (p.seg.num_seqs == 0 || unrun) && !p.mods.any(p.shape.causal) &&
          p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&

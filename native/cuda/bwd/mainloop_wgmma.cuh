@@ -82,7 +82,7 @@ struct BwdHopperSmem {
     return base + Tr::kOffDs + buf * Tr::kDsBytes;
   }
   __device__ __forceinline__ unsigned char* dq(int tile) const {
-    return base + Tr::kOffDq + tile * Tr::kDqTileBytes;
+    return base + Tr::kOffDq + Tr::dq_tile_offset(tile);
   }
   __device__ __forceinline__ float* lse(int stage) const {
     return reinterpret_cast<float*>(base + Tr::kOffLse) + stage * Tr::kBlockM;
@@ -192,7 +192,7 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
 }
 
 // The dQ warp of tile `tile`: per step, once its consumers have written the tile, one bulk
-// reduction per valid row onto dq (already scaled; kWide: onto its kDqCols columns), then the tile
+// reduction per valid row onto dq (already scaled; kWide: onto its columns), then the tile
 // is handed back once the reductions have read it. kDet (one dQ tile a step): the reductions go
 // in this key tile's turn (BwdGrid::dq_turns), which passes on once they are done.
 template <class Tr, bool kDet>
@@ -211,14 +211,13 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdG
     named_sync(Nb::dq_full(tile), Nb::kDqThreads);
     int* turn = nullptr;
     if constexpr (kDet) turn = dq_turn(p, grid, w, h, mt), wait_turn_warp(turn, mine);
-    float* gdq =
-        p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head + (Tr::kWide ? tile * Tr::kDqCols : 0);
+    float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head + Tr::dq_tile_col0(tile);
 #pragma unroll
     for (int r = lane; r < Tr::kBlockM; r += kWarpSize) {
       const int q = mt * Tr::kBlockM + r;
       if (q < sp.nq)
-        bulk_reduce_add_f32(gdq + int64_t(sp.q0 + q) * p.dq_stride.row, sm.dq(tile) + r * Tr::kDqPitch,
-                            Tr::kDqTileCols * 4);
+        bulk_reduce_add_f32(gdq + int64_t(sp.q0 + q) * p.dq_stride.row, sm.dq(tile) + r * Tr::dq_pitch(tile),
+                            Tr::dq_tile_cols(tile) * 4);
     }
     bulk_commit();
     if constexpr (kDet) {

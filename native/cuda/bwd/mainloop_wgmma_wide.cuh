@@ -1,9 +1,9 @@
-// A consumer warpgroup of the Hopper backward at head_dim 256 (BwdHopperTraits::kWide, sm_90a).
-// The producer warp and the dQ warps are mainloop_wgmma.cuh's.
+// A consumer warpgroup of the Hopper backward at head_dim 192 and 256 (BwdHopperTraits::kWide,
+// sm_90a). The producer warp and the dQ warps are mainloop_wgmma.cuh's.
 //
-// Both consumers work on the CTA's 64 keys; consumer c owns columns [128c, 128c + 128) of dK, dV
-// and dQ, and queries [32c, 32c + 32) of each step's scores. Per step (query head h, query tile
-// of 64 rows):
+// Both consumers work on the CTA's 64 keys; consumer c owns columns [128c, 128c + kCols) of dK, dV
+// and dQ (kCols: 128, or 64 for consumer 1 at head_dim 192), and queries [32c, 32c + 32) of each
+// step's scores. Per step (query head h, query tile of 64 rows):
 //   S^T = K Q_c^T and dP^T = V dO_c^T (64 keys x 32 queries, every column of K and V);
 //   P^T = exp2(S^T scale_log2 - lse_log2), dS^T = P^T (dP^T - dsum), both stored to shared memory
 //   (16-bit, dS^T's swizzled layout), once the other consumer has read the previous step's;
@@ -26,16 +26,17 @@ namespace rfa::cuda {
 
 // Consumer warp `cwarp` (0..7 over both; warpgroup wg = cwarp / 4): keys 16 (cwarp % 4) + g and
 // + 8 of the tile in every MMA whose rows are keys, as in the other kernels' epilogue.
-template <class Tr, typename T, bool kCausal>
+template <class Tr, typename T, bool kCausal, int kCols>
 __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const BwdGrid& grid,
                                                  const BwdWork& w, const BwdHopperSmem<Tr>& sm, int cwarp) {
   using Mma = MmaType<T>;
   using Nb = BwdNamedBarriers<Tr>;
-  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kCols = Tr::kDqCols;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN;
   constexpr int kQ = kBM / Tr::kConsumers;  // queries of S^T per consumer
   constexpr int kQTiles = kQ / 8;           // its 8-query n-tiles
-  static_assert(Tr::kWide && kBN == 64 && kQ == 32 && kCols == 128,
-                "64 keys, 32 queries of scores and 128 columns per consumer");
+  constexpr int kDqPitch = kCols * 4 + 32;  // Tr::dq_pitch of this consumer's tile
+  static_assert(Tr::kWide && kBN == 64 && kQ == 32 && (kCols == 128 || kCols == 64),
+                "64 keys, 32 queries of scores and 128 or 64 columns per consumer");
   BwdHopperBarriers<Tr>& bars = sm.bars();
   const Span& sp = w.sp;
   const int lane = threadIdx.x % kWarpSize;
@@ -43,10 +44,11 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
   const int g = lane / 4, t = lane % 4;
   const int key_lo = w.n0 + wq * 16 + g;  // this lane's keys: key_lo and key_lo + 8
   const int q_lo = wg * kQ;               // this consumer's first query of the tile
+  const int col0 = wg * 128;              // and its first column
 
   // Matrix descriptors (layouts as in mainloop_wgmma.cuh). K-major: S^T's A (K, V) and B (Q, dO
-  // rows q_lo..), dV's and dK's A (P^T, dS^T); MN-major: dV's and dK's B (dO, Q columns from 128
-  // wg: column blocks 2 wg and 2 wg + 1), dQ's A (dS, read from dS^T) and B (K, the same columns).
+  // rows q_lo..), dV's and dK's A (P^T, dS^T); MN-major: dV's and dK's B (dO, Q columns from col0:
+  // column blocks from 2 wg), dQ's A (dS, read from dS^T) and B (K, the same columns).
   const uint32_t smem0 = smem_u32(sm.base);
   constexpr uint32_t kColBlockM = kBM * 128, kColBlockN = kBN * 128;  // bytes per column block
   const uint64_t dK = gmma_desc(smem0, 16), dV = gmma_desc(smem0 + Tr::kOffV, 16);
@@ -54,9 +56,9 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
   const uint64_t ddOk = gmma_desc(smem0 + Tr::kOffDout + q_lo * 128, 16);
   const uint64_t dPt = gmma_desc(smem0 + Tr::kOffDs, 16);
   const uint64_t dDst = gmma_desc(smem0 + Tr::kOffDs + Tr::kDsBytes, 16);
-  const uint64_t dQm = gmma_desc(smem0 + Tr::kOffQ + 2 * wg * kColBlockM, kColBlockM);
-  const uint64_t ddOm = gmma_desc(smem0 + Tr::kOffDout + 2 * wg * kColBlockM, kColBlockM);
-  const uint64_t dKm = gmma_desc(smem0 + 2 * wg * kColBlockN, kColBlockN);
+  const uint64_t dQm = gmma_desc(smem0 + Tr::kOffQ + col0 / 64 * kColBlockM, kColBlockM);
+  const uint64_t ddOm = gmma_desc(smem0 + Tr::kOffDout + col0 / 64 * kColBlockM, kColBlockM);
+  const uint64_t dKm = gmma_desc(smem0 + col0 / 64 * kColBlockN, kColBlockN);
   constexpr uint32_t kStageStep = Tr::kQBytes / 16;
   auto koff = [](int kk, int rows) { return uint32_t(((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4); };
 
@@ -64,7 +66,7 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
 #pragma unroll
   for (int i = 0; i < kCols / 2; ++i) acc_dk[i] = acc_dv[i] = 0.f;
 
-  // dQ_c (64 queries x 128 columns): rows 16 wq + g (+ 8), columns 8i + 2t (+ 1) of tile wg,
+  // dQ_c (64 queries x kCols columns): rows 16 wq + g (+ 8), columns 8i + 2t (+ 1) of tile wg,
   // scaled, once its dQ warp has read the previous step's.
   float dq[kCols / 2];
   auto store_dq = [&] {
@@ -72,7 +74,7 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
     named_sync(Nb::dq_empty(wg), Nb::kDqThreads);
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
-      float* row = reinterpret_cast<float*>(sm.dq(wg) + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) + 2 * t;
+      float* row = reinterpret_cast<float*>(sm.dq(wg) + (wq * 16 + hi * 8 + g) * kDqPitch) + 2 * t;
 #pragma unroll
       for (int i = 0; i < kCols / 8; ++i)
         *reinterpret_cast<float2*>(row + i * 8) =
@@ -163,7 +165,7 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
     wgmma_commit();
     end_step(acc_dv, acc_dk, dq, &bars.stage_empty[stage], lane, store_dq);
   }
-  write_dkv_in_turn<kCols / 8, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN, wg * kCols);
+  write_dkv_in_turn<kCols / 8, false>(p, grid, w, key_lo, t, acc_dk, acc_dv, kBN, col0);
 }
 
 }  // namespace rfa::cuda

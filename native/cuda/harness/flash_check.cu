@@ -873,7 +873,8 @@ void run_errors() {
     cuda::flash_bwd(p, 0, scratch());
   });
   // With the Hopper backward asked for (force_bwd_kernel(2)), what it does not cover at head_dim
-  // 256 and 192 is still refused by name, before any tensor is read.
+  // 256 and 192 (the deterministic mode, score hooks) is still refused by name, before any tensor
+  // is read.
   cuda::force_bwd_kernel(2);
   struct Refused {
     const char* name;
@@ -883,12 +884,13 @@ void run_errors() {
   };
   for (const Refused& r : {Refused{"flash_bwd head_dim 256 deterministic [hopper bwd]", 256, true, 0.f},
                            Refused{"flash_bwd head_dim 256 softcap [hopper bwd]", 256, false, 30.f},
-                           Refused{"flash_bwd head_dim 192 [hopper bwd]", 192, false, 0.f}})
+                           Refused{"flash_bwd head_dim 192 window [hopper bwd]", 192, false, 0.f}})
     expect_throw(r.name, "E_UNSUPPORTED", [&] {
       FlashBwdParams p;
       p.shape = AttnShape{1, 8, 8, 2, 2, r.d, 0.1f, false};
       p.deterministic = r.deterministic;
       p.mods.softcap = r.softcap;
+      if (r.d == 192) p.mods.window_left = 64;
       cuda::flash_bwd(p, 0, scratch());
     });
   cuda::force_bwd_kernel(-1);
@@ -970,7 +972,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
       cuda::flash_bwd(params, 0, scratch());
     });
   };
-  const bool bwd = d <= 128;  // wider head dims: the Hopper backward's at 256 only (bwd-fa3)
+  const bool bwd = d <= 128;  // wider head dims: the Hopper backward's only (bwd-fa3)
   const float t_bwd = bwd ? bwd_ms(bp) : 0.f;
   // A ring step's backward: dK/dV added onto what they hold.
   FlashBwdParams bpa = bp;
@@ -984,7 +986,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   cuda::force_bwd_kernel(1);  // the FlashAttention-2 style backward, for comparison
   const float t_bwd_fa2 = bwd ? bwd_ms(bp) : 0.f;
   cuda::force_bwd_kernel(2);  // the Hopper backward where it covers the call, head_dim 64 included
-  const float t_bwd_hopper = bwd || d == 256 ? bwd_ms(bp) : 0.f;
+  const float t_bwd_hopper = bwd_ms(bp);
   const float t_bwd_det_hopper = bwd ? bwd_ms(bpd) : 0.f;  // at head_dim 128 the Hopper backward's
   cuda::force_bwd_kernel(-1);
   const float t_all = !bwd ? 0.f : median_ms([&] {
@@ -1016,7 +1018,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
     line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
     line("bwd-det-fa3", t_bwd_det_hopper, 2.5 * fwd_flop);
     line("fwd+bwd", t_all, 3.5 * fwd_flop);
-  } else if (d == 256) {
+  } else {
     line("bwd-fa3", t_bwd_hopper, 2.5 * fwd_flop);
   }
   // With `sweeps` (--bench=K), the cost models' picks above against forced alternatives: the
@@ -1227,11 +1229,11 @@ int main(int argc, char** argv) {
   gaps64.segs = {{0, 130, 0, 300}, {130, 260, 350, 129}};
   gaps64.nan_gaps = true;
   if (bwd_only) {
-    std::vector<Config> with_bwd, wide;  // wide: head_dim 256, whose backward only kernel 2 has
+    std::vector<Config> with_bwd, wide;  // wide: head_dim 192 and 256, whose backward only kernel 2 has
     for (Config c : configs) {
       if (!c.fwd_only)
         with_bwd.push_back(c);
-      else if (c.d == 256)
+      else
         c.fwd_only = false, wide.push_back(c);
     }
     with_bwd.push_back(gaps), with_bwd.push_back(gaps64);
@@ -1252,7 +1254,7 @@ int main(int argc, char** argv) {
       for (int splits : {-1, 3}) {
         cuda::force_bwd_splits(splits);
         for (Config c : run) {
-          c.name += std::string(kernel == 2  ? " [hopper bwd, d64, d256 too"
+          c.name += std::string(kernel == 2  ? " [hopper bwd, d64, d192, d256 too"
                                 : kernel < 0 ? " [default bwd"
                                              : " [fa2 bwd") +
                     (splits > 0 ? ", splits 3]" : "]");
