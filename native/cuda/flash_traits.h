@@ -239,8 +239,8 @@ struct BwdHopperTraits {
   static constexpr int kDsBuffers = kOwnDq ? 1 : 2;
   static constexpr int kDqTiles = kOwnDq || kWide ? kConsumers : 1;
   static constexpr int kDqCols = kOwnDq ? kHeadDim : kHeadDim / kConsumers;  // per consumer (not kWide)
-  // dQ tile `tile`: its columns (kWide: from 128 tile, consumer `tile`'s; else every column) and
-  // its bytes per row, padded so that the consumers' fragment stores do not conflict on banks.
+  // dQ tile `tile`: its columns (kWide: consumer `tile`'s, from column 128 tile; else every column)
+  // and its bytes per row, padded so that the consumers' fragment stores do not conflict on banks.
   static constexpr int dq_tile_cols(int tile) {
     return kWide ? (tile == 0 ? 128 : kHeadDim - 128) : kHeadDim;
   }

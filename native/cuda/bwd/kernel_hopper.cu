@@ -1,7 +1,6 @@
 // The Hopper backward kernel (BwdHopperTraits, bwd/mainloop_wgmma.cuh and, at head_dim 192 and
-// 256, bwd/mainloop_wgmma_wide.cuh) and its launch: tensor maps
-// of q, k, v and dout, one CTA per (key tile, kv head, batch entry, split) as the FlashAttention-2
-// style kernels.
+// 256, bwd/mainloop_wgmma_wide.cuh) and its launch: tensor maps of q, k, v and dout, one CTA per
+// (key tile, kv head, batch entry, split) as the FlashAttention-2 style kernels.
 #include <cuda.h>
 
 #include "cuda/bwd/launch.h"
