@@ -82,7 +82,7 @@ bool dispatch_causal(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_t 
     if (p.seg.num_seqs > 0)
       return p.shape.causal ? launch<Tr, T, true, true>(p, grid, s) : launch<Tr, T, false, true>(p, grid, s);
   }
-  if constexpr (Tr::kDqTiles == 1) {  // the deterministic mode: head_dim 128, dense, unsplit
+  if constexpr (!Tr::kWide) {  // the deterministic mode: head_dim 64 and 128, dense, unsplit
     if (p.deterministic)
       return p.shape.causal ? launch<Tr, T, true, false, true>(p, grid, s)
                             : launch<Tr, T, false, false, true>(p, grid, s);
@@ -109,7 +109,7 @@ bool dispatch_head_dim(const FlashBwdParams& p, const BwdGrid& grid, cudaStream_
 bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun) {
   const int d = p.shape.head_dim;
   const bool dims = d == 128 || (unrun && (d == 64 || (d > 128 && p.seg.num_seqs == 0)));
-  const bool det = unrun && d == 128 && p.seg.num_seqs == 0;  // the dQ turns of one dQ warp
+  const bool det = unrun && d <= 128 && p.seg.num_seqs == 0;  // the dQ warps' turns
   return dims && (!p.deterministic || det) && (p.seg.num_seqs == 0 || unrun) && !p.mods.any(p.shape.causal) &&
          p.shape.batch > 0 && p.shape.seqlen_q > 0 && p.shape.seqlen_k > 0 &&
          rows_aligned(p.dq, p.dq_stride, 4, 4);

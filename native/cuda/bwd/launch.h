@@ -12,7 +12,7 @@ namespace rfa::cuda {
 // Whether the Hopper backward covers the call: batches, head_dim 128, no score hooks, the
 // default (atomic) mode, and a dq whose rows the bulk reductions can address (16-byte aligned base
 // and strides); with `unrun` also head_dim 64, varlen segments, head_dim 192 and 256 (batches) and the
-// deterministic mode (head_dim 128, batches), not yet run on a GPU, so that only
+// deterministic mode (head_dim 64 and 128, batches), not yet run on a GPU, so that only
 // LaunchOverrides::bwd_kernel 2 asks for them. The device must run sm_90a code (the caller
 // checks).
 bool hopper_bwd_covers(const FlashBwdParams& p, bool unrun = false);

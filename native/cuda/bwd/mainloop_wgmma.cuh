@@ -63,6 +63,9 @@ struct BwdNamedBarriers {
   static constexpr int kDqThreads = Tr::kConsumers * Tr::kWgThreads / Tr::kDqTiles + kWarpSize;
   static __device__ __forceinline__ int ds_ready(int wg) { return Tr::kOwnDq ? 1 + wg : 1; }
   static constexpr int kDsFree = 2;
+  // The deterministic mode with two dQ tiles a step (kOwnDq): tile 0's reductions are done, tile
+  // 1's may go.
+  static constexpr int kDqOrder = 7, kDqOrderThreads = 2 * kWarpSize;
   static __device__ __forceinline__ int dq_full(int tile) { return kTilePerConsumer ? 3 + tile : 2; }
   static __device__ __forceinline__ int dq_empty(int tile) { return kTilePerConsumer ? 5 + tile : 3; }
 };
@@ -193,12 +196,15 @@ __device__ __forceinline__ void bwd_produce(const FlashBwdParams& p, const BwdWo
 
 // The dQ warp of tile `tile`: per step, once its consumers have written the tile, one bulk
 // reduction per valid row onto dq (already scaled; kWide: onto its columns), then the tile
-// is handed back once the reductions have read it. kDet (one dQ tile a step): the reductions go
-// in this key tile's turn (BwdGrid::dq_turns), which passes on once they are done.
+// is handed back once the reductions have read it. kDet: the reductions go in this key tile's turn
+// (BwdGrid::dq_turns), which passes on once they are done; with two tiles a step (kOwnDq) tile 0's
+// warp takes the turn and tile 1's adds after it (named barrier kDqOrder) and passes it on.
 template <class Tr, bool kDet>
 __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdGrid& grid, const BwdWork& w,
                                              const BwdHopperSmem<Tr>& sm, int tile) {
-  static_assert(!kDet || Tr::kDqTiles == 1, "one dQ tile a step, or its two would race");
+  static_assert(!kDet || !Tr::kWide,
+                "kWide's two dQ tiles hold different columns: no order needed, none built");
+  constexpr bool kTwo = Tr::kDqTiles == 2;
   using Nb = BwdNamedBarriers<Tr>;
   if (w.steps == 0) return;
   const Span& sp = w.sp;
@@ -210,7 +216,15 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdG
   for (int st = 0; st < w.steps; ++st, next_step<kDet>(w, h, mt)) {
     named_sync(Nb::dq_full(tile), Nb::kDqThreads);
     int* turn = nullptr;
-    if constexpr (kDet) turn = dq_turn(p, grid, w, h, mt), wait_turn_warp(turn, mine);
+    if constexpr (kDet) {
+      turn = dq_turn(p, grid, w, h, mt);
+      if (!kTwo || tile == 0) {
+        wait_turn_warp(turn, mine);
+      } else {
+        named_sync(Nb::kDqOrder, Nb::kDqOrderThreads);  // tile 0's additions are done
+        fence_proxy_async_global();
+      }
+    }
     float* gdq = p.dq + sp.b * p.dq_stride.batch + h * p.dq_stride.head + Tr::dq_tile_col0(tile);
 #pragma unroll
     for (int r = lane; r < Tr::kBlockM; r += kWarpSize) {
@@ -221,8 +235,15 @@ __device__ __forceinline__ void bwd_write_dq(const FlashBwdParams& p, const BwdG
     }
     bulk_commit();
     if constexpr (kDet) {
-      bulk_wait<0>();  // the additions are done: the turn may pass
-      pass_turn_warp(turn, mine + 1);
+      bulk_wait<0>();  // the additions are done: the turn (or tile 1) may go
+      if (!kTwo || tile == 1) {
+        pass_turn_warp(turn, mine + 1);
+      } else {
+        fence_proxy_async_global();
+        // Both warps sync (not arrive and sync): a second arrival of tile 0 before tile 1 came
+        // would complete the barrier without it.
+        named_sync(Nb::kDqOrder, Nb::kDqOrderThreads);
+      }
     } else {
       bulk_wait_read<0>();
       __syncwarp();

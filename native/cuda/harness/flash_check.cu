@@ -987,7 +987,7 @@ void bench(std::mt19937_64& gen, int b, int s, int h, int hk, int d, bool causal
   const float t_bwd_fa2 = bwd ? bwd_ms(bp) : 0.f;
   cuda::force_bwd_kernel(2);  // the Hopper backward where it covers the call, head_dim 64 included
   const float t_bwd_hopper = bwd_ms(bp);
-  const float t_bwd_det_hopper = bwd ? bwd_ms(bpd) : 0.f;  // at head_dim 128 the Hopper backward's
+  const float t_bwd_det_hopper = bwd ? bwd_ms(bpd) : 0.f;  // at head_dim 64 and 128 the Hopper backward's
   cuda::force_bwd_kernel(-1);
   const float t_all = !bwd ? 0.f : median_ms([&] {
     cuda::flash_fwd(fp, 0, scratch());
@@ -1239,10 +1239,11 @@ int main(int argc, char** argv) {
     with_bwd.push_back(gaps), with_bwd.push_back(gaps64);
     wide.push_back(spec("fp16 d256 causal b1 s700 h4/1 mqa accumulate"));
     // The deterministic mode (bits compared over two runs): kernel 2 takes it on the Hopper backward
-    // at head_dim 128 when unsplit; 16 key tiles a query tile in the first.
+    // at head_dim 64 and 128 when unsplit; 16 key tiles a query tile in the first of each.
     for (Config c :
          {spec("bf16 d128 causal b1 s2048 h8/2 gqa"), spec("fp16 d128 full b2 sq300 sk900 h4 accumulate"),
-          spec("bf16 d128 causal sq300 sk77 h8/2 (keyless rows)")}) {
+          spec("bf16 d128 causal sq300 sk77 h8/2 (keyless rows)"), spec("bf16 d64 causal b1 s2048 h8/2 gqa"),
+          spec("fp16 d64 full sq300 sk700 h2 accumulate")}) {
       c.deterministic = true;
       c.name += " deterministic";
       with_bwd.push_back(c);
