@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "attn_params.h"
+#include "cuda/bwd/fragments.cuh"
 #include "cuda/bwd/work.cuh"
 #include "cuda/flash_mma.cuh"
 #include "cuda/flash_traits.h"
@@ -226,11 +227,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
     if constexpr (kCausal || kWindow) {
       // Causal: exponentials first, then the mask in a CTA-uniform branch taken by diagonal tiles
       // only (fused into the loop below, the mask's predicates cost issue slots on every tile).
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
+      exp2_scores<8>(s, lse, grid.scale_log2, t);
       if (needs_mask) {
 #pragma unroll
         for (int i = 0; i < 8; ++i)
@@ -259,18 +256,9 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
     }
     wgmma_wait<0>();
     fence_regs(dp);
-    // dS^T = P^T (dP^T - dsum); both become 16-bit A fragments, k-step kk = queries 16kk..16kk+15.
+    // dS^T = P^T (dP^T - dsum); both become 16-bit A fragments.
     uint32_t pa[4][4], da[4][4];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      float ds[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[e] = s[4 * i + e] * (dp[4 * i + e] - dsum[i * 8 + 2 * t + (e & 1)]);
-      pa[i / 2][(i % 2) * 2] = Mma::pack(s[4 * i], s[4 * i + 1]);
-      pa[i / 2][(i % 2) * 2 + 1] = Mma::pack(s[4 * i + 2], s[4 * i + 3]);
-      da[i / 2][(i % 2) * 2] = Mma::pack(ds[0], ds[1]);
-      da[i / 2][(i % 2) * 2 + 1] = Mma::pack(ds[2], ds[3]);
-    }
+    pack_pt_dst<Mma>(s, dp, dsum, t, pa, da);
 
     // dQ of step st-1 (at st == 0 it reads an unwritten buffer and is discarded), then dV += P^T dO
     // and dK += dS^T Q (the softmax scale is applied in the epilogue).
@@ -284,16 +272,7 @@ __global__ void __launch_bounds__(BwdWgTraits::kThreads, 1)
       wgmma_rs<T, 128, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
     wgmma_commit();
 
-    // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled.
-    unsigned char* ds_tile = reinterpret_cast<unsigned char*>(sdS + buf * Tr::kTileDs);
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        const int r = warp * 16 + g + hi * 8;
-        *reinterpret_cast<uint32_t*>(ds_tile + r * 128 + ((i ^ (r % 8)) * 16) + t * 4) =
-            da[i / 2][(i % 2) * 2 + hi];
-      }
+    store_dst_tile(reinterpret_cast<unsigned char*>(sdS + buf * Tr::kTileDs), da, warp * 16, g, t);  // dS^T
     if (st + 1 < steps) store_stats(stage ^ 1);  // stage ^ 1 was last read in step st-1
     wgmma_wait<1>();                             // dQ of step st-1: add it while dV and dK run
     fence_regs(dq);

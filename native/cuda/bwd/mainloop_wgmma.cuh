@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "attn_params.h"
+#include "cuda/bwd/fragments.cuh"
 #include "cuda/bwd/work.cuh"
 #include "cuda/flash_traits.h"
 #include "cuda/flash_wgmma.cuh"
@@ -317,15 +318,8 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
   auto store_dq = [&] {
     const float scale = p.shape.softmax_scale;
     named_sync(Nb::dq_empty(dq_tile), Nb::kDqThreads);
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      float* row = reinterpret_cast<float*>(sm.dq(dq_tile) + (wq * 16 + hi * 8 + g) * Tr::kDqPitch) +
-                   (kOwn ? 0 : wg * Tr::kDqCols) + 2 * t;
-#pragma unroll
-      for (int i = 0; i < Tr::kDqCols / 8; ++i)
-        *reinterpret_cast<float2*>(row + i * 8) =
-            make_float2(dq[4 * i + 2 * hi] * scale, dq[4 * i + 2 * hi + 1] * scale);
-    }
+    store_dq_rows<Tr::kDqCols>(sm.dq(dq_tile), Tr::kDqPitch, wq * 16, kOwn ? 0 : wg * Tr::kDqCols, g, t, dq,
+                               scale);
     fence_proxy_async();  // st.shared -> the bulk reductions' (async proxy) reads
     named_arrive(Nb::dq_full(dq_tile), Nb::kDqThreads);
   };
@@ -365,34 +359,13 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     const float* lse = sm.lse(stage);
     const float* dsum = sm.dsum(stage);
     const bool needs_mask = w.n0 + kBN > sp.nk || (kCausal && w.n0 + kBN - 1 > m0 + w.diag);
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
-    if (needs_mask) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = m0 + i * 8 + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
-          if (key >= sp.nk || (kCausal && key > q + w.diag)) s[4 * i + e] = 0.f;
-        }
-    }
+    exp2_scores<8>(s, lse, grid.scale_log2, t);
+    if (needs_mask) mask_scores<8, kCausal>(s, m0, key_lo, t, sp.nk, w.diag);
     wgmma_wait<0>();
     fence_regs(dp);
-    // dS^T = P^T (dP^T - dsum); both become 16-bit A fragments, k-step kk = queries 16kk..16kk+15.
+    // dS^T = P^T (dP^T - dsum); both become 16-bit A fragments.
     uint32_t pa[4][4], da[4][4];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      float ds[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[e] = s[4 * i + e] * (dp[4 * i + e] - dsum[i * 8 + 2 * t + (e & 1)]);
-      pa[i / 2][(i % 2) * 2] = Mma::pack(s[4 * i], s[4 * i + 1]);
-      pa[i / 2][(i % 2) * 2 + 1] = Mma::pack(s[4 * i + 2], s[4 * i + 3]);
-      da[i / 2][(i % 2) * 2] = Mma::pack(ds[0], ds[1]);
-      da[i / 2][(i % 2) * 2 + 1] = Mma::pack(ds[2], ds[3]);
-    }
+    pack_pt_dst<Mma>(s, dp, dsum, t, pa, da);
 
     // dV += P^T dO and dK += dS^T Q (the softmax scale is applied in the epilogue).
     wgmma_fence();
@@ -403,18 +376,9 @@ __device__ __forceinline__ void bwd_consume(const FlashBwdParams& p, const BwdGr
     for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, kD, 1>(acc_dk, da[kk], dQm + stage * kStageStep + kk * 128, 1);
     wgmma_commit();
 
-    // dS^T -> shared memory: row = key within the tile, 16-byte chunk = query / 8, swizzled. Its
-    // rows were last read by the dQ of step st - kDsBuffers, which every warpgroup that reads them
-    // waited for before the barrier of step st - 1 (kOwn: before these stores).
-    unsigned char* ds_tile = sm.ds(buf);
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        const int r = cwarp * 16 + g + hi * 8;
-        *reinterpret_cast<uint32_t*>(ds_tile + r * 128 + ((i ^ (r % 8)) * 16) + t * 4) =
-            da[i / 2][(i % 2) * 2 + hi];
-      }
+    // dS^T -> shared memory. Its rows were last read by the dQ of step st - kDsBuffers, which every warpgroup
+    // that reads them waited for before the barrier of step st - 1 (kOwn: before these stores).
+    store_dst_tile(sm.ds(buf), da, cwarp * 16, g, t);
     fence_proxy_async();
     named_sync(Nb::ds_ready(wg), Nb::kDsThreads);
 

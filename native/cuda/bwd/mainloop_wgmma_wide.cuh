@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "attn_params.h"
+#include "cuda/bwd/fragments.cuh"
 #include "cuda/bwd/mainloop_wgmma.cuh"
 #include "cuda/bwd/work.cuh"
 #include "cuda/flash_traits.h"
@@ -72,14 +73,7 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
   auto store_dq = [&] {
     const float scale = p.shape.softmax_scale;
     named_sync(Nb::dq_empty(wg), Nb::kDqThreads);
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      float* row = reinterpret_cast<float*>(sm.dq(wg) + (wq * 16 + hi * 8 + g) * kDqPitch) + 2 * t;
-#pragma unroll
-      for (int i = 0; i < kCols / 8; ++i)
-        *reinterpret_cast<float2*>(row + i * 8) =
-            make_float2(dq[4 * i + 2 * hi] * scale, dq[4 * i + 2 * hi + 1] * scale);
-    }
+    store_dq_rows<kCols>(sm.dq(wg), kDqPitch, wq * 16, 0, g, t, dq, scale);
     fence_proxy_async();  // st.shared -> the bulk reductions' (async proxy) reads
     named_arrive(Nb::dq_full(wg), Nb::kDqThreads);
   };
@@ -112,20 +106,8 @@ __device__ __forceinline__ void bwd_consume_wide(const FlashBwdParams& p, const 
     const float* lse = sm.lse(stage) + q_lo;
     const float* dsum = sm.dsum(stage) + q_lo;
     const bool needs_mask = w.n0 + kBN > sp.nk || (kCausal && w.n0 + kBN - 1 > m0 + w.diag);
-#pragma unroll
-    for (int i = 0; i < kQTiles; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        s[4 * i + e] = fast_exp2(fmaf(s[4 * i + e], grid.scale_log2, -lse[i * 8 + 2 * t + (e & 1)]));
-    if (needs_mask) {
-#pragma unroll
-      for (int i = 0; i < kQTiles; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = m0 + q_lo + i * 8 + 2 * t + (e & 1), key = key_lo + (e >> 1) * 8;
-          if (key >= sp.nk || (kCausal && key > q + w.diag)) s[4 * i + e] = 0.f;
-        }
-    }
+    exp2_scores<kQTiles>(s, lse, grid.scale_log2, t);
+    if (needs_mask) mask_scores<kQTiles, kCausal>(s, m0 + q_lo, key_lo, t, sp.nk, w.diag);
     wgmma_wait<0>();
     fence_regs(dp);
 
